@@ -1,0 +1,35 @@
+# Two commands set everything up on a fresh Linux machine with Python 3.11:
+#   make demo   - runs examples/quickstart.py on a private Redis with a real worker
+#   make test   - creates .venv, installs, runs the test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv test demo lint typecheck bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/ruff check celery_graph tests examples
+	$(BIN)/mypy
+	$(BIN)/python -m pytest
+
+demo: $(STAMP)
+	$(BIN)/python -m celery_graph.devserver -- $(BIN)/python examples/quickstart.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check celery_graph tests examples
+	$(BIN)/ruff format --check celery_graph tests examples
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,60 @@
+"""celery-graph: graph workflows (``a >> b``, ``a | b``) on your existing Celery workers."""
+
+from .dsl import Flow, Parallel, Sequence, TaskNode, Workflow, task, workflow
+from .errors import (
+    CeleryGraphError,
+    ConfigurationError,
+    CycleError,
+    DuplicateNodeError,
+    GraphCorrupted,
+    GraphDefinitionError,
+    GraphNotFound,
+    MissingParameterError,
+    NotAGraphTaskError,
+    PublishError,
+    RunCancelled,
+    RunFailed,
+    RunNotFound,
+    RunTimeout,
+    SerializationError,
+    StoreError,
+    StoreUnavailable,
+)
+from .result import GraphRun, NodeStatus, RunStatus
+from .spec import GraphSpec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # building graphs
+    "task",
+    "workflow",
+    "Flow",
+    "TaskNode",
+    "Sequence",
+    "Parallel",
+    "Workflow",
+    "GraphSpec",
+    # runs
+    "GraphRun",
+    "RunStatus",
+    "NodeStatus",
+    # errors
+    "CeleryGraphError",
+    "GraphDefinitionError",
+    "CycleError",
+    "DuplicateNodeError",
+    "MissingParameterError",
+    "NotAGraphTaskError",
+    "ConfigurationError",
+    "SerializationError",
+    "StoreError",
+    "StoreUnavailable",
+    "GraphNotFound",
+    "GraphCorrupted",
+    "RunNotFound",
+    "PublishError",
+    "RunFailed",
+    "RunCancelled",
+    "RunTimeout",
+]

@@ -1,0 +1,102 @@
+"""The BSP barrier and node bookkeeping: thin wrappers over the Lua scripts in ``lua/``.
+
+Each script documents its KEYS and ARGV in its header. Every key a script touches is
+passed in KEYS and belongs to one run, so all of them share the run's ``{run_id}`` hash tag.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from typing import Any
+
+import redis
+
+from .errors import BarrierError, StoreUnavailable
+from .keys import Keys
+from .spec import GraphSpec, NodeSpec
+
+
+def _load(name: str) -> str:
+    return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text()
+
+
+class Barrier:
+    """Runs the scripts against one Redis client under one key prefix."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, run_ttl: int, result_ttl: int) -> None:
+        self.keys = keys
+        self.run_ttl = run_ttl
+        self.result_ttl = result_ttl
+        self._begin = client.register_script(_load("begin"))
+        self._complete = client.register_script(_load("complete"))
+        self._mark = client.register_script(_load("mark"))
+        self._finish = client.register_script(_load("finish"))
+
+    def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return script(keys=keys, args=args)
+        except redis.ConnectionError as exc:
+            raise StoreUnavailable(
+                f"Redis unreachable while running {script!r}: {exc}; check graph_redis_url"
+            ) from exc
+
+    def begin(
+        self, run_id: str, node: NodeSpec, hostname: str
+    ) -> tuple[str | None, bytes | None, bytes | None, list[bytes | None]]:
+        """(status, inputs JSON, own stored result, upstream results in node.upstream_ids())."""
+        k = self.keys
+        reply = self._call(
+            self._begin,
+            [k.run(run_id), k.results(run_id), k.nodes(run_id)],
+            [node.id, hostname, f"{time.time():.6f}", self.run_ttl, *node.upstream_ids()],
+        )
+        status = reply[0].decode() if reply and reply[0] is not None else None
+        if status != "running":
+            return status, None, None, []
+        return status, reply[1], reply[2], list(reply[3:])
+
+    def complete(
+        self, spec: GraphSpec, run_id: str, node: NodeSpec, result_json: bytes | str
+    ) -> tuple[int, bool, list[str]]:
+        """Store the result, arrive at successors; (stored, run finished, ids to publish)."""
+        k = self.keys
+        keys = [k.run(run_id), k.results(run_id), k.nodes(run_id), k.sinks(run_id), k.done(run_id)]
+        args: list[Any] = [
+            node.id,
+            result_json,
+            len(spec.sinks) if not node.succs else 0,
+            self.run_ttl,
+            self.result_ttl,
+            f"{time.time():.6f}",
+            len(node.succs),
+        ]
+        for succ in node.succs:
+            npreds = len(spec.nodes[succ].preds)
+            args += [succ, npreds]
+            if npreds > 1:
+                keys.append(k.join(run_id, succ))
+        if not node.succs:
+            keys += k.run_keys(run_id, spec.joins)
+        reply = self._call(self._complete, keys, args)
+        if not isinstance(reply, list) or len(reply) < 2:
+            raise BarrierError(f"complete.lua answered {reply!r}")
+        return int(reply[0]), bool(reply[1]), [s.decode() for s in reply[2:]]
+
+    def mark_published(self, run_id: str, node_ids: list[str]) -> None:
+        if node_ids:
+            self._call(self._mark, [self.keys.nodes(run_id)], node_ids)
+
+    def finish(
+        self,
+        spec_joins: tuple[str, ...],
+        run_id: str,
+        status: str,
+        node_id: str = "",
+        error_json: str = "",
+    ) -> bool:
+        """End a running run as failed/cancelled; True if this call ended it."""
+        k = self.keys
+        keys = [k.run(run_id), k.nodes(run_id), k.done(run_id), *k.run_keys(run_id, spec_joins)]
+        args = [status, node_id, error_json, self.result_ttl, f"{time.time():.6f}"]
+        return bool(self._call(self._finish, keys, args))

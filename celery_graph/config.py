@@ -1,0 +1,89 @@
+"""Settings, read from the Celery app's config with environment fallbacks.
+
+| Celery setting            | environment variable          | default                    |
+|---------------------------|-------------------------------|----------------------------|
+| graph_key_prefix          | CELERY_GRAPH_KEY_PREFIX       | "celery_graph"             |
+| graph_redis_url           | CELERY_GRAPH_REDIS_URL        | the broker URL if Redis,   |
+|                           |                               | else the result backend's  |
+| graph_result_ttl          | CELERY_GRAPH_RESULT_TTL       | 86400 s (kept after a run) |
+| graph_run_ttl             | CELERY_GRAPH_RUN_TTL          | 604800 s (longest run)     |
+| graph_store_ttl           | CELERY_GRAPH_STORE_TTL        | 604800 s (sliding)         |
+| graph_cache_size          | CELERY_GRAPH_CACHE_SIZE       | 256 graphs per process     |
+
+An explicit Celery setting wins over the environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigurationError
+from .keys import DEFAULT_PREFIX, Keys, check_prefix
+
+ENV_PREFIX = "CELERY_GRAPH_KEY_PREFIX"
+ENV_REDIS_URL = "CELERY_GRAPH_REDIS_URL"
+
+
+def _setting(app: Any, name: str, env: str, default: Any, cast: Any = str) -> Any:
+    value = app.conf.get(name) if app is not None else None
+    source = f"app.conf.{name}"
+    if value is None:
+        value = os.environ.get(env)
+        source = f"environment variable {env}"
+    if value is None:
+        return default
+    try:
+        return cast(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"{source} = {value!r} is not a valid {cast.__name__}") from exc
+
+
+def _is_redis_url(url: Any) -> bool:
+    return isinstance(url, str) and url.split("://", 1)[0] in {"redis", "rediss", "unix"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    key_prefix: str
+    redis_url: str
+    result_ttl: int
+    run_ttl: int
+    store_ttl: int
+    cache_size: int
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.key_prefix)
+
+    @classmethod
+    def from_app(cls, app: Any) -> Settings:
+        prefix = check_prefix(_setting(app, "graph_key_prefix", ENV_PREFIX, DEFAULT_PREFIX))
+        url = _setting(app, "graph_redis_url", ENV_REDIS_URL, None)
+        if url is None:
+            for candidate in (app.conf.broker_url, app.conf.result_backend):
+                if _is_redis_url(candidate):
+                    url = candidate
+                    break
+        if url is None:
+            raise ConfigurationError(
+                "celery-graph keeps graph state in Redis and found no Redis URL: set "
+                f"app.conf.graph_redis_url or {ENV_REDIS_URL} (the broker may be RabbitMQ)"
+            )
+        if not _is_redis_url(url):
+            raise ConfigurationError(
+                f"graph Redis URL {url!r} must start with redis://, rediss:// or unix://"
+            )
+        settings = cls(
+            key_prefix=prefix,
+            redis_url=url,
+            result_ttl=_setting(app, "graph_result_ttl", "CELERY_GRAPH_RESULT_TTL", 86400, int),
+            run_ttl=_setting(app, "graph_run_ttl", "CELERY_GRAPH_RUN_TTL", 7 * 86400, int),
+            store_ttl=_setting(app, "graph_store_ttl", "CELERY_GRAPH_STORE_TTL", 7 * 86400, int),
+            cache_size=_setting(app, "graph_cache_size", "CELERY_GRAPH_CACHE_SIZE", 256, int),
+        )
+        for name in ("result_ttl", "run_ttl", "store_ttl", "cache_size"):
+            if getattr(settings, name) <= 0:
+                raise ConfigurationError(f"graph_{name} must be a positive integer")
+        return settings

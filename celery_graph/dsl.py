@@ -1,0 +1,355 @@
+"""The graph DSL: immutable node values and the ``>>`` / ``|`` operators.
+
+``a >> b`` runs b after a; ``a | b`` runs a and b in parallel; both nest freely::
+
+    flow = extract >> (transform | audit) >> load
+
+Inside ``with workflow("name") as wf:`` every ``>>`` and ``|`` statement is also recorded
+into ``wf``, so statements like ``a >> b`` and ``a >> c`` build one graph.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, overload
+
+from .errors import GraphDefinitionError, NotAGraphTaskError
+from .keys import NODE_ID_RE
+
+if TYPE_CHECKING:
+    from .result import GraphRun
+    from .spec import GraphSpec
+
+_current_workflow: contextvars.ContextVar[Workflow | None] = contextvars.ContextVar(
+    "celery_graph_workflow", default=None
+)
+
+
+class Flow:
+    """Anything that can be composed and run: a node, a sequence, a group or a workflow."""
+
+    def __rshift__(self, other: object) -> Sequence:
+        result = Sequence((self, _as_flow(other, ">>")))
+        _record(result)
+        return result
+
+    def __rrshift__(self, other: object) -> Sequence:
+        result = Sequence((_as_flow(other, ">>"), self))
+        _record(result)
+        return result
+
+    def __or__(self, other: object) -> Parallel:
+        result = Parallel((self, _as_flow(other, "|")))
+        _record(result)
+        return result
+
+    def __ror__(self, other: object) -> Parallel:
+        result = Parallel((_as_flow(other, "|"), self))
+        _record(result)
+        return result
+
+    # -- structure, used by the compiler -------------------------------------------
+    def entries(self) -> list[TaskNode]:
+        raise NotImplementedError
+
+    def exits(self) -> list[TaskNode]:
+        raise NotImplementedError
+
+    def walk(self) -> Iterator[Flow]:
+        """Every sub-flow, depth first, self included."""
+        yield self
+
+    def edges(self) -> Iterator[tuple[TaskNode, TaskNode]]:
+        return iter(())
+
+    # -- running ------------------------------------------------------------------
+    def compile(self) -> GraphSpec:
+        """Validate and compile to a GraphSpec (cached per value)."""
+        from .spec import compile_flow
+
+        return compile_flow(self)
+
+    def apply_async(self, **inputs: Any) -> GraphRun:
+        """Start a run; keyword arguments are run inputs. Returns at once."""
+        return self.submit(inputs)
+
+    def submit(
+        self,
+        inputs: dict[str, Any] | None = None,
+        *,
+        app: Any = None,
+    ) -> GraphRun:
+        """Start a run with ``inputs`` on ``app`` (default: Celery's current app)."""
+        from .runtime import submit
+
+        return submit(self, inputs or {}, app=app)
+
+
+def _as_flow(value: object, op: str) -> Flow:
+    if isinstance(value, Flow):
+        return value
+    if isinstance(value, (list, tuple)) and value:
+        flows = [_as_flow(v, op) for v in value]
+        return flows[0] if len(flows) == 1 else Parallel(tuple(flows))
+    what = getattr(value, "name", None) or type(value).__name__
+    hint = ""
+    if hasattr(value, "apply_async") and hasattr(value, "delay"):
+        hint = " (a plain Celery task or signature; decorate the function with @celery_graph.task)"
+    raise NotAGraphTaskError(f"cannot use {what!r} with {op!r}: not a celery-graph node{hint}")
+
+
+@dataclass(frozen=True, eq=False)
+class TaskNode(Flow):
+    """A node that runs one celery-graph task. Calling it runs the function locally."""
+
+    fn: Callable[..., Any]
+    task_name: str
+    id: str
+    bound: tuple[tuple[str, Any], ...] = ()
+    options: tuple[tuple[str, Any], ...] = ()  # routing options: queue, priority...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def bind(self, id: str | None = None, **kwargs: Any) -> TaskNode:  # noqa: A002
+        """A copy with another node id and/or bound keyword arguments.
+
+        >>> fetch.bind(id="fetch_eu", region="eu") | fetch.bind(id="fetch_us", region="us")
+        """
+        node_id = self.id if id is None else id
+        _check_node_id(node_id, self.task_name)
+        params = _parameters(self.fn)
+        accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        for name in kwargs:
+            if name not in params and not accepts_any:
+                raise GraphDefinitionError(
+                    f"node {node_id!r}: bind() got {name!r}, which is not a parameter of "
+                    f"{self.task_name} (parameters: {', '.join(params) or 'none'})"
+                )
+        merged = dict(self.bound)
+        merged.update(kwargs)
+        return TaskNode(
+            self.fn, self.task_name, node_id, tuple(sorted(merged.items())), self.options
+        )
+
+    @property
+    def celery_task(self) -> Any:
+        """The registered Celery task, for plain Celery use (``.delay()``, ``.s()``)."""
+        from celery import current_app
+
+        return current_app.tasks[self.task_name]
+
+    @property
+    def bound_kwargs(self) -> dict[str, Any]:
+        return dict(self.bound)
+
+    def entries(self) -> list[TaskNode]:
+        return [self]
+
+    def exits(self) -> list[TaskNode]:
+        return [self]
+
+    def __repr__(self) -> str:
+        bound = "".join(f", {k}={v!r}" for k, v in self.bound)
+        return f"<node {self.id} ({self.task_name}{bound})>"
+
+
+@dataclass(frozen=True, eq=False)
+class Sequence(Flow):
+    """``a >> b >> c``: each step starts after every exit of the previous one."""
+
+    steps: tuple[Flow, ...]
+
+    def __post_init__(self) -> None:
+        flat: list[Flow] = []
+        for step in self.steps:
+            flat.extend(step.steps if isinstance(step, Sequence) else (step,))
+        object.__setattr__(self, "steps", tuple(flat))
+
+    def entries(self) -> list[TaskNode]:
+        return self.steps[0].entries()
+
+    def exits(self) -> list[TaskNode]:
+        return self.steps[-1].exits()
+
+    def walk(self) -> Iterator[Flow]:
+        yield self
+        for step in self.steps:
+            yield from step.walk()
+
+    def edges(self) -> Iterator[tuple[TaskNode, TaskNode]]:
+        for step in self.steps:
+            yield from step.edges()
+        for before, after in zip(self.steps, self.steps[1:]):
+            for src in before.exits():
+                for dst in after.entries():
+                    yield src, dst
+
+    def __repr__(self) -> str:
+        return "(" + " >> ".join(map(repr, self.steps)) + ")"
+
+
+@dataclass(frozen=True, eq=False)
+class Parallel(Flow):
+    """``a | b | c``: members run in parallel. ``.named("batch")`` makes a named group."""
+
+    members: tuple[Flow, ...]
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            raise GraphDefinitionError("empty parallel group: give it at least one member")
+        flat: list[Flow] = []
+        for member in self.members:
+            if isinstance(member, Parallel) and member.name is None:
+                flat.extend(member.members)
+            else:
+                flat.append(member)
+        object.__setattr__(self, "members", tuple(flat))
+
+    def named(self, name: str) -> Parallel:
+        """Name the group: a downstream parameter ``name`` gets the members' results."""
+        _check_node_id(name, "group")
+        return Parallel(self.members, name)
+
+    def entries(self) -> list[TaskNode]:
+        return [n for m in self.members for n in m.entries()]
+
+    def exits(self) -> list[TaskNode]:
+        return [n for m in self.members for n in m.exits()]
+
+    def walk(self) -> Iterator[Flow]:
+        yield self
+        for member in self.members:
+            yield from member.walk()
+
+    def edges(self) -> Iterator[tuple[TaskNode, TaskNode]]:
+        for member in self.members:
+            yield from member.edges()
+
+    def __repr__(self) -> str:
+        inner = " | ".join(map(repr, self.members))
+        return f"({inner}).named({self.name!r})" if self.name else f"({inner})"
+
+
+class Workflow(Flow):
+    """A graph accumulated from DSL statements inside ``with workflow(name) as wf:``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._parts: list[Flow] = []
+        self._token: contextvars.Token[Workflow | None] | None = None
+
+    def add(self, *flows: Flow) -> Workflow:
+        """Add flows (for example a lone node) to the graph explicitly."""
+        for f in flows:
+            self._parts.append(_as_flow(f, "add"))
+        return self
+
+    @property
+    def parts(self) -> tuple[Flow, ...]:
+        return tuple(self._parts)
+
+    def __enter__(self) -> Workflow:
+        self._token = _current_workflow.set(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _current_workflow.reset(self._token)
+            self._token = None
+
+    def entries(self) -> list[TaskNode]:
+        return [n for p in self._parts for n in p.entries()]
+
+    def exits(self) -> list[TaskNode]:
+        return [n for p in self._parts for n in p.exits()]
+
+    def walk(self) -> Iterator[Flow]:
+        yield self
+        for part in self._parts:
+            yield from part.walk()
+
+    def edges(self) -> Iterator[tuple[TaskNode, TaskNode]]:
+        for part in self._parts:
+            yield from part.edges()
+
+    def __repr__(self) -> str:
+        return f"<workflow {self.name!r}: {len(self._parts)} statements>"
+
+
+def workflow(name: str) -> Workflow:
+    """Collect DSL statements into one graph::
+
+    with workflow("etl") as wf:
+        extract >> transform >> load
+        extract >> audit >> load        # the same nodes: load becomes a join
+    wf.apply_async()
+    """
+    return Workflow(name)
+
+
+def _record(flow: Flow) -> None:
+    wf = _current_workflow.get()
+    if wf is not None and flow is not wf:
+        wf._parts.append(flow)
+
+
+def _check_node_id(node_id: str, what: str) -> None:
+    if not isinstance(node_id, str) or not NODE_ID_RE.match(node_id):
+        raise GraphDefinitionError(
+            f"invalid node id {node_id!r} for {what}: use a Python-identifier-like name "
+            "(letters, digits, '_', '.', '-'; no spaces, colons or braces)"
+        )
+
+
+@functools.lru_cache(maxsize=4096)
+def _parameters(fn: Callable[..., Any]) -> dict[str, inspect.Parameter]:
+    return dict(inspect.signature(fn).parameters)
+
+
+# -- @task --------------------------------------------------------------------------
+
+# Task options that decide where and in which order a message is delivered. They go into
+# the spec, so any worker can publish a successor correctly without importing its module.
+ROUTING_OPTIONS = ("queue", "routing_key", "exchange", "priority")
+
+
+@overload
+def task(fn: Callable[..., Any], /) -> TaskNode: ...
+@overload
+def task(*, name: str | None = None, **options: Any) -> Callable[[Callable[..., Any]], TaskNode]: ...
+def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """Declare a graph task. Registers a real Celery task (shared_task-style, so it attaches
+    to your app and shows in Flower under its own name) and returns its graph node.
+
+    Celery task options pass through: ``@task(queue="gpu", max_retries=3)``.
+    """
+    if fn is None:
+        return lambda f: _make_task(f, options)
+    return _make_task(fn, options)
+
+
+def _make_task(fn: Callable[..., Any], options: dict[str, Any]) -> TaskNode:
+    from celery import shared_task
+
+    from .runtime import GraphTask, make_task_body
+
+    if isinstance(fn, Flow):
+        raise GraphDefinitionError(f"@task applied twice to {fn!r}")
+    if not callable(fn):
+        raise NotAGraphTaskError(f"@task needs a function, got {type(fn).__name__}")
+    name = options.pop("name", None) or f"{fn.__module__}.{fn.__qualname__}"
+    options.setdefault("base", GraphTask)
+    routing = tuple(sorted((k, options[k]) for k in ROUTING_OPTIONS if k in options))
+    body = make_task_body(fn)
+    shared_task(name=name, bind=True, **options)(body)
+    node = TaskNode(fn, name, fn.__name__, (), routing)
+    _check_node_id(node.id, name)
+    object.__setattr__(node, "__doc__", fn.__doc__)
+    object.__setattr__(node, "__wrapped__", fn)
+    return node

@@ -1,0 +1,129 @@
+"""The one error hierarchy of celery-graph.
+
+Everything celery-graph raises on purpose derives from :class:`CeleryGraphError`.
+"""
+
+from __future__ import annotations
+
+
+class CeleryGraphError(Exception):
+    """Root of every error celery-graph raises on purpose."""
+
+
+# -- graph definition ---------------------------------------------------------
+
+
+class GraphDefinitionError(CeleryGraphError, ValueError):
+    """The graph is malformed; raised before any message is sent."""
+
+
+class CycleError(GraphDefinitionError):
+    """The graph has a cycle."""
+
+
+class DuplicateNodeError(GraphDefinitionError):
+    """Two different nodes share one node id."""
+
+
+class MissingParameterError(GraphDefinitionError):
+    """A required parameter of a node is filled by nothing."""
+
+
+class NotAGraphTaskError(GraphDefinitionError, TypeError):
+    """Something that is not a celery-graph node was put into a graph."""
+
+
+class ConfigurationError(CeleryGraphError, ValueError):
+    """A setting (key prefix, Redis URL, TTL...) is malformed or missing."""
+
+
+# -- store --------------------------------------------------------------------
+
+
+class StoreError(CeleryGraphError):
+    """The graph store or run state could not be read or written."""
+
+
+class StoreUnavailable(StoreError):
+    """Redis could not be reached."""
+
+
+class GraphNotFound(StoreError, LookupError):
+    """No stored graph under that id (expired, or never stored)."""
+
+
+class GraphCorrupted(StoreError):
+    """A stored graph does not hash to its id; it is refused, not run."""
+
+
+class RunNotFound(StoreError, LookupError):
+    """No run under that id (expired, wrong key prefix, or never started)."""
+
+
+class SerializationError(CeleryGraphError, TypeError):
+    """A node's arguments or result cannot be encoded by the serializer."""
+
+
+# -- barrier ------------------------------------------------------------------
+
+
+class BarrierError(CeleryGraphError):
+    """A barrier script answered something it never should."""
+
+
+# -- run outcome --------------------------------------------------------------
+
+
+class PublishError(CeleryGraphError):
+    """The broker refused or could not take a message; the run is marked failed."""
+
+
+class RunTimeout(CeleryGraphError, TimeoutError):
+    """``GraphRun.get`` waited longer than its timeout."""
+
+
+class RunFailed(CeleryGraphError):
+    """A node failed after its retries, so the run failed.
+
+    Attributes: ``run_id``, ``node_id``, ``exc_type``, ``exc_message``, ``traceback``.
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        node_id: str,
+        exc_type: str,
+        exc_message: str,
+        traceback: str = "",
+    ) -> None:
+        self.run_id = run_id
+        self.node_id = node_id
+        self.exc_type = exc_type
+        self.exc_message = exc_message
+        self.traceback = traceback
+        super().__init__(
+            f"run {run_id} failed at node {node_id!r}: {exc_type}: {exc_message}"
+        )
+
+    def __reduce__(self):  # keep it picklable with all its fields
+        return (
+            type(self),
+            (self.run_id, self.node_id, self.exc_type, self.exc_message, self.traceback),
+        )
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.traceback:
+            text += "\n\nremote traceback:\n" + self.traceback.rstrip()
+        return text
+
+
+class RunCancelled(CeleryGraphError):
+    """The run was cancelled before it finished."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"run {run_id} was cancelled")
+
+    def __reduce__(self):
+        return (type(self), (self.run_id,))

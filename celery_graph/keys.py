@@ -1,0 +1,106 @@
+"""Every Redis key celery-graph uses, built in one place from the key prefix.
+
+Layout (``P`` is the prefix, ``R`` a run id, ``N`` a node id)::
+
+    P:graph:<sha256>          string  zlib-compressed canonical GraphSpec (shared by runs)
+    P:runs                    zset    run id -> start time, for listings (trimmed)
+    P:run:{R}                 hash    run record: status, graph, inputs, error, times
+    P:run:{R}:results         hash    node id -> JSON result
+    P:run:{R}:nodes           hash    "<N>:<field>" -> per-node state, worker, dispatch marker
+    P:run:{R}:sinks           set     sinks that have finished
+    P:run:{R}:done            list    completion signal waiters block on
+    P:run:{R}:join:N          set     barrier arrivals (predecessor ids) of join N
+
+All keys of one run carry the ``{R}`` hash tag, so a Lua script touching several of
+them stays in one Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+DEFAULT_PREFIX = "celery_graph"
+
+# A prefix is one or more colon-separated words; braces would break hash tags.
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-]+(:[A-Za-z0-9_.\-]+)*$")
+# Node ids end up inside key names, so they may not hold braces, colons or spaces.
+NODE_ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def check_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it is a valid key prefix, else raise ConfigurationError."""
+    from .errors import ConfigurationError
+
+    if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix):
+        raise ConfigurationError(
+            f"malformed key prefix {prefix!r}: use words of letters, digits, '_', '.', '-' "
+            "joined by single colons, e.g. 'myapp:workflows' (no braces, spaces or "
+            "leading/trailing colon)"
+        )
+    return prefix
+
+
+class Keys:
+    """Key names under one prefix."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        self.prefix = check_prefix(prefix)
+
+    def graph(self, graph_id: str) -> str:
+        return f"{self.prefix}:graph:{graph_id}"
+
+    def runs_index(self) -> str:
+        return f"{self.prefix}:runs"
+
+    def run(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{{{run_id}}}"
+
+    def results(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:results"
+
+    def nodes(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:nodes"
+
+    def sinks(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:sinks"
+
+    def done(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:done"
+
+    def join(self, run_id: str, node_id: str) -> str:
+        return f"{self.run(run_id)}:join:{node_id}"
+
+    def run_keys(self, run_id: str, joins: Iterable[str]) -> list[str]:
+        """Every key a run may create, for expiry when it ends."""
+        return [
+            self.run(run_id),
+            self.results(run_id),
+            self.nodes(run_id),
+            self.sinks(run_id),
+            self.done(run_id),
+            *(self.join(run_id, j) for j in joins),
+        ]
+
+    def worker(self, hostname: str) -> str:
+        return f"{self.prefix}:worker:{hostname}"
+
+    def workers_index(self) -> str:
+        return f"{self.prefix}:workers"
+
+    def worker_metrics(self, hostname: str) -> str:
+        return f"{self.prefix}:worker:{hostname}:metrics"
+
+
+def key_pattern(prefix: str) -> re.Pattern[str]:
+    """The pattern every key under ``prefix`` matches (tests check each key against it)."""
+    p = re.escape(prefix)
+    node = r"[A-Za-z_][A-Za-z0-9_.\-]*"
+    return re.compile(
+        rf"^{p}:(graph:[0-9a-f]{{64}}|runs|workers"
+        rf"|worker:[^\s:{{}}]+(:metrics)?"
+        rf"|run:\{{[0-9a-f]{{32}}\}}(:(results|nodes|sinks|done|join:{node}))?)$"
+    )

@@ -1,0 +1,75 @@
+-- complete.lua: a node finished. Stores its result once, records barrier arrivals at its
+-- successors, claims every successor whose barrier this arrival releases, and, when the
+-- node is the last sink, ends the run and sets the expiry of every key of the run.
+--
+-- An arrival is a set member keyed by the arriving node, so a redelivered or duplicated
+-- message never counts twice. A release is claimed with HSETNX "<succ>:dispatch" =
+-- "released"; the caller publishes and then marks it "published" (mark.lua). A successor
+-- still "released" (the publisher crashed before marking) is handed out again, so a
+-- redelivered message recovers it; once "published" it is never handed out again.
+--
+-- KEYS[1] run record          (hash)
+-- KEYS[2] run results         (hash)
+-- KEYS[3] run node state      (hash)
+-- KEYS[4] finished sinks      (set)
+-- KEYS[5] completion signal   (list)
+-- KEYS[6 .. 5+J] arrival set of each join successor (set), in the order they appear in ARGV
+-- KEYS[6+J ..]   when the node is a sink: every key of the run, to expire when it ends
+-- ARGV[1] node id
+-- ARGV[2] result (JSON)
+-- ARGV[3] number of sinks in the graph, or 0 when this node is not a sink
+-- ARGV[4] run ttl (seconds)
+-- ARGV[5] result ttl (seconds): how long a finished run is kept
+-- ARGV[6] now (unix seconds)
+-- ARGV[7] S, the number of successors
+-- ARGV[8 ..] S pairs: successor id, number of predecessors of that successor
+--
+-- Returns {stored, finished, successor ids to publish ...}: stored is 1 when this call
+-- stored the result, 0 when a result was already there, -1 when the run is not running.
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'running' then
+  return {-1, 0}
+end
+local node = ARGV[1]
+local run_ttl = ARGV[4]
+local stored = redis.call('HSETNX', KEYS[2], node, ARGV[2])
+redis.call('EXPIRE', KEYS[2], run_ttl)
+redis.call('HSET', KEYS[3], node .. ':state', 'succeeded', node .. ':finished', ARGV[6])
+redis.call('EXPIRE', KEYS[3], run_ttl)
+
+local out = {stored, 0}
+local nsucc = tonumber(ARGV[7])
+local k = 6
+for i = 0, nsucc - 1 do
+  local succ = ARGV[8 + 2 * i]
+  local npreds = tonumber(ARGV[9 + 2 * i])
+  local ready = true
+  if npreds > 1 then
+    redis.call('SADD', KEYS[k], node)
+    redis.call('EXPIRE', KEYS[k], run_ttl)
+    ready = redis.call('SCARD', KEYS[k]) >= npreds
+    k = k + 1
+  end
+  if ready then
+    local field = succ .. ':dispatch'
+    if redis.call('HSETNX', KEYS[3], field, 'released') == 1
+        or redis.call('HGET', KEYS[3], field) == 'released' then
+      out[#out + 1] = succ
+    end
+  end
+end
+
+local nsinks = tonumber(ARGV[3])
+if nsinks > 0 then
+  redis.call('SADD', KEYS[4], node)
+  redis.call('EXPIRE', KEYS[4], run_ttl)
+  if redis.call('SCARD', KEYS[4]) >= nsinks then
+    redis.call('HSET', KEYS[1], 'status', 'succeeded', 'finished', ARGV[6])
+    redis.call('RPUSH', KEYS[5], 'succeeded')
+    for i = k, #KEYS do
+      redis.call('EXPIRE', KEYS[i], ARGV[5])
+    end
+    out[2] = 1
+  end
+end
+return out

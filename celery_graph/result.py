@@ -1,0 +1,154 @@
+"""GraphRun: a handle on one run, from the process that started it or any other."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import RunCancelled, RunFailed, RunTimeout
+from .runtime import decode_value, engine_for
+from .spec import GraphSpec
+from .store import translate_errors
+
+FINAL_STATES = ("succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    state: str  # pending, queued, running, succeeded, failed
+    attempts: int = 0
+    worker: str | None = None
+    started: float | None = None
+    finished: float | None = None
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    run_id: str
+    state: str  # running, succeeded, failed, cancelled
+    graph_id: str
+    created: float
+    finished: float | None
+    nodes: dict[str, NodeStatus] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for n in self.nodes.values():
+            out[n.state] = out.get(n.state, 0) + 1
+        return out
+
+
+class GraphRun:
+    """A run of a graph. Reopen one from any process with ``GraphRun(run_id, app=app)``."""
+
+    def __init__(self, run_id: str, app: Any = None, spec: GraphSpec | None = None) -> None:
+        self.id = run_id
+        self.app = app
+        self._spec = spec
+
+    def __repr__(self) -> str:
+        return f"<GraphRun {self.id}>"
+
+    @property
+    def _engine(self):
+        return engine_for(self.app)
+
+    def spec(self) -> GraphSpec:
+        if self._spec is None:
+            record = self._engine.runs.record(self.id)
+            self._spec = self._engine.store.load(record["graph"])
+        return self._spec
+
+    def status(self) -> RunStatus:
+        """The run's state and each node's state, attempts and worker."""
+        engine = self._engine
+        record = engine.runs.record(self.id)
+        spec = self.spec()
+        fields = engine.runs.node_fields(self.id)
+        nodes = {}
+        for nid in spec.order:
+            state = fields.get(f"{nid}:state")
+            if state is None:
+                state = "queued" if f"{nid}:dispatch" in fields else "pending"
+            started = fields.get(f"{nid}:started")
+            finished = fields.get(f"{nid}:finished")
+            nodes[nid] = NodeStatus(
+                state=state,
+                attempts=int(fields.get(f"{nid}:attempts", 0)),
+                worker=fields.get(f"{nid}:worker"),
+                started=float(started) if started else None,
+                finished=float(finished) if finished else None,
+            )
+        return RunStatus(
+            run_id=self.id,
+            state=record["status"],
+            graph_id=record["graph"],
+            created=float(record["created"]),
+            finished=float(record["finished"]) if record.get("finished") else None,
+            nodes=nodes,
+            error=json.loads(record["error"]) if record.get("error") else None,
+        )
+
+    def results(self) -> dict[str, Any]:
+        """{node id: result} for every node that finished."""
+        return {k: decode_value(v) for k, v in self._engine.runs.results(self.id).items()}
+
+    def ready(self) -> bool:
+        return self._engine.runs.record(self.id)["status"] in FINAL_STATES
+
+    def get(self, timeout: float | None = None) -> Any:
+        """Block until the run ends. Returns the single sink's result, or {sink: result}
+        when there are several; raises RunFailed, RunCancelled or RunTimeout."""
+        engine = self._engine
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done_key = engine.keys.done(self.id)
+        while True:
+            record = engine.runs.record(self.id)
+            if record["status"] in FINAL_STATES:
+                return self._outcome(record)
+            remaining = engine.WAIT_SLICE
+            if deadline is not None:
+                remaining = min(remaining, deadline - time.monotonic())
+                if remaining <= 0:
+                    raise RunTimeout(
+                        f"run {self.id} still {record['status']} after {timeout} s"
+                    )
+            # BLMOVE from the list to itself rotates the signal, so every waiter sees it.
+            translate_errors(
+                "waiting for a run",
+                lambda r=remaining: engine.wait_client.blmove(
+                    done_key, done_key, max(r, 0.01), "LEFT", "RIGHT"
+                ),
+            )
+
+    def _outcome(self, record: dict[str, str]) -> Any:
+        state = record["status"]
+        if state == "cancelled":
+            raise RunCancelled(self.id)
+        if state == "failed":
+            err = json.loads(record.get("error") or "{}")
+            raise RunFailed(
+                self.id,
+                err.get("node", ""),
+                err.get("type", "Error"),
+                err.get("message", ""),
+                err.get("traceback", ""),
+            )
+        sinks = json.loads(record["sinks"])
+        raws = translate_errors(
+            "reading results",
+            lambda: self._engine.client.hmget(self._engine.keys.results(self.id), sinks),
+        )
+        values = {s: decode_value(r) if r is not None else None for s, r in zip(sinks, raws)}
+        return values[sinks[0]] if len(sinks) == 1 else values
+
+    def cancel(self) -> bool:
+        """Stop the run: no pending node starts after this. True if this call ended it."""
+        return self._engine.barrier.finish(self.spec().joins, self.id, "cancelled")

@@ -1,0 +1,289 @@
+"""The worker side and the submit side of a run.
+
+Worker, per node message: load the spec (LRU) -> begin.lua (run still running? result
+already stored? read inputs and upstream results) -> call the function unless its result
+is already stored -> complete.lua (store once, barrier arrivals, claim released successors,
+end the run at the last sink) -> publish the claimed successors -> mark.lua.
+"""
+
+from __future__ import annotations
+
+import json as stdjson
+import socket
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import redis
+from celery import Task, current_app
+from celery.utils.log import get_task_logger
+from kombu.utils import json as kjson
+
+from .barrier import Barrier
+from .config import Settings
+from .errors import PublishError, SerializationError, StoreError
+from .spec import GraphSpec, NodeSpec
+from .store import GraphStore, RunStore, translate_errors
+
+if TYPE_CHECKING:
+    from .dsl import Flow
+    from .result import GraphRun
+
+logger = get_task_logger("celery_graph")
+
+GRAPH_KWARG = "_graph"  # the one extra keyword in a node's message: {"g", "r", "n"}
+
+
+class Engine:
+    """Redis clients, store and barrier for one app and one set of settings."""
+
+    def __init__(self, app: Any, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.keys = settings.keys
+        self.client = redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=30,
+            socket_connect_timeout=10,
+            health_check_interval=30,
+        )
+        self.store = GraphStore(self.client, self.keys, settings.store_ttl, settings.cache_size)
+        self.runs = RunStore(self.client, self.keys, settings.run_ttl)
+        self.barrier = Barrier(self.client, self.keys, settings.run_ttl, settings.result_ttl)
+        self._wait_client: redis.Redis | None = None
+
+    # Waiting for completion blocks up to WAIT_SLICE seconds per call; the socket timeout
+    # of the waiting connection is longer, so redis-py never cuts a wait short.
+    WAIT_SLICE = 5.0
+
+    @property
+    def wait_client(self) -> redis.Redis:
+        if self._wait_client is None:
+            self._wait_client = redis.Redis.from_url(
+                self.settings.redis_url,
+                socket_timeout=self.WAIT_SLICE + 10,
+                socket_connect_timeout=10,
+            )
+        return self._wait_client
+
+
+_engines: weakref.WeakKeyDictionary[Any, dict[Settings, Engine]] = weakref.WeakKeyDictionary()
+_engines_lock = threading.Lock()
+
+
+def engine_for(app: Any = None) -> Engine:
+    app = app or current_app._get_current_object()
+    settings = Settings.from_app(app)
+    with _engines_lock:
+        per_app = _engines.setdefault(app, {})
+        engine = per_app.get(settings)
+        if engine is None:
+            engine = per_app[settings] = Engine(app, settings)
+        return engine
+
+
+# -- encoding -------------------------------------------------------------------------
+
+
+def encode_value(value: Any, what: Callable[[], str]) -> str:
+    try:
+        return kjson.dumps(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SerializationError(
+            f"{what()}: a value of type {type(value).__name__} cannot be encoded as JSON "
+            "(return plain data: dict, list, str, numbers, bool, None, datetime, Decimal, UUID)"
+        ) from exc
+
+
+def decode_value(raw: bytes | str) -> Any:
+    return kjson.loads(raw)
+
+
+# -- the Celery task ------------------------------------------------------------------
+
+
+class GraphTask(Task):
+    """Base class of every celery-graph task. A message without ``_graph`` runs the
+    function as a plain Celery task; with it, the function runs as a node of a run."""
+
+    typing = False  # graph messages carry the extra ``_graph`` keyword
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):  # type: ignore[override]
+        ctx = kwargs.get(GRAPH_KWARG) if isinstance(kwargs, dict) else None
+        if ctx:
+            try:
+                fail_node(self.app, ctx, exc, einfo.traceback if einfo else "")
+            except Exception:  # the task failure itself is already reported by Celery
+                logger.exception("celery-graph: could not record the failure of %s", ctx)
+        return super().on_failure(exc, task_id, args, kwargs, einfo)
+
+
+def make_task_body(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def body(self: Task, *args: Any, **kwargs: Any) -> Any:
+        ctx = kwargs.pop(GRAPH_KWARG, None)
+        if ctx is None:
+            return fn(*args, **kwargs)
+        return execute_node(self, fn, ctx, kwargs)
+
+    body.__name__ = fn.__name__
+    body.__qualname__ = fn.__qualname__
+    body.__module__ = fn.__module__
+    body.__doc__ = fn.__doc__
+    body.__celery_graph_fn__ = fn  # type: ignore[attr-defined]
+    return body
+
+
+def execute_node(task: Task, fn: Callable[..., Any], ctx: dict[str, str], bound: dict) -> Any:
+    engine = engine_for(task.app)
+    run_id, node_id = ctx["r"], ctx["n"]
+    spec = engine.store.load(ctx["g"])
+    node = spec.nodes[node_id]
+    hostname = task.request.hostname or socket.gethostname()
+    status, inputs_raw, own, upstream = engine.barrier.begin(run_id, node, hostname)
+    if status != "running":
+        logger.info("celery-graph: run %s is %s; node %s not run", run_id, status, node_id)
+        return None
+    if own is not None:
+        # Redelivered after the result was stored: never call the function again, but
+        # finish the dispatch a crash may have interrupted.
+        result_json: bytes | str = own
+        result = decode_value(own)
+    else:
+        kwargs = gather_kwargs(node, inputs_raw, bound, upstream)
+        result = fn(**kwargs)
+        result_json = encode_value(result, lambda: f"node {node_id!r}: result")
+    _stored, _finished, claimed = engine.barrier.complete(spec, run_id, node, result_json)
+    if claimed:
+        publish(task.app, spec, ctx["g"], run_id, claimed)
+        engine.barrier.mark_published(run_id, claimed)
+    return result
+
+
+def gather_kwargs(
+    node: NodeSpec, inputs_raw: bytes | None, bound: dict[str, Any], upstream: list
+) -> dict[str, Any]:
+    """Defaults < run inputs < bound kwargs < upstream results."""
+    kwargs: dict[str, Any] = {}
+    if inputs_raw and node.params:
+        inputs = decode_value(inputs_raw)
+        for p in node.params:
+            if p in inputs:
+                kwargs[p] = inputs[p]
+    kwargs.update(bound)
+    if node.pull or node.groups:
+        ids = node.upstream_ids()
+        results = {}
+        for nid, raw in zip(ids, upstream):
+            if raw is None:
+                raise StoreError(
+                    f"node {node.id!r}: the result of upstream node {nid!r} is missing "
+                    "(expired or deleted run state)"
+                )
+            results[nid] = raw
+        decoded: dict[str, Any] = {}
+
+        def value(nid: str) -> Any:
+            if nid not in decoded:
+                decoded[nid] = decode_value(results[nid])
+            return decoded[nid]
+
+        def tree(t: Any) -> Any:
+            return value(t) if isinstance(t, str) else [tree(x) for x in t]
+
+        for p, src in node.pull.items():
+            kwargs[p] = value(src)
+        for p, t in node.groups.items():
+            kwargs[p] = tree(t)
+    return kwargs
+
+
+def fail_node(app: Any, ctx: dict[str, str], exc: BaseException, traceback: str) -> bool:
+    engine = engine_for(app)
+    try:
+        joins = engine.store.load(ctx["g"]).joins
+    except StoreError:
+        joins = ()
+    error = stdjson.dumps(
+        {
+            "node": ctx["n"],
+            "type": type(exc).__name__,
+            "module": type(exc).__module__,
+            "message": str(exc),
+            "traceback": traceback or "",
+        }
+    )
+    return engine.barrier.finish(joins, ctx["r"], "failed", ctx["n"], error)
+
+
+# -- publishing -----------------------------------------------------------------------
+
+
+def task_id_for(run_id: str, node_id: str) -> str:
+    return f"{run_id}:{node_id}"
+
+
+def publish(app: Any, spec: GraphSpec, graph_id: str, run_id: str, node_ids: Iterable[str]) -> None:
+    """Send one ordinary Celery message per node, under the node's own task name."""
+    send = app.send_task
+    with app.producer_or_acquire() as producer:
+        for nid in node_ids:
+            node = spec.nodes[nid]
+            kwargs = dict(node.kwargs)
+            kwargs[GRAPH_KWARG] = {"g": graph_id, "r": run_id, "n": nid}
+            send(
+                node.task,
+                kwargs=kwargs,
+                task_id=task_id_for(run_id, nid),
+                producer=producer,
+                ignore_result=True,
+                **node.options,
+            )
+
+
+# -- submitting -----------------------------------------------------------------------
+
+
+def submit(flow: Flow, inputs: dict[str, Any], app: Any = None) -> GraphRun:
+    from .result import GraphRun
+
+    app = app or current_app._get_current_object()
+    spec = flow.compile()
+    spec.check_inputs(inputs)
+    for name, value in inputs.items():
+        encode_value(value, lambda name=name: f"run input {name!r}")
+    inputs_json = kjson.dumps(inputs)
+    engine = engine_for(app)
+    run_id = uuid.uuid4().hex
+    keys = engine.keys
+    pipe = engine.client.pipeline(transaction=False)
+    engine.store.put_commands(pipe, spec)
+    engine.runs.create_commands(
+        pipe, run_id, spec, inputs_json, {"sinks": stdjson.dumps(list(spec.sinks))}
+    )
+    pipe.hset(keys.nodes(run_id), mapping={f"{r}:dispatch": "published" for r in spec.roots})
+    pipe.expire(keys.nodes(run_id), engine.settings.run_ttl)
+    translate_errors("creating a run", pipe.execute)
+    engine.store._remember(spec)
+    try:
+        publish(app, spec, spec.graph_id, run_id, spec.roots)
+    except Exception as exc:
+        error = stdjson.dumps(
+            {"node": "", "type": type(exc).__name__, "module": type(exc).__module__,
+             "message": f"publishing the root nodes failed: {exc}", "traceback": ""}
+        )
+        try:
+            engine.barrier.finish(spec.joins, run_id, "failed", "", error)
+        except StoreError:
+            pass
+        raise PublishError(
+            f"run {run_id}: the broker did not take the root messages ({exc}); the run is "
+            "marked failed"
+        ) from exc
+    return GraphRun(run_id, app=app, spec=spec)
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,300 @@
+"""Compile a DSL flow into a validated, canonical GraphSpec.
+
+The spec is canonical JSON (sorted keys, no spaces); the graph id is the sha256 of those
+bytes, so the same graph always gets the same id and is stored once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .dsl import Flow, Parallel, TaskNode, Workflow, _parameters
+from .errors import (
+    CycleError,
+    DuplicateNodeError,
+    GraphDefinitionError,
+    MissingParameterError,
+    SerializationError,
+)
+
+SPEC_VERSION = 1
+
+# A group tree is a node id, or a list of group trees (a nested parallel member).
+GroupTree = Any
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    id: str
+    task: str
+    kwargs: dict[str, Any]
+    params: tuple[str, ...]
+    pull: dict[str, str]  # parameter -> upstream node id
+    groups: dict[str, GroupTree]  # parameter -> tree of upstream node ids
+    needs: tuple[str, ...]  # parameters only a run input can fill
+    options: dict[str, Any]  # routing options for the node's messages
+    preds: tuple[str, ...] = ()
+    succs: tuple[str, ...] = ()
+
+    @property
+    def is_join(self) -> bool:
+        return len(self.preds) >= 2
+
+    def upstream_ids(self) -> list[str]:
+        """Every node whose result this node reads, in a stable order."""
+        ids = list(self.pull.values())
+        for tree in self.groups.values():
+            ids.extend(_tree_ids(tree))
+        return list(dict.fromkeys(ids))
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    graph_id: str
+    blob: bytes  # canonical JSON
+    nodes: dict[str, NodeSpec]
+    roots: tuple[str, ...]
+    sinks: tuple[str, ...]
+    joins: tuple[str, ...]
+    order: tuple[str, ...] = field(repr=False)  # a topological order
+
+    @classmethod
+    def from_blob(cls, blob: bytes, graph_id: str | None = None) -> GraphSpec:
+        data = json.loads(blob)
+        return cls._build(data, blob, graph_id or sha256(blob))
+
+    @classmethod
+    def _build(cls, data: dict[str, Any], blob: bytes, graph_id: str) -> GraphSpec:
+        raw = data["nodes"]
+        preds: dict[str, list[str]] = {n: [] for n in raw}
+        succs: dict[str, list[str]] = {n: [] for n in raw}
+        for src, dst in data["edges"]:
+            succs[src].append(dst)
+            preds[dst].append(src)
+        nodes = {
+            nid: NodeSpec(
+                id=nid,
+                task=n["task"],
+                kwargs=n["kwargs"],
+                params=tuple(n["params"]),
+                pull=n["pull"],
+                groups=n["groups"],
+                needs=tuple(n["needs"]),
+                options=n["opts"],
+                preds=tuple(preds[nid]),
+                succs=tuple(succs[nid]),
+            )
+            for nid, n in raw.items()
+        }
+        return cls(
+            graph_id=graph_id,
+            blob=blob,
+            nodes=nodes,
+            roots=tuple(n for n in nodes if not preds[n]),
+            sinks=tuple(n for n in nodes if not succs[n]),
+            joins=tuple(n for n in nodes if len(preds[n]) >= 2),
+            order=tuple(data["order"]),
+        )
+
+    def check_inputs(self, inputs: dict[str, Any]) -> None:
+        """Raise MissingParameterError if a parameter nothing fills is not in ``inputs``."""
+        for node in self.nodes.values():
+            for param in node.needs:
+                if param not in inputs:
+                    raise MissingParameterError(
+                        f"node {node.id!r} ({node.task}): required parameter {param!r} is "
+                        "filled by nothing: no upstream node or named group of that name, no "
+                        "bound value, no default; pass it as a run input "
+                        f"(flow.apply_async({param}=...)) or bind it"
+                    )
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def canonical(data: Any) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _tree_ids(tree: GroupTree) -> Iterable[str]:
+    if isinstance(tree, str):
+        yield tree
+    else:
+        for t in tree:
+            yield from _tree_ids(t)
+
+
+def _member_tree(flow: Flow) -> GroupTree:
+    """The result shape of a group member: a node's id, a sequence's last step, a list."""
+    from .dsl import Sequence
+
+    if isinstance(flow, TaskNode):
+        return flow.id
+    if isinstance(flow, Sequence):
+        return _member_tree(flow.steps[-1])
+    if isinstance(flow, Parallel):
+        return [_member_tree(m) for m in flow.members]
+    exits = flow.exits()
+    return exits[0].id if len(exits) == 1 else [e.id for e in exits]
+
+
+def compile_flow(flow: Flow) -> GraphSpec:
+    """Validate ``flow`` and compile it; the result is cached on immutable flows."""
+    cached = getattr(flow, "_compiled", None)
+    if cached is not None and not isinstance(flow, Workflow):
+        return cached
+    spec = _compile(flow)
+    if not isinstance(flow, Workflow):
+        object.__setattr__(flow, "_compiled", spec)
+    return spec
+
+
+def _compile(flow: Flow) -> GraphSpec:
+    nodes: dict[str, TaskNode] = {}
+    groups: dict[str, GroupTree] = {}
+    for part in flow.walk():
+        if isinstance(part, TaskNode):
+            seen = nodes.get(part.id)
+            if seen is None:
+                nodes[part.id] = part
+            elif seen is not part and (
+                seen.task_name != part.task_name or seen.bound != part.bound
+            ):
+                raise DuplicateNodeError(
+                    f"duplicate node id {part.id!r}: used by {seen!r} and {part!r}; give one "
+                    f"of them its own id, e.g. .bind(id='{part.id}_2')"
+                )
+        elif isinstance(part, Parallel) and part.name:
+            tree = [_member_tree(m) for m in part.members]
+            if groups.get(part.name, tree) != tree:
+                raise DuplicateNodeError(f"two different groups are named {part.name!r}")
+            groups[part.name] = tree
+    if not nodes:
+        raise GraphDefinitionError("the graph has no nodes")
+    for name in groups:
+        if name in nodes:
+            raise DuplicateNodeError(f"group name {name!r} is also a node id; rename one")
+
+    edge_set: set[tuple[str, str]] = set()
+    for src, dst in flow.edges():
+        if src.id == dst.id:
+            raise CycleError(f"cycle: node {src.id!r} runs after itself")
+        edge_set.add((src.id, dst.id))
+    edges = sorted(edge_set)
+    succs: dict[str, list[str]] = {n: [] for n in nodes}
+    preds: dict[str, list[str]] = {n: [] for n in nodes}
+    for s, d in edges:
+        succs[s].append(d)
+        preds[d].append(s)
+    order = _topological_order(nodes, preds, succs)
+
+    ancestors_cache: dict[str, frozenset[str]] = {}
+
+    def is_upstream(candidate: str, node_id: str) -> bool:
+        anc = ancestors_cache.get(node_id)
+        if anc is None:
+            seen: set[str] = set()
+            stack = list(preds[node_id])
+            while stack:
+                cur = stack.pop()
+                if cur not in seen:
+                    seen.add(cur)
+                    stack.extend(preds[cur])
+            anc = ancestors_cache[node_id] = frozenset(seen)
+        return candidate in anc
+
+    out_nodes: dict[str, Any] = {}
+    for nid in order:
+        node = nodes[nid]
+        out_nodes[nid] = _node_entry(node, nodes, groups, preds, is_upstream)
+    data = {"v": SPEC_VERSION, "nodes": out_nodes, "edges": [list(e) for e in edges], "order": order}
+    blob = canonical(data)
+    return GraphSpec._build(data, blob, sha256(blob))
+
+
+def _node_entry(node, nodes, groups, preds, is_upstream) -> dict[str, Any]:
+    params = _parameters(node.fn)
+    bound = dict(node.bound)
+    pull: dict[str, str] = {}
+    group_pull: dict[str, GroupTree] = {}
+    needs: list[str] = []
+    names: list[str] = []
+    for name, p in params.items():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        names.append(name)
+        if name in nodes and preds[node.id] and is_upstream(name, node.id):
+            pull[name] = name
+            continue
+        if name in groups and preds[node.id]:
+            members = list(_tree_ids(groups[name]))
+            if all(is_upstream(m, node.id) for m in members):
+                group_pull[name] = groups[name]
+                continue
+        if name in bound or p.default is not inspect.Parameter.empty:
+            continue
+        if p.kind is p.POSITIONAL_ONLY:
+            raise MissingParameterError(
+                f"node {node.id!r}: parameter {name!r} is positional-only; celery-graph "
+                "passes arguments by name"
+            )
+        if name in nodes or name in groups:
+            raise MissingParameterError(
+                f"node {node.id!r}: parameter {name!r} names {'node' if name in nodes else 'group'}"
+                f" {name!r}, which is not upstream of {node.id!r}; add an edge "
+                f"({name} >> {node.id}) or bind a value"
+            )
+        needs.append(name)
+    try:
+        kwargs_json = json.loads(canonical(bound))
+    except (TypeError, ValueError) as exc:
+        bad = next(
+            (k for k, v in bound.items() if not _json_ok(v)), next(iter(bound), "?")
+        )
+        raise SerializationError(
+            f"node {node.id!r}: bound argument {bad!r} of type {type(bound.get(bad)).__name__} "
+            "cannot be encoded as JSON"
+        ) from exc
+    return {
+        "task": node.task_name,
+        "kwargs": kwargs_json,
+        "params": names,
+        "pull": pull,
+        "groups": group_pull,
+        "needs": needs,
+        "opts": dict(node.options),
+    }
+
+
+def _json_ok(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _topological_order(nodes, preds, succs) -> list[str]:
+    indegree = {n: len(preds[n]) for n in nodes}
+    queue = deque(n for n in nodes if indegree[n] == 0)
+    order: list[str] = []
+    while queue:
+        n = queue.popleft()
+        order.append(n)
+        for s in succs[n]:
+            indegree[s] -= 1
+            if indegree[s] == 0:
+                queue.append(s)
+    if len(order) != len(nodes):
+        stuck = sorted(n for n, d in indegree.items() if d > 0)
+        raise CycleError(
+            "cycle in the graph among nodes: " + ", ".join(repr(n) for n in stuck[:10])
+        )
+    return order

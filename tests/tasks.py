@@ -1,0 +1,134 @@
+"""Graph tasks used by the tests. Each records 'start:<node>' and 'end:<node>' in a Redis
+list ``trace:<tag>`` so tests can check ordering and how often a node ran."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+from celery import current_app
+
+from celery_graph import task
+
+_clients: dict[str, redis.Redis] = {}
+
+
+def trace_client() -> redis.Redis:
+    url = current_app.conf.graph_redis_url
+    if url not in _clients:
+        _clients[url] = redis.Redis.from_url(url)
+    return _clients[url]
+
+
+def trace(tag: str | None, event: str) -> None:
+    if tag:
+        trace_client().rpush(f"cgtest-trace:{tag}", event)
+
+
+def read_trace(tag: str) -> list[str]:
+    return [e.decode() for e in trace_client().lrange(f"cgtest-trace:{tag}", 0, -1)]
+
+
+# -- ETL ----------------------------------------------------------------------------
+
+
+@task
+def extract(n: int = 3):
+    return list(range(1, n + 1))
+
+
+@task
+def transform(extract, factor: int = 10):
+    return [x * factor for x in extract]
+
+
+@task
+def audit(extract):
+    return len(extract)
+
+
+@task
+def load(transform, audit):
+    return {"rows": transform, "count": audit}
+
+
+# -- traced steps --------------------------------------------------------------------
+
+
+def _step(name: str, tag: str | None, delay: float = 0.0) -> str:
+    trace(tag, f"start:{name}")
+    if delay:
+        time.sleep(delay)
+    trace(tag, f"end:{name}")
+    return name
+
+
+@task
+def step(tag=None, name: str = "step", delay: float = 0.0):
+    return _step(name, tag, delay)
+
+
+def _make_t(i: int):
+    def fn(tag=None, delay: float = 0.0):
+        return _step(f"t{i}", tag, delay)
+
+    fn.__name__ = fn.__qualname__ = f"t{i}"
+    fn.__module__ = __name__
+    return task(fn)
+
+
+t1, t2, t3, t4, t5, t6, t7, t8 = (_make_t(i) for i in range(1, 9))
+
+
+@task
+def add(x: int, y: int = 0):
+    return x + y
+
+
+@task
+def double(add):
+    return add * 2
+
+
+@task
+def source(value: int = 1):
+    return value
+
+
+@task
+def collect(batch):
+    return batch
+
+
+@task
+def join_count(tag=None):
+    """Counts its executions in Redis, so a test can prove it ran exactly once."""
+    if tag:
+        trace_client().incr(f"cgtest-count:{tag}:join_count")
+    return _step("join_count", tag)
+
+
+@task
+def boom(tag=None):
+    trace(tag, "start:boom")
+    raise ValueError("boom went the node")
+
+
+@task
+def after_boom(tag=None):
+    return _step("after_boom", tag)
+
+
+@task
+def needs_input(x, tag=None):
+    return x
+
+
+@task
+def slow(tag=None, delay: float = 0.5, name: str = "slow"):
+    return _step(name, tag, delay)
+
+
+@task
+def unencodable():
+    return object()
