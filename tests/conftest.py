@@ -4,6 +4,8 @@ its own queue and key prefix, and a real in-process Celery worker."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 
@@ -14,8 +16,11 @@ from celery.contrib.testing.worker import start_worker
 from celery.signals import before_task_publish
 
 from celery_graph.devserver import PrivateRedis
+from tests.brokerapp import make_app
+from tests.helpers import wait_for
 
 SESSION = uuid.uuid4().hex[:8]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="session")
@@ -36,31 +41,32 @@ def rclient(redis_url: str) -> redis.Redis:
     return redis.Redis.from_url(redis_url)
 
 
-def make_app(redis_url: str, broker_url: str | None = None, name: str = "cgtest") -> Celery:
-    app = Celery(name, broker=broker_url or redis_url, set_as_current=True)
-    app.conf.update(
-        graph_redis_url=redis_url,
-        graph_key_prefix=f"cgtest:{SESSION}",
-        task_default_queue=f"cgtest-{SESSION}",
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-        task_serializer="json",
-        accept_content=["json"],
-    )
+RABBITMQ_URL = os.environ.get("CELERY_GRAPH_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def rabbitmq_reachable() -> bool:
+    from kombu import Connection
+
+    try:
+        with Connection(RABBITMQ_URL, connect_timeout=2) as conn:
+            conn.ensure_connection(max_retries=1)
+        return True
+    except Exception:
+        return False
+
+
+def _started_app(redis_url: str, broker_url: str | None, name: str) -> Celery:
+    app = make_app(redis_url, broker_url, name, SESSION)
+    import tests.tasks  # noqa: F401  registers the graph tasks on the app
+
+    app.finalize()
     return app
 
 
 @pytest.fixture(scope="session")
 def celery_app(redis_url: str) -> Celery:
-    app = make_app(redis_url)
-    import tests.tasks  # noqa: F401  registers the graph tasks on the app
-
-    app.loader.import_default_modules()
-    app.finalize()
-    return app
+    """The app on a Redis broker (graph state in the same private Redis)."""
+    return _started_app(redis_url, None, "cgtest")
 
 
 @pytest.fixture(scope="session")
@@ -71,11 +77,66 @@ def worker(celery_app: Celery) -> Iterator[object]:
         yield w
 
 
+@pytest.fixture(scope="session")
+def amqp_app(redis_url: str) -> Iterator[Celery]:
+    """The app on the RabbitMQ broker, served by a real `celery worker` subprocess;
+    graph state stays in the private Redis."""
+    if not rabbitmq_reachable():
+        if os.environ.get("CI"):
+            pytest.fail(f"RabbitMQ at {RABBITMQ_URL} is not reachable and CI is set")
+        pytest.skip(f"RabbitMQ at {RABBITMQ_URL} is not reachable")
+    env = dict(
+        os.environ,
+        CGTEST_REDIS_URL=redis_url,
+        CGTEST_AMQP_URL=RABBITMQ_URL,
+        CGTEST_SESSION=SESSION,
+        PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
+    )
+    os.environ.update(CGTEST_REDIS_URL=redis_url, CGTEST_AMQP_URL=RABBITMQ_URL)
+    app = _started_app(redis_url, RABBITMQ_URL, "cgtest_amqp")
+    app.conf.task_default_queue = f"cgtest-amqp-{SESSION}"
+    hostname = f"cgtest-amqp-{SESSION}@localhost"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tests.brokerapp:amqp_app", "worker",
+         "-P", "threads", "-c", "4", "-n", hostname, "-l", "WARNING",
+         "--without-heartbeat", "--without-mingle", "--without-gossip"],
+        env=env, cwd=ROOT,
+    )
+    try:
+        wait_for(
+            lambda: proc.poll() is not None or app.control.ping([hostname], timeout=0.5),
+            timeout=60, what="the RabbitMQ worker subprocess to answer ping",
+        )
+        assert proc.poll() is None, "the RabbitMQ worker subprocess exited at start"
+        yield app
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        # the queue is ours: remove it so RabbitMQ keeps nothing from the tests
+        with app.connection_for_write() as conn:
+            conn.default_channel.queue_delete(app.conf.task_default_queue)
+
+
 @pytest.fixture()
 def app(celery_app: Celery, worker: object) -> Celery:
-    """The app, with a worker consuming its queue; also made the current app."""
+    """The Redis-broker app, with a worker consuming its queue; made the current app."""
     celery_app.set_current()
     return celery_app
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def any_app(request: pytest.FixtureRequest) -> Celery:
+    """Each engine integration test runs on a Redis broker and on a RabbitMQ broker."""
+    if request.param == "redis":
+        app_ = request.getfixturevalue("app")
+    else:
+        app_ = request.getfixturevalue("amqp_app")
+    app_.set_current()
+    return app_
 
 
 @pytest.fixture()

@@ -1,0 +1,43 @@
+"""Celery apps for the tests, importable by worker subprocesses (`celery -A`)."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+
+def make_app(
+    redis_url: str, broker_url: str | None = None, name: str = "cgtest", session: str = ""
+) -> Celery:
+    session = session or os.environ.get("CGTEST_SESSION", "local")
+    app = Celery(name, broker=broker_url or redis_url, set_as_current=True)
+    app.conf.update(
+        graph_redis_url=redis_url,
+        graph_key_prefix=f"cgtest:{session}",
+        task_default_queue=f"cgtest-{session}",
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        task_serializer="json",
+        accept_content=["json"],
+    )
+    return app
+
+
+def _amqp_app() -> Celery | None:
+    redis_url = os.environ.get("CGTEST_REDIS_URL")
+    amqp_url = os.environ.get("CGTEST_AMQP_URL")
+    if not (redis_url and amqp_url):
+        return None
+    app = make_app(redis_url, amqp_url, "cgtest_amqp")
+    app.conf.task_default_queue = f"cgtest-amqp-{os.environ.get('CGTEST_SESSION', 'local')}"
+    import tests.tasks  # noqa: F401
+
+    return app
+
+
+# `celery -A tests.brokerapp:amqp_app worker` in a subprocess, configured by the env vars
+amqp_app = _amqp_app()

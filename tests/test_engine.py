@@ -1,0 +1,207 @@
+"""End-to-end runs on a real Redis and real Celery workers (Redis and RabbitMQ brokers)."""
+
+from __future__ import annotations
+
+import pytest
+
+from celery_graph import GraphRun, RunFailed, workflow
+from tests.helpers import assert_order
+from tests.tasks import (
+    add,
+    after_boom,
+    audit,
+    boom,
+    collect,
+    double,
+    extract,
+    load,
+    read_trace,
+    source,
+    step,
+    t1,
+    t2,
+    t3,
+    t4,
+    t5,
+    t6,
+    t7,
+    t8,
+    transform,
+)
+
+EIGHT_EDGES = [
+    ("t1", "t2"), ("t1", "t3"), ("t1", "t4"), ("t2", "t5"), ("t4", "t6"), ("t4", "t7"),
+    ("t5", "t8"), ("t3", "t8"), ("t6", "t8"), ("t7", "t8"),
+]
+
+
+def test_quickstart_etl(any_app):
+    run = (extract >> (transform | audit) >> load).apply_async()
+    assert run.get(timeout=20) == {"rows": [10, 20, 30], "count": 3}
+    assert run.status().state == "succeeded"
+    assert run.results() == {
+        "extract": [1, 2, 3],
+        "transform": [10, 20, 30],
+        "audit": 3,
+        "load": {"rows": [10, 20, 30], "count": 3},
+    }
+
+
+def test_sequence_runs_in_order(any_app, tag):
+    a, b, c = (step.bind(id=n, name=n) for n in "abc")
+    run = (a >> b >> c).apply_async(tag=tag)
+    assert run.get(timeout=20) == "c"
+    trace = read_trace(tag)
+    assert trace == ["start:a", "end:a", "start:b", "end:b", "start:c", "end:c"]
+
+
+def test_parallel_members_all_run_and_results_by_sink(any_app, tag):
+    nodes = [step.bind(id=f"p{i}", name=f"p{i}") for i in range(4)]
+    run = (nodes[0] | nodes[1] | nodes[2] | nodes[3]).apply_async(tag=tag)
+    assert run.get(timeout=20) == {f"p{i}": f"p{i}" for i in range(4)}
+    assert sorted(e for e in read_trace(tag) if e.startswith("end:")) == [
+        f"end:p{i}" for i in range(4)
+    ]
+
+
+def test_parallel_members_overlap_in_time(any_app, tag):
+    # four 0.3 s members on four worker threads: if they ran one after another, some
+    # member would start only after another ended
+    nodes = [step.bind(id=f"q{i}", name=f"q{i}", delay=0.3) for i in range(4)]
+    run = (nodes[0] | nodes[1] | nodes[2] | nodes[3]).apply_async(tag=tag)
+    run.get(timeout=20)
+    trace = read_trace(tag)
+    assert all(e.startswith("start:") for e in trace[:4]), trace
+
+
+def test_nested_groups_keep_every_ordering(any_app, tag):
+    s = {n: step.bind(id=n, name=n) for n in ["a", "b", "c", "d", "e", "f", "g", "h"]}
+    flow = s["a"] >> ((s["b"] >> (s["c"] | (s["d"] >> s["e"]))) | s["f"]) >> s["g"] >> s["h"]
+    run = flow.apply_async(tag=tag)
+    assert run.get(timeout=20) == "h"
+    trace = read_trace(tag)
+    for before, after in [("a", "b"), ("a", "f"), ("b", "c"), ("b", "d"), ("d", "e"),
+                          ("c", "g"), ("e", "g"), ("f", "g"), ("g", "h")]:
+        assert_order(trace, before, after)
+    assert trace.count("start:g") == 1
+
+
+def test_diamond_written_with_rshift_only_runs_join_once(any_app, tag):
+    with workflow("diamond") as wf:
+        t1 >> t2
+        t1 >> t3
+        t2 >> t4
+        t3 >> t4
+    run = wf.apply_async(tag=tag)
+    assert run.get(timeout=20) == "t4"
+    trace = read_trace(tag)
+    assert trace.count("start:t4") == 1
+    assert trace.count("start:t1") == 1
+    for before, after in [("t1", "t2"), ("t1", "t3"), ("t2", "t4"), ("t3", "t4")]:
+        assert_order(trace, before, after)
+
+
+def test_eight_task_shape_keeps_order_and_runs_t8_once(any_app, tag):
+    flow = t1 >> ((t2 >> t5) | t3 | (t4 >> (t6 | t7))) >> t8
+    assert sorted(tuple(e) for e in flow.compile().blob and _edges(flow)) == sorted(EIGHT_EDGES)
+    run = flow.apply_async(tag=tag)
+    assert run.get(timeout=20) == "t8"
+    trace = read_trace(tag)
+    for before, after in EIGHT_EDGES:
+        assert_order(trace, before, after)
+    for i in range(1, 9):
+        assert trace.count(f"start:t{i}") == 1, trace
+
+
+def _edges(flow):
+    spec = flow.compile()
+    return [(p, n.id) for n in spec.nodes.values() for p in n.preds]
+
+
+def test_concurrent_runs_of_one_graph_do_not_mix(any_app):
+    flow = add >> double
+    runs = {x: flow.apply_async(x=x, y=100) for x in range(12)}
+    assert len({r.id for r in runs.values()}) == 12
+    for x, run in runs.items():
+        assert run.get(timeout=30) == (x + 100) * 2
+        assert run.results()["add"] == x + 100
+
+
+def test_bind_gives_ids_and_kwargs(any_app):
+    a1 = add.bind(id="a1", x=1, y=2)
+    a2 = add.bind(id="a2", x=10)
+    run = (a1 | a2).apply_async(y=5)
+    # bound y=2 beats the run input y=5 for a1; a2 takes y from the run input
+    assert run.get(timeout=20) == {"a1": 3, "a2": 15}
+
+
+def test_inputs_precedence_upstream_beats_bound_beats_input_beats_default(any_app):
+    flow = source.bind(value=7) >> add.bind(id="add", y=1) >> double
+    # add.x comes from the run input, add.y is bound; double.add is the upstream result
+    run = flow.apply_async(x=3, y=99, value=5)
+    assert run.get(timeout=20) == 8
+    assert run.results()["source"] == 7  # bound 7 beats run input 5
+    run2 = (source >> collect.bind(id="c", batch=["bound"])).apply_async()
+    assert run2.get(timeout=20) == ["bound"]
+
+
+def test_named_group_hands_member_results_in_member_order(any_app):
+    members = [source.bind(id=f"s{i}", value=i) for i in (3, 1, 2)]
+    batch = (members[0] | members[1] | members[2]).named("batch")
+    run = (batch >> collect).apply_async()
+    assert run.get(timeout=20) == [3, 1, 2]
+
+
+def test_named_group_with_sequence_and_nested_members(any_app):
+    # a sequence member contributes its last step; a nested named group stays a list;
+    # an unnamed nested group flattens, since a | (b | c) is a | b | c
+    inner = (source.bind(id="i1", value=1) | source.bind(id="i2", value=2)).named("inner")
+    chained = source.bind(id="c0", value=5) >> add.bind(id="c1", x=0)
+    flat = source.bind(id="f1", value=7) | source.bind(id="f2", value=8)
+    batch = (chained | inner | flat | source.bind(id="last", value=9)).named("batch")
+    run = (batch >> collect).apply_async(y=1)
+    assert run.get(timeout=20) == [1, [1, 2], 7, 8, 9]
+
+
+def test_failing_node_fails_run_and_stops_downstream(any_app, tag):
+    flow = step.bind(id="first", name="first") >> boom >> after_boom
+    run = flow.apply_async(tag=tag)
+    with pytest.raises(RunFailed) as info:
+        run.get(timeout=20)
+    err = info.value
+    assert err.node_id == "boom"
+    assert err.exc_type == "ValueError"
+    assert err.exc_message == "boom went the node"
+    assert "ValueError: boom went the node" in err.traceback
+    assert "boom" in str(err) and run.id in str(err)
+    status = run.status()
+    assert status.state == "failed"
+    assert status.nodes["boom"].state == "failed"
+    assert status.nodes["after_boom"].state == "pending"
+    assert "start:after_boom" not in read_trace(tag)
+
+
+def test_failing_group_member_fails_run_and_join_never_runs(any_app, tag):
+    ok = [step.bind(id=f"ok{i}", name=f"ok{i}") for i in range(3)]
+    flow = (ok[0] | boom | ok[1]) >> after_boom >> ok[2]
+    run = flow.apply_async(tag=tag)
+    with pytest.raises(RunFailed) as info:
+        run.get(timeout=20)
+    assert info.value.node_id == "boom"
+    trace = read_trace(tag)
+    assert "start:after_boom" not in trace and "start:ok2" not in trace
+    assert run.status().state == "failed"
+
+
+def test_multiple_sinks_return_a_dict(any_app):
+    flow = extract >> (transform | audit)
+    run = flow.apply_async(n=2)
+    assert run.get(timeout=20) == {"transform": [10, 20], "audit": 2}
+
+
+def test_run_reopened_by_id(any_app):
+    run = (extract >> audit).apply_async()
+    again = GraphRun(run.id, app=any_app)
+    assert again.get(timeout=20) == 3
+    assert again.status().state == "succeeded"
+    assert again.status().nodes["audit"].worker  # the worker hostname is recorded
