@@ -1,0 +1,137 @@
+"""The barrier contract, against real Redis: arrivals are set members, a release happens
+once, and a duplicate never counts twice or publishes twice."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+from celery_graph.runtime import engine_for, task_id_for
+from tests.helpers import wait_for
+from tests.tasks import join_count, read_trace, step
+
+
+def _start_run(engine, spec) -> str:
+    run_id = uuid.uuid4().hex
+    pipe = engine.client.pipeline()
+    engine.store.put_commands(pipe, spec)
+    engine.runs.create_commands(pipe, run_id, spec, "{}", {"sinks": "[]"})
+    pipe.execute()
+    return run_id
+
+
+def test_duplicate_arrival_counts_once_and_release_is_claimed_once(app):
+    engine = engine_for(app)
+    a, b, c = (step.bind(id=n) for n in "abc")
+    spec = ((a | b | c) >> join_count).compile()
+    run_id = _start_run(engine, spec)
+    node = spec.nodes
+    assert engine.barrier.complete(spec, run_id, node["a"], '"a"')[2] == []
+    # a duplicate of a: stored already, still only one arrival
+    stored, _, claimed = engine.barrier.complete(spec, run_id, node["a"], '"a"')
+    assert (stored, claimed) == (0, [])
+    assert engine.barrier.complete(spec, run_id, node["b"], '"b"')[2] == []
+    assert engine.barrier.complete(spec, run_id, node["c"], '"c"')[2] == ["join_count"]
+    # released but not yet marked published: a redelivered arrival recovers the publish
+    assert engine.barrier.complete(spec, run_id, node["c"], '"c"')[2] == ["join_count"]
+    engine.barrier.mark_published(run_id, ["join_count"])
+    for n in "abc":
+        assert engine.barrier.complete(spec, run_id, node[n], f'"{n}"')[2] == []
+    assert engine.client.scard(engine.keys.join(run_id, "join_count")) == 3
+
+
+def test_concurrent_arrivals_release_exactly_once(app):
+    engine = engine_for(app)
+    members = [step.bind(id=f"m{i}") for i in range(40)]
+    flow = members[0]
+    for m in members[1:]:
+        flow = flow | m
+    spec = (flow >> join_count).compile()
+    run_id = _start_run(engine, spec)
+    claims: list[str] = []
+    lock = threading.Lock()
+
+    def arrive(i: int) -> None:
+        got = engine.barrier.complete(spec, run_id, spec.nodes[f"m{i}"], "1")[2]
+        with lock:
+            claims.extend(got)
+
+    threads = [threading.Thread(target=arrive, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert claims == ["join_count"]
+    engine.barrier.mark_published(run_id, ["join_count"])
+    # after the publish mark, no arrival (duplicate or redelivery) hands it out again
+    for i in range(40):
+        assert engine.barrier.complete(spec, run_id, spec.nodes[f"m{i}"], "1")[2] == []
+
+
+def test_delivered_duplicate_of_a_join_member_does_not_run_the_join_twice(app, tag):
+    """A second copy of a member's message, delivered while the run is still going, is
+    processed by the worker but neither re-runs the member nor releases the join again."""
+    from celery.signals import task_postrun
+
+    fast = step.bind(id="fast", name="fast")
+    other = step.bind(id="other", name="other")
+    slow = step.bind(id="slow_member", name="slow_member", delay=1.5)
+    flow = (fast | other | slow) >> join_count
+    seen: list[str] = []
+
+    def on_postrun(task_id=None, **kw):
+        seen.append(task_id)
+
+    task_postrun.connect(on_postrun, weak=False)
+    try:
+        run = flow.apply_async(tag=tag)
+        fast_id = task_id_for(run.id, "fast")
+        wait_for(lambda: fast_id in seen and "end:other" in read_trace(tag), what="fast and other")
+        spec = flow.compile()
+        app.send_task(
+            spec.nodes["fast"].task,
+            kwargs={"name": "fast", "_graph": {"g": spec.graph_id, "r": run.id, "n": "fast"}},
+            task_id=fast_id,
+        )
+        wait_for(lambda: seen.count(fast_id) == 2, what="the duplicate to be processed")
+        assert run.get(timeout=20) == "join_count"
+    finally:
+        task_postrun.disconnect(on_postrun)
+    trace = read_trace(tag)
+    assert trace.count("start:fast") == 1, trace
+    assert trace.count("start:join_count") == 1, trace
+    assert int(app_client(app).get(f"cgtest-count:{tag}:join_count")) == 1
+
+
+def test_duplicate_after_the_run_finished_changes_nothing(app, tag):
+    flow = (step.bind(id="x1", name="x1") | step.bind(id="x2", name="x2")) >> join_count
+    run = flow.apply_async(tag=tag)
+    assert run.get(timeout=20) == "join_count"
+    spec = flow.compile()
+    results_before = run.results()
+    from celery.signals import task_postrun
+
+    done = threading.Event()
+    dup_id = task_id_for(run.id, "x1")
+
+    def on_postrun(task_id=None, **kw):
+        if task_id == dup_id:
+            done.set()
+
+    task_postrun.connect(on_postrun, weak=False)
+    try:
+        app.send_task(
+            spec.nodes["x1"].task,
+            kwargs={"name": "x1", "_graph": {"g": spec.graph_id, "r": run.id, "n": "x1"}},
+            task_id=dup_id,
+        )
+        assert done.wait(20)
+    finally:
+        task_postrun.disconnect(on_postrun)
+    assert run.results() == results_before
+    assert read_trace(tag).count("start:x1") == 1
+    assert read_trace(tag).count("start:join_count") == 1
+
+
+def app_client(app):
+    return engine_for(app).client

@@ -1,0 +1,43 @@
+"""Invariant 1: a node's message holds ids and its own arguments, never the graph."""
+
+from __future__ import annotations
+
+from celery_graph import Parallel
+from celery_graph.runtime import GRAPH_KWARG
+from tests.tasks import collect, source, step
+
+
+def _fan(n: int):
+    members = [source.bind(id=f"m{i:04d}", value=i) for i in range(n)]  # same-length ids
+    return step >> Parallel(tuple(members)).named("batch") >> collect
+
+
+def test_largest_message_of_1000_node_graph_is_no_bigger_than_3_node(app, published):
+    small = _fan(1)  # 3 nodes
+    run = small.apply_async()
+    assert run.get(timeout=20) == [0]
+    small_max = max(m["size"] for m in published)
+    published.clear()
+
+    big = _fan(998)  # 1,000 nodes
+    run = big.apply_async()
+    assert run.get(timeout=90) == list(range(998))
+    assert len(published) == 1000
+    big_max = max(m["size"] for m in published)
+    # values 0 vs 997 differ by 2 digits, shown twice (kwargs, kwargsrepr); nothing else grows
+    assert big_max <= small_max + 4, (small_max, big_max)
+    assert big_max < 2048
+
+
+def test_message_carries_ids_and_own_arguments_only(app, published):
+    run = (source.bind(value=5) >> step.bind(name="x")).apply_async()
+    run.get(timeout=20)
+    for msg in published:
+        args, kwargs, _embed = msg["body"]
+        assert list(args) == []
+        assert set(kwargs[GRAPH_KWARG]) == {"g", "r", "n"}
+        assert not msg["body"][2].get("chain") and not msg["body"][2].get("chord")
+    by_node = {m["body"][1][GRAPH_KWARG]["n"]: m["body"][1] for m in published}
+    assert by_node["source"]["value"] == 5
+    assert by_node["step"]["name"] == "x"
+    assert msg["headers"]["id"] == f"{run.id}:{msg['body'][1][GRAPH_KWARG]['n']}"
