@@ -18,7 +18,7 @@ from .spec import GraphSpec, NodeSpec
 
 
 def _load(name: str) -> str:
-    return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text()
+    return (resources.files(__package__) / "lua" / f"{name}.lua").read_text()
 
 
 class Barrier:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, overload
 
 from .errors import GraphDefinitionError, NotAGraphTaskError
@@ -115,7 +116,7 @@ class TaskNode(Flow):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
-    def bind(self, id: str | None = None, **kwargs: Any) -> TaskNode:  # noqa: A002
+    def bind(self, id: str | None = None, **kwargs: Any) -> TaskNode:
         """A copy with another node id and/or bound keyword arguments.
 
         >>> fetch.bind(id="fetch_eu", region="eu") | fetch.bind(id="fetch_us", region="us")
@@ -322,7 +323,9 @@ ROUTING_OPTIONS = ("queue", "routing_key", "exchange", "priority")
 @overload
 def task(fn: Callable[..., Any], /) -> TaskNode: ...
 @overload
-def task(*, name: str | None = None, **options: Any) -> Callable[[Callable[..., Any]], TaskNode]: ...
+def task(
+    *, name: str | None = None, **options: Any
+) -> Callable[[Callable[..., Any]], TaskNode]: ...
 def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Declare a graph task. Registers a real Celery task (shared_task-style, so it attaches
     to your app and shows in Flower under its own name) and returns its graph node.
@@ -334,6 +337,23 @@ def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     return _make_task(fn, options)
 
 
+def _module_name(fn: Callable[..., Any]) -> str:
+    """The module name a worker importing this module would see: a script run as
+    ``python quickstart.py`` names its tasks ``quickstart.*``, as ``celery -A quickstart``
+    does."""
+    module = fn.__module__
+    if module != "__main__":
+        return module
+    import sys
+
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name:
+        return spec.name
+    path = getattr(main, "__file__", None)
+    return os.path.splitext(os.path.basename(path))[0] if path else module
+
+
 def _make_task(fn: Callable[..., Any], options: dict[str, Any]) -> TaskNode:
     from celery import shared_task
 
@@ -343,7 +363,7 @@ def _make_task(fn: Callable[..., Any], options: dict[str, Any]) -> TaskNode:
         raise GraphDefinitionError(f"@task applied twice to {fn!r}")
     if not callable(fn):
         raise NotAGraphTaskError(f"@task needs a function, got {type(fn).__name__}")
-    name = options.pop("name", None) or f"{fn.__module__}.{fn.__qualname__}"
+    name = options.pop("name", None) or f"{_module_name(fn)}.{fn.__qualname__}"
     options.setdefault("base", GraphTask)
     routing = tuple(sorted((k, options[k]) for k in ROUTING_OPTIONS if k in options))
     body = make_task_body(fn)

@@ -120,13 +120,15 @@ class GraphRun:
                     raise RunTimeout(
                         f"run {self.id} still {record['status']} after {timeout} s"
                     )
-            # BLMOVE from the list to itself rotates the signal, so every waiter sees it.
-            translate_errors(
-                "waiting for a run",
-                lambda r=remaining: engine.wait_client.blmove(
-                    done_key, done_key, max(r, 0.01), "LEFT", "RIGHT"
-                ),
-            )
+            self._wait_slice(engine, done_key, max(remaining, 0.01))
+
+    @staticmethod
+    def _wait_slice(engine: Any, done_key: str, seconds: float) -> None:
+        # BLMOVE from the list to itself rotates the signal, so every waiter sees it.
+        def wait() -> None:
+            engine.wait_client.blmove(done_key, done_key, seconds, "LEFT", "RIGHT")
+
+        translate_errors("waiting for a run", wait)
 
     def _outcome(self, record: dict[str, str]) -> Any:
         state = record["status"]

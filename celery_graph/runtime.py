@@ -8,6 +8,7 @@ end the run at the last sink) -> publish the claimed successors -> mark.lua.
 
 from __future__ import annotations
 
+import contextlib
 import json as stdjson
 import socket
 import threading
@@ -111,7 +112,7 @@ class GraphTask(Task):
 
     typing = False  # graph messages carry the extra ``_graph`` keyword
 
-    def on_failure(self, exc, task_id, args, kwargs, einfo):  # type: ignore[override]
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
         ctx = kwargs.get(GRAPH_KWARG) if isinstance(kwargs, dict) else None
         if ctx:
             try:
@@ -132,7 +133,7 @@ def make_task_body(fn: Callable[..., Any]) -> Callable[..., Any]:
     body.__qualname__ = fn.__qualname__
     body.__module__ = fn.__module__
     body.__doc__ = fn.__doc__
-    body.__celery_graph_fn__ = fn  # type: ignore[attr-defined]
+    body.__wrapped__ = fn  # type: ignore[attr-defined]
     return body
 
 
@@ -253,7 +254,7 @@ def submit(flow: Flow, inputs: dict[str, Any], app: Any = None) -> GraphRun:
     spec = flow.compile()
     spec.check_inputs(inputs)
     for name, value in inputs.items():
-        encode_value(value, lambda name=name: f"run input {name!r}")
+        encode_value(value, lambda name=name: f"run input {name!r}")  # type: ignore[misc]
     inputs_json = kjson.dumps(inputs)
     engine = engine_for(app)
     run_id = uuid.uuid4().hex
@@ -265,7 +266,7 @@ def submit(flow: Flow, inputs: dict[str, Any], app: Any = None) -> GraphRun:
     )
     pipe.hset(keys.nodes(run_id), mapping={f"{r}:dispatch": "published" for r in spec.roots})
     pipe.expire(keys.nodes(run_id), engine.settings.run_ttl)
-    translate_errors("creating a run", pipe.execute)
+    translate_errors("creating a run", lambda: pipe.execute())
     engine.store._remember(spec)
     try:
         publish(app, spec, spec.graph_id, run_id, spec.roots)
@@ -274,10 +275,8 @@ def submit(flow: Flow, inputs: dict[str, Any], app: Any = None) -> GraphRun:
             {"node": "", "type": type(exc).__name__, "module": type(exc).__module__,
              "message": f"publishing the root nodes failed: {exc}", "traceback": ""}
         )
-        try:
+        with contextlib.suppress(StoreError):
             engine.barrier.finish(spec.joins, run_id, "failed", "", error)
-        except StoreError:
-            pass
         raise PublishError(
             f"run {run_id}: the broker did not take the root messages ({exc}); the run is "
             "marked failed"

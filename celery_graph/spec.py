@@ -214,7 +214,12 @@ def _compile(flow: Flow) -> GraphSpec:
     for nid in order:
         node = nodes[nid]
         out_nodes[nid] = _node_entry(node, nodes, groups, preds, is_upstream)
-    data = {"v": SPEC_VERSION, "nodes": out_nodes, "edges": [list(e) for e in edges], "order": order}
+    data = {
+        "v": SPEC_VERSION,
+        "nodes": out_nodes,
+        "edges": [list(e) for e in edges],
+        "order": order,
+    }
     blob = canonical(data)
     return GraphSpec._build(data, blob, sha256(blob))
 

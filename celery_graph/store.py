@@ -37,7 +37,7 @@ def translate_errors(what: str, fn: Callable[[], T]) -> T:
 
 class GraphStore:
     def __init__(self, client: redis.Redis, keys: Keys, ttl: int, cache_size: int) -> None:
-        self.client = client
+        self.client: Any = client  # bytes replies (decode_responses off)
         self.keys = keys
         self.ttl = ttl
         self.cache_size = cache_size
@@ -113,7 +113,7 @@ class RunStore:
     """Reads and writes of run records that are not barrier operations."""
 
     def __init__(self, client: redis.Redis, keys: Keys, run_ttl: int) -> None:
-        self.client = client
+        self.client: Any = client  # bytes replies (decode_responses off)
         self.keys = keys
         self.run_ttl = run_ttl
 

@@ -60,7 +60,7 @@ def test_duplicate_node_id_is_refused(no_publish):
 
 def test_same_task_twice_without_bind_is_one_node_but_other_task_same_name_is_refused(no_publish):
     # two different functions both called "extract"
-    def extract(n: int = 3):  # noqa: F811
+    def extract(n: int = 3):
         return n
 
     other = task(name="tests.other_extract")(extract)
@@ -100,7 +100,7 @@ def test_invalid_node_id():
 
 
 def test_plain_celery_task_is_refused_with_a_hint():
-    with pytest.raises(NotAGraphTaskError, match="decorate the function with @celery_graph.task"):
+    with pytest.raises(NotAGraphTaskError, match=r"decorate the function with @celery_graph\.task"):
         extract >> plain_celery_task
     with pytest.raises(NotAGraphTaskError, match="not a celery-graph node"):
         extract | 42
@@ -125,7 +125,7 @@ def test_malformed_key_prefix_is_refused(app, no_publish):
     old = app.conf.graph_key_prefix
     app.conf.graph_key_prefix = "bad {prefix}"
     try:
-        with pytest.raises(ConfigurationError, match="malformed key prefix 'bad {prefix}'"):
+        with pytest.raises(ConfigurationError, match=r"malformed key prefix 'bad \{prefix\}'"):
             (extract >> audit).apply_async()
     finally:
         app.conf.graph_key_prefix = old
