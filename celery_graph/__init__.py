@@ -2,9 +2,11 @@
 
 from .dsl import Flow, Parallel, Sequence, TaskNode, Workflow, task, workflow
 from .errors import (
+    Backpressure,
     CeleryGraphError,
     ConfigurationError,
     CycleError,
+    DeadlineExceeded,
     DuplicateNodeError,
     GraphCorrupted,
     GraphDefinitionError,
@@ -12,13 +14,16 @@ from .errors import (
     MissingParameterError,
     NotAGraphTaskError,
     PublishError,
+    ResultTooLarge,
     RunCancelled,
     RunFailed,
     RunNotFound,
+    RunNotResumable,
     RunTimeout,
     SerializationError,
     StoreError,
     StoreUnavailable,
+    UnknownTask,
 )
 from .result import GraphRun, NodeStatus, RunStatus
 from .spec import GraphSpec
@@ -48,6 +53,8 @@ __all__ = [
     "NotAGraphTaskError",
     "ConfigurationError",
     "SerializationError",
+    "ResultTooLarge",
+    "UnknownTask",
     "StoreError",
     "StoreUnavailable",
     "GraphNotFound",
@@ -57,4 +64,7 @@ __all__ = [
     "RunFailed",
     "RunCancelled",
     "RunTimeout",
+    "DeadlineExceeded",
+    "RunNotResumable",
+    "Backpressure",
 ]

@@ -32,6 +32,7 @@ class Barrier:
         self._complete = client.register_script(_load("complete"))
         self._mark = client.register_script(_load("mark"))
         self._finish = client.register_script(_load("finish"))
+        self._resume = client.register_script(_load("resume"))
 
     def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
@@ -100,3 +101,17 @@ class Barrier:
         keys = [k.run(run_id), k.nodes(run_id), k.done(run_id), *k.run_keys(run_id, spec_joins)]
         args = [status, node_id, error_json, self.result_ttl, f"{time.time():.6f}"]
         return bool(self._call(self._finish, keys, args))
+
+    def resume(self, spec_joins: tuple[str, ...], run_id: str, node_ids: list[str]) -> str:
+        """Reopen a failed/cancelled run; returns its previous status."""
+        k = self.keys
+        keys = [k.run(run_id), k.nodes(run_id), k.done(run_id), *k.run_keys(run_id, spec_joins)]
+        try:
+            previous = self._call(
+                self._resume, keys, [self.run_ttl, f"{time.time():.6f}", *node_ids]
+            )
+        except redis.ResponseError as exc:
+            from .errors import RunNotResumable
+
+            raise RunNotResumable(f"run {run_id} cannot be resumed: {exc}") from exc
+        return previous.decode() if isinstance(previous, bytes) else str(previous)

@@ -9,6 +9,9 @@
 | graph_run_ttl             | CELERY_GRAPH_RUN_TTL          | 604800 s (longest run)     |
 | graph_store_ttl           | CELERY_GRAPH_STORE_TTL        | 604800 s (sliding)         |
 | graph_cache_size          | CELERY_GRAPH_CACHE_SIZE       | 256 graphs per process     |
+| graph_max_result_bytes    | CELERY_GRAPH_MAX_RESULT_BYTES | 16 MiB per node result     |
+| graph_max_queue_depth     | CELERY_GRAPH_MAX_QUEUE_DEPTH  | 0 (no backpressure)        |
+| graph_backpressure_timeout| CELERY_GRAPH_BACKPRESSURE_TIMEOUT | 30 s                   |
 
 An explicit Celery setting wins over the environment variable.
 """
@@ -52,6 +55,9 @@ class Settings:
     run_ttl: int
     store_ttl: int
     cache_size: int
+    max_result_bytes: int = 16 * 1024 * 1024
+    max_queue_depth: int = 0
+    backpressure_timeout: float = 30.0
 
     @property
     def keys(self) -> Keys:
@@ -82,8 +88,21 @@ class Settings:
             run_ttl=_setting(app, "graph_run_ttl", "CELERY_GRAPH_RUN_TTL", 7 * 86400, int),
             store_ttl=_setting(app, "graph_store_ttl", "CELERY_GRAPH_STORE_TTL", 7 * 86400, int),
             cache_size=_setting(app, "graph_cache_size", "CELERY_GRAPH_CACHE_SIZE", 256, int),
+            max_result_bytes=_setting(
+                app, "graph_max_result_bytes", "CELERY_GRAPH_MAX_RESULT_BYTES", 16 << 20, int
+            ),
+            max_queue_depth=_setting(
+                app, "graph_max_queue_depth", "CELERY_GRAPH_MAX_QUEUE_DEPTH", 0, int
+            ),
+            backpressure_timeout=_setting(
+                app, "graph_backpressure_timeout", "CELERY_GRAPH_BACKPRESSURE_TIMEOUT", 30.0, float
+            ),
         )
-        for name in ("result_ttl", "run_ttl", "store_ttl", "cache_size"):
+        if settings.max_queue_depth < 0 or settings.backpressure_timeout < 0:
+            raise ConfigurationError(
+                "graph_max_queue_depth and graph_backpressure_timeout must not be negative"
+            )
+        for name in ("result_ttl", "run_ttl", "store_ttl", "cache_size", "max_result_bytes"):
             if getattr(settings, name) <= 0:
                 raise ConfigurationError(f"graph_{name} must be a positive integer")
         return settings

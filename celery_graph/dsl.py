@@ -74,20 +74,35 @@ class Flow:
 
         return compile_flow(self)
 
-    def apply_async(self, **inputs: Any) -> GraphRun:
-        """Start a run; keyword arguments are run inputs. Returns at once."""
-        return self.submit(inputs)
+    def apply_async(
+        self,
+        *,
+        idempotency_key: str | None = None,
+        deadline: float | None = None,
+        **inputs: Any,
+    ) -> GraphRun:
+        """Start a run; other keyword arguments are run inputs. Returns at once.
+
+        ``idempotency_key``: a second submission with the same key returns the run already
+        started under it. ``deadline``: seconds after which the run fails. (A run input
+        with one of these names can be passed with ``submit(inputs={...})``.)
+        """
+        return self.submit(inputs, idempotency_key=idempotency_key, deadline=deadline)
 
     def submit(
         self,
         inputs: dict[str, Any] | None = None,
         *,
         app: Any = None,
+        idempotency_key: str | None = None,
+        deadline: float | None = None,
     ) -> GraphRun:
         """Start a run with ``inputs`` on ``app`` (default: Celery's current app)."""
-        from .runtime import submit
+        from .submit import submit
 
-        return submit(self, inputs or {}, app=app)
+        return submit(
+            self, inputs or {}, app=app, idempotency_key=idempotency_key, deadline=deadline
+        )
 
 
 def _as_flow(value: object, op: str) -> Flow:

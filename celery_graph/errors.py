@@ -64,6 +64,14 @@ class SerializationError(CeleryGraphError, TypeError):
     """A node's arguments or result cannot be encoded by the serializer."""
 
 
+class ResultTooLarge(CeleryGraphError, ValueError):
+    """A node's encoded result is over ``graph_max_result_bytes``."""
+
+
+class UnknownTask(CeleryGraphError, LookupError):
+    """A worker received a node whose task name it does not know."""
+
+
 # -- barrier ------------------------------------------------------------------
 
 
@@ -76,6 +84,18 @@ class BarrierError(CeleryGraphError):
 
 class PublishError(CeleryGraphError):
     """The broker refused or could not take a message; the run is marked failed."""
+
+
+class DeadlineExceeded(CeleryGraphError):
+    """The run passed the deadline it was submitted with; the run is marked failed."""
+
+
+class Backpressure(CeleryGraphError):
+    """The broker queue stayed deeper than ``graph_max_queue_depth`` for too long."""
+
+
+class RunNotResumable(CeleryGraphError):
+    """Only a failed or cancelled run can be resumed."""
 
 
 class RunTimeout(CeleryGraphError, TimeoutError):

@@ -10,6 +10,7 @@ Layout (``P`` is the prefix, ``R`` a run id, ``N`` a node id)::
     P:run:{R}:sinks           set     sinks that have finished
     P:run:{R}:done            list    completion signal waiters block on
     P:run:{R}:join:N          set     barrier arrivals (predecessor ids) of join N
+    P:idem:<sha256>           string  run id started under an idempotency key
 
 All keys of one run carry the ``{R}`` hash tag, so a Lua script touching several of
 them stays in one Redis Cluster slot.
@@ -85,6 +86,10 @@ class Keys:
             *(self.join(run_id, j) for j in joins),
         ]
 
+    def idempotency(self, digest: str) -> str:
+        """Run id started under an idempotency key (``digest`` = sha256 of the key)."""
+        return f"{self.prefix}:idem:{digest}"
+
     def worker(self, hostname: str) -> str:
         return f"{self.prefix}:worker:{hostname}"
 
@@ -100,7 +105,7 @@ def key_pattern(prefix: str) -> re.Pattern[str]:
     p = re.escape(prefix)
     node = r"[A-Za-z_][A-Za-z0-9_.\-]*"
     return re.compile(
-        rf"^{p}:(graph:[0-9a-f]{{64}}|runs|workers"
+        rf"^{p}:(graph:[0-9a-f]{{64}}|idem:[0-9a-f]{{64}}|runs|workers"
         rf"|worker:[^\s:{{}}]+(:metrics)?"
         rf"|run:\{{[0-9a-f]{{32}}\}}(:(results|nodes|sinks|done|join:{node}))?)$"
     )

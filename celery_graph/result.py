@@ -111,9 +111,19 @@ class GraphRun:
         done_key = engine.keys.done(self.id)
         while True:
             record = engine.runs.record(self.id)
+            # a run stuck past its deadline (no node left to notice) is failed here
+            if (
+                record["status"] == "running"
+                and record.get("deadline")
+                and time.time() > float(record["deadline"])
+                and self._fail_deadline()
+            ):
+                record = engine.runs.record(self.id)
             if record["status"] in FINAL_STATES:
                 return self._outcome(record)
             remaining = engine.WAIT_SLICE
+            if record.get("deadline"):
+                remaining = min(remaining, max(float(record["deadline"]) - time.time(), 0) + 0.05)
             if deadline is not None:
                 remaining = min(remaining, deadline - time.monotonic())
                 if remaining <= 0:
@@ -121,6 +131,13 @@ class GraphRun:
                         f"run {self.id} still {record['status']} after {timeout} s"
                     )
             self._wait_slice(engine, done_key, max(remaining, 0.01))
+
+    def _fail_deadline(self) -> bool:
+        error = json.dumps(
+            {"node": "", "type": "DeadlineExceeded", "module": "celery_graph.errors",
+             "message": f"run {self.id} passed its deadline", "traceback": ""}
+        )
+        return self._engine.barrier.finish(self.spec().joins, self.id, "failed", "", error)
 
     @staticmethod
     def _wait_slice(engine: Any, done_key: str, seconds: float) -> None:
@@ -150,6 +167,13 @@ class GraphRun:
         )
         values = {s: decode_value(r) if r is not None else None for s, r in zip(sinks, raws)}
         return values[sinks[0]] if len(sinks) == 1 else values
+
+    def resume(self) -> GraphRun:
+        """Re-dispatch the failed and unfinished nodes of a failed or cancelled run;
+        results already stored are kept. Raises RunNotResumable otherwise."""
+        from .submit import resume
+
+        return resume(self)
 
     def cancel(self) -> bool:
         """Stop the run: no pending node starts after this. True if this call ended it."""

@@ -8,30 +8,30 @@ end the run at the last sink) -> publish the claimed successors -> mark.lua.
 
 from __future__ import annotations
 
-import contextlib
 import json as stdjson
 import socket
 import threading
-import time
-import uuid
 import weakref
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 from celery import Task, current_app
+from celery.signals import task_unknown
 from celery.utils.log import get_task_logger
 from kombu.utils import json as kjson
 
 from .barrier import Barrier
 from .config import Settings
-from .errors import PublishError, SerializationError, StoreError
+from .errors import (
+    DeadlineExceeded,
+    ResultTooLarge,
+    SerializationError,
+    StoreError,
+    UnknownTask,
+)
 from .spec import GraphSpec, NodeSpec
-from .store import GraphStore, RunStore, translate_errors
-
-if TYPE_CHECKING:
-    from .dsl import Flow
-    from .result import GraphRun
+from .store import GraphStore, RunStore
 
 logger = get_task_logger("celery_graph")
 
@@ -124,10 +124,11 @@ class GraphTask(Task):
 
 def make_task_body(fn: Callable[..., Any]) -> Callable[..., Any]:
     def body(self: Task, *args: Any, **kwargs: Any) -> Any:
-        ctx = kwargs.pop(GRAPH_KWARG, None)
+        ctx = kwargs.get(GRAPH_KWARG)
         if ctx is None:
             return fn(*args, **kwargs)
-        return execute_node(self, fn, ctx, kwargs)
+        bound = {k: v for k, v in kwargs.items() if k != GRAPH_KWARG}
+        return execute_node(self, fn, ctx, bound)
 
     body.__name__ = fn.__name__
     body.__qualname__ = fn.__qualname__
@@ -144,6 +145,8 @@ def execute_node(task: Task, fn: Callable[..., Any], ctx: dict[str, str], bound:
     node = spec.nodes[node_id]
     hostname = task.request.hostname or socket.gethostname()
     status, inputs_raw, own, upstream = engine.barrier.begin(run_id, node, hostname)
+    if status == "deadline":
+        raise DeadlineExceeded(f"run {run_id} passed its deadline before node {node_id!r} started")
     if status != "running":
         logger.info("celery-graph: run %s is %s; node %s not run", run_id, status, node_id)
         return None
@@ -156,6 +159,13 @@ def execute_node(task: Task, fn: Callable[..., Any], ctx: dict[str, str], bound:
         kwargs = gather_kwargs(node, inputs_raw, bound, upstream)
         result = fn(**kwargs)
         result_json = encode_value(result, lambda: f"node {node_id!r}: result")
+        limit = engine.settings.max_result_bytes
+        if len(result_json) > limit:
+            raise ResultTooLarge(
+                f"node {node_id!r}: result is {len(result_json)} bytes encoded, over "
+                f"graph_max_result_bytes={limit}; store large data elsewhere and return a "
+                "reference"
+            )
     _stored, _finished, claimed = engine.barrier.complete(spec, run_id, node, result_json)
     if claimed:
         publish(task.app, spec, ctx["g"], run_id, claimed)
@@ -219,6 +229,27 @@ def fail_node(app: Any, ctx: dict[str, str], exc: BaseException, traceback: str)
     return engine.barrier.finish(joins, ctx["r"], "failed", ctx["n"], error)
 
 
+@task_unknown.connect
+def _unknown_task(sender=None, message=None, exc=None, name=None, id=None, **kw):
+    """A worker got a node whose task it does not know (a graph submitted by newer code,
+    or a worker missing a module): Celery drops such messages, so fail the run loudly
+    rather than let it wait forever."""
+    try:
+        body = message.decode() if message is not None else None
+        kwargs = body[1] if isinstance(body, (list, tuple)) and len(body) > 1 else {}
+        ctx = kwargs.get(GRAPH_KWARG) if isinstance(kwargs, dict) else None
+        if not ctx:
+            return
+        host = socket.gethostname()
+        error = UnknownTask(
+            f"node {ctx['n']!r}: task {name!r} is not registered on the worker on {host}; "
+            "deploy the module that defines it to every worker consuming this queue"
+        )
+        fail_node(current_app._get_current_object(), ctx, error, "")
+    except Exception:
+        logger.exception("celery-graph: could not fail the run of unknown task %s", name)
+
+
 # -- publishing -----------------------------------------------------------------------
 
 
@@ -242,47 +273,3 @@ def publish(app: Any, spec: GraphSpec, graph_id: str, run_id: str, node_ids: Ite
                 ignore_result=True,
                 **node.options,
             )
-
-
-# -- submitting -----------------------------------------------------------------------
-
-
-def submit(flow: Flow, inputs: dict[str, Any], app: Any = None) -> GraphRun:
-    from .result import GraphRun
-
-    app = app or current_app._get_current_object()
-    spec = flow.compile()
-    spec.check_inputs(inputs)
-    for name, value in inputs.items():
-        encode_value(value, lambda name=name: f"run input {name!r}")  # type: ignore[misc]
-    inputs_json = kjson.dumps(inputs)
-    engine = engine_for(app)
-    run_id = uuid.uuid4().hex
-    keys = engine.keys
-    pipe = engine.client.pipeline(transaction=False)
-    engine.store.put_commands(pipe, spec)
-    engine.runs.create_commands(
-        pipe, run_id, spec, inputs_json, {"sinks": stdjson.dumps(list(spec.sinks))}
-    )
-    pipe.hset(keys.nodes(run_id), mapping={f"{r}:dispatch": "published" for r in spec.roots})
-    pipe.expire(keys.nodes(run_id), engine.settings.run_ttl)
-    translate_errors("creating a run", lambda: pipe.execute())
-    engine.store._remember(spec)
-    try:
-        publish(app, spec, spec.graph_id, run_id, spec.roots)
-    except Exception as exc:
-        error = stdjson.dumps(
-            {"node": "", "type": type(exc).__name__, "module": type(exc).__module__,
-             "message": f"publishing the root nodes failed: {exc}", "traceback": ""}
-        )
-        with contextlib.suppress(StoreError):
-            engine.barrier.finish(spec.joins, run_id, "failed", "", error)
-        raise PublishError(
-            f"run {run_id}: the broker did not take the root messages ({exc}); the run is "
-            "marked failed"
-        ) from exc
-    return GraphRun(run_id, app=app, spec=spec)
-
-
-def now() -> float:
-    return time.time()

@@ -19,7 +19,7 @@ from celery_graph.devserver import PrivateRedis
 from tests.brokerapp import make_app
 from tests.helpers import wait_for
 
-SESSION = uuid.uuid4().hex[:8]
+SESSION = os.environ.setdefault("CGTEST_SESSION", uuid.uuid4().hex[:8])
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

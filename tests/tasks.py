@@ -3,6 +3,7 @@ list ``trace:<tag>`` so tests can check ordering and how often a node ran."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import redis
@@ -132,3 +133,27 @@ def slow(tag=None, delay: float = 0.5, name: str = "slow"):
 @task
 def unencodable():
     return object()
+
+
+@task(autoretry_for=(ConnectionError,), max_retries=3, default_retry_delay=0, retry_backoff=False)
+def flaky(tag=None, fail_times: int = 2):
+    """Fails with ConnectionError ``fail_times`` times, then succeeds."""
+    attempt = trace_client().incr(f"cgtest-count:{tag}:flaky")
+    trace(tag, f"attempt:flaky:{attempt}")
+    if attempt <= fail_times:
+        raise ConnectionError(f"transient failure {attempt}")
+    return attempt
+
+
+@task
+def big_result(size: int = 1000):
+    return "x" * size
+
+
+# routed to a queue no test worker consumes: for deadlines and backpressure
+UNCONSUMED_QUEUE = f"cgtest-unconsumed-{os.environ.get('CGTEST_SESSION', 'local')}"
+
+
+@task(queue=UNCONSUMED_QUEUE)
+def unconsumed():
+    return "never runs in the tests"

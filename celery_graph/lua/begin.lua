@@ -11,12 +11,17 @@
 -- ARGV[4] run ttl (seconds) for the node-state hash
 -- ARGV[5..] ids of the upstream nodes whose results the node reads
 --
--- Returns {status} when the run is not running, else
+-- Returns {status} when the run is not running, {"deadline"} when the run's deadline
+--         (field "deadline" of the run record, unix seconds) has passed, else
 --         {status, inputs JSON|nil, own result|nil, upstream result|nil ...}
 -- (own result set = the node already finished: the caller must not call it again).
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'running' then
   return {status}
+end
+local deadline = redis.call('HGET', KEYS[1], 'deadline')
+if deadline and tonumber(ARGV[3]) > tonumber(deadline) then
+  return {'deadline'}
 end
 local node = ARGV[1]
 local own = redis.call('HGET', KEYS[2], node)

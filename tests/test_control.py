@@ -1,0 +1,147 @@
+"""Run control: broker failures, idempotent submission, deadlines, resume, backpressure."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from celery_graph import (
+    Backpressure,
+    GraphRun,
+    PublishError,
+    RunFailed,
+    RunNotResumable,
+)
+from celery_graph.devserver import free_port
+from celery_graph.keys import Keys
+from tests.brokerapp import make_app
+from tests.conftest import SESSION
+from tests.tasks import UNCONSUMED_QUEUE, extract, flaky, read_trace, step, unconsumed
+
+
+def test_unreachable_broker_is_a_clear_error_and_the_run_is_marked_failed(app, redis_url, rclient):
+    dead = make_app(redis_url, f"redis://127.0.0.1:{free_port()}/0", "cgtest_dead", SESSION)
+    dead.conf.broker_connection_timeout = 1
+    dead.conf.task_publish_retry_policy = {"max_retries": 1, "interval_start": 0,
+                                           "interval_step": 0.1, "interval_max": 0.2}
+    keys = Keys(app.conf.graph_key_prefix)
+    before = set(rclient.zrange(keys.runs_index(), 0, -1))
+    try:
+        with pytest.raises(PublishError, match="marked failed"):
+            (extract >> step).submit(app=dead)
+    finally:
+        app.set_current()
+    new = set(rclient.zrange(keys.runs_index(), 0, -1)) - before
+    assert len(new) == 1
+    run = GraphRun(new.pop().decode(), app=app)
+    status = run.status()
+    assert status.state == "failed"
+    assert "publishing the root nodes failed" in status.error["message"]
+    with pytest.raises(RunFailed, match="publishing the root nodes failed"):
+        run.get(timeout=5)
+
+
+def test_idempotency_key_returns_the_run_already_started(app, published):
+    flow = extract >> step
+    first = flow.apply_async(idempotency_key=f"order-42-{SESSION}")
+    second = flow.apply_async(idempotency_key=f"order-42-{SESSION}")
+    assert first.id == second.id
+    assert first.get(timeout=20) == "step"
+    roots = [m for m in published if m["body"][1]["_graph"]["n"] == "extract"]
+    assert len(roots) == 1
+    other = flow.apply_async(idempotency_key=f"order-43-{SESSION}")
+    assert other.id != first.id
+
+
+def test_deadline_fails_the_run_at_the_next_node(app, tag):
+    """No one waits on the run: the worker notices the deadline when 'late' begins."""
+    from celery.signals import task_postrun
+
+    from celery_graph.runtime import task_id_for
+
+    flow = step.bind(id="slow", name="slow", delay=1.0) >> step.bind(id="late", name="late")
+    late_done = threading.Event()
+    ids: list[str] = []
+
+    def on_postrun(task_id=None, **kw):
+        if ids and task_id == task_id_for(ids[0], "late"):
+            late_done.set()
+
+    task_postrun.connect(on_postrun, weak=False)
+    try:
+        run = flow.apply_async(tag=tag, deadline=0.5)
+        ids.append(run.id)
+        assert late_done.wait(20)
+    finally:
+        task_postrun.disconnect(on_postrun)
+    status = run.status()
+    assert status.state == "failed"
+    assert status.error["type"] == "DeadlineExceeded"
+    assert status.error["node"] == "late"
+    assert "start:late" not in read_trace(tag)
+    with pytest.raises(RunFailed, match="deadline"):
+        run.get(timeout=5)
+
+
+def test_deadline_fails_a_stuck_run_even_with_no_worker_to_notice(app, rclient):
+    run = unconsumed.apply_async(deadline=0.3)
+    try:
+        with pytest.raises(RunFailed) as info:
+            run.get(timeout=10)
+    finally:
+        _purge(app, UNCONSUMED_QUEUE)
+    assert info.value.exc_type == "DeadlineExceeded"
+    assert run.status().state == "failed"
+
+
+def test_resume_redispatches_only_unfinished_nodes(app, tag):
+    flow = step.bind(id="first", name="first") >> flaky.bind(fail_times=4) >> step.bind(
+        id="last", name="last")
+    run = flow.apply_async(tag=tag)
+    with pytest.raises(RunFailed):
+        run.get(timeout=30)
+    assert run.status().nodes["flaky"].attempts == 4
+    with pytest.raises(RunNotResumable, match="run is running"):
+        _resume_running(app)
+    run.resume()
+    assert run.get(timeout=30) == "last"
+    trace = read_trace(tag)
+    assert trace.count("start:first") == 1  # its stored result was kept
+    assert trace.count("start:last") == 1
+    assert run.results()["flaky"] == 5
+
+
+def _resume_running(app):
+    run = unconsumed.apply_async()
+    try:
+        run.resume()
+    finally:
+        run.cancel()
+        _purge(app, UNCONSUMED_QUEUE)
+
+
+def test_backpressure_waits_then_refuses_without_creating_a_run(app, rclient):
+    app.conf.graph_max_queue_depth = 1
+    app.conf.graph_backpressure_timeout = 0.5
+    keys = Keys(app.conf.graph_key_prefix)
+    try:
+        first = unconsumed.apply_async()  # the queue holds 1 message now
+        before = rclient.zcard(keys.runs_index())
+        with pytest.raises(Backpressure, match=rf"'{UNCONSUMED_QUEUE}' holds 1"):
+            unconsumed.apply_async()
+        assert rclient.zcard(keys.runs_index()) == before
+        first.cancel()
+    finally:
+        app.conf.graph_max_queue_depth = None
+        app.conf.graph_backpressure_timeout = None
+        _purge(app, UNCONSUMED_QUEUE)
+
+
+def _purge(app, queue: str) -> None:
+    """Empty a queue this test session created (nothing else uses it)."""
+    with app.connection_for_write() as conn:
+        try:
+            conn.default_channel.queue_purge(queue)
+        except Exception:
+            pass

@@ -1,0 +1,28 @@
+"""Celery's own retry options work on graph nodes, and the run state shows the attempts."""
+
+from __future__ import annotations
+
+import pytest
+
+from celery_graph import RunFailed
+from tests.tasks import flaky, read_trace, step
+
+
+def test_autoretry_then_success_records_attempts(app, tag):
+    run = (flaky >> step.bind(name="after")).apply_async(tag=tag)
+    assert run.get(timeout=30) == "after"
+    assert run.results()["flaky"] == 3
+    status = run.status()
+    assert status.nodes["flaky"].attempts == 3
+    assert status.nodes["flaky"].state == "succeeded"
+    assert read_trace(tag).count("start:after") == 1
+
+
+def test_retries_exhausted_fail_the_run(app, tag):
+    run = (flaky.bind(fail_times=10) >> step.bind(name="after")).apply_async(tag=tag)
+    with pytest.raises(RunFailed) as info:
+        run.get(timeout=30)
+    assert info.value.node_id == "flaky"
+    assert info.value.exc_type == "ConnectionError"
+    assert run.status().nodes["flaky"].attempts == 4  # first try + max_retries=3
+    assert "start:after" not in read_trace(tag)
