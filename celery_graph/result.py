@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import RunCancelled, RunFailed, RunTimeout
+from .errors import RunCancelled, RunFailed, RunTimeout, StoreUnavailable
 from .runtime import decode_value, engine_for
 from .spec import GraphSpec
 from .store import translate_errors
@@ -109,6 +109,16 @@ class GraphRun:
         engine = self._engine
         deadline = None if timeout is None else time.monotonic() + timeout
         done_key = engine.keys.done(self.id)
+        while True:
+            try:
+                return self._wait_once(engine, done_key, deadline, timeout)
+            except StoreUnavailable:
+                # Redis restarting: keep waiting until our own deadline, never past it
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
+
+    def _wait_once(self, engine: Any, done_key: str, deadline: float | None, timeout) -> Any:
         while True:
             record = engine.runs.record(self.id)
             # a run stuck past its deadline (no node left to notice) is failed here

@@ -39,5 +39,36 @@ def _amqp_app() -> Celery | None:
     return app
 
 
+def configure_for_crashes(app: Celery, queue: str, prefix: str, visibility: int = 4) -> Celery:
+    """Own queue and prefix; a short visibility timeout and a fast restore sweep, so a
+    message whose worker was killed comes back within seconds (Redis broker)."""
+    app.conf.update(
+        task_default_queue=queue,
+        graph_key_prefix=prefix,
+        broker_transport_options={
+            "visibility_timeout": visibility,
+            "unacked_restore_interval": 1,
+            "unacked_restore_throttle": 1,
+        },
+    )
+    return app
+
+
+def _env_app() -> Celery | None:
+    redis_url = os.environ.get("CGTEST_REDIS_URL")
+    queue = os.environ.get("CGTEST_QUEUE")
+    if not (redis_url and queue):
+        return None
+    app = make_app(redis_url, os.environ.get("CGTEST_BROKER_URL"), "cgtest_env")
+    configure_for_crashes(
+        app, queue, os.environ["CGTEST_PREFIX"], int(os.environ.get("CGTEST_VISIBILITY", "4"))
+    )
+    import tests.tasks  # noqa: F401
+
+    return app
+
+
 # `celery -A tests.brokerapp:amqp_app worker` in a subprocess, configured by the env vars
 amqp_app = _amqp_app()
+# `celery -A tests.brokerapp:env_app worker`: CGTEST_REDIS_URL, CGTEST_QUEUE, CGTEST_PREFIX
+env_app = _env_app()
