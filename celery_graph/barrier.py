@@ -24,10 +24,18 @@ def _load(name: str) -> str:
 class Barrier:
     """Runs the scripts against one Redis client under one key prefix."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, run_ttl: int, result_ttl: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        run_ttl: int,
+        result_ttl: int,
+        release_grace: float = 10.0,
+    ) -> None:
         self.keys = keys
         self.run_ttl = run_ttl
         self.result_ttl = result_ttl
+        self.release_grace = release_grace
         self._begin = client.register_script(_load("begin"))
         self._complete = client.register_script(_load("complete"))
         self._mark = client.register_script(_load("mark"))
@@ -58,9 +66,17 @@ class Barrier:
         return status, reply[1], reply[2], list(reply[3:])
 
     def complete(
-        self, spec: GraphSpec, run_id: str, node: NodeSpec, result_json: bytes | str
-    ) -> tuple[int, bool, list[str]]:
-        """Store the result, arrive at successors; (stored, run finished, ids to publish)."""
+        self,
+        spec: GraphSpec,
+        run_id: str,
+        node: NodeSpec,
+        result_json: bytes | str,
+        now: float | None = None,
+    ) -> tuple[int, bool, list[str], list[str]]:
+        """Store the result, arrive at successors.
+
+        Returns (stored, run finished, ids to publish, ids deferred): a deferred successor
+        was released by another arrival moments ago; retry this arrival later."""
         k = self.keys
         keys = [k.run(run_id), k.results(run_id), k.nodes(run_id), k.sinks(run_id), k.done(run_id)]
         args: list[Any] = [
@@ -69,8 +85,9 @@ class Barrier:
             len(spec.sinks) if not node.succs else 0,
             self.run_ttl,
             self.result_ttl,
-            f"{time.time():.6f}",
+            f"{time.time() if now is None else now:.6f}",
             len(node.succs),
+            self.release_grace,
         ]
         for succ in node.succs:
             npreds = len(spec.nodes[succ].preds)
@@ -80,9 +97,11 @@ class Barrier:
         if not node.succs:
             keys += k.run_keys(run_id, spec.joins)
         reply = self._call(self._complete, keys, args)
-        if not isinstance(reply, list) or len(reply) < 2:
+        if not isinstance(reply, list) or len(reply) < 3:
             raise BarrierError(f"complete.lua answered {reply!r}")
-        return int(reply[0]), bool(reply[1]), [s.decode() for s in reply[2:]]
+        n = int(reply[2])
+        ids = [s.decode() for s in reply[3:]]
+        return int(reply[0]), bool(reply[1]), ids[:n], ids[n:]
 
     def mark_published(self, run_id: str, node_ids: list[str]) -> None:
         if node_ids:

@@ -10,6 +10,7 @@
 | graph_store_ttl           | CELERY_GRAPH_STORE_TTL        | 604800 s (sliding)         |
 | graph_cache_size          | CELERY_GRAPH_CACHE_SIZE       | 256 graphs per process     |
 | graph_max_result_bytes    | CELERY_GRAPH_MAX_RESULT_BYTES | 16 MiB per node result     |
+| graph_release_grace       | CELERY_GRAPH_RELEASE_GRACE    | 10 s (see complete.lua)    |
 | graph_max_queue_depth     | CELERY_GRAPH_MAX_QUEUE_DEPTH  | 0 (no backpressure)        |
 | graph_backpressure_timeout| CELERY_GRAPH_BACKPRESSURE_TIMEOUT | 30 s                   |
 
@@ -57,6 +58,7 @@ class Settings:
     cache_size: int
     max_result_bytes: int = 16 * 1024 * 1024
     max_queue_depth: int = 0
+    release_grace: float = 10.0
     backpressure_timeout: float = 30.0
 
     @property
@@ -90,6 +92,9 @@ class Settings:
             cache_size=_setting(app, "graph_cache_size", "CELERY_GRAPH_CACHE_SIZE", 256, int),
             max_result_bytes=_setting(
                 app, "graph_max_result_bytes", "CELERY_GRAPH_MAX_RESULT_BYTES", 16 << 20, int
+            ),
+            release_grace=_setting(
+                app, "graph_release_grace", "CELERY_GRAPH_RELEASE_GRACE", 10.0, float
             ),
             max_queue_depth=_setting(
                 app, "graph_max_queue_depth", "CELERY_GRAPH_MAX_QUEUE_DEPTH", 0, int

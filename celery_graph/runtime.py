@@ -53,7 +53,9 @@ class Engine:
         )
         self.store = GraphStore(self.client, self.keys, settings.store_ttl, settings.cache_size)
         self.runs = RunStore(self.client, self.keys, settings.run_ttl)
-        self.barrier = Barrier(self.client, self.keys, settings.run_ttl, settings.result_ttl)
+        self.barrier = Barrier(
+            self.client, self.keys, settings.run_ttl, settings.result_ttl, settings.release_grace
+        )
         self._wait_client: redis.Redis | None = None
 
     # Waiting for completion blocks up to WAIT_SLICE seconds per call; the socket timeout
@@ -166,10 +168,18 @@ def execute_node(task: Task, fn: Callable[..., Any], ctx: dict[str, str], bound:
                 f"graph_max_result_bytes={limit}; store large data elsewhere and return a "
                 "reference"
             )
-    _stored, _finished, claimed = engine.barrier.complete(spec, run_id, node, result_json)
+    _stored, _finished, claimed, deferred = engine.barrier.complete(
+        spec, run_id, node, result_json
+    )
     if claimed:
         publish(task.app, spec, ctx["g"], run_id, claimed)
         engine.barrier.mark_published(run_id, claimed)
+    if deferred:
+        # Another arrival released these successors moments ago and is publishing them.
+        # Come back after the grace period: by then they are marked published (nothing to
+        # do), or the releaser died and this message takes the publish over.
+        logger.info("celery-graph: node %s of run %s defers %s", node_id, run_id, deferred)
+        raise task.retry(countdown=engine.settings.release_grace, max_retries=None)
     return result
 
 

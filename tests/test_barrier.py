@@ -3,7 +3,9 @@ once, and a duplicate never counts twice or publishes twice."""
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 import uuid
 
 from celery_graph.runtime import engine_for, task_id_for
@@ -15,28 +17,36 @@ def _start_run(engine, spec) -> str:
     run_id = uuid.uuid4().hex
     pipe = engine.client.pipeline()
     engine.store.put_commands(pipe, spec)
-    engine.runs.create_commands(pipe, run_id, spec, "{}", {"sinks": "[]"})
+    engine.runs.create_commands(pipe, run_id, spec, "{}", {"sinks": json.dumps(spec.sinks)})
     pipe.execute()
     return run_id
 
 
 def test_duplicate_arrival_counts_once_and_release_is_claimed_once(app):
     engine = engine_for(app)
+    grace = engine.barrier.release_grace
     a, b, c = (step.bind(id=n) for n in "abc")
     spec = ((a | b | c) >> join_count).compile()
     run_id = _start_run(engine, spec)
     node = spec.nodes
-    assert engine.barrier.complete(spec, run_id, node["a"], '"a"')[2] == []
+    complete = engine.barrier.complete
+    assert complete(spec, run_id, node["a"], '"a"')[2:] == ([], [])
     # a duplicate of a: stored already, still only one arrival
-    stored, _, claimed = engine.barrier.complete(spec, run_id, node["a"], '"a"')
-    assert (stored, claimed) == (0, [])
-    assert engine.barrier.complete(spec, run_id, node["b"], '"b"')[2] == []
-    assert engine.barrier.complete(spec, run_id, node["c"], '"c"')[2] == ["join_count"]
-    # released but not yet marked published: a redelivered arrival recovers the publish
-    assert engine.barrier.complete(spec, run_id, node["c"], '"c"')[2] == ["join_count"]
+    assert complete(spec, run_id, node["a"], '"a"') == (0, False, [], [])
+    assert complete(spec, run_id, node["b"], '"b"')[2:] == ([], [])
+    released_at = time.time()
+    assert complete(spec, run_id, node["c"], '"c"', now=released_at)[2:] == (["join_count"], [])
+    # released, not yet marked published: a duplicate within the grace period is deferred
+    # (its message comes back later) instead of publishing a second time...
+    assert complete(spec, run_id, node["a"], '"a"', now=released_at + 1)[2:] == (
+        [], ["join_count"])
+    # ...and after the grace period the releaser is presumed dead: the publish is recovered
+    late = released_at + grace + 1
+    assert complete(spec, run_id, node["c"], '"c"', now=late)[2:] == (["join_count"], [])
+    assert complete(spec, run_id, node["b"], '"b"', now=late + 1)[2:] == ([], ["join_count"])
     engine.barrier.mark_published(run_id, ["join_count"])
     for n in "abc":
-        assert engine.barrier.complete(spec, run_id, node[n], f'"{n}"')[2] == []
+        assert complete(spec, run_id, node[n], f'"{n}"', now=late + 2 * grace)[2:] == ([], [])
     assert engine.client.scard(engine.keys.join(run_id, "join_count")) == 3
 
 
@@ -65,7 +75,7 @@ def test_concurrent_arrivals_release_exactly_once(app):
     engine.barrier.mark_published(run_id, ["join_count"])
     # after the publish mark, no arrival (duplicate or redelivery) hands it out again
     for i in range(40):
-        assert engine.barrier.complete(spec, run_id, spec.nodes[f"m{i}"], "1")[2] == []
+        assert engine.barrier.complete(spec, run_id, spec.nodes[f"m{i}"], "1")[2:] == ([], [])
 
 
 def test_delivered_duplicate_of_a_join_member_does_not_run_the_join_twice(app, tag):
@@ -135,3 +145,31 @@ def test_duplicate_after_the_run_finished_changes_nothing(app, tag):
 
 def app_client(app):
     return engine_for(app).client
+
+
+def test_crash_between_release_and_publish_is_recovered_by_redelivery(app, tag):
+    """The releasing arrival claims the join and dies before publishing it. When its
+    message is redelivered, the worker first defers (the releaser might still be
+    publishing), then after the grace period publishes the join itself, once."""
+    from celery_graph import GraphRun
+
+    app.conf.graph_release_grace = 1
+    try:
+        engine = engine_for(app)
+        a, b = step.bind(id="a", name="a"), step.bind(id="b", name="b")
+        spec = ((a | b) >> join_count.bind(tag=tag)).compile()
+        run_id = _start_run(engine, spec)
+        assert engine.barrier.complete(spec, run_id, spec.nodes["a"], '"a"')[2] == []
+        assert engine.barrier.complete(spec, run_id, spec.nodes["b"], '"b"')[2] == ["join_count"]
+        # ...the worker that released join_count crashed here; b's message comes back:
+        app.send_task(
+            spec.nodes["b"].task,
+            kwargs={"name": "b", "_graph": {"g": spec.graph_id, "r": run_id, "n": "b"}},
+            task_id=task_id_for(run_id, "b"),
+        )
+        assert GraphRun(run_id, app=app).get(timeout=30) == "join_count"
+    finally:
+        app.conf.graph_release_grace = None
+    assert read_trace(tag).count("start:join_count") == 1
+    assert int(app_client(app).get(f"cgtest-count:{tag}:join_count")) == 1
+    assert engine.client.hget(engine.keys.nodes(run_id), "join_count:dispatch") == b"published"

@@ -4,9 +4,13 @@
 --
 -- An arrival is a set member keyed by the arriving node, so a redelivered or duplicated
 -- message never counts twice. A release is claimed with HSETNX "<succ>:dispatch" =
--- "released"; the caller publishes and then marks it "published" (mark.lua). A successor
--- still "released" (the publisher crashed before marking) is handed out again, so a
--- redelivered message recovers it; once "published" it is never handed out again.
+-- "released:<now>"; the caller publishes and then marks it "published" (mark.lua).
+-- Another arrival that finds a successor still "released" within the grace period
+-- (ARGV[8]) gets it back as "deferred": the releaser is most likely still publishing, so
+-- the caller re-queues its own message for later instead of publishing a second time.
+-- After the grace period the releaser is presumed dead (crashed between release and
+-- publish): the arrival takes the claim over and publishes. Once "published", a
+-- successor is never handed out again.
 --
 -- KEYS[1] run record          (hash)
 -- KEYS[2] run results         (hash)
@@ -22,13 +26,15 @@
 -- ARGV[5] result ttl (seconds): how long a finished run is kept
 -- ARGV[6] now (unix seconds)
 -- ARGV[7] S, the number of successors
--- ARGV[8 ..] S pairs: successor id, number of predecessors of that successor
+-- ARGV[8] release grace (seconds)
+-- ARGV[9 ..] S pairs: successor id, number of predecessors of that successor
 --
--- Returns {stored, finished, successor ids to publish ...}: stored is 1 when this call
--- stored the result, 0 when a result was already there, -1 when the run is not running.
+-- Returns {stored, finished, P, P successor ids to publish ..., deferred successor ids ...}:
+-- stored is 1 when this call stored the result, 0 when a result was already there, -1
+-- when the run is not running.
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'running' then
-  return {-1, 0}
+  return {-1, 0, 0}
 end
 local node = ARGV[1]
 local run_ttl = ARGV[4]
@@ -37,12 +43,15 @@ redis.call('EXPIRE', KEYS[2], run_ttl)
 redis.call('HSET', KEYS[3], node .. ':state', 'succeeded', node .. ':finished', ARGV[6])
 redis.call('EXPIRE', KEYS[3], run_ttl)
 
-local out = {stored, 0}
+local now = tonumber(ARGV[6])
+local grace = tonumber(ARGV[8])
+local publish = {}
+local deferred = {}
 local nsucc = tonumber(ARGV[7])
 local k = 6
 for i = 0, nsucc - 1 do
-  local succ = ARGV[8 + 2 * i]
-  local npreds = tonumber(ARGV[9 + 2 * i])
+  local succ = ARGV[9 + 2 * i]
+  local npreds = tonumber(ARGV[10 + 2 * i])
   local ready = true
   if npreds > 1 then
     redis.call('SADD', KEYS[k], node)
@@ -52,12 +61,25 @@ for i = 0, nsucc - 1 do
   end
   if ready then
     local field = succ .. ':dispatch'
-    if redis.call('HSETNX', KEYS[3], field, 'released') == 1
-        or redis.call('HGET', KEYS[3], field) == 'released' then
-      out[#out + 1] = succ
+    if redis.call('HSETNX', KEYS[3], field, 'released:' .. ARGV[6]) == 1 then
+      publish[#publish + 1] = succ
+    else
+      local claim = redis.call('HGET', KEYS[3], field)
+      local since = string.match(claim, '^released:(.+)$')
+      if since then
+        if now - tonumber(since) >= grace then
+          redis.call('HSET', KEYS[3], field, 'released:' .. ARGV[6])
+          publish[#publish + 1] = succ
+        else
+          deferred[#deferred + 1] = succ
+        end
+      end
     end
   end
 end
+local out = {stored, 0, #publish}
+for _, s in ipairs(publish) do out[#out + 1] = s end
+for _, s in ipairs(deferred) do out[#out + 1] = s end
 
 local nsinks = tonumber(ARGV[3])
 if nsinks > 0 then
