@@ -61,6 +61,8 @@ def _step(name: str, tag: str | None, delay: float = 0.0) -> str:
     if delay:
         time.sleep(delay)
     trace(tag, f"end:{name}")
+    if os.environ.get("CGTEST_TRACE_PID"):  # the chaos check tells completions apart
+        trace(tag, f"pid:{name}:{os.getpid()}")
     return name
 
 

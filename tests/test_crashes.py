@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import threading
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -15,65 +9,9 @@ import redis
 
 from celery_graph import GraphRun, RunFailed, StoreUnavailable
 from celery_graph.devserver import PrivateRedis
-from tests.brokerapp import configure_for_crashes, make_app
-from tests.conftest import ROOT, SESSION
 from tests.helpers import wait_for
 from tests.tasks import join_count, step
-
-
-class Workers:
-    """`celery worker` subprocesses for one private queue and key prefix."""
-
-    def __init__(self, redis_url: str) -> None:
-        self.redis_url = redis_url
-        self.queue = f"cgtest-crash-{uuid.uuid4().hex[:8]}"
-        self.prefix = f"cgtest:{SESSION}:crash"
-        self.procs: dict[str, subprocess.Popen] = {}
-        self._stopping = threading.Event()
-        self.app = configure_for_crashes(
-            make_app(redis_url, None, "cgtest_crash", SESSION), self.queue, self.prefix
-        )
-
-    def start(self, name: str) -> str:
-        hostname = f"{name}-{self.queue}@localhost"
-        self._spawn(hostname)
-        wait_for(lambda: self.app.control.ping([hostname], timeout=0.5), timeout=60,
-                 what=f"worker {hostname} to answer ping")
-        return hostname
-
-    def _spawn(self, hostname: str) -> None:
-        env = dict(
-            os.environ, PYTHONPATH=ROOT, CGTEST_REDIS_URL=self.redis_url,
-            CGTEST_QUEUE=self.queue, CGTEST_PREFIX=self.prefix, CGTEST_SESSION=SESSION,
-        )
-        self.procs[hostname] = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tests.brokerapp:env_app", "worker",
-             "-P", "threads", "-c", "2", "-n", hostname, "-l", "WARNING",
-             "--without-mingle", "--without-gossip"],
-            env=env, cwd=ROOT,
-        )
-
-    def supervise(self) -> None:
-        """Restart any worker that exits, until stop(), as a process supervisor would."""
-        def loop() -> None:
-            while not self._stopping.wait(0.2):
-                for hostname, proc in list(self.procs.items()):
-                    if proc.poll() is not None and not self._stopping.is_set():
-                        self._spawn(hostname)
-
-        threading.Thread(target=loop, daemon=True).start()
-
-    def kill(self, hostname: str) -> None:
-        proc = self.procs.pop(hostname)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-
-    def stop(self) -> None:
-        self._stopping.set()
-        for proc in self.procs.values():
-            proc.kill()
-            proc.wait(10)
-        self.procs.clear()
+from tests.workers import Workers
 
 
 @pytest.fixture()

@@ -1,0 +1,14 @@
+"""A small chaos check in the suite; `python -m tests.chaos` runs a bigger one."""
+
+from __future__ import annotations
+
+from tests.chaos import run_chaos
+
+
+def test_random_worker_kills_lose_no_run_and_double_nothing(redis_url):
+    report = run_chaos(redis_url, runs=30, kills=4, workers=3, seed=7)
+    assert report.kills == 4
+    assert report.runs_lost == 0, report
+    assert report.nodes_doubled == 0, report
+    assert report.joins_doubled == 0, report
+    assert report.order_violations == 0, report
