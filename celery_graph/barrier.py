@@ -32,6 +32,7 @@ class Barrier:
         result_ttl: int,
         release_grace: float = 10.0,
     ) -> None:
+        self._client: Any = client
         self.keys = keys
         self.run_ttl = run_ttl
         self.result_ttl = result_ttl
@@ -72,8 +73,10 @@ class Barrier:
         node: NodeSpec,
         result_json: bytes | str,
         now: float | None = None,
+        error_json: str = "",
     ) -> tuple[int, bool, list[str], list[str]]:
-        """Store the result, arrive at successors.
+        """Store the result, arrive at successors. ``result_json=""`` with ``error_json``
+        is the failed arrival of a member of a group with a failure policy.
 
         Returns (stored, run finished, ids to publish, ids deferred): a deferred successor
         was released by another arrival moments ago; retry this arrival later."""
@@ -88,6 +91,7 @@ class Barrier:
             f"{time.time() if now is None else now:.6f}",
             len(node.succs),
             self.release_grace,
+            error_json,
         ]
         for succ in node.succs:
             npreds = len(spec.nodes[succ].preds)
@@ -102,6 +106,10 @@ class Barrier:
         n = int(reply[2])
         ids = [s.decode() for s in reply[3:]]
         return int(reply[0]), bool(reply[1]), ids[:n], ids[n:]
+
+    def node_states(self, run_id: str, node_ids: list[str]) -> dict[str, str | None]:
+        raw = self._client.hmget(self.keys.nodes(run_id), [f"{n}:state" for n in node_ids])
+        return {n: v.decode() if v else None for n, v in zip(node_ids, raw)}
 
     def mark_published(self, run_id: str, node_ids: list[str]) -> None:
         if node_ids:

@@ -215,13 +215,16 @@ class Parallel(Flow):
 
     members: tuple[Flow, ...]
     name: str | None = None
+    # None: strict (any failing member fails the run); else a canonical policy dict as a
+    # sorted tuple of items, e.g. (("kind", "at_least"), ("n", 2))
+    policy: tuple[tuple[str, Any], ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.members:
             raise GraphDefinitionError("empty parallel group: give it at least one member")
         flat: list[Flow] = []
         for member in self.members:
-            if isinstance(member, Parallel) and member.name is None:
+            if isinstance(member, Parallel) and member.name is None and member.policy is None:
                 flat.extend(member.members)
             else:
                 flat.append(member)
@@ -230,7 +233,54 @@ class Parallel(Flow):
     def named(self, name: str) -> Parallel:
         """Name the group: a downstream parameter ``name`` gets the members' results."""
         _check_node_id(name, "group")
-        return Parallel(self.members, name)
+        return Parallel(self.members, name, self.policy)
+
+    def with_policy(
+        self,
+        *,
+        at_least: int | None = None,
+        best_effort: bool = False,
+        critical: tuple[Flow | str, ...] | list[Flow | str] = (),
+    ) -> Parallel:
+        """Let some members fail without failing the run (strict is the default).
+
+        ``best_effort=True``: any member may fail. ``at_least=N``: N members must succeed.
+        ``critical=[a, b]``: those must succeed, the others may fail. Downstream, a failed
+        member's result is ``None``; its error stays visible in ``run.status()``. A run whose
+        policy can no longer be met fails at once, naming the group and failed members.
+
+        >>> (fetch_eu | fetch_us | fetch_ap).with_policy(at_least=2) >> merge
+        """
+        chosen = [at_least is not None, best_effort, bool(critical)]
+        if sum(chosen) != 1:
+            raise GraphDefinitionError(
+                "with_policy takes exactly one of at_least=N, best_effort=True, critical=[...]"
+            )
+        for m in self.members:
+            if not isinstance(m, TaskNode):
+                raise GraphDefinitionError(
+                    f"with_policy: member {m!r} is not a single node; put sequences in their "
+                    "own workflow or give the policy to a group of nodes"
+                )
+        ids = [m.id for m in self.members if isinstance(m, TaskNode)]
+        policy: dict[str, Any]
+        if at_least is not None:
+            if not 1 <= at_least <= len(ids):
+                raise GraphDefinitionError(
+                    f"with_policy(at_least={at_least}): must be between 1 and {len(ids)} members"
+                )
+            policy = {"kind": "at_least", "n": at_least}
+        elif best_effort:
+            policy = {"kind": "best_effort"}
+        else:
+            names = [c.id if isinstance(c, TaskNode) else c for c in critical]
+            unknown = [c for c in names if c not in ids]
+            if unknown:
+                raise GraphDefinitionError(
+                    f"with_policy(critical=...): {unknown} are not members of {self!r}"
+                )
+            policy = {"kind": "critical", "critical": sorted(names)}
+        return Parallel(self.members, self.name, tuple(sorted(policy.items())))
 
     def entries(self) -> list[TaskNode]:
         return [n for m in self.members for n in m.entries()]
@@ -248,8 +298,12 @@ class Parallel(Flow):
             yield from member.edges()
 
     def __repr__(self) -> str:
-        inner = " | ".join(map(repr, self.members))
-        return f"({inner}).named({self.name!r})" if self.name else f"({inner})"
+        text = "(" + " | ".join(map(repr, self.members)) + ")"
+        if self.name:
+            text += f".named({self.name!r})"
+        if self.policy:
+            text += ".with_policy(" + ", ".join(f"{k}={v!r}" for k, v in self.policy) + ")"
+        return text
 
 
 class Workflow(Flow):

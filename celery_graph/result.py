@@ -22,6 +22,7 @@ class NodeStatus:
     worker: str | None = None
     started: float | None = None
     finished: float | None = None
+    error: dict[str, Any] | None = None  # a member that failed under its group's policy
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class GraphRun:
                 worker=fields.get(f"{nid}:worker"),
                 started=float(started) if started else None,
                 finished=float(finished) if finished else None,
+                error=json.loads(fields[f"{nid}:error"]) if f"{nid}:error" in fields else None,
             )
         return RunStatus(
             run_id=self.id,

@@ -30,7 +30,7 @@ from .errors import (
     StoreError,
     UnknownTask,
 )
-from .spec import GraphSpec, NodeSpec
+from .spec import GraphSpec, NodeSpec, policy_violation
 from .store import GraphStore, RunStore
 
 logger = get_task_logger("celery_graph")
@@ -158,7 +158,7 @@ def execute_node(task: Task, fn: Callable[..., Any], ctx: dict[str, str], bound:
         result_json: bytes | str = own
         result = decode_value(own)
     else:
-        kwargs = gather_kwargs(node, inputs_raw, bound, upstream)
+        kwargs = gather_kwargs(node, inputs_raw, bound, upstream, spec)
         result = fn(**kwargs)
         result_json = encode_value(result, lambda: f"node {node_id!r}: result")
         limit = engine.settings.max_result_bytes
@@ -184,7 +184,11 @@ def execute_node(task: Task, fn: Callable[..., Any], ctx: dict[str, str], bound:
 
 
 def gather_kwargs(
-    node: NodeSpec, inputs_raw: bytes | None, bound: dict[str, Any], upstream: list
+    node: NodeSpec,
+    inputs_raw: bytes | None,
+    bound: dict[str, Any],
+    upstream: list,
+    spec: GraphSpec | None = None,
 ) -> dict[str, Any]:
     """Defaults < run inputs < bound kwargs < upstream results."""
     kwargs: dict[str, Any] = {}
@@ -198,6 +202,8 @@ def gather_kwargs(
         ids = node.upstream_ids()
         results = {}
         for nid, raw in zip(ids, upstream):
+            if raw is None and spec is not None and spec.nodes[nid].tolerant:
+                raw = b"null"  # a member that failed under its group's policy
             if raw is None:
                 raise StoreError(
                     f"node {node.id!r}: the result of upstream node {nid!r} is missing "
@@ -221,22 +227,43 @@ def gather_kwargs(
     return kwargs
 
 
-def fail_node(app: Any, ctx: dict[str, str], exc: BaseException, traceback: str) -> bool:
-    engine = engine_for(app)
-    try:
-        joins = engine.store.load(ctx["g"]).joins
-    except StoreError:
-        joins = ()
-    error = stdjson.dumps(
-        {
-            "node": ctx["n"],
-            "type": type(exc).__name__,
-            "module": type(exc).__module__,
-            "message": str(exc),
-            "traceback": traceback or "",
-        }
+def error_json(node_id: str, exc_type: str, module: str, message: str, traceback: str) -> str:
+    return stdjson.dumps(
+        {"node": node_id, "type": exc_type, "module": module, "message": message,
+         "traceback": traceback or ""}
     )
-    return engine.barrier.finish(joins, ctx["r"], "failed", ctx["n"], error)
+
+
+def fail_node(app: Any, ctx: dict[str, str], exc: BaseException, traceback: str) -> bool:
+    """A node failed after its retries: fail the run, unless the node is a member of a group
+    whose policy tolerates it; then it arrives at its successors as failed."""
+    engine = engine_for(app)
+    run_id, node_id = ctx["r"], ctx["n"]
+    error = error_json(node_id, type(exc).__name__, type(exc).__module__, str(exc), traceback)
+    try:
+        spec = engine.store.load(ctx["g"])
+    except StoreError:
+        return engine.barrier.finish((), run_id, "failed", node_id, error)
+    node = spec.nodes[node_id]
+    if node.tolerant is None or isinstance(exc, DeadlineExceeded):
+        return engine.barrier.finish(spec.joins, run_id, "failed", node_id, error)
+    _s, _f, claimed, _deferred = engine.barrier.complete(spec, run_id, node, "", error_json=error)
+    policy = spec.policies[node.tolerant]
+    states = engine.barrier.node_states(run_id, policy["members"])
+    failed = {m for m, state in states.items() if state == "failed"}
+    why = policy_violation(policy, failed)
+    if why is not None:
+        message = (
+            f"group {node.tolerant!r} ({policy['kind']} policy): {why}; failed: "
+            + ", ".join(sorted(failed))
+        )
+        group_error = error_json(node_id, "GroupPolicyFailed", "celery_graph.errors", message,
+                                 f"last failure, in node {node_id!r}:\n{traceback or exc!r}")
+        return engine.barrier.finish(spec.joins, run_id, "failed", node_id, group_error)
+    if claimed:
+        publish(app, spec, ctx["g"], run_id, claimed)
+        engine.barrier.mark_published(run_id, claimed)
+    return False
 
 
 @task_unknown.connect

@@ -39,6 +39,7 @@ class NodeSpec:
     groups: dict[str, GroupTree]  # parameter -> tree of upstream node ids
     needs: tuple[str, ...]  # parameters only a run input can fill
     options: dict[str, Any]  # routing options for the node's messages
+    tolerant: str | None = None  # policy group this node may fail in without failing the run
     preds: tuple[str, ...] = ()
     succs: tuple[str, ...] = ()
 
@@ -54,6 +55,21 @@ class NodeSpec:
         return list(dict.fromkeys(ids))
 
 
+def policy_violation(policy: dict[str, Any], failed: set[str]) -> str | None:
+    """Why ``policy`` can no longer be met with ``failed`` members, or None if it can."""
+    members = policy["members"]
+    kind = policy["kind"]
+    if kind == "at_least":
+        left = len(members) - len(failed & set(members))
+        if left < policy["n"]:
+            return f"at most {left} of {len(members)} members can succeed, {policy['n']} must"
+    elif kind == "critical":
+        lost = sorted(failed & set(policy["critical"]))
+        if lost:
+            return f"critical member(s) {', '.join(lost)} failed"
+    return None
+
+
 @dataclass(frozen=True)
 class GraphSpec:
     graph_id: str
@@ -63,6 +79,7 @@ class GraphSpec:
     sinks: tuple[str, ...]
     joins: tuple[str, ...]
     order: tuple[str, ...] = field(repr=False)  # a topological order
+    policies: dict[str, dict[str, Any]] = field(default_factory=dict)  # group -> policy
 
     @classmethod
     def from_blob(cls, blob: bytes, graph_id: str | None = None) -> GraphSpec:
@@ -87,6 +104,7 @@ class GraphSpec:
                 groups=n["groups"],
                 needs=tuple(n["needs"]),
                 options=n["opts"],
+                tolerant=n.get("tolerant"),
                 preds=tuple(preds[nid]),
                 succs=tuple(succs[nid]),
             )
@@ -100,6 +118,7 @@ class GraphSpec:
             sinks=tuple(n for n in nodes if not succs[n]),
             joins=tuple(n for n in nodes if len(preds[n]) >= 2),
             order=tuple(data["order"]),
+            policies=data.get("policies", {}),
         )
 
     def check_inputs(self, inputs: dict[str, Any]) -> None:
@@ -159,7 +178,23 @@ def compile_flow(flow: Flow) -> GraphSpec:
 def _compile(flow: Flow) -> GraphSpec:
     nodes: dict[str, TaskNode] = {}
     groups: dict[str, GroupTree] = {}
+    policies: dict[str, dict[str, Any]] = {}
+    tolerant: dict[str, str] = {}
     for part in flow.walk():
+        if isinstance(part, Parallel) and part.policy:
+            members = [m.id for m in part.members if isinstance(m, TaskNode)]
+            label = part.name or "group(" + ",".join(members) + ")"
+            policy = dict(part.policy, members=members)
+            if policies.get(label, policy) != policy:
+                raise DuplicateNodeError(f"two groups with different policies are named {label!r}")
+            policies[label] = policy
+            for m in members:
+                if tolerant.get(m, label) != label:
+                    raise GraphDefinitionError(
+                        f"node {m!r} is a member of two groups with policies: "
+                        f"{tolerant[m]!r} and {label!r}"
+                    )
+                tolerant[m] = label
         if isinstance(part, TaskNode):
             seen = nodes.get(part.id)
             if seen is None:
@@ -214,12 +249,16 @@ def _compile(flow: Flow) -> GraphSpec:
     for nid in order:
         node = nodes[nid]
         out_nodes[nid] = _node_entry(node, nodes, groups, preds, is_upstream)
-    data = {
+        if nid in tolerant:
+            out_nodes[nid]["tolerant"] = tolerant[nid]
+    data: dict[str, Any] = {
         "v": SPEC_VERSION,
         "nodes": out_nodes,
         "edges": [list(e) for e in edges],
         "order": order,
     }
+    if policies:
+        data["policies"] = policies
     blob = canonical(data)
     return GraphSpec._build(data, blob, sha256(blob))
 

@@ -19,15 +19,19 @@
 -- KEYS[5] completion signal   (list)
 -- KEYS[6 .. 5+J] arrival set of each join successor (set), in the order they appear in ARGV
 -- KEYS[6+J ..]   when the node is a sink: every key of the run, to expire when it ends
+-- A node of a group with a failure policy that failed arrives too (a "failed arrival"):
+-- ARGV[2] is empty, no result is stored, its state is "failed" and ARGV[9] its error.
+--
 -- ARGV[1] node id
--- ARGV[2] result (JSON)
+-- ARGV[2] result (JSON), or "" for a failed arrival
 -- ARGV[3] number of sinks in the graph, or 0 when this node is not a sink
 -- ARGV[4] run ttl (seconds)
 -- ARGV[5] result ttl (seconds): how long a finished run is kept
 -- ARGV[6] now (unix seconds)
 -- ARGV[7] S, the number of successors
 -- ARGV[8] release grace (seconds)
--- ARGV[9 ..] S pairs: successor id, number of predecessors of that successor
+-- ARGV[9] error (JSON) of a failed arrival, else ""
+-- ARGV[10 ..] S pairs: successor id, number of predecessors of that successor
 --
 -- Returns {stored, finished, P, P successor ids to publish ..., deferred successor ids ...}:
 -- stored is 1 when this call stored the result, 0 when a result was already there, -1
@@ -38,9 +42,15 @@ if status ~= 'running' then
 end
 local node = ARGV[1]
 local run_ttl = ARGV[4]
-local stored = redis.call('HSETNX', KEYS[2], node, ARGV[2])
-redis.call('EXPIRE', KEYS[2], run_ttl)
-redis.call('HSET', KEYS[3], node .. ':state', 'succeeded', node .. ':finished', ARGV[6])
+local stored = 0
+if ARGV[2] == '' then
+  redis.call('HSET', KEYS[3], node .. ':state', 'failed', node .. ':finished', ARGV[6],
+             node .. ':error', ARGV[9])
+else
+  stored = redis.call('HSETNX', KEYS[2], node, ARGV[2])
+  redis.call('EXPIRE', KEYS[2], run_ttl)
+  redis.call('HSET', KEYS[3], node .. ':state', 'succeeded', node .. ':finished', ARGV[6])
+end
 redis.call('EXPIRE', KEYS[3], run_ttl)
 
 local now = tonumber(ARGV[6])
@@ -50,8 +60,8 @@ local deferred = {}
 local nsucc = tonumber(ARGV[7])
 local k = 6
 for i = 0, nsucc - 1 do
-  local succ = ARGV[9 + 2 * i]
-  local npreds = tonumber(ARGV[10 + 2 * i])
+  local succ = ARGV[10 + 2 * i]
+  local npreds = tonumber(ARGV[11 + 2 * i])
   local ready = true
   if npreds > 1 then
     redis.call('SADD', KEYS[k], node)
