@@ -66,10 +66,17 @@ def free_port() -> int:
 class PrivateRedis:
     """One private server process. ``appendonly=True`` keeps data across restarts."""
 
-    def __init__(self, *, appendonly: bool = False, port: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        appendonly: bool = False,
+        port: int | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
         self.binary = find_server_binary()
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.extra_args = list(extra_args or [])
         self.dir = tempfile.mkdtemp(prefix="celery-graph-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -77,7 +84,7 @@ class PrivateRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 10.0) -> PrivateRedis:
+    def start(self, timeout: float = 10.0, ping: bool = True) -> PrivateRedis:
         args = [
             self.binary,
             "--port", str(self.port),
@@ -88,10 +95,13 @@ class PrivateRedis:
             "--appendfsync", "always",
             "--daemonize", "no",
             "--logfile", os.path.join(self.dir, "server.log"),
+            *self.extra_args,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if not ping:  # e.g. TLS only: the caller checks readiness itself
+                return self
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""
                 raise RuntimeError(f"{self.binary} exited at start: {err.strip()}")

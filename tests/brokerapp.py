@@ -60,6 +60,8 @@ def _env_app() -> Celery | None:
     if not (redis_url and queue):
         return None
     app = make_app(redis_url, os.environ.get("CGTEST_BROKER_URL"), "cgtest_env")
+    if os.environ.get("CGTEST_GRAPH_REDIS_URL"):
+        app.conf.graph_redis_url = os.environ["CGTEST_GRAPH_REDIS_URL"]
     configure_for_crashes(
         app, queue, os.environ["CGTEST_PREFIX"], int(os.environ.get("CGTEST_VISIBILITY", "4"))
     )

@@ -159,3 +159,13 @@ UNCONSUMED_QUEUE = f"cgtest-unconsumed-{os.environ.get('CGTEST_SESSION', 'local'
 @task(queue=UNCONSUMED_QUEUE)
 def unconsumed():
     return "never runs in the tests"
+
+
+@task(soft_time_limit=0.5)
+def over_soft_limit(tag=None):
+    return _step("over_soft_limit", tag, 5.0)
+
+
+@task(time_limit=1)
+def over_hard_limit(tag=None):
+    return _step("over_hard_limit", tag, 10.0)

@@ -19,8 +19,15 @@ SESSION = os.environ.setdefault("CGTEST_SESSION", uuid.uuid4().hex[:8])
 class Workers:
     """`celery worker` subprocesses for one private queue and key prefix."""
 
-    def __init__(self, redis_url: str, concurrency: int = 2) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        concurrency: int = 2,
+        pool: str = "threads",
+        graph_url: str | None = None,
+    ) -> None:
         self.concurrency = concurrency
+        self.pool = pool
         self.redis_url = redis_url
         self.queue = f"cgtest-crash-{uuid.uuid4().hex[:8]}"
         self.prefix = f"cgtest:{SESSION}:crash"
@@ -31,6 +38,9 @@ class Workers:
         self.app = configure_for_crashes(
             make_app(redis_url, None, "cgtest_crash", SESSION), self.queue, self.prefix
         )
+        if graph_url:
+            self.extra_env["CGTEST_GRAPH_REDIS_URL"] = graph_url
+            self.app.conf.graph_redis_url = graph_url
 
     def start(self, name: str) -> str:
         hostname = f"{name}-{self.queue}@localhost"
@@ -47,7 +57,7 @@ class Workers:
         )
         self.procs[hostname] = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "tests.brokerapp:env_app", "worker",
-             "-P", "threads", "-c", str(self.concurrency), "-n", hostname, "-l", "WARNING",
+             "-P", self.pool, "-c", str(self.concurrency), "-n", hostname, "-l", "WARNING",
              "--without-mingle", "--without-gossip"],
             env=env, cwd=ROOT,
         )
