@@ -1,5 +1,6 @@
 """celery-graph: graph workflows (``a >> b``, ``a | b``) on your existing Celery workers."""
 
+from .context import RunContext
 from .dsl import Flow, Parallel, Sequence, TaskNode, Workflow, task, workflow
 from .errors import (
     Backpressure,
@@ -42,6 +43,7 @@ __all__ = [
     "GraphSpec",
     # runs
     "GraphRun",
+    "RunContext",
     "RunStatus",
     "NodeStatus",
     # errors

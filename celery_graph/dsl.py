@@ -11,6 +11,7 @@ into ``wf``, so statements like ``a >> b`` and ``a >> c`` build one graph.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import functools
 import inspect
 import os
@@ -52,6 +53,11 @@ class Flow:
         result = Parallel((_as_flow(other, "|"), self))
         _record(result)
         return result
+
+    def delay_by(self, seconds: float) -> Flow:
+        """Start this flow's entry nodes no earlier than ``seconds`` after they become
+        ready. The wait happens in the broker (a Celery countdown), not in a worker."""
+        raise NotImplementedError
 
     # -- structure, used by the compiler -------------------------------------------
     def entries(self) -> list[TaskNode]:
@@ -127,9 +133,23 @@ class TaskNode(Flow):
     id: str
     bound: tuple[tuple[str, Any], ...] = ()
     options: tuple[tuple[str, Any], ...] = ()  # routing options: queue, priority...
+    delay: float = 0.0  # seconds between becoming ready and starting
+    context: bool = False  # first parameter receives the RunContext
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
+
+    def definition(self) -> tuple[Any, ...]:
+        """What makes two nodes with one id the same node."""
+        return (self.task_name, self.bound, self.options, self.delay, self.context)
+
+    def delay_by(self, seconds: float) -> TaskNode:
+        if not isinstance(seconds, (int, float)) or seconds < 0:
+            raise GraphDefinitionError(
+                f"node {self.id!r}: delay_by needs a non-negative number of seconds, "
+                f"got {seconds!r}"
+            )
+        return dataclasses.replace(self, delay=float(seconds))
 
     def bind(self, id: str | None = None, **kwargs: Any) -> TaskNode:
         """A copy with another node id and/or bound keyword arguments.
@@ -148,9 +168,7 @@ class TaskNode(Flow):
                 )
         merged = dict(self.bound)
         merged.update(kwargs)
-        return TaskNode(
-            self.fn, self.task_name, node_id, tuple(sorted(merged.items())), self.options
-        )
+        return dataclasses.replace(self, id=node_id, bound=tuple(sorted(merged.items())))
 
     @property
     def celery_task(self) -> Any:
@@ -185,6 +203,9 @@ class Sequence(Flow):
         for step in self.steps:
             flat.extend(step.steps if isinstance(step, Sequence) else (step,))
         object.__setattr__(self, "steps", tuple(flat))
+
+    def delay_by(self, seconds: float) -> Sequence:
+        return Sequence((self.steps[0].delay_by(seconds), *self.steps[1:]))
 
     def entries(self) -> list[TaskNode]:
         return self.steps[0].entries()
@@ -281,6 +302,9 @@ class Parallel(Flow):
                 )
             policy = {"kind": "critical", "critical": sorted(names)}
         return Parallel(self.members, self.name, tuple(sorted(policy.items())))
+
+    def delay_by(self, seconds: float) -> Parallel:
+        return Parallel(tuple(m.delay_by(seconds) for m in self.members), self.name, self.policy)
 
     def entries(self) -> list[TaskNode]:
         return [n for m in self.members for n in m.entries()]
@@ -435,9 +459,10 @@ def _make_task(fn: Callable[..., Any], options: dict[str, Any]) -> TaskNode:
     name = options.pop("name", None) or f"{_module_name(fn)}.{fn.__qualname__}"
     options.setdefault("base", GraphTask)
     routing = tuple(sorted((k, options[k]) for k in ROUTING_OPTIONS if k in options))
+    context = bool(options.pop("inject_context", False))
     body = make_task_body(fn)
     shared_task(name=name, bind=True, **options)(body)
-    node = TaskNode(fn, name, fn.__name__, (), routing)
+    node = TaskNode(fn, name, fn.__name__, (), routing, context=context)
     _check_node_id(node.id, name)
     object.__setattr__(node, "__doc__", fn.__doc__)
     object.__setattr__(node, "__wrapped__", fn)

@@ -9,6 +9,7 @@ Layout (``P`` is the prefix, ``R`` a run id, ``N`` a node id)::
     P:run:{R}:nodes           hash    "<N>:<field>" -> per-node state, worker, dispatch marker
     P:run:{R}:sinks           set     sinks that have finished
     P:run:{R}:done            list    completion signal waiters block on
+    P:run:{R}:state           hash    shared state of the run (RunContext)
     P:run:{R}:join:N          set     barrier arrivals (predecessor ids) of join N
     P:idem:<sha256>           string  run id started under an idempotency key
 
@@ -72,6 +73,9 @@ class Keys:
     def done(self, run_id: str) -> str:
         return f"{self.run(run_id)}:done"
 
+    def state(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:state"
+
     def join(self, run_id: str, node_id: str) -> str:
         return f"{self.run(run_id)}:join:{node_id}"
 
@@ -83,6 +87,7 @@ class Keys:
             self.nodes(run_id),
             self.sinks(run_id),
             self.done(run_id),
+            self.state(run_id),
             *(self.join(run_id, j) for j in joins),
         ]
 
@@ -107,5 +112,5 @@ def key_pattern(prefix: str) -> re.Pattern[str]:
     return re.compile(
         rf"^{p}:(graph:[0-9a-f]{{64}}|idem:[0-9a-f]{{64}}|runs|workers"
         rf"|worker:[^\s:{{}}]+(:metrics)?"
-        rf"|run:\{{[0-9a-f]{{32}}\}}(:(results|nodes|sinks|done|join:{node}))?)$"
+        rf"|run:\{{[0-9a-f]{{32}}\}}(:(results|nodes|sinks|done|state|join:{node}))?)$"
     )

@@ -180,6 +180,12 @@ class GraphRun:
         values = {s: decode_value(r) if r is not None else None for s, r in zip(sinks, raws)}
         return values[sinks[0]] if len(sinks) == 1 else values
 
+    def context(self) -> Any:
+        """The run's shared state (what ``inject_context`` tasks wrote)."""
+        from .context import RunContext
+
+        return RunContext(self._engine, self.id)
+
     def resume(self) -> GraphRun:
         """Re-dispatch the failed and unfinished nodes of a failed or cancelled run;
         results already stored are kept. Raises RunNotResumable otherwise."""

@@ -159,7 +159,12 @@ def execute_node(task: Task, fn: Callable[..., Any], ctx: dict[str, str], bound:
         result = decode_value(own)
     else:
         kwargs = gather_kwargs(node, inputs_raw, bound, upstream, spec)
-        result = fn(**kwargs)
+        if node.context:
+            from .context import RunContext
+
+            result = fn(RunContext(engine, run_id, node_id), **kwargs)
+        else:
+            result = fn(**kwargs)
         result_json = encode_value(result, lambda: f"node {node_id!r}: result")
         limit = engine.settings.max_result_bytes
         if len(result_json) > limit:
@@ -308,5 +313,6 @@ def publish(app: Any, spec: GraphSpec, graph_id: str, run_id: str, node_ids: Ite
                 task_id=task_id_for(run_id, nid),
                 producer=producer,
                 ignore_result=True,
+                countdown=node.delay or None,
                 **node.options,
             )

@@ -40,6 +40,8 @@ class NodeSpec:
     needs: tuple[str, ...]  # parameters only a run input can fill
     options: dict[str, Any]  # routing options for the node's messages
     tolerant: str | None = None  # policy group this node may fail in without failing the run
+    delay: float = 0.0  # countdown of the node's message
+    context: bool = False  # the function's first parameter receives the RunContext
     preds: tuple[str, ...] = ()
     succs: tuple[str, ...] = ()
 
@@ -105,6 +107,8 @@ class GraphSpec:
                 needs=tuple(n["needs"]),
                 options=n["opts"],
                 tolerant=n.get("tolerant"),
+                delay=n.get("delay", 0.0),
+                context=n.get("ctx", False),
                 preds=tuple(preds[nid]),
                 succs=tuple(succs[nid]),
             )
@@ -199,9 +203,7 @@ def _compile(flow: Flow) -> GraphSpec:
             seen = nodes.get(part.id)
             if seen is None:
                 nodes[part.id] = part
-            elif seen is not part and (
-                seen.task_name != part.task_name or seen.bound != part.bound
-            ):
+            elif seen is not part and seen.definition() != part.definition():
                 raise DuplicateNodeError(
                     f"duplicate node id {part.id!r}: used by {seen!r} and {part!r}; give one "
                     f"of them its own id, e.g. .bind(id='{part.id}_2')"
@@ -270,7 +272,17 @@ def _node_entry(node, nodes, groups, preds, is_upstream) -> dict[str, Any]:
     group_pull: dict[str, GroupTree] = {}
     needs: list[str] = []
     names: list[str] = []
-    for name, p in params.items():
+    items = list(params.items())
+    if node.context:
+        if not items or items[0][1].kind not in (
+            inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD
+        ):
+            raise GraphDefinitionError(
+                f"node {node.id!r}: inject_context=True needs a first positional parameter "
+                "to receive the run context"
+            )
+        items = items[1:]
+    for name, p in items:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         names.append(name)
@@ -306,7 +318,7 @@ def _node_entry(node, nodes, groups, preds, is_upstream) -> dict[str, Any]:
             f"node {node.id!r}: bound argument {bad!r} of type {type(bound.get(bad)).__name__} "
             "cannot be encoded as JSON"
         ) from exc
-    return {
+    entry: dict[str, Any] = {
         "task": node.task_name,
         "kwargs": kwargs_json,
         "params": names,
@@ -315,6 +327,11 @@ def _node_entry(node, nodes, groups, preds, is_upstream) -> dict[str, Any]:
         "needs": needs,
         "opts": dict(node.options),
     }
+    if node.delay:
+        entry["delay"] = node.delay
+    if node.context:
+        entry["ctx"] = True
+    return entry
 
 
 def _json_ok(value: Any) -> bool:

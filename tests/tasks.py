@@ -169,3 +169,19 @@ def over_soft_limit(tag=None):
 @task(time_limit=1)
 def over_hard_limit(tag=None):
     return _step("over_hard_limit", tag, 10.0)
+
+
+@task(inject_context=True)
+def bump(ctx, times: int = 50, name: str = "x"):
+    """Many small atomic updates from parallel branches."""
+    for _ in range(times):
+        ctx.incr("hits")
+    ctx.incr("weight", 0.5)
+    ctx.append("seen", name)
+    return ctx.run_id
+
+
+@task(inject_context=True)
+def tally(ctx):
+    ctx.set("done", True)
+    return {"hits": ctx.get("hits"), "weight": ctx.get("weight"), "seen": sorted(ctx.list("seen"))}
