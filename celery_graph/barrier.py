@@ -42,6 +42,7 @@ class Barrier:
         self._mark = client.register_script(_load("mark"))
         self._finish = client.register_script(_load("finish"))
         self._resume = client.register_script(_load("resume"))
+        self._map_arrive = client.register_script(_load("map_arrive"))
 
     def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
@@ -52,14 +53,21 @@ class Barrier:
             ) from exc
 
     def begin(
-        self, run_id: str, node: NodeSpec, hostname: str
+        self,
+        run_id: str,
+        node: NodeSpec,
+        hostname: str,
+        field: str | None = None,
+        upstream_ids: list[str] | None = None,
     ) -> tuple[str | None, bytes | None, bytes | None, list[bytes | None]]:
-        """(status, inputs JSON, own stored result, upstream results in node.upstream_ids())."""
+        """(status, inputs JSON, own stored result, upstream results in node.upstream_ids()).
+        ``field`` names the result of one element of a dynamic fan-out ("<node>#<i>")."""
         k = self.keys
         reply = self._call(
             self._begin,
             [k.run(run_id), k.results(run_id), k.nodes(run_id)],
-            [node.id, hostname, f"{time.time():.6f}", self.run_ttl, *node.upstream_ids()],
+            [field or node.id, hostname, f"{time.time():.6f}", self.run_ttl,
+             *(node.upstream_ids() if upstream_ids is None else upstream_ids)],
         )
         status = reply[0].decode() if reply and reply[0] is not None else None
         if status != "running":
@@ -99,13 +107,35 @@ class Barrier:
             if npreds > 1:
                 keys.append(k.join(run_id, succ))
         if not node.succs:
-            keys += k.run_keys(run_id, spec.joins)
+            keys += k.run_keys(run_id, spec.joins, spec.maps)
         reply = self._call(self._complete, keys, args)
         if not isinstance(reply, list) or len(reply) < 3:
             raise BarrierError(f"complete.lua answered {reply!r}")
         n = int(reply[2])
         ids = [s.decode() for s in reply[3:]]
         return int(reply[0]), bool(reply[1]), ids[:n], ids[n:]
+
+    def map_arrive(
+        self, run_id: str, node_id: str, index: int, result_json: bytes | str
+    ) -> tuple[int, int]:
+        """Store element ``index`` of map node ``node_id``; (stored, elements arrived)."""
+        k = self.keys
+        reply = self._call(
+            self._map_arrive,
+            [k.run(run_id), k.results(run_id), k.nodes(run_id), k.map(run_id, node_id)],
+            [f"{node_id}#{index}", result_json, index, self.run_ttl, f"{time.time():.6f}"],
+        )
+        return int(reply[0]), int(reply[1])
+
+    def map_results(self, run_id: str, node_id: str, count: int) -> bytes:
+        """The JSON list of the elements' results, in item order."""
+        raws = self._client.hmget(
+            self.keys.results(run_id), [f"{node_id}#{i}" for i in range(count)]
+        )
+        missing = [i for i, r in enumerate(raws) if r is None]
+        if missing:
+            raise BarrierError(f"map node {node_id!r}: results of items {missing[:5]} missing")
+        return b"[" + b",".join(raws) + b"]"
 
     def node_states(self, run_id: str, node_ids: list[str]) -> dict[str, str | None]:
         raw = self._client.hmget(self.keys.nodes(run_id), [f"{n}:state" for n in node_ids])
@@ -117,7 +147,7 @@ class Barrier:
 
     def finish(
         self,
-        spec_joins: tuple[str, ...],
+        spec: GraphSpec | None,
         run_id: str,
         status: str,
         node_id: str = "",
@@ -125,14 +155,16 @@ class Barrier:
     ) -> bool:
         """End a running run as failed/cancelled; True if this call ended it."""
         k = self.keys
-        keys = [k.run(run_id), k.nodes(run_id), k.done(run_id), *k.run_keys(run_id, spec_joins)]
+        joins, maps = (spec.joins, spec.maps) if spec is not None else ((), ())
+        keys = [k.run(run_id), k.nodes(run_id), k.done(run_id), *k.run_keys(run_id, joins, maps)]
         args = [status, node_id, error_json, self.result_ttl, f"{time.time():.6f}"]
         return bool(self._call(self._finish, keys, args))
 
-    def resume(self, spec_joins: tuple[str, ...], run_id: str, node_ids: list[str]) -> str:
+    def resume(self, spec: GraphSpec, run_id: str, node_ids: list[str]) -> str:
         """Reopen a failed/cancelled run; returns its previous status."""
         k = self.keys
-        keys = [k.run(run_id), k.nodes(run_id), k.done(run_id), *k.run_keys(run_id, spec_joins)]
+        keys = [k.run(run_id), k.nodes(run_id), k.done(run_id),
+                *k.run_keys(run_id, spec.joins, spec.maps)]
         try:
             previous = self._call(
                 self._resume, keys, [self.run_ttl, f"{time.time():.6f}", *node_ids]

@@ -135,13 +135,31 @@ class TaskNode(Flow):
     options: tuple[tuple[str, Any], ...] = ()  # routing options: queue, priority...
     delay: float = 0.0  # seconds between becoming ready and starting
     context: bool = False  # first parameter receives the RunContext
+    map_over: tuple[str, str | None] | None = None  # (source node id, parameter)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
     def definition(self) -> tuple[Any, ...]:
         """What makes two nodes with one id the same node."""
-        return (self.task_name, self.bound, self.options, self.delay, self.context)
+        return (self.task_name, self.bound, self.options, self.delay, self.context, self.map_over)
+
+    def map(self, source: str | TaskNode, *, param: str | None = None) -> TaskNode:
+        """Dynamic fan-out: one call per item of the list that upstream node ``source``
+        returns, at run time. ``param`` (default: the parameter named like the source, or
+        the only parameter nothing else fills) receives the item. The node's result, and
+        what downstream nodes receive, is the list of results in item order; an empty list
+        gives ``[]`` without calling the function.
+
+        >>> split >> process.map("split") >> merge
+        """
+        source_id = source.id if isinstance(source, TaskNode) else source
+        _check_node_id(source_id, f"{self.id}.map()")
+        if param is not None and param not in _parameters(self.fn):
+            raise GraphDefinitionError(
+                f"node {self.id!r}: map(param={param!r}) is not a parameter of {self.task_name}"
+            )
+        return dataclasses.replace(self, map_over=(source_id, param))
 
     def delay_by(self, seconds: float) -> TaskNode:
         if not isinstance(seconds, (int, float)) or seconds < 0:

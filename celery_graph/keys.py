@@ -10,6 +10,7 @@ Layout (``P`` is the prefix, ``R`` a run id, ``N`` a node id)::
     P:run:{R}:sinks           set     sinks that have finished
     P:run:{R}:done            list    completion signal waiters block on
     P:run:{R}:state           hash    shared state of the run (RunContext)
+    P:run:{R}:map:N           set     element indexes of dynamic fan-out N that finished
     P:run:{R}:join:N          set     barrier arrivals (predecessor ids) of join N
     P:idem:<sha256>           string  run id started under an idempotency key
 
@@ -73,13 +74,18 @@ class Keys:
     def done(self, run_id: str) -> str:
         return f"{self.run(run_id)}:done"
 
+    def map(self, run_id: str, node_id: str) -> str:
+        return f"{self.run(run_id)}:map:{node_id}"
+
     def state(self, run_id: str) -> str:
         return f"{self.run(run_id)}:state"
 
     def join(self, run_id: str, node_id: str) -> str:
         return f"{self.run(run_id)}:join:{node_id}"
 
-    def run_keys(self, run_id: str, joins: Iterable[str]) -> list[str]:
+    def run_keys(
+        self, run_id: str, joins: Iterable[str], maps: Iterable[str] = ()
+    ) -> list[str]:
         """Every key a run may create, for expiry when it ends."""
         return [
             self.run(run_id),
@@ -89,6 +95,7 @@ class Keys:
             self.done(run_id),
             self.state(run_id),
             *(self.join(run_id, j) for j in joins),
+            *(self.map(run_id, m) for m in maps),
         ]
 
     def idempotency(self, digest: str) -> str:
@@ -112,5 +119,5 @@ def key_pattern(prefix: str) -> re.Pattern[str]:
     return re.compile(
         rf"^{p}:(graph:[0-9a-f]{{64}}|idem:[0-9a-f]{{64}}|runs|workers"
         rf"|worker:[^\s:{{}}]+(:metrics)?"
-        rf"|run:\{{[0-9a-f]{{32}}\}}(:(results|nodes|sinks|done|state|join:{node}))?)$"
+        rf"|run:\{{[0-9a-f]{{32}}\}}(:(results|nodes|sinks|done|state|join:{node}|map:{node}))?)$"
     )

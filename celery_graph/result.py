@@ -100,7 +100,9 @@ class GraphRun:
 
     def results(self) -> dict[str, Any]:
         """{node id: result} for every node that finished."""
-        return {k: decode_value(v) for k, v in self._engine.runs.results(self.id).items()}
+        raw = self._engine.runs.results(self.id)
+        # "<node>#<i>" fields hold elements of a dynamic fan-out, not nodes
+        return {k: decode_value(v) for k, v in raw.items() if "#" not in k}
 
     def ready(self) -> bool:
         return self._engine.runs.record(self.id)["status"] in FINAL_STATES
@@ -149,7 +151,7 @@ class GraphRun:
             {"node": "", "type": "DeadlineExceeded", "module": "celery_graph.errors",
              "message": f"run {self.id} passed its deadline", "traceback": ""}
         )
-        return self._engine.barrier.finish(self.spec().joins, self.id, "failed", "", error)
+        return self._engine.barrier.finish(self.spec(), self.id, "failed", "", error)
 
     @staticmethod
     def _wait_slice(engine: Any, done_key: str, seconds: float) -> None:
@@ -195,4 +197,4 @@ class GraphRun:
 
     def cancel(self) -> bool:
         """Stop the run: no pending node starts after this. True if this call ended it."""
-        return self._engine.barrier.finish(self.spec().joins, self.id, "cancelled")
+        return self._engine.barrier.finish(self.spec(), self.id, "cancelled")

@@ -140,39 +140,60 @@ def make_task_body(fn: Callable[..., Any]) -> Callable[..., Any]:
     return body
 
 
-def execute_node(task: Task, fn: Callable[..., Any], ctx: dict[str, str], bound: dict) -> Any:
+def execute_node(task: Task, fn: Callable[..., Any], ctx: dict[str, Any], bound: dict) -> Any:
     engine = engine_for(task.app)
     run_id, node_id = ctx["r"], ctx["n"]
     spec = engine.store.load(ctx["g"])
     node = spec.nodes[node_id]
+    index = ctx.get("i")  # set on the element messages of a dynamic fan-out
+    field = None if index is None else f"{node_id}#{index}"
+    ids = node.upstream_ids() if index is None else node.pull_ids()
     hostname = task.request.hostname or socket.gethostname()
-    status, inputs_raw, own, upstream = engine.barrier.begin(run_id, node, hostname)
+    status, inputs_raw, own, upstream = engine.barrier.begin(run_id, node, hostname, field, ids)
     if status == "deadline":
         raise DeadlineExceeded(f"run {run_id} passed its deadline before node {node_id!r} started")
     if status != "running":
         logger.info("celery-graph: run %s is %s; node %s not run", run_id, status, node_id)
         return None
+    if node.map_source and index is None and own is None:
+        return expand_map(task, engine, spec, ctx, node, bound, dict(zip(ids, upstream)))
     if own is not None:
         # Redelivered after the result was stored: never call the function again, but
         # finish the dispatch a crash may have interrupted.
         result_json: bytes | str = own
         result = decode_value(own)
     else:
-        kwargs = gather_kwargs(node, inputs_raw, bound, upstream, spec)
+        kwargs = gather_kwargs(node, inputs_raw, bound, upstream, spec, ids)
         if node.context:
             from .context import RunContext
 
             result = fn(RunContext(engine, run_id, node_id), **kwargs)
         else:
             result = fn(**kwargs)
-        result_json = encode_value(result, lambda: f"node {node_id!r}: result")
+        what = f"node {node_id!r}" + ("" if index is None else f" item {index}")
+        result_json = encode_value(result, lambda: f"{what}: result")
         limit = engine.settings.max_result_bytes
         if len(result_json) > limit:
             raise ResultTooLarge(
-                f"node {node_id!r}: result is {len(result_json)} bytes encoded, over "
+                f"{what}: result is {len(result_json)} bytes encoded, over "
                 f"graph_max_result_bytes={limit}; store large data elsewhere and return a "
                 "reference"
             )
+    if index is not None:
+        _stored, arrived = engine.barrier.map_arrive(run_id, node_id, index, result_json)
+        if arrived < ctx["c"]:
+            return result
+        # every element is in: this arrival completes the map node (idempotent)
+        result_json = engine.barrier.map_results(run_id, node_id, ctx["c"])
+    complete_and_dispatch(task, engine, spec, ctx, node, result_json)
+    return result
+
+
+def complete_and_dispatch(
+    task: Task, engine: Engine, spec: GraphSpec, ctx: dict[str, Any], node: NodeSpec,
+    result_json: bytes | str,
+) -> None:
+    run_id = ctx["r"]
     _stored, _finished, claimed, deferred = engine.barrier.complete(
         spec, run_id, node, result_json
     )
@@ -183,9 +204,42 @@ def execute_node(task: Task, fn: Callable[..., Any], ctx: dict[str, str], bound:
         # Another arrival released these successors moments ago and is publishing them.
         # Come back after the grace period: by then they are marked published (nothing to
         # do), or the releaser died and this message takes the publish over.
-        logger.info("celery-graph: node %s of run %s defers %s", node_id, run_id, deferred)
+        logger.info("celery-graph: node %s of run %s defers %s", node.id, run_id, deferred)
         raise task.retry(countdown=engine.settings.release_grace, max_retries=None)
-    return result
+
+
+def expand_map(
+    task: Task, engine: Engine, spec: GraphSpec, ctx: dict[str, Any], node: NodeSpec,
+    bound: dict[str, Any], upstream: dict[str, bytes | None],
+) -> int:
+    """The map node became ready: publish one element message per item of the source's
+    list (an empty list completes the node with [] at once). Returns the item count."""
+    assert node.map_source is not None and node.map_param is not None
+    raw = upstream.get(node.map_source)
+    items = decode_value(raw) if raw is not None else None
+    if not isinstance(items, list):
+        raise TypeError(
+            f"node {node.id!r}: map({node.map_source!r}) needs a list, but {node.map_source!r} "
+            f"returned {type(items).__name__}"
+        )
+    if not items:
+        complete_and_dispatch(task, engine, spec, ctx, node, "[]")
+        return 0
+    count = len(items)
+    with task.app.producer_or_acquire() as producer:
+        for i, item in enumerate(items):
+            kwargs = dict(bound)
+            kwargs[node.map_param] = item
+            kwargs[GRAPH_KWARG] = {**ctx, "i": i, "c": count}
+            task.app.send_task(
+                node.task,
+                kwargs=kwargs,
+                task_id=f"{task_id_for(ctx['r'], node.id)}#{i}",
+                producer=producer,
+                ignore_result=True,
+                **node.options,
+            )
+    return count
 
 
 def gather_kwargs(
@@ -194,6 +248,7 @@ def gather_kwargs(
     bound: dict[str, Any],
     upstream: list,
     spec: GraphSpec | None = None,
+    ids: list[str] | None = None,
 ) -> dict[str, Any]:
     """Defaults < run inputs < bound kwargs < upstream results."""
     kwargs: dict[str, Any] = {}
@@ -204,7 +259,7 @@ def gather_kwargs(
                 kwargs[p] = inputs[p]
     kwargs.update(bound)
     if node.pull or node.groups:
-        ids = node.upstream_ids()
+        ids = node.upstream_ids() if ids is None else ids
         results = {}
         for nid, raw in zip(ids, upstream):
             if raw is None and spec is not None and spec.nodes[nid].tolerant:
@@ -248,10 +303,10 @@ def fail_node(app: Any, ctx: dict[str, str], exc: BaseException, traceback: str)
     try:
         spec = engine.store.load(ctx["g"])
     except StoreError:
-        return engine.barrier.finish((), run_id, "failed", node_id, error)
+        return engine.barrier.finish(None, run_id, "failed", node_id, error)
     node = spec.nodes[node_id]
     if node.tolerant is None or isinstance(exc, DeadlineExceeded):
-        return engine.barrier.finish(spec.joins, run_id, "failed", node_id, error)
+        return engine.barrier.finish(spec, run_id, "failed", node_id, error)
     _s, _f, claimed, _deferred = engine.barrier.complete(spec, run_id, node, "", error_json=error)
     policy = spec.policies[node.tolerant]
     states = engine.barrier.node_states(run_id, policy["members"])
@@ -264,7 +319,7 @@ def fail_node(app: Any, ctx: dict[str, str], exc: BaseException, traceback: str)
         )
         group_error = error_json(node_id, "GroupPolicyFailed", "celery_graph.errors", message,
                                  f"last failure, in node {node_id!r}:\n{traceback or exc!r}")
-        return engine.barrier.finish(spec.joins, run_id, "failed", node_id, group_error)
+        return engine.barrier.finish(spec, run_id, "failed", node_id, group_error)
     if claimed:
         publish(app, spec, ctx["g"], run_id, claimed)
         engine.barrier.mark_published(run_id, claimed)

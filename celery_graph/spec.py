@@ -42,6 +42,8 @@ class NodeSpec:
     tolerant: str | None = None  # policy group this node may fail in without failing the run
     delay: float = 0.0  # countdown of the node's message
     context: bool = False  # the function's first parameter receives the RunContext
+    map_source: str | None = None  # dynamic fan-out over this upstream node's list result
+    map_param: str | None = None  # the parameter that receives each item
     preds: tuple[str, ...] = ()
     succs: tuple[str, ...] = ()
 
@@ -49,12 +51,19 @@ class NodeSpec:
     def is_join(self) -> bool:
         return len(self.preds) >= 2
 
-    def upstream_ids(self) -> list[str]:
-        """Every node whose result this node reads, in a stable order."""
+    def pull_ids(self) -> list[str]:
+        """The upstream nodes whose results fill this node's parameters, in a stable order."""
         ids = list(self.pull.values())
         for tree in self.groups.values():
             ids.extend(_tree_ids(tree))
         return list(dict.fromkeys(ids))
+
+    def upstream_ids(self) -> list[str]:
+        """Every node whose result this node reads (a map node also reads its source)."""
+        ids = self.pull_ids()
+        if self.map_source and self.map_source not in ids:
+            ids.append(self.map_source)
+        return ids
 
 
 def policy_violation(policy: dict[str, Any], failed: set[str]) -> str | None:
@@ -81,6 +90,7 @@ class GraphSpec:
     sinks: tuple[str, ...]
     joins: tuple[str, ...]
     order: tuple[str, ...] = field(repr=False)  # a topological order
+    maps: tuple[str, ...] = ()  # nodes with a dynamic fan-out
     policies: dict[str, dict[str, Any]] = field(default_factory=dict)  # group -> policy
 
     @classmethod
@@ -109,6 +119,8 @@ class GraphSpec:
                 tolerant=n.get("tolerant"),
                 delay=n.get("delay", 0.0),
                 context=n.get("ctx", False),
+                map_source=(n.get("map") or {}).get("source"),
+                map_param=(n.get("map") or {}).get("param"),
                 preds=tuple(preds[nid]),
                 succs=tuple(succs[nid]),
             )
@@ -121,6 +133,7 @@ class GraphSpec:
             roots=tuple(n for n in nodes if not preds[n]),
             sinks=tuple(n for n in nodes if not succs[n]),
             joins=tuple(n for n in nodes if len(preds[n]) >= 2),
+            maps=tuple(n for n in nodes if nodes[n].map_source),
             order=tuple(data["order"]),
             policies=data.get("policies", {}),
         )
@@ -272,6 +285,17 @@ def _node_entry(node, nodes, groups, preds, is_upstream) -> dict[str, Any]:
     group_pull: dict[str, GroupTree] = {}
     needs: list[str] = []
     names: list[str] = []
+    mapped: dict[str, Any] | None = None
+    if node.map_over is not None:
+        source, map_param = node.map_over
+        if source not in nodes or not is_upstream(source, node.id):
+            raise GraphDefinitionError(
+                f"node {node.id!r}: map({source!r}) needs {source!r} to be an upstream node "
+                f"(write {source} >> ... >> {node.id})"
+            )
+        if map_param is None:
+            map_param = source if source in params else _only_open_param(node, params)
+        mapped = {"source": source, "param": map_param}
     items = list(params.items())
     if node.context:
         if not items or items[0][1].kind not in (
@@ -286,6 +310,8 @@ def _node_entry(node, nodes, groups, preds, is_upstream) -> dict[str, Any]:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         names.append(name)
+        if mapped is not None and name == mapped["param"]:
+            continue
         if name in nodes and preds[node.id] and is_upstream(name, node.id):
             pull[name] = name
             continue
@@ -331,7 +357,25 @@ def _node_entry(node, nodes, groups, preds, is_upstream) -> dict[str, Any]:
         entry["delay"] = node.delay
     if node.context:
         entry["ctx"] = True
+    if mapped is not None:
+        entry["map"] = mapped
     return entry
+
+
+def _only_open_param(node: Any, params: dict[str, inspect.Parameter]) -> str:
+    open_params = [
+        n for n, p in params.items()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        and p.default is inspect.Parameter.empty and n not in dict(node.bound)
+    ]
+    if node.context:
+        open_params = open_params[1:]
+    if len(open_params) != 1:
+        raise GraphDefinitionError(
+            f"node {node.id!r}: map() cannot tell which parameter receives the item "
+            f"(candidates: {open_params or 'none'}); pass map(..., param='name')"
+        )
+    return open_params[0]
 
 
 def _json_ok(value: Any) -> bool:

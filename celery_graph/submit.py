@@ -83,7 +83,7 @@ def submit(
              "message": f"publishing the root nodes failed: {exc}", "traceback": ""}
         )
         with contextlib.suppress(StoreError):
-            engine.barrier.finish(spec.joins, run_id, "failed", "", error)
+            engine.barrier.finish(spec, run_id, "failed", "", error)
         raise PublishError(
             f"run {run_id}: the broker did not take the root messages ({exc}); the run is "
             "marked failed"
@@ -146,6 +146,6 @@ def resume(run: GraphRun) -> GraphRun:
         n for n in spec.order
         if n not in done and all(p in done for p in spec.nodes[n].preds)
     ]
-    engine.barrier.resume(spec.joins, run.id, frontier)
+    engine.barrier.resume(spec, run.id, frontier)
     publish(run.app or current_app._get_current_object(), spec, spec.graph_id, run.id, frontier)
     return run

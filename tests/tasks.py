@@ -185,3 +185,19 @@ def bump(ctx, times: int = 50, name: str = "x"):
 def tally(ctx):
     ctx.set("done", True)
     return {"hits": ctx.get("hits"), "weight": ctx.get("weight"), "seen": sorted(ctx.list("seen"))}
+
+
+@task
+def split(n: int = 5):
+    return [f"item{i}" for i in range(n)]
+
+
+@task
+def process(split, tag=None):
+    trace(tag, f"process:{split}")
+    return split.upper()
+
+
+@task
+def merge(process):
+    return process
