@@ -79,6 +79,12 @@ graph-worker options:
                              default 60). A second SIGTERM/SIGINT hands back at once.
   -h, --help                 Show this message and exit.
 
+Celery's global options (graph-worker puts them before `worker` for you):
+  -A, --app APP              The Celery app, e.g. proj.celery (env CELERY_APP).
+  -b, --broker URL           Broker URL (env CELERY_BROKER_URL).
+  --result-backend URL, --loader, --config MODULE, --workdir PATH,
+  -C, --no-color, -q, --quiet, --skip-checks
+
 """
 
 
@@ -190,6 +196,7 @@ def celery_worker_help() -> str:
 
 def user_set(conf: Any, key: str) -> bool:
     """True if the app's own configuration sets ``key`` (not Celery's default)."""
+    conf.get(key)  # a pending configuration loads on first read; only then has it maps
     maps = getattr(conf, "maps", None)
     if not maps:
         return False
