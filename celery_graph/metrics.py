@@ -66,7 +66,8 @@ def _on_postrun(
         if not hostname:
             return
         key = engine.keys.worker_metrics(hostname)
-        pipe = engine.client.pipeline(transaction=False)
+        # MULTI/EXEC: a scrape never sees "processed" without its outcome counter
+        pipe = engine.client.pipeline(transaction=True)
         pipe.hincrby(key, "processed", 1)
         counter = _STATE_COUNTER.get(state or "")
         if counter:

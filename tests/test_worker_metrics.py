@@ -50,7 +50,7 @@ def test_metrics_endpoint_counts_tasks_across_pool_processes(redis_url, tmp_path
                      .get(("celery_graph_worker_tasks_processed_total", worker)) == 4 and s,
                      10, "4 processed tasks")
         assert m[("celery_graph_worker_tasks_succeeded_total", worker)] == 3
-        assert m[("celery_graph_worker_tasks_failed_total", worker)] == 1
+        assert m[("celery_graph_worker_tasks_failed_total", worker)] == 1, m
         assert m[("celery_graph_worker_task_runtime_seconds_total", worker)] >= 0.2
         mean = m[("celery_graph_worker_task_runtime_seconds_mean", worker)]
         assert mean == pytest.approx(
@@ -61,6 +61,7 @@ def test_metrics_endpoint_counts_tasks_across_pool_processes(redis_url, tmp_path
 
         # One long node holds the only pool slot (prefetch 1): three more runs wait in
         # the queue, which is what an autoscaler reads.
+        tag = uuid.uuid4().hex[:8]
         slow = t.ops_first.bind(tag=tag) >> t.ops_long.bind(tag=tag, delay=3)
         busy = slow.submit(app=app)
         client = engine_for(app).client
