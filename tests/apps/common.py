@@ -6,7 +6,8 @@ Environment of a worker subprocess:
     CGOPS_BROKER_URL   Redis URL of broker and graph state (the test's private Redis)
     CGOPS_QUEUE        default queue (unique per test module)
     CGOPS_VISIBILITY   broker visibility timeout in seconds (optional)
-    CGOPS_PRIORITY     "1": Redis priority queues (queue_order_strategy="priority")
+    CGOPS_PRIORITY     "1": queue_order_strategy="priority" (Redis)
+    CGOPS_MAX_PRIORITY x-max-priority of the queues Celery declares (RabbitMQ)
 
 The key prefix is not set here on purpose: workers get it from `graph-worker --key-prefix`
 (CELERY_GRAPH_KEY_PREFIX), the test process sets app.conf.graph_key_prefix.
@@ -26,6 +27,8 @@ def build_app(
     visibility: float | None = None,
     priority: bool = False,
     key_prefix: str | None = None,
+    max_priority: int | None = None,
+    graph_redis_url: str | None = None,
     name: str = "cgops",
 ) -> Celery:
     app = Celery(name, broker=broker_url, set_as_current=False)
@@ -47,6 +50,10 @@ def build_app(
     )
     if key_prefix:
         app.conf.graph_key_prefix = key_prefix
+    if graph_redis_url:
+        app.conf.graph_redis_url = graph_redis_url
+    if max_priority is not None:
+        app.conf.task_queue_max_priority = max_priority
     return app
 
 
@@ -57,4 +64,5 @@ def app_from_env() -> Celery:
         env["CGOPS_QUEUE"],
         visibility=float(env["CGOPS_VISIBILITY"]) if env.get("CGOPS_VISIBILITY") else None,
         priority=env.get("CGOPS_PRIORITY") == "1",
+        max_priority=int(env["CGOPS_MAX_PRIORITY"]) if env.get("CGOPS_MAX_PRIORITY") else None,
     )
