@@ -242,6 +242,7 @@ class GraphWorkerStep(bootsteps.StartStopStep):
         self.heartbeat: Any = None
         self.metrics: Any = None
         self._shutdown_started = False
+        self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
 
     def start(self, w: Any) -> None:
@@ -302,9 +303,9 @@ class GraphWorkerStep(bootsteps.StartStopStep):
                 cold()
                 return
             threading.Thread(target=self._mark_stopping, daemon=True).start()
-            timer = threading.Timer(timeout, cold)
-            timer.daemon = True
-            timer.start()
+            self._timer = threading.Timer(timeout, cold)
+            self._timer.daemon = True
+            self._timer.start()
             _call_handler(warm, signal.SIGTERM, frame)
 
         signal.signal(signal.SIGTERM, handler)
@@ -321,6 +322,8 @@ class GraphWorkerStep(bootsteps.StartStopStep):
         self._cleanup()
 
     def _cleanup(self) -> None:
+        if self._timer is not None:  # everything finished within the graceful timeout
+            self._timer.cancel()
         if self.metrics is not None:
             self.metrics.stop()
             self.metrics = None

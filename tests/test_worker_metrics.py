@@ -46,9 +46,12 @@ def test_metrics_endpoint_counts_tasks_across_pool_processes(redis_url, tmp_path
         with pytest.raises(RunFailed):
             t.ops_fail.bind(tag=tag).submit(app=app).get(timeout=20)
 
+        # the pool process counts a task before the main process hears it is done, so
+        # wait for both numbers to settle
         m = wait_for(lambda: (s := scrape(port))
-                     .get(("celery_graph_worker_tasks_processed_total", worker)) == 4 and s,
-                     10, "4 processed tasks")
+                     .get(("celery_graph_worker_tasks_processed_total", worker)) == 4
+                     and s[("celery_graph_worker_tasks_in_flight", worker)] == 0 and s,
+                     10, "4 processed tasks, none in flight")
         assert m[("celery_graph_worker_tasks_succeeded_total", worker)] == 3
         assert m[("celery_graph_worker_tasks_failed_total", worker)] == 1, m
         assert m[("celery_graph_worker_task_runtime_seconds_total", worker)] >= 0.2
@@ -56,7 +59,6 @@ def test_metrics_endpoint_counts_tasks_across_pool_processes(redis_url, tmp_path
         assert mean == pytest.approx(
             m[("celery_graph_worker_task_runtime_seconds_total", worker)] / 4)
         assert m[("celery_graph_worker_uptime_seconds", worker)] > 0
-        assert m[("celery_graph_worker_tasks_in_flight", worker)] == 0
         assert m[("celery_graph_queue_depth", (("queue", queue),))] == 0
 
         # One long node holds the only pool slot (prefetch 1): three more runs wait in
@@ -87,3 +89,23 @@ def test_queue_depth_counts_every_priority_list(redis_url):
         for p in (0, 5, 9):
             app.send_task("cgops.nothing", queue=queue + str(priority), priority=p)
         assert QueueDepth(app).depths([queue + str(priority)]) == {queue + str(priority): 3}
+
+
+def test_queue_depth_on_rabbitmq_uses_a_passive_declare(redis_url):
+    from tests.test_routing import RABBITMQ, rabbitmq_available
+
+    if not rabbitmq_available():
+        pytest.skip("no RabbitMQ at 127.0.0.1:5672")
+    import kombu
+
+    queue = f"cgops-depth-amqp-{uuid.uuid4().hex[:8]}"
+    app = build_app(RABBITMQ, queue, graph_redis_url=redis_url)
+    try:
+        depth = QueueDepth(app)
+        assert depth.depths([queue]) == {queue: 0}  # not declared yet: empty, no error
+        for _ in range(2):
+            app.send_task("cgops.nothing", queue=queue)
+        assert wait_for(lambda: depth.depths([queue]) == {queue: 2}, 5, "depth 2")
+    finally:
+        with kombu.Connection(RABBITMQ) as conn:
+            conn.default_channel.queue_delete(queue)

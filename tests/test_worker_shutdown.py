@@ -94,7 +94,7 @@ def test_sigint_after_the_graceful_timeout_hands_the_node_back(env):
     w1 = worker("int1", "--graceful-timeout", "1")
     wait_registered(app, w1)
     tag = uuid.uuid4().hex[:8]
-    run = run_three(app, tag, delay=5)
+    run = run_three(app, tag, delay=3)
     wait_for(lambda: started_on(client, tag, "ops_long"), 20, "ops_long to start")
     signalled = time.monotonic()
     w1.signal(signal.SIGINT)
@@ -109,6 +109,26 @@ def test_sigint_after_the_graceful_timeout_hands_the_node_back(env):
     status = GraphRun(run.id, app=app).status()
     assert status.nodes["ops_long"].worker.startswith("int2@")
     assert status.nodes["ops_long"].attempts == 2
+    check_once(client, tag, run, app)
+    wait_registered(app, w2)
+
+
+def test_a_second_sigterm_hands_back_at_once(env):
+    app, worker, client = env
+    w1 = worker("twice1", "--graceful-timeout", "60")
+    wait_registered(app, w1)
+    tag = uuid.uuid4().hex[:8]
+    run = run_three(app, tag, delay=3)
+    wait_for(lambda: started_on(client, tag, "ops_long"), 20, "ops_long to start")
+    w1.signal(signal.SIGTERM)
+    wait_for(lambda: "Warm shutdown" in w1.log(), 5, "the warm shutdown to begin")
+    w1.signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    w2 = worker("twice2")
+    w1.wait(20)
+    assert time.monotonic() - signalled < 10, w1.log()  # not the 60 s graceful timeout
+    assert run.get(timeout=30) == "ops_last<-ops_long"
+    assert GraphRun(run.id, app=app).status().nodes["ops_long"].worker.startswith("twice2@")
     check_once(client, tag, run, app)
     wait_registered(app, w2)
 
