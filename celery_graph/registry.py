@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 import threading
@@ -32,6 +33,8 @@ import redis
 from .config import Settings
 from .keys import Keys
 from .store import translate_errors
+
+logger = logging.getLogger("celery_graph.registry")
 
 ENV_HEARTBEAT_INTERVAL = "CELERY_GRAPH_HEARTBEAT_INTERVAL"
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
@@ -115,7 +118,7 @@ class Heartbeat:
             try:
                 self.beat()
             except redis.RedisError as exc:  # keep beating; the TTL covers the gap
-                print(f"celery-graph: heartbeat failed: {exc}", file=sys.stderr)
+                logger.warning("celery-graph: heartbeat failed: %s", exc)
 
     def beat(self) -> None:
         now = time.time()

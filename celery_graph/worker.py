@@ -19,7 +19,6 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -243,6 +242,7 @@ class GraphWorkerStep(bootsteps.StartStopStep):
         self.metrics: Any = None
         self._shutdown_started = False
         self._timer: threading.Timer | None = None
+        self._worker: Any = None
         self._lock = threading.Lock()
 
     def start(self, w: Any) -> None:
@@ -262,6 +262,7 @@ class GraphWorkerStep(bootsteps.StartStopStep):
             describe=lambda: {"queues": queues(), "in_flight": in_flight()},
         )
         self.heartbeat.start()
+        self._worker = w
         worker_shutdown.connect(self._on_worker_shutdown, weak=False)
         if _current.metrics_port is not None:
             collector = WorkerCollector(
@@ -306,7 +307,7 @@ class GraphWorkerStep(bootsteps.StartStopStep):
             self._timer = threading.Timer(timeout, cold)
             self._timer.daemon = True
             self._timer.start()
-            _call_handler(warm, signal.SIGTERM, frame)
+            warm(signal.SIGTERM, frame)
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
@@ -315,8 +316,9 @@ class GraphWorkerStep(bootsteps.StartStopStep):
         if self.heartbeat is not None:
             self.heartbeat.mark_stopping()
 
-    def _on_worker_shutdown(self, **_: Any) -> None:
-        self._cleanup()
+    def _on_worker_shutdown(self, sender: Any = None, **_: Any) -> None:
+        if sender is self._worker:
+            self._cleanup()
 
     def shutdown(self, w: Any) -> None:
         self._cleanup()
@@ -333,10 +335,6 @@ class GraphWorkerStep(bootsteps.StartStopStep):
             except Exception:  # the TTL removes the entry anyway
                 logger.warning("celery-graph: could not deregister the worker", exc_info=True)
             self.heartbeat = None
-
-
-def _call_handler(handler: Callable[..., Any], signum: int, frame: Any) -> None:
-    handler(signum, frame)
 
 
 # -- the command ----------------------------------------------------------------------

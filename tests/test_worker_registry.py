@@ -50,6 +50,7 @@ def test_worker_registers_beats_and_leaves_on_a_clean_stop(setup, rclient):
     assert info.queues == sorted([queue, "cgops-registry-extra"])
     assert before - 1 < info.started <= time.time()
     assert info.state == "running"
+    assert ".> task events: ON" in w.log()  # graph-worker's default, without -E
     first_beat = info.heartbeat
     wait_for(lambda: entry(app, w).heartbeat > first_beat, 5, "a second heartbeat")
 
