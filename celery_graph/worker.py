@@ -243,7 +243,6 @@ class GraphWorkerStep(bootsteps.StartStopStep):
         self._shutdown_started = False
         self._timer: threading.Timer | None = None
         self._worker: Any = None
-        self._lock = threading.Lock()
 
     def start(self, w: Any) -> None:
         from celery.worker import state as worker_state
@@ -297,9 +296,10 @@ class GraphWorkerStep(bootsteps.StartStopStep):
         def handler(signum: int, frame: Any) -> None:
             if os.getpid() != main_pid:
                 return
-            with self._lock:
-                first = not self._shutdown_started
-                self._shutdown_started = True
+            # No lock: handlers run one at a time in the main thread, and a lock taken in
+            # a handler would deadlock if a second signal arrived inside it.
+            first = not self._shutdown_started
+            self._shutdown_started = True
             if not first:
                 cold()
                 return
