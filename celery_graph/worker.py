@@ -341,16 +341,25 @@ class GraphWorkerStep(bootsteps.StartStopStep):
 
 
 def prepare(app: Any, opts: Options) -> dict[str, Any]:
-    """Make ``app`` a graph worker's app: defaults, bootstep, metrics signals."""
-    from .metrics import install_task_signals
-
+    """Make ``app`` a graph worker's app: defaults and the bootstep."""
     check_agreement(app, opts)
+    finalized = app.finalized
     applied = apply_defaults(app)
+    task_level = {"task_acks_late", "task_reject_on_worker_lost"} & set(applied)
+    if finalized and task_level:
+        # Celery copies these settings into each task class when the app is finalized;
+        # an app finalized at import kept the old values, and graph-worker cannot tell
+        # them from options the user gave a task on purpose.
+        print(
+            f"graph-worker: warning: the app was finalized when its module was imported, so "
+            f"{', '.join(sorted(task_level))} did not reach its tasks; set them in the app's "
+            "configuration (or do not finalize the app at import)",
+            file=sys.stderr,
+        )
     Settings.from_app(app)  # fail now, with the message, if there is no graph Redis
     steps = app.steps["worker"]
     if GraphWorkerStep not in steps:
         steps.add(GraphWorkerStep)
-    install_task_signals()
     return applied
 
 
@@ -395,6 +404,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if applied:
         logger.info("celery-graph: applied defaults %s", applied)
+
+    from .metrics import install_task_signals
+
+    install_task_signals()  # inherited by the pool processes forked from this one
 
     from celery.bin.celery import celery as celery_command
 

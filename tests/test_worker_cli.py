@@ -104,3 +104,18 @@ def test_missing_app_is_a_usage_error():
     )
     assert proc.returncode == 2
     assert "-A/--app" in proc.stderr
+
+
+def test_an_app_finalized_at_import_gets_a_warning(capsys, redis_url):
+    from celery_graph.worker import prepare
+
+    app = Celery("cli-finalized", broker=redis_url, set_as_current=False)
+    app.finalize()
+    prepare(app, Options())
+    assert "was finalized" in capsys.readouterr().err
+
+    configured = Celery("cli-configured", broker=redis_url, set_as_current=False)
+    configured.conf.update(task_acks_late=True, task_reject_on_worker_lost=True)
+    configured.finalize()
+    prepare(configured, Options())  # nothing left for graph-worker to set on the tasks
+    assert capsys.readouterr().err == ""
