@@ -141,13 +141,17 @@ class QueueDepth:
     def _declared_size(self, queue: str) -> int:
         if self._connection is None:
             self._connection = self.app.connection_for_read()
+        conn = self._connection
         try:
-            channel = self._connection.default_channel
-            return int(channel.queue_declare(queue=queue, passive=True).message_count)
-        except Exception:  # a queue nobody declared yet is an empty queue
-            self._connection.release()
-            self._connection = None
+            return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+        except conn.channel_errors:
+            # the queue does not exist yet (404 closes the channel): nothing is waiting
             return 0
+        except conn.connection_errors:
+            # broker unreachable: report no number rather than a misleading zero
+            conn.release()
+            self._connection = None
+            raise
 
 
 # -- exposing, in the worker's main process ------------------------------------------
