@@ -119,3 +119,13 @@ def test_an_app_finalized_at_import_gets_a_warning(capsys, redis_url):
     configured.finalize()
     prepare(configured, Options())  # nothing left for graph-worker to set on the tasks
     assert capsys.readouterr().err == ""
+
+
+def test_graph_worker_refuses_a_key_prefix_that_contradicts_the_app(redis_url):
+    proc = subprocess.run(
+        [*GRAPH_WORKER, "-A", "tests.apps.prefixed", "--key-prefix", "cgops:other", "-c", "1"],
+        env=subprocess_env(CGOPS_BROKER_URL=redis_url, CGOPS_QUEUE="cgops-cli-prefixed"),
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "contradicts app.conf.graph_key_prefix = 'cgops:fixed'" in proc.stderr
