@@ -1,0 +1,1 @@
+"""Importable Celery app modules for `graph-worker -A tests.apps.<name>` subprocesses."""

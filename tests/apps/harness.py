@@ -1,0 +1,121 @@
+"""Helpers for tests that run `graph-worker` as a real subprocess."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+ROOT = Path(__file__).resolve().parents[2]
+GRAPH_WORKER = [sys.executable, "-m", "celery_graph.worker"]
+
+T = TypeVar("T")
+
+
+def wait_for(
+    check: Callable[[], T], timeout: float, what: str, interval: float = 0.05
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after
+    ``timeout`` seconds. (Polls a real signal, e.g. a Redis key; never a bare sleep.)"""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    # the worktree's celery_graph and tests packages win over any installed copy
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p
+    )
+    env.pop("CELERY_GRAPH_KEY_PREFIX", None)
+    env.pop("CELERY_GRAPH_REDIS_URL", None)
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    """One `graph-worker` subprocess; its output goes to a log file for failure reports."""
+
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        log_path: Path,
+        cmd: list[str] | None = None,
+    ) -> None:
+        self.args = args
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115  closed in stop()
+        self.proc = subprocess.Popen(
+            [*(cmd or GRAPH_WORKER), *args],
+            env=env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """Kill the worker and its pool processes (its own process group)."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        else:
+            # the main process is gone; pool children may linger in the group
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self._log.close()
+
+
+def start_worker(
+    tmp_path: Path,
+    name: str,
+    *,
+    broker_url: str,
+    queue: str,
+    prefix: str,
+    extra_args: list[str] | None = None,
+    env: dict[str, Any] | None = None,
+    app: str = "tests.apps.opsapp",
+    concurrency: int = 2,
+) -> WorkerProcess:
+    args = [
+        "-A", app,
+        "--key-prefix", prefix,
+        "-n", f"{name}@%h",
+        "-c", str(concurrency),
+        "-l", "INFO",
+        "--without-mingle", "--without-gossip",
+        *(extra_args or []),
+    ]
+    penv = subprocess_env(CGOPS_BROKER_URL=broker_url, CGOPS_QUEUE=queue,
+                          CELERY_GRAPH_HEARTBEAT_INTERVAL="1",
+                          **{k: str(v) for k, v in (env or {}).items()})
+    return WorkerProcess(args, penv, tmp_path / f"{name}.log")

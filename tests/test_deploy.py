@@ -1,0 +1,296 @@
+"""Keeps Procfile, deploy/docker-compose.yml, deploy/k8s/ and the systemd unit honest:
+the Procfile really serves a graph run under honcho, every graph-worker flag they use
+exists, and environment variable names, ports and timeouts agree with the code."""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from flower.options import options as flower_options
+
+from celery_graph import config, registry, worker
+from celery_graph.devserver import free_port
+from tests.apps import ops_tasks as t
+from tests.apps.common import build_app
+from tests.apps.harness import ROOT, subprocess_env, wait_for
+
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+CODE_ENV = {
+    config.ENV_PREFIX, config.ENV_REDIS_URL, worker.ENV_METRICS_PORT,
+    worker.ENV_GRACEFUL_TIMEOUT, registry.ENV_HEARTBEAT_INTERVAL,
+    "CELERY_GRAPH_RESULT_TTL", "CELERY_GRAPH_RUN_TTL", "CELERY_GRAPH_STORE_TTL",
+    "CELERY_GRAPH_CACHE_SIZE",
+}
+CELERY_ENV = {"CELERY_APP", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"}
+DEPLOY_ONLY_ENV = {"APP_IMAGE", "POD_NAME"}  # image name, Kubernetes downward API
+
+
+# -- reading the files ----------------------------------------------------------------
+
+
+def procfile() -> dict[str, str]:
+    out = {}
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, cmd = line.split(":", 1)
+            out[name.strip()] = cmd.strip()
+    return out
+
+
+def compose() -> dict:
+    return yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+
+
+def k8s_docs() -> list[dict]:
+    docs = []
+    for path in sorted(K8S.glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def k8s(kind: str) -> dict:
+    (doc,) = [d for d in k8s_docs() if d["kind"] == kind]
+    return doc
+
+
+def systemd_unit() -> configparser.ConfigParser:
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # keys are case-sensitive
+    unit.read(DEPLOY / "systemd" / "graph-worker.service")
+    return unit
+
+
+def k8s_worker_container() -> dict:
+    return k8s("Deployment")["spec"]["template"]["spec"]["containers"][0]
+
+
+def worker_commands() -> dict[str, list[str]]:
+    """Every graph-worker command line in the deploy files, as argv lists."""
+    container = k8s_worker_container()
+    return {
+        "Procfile": shlex.split(procfile()["worker"]),
+        "docker-compose": compose()["services"]["worker"]["command"],
+        "k8s": container["command"] + container["args"],
+        "systemd": shlex.split(systemd_unit()["Service"]["ExecStart"]),
+    }
+
+
+def flag_value(argv: list[str], flag: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == flag:
+            return argv[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+# -- graph-worker command lines -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def help_text() -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "celery_graph.worker", "--help"], env=subprocess_env(),
+        cwd=ROOT, capture_output=True, text=True, timeout=30, check=True,
+    ).stdout
+
+
+def test_every_graph_worker_flag_in_the_deploy_files_is_in_its_help(help_text):
+    documented = set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", help_text))
+    for where, argv in worker_commands().items():
+        assert Path(argv[0]).name == "graph-worker", where
+        flags = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("-")]
+        assert flags, where
+        for flag in flags:
+            assert flag in documented, f"{where}: {flag} is not in graph-worker --help"
+
+
+def test_flower_commands_use_real_flower_options():
+    known = {f"--{name}" for name in flower_options._options}
+    commands = {
+        "Procfile": shlex.split(procfile()["flower"]),
+        "docker-compose": compose()["services"]["flower"]["command"],
+    }
+    for where, argv in commands.items():
+        assert argv[:2] == ["celery", "flower"], where
+        for arg in argv[2:]:
+            assert arg.split("=", 1)[0] in known, f"{where}: {arg}"
+
+
+def graceful_timeout(argv: list[str], env: dict[str, str]) -> float:
+    value = flag_value(argv, "--graceful-timeout") or env.get(worker.ENV_GRACEFUL_TIMEOUT)
+    return float(value) if value else worker.DEFAULT_GRACEFUL_TIMEOUT
+
+
+def test_stop_timeouts_leave_room_for_the_graceful_timeout():
+    cmds = worker_commands()
+    # the grace period must cover the graceful timeout plus time to hand tasks back
+    # (in the tests here, hand-back after the timeout takes 2-3 s)
+    def check(where, grace, timeout):
+        assert timeout + 5 <= grace <= timeout + 60, (where, grace, timeout)
+
+    pod = k8s("Deployment")["spec"]["template"]["spec"]
+    check("k8s", pod["terminationGracePeriodSeconds"], graceful_timeout(cmds["k8s"], {}))
+
+    svc = compose()["services"]["worker"]
+    check("compose", int(svc["stop_grace_period"].rstrip("s")),
+          graceful_timeout(cmds["docker-compose"], svc["environment"]))
+    assert svc.get("stop_signal", "SIGTERM") == "SIGTERM"
+
+    service = systemd_unit()["Service"]
+    env = dict(v.split("=", 1) for v in service["Environment"].split())
+    check("systemd", int(service["TimeoutStopSec"]), graceful_timeout(cmds["systemd"], env))
+    # SIGTERM to the main process only; control-group would kill running tasks at once
+    assert service["KillMode"] == "mixed"
+    assert service["KillSignal"] == "SIGTERM"
+
+
+def test_metrics_port_service_and_hpa_agree_with_the_code():
+    container = k8s_worker_container()
+    port = int(flag_value(container["args"], "--metrics-port"))
+    (container_port,) = [p for p in container["ports"] if p["name"] == "metrics"]
+    assert container_port["containerPort"] == port
+
+    deployment, service, hpa = k8s("Deployment"), k8s("Service"), k8s("HorizontalPodAutoscaler")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["ports"][0]["port"] == port
+    assert service["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    external = hpa["spec"]["metrics"][0]["external"]
+    metrics_source = (ROOT / "celery_graph" / "metrics.py").read_text()
+    assert f'"{external["metric"]["name"]}"' in metrics_source  # a metric we export
+    assert set(external["metric"]["selector"]["matchLabels"]) == {"queue"}  # its label
+
+    svc = compose()["services"]["worker"]
+    assert str(port) in [str(p) for p in svc["expose"]]
+    assert flag_value(svc["command"], "--metrics-port") == str(port)
+
+
+def test_compose_persists_redis_and_runs_replicas_and_flower():
+    services = compose()["services"]
+    redis_cmd = services["redis"]["command"]
+    assert redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
+    assert any(v.endswith(":/data") for v in services["redis"]["volumes"])
+    assert services["worker"]["deploy"]["replicas"] >= 2
+    assert "%h" in flag_value(services["worker"]["command"], "--hostname")  # unique names
+    assert "FLOWER_BASIC_AUTH" in services["flower"]["environment"]  # API needs auth
+
+
+# -- environment variables ------------------------------------------------------------
+
+
+def env_names_in(text: str) -> set[str]:
+    return set(re.findall(r"\$\{?([A-Z][A-Z0-9_]*)", text))
+
+
+def deploy_env_names() -> dict[str, set[str]]:
+    c = compose()
+    names = {
+        "Procfile": env_names_in((ROOT / "Procfile").read_text()),
+        "docker-compose": env_names_in((DEPLOY / "docker-compose.yml").read_text())
+        | {k for s in c["services"].values() for k in s.get("environment", {})},
+        "systemd": {
+            v.split("=", 1)[0] for v in systemd_unit()["Service"]["Environment"].split()
+        },
+    }
+    k8s_names = set()
+    for doc in k8s_docs():
+        if doc["kind"] == "ConfigMap":
+            k8s_names |= set(doc["data"])
+        if doc["kind"] == "Deployment":
+            container = doc["spec"]["template"]["spec"]["containers"][0]
+            k8s_names |= {e["name"] for e in container["env"]}
+            k8s_names |= {n for a in container["args"] for n in re.findall(r"\$\((\w+)\)", a)}
+    names["k8s"] = k8s_names
+    return names
+
+
+def is_flower_option(name: str) -> bool:
+    option = name.removeprefix("FLOWER_").lower().replace("_", "-")
+    return name.startswith("FLOWER_") and option in flower_options._options
+
+
+def test_environment_variable_names_agree_across_files_and_code():
+    source = "\n".join(p.read_text() for p in (ROOT / "celery_graph").glob("*.py"))
+    for name in CODE_ENV:
+        assert f'"{name}"' in source, f"{name} is not read anywhere in celery_graph"
+    names_by_file = deploy_env_names()
+    for where, names in names_by_file.items():
+        for name in names:
+            known = (name in CODE_ENV or name in CELERY_ENV or name in DEPLOY_ONLY_ENV
+                     or is_flower_option(name))
+            assert known, f"{where} uses {name}, which nothing reads"
+    # the settings every deployment needs are spelled the same everywhere
+    needed = {"CELERY_APP", "CELERY_BROKER_URL", config.ENV_REDIS_URL, config.ENV_PREFIX}
+    assert needed <= names_by_file["docker-compose"]
+    assert needed <= names_by_file["k8s"]
+
+
+def test_operating_doc_names_only_real_environment_variables():
+    doc = (ROOT / "docs" / "OPERATING.md").read_text()
+    for name in set(re.findall(r"\b(CELERY_GRAPH_[A-Z_]+)\b", doc)):
+        assert name in CODE_ENV, f"docs/OPERATING.md mentions {name}, which nothing reads"
+
+
+# -- the Procfile, for real -----------------------------------------------------------
+
+
+def test_procfile_under_honcho_serves_a_graph_run_and_flower(redis_url, tmp_path):
+    prefix = f"cgops:procfile:{uuid.uuid4().hex[:6]}"
+    queue = f"cgops-procfile-{uuid.uuid4().hex[:8]}"
+    metrics_port, flower_port = free_port(), free_port()
+    env = subprocess_env(
+        CELERY_APP="tests.apps.opsapp", CGOPS_BROKER_URL=redis_url, CGOPS_QUEUE=queue,
+        CELERY_GRAPH_KEY_PREFIX=prefix, CELERY_GRAPH_HEARTBEAT_INTERVAL="1",
+        CELERY_GRAPH_METRICS_PORT=str(metrics_port), FLOWER_PORT=str(flower_port),
+        CELERY_GRAPH_GRACEFUL_TIMEOUT="5",
+    )
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    log = open(tmp_path / "honcho.log", "wb")  # noqa: SIM115
+    honcho = subprocess.Popen(
+        [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile"), "-d", str(ROOT)],
+        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    app = build_app(redis_url, queue, key_prefix=prefix)
+
+    def output() -> str:
+        log.flush()
+        return (tmp_path / "honcho.log").read_text(errors="replace")
+
+    try:
+        wait_for(lambda: registry.live_workers(app), 30, f"the Procfile worker\n{output()}")
+        tag = uuid.uuid4().hex[:8]
+        run = (t.ops_first.bind(tag=tag) >> t.ops_last.bind(tag=tag, ops_long="x")).submit(
+            app=app)
+        assert run.get(timeout=30) == "ops_last<-x"
+        from tests.test_flower import get
+
+        wait_for(lambda: get(f"http://127.0.0.1:{flower_port}/healthcheck") == "OK", 30,
+                 f"Flower from the Procfile\n{output()}")
+        assert "celery_graph_worker_tasks_processed_total" in (
+            get(f"http://127.0.0.1:{metrics_port}/metrics") or "")
+        honcho.send_signal(signal.SIGTERM)
+        honcho.wait(20)
+        wait_for(lambda: not registry.live_workers(app), 10, "the worker to deregister")
+    finally:
+        for pid in map(int, re.findall(r"started \(pid=(\d+)\)", output())):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(honcho.pid, signal.SIGKILL)
+        honcho.wait(10)
+        log.close()

@@ -1,0 +1,131 @@
+"""graph-worker's command line and the defaults it applies (no worker started here,
+except `--help` run as a real command)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from celery import Celery
+
+from celery_graph.errors import ConfigurationError
+from celery_graph.worker import (
+    RELIABLE_DEFAULTS,
+    Options,
+    UsageError,
+    apply_defaults,
+    check_agreement,
+    parse_argv,
+    user_set,
+)
+from tests.apps.harness import GRAPH_WORKER, ROOT, subprocess_env
+
+
+def test_own_options_are_taken_out_and_celery_options_pass_through_unchanged():
+    opts, global_args, worker_args, want_help = parse_argv(
+        ["-A", "proj.celery", "--key-prefix", "myapp:wf", "--redis-url=redis://r:6379/1",
+         "-Q", "gpu,cpu", "-c", "4", "-P", "prefork", "-n", "w1@%h", "-l", "INFO",
+         "--metrics-port", "9808", "--graceful-timeout=90", "-E", "--without-mingle",
+         "-b", "redis://b:6379/0", "--autoscale", "10,2"]
+    )
+    assert opts == Options("myapp:wf", "redis://r:6379/1", 9808, 90.0)
+    assert global_args == ["-A", "proj.celery", "-b", "redis://b:6379/0"]
+    assert worker_args == ["-Q", "gpu,cpu", "-c", "4", "-P", "prefork", "-n", "w1@%h",
+                           "-l", "INFO", "-E", "--without-mingle", "--autoscale", "10,2"]
+    assert not want_help
+
+
+def test_environment_supplies_defaults_for_own_options(monkeypatch):
+    monkeypatch.setenv("CELERY_GRAPH_METRICS_PORT", "9100")
+    monkeypatch.setenv("CELERY_GRAPH_GRACEFUL_TIMEOUT", "15")
+    opts, *_ = parse_argv(["-A", "proj"])
+    assert (opts.metrics_port, opts.graceful_timeout) == (9100, 15.0)
+    opts, *_ = parse_argv(["-A", "proj", "--graceful-timeout", "5"])
+    assert opts.graceful_timeout == 5.0  # the flag wins over the environment
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["-A", "p", "-D"], "does not detach"),
+        (["-A", "p", "--graceful-timeout"], "needs a value"),
+        (["-A", "p", "--graceful-timeout", "-1"], "0 or more"),
+        (["-A", "p", "--metrics-port", "http"], "not a port"),
+    ],
+)
+def test_bad_command_lines_are_refused(argv, message):
+    with pytest.raises(UsageError, match=message):
+        parse_argv(argv)
+
+
+def test_reliable_defaults_fill_only_what_the_app_leaves_open():
+    class Config:
+        worker_prefetch_multiplier = 4  # the user's choice, from a config object
+
+    app = Celery("cli-defaults", set_as_current=False)
+    app.config_from_object(Config)
+    app.conf.task_acks_late = False  # the user's choice, set directly
+    applied = apply_defaults(app)
+    assert applied == {"task_reject_on_worker_lost": True, "worker_send_task_events": True}
+    assert app.conf.task_acks_late is False
+    assert app.conf.worker_prefetch_multiplier == 4
+    assert app.conf.task_reject_on_worker_lost is True
+
+    fresh = Celery("cli-fresh", set_as_current=False)
+    assert apply_defaults(fresh) == RELIABLE_DEFAULTS
+    assert all(user_set(fresh.conf, k) for k in RELIABLE_DEFAULTS)
+
+
+def test_key_prefix_flag_may_not_contradict_the_app():
+    app = Celery("cli-agree", set_as_current=False)
+    app.conf.graph_key_prefix = "myapp:wf"
+    check_agreement(app, Options(key_prefix="myapp:wf"))  # same value: fine
+    check_agreement(app, Options())  # no flag: the app's setting is used
+    with pytest.raises(ConfigurationError, match=r"contradicts app\.conf\.graph_key_prefix"):
+        check_agreement(app, Options(key_prefix="other"))
+
+
+def test_help_documents_own_options_and_the_celery_worker_options():
+    out = subprocess.run(
+        [*GRAPH_WORKER, "--help"], env=subprocess_env(), cwd=ROOT,
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout
+    for flag in ("--key-prefix", "--redis-url", "--metrics-port", "--graceful-timeout",
+                 "-A, --app", "passed through unchanged",
+                 "--queues", "--concurrency", "--pool", "--hostname", "--loglevel",
+                 "--task-events", "--without-mingle", "--prefetch-multiplier"):
+        assert flag in out, flag
+
+
+def test_missing_app_is_a_usage_error():
+    proc = subprocess.run(
+        [*GRAPH_WORKER, "-c", "1"], env=subprocess_env(CELERY_APP=""), cwd=ROOT,
+        capture_output=True, text=True, timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "-A/--app" in proc.stderr
+
+
+def test_an_app_finalized_at_import_gets_a_warning(capsys, redis_url):
+    from celery_graph.worker import prepare
+
+    app = Celery("cli-finalized", broker=redis_url, set_as_current=False)
+    app.finalize()
+    prepare(app, Options())
+    assert "was finalized" in capsys.readouterr().err
+
+    configured = Celery("cli-configured", broker=redis_url, set_as_current=False)
+    configured.conf.update(task_acks_late=True, task_reject_on_worker_lost=True)
+    configured.finalize()
+    prepare(configured, Options())  # nothing left for graph-worker to set on the tasks
+    assert capsys.readouterr().err == ""
+
+
+def test_graph_worker_refuses_a_key_prefix_that_contradicts_the_app(redis_url):
+    proc = subprocess.run(
+        [*GRAPH_WORKER, "-A", "tests.apps.prefixed", "--key-prefix", "cgops:other", "-c", "1"],
+        env=subprocess_env(CGOPS_BROKER_URL=redis_url, CGOPS_QUEUE="cgops-cli-prefixed"),
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "contradicts app.conf.graph_key_prefix = 'cgops:fixed'" in proc.stderr

@@ -1,0 +1,111 @@
+"""Per-worker metrics: counted in prefork children, kept in Redis, served by the main
+process at /metrics, with a queue-depth gauge."""
+
+from __future__ import annotations
+
+import urllib.request
+import uuid
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from celery_graph.devserver import free_port
+from celery_graph.errors import RunFailed
+from celery_graph.metrics import QueueDepth
+from celery_graph.registry import live_workers
+from celery_graph.runtime import engine_for
+from tests.apps import ops_tasks as t
+from tests.apps.common import build_app
+from tests.apps.harness import start_worker, wait_for
+
+PREFIX = f"cgops:metrics:{uuid.uuid4().hex[:6]}"
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    out = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_metrics_endpoint_counts_tasks_across_pool_processes(redis_url, tmp_path):
+    queue = f"cgops-metrics-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    app = build_app(redis_url, queue, key_prefix=PREFIX)
+    w = start_worker(tmp_path, "met1", broker_url=redis_url, queue=queue, prefix=PREFIX,
+                     extra_args=["--metrics-port", str(port)], concurrency=1)
+    try:
+        host = wait_for(lambda: live_workers(app), 20, f"registry entry\n{w.log()}")[0].hostname
+        worker = (("worker", host),)
+        tag = uuid.uuid4().hex[:8]
+        flow = (t.ops_first.bind(tag=tag) >> t.ops_long.bind(tag=tag, delay=0.2)
+                >> t.ops_last.bind(tag=tag))
+        assert flow.submit(app=app).get(timeout=20) == "ops_last<-ops_long"
+        with pytest.raises(RunFailed):
+            t.ops_fail.bind(tag=tag).submit(app=app).get(timeout=20)
+
+        # the pool process counts a task before the main process hears it is done, so
+        # wait for both numbers to settle
+        m = wait_for(lambda: (s := scrape(port))
+                     .get(("celery_graph_worker_tasks_processed_total", worker)) == 4
+                     and s[("celery_graph_worker_tasks_in_flight", worker)] == 0 and s,
+                     10, "4 processed tasks, none in flight")
+        assert m[("celery_graph_worker_tasks_succeeded_total", worker)] == 3
+        assert m[("celery_graph_worker_tasks_failed_total", worker)] == 1, m
+        assert m[("celery_graph_worker_task_runtime_seconds_total", worker)] >= 0.2
+        mean = m[("celery_graph_worker_task_runtime_seconds_mean", worker)]
+        assert mean == pytest.approx(
+            m[("celery_graph_worker_task_runtime_seconds_total", worker)] / 4)
+        assert m[("celery_graph_worker_uptime_seconds", worker)] > 0
+        assert m[("celery_graph_queue_depth", (("queue", queue),))] == 0
+
+        # One long node holds the only pool slot (prefetch 1): three more runs wait in
+        # the queue, which is what an autoscaler reads.
+        tag = uuid.uuid4().hex[:8]
+        slow = t.ops_first.bind(tag=tag) >> t.ops_long.bind(tag=tag, delay=3)
+        busy = slow.submit(app=app)
+        client = engine_for(app).client
+        wait_for(lambda: ["start", "ops_long"] in [e[:2] for e in t.events(client, tag)],
+                 10, "the long node to start")
+        waiting = [t.ops_first.bind(tag=None).submit(app=app) for _ in range(3)]
+        m = wait_for(lambda: (s := scrape(port))
+                     .get(("celery_graph_queue_depth", (("queue", queue),))) == 3 and s,
+                     5, "queue depth 3")
+        assert m[("celery_graph_worker_tasks_in_flight", worker)] == 1
+        busy.get(timeout=20)
+        for r in waiting:
+            r.get(timeout=20)
+        assert scrape(port)[("celery_graph_queue_depth", (("queue", queue),))] == 0
+    finally:
+        w.stop()
+
+
+def test_queue_depth_counts_every_priority_list(redis_url):
+    queue = f"cgops-depth-{uuid.uuid4().hex[:8]}"  # nobody consumes it
+    for priority in (False, True):
+        app = build_app(redis_url, queue + str(priority), priority=priority)
+        for p in (0, 5, 9):
+            app.send_task("cgops.nothing", queue=queue + str(priority), priority=p)
+        assert QueueDepth(app).depths([queue + str(priority)]) == {queue + str(priority): 3}
+
+
+def test_queue_depth_on_rabbitmq_uses_a_passive_declare(redis_url):
+    from tests.test_routing import RABBITMQ, rabbitmq_available
+
+    if not rabbitmq_available():
+        pytest.skip("no RabbitMQ at 127.0.0.1:5672")
+    import kombu
+
+    queue = f"cgops-depth-amqp-{uuid.uuid4().hex[:8]}"
+    app = build_app(RABBITMQ, queue, graph_redis_url=redis_url)
+    try:
+        depth = QueueDepth(app)
+        assert depth.depths([queue]) == {queue: 0}  # not declared yet: empty, no error
+        for _ in range(2):
+            app.send_task("cgops.nothing", queue=queue)
+        assert wait_for(lambda: depth.depths([queue]) == {queue: 2}, 5, "depth 2")
+    finally:
+        with kombu.Connection(RABBITMQ) as conn:
+            conn.default_channel.queue_delete(queue)
