@@ -3,8 +3,9 @@
     make demo                                   # private Redis, worker, run, clean up
     CELERY_GRAPH_REDIS_URL=redis://... python examples/quickstart.py
 
-Run as a script, it starts a `celery worker` for this module in a subprocess, submits the
-graph, prints the result and each node's state, and stops the worker.
+Run as a script, it starts a `graph-worker` (celery-graph's `celery worker`) for this
+module in a subprocess, submits the graph, prints the result and each node's state, and
+stops the worker with SIGTERM (a graceful shutdown).
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ def start_worker() -> subprocess.Popen:
     here = Path(__file__).resolve().parent
     path = os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, PYTHONPATH=path)
-    cmd = [sys.executable, "-m", "celery", "--quiet", "-A", "quickstart", "worker", "-c", "2",
-           "-n", "quickstart@%h", "-l", "WARNING", "--without-mingle", "--without-gossip"]
+    cmd = [sys.executable, "-m", "celery_graph.worker", "--quiet", "-A", "quickstart", "-c", "2",
+           "-n", "quickstart@%h", "-l", "WARNING", "--without-mingle", "--without-gossip",
+           "--graceful-timeout", "10"]
     proc = subprocess.Popen(cmd, cwd=here, env=env)
     deadline = time.monotonic() + 60
     while not app.control.ping(timeout=0.5):
