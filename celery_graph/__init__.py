@@ -1,7 +1,7 @@
 """celery-graph: graph workflows (``a >> b``, ``a | b``) on your existing Celery workers."""
 
 from .context import RunContext
-from .dsl import Flow, Parallel, Sequence, TaskNode, Workflow, task, workflow
+from .dsl import Branch, Flow, Parallel, Sequence, TaskNode, Workflow, branch, task, workflow
 from .errors import (
     Backpressure,
     CeleryGraphError,
@@ -35,6 +35,8 @@ __all__ = [
     # building graphs
     "task",
     "workflow",
+    "branch",
+    "Branch",
     "Flow",
     "TaskNode",
     "Sequence",

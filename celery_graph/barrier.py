@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -19,6 +19,20 @@ from .spec import GraphSpec, NodeSpec
 
 def _load(name: str) -> str:
     return (resources.files(__package__) / "lua" / f"{name}.lua").read_text()
+
+
+class Arrival(NamedTuple):
+    """What complete.lua answered for one arrival."""
+
+    stored: int  # 1 stored now, 0 already stored, -1 run not running
+    finished: bool  # this arrival ended the run
+    publish: list[str]  # successors this arrival released: publish, then mark
+    deferred: list[str]  # released by another arrival moments ago: come back later
+    skipped: list[str]  # successors that will not run (all their arrivals were skips)
+
+    def pd(self) -> tuple[list[str], list[str]]:
+        """(publish, deferred), for compact checks."""
+        return self.publish, self.deferred
 
 
 class Barrier:
@@ -82,12 +96,12 @@ class Barrier:
         result_json: bytes | str,
         now: float | None = None,
         error_json: str = "",
-    ) -> tuple[int, bool, list[str], list[str]]:
-        """Store the result, arrive at successors. ``result_json=""`` with ``error_json``
-        is the failed arrival of a member of a group with a failure policy.
-
-        Returns (stored, run finished, ids to publish, ids deferred): a deferred successor
-        was released by another arrival moments ago; retry this arrival later."""
+        branch: str = "",
+        kind: str = "ok",
+    ) -> Arrival:
+        """Store the result and arrive at the successors (see complete.lua). ``kind`` is
+        "ok", "failed" (a tolerated group member, with ``error_json``) or "skipped";
+        ``branch`` is "!a,b" when the node chose those successors only."""
         k = self.keys
         keys = [k.run(run_id), k.results(run_id), k.nodes(run_id), k.sinks(run_id), k.done(run_id)]
         args: list[Any] = [
@@ -100,6 +114,8 @@ class Barrier:
             len(node.succs),
             self.release_grace,
             error_json,
+            branch,
+            kind,
         ]
         for succ in node.succs:
             npreds = len(spec.nodes[succ].preds)
@@ -109,11 +125,14 @@ class Barrier:
         if not node.succs:
             keys += k.run_keys(run_id, spec.joins, spec.maps)
         reply = self._call(self._complete, keys, args)
-        if not isinstance(reply, list) or len(reply) < 3:
+        if not isinstance(reply, list) or len(reply) < 4:
             raise BarrierError(f"complete.lua answered {reply!r}")
-        n = int(reply[2])
-        ids = [s.decode() for s in reply[3:]]
-        return int(reply[0]), bool(reply[1]), ids[:n], ids[n:]
+        n_pub, n_def = int(reply[2]), int(reply[3])
+        ids = [s.decode() for s in reply[4:]]
+        return Arrival(
+            int(reply[0]), bool(reply[1]), ids[:n_pub], ids[n_pub:n_pub + n_def],
+            ids[n_pub + n_def:],
+        )
 
     def map_arrive(
         self, run_id: str, node_id: str, index: int, result_json: bytes | str

@@ -485,3 +485,31 @@ def _make_task(fn: Callable[..., Any], options: dict[str, Any]) -> TaskNode:
     object.__setattr__(node, "__doc__", fn.__doc__)
     object.__setattr__(node, "__wrapped__", fn)
     return node
+
+
+# -- branch -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Branch:
+    """What ``branch()`` returns; see there."""
+
+    targets: tuple[str, ...]
+    value: Any = None
+
+
+def branch(*targets: str | TaskNode, value: Any = None) -> Branch:
+    """Return this from a task to run only the named successors; the others are skipped
+    (and so is everything that only they lead to). A join runs when at least one of its
+    branches arrives; a skipped upstream's result is ``None``. ``value`` is the node's
+    result. ``branch()`` with no target skips every successor.
+
+    >>> @task
+    ... def route(order):
+    ...     return branch("express" if order["priority"] else "standard", value=order)
+    """
+    ids = tuple(t.id if isinstance(t, TaskNode) else t for t in targets)
+    for t in ids:
+        if not isinstance(t, str) or not NODE_ID_RE.match(t):
+            raise GraphDefinitionError(f"branch(): {t!r} is not a node id")
+    return Branch(ids, value)

@@ -23,6 +23,7 @@ from kombu.utils import json as kjson
 
 from .barrier import Barrier
 from .config import Settings
+from .dsl import Branch
 from .errors import (
     DeadlineExceeded,
     ResultTooLarge,
@@ -157,19 +158,25 @@ def execute_node(task: Task, fn: Callable[..., Any], ctx: dict[str, Any], bound:
         return None
     if node.map_source and index is None and own is None:
         return expand_map(task, engine, spec, ctx, node, bound, dict(zip(ids, upstream)))
+    choice = ""
     if own is not None:
         # Redelivered after the result was stored: never call the function again, but
-        # finish the dispatch a crash may have interrupted.
+        # finish the dispatch a crash may have interrupted (a branch choice is stored too).
         result_json: bytes | str = own
         result = decode_value(own)
     else:
-        kwargs = gather_kwargs(node, inputs_raw, bound, upstream, spec, ids)
+        missing = [i for i, raw in zip(ids, upstream) if raw is None]
+        states = engine.barrier.node_states(run_id, missing) if missing else {}
+        kwargs = gather_kwargs(node, inputs_raw, bound, upstream, spec, ids, states)
         if node.context:
             from .context import RunContext
 
             result = fn(RunContext(engine, run_id, node_id), **kwargs)
         else:
             result = fn(**kwargs)
+        if isinstance(result, Branch):
+            choice = branch_choice(node, result)
+            result = result.value
         what = f"node {node_id!r}" + ("" if index is None else f" item {index}")
         result_json = encode_value(result, lambda: f"{what}: result")
         limit = engine.settings.max_result_bytes
@@ -185,18 +192,37 @@ def execute_node(task: Task, fn: Callable[..., Any], ctx: dict[str, Any], bound:
             return result
         # every element is in: this arrival completes the map node (idempotent)
         result_json = engine.barrier.map_results(run_id, node_id, ctx["c"])
-    complete_and_dispatch(task, engine, spec, ctx, node, result_json)
+    complete_and_dispatch(task, engine, spec, ctx, node, result_json, choice)
     return result
+
+
+def branch_choice(node: NodeSpec, chosen: Branch) -> str:
+    unknown = [t for t in chosen.targets if t not in node.succs]
+    if unknown:
+        raise ValueError(
+            f"node {node.id!r} chose {unknown} with branch(), which are not its successors "
+            f"(successors: {', '.join(node.succs) or 'none'})"
+        )
+    return "!" + ",".join(chosen.targets)
 
 
 def complete_and_dispatch(
     task: Task, engine: Engine, spec: GraphSpec, ctx: dict[str, Any], node: NodeSpec,
-    result_json: bytes | str,
+    result_json: bytes | str, choice: str = "",
 ) -> None:
     run_id = ctx["r"]
-    _stored, _finished, claimed, deferred = engine.barrier.complete(
-        spec, run_id, node, result_json
-    )
+    arrival = engine.barrier.complete(spec, run_id, node, result_json, branch=choice)
+    deferred = list(arrival.deferred)
+    claimed = list(arrival.publish)
+    # Pass skips on: a skipped node arrives as a skip at its own successors, which may in
+    # turn be skipped, or released when another branch reached them for real.
+    to_skip = list(arrival.skipped)
+    while to_skip:
+        skipped = spec.nodes[to_skip.pop()]
+        more = engine.barrier.complete(spec, run_id, skipped, "", kind="skipped")
+        claimed += more.publish
+        deferred += more.deferred
+        to_skip += more.skipped
     if claimed:
         publish(task.app, spec, ctx["g"], run_id, claimed)
         engine.barrier.mark_published(run_id, claimed)
@@ -249,6 +275,7 @@ def gather_kwargs(
     upstream: list,
     spec: GraphSpec | None = None,
     ids: list[str] | None = None,
+    states: dict[str, str | None] | None = None,
 ) -> dict[str, Any]:
     """Defaults < run inputs < bound kwargs < upstream results."""
     kwargs: dict[str, Any] = {}
@@ -262,8 +289,8 @@ def gather_kwargs(
         ids = node.upstream_ids() if ids is None else ids
         results = {}
         for nid, raw in zip(ids, upstream):
-            if raw is None and spec is not None and spec.nodes[nid].tolerant:
-                raw = b"null"  # a member that failed under its group's policy
+            if raw is None and (states or {}).get(nid) in ("skipped", "failed"):
+                raw = b"null"  # skipped by a branch, or failed under its group's policy
             if raw is None:
                 raise StoreError(
                     f"node {node.id!r}: the result of upstream node {nid!r} is missing "
@@ -307,7 +334,8 @@ def fail_node(app: Any, ctx: dict[str, str], exc: BaseException, traceback: str)
     node = spec.nodes[node_id]
     if node.tolerant is None or isinstance(exc, DeadlineExceeded):
         return engine.barrier.finish(spec, run_id, "failed", node_id, error)
-    _s, _f, claimed, _deferred = engine.barrier.complete(spec, run_id, node, "", error_json=error)
+    arrival = engine.barrier.complete(spec, run_id, node, "", error_json=error, kind="failed")
+    claimed = arrival.publish
     policy = spec.policies[node.tolerant]
     states = engine.barrier.node_states(run_id, policy["members"])
     failed = {m for m, state in states.items() if state == "failed"}

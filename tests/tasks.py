@@ -9,7 +9,7 @@ import time
 import redis
 from celery import current_app
 
-from celery_graph import task
+from celery_graph import branch, task
 
 _clients: dict[str, redis.Redis] = {}
 
@@ -201,3 +201,31 @@ def process(split, tag=None):
 @task
 def merge(process):
     return process
+
+
+@task
+def route(which: str = "left", tag=None):
+    trace(tag, "start:route")
+    targets = [] if which == "none" else which.split("+")
+    return branch(*targets, value=f"routed:{which}")
+
+
+@task
+def left(tag=None):
+    return _step("left", tag)
+
+
+@task
+def right(tag=None):
+    return _step("right", tag)
+
+
+@task
+def right_more(right, tag=None):
+    return _step("right_more", tag)
+
+
+@task
+def after_branches(left, right, tag=None):
+    trace(tag, "start:after_branches")
+    return {"left": left, "right": right}

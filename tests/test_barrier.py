@@ -30,23 +30,23 @@ def test_duplicate_arrival_counts_once_and_release_is_claimed_once(app):
     run_id = _start_run(engine, spec)
     node = spec.nodes
     complete = engine.barrier.complete
-    assert complete(spec, run_id, node["a"], '"a"')[2:] == ([], [])
+    assert complete(spec, run_id, node["a"], '"a"').pd() == ([], [])
     # a duplicate of a: stored already, still only one arrival
-    assert complete(spec, run_id, node["a"], '"a"') == (0, False, [], [])
-    assert complete(spec, run_id, node["b"], '"b"')[2:] == ([], [])
+    assert complete(spec, run_id, node["a"], '"a"') == (0, False, [], [], [])
+    assert complete(spec, run_id, node["b"], '"b"').pd() == ([], [])
     released_at = time.time()
-    assert complete(spec, run_id, node["c"], '"c"', now=released_at)[2:] == (["join_count"], [])
+    assert complete(spec, run_id, node["c"], '"c"', now=released_at).pd() == (["join_count"], [])
     # released, not yet marked published: a duplicate within the grace period is deferred
     # (its message comes back later) instead of publishing a second time...
-    assert complete(spec, run_id, node["a"], '"a"', now=released_at + 1)[2:] == (
+    assert complete(spec, run_id, node["a"], '"a"', now=released_at + 1).pd() == (
         [], ["join_count"])
     # ...and after the grace period the releaser is presumed dead: the publish is recovered
     late = released_at + grace + 1
-    assert complete(spec, run_id, node["c"], '"c"', now=late)[2:] == (["join_count"], [])
-    assert complete(spec, run_id, node["b"], '"b"', now=late + 1)[2:] == ([], ["join_count"])
+    assert complete(spec, run_id, node["c"], '"c"', now=late).pd() == (["join_count"], [])
+    assert complete(spec, run_id, node["b"], '"b"', now=late + 1).pd() == ([], ["join_count"])
     engine.barrier.mark_published(run_id, ["join_count"])
     for n in "abc":
-        assert complete(spec, run_id, node[n], f'"{n}"', now=late + 2 * grace)[2:] == ([], [])
+        assert complete(spec, run_id, node[n], f'"{n}"', now=late + 2 * grace).pd() == ([], [])
     assert engine.client.scard(engine.keys.join(run_id, "join_count")) == 3
 
 
@@ -62,7 +62,7 @@ def test_concurrent_arrivals_release_exactly_once(app):
     lock = threading.Lock()
 
     def arrive(i: int) -> None:
-        got = engine.barrier.complete(spec, run_id, spec.nodes[f"m{i}"], "1")[2]
+        got = engine.barrier.complete(spec, run_id, spec.nodes[f"m{i}"], "1").publish
         with lock:
             claims.extend(got)
 
@@ -75,7 +75,7 @@ def test_concurrent_arrivals_release_exactly_once(app):
     engine.barrier.mark_published(run_id, ["join_count"])
     # after the publish mark, no arrival (duplicate or redelivery) hands it out again
     for i in range(40):
-        assert engine.barrier.complete(spec, run_id, spec.nodes[f"m{i}"], "1")[2:] == ([], [])
+        assert engine.barrier.complete(spec, run_id, spec.nodes[f"m{i}"], "1").pd() == ([], [])
 
 
 def test_delivered_duplicate_of_a_join_member_does_not_run_the_join_twice(app, tag):
@@ -159,8 +159,9 @@ def test_crash_between_release_and_publish_is_recovered_by_redelivery(app, tag):
         a, b = step.bind(id="a", name="a"), step.bind(id="b", name="b")
         spec = ((a | b) >> join_count.bind(tag=tag)).compile()
         run_id = _start_run(engine, spec)
-        assert engine.barrier.complete(spec, run_id, spec.nodes["a"], '"a"')[2] == []
-        assert engine.barrier.complete(spec, run_id, spec.nodes["b"], '"b"')[2] == ["join_count"]
+        complete = engine.barrier.complete
+        assert complete(spec, run_id, spec.nodes["a"], '"a"').publish == []
+        assert complete(spec, run_id, spec.nodes["b"], '"b"').publish == ["join_count"]
         # ...the worker that released join_count crashed here; b's message comes back:
         app.send_task(
             spec.nodes["b"].task,
