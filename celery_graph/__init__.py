@@ -1,7 +1,18 @@
 """celery-graph: graph workflows (``a >> b``, ``a | b``) on your existing Celery workers."""
 
 from .context import RunContext
-from .dsl import Branch, Flow, Parallel, Sequence, TaskNode, Workflow, branch, task, workflow
+from .dsl import (
+    Branch,
+    Flow,
+    Parallel,
+    Sequence,
+    TaskNode,
+    Workflow,
+    branch,
+    node,
+    task,
+    workflow,
+)
 from .errors import (
     Backpressure,
     CeleryGraphError,
@@ -35,6 +46,7 @@ __all__ = [
     # building graphs
     "task",
     "workflow",
+    "node",
     "branch",
     "Branch",
     "Flow",

@@ -136,13 +136,17 @@ class TaskNode(Flow):
     delay: float = 0.0  # seconds between becoming ready and starting
     context: bool = False  # first parameter receives the RunContext
     map_over: tuple[str, str | None] | None = None  # (source node id, parameter)
+    call: str | None = None  # an existing Celery task this node runs (see node())
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
     def definition(self) -> tuple[Any, ...]:
         """What makes two nodes with one id the same node."""
-        return (self.task_name, self.bound, self.options, self.delay, self.context, self.map_over)
+        return (
+            self.task_name, self.bound, self.options, self.delay, self.context, self.map_over,
+            self.call,
+        )
 
     def map(self, source: str | TaskNode, *, param: str | None = None) -> TaskNode:
         """Dynamic fan-out: one call per item of the list that upstream node ``source``
@@ -513,3 +517,57 @@ def branch(*targets: str | TaskNode, value: Any = None) -> Branch:
         if not isinstance(t, str) or not NODE_ID_RE.match(t):
             raise GraphDefinitionError(f"branch(): {t!r} is not a node id")
     return Branch(ids, value)
+
+
+# -- existing Celery tasks ----------------------------------------------------------
+
+CALL_TASK = "celery_graph.call"
+
+
+def node(task_or_signature: Any, *, id: str | None = None, **kwargs: Any) -> TaskNode:
+    """Make an existing Celery task or signature a graph node, unchanged::
+
+        resize = node(resize_image.s("cat.png", width=200), id="resize")
+        flow = fetch >> resize >> publish
+
+    Positional arguments of the signature are bound to the task's parameters by name,
+    keyword arguments and ``**kwargs`` are bound too, and its options (queue, priority...)
+    route the node. Upstream results fill parameters named after upstream nodes, as for
+    ``@task``. The node runs through the ``celery_graph.call`` task, which calls the task's
+    body in the worker: the worker must import both celery_graph and the task's module.
+    """
+    if isinstance(task_or_signature, TaskNode):
+        return task_or_signature.bind(id=id, **kwargs)
+    from celery import current_app
+    from celery.canvas import Signature
+
+    if isinstance(task_or_signature, Signature):
+        name = task_or_signature.task
+        args = tuple(task_or_signature.args or ())
+        sig_kwargs = dict(task_or_signature.kwargs or {})
+        sig_options = dict(task_or_signature.options or {})
+    elif hasattr(task_or_signature, "name") and hasattr(task_or_signature, "run"):
+        name, args, sig_kwargs, sig_options = task_or_signature.name, (), {}, {}
+    else:
+        raise NotAGraphTaskError(
+            f"node() takes a Celery task or signature, got {type(task_or_signature).__name__}"
+        )
+    if not isinstance(name, str):
+        raise NotAGraphTaskError(f"node(): signature {task_or_signature!r} names no task")
+    try:
+        target = current_app.tasks[name]
+    except KeyError:
+        raise NotAGraphTaskError(
+            f"node(): task {name!r} is not registered on the current app; import its module"
+        ) from None
+    fn = target.run
+    node_id = id or name.rsplit(".", 1)[-1]
+    _check_node_id(node_id, name)
+    try:
+        bound = dict(inspect.signature(fn).bind_partial(*args, **sig_kwargs).arguments)
+    except TypeError as exc:
+        raise GraphDefinitionError(f"node {node_id!r}: arguments do not fit {name}: {exc}") from exc
+    options = {k: getattr(target, k) for k in ROUTING_OPTIONS if getattr(target, k, None)}
+    options.update({k: sig_options[k] for k in ROUTING_OPTIONS if k in sig_options})
+    base = TaskNode(fn, CALL_TASK, node_id, (), tuple(sorted(options.items())), call=name)
+    return base.bind(**bound, **kwargs)

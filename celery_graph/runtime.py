@@ -16,14 +16,14 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
-from celery import Task, current_app
+from celery import Task, current_app, shared_task
 from celery.signals import task_unknown
 from celery.utils.log import get_task_logger
 from kombu.utils import json as kjson
 
 from .barrier import Barrier
 from .config import Settings
-from .dsl import Branch
+from .dsl import CALL_TASK, Branch
 from .errors import (
     DeadlineExceeded,
     ResultTooLarge,
@@ -168,6 +168,13 @@ def execute_node(task: Task, fn: Callable[..., Any], ctx: dict[str, Any], bound:
         missing = [i for i, raw in zip(ids, upstream) if raw is None]
         states = engine.barrier.node_states(run_id, missing) if missing else {}
         kwargs = gather_kwargs(node, inputs_raw, bound, upstream, spec, ids, states)
+        if node.call:
+            fn = task.app.tasks.get(node.call)
+            if fn is None:
+                raise UnknownTask(
+                    f"node {node_id!r}: existing task {node.call!r} is not registered on the "
+                    f"worker on {hostname}; import its module in every worker"
+                )
         if node.context:
             from .context import RunContext
 
@@ -390,6 +397,8 @@ def publish(app: Any, spec: GraphSpec, graph_id: str, run_id: str, node_ids: Ite
             node = spec.nodes[nid]
             kwargs = dict(node.kwargs)
             kwargs[GRAPH_KWARG] = {"g": graph_id, "r": run_id, "n": nid}
+            if node.call:  # shown in Flower: which existing task this node runs
+                kwargs[GRAPH_KWARG]["t"] = node.call
             send(
                 node.task,
                 kwargs=kwargs,
@@ -399,3 +408,12 @@ def publish(app: Any, spec: GraphSpec, graph_id: str, run_id: str, node_ids: Ite
                 countdown=node.delay or None,
                 **node.options,
             )
+
+
+def _call_outside_a_graph(*args: Any, **kwargs: Any) -> Any:
+    raise TypeError("celery_graph.call runs existing tasks as graph nodes only; see node()")
+
+
+_call_outside_a_graph.__name__ = "call"
+# The task every node(existing_task) runs as; registered on every app, like @task.
+shared_task(name=CALL_TASK, bind=True, base=GraphTask)(make_task_body(_call_outside_a_graph))

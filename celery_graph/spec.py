@@ -44,6 +44,7 @@ class NodeSpec:
     context: bool = False  # the function's first parameter receives the RunContext
     map_source: str | None = None  # dynamic fan-out over this upstream node's list result
     map_param: str | None = None  # the parameter that receives each item
+    call: str | None = None  # existing Celery task run through celery_graph.call
     preds: tuple[str, ...] = ()
     succs: tuple[str, ...] = ()
 
@@ -121,6 +122,7 @@ class GraphSpec:
                 context=n.get("ctx", False),
                 map_source=(n.get("map") or {}).get("source"),
                 map_param=(n.get("map") or {}).get("param"),
+                call=n.get("call"),
                 preds=tuple(preds[nid]),
                 succs=tuple(succs[nid]),
             )
@@ -359,6 +361,8 @@ def _node_entry(node, nodes, groups, preds, is_upstream) -> dict[str, Any]:
         entry["ctx"] = True
     if mapped is not None:
         entry["map"] = mapped
+    if node.call:
+        entry["call"] = node.call
     return entry
 
 

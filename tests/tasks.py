@@ -7,7 +7,7 @@ import os
 import time
 
 import redis
-from celery import current_app
+from celery import current_app, shared_task
 
 from celery_graph import branch, task
 
@@ -229,3 +229,16 @@ def right_more(right, tag=None):
 def after_branches(left, right, tag=None):
     trace(tag, "start:after_branches")
     return {"left": left, "right": right}
+
+
+# -- plain Celery tasks, not written for celery-graph ---------------------------------
+
+
+@shared_task(name="tests.plain.resize")
+def resize(image, width=100, height=100):
+    return f"{image}@{width}x{height}"
+
+
+@shared_task(name="tests.plain.count_chars", bind=True)
+def count_chars(self, resize):
+    return {"chars": len(resize), "task": self.name}
