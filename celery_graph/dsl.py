@@ -137,6 +137,7 @@ class TaskNode(Flow):
     context: bool = False  # first parameter receives the RunContext
     map_over: tuple[str, str | None] | None = None  # (source node id, parameter)
     call: str | None = None  # an existing Celery task this node runs (see node())
+    retries: tuple[int, float] | None = None  # (max retries on any error, delay in seconds)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -145,8 +146,17 @@ class TaskNode(Flow):
         """What makes two nodes with one id the same node."""
         return (
             self.task_name, self.bound, self.options, self.delay, self.context, self.map_over,
-            self.call,
+            self.call, self.retries,
         )
+
+    def with_retries(self, retries: int, *, delay: float = 1.0) -> TaskNode:
+        """Retry this node on any error, up to ``retries`` times, ``delay`` seconds apart
+        (on top of the task's own Celery retry options)."""
+        if not isinstance(retries, int) or retries < 0 or delay < 0:
+            raise GraphDefinitionError(
+                f"node {self.id!r}: with_retries needs retries >= 0 and delay >= 0"
+            )
+        return dataclasses.replace(self, retries=(retries, float(delay)))
 
     def map(self, source: str | TaskNode, *, param: str | None = None) -> TaskNode:
         """Dynamic fan-out: one call per item of the list that upstream node ``source``

@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 from celery import Task, current_app, shared_task
+from celery.exceptions import Retry
 from celery.signals import task_unknown
 from celery.utils.log import get_task_logger
 from kombu.utils import json as kjson
@@ -175,12 +176,18 @@ def execute_node(task: Task, fn: Callable[..., Any], ctx: dict[str, Any], bound:
                     f"node {node_id!r}: existing task {node.call!r} is not registered on the "
                     f"worker on {hostname}; import its module in every worker"
                 )
-        if node.context:
-            from .context import RunContext
+        try:
+            if node.context:
+                from .context import RunContext
 
-            result = fn(RunContext(engine, run_id, node_id), **kwargs)
-        else:
-            result = fn(**kwargs)
+                result = fn(RunContext(engine, run_id, node_id), **kwargs)
+            else:
+                result = fn(**kwargs)
+        except Exception as exc:
+            if node.retries and not isinstance(exc, Retry) and task.request.retries < node.retries:
+                raise task.retry(exc=exc, countdown=node.retry_delay,
+                                 max_retries=node.retries) from exc
+            raise
         if isinstance(result, Branch):
             choice = branch_choice(node, result)
             result = result.value

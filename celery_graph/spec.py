@@ -45,6 +45,8 @@ class NodeSpec:
     map_source: str | None = None  # dynamic fan-out over this upstream node's list result
     map_param: str | None = None  # the parameter that receives each item
     call: str | None = None  # existing Celery task run through celery_graph.call
+    retries: int = 0  # retries on any error (node-level, from with_retries / pipeline files)
+    retry_delay: float = 1.0
     preds: tuple[str, ...] = ()
     succs: tuple[str, ...] = ()
 
@@ -123,6 +125,8 @@ class GraphSpec:
                 map_source=(n.get("map") or {}).get("source"),
                 map_param=(n.get("map") or {}).get("param"),
                 call=n.get("call"),
+                retries=(n.get("retry") or [0, 1.0])[0],
+                retry_delay=(n.get("retry") or [0, 1.0])[1],
                 preds=tuple(preds[nid]),
                 succs=tuple(succs[nid]),
             )
@@ -363,6 +367,8 @@ def _node_entry(node, nodes, groups, preds, is_upstream) -> dict[str, Any]:
         entry["map"] = mapped
     if node.call:
         entry["call"] = node.call
+    if node.retries:
+        entry["retry"] = list(node.retries)
     return entry
 
 

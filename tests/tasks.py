@@ -242,3 +242,12 @@ def resize(image, width=100, height=100):
 @shared_task(name="tests.plain.count_chars", bind=True)
 def count_chars(self, resize):
     return {"chars": len(resize), "task": self.name}
+
+
+@task
+def fails_then_ok(tag=None, fail_times: int = 1):
+    """Raises ValueError (no Celery autoretry) the first ``fail_times`` calls."""
+    attempt = trace_client().incr(f"cgtest-count:{tag}:fails_then_ok")
+    if attempt <= fail_times:
+        raise ValueError(f"attempt {attempt} fails")
+    return attempt
