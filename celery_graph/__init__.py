@@ -1,5 +1,6 @@
 """celery-graph: graph workflows (``a >> b``, ``a | b``) on your existing Celery workers."""
 
+from . import canvas as _canvas  # noqa: F401  registers celery_graph.run_graph
 from .context import RunContext
 from .dsl import (
     Branch,

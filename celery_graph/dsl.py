@@ -95,6 +95,19 @@ class Flow:
         """
         return self.submit(inputs, idempotency_key=idempotency_key, deadline=deadline)
 
+    def s(self, **inputs: Any) -> Any:
+        """This graph as a Celery signature, for chains and groups::
+
+            chain(fetch.s(), flow.s(limit=10), notify.s()).apply_async()
+
+        The previous chain step's result feeds the run inputs (a dict is merged in, any
+        other value becomes the input ``input``); the next step gets the graph's result.
+        Needs a result backend for ``.get()`` on the canvas, like any Celery canvas.
+        """
+        from .canvas import graph_signature
+
+        return graph_signature(self, inputs)
+
     def submit(
         self,
         inputs: dict[str, Any] | None = None,

@@ -151,7 +151,12 @@ class GraphRun:
             {"node": "", "type": "DeadlineExceeded", "module": "celery_graph.errors",
              "message": f"run {self.id} passed its deadline", "traceback": ""}
         )
-        return self._engine.barrier.finish(self.spec(), self.id, "failed", "", error)
+        ended = self._engine.barrier.finish(self.spec(), self.id, "failed", "", error)
+        if ended:
+            from .runtime import run_ended
+
+            run_ended(self.app or self._engine.app, self.id)
+        return ended
 
     @staticmethod
     def _wait_slice(engine: Any, done_key: str, seconds: float) -> None:
@@ -197,4 +202,9 @@ class GraphRun:
 
     def cancel(self) -> bool:
         """Stop the run: no pending node starts after this. True if this call ended it."""
-        return self._engine.barrier.finish(self.spec(), self.id, "cancelled")
+        ended = self._engine.barrier.finish(self.spec(), self.id, "cancelled")
+        if ended:
+            from .runtime import run_ended
+
+            run_ended(self.app or self._engine.app, self.id)
+        return ended

@@ -226,6 +226,7 @@ def complete_and_dispatch(
 ) -> None:
     run_id = ctx["r"]
     arrival = engine.barrier.complete(spec, run_id, node, result_json, branch=choice)
+    finished = arrival.finished
     deferred = list(arrival.deferred)
     claimed = list(arrival.publish)
     # Pass skips on: a skipped node arrives as a skip at its own successors, which may in
@@ -234,12 +235,15 @@ def complete_and_dispatch(
     while to_skip:
         skipped = spec.nodes[to_skip.pop()]
         more = engine.barrier.complete(spec, run_id, skipped, "", kind="skipped")
+        finished = finished or more.finished
         claimed += more.publish
         deferred += more.deferred
         to_skip += more.skipped
     if claimed:
         publish(task.app, spec, ctx["g"], run_id, claimed)
         engine.barrier.mark_published(run_id, claimed)
+    if finished:
+        run_ended(task.app, run_id)
     if deferred:
         # Another arrival released these successors moments ago and is publishing them.
         # Come back after the grace period: by then they are marked published (nothing to
@@ -335,9 +339,26 @@ def error_json(node_id: str, exc_type: str, module: str, message: str, traceback
     )
 
 
+def run_ended(app: Any, run_id: str) -> None:
+    """Hooks for a run that just ended: a Celery canvas waiting on it continues."""
+    from .canvas import continue_after_run
+
+    try:
+        continue_after_run(app, run_id)
+    except Exception:
+        logger.exception("celery-graph: could not continue the canvas of run %s", run_id)
+
+
 def fail_node(app: Any, ctx: dict[str, str], exc: BaseException, traceback: str) -> bool:
     """A node failed after its retries: fail the run, unless the node is a member of a group
     whose policy tolerates it; then it arrives at its successors as failed."""
+    ended = _fail_node(app, ctx, exc, traceback)
+    if ended:
+        run_ended(app, ctx["r"])
+    return ended
+
+
+def _fail_node(app: Any, ctx: dict[str, str], exc: BaseException, traceback: str) -> bool:
     engine = engine_for(app)
     run_id, node_id = ctx["r"], ctx["n"]
     error = error_json(node_id, type(exc).__name__, type(exc).__module__, str(exc), traceback)

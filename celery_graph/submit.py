@@ -31,10 +31,22 @@ def submit(
     deadline: float | None = None,
 ) -> GraphRun:
     """Validate, store the graph and the run record, then publish the root nodes."""
+    return submit_spec(flow.compile(), inputs, app, idempotency_key=idempotency_key,
+                       deadline=deadline)
+
+
+def submit_spec(
+    spec: GraphSpec,
+    inputs: dict[str, Any],
+    app: Any = None,
+    *,
+    idempotency_key: str | None = None,
+    deadline: float | None = None,
+    extra_fields: dict[str, str] | None = None,
+) -> GraphRun:
     from .result import GraphRun
 
     app = app or current_app._get_current_object()
-    spec = flow.compile()
     spec.check_inputs(inputs)
     for name, value in inputs.items():
         encode_value(value, lambda name=name: f"run input {name!r}")  # type: ignore[misc]
@@ -60,7 +72,7 @@ def submit(
 
     try:
         wait_for_queue_room(app, engine, spec)
-        extra: dict[str, Any] = {"sinks": json.dumps(list(spec.sinks))}
+        extra: dict[str, Any] = {"sinks": json.dumps(list(spec.sinks)), **(extra_fields or {})}
         if deadline is not None:
             extra["deadline"] = f"{time.time() + deadline:.6f}"
         keys = engine.keys

@@ -14,6 +14,7 @@ def make_app(
     app = Celery(name, broker=broker_url or redis_url, set_as_current=True)
     app.conf.update(
         graph_redis_url=redis_url,
+        result_backend=redis_url,  # for Celery canvases (chain/group) around graphs
         graph_key_prefix=f"cgtest:{session}",
         task_default_queue=f"cgtest-{session}",
         task_acks_late=True,

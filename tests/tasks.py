@@ -251,3 +251,28 @@ def fails_then_ok(tag=None, fail_times: int = 1):
     if attempt <= fail_times:
         raise ValueError(f"attempt {attempt} fails")
     return attempt
+
+
+@shared_task(name="tests.plain.offset")
+def offset(value, by=1000):
+    return value + by
+
+
+@task
+def incr(input):
+    return input + 1
+
+
+@task
+def times_two(incr):
+    return incr * 2
+
+
+@shared_task(name="tests.plain.make_inputs")
+def make_inputs(x):
+    return {"x": x}
+
+
+@shared_task(name="tests.plain.total")
+def total(values):
+    return sum(values)
