@@ -148,7 +148,7 @@ def fmt_duration(start: float | None, end: float | None) -> str:
 def table(rows: list[list[str]], out: IO[str]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
-        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() + "\n")
+        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
 
 
 def progress_line(status: Any, width: int = 30) -> str:
@@ -175,15 +175,18 @@ def print_status(status: Any, out: IO[str]) -> None:
     out.write(f"finished  {fmt_time(status.finished)}\n")
     out.write(f"duration  {fmt_duration(status.created, status.finished)}\n")
     counts = status.counts()
-    out.write(
-        "nodes     " + ", ".join(f"{counts[k]} {k}" for k in sorted(counts)) + "\n\n"
-    )
+    out.write("nodes     " + ", ".join(f"{counts[k]} {k}" for k in sorted(counts)) + "\n\n")
     rows = [["NODE", "STATE", "ATTEMPTS", "WORKER", "DURATION"]]
     for nid, n in status.nodes.items():
-        rows.append([
-            nid, n.state, str(n.attempts), n.worker or "-", fmt_duration(n.started, n.finished)
-            if n.started else "-",
-        ])
+        rows.append(
+            [
+                nid,
+                n.state,
+                str(n.attempts),
+                n.worker or "-",
+                fmt_duration(n.started, n.finished) if n.started else "-",
+            ]
+        )
     table(rows, out)
     if status.error:
         err = status.error
@@ -194,7 +197,9 @@ def print_status(status: Any, out: IO[str]) -> None:
 def dump(value: Any) -> str:
     try:
         line = json.dumps(value, sort_keys=True, default=str)
-        return line if len(line) <= 100 else json.dumps(value, indent=2, sort_keys=True, default=str)
+        if len(line) <= 100:
+            return line
+        return json.dumps(value, indent=2, sort_keys=True, default=str)
     except (TypeError, ValueError):
         return repr(value)
 
@@ -234,8 +239,10 @@ def wait_for(run: Any, timeout: float | None, out: IO[str], err: IO[str]) -> int
         if deadline is not None and time.monotonic() > deadline:
             if tty:
                 err.write("\n")
-            err.write(f"celery-graph: error: run {run.id} still {status.state} after "
-                      f"{timeout} s (it keeps running; see `celery-graph status {run.id}`)\n")
+            err.write(
+                f"celery-graph: error: run {run.id} still {status.state} after "
+                f"{timeout} s (it keeps running; see `celery-graph status {run.id}`)\n"
+            )
             return EXIT_FAILED
         time.sleep(0.2)
     if tty:
@@ -243,8 +250,9 @@ def wait_for(run: Any, timeout: float | None, out: IO[str], err: IO[str]) -> int
     try:
         result = run.get(timeout=10)
     except RunFailed as exc:
-        err.write(f"run {run.id} failed: node {exc.node_id!r} raised {exc.exc_type}: "
-                  f"{exc.exc_message}\n")
+        err.write(
+            f"run {run.id} failed: node {exc.node_id!r} raised {exc.exc_type}: {exc.exc_message}\n"
+        )
         if exc.traceback:
             err.write(exc.traceback.rstrip() + "\n")
         return EXIT_FAILED
@@ -266,8 +274,12 @@ def cmd_status(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     status = run.status()
     if args.json:
         data = {
-            "run_id": status.run_id, "state": status.state, "graph_id": status.graph_id,
-            "created": status.created, "finished": status.finished, "error": status.error,
+            "run_id": status.run_id,
+            "state": status.state,
+            "graph_id": status.graph_id,
+            "created": status.created,
+            "finished": status.finished,
+            "error": status.error,
             "nodes": {k: vars(v) for k, v in status.nodes.items()},
         }
         out.write(json.dumps(data, indent=2) + "\n")
@@ -290,10 +302,15 @@ def cmd_runs(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         except (RunNotFound, GraphNotFound):
             continue  # expired between the listing and the read
         done = status.counts().get("succeeded", 0)
-        rows.append([
-            run_id, status.state, fmt_time(status.created),
-            fmt_duration(status.created, status.finished), f"{done}/{len(status.nodes)}",
-        ])
+        rows.append(
+            [
+                run_id,
+                status.state,
+                fmt_time(status.created),
+                fmt_duration(status.created, status.finished),
+                f"{done}/{len(status.nodes)}",
+            ]
+        )
     if len(rows) == 1:
         out.write(f"no runs under key prefix {engine.keys.prefix!r}\n")
         return 0
@@ -374,16 +391,16 @@ examples:
 
 COMMAND_EXAMPLES = {
     "run": "  celery-graph run examples.etl:flow\n"
-           "  celery-graph run examples.etl:flow --input n=5 --input label=nightly --wait\n"
-           "  celery-graph -A proj.celery run proj.flows:nightly --wait --timeout 600",
+    "  celery-graph run examples.etl:flow --input n=5 --input label=nightly --wait\n"
+    "  celery-graph -A proj.celery run proj.flows:nightly --wait --timeout 600",
     "status": "  celery-graph status 0123456789abcdef0123456789abcdef\n"
-              "  celery-graph status 0123456789abcdef0123456789abcdef --json",
+    "  celery-graph status 0123456789abcdef0123456789abcdef --json",
     "runs": "  celery-graph runs\n  celery-graph runs --limit 50 --key-prefix myapp:workflows",
     "cancel": "  celery-graph cancel 0123456789abcdef0123456789abcdef",
     "workers": "  celery-graph -A proj.celery workers",
     "show": "  celery-graph show examples.etl:flow\n"
-            "  celery-graph show examples.etl:flow --format dot | dot -Tsvg > etl.svg\n"
-            "  celery-graph show 0123456789abcdef0123456789abcdef --png run.png",
+    "  celery-graph show examples.etl:flow --format dot | dot -Tsvg > etl.svg\n"
+    "  celery-graph show 0123456789abcdef0123456789abcdef --png run.png",
 }
 
 
@@ -392,18 +409,22 @@ def common_options(default: Any = None) -> argparse.ArgumentParser:
     # `run -A x ...` both work (a plain None default in the sub-parser would win).
     common = argparse.ArgumentParser(add_help=False, argument_default=default)
     common.add_argument(
-        "-A", "--app", metavar="APP",
+        "-A",
+        "--app",
+        metavar="APP",
         help="Celery app to use, like `celery -A`: module or module:attr",
     )
     common.add_argument(
-        "--redis-url", metavar="URL",
+        "--redis-url",
+        metavar="URL",
         help="Redis holding graph state (default: app.conf.graph_redis_url, "
-             "$CELERY_GRAPH_REDIS_URL, or the app's Redis broker)",
+        "$CELERY_GRAPH_REDIS_URL, or the app's Redis broker)",
     )
     common.add_argument(
-        "--key-prefix", metavar="PREFIX",
+        "--key-prefix",
+        metavar="PREFIX",
         help="key prefix of graph state (default: app.conf.graph_key_prefix, "
-             "$CELERY_GRAPH_KEY_PREFIX, or 'celery_graph')",
+        "$CELERY_GRAPH_KEY_PREFIX, or 'celery_graph')",
     )
     return common
 
@@ -422,19 +443,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
         return sub.add_parser(
-            name, help=help_, description=help_, parents=[sub_common],
+            name,
+            help=help_,
+            description=help_,
+            parents=[sub_common],
             epilog="examples:\n" + COMMAND_EXAMPLES[name],
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
     p = add("run", "Submit a graph; print its run id, or with --wait follow it to the end.")
     p.add_argument("flow", metavar="MODULE:FLOW", help="a Flow object in an importable module")
-    p.add_argument("-i", "--input", action="append", metavar="KEY=VALUE",
-                   help="a run input (repeatable); VALUE is JSON if it parses, else a string")
-    p.add_argument("-w", "--wait", action="store_true",
-                   help="show progress, then print the result; exit 1 if the run fails")
-    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                   help="with --wait: give up waiting after this long (the run goes on)")
+    p.add_argument(
+        "-i",
+        "--input",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a run input (repeatable); VALUE is JSON if it parses, else a string",
+    )
+    p.add_argument(
+        "-w",
+        "--wait",
+        action="store_true",
+        help="show progress, then print the result; exit 1 if the run fails",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="with --wait: give up waiting after this long (the run goes on)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = add("status", "Show a run's state and each node's state, attempts and worker.")
@@ -455,18 +493,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("show", "Draw a graph (MODULE:FLOW) or a run's graph with node states (RUN_ID).")
     p.add_argument("target", metavar="MODULE:FLOW|RUN_ID")
-    p.add_argument("-f", "--format", choices=("text", "mermaid", "dot"), default=None,
-                   help="text (default), mermaid or dot, printed to stdout")
-    p.add_argument("--png", metavar="FILE",
-                   help="also write a PNG picture, nodes coloured by state (needs matplotlib)")
-    p.add_argument("--colour", "--color", choices=("auto", "always", "never"), default="auto",
-                   help="colour node states in text output (default: when stdout is a tty)")
+    p.add_argument(
+        "-f",
+        "--format",
+        choices=("text", "mermaid", "dot"),
+        default=None,
+        help="text (default), mermaid or dot, printed to stdout",
+    )
+    p.add_argument(
+        "--png",
+        metavar="FILE",
+        help="also write a PNG picture, nodes coloured by state (needs matplotlib)",
+    )
+    p.add_argument(
+        "--colour",
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="colour node states in text output (default: when stdout is a tty)",
+    )
     p.set_defaults(func=cmd_show)
     return parser
 
 
-def main(argv: list[str] | None = None, out: IO[str] | None = None,
-         err: IO[str] | None = None) -> int:
+def main(
+    argv: list[str] | None = None, out: IO[str] | None = None, err: IO[str] | None = None
+) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
     args = build_parser().parse_args(argv)

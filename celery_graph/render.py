@@ -207,9 +207,14 @@ def png(
                 sx, sy = pos[succ]
                 ax.add_patch(
                     FancyArrowPatch(
-                        (x, y - box_h / 2), (sx, sy + box_h / 2),
-                        arrowstyle="-|>", mutation_scale=14, color="#455a64", lw=1.3,
-                        shrinkA=2, shrinkB=2,
+                        (x, y - box_h / 2),
+                        (sx, sy + box_h / 2),
+                        arrowstyle="-|>",
+                        mutation_scale=14,
+                        color="#455a64",
+                        lw=1.3,
+                        shrinkA=2,
+                        shrinkB=2,
                     )
                 )
         for nid, (x, y) in pos.items():
@@ -217,9 +222,13 @@ def png(
             fill = STATE_COLOURS.get(state, NO_STATE_COLOUR) if state else NO_STATE_COLOUR
             ax.add_patch(
                 FancyBboxPatch(
-                    (x - box_w / 2, y - box_h / 2), box_w, box_h,
-                    boxstyle="round,pad=0.02,rounding_size=0.12", facecolor=fill,
-                    edgecolor="#263238", lw=2.2 if spec.nodes[nid].is_join else 1.2,
+                    (x - box_w / 2, y - box_h / 2),
+                    box_w,
+                    box_h,
+                    boxstyle="round,pad=0.02,rounding_size=0.12",
+                    facecolor=fill,
+                    edgecolor="#263238",
+                    lw=2.2 if spec.nodes[nid].is_join else 1.2,
                 )
             )
             caption = nid if state is None else f"{nid}\n{state}"
@@ -234,10 +243,14 @@ def png(
         if states is not None:
             shown = [s for s in STATE_COLOURS if s in set(states.values()) | {"pending"}]
             ax.legend(
-                handles=[Patch(facecolor=STATE_COLOURS[s], edgecolor="#263238", label=s)
-                         for s in shown],
-                loc="lower center", bbox_to_anchor=(0.5, -0.02), ncol=len(shown),
-                fontsize=8, frameon=False,
+                handles=[
+                    Patch(facecolor=STATE_COLOURS[s], edgecolor="#263238", label=s) for s in shown
+                ],
+                loc="lower center",
+                bbox_to_anchor=(0.5, -0.02),
+                ncol=len(shown),
+                fontsize=8,
+                frameon=False,
             )
         fig.savefig(os.fspath(path), format="png", bbox_inches="tight", facecolor="white")
     finally:

@@ -63,8 +63,10 @@ flow = orders >> (revenue | top_order) >> report
 
 def main() -> None:
     # The plain Celery tasks keep working as before...
-    print("plain celery:", total.delay(fetch_orders.delay("2026-01-01").get(timeout=30)).get(
-        timeout=30))
+    print(
+        "plain celery:",
+        total.delay(fetch_orders.delay("2026-01-01").get(timeout=30)).get(timeout=30),
+    )
     # ...and the same functions run as a graph.
     run = flow.apply_async(day="2026-01-01")
     print("run", run.id)

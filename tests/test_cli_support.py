@@ -32,11 +32,19 @@ def base_env(redis_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_py(args: Sequence[str], env: dict[str, str], timeout: float = 90,
-           ) -> subprocess.CompletedProcess[str]:
+def run_py(
+    args: Sequence[str],
+    env: dict[str, str],
+    timeout: float = 90,
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, *args], env=env, cwd=ROOT, capture_output=True, text=True,
-        timeout=timeout, check=False,
+        [sys.executable, *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -50,9 +58,28 @@ def celery_worker(app: str, env: dict[str, str], *extra: str) -> Iterator[subpro
     """A real ``celery -A app worker`` process; stopped (TERM, then KILL) on exit."""
     log = open(ROOT / f".worker-{uuid.uuid4().hex[:6]}.log", "w+")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", app, "worker", "-P", "threads", "-c", "4",
-         "-l", "WARNING", "--without-gossip", "--without-mingle", *extra],
-        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            app,
+            "worker",
+            "-P",
+            "threads",
+            "-c",
+            "4",
+            "-l",
+            "WARNING",
+            "--without-gossip",
+            "--without-mingle",
+            *extra,
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,
     )
     try:
