@@ -382,16 +382,16 @@ def cmd_show(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 EPILOG = """\
 examples:
   celery-graph run examples.etl:flow --wait
-  celery-graph run examples.map_reduce:flow --input words='["a","b"]' --wait --timeout 60
+  celery-graph run examples.map_reduce:flow --input top=5 --wait --timeout 60
   celery-graph runs --redis-url redis://localhost:6379/0
-  celery-graph status 3f0c...e1
+  celery-graph status 4bd5d23c52f14f4a96ea8df88b7922ea
   celery-graph show examples.etl:flow --format mermaid
-  celery-graph show 3f0c...e1 --png run.png
+  celery-graph show 4bd5d23c52f14f4a96ea8df88b7922ea --png run.png
 """
 
 COMMAND_EXAMPLES = {
     "run": "  celery-graph run examples.etl:flow\n"
-    "  celery-graph run examples.etl:flow --input n=5 --input label=nightly --wait\n"
+    "  celery-graph run examples.etl:flow --input n=5 --input factor=2 --wait\n"
     "  celery-graph -A proj.celery run proj.flows:nightly --wait --timeout 600",
     "status": "  celery-graph status 0123456789abcdef0123456789abcdef\n"
     "  celery-graph status 0123456789abcdef0123456789abcdef --json",
