@@ -84,6 +84,42 @@ def test_run_wait_prints_progress_and_result(env) -> None:
     assert re.search(r"run [0-9a-f]{32} succeeded", out.stderr)
 
 
+def test_progress_bar_redraws_in_place_on_a_terminal(env) -> None:
+    import os
+    import pty
+    import subprocess
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "celery_graph.cli", "run", "tests.test_cli:ETL", "--wait"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            timeout=60,
+            check=False,
+        )
+        os.close(slave)
+        slave = -1
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        if slave != -1:
+            os.close(slave)
+        os.close(master)
+    assert proc.returncode == 0
+    shown = b"".join(chunks).decode()
+    assert "\r\x1b[2K[##############################] 4/4 nodes done" in shown
+    assert json.loads(proc.stdout) == {"count": 3, "rows": [10, 20, 30]}
+
+
 def test_run_without_wait_prints_the_run_id_then_status_and_runs_show_it(env) -> None:
     out = cli("run", "tests.test_cli:ETL", env=env)
     assert out.returncode == 0, out.stderr

@@ -15,6 +15,16 @@ def hex_rgb(colour: str) -> tuple[int, int, int]:
     return tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
 
 
+def pixel_counts(path: Path) -> dict[str, int]:
+    """{state: number of pixels in that state's fill colour}."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        counts = img.convert("RGB").getcolors(maxcolors=1 << 20)
+    by_colour = {rgb: n for n, rgb in counts}
+    return {s: by_colour.get(hex_rgb(c), 0) for s, c in render.STATE_COLOURS.items()}
+
+
 def colours_in(path: Path, min_pixels: int = 500) -> set[str]:
     """The node states whose fill colour covers at least ``min_pixels`` pixels."""
     from PIL import Image
@@ -80,6 +90,17 @@ def test_png_has_every_node_in_its_state_colour(tmp_path: Path) -> None:
         width, height = img.size
     assert width >= 300 and height >= 300
     assert colours_in(path) == {"succeeded", "failed", "running", "pending"}
+
+
+def test_png_draws_one_box_per_node(tmp_path: Path) -> None:
+    # Two succeeded nodes cover about twice the area of one failed node (same box size;
+    # the legend swatches are tiny next to a box).
+    states = {"extract": "succeeded", "audit": "succeeded", "transform": "failed"}
+    path = tmp_path / "run.png"
+    render.png(ETL, path, states)
+    counts = pixel_counts(path)
+    assert 1.7 < counts["succeeded"] / counts["failed"] < 2.3
+    assert 0.7 < counts["pending"] / counts["failed"] < 1.3  # load
 
 
 def test_png_without_states(tmp_path: Path) -> None:
