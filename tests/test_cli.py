@@ -277,3 +277,13 @@ def test_workers_uses_the_registry(env, monkeypatch) -> None:
     )
     assert code == 2
     assert "needs celery_graph.registry" in err.getvalue()
+
+
+def test_wait_timeout_exits_1_and_the_run_goes_on(env) -> None:
+    out = cli("run", "tests.test_cli:SLOW", "--wait", "--timeout", "0.5", env=env)
+    assert out.returncode == 1
+    match = re.search(r"error: run ([0-9a-f]{32}) still running after 0.5 s", out.stderr)
+    assert match, out.stderr
+    run_id = match.group(1)
+    assert json.loads(cli("status", run_id, "--json", env=env).stdout)["state"] == "running"
+    assert cli("cancel", run_id, env=env).returncode == 0
