@@ -287,3 +287,11 @@ def test_wait_timeout_exits_1_and_the_run_goes_on(env) -> None:
     run_id = match.group(1)
     assert json.loads(cli("status", run_id, "--json", env=env).stdout)["state"] == "running"
     assert cli("cancel", run_id, env=env).returncode == 0
+
+
+def test_run_without_any_broker_setting_sends_through_the_graph_redis(env) -> None:
+    # No -A, no app in the flow's module, no CELERY_BROKER_URL: the graph Redis is used.
+    bare = {k: v for k, v in env.items() if k != "CELERY_BROKER_URL"}
+    out = cli("run", "tests.test_cli:ETL", "--input", "n=1", "--wait", "--timeout", "60", env=bare)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"count": 1, "rows": [10]}
