@@ -8,6 +8,7 @@ a node's layer is the length of the longest path from a root to it.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -33,28 +34,52 @@ STATE_MARKS = {
 _ANSI = {"succeeded": "32", "failed": "31", "running": "33", "queued": "36", "pending": "2"}
 
 
-def layers(spec: GraphSpec) -> list[list[str]]:
-    """Nodes grouped by longest-path depth from the roots; within a layer, nodes are
-    ordered by the mean position of their predecessors (fewer crossing edges)."""
+Slot = tuple[str, str, int]  # a bend point of a long edge: (source, target, layer)
+
+
+def layout(spec: GraphSpec) -> tuple[list[list[str | Slot]], dict[tuple[str, str], list[Slot]]]:
+    """Layers of nodes plus, for every edge that skips layers, one bend point ("slot") in
+    each layer it crosses, so it is drawn around the boxes, not through them.
+
+    A node's layer is the length of the longest path from a root to it; within a layer,
+    entries are ordered by the mean position of what feeds them (fewer crossings)."""
     depth: dict[str, int] = {}
     for nid in spec.order:  # topological: every predecessor comes first
-        preds = spec.nodes[nid].preds
-        depth[nid] = 1 + max((depth[p] for p in preds), default=-1)
-    out: list[list[str]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
+        depth[nid] = 1 + max((depth[p] for p in spec.nodes[nid].preds), default=-1)
+    rows: list[list[str | Slot]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
+    feeds: dict[str | Slot, list[str | Slot]] = {}
+    bends: dict[tuple[str, str], list[Slot]] = {}
     for nid in spec.order:
-        out[depth[nid]].append(nid)
-    position: dict[str, float] = {}
-    for layer in out:
+        rows[depth[nid]].append(nid)
+        feeds.setdefault(nid, [])
+        for succ in spec.nodes[nid].succs:
+            prev: str | Slot = nid
+            chain: list[Slot] = []
+            for layer in range(depth[nid] + 1, depth[succ]):
+                slot = (nid, succ, layer)
+                rows[layer].append(slot)
+                feeds[slot] = [prev]
+                chain.append(slot)
+                prev = slot
+            bends[(nid, succ)] = chain
+            feeds.setdefault(succ, []).append(prev)
+    position: dict[str | Slot, float] = {}
+    for row in rows:
         if position:
 
-            def key(nid: str) -> float:
-                preds = spec.nodes[nid].preds
-                return sum(position[p] for p in preds) / len(preds) if preds else 0.0
+            def key(entry: str | Slot) -> float:
+                src = feeds[entry]
+                return sum(position[p] for p in src) / len(src) if src else 0.0
 
-            layer.sort(key=key)  # stable: ties keep topological order
-        for i, nid in enumerate(layer):
-            position[nid] = i - (len(layer) - 1) / 2
-    return out
+            row.sort(key=key)  # stable: ties keep topological order
+        for i, entry in enumerate(row):
+            position[entry] = i - (len(row) - 1) / 2
+    return rows, bends
+
+
+def layers(spec: GraphSpec) -> list[list[str]]:
+    """Node ids grouped by layer (see ``layout``), in drawing order."""
+    return [[e for e in row if isinstance(e, str)] for row in layout(spec)[0]]
 
 
 # -- terminal -------------------------------------------------------------------------
@@ -187,36 +212,47 @@ def png(
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch
 
-    rows = layers(spec)
+    rows, bends = layout(spec)
     widest = max((len(r) for r in rows), default=1)
     longest = max((len(n) for n in spec.nodes), default=4)
     box_w = max(1.6, 0.13 * longest + 0.5)
     box_h = 0.7
     gap_x, gap_y = box_w + 0.6, 1.5
     pos: dict[str, tuple[float, float]] = {}
+    bend_at: dict[Slot, tuple[float, float]] = {}
     for depth, row in enumerate(rows):
-        for i, nid in enumerate(row):
-            pos[nid] = ((i - (len(row) - 1) / 2) * gap_x, -depth * gap_y)
+        for i, entry in enumerate(row):
+            xy = ((i - (len(row) - 1) / 2) * gap_x, -depth * gap_y)
+            if isinstance(entry, str):
+                pos[entry] = xy
+            else:
+                bend_at[entry] = xy
 
     fig_w = max(4.0, widest * gap_x + 1.0)
     fig_h = max(3.0, len(rows) * gap_y + 1.2)
     fig, ax = plt.subplots(figsize=(fig_w, fig_h), dpi=100)
+    edge_style = {"color": "#455a64", "lw": 1.3}
     try:
-        for nid, (x, y) in pos.items():
-            for succ in spec.nodes[nid].succs:
-                sx, sy = pos[succ]
-                ax.add_patch(
-                    FancyArrowPatch(
-                        (x, y - box_h / 2),
-                        (sx, sy + box_h / 2),
-                        arrowstyle="-|>",
-                        mutation_scale=14,
-                        color="#455a64",
-                        lw=1.3,
-                        shrinkA=2,
-                        shrinkB=2,
-                    )
+        for (src, dst), chain in bends.items():
+            x, y = pos[src]
+            points = [(x, y - box_h / 2)]
+            for slot in chain:  # pass each crossed layer at the box's height band
+                bx, by = bend_at[slot]
+                points += [(bx, by + box_h / 2), (bx, by - box_h / 2)]
+            sx, sy = pos[dst]
+            for a, b in itertools.pairwise(points):
+                ax.plot([a[0], b[0]], [a[1], b[1]], solid_capstyle="round", **edge_style)
+            ax.add_patch(
+                FancyArrowPatch(
+                    points[-1],
+                    (sx, sy + box_h / 2),
+                    arrowstyle="-|>",
+                    mutation_scale=14,
+                    shrinkA=0,
+                    shrinkB=2,
+                    **edge_style,
                 )
+            )
         for nid, (x, y) in pos.items():
             state = states.get(nid, "pending") if states is not None else None
             fill = STATE_COLOURS.get(state, NO_STATE_COLOUR) if state else NO_STATE_COLOUR
@@ -233,8 +269,9 @@ def png(
             )
             caption = nid if state is None else f"{nid}\n{state}"
             ax.text(x, y, caption, ha="center", va="center", fontsize=10, color="#111111")
-        xs = [p[0] for p in pos.values()] or [0.0]
-        ys = [p[1] for p in pos.values()] or [0.0]
+        everything = [*pos.values(), *bend_at.values()]
+        xs = [p[0] for p in everything] or [0.0]
+        ys = [p[1] for p in everything] or [0.0]
         ax.set_xlim(min(xs) - box_w, max(xs) + box_w)
         ax.set_ylim(min(ys) - box_h * 1.5, max(ys) + box_h * 1.2)
         ax.axis("off")

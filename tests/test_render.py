@@ -46,7 +46,13 @@ def test_layers_follow_longest_paths() -> None:
     with workflow("skip") as wf:
         t1 >> t2 >> t3
         t1 >> t3  # a shortcut edge does not pull t3 up to layer 1
-    assert render.layers(wf.compile()) == [["t1"], ["t2"], ["t3"]]
+    spec = wf.compile()
+    assert render.layers(spec) == [["t1"], ["t2"], ["t3"]]
+    # The shortcut gets a bend point in layer 1, so the PNG draws it around t2.
+    rows, bends = render.layout(spec)
+    assert bends[("t1", "t3")] == [("t1", "t3", 1)]
+    assert ("t1", "t3", 1) in rows[1]
+    assert bends[("t1", "t2")] == []
 
 
 def test_text_tree_shows_joins_once() -> None:
