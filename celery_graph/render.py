@@ -231,7 +231,7 @@ def png(
     fig_w = max(4.0, widest * gap_x + 1.0)
     fig_h = max(3.0, len(rows) * gap_y + 1.2)
     fig, ax = plt.subplots(figsize=(fig_w, fig_h), dpi=100)
-    edge_style = {"color": "#455a64", "lw": 1.3}
+    edge_style: dict[str, Any] = {"color": "#455a64", "lw": 1.3}
     try:
         for (src, dst), chain in bends.items():
             x, y = pos[src]
