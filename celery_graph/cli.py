@@ -154,12 +154,15 @@ def table(rows: list[list[str]], out: IO[str]) -> None:
 def progress_line(status: Any, width: int = 30) -> str:
     counts = status.counts()
     total = len(status.nodes) or 1
-    done = counts.get("succeeded", 0)
+    skipped = counts.get("skipped", 0)  # a branch not taken counts as done
+    done = counts.get("succeeded", 0) + skipped
     failed = counts.get("failed", 0)
     filled = int(width * (done + failed) / total)
     bar = "#" * filled + "-" * (width - filled)
     running = [nid for nid, n in status.nodes.items() if n.state == "running"]
     line = f"[{bar}] {done}/{total} nodes done"
+    if skipped:
+        line += f" ({skipped} skipped)"
     if failed:
         line += f", {failed} failed"
     if running:
@@ -301,7 +304,8 @@ def cmd_runs(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
             status = GraphRun(run_id, app=app).status()
         except (RunNotFound, GraphNotFound):
             continue  # expired between the listing and the read
-        done = status.counts().get("succeeded", 0)
+        counts = status.counts()
+        done = counts.get("succeeded", 0) + counts.get("skipped", 0)
         rows.append(
             [
                 run_id,

@@ -22,6 +22,7 @@ STATE_COLOURS: dict[str, str] = {
     "running": "#ffd54f",
     "succeeded": "#66bb6a",
     "failed": "#ef5350",
+    "skipped": "#ce93d8",  # a branch not taken (engines with conditional branches)
 }
 NO_STATE_COLOUR = "#e3f2fd"
 STATE_MARKS = {
@@ -30,8 +31,16 @@ STATE_MARKS = {
     "running": "▶",
     "succeeded": "✓",
     "failed": "✗",
+    "skipped": "⊘",
 }
-_ANSI = {"succeeded": "32", "failed": "31", "running": "33", "queued": "36", "pending": "2"}
+_ANSI = {
+    "succeeded": "32",
+    "failed": "31",
+    "running": "33",
+    "queued": "36",
+    "pending": "2",
+    "skipped": "35",
+}
 
 
 Slot = tuple[str, str, int]  # a bend point of a long edge: (source, target, layer)

@@ -295,3 +295,13 @@ def test_run_without_any_broker_setting_sends_through_the_graph_redis(env) -> No
     out = cli("run", "tests.test_cli:ETL", "--input", "n=1", "--wait", "--timeout", "60", env=bare)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"count": 1, "rows": [10]}
+
+
+def test_progress_line_counts() -> None:
+    from celery_graph.result import NodeStatus, RunStatus
+
+    states = ["succeeded", "succeeded", "skipped", "failed", "running", "pending"]
+    nodes = {f"n{i}": NodeStatus(state) for i, state in enumerate(states)}
+    status = RunStatus("0" * 32, "running", "g", 0.0, None, nodes)
+    line = cli_module.progress_line(status, width=12)
+    assert line == "[########----] 3/6 nodes done (1 skipped), 1 failed  running: n4"
