@@ -3,10 +3,12 @@ work tree on PYTHONPATH, and start/stop real ``celery worker`` processes."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -53,28 +55,41 @@ def cli(*args: str, env: dict[str, str], timeout: float = 90) -> subprocess.Comp
     return run_py(["-m", "celery_graph.cli", *args], env, timeout)
 
 
+WORKER_OPTIONS = (
+    "-P",
+    "threads",
+    "-c",
+    "4",
+    "-l",
+    "WARNING",
+    "--without-gossip",
+    "--without-mingle",
+)
+
+
 @contextmanager
 def celery_worker(app: str, env: dict[str, str], *extra: str) -> Iterator[subprocess.Popen[str]]:
     """A real ``celery -A app worker`` process; stopped (TERM, then KILL) on exit."""
-    log = open(ROOT / f".worker-{uuid.uuid4().hex[:6]}.log", "w+")  # noqa: SIM115
+    with _process(["-m", "celery", "-A", app, "worker", *WORKER_OPTIONS, *extra], env) as p:
+        yield p
+
+
+def graph_worker_available() -> bool:
+    return importlib.util.find_spec("celery_graph.worker") is not None
+
+
+@contextmanager
+def graph_worker(app: str, env: dict[str, str], *extra: str) -> Iterator[subprocess.Popen[str]]:
+    """A real ``graph-worker -A app`` process (celery worker options pass through)."""
+    with _process(["-m", "celery_graph.worker", "-A", app, *WORKER_OPTIONS, *extra], env) as p:
+        yield p
+
+
+@contextmanager
+def _process(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            app,
-            "worker",
-            "-P",
-            "threads",
-            "-c",
-            "4",
-            "-l",
-            "WARNING",
-            "--without-gossip",
-            "--without-mingle",
-            *extra,
-        ],
+        [sys.executable, *args],
         env=env,
         cwd=ROOT,
         stdout=log,
@@ -88,13 +103,12 @@ def celery_worker(app: str, env: dict[str, str], *extra: str) -> Iterator[subpro
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
             try:
-                proc.wait(20)
+                proc.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
         log.seek(0)
         output = log.read()
         log.close()
-        os.unlink(log.name)
         if proc.returncode not in (0, -signal.SIGTERM):
-            print(f"worker {app} exited {proc.returncode}:\n{output}")
+            print(f"{' '.join(args)} exited {proc.returncode}:\n{output}")

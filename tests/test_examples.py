@@ -11,7 +11,15 @@ import uuid
 
 import pytest
 
-from tests.test_cli_support import base_env, celery_worker, cli, redis_db_url, run_py
+from tests.test_cli_support import (
+    base_env,
+    celery_worker,
+    cli,
+    graph_worker,
+    graph_worker_available,
+    redis_db_url,
+    run_py,
+)
 
 
 def last_value(stdout: str):
@@ -42,10 +50,13 @@ def test_map_reduce_named_group(redis_url: str) -> None:
 
 
 def test_gpu_routing(redis_url: str) -> None:
+    """The gpu node runs on the worker consuming the "gpu" queue: graph-worker when the
+    package has it (as the example's docstring says), else a plain celery worker."""
     env = base_env(redis_db_url(redis_url, 6))
+    gpu_pool = graph_worker if graph_worker_available() else celery_worker
     with (
         celery_worker("examples.gpu_routing", env, "-Q", "celery", "-n", "cpu@%h"),
-        celery_worker("examples.gpu_routing", env, "-Q", "gpu", "-n", "gpu@%h"),
+        gpu_pool("examples.gpu_routing", env, "-Q", "gpu", "-n", "gpu@%h"),
     ):
         out = run_py(["-m", "examples.gpu_routing"], env)
         assert out.returncode == 0, out.stderr
@@ -56,6 +67,10 @@ def test_gpu_routing(redis_url: str) -> None:
         assert result["indexed_on"].startswith("cpu@")
         assert re.search(r"^embed: ran on gpu@", out.stdout, re.M)
         assert re.search(r"^tokenize: ran on cpu@", out.stdout, re.M)
+        if gpu_pool is graph_worker:
+            workers = cli("workers", env=env)
+            assert workers.returncode == 0, workers.stderr
+            assert re.search(r"^gpu@\S+\s+running\s+\d+\s+gpu\s", workers.stdout, re.M)
 
 
 def test_existing_app(redis_url: str) -> None:
