@@ -1,0 +1,107 @@
+"""Every example in examples/ runs as written: ``python -m examples.<name>`` against a real
+private Redis and real ``celery worker`` subprocesses (one Redis database per example,
+so queues and keys never mix; RabbitMQ example: a unique queue, deleted afterwards)."""
+
+from __future__ import annotations
+
+import ast
+import re
+import socket
+import uuid
+
+import pytest
+
+from tests.test_cli_support import (
+    base_env,
+    celery_worker,
+    cli,
+    graph_worker,
+    graph_worker_available,
+    redis_db_url,
+    run_py,
+)
+
+
+def last_value(stdout: str):
+    return ast.literal_eval(stdout.strip().splitlines()[-1])
+
+
+def test_etl(redis_url: str) -> None:
+    env = base_env(redis_db_url(redis_url, 4))
+    with celery_worker("examples.etl", env):
+        out = run_py(["-m", "examples.etl"], env)
+        assert out.returncode == 0, out.stderr
+        assert re.match(r"run [0-9a-f]{32}\n", out.stdout)
+        assert last_value(out.stdout) == {"rows": [10, 20, 30, 40], "count": 4}
+        # The same flow through the CLI, with an input.
+        via_cli = cli("run", "examples.etl:flow", "--input", "n=2", "--wait", env=env)
+        assert via_cli.returncode == 0, via_cli.stderr
+        assert via_cli.stdout == '{"count": 2, "rows": [10, 20]}\n'
+
+
+def test_map_reduce_named_group(redis_url: str) -> None:
+    env = base_env(redis_db_url(redis_url, 5))
+    with celery_worker("examples.map_reduce", env):
+        out = run_py(["-m", "examples.map_reduce"], env)
+        assert out.returncode == 0, out.stderr
+        assert last_value(out.stdout) == [["the", 4], ["fox", 2], ["dog", 2]]
+        shown = cli("show", "examples.map_reduce:flow", env=env)
+        assert "merge  (join of count_0, count_1, count_2)" in shown.stdout
+
+
+def test_gpu_routing(redis_url: str) -> None:
+    """The gpu node runs on the worker consuming the "gpu" queue: graph-worker when the
+    package has it (as the example's docstring says), else a plain celery worker."""
+    env = base_env(redis_db_url(redis_url, 6))
+    gpu_pool = graph_worker if graph_worker_available() else celery_worker
+    with (
+        celery_worker("examples.gpu_routing", env, "-Q", "celery", "-n", "cpu@%h"),
+        gpu_pool("examples.gpu_routing", env, "-Q", "gpu", "-n", "gpu@%h"),
+    ):
+        out = run_py(["-m", "examples.gpu_routing"], env)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        result = ast.literal_eval(lines[1])
+        assert result["indexed"] == 7
+        assert result["embedded_on"].startswith("gpu@")
+        assert result["indexed_on"].startswith("cpu@")
+        assert re.search(r"^embed: ran on gpu@", out.stdout, re.M)
+        assert re.search(r"^tokenize: ran on cpu@", out.stdout, re.M)
+        if gpu_pool is graph_worker:
+            workers = cli("workers", env=env)
+            assert workers.returncode == 0, workers.stderr
+            assert re.search(r"^gpu@\S+\s+running\s+\d+\s+gpu\s", workers.stdout, re.M)
+
+
+def test_existing_app(redis_url: str) -> None:
+    env = base_env(redis_db_url(redis_url, 7))
+    with celery_worker("examples.existing_app", env):
+        out = run_py(["-m", "examples.existing_app"], env)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.splitlines()[0] == "plain celery: 242.5"
+        assert out.stdout.splitlines()[-1] == "2026-01-01: revenue 242.50, largest order #1"
+
+
+def rabbitmq_up() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5672), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not rabbitmq_up(), reason="no RabbitMQ on 127.0.0.1:5672")
+def test_rabbitmq_broker(redis_url: str) -> None:
+    from kombu import Connection
+
+    broker = "amqp://guest:guest@127.0.0.1:5672//"
+    queue = f"cgtest-example-{uuid.uuid4().hex[:8]}"
+    env = base_env(redis_db_url(redis_url, 8), CELERY_BROKER_URL=broker, EXAMPLE_QUEUE=queue)
+    try:
+        with celery_worker("examples.rabbitmq_broker", env):
+            out = run_py(["-m", "examples.rabbitmq_broker"], env)
+            assert out.returncode == 0, out.stderr
+            assert out.stdout.splitlines()[-1] == "Porto: mean 20.2, peak 23"
+    finally:
+        with Connection(broker) as conn:
+            conn.default_channel.queue_delete(queue)

@@ -1,0 +1,116 @@
+"""Drawings of a compiled graph: layers, terminal tree, Mermaid, DOT and the PNG picture
+(checked pixel by pixel for the state colours). No Redis needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from celery_graph import render, workflow
+from tests.tasks import audit, extract, load, t1, t2, t3, transform
+
+ETL = (extract >> (transform | audit) >> load).compile()
+
+
+def hex_rgb(colour: str) -> tuple[int, int, int]:
+    return tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+
+
+def pixel_counts(path: Path) -> dict[str, int]:
+    """{state: number of pixels in that state's fill colour}."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        counts = img.convert("RGB").getcolors(maxcolors=1 << 20)
+    by_colour = {rgb: n for n, rgb in counts}
+    return {s: by_colour.get(hex_rgb(c), 0) for s, c in render.STATE_COLOURS.items()}
+
+
+def colours_in(path: Path, min_pixels: int = 500) -> set[str]:
+    """The node states whose fill colour covers at least ``min_pixels`` pixels."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        counts = img.convert("RGB").getcolors(maxcolors=1 << 20)
+    by_colour = {rgb: n for n, rgb in counts}
+    return {
+        state
+        for state, colour in render.STATE_COLOURS.items()
+        if by_colour.get(hex_rgb(colour), 0) >= min_pixels
+    }
+
+
+def test_layers_follow_longest_paths() -> None:
+    assert render.layers(ETL)[0] == ["extract"]
+    assert sorted(render.layers(ETL)[1]) == ["audit", "transform"]
+    assert render.layers(ETL)[2] == ["load"]
+    with workflow("skip") as wf:
+        t1 >> t2 >> t3
+        t1 >> t3  # a shortcut edge does not pull t3 up to layer 1
+    spec = wf.compile()
+    assert render.layers(spec) == [["t1"], ["t2"], ["t3"]]
+    # The shortcut gets a bend point in layer 1, so the PNG draws it around t2.
+    rows, bends = render.layout(spec)
+    assert bends[("t1", "t3")] == [("t1", "t3", 1)]
+    assert ("t1", "t3", 1) in rows[1]
+    assert bends[("t1", "t2")] == []
+
+
+def test_text_tree_shows_joins_once() -> None:
+    out = render.text(ETL, title="etl")
+    lines = out.splitlines()
+    assert lines[0] == "etl: 4 nodes, 1 root(s), 1 join(s), 1 sink(s)"
+    assert lines[1] == "extract"
+    assert sum("load" in line for line in lines) == 2
+    assert sum(line.endswith("load ↑") for line in lines) == 1
+
+
+def test_text_with_states_and_colour() -> None:
+    states = {"extract": "succeeded", "transform": "failed", "audit": "running"}
+    plain = render.text(ETL, states)
+    assert "✓ extract [succeeded]" in plain and "✗ transform [failed]" in plain
+    assert "· load [pending]" in plain
+    coloured = render.text(ETL, states, colour=True)
+    assert "\x1b[31m✗ transform [failed]\x1b[0m" in coloured
+
+
+def test_mermaid_and_dot() -> None:
+    states = {"extract": "succeeded", "transform": "failed"}
+    m = render.mermaid(ETL, states)
+    assert m.startswith("flowchart TD\n")
+    assert 'n_load{{"load<br/>pending"}}' in m  # a join gets the hexagon shape
+    assert "classDef failed fill:#ef5350" in m and "class n_transform failed" in m
+    d = render.dot(ETL, states)
+    assert '"transform" [label="transform\npending"' not in d
+    assert 'fillcolor="#ef5350"' in d and '"extract" -> "transform";' in d
+    assert d.rstrip().endswith("}")
+
+
+def test_png_has_every_node_in_its_state_colour(tmp_path: Path) -> None:
+    from PIL import Image
+
+    states = {"extract": "succeeded", "transform": "failed", "audit": "running", "load": "pending"}
+    path = tmp_path / "run.png"
+    render.png(ETL, path, states, title="run x")
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        width, height = img.size
+    assert width >= 300 and height >= 300
+    assert colours_in(path) == {"succeeded", "failed", "running", "pending"}
+
+
+def test_png_draws_one_box_per_node(tmp_path: Path) -> None:
+    # Two succeeded nodes cover about twice the area of one failed node (same box size;
+    # the legend swatches are tiny next to a box).
+    states = {"extract": "succeeded", "audit": "succeeded", "transform": "failed"}
+    path = tmp_path / "run.png"
+    render.png(ETL, path, states)
+    counts = pixel_counts(path)
+    assert 1.7 < counts["succeeded"] / counts["failed"] < 2.3
+    assert 0.7 < counts["pending"] / counts["failed"] < 1.3  # load
+
+
+def test_png_without_states(tmp_path: Path) -> None:
+    path = tmp_path / "flow.png"
+    render.png(ETL, path)
+    assert path.stat().st_size > 1000
+    assert colours_in(path) == set()
