@@ -1,4 +1,4 @@
-"""The ``celery-graph`` command: run, status, runs, cancel, workers, show.
+"""The ``celery-graph`` command: run, status, runs, cancel, resume, workers, show.
 
 Every sub-command takes ``-A APP`` (like ``celery -A``), ``--redis-url`` and
 ``--key-prefix``; on bad input it prints one line ``celery-graph: error: ...`` to stderr
@@ -52,8 +52,16 @@ def load_app(ref: str | None) -> Any:
 
 
 def load_flow(ref: str) -> Any:
-    """The Flow at ``module:attr``."""
+    """The Flow at ``module:attr``, or built from a pipeline file ``path.toml``."""
     from .dsl import Flow
+
+    if ref.endswith(".toml"):
+        from .pipeline import PipelineError, load
+
+        try:
+            return load(ref)
+        except PipelineError as exc:
+            raise UsageError(str(exc)) from exc
 
     module, sep, attr = ref.partition(":")
     if not sep or not module or not attr:
@@ -334,15 +342,10 @@ def cmd_cancel(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 
 def cmd_workers(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    from .registry import print_workers
+
     app = load_app(args.app)
     configure(app, args)
-    try:
-        from .registry import print_workers  # type: ignore[attr-defined,unused-ignore]
-    except ImportError as exc:
-        raise UsageError(
-            "`celery-graph workers` needs celery_graph.registry (the graph-worker "
-            f"heartbeat registry), which this installation lacks: {exc}"
-        ) from exc
     return int(print_workers(app, out))
 
 
@@ -393,14 +396,34 @@ examples:
   celery-graph show 4bd5d23c52f14f4a96ea8df88b7922ea --png run.png
 """
 
+def cmd_resume(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    from .errors import RunNotResumable
+
+    app = load_app(args.app)
+    configure(app, args)
+    run = open_run(app, args.run_id)
+    try:
+        run.resume()
+    except RunNotResumable as exc:
+        err.write(f"celery-graph: {exc}\n")
+        return EXIT_FAILED
+    if not args.wait:
+        out.write(f"resumed run {run.id}\n")
+        return 0
+    err.write(f"run {run.id} resumed\n")
+    return wait_for(run, args.timeout, out, err)
+
+
 COMMAND_EXAMPLES = {
     "run": "  celery-graph run examples.etl:flow\n"
+    "  celery-graph -A examples.pipeline_tasks run examples/pipeline.toml --wait\n"
     "  celery-graph run examples.etl:flow --input n=5 --input factor=2 --wait\n"
     "  celery-graph -A proj.celery run proj.flows:nightly --wait --timeout 600",
     "status": "  celery-graph status 0123456789abcdef0123456789abcdef\n"
     "  celery-graph status 0123456789abcdef0123456789abcdef --json",
     "runs": "  celery-graph runs\n  celery-graph runs --limit 50 --key-prefix myapp:workflows",
     "cancel": "  celery-graph cancel 0123456789abcdef0123456789abcdef",
+    "resume": "  celery-graph resume 0123456789abcdef0123456789abcdef --wait",
     "workers": "  celery-graph -A proj.celery workers",
     "show": "  celery-graph show examples.etl:flow\n"
     "  celery-graph show examples.etl:flow --format dot | dot -Tsvg > etl.svg\n"
@@ -456,7 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     p = add("run", "Submit a graph; print its run id, or with --wait follow it to the end.")
-    p.add_argument("flow", metavar="MODULE:FLOW", help="a Flow object in an importable module")
+    p.add_argument("flow", metavar="MODULE:FLOW|FILE.toml",
+                   help="a Flow object in an importable module, or a pipeline file")
     p.add_argument(
         "-i",
         "--input",
@@ -491,6 +515,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("cancel", "Cancel a run: no pending node starts after this.")
     p.add_argument("run_id", metavar="RUN_ID")
     p.set_defaults(func=cmd_cancel)
+
+    p = add(
+        "resume",
+        "Re-dispatch the failed and unfinished nodes of a failed or cancelled run; "
+        "results already stored are kept.",
+    )
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--wait", action="store_true", help="show progress until the run ends")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="with --wait: give up waiting after this long (the run goes on)")
+    p.set_defaults(func=cmd_resume)
 
     p = add("workers", "List graph workers (from the graph-worker heartbeat registry).")
     p.set_defaults(func=cmd_workers)

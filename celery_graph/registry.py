@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import IO, Any
 
 import redis
 
@@ -235,7 +235,7 @@ COLUMNS = (
 )
 
 
-def print_workers(app: Any = None, out: TextIO = sys.stdout) -> int:
+def print_workers(app: Any = None, out: IO[str] = sys.stdout) -> int:
     """Print the live workers as a table; returns the exit status (0).
 
     Example output::

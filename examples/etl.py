@@ -52,7 +52,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    # Import by module name so task names match the worker's (examples.etl.extract...).
-    from examples.etl import main as _main
-
-    _main()
+    main()

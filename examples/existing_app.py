@@ -74,6 +74,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    # Celery names plain @app.task functions defined in __main__ after app.main ("shop"),
+    # not after this module as the worker sees it; importing the module by name keeps the
+    # names the worker knows. (celery-graph's own @task needs no such step.)
     from examples.existing_app import main as _main
 
     _main()

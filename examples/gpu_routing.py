@@ -56,6 +56,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from examples.gpu_routing import main as _main
-
-    _main()
+    main()

@@ -64,6 +64,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from examples.map_reduce import main as _main
-
-    _main()
+    main()

@@ -55,6 +55,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from examples.rabbitmq_broker import main as _main
-
-    _main()
+    main()

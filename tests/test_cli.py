@@ -3,7 +3,6 @@ private Redis and a real ``celery worker`` subprocess."""
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import sys
@@ -204,6 +203,22 @@ def test_cancel_a_running_run(env) -> None:
     assert data["nodes"]["step"]["state"] == "pending"
 
 
+def test_resume_a_cancelled_run_keeps_stored_results(env) -> None:
+    out = cli("run", "tests.test_cli:SLOW", env=env)
+    run_id = out.stdout.strip()
+    wait_state(env, run_id, {"running"})
+    assert cli("cancel", run_id, env=env).returncode == 0
+    # the slow node may finish (its result is kept) or not (it runs again): either way the
+    # resumed run completes, and `step` runs only after the resume
+    resumed = cli("resume", run_id, "--wait", "--timeout", "30", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"run {run_id} resumed" in resumed.stderr
+    assert json.loads(resumed.stdout) == "step"
+    again = cli("resume", run_id, env=env)
+    assert again.returncode == 1
+    assert "not resumable: run is succeeded" in again.stderr
+
+
 def test_show_flow_as_text_mermaid_and_dot(env) -> None:
     text = cli("show", "tests.test_cli:ETL", env=env)
     assert text.returncode == 0, text.stderr
@@ -266,17 +281,12 @@ def test_options_pick_app_prefix_and_url(env) -> None:
     assert run_id.stdout.strip() in listed.stdout
 
 
-def test_workers_uses_the_registry(env, monkeypatch) -> None:
-    out = cli("workers", env=env)
-    assert out.returncode in (0, 1), out.stderr  # the registry decides; it must not crash
-    # Without celery_graph.registry the command says so in one line.
-    monkeypatch.setitem(sys.modules, "celery_graph.registry", None)
-    err = io.StringIO()
-    code = cli_module.main(
-        ["workers", "--redis-url", env["CELERY_GRAPH_REDIS_URL"]], io.StringIO(), err
-    )
-    assert code == 2
-    assert "needs celery_graph.registry" in err.getvalue()
+def test_workers_with_none_registered_under_the_prefix(env) -> None:
+    # the celery worker of this module is plain `celery worker`, not graph-worker, so no
+    # heartbeat is registered under the fresh prefix (examples test a live graph-worker)
+    out = cli("workers", "--key-prefix", "cgcli:nobody-here", env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "no live workers under key prefix 'cgcli:nobody-here'\n"
 
 
 def test_wait_timeout_exits_1_and_the_run_goes_on(env) -> None:

@@ -5,6 +5,7 @@ so queues and keys never mix; RabbitMQ example: a unique queue, deleted afterwar
 from __future__ import annotations
 
 import ast
+import json
 import re
 import socket
 import uuid
@@ -105,3 +106,57 @@ def test_rabbitmq_broker(redis_url: str) -> None:
     finally:
         with Connection(broker) as conn:
             conn.default_channel.queue_delete(queue)
+
+
+# -- DSL depth examples ----------------------------------------------------------------
+
+
+def test_dynamic_fanout_with_delay(redis_url: str) -> None:
+    env = base_env(redis_db_url(redis_url, 10))
+    with celery_worker("examples.dynamic_fanout", env):
+        out = run_py(["-m", "examples.dynamic_fanout"], env)
+        assert out.returncode == 0, out.stderr
+        assert last_value(out.stdout) == {"files": 5, "rows": 510}
+
+
+def test_branching(redis_url: str) -> None:
+    env = base_env(redis_db_url(redis_url, 11))
+    with celery_worker("examples.branching", env):
+        out = run_py(["-m", "examples.branching"], env)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.splitlines() == [
+            "shipped A-1 today | skipped: ['review']",
+            "B-2 held for review | skipped: ['express']",
+        ]
+
+
+def test_shared_state(redis_url: str) -> None:
+    env = base_env(redis_db_url(redis_url, 12))
+    with celery_worker("examples.shared_state", env):
+        out = run_py(["-m", "examples.shared_state"], env)
+        assert out.returncode == 0, out.stderr
+        assert last_value(out.stdout) == {"words": 10, "distinct": 7}
+
+
+def test_canvas_interop(redis_url: str) -> None:
+    env = base_env(redis_db_url(redis_url, 13))
+    with celery_worker("examples.canvas_interop", env):
+        out = run_py(["-m", "examples.canvas_interop"], env)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip().splitlines()[-1] == "receipt sent: 210 EUR"
+
+
+def test_pipeline_file_from_python_and_from_the_cli(redis_url: str) -> None:
+    env = base_env(redis_db_url(redis_url, 14))
+    expected = {"published": [0, 2, 4], "rows": 6, "max": 5}
+    with celery_worker("examples.pipeline_tasks", env):
+        out = run_py(["-m", "examples.pipeline_tasks"], env)
+        assert out.returncode == 0, out.stderr
+        assert last_value(out.stdout) == expected
+        via_cli = cli("-A", "examples.pipeline_tasks", "run", "examples/pipeline.toml", "--wait",
+                      env=env)
+        assert via_cli.returncode == 0, via_cli.stderr
+        assert json.loads(via_cli.stdout) == expected
+        broken = cli("-A", "examples.pipeline_tasks", "run", "tests/no-such.toml", env=env)
+        assert broken.returncode == 2
+        assert "cannot read the pipeline file" in broken.stderr
