@@ -34,7 +34,7 @@ ENV_METRICS_PORT = "CELERY_GRAPH_METRICS_PORT"
 ENV_GRACEFUL_TIMEOUT = "CELERY_GRAPH_GRACEFUL_TIMEOUT"
 DEFAULT_GRACEFUL_TIMEOUT = 60.0
 
-# Applied unless the app's configuration sets the key itself (see docs/OPERATING.md).
+# Applied unless the app's configuration sets the key itself (see the README, "Operating").
 RELIABLE_DEFAULTS: dict[str, Any] = {
     # ack after the node ran, so a message whose worker died is delivered again
     "task_acks_late": True,
