@@ -15,7 +15,7 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from celery.signals import before_task_publish
 
-from celery_graph.devserver import PrivateRedis
+from celery_graph.devserver import redis_url as private_redis_url
 from tests.brokerapp import make_app
 from tests.helpers import wait_for
 
@@ -29,11 +29,8 @@ def redis_url() -> Iterator[str]:
     if configured:
         yield configured
         return
-    server = PrivateRedis().start()
-    try:
-        yield server.url
-    finally:
-        server.cleanup()
+    with private_redis_url(private=True) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

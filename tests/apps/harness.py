@@ -7,30 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
+
+from tests.helpers import wait_for  # noqa: F401  (re-exported for the ops tests)
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAPH_WORKER = [sys.executable, "-m", "celery_graph.worker"]
-
-T = TypeVar("T")
-
-
-def wait_for(
-    check: Callable[[], T], timeout: float, what: str, interval: float = 0.05
-) -> T:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` after
-    ``timeout`` seconds. (Polls a real signal, e.g. a Redis key; never a bare sleep.)"""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
