@@ -255,7 +255,7 @@ def wait_for(run: Any, timeout: float | None, out: IO[str], err: IO[str]) -> int
                 f"{timeout} s (it keeps running; see `celery-graph status {run.id}`)\n"
             )
             return EXIT_FAILED
-        time.sleep(0.2)
+        run.wait(0.2)  # wakes at once when the run ends
     if tty:
         err.write("\n")
     try:

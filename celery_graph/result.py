@@ -107,6 +107,15 @@ class GraphRun:
     def ready(self) -> bool:
         return self._engine.runs.record(self.id)["status"] in FINAL_STATES
 
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds on the run's completion signal (no polling);
+        True if the run has ended. For progress displays between status reads."""
+        engine = self._engine
+        if self.ready():
+            return True
+        self._wait_slice(engine, engine.keys.done(self.id), max(timeout, 0.01))
+        return self.ready()
+
     def get(self, timeout: float | None = None) -> Any:
         """Block until the run ends. Returns the single sink's result, or {sink: result}
         when there are several; raises RunFailed, RunCancelled or RunTimeout."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from celery import Celery
 
 from celery_graph import task
+from celery_graph.cli import wait_for
 
 REDIS_URL = os.environ.get("CELERY_GRAPH_REDIS_URL", "redis://localhost:6379/0")
 
@@ -71,7 +72,8 @@ def main() -> None:
     try:
         run = flow.apply_async()
         print(f"run {run.id} submitted")
-        print("result:", run.get(timeout=30))
+        # the progress display of `celery-graph run --wait`
+        wait_for(run, 30, sys.stdout, sys.stdout)  # prints the progress, then the result
         for node, state in run.status().nodes.items():
             print(f"  {node:<10} {state.state:<10} on {state.worker}")
     finally:

@@ -19,7 +19,8 @@ def test_quickstart_example_runs_end_to_end(redis_url, rclient):
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "result: {'rows': [10, 20, 30], 'count': 3}" in out, out
+    assert "[##############################] 4/4 nodes done" in out, out
+    assert '{"count": 3, "rows": [10, 20, 30]}' in out.splitlines(), out
     for node in ("extract", "transform", "audit", "load"):
         assert re.search(rf"^\s+{node}\s+succeeded\s+on quickstart@", out, re.M), out
     run_id = out.split()[1]
