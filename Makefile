@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh Linux machine with Python 3.11:
 #   make demo   - runs examples/quickstart.py on a private Redis with a real worker
 #   make test   - creates .venv, installs, runs the test suite
+#   make bench  - benchmarks against Celery's canvas and dramatiq-workflow (bench-quick: minutes)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -30,6 +31,18 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench
+
+bench-quick: $(BENCH_STAMP)
+	$(BIN)/python -m bench --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info
