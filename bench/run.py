@@ -35,6 +35,16 @@ def _env(url: str, **extra: str) -> dict[str, str]:
     return env
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM (a warm shutdown), then SIGKILL after 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextmanager
 def celery_workers(url: str, processes: int, env_extra: dict[str, str] | None = None):
     cmd = [sys.executable, "-m", "celery", "-A", "bench.apps", "worker", "-P", "prefork",
@@ -51,12 +61,7 @@ def celery_workers(url: str, processes: int, env_extra: dict[str, str] | None = 
                 raise RuntimeError("the Celery bench workers did not start")
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
 
 
 @contextmanager
@@ -73,12 +78,7 @@ def dramatiq_workers(url: str, processes: int):
         _wait_dramatiq([tag], 60)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
 
 
 def _wait_dramatiq(tags: list[str], timeout: float) -> None:
