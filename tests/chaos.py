@@ -40,6 +40,7 @@ class ChaosReport:
     joins_doubled: int
     order_violations: int
     reexecuted_nodes: int
+    stuck: list[str]  # runs lost, with their node states, to diagnose a failure
 
     @property
     def ok(self) -> bool:
@@ -48,7 +49,7 @@ class ChaosReport:
 
 
 def run_chaos(redis_url: str, runs: int, kills: int, workers: int = 3,
-              deadline: float = 120.0, seed: int | None = None) -> ChaosReport:
+              deadline: float = 60.0, seed: int | None = None) -> ChaosReport:
     from tests.tasks import t1, t2, t3, t4, t5, t6, t7, t8
     from tests.workers import Workers
 
@@ -70,9 +71,8 @@ def run_chaos(redis_url: str, runs: int, kills: int, workers: int = 3,
             for _ in range(kills):
                 time.sleep(rng.uniform(0.3, 1.2))
                 victim = rng.choice(names)
-                pool.kill(victim)
+                pool.kill(victim, restart=True)  # its messages come back later
                 done_kills.append(victim)
-                pool._spawn(victim)  # restart at once; its messages come back later
 
         chaos = threading.Thread(target=killer)
         chaos.start()
@@ -82,12 +82,16 @@ def run_chaos(redis_url: str, runs: int, kills: int, workers: int = 3,
             time.sleep(rng.uniform(0.0, 0.03))
         chaos.join()
         lost = 0
+        stuck: list[str] = []
         end_at = time.monotonic() + deadline
         for run in submitted:
             try:
                 run.get(timeout=max(1.0, end_at - time.monotonic()))
-            except (RunFailed, RunTimeout):
+            except (RunFailed, RunTimeout) as exc:
                 lost += 1
+                status = run.status()
+                states = {n: (s.state, s.attempts, s.worker) for n, s in status.nodes.items()}
+                stuck.append(f"{run.id} {status.state} {type(exc).__name__}: {states}")
         nodes_doubled = joins_doubled = order = reexec = 0
         for tag in tags:
             trace = [e.decode() for e in client.lrange(f"cgtest-trace:{tag}", 0, -1)]
@@ -109,7 +113,7 @@ def run_chaos(redis_url: str, runs: int, kills: int, workers: int = 3,
             client.delete(f"cgtest-trace:{tag}")
         elapsed = round(time.monotonic() - started, 1)
         return ChaosReport(runs, len(done_kills), workers, elapsed, lost,
-                           nodes_doubled, joins_doubled, order, reexec)
+                           nodes_doubled, joins_doubled, order, reexec, stuck)
     finally:
         pool.stop()
         pool.app.connection_for_write().default_channel.queue_purge(pool.queue)

@@ -35,6 +35,7 @@ class Workers:
         self.killed_pids: set[int] = set()
         self.extra_env: dict[str, str] = {}
         self._stopping = threading.Event()
+        self._lock = threading.Lock()
         self.app = configure_for_crashes(
             make_app(redis_url, None, "cgtest_crash", SESSION), self.queue, self.prefix
         )
@@ -66,21 +67,29 @@ class Workers:
         """Restart any worker that exits, until stop(), as a process supervisor would."""
         def loop() -> None:
             while not self._stopping.wait(0.2):
-                for hostname, proc in list(self.procs.items()):
-                    if proc.poll() is not None and not self._stopping.is_set():
-                        self._spawn(hostname)
+                with self._lock:
+                    for hostname, proc in list(self.procs.items()):
+                        if proc.poll() is not None and not self._stopping.is_set():
+                            self._spawn(hostname)
 
         threading.Thread(target=loop, daemon=True).start()
 
-    def kill(self, hostname: str) -> None:
-        proc = self.procs.pop(hostname)
-        self.killed_pids.add(proc.pid)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+    def kill(self, hostname: str, restart: bool = False) -> None:
+        """SIGKILL a worker; with ``restart``, start it again at once (under the same lock
+        as the supervisor, so it is never started twice)."""
+        with self._lock:
+            proc = self.procs.pop(hostname)
+            self.killed_pids.add(proc.pid)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            if restart:
+                self._spawn(hostname)
 
     def stop(self) -> None:
         self._stopping.set()
-        for proc in self.procs.values():
+        with self._lock:
+            procs = list(self.procs.values())
+        for proc in procs:
             proc.kill()
             proc.wait(10)
         self.procs.clear()
