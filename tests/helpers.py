@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -27,3 +29,40 @@ def assert_order(trace: list[str], before: str, after: str) -> None:
     assert end in trace, f"{before} never finished: {trace}"
     assert start in trace, f"{after} never started: {trace}"
     assert trace.index(end) < trace.index(start), f"{after} started before {before} ended: {trace}"
+
+
+class Postruns:
+    """What the in-process worker finished, from Celery's task_postrun signal."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, object]] = []  # (task id, return value)
+        self._cond = threading.Condition(threading.RLock())
+
+    def _record(self, task_id=None, retval=None, **kw) -> None:
+        with self._cond:
+            self.seen.append((task_id, retval))
+            self._cond.notify_all()
+
+    def count(self, task_id: str) -> int:
+        with self._cond:  # reentrant use from wait(): Condition wraps an RLock
+            return sum(1 for t, _ in self.seen if t == task_id)
+
+    def wait(self, task_id: str, times: int = 1, timeout: float = 20.0) -> bool:
+        """Block until ``task_id`` finished ``times`` times; False after ``timeout``."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.count(task_id) >= times, timeout)
+
+    def retval(self, task_id: str) -> object:
+        return next(r for t, r in self.seen if t == task_id)
+
+
+@contextmanager
+def postruns() -> Iterator[Postruns]:
+    from celery.signals import task_postrun
+
+    recorder = Postruns()
+    task_postrun.connect(recorder._record, weak=False)
+    try:
+        yield recorder
+    finally:
+        task_postrun.disconnect(recorder._record)

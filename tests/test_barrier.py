@@ -9,7 +9,7 @@ import time
 import uuid
 
 from celery_graph.runtime import engine_for, task_id_for
-from tests.helpers import wait_for
+from tests.helpers import postruns, wait_for
 from tests.tasks import join_count, read_trace, step
 
 
@@ -81,32 +81,23 @@ def test_concurrent_arrivals_release_exactly_once(app):
 def test_delivered_duplicate_of_a_join_member_does_not_run_the_join_twice(app, tag):
     """A second copy of a member's message, delivered while the run is still going, is
     processed by the worker but neither re-runs the member nor releases the join again."""
-    from celery.signals import task_postrun
-
     fast = step.bind(id="fast", name="fast")
     other = step.bind(id="other", name="other")
     slow = step.bind(id="slow_member", name="slow_member", delay=1.5)
     flow = (fast | other | slow) >> join_count
-    seen: list[str] = []
-
-    def on_postrun(task_id=None, **kw):
-        seen.append(task_id)
-
-    task_postrun.connect(on_postrun, weak=False)
-    try:
+    with postruns() as done:
         run = flow.apply_async(tag=tag)
         fast_id = task_id_for(run.id, "fast")
-        wait_for(lambda: fast_id in seen and "end:other" in read_trace(tag), what="fast and other")
+        assert done.wait(fast_id)
+        wait_for(lambda: "end:other" in read_trace(tag), what="other to finish")
         spec = flow.compile()
         app.send_task(
             spec.nodes["fast"].task,
             kwargs={"name": "fast", "_graph": {"g": spec.graph_id, "r": run.id, "n": "fast"}},
             task_id=fast_id,
         )
-        wait_for(lambda: seen.count(fast_id) == 2, what="the duplicate to be processed")
+        assert done.wait(fast_id, times=2), "the duplicate was not processed"
         assert run.get(timeout=20) == "join_count"
-    finally:
-        task_postrun.disconnect(on_postrun)
     trace = read_trace(tag)
     assert trace.count("start:fast") == 1, trace
     assert trace.count("start:join_count") == 1, trace
@@ -119,25 +110,14 @@ def test_duplicate_after_the_run_finished_changes_nothing(app, tag):
     assert run.get(timeout=20) == "join_count"
     spec = flow.compile()
     results_before = run.results()
-    from celery.signals import task_postrun
-
-    done = threading.Event()
     dup_id = task_id_for(run.id, "x1")
-
-    def on_postrun(task_id=None, **kw):
-        if task_id == dup_id:
-            done.set()
-
-    task_postrun.connect(on_postrun, weak=False)
-    try:
+    with postruns() as done:
         app.send_task(
             spec.nodes["x1"].task,
             kwargs={"name": "x1", "_graph": {"g": spec.graph_id, "r": run.id, "n": "x1"}},
             task_id=dup_id,
         )
-        assert done.wait(20)
-    finally:
-        task_postrun.disconnect(on_postrun)
+        assert done.wait(dup_id)
     assert run.results() == results_before
     assert read_trace(tag).count("start:x1") == 1
     assert read_trace(tag).count("start:join_count") == 1

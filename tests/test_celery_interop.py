@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 
 import pytest
-from celery.signals import task_postrun
 
 from celery_graph import GraphRun, RunCancelled
 from tests.conftest import ROOT
+from tests.helpers import postruns
 from tests.tasks import add, extract, read_trace, step
 
 
@@ -26,21 +25,10 @@ def test_tasks_show_under_their_own_names_in_inspect_registered(app):
 def test_decorated_task_works_as_plain_celery_task(app):
     assert extract.celery_task.name == "tests.tasks.extract"
     assert extract.celery_task.apply(kwargs={"n": 2}).get() == [1, 2]  # eager, local
-    done = threading.Event()
-    seen: dict = {}
-
-    def on_postrun(task_id=None, retval=None, **kw):
-        if task_id == "plain-add-call":
-            seen["retval"] = retval
-            done.set()
-
-    task_postrun.connect(on_postrun, weak=False)
-    try:
+    with postruns() as done:
         add.celery_task.apply_async(args=(2, 3), task_id="plain-add-call")
-        assert done.wait(20), "the worker did not run the plain Celery call"
-    finally:
-        task_postrun.disconnect(on_postrun)
-    assert seen["retval"] == 5
+        assert done.wait("plain-add-call"), "the worker did not run the plain Celery call"
+    assert done.retval("plain-add-call") == 5
 
 
 SUBMITTER = """
@@ -75,17 +63,8 @@ def test_cancel_stops_pending_nodes(app, tag):
 
     first = step.bind(id="first", name="first", delay=1.0)
     flow = first >> step.bind(id="second", name="second")
-    first_done = threading.Event()
-    run_ids: list[str] = []
-
-    def on_postrun(task_id=None, **kw):
-        if run_ids and task_id == task_id_for(run_ids[0], "first"):
-            first_done.set()
-
-    task_postrun.connect(on_postrun, weak=False)
-    try:
+    with postruns() as done:
         run = flow.apply_async(tag=tag)
-        run_ids.append(run.id)
         assert run.cancel() is True
         assert run.cancel() is False  # already ended
         with pytest.raises(RunCancelled, match=run.id):
@@ -93,8 +72,6 @@ def test_cancel_stops_pending_nodes(app, tag):
         assert run.status().state == "cancelled"
         # the first node may run (it may have started); once its message is processed,
         # the next one was never started
-        assert first_done.wait(20)
-    finally:
-        task_postrun.disconnect(on_postrun)
+        assert done.wait(task_id_for(run.id, "first"))
     assert "start:second" not in read_trace(tag)
     assert run.status().nodes["second"].state == "pending"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import threading
 
 import pytest
 
@@ -18,6 +17,7 @@ from celery_graph.devserver import free_port
 from celery_graph.keys import Keys
 from tests.brokerapp import make_app
 from tests.conftest import SESSION
+from tests.helpers import postruns
 from tests.tasks import UNCONSUMED_QUEUE, extract, flaky, read_trace, step, unconsumed
 
 
@@ -57,25 +57,12 @@ def test_idempotency_key_returns_the_run_already_started(app, published):
 
 def test_deadline_fails_the_run_at_the_next_node(app, tag):
     """No one waits on the run: the worker notices the deadline when 'late' begins."""
-    from celery.signals import task_postrun
-
     from celery_graph.runtime import task_id_for
 
     flow = step.bind(id="slow", name="slow", delay=1.0) >> step.bind(id="late", name="late")
-    late_done = threading.Event()
-    ids: list[str] = []
-
-    def on_postrun(task_id=None, **kw):
-        if ids and task_id == task_id_for(ids[0], "late"):
-            late_done.set()
-
-    task_postrun.connect(on_postrun, weak=False)
-    try:
+    with postruns() as done:
         run = flow.apply_async(tag=tag, deadline=0.5)
-        ids.append(run.id)
-        assert late_done.wait(20)
-    finally:
-        task_postrun.disconnect(on_postrun)
+        assert done.wait(task_id_for(run.id, "late"))
     status = run.status()
     assert status.state == "failed"
     assert status.error["type"] == "DeadlineExceeded"
