@@ -50,6 +50,9 @@ def configure_for_crashes(app: Celery, queue: str, prefix: str, visibility: int 
             "visibility_timeout": visibility,
             "unacked_restore_interval": 1,
             "unacked_restore_throttle": 1,
+            # a worker SIGKILLed while it sweeps holds kombu's restore mutex until this
+            # expires (default 300 s): meanwhile no killed worker's message comes back
+            "unacked_mutex_expire": 5,
         },
     )
     return app
