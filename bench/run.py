@@ -263,15 +263,16 @@ def largest_in_queue(client: redis.Redis, queue: str) -> int:
 def message_sizes(url: str, nodes: int) -> dict[str, int]:
     """Largest message for a fan-out graph of ``nodes`` nodes, in real broker bytes."""
     from bench.apps import app
-    from celery_graph.runtime import engine_for, publish
+    from celery_graph.dispatch import publish_nodes
+    from celery_graph.state import state_for
 
     client = redis.Redis.from_url(url)
     n = nodes - 2
     # celery-graph: every node's message as the engine publishes it (root at submission,
     # members and the join by workers), sent to a queue nobody consumes
     spec = graph_fan(n, SIZE_QUEUE).compile()
-    engine_for(app).store.put(spec)
-    publish(app, spec, spec.graph_id, uuid.uuid4().hex, list(spec.nodes))
+    state_for(app).graphs.put(spec)
+    publish_nodes(app, spec, uuid.uuid4().hex, list(spec.nodes))
     graph = largest_in_queue(client, SIZE_QUEUE)
     # Celery: chain(start, chord(members, join)); the first message carries the rest
     canvas_fan(n, SIZE_QUEUE).apply_async()

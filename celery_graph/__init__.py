@@ -1,9 +1,8 @@
 """celery-graph: graph workflows (``a >> b``, ``a | b``) on your existing Celery workers."""
 
-from . import canvas as _canvas  # noqa: F401  registers celery_graph.run_graph
+from .client import GraphRun
 from .context import RunContext
 from .dsl import (
-    Branch,
     Flow,
     Parallel,
     Sequence,
@@ -38,8 +37,8 @@ from .errors import (
     StoreUnavailable,
     UnknownTask,
 )
-from .result import GraphRun, NodeStatus, RunStatus
-from .spec import GraphSpec
+from .model import GraphSpec, NodeStatus, RunStatus
+from .protocol import Branch
 
 __version__ = "0.1.0"
 

@@ -8,15 +8,32 @@ and exits with status 2 (bad input) or 1 (a run that failed, a refused cancel).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
 import time
-from datetime import datetime, timezone
 from typing import IO, Any
 
-from .errors import CeleryGraphError, RunCancelled, RunFailed, RunTimeout
+from . import render
+from .apploader import load_app
+from .client import GraphRun
+from .dsl import Flow
+from .errors import (
+    CeleryGraphError,
+    GraphNotFound,
+    RunCancelled,
+    RunFailed,
+    RunNotFound,
+    RunNotResumable,
+    RunTimeout,
+)
+from .fmt import span, table, timestamp
 from .keys import RUN_ID_RE
+from .pipeline import PipelineError
+from .pipeline import load as load_pipeline
+from .registry import print_workers
+from .state import State, state_for
 
 
 class UsageError(Exception):
@@ -30,44 +47,17 @@ EXIT_USAGE = 2  # bad input: unknown run id, Redis down, unimportable target
 # -- loading apps and flows ------------------------------------------------------------
 
 
-def load_app(ref: str | None) -> Any:
-    """The Celery app named by ``-A`` (``module`` or ``module:attr``), else the current
-    app (the one the imported flow's module created, or Celery's default)."""
-    from celery import Celery, current_app
-
-    if ref:
-        from celery.app.utils import find_app
-
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())
-        try:
-            app = find_app(ref)
-        except Exception as exc:
-            raise UsageError(f"cannot load the Celery app {ref!r} (-A): {exc}") from exc
-        if not isinstance(app, Celery):
-            raise UsageError(f"-A {ref!r} is a {type(app).__name__}, not a Celery app")
-        app.set_current()
-        return app
-    return current_app._get_current_object()
-
-
 def load_flow(ref: str) -> Any:
     """The Flow at ``module:attr``, or built from a pipeline file ``path.toml``."""
-    from .dsl import Flow
-
     if ref.endswith(".toml"):
-        from .pipeline import PipelineError, load
-
         try:
-            return load(ref)
+            return load_pipeline(ref)
         except PipelineError as exc:
             raise UsageError(str(exc)) from exc
 
     module, sep, attr = ref.partition(":")
     if not sep or not module or not attr:
         raise UsageError(f"{ref!r} is not MODULE:FLOW (e.g. examples.etl:flow)")
-    import importlib
-
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -84,7 +74,7 @@ def load_flow(ref: str) -> Any:
     return obj
 
 
-def configure(app: Any, args: argparse.Namespace) -> Any:
+def configure(app: Any, args: argparse.Namespace) -> State:
     """Apply --redis-url / --key-prefix, and make sure the app has a broker to send to."""
     if args.redis_url:
         app.conf.graph_redis_url = args.redis_url
@@ -95,16 +85,7 @@ def configure(app: Any, args: argparse.Namespace) -> Any:
         url = app.conf.get("graph_redis_url") or os.environ.get("CELERY_GRAPH_REDIS_URL")
         if url:
             app.conf.broker_url = url
-    from .runtime import engine_for
-
-    engine = engine_for(app)  # validates the settings now, with a one-line error
-    return engine
-
-
-def check_redis(engine: Any) -> None:
-    from .store import translate_errors
-
-    translate_errors("connecting", engine.client.ping)
+    return state_for(app)  # validates the settings now, with a one-line error
 
 
 def parse_inputs(pairs: list[str]) -> dict[str, Any]:
@@ -121,9 +102,7 @@ def parse_inputs(pairs: list[str]) -> dict[str, Any]:
     return inputs
 
 
-def open_run(app: Any, run_id: str) -> Any:
-    from .result import GraphRun
-
+def open_run(app: Any, run_id: str) -> GraphRun:
     if not RUN_ID_RE.match(run_id):
         raise UsageError(f"{run_id!r} is not a run id (32 hex digits)")
     run = GraphRun(run_id, app=app)
@@ -132,31 +111,6 @@ def open_run(app: Any, run_id: str) -> Any:
 
 
 # -- formatting ------------------------------------------------------------------------
-
-
-def fmt_time(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def fmt_duration(start: float | None, end: float | None) -> str:
-    if start is None:
-        return "-"
-    seconds = (end if end is not None else time.time()) - start
-    if seconds < 60:
-        out = f"{seconds:.2f}s"
-    elif seconds < 3600:
-        out = f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
-    else:
-        out = f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
-    return out if end is not None else out + "+"
-
-
-def table(rows: list[list[str]], out: IO[str]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
 
 
 def progress_line(status: Any, width: int = 30) -> str:
@@ -182,9 +136,9 @@ def print_status(status: Any, out: IO[str]) -> None:
     out.write(f"run       {status.run_id}\n")
     out.write(f"state     {status.state}\n")
     out.write(f"graph     {status.graph_id}\n")
-    out.write(f"started   {fmt_time(status.created)}\n")
-    out.write(f"finished  {fmt_time(status.finished)}\n")
-    out.write(f"duration  {fmt_duration(status.created, status.finished)}\n")
+    out.write(f"started   {timestamp(status.created)}\n")
+    out.write(f"finished  {timestamp(status.finished)}\n")
+    out.write(f"duration  {span(status.created, status.finished)}\n")
     counts = status.counts()
     out.write("nodes     " + ", ".join(f"{counts[k]} {k}" for k in sorted(counts)) + "\n\n")
     rows = [["NODE", "STATE", "ATTEMPTS", "WORKER", "DURATION"]]
@@ -195,7 +149,7 @@ def print_status(status: Any, out: IO[str]) -> None:
                 n.state,
                 str(n.attempts),
                 n.worker or "-",
-                fmt_duration(n.started, n.finished) if n.started else "-",
+                span(n.started, n.finished) if n.started else "-",
             ]
         )
     table(rows, out)
@@ -223,8 +177,7 @@ def cmd_run(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     flow = load_flow(args.flow)
     if not args.app:
         app = load_app(None)  # the module just imported may have made its app current
-    engine = configure(app, args)
-    check_redis(engine)
+    configure(app, args).ping()
     inputs = parse_inputs(args.input or [])
     run = flow.submit(inputs, app=app)
     if not args.wait:
@@ -273,7 +226,7 @@ def wait_for(run: Any, timeout: float | None, out: IO[str], err: IO[str]) -> int
     except RunTimeout as exc:
         err.write(f"celery-graph: error: {exc}\n")
         return EXIT_FAILED
-    err.write(f"run {run.id} succeeded in {fmt_duration(status.created, status.finished)}\n")
+    err.write(f"run {run.id} succeeded in {span(status.created, status.finished)}\n")
     out.write(dump(result) + "\n")
     return 0
 
@@ -300,12 +253,9 @@ def cmd_status(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 
 def cmd_runs(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    from .errors import GraphNotFound, RunNotFound
-    from .result import GraphRun
-
     app = load_app(args.app)
-    engine = configure(app, args)
-    ids = engine.runs.recent(args.limit)
+    state = configure(app, args)
+    ids = state.runs.recent(args.limit)
     rows = [["RUN ID", "STATE", "STARTED (UTC)", "DURATION", "NODES DONE"]]
     for run_id in ids:
         try:
@@ -318,13 +268,13 @@ def cmd_runs(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
             [
                 run_id,
                 status.state,
-                fmt_time(status.created),
-                fmt_duration(status.created, status.finished),
+                timestamp(status.created),
+                span(status.created, status.finished),
                 f"{done}/{len(status.nodes)}",
             ]
         )
     if len(rows) == 1:
-        out.write(f"no runs under key prefix {engine.keys.prefix!r}\n")
+        out.write(f"no runs under key prefix {state.keys.prefix!r}\n")
         return 0
     table(rows, out)
     return 0
@@ -342,16 +292,12 @@ def cmd_cancel(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 
 def cmd_workers(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    from .registry import print_workers
-
     app = load_app(args.app)
     configure(app, args)
     return int(print_workers(app, out))
 
 
 def cmd_show(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    from . import render
-
     app = load_app(args.app)
     states = None
     title = None
@@ -397,8 +343,6 @@ examples:
 """
 
 def cmd_resume(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    from .errors import RunNotResumable
-
     app = load_app(args.app)
     configure(app, args)
     run = open_run(app, args.run_id)

@@ -15,6 +15,15 @@
 | graph_backpressure_timeout| CELERY_GRAPH_BACKPRESSURE_TIMEOUT | 30 s                   |
 
 An explicit Celery setting wins over the environment variable.
+
+Worker options (``graph-worker`` flags, read from the environment by the worker's
+bootstep and by its pool processes):
+
+| environment variable            | default | meaning                              |
+|---------------------------------|---------|--------------------------------------|
+| CELERY_GRAPH_METRICS_PORT       | off     | serve Prometheus metrics on this port |
+| CELERY_GRAPH_GRACEFUL_TIMEOUT   | 60 s    | bounded warm shutdown on SIGTERM      |
+| CELERY_GRAPH_HEARTBEAT_INTERVAL | 5 s     | worker registry heartbeat             |
 """
 
 from __future__ import annotations
@@ -28,6 +37,24 @@ from .keys import DEFAULT_PREFIX, Keys, check_prefix
 
 ENV_PREFIX = "CELERY_GRAPH_KEY_PREFIX"
 ENV_REDIS_URL = "CELERY_GRAPH_REDIS_URL"
+ENV_METRICS_PORT = "CELERY_GRAPH_METRICS_PORT"
+ENV_GRACEFUL_TIMEOUT = "CELERY_GRAPH_GRACEFUL_TIMEOUT"
+ENV_HEARTBEAT_INTERVAL = "CELERY_GRAPH_HEARTBEAT_INTERVAL"
+DEFAULT_GRACEFUL_TIMEOUT = 60.0
+DEFAULT_HEARTBEAT_INTERVAL = 5.0
+TTL_INTERVALS = 3  # a worker is gone from the registry after missing this many heartbeats
+
+# Celery settings a graph worker applies unless the app's configuration sets them.
+RELIABLE_DEFAULTS: dict[str, Any] = {
+    # ack after the node ran, so a message whose worker died is delivered again
+    "task_acks_late": True,
+    # ...also when only the pool process running it died (OOM kill, segfault)
+    "task_reject_on_worker_lost": True,
+    # hold one message per pool process: a long node does not pin queued ones
+    "worker_prefetch_multiplier": 1,
+    # task events (-E), so Flower and `celery events` see graph nodes
+    "worker_send_task_events": True,
+}
 
 
 def _setting(app: Any, name: str, env: str, default: Any, cast: Any = str) -> Any:
@@ -111,3 +138,37 @@ class Settings:
             if getattr(settings, name) <= 0:
                 raise ConfigurationError(f"graph_{name} must be a positive integer")
         return settings
+
+
+# -- worker options -----------------------------------------------------------------
+
+
+@dataclass
+class WorkerOptions:
+    """What ``graph-worker`` adds to ``celery worker``."""
+
+    key_prefix: str | None = None
+    redis_url: str | None = None
+    metrics_port: int | None = None
+    graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT
+
+    @classmethod
+    def from_env(cls) -> WorkerOptions:
+        env = os.environ
+        return cls(
+            metrics_port=int(env[ENV_METRICS_PORT]) if env.get(ENV_METRICS_PORT) else None,
+            graceful_timeout=float(env.get(ENV_GRACEFUL_TIMEOUT) or DEFAULT_GRACEFUL_TIMEOUT),
+        )
+
+
+def heartbeat_interval() -> float:
+    raw = os.environ.get(ENV_HEARTBEAT_INTERVAL)
+    value = float(raw) if raw else DEFAULT_HEARTBEAT_INTERVAL
+    if value <= 0:
+        raise ConfigurationError(f"{ENV_HEARTBEAT_INTERVAL} must be positive, got {raw!r}")
+    return value
+
+
+def registry_ttl(interval: float | None = None) -> int:
+    """Seconds a worker's registry entry outlives its last heartbeat."""
+    return max(1, round((interval or heartbeat_interval()) * TTL_INTERVALS))

@@ -13,14 +13,11 @@ All of it lives in one Redis hash per run, under the key prefix, and expires wit
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import Any
 
+from .codec import decode_value, encode_value
 from .errors import CeleryGraphError
-from .runtime import Engine, decode_value, encode_value
-from .store import translate_errors
-
-_APPEND = (resources.files(__package__) / "lua" / "append.lua").read_text()
+from .state import State
 
 
 def _check_key(key: str) -> str:
@@ -32,64 +29,32 @@ def _check_key(key: str) -> str:
 class RunContext:
     """Shared state of one run. Values are JSON-encoded like results."""
 
-    def __init__(self, engine: Engine, run_id: str, node_id: str | None = None) -> None:
+    def __init__(self, state: State, run_id: str, node_id: str | None = None) -> None:
         self.run_id = run_id
         self.node_id = node_id
-        self._engine = engine
-        self._client: Any = engine.client
-        self._key = engine.keys.state(run_id)
-        self._ttl = engine.settings.run_ttl
+        self._shared = state.shared
 
     def __repr__(self) -> str:
         return f"<RunContext run={self.run_id} node={self.node_id}>"
 
-    def _what(self, key: str) -> str:
-        return f"node {self.node_id!r}: run context key {key!r}"
+    def _encode(self, key: str, value: Any) -> str:
+        return encode_value(value, lambda: f"node {self.node_id!r}: run context key {key!r}")
 
     def get(self, key: str, default: Any = None) -> Any:
-        raw = translate_errors(
-            "reading run context", lambda: self._client.hget(self._key, "v:" + _check_key(key))
-        )
+        raw = self._shared.get(self.run_id, _check_key(key))
         return default if raw is None else decode_value(raw)
 
     def set(self, key: str, value: Any) -> None:
-        encoded = encode_value(value, lambda: self._what(key))
-        pipe = self._client.pipeline()
-        pipe.hset(self._key, "v:" + _check_key(key), encoded)
-        pipe.expire(self._key, self._ttl)
-        translate_errors("writing run context", pipe.execute)
+        self._shared.set(self.run_id, _check_key(key), self._encode(key, value))
 
     def incr(self, key: str, amount: int | float = 1) -> int | float:
         """Atomically add ``amount`` to a number (missing counts as 0); returns the new value."""
-        field = "v:" + _check_key(key)
-        pipe = self._client.pipeline()
-        if isinstance(amount, int):
-            pipe.hincrby(self._key, field, amount)
-        else:
-            pipe.hincrbyfloat(self._key, field, amount)
-        pipe.expire(self._key, self._ttl)
-        value, _ = translate_errors("writing run context", pipe.execute)
-        return value
+        return self._shared.incr(self.run_id, _check_key(key), amount)
 
     def append(self, key: str, value: Any) -> int:
         """Atomically append to a list; returns its new length."""
-        encoded = encode_value(value, lambda: self._what(key))
-        return int(translate_errors(
-            "writing run context",
-            lambda: self._client.eval(_APPEND, 1, self._key, _check_key(key), encoded, self._ttl),
-        ))
+        return self._shared.append(self.run_id, _check_key(key), self._encode(key, value))
 
     def list(self, key: str) -> list[Any]:
         """The items appended to ``key``, in append order."""
-        _check_key(key)
-        count = translate_errors(
-            "reading run context", lambda: self._client.hget(self._key, "n:" + key)
-        )
-        n = int(count or 0)
-        if not n:
-            return []
-        fields = [f"l:{key}:{i}" for i in range(1, n + 1)]
-        raws = translate_errors(
-            "reading run context", lambda: self._client.hmget(self._key, fields)
-        )
-        return [decode_value(r) for r in raws if r is not None]
+        return [decode_value(r) for r in self._shared.items(self.run_id, _check_key(key))]

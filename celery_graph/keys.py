@@ -23,6 +23,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from .errors import ConfigurationError
+
 DEFAULT_PREFIX = "celery_graph"
 
 # A prefix is one or more colon-separated words; braces would break hash tags.
@@ -34,8 +36,6 @@ RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 def check_prefix(prefix: str) -> str:
     """Return ``prefix`` if it is a valid key prefix, else raise ConfigurationError."""
-    from .errors import ConfigurationError
-
     if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix):
         raise ConfigurationError(
             f"malformed key prefix {prefix!r}: use words of letters, digits, '_', '.', '-' "

@@ -2,8 +2,8 @@
 process in the Prometheus text format.
 
 With the prefork pool a task runs in a child process, so counters cannot live in the
-main process's memory. Each child adds to one Redis hash per worker with HINCRBY
-(``P:worker:<hostname>:metrics``, see keys.py); the heartbeat in the main process keeps
+main process's memory. Each child adds to one Redis hash per worker
+(``P:worker:<hostname>:metrics``, see ``state/workers.py``); the heartbeat in the main process keeps
 that hash alive and the main process serves it at ``http://HOST:PORT/metrics`` together
 with live numbers only it knows (in-flight tasks, uptime) and the depth of every queue
 the worker consumes.
@@ -29,10 +29,13 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import redis
 from celery.signals import task_postrun, task_prerun
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from .registry import TTL_INTERVALS, heartbeat_interval
+from .config import registry_ttl
+from .dispatch import QueueDepth
+from .state import State, state_for
 
 logger = logging.getLogger("celery_graph.metrics")
 
@@ -59,23 +62,15 @@ def _on_postrun(
     if task is None:
         return
     try:
-        from .runtime import engine_for
-
-        engine = engine_for(task.app)
         hostname = task.request.hostname
         if not hostname:
             return
-        key = engine.keys.worker_metrics(hostname)
-        # MULTI/EXEC: a scrape never sees "processed" without its outcome counter
-        pipe = engine.client.pipeline(transaction=True)
-        pipe.hincrby(key, "processed", 1)
-        counter = _STATE_COUNTER.get(state or "")
-        if counter:
-            pipe.hincrby(key, counter, 1)
-        if began is not None:
-            pipe.hincrbyfloat(key, "runtime_total", time.monotonic() - began)
-        pipe.expire(key, round(heartbeat_interval() * TTL_INTERVALS))
-        pipe.execute()
+        state_for(task.app).workers.count_task(
+            hostname,
+            _STATE_COUNTER.get(state or ""),
+            None if began is None else time.monotonic() - began,
+            registry_ttl(),
+        )
     except Exception:  # metrics must never fail a task
         logger.warning("celery-graph: could not record task metrics", exc_info=True)
 
@@ -91,69 +86,6 @@ def install_task_signals() -> None:
         _installed = True
 
 
-# -- queue depth --------------------------------------------------------------------
-
-
-class QueueDepth:
-    """Messages waiting in broker queues. On Redis this is LLEN of the queue's lists
-    (one per priority step when priorities are on); elsewhere a passive queue declare."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        conn = app.connection_for_read()
-        self.transport = conn.transport_cls
-        self.url = conn.as_uri(include_password=True)
-        conn.release()
-        self._client: redis.Redis | None = None
-        self._connection: Any = None
-        opts = app.conf.broker_transport_options or {}
-        self.prefix = opts.get("global_keyprefix", "")
-        from kombu.transport.redis import PRIORITY_STEPS, Channel
-
-        self.steps = opts.get("priority_steps", PRIORITY_STEPS)
-        self.sep = Channel.sep
-
-    @property
-    def is_redis(self) -> bool:
-        return self.transport in ("redis", "rediss")
-
-    def _redis_lists(self, queue: str) -> list[str]:
-        names = [queue] + [f"{queue}{self.sep}{p}" for p in self.steps if p]
-        return [self.prefix + n for n in names]
-
-    def depths(self, queues: list[str]) -> dict[str, int]:
-        if not queues:
-            return {}
-        if self.is_redis:
-            if self._client is None:
-                self._client = redis.Redis.from_url(
-                    self.url, socket_timeout=5, socket_connect_timeout=5
-                )
-            pipe = self._client.pipeline(transaction=False)
-            for q in queues:
-                for name in self._redis_lists(q):
-                    pipe.llen(name)
-            sizes = pipe.execute()
-            per = 1 + sum(1 for p in self.steps if p)
-            return {q: int(sum(sizes[i * per : (i + 1) * per])) for i, q in enumerate(queues)}
-        return {q: self._declared_size(q) for q in queues}
-
-    def _declared_size(self, queue: str) -> int:
-        if self._connection is None:
-            self._connection = self.app.connection_for_read()
-        conn = self._connection
-        try:
-            return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
-        except conn.channel_errors:
-            # the queue does not exist yet (404 closes the channel): nothing is waiting
-            return 0
-        except conn.connection_errors:
-            # broker unreachable: report no number rather than a misleading zero
-            conn.release()
-            self._connection = None
-            raise
-
-
 # -- exposing, in the worker's main process ------------------------------------------
 
 
@@ -162,16 +94,14 @@ class WorkerCollector:
 
     def __init__(
         self,
-        client: redis.Redis,
-        metrics_key: str,
+        state: State,
         hostname: str,
         started: float,
         queues: Callable[[], list[str]],
         in_flight: Callable[[], int],
         depth: QueueDepth | None,
     ) -> None:
-        self.client = client
-        self.metrics_key = metrics_key
+        self.workers = state.workers
         self.hostname = hostname
         self.started = started
         self.queues = queues
@@ -179,10 +109,7 @@ class WorkerCollector:
         self.depth = depth
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        raw = self.client.hgetall(self.metrics_key)
-        m = {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in raw.items()}
+        m = self.workers.counters(self.hostname)
         labels = ["worker"]
         host = [self.hostname]
         for name, field, doc in (
@@ -232,8 +159,6 @@ class MetricsServer:
     """The /metrics HTTP endpoint of one worker (prometheus_client's server)."""
 
     def __init__(self, collector: WorkerCollector, port: int, addr: str = "0.0.0.0") -> None:
-        from prometheus_client import CollectorRegistry
-
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
         self.port = port
@@ -241,8 +166,6 @@ class MetricsServer:
         self._server: Any = None
 
     def start(self) -> None:
-        from prometheus_client import start_http_server
-
         server, _thread = start_http_server(self.port, addr=self.addr, registry=self.registry)
         self._server = server
 

@@ -24,11 +24,17 @@ Every mistake raises PipelineError naming the file, line and field.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any
 
-import tomllib
+from celery import current_app
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 from .dsl import Flow, Parallel, Sequence, TaskNode, Workflow, node
 from .errors import GraphDefinitionError
@@ -129,8 +135,6 @@ def _node(src: _Source, raw: Any, start: int, app: Any) -> TaskNode:
     def line(field: str) -> int:
         return src.line_of(rf"^\s*{field}\s*=", max(start - 1, 0))
 
-    from celery import current_app
-
     current = app or current_app
     task = current.tasks.get(raw["task"])
     if task is None:
@@ -149,8 +153,6 @@ def _node(src: _Source, raw: Any, start: int, app: Any) -> TaskNode:
         raise src.error(line("args") or start, "args", str(exc)) from exc
     routing = {k: raw[k] for k in ("queue", "priority") if k in raw}
     if routing:
-        import dataclasses
-
         built = dataclasses.replace(
             built, options=tuple(sorted({**dict(built.options), **routing}.items()))
         )

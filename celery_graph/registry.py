@@ -1,16 +1,10 @@
 """The live-worker registry: heartbeats written by ``graph-worker``, read by
 ``celery-graph workers``.
 
-Each graph-worker's main process keeps two keys under the key prefix and refreshes them
-every heartbeat interval (``CELERY_GRAPH_HEARTBEAT_INTERVAL``, default 5 s):
-
-    P:worker:<hostname>           hash  hostname, pid, queues (JSON), started, heartbeat, state
-    P:worker:<hostname>:metrics   hash  counters written by the pool processes (see metrics.py)
-    P:workers                     zset  hostname -> last heartbeat (the listing index)
-
-All three expire ``ttl`` seconds (3 heartbeat intervals) after the last heartbeat, so a
-worker that dies without cleaning up, even by SIGKILL, drops out after the TTL. A worker
-that stops normally deletes its keys at once.
+Each graph-worker's main process registers itself and refreshes its entry every heartbeat
+interval (``CELERY_GRAPH_HEARTBEAT_INTERVAL``, default 5 s); the entry expires after three
+missed beats, so a worker that dies without cleaning up, even by SIGKILL, drops out. A
+worker that stops normally removes its entry at once. (Key layout: ``state/workers.py``.)
 
 Run ``python -m celery_graph.registry -A proj.celery`` to print the live workers.
 """
@@ -28,25 +22,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-import redis
+from celery import Celery
 
-from .config import Settings
-from .keys import Keys
-from .store import translate_errors
+from .apploader import app_ref, load_app
+from .config import ENV_HEARTBEAT_INTERVAL, heartbeat_interval, registry_ttl
+from .errors import StoreError
+from .fmt import duration, table
+from .state import State, state_for
 
 logger = logging.getLogger("celery_graph.registry")
 
-ENV_HEARTBEAT_INTERVAL = "CELERY_GRAPH_HEARTBEAT_INTERVAL"
-DEFAULT_HEARTBEAT_INTERVAL = 5.0
-TTL_INTERVALS = 3  # a worker is gone after missing this many heartbeats
-
-
-def heartbeat_interval() -> float:
-    raw = os.environ.get(ENV_HEARTBEAT_INTERVAL)
-    value = float(raw) if raw else DEFAULT_HEARTBEAT_INTERVAL
-    if value <= 0:
-        raise ValueError(f"{ENV_HEARTBEAT_INTERVAL} must be positive, got {raw!r}")
-    return value
+__all__ = ["ENV_HEARTBEAT_INTERVAL", "Heartbeat", "WorkerInfo", "live_workers", "print_workers"]
 
 
 @dataclass(frozen=True)
@@ -80,23 +66,21 @@ class Heartbeat:
 
     ``describe`` is called at every beat and returns the fields that change while the
     worker runs (queues, in-flight count); the metrics counters themselves are written by
-    the pool processes with HINCRBY, this only keeps their hash alive.
+    the pool processes, this only keeps their hash alive.
     """
 
     def __init__(
         self,
-        client: redis.Redis,
-        keys: Keys,
+        state: State,
         hostname: str,
         describe: Callable[[], dict[str, Any]],
         interval: float | None = None,
     ) -> None:
-        self.client = client
-        self.keys = keys
+        self.store = state.workers
         self.hostname = hostname
         self.describe = describe
         self.interval = interval or heartbeat_interval()
-        self.ttl = max(1, round(self.interval * TTL_INTERVALS))
+        self.ttl = registry_ttl(self.interval)
         self.started = time.time()
         self.pid = os.getpid()
         self.state = "running"
@@ -104,9 +88,7 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        # A restarted worker with the same name starts its counters from zero, like a
-        # Prometheus counter after a process restart.
-        self.client.delete(self.keys.worker_metrics(self.hostname))
+        self.store.reset_counters(self.hostname)
         self.beat()
         self._thread = threading.Thread(
             target=self._run, name="celery-graph-heartbeat", daemon=True
@@ -117,13 +99,13 @@ class Heartbeat:
         while not self._stop.wait(self.interval):
             try:
                 self.beat()
-            except redis.RedisError as exc:  # keep beating; the TTL covers the gap
+            except StoreError as exc:  # keep beating; the TTL covers the gap
                 logger.warning("celery-graph: heartbeat failed: %s", exc)
 
     def beat(self) -> None:
         now = time.time()
         extra = self.describe()
-        fields: dict[Any, Any] = {
+        fields: dict[str, Any] = {
             "hostname": self.hostname,
             "pid": self.pid,
             "started": repr(self.started),
@@ -133,24 +115,11 @@ class Heartbeat:
         }
         in_flight = extra.pop("in_flight", None)
         fields.update({k: str(v) for k, v in extra.items()})
-        worker_key = self.keys.worker(self.hostname)
-        metrics_key = self.keys.worker_metrics(self.hostname)
-        index = self.keys.workers_index()
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(worker_key, mapping=fields)
-        pipe.expire(worker_key, self.ttl)
-        pipe.hsetnx(metrics_key, "processed", 0)  # so a fresh worker shows zeros
-        if in_flight is not None:
-            pipe.hset(metrics_key, "in_flight", in_flight)
-        pipe.expire(metrics_key, self.ttl)
-        pipe.zadd(index, {self.hostname: now})
-        pipe.zremrangebyscore(index, "-inf", now - self.ttl)
-        pipe.expire(index, self.ttl)
-        pipe.execute()
+        self.store.beat(self.hostname, fields, in_flight, now, self.ttl)
 
     def mark_stopping(self) -> None:
         self.state = "stopping"
-        with contextlib.suppress(redis.RedisError):
+        with contextlib.suppress(StoreError):
             self.beat()
 
     def stop(self) -> None:
@@ -158,10 +127,7 @@ class Heartbeat:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.interval + 1)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.delete(self.keys.worker(self.hostname), self.keys.worker_metrics(self.hostname))
-        pipe.zrem(self.keys.workers_index(), self.hostname)
-        pipe.execute()
+        self.store.remove(self.hostname)
 
 
 # -- reading --------------------------------------------------------------------------
@@ -172,61 +138,29 @@ def _num(value: str) -> float:
     return int(f) if f.is_integer() else f
 
 
-def live_workers(app: Any = None, client: redis.Redis | None = None) -> list[WorkerInfo]:
-    """Every worker whose heartbeat has not expired, sorted by hostname."""
-    settings = _settings(app)
-    keys = settings.keys
-    client = client or redis.Redis.from_url(settings.redis_url, decode_responses=True)
-
-    def read() -> list[WorkerInfo]:
-        hostnames = [_text(h) for h in client.zrange(keys.workers_index(), 0, -1)]
-        pipe = client.pipeline(transaction=False)
-        for h in hostnames:
-            pipe.hgetall(keys.worker(h))
-            pipe.hgetall(keys.worker_metrics(h))
-        replies = pipe.execute()
-        out = []
-        for i, h in enumerate(hostnames):
-            entry = {_text(k): _text(v) for k, v in replies[2 * i].items()}
-            if not entry:  # expired between the two reads, or never fully written
-                continue
-            metrics = {_text(k): _num(_text(v)) for k, v in replies[2 * i + 1].items()}
-            out.append(
-                WorkerInfo(
-                    hostname=h,
-                    pid=int(entry.get("pid", 0)),
-                    queues=json.loads(entry.get("queues", "[]")),
-                    started=float(entry.get("started", 0)),
-                    heartbeat=float(entry.get("heartbeat", 0)),
-                    state=entry.get("state", "running"),
-                    metrics=metrics,
-                )
-            )
-        return sorted(out, key=lambda w: w.hostname)
-
-    return translate_errors("reading the worker registry", read)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _settings(app: Any) -> Settings:
+def _state(app: Any) -> State:
     if app is None:
-        from celery import Celery
-
         # No app: the key prefix and Redis URL come from the environment alone.
         app = Celery("celery_graph_registry", set_as_current=False)
-    return Settings.from_app(app)
+    return state_for(app)
 
 
-def _duration(seconds: float) -> str:
-    s = int(seconds)
-    if s < 120:
-        return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
-    if s < 7200:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+def live_workers(app: Any = None) -> list[WorkerInfo]:
+    """Every worker whose heartbeat has not expired, sorted by hostname."""
+    out = []
+    for hostname, entry, counters in _state(app).workers.live():
+        out.append(
+            WorkerInfo(
+                hostname=hostname,
+                pid=int(entry.get("pid", 0)),
+                queues=json.loads(entry.get("queues", "[]")),
+                started=float(entry.get("started", 0)),
+                heartbeat=float(entry.get("heartbeat", 0)),
+                state=entry.get("state", "running"),
+                metrics={k: _num(v) for k, v in counters.items()},
+            )
+        )
+    return sorted(out, key=lambda w: w.hostname)
 
 
 COLUMNS = (
@@ -241,13 +175,13 @@ def print_workers(app: Any = None, out: IO[str] = sys.stdout) -> int:
     Example output::
 
         WORKER     STATE    PID   QUEUES  HEARTBEAT  UPTIME  PROCESSED  OK   FAILED  MEAN
-        cpu@host1  running  4121  celery  1.2s ago   5m03s   120        119  1       0.041s
+        cpu@host1  running  4121  celery  1.20s ago  5m03s   120        119  1       0.041s
 
     (plus an IN-FLIGHT column: tasks the worker held at its last heartbeat)
     """
     workers = live_workers(app)
     if not workers:
-        print(f"no live workers under key prefix {_settings(app).key_prefix!r}", file=out)
+        print(f"no live workers under key prefix {_state(app).keys.prefix!r}", file=out)
         return 0
     rows = [COLUMNS]
     for w in workers:
@@ -259,8 +193,8 @@ def print_workers(app: Any = None, out: IO[str] = sys.stdout) -> int:
                 w.state,
                 str(w.pid),
                 ",".join(w.queues) or "-",
-                f"{_duration(w.heartbeat_age)} ago",
-                _duration(w.uptime),
+                f"{duration(w.heartbeat_age)} ago",
+                duration(w.uptime),
                 str(m.get("processed", 0)),
                 str(m.get("succeeded", 0)),
                 str(m.get("failed", 0)),
@@ -268,37 +202,23 @@ def print_workers(app: Any = None, out: IO[str] = sys.stdout) -> int:
                 str(m.get("in_flight", 0)),
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
-    for r in rows:
-        print("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip(), file=out)
+    table(rows, out)
     return 0
 
 
-def _app_from_argv(argv: list[str]) -> Any:
-    name = os.environ.get("CELERY_APP")
-    it = iter(argv)
-    for arg in it:
-        if arg in ("-A", "--app"):
-            name = next(it, None)
-        elif arg.startswith("--app="):
-            name = arg.split("=", 1)[1]
-        elif arg.startswith("-A") and len(arg) > 2:
-            name = arg[2:]
-        elif arg in ("-h", "--help"):
-            print("usage: python -m celery_graph.registry [-A APP]\n\nPrints the live "
-                  "graph-workers under the app's key prefix (without -A: from "
-                  "CELERY_GRAPH_REDIS_URL and CELERY_GRAPH_KEY_PREFIX).")
-            raise SystemExit(0)
-    if not name:
-        return None
-    from celery.app.utils import find_app
+USAGE = """usage: python -m celery_graph.registry [-A APP]
 
-    sys.path.insert(0, os.getcwd())
-    return find_app(name)
+Prints the live graph-workers under the app's key prefix (without -A: from
+CELERY_GRAPH_REDIS_URL and CELERY_GRAPH_KEY_PREFIX)."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    return print_workers(_app_from_argv(list(sys.argv[1:] if argv is None else argv)))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(USAGE)
+        return 0
+    ref = app_ref(argv)
+    return print_workers(load_app(ref) if ref else None)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from .spec import GraphSpec
+from .model import GraphSpec
 
 # Fill colours per node state (also the legend of the PNG).
 STATE_COLOURS: dict[str, str] = {
@@ -84,11 +84,6 @@ def layout(spec: GraphSpec) -> tuple[list[list[str | Slot]], dict[tuple[str, str
         for i, entry in enumerate(row):
             position[entry] = i - (len(row) - 1) / 2
     return rows, bends
-
-
-def layers(spec: GraphSpec) -> list[list[str]]:
-    """Node ids grouped by layer (see ``layout``), in drawing order."""
-    return [[e for e in row if isinstance(e, str)] for row in layout(spec)[0]]
 
 
 # -- terminal -------------------------------------------------------------------------

@@ -19,32 +19,31 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass
 from typing import Any
 
+import click
 from celery import bootsteps
+from celery.bin.celery import celery as celery_command
+from celery.bin.worker import worker as worker_command
 from celery.signals import worker_shutdown
+from celery.worker import state as worker_state
 
-from .config import ENV_PREFIX, ENV_REDIS_URL, Settings
+from .apploader import app_ref, load_app
+from .config import (
+    ENV_GRACEFUL_TIMEOUT,
+    ENV_PREFIX,
+    ENV_REDIS_URL,
+    RELIABLE_DEFAULTS,
+    Settings,
+    WorkerOptions,
+)
+from .dispatch import QueueDepth
 from .errors import ConfigurationError
+from .metrics import MetricsServer, WorkerCollector, install_task_signals
+from .registry import Heartbeat
+from .state import state_for
 
 logger = logging.getLogger("celery_graph.worker")
-
-ENV_METRICS_PORT = "CELERY_GRAPH_METRICS_PORT"
-ENV_GRACEFUL_TIMEOUT = "CELERY_GRAPH_GRACEFUL_TIMEOUT"
-DEFAULT_GRACEFUL_TIMEOUT = 60.0
-
-# Applied unless the app's configuration sets the key itself (see the README, "Operating").
-RELIABLE_DEFAULTS: dict[str, Any] = {
-    # ack after the node ran, so a message whose worker died is delivered again
-    "task_acks_late": True,
-    # ...also when only the pool process running it died (OOM kill, segfault)
-    "task_reject_on_worker_lost": True,
-    # hold one message per pool process: a long node does not pin queued ones
-    "worker_prefetch_multiplier": 1,
-    # task events (-E), so Flower and `celery events` see graph nodes
-    "worker_send_task_events": True,
-}
 
 # Celery's global options, which must come before the `worker` sub-command.
 _GLOBAL_WITH_VALUE = {"-A", "--app", "-b", "--broker", "--result-backend", "--loader",
@@ -87,15 +86,7 @@ Celery's global options (graph-worker puts them before `worker` for you):
 """
 
 
-@dataclass
-class Options:
-    key_prefix: str | None = None
-    redis_url: str | None = None
-    metrics_port: int | None = None
-    graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT
-
-
-_current = Options()
+_current = WorkerOptions()
 
 
 class UsageError(Exception):
@@ -111,14 +102,10 @@ def _take(argv: list[str], i: int, name: str) -> tuple[str, int]:
     return argv[i + 1], i + 2
 
 
-def parse_argv(argv: list[str]) -> tuple[Options, list[str], list[str], bool]:
+def parse_argv(argv: list[str]) -> tuple[WorkerOptions, list[str], list[str], bool]:
     """Split graph-worker's command line into (its options, Celery's global options,
     `celery worker` options, help requested)."""
-    env = os.environ
-    opts = Options(
-        metrics_port=int(env[ENV_METRICS_PORT]) if env.get(ENV_METRICS_PORT) else None,
-        graceful_timeout=float(env.get(ENV_GRACEFUL_TIMEOUT) or DEFAULT_GRACEFUL_TIMEOUT),
-    )
+    opts = WorkerOptions.from_env()
     global_args: list[str] = []
     worker_args: list[str] = []
     want_help = False
@@ -170,22 +157,7 @@ def parse_argv(argv: list[str]) -> tuple[Options, list[str], list[str], bool]:
     return opts, global_args, worker_args, want_help
 
 
-def app_name(global_args: list[str]) -> str | None:
-    name = os.environ.get("CELERY_APP")
-    for i, arg in enumerate(global_args):
-        if arg in ("-A", "--app"):
-            name = global_args[i + 1] if i + 1 < len(global_args) else None
-        elif arg.startswith("--app="):
-            name = arg.split("=", 1)[1]
-        elif arg.startswith("-A") and len(arg) > 2:
-            name = arg[2:]
-    return name
-
-
 def celery_worker_help() -> str:
-    import click
-    from celery.bin.worker import worker as worker_command
-
     ctx = click.Context(worker_command, info_name="graph-worker")
     return worker_command.get_help(ctx)
 
@@ -212,7 +184,7 @@ def apply_defaults(app: Any) -> dict[str, Any]:
     return applied
 
 
-def check_agreement(app: Any, opts: Options) -> None:
+def check_agreement(app: Any, opts: WorkerOptions) -> None:
     """--key-prefix/--redis-url must not contradict the app: workers and the code that
     starts runs read the same app config, and a worker under another prefix would not
     find the graphs it is sent."""
@@ -245,18 +217,11 @@ class GraphWorkerStep(bootsteps.StartStopStep):
         self._worker: Any = None
 
     def start(self, w: Any) -> None:
-        from celery.worker import state as worker_state
-
-        from .metrics import MetricsServer, QueueDepth, WorkerCollector
-        from .registry import Heartbeat
-        from .runtime import engine_for
-
-        engine = engine_for(w.app)
+        state = state_for(w.app)
         queues = lambda: sorted(w.app.amqp.queues.consume_from or w.app.amqp.queues)  # noqa: E731
         in_flight = lambda: len(worker_state.active_requests)  # noqa: E731
         self.heartbeat = Heartbeat(
-            engine.client,
-            engine.keys,
+            state,
             w.hostname,
             describe=lambda: {"queues": queues(), "in_flight": in_flight()},
         )
@@ -265,8 +230,7 @@ class GraphWorkerStep(bootsteps.StartStopStep):
         worker_shutdown.connect(self._on_worker_shutdown, weak=False)
         if _current.metrics_port is not None:
             collector = WorkerCollector(
-                engine.client,
-                engine.keys.worker_metrics(w.hostname),
+                state,
                 w.hostname,
                 self.heartbeat.started,
                 queues,
@@ -340,7 +304,7 @@ class GraphWorkerStep(bootsteps.StartStopStep):
 # -- the command ----------------------------------------------------------------------
 
 
-def prepare(app: Any, opts: Options) -> dict[str, Any]:
+def prepare(app: Any, opts: WorkerOptions) -> dict[str, Any]:
     """Make ``app`` a graph worker's app: defaults and the bootstep."""
     check_agreement(app, opts)
     finalized = app.finalized
@@ -374,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE + "celery worker options (passed through unchanged):\n")
         print(celery_worker_help())
         return 0
-    name = app_name(global_args)
+    name = app_ref(global_args)
     if not name:
         print("graph-worker: name the Celery app with -A/--app (or CELERY_APP)\n\n" + USAGE,
               file=sys.stderr)
@@ -388,16 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     global _current
     _current = opts
 
-    from celery.app.utils import find_app
-
     workdir = next((global_args[i + 1] for i, a in enumerate(global_args)
                     if a == "--workdir" and i + 1 < len(global_args)), None)
     if workdir:
         os.chdir(workdir)
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # like `celery -A`, import the app from here
     try:
-        app = find_app(name)
+        app = load_app(name, set_current=False)
         applied = prepare(app, opts)
     except ConfigurationError as exc:
         print(f"graph-worker: {exc}", file=sys.stderr)
@@ -405,11 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     if applied:
         logger.info("celery-graph: applied defaults %s", applied)
 
-    from .metrics import install_task_signals
-
     install_task_signals()  # inherited by the pool processes forked from this one
-
-    from celery.bin.celery import celery as celery_command
 
     return int(
         celery_command.main(

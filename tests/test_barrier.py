@@ -3,66 +3,68 @@ once, and a duplicate never counts twice or publishes twice."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
 
-from celery_graph.runtime import engine_for, task_id_for
+from celery_graph.protocol import task_id_for
+from celery_graph.state import state_for
 from tests.helpers import postruns, wait_for
 from tests.tasks import join_count, read_trace, step
 
 
-def _start_run(engine, spec) -> str:
+def pd(arrival) -> tuple[list[str], list[str]]:
+    """(publish, deferred) of a complete.lua answer, for compact checks."""
+    return arrival.publish, arrival.deferred
+
+
+def _start_run(state, spec) -> str:
     run_id = uuid.uuid4().hex
-    pipe = engine.client.pipeline()
-    engine.store.put_commands(pipe, spec)
-    engine.runs.create_commands(pipe, run_id, spec, "{}", {"sinks": json.dumps(spec.sinks)})
-    pipe.execute()
+    state.runs.create(run_id, spec, "{}", {})
     return run_id
 
 
 def test_duplicate_arrival_counts_once_and_release_is_claimed_once(app):
-    engine = engine_for(app)
-    grace = engine.barrier.release_grace
+    state = state_for(app)
+    grace = state.scripts.release_grace
     a, b, c = (step.bind(id=n) for n in "abc")
     spec = ((a | b | c) >> join_count).compile()
-    run_id = _start_run(engine, spec)
+    run_id = _start_run(state, spec)
     node = spec.nodes
-    complete = engine.barrier.complete
-    assert complete(spec, run_id, node["a"], '"a"').pd() == ([], [])
+    complete = state.scripts.complete
+    assert pd(complete(spec, run_id, node["a"], '"a"')) == ([], [])
     # a duplicate of a: stored already, still only one arrival
     assert complete(spec, run_id, node["a"], '"a"') == (0, False, [], [], [])
-    assert complete(spec, run_id, node["b"], '"b"').pd() == ([], [])
+    assert pd(complete(spec, run_id, node["b"], '"b"')) == ([], [])
     released_at = time.time()
-    assert complete(spec, run_id, node["c"], '"c"', now=released_at).pd() == (["join_count"], [])
+    assert pd(complete(spec, run_id, node["c"], '"c"', now=released_at)) == (["join_count"], [])
     # released, not yet marked published: a duplicate within the grace period is deferred
     # (its message comes back later) instead of publishing a second time...
-    assert complete(spec, run_id, node["a"], '"a"', now=released_at + 1).pd() == (
+    assert pd(complete(spec, run_id, node["a"], '"a"', now=released_at + 1)) == (
         [], ["join_count"])
     # ...and after the grace period the releaser is presumed dead: the publish is recovered
     late = released_at + grace + 1
-    assert complete(spec, run_id, node["c"], '"c"', now=late).pd() == (["join_count"], [])
-    assert complete(spec, run_id, node["b"], '"b"', now=late + 1).pd() == ([], ["join_count"])
-    engine.barrier.mark_published(run_id, ["join_count"])
+    assert pd(complete(spec, run_id, node["c"], '"c"', now=late)) == (["join_count"], [])
+    assert pd(complete(spec, run_id, node["b"], '"b"', now=late + 1)) == ([], ["join_count"])
+    state.scripts.mark_published(run_id, ["join_count"])
     for n in "abc":
-        assert complete(spec, run_id, node[n], f'"{n}"', now=late + 2 * grace).pd() == ([], [])
-    assert engine.client.scard(engine.keys.join(run_id, "join_count")) == 3
+        assert pd(complete(spec, run_id, node[n], f'"{n}"', now=late + 2 * grace)) == ([], [])
+    assert state.client.scard(state.keys.join(run_id, "join_count")) == 3
 
 
 def test_concurrent_arrivals_release_exactly_once(app):
-    engine = engine_for(app)
+    state = state_for(app)
     members = [step.bind(id=f"m{i}") for i in range(40)]
     flow = members[0]
     for m in members[1:]:
         flow = flow | m
     spec = (flow >> join_count).compile()
-    run_id = _start_run(engine, spec)
+    run_id = _start_run(state, spec)
     claims: list[str] = []
     lock = threading.Lock()
 
     def arrive(i: int) -> None:
-        got = engine.barrier.complete(spec, run_id, spec.nodes[f"m{i}"], "1").publish
+        got = state.scripts.complete(spec, run_id, spec.nodes[f"m{i}"], "1").publish
         with lock:
             claims.extend(got)
 
@@ -72,10 +74,10 @@ def test_concurrent_arrivals_release_exactly_once(app):
     for t in threads:
         t.join()
     assert claims == ["join_count"]
-    engine.barrier.mark_published(run_id, ["join_count"])
+    state.scripts.mark_published(run_id, ["join_count"])
     # after the publish mark, no arrival (duplicate or redelivery) hands it out again
     for i in range(40):
-        assert engine.barrier.complete(spec, run_id, spec.nodes[f"m{i}"], "1").pd() == ([], [])
+        assert pd(state.scripts.complete(spec, run_id, spec.nodes[f"m{i}"], "1")) == ([], [])
 
 
 def test_delivered_duplicate_of_a_join_member_does_not_run_the_join_twice(app, tag):
@@ -124,7 +126,7 @@ def test_duplicate_after_the_run_finished_changes_nothing(app, tag):
 
 
 def app_client(app):
-    return engine_for(app).client
+    return state_for(app).client
 
 
 def test_crash_between_release_and_publish_is_recovered_by_redelivery(app, tag):
@@ -135,11 +137,11 @@ def test_crash_between_release_and_publish_is_recovered_by_redelivery(app, tag):
 
     app.conf.graph_release_grace = 1
     try:
-        engine = engine_for(app)
+        state = state_for(app)
         a, b = step.bind(id="a", name="a"), step.bind(id="b", name="b")
         spec = ((a | b) >> join_count.bind(tag=tag)).compile()
-        run_id = _start_run(engine, spec)
-        complete = engine.barrier.complete
+        run_id = _start_run(state, spec)
+        complete = state.scripts.complete
         assert complete(spec, run_id, spec.nodes["a"], '"a"').publish == []
         assert complete(spec, run_id, spec.nodes["b"], '"b"').publish == ["join_count"]
         # ...the worker that released join_count crashed here; b's message comes back:
@@ -153,4 +155,4 @@ def test_crash_between_release_and_publish_is_recovered_by_redelivery(app, tag):
         app.conf.graph_release_grace = None
     assert read_trace(tag).count("start:join_count") == 1
     assert int(app_client(app).get(f"cgtest-count:{tag}:join_count")) == 1
-    assert engine.client.hget(engine.keys.nodes(run_id), "join_count:dispatch") == b"published"
+    assert state.client.hget(state.keys.nodes(run_id), "join_count:dispatch") == b"published"

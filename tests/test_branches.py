@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from celery_graph import RunFailed
-from celery_graph.runtime import engine_for
+from celery_graph.state import state_for
 from tests.tasks import after_branches, left, read_trace, right, right_more, route
 
 
@@ -56,18 +56,16 @@ def test_choosing_a_node_that_is_not_a_successor_fails_clearly(app, tag):
 
 
 def test_a_redelivered_branch_node_repeats_its_stored_choice(app):
-    engine = engine_for(app)
+    state = state_for(app)
     spec = (route >> (left | right) >> after_branches).compile()
     run_id = uuid.uuid4().hex
-    pipe = engine.client.pipeline()
-    engine.runs.create_commands(pipe, run_id, spec, "{}", {"sinks": '["after_branches"]'})
-    pipe.execute()
-    first = engine.barrier.complete(spec, run_id, spec.nodes["route"], '"x"', branch="!left")
+    state.runs.create(run_id, spec, "{}", {})
+    first = state.scripts.complete(spec, run_id, spec.nodes["route"], '"x"', branch="!left")
     assert (first.publish, first.skipped) == (["left"], ["right"])
-    engine.barrier.mark_published(run_id, ["left"])
+    state.scripts.mark_published(run_id, ["left"])
     # redelivered: the result is stored, no choice is passed; the stored one is used
-    again = engine.barrier.complete(spec, run_id, spec.nodes["route"], '"x"')
+    again = state.scripts.complete(spec, run_id, spec.nodes["route"], '"x"')
     assert (again.stored, again.publish, again.skipped) == (0, [], ["right"])
     # a concurrent duplicate that chose otherwise does not change the stored choice
-    other = engine.barrier.complete(spec, run_id, spec.nodes["route"], '"y"', branch="!right")
+    other = state.scripts.complete(spec, run_id, spec.nodes["route"], '"y"', branch="!right")
     assert (other.publish, other.skipped) == ([], ["right"])

@@ -59,7 +59,7 @@ def test_run_finishes_after_the_submitting_process_exited(app, redis_url, tag):
 
 
 def test_cancel_stops_pending_nodes(app, tag):
-    from celery_graph.runtime import task_id_for
+    from celery_graph.protocol import task_id_for
 
     first = step.bind(id="first", name="first", delay=1.0)
     flow = first >> step.bind(id="second", name="second")

@@ -308,7 +308,7 @@ def test_run_without_any_broker_setting_sends_through_the_graph_redis(env) -> No
 
 
 def test_progress_line_counts() -> None:
-    from celery_graph.result import NodeStatus, RunStatus
+    from celery_graph.model import NodeStatus, RunStatus
 
     states = ["succeeded", "succeeded", "skipped", "failed", "running", "pending"]
     nodes = {f"n{i}": NodeStatus(state) for i, state in enumerate(states)}

@@ -57,7 +57,7 @@ def test_idempotency_key_returns_the_run_already_started(app, published):
 
 def test_deadline_fails_the_run_at_the_next_node(app, tag):
     """No one waits on the run: the worker notices the deadline when 'late' begins."""
-    from celery_graph.runtime import task_id_for
+    from celery_graph.protocol import task_id_for
 
     flow = step.bind(id="slow", name="slow", delay=1.0) >> step.bind(id="late", name="late")
     with postruns() as done:

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from flower.options import options as flower_options
 
-from celery_graph import config, registry, worker
+from celery_graph import config, registry
 from celery_graph.devserver import free_port
 from tests.apps import ops_tasks as t
 from tests.apps.common import build_app
@@ -28,8 +28,8 @@ from tests.apps.harness import ROOT, subprocess_env, wait_for
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 CODE_ENV = {
-    config.ENV_PREFIX, config.ENV_REDIS_URL, worker.ENV_METRICS_PORT,
-    worker.ENV_GRACEFUL_TIMEOUT, registry.ENV_HEARTBEAT_INTERVAL,
+    config.ENV_PREFIX, config.ENV_REDIS_URL, config.ENV_METRICS_PORT,
+    config.ENV_GRACEFUL_TIMEOUT, config.ENV_HEARTBEAT_INTERVAL,
     "CELERY_GRAPH_RESULT_TTL", "CELERY_GRAPH_RUN_TTL", "CELERY_GRAPH_STORE_TTL",
     "CELERY_GRAPH_CACHE_SIZE",
 }
@@ -130,8 +130,8 @@ def test_flower_commands_use_real_flower_options():
 
 
 def graceful_timeout(argv: list[str], env: dict[str, str]) -> float:
-    value = flag_value(argv, "--graceful-timeout") or env.get(worker.ENV_GRACEFUL_TIMEOUT)
-    return float(value) if value else worker.DEFAULT_GRACEFUL_TIMEOUT
+    value = flag_value(argv, "--graceful-timeout") or env.get(config.ENV_GRACEFUL_TIMEOUT)
+    return float(value) if value else config.DEFAULT_GRACEFUL_TIMEOUT
 
 
 def test_stop_timeouts_leave_room_for_the_graceful_timeout():

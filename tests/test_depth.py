@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from celery_graph import GraphDefinitionError, Parallel
-from celery_graph.runtime import engine_for
+from celery_graph.state import state_for
 from tests.tasks import bump, step, tally
 
 
@@ -39,8 +39,8 @@ def test_parallel_context_increments_never_lose_an_update(app, rclient):
                       "seen": sorted(f"b{i}" for i in range(20))}
     assert run.results()["b0"] == run.id  # the context knows its run
     assert run.context().get("done") is True
-    state_key = engine_for(app).keys.state(run.id)
-    assert 0 < rclient.ttl(state_key) <= engine_for(app).settings.result_ttl
+    state_key = state_for(app).keys.state(run.id)
+    assert 0 < rclient.ttl(state_key) <= state_for(app).settings.result_ttl
 
 
 def test_inject_context_needs_a_first_parameter():

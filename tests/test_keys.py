@@ -6,7 +6,7 @@ import pytest
 
 from celery_graph import workflow
 from celery_graph.keys import Keys, check_prefix, key_pattern
-from celery_graph.runtime import engine_for
+from celery_graph.state import state_for
 from tests.tasks import audit, extract, join_count, load, step, transform
 
 
@@ -110,6 +110,6 @@ def test_prefix_from_env_when_app_sets_none(app, monkeypatch):
     app.conf.graph_key_prefix = None
     try:
         monkeypatch.setenv("CELERY_GRAPH_KEY_PREFIX", "from-env:x")
-        assert engine_for(app).keys.prefix == "from-env:x"
+        assert state_for(app).keys.prefix == "from-env:x"
     finally:
         app.conf.graph_key_prefix = old

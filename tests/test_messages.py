@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from celery_graph import Parallel
-from celery_graph.runtime import GRAPH_KWARG
+from celery_graph.protocol import GRAPH_KWARG
 from tests.tasks import collect, source, step
 
 

@@ -7,10 +7,10 @@ import zlib
 import pytest
 
 from celery_graph import GraphCorrupted, GraphNotFound
+from celery_graph.codec import sha256
 from celery_graph.keys import Keys
-from celery_graph.runtime import engine_for
-from celery_graph.spec import sha256
-from celery_graph.store import GraphStore
+from celery_graph.state import state_for
+from celery_graph.state.graphs import GraphStore
 from tests.tasks import add, audit, double, extract, transform
 
 
@@ -19,15 +19,15 @@ def test_same_graph_submitted_1000_times_is_stored_once(app, rclient):
     spec = flow.compile()
     keys = Keys(app.conf.graph_key_prefix)
     key = keys.graph(spec.graph_id)
-    engine = engine_for(app)
-    writes = [engine.store.put(spec) for _ in range(1000)]
+    state = state_for(app)
+    writes = [state.graphs.put(spec) for _ in range(1000)]
     # the one real submission below also stores (or finds) the same key
     flow.apply_async().get(timeout=20)
     assert writes.count(True) <= 1 and writes[1:].count(True) == 0
     assert rclient.exists(key) == 1
     assert len(rclient.keys(keys.graph("*"))) >= 1
     assert zlib.decompress(rclient.get(key)) == spec.blob
-    assert 0 < rclient.ttl(key) <= engine.settings.store_ttl
+    assert 0 < rclient.ttl(key) <= state.settings.store_ttl
 
 
 def test_graph_id_is_sha256_of_canonical_spec_and_stable():
@@ -39,23 +39,23 @@ def test_graph_id_is_sha256_of_canonical_spec_and_stable():
 
 
 def test_sliding_ttl_is_refreshed_on_load(app, rclient):
-    engine = engine_for(app)
+    state = state_for(app)
     spec = (add >> double).compile()
-    engine.store.put(spec)
-    key = engine.keys.graph(spec.graph_id)
+    state.graphs.put(spec)
+    key = state.keys.graph(spec.graph_id)
     rclient.expire(key, 50)
-    fresh = GraphStore(engine.client, engine.keys, ttl=5000, cache_size=4)
+    fresh = GraphStore(state.client, state.keys, ttl=5000, cache_size=4)
     assert fresh.load(spec.graph_id).graph_id == spec.graph_id
     assert rclient.ttl(key) > 4000
 
 
 def test_corrupted_blob_is_refused_not_run(app, rclient):
-    engine = engine_for(app)
+    state = state_for(app)
     spec = (add.bind(id="corrupt_me") >> double).compile()
-    key = engine.keys.graph(spec.graph_id)
+    key = state.keys.graph(spec.graph_id)
     tampered = spec.blob.replace(b'"corrupt_me"', b'"corrupt_it"')
     rclient.set(key, zlib.compress(tampered), ex=60)
-    fresh = GraphStore(engine.client, engine.keys, ttl=60, cache_size=4)
+    fresh = GraphStore(state.client, state.keys, ttl=60, cache_size=4)
     with pytest.raises(GraphCorrupted, match=f"not {spec.graph_id}"):
         fresh.load(spec.graph_id)
     rclient.set(key, b"not zlib at all", ex=60)
@@ -65,18 +65,23 @@ def test_corrupted_blob_is_refused_not_run(app, rclient):
 
 
 def test_missing_graph_is_a_clear_error(app):
-    engine = engine_for(app)
-    fresh = GraphStore(engine.client, engine.keys, ttl=60, cache_size=4)
+    state = state_for(app)
+    fresh = GraphStore(state.client, state.keys, ttl=60, cache_size=4)
     with pytest.raises(GraphNotFound, match="expired"):
         fresh.load("0" * 64)
 
 
+def cached(store: GraphStore, graph_id: str) -> bool:
+    """Held in the store's process-local LRU cache."""
+    return graph_id in store._cache
+
+
 def test_lru_cache_is_bounded(app):
-    engine = engine_for(app)
-    store = GraphStore(engine.client, engine.keys, ttl=60, cache_size=3)
+    state = state_for(app)
+    store = GraphStore(state.client, state.keys, ttl=60, cache_size=3)
     specs = [add.bind(id=f"lru{i}").compile() for i in range(5)]
     for spec in specs:
         store.put(spec)
-    assert [store.cached(s.graph_id) for s in specs] == [False, False, True, True, True]
+    assert [cached(store, s.graph_id) for s in specs] == [False, False, True, True, True]
     store.load(specs[0].graph_id)  # a miss reads Redis and evicts the oldest entry
-    assert store.cached(specs[0].graph_id) and not store.cached(specs[2].graph_id)
+    assert cached(store, specs[0].graph_id) and not cached(store, specs[2].graph_id)

@@ -8,14 +8,15 @@ import subprocess
 import pytest
 from celery import Celery
 
+from celery_graph.config import RELIABLE_DEFAULTS
+from celery_graph.config import WorkerOptions as Options
 from celery_graph.errors import ConfigurationError
 from celery_graph.worker import (
-    RELIABLE_DEFAULTS,
-    Options,
     UsageError,
     apply_defaults,
     check_agreement,
     parse_argv,
+    prepare,
     user_set,
 )
 from tests.apps.harness import GRAPH_WORKER, ROOT, subprocess_env
@@ -107,8 +108,6 @@ def test_missing_app_is_a_usage_error():
 
 
 def test_an_app_finalized_at_import_gets_a_warning(capsys, redis_url):
-    from celery_graph.worker import prepare
-
     app = Celery("cli-finalized", broker=redis_url, set_as_current=False)
     app.finalize()
     prepare(app, Options())

@@ -10,10 +10,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from celery_graph.devserver import free_port
+from celery_graph.dispatch import QueueDepth
 from celery_graph.errors import RunFailed
-from celery_graph.metrics import QueueDepth
 from celery_graph.registry import live_workers
-from celery_graph.runtime import engine_for
+from celery_graph.state import state_for
 from tests.apps import ops_tasks as t
 from tests.apps.common import build_app
 from tests.apps.harness import start_worker, wait_for
@@ -66,7 +66,7 @@ def test_metrics_endpoint_counts_tasks_across_pool_processes(redis_url, tmp_path
         tag = uuid.uuid4().hex[:8]
         slow = t.ops_first.bind(tag=tag) >> t.ops_long.bind(tag=tag, delay=3)
         busy = slow.submit(app=app)
-        client = engine_for(app).client
+        client = state_for(app).client
         wait_for(lambda: ["start", "ops_long"] in [e[:2] for e in t.events(client, tag)],
                  10, "the long node to start")
         waiting = [t.ops_first.bind(tag=None).submit(app=app) for _ in range(3)]

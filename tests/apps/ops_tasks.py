@@ -10,14 +10,14 @@ import time
 from celery import current_task
 
 from celery_graph import task
-from celery_graph.runtime import engine_for
+from celery_graph.state import state_for
 
 
 def record(tag: str | None, event: str, name: str) -> None:
     if not tag:
         return
     host = current_task.request.hostname if current_task else "local"
-    engine_for(current_task.app).client.rpush(
+    state_for(current_task.app).client.rpush(
         f"cgops:{tag}", f"{event}:{name}:{host}:{os.getpid()}"
     )
 

@@ -1,4 +1,4 @@
-"""The BSP barrier and node bookkeeping: thin wrappers over the Lua scripts in ``lua/``.
+"""Node bookkeeping and the join barrier: thin wrappers over the Lua scripts in ``lua/``.
 
 Each script documents its KEYS and ARGV in its header. Every key a script touches is
 passed in KEYS and belongs to one run, so all of them share the run's ``{run_id}`` hash tag.
@@ -7,18 +7,16 @@ passed in KEYS and belongs to one run, so all of them share the run's ``{run_id}
 from __future__ import annotations
 
 import time
-from importlib import resources
 from typing import Any, NamedTuple
 
 import redis
 
-from .errors import BarrierError, StoreUnavailable
-from .keys import Keys
-from .spec import GraphSpec, NodeSpec
+from ..errors import BarrierError, RunNotResumable
+from ..keys import Keys
+from ..model import GraphSpec, NodeSpec
+from .connection import load_script, translating
 
-
-def _load(name: str) -> str:
-    return (resources.files(__package__) / "lua" / f"{name}.lua").read_text()
+SCRIPTS = ("begin", "complete", "mark", "finish", "resume", "map_arrive")
 
 
 class Arrival(NamedTuple):
@@ -30,41 +28,28 @@ class Arrival(NamedTuple):
     deferred: list[str]  # released by another arrival moments ago: come back later
     skipped: list[str]  # successors that will not run (all their arrivals were skips)
 
-    def pd(self) -> tuple[list[str], list[str]]:
-        """(publish, deferred), for compact checks."""
-        return self.publish, self.deferred
 
-
-class Barrier:
+class Scripts:
     """Runs the scripts against one Redis client under one key prefix."""
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Any,
         keys: Keys,
         run_ttl: int,
         result_ttl: int,
         release_grace: float = 10.0,
     ) -> None:
-        self._client: Any = client
+        self._client = client
         self.keys = keys
         self.run_ttl = run_ttl
         self.result_ttl = result_ttl
         self.release_grace = release_grace
-        self._begin = client.register_script(_load("begin"))
-        self._complete = client.register_script(_load("complete"))
-        self._mark = client.register_script(_load("mark"))
-        self._finish = client.register_script(_load("finish"))
-        self._resume = client.register_script(_load("resume"))
-        self._map_arrive = client.register_script(_load("map_arrive"))
+        self._scripts = {name: client.register_script(load_script(name)) for name in SCRIPTS}
 
-    def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return script(keys=keys, args=args)
-        except redis.ConnectionError as exc:
-            raise StoreUnavailable(
-                f"Redis unreachable while running {script!r}: {exc}; check graph_redis_url"
-            ) from exc
+    def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        with translating(f"running {name}.lua"):
+            return self._scripts[name](keys=keys, args=args)
 
     def begin(
         self,
@@ -78,7 +63,7 @@ class Barrier:
         ``field`` names the result of one element of a dynamic fan-out ("<node>#<i>")."""
         k = self.keys
         reply = self._call(
-            self._begin,
+            "begin",
             [k.run(run_id), k.results(run_id), k.nodes(run_id)],
             [field or node.id, hostname, f"{time.time():.6f}", self.run_ttl,
              *(node.upstream_ids() if upstream_ids is None else upstream_ids)],
@@ -124,7 +109,7 @@ class Barrier:
                 keys.append(k.join(run_id, succ))
         if not node.succs:
             keys += k.run_keys(run_id, spec.joins, spec.maps)
-        reply = self._call(self._complete, keys, args)
+        reply = self._call("complete", keys, args)
         if not isinstance(reply, list) or len(reply) < 4:
             raise BarrierError(f"complete.lua answered {reply!r}")
         n_pub, n_def = int(reply[2]), int(reply[3])
@@ -140,7 +125,7 @@ class Barrier:
         """Store element ``index`` of map node ``node_id``; (stored, elements arrived)."""
         k = self.keys
         reply = self._call(
-            self._map_arrive,
+            "map_arrive",
             [k.run(run_id), k.results(run_id), k.nodes(run_id), k.map(run_id, node_id)],
             [f"{node_id}#{index}", result_json, index, self.run_ttl, f"{time.time():.6f}"],
         )
@@ -148,21 +133,22 @@ class Barrier:
 
     def map_results(self, run_id: str, node_id: str, count: int) -> bytes:
         """The JSON list of the elements' results, in item order."""
-        raws = self._client.hmget(
-            self.keys.results(run_id), [f"{node_id}#{i}" for i in range(count)]
-        )
+        fields = [f"{node_id}#{i}" for i in range(count)]
+        with translating("reading the items of a map"):
+            raws = self._client.hmget(self.keys.results(run_id), fields)
         missing = [i for i, r in enumerate(raws) if r is None]
         if missing:
             raise BarrierError(f"map node {node_id!r}: results of items {missing[:5]} missing")
         return b"[" + b",".join(raws) + b"]"
 
     def node_states(self, run_id: str, node_ids: list[str]) -> dict[str, str | None]:
-        raw = self._client.hmget(self.keys.nodes(run_id), [f"{n}:state" for n in node_ids])
+        with translating("reading node states"):
+            raw = self._client.hmget(self.keys.nodes(run_id), [f"{n}:state" for n in node_ids])
         return {n: v.decode() if v else None for n, v in zip(node_ids, raw)}
 
     def mark_published(self, run_id: str, node_ids: list[str]) -> None:
         if node_ids:
-            self._call(self._mark, [self.keys.nodes(run_id)], node_ids)
+            self._call("mark", [self.keys.nodes(run_id)], node_ids)
 
     def finish(
         self,
@@ -177,7 +163,7 @@ class Barrier:
         joins, maps = (spec.joins, spec.maps) if spec is not None else ((), ())
         keys = [k.run(run_id), k.nodes(run_id), k.done(run_id), *k.run_keys(run_id, joins, maps)]
         args = [status, node_id, error_json, self.result_ttl, f"{time.time():.6f}"]
-        return bool(self._call(self._finish, keys, args))
+        return bool(self._call("finish", keys, args))
 
     def resume(self, spec: GraphSpec, run_id: str, node_ids: list[str]) -> str:
         """Reopen a failed/cancelled run; returns its previous status."""
@@ -186,10 +172,8 @@ class Barrier:
                 *k.run_keys(run_id, spec.joins, spec.maps)]
         try:
             previous = self._call(
-                self._resume, keys, [self.run_ttl, f"{time.time():.6f}", *node_ids]
+                "resume", keys, [self.run_ttl, f"{time.time():.6f}", *node_ids]
             )
         except redis.ResponseError as exc:
-            from .errors import RunNotResumable
-
             raise RunNotResumable(f"run {run_id} cannot be resumed: {exc}") from exc
         return previous.decode() if isinstance(previous, bytes) else str(previous)

@@ -14,17 +14,16 @@ import contextvars
 import dataclasses
 import functools
 import inspect
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, overload
+from typing import Any
 
-from .errors import GraphDefinitionError, NotAGraphTaskError
-from .keys import NODE_ID_RE
+from celery import current_app
 
-if TYPE_CHECKING:
-    from .result import GraphRun
-    from .spec import GraphSpec
+from ..client import GraphRun, graph_signature, submit_spec
+from ..errors import GraphDefinitionError, NotAGraphTaskError
+from ..keys import NODE_ID_RE
+from ..model import Declarations, GraphSpec, GroupDecl, NodeDecl, Param, compile_graph
 
 _current_workflow: contextvars.ContextVar[Workflow | None] = contextvars.ContextVar(
     "celery_graph_workflow", default=None
@@ -59,7 +58,7 @@ class Flow:
         ready. The wait happens in the broker (a Celery countdown), not in a worker."""
         raise NotImplementedError
 
-    # -- structure, used by the compiler -------------------------------------------
+    # -- structure, handed to the compiler as declarations ------------------------
     def entries(self) -> list[TaskNode]:
         raise NotImplementedError
 
@@ -74,11 +73,25 @@ class Flow:
         return iter(())
 
     # -- running ------------------------------------------------------------------
-    def compile(self) -> GraphSpec:
-        """Validate and compile to a GraphSpec (cached per value)."""
-        from .spec import compile_flow
+    def declarations(self) -> Declarations:
+        """The graph as plain declarations: its nodes and groups in order, its edges."""
+        parts: list[NodeDecl | GroupDecl] = []
+        for part in self.walk():
+            decl = part.declaration() if isinstance(part, (TaskNode, Parallel)) else None
+            if decl is not None:
+                parts.append(decl)
+        edges = tuple((src.id, dst.id) for src, dst in self.edges())
+        return Declarations(tuple(parts), edges)
 
-        return compile_flow(self)
+    def compile(self) -> GraphSpec:
+        """Validate and compile to a GraphSpec (cached per immutable value)."""
+        cached: GraphSpec | None = getattr(self, "_compiled", None)
+        if cached is not None:
+            return cached
+        spec = compile_graph(self.declarations())
+        if not isinstance(self, Workflow):  # a workflow can still grow
+            object.__setattr__(self, "_compiled", spec)
+        return spec
 
     def apply_async(
         self,
@@ -104,9 +117,8 @@ class Flow:
         other value becomes the input ``input``); the next step gets the graph's result.
         Needs a result backend for ``.get()`` on the canvas, like any Celery canvas.
         """
-        from .canvas import graph_signature
-
-        return graph_signature(self, inputs)
+        # graph errors now; missing inputs may still come from the previous chain step
+        return graph_signature(self.compile(), inputs)
 
     def submit(
         self,
@@ -117,10 +129,9 @@ class Flow:
         deadline: float | None = None,
     ) -> GraphRun:
         """Start a run with ``inputs`` on ``app`` (default: Celery's current app)."""
-        from .submit import submit
-
-        return submit(
-            self, inputs or {}, app=app, idempotency_key=idempotency_key, deadline=deadline
+        return submit_spec(
+            self.compile(), inputs or {}, app, idempotency_key=idempotency_key,
+            deadline=deadline,
         )
 
 
@@ -155,11 +166,12 @@ class TaskNode(Flow):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
-    def definition(self) -> tuple[Any, ...]:
-        """What makes two nodes with one id the same node."""
-        return (
-            self.task_name, self.bound, self.options, self.delay, self.context, self.map_over,
-            self.call, self.retries,
+    def declaration(self) -> NodeDecl:
+        """This node for the compiler; two nodes with one id must declare the same."""
+        return NodeDecl(
+            id=self.id, task=self.task_name, params=parameters(self.fn), bound=self.bound,
+            options=self.options, delay=self.delay, context=self.context,
+            map_over=self.map_over, call=self.call, retries=self.retries, label=repr(self),
         )
 
     def with_retries(self, retries: int, *, delay: float = 1.0) -> TaskNode:
@@ -181,8 +193,8 @@ class TaskNode(Flow):
         >>> split >> process.map("split") >> merge
         """
         source_id = source.id if isinstance(source, TaskNode) else source
-        _check_node_id(source_id, f"{self.id}.map()")
-        if param is not None and param not in _parameters(self.fn):
+        check_node_id(source_id, f"{self.id}.map()")
+        if param is not None and param not in signature_of(self.fn):
             raise GraphDefinitionError(
                 f"node {self.id!r}: map(param={param!r}) is not a parameter of {self.task_name}"
             )
@@ -202,8 +214,8 @@ class TaskNode(Flow):
         >>> fetch.bind(id="fetch_eu", region="eu") | fetch.bind(id="fetch_us", region="us")
         """
         node_id = self.id if id is None else id
-        _check_node_id(node_id, self.task_name)
-        params = _parameters(self.fn)
+        check_node_id(node_id, self.task_name)
+        params = signature_of(self.fn)
         accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
         for name in kwargs:
             if name not in params and not accepts_any:
@@ -218,13 +230,7 @@ class TaskNode(Flow):
     @property
     def celery_task(self) -> Any:
         """The registered Celery task, for plain Celery use (``.delay()``, ``.s()``)."""
-        from celery import current_app
-
         return current_app.tasks[self.task_name]
-
-    @property
-    def bound_kwargs(self) -> dict[str, Any]:
-        return dict(self.bound)
 
     def entries(self) -> list[TaskNode]:
         return [self]
@@ -298,7 +304,7 @@ class Parallel(Flow):
 
     def named(self, name: str) -> Parallel:
         """Name the group: a downstream parameter ``name`` gets the members' results."""
-        _check_node_id(name, "group")
+        check_node_id(name, "group")
         return Parallel(self.members, name, self.policy)
 
     def with_policy(
@@ -350,6 +356,17 @@ class Parallel(Flow):
 
     def delay_by(self, seconds: float) -> Parallel:
         return Parallel(tuple(m.delay_by(seconds) for m in self.members), self.name, self.policy)
+
+    def declaration(self) -> GroupDecl | None:
+        """This group for the compiler; only a name or a policy makes it more than edges."""
+        if not (self.name or self.policy):
+            return None
+        return GroupDecl(
+            name=self.name,
+            trees=tuple(_member_tree(m) for m in self.members) if self.name else (),
+            node_members=tuple(m.id for m in self.members if isinstance(m, TaskNode)),
+            policy=self.policy,
+        )
 
     def entries(self) -> list[TaskNode]:
         return [n for m in self.members for n in m.entries()]
@@ -438,7 +455,7 @@ def _record(flow: Flow) -> None:
         wf._parts.append(flow)
 
 
-def _check_node_id(node_id: str, what: str) -> None:
+def check_node_id(node_id: str, what: str) -> None:
     if not isinstance(node_id, str) or not NODE_ID_RE.match(node_id):
         raise GraphDefinitionError(
             f"invalid node id {node_id!r} for {what}: use a Python-identifier-like name "
@@ -447,150 +464,26 @@ def _check_node_id(node_id: str, what: str) -> None:
 
 
 @functools.lru_cache(maxsize=4096)
-def _parameters(fn: Callable[..., Any]) -> dict[str, inspect.Parameter]:
+def signature_of(fn: Callable[..., Any]) -> dict[str, inspect.Parameter]:
     return dict(inspect.signature(fn).parameters)
 
 
-# -- @task --------------------------------------------------------------------------
-
-# Task options that decide where and in which order a message is delivered. They go into
-# the spec, so any worker can publish a successor correctly without importing its module.
-ROUTING_OPTIONS = ("queue", "routing_key", "exchange", "priority")
-
-
-@overload
-def task(fn: Callable[..., Any], /) -> TaskNode: ...
-@overload
-def task(
-    *, name: str | None = None, **options: Any
-) -> Callable[[Callable[..., Any]], TaskNode]: ...
-def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
-    """Declare a graph task. Registers a real Celery task (shared_task-style, so it attaches
-    to your app and shows in Flower under its own name) and returns its graph node.
-
-    Celery task options pass through: ``@task(queue="gpu", max_retries=3)``.
-    """
-    if fn is None:
-        return lambda f: _make_task(f, options)
-    return _make_task(fn, options)
+@functools.lru_cache(maxsize=4096)
+def parameters(fn: Callable[..., Any]) -> tuple[Param, ...]:
+    """The parameters of ``fn`` as the compiler reads them."""
+    return tuple(
+        Param(p.name, p.kind.name, p.default is not inspect.Parameter.empty)
+        for p in signature_of(fn).values()
+    )
 
 
-def _module_name(fn: Callable[..., Any]) -> str:
-    """The module name a worker importing this module would see: a script run as
-    ``python quickstart.py`` names its tasks ``quickstart.*``, as ``celery -A quickstart``
-    does."""
-    module = fn.__module__
-    if module != "__main__":
-        return module
-    import sys
-
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if spec is not None and spec.name:
-        return spec.name
-    path = getattr(main, "__file__", None)
-    return os.path.splitext(os.path.basename(path))[0] if path else module
-
-
-def _make_task(fn: Callable[..., Any], options: dict[str, Any]) -> TaskNode:
-    from celery import shared_task
-
-    from .runtime import GraphTask, make_task_body
-
-    if isinstance(fn, Flow):
-        raise GraphDefinitionError(f"@task applied twice to {fn!r}")
-    if not callable(fn):
-        raise NotAGraphTaskError(f"@task needs a function, got {type(fn).__name__}")
-    name = options.pop("name", None) or f"{_module_name(fn)}.{fn.__qualname__}"
-    options.setdefault("base", GraphTask)
-    routing = tuple(sorted((k, options[k]) for k in ROUTING_OPTIONS if k in options))
-    context = bool(options.pop("inject_context", False))
-    body = make_task_body(fn)
-    shared_task(name=name, bind=True, **options)(body)
-    node = TaskNode(fn, name, fn.__name__, (), routing, context=context)
-    _check_node_id(node.id, name)
-    object.__setattr__(node, "__doc__", fn.__doc__)
-    object.__setattr__(node, "__wrapped__", fn)
-    return node
-
-
-# -- branch -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Branch:
-    """What ``branch()`` returns; see there."""
-
-    targets: tuple[str, ...]
-    value: Any = None
-
-
-def branch(*targets: str | TaskNode, value: Any = None) -> Branch:
-    """Return this from a task to run only the named successors; the others are skipped
-    (and so is everything that only they lead to). A join runs when at least one of its
-    branches arrives; a skipped upstream's result is ``None``. ``value`` is the node's
-    result. ``branch()`` with no target skips every successor.
-
-    >>> @task
-    ... def route(order):
-    ...     return branch("express" if order["priority"] else "standard", value=order)
-    """
-    ids = tuple(t.id if isinstance(t, TaskNode) else t for t in targets)
-    for t in ids:
-        if not isinstance(t, str) or not NODE_ID_RE.match(t):
-            raise GraphDefinitionError(f"branch(): {t!r} is not a node id")
-    return Branch(ids, value)
-
-
-# -- existing Celery tasks ----------------------------------------------------------
-
-CALL_TASK = "celery_graph.call"
-
-
-def node(task_or_signature: Any, *, id: str | None = None, **kwargs: Any) -> TaskNode:
-    """Make an existing Celery task or signature a graph node, unchanged::
-
-        resize = node(resize_image.s("cat.png", width=200), id="resize")
-        flow = fetch >> resize >> publish
-
-    Positional arguments of the signature are bound to the task's parameters by name,
-    keyword arguments and ``**kwargs`` are bound too, and its options (queue, priority...)
-    route the node. Upstream results fill parameters named after upstream nodes, as for
-    ``@task``. The node runs through the ``celery_graph.call`` task, which calls the task's
-    body in the worker: the worker must import both celery_graph and the task's module.
-    """
-    if isinstance(task_or_signature, TaskNode):
-        return task_or_signature.bind(id=id, **kwargs)
-    from celery import current_app
-    from celery.canvas import Signature
-
-    if isinstance(task_or_signature, Signature):
-        name = task_or_signature.task
-        args = tuple(task_or_signature.args or ())
-        sig_kwargs = dict(task_or_signature.kwargs or {})
-        sig_options = dict(task_or_signature.options or {})
-    elif hasattr(task_or_signature, "name") and hasattr(task_or_signature, "run"):
-        name, args, sig_kwargs, sig_options = task_or_signature.name, (), {}, {}
-    else:
-        raise NotAGraphTaskError(
-            f"node() takes a Celery task or signature, got {type(task_or_signature).__name__}"
-        )
-    if not isinstance(name, str):
-        raise NotAGraphTaskError(f"node(): signature {task_or_signature!r} names no task")
-    try:
-        target = current_app.tasks[name]
-    except KeyError:
-        raise NotAGraphTaskError(
-            f"node(): task {name!r} is not registered on the current app; import its module"
-        ) from None
-    fn = target.run
-    node_id = id or name.rsplit(".", 1)[-1]
-    _check_node_id(node_id, name)
-    try:
-        bound = dict(inspect.signature(fn).bind_partial(*args, **sig_kwargs).arguments)
-    except TypeError as exc:
-        raise GraphDefinitionError(f"node {node_id!r}: arguments do not fit {name}: {exc}") from exc
-    options = {k: getattr(target, k) for k in ROUTING_OPTIONS if getattr(target, k, None)}
-    options.update({k: sig_options[k] for k in ROUTING_OPTIONS if k in sig_options})
-    base = TaskNode(fn, CALL_TASK, node_id, (), tuple(sorted(options.items())), call=name)
-    return base.bind(**bound, **kwargs)
+def _member_tree(flow: Flow) -> Any:
+    """The result shape of a group member: a node's id, a sequence's last step, a list."""
+    if isinstance(flow, TaskNode):
+        return flow.id
+    if isinstance(flow, Sequence):
+        return _member_tree(flow.steps[-1])
+    if isinstance(flow, Parallel):
+        return [_member_tree(m) for m in flow.members]
+    exits = flow.exits()
+    return exits[0].id if len(exits) == 1 else [e.id for e in exits]

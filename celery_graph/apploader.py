@@ -1,0 +1,46 @@
+"""Finding the Celery app a command works on, the way ``celery -A`` does."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from celery import Celery, current_app
+from celery.app.utils import find_app
+
+from .errors import ConfigurationError
+
+
+def app_ref(argv: Iterable[str]) -> str | None:
+    """The app named by ``-A APP``, ``-AAPP``, ``--app APP`` or ``--app=APP`` in
+    ``argv``, else ``$CELERY_APP``."""
+    name = os.environ.get("CELERY_APP")
+    it = iter(argv)
+    for arg in it:
+        if arg in ("-A", "--app"):
+            name = next(it, None)
+        elif arg.startswith("--app="):
+            name = arg.split("=", 1)[1]
+        elif arg.startswith("-A") and len(arg) > 2:
+            name = arg[2:]
+    return name
+
+
+def load_app(ref: str | None, *, set_current: bool = True) -> Any:
+    """The Celery app ``ref`` (``module`` or ``module:attr``), imported from the current
+    directory like ``celery -A``; without ``ref``, Celery's current app."""
+    if not ref:
+        return current_app._get_current_object()
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        app = find_app(ref)
+    except Exception as exc:
+        raise ConfigurationError(f"cannot load the Celery app {ref!r} (-A): {exc}") from exc
+    if not isinstance(app, Celery):
+        raise ConfigurationError(f"-A {ref!r} is a {type(app).__name__}, not a Celery app")
+    if set_current:
+        app.set_current()
+    return app

@@ -1,0 +1,56 @@
+"""A graph as a Celery signature: ``chain(a.s(), flow.s(), b.s())``, ``group(flow.s(), ...)``.
+
+``flow.s(**inputs)`` stores the graph and returns a signature of ``celery_graph.run_graph``.
+That task starts the run (once per task id, so a redelivered message does not start a
+second one), keeps what Celery would do after it (the rest of the chain, callbacks, its
+group or chord membership) with the run, and ends with ``Ignore``: no worker waits for the
+graph. When the run ends, the process that ends it stores the graph's result under the
+task's id in the result backend and continues the chain with it, or records the failure
+(``lifecycle.after_run``).
+
+The previous step of a chain feeds the graph's run inputs: a dict result is merged into
+them, any other value becomes the run input ``input``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from celery import current_app, shared_task, signature
+from celery.exceptions import Ignore
+
+from ..model import GraphSpec
+from ..protocol import RUN_GRAPH
+from ..state import state_for
+from .submit import submit_spec
+
+_REQUEST_FIELDS = ("id", "group", "group_index", "chord", "chain", "callbacks", "errbacks",
+                   "root_id", "parent_id", "reply_to", "correlation_id")
+
+
+def graph_signature(spec: GraphSpec, inputs: dict[str, Any], app: Any = None) -> Any:
+    """Store ``spec`` and return the signature that runs it with ``inputs``."""
+    app = app or current_app._get_current_object()
+    state_for(app).graphs.put(spec)
+    return signature(RUN_GRAPH, kwargs={"graph": spec.graph_id, "inputs": inputs}, app=app)
+
+
+@shared_task(name=RUN_GRAPH, bind=True)
+def run_graph(self: Any, *previous: Any, graph: str, inputs: dict[str, Any]) -> None:
+    """Start the graph ``graph`` as a step of a Celery canvas (see the module doc)."""
+    inputs = dict(inputs)
+    if previous:
+        value = previous[0]
+        if isinstance(value, dict):
+            inputs.update(value)
+        else:
+            inputs.setdefault("input", value)
+    request = {f: getattr(self.request, f, None) for f in _REQUEST_FIELDS}
+    spec = state_for(self.app).graphs.load(graph)
+    submit_spec(spec, inputs, self.app, idempotency_key=f"celery-task:{self.request.id}",
+                extra_fields={"continuation": json.dumps(request)})
+    # Celery continues the canvas when the graph ends, not now.
+    self.request.chain = None
+    self.request.callbacks = None
+    raise Ignore()

@@ -1,0 +1,132 @@
+"""GraphRun: a handle on one run, from the process that started it or any other."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from celery import current_app
+
+from ..codec import decode_value, error_record
+from ..context import RunContext
+from ..dispatch import publish_nodes
+from ..errors import RunTimeout, StoreUnavailable
+from ..lifecycle import end_run
+from ..model import FINAL_STATES, GraphSpec, RunStatus
+from ..state import WAIT_SLICE, State, state_for
+
+
+class GraphRun:
+    """A run of a graph. Reopen one from any process with ``GraphRun(run_id, app=app)``."""
+
+    def __init__(self, run_id: str, app: Any = None, spec: GraphSpec | None = None) -> None:
+        self.id = run_id
+        self.app = app
+        self._spec = spec
+
+    def __repr__(self) -> str:
+        return f"<GraphRun {self.id}>"
+
+    @property
+    def _app(self) -> Any:
+        return self.app or current_app._get_current_object()
+
+    @property
+    def _state(self) -> State:
+        return state_for(self._app)
+
+    def spec(self) -> GraphSpec:
+        if self._spec is None:
+            state = self._state
+            self._spec = state.graphs.load(state.runs.record(self.id)["graph"])
+        return self._spec
+
+    def status(self) -> RunStatus:
+        """The run's state and each node's state, attempts and worker."""
+        return self._state.runs.status(self.id, self.spec())
+
+    def results(self) -> dict[str, Any]:
+        """{node id: result} for every node that finished."""
+        raw = self._state.runs.results(self.id)
+        # "<node>#<i>" fields hold elements of a dynamic fan-out, not nodes
+        return {k: decode_value(v) for k, v in raw.items() if "#" not in k}
+
+    def ready(self) -> bool:
+        return self._state.runs.record(self.id)["status"] in FINAL_STATES
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds on the run's completion signal (no polling);
+        True if the run has ended. For progress displays between status reads."""
+        state = self._state
+        end = time.monotonic() + timeout
+        while not self.ready():
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            state.runs.wait(self.id, max(left, 0.01))
+        return True
+
+    def get(self, timeout: float | None = None) -> Any:
+        """Block until the run ends. Returns the single sink's result, or {sink: result}
+        when there are several; raises RunFailed, RunCancelled or RunTimeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                return self._wait_once(deadline, timeout)
+            except StoreUnavailable:
+                # Redis restarting: keep waiting until our own deadline, never past it
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
+
+    def _wait_once(self, deadline: float | None, timeout: float | None) -> Any:
+        state = self._state
+        while True:
+            record = state.runs.record(self.id)
+            # a run stuck past its deadline (no node left to notice) is failed here
+            if (
+                record["status"] == "running"
+                and record.get("deadline")
+                and time.time() > float(record["deadline"])
+                and self._fail_deadline()
+            ):
+                record = state.runs.record(self.id)
+            outcome = state.runs.outcome(self.id, record)
+            if outcome is not None:
+                if outcome.state == "succeeded":
+                    return outcome.value
+                raise outcome.exception()
+            remaining = WAIT_SLICE
+            if record.get("deadline"):
+                remaining = min(remaining, max(float(record["deadline"]) - time.time(), 0) + 0.05)
+            if deadline is not None:
+                remaining = min(remaining, deadline - time.monotonic())
+                if remaining <= 0:
+                    raise RunTimeout(f"run {self.id} still {record['status']} after {timeout} s")
+            state.runs.wait(self.id, max(remaining, 0.01))
+
+    def _fail_deadline(self) -> bool:
+        error = error_record("", "DeadlineExceeded", "celery_graph.errors",
+                             f"run {self.id} passed its deadline")
+        return end_run(self._app, self._state, self.id, "failed", spec=self.spec(), error=error)
+
+    def context(self) -> RunContext:
+        """The run's shared state (what ``inject_context`` tasks wrote)."""
+        return RunContext(self._state, self.id)
+
+    def resume(self) -> GraphRun:
+        """Re-dispatch the failed and unfinished nodes of a failed or cancelled run;
+        results already stored are kept. Raises RunNotResumable otherwise."""
+        state, spec = self._state, self.spec()
+        done = set(state.runs.results(self.id))
+        frontier = [
+            n for n in spec.order
+            if n not in done and all(p in done for p in spec.nodes[n].preds)
+        ]
+        state.scripts.resume(spec, self.id, frontier)
+        publish_nodes(self._app, spec, self.id, frontier)
+        return self
+
+    def cancel(self) -> bool:
+        """Stop the run: no pending node starts after this. True if this call ended it."""
+        return end_run(self._app, self._state, self.id, "cancelled", spec=self.spec())

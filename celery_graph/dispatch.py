@@ -1,0 +1,145 @@
+"""The only code that sends to the broker: node messages, map items, the continuation of a
+Celery canvas, and the queue-depth reads that backpressure and metrics use.
+
+Every node message is an ordinary Celery message of the node's own task name, so routes,
+Flower and ``celery inspect`` see it like any task (see ``protocol.py`` for its fields).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from celery import signature
+from celery.app.task import Context
+
+from .errors import Backpressure
+from .model import GraphSpec, NodeSpec, Outcome
+from .protocol import GRAPH_KWARG, NodeMessage
+
+
+def publish_nodes(app: Any, spec: GraphSpec, run_id: str, node_ids: Iterable[str]) -> None:
+    """Send one message per node, with the node's bound arguments and routing options."""
+    with app.producer_or_acquire() as producer:
+        for nid in node_ids:
+            node = spec.nodes[nid]
+            message = NodeMessage(spec.graph_id, run_id, nid, node.call)
+            _send(app, producer, node, message, dict(node.kwargs), countdown=node.delay or None)
+
+
+def publish_items(app: Any, node: NodeSpec, message: NodeMessage, items: list[Any]) -> None:
+    """Send one message per item of a dynamic fan-out (``node.map``)."""
+    assert node.map_param is not None
+    count = len(items)
+    with app.producer_or_acquire() as producer:
+        for i, item in enumerate(items):
+            kwargs = dict(node.kwargs)
+            kwargs[node.map_param] = item
+            _send(app, producer, node, message.item(i, count), kwargs)
+
+
+def _send(
+    app: Any, producer: Any, node: NodeSpec, message: NodeMessage, kwargs: dict[str, Any],
+    countdown: float | None = None,
+) -> None:
+    kwargs[GRAPH_KWARG] = message.fields()
+    app.send_task(
+        node.task,
+        kwargs=kwargs,
+        task_id=message.task_id,
+        producer=producer,
+        ignore_result=True,
+        countdown=countdown,
+        **node.options,
+    )
+
+
+# -- a graph inside a Celery canvas ----------------------------------------------------
+
+
+def continue_canvas(app: Any, request: dict[str, Any], outcome: Outcome) -> None:
+    """The run started by the canvas step ``request`` ended: store its result (or failure)
+    under the step's task id and send what Celery would have sent after the step."""
+    ctx = Context(request)
+    ctx.ignore_result = False
+    backend = app.backend
+    stores = type(backend).__name__ != "DisabledBackend"
+    if outcome.state != "succeeded":
+        if stores:
+            exc = outcome.exception()
+            backend.mark_as_failure(request["id"], exc, getattr(exc, "traceback", None), ctx)
+        return
+    result = outcome.value
+    if stores:
+        backend.mark_as_done(request["id"], result, ctx)
+    for callback in request.get("callbacks") or ():
+        signature(callback, app=app).apply_async(
+            (result,), parent_id=request["id"], root_id=request.get("root_id")
+        )
+    chain = request.get("chain") or []
+    if chain:
+        signature(chain[-1], app=app).apply_async(
+            (result,), chain=chain[:-1] or None, parent_id=request["id"],
+            root_id=request.get("root_id"),
+        )
+
+
+# -- queue depth and backpressure ------------------------------------------------------
+
+
+class QueueDepth:
+    """Messages waiting in broker queues, read with a passive queue declare over one kept
+    connection: on Redis, kombu counts every priority list of the queue; on RabbitMQ the
+    broker answers. A queue that does not exist yet holds nothing."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._conn: Any = None
+
+    def depth(self, queue: str) -> int:
+        if self._conn is None:
+            self._conn = self.app.connection_for_read()
+        conn = self._conn
+        try:
+            return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+        except conn.channel_errors:
+            # the queue does not exist (on AMQP the 404 closes the channel)
+            self.close()
+            return 0
+        except conn.connection_errors:
+            # broker unreachable: report no number rather than a misleading zero
+            self.close()
+            raise
+
+    def depths(self, queues: Iterable[str]) -> dict[str, int]:
+        return {q: self.depth(q) for q in queues}
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.release()
+            self._conn = None
+
+
+def wait_for_room(app: Any, queues: list[str], limit: int, timeout: float) -> None:
+    """Wait, up to ``timeout`` seconds, until every queue holds fewer than ``limit``
+    messages, instead of flooding the broker; raise Backpressure after that."""
+    depth = QueueDepth(app)
+    deadline = time.monotonic() + timeout
+    pause = 0.05
+    try:
+        while True:
+            full = {q: d for q, d in depth.depths(queues).items() if d >= limit}
+            if not full:
+                return
+            if time.monotonic() >= deadline:
+                detail = ", ".join(f"{q!r} holds {d}" for q, d in full.items())
+                raise Backpressure(
+                    f"broker queue too deep for {timeout:g} s: {detail} "
+                    f"(graph_max_queue_depth={limit}); add workers or retry later"
+                )
+            # No broker signal tells when a queue drains, so this waits in growing steps.
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+    finally:
+        depth.close()

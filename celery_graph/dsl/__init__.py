@@ -1,0 +1,19 @@
+"""The graph DSL: immutable node values, ``>>`` and ``|``, and the decorators that make
+nodes. A flow hands its compiled spec down to the client to run."""
+
+from .decorators import ROUTING_OPTIONS, branch, node, task
+from .values import Flow, Parallel, Sequence, TaskNode, Workflow, check_node_id, workflow
+
+__all__ = [
+    "ROUTING_OPTIONS",
+    "Flow",
+    "Parallel",
+    "Sequence",
+    "TaskNode",
+    "Workflow",
+    "branch",
+    "check_node_id",
+    "node",
+    "task",
+    "workflow",
+]

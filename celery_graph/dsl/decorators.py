@@ -1,0 +1,143 @@
+"""The decorators and helpers that make graph nodes: ``@task``, ``node()`` and ``branch()``."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, overload
+
+from celery import current_app, shared_task
+from celery.canvas import Signature
+
+from ..errors import GraphDefinitionError, NotAGraphTaskError
+from ..executor import GraphTask, task_body
+from ..keys import NODE_ID_RE
+from ..protocol import CALL_TASK, Branch
+from .values import Flow, TaskNode, check_node_id
+
+# -- @task --------------------------------------------------------------------------
+
+# Task options that decide where and in which order a message is delivered. They go into
+# the spec, so any worker can publish a successor correctly without importing its module.
+ROUTING_OPTIONS = ("queue", "routing_key", "exchange", "priority")
+
+
+@overload
+def task(fn: Callable[..., Any], /) -> TaskNode: ...
+@overload
+def task(
+    *, name: str | None = None, **options: Any
+) -> Callable[[Callable[..., Any]], TaskNode]: ...
+def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """Declare a graph task. Registers a real Celery task (shared_task-style, so it attaches
+    to your app and shows in Flower under its own name) and returns its graph node.
+
+    Celery task options pass through: ``@task(queue="gpu", max_retries=3)``.
+    """
+    if fn is None:
+        return lambda f: _make_task(f, options)
+    return _make_task(fn, options)
+
+
+def _module_name(fn: Callable[..., Any]) -> str:
+    """The module name a worker importing this module would see: a script run as
+    ``python quickstart.py`` names its tasks ``quickstart.*``, as ``celery -A quickstart``
+    does."""
+    module = fn.__module__
+    if module != "__main__":
+        return module
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name:
+        return spec.name
+    path = getattr(main, "__file__", None)
+    return os.path.splitext(os.path.basename(path))[0] if path else module
+
+
+def _make_task(fn: Callable[..., Any], options: dict[str, Any]) -> TaskNode:
+    if isinstance(fn, Flow):
+        raise GraphDefinitionError(f"@task applied twice to {fn!r}")
+    if not callable(fn):
+        raise NotAGraphTaskError(f"@task needs a function, got {type(fn).__name__}")
+    name = options.pop("name", None) or f"{_module_name(fn)}.{fn.__qualname__}"
+    options.setdefault("base", GraphTask)
+    routing = tuple(sorted((k, options[k]) for k in ROUTING_OPTIONS if k in options))
+    context = bool(options.pop("inject_context", False))
+    body = task_body(fn)
+    shared_task(name=name, bind=True, **options)(body)
+    node = TaskNode(fn, name, fn.__name__, (), routing, context=context)
+    check_node_id(node.id, name)
+    object.__setattr__(node, "__doc__", fn.__doc__)
+    object.__setattr__(node, "__wrapped__", fn)
+    return node
+
+
+# -- branch -------------------------------------------------------------------------
+
+
+def branch(*targets: str | TaskNode, value: Any = None) -> Branch:
+    """Return this from a task to run only the named successors; the others are skipped
+    (and so is everything that only they lead to). A join runs when at least one of its
+    branches arrives; a skipped upstream's result is ``None``. ``value`` is the node's
+    result. ``branch()`` with no target skips every successor.
+
+    >>> @task
+    ... def route(order):
+    ...     return branch("express" if order["priority"] else "standard", value=order)
+    """
+    ids = tuple(t.id if isinstance(t, TaskNode) else t for t in targets)
+    for t in ids:
+        if not isinstance(t, str) or not NODE_ID_RE.match(t):
+            raise GraphDefinitionError(f"branch(): {t!r} is not a node id")
+    return Branch(ids, value)
+
+
+# -- existing Celery tasks ----------------------------------------------------------
+
+
+def node(task_or_signature: Any, *, id: str | None = None, **kwargs: Any) -> TaskNode:
+    """Make an existing Celery task or signature a graph node, unchanged::
+
+        resize = node(resize_image.s("cat.png", width=200), id="resize")
+        flow = fetch >> resize >> publish
+
+    Positional arguments of the signature are bound to the task's parameters by name,
+    keyword arguments and ``**kwargs`` are bound too, and its options (queue, priority...)
+    route the node. Upstream results fill parameters named after upstream nodes, as for
+    ``@task``. The node runs through the ``celery_graph.call`` task, which calls the task's
+    body in the worker: the worker must import both celery_graph and the task's module.
+    """
+    if isinstance(task_or_signature, TaskNode):
+        return task_or_signature.bind(id=id, **kwargs)
+    if isinstance(task_or_signature, Signature):
+        name = task_or_signature.task
+        args = tuple(task_or_signature.args or ())
+        sig_kwargs = dict(task_or_signature.kwargs or {})
+        sig_options = dict(task_or_signature.options or {})
+    elif hasattr(task_or_signature, "name") and hasattr(task_or_signature, "run"):
+        name, args, sig_kwargs, sig_options = task_or_signature.name, (), {}, {}
+    else:
+        raise NotAGraphTaskError(
+            f"node() takes a Celery task or signature, got {type(task_or_signature).__name__}"
+        )
+    if not isinstance(name, str):
+        raise NotAGraphTaskError(f"node(): signature {task_or_signature!r} names no task")
+    try:
+        target = current_app.tasks[name]
+    except KeyError:
+        raise NotAGraphTaskError(
+            f"node(): task {name!r} is not registered on the current app; import its module"
+        ) from None
+    fn = target.run
+    node_id = id or name.rsplit(".", 1)[-1]
+    check_node_id(node_id, name)
+    try:
+        bound = dict(inspect.signature(fn).bind_partial(*args, **sig_kwargs).arguments)
+    except TypeError as exc:
+        raise GraphDefinitionError(f"node {node_id!r}: arguments do not fit {name}: {exc}") from exc
+    options = {k: getattr(target, k) for k in ROUTING_OPTIONS if getattr(target, k, None)}
+    options.update({k: sig_options[k] for k in ROUTING_OPTIONS if k in sig_options})
+    base = TaskNode(fn, CALL_TASK, node_id, (), tuple(sorted(options.items())), call=name)
+    return base.bind(**bound, **kwargs)

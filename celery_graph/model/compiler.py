@@ -1,0 +1,295 @@
+"""Compile declarations into a validated, canonical GraphSpec.
+
+The DSL hands down plain declarations (what each node is, which groups exist, which edges
+join them); nothing here knows the DSL's values, Celery or Redis. Every mistake a graph
+can hold is raised here, before anything is stored or sent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..codec import canonical, is_json, sha256
+from ..errors import (
+    CycleError,
+    DuplicateNodeError,
+    GraphDefinitionError,
+    MissingParameterError,
+    SerializationError,
+)
+from .spec import SPEC_VERSION, GraphSpec, GroupTree, tree_ids
+
+VARIADIC = ("VAR_POSITIONAL", "VAR_KEYWORD")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a node's function; ``kind`` is an ``inspect.Parameter`` kind name."""
+
+    name: str
+    kind: str
+    has_default: bool
+
+    @property
+    def variadic(self) -> bool:
+        return self.kind in VARIADIC
+
+
+@dataclass(frozen=True)
+class NodeDecl:
+    """One node as the DSL declares it. Two declarations with one id must be equal."""
+
+    id: str
+    task: str
+    params: tuple[Param, ...]
+    bound: tuple[tuple[str, Any], ...] = ()
+    options: tuple[tuple[str, Any], ...] = ()
+    delay: float = 0.0
+    context: bool = False
+    map_over: tuple[str, str | None] | None = None  # (source node id, parameter)
+    call: str | None = None
+    retries: tuple[int, float] | None = None
+    label: str = field(default="", compare=False)  # how the DSL shows it, for errors
+
+
+@dataclass(frozen=True)
+class GroupDecl:
+    """A parallel group that has a name, a failure policy, or both."""
+
+    name: str | None
+    trees: tuple[GroupTree, ...]  # the result shape of each member (a named group's value)
+    node_members: tuple[str, ...]  # ids of the members that are single nodes
+    policy: tuple[tuple[str, Any], ...] | None = None
+
+
+@dataclass(frozen=True)
+class Declarations:
+    """A whole graph: its parts in declaration order, and its edges."""
+
+    parts: tuple[NodeDecl | GroupDecl, ...]
+    edges: tuple[tuple[str, str], ...]
+
+
+def compile_graph(decls: Declarations) -> GraphSpec:
+    nodes: dict[str, NodeDecl] = {}
+    groups: dict[str, GroupTree] = {}
+    policies: dict[str, dict[str, Any]] = {}
+    tolerant: dict[str, str] = {}
+    for part in decls.parts:
+        if isinstance(part, NodeDecl):
+            seen = nodes.get(part.id)
+            if seen is None:
+                nodes[part.id] = part
+            elif seen != part:
+                raise DuplicateNodeError(
+                    f"duplicate node id {part.id!r}: used by {seen.label} and {part.label}; "
+                    f"give one of them its own id, e.g. .bind(id='{part.id}_2')"
+                )
+            continue
+        if part.policy:
+            members = list(part.node_members)
+            label = part.name or "group(" + ",".join(members) + ")"
+            policy = dict(part.policy, members=members)
+            if policies.get(label, policy) != policy:
+                raise DuplicateNodeError(f"two groups with different policies are named {label!r}")
+            policies[label] = policy
+            for m in members:
+                if tolerant.get(m, label) != label:
+                    raise GraphDefinitionError(
+                        f"node {m!r} is a member of two groups with policies: "
+                        f"{tolerant[m]!r} and {label!r}"
+                    )
+                tolerant[m] = label
+        if part.name:
+            tree = list(part.trees)
+            if groups.get(part.name, tree) != tree:
+                raise DuplicateNodeError(f"two different groups are named {part.name!r}")
+            groups[part.name] = tree
+    if not nodes:
+        raise GraphDefinitionError("the graph has no nodes")
+    for name in groups:
+        if name in nodes:
+            raise DuplicateNodeError(f"group name {name!r} is also a node id; rename one")
+
+    edge_set: set[tuple[str, str]] = set()
+    for src, dst in decls.edges:
+        if src == dst:
+            raise CycleError(f"cycle: node {src!r} runs after itself")
+        edge_set.add((src, dst))
+    edges = sorted(edge_set)
+    succs: dict[str, list[str]] = {n: [] for n in nodes}
+    preds: dict[str, list[str]] = {n: [] for n in nodes}
+    for s, d in edges:
+        succs[s].append(d)
+        preds[d].append(s)
+    order = _topological_order(nodes, preds, succs)
+    is_upstream = _ancestry(preds)
+
+    out_nodes: dict[str, Any] = {}
+    for nid in order:
+        out_nodes[nid] = _node_entry(nodes[nid], nodes, groups, preds, is_upstream)
+        if nid in tolerant:
+            out_nodes[nid]["tolerant"] = tolerant[nid]
+    data: dict[str, Any] = {
+        "v": SPEC_VERSION,
+        "nodes": out_nodes,
+        "edges": [list(e) for e in edges],
+        "order": order,
+    }
+    if policies:
+        data["policies"] = policies
+    blob = canonical(data)
+    return GraphSpec.from_data(data, blob, sha256(blob))
+
+
+def _ancestry(preds: dict[str, list[str]]) -> Callable[[str, str], bool]:
+    """``is_upstream(candidate, node)``: is there a path from candidate to node?"""
+    cache: dict[str, frozenset[str]] = {}
+
+    def is_upstream(candidate: str, node_id: str) -> bool:
+        anc = cache.get(node_id)
+        if anc is None:
+            seen: set[str] = set()
+            stack = list(preds[node_id])
+            while stack:
+                cur = stack.pop()
+                if cur not in seen:
+                    seen.add(cur)
+                    stack.extend(preds[cur])
+            anc = cache[node_id] = frozenset(seen)
+        return candidate in anc
+
+    return is_upstream
+
+
+def _node_entry(
+    node: NodeDecl,
+    nodes: dict[str, NodeDecl],
+    groups: dict[str, GroupTree],
+    preds: dict[str, list[str]],
+    is_upstream: Callable[[str, str], bool],
+) -> dict[str, Any]:
+    bound = dict(node.bound)
+    pull: dict[str, str] = {}
+    group_pull: dict[str, GroupTree] = {}
+    needs: list[str] = []
+    names: list[str] = []
+    mapped: dict[str, Any] | None = None
+    if node.map_over is not None:
+        source, map_param = node.map_over
+        if source not in nodes or not is_upstream(source, node.id):
+            raise GraphDefinitionError(
+                f"node {node.id!r}: map({source!r}) needs {source!r} to be an upstream node "
+                f"(write {source} >> ... >> {node.id})"
+            )
+        if map_param is None:
+            map_param = (
+                source if any(p.name == source for p in node.params) else _only_open_param(node)
+            )
+        mapped = {"source": source, "param": map_param}
+    params = list(node.params)
+    if node.context:
+        if not params or params[0].kind not in ("POSITIONAL_ONLY", "POSITIONAL_OR_KEYWORD"):
+            raise GraphDefinitionError(
+                f"node {node.id!r}: inject_context=True needs a first positional parameter "
+                "to receive the run context"
+            )
+        params = params[1:]
+    for p in params:
+        name = p.name
+        if p.variadic:
+            continue
+        names.append(name)
+        if mapped is not None and name == mapped["param"]:
+            continue
+        if name in nodes and preds[node.id] and is_upstream(name, node.id):
+            pull[name] = name
+            continue
+        if name in groups and preds[node.id]:
+            members = list(tree_ids(groups[name]))
+            if all(is_upstream(m, node.id) for m in members):
+                group_pull[name] = groups[name]
+                continue
+        if name in bound or p.has_default:
+            continue
+        if p.kind == "POSITIONAL_ONLY":
+            raise MissingParameterError(
+                f"node {node.id!r}: parameter {name!r} is positional-only; celery-graph "
+                "passes arguments by name"
+            )
+        if name in nodes or name in groups:
+            raise MissingParameterError(
+                f"node {node.id!r}: parameter {name!r} names {'node' if name in nodes else 'group'}"
+                f" {name!r}, which is not upstream of {node.id!r}; add an edge "
+                f"({name} >> {node.id}) or bind a value"
+            )
+        needs.append(name)
+    try:
+        kwargs_json = json.loads(canonical(bound))
+    except (TypeError, ValueError) as exc:
+        bad = next((k for k, v in bound.items() if not is_json(v)), next(iter(bound), "?"))
+        raise SerializationError(
+            f"node {node.id!r}: bound argument {bad!r} of type {type(bound.get(bad)).__name__} "
+            "cannot be encoded as JSON"
+        ) from exc
+    entry: dict[str, Any] = {
+        "task": node.task,
+        "kwargs": kwargs_json,
+        "params": names,
+        "pull": pull,
+        "groups": group_pull,
+        "needs": needs,
+        "opts": dict(node.options),
+    }
+    if node.delay:
+        entry["delay"] = node.delay
+    if node.context:
+        entry["ctx"] = True
+    if mapped is not None:
+        entry["map"] = mapped
+    if node.call:
+        entry["call"] = node.call
+    if node.retries:
+        entry["retry"] = list(node.retries)
+    return entry
+
+
+def _only_open_param(node: NodeDecl) -> str:
+    bound = dict(node.bound)
+    open_params = [
+        p.name for p in node.params
+        if not p.variadic and not p.has_default and p.name not in bound
+    ]
+    if node.context:
+        open_params = open_params[1:]
+    if len(open_params) != 1:
+        raise GraphDefinitionError(
+            f"node {node.id!r}: map() cannot tell which parameter receives the item "
+            f"(candidates: {open_params or 'none'}); pass map(..., param='name')"
+        )
+    return open_params[0]
+
+
+def _topological_order(
+    nodes: dict[str, NodeDecl], preds: dict[str, list[str]], succs: dict[str, list[str]]
+) -> list[str]:
+    indegree = {n: len(preds[n]) for n in nodes}
+    queue = deque(n for n in nodes if indegree[n] == 0)
+    order: list[str] = []
+    while queue:
+        n = queue.popleft()
+        order.append(n)
+        for s in succs[n]:
+            indegree[s] -= 1
+            if indegree[s] == 0:
+                queue.append(s)
+    if len(order) != len(nodes):
+        stuck = sorted(n for n, d in indegree.items() if d > 0)
+        raise CycleError(
+            "cycle in the graph among nodes: " + ", ".join(repr(n) for n in stuck[:10])
+        )
+    return order

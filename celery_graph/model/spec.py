@@ -1,0 +1,158 @@
+"""GraphSpec: a compiled graph, as every process reads it.
+
+The spec is canonical JSON (sorted keys, no spaces); the graph id is the sha256 of those
+bytes, so the same graph always gets the same id and is stored once. ``compiler.py``
+builds it from declarations; workers and clients rebuild it from the stored bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..codec import sha256
+from ..errors import MissingParameterError
+
+SPEC_VERSION = 1
+
+# A group tree is a node id, or a list of group trees (a nested parallel member).
+GroupTree = Any
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    id: str
+    task: str
+    kwargs: dict[str, Any]
+    params: tuple[str, ...]
+    pull: dict[str, str]  # parameter -> upstream node id
+    groups: dict[str, GroupTree]  # parameter -> tree of upstream node ids
+    needs: tuple[str, ...]  # parameters only a run input can fill
+    options: dict[str, Any]  # routing options for the node's messages
+    tolerant: str | None = None  # policy group this node may fail in without failing the run
+    delay: float = 0.0  # countdown of the node's message
+    context: bool = False  # the function's first parameter receives the RunContext
+    map_source: str | None = None  # dynamic fan-out over this upstream node's list result
+    map_param: str | None = None  # the parameter that receives each item
+    call: str | None = None  # existing Celery task run through celery_graph.call
+    retries: int = 0  # retries on any error (node-level, from with_retries / pipeline files)
+    retry_delay: float = 1.0
+    preds: tuple[str, ...] = ()
+    succs: tuple[str, ...] = ()
+
+    @property
+    def is_join(self) -> bool:
+        return len(self.preds) >= 2
+
+    def pull_ids(self) -> list[str]:
+        """The upstream nodes whose results fill this node's parameters, in a stable order."""
+        ids = list(self.pull.values())
+        for tree in self.groups.values():
+            ids.extend(tree_ids(tree))
+        return list(dict.fromkeys(ids))
+
+    def upstream_ids(self) -> list[str]:
+        """Every node whose result this node reads (a map node also reads its source)."""
+        ids = self.pull_ids()
+        if self.map_source and self.map_source not in ids:
+            ids.append(self.map_source)
+        return ids
+
+
+def policy_violation(policy: dict[str, Any], failed: set[str]) -> str | None:
+    """Why ``policy`` can no longer be met with ``failed`` members, or None if it can."""
+    members = policy["members"]
+    kind = policy["kind"]
+    if kind == "at_least":
+        left = len(members) - len(failed & set(members))
+        if left < policy["n"]:
+            return f"at most {left} of {len(members)} members can succeed, {policy['n']} must"
+    elif kind == "critical":
+        lost = sorted(failed & set(policy["critical"]))
+        if lost:
+            return f"critical member(s) {', '.join(lost)} failed"
+    return None
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    graph_id: str
+    blob: bytes  # canonical JSON
+    nodes: dict[str, NodeSpec]
+    roots: tuple[str, ...]
+    sinks: tuple[str, ...]
+    joins: tuple[str, ...]
+    order: tuple[str, ...] = field(repr=False)  # a topological order
+    maps: tuple[str, ...] = ()  # nodes with a dynamic fan-out
+    policies: dict[str, dict[str, Any]] = field(default_factory=dict)  # group -> policy
+
+    @classmethod
+    def from_blob(cls, blob: bytes, graph_id: str | None = None) -> GraphSpec:
+        data = json.loads(blob)
+        return cls.from_data(data, blob, graph_id or sha256(blob))
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any], blob: bytes, graph_id: str) -> GraphSpec:
+        raw = data["nodes"]
+        preds: dict[str, list[str]] = {n: [] for n in raw}
+        succs: dict[str, list[str]] = {n: [] for n in raw}
+        for src, dst in data["edges"]:
+            succs[src].append(dst)
+            preds[dst].append(src)
+        nodes = {
+            nid: NodeSpec(
+                id=nid,
+                task=n["task"],
+                kwargs=n["kwargs"],
+                params=tuple(n["params"]),
+                pull=n["pull"],
+                groups=n["groups"],
+                needs=tuple(n["needs"]),
+                options=n["opts"],
+                tolerant=n.get("tolerant"),
+                delay=n.get("delay", 0.0),
+                context=n.get("ctx", False),
+                map_source=(n.get("map") or {}).get("source"),
+                map_param=(n.get("map") or {}).get("param"),
+                call=n.get("call"),
+                retries=(n.get("retry") or [0, 1.0])[0],
+                retry_delay=(n.get("retry") or [0, 1.0])[1],
+                preds=tuple(preds[nid]),
+                succs=tuple(succs[nid]),
+            )
+            for nid, n in raw.items()
+        }
+        return cls(
+            graph_id=graph_id,
+            blob=blob,
+            nodes=nodes,
+            roots=tuple(n for n in nodes if not preds[n]),
+            sinks=tuple(n for n in nodes if not succs[n]),
+            joins=tuple(n for n in nodes if len(preds[n]) >= 2),
+            maps=tuple(n for n in nodes if nodes[n].map_source),
+            order=tuple(data["order"]),
+            policies=data.get("policies", {}),
+        )
+
+    def check_inputs(self, inputs: dict[str, Any]) -> None:
+        """Raise MissingParameterError if a parameter nothing fills is not in ``inputs``."""
+        for node in self.nodes.values():
+            for param in node.needs:
+                if param not in inputs:
+                    raise MissingParameterError(
+                        f"node {node.id!r} ({node.task}): required parameter {param!r} is "
+                        "filled by nothing: no upstream node or named group of that name, no "
+                        "bound value, no default; pass it as a run input "
+                        f"(flow.apply_async({param}=...)) or bind it"
+                    )
+
+
+def tree_ids(tree: GroupTree) -> Iterable[str]:
+    """The node ids in a group tree, depth first."""
+    if isinstance(tree, str):
+        yield tree
+    else:
+        for t in tree:
+            yield from tree_ids(t)

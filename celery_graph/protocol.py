@@ -1,0 +1,83 @@
+"""The node message on the wire, and the names celery-graph reserves.
+
+A node's message is an ordinary Celery message of the node's own task name. Its keyword
+arguments are the node's bound arguments plus one extra keyword, ``_graph``::
+
+    {"g": graph id, "r": run id, "n": node id}     every node message
+    {..., "t": "proj.tasks.resize"}                 a node that runs an existing task
+    {..., "i": 3, "c": 10}                          item 3 of 10 of a dynamic fan-out
+
+Nothing else of the graph travels with the message (the spec is loaded from the store),
+so a message's size does not grow with the graph. Its task id is ``<run id>:<node id>``
+(``...#<i>`` for an item), which Flower shows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+GRAPH_KWARG = "_graph"
+
+CALL_TASK = "celery_graph.call"  # runs an existing Celery task as a node (node())
+RUN_GRAPH = "celery_graph.run_graph"  # starts a graph as a step of a Celery canvas
+
+
+def task_id_for(run_id: str, node_id: str, index: int | None = None) -> str:
+    base = f"{run_id}:{node_id}"
+    return base if index is None else f"{base}#{index}"
+
+
+@dataclass(frozen=True)
+class NodeMessage:
+    """The ``_graph`` keyword of one node message, parsed."""
+
+    graph_id: str
+    run_id: str
+    node_id: str
+    call: str | None = None  # the existing task a node() runs, shown in Flower
+    index: int | None = None  # item of a dynamic fan-out
+    count: int | None = None  # items in that fan-out
+
+    @classmethod
+    def parse(cls, fields: dict[str, Any]) -> NodeMessage:
+        return cls(fields["g"], fields["r"], fields["n"], fields.get("t"), fields.get("i"),
+                   fields.get("c"))
+
+    def fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"g": self.graph_id, "r": self.run_id, "n": self.node_id}
+        if self.call:
+            out["t"] = self.call
+        if self.index is not None:
+            out["i"] = self.index
+            out["c"] = self.count
+        return out
+
+    def item(self, index: int, count: int) -> NodeMessage:
+        return NodeMessage(self.graph_id, self.run_id, self.node_id, self.call, index, count)
+
+    @property
+    def task_id(self) -> str:
+        return task_id_for(self.run_id, self.node_id, self.index)
+
+    @property
+    def result_field(self) -> str:
+        """Where this message's result is stored: the node id, or "<node>#<i>" for an item."""
+        return self.node_id if self.index is None else f"{self.node_id}#{self.index}"
+
+
+def graph_fields(kwargs: Any) -> dict[str, Any] | None:
+    """The ``_graph`` fields of a message's keyword arguments, or None (a plain call)."""
+    return kwargs.get(GRAPH_KWARG) if isinstance(kwargs, dict) else None
+
+
+@dataclass(frozen=True)
+class Branch:
+    """What a node returns to run only some of its successors; see ``branch()``."""
+
+    targets: tuple[str, ...]
+    value: Any = None
+
+    def choice(self) -> str:
+        """The choice as stored with the node's state: "!a,b" ("!" alone: none)."""
+        return "!" + ",".join(self.targets)

@@ -1,0 +1,67 @@
+"""Graph state in Redis: the only part of celery-graph that talks to Redis.
+
+``state_for(app)`` returns the :class:`State` of an app's settings (one per process and
+settings): the graph store, run records, the Lua operations, shared run state and the
+worker registry, over one Redis client. Redis errors leave this package translated
+(``StoreUnavailable`` and friends, see ``connection.py``).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from ..config import Settings
+from ..keys import Keys
+from .connection import WAIT_SLICE, client_for, translated, wait_client_for
+from .graphs import GraphStore
+from .runs import RunStore
+from .scripts import Arrival, Scripts
+from .shared import SharedState
+from .workers import WorkerStore
+
+
+class State:
+    """Everything stored for one set of settings, over one Redis client."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keys: Keys = settings.keys
+        self.client: Any = client_for(settings.redis_url)
+        self._wait_client: Any = None
+        self.graphs = GraphStore(self.client, self.keys, settings.store_ttl, settings.cache_size)
+        self.runs = RunStore(
+            self.client, self.wait_client, self.keys, self.graphs, settings.run_ttl
+        )
+        self.scripts = Scripts(
+            self.client, self.keys, settings.run_ttl, settings.result_ttl,
+            settings.release_grace,
+        )
+        self.shared = SharedState(self.client, self.keys, settings.run_ttl)
+        self.workers = WorkerStore(self.client, self.keys)
+
+    def wait_client(self) -> Any:
+        if self._wait_client is None:
+            self._wait_client = wait_client_for(self.settings.redis_url)
+        return self._wait_client
+
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless Redis answers."""
+        translated("connecting", self.client.ping)
+
+
+_states: dict[Settings, State] = {}
+_lock = threading.Lock()
+
+
+def state_for(app: Any) -> State:
+    """The State of ``app``'s settings (``app.conf``, then the environment)."""
+    settings = Settings.from_app(app)
+    with _lock:
+        state = _states.get(settings)
+        if state is None:
+            state = _states[settings] = State(settings)
+        return state
+
+
+__all__ = ["WAIT_SLICE", "Arrival", "State", "state_for"]

@@ -1,0 +1,92 @@
+"""GraphStore: content-addressed graphs.
+
+A graph is stored once under ``P:graph:<sha256>``, zlib-compressed, written with SET NX and
+a TTL that slides: every submission and every cache miss on load refreshes it. Each process
+keeps a bounded LRU cache of parsed specs; a blob whose hash does not match its id is
+refused (GraphCorrupted), never run.
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections import OrderedDict
+from typing import Any
+
+from ..codec import sha256
+from ..errors import GraphCorrupted, GraphNotFound
+from ..keys import Keys
+from ..model import GraphSpec
+from .connection import translated
+
+
+class GraphStore:
+    def __init__(self, client: Any, keys: Keys, ttl: int, cache_size: int) -> None:
+        self.client = client  # bytes replies (decode_responses off)
+        self.keys = keys
+        self.ttl = ttl
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, GraphSpec] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, spec: GraphSpec) -> None:
+        """Keep ``spec`` in this process's cache (after storing it)."""
+        with self._lock:
+            self._cache[spec.graph_id] = spec
+            self._cache.move_to_end(spec.graph_id)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+
+    def put_commands(self, pipe: Any, spec: GraphSpec) -> None:
+        """Queue the write of ``spec`` on a pipeline (SET NX + TTL refresh)."""
+        key = self.keys.graph(spec.graph_id)
+        pipe.set(key, compressed(spec), nx=True, ex=self.ttl)
+        pipe.expire(key, self.ttl)
+
+    def put(self, spec: GraphSpec) -> bool:
+        """Store ``spec``; True if this call wrote it (False: it was already there)."""
+        pipe = self.client.pipeline(transaction=False)
+        self.put_commands(pipe, spec)
+        created, _ = translated("storing a graph", pipe.execute)
+        self.remember(spec)
+        return bool(created)
+
+    def load(self, graph_id: str) -> GraphSpec:
+        with self._lock:
+            spec = self._cache.get(graph_id)
+            if spec is not None:
+                self._cache.move_to_end(graph_id)
+                return spec
+        key = self.keys.graph(graph_id)
+        blob = translated(
+            "loading a graph", lambda: self.client.getex(key, ex=self.ttl)
+        )
+        if blob is None:
+            raise GraphNotFound(
+                f"graph {graph_id} is not in the store under {key!r}: it expired "
+                "(graph_store_ttl) or was stored under another key prefix"
+            )
+        try:
+            raw = zlib.decompress(blob)
+        except zlib.error as exc:
+            raise GraphCorrupted(f"graph {graph_id} at {key!r} does not decompress: {exc}") from exc
+        if sha256(raw) != graph_id:
+            raise GraphCorrupted(
+                f"graph at {key!r} hashes to {sha256(raw)}, not {graph_id}: refusing to run it"
+            )
+        spec = GraphSpec.from_blob(raw, graph_id)
+        self.remember(spec)
+        return spec
+
+
+_compressed: dict[str, bytes] = {}
+
+
+def compressed(spec: GraphSpec) -> bytes:
+    blob = _compressed.get(spec.graph_id)
+    if blob is None:
+        blob = zlib.compress(spec.blob, 6)
+        if len(_compressed) > 256:
+            _compressed.clear()
+        _compressed[spec.graph_id] = blob
+    return blob
