@@ -20,6 +20,7 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check celery_graph tests examples
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
@@ -28,6 +29,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check celery_graph tests examples
 	$(BIN)/ruff format --check celery_graph tests examples
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
