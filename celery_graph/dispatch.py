@@ -61,18 +61,18 @@ def _send(
 def continue_canvas(app: Any, request: dict[str, Any], outcome: Outcome) -> None:
     """The run started by the canvas step ``request`` ended: store its result (or failure)
     under the step's task id and send what Celery would have sent after the step."""
-    ctx = Context(request)
-    ctx.ignore_result = False
+    step = Context(request)  # the canvas step's Celery request, as the backend wants it
+    step.ignore_result = False
     backend = app.backend
     stores = type(backend).__name__ != "DisabledBackend"
     if outcome.state != "succeeded":
         if stores:
             exc = outcome.exception()
-            backend.mark_as_failure(request["id"], exc, getattr(exc, "traceback", None), ctx)
+            backend.mark_as_failure(request["id"], exc, getattr(exc, "traceback", None), step)
         return
     result = outcome.value
     if stores:
-        backend.mark_as_done(request["id"], result, ctx)
+        backend.mark_as_done(request["id"], result, step)
     for callback in request.get("callbacks") or ():
         signature(callback, app=app).apply_async(
             (result,), parent_id=request["id"], root_id=request.get("root_id")
