@@ -15,6 +15,7 @@ from .dsl import (
 )
 from .errors import (
     Backpressure,
+    BrokerUnavailable,
     CeleryGraphError,
     ConfigurationError,
     CycleError,
@@ -24,6 +25,7 @@ from .errors import (
     GraphDefinitionError,
     GraphNotFound,
     MissingParameterError,
+    NodeLost,
     NotAGraphTaskError,
     PublishError,
     ResultTooLarge,
@@ -77,10 +79,12 @@ __all__ = [
     "GraphCorrupted",
     "RunNotFound",
     "PublishError",
+    "BrokerUnavailable",
     "RunFailed",
     "RunCancelled",
     "RunTimeout",
     "DeadlineExceeded",
+    "NodeLost",
     "RunNotResumable",
     "Backpressure",
 ]

@@ -10,7 +10,15 @@
 | graph_store_ttl           | CELERY_GRAPH_STORE_TTL        | 604800 s (sliding)         |
 | graph_cache_size          | CELERY_GRAPH_CACHE_SIZE       | 256 graphs per process     |
 | graph_max_result_bytes    | CELERY_GRAPH_MAX_RESULT_BYTES | 16 MiB per node result     |
-| graph_release_grace       | CELERY_GRAPH_RELEASE_GRACE    | 10 s (see complete.lua)    |
+| graph_queued_lease        | CELERY_GRAPH_QUEUED_LEASE     | 30 s: a published node not |
+|                           |                               | started by then is re-sent |
+|                           |                               | (when its queue is empty)  |
+| graph_running_lease       | CELERY_GRAPH_RUNNING_LEASE    | 15 s: a running node whose |
+|                           |                               | worker stops renewing it   |
+|                           |                               | is re-sent after this      |
+| graph_reconcile_interval  | CELERY_GRAPH_RECONCILE_INTERVAL | 2 s between sweeps       |
+| graph_max_lost            | CELERY_GRAPH_MAX_LOST         | 5: a node whose worker dies|
+|                           |                               | more often fails the run   |
 | graph_max_queue_depth     | CELERY_GRAPH_MAX_QUEUE_DEPTH  | 0 (no backpressure)        |
 | graph_backpressure_timeout| CELERY_GRAPH_BACKPRESSURE_TIMEOUT | 30 s                   |
 
@@ -85,8 +93,11 @@ class Settings:
     cache_size: int
     max_result_bytes: int = 16 * 1024 * 1024
     max_queue_depth: int = 0
-    release_grace: float = 10.0
     backpressure_timeout: float = 30.0
+    queued_lease: float = 30.0
+    running_lease: float = 15.0
+    reconcile_interval: float = 2.0
+    max_lost: int = 5
 
     @property
     def keys(self) -> Keys:
@@ -120,9 +131,16 @@ class Settings:
             max_result_bytes=_setting(
                 app, "graph_max_result_bytes", "CELERY_GRAPH_MAX_RESULT_BYTES", 16 << 20, int
             ),
-            release_grace=_setting(
-                app, "graph_release_grace", "CELERY_GRAPH_RELEASE_GRACE", 10.0, float
+            queued_lease=_setting(
+                app, "graph_queued_lease", "CELERY_GRAPH_QUEUED_LEASE", 30.0, float
             ),
+            running_lease=_setting(
+                app, "graph_running_lease", "CELERY_GRAPH_RUNNING_LEASE", 15.0, float
+            ),
+            reconcile_interval=_setting(
+                app, "graph_reconcile_interval", "CELERY_GRAPH_RECONCILE_INTERVAL", 2.0, float
+            ),
+            max_lost=_setting(app, "graph_max_lost", "CELERY_GRAPH_MAX_LOST", 5, int),
             max_queue_depth=_setting(
                 app, "graph_max_queue_depth", "CELERY_GRAPH_MAX_QUEUE_DEPTH", 0, int
             ),
@@ -134,9 +152,13 @@ class Settings:
             raise ConfigurationError(
                 "graph_max_queue_depth and graph_backpressure_timeout must not be negative"
             )
-        for name in ("result_ttl", "run_ttl", "store_ttl", "cache_size", "max_result_bytes"):
+        for name in ("result_ttl", "run_ttl", "store_ttl", "cache_size", "max_result_bytes",
+                     "max_lost"):
             if getattr(settings, name) <= 0:
                 raise ConfigurationError(f"graph_{name} must be a positive integer")
+        for name in ("queued_lease", "running_lease", "reconcile_interval"):
+            if getattr(settings, name) <= 0:
+                raise ConfigurationError(f"graph_{name} must be a positive number of seconds")
         return settings
 
 

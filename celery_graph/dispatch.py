@@ -8,35 +8,80 @@ Flower and ``celery inspect`` see it like any task (see ``protocol.py`` for its 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery import signature
 from celery.app.task import Context
+from kombu.exceptions import OperationalError
 
-from .errors import Backpressure
+from .errors import Backpressure, BrokerUnavailable
 from .model import GraphSpec, NodeSpec, Outcome
 from .protocol import GRAPH_KWARG, NodeMessage
 
+# What sending raises when the broker cannot be reached (Celery re-raises the transport's
+# connection errors as kombu's OperationalError).
+BROKER_DOWN = (OperationalError, ConnectionError, OSError)
 
-def publish_nodes(app: Any, spec: GraphSpec, run_id: str, node_ids: Iterable[str]) -> None:
-    """Send one message per node, with the node's bound arguments and routing options."""
-    with app.producer_or_acquire() as producer:
+
+@contextmanager
+def _sending(what: str) -> Iterator[None]:
+    try:
+        yield
+    except BROKER_DOWN as exc:
+        raise BrokerUnavailable(f"the broker did not take {what}: {exc}") from exc
+
+
+def publish_nodes(
+    app: Any, spec: GraphSpec, run_id: str, node_ids: Iterable[str], *, delays: bool = True
+) -> None:
+    """Send one message per node, with the node's bound arguments and routing options
+    (``delays=False``: without the nodes' start delays, which have passed already)."""
+    with _sending("node messages"), app.producer_or_acquire() as producer:
         for nid in node_ids:
             node = spec.nodes[nid]
             message = NodeMessage(spec.graph_id, run_id, nid, node.call)
-            _send(app, producer, node, message, dict(node.kwargs), countdown=node.delay or None)
+            countdown = (node.delay or None) if delays else None
+            _send(app, producer, node, message, dict(node.kwargs), countdown=countdown)
 
 
-def publish_items(app: Any, node: NodeSpec, message: NodeMessage, items: list[Any]) -> None:
-    """Send one message per item of a dynamic fan-out (``node.map``)."""
+def publish_items(
+    app: Any, node: NodeSpec, message: NodeMessage, items: list[Any],
+    indexes: Iterable[int] | None = None,
+) -> None:
+    """Send one message per item of a dynamic fan-out (``node.map``), or only the items
+    at ``indexes``."""
     assert node.map_param is not None
     count = len(items)
-    with app.producer_or_acquire() as producer:
-        for i, item in enumerate(items):
+    with _sending("map items"), app.producer_or_acquire() as producer:
+        for i in range(count) if indexes is None else indexes:
             kwargs = dict(node.kwargs)
-            kwargs[node.map_param] = item
+            kwargs[node.map_param] = items[i]
             _send(app, producer, node, message.item(i, count), kwargs)
+
+
+def redeliver(task: Any, fields: dict[str, Any], countdown: float) -> None:
+    """Send the message ``task`` is running again, after ``countdown`` seconds, with new
+    ``_graph`` fields; the attempt counter is left as it is (an infrastructure error is
+    not one of the node's retries)."""
+    request = task.request
+    kwargs = dict(request.kwargs or {})
+    kwargs[GRAPH_KWARG] = fields
+    with _sending("the message sent again"):
+        task.signature_from_request(
+            request, request.args, kwargs, countdown=countdown, retries=request.retries
+        ).apply_async()
+
+
+def queue_of(app: Any, node: NodeSpec) -> str:
+    """The queue the node's messages go to (its options, else the app's routes)."""
+    queue = node.options.get("queue")
+    if queue:
+        return str(queue)
+    route = app.amqp.router.route({}, node.task)
+    found = route.get("queue")
+    return str(getattr(found, "name", found) or app.conf.task_default_queue)
 
 
 def _send(

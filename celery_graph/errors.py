@@ -86,6 +86,14 @@ class PublishError(CeleryGraphError):
     """The broker refused or could not take a message; the run is marked failed."""
 
 
+class BrokerUnavailable(PublishError):
+    """The broker could not be reached while sending; the send is retried, never lost."""
+
+
+class NodeLost(CeleryGraphError):
+    """A node's worker died while running it more often than ``graph_max_lost`` allows."""
+
+
 class DeadlineExceeded(CeleryGraphError):
     """The run passed the deadline it was submitted with; the run is marked failed."""
 

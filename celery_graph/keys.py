@@ -4,15 +4,20 @@ Layout (``P`` is the prefix, ``R`` a run id, ``N`` a node id)::
 
     P:graph:<sha256>          string  zlib-compressed canonical GraphSpec (shared by runs)
     P:runs                    zset    run id -> start time, for listings (trimmed)
+    P:running                 zset    run id -> when the reconciler looks at it next
+    P:reconciler              string  lock: one reconciler sweeps at a time
     P:run:{R}                 hash    run record: status, graph, inputs, error, times
     P:run:{R}:results         hash    node id -> JSON result
     P:run:{R}:nodes           hash    "<N>:<field>" -> per-node state, worker, dispatch marker
     P:run:{R}:sinks           set     sinks that have finished
     P:run:{R}:done            list    completion signal waiters block on
     P:run:{R}:state           hash    shared state of the run (RunContext)
-    P:run:{R}:map:N           set     element indexes of dynamic fan-out N that finished
-    P:run:{R}:join:N          set     barrier arrivals (predecessor ids) of join N
-    P:idem:<sha256>           string  run id started under an idempotency key
+    P:run:{R}:leases          zset    node (or "<N>#<i>" item) -> lease expiry, server time
+    P:run:{R}:map:N           set     item indexes of dynamic fan-out N that finished
+    P:run:{R}:join:N          hash    barrier arrivals of join N: predecessor -> 1 real, 0 skip
+
+A run started with an idempotency key has the key's digest as its run id, so the key and
+its run are one record and expire together.
 
 All keys of one run carry the ``{R}`` hash tag, so a Lua script touching several of
 them stays in one Redis Cluster slot.
@@ -83,6 +88,15 @@ class Keys:
     def join(self, run_id: str, node_id: str) -> str:
         return f"{self.run(run_id)}:join:{node_id}"
 
+    def leases(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:leases"
+
+    def running_index(self) -> str:
+        return f"{self.prefix}:running"
+
+    def reconciler_lock(self) -> str:
+        return f"{self.prefix}:reconciler"
+
     def run_keys(
         self, run_id: str, joins: Iterable[str], maps: Iterable[str] = ()
     ) -> list[str]:
@@ -94,13 +108,10 @@ class Keys:
             self.sinks(run_id),
             self.done(run_id),
             self.state(run_id),
+            self.leases(run_id),
             *(self.join(run_id, j) for j in joins),
             *(self.map(run_id, m) for m in maps),
         ]
-
-    def idempotency(self, digest: str) -> str:
-        """Run id started under an idempotency key (``digest`` = sha256 of the key)."""
-        return f"{self.prefix}:idem:{digest}"
 
     def worker(self, hostname: str) -> str:
         return f"{self.prefix}:worker:{hostname}"
@@ -117,7 +128,8 @@ def key_pattern(prefix: str) -> re.Pattern[str]:
     p = re.escape(prefix)
     node = r"[A-Za-z_][A-Za-z0-9_.\-]*"
     return re.compile(
-        rf"^{p}:(graph:[0-9a-f]{{64}}|idem:[0-9a-f]{{64}}|runs|workers"
+        rf"^{p}:(graph:[0-9a-f]{{64}}|runs|running|reconciler|workers"
         rf"|worker:[^\s:{{}}]+(:metrics)?"
-        rf"|run:\{{[0-9a-f]{{32}}\}}(:(results|nodes|sinks|done|state|join:{node}|map:{node}))?)$"
+        rf"|run:\{{[0-9a-f]{{32}}\}}"
+        rf"(:(results|nodes|sinks|done|state|leases|join:{node}|map:{node}))?)$"
     )

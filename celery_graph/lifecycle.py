@@ -1,10 +1,13 @@
-"""The end of a run, in one place.
+"""What follows an arrival, and the end of a run, in one place.
 
-A run ends in one of two ways: its last sink completes (``complete.lua`` ends it as
-succeeded), or something ends it as failed or cancelled (:func:`end_run`: a node failing,
-a group policy broken, a deadline, a cancel, a submission the broker refused). Either way
-:func:`after_run` follows: what waits on the run continues, reading the run's outcome from
-state, on whichever process ended it.
+A node's arrival (complete.lua) may release successors, skip some, or end the run;
+:func:`settle` does what follows, for the worker that ran the node and for the reconciler
+alike. A run ends in one of two ways: its last sink completes (complete.lua ends it as
+succeeded, or as failed when a group policy breaks), or something ends it as failed or
+cancelled (:func:`end_run`: a node failing, a deadline, a cancel, a lost node, a
+submission the broker refused). Either way :func:`after_run` follows: a Celery canvas the
+run sits in continues, once, reading the run's outcome from state; if the process dies
+first, the reconciler does it.
 """
 
 from __future__ import annotations
@@ -12,11 +15,33 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .dispatch import continue_canvas
+from .dispatch import continue_canvas, publish_nodes
 from .model import GraphSpec
-from .state import State
+from .state import Arrival, State
 
 logger = logging.getLogger("celery_graph")
+
+CONTINUATION_HOLD = 60.0  # seconds a process holds the claim on a canvas continuation
+
+
+def settle(app: Any, state: State, spec: GraphSpec, run_id: str, arrival: Arrival) -> None:
+    """After an arrival: pass skips on (a skipped node arrives as a skip at its own
+    successors, which may in turn be skipped or released), publish the successors it
+    released (complete.lua marked and leased them already), and run the end-of-run hooks
+    when it ended the run."""
+    ended = arrival.ended
+    claimed = list(arrival.publish)
+    to_skip = list(arrival.skipped)
+    while to_skip:
+        skipped = spec.nodes[to_skip.pop()]
+        more = state.scripts.complete(spec, run_id, skipped, "", kind="skipped")
+        ended = ended or more.ended
+        claimed += more.publish
+        to_skip += more.skipped
+    if claimed:
+        publish_nodes(app, spec, run_id, claimed)
+    if ended:
+        after_run(app, state, run_id)
 
 
 def end_run(
@@ -28,23 +53,36 @@ def end_run(
     spec: GraphSpec | None = None,
     node_id: str = "",
     error: str = "",
+    guard: str = "",
+    unsent: bool = False,
 ) -> bool:
     """End a running run as ``status`` ("failed" or "cancelled") with ``error`` (an error
-    record), then run the end-of-run hooks. True if this call ended it."""
-    ended = state.scripts.finish(spec, run_id, status, node_id, error)
+    record), then run the end-of-run hooks. True if this call ended it. ``guard`` is the
+    result field of a failing message: when a result is stored there, the failure is a
+    failing copy of a message that succeeded, and changes nothing."""
+    ended = state.scripts.finish(
+        spec, run_id, status, node_id, error, guard=guard, unsent=unsent
+    ) == 1
     if ended:
         after_run(app, state, run_id)
     return ended
 
 
-def after_run(app: Any, state: State, run_id: str) -> None:
-    """Hooks for a run that just ended: a Celery canvas waiting on it continues."""
+def after_run(app: Any, state: State, run_id: str) -> bool:
+    """Hooks for a run that ended: a Celery canvas waiting on it continues, once. True
+    when nothing is left to do (no canvas, or it continued)."""
     try:
+        claim = state.scripts.continuation(run_id, "claim", CONTINUATION_HOLD)
+        if claim != "claimed":
+            return claim in ("none", "done")
         request = state.runs.continuation(run_id)
-        if request is None:
-            return
         outcome = state.runs.outcome(run_id)
-        if outcome is not None:
-            continue_canvas(app, request, outcome)
+        if request is None or outcome is None:
+            return False
+        continue_canvas(app, request, outcome)
+        state.scripts.continuation(run_id, "done")
+        return True
     except Exception:
-        logger.exception("celery-graph: could not continue the canvas of run %s", run_id)
+        logger.exception("celery-graph: could not continue the canvas of run %s (the "
+                         "reconciler tries again)", run_id)
+        return False

@@ -6,6 +6,9 @@ arguments are the node's bound arguments plus one extra keyword, ``_graph``::
     {"g": graph id, "r": run id, "n": node id}     every node message
     {..., "t": "proj.tasks.resize"}                 a node that runs an existing task
     {..., "i": 3, "c": 10}                          item 3 of 10 of a dynamic fan-out
+    {..., "x": 2}                                   sent again after 2 infrastructure errors
+    {..., "f": "<error record>"}                    record this failure (Redis was down when
+                                                    the node failed), do not run the node
 
 Nothing else of the graph travels with the message (the spec is loaded from the store),
 so a message's size does not grow with the graph. Its task id is ``<run id>:<node id>``
@@ -14,7 +17,7 @@ so a message's size does not grow with the graph. Its task id is ``<run id>:<nod
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 GRAPH_KWARG = "_graph"
@@ -38,11 +41,13 @@ class NodeMessage:
     call: str | None = None  # the existing task a node() runs, shown in Flower
     index: int | None = None  # item of a dynamic fan-out
     count: int | None = None  # items in that fan-out
+    infra: int = 0  # times sent again because Redis or the broker could not be reached
+    failure: str | None = None  # an error record to store instead of running the node
 
     @classmethod
     def parse(cls, fields: dict[str, Any]) -> NodeMessage:
         return cls(fields["g"], fields["r"], fields["n"], fields.get("t"), fields.get("i"),
-                   fields.get("c"))
+                   fields.get("c"), fields.get("x", 0), fields.get("f"))
 
     def fields(self) -> dict[str, Any]:
         out: dict[str, Any] = {"g": self.graph_id, "r": self.run_id, "n": self.node_id}
@@ -51,10 +56,19 @@ class NodeMessage:
         if self.index is not None:
             out["i"] = self.index
             out["c"] = self.count
+        if self.infra:
+            out["x"] = self.infra
+        if self.failure is not None:
+            out["f"] = self.failure
         return out
 
     def item(self, index: int, count: int) -> NodeMessage:
-        return NodeMessage(self.graph_id, self.run_id, self.node_id, self.call, index, count)
+        return replace(self, index=index, count=count, infra=0, failure=None)
+
+    def again(self, failure: str | None = None) -> NodeMessage:
+        """This message to send again after an infrastructure error (carrying ``failure``
+        to record, when the error hit while recording a failure)."""
+        return replace(self, infra=self.infra + 1, failure=failure or self.failure)
 
     @property
     def task_id(self) -> str:

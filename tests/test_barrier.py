@@ -4,7 +4,6 @@ once, and a duplicate never counts twice or publishes twice."""
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 
 from celery_graph.protocol import task_id_for
@@ -13,43 +12,34 @@ from tests.helpers import postruns, wait_for
 from tests.tasks import join_count, read_trace, step
 
 
-def pd(arrival) -> tuple[list[str], list[str]]:
-    """(publish, deferred) of a complete.lua answer, for compact checks."""
-    return arrival.publish, arrival.deferred
-
-
 def _start_run(state, spec) -> str:
     run_id = uuid.uuid4().hex
-    state.runs.create(run_id, spec, "{}", {})
+    state.runs.create(run_id, spec, "{}")
     return run_id
 
 
-def test_duplicate_arrival_counts_once_and_release_is_claimed_once(app):
+def test_duplicate_arrival_counts_once_and_release_is_marked_at_once(app):
     state = state_for(app)
-    grace = state.scripts.release_grace
     a, b, c = (step.bind(id=n) for n in "abc")
     spec = ((a | b | c) >> join_count).compile()
     run_id = _start_run(state, spec)
     node = spec.nodes
     complete = state.scripts.complete
-    assert pd(complete(spec, run_id, node["a"], '"a"')) == ([], [])
+    assert complete(spec, run_id, node["a"], '"a"').publish == []
     # a duplicate of a: stored already, still only one arrival
-    assert complete(spec, run_id, node["a"], '"a"') == (0, False, [], [], [])
-    assert pd(complete(spec, run_id, node["b"], '"b"')) == ([], [])
-    released_at = time.time()
-    assert pd(complete(spec, run_id, node["c"], '"c"', now=released_at)) == (["join_count"], [])
-    # released, not yet marked published: a duplicate within the grace period is deferred
-    # (its message comes back later) instead of publishing a second time...
-    assert pd(complete(spec, run_id, node["a"], '"a"', now=released_at + 1)) == (
-        [], ["join_count"])
-    # ...and after the grace period the releaser is presumed dead: the publish is recovered
-    late = released_at + grace + 1
-    assert pd(complete(spec, run_id, node["c"], '"c"', now=late)) == (["join_count"], [])
-    assert pd(complete(spec, run_id, node["b"], '"b"', now=late + 1)) == ([], ["join_count"])
-    state.scripts.mark_published(run_id, ["join_count"])
+    assert complete(spec, run_id, node["a"], '"a"') == (0, 0, [], [])
+    assert complete(spec, run_id, node["b"], '"b"').publish == []
+    assert complete(spec, run_id, node["c"], '"c"').publish == ["join_count"]
+    # released, marked published and leased in that same call: no copy of any arrival
+    # hands it out again (a releaser that dies before publishing leaves the lease to run
+    # out, and the reconciler publishes it)
+    assert state.client.hget(state.keys.nodes(run_id), "join_count:dispatch") == b"published"
+    assert state.client.zscore(state.keys.leases(run_id), "join_count") is not None
     for n in "abc":
-        assert pd(complete(spec, run_id, node[n], f'"{n}"', now=late + 2 * grace)) == ([], [])
-    assert state.client.scard(state.keys.join(run_id, "join_count")) == 3
+        assert complete(spec, run_id, node[n], f'"{n}"').publish == []
+    arrivals = state.client.hgetall(state.keys.join(run_id, "join_count"))
+    assert {k for k in arrivals if not k.startswith(b"#")} == {b"a", b"b", b"c"}
+    assert arrivals[b"#n"] == b"3"
 
 
 def test_concurrent_arrivals_release_exactly_once(app):
@@ -74,10 +64,9 @@ def test_concurrent_arrivals_release_exactly_once(app):
     for t in threads:
         t.join()
     assert claims == ["join_count"]
-    state.scripts.mark_published(run_id, ["join_count"])
-    # after the publish mark, no arrival (duplicate or redelivery) hands it out again
+    # once released, no arrival (duplicate or redelivery) hands it out again
     for i in range(40):
-        assert pd(state.scripts.complete(spec, run_id, spec.nodes[f"m{i}"], "1")) == ([], [])
+        assert state.scripts.complete(spec, run_id, spec.nodes[f"m{i}"], "1").publish == []
 
 
 def test_delivered_duplicate_of_a_join_member_does_not_run_the_join_twice(app, tag):
@@ -129,30 +118,39 @@ def app_client(app):
     return state_for(app).client
 
 
-def test_crash_between_release_and_publish_is_recovered_by_redelivery(app, tag):
-    """The releasing arrival claims the join and dies before publishing it. When its
-    message is redelivered, the worker first defers (the releaser might still be
-    publishing), then after the grace period publishes the join itself, once."""
+def test_crash_between_release_and_publish_is_recovered_once_by_the_reconciler(
+    app, tag, published
+):
+    """The releasing arrival marks the join published and dies before sending it. A copy of
+    its message that comes back publishes nothing (the join is marked); the join's lease
+    runs out and the reconciler publishes it, once."""
     from celery_graph import GraphRun
 
-    app.conf.graph_release_grace = 1
+    app.conf.graph_queued_lease = 1
+    app.conf.graph_reconcile_interval = 0.2
     try:
         state = state_for(app)
         a, b = step.bind(id="a", name="a"), step.bind(id="b", name="b")
         spec = ((a | b) >> join_count.bind(tag=tag)).compile()
-        run_id = _start_run(state, spec)
+        run_id = _start_run(state, spec)  # roots leased; this test plays their worker
         complete = state.scripts.complete
         assert complete(spec, run_id, spec.nodes["a"], '"a"').publish == []
         assert complete(spec, run_id, spec.nodes["b"], '"b"').publish == ["join_count"]
         # ...the worker that released join_count crashed here; b's message comes back:
-        app.send_task(
-            spec.nodes["b"].task,
-            kwargs={"name": "b", "_graph": {"g": spec.graph_id, "r": run_id, "n": "b"}},
-            task_id=task_id_for(run_id, "b"),
-        )
+        with postruns() as done:
+            app.send_task(
+                spec.nodes["b"].task,
+                kwargs={"name": "b", "_graph": {"g": spec.graph_id, "r": run_id, "n": "b"}},
+                task_id=task_id_for(run_id, "b"),
+            )
+            assert done.wait(task_id_for(run_id, "b"))
         assert GraphRun(run_id, app=app).get(timeout=30) == "join_count"
     finally:
-        app.conf.graph_release_grace = None
+        app.conf.graph_queued_lease = None
+        app.conf.graph_reconcile_interval = None
+    sent = [m for m in published if (m["body"][1].get("_graph") or {}).get("r") == run_id]
+    assert [m["body"][1]["_graph"]["n"] for m in sent].count("join_count") == 1
     assert read_trace(tag).count("start:join_count") == 1
     assert int(app_client(app).get(f"cgtest-count:{tag}:join_count")) == 1
-    assert state.client.hget(state.keys.nodes(run_id), "join_count:dispatch") == b"published"
+    status = GraphRun(run_id, app=app).status()
+    assert status.nodes["join_count"].redelivered == 1

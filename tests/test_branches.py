@@ -59,13 +59,30 @@ def test_a_redelivered_branch_node_repeats_its_stored_choice(app):
     state = state_for(app)
     spec = (route >> (left | right) >> after_branches).compile()
     run_id = uuid.uuid4().hex
-    state.runs.create(run_id, spec, "{}", {})
+    state.runs.create(run_id, spec, "{}")
     first = state.scripts.complete(spec, run_id, spec.nodes["route"], '"x"', branch="!left")
     assert (first.publish, first.skipped) == (["left"], ["right"])
-    state.scripts.mark_published(run_id, ["left"])
     # redelivered: the result is stored, no choice is passed; the stored one is used
     again = state.scripts.complete(spec, run_id, spec.nodes["route"], '"x"')
     assert (again.stored, again.publish, again.skipped) == (0, [], ["right"])
     # a concurrent duplicate that chose otherwise does not change the stored choice
     other = state.scripts.complete(spec, run_id, spec.nodes["route"], '"y"', branch="!right")
     assert (other.publish, other.skipped) == ([], ["right"])
+
+
+def test_a_plain_result_pins_the_choice_so_a_branching_copy_cannot_arrive_twice(app):
+    """One copy of route returns a plain value (every successor), a copy of the same
+    message returns branch() (none): the join counts route once, as the first copy chose."""
+    state = state_for(app)
+    spec = ((route | left) >> after_branches).compile()
+    run_id = uuid.uuid4().hex
+    state.runs.create(run_id, spec, "{}")
+    node = spec.nodes
+    plain = state.scripts.complete(spec, run_id, node["route"], '"x"')
+    assert (plain.publish, plain.skipped) == ([], [])
+    copy = state.scripts.complete(spec, run_id, node["route"], '"y"', branch="!")
+    assert (copy.stored, copy.publish, copy.skipped) == (0, [], [])
+    join = state.client.hgetall(state.keys.join(run_id, "after_branches"))
+    assert join == {b"route": b"1", b"#n": b"1", b"#real": b"1"}
+    released = state.scripts.complete(spec, run_id, node["left"], '"l"')
+    assert released.publish == ["after_branches"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import uuid
 
 import pytest
 
@@ -15,9 +17,10 @@ from celery_graph import (
 )
 from celery_graph.devserver import free_port
 from celery_graph.keys import Keys
+from celery_graph.state import state_for
 from tests.brokerapp import make_app
 from tests.conftest import SESSION
-from tests.helpers import postruns
+from tests.helpers import postruns, wait_for
 from tests.tasks import UNCONSUMED_QUEUE, extract, flaky, read_trace, step, unconsumed
 
 
@@ -55,21 +58,43 @@ def test_idempotency_key_returns_the_run_already_started(app, published):
     assert other.id != first.id
 
 
-def test_deadline_fails_the_run_at_the_next_node(app, tag):
-    """No one waits on the run: the worker notices the deadline when 'late' begins."""
+def test_deadline_fails_the_run_before_the_next_node_starts(app, tag):
+    """No one waits on the run: the reconciler (sweeping in the worker), or the worker when
+    'late' begins, whichever comes first, fails the run at its deadline."""
+    flow = step.bind(id="slow", name="slow", delay=1.0) >> step.bind(id="late", name="late")
+    run = flow.apply_async(tag=tag, deadline=0.5)
+    wait_for(lambda: run.status().state == "failed", timeout=15, what="the deadline to fail it")
+    status = run.status()
+    assert status.error["type"] == "DeadlineExceeded"
+    assert status.error["node"] in ("late", "")  # the worker at 'late', or the reconciler
+    assert "start:late" not in read_trace(tag)
+    with pytest.raises(RunFailed, match="deadline"):
+        run.get(timeout=5)
+
+
+def test_a_node_that_begins_past_the_deadline_fails_the_run_naming_it(app, tag):
+    """The worker-side check, on the Redis server's clock: the run is kept out of the
+    reconciler's sight, so only the worker beginning 'late' can notice."""
     from celery_graph.protocol import task_id_for
 
-    flow = step.bind(id="slow", name="slow", delay=1.0) >> step.bind(id="late", name="late")
+    spec = step.bind(id="late", name="late").compile()
+    state = state_for(app)
+    run = GraphRun(uuid.uuid4().hex, app=app)
+    state.runs.create(run.id, spec, json.dumps({"tag": tag}), deadline=0.2)
+    state.runs.forget(run.id)
+    deadline = float(state.runs.record(run.id)["deadline"])
+    wait_for(lambda: state.runs.time() > deadline, timeout=5, what="the server clock")
     with postruns() as done:
-        run = flow.apply_async(tag=tag, deadline=0.5)
+        app.send_task(spec.nodes["late"].task,
+                      kwargs={"name": "late", "_graph": {"g": spec.graph_id, "r": run.id,
+                                                         "n": "late"}},
+                      task_id=task_id_for(run.id, "late"))
         assert done.wait(task_id_for(run.id, "late"))
     status = run.status()
     assert status.state == "failed"
     assert status.error["type"] == "DeadlineExceeded"
     assert status.error["node"] == "late"
     assert "start:late" not in read_trace(tag)
-    with pytest.raises(RunFailed, match="deadline"):
-        run.get(timeout=5)
 
 
 def test_deadline_fails_a_stuck_run_even_with_no_worker_to_notice(app, rclient):

@@ -9,10 +9,11 @@ from celery import current_app
 
 from ..codec import decode_value, error_record
 from ..context import RunContext
-from ..dispatch import publish_nodes
+from ..dispatch import publish_items, publish_nodes
 from ..errors import RunTimeout, StoreUnavailable
 from ..lifecycle import end_run
 from ..model import FINAL_STATES, GraphSpec, RunStatus
+from ..protocol import NodeMessage
 from ..state import WAIT_SLICE, State, state_for
 
 
@@ -83,22 +84,21 @@ class GraphRun:
         state = self._state
         while True:
             record = state.runs.record(self.id)
-            # a run stuck past its deadline (no node left to notice) is failed here
-            if (
-                record["status"] == "running"
-                and record.get("deadline")
-                and time.time() > float(record["deadline"])
-                and self._fail_deadline()
-            ):
-                record = state.runs.record(self.id)
+            # a run stuck past its deadline (no worker to notice) is failed here; the
+            # deadline is on the Redis server's clock, like every time in the state
+            left = None
+            if record["status"] == "running" and record.get("deadline"):
+                left = float(record["deadline"]) - state.runs.time()
+                if left < 0 and self._fail_deadline():
+                    record = state.runs.record(self.id)
             outcome = state.runs.outcome(self.id, record)
             if outcome is not None:
                 if outcome.state == "succeeded":
                     return outcome.value
                 raise outcome.exception()
             remaining = WAIT_SLICE
-            if record.get("deadline"):
-                remaining = min(remaining, max(float(record["deadline"]) - time.time(), 0) + 0.05)
+            if left is not None:
+                remaining = min(remaining, max(left, 0) + 0.05)
             if deadline is not None:
                 remaining = min(remaining, deadline - time.monotonic())
                 if remaining <= 0:
@@ -115,18 +115,67 @@ class GraphRun:
         return RunContext(self._state, self.id)
 
     def resume(self) -> GraphRun:
-        """Re-dispatch the failed and unfinished nodes of a failed or cancelled run;
-        results already stored are kept. Raises RunNotResumable otherwise."""
+        """Send again the nodes a failed or cancelled run had not finished; results already
+        stored are kept, and so are nodes a branch skipped or a group policy tolerated
+        failing. A node still running (its lease alive) is left to finish. Raises
+        RunNotResumable for a run that is not failed or cancelled."""
         state, spec = self._state, self.spec()
-        done = set(state.runs.results(self.id))
-        frontier = [
-            n for n in spec.order
-            if n not in done and all(p in done for p in spec.nodes[n].preds)
-        ]
-        state.scripts.resume(spec, self.id, frontier)
+        fields = state.runs.node_fields(self.id)
+        results = state.runs.results(self.id)
+        leases = state.runs.leases(self.id)
+        now = state.runs.time()
+        frontier, items = resume_frontier(spec, fields, set(results), leases, now)
+        state.scripts.resume(spec, self.id, frontier + [f"{n}#{i}" for n, i in items])
+        # a publish that fails here is recovered by the reconciler: the nodes are leased
         publish_nodes(self._app, spec, self.id, frontier)
+        by_map: dict[str, list[int]] = {}
+        for node_id, index in items:
+            by_map.setdefault(node_id, []).append(index)
+        for node_id, indexes in by_map.items():
+            node = spec.nodes[node_id]
+            assert node.map_source is not None
+            source = decode_value(results[node.map_source])
+            publish_items(self._app, node, NodeMessage(spec.graph_id, self.id, node_id,
+                                                       node.call), source, indexes)
         return self
 
     def cancel(self) -> bool:
         """Stop the run: no pending node starts after this. True if this call ended it."""
         return end_run(self._app, self._state, self.id, "cancelled", spec=self.spec())
+
+
+def resume_frontier(
+    spec: GraphSpec,
+    fields: dict[str, str],
+    results: set[str],
+    leases: dict[str, float],
+    now: float,
+) -> tuple[list[str], list[tuple[str, int]]]:
+    """What a resume sends again: the nodes that are not done, whose predecessors are all
+    done, and that are not running under a live lease; and the missing items of maps that
+    expanded already. Done: a stored result, skipped by a branch, or failed under a group
+    policy that tolerated it (a failure that failed the run is sent again)."""
+
+    def done(node_id: str) -> bool:
+        state = fields.get(f"{node_id}:state")
+        tolerated = state == "failed" and spec.nodes[node_id].tolerant is not None
+        return node_id in results or state == "skipped" or tolerated
+
+    def in_flight(field: str) -> bool:
+        return fields.get(f"{field}:state") == "running" and leases.get(field, 0) > now
+
+    frontier: list[str] = []
+    items: list[tuple[str, int]] = []
+    for node_id in spec.order:
+        node = spec.nodes[node_id]
+        if done(node_id) or not all(done(p) for p in node.preds) or in_flight(node_id):
+            continue
+        count = fields.get(f"{node_id}:items")
+        if count is None:
+            frontier.append(node_id)
+            continue
+        missing = [i for i in range(int(count))
+                   if f"{node_id}#{i}" not in results and not in_flight(f"{node_id}#{i}")]
+        # every item stored but the map node not completed: a copy of one item completes it
+        items += [(node_id, i) for i in missing or [0]]
+    return frontier, items

@@ -1,10 +1,9 @@
-"""Starting runs: validation, idempotency keys, backpressure, deadlines, and resume."""
+"""Starting runs: validation, idempotency keys, backpressure, deadlines."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import time
 import uuid
 from typing import Any
 
@@ -13,11 +12,19 @@ from kombu.utils import json as kjson
 
 from ..codec import encode_value, error_record
 from ..dispatch import publish_nodes, wait_for_room
-from ..errors import PublishError, StoreError
+from ..errors import PublishError, RunNotFound, StoreError
 from ..lifecycle import end_run
 from ..model import GraphSpec
 from ..state import State, state_for
 from .run import GraphRun
+
+
+def run_id_for(idempotency_key: str | None) -> str:
+    """A fresh run id, or the one an idempotency key always maps to: the key and its run
+    are one record, so a retry finds the run (or starts it) and both expire together."""
+    if idempotency_key is None:
+        return uuid.uuid4().hex
+    return hashlib.sha256(f"idempotency:{idempotency_key}".encode()).hexdigest()[:32]
 
 
 def submit_spec(
@@ -29,7 +36,10 @@ def submit_spec(
     deadline: float | None = None,
     extra_fields: dict[str, str] | None = None,
 ) -> GraphRun:
-    """Validate the inputs, store the graph and the run record, then publish the roots."""
+    """Validate the inputs, wait for queue room, create the run (the graph stored, the
+    roots marked published and leased), then publish the roots. A run that exists under
+    the idempotency key is returned as it is. If this process dies after creating the
+    run, the reconciler publishes the roots."""
     app = app or current_app._get_current_object()
     spec.check_inputs(inputs)
     for name, value in inputs.items():
@@ -38,32 +48,22 @@ def submit_spec(
         raise ValueError(f"deadline must be a positive number of seconds, got {deadline!r}")
     inputs_json = kjson.dumps(inputs)
     state = state_for(app)
-    run_id = uuid.uuid4().hex
-
-    digest = None
-    if idempotency_key is not None:
-        digest = hashlib.sha256(str(idempotency_key).encode()).hexdigest()
-        existing = state.runs.claim_idempotency(digest, run_id)
-        if existing:
-            return GraphRun(existing, app=app)
-
-    try:
-        _wait_for_room(app, state, spec)
-        extra: dict[str, Any] = dict(extra_fields or {})
-        if deadline is not None:
-            extra["deadline"] = f"{time.time() + deadline:.6f}"
-        state.runs.create(run_id, spec, inputs_json, extra)
-    except BaseException:
-        _release(state, digest, run_id)
-        raise
+    run_id = run_id_for(None if idempotency_key is None else str(idempotency_key))
+    if idempotency_key is not None and _exists(state, run_id):
+        return GraphRun(run_id, app=app)
+    _wait_for_room(app, state, spec)
+    created, _status = state.runs.create(
+        run_id, spec, inputs_json, deadline=deadline, extra=dict(extra_fields or {})
+    )
+    if not created:
+        return GraphRun(run_id, app=app)
     try:
         publish_nodes(app, spec, run_id, spec.roots)
     except Exception as exc:
-        _release(state, digest, run_id)
         error = error_record("", type(exc).__name__, type(exc).__module__,
                              f"publishing the root nodes failed: {exc}")
         with contextlib.suppress(StoreError):
-            end_run(app, state, run_id, "failed", spec=spec, error=error)
+            end_run(app, state, run_id, "failed", spec=spec, error=error, unsent=True)
         raise PublishError(
             f"run {run_id}: the broker did not take the root messages ({exc}); the run is "
             "marked failed"
@@ -71,11 +71,13 @@ def submit_spec(
     return GraphRun(run_id, app=app, spec=spec)
 
 
-def _release(state: State, digest: str | None, run_id: str) -> None:
-    """A submission that did not start lets a retry with the same key start afresh."""
-    if digest is not None:
-        with contextlib.suppress(Exception):
-            state.runs.release_idempotency(digest, run_id)
+def _exists(state: State, run_id: str) -> bool:
+    """A run under this id that a retry must not start again (an unsent one may)."""
+    try:
+        record = state.runs.record(run_id)
+    except RunNotFound:
+        return False
+    return not (record.get("status") == "failed" and record.get("unsent") == "1")
 
 
 def _wait_for_room(app: Any, state: State, spec: GraphSpec) -> None:

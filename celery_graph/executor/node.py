@@ -2,19 +2,24 @@
 
     NodeRun(task, fn, message, bound).run():
       begin      begin.lua: is the run still running? is the result already stored?
-                 record the attempt, read the run inputs and the upstream results
-      call       gather the arguments, call the function (unless its result is stored)
-      store      encode the result; an item of a map arrives at its map node first
-      complete   complete.lua: store once, arrive at the successors' barriers, claim the
-                 successors this arrival releases, end the run at its last sink
-      release    publish the claimed successors, then mark them published (mark.lua)
+                 record the attempt with a running lease, read the run inputs and the
+                 upstream results
+      call       gather the arguments, call the function (unless its result is stored),
+                 its lease renewed meanwhile (leases.py)
+      encode     the result as JSON, within graph_max_result_bytes
+      complete   an item of a map arrives at its map node first (map_arrive.lua); then
+                 complete.lua: store once, arrive at the successors' barriers, mark and
+                 lease the successors this arrival releases, end the run at its last sink
+      settle     publish the released successors, pass skips on, end-of-run hooks
+                 (lifecycle.settle)
 
 A failure after the task's retries goes through :func:`fail_node`: the run fails, unless
-the node is a member of a group whose policy tolerates it.
+the node is a member of a group whose policy tolerates it (decided in complete.lua).
 """
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -23,19 +28,15 @@ from celery import Task
 from celery.exceptions import Retry
 from celery.utils.log import get_task_logger
 
-from ..codec import decode_value, encode_value, error_record, exception_record
+from ..codec import decode_value, encode_value
 from ..context import RunContext
-from ..dispatch import publish_items, publish_nodes
-from ..errors import (
-    DeadlineExceeded,
-    ResultTooLarge,
-    StoreError,
-    UnknownTask,
-)
-from ..lifecycle import after_run, end_run
-from ..model import GraphSpec, NodeSpec, policy_violation
+from ..dispatch import publish_items
+from ..errors import DeadlineExceeded, ResultTooLarge, StoreError, StoreUnavailable, UnknownTask
+from ..lifecycle import after_run, end_run, settle
+from ..model import GraphSpec, NodeSpec
 from ..protocol import Branch, NodeMessage
 from ..state import State, state_for
+from .leases import keeper
 
 logger = get_task_logger("celery_graph")
 
@@ -65,26 +66,31 @@ class NodeRun:
 
     def run(self) -> Any:
         m = self.message
-        status, inputs_raw, own, upstream = self.state.scripts.begin(
-            m.run_id, self.node, self.hostname, m.result_field, self.upstream
+        expands = bool(self.node.map_source) and m.index is None
+        begun = self.state.scripts.begin(
+            m.run_id, m.result_field, self.hostname, self.upstream, expands
         )
-        if status == "deadline":
+        if begun.status == "deadline":
             raise DeadlineExceeded(
                 f"run {m.run_id} passed its deadline before node {m.node_id!r} started"
             )
-        if status != "running":
-            logger.info("celery-graph: run %s is %s; node %s not run", m.run_id, status, m.node_id)
+        if begun.status != "running":
+            logger.info("celery-graph: run %s is %s; node %s not run", m.run_id, begun.status,
+                        m.result_field)
             return None
-        if self.node.map_source and m.index is None and own is None:
-            return self.expand_map(dict(zip(self.upstream, upstream)))
+        if expands and begun.own is None:
+            return self.expand_map(dict(zip(self.upstream, begun.upstream)))
         choice = ""
-        if own is not None:
+        if begun.own is not None:
             # Redelivered after the result was stored: never call the function again, but
-            # finish the dispatch a crash may have interrupted (a branch choice is stored too).
-            result_json: bytes | str = own
-            result = decode_value(own)
+            # pass on what the arrival passes on (skips are passed on idempotently).
+            result_json: bytes | str = begun.own
+            result = decode_value(begun.own)
         else:
-            result, choice = self.call(inputs_raw, upstream)
+            # a retry this attempt asks for leases the node only while it is the latest
+            self.task.request.graph_attempt = begun.attempt
+            with keeper.hold(self.state, m.run_id, m.result_field):
+                result, choice = self.call(begun.inputs, begun.upstream)
             result_json = self.encode(result)
         if m.index is not None:
             _stored, arrived = self.state.scripts.map_arrive(
@@ -118,6 +124,8 @@ class NodeRun:
                 result = fn(RunContext(self.state, self.message.run_id, node.id), **kwargs)
             else:
                 result = fn(**kwargs)
+        except StoreUnavailable:
+            raise  # Redis went away under the function (its RunContext): not its failure
         except Exception as exc:
             if node.retries and not isinstance(exc, Retry) and task.request.retries < node.retries:
                 raise task.retry(exc=exc, countdown=node.retry_delay,
@@ -139,36 +147,17 @@ class NodeRun:
         return result_json
 
     def complete(self, result_json: bytes | str, choice: str = "") -> None:
-        """Store the result, arrive at the successors, release what is ready."""
-        run_id, scripts = self.message.run_id, self.state.scripts
-        arrival = scripts.complete(self.spec, run_id, self.node, result_json, branch=choice)
-        finished = arrival.finished
-        deferred = list(arrival.deferred)
-        claimed = list(arrival.publish)
-        # Pass skips on: a skipped node arrives as a skip at its own successors, which may in
-        # turn be skipped, or released when another branch reached them for real.
-        to_skip = list(arrival.skipped)
-        while to_skip:
-            skipped = self.spec.nodes[to_skip.pop()]
-            more = scripts.complete(self.spec, run_id, skipped, "", kind="skipped")
-            finished = finished or more.finished
-            claimed += more.publish
-            deferred += more.deferred
-            to_skip += more.skipped
-        release(self.app, self.state, self.spec, run_id, claimed)
-        if finished:
-            after_run(self.app, self.state, run_id)
-        if deferred:
-            # Another arrival released these successors moments ago and is publishing them.
-            # Come back after the grace period: by then they are marked published (nothing to
-            # do), or the releaser died and this message takes the publish over.
-            logger.info("celery-graph: node %s of run %s defers %s", self.node.id, run_id,
-                        deferred)
-            raise self.task.retry(countdown=self.state.settings.release_grace, max_retries=None)
+        """Store the result, arrive at the successors, publish what is released."""
+        run_id = self.message.run_id
+        arrival = self.state.scripts.complete(
+            self.spec, run_id, self.node, result_json, branch=choice
+        )
+        settle(self.app, self.state, self.spec, run_id, arrival)
 
     def expand_map(self, upstream: dict[str, bytes | None]) -> int:
-        """The map node became ready: publish one message per item of the source's list
-        (an empty list completes the node with [] at once). Returns the item count."""
+        """The map node became ready: lease, then publish, one message per item of the
+        source's list (an empty list completes the node with [] at once). Returns the
+        item count."""
         node = self.node
         assert node.map_source is not None
         raw = upstream.get(node.map_source)
@@ -181,15 +170,9 @@ class NodeRun:
         if not items:
             self.complete("[]")
             return 0
-        publish_items(self.app, node, self.message, items)
+        if self.state.scripts.expand(self.message.run_id, node.id, len(items)):
+            publish_items(self.app, node, self.message, items)
         return len(items)
-
-
-def release(app: Any, state: State, spec: GraphSpec, run_id: str, node_ids: list[str]) -> None:
-    """Publish successors this process claimed, then mark them published."""
-    if node_ids:
-        publish_nodes(app, spec, run_id, node_ids)
-        state.scripts.mark_published(run_id, node_ids)
 
 
 def branch_choice(node: NodeSpec, chosen: Branch) -> str:
@@ -250,35 +233,32 @@ def gather_kwargs(
 # -- failure ------------------------------------------------------------------------------
 
 
-def fail_node(app: Any, message: NodeMessage, exc: BaseException, traceback: str) -> bool:
-    """A node failed after its retries: fail the run, unless the node is a member of a group
-    whose policy tolerates it; then it arrives at its successors as failed. True if this
-    ended the run."""
+def fail_node(app: Any, message: NodeMessage, error: str, traceback: str = "") -> bool:
+    """A node failed after its retries (``error``: its error record): fail the run, unless
+    the node is a member of a group whose policy tolerates it; then it arrives at its
+    successors as failed, and complete.lua decides the policy. A failing copy of a message
+    whose result is stored changes nothing. True if this ended the run. Raises
+    StoreUnavailable when Redis cannot be reached (the caller sends the failure again)."""
     state = state_for(app)
     run_id, node_id = message.run_id, message.node_id
-    error = exception_record(node_id, exc, traceback)
+    guard = message.result_field
     try:
         spec = state.graphs.load(message.graph_id)
+    except StoreUnavailable:
+        raise
     except StoreError:
-        return end_run(app, state, run_id, "failed", node_id=node_id, error=error)
+        return end_run(app, state, run_id, "failed", node_id=node_id, error=error, guard=guard)
     node = spec.nodes[node_id]
-    if node.tolerant is None or isinstance(exc, DeadlineExceeded):
-        return end_run(app, state, run_id, "failed", spec=spec, node_id=node_id, error=error)
-    arrival = state.scripts.complete(spec, run_id, node, "", error_json=error, kind="failed")
-    policy = spec.policies[node.tolerant]
-    states = state.scripts.node_states(run_id, policy["members"])
-    failed = {m for m, s in states.items() if s == "failed"}
-    why = policy_violation(policy, failed)
-    if why is not None:
-        message_text = (
-            f"group {node.tolerant!r} ({policy['kind']} policy): {why}; failed: "
-            + ", ".join(sorted(failed))
-        )
-        group_error = error_record(
-            node_id, "GroupPolicyFailed", "celery_graph.errors", message_text,
-            f"last failure, in node {node_id!r}:\n{traceback or repr(exc)}",
-        )
-        return end_run(app, state, run_id, "failed", spec=spec, node_id=node_id,
-                       error=group_error)
-    release(app, state, spec, run_id, list(arrival.publish))
-    return False
+    deadline = json.loads(error).get("type") == DeadlineExceeded.__name__
+    if node.tolerant is None or deadline or message.index is not None:
+        return end_run(app, state, run_id, "failed", spec=spec, node_id=node_id, error=error,
+                       guard=guard)
+    arrival = state.scripts.complete(
+        spec, run_id, node, "", kind="failed", error_json=error,
+        traceback=f"last failure, in node {node_id!r}:\n{traceback}",
+    )
+    if arrival.ended == 2:  # the group's policy broke: complete.lua failed the run
+        after_run(app, state, run_id)
+        return True
+    settle(app, state, spec, run_id, arrival)
+    return bool(arrival.ended)

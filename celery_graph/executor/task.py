@@ -1,39 +1,109 @@
 """The Celery side of a node: the base task of every celery-graph task, the body that
-tells a node message from a plain call, the task that runs existing tasks as nodes, and
-the handler for node messages a worker does not know."""
+tells a node message from a plain call, the task that runs existing tasks as nodes, the
+handler for node messages a worker does not know, and the reconciler thread every worker
+that imports celery_graph runs.
+
+Infrastructure errors are never node failures: when Redis or the broker cannot be reached
+while a node begins, completes or publishes its successors, the message is sent again with
+a growing delay (1, 2, 4 ... 30 s), without counting as one of the node's retries; when
+even that send fails, the message is handed back to the broker, and the node's lease
+makes the reconciler publish it again. Only the node's own function failing, after its
+retries, fails the node.
+"""
 
 from __future__ import annotations
 
+import datetime
 import socket
 from collections.abc import Callable
 from typing import Any
 
 from celery import Task, current_app, shared_task
-from celery.signals import task_unknown
+from celery.exceptions import Reject, Retry
+from celery.signals import task_unknown, worker_init, worker_shutdown
 from celery.utils.log import get_task_logger
 
-from ..errors import UnknownTask
+from ..codec import error_record, exception_record
+from ..dispatch import redeliver
+from ..errors import BrokerUnavailable, CeleryGraphError, StoreUnavailable, UnknownTask
 from ..protocol import CALL_TASK, GRAPH_KWARG, NodeMessage, graph_fields
+from ..reconcile import SweepThread
+from ..state import state_for
 from .node import NodeRun, fail_node
 
 logger = get_task_logger("celery_graph")
 
+INFRASTRUCTURE = (StoreUnavailable, BrokerUnavailable)
+MAX_BACKOFF = 30.0
+
+
+def backoff(attempt: int) -> float:
+    """Seconds before sending a message again after its ``attempt``-th infrastructure error."""
+    return min(2.0 ** max(attempt - 1, 0), MAX_BACKOFF)
+
+
+def send_again(
+    task: Task, message: NodeMessage, exc: Exception, failure: str | None = None
+) -> Exception:
+    """The exception that ends this delivery after an infrastructure error: a Retry when
+    the message could be sent again, else a Reject that hands it back to the broker."""
+    again = message.again(failure)
+    countdown = backoff(again.infra)
+    try:
+        redeliver(task, again.fields(), countdown)
+    except BrokerUnavailable as down:
+        logger.warning("celery-graph: %s; %s handed back to the broker", down, message.task_id)
+        return Reject(exc, requeue=True)
+    logger.warning("celery-graph: %s: %s; sent again in %g s", message.task_id, exc, countdown)
+    return Retry(str(exc), exc=exc, when=countdown)
+
 
 class GraphTask(Task):
     """Base class of every celery-graph task. A message without ``_graph`` runs the
-    function as a plain Celery task; with it, the function runs as a node of a run."""
+    function as a plain Celery task; with it, the function runs as a node of a run.
+
+    Acks late and rejects on a lost worker by default, whatever the app's settings, so
+    any Celery worker is crash-safe for graph nodes (``@task(acks_late=False)`` opts out).
+    """
 
     typing = False  # graph messages carry the extra ``_graph`` keyword
+    acks_late = True
+    reject_on_worker_lost = True
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):
         fields = graph_fields(kwargs)
         if fields:
+            message = NodeMessage.parse(fields)
+            traceback = einfo.traceback if einfo else ""
+            error = exception_record(message.node_id, exc, traceback)
             try:
-                fail_node(self.app, NodeMessage.parse(fields), exc,
-                          einfo.traceback if einfo else "")
+                fail_node(self.app, message, error, traceback)
+            except StoreUnavailable as down:
+                # the failure cannot be recorded now: it travels in a message sent again
+                send_again(self, message, down, failure=error)
             except Exception:  # the task failure itself is already reported by Celery
-                logger.exception("celery-graph: could not record the failure of %s", fields)
+                logger.exception("celery-graph: could not record the failure of %s",
+                                 message.task_id)
         return super().on_failure(exc, task_id, args, kwargs, einfo)
+
+    def on_retry(self, exc, task_id, args, kwargs, einfo):
+        fields = graph_fields(kwargs)
+        if fields:
+            message = NodeMessage.parse(fields)
+            when = getattr(exc, "when", None)
+            if isinstance(when, datetime.datetime):
+                now = datetime.datetime.now(tz=when.tzinfo)
+                when = (when - now).total_seconds()
+            attempt = getattr(self.request, "graph_attempt", 0)
+            try:
+                state = state_for(self.app)
+                state.scripts.lease(message.run_id, "requeue",
+                                    float(when or 0) + state.settings.queued_lease,
+                                    [message.result_field], attempt)
+            except CeleryGraphError as err:  # the lease runs out: a duplicate, not a loss
+                logger.warning("celery-graph: could not lease the retry of %s: %s",
+                               message.task_id, err)
+        return super().on_retry(exc, task_id, args, kwargs, einfo)
 
 
 def task_body(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -43,7 +113,14 @@ def task_body(fn: Callable[..., Any]) -> Callable[..., Any]:
         fields = kwargs.pop(GRAPH_KWARG, None)
         if fields is None:
             return fn(*args, **kwargs)
-        return NodeRun(self, fn, NodeMessage.parse(fields), kwargs).run()
+        message = NodeMessage.parse(fields)
+        try:
+            if message.failure is not None:
+                fail_node(self.app, message, message.failure)
+                return None
+            return NodeRun(self, fn, message, kwargs).run()
+        except INFRASTRUCTURE as exc:
+            raise send_again(self, message, exc) from exc
 
     body.__name__ = fn.__name__
     body.__qualname__ = fn.__qualname__
@@ -74,11 +151,38 @@ def _unknown_task(sender=None, message=None, exc=None, name=None, id=None, **kw)
         if not fields:
             return
         parsed = NodeMessage.parse(fields)
-        error = UnknownTask(
+        error = error_record(
+            parsed.node_id, UnknownTask.__name__, UnknownTask.__module__,
             f"node {parsed.node_id!r}: task {name!r} is not registered on the worker on "
             f"{socket.gethostname()}; deploy the module that defines it to every worker "
-            "consuming this queue"
+            "consuming this queue",
         )
-        fail_node(current_app._get_current_object(), parsed, error, "")
+        fail_node(current_app._get_current_object(), parsed, error)
     except Exception:
         logger.exception("celery-graph: could not fail the run of unknown task %s", name)
+
+
+# -- the reconciler in every worker ------------------------------------------------------
+
+_sweepers: dict[int, SweepThread] = {}
+
+
+@worker_init.connect
+def _start_reconciler(sender: Any = None, **_: Any) -> None:
+    """Every worker that imports celery_graph sweeps (one at a time, under a lock)."""
+    app = getattr(sender, "app", None)
+    if app is None or id(sender) in _sweepers:
+        return
+    try:
+        state_for(app)  # no graph Redis configured: this worker runs no graph work
+    except CeleryGraphError as exc:
+        logger.warning("celery-graph: no reconciler in this worker: %s", exc)
+        return
+    _sweepers[id(sender)] = SweepThread(app).start()
+
+
+@worker_shutdown.connect
+def _stop_reconciler(sender: Any = None, **_: Any) -> None:
+    sweeper = _sweepers.pop(id(sender), None)
+    if sweeper is not None:
+        sweeper.stop()

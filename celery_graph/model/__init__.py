@@ -1,7 +1,7 @@
 """The model: a compiled graph and a run's status as plain values (no Celery, no Redis)."""
 
 from .compiler import Declarations, GroupDecl, NodeDecl, Param, compile_graph
-from .spec import GraphSpec, NodeSpec, policy_violation, tree_ids
+from .spec import GraphSpec, NodeSpec, tree_ids
 from .status import FINAL_STATES, NodeStatus, Outcome, RunStatus
 
 __all__ = [
@@ -12,7 +12,6 @@ __all__ = [
     "compile_graph",
     "GraphSpec",
     "NodeSpec",
-    "policy_violation",
     "tree_ids",
     "FINAL_STATES",
     "NodeStatus",

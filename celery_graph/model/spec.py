@@ -61,21 +61,6 @@ class NodeSpec:
         return ids
 
 
-def policy_violation(policy: dict[str, Any], failed: set[str]) -> str | None:
-    """Why ``policy`` can no longer be met with ``failed`` members, or None if it can."""
-    members = policy["members"]
-    kind = policy["kind"]
-    if kind == "at_least":
-        left = len(members) - len(failed & set(members))
-        if left < policy["n"]:
-            return f"at most {left} of {len(members)} members can succeed, {policy['n']} must"
-    elif kind == "critical":
-        lost = sorted(failed & set(policy["critical"]))
-        if lost:
-            return f"critical member(s) {', '.join(lost)} failed"
-    return None
-
-
 @dataclass(frozen=True)
 class GraphSpec:
     graph_id: str

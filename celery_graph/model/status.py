@@ -11,31 +11,75 @@ from ..errors import CeleryGraphError, RunCancelled, RunFailed
 FINAL_STATES = ("succeeded", "failed", "cancelled")
 
 
+def _time(value: str | None) -> float | None:
+    return float(value) if value else None
+
+
 @dataclass(frozen=True)
 class NodeStatus:
-    state: str  # pending, queued, running, succeeded, failed, skipped
+    """One node of a run. ``state``: pending (not released yet), queued (published, not
+    started), running, retrying (waiting for a retry), mapping (a map waiting for its
+    items), succeeded, failed, skipped (a branch not taken)."""
+
+    state: str
     attempts: int = 0
     worker: str | None = None
     started: float | None = None
     finished: float | None = None
     error: dict[str, Any] | None = None  # a member that failed under its group's policy
+    queued: float | None = None  # when it was last published (server time)
+    lease: float | None = None  # when the reconciler acts unless it progresses
+    redelivered: int = 0  # times the reconciler published it again
+    lost: int = 0  # times its worker died while running it
 
     @classmethod
-    def from_fields(cls, node_id: str, fields: dict[str, str]) -> NodeStatus:
+    def from_fields(
+        cls, node_id: str, fields: dict[str, str], lease: float | None = None
+    ) -> NodeStatus:
         """One node's status from the run's node-state hash ("<node>:<field>" -> value)."""
         state = fields.get(f"{node_id}:state")
         if state is None:
             state = "queued" if f"{node_id}:dispatch" in fields else "pending"
-        started = fields.get(f"{node_id}:started")
-        finished = fields.get(f"{node_id}:finished")
         return cls(
             state=state,
             attempts=int(fields.get(f"{node_id}:attempts", 0)),
             worker=fields.get(f"{node_id}:worker"),
-            started=float(started) if started else None,
-            finished=float(finished) if finished else None,
+            started=_time(fields.get(f"{node_id}:started")),
+            finished=_time(fields.get(f"{node_id}:finished")),
             error=parse_error(fields.get(f"{node_id}:error")),
+            queued=_time(fields.get(f"{node_id}:queued")),
+            lease=lease,
+            redelivered=int(fields.get(f"{node_id}:redelivered", 0)),
+            lost=int(fields.get(f"{node_id}:lost", 0)),
         )
+
+    def waiting(self, now: float) -> str | None:
+        """Why an unfinished node has not moved on, for people: how long it has waited and
+        what the reconciler does next; None for a node that ended or is not released."""
+        if self.state not in ("queued", "running", "retrying"):
+            return None
+        parts = []
+        if self.state == "queued" and self.queued is not None:
+            parts.append(f"queued {_age(now - self.queued)}")
+        if self.redelivered:
+            parts.append(f"re-sent {self.redelivered}x")
+        if self.lost:
+            parts.append(f"worker lost {self.lost}x")
+        if self.lease is not None:
+            if self.lease <= now:
+                parts.append(f"lease ran out {_age(now - self.lease)} ago: reconciler re-sends it")
+            elif self.state != "running":
+                parts.append(f"reconciler checks in {_age(self.lease - now)}")
+        return ", ".join(parts) or None
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
 
 
 @dataclass(frozen=True)
@@ -47,6 +91,7 @@ class RunStatus:
     finished: float | None
     nodes: dict[str, NodeStatus] = field(default_factory=dict)
     error: dict[str, Any] | None = None
+    now: float | None = None  # the server's clock when this was read
 
     @property
     def done(self) -> bool:
@@ -60,18 +105,37 @@ class RunStatus:
 
     @classmethod
     def from_state(
-        cls, run_id: str, record: dict[str, str], fields: dict[str, str], order: tuple[str, ...]
+        cls,
+        run_id: str,
+        record: dict[str, str],
+        fields: dict[str, str],
+        order: tuple[str, ...],
+        leases: dict[str, float] | None = None,
+        now: float | None = None,
     ) -> RunStatus:
-        """From the run record, the node-state hash and the graph's node order."""
+        """From the run record, the node-state hash, the leases and the graph's node order."""
+        leases = leases or {}
         return cls(
             run_id=run_id,
             state=record["status"],
             graph_id=record["graph"],
             created=float(record["created"]),
-            finished=float(record["finished"]) if record.get("finished") else None,
-            nodes={nid: NodeStatus.from_fields(nid, fields) for nid in order},
+            finished=_time(record.get("finished")),
+            nodes={nid: NodeStatus.from_fields(nid, fields, leases.get(nid)) for nid in order},
             error=parse_error(record.get("error")),
+            now=now,
         )
+
+    def stalled(self) -> dict[str, str]:
+        """{node id: why it waits} for every released node that has not finished."""
+        if self.now is None or self.done:
+            return {}
+        out = {}
+        for nid, node in self.nodes.items():
+            why = node.waiting(self.now)
+            if why:
+                out[nid] = why
+        return out
 
 
 @dataclass(frozen=True)

@@ -8,15 +8,18 @@ worker registry, over one Redis client. Redis errors leave this package translat
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
+from redis.exceptions import LockError
+
 from ..config import Settings
 from ..keys import Keys
-from .connection import WAIT_SLICE, client_for, translated, wait_client_for
+from .connection import WAIT_SLICE, client_for, translated, translating, wait_client_for
 from .graphs import GraphStore
 from .runs import RunStore
-from .scripts import Arrival, Scripts
+from .scripts import Arrival, Begun, Reclaim, Scripts
 from .shared import SharedState
 from .workers import WorkerStore
 
@@ -30,14 +33,11 @@ class State:
         self.client: Any = client_for(settings.redis_url)
         self._wait_client: Any = None
         self.graphs = GraphStore(self.client, self.keys, settings.store_ttl, settings.cache_size)
+        self.scripts = Scripts(self.client, self.keys, settings)
         self.runs = RunStore(
-            self.client, self.wait_client, self.keys, self.graphs, settings.run_ttl
+            self.client, self.wait_client, self.keys, self.graphs, self.scripts, settings.run_ttl
         )
-        self.scripts = Scripts(
-            self.client, self.keys, settings.run_ttl, settings.result_ttl,
-            settings.release_grace,
-        )
-        self.shared = SharedState(self.client, self.keys, settings.run_ttl)
+        self.shared = SharedState(self.client, self.keys)
         self.workers = WorkerStore(self.client, self.keys)
 
     def wait_client(self) -> Any:
@@ -48,6 +48,16 @@ class State:
     def ping(self) -> None:
         """Raise StoreUnavailable unless Redis answers."""
         translated("connecting", self.client.ping)
+
+    def try_lock(self, key: str, seconds: float) -> Any | None:
+        """A lock on ``key`` held for at most ``seconds``, or None if another holds it."""
+        lock = self.client.lock(key, timeout=seconds, blocking=False)
+        return lock if translated("taking a lock", lock.acquire) else None
+
+    def unlock(self, lock: Any) -> None:
+        """Release a lock from try_lock; one that ran out meanwhile is simply gone."""
+        with contextlib.suppress(LockError), translating("releasing a lock"):
+            lock.release()
 
 
 _states: dict[Settings, State] = {}
@@ -64,4 +74,4 @@ def state_for(app: Any) -> State:
         return state
 
 
-__all__ = ["WAIT_SLICE", "Arrival", "State", "state_for"]
+__all__ = ["WAIT_SLICE", "Arrival", "Begun", "Reclaim", "State", "state_for"]

@@ -1,20 +1,24 @@
 """GraphStore: content-addressed graphs.
 
 A graph is stored once under ``P:graph:<sha256>``, zlib-compressed, written with SET NX and
-a TTL that slides: every submission and every cache miss on load refreshes it. Each process
-keeps a bounded LRU cache of parsed specs; a blob whose hash does not match its id is
-refused (GraphCorrupted), never run.
+a TTL that slides: every submission and every load refreshes it (a load served from the
+process cache refreshes it at most every ``ttl / 24`` seconds, so a worker that keeps
+using a cached graph keeps the stored copy alive for the others). Each process keeps a
+bounded LRU cache of parsed specs; a blob whose hash does not match its id is refused
+(GraphCorrupted), never run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 import zlib
 from collections import OrderedDict
 from typing import Any
 
 from ..codec import sha256
-from ..errors import GraphCorrupted, GraphNotFound
+from ..errors import GraphCorrupted, GraphNotFound, StoreUnavailable
 from ..keys import Keys
 from ..model import GraphSpec
 from .connection import translated
@@ -27,6 +31,8 @@ class GraphStore:
         self.ttl = ttl
         self.cache_size = cache_size
         self._cache: OrderedDict[str, GraphSpec] = OrderedDict()
+        self._refreshed: dict[str, float] = {}  # graph id -> monotonic time of last refresh
+        self.refresh_every = max(1.0, ttl / 24)
         self._lock = threading.Lock()
 
     def remember(self, spec: GraphSpec) -> None:
@@ -34,8 +40,10 @@ class GraphStore:
         with self._lock:
             self._cache[spec.graph_id] = spec
             self._cache.move_to_end(spec.graph_id)
+            self._refreshed[spec.graph_id] = time.monotonic()
             while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+                gone, _ = self._cache.popitem(last=False)
+                self._refreshed.pop(gone, None)
 
     def put_commands(self, pipe: Any, spec: GraphSpec) -> None:
         """Queue the write of ``spec`` on a pipeline (SET NX + TTL refresh)."""
@@ -54,9 +62,19 @@ class GraphStore:
     def load(self, graph_id: str) -> GraphSpec:
         with self._lock:
             spec = self._cache.get(graph_id)
+            stale = False
             if spec is not None:
                 self._cache.move_to_end(graph_id)
-                return spec
+                now = time.monotonic()
+                stale = now - self._refreshed.get(graph_id, 0.0) >= self.refresh_every
+                if stale:
+                    self._refreshed[graph_id] = now
+        if spec is not None:
+            if stale:  # keep the stored copy alive; a cached spec still runs if Redis blips
+                with contextlib.suppress(StoreUnavailable):
+                    translated("refreshing a graph's expiry",
+                               lambda: self.client.expire(self.keys.graph(graph_id), self.ttl))
+            return spec
         key = self.keys.graph(graph_id)
         blob = translated(
             "loading a graph", lambda: self.client.getex(key, ex=self.ttl)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 from ..codec import decode_value, parse_error
@@ -12,71 +11,80 @@ from ..keys import RUN_ID_RE, Keys
 from ..model import FINAL_STATES, GraphSpec, Outcome, RunStatus
 from .connection import WAIT_SLICE, translated
 from .graphs import GraphStore
+from .scripts import Scripts
 
 
 class RunStore:
-    """Reads and writes of run records that are not Lua operations."""
+    """Run records, the index of runs and the index of running runs."""
 
     def __init__(
-        self, client: Any, wait_client: Any, keys: Keys, graphs: GraphStore, run_ttl: int
+        self, client: Any, wait_client: Any, keys: Keys, graphs: GraphStore, scripts: Scripts,
+        run_ttl: int,
     ) -> None:
         self.client = client  # bytes replies (decode_responses off)
         self._wait_client = wait_client
         self.keys = keys
         self.graphs = graphs
+        self.scripts = scripts
         self.run_ttl = run_ttl
+
+    def time(self) -> float:
+        """The Redis server's clock: every time comparison in the state uses it."""
+        seconds, micros = translated("reading the server time", self.client.time)
+        return float(seconds) + micros / 1e6
 
     # -- starting a run ----------------------------------------------------------------
 
     def create(
-        self, run_id: str, spec: GraphSpec, inputs_json: str, extra: dict[str, Any]
-    ) -> None:
-        """Store the graph and the run record, and mark the roots published, in one
-        round trip (the caller publishes the roots next)."""
+        self, run_id: str, spec: GraphSpec, inputs_json: str, *, deadline: float | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> tuple[bool, str]:
+        """Store the graph, list the run for the reconciler, then create the run with its
+        roots marked published and leased (start.lua); the caller publishes the roots.
+        Returns (True, "") when created, (False, its status) when the run existed."""
         k = self.keys
-        now = time.time()
         pipe = self.client.pipeline(transaction=False)
         self.graphs.put_commands(pipe, spec)
-        pipe.hset(
-            k.run(run_id),
-            mapping={
-                "status": "running",
-                "graph": spec.graph_id,
-                "inputs": inputs_json,
-                "created": f"{now:.6f}",
-                "nodes": len(spec.nodes),
-                "sinks": json.dumps(list(spec.sinks)),
-                **extra,
-            },
-        )
-        pipe.expire(k.run(run_id), self.run_ttl)
+        # listed first: if the process dies before publishing, the reconciler finds it
+        pipe.zadd(k.running_index(), {run_id: 0})
+        pipe.expire(k.running_index(), self.run_ttl)
+        translated("creating a run", pipe.execute)
+        self.graphs.remember(spec)
+        created, detail = self.scripts.start(run_id, spec, inputs_json, deadline, extra or {})
+        if not created:
+            return False, detail
+        now = float(detail)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(k.running_index(), {run_id: now})  # again: a sweep may have just dropped it
         pipe.zadd(k.runs_index(), {run_id: now})
         pipe.zremrangebyscore(k.runs_index(), 0, now - self.run_ttl)
         pipe.expire(k.runs_index(), self.run_ttl)
-        pipe.hset(k.nodes(run_id), mapping={f"{r}:dispatch": "published" for r in spec.roots})
-        pipe.expire(k.nodes(run_id), self.run_ttl)
-        translated("creating a run", pipe.execute)
-        self.graphs.remember(spec)
+        translated("listing a run", pipe.execute)
+        return True, ""
 
-    def claim_idempotency(self, digest: str, run_id: str) -> str | None:
-        """Bind an idempotency key to ``run_id``; the run already bound to it, if any."""
-        key = self.keys.idempotency(digest)
-        claimed = translated(
-            "claiming an idempotency key",
-            lambda: self.client.set(key, run_id, nx=True, ex=self.run_ttl),
+    # -- the running index, for the reconciler ---------------------------------------------
+
+    def due(self, now: float, limit: int = 500) -> list[str]:
+        """Running runs whose next look is due."""
+        ids = translated(
+            "reading the running index",
+            lambda: self.client.zrangebyscore(self.keys.running_index(), "-inf", now, 0, limit),
         )
-        if claimed:
-            return None
-        existing = translated("reading an idempotency key", lambda: self.client.get(key))
-        return existing.decode() if existing else None
+        return [i.decode() for i in ids]
 
-    def release_idempotency(self, digest: str, run_id: str) -> None:
-        """Unbind a key from a run that did not start, so a retry starts afresh."""
-        key = self.keys.idempotency(digest)
-        if translated("reading an idempotency key", lambda: self.client.get(key)) == (
-            run_id.encode()
-        ):
-            translated("releasing an idempotency key", lambda: self.client.delete(key))
+    def schedule(self, run_id: str, when: float) -> None:
+        """Look at a running run again at ``when`` (server time)."""
+        translated("scheduling a run",
+                   lambda: self.client.zadd(self.keys.running_index(), {run_id: when}, xx=True))
+
+    def forget(self, run_id: str) -> None:
+        """A run that ended and needs nothing more leaves the running index."""
+        translated("unlisting a run",
+                   lambda: self.client.zrem(self.keys.running_index(), run_id))
+
+    def running_count(self) -> int:
+        return int(translated("reading the running index",
+                              lambda: self.client.zcard(self.keys.running_index())))
 
     # -- reading -----------------------------------------------------------------------
 
@@ -101,9 +109,19 @@ class RunStore:
         )
         return {k.decode(): v.decode() for k, v in raw.items()}
 
+    def leases(self, run_id: str) -> dict[str, float]:
+        raw = translated(
+            "reading leases",
+            lambda: self.client.zrange(self.keys.leases(run_id), 0, -1, withscores=True),
+        )
+        return {k.decode(): float(v) for k, v in raw}
+
     def status(self, run_id: str, spec: GraphSpec) -> RunStatus:
         record = self.record(run_id)
-        return RunStatus.from_state(run_id, record, self.node_fields(run_id), spec.order)
+        return RunStatus.from_state(
+            run_id, record, self.node_fields(run_id), spec.order, self.leases(run_id),
+            self.time(),
+        )
 
     def outcome(self, run_id: str, record: dict[str, str] | None = None) -> Outcome | None:
         """How the run ended (None while it runs): the sinks' results, or its error."""

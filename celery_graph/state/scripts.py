@@ -1,77 +1,125 @@
-"""Node bookkeeping and the join barrier: thin wrappers over the Lua scripts in ``lua/``.
+"""Node bookkeeping, the join barrier and leases: thin wrappers over the Lua scripts in
+``lua/``.
 
 Each script documents its KEYS and ARGV in its header. Every key a script touches is
-passed in KEYS and belongs to one run, so all of them share the run's ``{run_id}`` hash tag.
+passed in KEYS and belongs to one run, so all of them share the run's ``{run_id}`` hash
+tag. Every time a script compares or records is the Redis server's clock (``TIME``).
 """
 
 from __future__ import annotations
 
-import time
+import json
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import redis
 
+from ..config import Settings
 from ..errors import BarrierError, RunNotResumable
 from ..keys import Keys
 from ..model import GraphSpec, NodeSpec
 from .connection import load_script, translating
 
-SCRIPTS = ("begin", "complete", "mark", "finish", "resume", "map_arrive")
+SCRIPTS = (
+    "start", "begin", "complete", "finish", "resume", "map_arrive", "expand", "reclaim",
+    "lease", "continue",
+)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Begun(NamedTuple):
+    """What begin.lua answered."""
+
+    status: str | None  # "running", "deadline", "done", or the run's final status / None
+    inputs: bytes | None  # the run inputs (JSON)
+    own: bytes | None  # the node's stored result: it ran already
+    upstream: list[bytes | None]  # results of the upstream nodes, in the order asked
+    attempt: int = 0  # this attempt's number (when the node is called)
 
 
 class Arrival(NamedTuple):
     """What complete.lua answered for one arrival."""
 
-    stored: int  # 1 stored now, 0 already stored, -1 run not running
-    finished: bool  # this arrival ended the run
-    publish: list[str]  # successors this arrival released: publish, then mark
-    deferred: list[str]  # released by another arrival moments ago: come back later
+    stored: int  # 1 stored now, 0 already stored (or ignored), -1 run not running
+    ended: int  # 1 this arrival ended the run as succeeded, 2 as failed (group policy)
+    publish: list[str]  # successors this arrival released (marked published): publish them
     skipped: list[str]  # successors that will not run (all their arrivals were skips)
+
+
+@dataclass(frozen=True)
+class Reclaim:
+    """What reclaim.lua answered: see there."""
+
+    verdict: str  # gone, ended, deadline, poison, ok
+    pending_continuation: bool = False
+    poison: tuple[str, int, str] | None = None  # field, times lost, last worker
+    now: float = 0.0
+    next_lease: float | None = None
+    # (field, kind: lost | queued | skip, when it was last published or 0)
+    expired: tuple[tuple[str, str, float], ...] = ()
 
 
 class Scripts:
     """Runs the scripts against one Redis client under one key prefix."""
 
-    def __init__(
-        self,
-        client: Any,
-        keys: Keys,
-        run_ttl: int,
-        result_ttl: int,
-        release_grace: float = 10.0,
-    ) -> None:
+    def __init__(self, client: Any, keys: Keys, settings: Settings) -> None:
         self._client = client
         self.keys = keys
-        self.run_ttl = run_ttl
-        self.result_ttl = result_ttl
-        self.release_grace = release_grace
+        self.settings = settings
         self._scripts = {name: client.register_script(load_script(name)) for name in SCRIPTS}
 
     def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
         with translating(f"running {name}.lua"):
             return self._scripts[name](keys=keys, args=args)
 
+    def _run_keys(self, run_id: str, spec: GraphSpec | None) -> list[str]:
+        joins, maps = (spec.joins, spec.maps) if spec is not None else ((), ())
+        return self.keys.run_keys(run_id, joins, maps)
+
+    # -- a run ---------------------------------------------------------------------------
+
+    def start(
+        self, run_id: str, spec: GraphSpec, inputs_json: str, deadline: float | None,
+        extra: dict[str, str],
+    ) -> tuple[bool, str]:
+        """Create the run; (True, server time) when created, (False, status) when a run
+        with this id exists already."""
+        k = self.keys
+        others = [key for key in self._run_keys(run_id, spec)
+                  if key not in (k.run(run_id), k.nodes(run_id), k.leases(run_id))]
+        args: list[Any] = [
+            spec.graph_id, inputs_json, len(spec.nodes), json.dumps(list(spec.sinks)),
+            "" if deadline is None else repr(float(deadline)), self.settings.run_ttl,
+            self.settings.queued_lease, json.dumps(extra),
+        ]
+        for root in spec.roots:
+            args += [root, spec.nodes[root].delay]
+        created, detail = self._call(
+            "start", [k.run(run_id), k.nodes(run_id), k.leases(run_id), *others], args
+        )
+        return bool(created), _text(detail)
+
     def begin(
-        self,
-        run_id: str,
-        node: NodeSpec,
-        hostname: str,
-        field: str | None = None,
-        upstream_ids: list[str] | None = None,
-    ) -> tuple[str | None, bytes | None, bytes | None, list[bytes | None]]:
-        """(status, inputs JSON, own stored result, upstream results in node.upstream_ids()).
-        ``field`` names the result of one element of a dynamic fan-out ("<node>#<i>")."""
+        self, run_id: str, field: str, hostname: str, upstream_ids: list[str],
+        expands: bool = False,
+    ) -> Begun:
+        """Record the start of ``field`` (a node id, or "<node>#<i>" for a map item)."""
         k = self.keys
         reply = self._call(
             "begin",
-            [k.run(run_id), k.results(run_id), k.nodes(run_id)],
-            [field or node.id, hostname, f"{time.time():.6f}", self.run_ttl,
-             *(node.upstream_ids() if upstream_ids is None else upstream_ids)],
+            [k.run(run_id), k.results(run_id), k.nodes(run_id), k.leases(run_id)],
+            [field, hostname, self.settings.running_lease, self.settings.run_ttl,
+             "map" if expands else "", *upstream_ids],
         )
-        status = reply[0].decode() if reply and reply[0] is not None else None
+        status = _text(reply[0]) if reply and reply[0] is not None else None
         if status != "running":
-            return status, None, None, []
-        return status, reply[1], reply[2], list(reply[3:])
+            return Begun(status, None, None, [])
+        if reply[2]:
+            return Begun(status, reply[1], reply[2], [])
+        return Begun(status, reply[1], None, [r or None for r in reply[4:]], int(reply[3]))
 
     def complete(
         self,
@@ -79,60 +127,110 @@ class Scripts:
         run_id: str,
         node: NodeSpec,
         result_json: bytes | str,
-        now: float | None = None,
-        error_json: str = "",
-        branch: str = "",
+        *,
         kind: str = "ok",
+        branch: str = "",
+        error_json: str = "",
+        traceback: str = "",
     ) -> Arrival:
         """Store the result and arrive at the successors (see complete.lua). ``kind`` is
-        "ok", "failed" (a tolerated group member, with ``error_json``) or "skipped";
-        ``branch`` is "!a,b" when the node chose those successors only."""
+        "ok", "failed" (a member of a group with a failure policy, with ``error_json``)
+        or "skipped"; ``branch`` is "!a,b" when the node chose those successors only."""
         k = self.keys
-        keys = [k.run(run_id), k.results(run_id), k.nodes(run_id), k.sinks(run_id), k.done(run_id)]
+        keys = [k.run(run_id), k.results(run_id), k.nodes(run_id), k.sinks(run_id),
+                k.done(run_id), k.leases(run_id)]
+        policy = ""
+        if kind == "failed" and node.tolerant is not None:
+            policy = json.dumps(spec.policies[node.tolerant])
         args: list[Any] = [
             node.id,
             result_json,
             len(spec.sinks) if not node.succs else 0,
-            self.run_ttl,
-            self.result_ttl,
-            f"{time.time() if now is None else now:.6f}",
+            self.settings.run_ttl,
+            self.settings.result_ttl,
             len(node.succs),
-            self.release_grace,
+            self.settings.queued_lease,
             error_json,
             branch,
             kind,
+            policy,
+            node.tolerant or "",
+            traceback,
         ]
         for succ in node.succs:
-            npreds = len(spec.nodes[succ].preds)
-            args += [succ, npreds]
-            if npreds > 1:
+            target = spec.nodes[succ]
+            args += [succ, len(target.preds), target.delay]
+            if target.is_join:
                 keys.append(k.join(run_id, succ))
-        if not node.succs:
-            keys += k.run_keys(run_id, spec.joins, spec.maps)
+        if not node.succs or policy:
+            keys += self._run_keys(run_id, spec)
         reply = self._call("complete", keys, args)
-        if not isinstance(reply, list) or len(reply) < 4:
+        if not isinstance(reply, list) or len(reply) < 3:
             raise BarrierError(f"complete.lua answered {reply!r}")
-        n_pub, n_def = int(reply[2]), int(reply[3])
-        ids = [s.decode() for s in reply[4:]]
-        return Arrival(
-            int(reply[0]), bool(reply[1]), ids[:n_pub], ids[n_pub:n_pub + n_def],
-            ids[n_pub + n_def:],
-        )
+        n_pub = int(reply[2])
+        ids = [_text(s) for s in reply[3:]]
+        return Arrival(int(reply[0]), int(reply[1]), ids[:n_pub], ids[n_pub:])
+
+    def finish(
+        self,
+        spec: GraphSpec | None,
+        run_id: str,
+        status: str,
+        node_id: str = "",
+        error_json: str = "",
+        *,
+        guard: str = "",
+        unsent: bool = False,
+    ) -> int:
+        """End a running run as failed or cancelled: 1 if this call ended it, 0 if it had
+        ended already, -1 if ignored (``guard``, a result field, holds a result: the
+        failure is a failing copy of a message that succeeded)."""
+        k = self.keys
+        keys = [k.run(run_id), k.results(run_id), k.nodes(run_id), k.done(run_id),
+                *self._run_keys(run_id, spec)]
+        args = [status, node_id, error_json, self.settings.result_ttl, guard,
+                "1" if unsent else ""]
+        return int(self._call("finish", keys, args))
+
+    def resume(self, spec: GraphSpec, run_id: str, fields: list[str]) -> str:
+        """Reopen a failed or cancelled run and lease ``fields`` (nodes and map items) to
+        be sent again; returns the previous status."""
+        k = self.keys
+        keys = [k.run(run_id), k.nodes(run_id), k.done(run_id), k.leases(run_id),
+                *self._run_keys(run_id, spec)]
+        try:
+            previous = self._call(
+                "resume", keys, [self.settings.run_ttl, self.settings.queued_lease, *fields]
+            )
+        except redis.ResponseError as exc:
+            raise RunNotResumable(f"run {run_id} cannot be resumed: {exc}") from exc
+        return _text(previous)
+
+    # -- maps ----------------------------------------------------------------------------
+
+    def expand(self, run_id: str, node_id: str, count: int) -> bool:
+        """Lease the ``count`` items of map node ``node_id``; False if expanded already."""
+        k = self.keys
+        return bool(self._call(
+            "expand", [k.run(run_id), k.nodes(run_id), k.leases(run_id)],
+            [node_id, count, self.settings.queued_lease, self.settings.run_ttl],
+        ))
 
     def map_arrive(
         self, run_id: str, node_id: str, index: int, result_json: bytes | str
     ) -> tuple[int, int]:
-        """Store element ``index`` of map node ``node_id``; (stored, elements arrived)."""
+        """Store item ``index`` of map node ``node_id``; (stored, items arrived)."""
         k = self.keys
         reply = self._call(
             "map_arrive",
-            [k.run(run_id), k.results(run_id), k.nodes(run_id), k.map(run_id, node_id)],
-            [f"{node_id}#{index}", result_json, index, self.run_ttl, f"{time.time():.6f}"],
+            [k.run(run_id), k.results(run_id), k.nodes(run_id), k.map(run_id, node_id),
+             k.leases(run_id)],
+            [f"{node_id}#{index}", result_json, index, self.settings.run_ttl],
         )
         return int(reply[0]), int(reply[1])
 
     def map_results(self, run_id: str, node_id: str, count: int) -> bytes:
-        """The JSON list of the elements' results, in item order."""
+        """The JSON list of the items' results, in item order."""
         fields = [f"{node_id}#{i}" for i in range(count)]
         with translating("reading the items of a map"):
             raws = self._client.hmget(self.keys.results(run_id), fields)
@@ -146,34 +244,43 @@ class Scripts:
             raw = self._client.hmget(self.keys.nodes(run_id), [f"{n}:state" for n in node_ids])
         return {n: v.decode() if v else None for n, v in zip(node_ids, raw)}
 
-    def mark_published(self, run_id: str, node_ids: list[str]) -> None:
-        if node_ids:
-            self._call("mark", [self.keys.nodes(run_id)], node_ids)
+    # -- leases and the reconciler ------------------------------------------------------
 
-    def finish(
-        self,
-        spec: GraphSpec | None,
-        run_id: str,
-        status: str,
-        node_id: str = "",
-        error_json: str = "",
-    ) -> bool:
-        """End a running run as failed/cancelled; True if this call ended it."""
+    def lease(
+        self, run_id: str, mode: str, seconds: float, fields: list[str], attempt: int = 0
+    ) -> int:
+        """Set leases of ``fields`` ``seconds`` from now (see lease.lua for the modes;
+        ``attempt`` for "requeue")."""
+        if not fields:
+            return 0
         k = self.keys
-        joins, maps = (spec.joins, spec.maps) if spec is not None else ((), ())
-        keys = [k.run(run_id), k.nodes(run_id), k.done(run_id), *k.run_keys(run_id, joins, maps)]
-        args = [status, node_id, error_json, self.result_ttl, f"{time.time():.6f}"]
-        return bool(self._call("finish", keys, args))
+        return int(self._call(
+            "lease", [k.run(run_id), k.nodes(run_id), k.leases(run_id)],
+            [mode, seconds, attempt or "", *fields],
+        ))
 
-    def resume(self, spec: GraphSpec, run_id: str, node_ids: list[str]) -> str:
-        """Reopen a failed/cancelled run; returns its previous status."""
+    def reclaim(self, run_id: str, limit: int = 1000) -> Reclaim:
         k = self.keys
-        keys = [k.run(run_id), k.nodes(run_id), k.done(run_id),
-                *k.run_keys(run_id, spec.joins, spec.maps)]
-        try:
-            previous = self._call(
-                "resume", keys, [self.run_ttl, f"{time.time():.6f}", *node_ids]
-            )
-        except redis.ResponseError as exc:
-            raise RunNotResumable(f"run {run_id} cannot be resumed: {exc}") from exc
-        return previous.decode() if isinstance(previous, bytes) else str(previous)
+        reply = self._call(
+            "reclaim", [k.run(run_id), k.results(run_id), k.nodes(run_id), k.leases(run_id)],
+            [self.settings.max_lost, limit],
+        )
+        verdict = _text(reply[0])
+        if verdict == "ended":
+            return Reclaim(verdict, pending_continuation=bool(int(reply[1])))
+        if verdict == "poison":
+            return Reclaim(verdict, poison=(_text(reply[1]), int(reply[2]), _text(reply[3])))
+        if verdict != "ok":
+            return Reclaim(verdict)
+        count = int(reply[3])
+        found = [
+            (_text(reply[4 + 3 * i]), _text(reply[5 + 3 * i]), float(_text(reply[6 + 3 * i]) or 0))
+            for i in range(count)
+        ]
+        nxt = _text(reply[2])
+        return Reclaim(verdict, now=float(_text(reply[1])),
+                       next_lease=float(nxt) if nxt else None, expired=tuple(found))
+
+    def continuation(self, run_id: str, mode: str, hold: float = 60.0) -> str:
+        """Claim ("claim") or finish ("done") the continuation of the canvas a run sits in."""
+        return _text(self._call("continue", [self.keys.run(run_id)], [mode, hold]))

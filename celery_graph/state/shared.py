@@ -1,23 +1,34 @@
 """Shared state of a run (what ``RunContext`` reads and writes): one Redis hash per run.
 
 Fields: ``v:<key>`` a value, ``n:<key>`` the length of a list, ``l:<key>:<i>`` its items;
-every value is JSON, encoded by the caller.
+every value is JSON, encoded by the caller. Writes go through shared.lua, which refuses a
+run that is gone and never lets the state outlive its run.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from redis.exceptions import ResponseError
+
+from ..errors import RunNotFound
 from ..keys import Keys
-from .connection import load_script, translated
+from .connection import load_script, translated, translating
 
 
 class SharedState:
-    def __init__(self, client: Any, keys: Keys, run_ttl: int) -> None:
+    def __init__(self, client: Any, keys: Keys) -> None:
         self.client = client
         self.keys = keys
-        self.ttl = run_ttl
-        self._append = client.register_script(load_script("append"))
+        self._write = client.register_script(load_script("shared"))
+
+    def _call(self, run_id: str, op: str, key: str, value: Any) -> Any:
+        k = self.keys
+        try:
+            with translating("writing run context"):
+                return self._write(keys=[k.run(run_id), k.state(run_id)], args=[op, key, value])
+        except ResponseError as exc:
+            raise RunNotFound(f"run {run_id}: {exc}; its shared state is not written") from exc
 
     def get(self, run_id: str, key: str) -> bytes | None:
         return translated(
@@ -25,29 +36,15 @@ class SharedState:
         )
 
     def set(self, run_id: str, key: str, encoded: str) -> None:
-        state = self.keys.state(run_id)
-        pipe = self.client.pipeline()
-        pipe.hset(state, "v:" + key, encoded)
-        pipe.expire(state, self.ttl)
-        translated("writing run context", pipe.execute)
+        self._call(run_id, "set", key, encoded)
 
     def incr(self, run_id: str, key: str, amount: int | float) -> int | float:
-        state = self.keys.state(run_id)
-        pipe = self.client.pipeline()
         if isinstance(amount, int):
-            pipe.hincrby(state, "v:" + key, amount)
-        else:
-            pipe.hincrbyfloat(state, "v:" + key, amount)
-        pipe.expire(state, self.ttl)
-        value, _ = translated("writing run context", pipe.execute)
-        return value
+            return int(self._call(run_id, "incr", key, amount))
+        return float(self._call(run_id, "incrbyfloat", key, repr(float(amount))))
 
     def append(self, run_id: str, key: str, encoded: str) -> int:
-        state = self.keys.state(run_id)
-        return int(translated(
-            "writing run context",
-            lambda: self._append(keys=[state], args=[key, encoded, self.ttl]),
-        ))
+        return int(self._call(run_id, "append", key, encoded))
 
     def items(self, run_id: str, key: str) -> list[bytes]:
         state = self.keys.state(run_id)

@@ -1,39 +1,55 @@
--- begin.lua: a worker starts a node. Reads what the node needs in one round trip and
--- records the attempt, but only while the run is still running (so a late duplicate of a
--- finished run's message never re-creates an expired key).
+-- begin.lua: a worker starts a node (or an item of a map). Reads what the node needs in
+-- one round trip and records the attempt with a running lease, but only while the run is
+-- still running (so a late duplicate of a finished run's message never re-creates an
+-- expired key). The worker renews the lease while the node runs (lease.lua); a lease
+-- that runs out means the worker died, and the reconciler publishes the node again.
 --
 -- KEYS[1] run record          (hash)
--- KEYS[2] run results         (hash: node id -> JSON result)
--- KEYS[3] run node state      (hash: "<node>:<field>" -> value)
--- ARGV[1] node id
+-- KEYS[2] run results         (hash: node id or "<node>#<i>" -> JSON result)
+-- KEYS[3] run node state      (hash: "<field>:<name>" -> value)
+-- KEYS[4] leases              (zset: field -> lease expiry, server time)
+-- ARGV[1] field: the node id, or "<node>#<i>" for item i of a map
 -- ARGV[2] worker hostname
--- ARGV[3] now (unix seconds, float as string)
--- ARGV[4] run ttl (seconds) for the node-state hash
--- ARGV[5..] ids of the upstream nodes whose results the node reads
+-- ARGV[3] running lease (seconds)
+-- ARGV[4] run ttl (seconds)
+-- ARGV[5] "map" for the message of a map node itself (it expands into items), else ""
+-- ARGV[6 ..] ids of the upstream nodes whose results the node reads
 --
--- Returns {status} when the run is not running, {"deadline"} when the run's deadline
---         (field "deadline" of the run record, unix seconds) has passed, else
---         {status, inputs JSON|nil, own result|nil, upstream result|nil ...}
--- (own result set = the node already finished: the caller must not call it again).
+-- Returns {status} when the run is not running; {"deadline"} when the run's deadline
+-- (field "deadline" of the run record, server time) has passed; {"done"} when the node
+-- already ended without a result (failed under a group policy, skipped) or the map was
+-- expanded already; {status, inputs JSON, own result} when the result is stored (the
+-- caller must not call the function again); else {status, inputs JSON, false, attempt
+-- number, upstream result or false ...}.
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'running' then
   return {status}
 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local deadline = redis.call('HGET', KEYS[1], 'deadline')
-if deadline and tonumber(ARGV[3]) > tonumber(deadline) then
+if deadline and now > tonumber(deadline) then
   return {'deadline'}
 end
-local node = ARGV[1]
-local own = redis.call('HGET', KEYS[2], node)
-local out = {status, redis.call('HGET', KEYS[1], 'inputs'), own}
+local field = ARGV[1]
+local own = redis.call('HGET', KEYS[2], field)
+local inputs = redis.call('HGET', KEYS[1], 'inputs')
 if own then
-  return out
+  return {status, inputs, own}
 end
-redis.call('HSET', KEYS[3], node .. ':state', 'running', node .. ':worker', ARGV[2],
-           node .. ':started', ARGV[3])
-redis.call('HINCRBY', KEYS[3], node .. ':attempts', 1)
+local state = redis.call('HGET', KEYS[3], field .. ':state')
+if state == 'failed' or state == 'skipped'
+    or (ARGV[5] == 'map' and redis.call('HEXISTS', KEYS[3], field .. ':items') == 1) then
+  return {'done'}
+end
+redis.call('HSET', KEYS[3], field .. ':state', 'running', field .. ':worker', ARGV[2],
+           field .. ':started', string.format('%.6f', now))
+local attempt = redis.call('HINCRBY', KEYS[3], field .. ':attempts', 1)
+redis.call('ZADD', KEYS[4], now + tonumber(ARGV[3]), field)
 redis.call('EXPIRE', KEYS[3], ARGV[4])
-for i = 5, #ARGV do
+redis.call('EXPIRE', KEYS[4], ARGV[4])
+local out = {status, inputs, false, attempt}
+for i = 6, #ARGV do
   out[#out + 1] = redis.call('HGET', KEYS[2], ARGV[i])
 end
 return out

@@ -1,135 +1,205 @@
--- complete.lua: a node finished. Stores its result once, records barrier arrivals at its
--- successors, claims every successor whose barrier this arrival releases, and, when the
+-- complete.lua: a node ended. Stores its result once, records its arrival at each
+-- successor's barrier, releases every successor that arrival makes ready, and, when the
 -- node is the last sink, ends the run and sets the expiry of every key of the run.
 --
--- An arrival is a set member keyed by the arriving node, so a redelivered or duplicated
--- message never counts twice. A release is claimed with HSETNX "<succ>:dispatch" =
--- "released:<now>"; the caller publishes and then marks it "published" (mark.lua).
--- Another arrival that finds a successor still "released" within the grace period
--- (ARGV[8]) gets it back as "deferred": the releaser is most likely still publishing, so
--- the caller re-queues its own message for later instead of publishing a second time.
--- After the grace period the releaser is presumed dead (crashed between release and
--- publish): the arrival takes the claim over and publishes. Once "published", a
--- successor is never handed out again.
+-- Arrivals. A join's arrivals are fields of a hash keyed by the arriving node, so a
+-- redelivered or duplicated message never counts twice, whatever it arrives as. A node's
+-- branch choice is pinned by its first stored result ("*" when it chose nothing: every
+-- successor), so every copy of it arrives the same way. A successor is released once:
+-- its dispatch marker goes from nothing to "published" (or "skipped") here, with a lease,
+-- before the caller publishes it. A caller that dies before publishing leaves a lease
+-- that runs out, and the reconciler publishes the successor; no arrival ever publishes a
+-- successor a second time.
+--
+-- Kinds of arrival (ARGV[10]): "ok" (the node succeeded), "failed" (a member of a group
+-- with a failure policy failed after its retries: state "failed", error ARGV[8]; the
+-- policy, ARGV[11], is decided here, and a broken policy ends the run as failed) and
+-- "skipped" (a branch upstream skipped the node). A node that chose successors with
+-- branch() ("!a,b" in ARGV[9]) arrives as real at the chosen ones and as a skip at the
+-- others. A successor whose arrivals are all skips is skipped (and returned, so the
+-- caller passes the skip on); one with at least one real arrival is released.
 --
 -- KEYS[1] run record          (hash)
 -- KEYS[2] run results         (hash)
 -- KEYS[3] run node state      (hash)
 -- KEYS[4] finished sinks      (set)
 -- KEYS[5] completion signal   (list)
--- KEYS[6 .. 5+J] arrival set of each join successor (set), in the order they appear in ARGV
--- KEYS[6+J ..]   when the node is a sink: every key of the run, to expire when it ends
--- Arrivals come in three kinds (ARGV[11]): "ok" (the node succeeded), "failed" (a member
--- of a group with a failure policy failed: no result, state "failed", error ARGV[9]) and
--- "skipped" (the node was skipped by a branch upstream: no result, state "skipped").
--- A node that returned branch(...) (ARGV[10] = "!" .. comma-separated chosen successors)
--- arrives as real only at the chosen successors and as a skip ("~<node>") at the others;
--- the first stored choice is kept, so a redelivered message repeats it. A successor whose
--- arrivals are all skips is skipped (claimed "skipped", returned so the caller passes the
--- skip on); one with at least one real arrival is released as usual.
---
+-- KEYS[6] leases              (zset: field -> lease expiry)
+-- KEYS[7 .. 6+J] arrivals of each join successor (hash), in the order of ARGV's successors
+-- KEYS[7+J ..]   every key of the run, to expire when this call ends the run
 -- ARGV[1] node id
 -- ARGV[2] result (JSON), or "" for a failed or skipped arrival
 -- ARGV[3] number of sinks in the graph, or 0 when this node is not a sink
 -- ARGV[4] run ttl (seconds)
 -- ARGV[5] result ttl (seconds): how long a finished run is kept
--- ARGV[6] now (unix seconds)
--- ARGV[7] S, the number of successors
--- ARGV[8] release grace (seconds)
--- ARGV[9] error (JSON) of a failed arrival, else ""
--- ARGV[10] branch choice "!a,b", or "" (every successor)
--- ARGV[11] arrival kind: "ok", "failed" or "skipped"
--- ARGV[12 ..] S pairs: successor id, number of predecessors of that successor
+-- ARGV[6] S, the number of successors
+-- ARGV[7] queued lease (seconds) of a released successor
+-- ARGV[8] error (JSON) of a failed arrival, else ""
+-- ARGV[9] branch choice "!a,b", or "" (every successor)
+-- ARGV[10] arrival kind: "ok", "failed" or "skipped"
+-- ARGV[11] failure policy of the node's group (JSON: kind, members, n | critical), or ""
+-- ARGV[12] the group's name, for the error when the policy breaks
+-- ARGV[13] the traceback to keep with that error
+-- ARGV[14 ..] S triples: successor id, its number of predecessors, its start delay
 --
--- Returns {stored, finished, P, D, P ids to publish, D ids deferred, ids skipped ...}:
--- stored is 1 when this call stored the result, 0 when a result was already there, -1
--- when the run is not running.
+-- Returns {stored, ended, P, P ids to publish ..., ids skipped ...}: stored is 1 when this
+-- call stored the result, 0 when a result was there already, -1 when the run is not
+-- running; ended is 1 when this call ended the run as succeeded, 2 as failed (a broken
+-- group policy).
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local nowstr = string.format('%.6f', now)
+local node = ARGV[1]
+local kind = ARGV[10]
+local run_ttl = ARGV[4]
+local nsucc = tonumber(ARGV[6])
+local first_run_key = 7
+for i = 0, nsucc - 1 do
+  if tonumber(ARGV[15 + 3 * i]) > 1 then
+    first_run_key = first_run_key + 1
+  end
+end
+
+local function end_run(final, error)
+  redis.call('HSET', KEYS[1], 'status', final, 'finished', nowstr)
+  if error then
+    redis.call('HSET', KEYS[1], 'error', error)
+  end
+  redis.call('RPUSH', KEYS[5], final)
+  for i = first_run_key, #KEYS do
+    redis.call('EXPIRE', KEYS[i], ARGV[5])
+  end
+end
+
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'running' then
-  return {-1, 0, 0, 0}
+  if status and kind == 'ok' then
+    -- The run ended (cancelled, or failed elsewhere) while the node ran: keep its result,
+    -- so a resume does not run it again, and never past the expiry of the run's keys.
+    local ttl = redis.call('PTTL', KEYS[1])
+    redis.call('HSETNX', KEYS[2], node, ARGV[2])
+    redis.call('HSET', KEYS[3], node .. ':state', 'succeeded', node .. ':finished', nowstr)
+    redis.call('ZREM', KEYS[6], node)
+    for i = 2, 3 do
+      if ttl > 0 and redis.call('PTTL', KEYS[i]) == -1 then
+        redis.call('PEXPIRE', KEYS[i], ttl)
+      end
+    end
+  end
+  return {-1, 0, 0}
 end
-local node = ARGV[1]
-local run_ttl = ARGV[4]
-local kind = ARGV[11]
+
 local stored = 0
 if kind == 'failed' then
-  redis.call('HSET', KEYS[3], node .. ':state', 'failed', node .. ':finished', ARGV[6],
-             node .. ':error', ARGV[9])
+  if redis.call('HEXISTS', KEYS[2], node) == 1 then
+    return {0, 0, 0}  -- a failing copy of a node whose result is stored: ignored
+  end
+  redis.call('HSET', KEYS[3], node .. ':state', 'failed', node .. ':finished', nowstr,
+             node .. ':error', ARGV[8])
 elseif kind == 'skipped' then
-  redis.call('HSET', KEYS[3], node .. ':state', 'skipped', node .. ':finished', ARGV[6])
+  redis.call('HSET', KEYS[3], node .. ':state', 'skipped', node .. ':finished', nowstr)
 else
   stored = redis.call('HSETNX', KEYS[2], node, ARGV[2])
   redis.call('EXPIRE', KEYS[2], run_ttl)
-  redis.call('HSET', KEYS[3], node .. ':state', 'succeeded', node .. ':finished', ARGV[6])
-  if ARGV[10] ~= '' then
-    redis.call('HSETNX', KEYS[3], node .. ':branch', ARGV[10])
+  redis.call('HSET', KEYS[3], node .. ':state', 'succeeded', node .. ':finished', nowstr)
+  redis.call('HSETNX', KEYS[3], node .. ':branch', ARGV[9] ~= '' and ARGV[9] or '*')
+end
+redis.call('ZREM', KEYS[6], node)
+redis.call('EXPIRE', KEYS[3], run_ttl)
+
+if kind == 'failed' and ARGV[11] ~= '' then
+  local policy = cjson.decode(ARGV[11])
+  local failed = {}
+  local is_failed = {}
+  for _, m in ipairs(policy.members) do
+    if redis.call('HGET', KEYS[3], m .. ':state') == 'failed' then
+      failed[#failed + 1] = m
+      is_failed[m] = true
+    end
+  end
+  local why = nil
+  if policy.kind == 'at_least' then
+    local left = #policy.members - #failed
+    if left < policy.n then
+      why = 'at most ' .. left .. ' of ' .. #policy.members .. ' members can succeed, '
+            .. policy.n .. ' must'
+    end
+  elseif policy.kind == 'critical' then
+    local lost = {}
+    for _, c in ipairs(policy.critical) do
+      if is_failed[c] then
+        lost[#lost + 1] = c
+      end
+    end
+    if #lost > 0 then
+      table.sort(lost)
+      why = 'critical member(s) ' .. table.concat(lost, ', ') .. ' failed'
+    end
+  end
+  if why then
+    table.sort(failed)
+    local message = "group '" .. ARGV[12] .. "' (" .. policy.kind .. ' policy): ' .. why
+                    .. '; failed: ' .. table.concat(failed, ', ')
+    end_run('failed', cjson.encode({node = node, type = 'GroupPolicyFailed',
+                                    module = 'celery_graph.errors', message = message,
+                                    traceback = ARGV[13]}))
+    return {0, 2, 0}
   end
 end
-redis.call('EXPIRE', KEYS[3], run_ttl)
 
 local chosen = nil
 local choice = redis.call('HGET', KEYS[3], node .. ':branch')
-if choice then
+if choice and choice ~= '*' then
   chosen = {}
   for id in string.gmatch(string.sub(choice, 2), '[^,]+') do
     chosen[id] = true
   end
 end
 
-local now = tonumber(ARGV[6])
-local grace = tonumber(ARGV[8])
+local lease = tonumber(ARGV[7])
 local publish = {}
-local deferred = {}
 local skipped = {}
-local nsucc = tonumber(ARGV[7])
-local k = 6
+local k = 7
 for i = 0, nsucc - 1 do
-  local succ = ARGV[12 + 2 * i]
-  local npreds = tonumber(ARGV[13 + 2 * i])
+  local succ = ARGV[14 + 3 * i]
+  local npreds = tonumber(ARGV[15 + 3 * i])
+  local delay = tonumber(ARGV[16 + 3 * i])
   local real = kind ~= 'skipped' and (chosen == nil or chosen[succ] == true)
   local ready = true
   local any_real = real
   if npreds > 1 then
-    redis.call('SADD', KEYS[k], real and node or ('~' .. node))
-    redis.call('EXPIRE', KEYS[k], run_ttl)
-    ready = redis.call('SCARD', KEYS[k]) >= npreds
-    if ready then
-      any_real = false
-      for _, member in ipairs(redis.call('SMEMBERS', KEYS[k])) do
-        if string.sub(member, 1, 1) ~= '~' then
-          any_real = true
-          break
-        end
+    if redis.call('HSETNX', KEYS[k], node, real and '1' or '0') == 1 then
+      redis.call('HINCRBY', KEYS[k], '#n', 1)
+      if real then
+        redis.call('HINCRBY', KEYS[k], '#real', 1)
       end
     end
+    redis.call('EXPIRE', KEYS[k], run_ttl)
+    ready = tonumber(redis.call('HGET', KEYS[k], '#n')) >= npreds
+    any_real = tonumber(redis.call('HGET', KEYS[k], '#real') or '0') > 0
     k = k + 1
   end
   if ready then
     local field = succ .. ':dispatch'
     if not any_real then
-      redis.call('HSETNX', KEYS[3], field, 'skipped')
+      -- skipped: every copy passes the skip on (it is idempotent); the lease makes the
+      -- reconciler finish a propagation its caller did not
+      if redis.call('HSETNX', KEYS[3], field, 'skipped') == 1 then
+        redis.call('ZADD', KEYS[6], now + lease, succ)
+      end
       if redis.call('HGET', KEYS[3], field) == 'skipped' then
         skipped[#skipped + 1] = succ
       end
-    elseif redis.call('HSETNX', KEYS[3], field, 'released:' .. ARGV[6]) == 1 then
+    elseif redis.call('HSETNX', KEYS[3], field, 'published') == 1 then
+      redis.call('HSET', KEYS[3], succ .. ':queued', nowstr)
+      redis.call('ZADD', KEYS[6], now + delay + lease, succ)
       publish[#publish + 1] = succ
-    else
-      local claim = redis.call('HGET', KEYS[3], field)
-      local since = string.match(claim, '^released:(.+)$')
-      if since then
-        if now - tonumber(since) >= grace then
-          redis.call('HSET', KEYS[3], field, 'released:' .. ARGV[6])
-          publish[#publish + 1] = succ
-        else
-          deferred[#deferred + 1] = succ
-        end
-      end
     end
   end
 end
-local out = {stored, 0, #publish, #deferred}
+redis.call('EXPIRE', KEYS[6], run_ttl)
+local out = {stored, 0, #publish}
 for _, s in ipairs(publish) do out[#out + 1] = s end
-for _, s in ipairs(deferred) do out[#out + 1] = s end
 for _, s in ipairs(skipped) do out[#out + 1] = s end
 
 local nsinks = tonumber(ARGV[3])
@@ -137,11 +207,7 @@ if nsinks > 0 then
   redis.call('SADD', KEYS[4], node)
   redis.call('EXPIRE', KEYS[4], run_ttl)
   if redis.call('SCARD', KEYS[4]) >= nsinks then
-    redis.call('HSET', KEYS[1], 'status', 'succeeded', 'finished', ARGV[6])
-    redis.call('RPUSH', KEYS[5], 'succeeded')
-    for i = k, #KEYS do
-      redis.call('EXPIRE', KEYS[i], ARGV[5])
-    end
+    end_run('succeeded', nil)
     out[2] = 1
   end
 end

@@ -2,28 +2,42 @@
 -- set the expiry of every key of the run. The first caller wins; later ones change nothing.
 --
 -- KEYS[1] run record          (hash)
--- KEYS[2] run node state      (hash)
--- KEYS[3] completion signal   (list)
--- KEYS[4 ..] every key of the run, to expire
+-- KEYS[2] run results         (hash)
+-- KEYS[3] run node state      (hash)
+-- KEYS[4] completion signal   (list)
+-- KEYS[5 ..] every key of the run, to expire
 -- ARGV[1] final status: "failed" or "cancelled"
 -- ARGV[2] node id that caused it, or "" (cancel)
 -- ARGV[3] error (JSON), or ""
 -- ARGV[4] result ttl (seconds)
--- ARGV[5] now (unix seconds)
+-- ARGV[5] the result field of the failing message ("<node>" or "<node>#<i>"), or "": when
+--         a result is stored there, the failure is a failing copy of a message that
+--         succeeded, and is ignored
+-- ARGV[6] "1" when the run failed before any message was sent (a retry of the submission
+--         with the same idempotency key starts it afresh), else ""
 --
--- Returns 1 when this call ended the run, 0 when it had already ended.
+-- Returns 1 when this call ended the run, 0 when it had already ended, -1 when the failure
+-- was ignored.
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then
   return 0
 end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished', ARGV[5])
+if ARGV[5] ~= '' and redis.call('HEXISTS', KEYS[2], ARGV[5]) == 1 then
+  return -1
+end
+local t = redis.call('TIME')
+local nowstr = string.format('%.6f', tonumber(t[1]) + tonumber(t[2]) / 1000000)
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished', nowstr)
 if ARGV[3] ~= '' then
   redis.call('HSET', KEYS[1], 'error', ARGV[3])
 end
-if ARGV[2] ~= '' then
-  redis.call('HSET', KEYS[2], ARGV[2] .. ':state', 'failed', ARGV[2] .. ':finished', ARGV[5])
+if ARGV[6] == '1' then
+  redis.call('HSET', KEYS[1], 'unsent', '1')
 end
-redis.call('RPUSH', KEYS[3], ARGV[1])
-for i = 4, #KEYS do
+if ARGV[2] ~= '' then
+  redis.call('HSET', KEYS[3], ARGV[2] .. ':state', 'failed', ARGV[2] .. ':finished', nowstr)
+end
+redis.call('RPUSH', KEYS[4], ARGV[1])
+for i = 5, #KEYS do
   redis.call('EXPIRE', KEYS[i], ARGV[4])
 end
 return 1

@@ -1,25 +1,38 @@
--- resume.lua: reopen a failed or cancelled run so its unfinished nodes can be dispatched
--- again; results already stored are kept. The caller then publishes ARGV[3..].
+-- resume.lua: reopen a failed or cancelled run so the nodes it had not finished run again;
+-- results already stored are kept. The caller computes, from each node's state, which
+-- nodes and map items to send again (unfinished, every predecessor done, not running
+-- under a live lease); this resets their markers and gives each a lease before the
+-- caller publishes them, so a publish that fails is recovered by the reconciler.
 --
 -- KEYS[1] run record          (hash)
 -- KEYS[2] run node state      (hash)
 -- KEYS[3] completion signal   (list)
--- KEYS[4 ..] every key of the run, whose expiry goes back to the run ttl
+-- KEYS[4] leases              (zset)
+-- KEYS[5 ..] every key of the run, whose expiry goes back to the run ttl
 -- ARGV[1] run ttl (seconds)
--- ARGV[2] now (unix seconds)
--- ARGV[3 ..] ids of the nodes to dispatch again (unfinished, every predecessor finished)
+-- ARGV[2] queued lease (seconds)
+-- ARGV[3 ..] fields to send again: node ids, or "<node>#<i>" for items of a map
 --
 -- Returns the previous status when the run was resumed, or {err} when it is not resumable.
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'failed' and status ~= 'cancelled' then
   return redis.error_reply('not resumable: run is ' .. tostring(status))
 end
-redis.call('HSET', KEYS[1], 'status', 'running', 'resumed', ARGV[2])
-redis.call('HDEL', KEYS[1], 'error', 'finished', 'deadline')
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local nowstr = string.format('%.6f', now)
+redis.call('HSET', KEYS[1], 'status', 'running', 'resumed', nowstr)
+redis.call('HDEL', KEYS[1], 'error', 'finished', 'deadline', 'unsent', 'continued')
 redis.call('DEL', KEYS[3])
+local expiry = now + tonumber(ARGV[2])
 for i = 3, #ARGV do
-  redis.call('HSET', KEYS[2], ARGV[i] .. ':dispatch', 'published')
-  redis.call('HDEL', KEYS[2], ARGV[i] .. ':state')
+  local field = ARGV[i]
+  if not string.find(field, '#', 1, true) then
+    redis.call('HSET', KEYS[2], field .. ':dispatch', 'published')
+  end
+  redis.call('HSET', KEYS[2], field .. ':queued', nowstr)
+  redis.call('HDEL', KEYS[2], field .. ':state', field .. ':error')
+  redis.call('ZADD', KEYS[4], expiry, field)
 end
 for i = 4, #KEYS do
   redis.call('EXPIRE', KEYS[i], ARGV[1])

@@ -1,0 +1,221 @@
+"""The reconciler: graph state, not the broker, decides what still has to run.
+
+Every node that was published or started holds a lease in its run (``leases`` zset):
+published nodes for ``graph_queued_lease`` seconds (plus their start delay), running ones
+for ``graph_running_lease`` seconds, renewed while their function runs. A sweep looks at
+every running run whose next lease is due and, for each lease that ran out:
+
+- a running node whose worker stopped renewing it (SIGKILL, OOM, a lost host) is published
+  again; a node that loses its worker more than ``graph_max_lost`` times fails the run
+  with ``NodeLost``, naming the node and the last worker (a message that kills workers);
+- a published node nobody started is published again, unless its queue still holds
+  messages (it is most likely waiting its turn), for at most ten leases;
+- a skip nobody passed on is passed on;
+- a run past its deadline fails with ``DeadlineExceeded``;
+- a run that ended but whose Celery canvas was not continued is continued.
+
+Publishing again is safe because execution is idempotent: a copy of a node finds its
+result stored and changes nothing. Sweeps run in every worker process that imports
+celery_graph (one thread each, started with the worker) under a Redis lock, so one sweeps
+at a time; ``celery-graph reconcile`` runs one by hand or in a loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from .codec import decode_value, error_record
+from .dispatch import QueueDepth, publish_items, publish_nodes, queue_of
+from .errors import CeleryGraphError, DeadlineExceeded, NodeLost, StoreError, StoreUnavailable
+from .lifecycle import after_run, end_run, settle
+from .model import GraphSpec
+from .protocol import NodeMessage
+from .state import Reclaim, State, state_for
+
+logger = logging.getLogger("celery_graph.reconcile")
+
+PATIENCE = 10  # a published node waits at most this many queued leases on a busy queue
+
+
+@dataclass
+class Sweep:
+    """What one sweep did."""
+
+    locked_out: bool = False  # another process was sweeping
+    runs: int = 0
+    redelivered: list[str] = field(default_factory=list)  # "<run>:<field>"
+    extended: int = 0
+    skips: int = 0
+    failed: list[str] = field(default_factory=list)  # runs failed (deadline, lost node)
+    continued: list[str] = field(default_factory=list)  # runs whose canvas continued
+
+
+class Reconciler:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._depth = QueueDepth(app)
+
+    @property
+    def state(self) -> State:
+        return state_for(self.app)
+
+    def sweep(self, limit: int = 500) -> Sweep:
+        """Look at every running run whose next lease is due; one process at a time."""
+        state = self.state
+        report = Sweep()
+        lock = state.try_lock(state.keys.reconciler_lock(),
+                              max(30.0, 10 * state.settings.reconcile_interval))
+        if lock is None:
+            report.locked_out = True
+            return report
+        try:
+            due = state.runs.due(state.runs.time(), limit)
+            depths: dict[str, int] = {}
+            for run_id in due:
+                report.runs += 1
+                try:
+                    self.reconcile(state, run_id, report, depths)
+                except StoreUnavailable:
+                    raise
+                except CeleryGraphError as exc:
+                    logger.warning("celery-graph: reconciling run %s: %s", run_id, exc)
+        finally:
+            state.unlock(lock)
+        return report
+
+    def reconcile(
+        self, state: State, run_id: str, report: Sweep, depths: dict[str, int]
+    ) -> None:
+        r = state.scripts.reclaim(run_id)
+        if r.verdict == "gone":
+            state.runs.forget(run_id)
+            return
+        if r.verdict == "ended":
+            if not r.pending_continuation:
+                state.runs.forget(run_id)
+            elif after_run(self.app, state, run_id):
+                report.continued.append(run_id)
+                state.runs.forget(run_id)
+            return
+        spec = self._spec(state, run_id)
+        if r.verdict == "deadline":
+            error = error_record("", DeadlineExceeded.__name__, DeadlineExceeded.__module__,
+                                 f"run {run_id} passed its deadline")
+            end_run(self.app, state, run_id, "failed", spec=spec, error=error)
+            report.failed.append(run_id)
+            return
+        if r.verdict == "poison":
+            assert r.poison is not None
+            field_, lost, worker = r.poison
+            error = error_record(
+                field_.split("#")[0], NodeLost.__name__, NodeLost.__module__,
+                f"{field_!r} lost its worker {lost} times (last on {worker or 'unknown'}): "
+                "the worker died while running it each time (a crash, an OOM kill, a "
+                "message that kills workers?); more than graph_max_lost allows",
+            )
+            end_run(self.app, state, run_id, "failed", spec=spec, error=error)
+            report.failed.append(run_id)
+            return
+        if spec is not None and r.expired:
+            self._act(state, spec, run_id, r, report, depths)
+        nxt = r.now + state.settings.queued_lease
+        if r.next_lease is not None:
+            nxt = min(nxt, r.next_lease)
+        state.runs.schedule(run_id, nxt)
+
+    @staticmethod
+    def _spec(state: State, run_id: str) -> GraphSpec | None:
+        try:
+            return state.graphs.load(state.runs.record(run_id)["graph"])
+        except StoreUnavailable:
+            raise
+        except StoreError as exc:  # the graph expired: nothing to publish from
+            logger.warning("celery-graph: run %s: %s", run_id, exc)
+            return None
+
+    def _act(
+        self, state: State, spec: GraphSpec, run_id: str, r: Reclaim, report: Sweep,
+        depths: dict[str, int],
+    ) -> None:
+        again: list[str] = []
+        wait: list[str] = []
+        for name, kind, queued in r.expired:
+            if kind == "skip":
+                arrival = state.scripts.complete(spec, run_id, spec.nodes[name], "",
+                                                 kind="skipped")
+                settle(self.app, state, spec, run_id, arrival)
+                report.skips += 1
+                continue
+            if kind == "queued":
+                node = spec.nodes[name.split("#")[0]]
+                queue = queue_of(self.app, node)
+                if queue not in depths:
+                    depths[queue] = self._depth.depth(queue)
+                patient = r.now - queued < PATIENCE * state.settings.queued_lease
+                if depths[queue] > 0 and patient:
+                    wait.append(name)
+                    continue
+            again.append(name)
+        if wait:
+            state.scripts.lease(run_id, "extend", state.settings.queued_lease, wait)
+            report.extended += len(wait)
+        if again:
+            state.scripts.lease(run_id, "redeliver", state.settings.queued_lease, again)
+            self._publish(state, spec, run_id, again)
+            report.redelivered += [f"{run_id}:{f}" for f in again]
+            logger.warning("celery-graph: run %s: sent again %s (their leases ran out)",
+                           run_id, ", ".join(again))
+
+    def _publish(self, state: State, spec: GraphSpec, run_id: str, names: list[str]) -> None:
+        nodes = [n for n in names if "#" not in n]
+        if nodes:
+            publish_nodes(self.app, spec, run_id, nodes, delays=False)
+        items: dict[str, list[int]] = {}
+        for n in names:
+            if "#" in n:
+                node_id, index = n.split("#")
+                items.setdefault(node_id, []).append(int(index))
+        for node_id, indexes in items.items():
+            node = spec.nodes[node_id]
+            assert node.map_source is not None
+            raw = state.runs.results(run_id).get(node.map_source)
+            values = decode_value(raw) if raw is not None else []
+            message = NodeMessage(spec.graph_id, run_id, node_id, node.call)
+            publish_items(self.app, node, message, values, indexes)
+
+
+# -- the sweeping thread of a worker -----------------------------------------------------
+
+
+class SweepThread:
+    """Sweeps every ``graph_reconcile_interval`` seconds until stopped."""
+
+    def __init__(self, app: Any) -> None:
+        self.reconciler = Reconciler(app)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="celery-graph-reconciler",
+                                        daemon=True)
+
+    def start(self) -> SweepThread:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                interval = self.reconciler.state.settings.reconcile_interval
+            except CeleryGraphError:
+                interval = 2.0
+            if self._stop.wait(interval):
+                return
+            try:
+                self.reconciler.sweep()
+            except Exception as exc:  # Redis or the broker away: try again next time
+                logger.warning("celery-graph: reconciler sweep failed: %s", exc)

@@ -1,0 +1,51 @@
+-- lease.lua: set the leases of some fields of a running run.
+--
+--   "renew"      the worker running them is alive: only leases that exist are moved
+--   "requeue"    they wait for a retry (state "retrying") until the lease runs out; only
+--                while the attempt that asked for it is the latest (a retry delivered and
+--                finished before the old attempt reported is left alone)
+--   "redeliver"  the reconciler publishes them again: counted, back to "queued"
+--   "extend"     the reconciler leaves them waiting longer (their queue is busy)
+--
+-- KEYS[1] run record          (hash)
+-- KEYS[2] run node state      (hash)
+-- KEYS[3] leases              (zset: field -> lease expiry, server time)
+-- ARGV[1] mode
+-- ARGV[2] lease length (seconds from now)
+-- ARGV[3] for "requeue": the attempt number that retries (begin.lua counted it), else ""
+-- ARGV[4 ..] fields
+--
+-- Returns the number of leases set; 0 when the run is not running.
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then
+  return 0
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local expiry = now + tonumber(ARGV[2])
+local mode = ARGV[1]
+local set = 0
+for i = 4, #ARGV do
+  local field = ARGV[i]
+  if mode == 'renew' then
+    set = set + redis.call('ZADD', KEYS[3], 'XX', 'CH', expiry, field)
+  elseif mode == 'requeue' then
+    if redis.call('HGET', KEYS[2], field .. ':state') == 'running'
+        and redis.call('HGET', KEYS[2], field .. ':attempts') == ARGV[3] then
+      redis.call('ZADD', KEYS[3], expiry, field)
+      redis.call('HSET', KEYS[2], field .. ':state', 'retrying')
+      set = set + 1
+    end
+  else
+    redis.call('ZADD', KEYS[3], expiry, field)
+    set = set + 1
+    if mode == 'redeliver' then
+      redis.call('HINCRBY', KEYS[2], field .. ':redelivered', 1)
+      redis.call('HSET', KEYS[2], field .. ':queued', string.format('%.6f', now))
+      local state = redis.call('HGET', KEYS[2], field .. ':state')
+      if state == 'running' or state == 'retrying' then
+        redis.call('HDEL', KEYS[2], field .. ':state')
+      end
+    end
+  end
+end
+return set

@@ -1,0 +1,72 @@
+-- reclaim.lua: the reconciler's look at one run. Finds the leases that ran out (a node
+-- whose worker died, a message the broker lost, a skip nobody passed on) and says what
+-- each one needs; the caller publishes again (lease.lua "redeliver" first) or extends.
+--
+-- KEYS[1] run record          (hash)
+-- KEYS[2] run results         (hash)
+-- KEYS[3] run node state      (hash)
+-- KEYS[4] leases              (zset: field -> lease expiry, server time)
+-- ARGV[1] how many times a node may lose its worker before the run fails
+-- ARGV[2] at most this many leases per call
+--
+-- Returns one of
+--   {"gone"}                          no run record (expired, or never created)
+--   {"ended", pending}                the run ended; pending is 1 while a Celery canvas
+--                                     still waits for its continuation
+--   {"deadline"}                      running past its deadline
+--   {"poison", field, lost, worker}   a node lost its worker more than ARGV[1] times
+--   {"ok", now, next, n, field, kind, queued, ... (n triples)}
+--       kind: "lost" (running, its worker stopped renewing), "queued" (published, or
+--       waiting for a retry, and never started), "skip" (a skip to pass on); queued: when
+--       the node (an item: its map node) was last published, or ""; next is the earliest
+--       lease left, or "" when none is.
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then
+  return {'gone'}
+end
+if status ~= 'running' then
+  local pending = 0
+  if redis.call('HEXISTS', KEYS[1], 'continuation') == 1
+      and redis.call('HGET', KEYS[1], 'continued') ~= 'done' then
+    pending = 1
+  end
+  return {'ended', pending}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local deadline = redis.call('HGET', KEYS[1], 'deadline')
+if deadline and now > tonumber(deadline) then
+  return {'deadline'}
+end
+local max_lost = tonumber(ARGV[1])
+local found = {}
+local function add(field, kind)
+  local node = string.match(field, '^([^#]+)')
+  found[#found + 1] = field
+  found[#found + 1] = kind
+  found[#found + 1] = redis.call('HGET', KEYS[3], field .. ':queued')
+                      or redis.call('HGET', KEYS[3], node .. ':queued') or ''
+end
+for _, field in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, ARGV[2])) do
+  local state = redis.call('HGET', KEYS[3], field .. ':state')
+  if redis.call('HEXISTS', KEYS[2], field) == 1 or state == 'succeeded'
+      or state == 'failed' or state == 'skipped' or state == 'mapping' then
+    redis.call('ZREM', KEYS[4], field)  -- it ended; the lease is stale
+  elseif state == 'running' then
+    local lost = redis.call('HINCRBY', KEYS[3], field .. ':lost', 1)
+    if lost > max_lost then
+      return {'poison', field, lost, redis.call('HGET', KEYS[3], field .. ':worker') or ''}
+    end
+    add(field, 'lost')
+  elseif redis.call('HGET', KEYS[3], field .. ':dispatch') == 'skipped' then
+    add(field, 'skip')
+  else
+    add(field, 'queued')
+  end
+end
+local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+local out = {'ok', string.format('%.6f', now), first[2] or '', #found / 3}
+for _, v in ipairs(found) do
+  out[#out + 1] = v
+end
+return out
