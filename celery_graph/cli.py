@@ -32,6 +32,7 @@ from .fmt import span, table, timestamp
 from .keys import RUN_ID_RE
 from .pipeline import PipelineError
 from .pipeline import load as load_pipeline
+from .reconcile import Reconciler
 from .registry import print_workers
 from .state import State, state_for
 
@@ -153,6 +154,10 @@ def print_status(status: Any, out: IO[str]) -> None:
             ]
         )
     table(rows, out)
+    stalled = status.stalled()
+    if stalled:
+        out.write("\nwaiting:\n")
+        table([["NODE", "WHY"], *([nid, why] for nid, why in stalled.items())], out)
     if status.error:
         err = status.error
         where = f"node {err.get('node')!r}: " if err.get("node") else ""
@@ -291,6 +296,28 @@ def cmd_cancel(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return EXIT_FAILED
 
 
+def cmd_reconcile(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    app = load_app(args.app)
+    configure(app, args).ping()
+    reconciler = Reconciler(app)
+    while True:
+        report = reconciler.sweep()
+        if report.locked_out:
+            out.write("another process is sweeping; nothing done\n")
+        else:
+            out.write(
+                f"looked at {report.runs} run(s): sent again {len(report.redelivered)}"
+                + "".join(f"\n  sent again {r}" for r in report.redelivered)
+                + f"\n  still queued (busy queue): {report.extended}, skips passed on: "
+                f"{report.skips}, runs failed: {len(report.failed)}, canvases continued: "
+                f"{len(report.continued)}\n"
+            )
+        out.flush()
+        if args.once:
+            return 0
+        time.sleep(args.interval or reconciler.state.settings.reconcile_interval)
+
+
 def cmd_workers(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     app = load_app(args.app)
     configure(app, args)
@@ -369,6 +396,8 @@ COMMAND_EXAMPLES = {
     "cancel": "  celery-graph cancel 0123456789abcdef0123456789abcdef",
     "resume": "  celery-graph resume 0123456789abcdef0123456789abcdef --wait",
     "workers": "  celery-graph -A proj.celery workers",
+    "reconcile": "  celery-graph -A proj.celery reconcile --once\n"
+    "  celery-graph -A proj.celery reconcile --interval 5",
     "show": "  celery-graph show examples.etl:flow\n"
     "  celery-graph show examples.etl:flow --format dot | dot -Tsvg > etl.svg\n"
     "  celery-graph show 0123456789abcdef0123456789abcdef --png run.png",
@@ -470,6 +499,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="with --wait: give up waiting after this long (the run goes on)")
     p.set_defaults(func=cmd_resume)
+
+    p = add(
+        "reconcile",
+        "Send again what dead workers or lost messages left behind (every worker does this "
+        "by itself; this sweeps once, or keeps sweeping).",
+    )
+    p.add_argument("--once", action="store_true", help="one sweep, then exit")
+    p.add_argument("--interval", type=float, default=None, metavar="SECONDS",
+                   help="seconds between sweeps (default: graph_reconcile_interval)")
+    p.set_defaults(func=cmd_reconcile)
 
     p = add("workers", "List graph workers (from the graph-worker heartbeat registry).")
     p.set_defaults(func=cmd_workers)

@@ -8,7 +8,7 @@ Flower and ``celery inspect`` see it like any task (see ``protocol.py`` for its 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -166,16 +166,20 @@ class QueueDepth:
             self._conn = None
 
 
-def wait_for_room(app: Any, queues: list[str], limit: int, timeout: float) -> None:
+def wait_for_room(
+    app: Any, queues: list[str], limit: int, timeout: float,
+    unless: Callable[[], bool] = lambda: False,
+) -> None:
     """Wait, up to ``timeout`` seconds, until every queue holds fewer than ``limit``
-    messages, instead of flooding the broker; raise Backpressure after that."""
+    messages (or ``unless()`` is true), instead of flooding the broker; raise Backpressure
+    after that."""
     depth = QueueDepth(app)
     deadline = time.monotonic() + timeout
     pause = 0.05
     try:
         while True:
             full = {q: d for q, d in depth.depths(queues).items() if d >= limit}
-            if not full:
+            if not full or unless():
                 return
             if time.monotonic() >= deadline:
                 detail = ", ".join(f"{q!r} holds {d}" for q, d in full.items())

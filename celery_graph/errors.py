@@ -93,6 +93,14 @@ class BrokerUnavailable(PublishError):
 class NodeLost(CeleryGraphError):
     """A node's worker died while running it more often than ``graph_max_lost`` allows."""
 
+    @classmethod
+    def after(cls, field: str, times: int, worker: str) -> NodeLost:
+        return cls(
+            f"{field!r} lost its worker {times} times (last on {worker or 'unknown'}): the "
+            "worker died while running it each time (a crash, an OOM kill, a message that "
+            "kills workers?); more than graph_max_lost allows"
+        )
+
 
 class DeadlineExceeded(CeleryGraphError):
     """The run passed the deadline it was submitted with; the run is marked failed."""

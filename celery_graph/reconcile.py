@@ -27,7 +27,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from .codec import decode_value, error_record
+from .codec import decode_value, error_record, exception_record
 from .dispatch import QueueDepth, publish_items, publish_nodes, queue_of
 from .errors import CeleryGraphError, DeadlineExceeded, NodeLost, StoreError, StoreUnavailable
 from .lifecycle import after_run, end_run, settle
@@ -110,12 +110,7 @@ class Reconciler:
         if r.verdict == "poison":
             assert r.poison is not None
             field_, lost, worker = r.poison
-            error = error_record(
-                field_.split("#")[0], NodeLost.__name__, NodeLost.__module__,
-                f"{field_!r} lost its worker {lost} times (last on {worker or 'unknown'}): "
-                "the worker died while running it each time (a crash, an OOM kill, a "
-                "message that kills workers?); more than graph_max_lost allows",
-            )
+            error = exception_record(field_.split("#")[0], NodeLost.after(field_, lost, worker))
             end_run(self.app, state, run_id, "failed", spec=spec, error=error)
             report.failed.append(run_id)
             return

@@ -74,7 +74,28 @@ def _env_app() -> Celery | None:
     return app
 
 
+def _stock_app() -> Celery | None:
+    """An app with Celery's stock settings (no acks_late, no visibility timeout, prefetch
+    4): only the broker, the graph Redis, the key prefix and the queue are set."""
+    redis_url = os.environ.get("CGTEST_REDIS_URL")
+    queue = os.environ.get("CGTEST_QUEUE")
+    if not (redis_url and queue and os.environ.get("CGTEST_STOCK")):
+        return None
+    app = Celery("cgtest_stock", broker=os.environ.get("CGTEST_BROKER_URL") or redis_url)
+    app.conf.update(
+        graph_redis_url=os.environ.get("CGTEST_GRAPH_REDIS_URL") or redis_url,
+        graph_key_prefix=os.environ["CGTEST_PREFIX"],
+        task_default_queue=queue,
+        worker_hijack_root_logger=False,
+    )
+    import tests.tasks  # noqa: F401
+
+    return app
+
+
 # `celery -A tests.brokerapp:amqp_app worker` in a subprocess, configured by the env vars
 amqp_app = _amqp_app()
 # `celery -A tests.brokerapp:env_app worker`: CGTEST_REDIS_URL, CGTEST_QUEUE, CGTEST_PREFIX
 env_app = _env_app()
+# `celery -A tests.brokerapp:stock_app worker`: like env_app, with Celery's stock settings
+stock_app = _stock_app()

@@ -15,7 +15,8 @@ _clients: dict[str, redis.Redis] = {}
 
 
 def trace_client() -> redis.Redis:
-    url = current_app.conf.graph_redis_url
+    # CGTEST_TRACE_REDIS_URL: traces stay readable while a test stops the graph Redis
+    url = os.environ.get("CGTEST_TRACE_REDIS_URL") or current_app.conf.graph_redis_url
     if url not in _clients:
         _clients[url] = redis.Redis.from_url(url)
     return _clients[url]
@@ -276,3 +277,64 @@ def make_inputs(x):
 @shared_task(name="tests.plain.total")
 def total(values):
     return sum(values)
+
+
+# -- durable runs ---------------------------------------------------------------------
+
+
+@task
+def succeed_then_fail(tag=None, ok_after: float = 0.3, fail_after: float = 1.0):
+    """The first copy of a message succeeds after ``ok_after`` s; a second copy running
+    at the same time fails after ``fail_after`` s."""
+    copy = trace_client().incr(f"cgtest-count:{tag}:succeed_then_fail")
+    trace(tag, f"start:succeed_then_fail:{copy}")
+    if copy == 1:
+        time.sleep(ok_after)
+        return "ok"
+    time.sleep(fail_after)
+    raise ValueError(f"copy {copy} fails")
+
+
+@task
+def fail_slowly(tag=None, delay: float = 0.5):
+    trace(tag, "start:fail_slowly")
+    time.sleep(delay)
+    raise ValueError("fails slowly")
+
+
+@task
+def branches_join_once(left, right, tag=None):
+    """A join behind a branch that fails on its first call."""
+    calls = trace_client().incr(f"cgtest-count:{tag}:branches_join_once")
+    trace(tag, f"start:branches_join_once:{calls}")
+    if calls == 1:
+        raise ValueError("the join fails once")
+    return {"left": left, "right": right}
+
+
+@task(inject_context=True)
+def write_after_signal(ctx, tag=None):
+    """Writes to the run's shared state after the test pushes ``cgtest-go:<tag>``."""
+    trace(tag, "start:write_after_signal")
+    trace_client().blpop([f"cgtest-go:{tag}"], timeout=30)
+    ctx.set("late", True)
+    return "wrote"
+
+
+@task
+def kill_own_process(tag=None):
+    """SIGKILLs the process running it: a message that kills its worker every time."""
+    import signal
+
+    trace(tag, f"start:kill_own_process:{os.getpid()}")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@task(queue=UNCONSUMED_QUEUE)
+def unconsumed_value(value: int = 41):
+    return value
+
+
+@shared_task(name="tests.plain.keys_of")
+def keys_of(mapping):
+    return sorted(mapping)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -25,9 +26,17 @@ class Workers:
         concurrency: int = 2,
         pool: str = "threads",
         graph_url: str | None = None,
+        *,
+        stock: bool = False,
+        isolate: bool = False,
     ) -> None:
+        """``stock``: the workers run with Celery's stock settings (tests.brokerapp's
+        stock_app); ``isolate``: each worker in its own process group, so ``kill`` can
+        take its pool processes with it."""
         self.concurrency = concurrency
         self.pool = pool
+        self.stock = stock
+        self.isolate = isolate
         self.redis_url = redis_url
         self.queue = f"cgtest-crash-{uuid.uuid4().hex[:8]}"
         self.prefix = f"cgtest:{SESSION}:crash"
@@ -42,6 +51,8 @@ class Workers:
         if graph_url:
             self.extra_env["CGTEST_GRAPH_REDIS_URL"] = graph_url
             self.app.conf.graph_redis_url = graph_url
+        if stock:
+            self.extra_env["CGTEST_STOCK"] = "1"
 
     def start(self, name: str) -> str:
         hostname = f"{name}-{self.queue}@localhost"
@@ -56,11 +67,14 @@ class Workers:
             CGTEST_QUEUE=self.queue, CGTEST_PREFIX=self.prefix, CGTEST_SESSION=SESSION,
             **self.extra_env,
         )
+        if env.get("CGTEST_CLOCK_SKEW"):  # tests/skew/sitecustomize.py shifts its clock
+            env["PYTHONPATH"] = os.pathsep.join([os.path.join(ROOT, "tests", "skew"), ROOT])
+        app = "tests.brokerapp:stock_app" if self.stock else "tests.brokerapp:env_app"
         self.procs[hostname] = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tests.brokerapp:env_app", "worker",
+            [sys.executable, "-m", "celery", "-A", app, "worker",
              "-P", self.pool, "-c", str(self.concurrency), "-n", hostname, "-l", "WARNING",
              "--without-mingle", "--without-gossip"],
-            env=env, cwd=ROOT,
+            env=env, cwd=ROOT, start_new_session=self.isolate,
         )
 
     def supervise(self) -> None:
@@ -75,12 +89,17 @@ class Workers:
         threading.Thread(target=loop, daemon=True).start()
 
     def kill(self, hostname: str, restart: bool = False) -> None:
-        """SIGKILL a worker; with ``restart``, start it again at once (under the same lock
-        as the supervisor, so it is never started twice)."""
+        """SIGKILL a worker (with its pool processes when isolated); with ``restart``, start
+        it again at once (under the same lock as the supervisor, so it is never started
+        twice)."""
         with self._lock:
             proc = self.procs.pop(hostname)
             self.killed_pids.add(proc.pid)
-            proc.send_signal(signal.SIGKILL)
+            if self.isolate:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.send_signal(signal.SIGKILL)
             proc.wait(10)
             if restart:
                 self._spawn(hostname)
@@ -90,6 +109,10 @@ class Workers:
         with self._lock:
             procs = list(self.procs.values())
         for proc in procs:
-            proc.kill()
+            if self.isolate:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
             proc.wait(10)
         self.procs.clear()

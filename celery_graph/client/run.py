@@ -125,6 +125,7 @@ class GraphRun:
         leases = state.runs.leases(self.id)
         now = state.runs.time()
         frontier, items = resume_frontier(spec, fields, set(results), leases, now)
+        state.runs.track(self.id)  # the reconciler looks after it again
         state.scripts.resume(spec, self.id, frontier + [f"{n}#{i}" for n, i in items])
         # a publish that fails here is recovered by the reconciler: the nodes are leased
         publish_nodes(self._app, spec, self.id, frontier)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from celery import current_app
@@ -49,9 +50,11 @@ def submit_spec(
     inputs_json = kjson.dumps(inputs)
     state = state_for(app)
     run_id = run_id_for(None if idempotency_key is None else str(idempotency_key))
-    if idempotency_key is not None and _exists(state, run_id):
+    keyed = idempotency_key is not None
+    if keyed and _exists(state, run_id):
         return GraphRun(run_id, app=app)
-    _wait_for_room(app, state, spec)
+    # a submission with the same key may start the run while this one waits
+    _wait_for_room(app, state, spec, lambda: keyed and _exists(state, run_id))
     created, _status = state.runs.create(
         run_id, spec, inputs_json, deadline=deadline, extra=dict(extra_fields or {})
     )
@@ -80,11 +83,13 @@ def _exists(state: State, run_id: str) -> bool:
     return not (record.get("status") == "failed" and record.get("unsent") == "1")
 
 
-def _wait_for_room(app: Any, state: State, spec: GraphSpec) -> None:
+def _wait_for_room(
+    app: Any, state: State, spec: GraphSpec, unless: Callable[[], bool]
+) -> None:
     """With graph_max_queue_depth set, wait until every queue the roots go to has room."""
     settings = state.settings
     if not settings.max_queue_depth:
         return
     default = app.conf.task_default_queue
     queues = sorted({spec.nodes[r].options.get("queue") or default for r in spec.roots})
-    wait_for_room(app, queues, settings.max_queue_depth, settings.backpressure_timeout)
+    wait_for_room(app, queues, settings.max_queue_depth, settings.backpressure_timeout, unless)

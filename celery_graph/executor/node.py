@@ -31,7 +31,14 @@ from celery.utils.log import get_task_logger
 from ..codec import decode_value, encode_value
 from ..context import RunContext
 from ..dispatch import publish_items
-from ..errors import DeadlineExceeded, ResultTooLarge, StoreError, StoreUnavailable, UnknownTask
+from ..errors import (
+    DeadlineExceeded,
+    NodeLost,
+    ResultTooLarge,
+    StoreError,
+    StoreUnavailable,
+    UnknownTask,
+)
 from ..lifecycle import after_run, end_run, settle
 from ..model import GraphSpec, NodeSpec
 from ..protocol import Branch, NodeMessage
@@ -74,6 +81,8 @@ class NodeRun:
             raise DeadlineExceeded(
                 f"run {m.run_id} passed its deadline before node {m.node_id!r} started"
             )
+        if begun.status == "poison":
+            raise NodeLost.after(m.result_field, begun.attempt, begun.worker)
         if begun.status != "running":
             logger.info("celery-graph: run %s is %s; node %s not run", m.run_id, begun.status,
                         m.result_field)

@@ -43,13 +43,9 @@ class RunStore:
         roots marked published and leased (start.lua); the caller publishes the roots.
         Returns (True, "") when created, (False, its status) when the run existed."""
         k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        self.graphs.put_commands(pipe, spec)
-        # listed first: if the process dies before publishing, the reconciler finds it
-        pipe.zadd(k.running_index(), {run_id: 0})
-        pipe.expire(k.running_index(), self.run_ttl)
-        translated("creating a run", pipe.execute)
-        self.graphs.remember(spec)
+        self.graphs.put(spec)
+        # listed first: if this process dies before publishing, the reconciler finds it
+        self.track(run_id)
         created, detail = self.scripts.start(run_id, spec, inputs_json, deadline, extra or {})
         if not created:
             return False, detail
@@ -71,6 +67,13 @@ class RunStore:
             lambda: self.client.zrangebyscore(self.keys.running_index(), "-inf", now, 0, limit),
         )
         return [i.decode() for i in ids]
+
+    def track(self, run_id: str) -> None:
+        """List a run for the reconciler, due at once (a run that starts or resumes)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(self.keys.running_index(), {run_id: 0})
+        pipe.expire(self.keys.running_index(), self.run_ttl)
+        translated("listing a run for the reconciler", pipe.execute)
 
     def schedule(self, run_id: str, when: float) -> None:
         """Look at a running run again at ``when`` (server time)."""

@@ -33,11 +33,12 @@ def _text(value: Any) -> str:
 class Begun(NamedTuple):
     """What begin.lua answered."""
 
-    status: str | None  # "running", "deadline", "done", or the run's final status / None
+    status: str | None  # running, deadline, poison, done, or the run's final status / None
     inputs: bytes | None  # the run inputs (JSON)
     own: bytes | None  # the node's stored result: it ran already
     upstream: list[bytes | None]  # results of the upstream nodes, in the order asked
-    attempt: int = 0  # this attempt's number (when the node is called)
+    attempt: int = 0  # this attempt's number (when the node is called); "poison": times lost
+    worker: str = ""  # "poison": the worker that last lost it
 
 
 class Arrival(NamedTuple):
@@ -112,9 +113,11 @@ class Scripts:
             "begin",
             [k.run(run_id), k.results(run_id), k.nodes(run_id), k.leases(run_id)],
             [field, hostname, self.settings.running_lease, self.settings.run_ttl,
-             "map" if expands else "", *upstream_ids],
+             "map" if expands else "", self.settings.max_lost, *upstream_ids],
         )
         status = _text(reply[0]) if reply and reply[0] is not None else None
+        if status == "poison":
+            return Begun(status, None, None, [], int(reply[1]), _text(reply[2]))
         if status != "running":
             return Begun(status, None, None, [])
         if reply[2]:

@@ -13,10 +13,13 @@
 -- ARGV[3] running lease (seconds)
 -- ARGV[4] run ttl (seconds)
 -- ARGV[5] "map" for the message of a map node itself (it expands into items), else ""
--- ARGV[6 ..] ids of the upstream nodes whose results the node reads
+-- ARGV[6] how many times a node may lose its worker (graph_max_lost)
+-- ARGV[7 ..] ids of the upstream nodes whose results the node reads
 --
 -- Returns {status} when the run is not running; {"deadline"} when the run's deadline
--- (field "deadline" of the run record, server time) has passed; {"done"} when the node
+-- (field "deadline" of the run record, server time) has passed; {"poison", times, last
+-- worker} when the node's previous attempts died in their workers (each found the node
+-- still "running") more than ARGV[6] times; {"done"} when the node
 -- already ended without a result (failed under a group policy, skipped) or the map was
 -- expanded already; {status, inputs JSON, own result} when the result is stored (the
 -- caller must not call the function again); else {status, inputs JSON, false, attempt
@@ -42,6 +45,14 @@ if state == 'failed' or state == 'skipped'
     or (ARGV[5] == 'map' and redis.call('HEXISTS', KEYS[3], field .. ':items') == 1) then
   return {'done'}
 end
+if state == 'running' then
+  -- the previous attempt never ended: its worker died (a crash, an OOM kill, a pool
+  -- process lost), and Celery or the broker delivered the message again
+  local lost = redis.call('HINCRBY', KEYS[3], field .. ':lost', 1)
+  if lost > tonumber(ARGV[6]) then
+    return {'poison', lost, redis.call('HGET', KEYS[3], field .. ':worker') or ''}
+  end
+end
 redis.call('HSET', KEYS[3], field .. ':state', 'running', field .. ':worker', ARGV[2],
            field .. ':started', string.format('%.6f', now))
 local attempt = redis.call('HINCRBY', KEYS[3], field .. ':attempts', 1)
@@ -49,7 +60,7 @@ redis.call('ZADD', KEYS[4], now + tonumber(ARGV[3]), field)
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 redis.call('EXPIRE', KEYS[4], ARGV[4])
 local out = {status, inputs, false, attempt}
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   out[#out + 1] = redis.call('HGET', KEYS[2], ARGV[i])
 end
 return out

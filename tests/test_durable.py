@@ -1,0 +1,406 @@
+"""Durable runs, in-process: each test reproduces a way a run could hang, lose work or
+double it, against the real Redis and the real (in-process) worker with its reconciler.
+The faults that need real processes to die are in test_durable_faults.py."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from celery import chain
+from celery.signals import before_task_publish
+
+from celery_graph import (
+    BrokerUnavailable,
+    GraphRun,
+    Parallel,
+    RunFailed,
+    RunNotFound,
+    workflow,
+)
+from celery_graph.devserver import free_port
+from celery_graph.protocol import task_id_for
+from celery_graph.state import state_for
+from celery_graph.state.graphs import GraphStore
+from tests.brokerapp import make_app
+from tests.conftest import SESSION
+from tests.helpers import postruns, wait_for
+from tests.tasks import (
+    UNCONSUMED_QUEUE,
+    boom,
+    branches_join_once,
+    fail_slowly,
+    fails_then_ok,
+    keys_of,
+    left,
+    offset,
+    read_trace,
+    right,
+    route,
+    slow,
+    step,
+    succeed_then_fail,
+    trace_client,
+    unconsumed,
+    unconsumed_value,
+    write_after_signal,
+)
+
+
+@pytest.fixture()
+def fast_reconciler(app) -> Iterator[None]:
+    """Short leases and sweeps, so the reconciler acts within about a second."""
+    app.conf.graph_queued_lease = 1
+    app.conf.graph_running_lease = 1.5
+    app.conf.graph_reconcile_interval = 0.2
+    try:
+        yield
+    finally:
+        app.conf.graph_queued_lease = None
+        app.conf.graph_running_lease = None
+        app.conf.graph_reconcile_interval = None
+
+
+def _purge(app, queue: str) -> None:
+    # a queue never declared has nothing to purge
+    with app.connection_for_write() as conn, contextlib.suppress(Exception):
+        conn.default_channel.queue_purge(queue)
+
+
+def _create(app, flow, inputs: str = "{}") -> tuple[str, object]:
+    """A run created in the state as submit does, whose messages this test sends itself."""
+    spec = flow.compile()
+    run_id = uuid.uuid4().hex
+    state_for(app).runs.create(run_id, spec, inputs)
+    return run_id, spec
+
+
+# -- failures ------------------------------------------------------------------------
+
+
+def test_a_failing_copy_of_a_node_whose_result_is_stored_changes_nothing(app, tag):
+    """Two copies of one message run at once: the first stores its result, the second
+    fails afterwards. The run goes on as the stored result says."""
+    flow = succeed_then_fail.bind(tag=tag, ok_after=1.0, fail_after=1.5)
+    flow = flow >> step.bind(name="after", tag=tag)
+    spec = flow.compile()
+    with postruns() as done:
+        run = flow.apply_async()
+        node_task = spec.nodes["succeed_then_fail"].task
+        tid = task_id_for(run.id, "succeed_then_fail")
+        app.send_task(node_task, kwargs={"tag": tag, "ok_after": 1.0, "fail_after": 1.5,
+                                         "_graph": {"g": spec.graph_id, "r": run.id,
+                                                    "n": "succeed_then_fail"}}, task_id=tid)
+        assert done.wait(tid, times=2, timeout=20), "both copies ran"
+    assert run.get(timeout=20) == "after"
+    trace = read_trace(tag)
+    assert trace.count("start:succeed_then_fail:1") == 1
+    assert trace.count("start:succeed_then_fail:2") == 1  # the failing copy did run
+    assert run.status().state == "succeeded"
+    assert run.results()["succeed_then_fail"] == "ok"
+
+
+def test_a_group_policy_is_decided_in_the_same_call_as_the_failing_arrival(app):
+    """The arrival of a failed critical member ends the run in the script itself: no
+    crash between the arrival and a later check can let the run succeed."""
+    a, b = step.bind(id="a"), step.bind(id="b")
+    run_id, spec = _create(app, Parallel((a, b)).with_policy(critical=["a"]) >> step)
+    state = state_for(app)
+    arrival = state.scripts.complete(spec, run_id, spec.nodes["a"], "", kind="failed",
+                                     error_json='{"type": "ValueError"}', traceback="tb")
+    assert arrival.ended == 2
+    record = state.runs.record(run_id)
+    assert record["status"] == "failed"
+    assert "critical member(s) a failed" in record["error"]
+    # b arriving later cannot revive it
+    assert state.scripts.complete(spec, run_id, spec.nodes["b"], '"b"').stored == -1
+
+
+def test_a_tolerated_failure_released_join_lost_with_its_worker_is_published(
+    app, tag, fast_reconciler
+):
+    """The tolerated failure is the arrival that releases the join, and its worker dies
+    before publishing: the join's lease runs out and the reconciler publishes it once."""
+    flow = Parallel((step.bind(id="ok", name="ok", tag=tag), boom.bind(tag=tag)))
+    flow = flow.with_policy(best_effort=True) >> step.bind(id="join", name="join", tag=tag)
+    run_id, spec = _create(app, flow)
+    state = state_for(app)
+    assert state.scripts.complete(spec, run_id, spec.nodes["ok"], '"ok"').publish == []
+    failed = state.scripts.complete(spec, run_id, spec.nodes["boom"], "", kind="failed",
+                                    error_json='{"type": "ValueError"}')
+    assert failed.publish == ["join"]  # ...and the worker died here
+    assert GraphRun(run_id, app=app).get(timeout=30) == "join"
+    assert read_trace(tag).count("start:join") == 1
+    assert GraphRun(run_id, app=app).status().nodes["join"].redelivered == 1
+
+
+# -- the canvas around a graph --------------------------------------------------------
+
+
+def test_a_tolerated_failure_that_ends_the_run_continues_the_canvas(app, tag):
+    """The last sink to end is a member whose failure its group tolerates: the run
+    succeeds, and the Celery chain around the graph goes on with its result."""
+    flow = Parallel((step.bind(id="quick", name="quick", tag=tag),
+                     fail_slowly.bind(tag=tag, delay=0.5))).with_policy(best_effort=True)
+    result = chain(flow.s(), keys_of.s()).apply_async()
+    assert result.get(timeout=30) == ["fail_slowly", "quick"]
+
+
+def test_a_continuation_lost_with_its_worker_is_done_by_the_reconciler(
+    app, fast_reconciler
+):
+    """The run ends without the hooks that follow (its worker died right after): the
+    reconciler finds the ended run with a canvas still waiting, and continues it once."""
+    with workflow("continued") as wf:
+        wf.add(unconsumed_value)
+    result = chain(wf.s(), offset.s(by=1000)).apply_async()
+    try:
+        # run_graph started the run; its root went to a queue nobody consumes
+        run_id = wait_for(lambda: _run_with_continuation(app), timeout=20,
+                          what="the canvas step to start the run")
+        state = state_for(app)
+        run = GraphRun(run_id, app=app)
+        spec = run.spec()
+        # play the worker that ran the node and died before the end-of-run hooks
+        arrival = state.scripts.complete(spec, run_id, spec.nodes["unconsumed_value"], "41")
+        assert arrival.ended == 1
+        assert result.get(timeout=30) == 1041
+        assert state.runs.record(run_id)["continued"] == "done"
+    finally:
+        _purge(app, UNCONSUMED_QUEUE)
+
+
+def _run_with_continuation(app) -> str | None:
+    state = state_for(app)
+    for run_id in state.runs.recent(5):
+        record = state.runs.record(run_id)
+        if "continuation" in record and record["status"] == "running":
+            return run_id
+    return None
+
+
+# -- resume --------------------------------------------------------------------------
+
+
+def test_resume_after_a_join_failed_behind_a_tolerated_failure(app, tag):
+    flow = Parallel((boom.bind(tag=tag), step.bind(id="ok", name="ok", tag=tag)))
+    flow = flow.with_policy(best_effort=True) >> fails_then_ok.bind(tag=tag, fail_times=1)
+    run = flow.apply_async()
+    with pytest.raises(RunFailed) as info:
+        run.get(timeout=20)
+    assert info.value.node_id == "fails_then_ok"
+    run.resume()
+    assert run.get(timeout=20) == 2
+    trace = read_trace(tag)
+    assert trace.count("start:boom") == 1  # its tolerated failure stands
+    assert trace.count("start:ok") == 1
+
+
+def test_resume_after_a_join_failed_behind_a_skipped_branch_does_not_run_the_branch(app, tag):
+    flow = route.bind(tag=tag) >> (left.bind(tag=tag) | right.bind(tag=tag))
+    flow = flow >> branches_join_once.bind(tag=tag)
+    run = flow.apply_async(which="left")
+    with pytest.raises(RunFailed):
+        run.get(timeout=20)
+    run.resume()
+    assert run.get(timeout=20) == {"left": "left", "right": None}
+    trace = read_trace(tag)
+    assert "start:right" not in trace  # skipped by the branch, before and after resume
+    assert trace.count("start:branches_join_once:2") == 1
+
+
+def test_cancel_then_resume_does_not_run_a_running_node_twice(app, tag):
+    flow = slow.bind(tag=tag, delay=2.0) >> step.bind(name="after", tag=tag)
+    run = flow.apply_async()
+    wait_for(lambda: "start:slow" in read_trace(tag), timeout=20, what="slow to start")
+    assert run.cancel()
+    run.resume()  # slow is still running under its lease: left to finish
+    assert run.get(timeout=20) == "after"
+    trace = read_trace(tag)
+    assert trace.count("start:slow") == 1
+    assert trace.count("start:after") == 1
+
+
+def test_a_resume_whose_publish_fails_is_finished_by_the_reconciler(
+    app, tag, redis_url, fast_reconciler
+):
+    flow = step.bind(name="first", tag=tag) >> fails_then_ok.bind(tag=tag, fail_times=1)
+    run = flow.apply_async()
+    with pytest.raises(RunFailed):
+        run.get(timeout=20)
+    dead = make_app(redis_url, f"redis://127.0.0.1:{free_port()}/0", "cgtest_dead", SESSION)
+    dead.conf.broker_connection_timeout = 1
+    dead.conf.task_publish_retry_policy = {"max_retries": 1, "interval_start": 0,
+                                           "interval_step": 0.1, "interval_max": 0.2}
+    dead.conf.graph_queued_lease = 1  # the lease the resuming process gives the node
+    try:
+        with pytest.raises(BrokerUnavailable):
+            GraphRun(run.id, app=dead).resume()
+    finally:
+        app.set_current()
+    assert run.status().state == "running"
+    assert run.get(timeout=30) == 2  # the reconciler sent what the resume could not
+
+
+# -- submission ------------------------------------------------------------------------
+
+
+def test_a_retry_during_backpressure_gets_the_same_run(app, tag, monkeypatch):
+    """Two submissions with one idempotency key both wait for queue room; then both get
+    the one run, which exists (nothing is written while they wait)."""
+    from celery_graph.client import submit as submit_module
+
+    waiting = threading.Semaphore(0)
+    real_wait = submit_module.wait_for_room
+
+    def observed(*args, **kwargs):
+        waiting.release()  # this submission is inside the wait now
+        return real_wait(*args, **kwargs)
+
+    monkeypatch.setattr(submit_module, "wait_for_room", observed)
+    app.conf.graph_max_queue_depth = 1
+    app.conf.graph_backpressure_timeout = 20
+    blocker = unconsumed.apply_async()  # the queue holds one message: full
+    flow = unconsumed.bind(id="late_unconsumed")
+    runs: list[GraphRun] = []
+    errors: list[BaseException] = []
+
+    def submit() -> None:
+        try:
+            runs.append(flow.apply_async(idempotency_key=f"backpressure-{tag}"))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=submit) for _ in range(2)]
+    try:
+        for t in threads:
+            t.start()
+        for _ in threads:
+            assert waiting.acquire(timeout=10)
+        blocker.cancel()
+        _purge(app, UNCONSUMED_QUEUE)  # room: both go on
+        for t in threads:
+            t.join(30)
+        assert errors == []
+        assert len(runs) == 2 and runs[0].id == runs[1].id
+        assert runs[0].status().state == "running"  # it exists: no RunNotFound
+    finally:
+        app.conf.graph_max_queue_depth = None
+        app.conf.graph_backpressure_timeout = None
+        for run in runs[:1]:
+            run.cancel()
+        _purge(app, UNCONSUMED_QUEUE)
+
+
+def test_an_interrupt_during_the_root_publish_still_runs_the_graph(app, tag, fast_reconciler):
+    flow = step.bind(name="root", tag=tag) >> step.bind(id="next", name="next", tag=tag)
+    graph_id = flow.compile().graph_id
+
+    def interrupt(sender=None, body=None, **kw):
+        fields = (body[1] if isinstance(body, (list, tuple)) else {}).get("_graph") or {}
+        if fields.get("g") == graph_id and fields.get("n") == "step":
+            raise KeyboardInterrupt
+
+    before_task_publish.connect(interrupt, weak=False)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            flow.apply_async(idempotency_key=f"interrupted-{tag}")
+    finally:
+        before_task_publish.disconnect(interrupt)
+    run = flow.apply_async(idempotency_key=f"interrupted-{tag}")  # the same run
+    assert run.get(timeout=30) == "next"
+    assert read_trace(tag).count("start:root") == 1
+
+
+def test_an_idempotency_key_lives_exactly_as_long_as_its_run(app, tag, rclient):
+    app.conf.graph_result_ttl = 1
+    try:
+        first = step.apply_async(idempotency_key=f"expiring-{tag}", tag=tag)
+        assert first.get(timeout=20) == "step"
+        assert step.apply_async(idempotency_key=f"expiring-{tag}").id == first.id
+        wait_for(lambda: not rclient.exists(state_for(app).keys.run(first.id)), timeout=10,
+                 what="the finished run to expire")
+        assert not [k for k in rclient.scan_iter(match=f"{app.conf.graph_key_prefix}:idem*")]
+        second = step.apply_async(idempotency_key=f"expiring-{tag}", tag=tag)
+        assert second.get(timeout=20) == "step"  # a new run under the same id
+        assert read_trace(tag).count("start:step") == 2
+    finally:
+        app.conf.graph_result_ttl = None
+
+
+# -- state that must not outlive its run ------------------------------------------------
+
+
+def test_shared_state_written_after_a_cancel_never_outlives_the_run(app, tag, rclient):
+    app.conf.graph_result_ttl = 2
+    try:
+        run = write_after_signal.apply_async(tag=tag)
+        wait_for(lambda: "start:write_after_signal" in read_trace(tag), timeout=20,
+                 what="the node to start")
+        state_key = state_for(app).keys.state(run.id)
+        run_key = state_for(app).keys.run(run.id)
+        assert run.cancel()
+        wait_for(lambda: not rclient.exists(run_key), timeout=10, what="the run to expire")
+        with postruns() as done:
+            trace_client().rpush(f"cgtest-go:{tag}", 1)
+            assert done.wait(task_id_for(run.id, "write_after_signal"))
+        assert not rclient.exists(state_key), "the write re-created the run's state"
+    finally:
+        app.conf.graph_result_ttl = None
+
+
+def test_shared_state_written_after_a_cancel_keeps_the_run_expiry(app, tag, rclient):
+    app.conf.graph_result_ttl = 30
+    try:
+        run = write_after_signal.apply_async(tag=tag)
+        wait_for(lambda: "start:write_after_signal" in read_trace(tag), timeout=20,
+                 what="the node to start")
+        assert run.cancel()
+        with postruns() as done:
+            trace_client().rpush(f"cgtest-go:{tag}", 1)
+            assert done.wait(task_id_for(run.id, "write_after_signal"))
+        keys = state_for(app).keys
+        assert run.context().get("late") is True
+        assert 0 < rclient.pttl(keys.state(run.id)) <= rclient.pttl(keys.run(run.id)) + 50
+        assert rclient.ttl(keys.state(run.id)) <= 30
+    finally:
+        app.conf.graph_result_ttl = None
+
+
+def test_a_graph_used_from_the_cache_keeps_its_stored_copy_alive(app, rclient):
+    state = state_for(app)
+    spec = step.bind(id="cached_ttl", name=uuid.uuid4().hex).compile()
+    store = GraphStore(state.client, state.keys, ttl=24, cache_size=4)  # refresh every 1 s
+    store.put(spec)
+    key = state.keys.graph(spec.graph_id)
+    rclient.expire(key, 3)
+    # more than the cache's refresh interval (1 s) passes as the stored copy ages
+    wait_for(lambda: rclient.pttl(key) <= 1800, timeout=5, what="the stored copy to age")
+    store.load(spec.graph_id)  # served from the cache
+    assert rclient.ttl(key) > 20
+
+
+# -- a stalled run says why ------------------------------------------------------------
+
+
+def test_status_says_why_a_node_waits(app, tag):
+    run = unconsumed.apply_async()
+    try:
+        status = run.status()
+        why = status.stalled()
+        assert set(why) == {"unconsumed"}
+        assert why["unconsumed"].startswith("queued ")
+        assert "reconciler checks in" in why["unconsumed"]
+    finally:
+        run.cancel()
+        _purge(app, UNCONSUMED_QUEUE)
+
+
+def test_a_run_that_is_gone_cannot_be_written_to(app):
+    from celery_graph import RunContext
+
+    with pytest.raises(RunNotFound, match="gone"):
+        RunContext(state_for(app), uuid.uuid4().hex, "x").set("k", 1)
