@@ -2,12 +2,13 @@
 #   make demo   - runs examples/quickstart.py on a private Redis with a real worker
 #   make test   - creates .venv, installs, runs the test suite
 #   make bench  - benchmarks against Celery's canvas and dramatiq-workflow (bench-quick: minutes)
+#   make bench-recovery - how long runs take to recover from faults, with stock settings
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test demo lint typecheck bench bench-quick clean
+.PHONY: venv test demo lint typecheck bench bench-quick bench-recovery clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +46,9 @@ bench: $(BENCH_STAMP)
 
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m bench --quick
+
+bench-recovery: $(STAMP)
+	$(BIN)/python -m bench.recovery
 
 clean:
 	rm -rf $(VENV) build *.egg-info

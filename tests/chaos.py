@@ -1,12 +1,23 @@
-"""Chaos check: many graph runs while workers are SIGKILLed at random.
+"""Chaos check: graph runs on plain `celery worker`s with Celery's stock settings while
+workers are SIGKILLed with their pools, the broker restarts and loses every message it
+held, and the graph Redis restarts.
 
-    python -m tests.chaos --runs 200 --kills 12        # prints the figures, exit 1 if any > 0
+    python -m tests.chaos --runs 200 --kills 12      # prints the figures, exit 1 unless all 0
 
-Reports runs lost (not succeeded by the deadline), nodes doubled (a node that completed in
-two workers that were never killed: a duplicate dispatch) and joins doubled (the same, for
-the join). All three must be 0. Re-executions are reported separately: a node whose worker
-was killed during the call, or after the call but before its result was stored, runs again
-(execution is at-least-once; its stored result and dispatch still happen once).
+The graph is ch_a >> (ch_b >> ch_d | ch_c) >> ch_join, data flowing through it (a run's
+result is 5 * (seed + 1) + 5). Reported, all of which must be 0:
+
+- runs lost: not succeeded by the deadline;
+- wrong results: a run whose result is not the one its seed gives;
+- nodes doubled: a node whose function completed twice although nothing recovered it:
+  no fault struck during its executions, the reconciler never sent it again and no
+  worker died running it (execution is at-least-once: a node whose worker was killed, or
+  whose message seemed lost, or whose completion could not be stored because Redis or
+  the broker was away, runs again; that is counted as a re-execution, not a double);
+- joins doubled: the same, for the join;
+- order violations: a node that started before a predecessor's first completion.
+
+Also reported: re-executions, and how long runs took to finish after the last fault.
 """
 
 from __future__ import annotations
@@ -18,118 +29,203 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import redis
 
-from celery_graph import GraphRun, RunFailed, RunTimeout
+from celery_graph import GraphRun, RunFailed, RunTimeout, StoreUnavailable
 
-EIGHT_EDGES = [("t1", "t2"), ("t1", "t3"), ("t1", "t4"), ("t2", "t5"), ("t4", "t6"),
-               ("t4", "t7"), ("t5", "t8"), ("t3", "t8"), ("t6", "t8"), ("t7", "t8")]
-JOINS = ("t8",)
+EDGES = [("ch_a", "ch_b"), ("ch_a", "ch_c"), ("ch_b", "ch_d"), ("ch_d", "ch_join"),
+         ("ch_c", "ch_join")]
+NODES = ("ch_a", "ch_b", "ch_c", "ch_d", "ch_join")
+JOINS = ("ch_join",)
 
 
 @dataclass
 class ChaosReport:
     runs: int
     kills: int
+    broker_restarts: int
+    graph_restarts: int
     workers: int
     seconds: float
     runs_lost: int
+    wrong_results: int
     nodes_doubled: int
     joins_doubled: int
     order_violations: int
     reexecuted_nodes: int
-    stuck: list[str]  # runs lost, with their node states, to diagnose a failure
+    finished_after_last_fault: float  # seconds from the last fault to the last run's end
+    stuck: list[str] = field(default_factory=list)  # runs lost, with their node states
 
     @property
     def ok(self) -> bool:
-        return not (self.runs_lost or self.nodes_doubled or self.joins_doubled
-                    or self.order_violations)
+        return not (self.runs_lost or self.wrong_results or self.nodes_doubled
+                    or self.joins_doubled or self.order_violations)
 
 
-def run_chaos(redis_url: str, runs: int, kills: int, workers: int = 3,
-              deadline: float = 60.0, seed: int | None = None) -> ChaosReport:
-    from tests.tasks import t1, t2, t3, t4, t5, t6, t7, t8
+def expected(seed: int) -> int:
+    return 5 * (seed + 1) + 5
+
+
+def run_chaos(trace_url: str, runs: int, kills: int, workers: int = 3,
+              broker_restarts: int = 1, graph_restarts: int = 1, deadline: float = 120.0,
+              lease: float | None = 3.0, seed: int | None = None) -> ChaosReport:
+    from celery_graph.devserver import PrivateRedis
+    from tests.tasks import ch_a, ch_b, ch_c, ch_d, ch_join
     from tests.workers import Workers
 
     rng = random.Random(seed)
-    pool = Workers(redis_url, concurrency=2)
-    pool.extra_env["CGTEST_TRACE_PID"] = "1"
-    client = redis.Redis.from_url(redis_url)
+    broker = PrivateRedis().start()  # no persistence: a restart loses every message
+    graph = PrivateRedis(appendonly=True).start()  # the graph state survives its restart
+    pool = Workers(broker.url, concurrency=2, pool="prefork", graph_url=graph.url,
+                   stock=True, isolate=True)
+    pool.extra_env["CGTEST_TRACE_REDIS_URL"] = trace_url
+    if lease is not None:
+        pool.extra_env.update(CELERY_GRAPH_QUEUED_LEASE=str(lease),
+                              CELERY_GRAPH_RUNNING_LEASE=str(lease),
+                              CELERY_GRAPH_RECONCILE_INTERVAL="0.5")
+        pool.app.conf.update(graph_queued_lease=lease, graph_running_lease=lease)
+    traces = redis.Redis.from_url(trace_url)
+    faults: list[float] = []  # wall-clock times of every fault
     started = time.monotonic()
     try:
         names = [pool.start(f"chaos{i}") for i in range(workers)]
         pool.supervise()  # killed workers come back, as under systemd or Kubernetes
-        flow = t1 >> ((t2 >> t5) | t3 | (t4 >> (t6 | t7))) >> t8
-        tags = [uuid.uuid4().hex[:12] for _ in range(runs)]
-        submitted: list[GraphRun] = []
+        flow = ch_a >> ((ch_b >> ch_d) | ch_c) >> ch_join
+        plan = ["kill"] * kills + ["broker"] * broker_restarts + ["graph"] * graph_restarts
+        rng.shuffle(plan)
+        submitted: list[tuple[GraphRun, int, str]] = []
 
-        done_kills: list[str] = []
-
-        def killer() -> None:
-            for _ in range(kills):
+        def chaos() -> None:
+            for action in plan:
                 time.sleep(rng.uniform(0.3, 1.2))
-                victim = rng.choice(names)
-                pool.kill(victim, restart=True)  # its messages come back later
-                done_kills.append(victim)
+                faults.append(time.time())
+                if action == "kill":
+                    pool.kill(rng.choice(names), restart=True)
+                elif action == "broker":
+                    broker.stop()
+                    broker.start()
+                else:
+                    graph.stop()
+                    time.sleep(rng.uniform(0.2, 1.0))
+                    graph.start()
+                faults.append(time.time())
 
-        chaos = threading.Thread(target=killer)
-        chaos.start()
-        for tag in tags:
-            submitted.append(flow.submit({"tag": tag, "delay": rng.uniform(0.0, 0.08)},
-                                         app=pool.app))
-            time.sleep(rng.uniform(0.0, 0.03))
-        chaos.join()
-        lost = 0
+        thread = threading.Thread(target=chaos)
+        thread.start()
+        # submissions spread over the faults, so runs are in flight when they strike
+        pace = 0.75 * len(plan) / max(runs, 1)
+        for _ in range(runs):
+            tag = uuid.uuid4().hex[:12]
+            run_seed = rng.randrange(1000)
+            inputs = {"seed": run_seed, "tag": tag, "delay": rng.uniform(0.0, 0.3)}
+            submitted.append((_submit(flow, inputs, pool.app), run_seed, tag))
+            time.sleep(rng.uniform(0.5, 1.5) * pace)
+        thread.join()
+        last_fault = time.monotonic()
+        lost = wrong = 0
         stuck: list[str] = []
         end_at = time.monotonic() + deadline
-        for run in submitted:
+        for run, run_seed, _tag in submitted:
             try:
-                run.get(timeout=max(1.0, end_at - time.monotonic()))
-            except (RunFailed, RunTimeout) as exc:
+                result = run.get(timeout=max(1.0, end_at - time.monotonic()))
+            except (RunFailed, RunTimeout, StoreUnavailable) as exc:
                 lost += 1
-                status = run.status()
-                states = {n: (s.state, s.attempts, s.worker) for n, s in status.nodes.items()}
-                stuck.append(f"{run.id} {status.state} {type(exc).__name__}: {states}")
-        nodes_doubled = joins_doubled = order = reexec = 0
-        for tag in tags:
-            trace = [e.decode() for e in client.lrange(f"cgtest-trace:{tag}", 0, -1)]
-            for i in range(1, 9):
-                node = f"t{i}"
-                pids = [int(e.rsplit(":", 1)[1]) for e in trace if e.startswith(f"pid:{node}:")]
-                survivors = [p for p in pids if p not in pool.killed_pids]
-                if len(survivors) > 1:
-                    nodes_doubled += 1
-                    if node in JOINS:
-                        joins_doubled += 1
-                if trace.count(f"start:{node}") > 1:
-                    reexec += 1
-            for before, after in EIGHT_EDGES:
-                if f"end:{before}" in trace and f"start:{after}" in trace and (
-                    trace.index(f"start:{after}") < trace.index(f"end:{before}")
-                ):
-                    order += 1
-            client.delete(f"cgtest-trace:{tag}")
-        elapsed = round(time.monotonic() - started, 1)
-        return ChaosReport(runs, len(done_kills), workers, elapsed, lost,
-                           nodes_doubled, joins_doubled, order, reexec, stuck)
+                stuck.append(_describe(run, exc))
+                continue
+            if result != expected(run_seed):
+                wrong += 1
+        recovered = time.monotonic() - last_fault
+        doubled = joins_doubled = order = reexec = 0
+        for run, _seed, tag in submitted:
+            trace = [e.decode() for e in traces.lrange(f"cgtest-trace:{tag}", 0, -1)]
+            try:
+                nodes = run.status().nodes
+                recovered_nodes = {n for n, s in nodes.items() if s.redelivered or s.lost}
+            except Exception:  # a lost run's state may be gone; it is counted already
+                recovered_nodes = set(NODES)
+            d, j, o, r = _judge(trace, faults, recovered_nodes)
+            doubled, joins_doubled, order, reexec = (doubled + d, joins_doubled + j,
+                                                     order + o, reexec + r)
+            traces.delete(f"cgtest-trace:{tag}")
+        return ChaosReport(
+            runs, kills, broker_restarts, graph_restarts, workers,
+            round(time.monotonic() - started, 1), lost, wrong, doubled, joins_doubled, order,
+            reexec, round(recovered, 1), stuck,
+        )
     finally:
         pool.stop()
-        pool.app.connection_for_write().default_channel.queue_purge(pool.queue)
+        broker.cleanup()
+        graph.cleanup()
+
+
+def _submit(flow, inputs: dict, app) -> GraphRun:
+    """Submit, riding out a graph Redis restart (the submitter retries, as a client would)."""
+    end = time.monotonic() + 30
+    while True:
+        try:
+            return flow.submit(inputs, app=app)
+        except StoreUnavailable:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.2)
+
+
+def _describe(run: GraphRun, exc: BaseException) -> str:
+    try:
+        status = run.status()
+        states = {n: (s.state, s.attempts, s.redelivered, s.lost)
+                  for n, s in status.nodes.items()}
+        return f"{run.id} {status.state} {type(exc).__name__}: {states}"
+    except Exception as err:  # the run's state may be gone
+        return f"{run.id} {type(exc).__name__}: {exc} (status: {err})"
+
+
+def _judge(
+    trace: list[str], faults: list[float], recovered: set[str]
+) -> tuple[int, int, int, int]:
+    """(doubled, joins doubled, order violations, re-executed) for one run's trace.
+    ``recovered``: nodes the engine sent again to recover them (the reconciler re-sent
+    them, or a worker died running them), whose second completion is at-least-once."""
+    starts: dict[str, list[float]] = {n: [] for n in NODES}
+    ends: dict[str, list[float]] = {n: [] for n in NODES}
+    for event in trace:
+        kind, node, when = event.split(":")[:3]
+        (starts if kind == "start" else ends)[node].append(float(when))
+    doubled = joins = order = reexec = 0
+    for node in NODES:
+        if len(starts[node]) > 1:
+            reexec += 1
+        if len(ends[node]) > 1 and node not in recovered:
+            window = (min(starts[node]), max(ends[node]))
+            if not any(window[0] <= f <= window[1] for f in faults):
+                doubled += 1
+                joins += node in JOINS
+    for before, after in EDGES:
+        if ends[before] and starts[after] and min(starts[after]) < min(ends[before]):
+            order += 1
+    return doubled, joins, order, reexec
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--kills", type=int, default=12)
+    parser.add_argument("--broker-restarts", type=int, default=2)
+    parser.add_argument("--graph-restarts", type=int, default=2)
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--lease", type=float, default=None,
+                        help="queued and running lease in seconds (default: the settings' "
+                        "defaults, 30 s and 15 s)")
     args = parser.parse_args(argv)
     from celery_graph.devserver import redis_url
 
     with redis_url(private=True) as url:
-        report = run_chaos(url, args.runs, args.kills, args.workers, seed=args.seed)
+        report = run_chaos(url, args.runs, args.kills, args.workers, args.broker_restarts,
+                           args.graph_restarts, deadline=300.0, lease=args.lease,
+                           seed=args.seed)
     print(json.dumps(asdict(report), indent=2))
     return 0 if report.ok else 1
 

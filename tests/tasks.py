@@ -338,3 +338,39 @@ def unconsumed_value(value: int = 41):
 @shared_task(name="tests.plain.keys_of")
 def keys_of(mapping):
     return sorted(mapping)
+
+
+# -- the chaos graph: data flows through it, so a wrong result shows ----------------------
+
+
+def _chaos_step(name: str, tag: str | None, delay: float, value):
+    trace(tag, f"start:{name}:{time.time():.6f}")
+    if delay:
+        time.sleep(delay)
+    trace(tag, f"end:{name}:{time.time():.6f}:{os.getpid()}")
+    return value
+
+
+@task
+def ch_a(seed: int, tag=None, delay: float = 0.0):
+    return _chaos_step("ch_a", tag, delay, seed + 1)
+
+
+@task
+def ch_b(ch_a, tag=None, delay: float = 0.0):
+    return _chaos_step("ch_b", tag, delay, ch_a * 2)
+
+
+@task
+def ch_c(ch_a, tag=None, delay: float = 0.0):
+    return _chaos_step("ch_c", tag, delay, ch_a * 3)
+
+
+@task
+def ch_d(ch_b, tag=None, delay: float = 0.0):
+    return _chaos_step("ch_d", tag, delay, ch_b + 5)
+
+
+@task
+def ch_join(ch_d, ch_c, tag=None, delay: float = 0.0):
+    return _chaos_step("ch_join", tag, delay, ch_d + ch_c)

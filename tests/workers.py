@@ -39,7 +39,8 @@ class Workers:
         self.isolate = isolate
         self.redis_url = redis_url
         self.queue = f"cgtest-crash-{uuid.uuid4().hex[:8]}"
-        self.prefix = f"cgtest:{SESSION}:crash"
+        # a prefix of its own: no other test's workers (and their reconcilers) see its runs
+        self.prefix = f"cgtest:{SESSION}:{self.queue}"
         self.procs: dict[str, subprocess.Popen] = {}
         self.killed_pids: set[int] = set()
         self.extra_env: dict[str, str] = {}
@@ -105,8 +106,8 @@ class Workers:
                 self._spawn(hostname)
 
     def stop(self) -> None:
-        self._stopping.set()
-        with self._lock:
+        with self._lock:  # the supervisor checks _stopping under the same lock
+            self._stopping.set()
             procs = list(self.procs.values())
         for proc in procs:
             if self.isolate:
