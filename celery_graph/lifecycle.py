@@ -50,7 +50,6 @@ def end_run(
     run_id: str,
     status: str,
     *,
-    spec: GraphSpec | None = None,
     node_id: str = "",
     error: str = "",
     guard: str = "",
@@ -60,9 +59,7 @@ def end_run(
     record), then run the end-of-run hooks. True if this call ended it. ``guard`` is the
     result field of a failing message: when a result is stored there, the failure is a
     failing copy of a message that succeeded, and changes nothing."""
-    ended = state.scripts.finish(
-        spec, run_id, status, node_id, error, guard=guard, unsent=unsent
-    ) == 1
+    ended = state.scripts.finish(run_id, status, node_id, error, guard=guard, unsent=unsent) == 1
     if ended:
         after_run(app, state, run_id)
     return ended

@@ -100,21 +100,21 @@ class Reconciler:
                 report.continued.append(run_id)
                 state.runs.forget(run_id)
             return
-        spec = self._spec(state, run_id)
         if r.verdict == "deadline":
             error = error_record("", DeadlineExceeded.__name__, DeadlineExceeded.__module__,
                                  f"run {run_id} passed its deadline")
-            end_run(self.app, state, run_id, "failed", spec=spec, error=error)
+            end_run(self.app, state, run_id, "failed", error=error)
             report.failed.append(run_id)
             return
         if r.verdict == "poison":
             assert r.poison is not None
             field_, lost, worker = r.poison
             error = exception_record(field_.split("#")[0], NodeLost.after(field_, lost, worker))
-            end_run(self.app, state, run_id, "failed", spec=spec, error=error)
+            end_run(self.app, state, run_id, "failed", error=error)
             report.failed.append(run_id)
             return
-        if spec is not None and r.expired:
+        spec = self._spec(state, run_id) if r.expired else None
+        if spec is not None:
             self._act(state, spec, run_id, r, report, depths)
         nxt = r.now + state.settings.queued_lease
         if r.next_lease is not None:

@@ -108,7 +108,7 @@ class GraphRun:
     def _fail_deadline(self) -> bool:
         error = error_record("", "DeadlineExceeded", "celery_graph.errors",
                              f"run {self.id} passed its deadline")
-        return end_run(self._app, self._state, self.id, "failed", spec=self.spec(), error=error)
+        return end_run(self._app, self._state, self.id, "failed", error=error)
 
     def context(self) -> RunContext:
         """The run's shared state (what ``inject_context`` tasks wrote)."""
@@ -126,7 +126,7 @@ class GraphRun:
         now = state.runs.time()
         frontier, items = resume_frontier(spec, fields, set(results), leases, now)
         state.runs.track(self.id)  # the reconciler looks after it again
-        state.scripts.resume(spec, self.id, frontier + [f"{n}#{i}" for n, i in items])
+        state.scripts.resume(self.id, frontier + [f"{n}#{i}" for n, i in items])
         # a publish that fails here is recovered by the reconciler: the nodes are leased
         publish_nodes(self._app, spec, self.id, frontier)
         by_map: dict[str, list[int]] = {}
@@ -142,7 +142,7 @@ class GraphRun:
 
     def cancel(self) -> bool:
         """Stop the run: no pending node starts after this. True if this call ended it."""
-        return end_run(self._app, self._state, self.id, "cancelled", spec=self.spec())
+        return end_run(self._app, self._state, self.id, "cancelled")
 
 
 def resume_frontier(

@@ -66,7 +66,7 @@ def submit_spec(
         error = error_record("", type(exc).__name__, type(exc).__module__,
                              f"publishing the root nodes failed: {exc}")
         with contextlib.suppress(StoreError):
-            end_run(app, state, run_id, "failed", spec=spec, error=error, unsent=True)
+            end_run(app, state, run_id, "failed", error=error, unsent=True)
         raise PublishError(
             f"run {run_id}: the broker did not take the root messages ({exc}); the run is "
             "marked failed"

@@ -171,7 +171,7 @@ class TaskNode(Flow):
         return NodeDecl(
             id=self.id, task=self.task_name, params=parameters(self.fn), bound=self.bound,
             options=self.options, delay=self.delay, context=self.context,
-            map_over=self.map_over, call=self.call, retries=self.retries, label=repr(self),
+            map_over=self.map_over, call=self.call, retries=self.retries,
         )
 
     def with_retries(self, retries: int, *, delay: float = 1.0) -> TaskNode:
@@ -247,13 +247,17 @@ class TaskNode(Flow):
 class Sequence(Flow):
     """``a >> b >> c``: each step starts after every exit of the previous one."""
 
-    steps: tuple[Flow, ...]
+    parts: tuple[Flow, ...]  # as written; nested sequences are flattened by ``steps``
 
-    def __post_init__(self) -> None:
-        flat: list[Flow] = []
-        for step in self.steps:
-            flat.extend(step.steps if isinstance(step, Sequence) else (step,))
-        object.__setattr__(self, "steps", tuple(flat))
+    @property
+    def steps(self) -> tuple[Flow, ...]:
+        """The steps, nested sequences flattened (once, on first use: ``>>`` stays O(1),
+        so a chain built step by step costs linear time)."""
+        steps = self.__dict__.get("_steps")
+        if steps is None:
+            steps = _flatten(self, lambda f: isinstance(f, Sequence))
+            object.__setattr__(self, "_steps", steps)
+        return steps
 
     def delay_by(self, seconds: float) -> Sequence:
         return Sequence((self.steps[0].delay_by(seconds), *self.steps[1:]))
@@ -285,22 +289,25 @@ class Sequence(Flow):
 class Parallel(Flow):
     """``a | b | c``: members run in parallel. ``.named("batch")`` makes a named group."""
 
-    members: tuple[Flow, ...]
+    parts: tuple[Flow, ...]  # as written; unnamed groups inside are flattened by ``members``
     name: str | None = None
     # None: strict (any failing member fails the run); else a canonical policy dict as a
     # sorted tuple of items, e.g. (("kind", "at_least"), ("n", 2))
     policy: tuple[tuple[str, Any], ...] | None = None
 
     def __post_init__(self) -> None:
-        if not self.members:
+        if not self.parts:
             raise GraphDefinitionError("empty parallel group: give it at least one member")
-        flat: list[Flow] = []
-        for member in self.members:
-            if isinstance(member, Parallel) and member.name is None and member.policy is None:
-                flat.extend(member.members)
-            else:
-                flat.append(member)
-        object.__setattr__(self, "members", tuple(flat))
+
+    @property
+    def members(self) -> tuple[Flow, ...]:
+        """The members, unnamed groups without a policy flattened (once, on first use:
+        ``|`` stays O(1), so a group built member by member costs linear time)."""
+        members = self.__dict__.get("_members")
+        if members is None:
+            members = _flatten(self, _plain_group)
+            object.__setattr__(self, "_members", members)
+        return members
 
     def named(self, name: str) -> Parallel:
         """Name the group: a downstream parameter ``name`` gets the members' results."""
@@ -447,6 +454,26 @@ def workflow(name: str) -> Workflow:
     wf.apply_async()
     """
     return Workflow(name)
+
+
+def _plain_group(flow: Flow) -> bool:
+    return isinstance(flow, Parallel) and flow.name is None and flow.policy is None
+
+
+def _flatten(root: Sequence | Parallel, inline: Callable[[Flow], bool]) -> tuple[Flow, ...]:
+    """The parts of ``root``, with every part for which ``inline`` is true replaced by its
+    own parts, depth first, in order (iteratively: a long chain of ``|`` nests deeply)."""
+    out: list[Flow] = []
+    stack = [iter(root.parts)]
+    while stack:
+        part = next(stack[-1], None)
+        if part is None:
+            stack.pop()
+        elif inline(part):
+            stack.append(iter(part.parts))  # type: ignore[attr-defined]
+        else:
+            out.append(part)
+    return tuple(out)
 
 
 def _record(flow: Flow) -> None:

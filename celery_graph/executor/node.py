@@ -103,7 +103,7 @@ class NodeRun:
             result_json = self.encode(result)
         if m.index is not None:
             _stored, arrived = self.state.scripts.map_arrive(
-                m.run_id, m.node_id, m.index, result_json
+                m.run_id, m.node_id, m.index, m.count or 0, result_json
             )
             if arrived < (m.count or 0):
                 return result
@@ -260,7 +260,7 @@ def fail_node(app: Any, message: NodeMessage, error: str, traceback: str = "") -
     node = spec.nodes[node_id]
     deadline = json.loads(error).get("type") == DeadlineExceeded.__name__
     if node.tolerant is None or deadline or message.index is not None:
-        return end_run(app, state, run_id, "failed", spec=spec, node_id=node_id, error=error,
+        return end_run(app, state, run_id, "failed", node_id=node_id, error=error,
                        guard=guard)
     arrival = state.scripts.complete(
         spec, run_id, node, "", kind="failed", error_json=error,

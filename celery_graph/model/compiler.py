@@ -7,10 +7,9 @@ can hold is raised here, before anything is stored or sent.
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..codec import canonical, is_json, sha256
@@ -53,7 +52,10 @@ class NodeDecl:
     map_over: tuple[str, str | None] | None = None  # (source node id, parameter)
     call: str | None = None
     retries: tuple[int, float] | None = None
-    label: str = field(default="", compare=False)  # how the DSL shows it, for errors
+
+    def __str__(self) -> str:
+        bound = "".join(f", {k}={v!r}" for k, v in self.bound)
+        return f"<node {self.id} ({self.task}{bound})>"
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ def compile_graph(decls: Declarations) -> GraphSpec:
                 nodes[part.id] = part
             elif seen != part:
                 raise DuplicateNodeError(
-                    f"duplicate node id {part.id!r}: used by {seen.label} and {part.label}; "
+                    f"duplicate node id {part.id!r}: used by {seen} and {part}; "
                     f"give one of them its own id, e.g. .bind(id='{part.id}_2')"
                 )
             continue
@@ -142,8 +144,24 @@ def compile_graph(decls: Declarations) -> GraphSpec:
     }
     if policies:
         data["policies"] = policies
-    blob = canonical(data)
-    return GraphSpec.from_data(data, blob, sha256(blob))
+    try:
+        blob = canonical(data)
+    except (TypeError, ValueError) as exc:
+        raise _unencodable(nodes) from exc
+    # read back, so the spec holds exactly what every worker will load
+    return GraphSpec.from_blob(blob, sha256(blob))
+
+
+def _unencodable(nodes: dict[str, NodeDecl]) -> SerializationError:
+    """The error naming the first bound argument JSON cannot encode."""
+    for node in nodes.values():
+        for name, value in node.bound:
+            if not is_json(value):
+                return SerializationError(
+                    f"node {node.id!r}: bound argument {name!r} of type "
+                    f"{type(value).__name__} cannot be encoded as JSON"
+                )
+    return SerializationError("the graph cannot be encoded as JSON")
 
 
 def _ancestry(preds: dict[str, list[str]]) -> Callable[[str, str], bool]:
@@ -228,17 +246,9 @@ def _node_entry(
                 f"({name} >> {node.id}) or bind a value"
             )
         needs.append(name)
-    try:
-        kwargs_json = json.loads(canonical(bound))
-    except (TypeError, ValueError) as exc:
-        bad = next((k for k, v in bound.items() if not is_json(v)), next(iter(bound), "?"))
-        raise SerializationError(
-            f"node {node.id!r}: bound argument {bad!r} of type {type(bound.get(bad)).__name__} "
-            "cannot be encoded as JSON"
-        ) from exc
     entry: dict[str, Any] = {
         "task": node.task,
-        "kwargs": kwargs_json,
+        "kwargs": bound,
         "params": names,
         "pull": pull,
         "groups": group_pull,

@@ -8,7 +8,7 @@ builds it from declarations; workers and clients rebuild it from the stored byte
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,7 +65,7 @@ class NodeSpec:
 class GraphSpec:
     graph_id: str
     blob: bytes  # canonical JSON
-    nodes: dict[str, NodeSpec]
+    nodes: Mapping[str, NodeSpec]
     roots: tuple[str, ...]
     sinks: tuple[str, ...]
     joins: tuple[str, ...]
@@ -86,9 +86,57 @@ class GraphSpec:
         for src, dst in data["edges"]:
             succs[src].append(dst)
             preds[dst].append(src)
-        nodes = {
-            nid: NodeSpec(
-                id=nid,
+        return cls(
+            graph_id=graph_id,
+            blob=blob,
+            nodes=_Nodes(raw, preds, succs),
+            roots=tuple(n for n in raw if not preds[n]),
+            sinks=tuple(n for n in raw if not succs[n]),
+            joins=tuple(n for n in raw if len(preds[n]) >= 2),
+            maps=tuple(n for n, v in raw.items() if v.get("map")),
+            order=tuple(data["order"]),
+            policies=data.get("policies", {}),
+        )
+
+    @property
+    def needs(self) -> list[tuple[str, str]]:
+        """(node id, parameter) for every parameter only a run input can fill."""
+        assert isinstance(self.nodes, _Nodes)
+        return [(nid, p) for nid, n in self.nodes.raw.items() for p in n["needs"]]
+
+    def check_inputs(self, inputs: dict[str, Any]) -> None:
+        """Raise MissingParameterError if a parameter nothing fills is not in ``inputs``."""
+        for node_id, param in self.needs:
+            if param not in inputs:
+                node = self.nodes[node_id]
+                raise MissingParameterError(
+                    f"node {node.id!r} ({node.task}): required parameter {param!r} is "
+                    "filled by nothing: no upstream node or named group of that name, no "
+                    "bound value, no default; pass it as a run input "
+                    f"(flow.apply_async({param}=...)) or bind it"
+                )
+
+
+class _Nodes(Mapping[str, NodeSpec]):
+    """The nodes of a spec, each built from the stored JSON on first use: a worker that
+    runs a few nodes of a 100,000-node graph builds a few NodeSpecs, not 100,000."""
+
+    def __init__(
+        self, raw: dict[str, Any], preds: dict[str, list[str]], succs: dict[str, list[str]]
+    ) -> None:
+        self.raw = raw
+        self._preds = preds
+        self._succs = succs
+        self._built: dict[str, NodeSpec] = {}
+
+    def __getitem__(self, node_id: str) -> NodeSpec:
+        node = self._built.get(node_id)
+        if node is None:
+            n = self.raw[node_id]
+            mapped = n.get("map") or {}
+            retry = n.get("retry") or [0, 1.0]
+            node = self._built[node_id] = NodeSpec(
+                id=node_id,
                 task=n["task"],
                 kwargs=n["kwargs"],
                 params=tuple(n["params"]),
@@ -99,39 +147,24 @@ class GraphSpec:
                 tolerant=n.get("tolerant"),
                 delay=n.get("delay", 0.0),
                 context=n.get("ctx", False),
-                map_source=(n.get("map") or {}).get("source"),
-                map_param=(n.get("map") or {}).get("param"),
+                map_source=mapped.get("source"),
+                map_param=mapped.get("param"),
                 call=n.get("call"),
-                retries=(n.get("retry") or [0, 1.0])[0],
-                retry_delay=(n.get("retry") or [0, 1.0])[1],
-                preds=tuple(preds[nid]),
-                succs=tuple(succs[nid]),
+                retries=retry[0],
+                retry_delay=retry[1],
+                preds=tuple(self._preds[node_id]),
+                succs=tuple(self._succs[node_id]),
             )
-            for nid, n in raw.items()
-        }
-        return cls(
-            graph_id=graph_id,
-            blob=blob,
-            nodes=nodes,
-            roots=tuple(n for n in nodes if not preds[n]),
-            sinks=tuple(n for n in nodes if not succs[n]),
-            joins=tuple(n for n in nodes if len(preds[n]) >= 2),
-            maps=tuple(n for n in nodes if nodes[n].map_source),
-            order=tuple(data["order"]),
-            policies=data.get("policies", {}),
-        )
+        return node
 
-    def check_inputs(self, inputs: dict[str, Any]) -> None:
-        """Raise MissingParameterError if a parameter nothing fills is not in ``inputs``."""
-        for node in self.nodes.values():
-            for param in node.needs:
-                if param not in inputs:
-                    raise MissingParameterError(
-                        f"node {node.id!r} ({node.task}): required parameter {param!r} is "
-                        "filled by nothing: no upstream node or named group of that name, no "
-                        "bound value, no default; pass it as a run input "
-                        f"(flow.apply_async({param}=...)) or bind it"
-                    )
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.raw)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self.raw
 
 
 def tree_ids(tree: GroupTree) -> Iterable[str]:

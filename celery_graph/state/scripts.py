@@ -20,6 +20,10 @@ from ..keys import Keys
 from ..model import GraphSpec, NodeSpec
 from .connection import load_script, translating
 
+# The most successors, items or fields one call handles: a call stays a few milliseconds
+# long at 100,000 nodes, so it never blocks Redis for everyone else.
+PART = 500
+
 SCRIPTS = (
     "start", "begin", "complete", "finish", "resume", "map_arrive", "expand", "reclaim",
     "lease", "continue",
@@ -44,7 +48,7 @@ class Begun(NamedTuple):
 class Arrival(NamedTuple):
     """What complete.lua answered for one arrival."""
 
-    stored: int  # 1 stored now, 0 already stored (or ignored), -1 run not running
+    stored: int  # 1 stored now, 0 already stored, -1 run not running, -2 failure ignored
     ended: int  # 1 this arrival ended the run as succeeded, 2 as failed (group policy)
     publish: list[str]  # successors this arrival released (marked published): publish them
     skipped: list[str]  # successors that will not run (all their arrivals were skips)
@@ -76,9 +80,11 @@ class Scripts:
         with translating(f"running {name}.lua"):
             return self._scripts[name](keys=keys, args=args)
 
-    def _run_keys(self, run_id: str, spec: GraphSpec | None) -> list[str]:
-        joins, maps = (spec.joins, spec.maps) if spec is not None else ((), ())
-        return self.keys.run_keys(run_id, joins, maps)
+    def _run_keys(self, run_id: str) -> list[str]:
+        """The keys every run has (joins' and maps' arrivals expire by themselves)."""
+        k = self.keys
+        return [k.run(run_id), k.results(run_id), k.nodes(run_id), k.done(run_id),
+                k.sinks(run_id), k.state(run_id), k.leases(run_id)]
 
     # -- a run ---------------------------------------------------------------------------
 
@@ -89,7 +95,7 @@ class Scripts:
         """Create the run; (True, server time) when created, (False, status) when a run
         with this id exists already."""
         k = self.keys
-        others = [key for key in self._run_keys(run_id, spec)
+        others = [key for key in k.run_keys(run_id, spec.joins, spec.maps)
                   if key not in (k.run(run_id), k.nodes(run_id), k.leases(run_id))]
         args: list[Any] = [
             spec.graph_id, inputs_json, len(spec.nodes), json.dumps(list(spec.sinks)),
@@ -107,13 +113,14 @@ class Scripts:
         self, run_id: str, field: str, hostname: str, upstream_ids: list[str],
         expands: bool = False,
     ) -> Begun:
-        """Record the start of ``field`` (a node id, or "<node>#<i>" for a map item)."""
+        """Record the start of ``field`` (a node id, or "<node>#<i>" for a map item) and
+        read the results of ``upstream_ids`` (a long list in parts, after the script)."""
         k = self.keys
         reply = self._call(
             "begin",
             [k.run(run_id), k.results(run_id), k.nodes(run_id), k.leases(run_id)],
             [field, hostname, self.settings.running_lease, self.settings.run_ttl,
-             "map" if expands else "", self.settings.max_lost, *upstream_ids],
+             "map" if expands else "", self.settings.max_lost, *upstream_ids[:PART]],
         )
         status = _text(reply[0]) if reply and reply[0] is not None else None
         if status == "poison":
@@ -122,7 +129,20 @@ class Scripts:
             return Begun(status, None, None, [])
         if reply[2]:
             return Begun(status, reply[1], reply[2], [])
-        return Begun(status, reply[1], None, [r or None for r in reply[4:]], int(reply[3]))
+        upstream = [r or None for r in reply[4:]]
+        if len(upstream_ids) > PART:
+            upstream += self.results_of(run_id, upstream_ids[PART:])
+        return Begun(status, reply[1], None, upstream, int(reply[3]))
+
+    def results_of(self, run_id: str, fields: list[str]) -> list[bytes | None]:
+        """Stored results of ``fields``, read in parts (results never change once stored)."""
+        key = self.keys.results(run_id)
+        out: list[bytes | None] = []
+        for i in range(0, len(fields), PART * 2):
+            part = fields[i:i + PART * 2]
+            with translating("reading results"):
+                out += self._client.hmget(key, part)
+        return out
 
     def complete(
         self,
@@ -136,47 +156,49 @@ class Scripts:
         error_json: str = "",
         traceback: str = "",
     ) -> Arrival:
-        """Store the result and arrive at the successors (see complete.lua). ``kind`` is
-        "ok", "failed" (a member of a group with a failure policy, with ``error_json``)
-        or "skipped"; ``branch`` is "!a,b" when the node chose those successors only."""
+        """Store the result and arrive at the successors (see complete.lua), in parts of
+        PART successors. ``kind`` is "ok", "failed" (a member of a group with a failure
+        policy, with ``error_json``) or "skipped"; ``branch`` is "!a,b" when the node chose
+        those successors only."""
         k = self.keys
-        keys = [k.run(run_id), k.results(run_id), k.nodes(run_id), k.sinks(run_id),
-                k.done(run_id), k.leases(run_id)]
+        base_keys = [k.run(run_id), k.results(run_id), k.nodes(run_id), k.sinks(run_id),
+                     k.done(run_id), k.leases(run_id), k.state(run_id)]
         policy = ""
         if kind == "failed" and node.tolerant is not None:
             policy = json.dumps(spec.policies[node.tolerant])
-        args: list[Any] = [
-            node.id,
-            result_json,
-            len(spec.sinks) if not node.succs else 0,
-            self.settings.run_ttl,
-            self.settings.result_ttl,
-            len(node.succs),
-            self.settings.queued_lease,
-            error_json,
-            branch,
-            kind,
-            policy,
-            node.tolerant or "",
-            traceback,
-        ]
-        for succ in node.succs:
-            target = spec.nodes[succ]
-            args += [succ, len(target.preds), target.delay]
-            if target.is_join:
-                keys.append(k.join(run_id, succ))
-        if not node.succs or policy:
-            keys += self._run_keys(run_id, spec)
-        reply = self._call("complete", keys, args)
-        if not isinstance(reply, list) or len(reply) < 3:
-            raise BarrierError(f"complete.lua answered {reply!r}")
-        n_pub = int(reply[2])
-        ids = [_text(s) for s in reply[3:]]
-        return Arrival(int(reply[0]), int(reply[1]), ids[:n_pub], ids[n_pub:])
+        succs = list(node.succs)
+        parts = [succs[i:i + PART] for i in range(0, len(succs), PART)] or [[]]
+        stored, ended, publish, skipped = 0, 0, [], []
+        for n, part in enumerate(parts):
+            keys = list(base_keys)
+            args: list[Any] = [
+                node.id, result_json, len(spec.sinks) if not node.succs else 0,
+                self.settings.run_ttl, self.settings.result_ttl, len(part),
+                self.settings.queued_lease, error_json, branch, kind, policy,
+                node.tolerant or "", traceback,
+                "1" if n == 0 else "", "1" if n == len(parts) - 1 else "",
+            ]
+            for succ in part:
+                target = spec.nodes[succ]
+                args += [succ, len(target.preds), target.delay]
+                if target.is_join:
+                    keys.append(k.join(run_id, succ))
+            reply = self._call("complete", keys, args)
+            if not isinstance(reply, list) or len(reply) < 3:
+                raise BarrierError(f"complete.lua answered {reply!r}")
+            n_pub = int(reply[2])
+            ids = [_text(s) for s in reply[3:]]
+            if n == 0:
+                stored = int(reply[0])
+            ended = ended or int(reply[1])
+            publish += ids[:n_pub]
+            skipped += ids[n_pub:]
+            if int(reply[0]) < 0 or ended == 2:  # not running, ignored, or failed: no more parts
+                break
+        return Arrival(stored, ended, publish, skipped)
 
     def finish(
         self,
-        spec: GraphSpec | None,
         run_id: str,
         status: str,
         node_id: str = "",
@@ -188,19 +210,16 @@ class Scripts:
         """End a running run as failed or cancelled: 1 if this call ended it, 0 if it had
         ended already, -1 if ignored (``guard``, a result field, holds a result: the
         failure is a failing copy of a message that succeeded)."""
-        k = self.keys
-        keys = [k.run(run_id), k.results(run_id), k.nodes(run_id), k.done(run_id),
-                *self._run_keys(run_id, spec)]
         args = [status, node_id, error_json, self.settings.result_ttl, guard,
                 "1" if unsent else ""]
-        return int(self._call("finish", keys, args))
+        return int(self._call("finish", self._run_keys(run_id), args))
 
-    def resume(self, spec: GraphSpec, run_id: str, fields: list[str]) -> str:
+    def resume(self, run_id: str, fields: list[str]) -> str:
         """Reopen a failed or cancelled run and lease ``fields`` (nodes and map items) to
         be sent again; returns the previous status."""
         k = self.keys
         keys = [k.run(run_id), k.nodes(run_id), k.done(run_id), k.leases(run_id),
-                *self._run_keys(run_id, spec)]
+                k.results(run_id), k.sinks(run_id), k.state(run_id)]
         try:
             previous = self._call(
                 "resume", keys, [self.settings.run_ttl, self.settings.queued_lease, *fields]
@@ -212,15 +231,20 @@ class Scripts:
     # -- maps ----------------------------------------------------------------------------
 
     def expand(self, run_id: str, node_id: str, count: int) -> bool:
-        """Lease the ``count`` items of map node ``node_id``; False if expanded already."""
+        """Lease the ``count`` items of map node ``node_id``, in parts; False if it was
+        expanded already."""
         k = self.keys
-        return bool(self._call(
-            "expand", [k.run(run_id), k.nodes(run_id), k.leases(run_id)],
-            [node_id, count, self.settings.queued_lease, self.settings.run_ttl],
-        ))
+        for start in range(0, count, PART * 4):
+            if not self._call(
+                "expand", [k.run(run_id), k.nodes(run_id), k.leases(run_id)],
+                [node_id, count, self.settings.queued_lease, self.settings.run_ttl, start,
+                 min(start + PART * 4, count)],
+            ):
+                return False
+        return True
 
     def map_arrive(
-        self, run_id: str, node_id: str, index: int, result_json: bytes | str
+        self, run_id: str, node_id: str, index: int, count: int, result_json: bytes | str
     ) -> tuple[int, int]:
         """Store item ``index`` of map node ``node_id``; (stored, items arrived)."""
         k = self.keys
@@ -228,24 +252,28 @@ class Scripts:
             "map_arrive",
             [k.run(run_id), k.results(run_id), k.nodes(run_id), k.map(run_id, node_id),
              k.leases(run_id)],
-            [f"{node_id}#{index}", result_json, index, self.settings.run_ttl],
+            [f"{node_id}#{index}", result_json, index, self.settings.run_ttl, count,
+             self.settings.result_ttl],
         )
         return int(reply[0]), int(reply[1])
 
     def map_results(self, run_id: str, node_id: str, count: int) -> bytes:
         """The JSON list of the items' results, in item order."""
-        fields = [f"{node_id}#{i}" for i in range(count)]
-        with translating("reading the items of a map"):
-            raws = self._client.hmget(self.keys.results(run_id), fields)
+        raws = self.results_of(run_id, [f"{node_id}#{i}" for i in range(count)])
         missing = [i for i, r in enumerate(raws) if r is None]
         if missing:
             raise BarrierError(f"map node {node_id!r}: results of items {missing[:5]} missing")
-        return b"[" + b",".join(raws) + b"]"
+        return b"[" + b",".join(r for r in raws if r is not None) + b"]"
 
     def node_states(self, run_id: str, node_ids: list[str]) -> dict[str, str | None]:
-        with translating("reading node states"):
-            raw = self._client.hmget(self.keys.nodes(run_id), [f"{n}:state" for n in node_ids])
-        return {n: v.decode() if v else None for n, v in zip(node_ids, raw)}
+        key = self.keys.nodes(run_id)
+        out: dict[str, str | None] = {}
+        for i in range(0, len(node_ids), PART * 2):
+            part = node_ids[i:i + PART * 2]
+            with translating("reading node states"):
+                raw = self._client.hmget(key, [f"{n}:state" for n in part])
+            out.update({n: v.decode() if v else None for n, v in zip(part, raw)})
+        return out
 
     # -- leases and the reconciler ------------------------------------------------------
 
@@ -265,7 +293,7 @@ class Scripts:
     def reclaim(self, run_id: str, limit: int = 1000) -> Reclaim:
         k = self.keys
         reply = self._call(
-            "reclaim", [k.run(run_id), k.results(run_id), k.nodes(run_id), k.leases(run_id)],
+            "reclaim", [k.run(run_id), k.nodes(run_id), k.leases(run_id)],
             [self.settings.max_lost, limit],
         )
         verdict = _text(reply[0])

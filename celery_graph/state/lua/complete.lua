@@ -19,14 +19,21 @@
 -- others. A successor whose arrivals are all skips is skipped (and returned, so the
 -- caller passes the skip on); one with at least one real arrival is released.
 --
+-- A node with many successors arrives in parts (ARGV[14], ARGV[15]): the first part stores
+-- the result (or the failure, or the skip), every part arrives at its share of the
+-- successors, the last part marks the node succeeded and drops its lease. A worker that
+-- dies between parts leaves the node "running" with its result stored: its lease runs
+-- out, the reconciler sends it again, and the copy arrives everywhere again (idempotent).
+--
 -- KEYS[1] run record          (hash)
 -- KEYS[2] run results         (hash)
 -- KEYS[3] run node state      (hash)
 -- KEYS[4] finished sinks      (set)
 -- KEYS[5] completion signal   (list)
 -- KEYS[6] leases              (zset: field -> lease expiry)
--- KEYS[7 .. 6+J] arrivals of each join successor (hash), in the order of ARGV's successors
--- KEYS[7+J ..]   every key of the run, to expire when this call ends the run
+-- KEYS[7] run shared state    (hash; only expired here)
+-- KEYS[8 ..] arrivals of each join successor (hash), in the order of ARGV's successors;
+--            a join's arrivals expire after the result ttl once it is released
 -- ARGV[1] node id
 -- ARGV[2] result (JSON), or "" for a failed or skipped arrival
 -- ARGV[3] number of sinks in the graph, or 0 when this node is not a sink
@@ -40,11 +47,13 @@
 -- ARGV[11] failure policy of the node's group (JSON: kind, members, n | critical), or ""
 -- ARGV[12] the group's name, for the error when the policy breaks
 -- ARGV[13] the traceback to keep with that error
--- ARGV[14 ..] S triples: successor id, its number of predecessors, its start delay
+-- ARGV[14] "1" in the first part of the node's arrivals, else ""
+-- ARGV[15] "1" in the last part, else ""
+-- ARGV[16 ..] S triples: successor id, its number of predecessors, its start delay
 --
 -- Returns {stored, ended, P, P ids to publish ..., ids skipped ...}: stored is 1 when this
 -- call stored the result, 0 when a result was there already, -1 when the run is not
--- running; ended is 1 when this call ended the run as succeeded, 2 as failed (a broken
+-- running, -2 when a failure was ignored (a result is stored); ended is 1 when this call ended the run as succeeded, 2 as failed (a broken
 -- group policy).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -53,12 +62,8 @@ local node = ARGV[1]
 local kind = ARGV[10]
 local run_ttl = ARGV[4]
 local nsucc = tonumber(ARGV[6])
-local first_run_key = 7
-for i = 0, nsucc - 1 do
-  if tonumber(ARGV[15 + 3 * i]) > 1 then
-    first_run_key = first_run_key + 1
-  end
-end
+local first = ARGV[14] == '1'
+local last = ARGV[15] == '1'
 
 local function end_run(final, error)
   redis.call('HSET', KEYS[1], 'status', final, 'finished', nowstr)
@@ -66,14 +71,14 @@ local function end_run(final, error)
     redis.call('HSET', KEYS[1], 'error', error)
   end
   redis.call('RPUSH', KEYS[5], final)
-  for i = first_run_key, #KEYS do
+  for i = 1, 7 do
     redis.call('EXPIRE', KEYS[i], ARGV[5])
   end
 end
 
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'running' then
-  if status and kind == 'ok' then
+  if status and kind == 'ok' and first then
     -- The run ended (cancelled, or failed elsewhere) while the node ran: keep its result,
     -- so a resume does not run it again, and never past the expiry of the run's keys.
     local ttl = redis.call('PTTL', KEYS[1])
@@ -90,24 +95,30 @@ if status ~= 'running' then
 end
 
 local stored = 0
-if kind == 'failed' then
-  if redis.call('HEXISTS', KEYS[2], node) == 1 then
-    return {0, 0, 0}  -- a failing copy of a node whose result is stored: ignored
+if first then
+  if kind == 'failed' then
+    if redis.call('HEXISTS', KEYS[2], node) == 1 then
+      return {-2, 0, 0}  -- a failing copy of a node whose result is stored: ignored
+    end
+    redis.call('HSET', KEYS[3], node .. ':state', 'failed', node .. ':finished', nowstr,
+               node .. ':error', ARGV[8])
+  elseif kind == 'skipped' then
+    redis.call('HSET', KEYS[3], node .. ':state', 'skipped', node .. ':finished', nowstr)
+  else
+    stored = redis.call('HSETNX', KEYS[2], node, ARGV[2])
+    redis.call('EXPIRE', KEYS[2], run_ttl)
+    redis.call('HSETNX', KEYS[3], node .. ':branch', ARGV[9] ~= '' and ARGV[9] or '*')
   end
-  redis.call('HSET', KEYS[3], node .. ':state', 'failed', node .. ':finished', nowstr,
-             node .. ':error', ARGV[8])
-elseif kind == 'skipped' then
-  redis.call('HSET', KEYS[3], node .. ':state', 'skipped', node .. ':finished', nowstr)
-else
-  stored = redis.call('HSETNX', KEYS[2], node, ARGV[2])
-  redis.call('EXPIRE', KEYS[2], run_ttl)
-  redis.call('HSET', KEYS[3], node .. ':state', 'succeeded', node .. ':finished', nowstr)
-  redis.call('HSETNX', KEYS[3], node .. ':branch', ARGV[9] ~= '' and ARGV[9] or '*')
 end
-redis.call('ZREM', KEYS[6], node)
+if last then
+  if kind == 'ok' then
+    redis.call('HSET', KEYS[3], node .. ':state', 'succeeded', node .. ':finished', nowstr)
+  end
+  redis.call('ZREM', KEYS[6], node)
+end
 redis.call('EXPIRE', KEYS[3], run_ttl)
 
-if kind == 'failed' and ARGV[11] ~= '' then
+if first and kind == 'failed' and ARGV[11] ~= '' then
   local policy = cjson.decode(ARGV[11])
   local failed = {}
   local is_failed = {}
@@ -159,11 +170,11 @@ end
 local lease = tonumber(ARGV[7])
 local publish = {}
 local skipped = {}
-local k = 7
+local k = 8
 for i = 0, nsucc - 1 do
-  local succ = ARGV[14 + 3 * i]
-  local npreds = tonumber(ARGV[15 + 3 * i])
-  local delay = tonumber(ARGV[16 + 3 * i])
+  local succ = ARGV[16 + 3 * i]
+  local npreds = tonumber(ARGV[17 + 3 * i])
+  local delay = tonumber(ARGV[18 + 3 * i])
   local real = kind ~= 'skipped' and (chosen == nil or chosen[succ] == true)
   local ready = true
   local any_real = real
@@ -174,9 +185,10 @@ for i = 0, nsucc - 1 do
         redis.call('HINCRBY', KEYS[k], '#real', 1)
       end
     end
-    redis.call('EXPIRE', KEYS[k], run_ttl)
     ready = tonumber(redis.call('HGET', KEYS[k], '#n')) >= npreds
     any_real = tonumber(redis.call('HGET', KEYS[k], '#real') or '0') > 0
+    -- once released, the arrivals only turn away late copies: kept as long as results
+    redis.call('EXPIRE', KEYS[k], ready and ARGV[5] or run_ttl)
     k = k + 1
   end
   if ready then
@@ -203,7 +215,7 @@ for _, s in ipairs(publish) do out[#out + 1] = s end
 for _, s in ipairs(skipped) do out[#out + 1] = s end
 
 local nsinks = tonumber(ARGV[3])
-if nsinks > 0 then
+if last and nsinks > 0 then
   redis.call('SADD', KEYS[4], node)
   redis.call('EXPIRE', KEYS[4], run_ttl)
   if redis.call('SCARD', KEYS[4]) >= nsinks then

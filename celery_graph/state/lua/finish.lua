@@ -5,7 +5,10 @@
 -- KEYS[2] run results         (hash)
 -- KEYS[3] run node state      (hash)
 -- KEYS[4] completion signal   (list)
--- KEYS[5 ..] every key of the run, to expire
+-- KEYS[5] finished sinks      (set)
+-- KEYS[6] run shared state    (hash)
+-- KEYS[7] leases              (zset)
+-- (arrivals of joins and maps not released keep their own expiry, the run ttl at most)
 -- ARGV[1] final status: "failed" or "cancelled"
 -- ARGV[2] node id that caused it, or "" (cancel)
 -- ARGV[3] error (JSON), or ""
@@ -37,7 +40,7 @@ if ARGV[2] ~= '' then
   redis.call('HSET', KEYS[3], ARGV[2] .. ':state', 'failed', ARGV[2] .. ':finished', nowstr)
 end
 redis.call('RPUSH', KEYS[4], ARGV[1])
-for i = 5, #KEYS do
+for i = 1, 7 do
   redis.call('EXPIRE', KEYS[i], ARGV[4])
 end
 return 1

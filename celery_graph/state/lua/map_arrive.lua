@@ -11,6 +11,8 @@
 -- ARGV[2] result (JSON)
 -- ARGV[3] item index i
 -- ARGV[4] run ttl (seconds)
+-- ARGV[5] number of items of the map
+-- ARGV[6] result ttl (seconds): the arrivals' expiry once every item is in
 --
 -- Returns {stored, items arrived}, or {-1, 0} when the run is not running.
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then
@@ -25,4 +27,8 @@ redis.call('ZREM', KEYS[5], ARGV[1])
 for i = 2, 5 do
   redis.call('EXPIRE', KEYS[i], ARGV[4])
 end
-return {stored, redis.call('SCARD', KEYS[4])}
+local arrived = redis.call('SCARD', KEYS[4])
+if arrived >= tonumber(ARGV[5]) then
+  redis.call('EXPIRE', KEYS[4], ARGV[6])
+end
+return {stored, arrived}

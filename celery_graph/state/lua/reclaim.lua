@@ -3,9 +3,8 @@
 -- each one needs; the caller publishes again (lease.lua "redeliver" first) or extends.
 --
 -- KEYS[1] run record          (hash)
--- KEYS[2] run results         (hash)
--- KEYS[3] run node state      (hash)
--- KEYS[4] leases              (zset: field -> lease expiry, server time)
+-- KEYS[2] run node state      (hash)
+-- KEYS[3] leases              (zset: field -> lease expiry, server time)
 -- ARGV[1] how many times a node may lose its worker before the run fails
 -- ARGV[2] at most this many leases per call
 --
@@ -44,27 +43,26 @@ local function add(field, kind)
   local node = string.match(field, '^([^#]+)')
   found[#found + 1] = field
   found[#found + 1] = kind
-  found[#found + 1] = redis.call('HGET', KEYS[3], field .. ':queued')
-                      or redis.call('HGET', KEYS[3], node .. ':queued') or ''
+  found[#found + 1] = redis.call('HGET', KEYS[2], field .. ':queued')
+                      or redis.call('HGET', KEYS[2], node .. ':queued') or ''
 end
-for _, field in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, ARGV[2])) do
-  local state = redis.call('HGET', KEYS[3], field .. ':state')
-  if redis.call('HEXISTS', KEYS[2], field) == 1 or state == 'succeeded'
-      or state == 'failed' or state == 'skipped' or state == 'mapping' then
-    redis.call('ZREM', KEYS[4], field)  -- it ended; the lease is stale
+for _, field in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, ARGV[2])) do
+  local state = redis.call('HGET', KEYS[2], field .. ':state')
+  if state == 'succeeded' or state == 'failed' or state == 'skipped' or state == 'mapping' then
+    redis.call('ZREM', KEYS[3], field)  -- it ended; the lease is stale
   elseif state == 'running' then
-    local lost = redis.call('HINCRBY', KEYS[3], field .. ':lost', 1)
+    local lost = redis.call('HINCRBY', KEYS[2], field .. ':lost', 1)
     if lost > max_lost then
-      return {'poison', field, lost, redis.call('HGET', KEYS[3], field .. ':worker') or ''}
+      return {'poison', field, lost, redis.call('HGET', KEYS[2], field .. ':worker') or ''}
     end
     add(field, 'lost')
-  elseif redis.call('HGET', KEYS[3], field .. ':dispatch') == 'skipped' then
+  elseif redis.call('HGET', KEYS[2], field .. ':dispatch') == 'skipped' then
     add(field, 'skip')
   else
     add(field, 'queued')
   end
 end
-local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
 local out = {'ok', string.format('%.6f', now), first[2] or '', #found / 3}
 for _, v in ipairs(found) do
   out[#out + 1] = v

@@ -8,7 +8,10 @@
 -- KEYS[2] run node state      (hash)
 -- KEYS[3] completion signal   (list)
 -- KEYS[4] leases              (zset)
--- KEYS[5 ..] every key of the run, whose expiry goes back to the run ttl
+-- KEYS[5] run results         (hash)
+-- KEYS[6] finished sinks      (set)
+-- KEYS[7] run shared state    (hash)
+-- (all but the completion signal go back to the run ttl)
 -- ARGV[1] run ttl (seconds)
 -- ARGV[2] queued lease (seconds)
 -- ARGV[3 ..] fields to send again: node ids, or "<node>#<i>" for items of a map
@@ -34,7 +37,7 @@ for i = 3, #ARGV do
   redis.call('HDEL', KEYS[2], field .. ':state', field .. ':error')
   redis.call('ZADD', KEYS[4], expiry, field)
 end
-for i = 4, #KEYS do
+for _, i in ipairs({1, 2, 4, 5, 6, 7}) do
   redis.call('EXPIRE', KEYS[i], ARGV[1])
 end
 return status
