@@ -5,6 +5,7 @@
 | graph_key_prefix          | CELERY_GRAPH_KEY_PREFIX       | "celery_graph"             |
 | graph_redis_url           | CELERY_GRAPH_REDIS_URL        | the broker URL if Redis,   |
 |                           |                               | else the result backend's  |
+| graph_redis_transport_options | CELERY_GRAPH_REDIS_TRANSPORT_OPTIONS (JSON) | {}   |
 | graph_result_ttl          | CELERY_GRAPH_RESULT_TTL       | 86400 s (kept after a run) |
 | graph_run_ttl             | CELERY_GRAPH_RUN_TTL          | 604800 s (longest run)     |
 | graph_store_ttl           | CELERY_GRAPH_STORE_TTL        | 604800 s (sliding)         |
@@ -36,6 +37,7 @@ bootstep and by its pool processes):
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +47,7 @@ from .keys import DEFAULT_PREFIX, Keys, check_prefix
 
 ENV_PREFIX = "CELERY_GRAPH_KEY_PREFIX"
 ENV_REDIS_URL = "CELERY_GRAPH_REDIS_URL"
+ENV_REDIS_OPTIONS = "CELERY_GRAPH_REDIS_TRANSPORT_OPTIONS"
 ENV_METRICS_PORT = "CELERY_GRAPH_METRICS_PORT"
 ENV_GRACEFUL_TIMEOUT = "CELERY_GRAPH_GRACEFUL_TIMEOUT"
 ENV_HEARTBEAT_INTERVAL = "CELERY_GRAPH_HEARTBEAT_INTERVAL"
@@ -65,6 +68,10 @@ RELIABLE_DEFAULTS: dict[str, Any] = {
 }
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
 def _setting(app: Any, name: str, env: str, default: Any, cast: Any = str) -> Any:
     value = app.conf.get(name) if app is not None else None
     source = f"app.conf.{name}"
@@ -79,8 +86,34 @@ def _setting(app: Any, name: str, env: str, default: Any, cast: Any = str) -> An
         raise ConfigurationError(f"{source} = {value!r} is not a valid {cast.__name__}") from exc
 
 
-def _is_redis_url(url: Any) -> bool:
-    return isinstance(url, str) and url.split("://", 1)[0] in {"redis", "rediss", "unix"}
+# Schemes of a graph Redis URL: one server, a Redis Cluster (any of its nodes, comma
+# separated), or Sentinels (Celery's spelling: "sentinel://h1:26379;sentinel://h2:26379",
+# the master named by the transport option "master_name").
+SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "sentinel")
+
+
+def scheme_of(url: Any) -> str | None:
+    if not isinstance(url, str) or "://" not in url:
+        return None
+    scheme = url.split("://", 1)[0]
+    return scheme if scheme in SCHEMES else None
+
+
+def _options(value: Any, source: str) -> str:
+    """Transport options as canonical JSON (Settings must be hashable)."""
+    if value is None:
+        return "{}"
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ConfigurationError(f"{source} is not a JSON object: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ConfigurationError(f"{source} must be a dict, got {type(value).__name__}")
+    try:
+        return json.dumps(value, sort_keys=True)
+    except TypeError as exc:
+        raise ConfigurationError(f"{source}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -98,32 +131,54 @@ class Settings:
     running_lease: float = 15.0
     reconcile_interval: float = 2.0
     max_lost: int = 5
+    # graph_redis_transport_options (Sentinel: master_name, sentinel_kwargs...), as JSON
+    redis_options: str = "{}"
 
     @property
     def keys(self) -> Keys:
         return Keys(self.key_prefix)
 
+    @property
+    def transport_options(self) -> dict[str, Any]:
+        return dict(json.loads(self.redis_options))
+
     @classmethod
     def from_app(cls, app: Any) -> Settings:
         prefix = check_prefix(_setting(app, "graph_key_prefix", ENV_PREFIX, DEFAULT_PREFIX))
         url = _setting(app, "graph_redis_url", ENV_REDIS_URL, None)
+        options = _options(
+            _setting(app, "graph_redis_transport_options", ENV_REDIS_OPTIONS, None, _same),
+            "graph_redis_transport_options",
+        )
         if url is None:
-            for candidate in (app.conf.broker_url, app.conf.result_backend):
-                if _is_redis_url(candidate):
-                    url = candidate
-                    break
+            # the broker's Redis (Sentinel-managed too, with its transport options), else
+            # the result backend's
+            if scheme_of(app.conf.broker_url):
+                url = app.conf.broker_url
+                if options == "{}" and url.startswith("sentinel://"):
+                    options = _options(app.conf.broker_transport_options, "the broker's "
+                                       "transport options")
+            elif scheme_of(app.conf.result_backend):
+                url = app.conf.result_backend
         if url is None:
             raise ConfigurationError(
                 "celery-graph keeps graph state in Redis and found no Redis URL: set "
                 f"app.conf.graph_redis_url or {ENV_REDIS_URL} (the broker may be RabbitMQ)"
             )
-        if not _is_redis_url(url):
+        if not scheme_of(url):
             raise ConfigurationError(
-                f"graph Redis URL {url!r} must start with redis://, rediss:// or unix://"
+                f"graph Redis URL {url!r} must start with one of "
+                + ", ".join(f"{s}://" for s in SCHEMES)
+            )
+        if url.startswith("sentinel://") and not json.loads(options).get("master_name"):
+            raise ConfigurationError(
+                f"graph Redis URL {url!r} names Sentinels: set the master's name in "
+                "app.conf.graph_redis_transport_options = {'master_name': '...'}"
             )
         settings = cls(
             key_prefix=prefix,
             redis_url=url,
+            redis_options=options,
             result_ttl=_setting(app, "graph_result_ttl", "CELERY_GRAPH_RESULT_TTL", 86400, int),
             run_ttl=_setting(app, "graph_run_ttl", "CELERY_GRAPH_RUN_TTL", 7 * 86400, int),
             store_ttl=_setting(app, "graph_store_ttl", "CELERY_GRAPH_STORE_TTL", 7 * 86400, int),

@@ -125,13 +125,41 @@ def app(celery_app: Celery, worker: object) -> Celery:
     return celery_app
 
 
-@pytest.fixture(params=["redis", "rabbitmq"])
+@pytest.fixture(scope="session")
+def cluster_url() -> Iterator[str]:
+    """A Redis Cluster of three primaries on loopback (tests/servers.py)."""
+    from tests.servers import PrivateCluster
+
+    cluster = PrivateCluster().start()
+    try:
+        yield cluster.url
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture(scope="session")
+def cluster_app(redis_url: str, cluster_url: str) -> Iterator[Celery]:
+    """The app with its graph state on the Redis Cluster (the broker stays the private
+    Redis), served by its own in-process worker."""
+    app = _started_app(redis_url, None, "cgtest_cluster")
+    app.conf.update(
+        graph_redis_url=cluster_url,
+        graph_key_prefix=f"cgtest:{SESSION}:cluster",
+        task_default_queue=f"cgtest-cluster-{SESSION}",
+        cgtest_trace_url=redis_url,  # traces stay on the plain Redis the tests read
+    )
+    with start_worker(
+        app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING"
+    ):
+        yield app
+
+
+@pytest.fixture(params=["redis", "rabbitmq", "cluster"])
 def any_app(request: pytest.FixtureRequest) -> Celery:
-    """Each engine integration test runs on a Redis broker and on a RabbitMQ broker."""
-    if request.param == "redis":
-        app_ = request.getfixturevalue("app")
-    else:
-        app_ = request.getfixturevalue("amqp_app")
+    """Each engine integration test runs on a Redis broker, on a RabbitMQ broker, and with
+    its graph state on a Redis Cluster."""
+    name = {"redis": "app", "rabbitmq": "amqp_app", "cluster": "cluster_app"}[request.param]
+    app_ = request.getfixturevalue(name)
     app_.set_current()
     return app_
 

@@ -7,7 +7,7 @@ import os
 import time
 
 import redis
-from celery import current_app, shared_task
+from celery import current_app, current_task, shared_task
 
 from celery_graph import branch, task
 
@@ -15,8 +15,12 @@ _clients: dict[str, redis.Redis] = {}
 
 
 def trace_client() -> redis.Redis:
-    # CGTEST_TRACE_REDIS_URL: traces stay readable while a test stops the graph Redis
-    url = os.environ.get("CGTEST_TRACE_REDIS_URL") or current_app.conf.graph_redis_url
+    """Where traces go: CGTEST_TRACE_REDIS_URL (so they stay readable while a test stops
+    the graph Redis), the app's cgtest_trace_url (an app whose graph state is on a
+    cluster), else its graph Redis."""
+    app = current_task.app if current_task else current_app
+    url = (os.environ.get("CGTEST_TRACE_REDIS_URL") or app.conf.get("cgtest_trace_url")
+           or app.conf.graph_redis_url)
     if url not in _clients:
         _clients[url] = redis.Redis.from_url(url)
     return _clients[url]

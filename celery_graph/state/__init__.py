@@ -30,7 +30,7 @@ class State:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.keys: Keys = settings.keys
-        self.client: Any = client_for(settings.redis_url)
+        self.client: Any = client_for(settings)
         self._wait_client: Any = None
         self.graphs = GraphStore(self.client, self.keys, settings.store_ttl, settings.cache_size)
         self.scripts = Scripts(self.client, self.keys, settings)
@@ -42,7 +42,7 @@ class State:
 
     def wait_client(self) -> Any:
         if self._wait_client is None:
-            self._wait_client = wait_client_for(self.settings.redis_url)
+            self._wait_client = wait_client_for(self.settings)
         return self._wait_client
 
     def ping(self) -> None:

@@ -6,15 +6,31 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import redis
+from redis import exceptions as rexc
+from redis.cluster import ClusterNode, RedisCluster
+from redis.sentinel import Sentinel
 
-from ..errors import StoreUnavailable
+from ..config import Settings
+from ..errors import ConfigurationError, StoreUnavailable
 
 T = TypeVar("T")
 
-# Redis could not be reached or did not answer in time: the operation may be retried.
-UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError)
+# Redis could not be reached, did not answer in time, or is between primaries (a cluster
+# slot moving, a Sentinel or Cluster failover, a replica not yet promoted, a server still
+# loading its data): the operation may be retried.
+UNAVAILABLE = (
+    rexc.ConnectionError,
+    rexc.TimeoutError,
+    rexc.ClusterDownError,
+    rexc.TryAgainError,
+    rexc.MasterDownError,
+    rexc.ReadOnlyError,
+    rexc.SlotNotCoveredError,
+    rexc.RedisClusterException,
+)
 
 # A blocking wait lasts at most this long per call; the waiting connection's socket
 # timeout is longer, so redis-py never cuts a wait short.
@@ -26,6 +42,11 @@ def translating(what: str) -> Iterator[None]:
     """Turn redis-py's connection and timeout errors into StoreUnavailable."""
     try:
         yield
+    except rexc.MovedError as exc:
+        raise ConfigurationError(
+            f"the graph Redis answered MOVED while {what}: it is a Redis Cluster node; "
+            "name the cluster in graph_redis_url as redis+cluster://host:port[,host:port]"
+        ) from exc
     except UNAVAILABLE as exc:
         raise StoreUnavailable(
             f"Redis unreachable while {what}: {exc}; check graph_redis_url / "
@@ -39,16 +60,58 @@ def translated(what: str, fn: Callable[[], T]) -> T:
         return fn()
 
 
-def client_for(url: str) -> Any:
-    """The client for graph state: bytes replies, bounded socket waits."""
-    return redis.Redis.from_url(
-        url, socket_timeout=30, socket_connect_timeout=10, health_check_interval=30
-    )
+def client_for(settings: Settings, socket_timeout: float = 30) -> Any:
+    """The client for graph state (bytes replies, bounded socket waits): one server
+    (``redis://``, ``rediss://``, ``unix://``), a Redis Cluster (``redis+cluster://`` or
+    ``rediss+cluster://host:port[,host:port...]``), or the primary that Sentinels name
+    (``sentinel://host:port[;sentinel://host:port...]`` with the transport option
+    ``master_name``; the client follows a failover)."""
+    url = settings.redis_url
+    timeouts = {"socket_timeout": socket_timeout, "socket_connect_timeout": 10}
+    scheme = url.split("://", 1)[0]
+    if scheme.endswith("+cluster"):
+        return _cluster(url, scheme.startswith("rediss"), timeouts)
+    if scheme == "sentinel":
+        return _sentinel(url, settings.transport_options, timeouts)
+    return redis.Redis.from_url(url, health_check_interval=30, **timeouts)
 
 
-def wait_client_for(url: str) -> Any:
+def wait_client_for(settings: Settings) -> Any:
     """A separate client for blocking waits (BLMOVE), with a socket timeout above the slice."""
-    return redis.Redis.from_url(url, socket_timeout=WAIT_SLICE + 10, socket_connect_timeout=10)
+    return client_for(settings, socket_timeout=WAIT_SLICE + 10)
+
+
+def _cluster(url: str, tls: bool, timeouts: dict[str, Any]) -> Any:
+    nodes: list[ClusterNode] = []
+    auth: dict[str, Any] = {}
+    for part in url.split("://", 1)[1].split(","):
+        parsed = urlsplit(f"redis://{part}")
+        if parsed.password is not None:
+            auth = {"username": unquote(parsed.username or "") or None,
+                    "password": unquote(parsed.password)}
+        if parsed.path not in ("", "/", "/0"):
+            raise ConfigurationError(f"graph Redis URL {url!r}: a Redis Cluster has only db 0")
+        nodes.append(ClusterNode(parsed.hostname or "127.0.0.1", parsed.port or 6379))
+    return RedisCluster(startup_nodes=nodes, ssl=tls, **auth, **timeouts)
+
+
+def _sentinel(url: str, options: dict[str, Any], timeouts: dict[str, Any]) -> Any:
+    hosts: list[tuple[str, int]] = []
+    auth: dict[str, Any] = {}
+    db = 0
+    for part in url.split(";"):
+        parsed = urlsplit(part.strip())
+        hosts.append((parsed.hostname or "127.0.0.1", parsed.port or 26379))
+        if parsed.password is not None:
+            auth = {"username": unquote(parsed.username or "") or None,
+                    "password": unquote(parsed.password)}
+        if parsed.path.strip("/"):
+            db = int(parsed.path.strip("/"))
+    options = dict(options)
+    master = options.pop("master_name")
+    sentinel_kwargs = options.pop("sentinel_kwargs", None)
+    sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **timeouts)
+    return sentinel.master_for(master, db=db, **auth, **options, **timeouts)
 
 
 def load_script(name: str) -> str:
