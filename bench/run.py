@@ -398,6 +398,8 @@ def main(quick: bool = False, processes: int = 2) -> dict[str, Any]:
             str(size): message_sizes(url, size)
             for size in ([3, 100, 1000] if quick else [3, 100, 1000, 10_000])
         }
+        if not quick:
+            results["scale"] = big_fan(url, processes, SCALE_N)
         results["redis_after"] = keys_left(url, processes, eight_runs)
         results["io_scaling"] = io_scaling(url, [1, 2, 4], 60 if quick else 200)
     except BaseException:
@@ -407,6 +409,42 @@ def main(quick: bool = False, processes: int = 2) -> dict[str, Any]:
         server.cleanup()
     results["targets"] = targets(results, fan_sizes, chain_len)
     return results
+
+
+SCALE_N = 100_000
+
+
+def big_fan(url: str, processes: int, n: int) -> dict[str, Any]:
+    """A fan-out/fan-in of ``n`` nodes against ``n`` plain tasks, with the slowest Redis
+    commands the graph run caused (SLOWLOG, everything over 5 ms)."""
+    client = redis.Redis.from_url(url)
+    with celery_workers(url, processes):
+        floor_s = floor(n)
+        flow = graph_fan(n)
+        compiled = timed(flow.compile)
+        client.config_set("slowlog-log-slower-than", 5000)
+        client.slowlog_reset()
+        graph_s = run_graph(flow, timeout=3600)
+        slow = client.slowlog_get(20)
+        client.config_set("slowlog-log-slower-than", 10000)
+    worst = max(slow, key=lambda e: e["duration"], default=None)
+    return {
+        "nodes": n,
+        "floor": round(floor_s, 1),
+        "celery-graph": round(graph_s, 1),
+        "ratio": round(graph_s / floor_s, 2),
+        "compile seconds": round(compiled, 1),
+        "slowest Redis call ms": round(worst["duration"] / 1000, 1) if worst else "< 5",
+        "slowest Redis call": _command(worst) if worst else "",
+        "calls over 5 ms": len(slow),
+    }
+
+
+def _command(entry: dict[str, Any]) -> str:
+    words = [w.decode(errors="replace") if isinstance(w, bytes) else str(w)
+             for w in (entry["command"].split() if isinstance(entry["command"], bytes)
+                       else entry["command"])]
+    return " ".join(words[:3])
 
 
 def _canvas_chain(n: int) -> Any:
@@ -489,6 +527,15 @@ def table(results: dict[str, Any]) -> str:
         if k != "tasks":
             lines.append(f"| {k} | {v['celery-graph tasks/s']} | {v['celery canvas tasks/s']} |")
     lines.append("")
+    if "scale" in results:
+        sc = results["scale"]
+        lines.append(f"| {sc['nodes']:,}-node fan-out/fan-in | floor | celery-graph | ratio "
+                     "| slowest Redis call | calls over 5 ms |")
+        lines.append("|---|---|---|---|---|---|")
+        lines.append(f"| | {sc['floor']} s | {sc['celery-graph']} s | {sc['ratio']} | "
+                     f"{sc['slowest Redis call ms']} ms ({sc['slowest Redis call']}) | "
+                     f"{sc['calls over 5 ms']} |")
+        lines.append("")
     ra = results["redis_after"]
     lines.append(f"Redis after the runs: {ra['keys_right_after']} keys right after, "
                  f"{ra['keys_left_after_expiry']} once results expired; "

@@ -12,7 +12,8 @@ Layout (``P`` is the prefix, ``R`` a run id, ``N`` a node id)::
     P:run:{R}:sinks           set     sinks that have finished
     P:run:{R}:done            list    completion signal waiters block on
     P:run:{R}:state           hash    shared state of the run (RunContext)
-    P:run:{R}:leases          zset    node (or "<N>#<i>" item) -> lease expiry, server time
+    P:run:{R}:leases          zset    running node (or "<N>#<i>" item) -> lease expiry
+    P:run:{R}:queued          zset    published node or item, not started -> lease expiry
     P:run:{R}:map:N           set     item indexes of dynamic fan-out N that finished
     P:run:{R}:join:N          hash    barrier arrivals of join N: predecessor -> 1 real, 0 skip
 
@@ -91,6 +92,9 @@ class Keys:
     def leases(self, run_id: str) -> str:
         return f"{self.run(run_id)}:leases"
 
+    def queued(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:queued"
+
     def running_index(self) -> str:
         return f"{self.prefix}:running"
 
@@ -109,6 +113,7 @@ class Keys:
             self.done(run_id),
             self.state(run_id),
             self.leases(run_id),
+            self.queued(run_id),
             *(self.join(run_id, j) for j in joins),
             *(self.map(run_id, m) for m in maps),
         ]
@@ -131,5 +136,5 @@ def key_pattern(prefix: str) -> re.Pattern[str]:
         rf"^{p}:(graph:[0-9a-f]{{64}}|runs|running|reconciler|workers"
         rf"|worker:[^\s:{{}}]+(:metrics)?"
         rf"|run:\{{[0-9a-f]{{32}}\}}"
-        rf"(:(results|nodes|sinks|done|state|leases|join:{node}|map:{node}))?)$"
+        rf"(:(results|nodes|sinks|done|state|leases|queued|join:{node}|map:{node}))?)$"
     )

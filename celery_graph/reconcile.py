@@ -47,7 +47,7 @@ class Sweep:
     locked_out: bool = False  # another process was sweeping
     runs: int = 0
     redelivered: list[str] = field(default_factory=list)  # "<run>:<field>"
-    extended: int = 0
+    extended: int = 0  # queued nodes left waiting (their queue is busy)
     skips: int = 0
     failed: list[str] = field(default_factory=list)  # runs failed (deadline, lost node)
     continued: list[str] = field(default_factory=list)  # runs whose canvas continued
@@ -116,9 +116,12 @@ class Reconciler:
         spec = self._spec(state, run_id) if r.expired else None
         if spec is not None:
             self._act(state, spec, run_id, r, report, depths)
+        # queued leases left waiting on a busy queue are looked at again a lease later
         nxt = r.now + state.settings.queued_lease
-        if r.next_lease is not None:
-            nxt = min(nxt, r.next_lease)
+        if r.next_queued is not None and r.next_queued > r.now:
+            nxt = min(nxt, r.next_queued)
+        if r.next_running is not None:
+            nxt = min(nxt, max(r.next_running, r.now + 0.1))
         state.runs.schedule(run_id, nxt)
 
     @staticmethod
@@ -154,9 +157,7 @@ class Reconciler:
                     wait.append(name)
                     continue
             again.append(name)
-        if wait:
-            state.scripts.lease(run_id, "extend", state.settings.queued_lease, wait)
-            report.extended += len(wait)
+        report.extended += len(wait)  # left as they are: looked at again a lease later
         if again:
             state.scripts.lease(run_id, "redeliver", state.settings.queued_lease, again)
             self._publish(state, spec, run_id, again)

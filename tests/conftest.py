@@ -52,8 +52,9 @@ def rabbitmq_reachable() -> bool:
         return False
 
 
-def _started_app(redis_url: str, broker_url: str | None, name: str) -> Celery:
+def _started_app(redis_url: str, broker_url: str | None, name: str, **conf: object) -> Celery:
     app = make_app(redis_url, broker_url, name, SESSION)
+    app.conf.update(conf)  # before finalize: the queues a worker consumes come from it
     import tests.tasks  # noqa: F401  registers the graph tasks on the app
 
     app.finalize()
@@ -139,19 +140,20 @@ def cluster_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def cluster_app(redis_url: str, cluster_url: str) -> Iterator[Celery]:
-    """The app with its graph state on the Redis Cluster (the broker stays the private
-    Redis), served by its own in-process worker."""
-    app = _started_app(redis_url, None, "cgtest_cluster")
-    app.conf.update(
-        graph_redis_url=cluster_url,
-        graph_key_prefix=f"cgtest:{SESSION}:cluster",
-        task_default_queue=f"cgtest-cluster-{SESSION}",
-        cgtest_trace_url=redis_url,  # traces stay on the plain Redis the tests read
-    )
-    with start_worker(
-        app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING"
-    ):
-        yield app
+    """An app with its graph state on the Redis Cluster (the broker stays the private
+    Redis), served by a `celery worker` subprocess (Celery's pool optimisations are
+    per process: two in-process workers would share one task registry)."""
+    from tests.workers import Workers
+
+    workers = Workers(redis_url, concurrency=4, graph_url=cluster_url)
+    workers.extra_env["CGTEST_TRACE_REDIS_URL"] = redis_url
+    # traces stay on the plain Redis the tests read
+    workers.app.conf.cgtest_trace_url = redis_url
+    try:
+        workers.start("cluster")
+        yield workers.app
+    finally:
+        workers.stop()
 
 
 @pytest.fixture(params=["redis", "rabbitmq", "cluster"])

@@ -34,7 +34,7 @@ def test_duplicate_arrival_counts_once_and_release_is_marked_at_once(app):
     # hands it out again (a releaser that dies before publishing leaves the lease to run
     # out, and the reconciler publishes it)
     assert state.client.hget(state.keys.nodes(run_id), "join_count:dispatch") == b"published"
-    assert state.client.zscore(state.keys.leases(run_id), "join_count") is not None
+    assert state.client.zscore(state.keys.queued(run_id), "join_count") is not None
     for n in "abc":
         assert complete(spec, run_id, node[n], f'"{n}"').publish == []
     arrivals = state.client.hgetall(state.keys.join(run_id, "join_count"))

@@ -66,8 +66,12 @@ class NodeStatus:
         if self.lost:
             parts.append(f"worker lost {self.lost}x")
         if self.lease is not None:
-            if self.lease <= now:
-                parts.append(f"lease ran out {_age(now - self.lease)} ago: reconciler re-sends it")
+            if self.lease <= now and self.state == "running":
+                parts.append(f"lease ran out {_age(now - self.lease)} ago: its worker is gone, "
+                             "the reconciler sends it again")
+            elif self.lease <= now:
+                parts.append(f"lease ran out {_age(now - self.lease)} ago: sent again unless "
+                             "its queue is busy")
             elif self.state != "running":
                 parts.append(f"reconciler checks in {_age(self.lease - now)}")
         return ", ".join(parts) or None

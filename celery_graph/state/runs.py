@@ -113,11 +113,12 @@ class RunStore:
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     def leases(self, run_id: str) -> dict[str, float]:
-        raw = translated(
-            "reading leases",
-            lambda: self.client.zrange(self.keys.leases(run_id), 0, -1, withscores=True),
-        )
-        return {k.decode(): float(v) for k, v in raw}
+        """{field: lease expiry} of every running and queued lease of the run."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrange(self.keys.queued(run_id), 0, -1, withscores=True)
+        pipe.zrange(self.keys.leases(run_id), 0, -1, withscores=True)
+        queued, running = translated("reading leases", pipe.execute)
+        return {k.decode(): float(v) for k, v in [*queued, *running]}
 
     def status(self, run_id: str, spec: GraphSpec) -> RunStatus:
         record = self.record(run_id)

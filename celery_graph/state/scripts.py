@@ -62,7 +62,8 @@ class Reclaim:
     pending_continuation: bool = False
     poison: tuple[str, int, str] | None = None  # field, times lost, last worker
     now: float = 0.0
-    next_lease: float | None = None
+    next_running: float | None = None  # the earliest running lease left
+    next_queued: float | None = None  # the earliest queued lease left (it may have run out)
     # (field, kind: lost | queued | skip, when it was last published or 0)
     expired: tuple[tuple[str, str, float], ...] = ()
 
@@ -84,7 +85,7 @@ class Scripts:
         """The keys every run has (joins' and maps' arrivals expire by themselves)."""
         k = self.keys
         return [k.run(run_id), k.results(run_id), k.nodes(run_id), k.done(run_id),
-                k.sinks(run_id), k.state(run_id), k.leases(run_id)]
+                k.sinks(run_id), k.state(run_id), k.leases(run_id), k.queued(run_id)]
 
     # -- a run ---------------------------------------------------------------------------
 
@@ -96,7 +97,7 @@ class Scripts:
         with this id exists already."""
         k = self.keys
         others = [key for key in k.run_keys(run_id, spec.joins, spec.maps)
-                  if key not in (k.run(run_id), k.nodes(run_id), k.leases(run_id))]
+                  if key not in (k.run(run_id), k.nodes(run_id), k.queued(run_id))]
         args: list[Any] = [
             spec.graph_id, inputs_json, len(spec.nodes), json.dumps(list(spec.sinks)),
             "" if deadline is None else repr(float(deadline)), self.settings.run_ttl,
@@ -105,7 +106,7 @@ class Scripts:
         for root in spec.roots:
             args += [root, spec.nodes[root].delay]
         created, detail = self._call(
-            "start", [k.run(run_id), k.nodes(run_id), k.leases(run_id), *others], args
+            "start", [k.run(run_id), k.nodes(run_id), k.queued(run_id), *others], args
         )
         return bool(created), _text(detail)
 
@@ -118,7 +119,8 @@ class Scripts:
         k = self.keys
         reply = self._call(
             "begin",
-            [k.run(run_id), k.results(run_id), k.nodes(run_id), k.leases(run_id)],
+            [k.run(run_id), k.results(run_id), k.nodes(run_id), k.leases(run_id),
+             k.queued(run_id)],
             [field, hostname, self.settings.running_lease, self.settings.run_ttl,
              "map" if expands else "", self.settings.max_lost, *upstream_ids[:PART]],
         )
@@ -162,7 +164,7 @@ class Scripts:
         those successors only."""
         k = self.keys
         base_keys = [k.run(run_id), k.results(run_id), k.nodes(run_id), k.sinks(run_id),
-                     k.done(run_id), k.leases(run_id), k.state(run_id)]
+                     k.done(run_id), k.leases(run_id), k.state(run_id), k.queued(run_id)]
         policy = ""
         if kind == "failed" and node.tolerant is not None:
             policy = json.dumps(spec.policies[node.tolerant])
@@ -219,7 +221,7 @@ class Scripts:
         be sent again; returns the previous status."""
         k = self.keys
         keys = [k.run(run_id), k.nodes(run_id), k.done(run_id), k.leases(run_id),
-                k.results(run_id), k.sinks(run_id), k.state(run_id)]
+                k.results(run_id), k.sinks(run_id), k.state(run_id), k.queued(run_id)]
         try:
             previous = self._call(
                 "resume", keys, [self.settings.run_ttl, self.settings.queued_lease, *fields]
@@ -236,7 +238,7 @@ class Scripts:
         k = self.keys
         for start in range(0, count, PART * 4):
             if not self._call(
-                "expand", [k.run(run_id), k.nodes(run_id), k.leases(run_id)],
+                "expand", [k.run(run_id), k.nodes(run_id), k.leases(run_id), k.queued(run_id)],
                 [node_id, count, self.settings.queued_lease, self.settings.run_ttl, start,
                  min(start + PART * 4, count)],
             ):
@@ -251,7 +253,7 @@ class Scripts:
         reply = self._call(
             "map_arrive",
             [k.run(run_id), k.results(run_id), k.nodes(run_id), k.map(run_id, node_id),
-             k.leases(run_id)],
+             k.leases(run_id), k.queued(run_id)],
             [f"{node_id}#{index}", result_json, index, self.settings.run_ttl, count,
              self.settings.result_ttl],
         )
@@ -286,14 +288,14 @@ class Scripts:
             return 0
         k = self.keys
         return int(self._call(
-            "lease", [k.run(run_id), k.nodes(run_id), k.leases(run_id)],
+            "lease", [k.run(run_id), k.nodes(run_id), k.leases(run_id), k.queued(run_id)],
             [mode, seconds, attempt or "", *fields],
         ))
 
     def reclaim(self, run_id: str, limit: int = 1000) -> Reclaim:
         k = self.keys
         reply = self._call(
-            "reclaim", [k.run(run_id), k.nodes(run_id), k.leases(run_id)],
+            "reclaim", [k.run(run_id), k.nodes(run_id), k.leases(run_id), k.queued(run_id)],
             [self.settings.max_lost, limit],
         )
         verdict = _text(reply[0])
@@ -303,14 +305,15 @@ class Scripts:
             return Reclaim(verdict, poison=(_text(reply[1]), int(reply[2]), _text(reply[3])))
         if verdict != "ok":
             return Reclaim(verdict)
-        count = int(reply[3])
+        count = int(reply[4])
         found = [
-            (_text(reply[4 + 3 * i]), _text(reply[5 + 3 * i]), float(_text(reply[6 + 3 * i]) or 0))
+            (_text(reply[5 + 3 * i]), _text(reply[6 + 3 * i]), float(_text(reply[7 + 3 * i]) or 0))
             for i in range(count)
         ]
-        nxt = _text(reply[2])
+        running, queued = _text(reply[2]), _text(reply[3])
         return Reclaim(verdict, now=float(_text(reply[1])),
-                       next_lease=float(nxt) if nxt else None, expired=tuple(found))
+                       next_running=float(running) if running else None,
+                       next_queued=float(queued) if queued else None, expired=tuple(found))
 
     def continuation(self, run_id: str, mode: str, hold: float = 60.0) -> str:
         """Claim ("claim") or finish ("done") the continuation of the canvas a run sits in."""

@@ -7,7 +7,8 @@
 -- KEYS[1] run record          (hash)
 -- KEYS[2] run results         (hash: node id or "<node>#<i>" -> JSON result)
 -- KEYS[3] run node state      (hash: "<field>:<name>" -> value)
--- KEYS[4] leases              (zset: field -> lease expiry, server time)
+-- KEYS[4] running leases      (zset: field -> lease expiry, server time)
+-- KEYS[5] queued leases       (zset: field -> lease expiry; the field leaves it here)
 -- ARGV[1] field: the node id, or "<node>#<i>" for item i of a map
 -- ARGV[2] worker hostname
 -- ARGV[3] running lease (seconds)
@@ -56,6 +57,7 @@ end
 redis.call('HSET', KEYS[3], field .. ':state', 'running', field .. ':worker', ARGV[2],
            field .. ':started', string.format('%.6f', now))
 local attempt = redis.call('HINCRBY', KEYS[3], field .. ':attempts', 1)
+redis.call('ZREM', KEYS[5], field)
 redis.call('ZADD', KEYS[4], now + tonumber(ARGV[3]), field)
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 redis.call('EXPIRE', KEYS[4], ARGV[4])

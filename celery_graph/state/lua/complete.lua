@@ -30,9 +30,10 @@
 -- KEYS[3] run node state      (hash)
 -- KEYS[4] finished sinks      (set)
 -- KEYS[5] completion signal   (list)
--- KEYS[6] leases              (zset: field -> lease expiry)
+-- KEYS[6] running leases      (zset: field -> lease expiry; skips to pass on go here too)
 -- KEYS[7] run shared state    (hash; only expired here)
--- KEYS[8 ..] arrivals of each join successor (hash), in the order of ARGV's successors;
+-- KEYS[8] queued leases       (zset: released successors wait here until they start)
+-- KEYS[9 ..] arrivals of each join successor (hash), in the order of ARGV's successors;
 --            a join's arrivals expire after the result ttl once it is released
 -- ARGV[1] node id
 -- ARGV[2] result (JSON), or "" for a failed or skipped arrival
@@ -71,7 +72,7 @@ local function end_run(final, error)
     redis.call('HSET', KEYS[1], 'error', error)
   end
   redis.call('RPUSH', KEYS[5], final)
-  for i = 1, 7 do
+  for i = 1, 8 do
     redis.call('EXPIRE', KEYS[i], ARGV[5])
   end
 end
@@ -85,6 +86,7 @@ if status ~= 'running' then
     redis.call('HSETNX', KEYS[2], node, ARGV[2])
     redis.call('HSET', KEYS[3], node .. ':state', 'succeeded', node .. ':finished', nowstr)
     redis.call('ZREM', KEYS[6], node)
+    redis.call('ZREM', KEYS[8], node)
     for i = 2, 3 do
       if ttl > 0 and redis.call('PTTL', KEYS[i]) == -1 then
         redis.call('PEXPIRE', KEYS[i], ttl)
@@ -115,6 +117,7 @@ if last then
     redis.call('HSET', KEYS[3], node .. ':state', 'succeeded', node .. ':finished', nowstr)
   end
   redis.call('ZREM', KEYS[6], node)
+  redis.call('ZREM', KEYS[8], node)
 end
 redis.call('EXPIRE', KEYS[3], run_ttl)
 
@@ -170,7 +173,7 @@ end
 local lease = tonumber(ARGV[7])
 local publish = {}
 local skipped = {}
-local k = 8
+local k = 9
 for i = 0, nsucc - 1 do
   local succ = ARGV[16 + 3 * i]
   local npreds = tonumber(ARGV[17 + 3 * i])
@@ -204,12 +207,13 @@ for i = 0, nsucc - 1 do
       end
     elseif redis.call('HSETNX', KEYS[3], field, 'published') == 1 then
       redis.call('HSET', KEYS[3], succ .. ':queued', nowstr)
-      redis.call('ZADD', KEYS[6], now + delay + lease, succ)
+      redis.call('ZADD', KEYS[8], now + delay + lease, succ)
       publish[#publish + 1] = succ
     end
   end
 end
 redis.call('EXPIRE', KEYS[6], run_ttl)
+redis.call('EXPIRE', KEYS[8], run_ttl)
 local out = {stored, 0, #publish}
 for _, s in ipairs(publish) do out[#out + 1] = s end
 for _, s in ipairs(skipped) do out[#out + 1] = s end

@@ -7,7 +7,8 @@
 --
 -- KEYS[1] run record          (hash)
 -- KEYS[2] run node state      (hash)
--- KEYS[3] leases              (zset)
+-- KEYS[3] running leases      (zset: the map node's own)
+-- KEYS[4] queued leases       (zset: the items')
 -- ARGV[1] map node id
 -- ARGV[2] number of items
 -- ARGV[3] queued lease (seconds)
@@ -28,13 +29,14 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local expiry = now + tonumber(ARGV[3])
 for i = tonumber(ARGV[5]), tonumber(ARGV[6]) - 1 do
-  redis.call('ZADD', KEYS[3], expiry, node .. '#' .. i)
+  redis.call('ZADD', KEYS[4], expiry, node .. '#' .. i)
 end
 if tonumber(ARGV[6]) >= tonumber(ARGV[2]) then
   redis.call('HSET', KEYS[2], node .. ':items', ARGV[2], node .. ':state', 'mapping',
              node .. ':queued', string.format('%.6f', now))
   redis.call('ZREM', KEYS[3], node)
 end
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-redis.call('EXPIRE', KEYS[3], ARGV[4])
+for i = 2, 4 do
+  redis.call('EXPIRE', KEYS[i], ARGV[4])
+end
 return 1

@@ -7,7 +7,8 @@
 -- KEYS[4] completion signal   (list)
 -- KEYS[5] finished sinks      (set)
 -- KEYS[6] run shared state    (hash)
--- KEYS[7] leases              (zset)
+-- KEYS[7] running leases      (zset)
+-- KEYS[8] queued leases       (zset)
 -- (arrivals of joins and maps not released keep their own expiry, the run ttl at most)
 -- ARGV[1] final status: "failed" or "cancelled"
 -- ARGV[2] node id that caused it, or "" (cancel)
@@ -40,7 +41,7 @@ if ARGV[2] ~= '' then
   redis.call('HSET', KEYS[3], ARGV[2] .. ':state', 'failed', ARGV[2] .. ':finished', nowstr)
 end
 redis.call('RPUSH', KEYS[4], ARGV[1])
-for i = 1, 7 do
+for i = 1, 8 do
   redis.call('EXPIRE', KEYS[i], ARGV[4])
 end
 return 1

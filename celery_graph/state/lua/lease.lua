@@ -1,15 +1,15 @@
 -- lease.lua: set the leases of some fields of a running run.
 --
---   "renew"      the worker running them is alive: only leases that exist are moved
---   "requeue"    they wait for a retry (state "retrying") until the lease runs out; only
---                while the attempt that asked for it is the latest (a retry delivered and
---                finished before the old attempt reported is left alone)
+--   "renew"      the worker running them is alive: running leases that exist are moved
+--   "requeue"    they wait for a retry (state "retrying") until a queued lease runs out;
+--                only while the attempt that asked for it is the latest (a retry
+--                delivered and finished before the old attempt reported is left alone)
 --   "redeliver"  the reconciler publishes them again: counted, back to "queued"
---   "extend"     the reconciler leaves them waiting longer (their queue is busy)
 --
 -- KEYS[1] run record          (hash)
 -- KEYS[2] run node state      (hash)
--- KEYS[3] leases              (zset: field -> lease expiry, server time)
+-- KEYS[3] running leases      (zset: field -> lease expiry, server time)
+-- KEYS[4] queued leases       (zset: field -> lease expiry, server time)
 -- ARGV[1] mode
 -- ARGV[2] lease length (seconds from now)
 -- ARGV[3] for "requeue": the attempt number that retries (begin.lua counted it), else ""
@@ -31,21 +31,21 @@ for i = 4, #ARGV do
   elseif mode == 'requeue' then
     if redis.call('HGET', KEYS[2], field .. ':state') == 'running'
         and redis.call('HGET', KEYS[2], field .. ':attempts') == ARGV[3] then
-      redis.call('ZADD', KEYS[3], expiry, field)
+      redis.call('ZREM', KEYS[3], field)
+      redis.call('ZADD', KEYS[4], expiry, field)
       redis.call('HSET', KEYS[2], field .. ':state', 'retrying')
       set = set + 1
     end
-  else
-    redis.call('ZADD', KEYS[3], expiry, field)
-    set = set + 1
-    if mode == 'redeliver' then
-      redis.call('HINCRBY', KEYS[2], field .. ':redelivered', 1)
-      redis.call('HSET', KEYS[2], field .. ':queued', string.format('%.6f', now))
-      local state = redis.call('HGET', KEYS[2], field .. ':state')
-      if state == 'running' or state == 'retrying' then
-        redis.call('HDEL', KEYS[2], field .. ':state')
-      end
+  elseif mode == 'redeliver' then
+    redis.call('ZREM', KEYS[3], field)
+    redis.call('ZADD', KEYS[4], expiry, field)
+    redis.call('HINCRBY', KEYS[2], field .. ':redelivered', 1)
+    redis.call('HSET', KEYS[2], field .. ':queued', string.format('%.6f', now))
+    local state = redis.call('HGET', KEYS[2], field .. ':state')
+    if state == 'running' or state == 'retrying' then
+      redis.call('HDEL', KEYS[2], field .. ':state')
     end
+    set = set + 1
   end
 end
 return set

@@ -6,7 +6,8 @@
 -- KEYS[2] run results         (hash: "<node>#<i>" -> JSON result of item i)
 -- KEYS[3] run node state      (hash)
 -- KEYS[4] map arrivals        (set of item indexes)
--- KEYS[5] leases              (zset)
+-- KEYS[5] running leases      (zset)
+-- KEYS[6] queued leases       (zset)
 -- ARGV[1] item field "<node>#<i>"
 -- ARGV[2] result (JSON)
 -- ARGV[3] item index i
@@ -24,7 +25,8 @@ local stored = redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[3], ARGV[1] .. ':state', 'succeeded', ARGV[1] .. ':finished', nowstr)
 redis.call('SADD', KEYS[4], ARGV[3])
 redis.call('ZREM', KEYS[5], ARGV[1])
-for i = 2, 5 do
+redis.call('ZREM', KEYS[6], ARGV[1])
+for i = 2, 6 do
   redis.call('EXPIRE', KEYS[i], ARGV[4])
 end
 local arrived = redis.call('SCARD', KEYS[4])

@@ -7,10 +7,11 @@
 -- KEYS[1] run record          (hash)
 -- KEYS[2] run node state      (hash)
 -- KEYS[3] completion signal   (list)
--- KEYS[4] leases              (zset)
+-- KEYS[4] running leases      (zset)
 -- KEYS[5] run results         (hash)
 -- KEYS[6] finished sinks      (set)
 -- KEYS[7] run shared state    (hash)
+-- KEYS[8] queued leases       (zset)
 -- (all but the completion signal go back to the run ttl)
 -- ARGV[1] run ttl (seconds)
 -- ARGV[2] queued lease (seconds)
@@ -35,9 +36,10 @@ for i = 3, #ARGV do
   end
   redis.call('HSET', KEYS[2], field .. ':queued', nowstr)
   redis.call('HDEL', KEYS[2], field .. ':state', field .. ':error')
-  redis.call('ZADD', KEYS[4], expiry, field)
+  redis.call('ZREM', KEYS[4], field)
+  redis.call('ZADD', KEYS[8], expiry, field)
 end
-for _, i in ipairs({1, 2, 4, 5, 6, 7}) do
+for _, i in ipairs({1, 2, 4, 5, 6, 7, 8}) do
   redis.call('EXPIRE', KEYS[i], ARGV[1])
 end
 return status

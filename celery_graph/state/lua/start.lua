@@ -6,7 +6,7 @@
 --
 -- KEYS[1] run record       (hash)
 -- KEYS[2] node state       (hash: "<node>:<field>" -> value)
--- KEYS[3] leases           (zset: node -> lease expiry, server time)
+-- KEYS[3] queued leases    (zset: node -> lease expiry, server time)
 -- KEYS[4 ..] every other key of the run (deleted when an unsent run starts afresh)
 -- ARGV[1] graph id
 -- ARGV[2] run inputs (JSON)
