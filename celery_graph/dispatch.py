@@ -48,17 +48,18 @@ def publish_nodes(
 
 def publish_items(
     app: Any, node: NodeSpec, message: NodeMessage, items: list[Any],
-    indexes: Iterable[int] | None = None,
+    units: Iterable[int] | None = None,
 ) -> None:
-    """Send one message per item of a dynamic fan-out (``node.map``), or only the items
-    at ``indexes``."""
+    """Send the messages of a dynamic fan-out (``node.map``): one per item, or one per
+    ``node.map_chunk`` items; all of them, or only the ones numbered in ``units``."""
     assert node.map_param is not None
-    count = len(items)
+    count = node.units(len(items))
+    size = node.map_chunk
     with _sending("map items"), app.producer_or_acquire() as producer:
-        for i in range(count) if indexes is None else indexes:
+        for i in range(count) if units is None else units:
             kwargs = dict(node.kwargs)
-            kwargs[node.map_param] = items[i]
-            _send(app, producer, node, message.item(i, count), kwargs)
+            kwargs[node.map_param] = items[i * size:(i + 1) * size] if size else items[i]
+            _send(app, producer, node, message.item(i, count, size), kwargs)
 
 
 def redeliver(task: Any, fields: dict[str, Any], countdown: float) -> None:

@@ -6,6 +6,7 @@ arguments are the node's bound arguments plus one extra keyword, ``_graph``::
     {"g": graph id, "r": run id, "n": node id}     every node message
     {..., "t": "proj.tasks.resize"}                 a node that runs an existing task
     {..., "i": 3, "c": 10}                          item 3 of 10 of a dynamic fan-out
+    {..., "i": 3, "c": 10, "k": 100}                chunk 3 of 10, 100 items each
     {..., "x": 2}                                   sent again after 2 infrastructure errors
     {..., "f": "<error record>"}                    record this failure (Redis was down when
                                                     the node failed), do not run the node
@@ -40,14 +41,15 @@ class NodeMessage:
     node_id: str
     call: str | None = None  # the existing task a node() runs, shown in Flower
     index: int | None = None  # item of a dynamic fan-out
-    count: int | None = None  # items in that fan-out
+    count: int | None = None  # items (or chunks) in that fan-out
+    chunk: int = 0  # items per chunk, when the message carries a chunk of items
     infra: int = 0  # times sent again because Redis or the broker could not be reached
     failure: str | None = None  # an error record to store instead of running the node
 
     @classmethod
     def parse(cls, fields: dict[str, Any]) -> NodeMessage:
         return cls(fields["g"], fields["r"], fields["n"], fields.get("t"), fields.get("i"),
-                   fields.get("c"), fields.get("x", 0), fields.get("f"))
+                   fields.get("c"), fields.get("k", 0), fields.get("x", 0), fields.get("f"))
 
     def fields(self) -> dict[str, Any]:
         out: dict[str, Any] = {"g": self.graph_id, "r": self.run_id, "n": self.node_id}
@@ -56,14 +58,16 @@ class NodeMessage:
         if self.index is not None:
             out["i"] = self.index
             out["c"] = self.count
+        if self.chunk:
+            out["k"] = self.chunk
         if self.infra:
             out["x"] = self.infra
         if self.failure is not None:
             out["f"] = self.failure
         return out
 
-    def item(self, index: int, count: int) -> NodeMessage:
-        return replace(self, index=index, count=count, infra=0, failure=None)
+    def item(self, index: int, count: int, chunk: int = 0) -> NodeMessage:
+        return replace(self, index=index, count=count, chunk=chunk, infra=0, failure=None)
 
     def again(self, failure: str | None = None) -> NodeMessage:
         """This message to send again after an infrastructure error (carrying ``failure``
@@ -72,12 +76,19 @@ class NodeMessage:
 
     @property
     def task_id(self) -> str:
-        return task_id_for(self.run_id, self.node_id, self.index)
+        base = task_id_for(self.run_id, self.node_id)
+        if self.index is None:
+            return base
+        return f"{base}{'@' if self.chunk else '#'}{self.index}"
 
     @property
     def result_field(self) -> str:
-        """Where this message's result is stored: the node id, or "<node>#<i>" for an item."""
-        return self.node_id if self.index is None else f"{self.node_id}#{self.index}"
+        """The field of this message's unit of work, where its state and lease live (and
+        its result, but for a chunk): the node id, "<node>#<i>" for an item of a map,
+        "<node>@<j>" for a chunk of items."""
+        if self.index is None:
+            return self.node_id
+        return f"{self.node_id}{'@' if self.chunk else '#'}{self.index}"
 
 
 def graph_fields(kwargs: Any) -> dict[str, Any] | None:

@@ -23,6 +23,7 @@ at a time; ``celery-graph reconcile`` runs one by hand or in a loop.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,7 @@ from .state import Reclaim, State, state_for
 logger = logging.getLogger("celery_graph.reconcile")
 
 PATIENCE = 10  # a published node waits at most this many queued leases on a busy queue
+UNIT = re.compile(r"[#@](\d+)$")  # "<node>#<i>": an item of a map; "<node>@<j>": a chunk
 
 
 @dataclass
@@ -166,15 +168,15 @@ class Reconciler:
                            run_id, ", ".join(again))
 
     def _publish(self, state: State, spec: GraphSpec, run_id: str, names: list[str]) -> None:
-        nodes = [n for n in names if "#" not in n]
+        nodes = [n for n in names if not UNIT.search(n)]
         if nodes:
             publish_nodes(self.app, spec, run_id, nodes, delays=False)
-        items: dict[str, list[int]] = {}
+        units: dict[str, list[int]] = {}
         for n in names:
-            if "#" in n:
-                node_id, index = n.split("#")
-                items.setdefault(node_id, []).append(int(index))
-        for node_id, indexes in items.items():
+            found = UNIT.search(n)
+            if found:
+                units.setdefault(n[:found.start()], []).append(int(found.group(1)))
+        for node_id, indexes in units.items():
             node = spec.nodes[node_id]
             assert node.map_source is not None
             raw = state.runs.results(run_id).get(node.map_source)

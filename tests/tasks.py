@@ -378,3 +378,18 @@ def ch_d(ch_b, tag=None, delay: float = 0.0):
 @task
 def ch_join(ch_d, ch_c, tag=None, delay: float = 0.0):
     return _chaos_step("ch_join", tag, delay, ch_d + ch_c)
+
+
+@task
+def item_fails_once(split, tag=None, bad: str = "item3", always: bool = False):
+    """Upper-cases an item; the item ``bad`` fails its first call (or every call)."""
+    calls = trace_client().incr(f"cgtest-count:{tag}:{split}")
+    trace(tag, f"call:{split}")
+    if split == bad and (always or calls == 1):
+        raise ValueError(f"{split} fails")
+    return split.upper()
+
+
+@task
+def gather_items(item_fails_once):
+    return item_fails_once

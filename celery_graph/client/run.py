@@ -126,7 +126,7 @@ class GraphRun:
         now = state.runs.time()
         frontier, items = resume_frontier(spec, fields, set(results), leases, now)
         state.runs.track(self.id)  # the reconciler looks after it again
-        state.scripts.resume(self.id, frontier + [f"{n}#{i}" for n, i in items])
+        state.scripts.resume(self.id, frontier + [spec.nodes[n].unit_field(u) for n, u in items])
         # a publish that fails here is recovered by the reconciler: the nodes are leased
         publish_nodes(self._app, spec, self.id, frontier)
         by_map: dict[str, list[int]] = {}
@@ -175,8 +175,13 @@ def resume_frontier(
         if count is None:
             frontier.append(node_id)
             continue
-        missing = [i for i in range(int(count))
-                   if f"{node_id}#{i}" not in results and not in_flight(f"{node_id}#{i}")]
-        # every item stored but the map node not completed: a copy of one item completes it
-        items += [(node_id, i) for i in missing or [0]]
+        size = node.map_chunk or 1
+        missing = [
+            unit for unit in range(node.units(int(count)))
+            if not in_flight(node.unit_field(unit)) and any(
+                f"{node_id}#{i}" not in results
+                for i in range(unit * size, min((unit + 1) * size, int(count))))
+        ]
+        # every item stored but the map node not completed: a copy of one unit completes it
+        items += [(node_id, unit) for unit in missing or [0]]
     return frontier, items

@@ -160,6 +160,7 @@ class TaskNode(Flow):
     delay: float = 0.0  # seconds between becoming ready and starting
     context: bool = False  # first parameter receives the RunContext
     map_over: tuple[str, str | None] | None = None  # (source node id, parameter)
+    map_chunk: int = 0  # items per message of the fan-out (0: one message per item)
     call: str | None = None  # an existing Celery task this node runs (see node())
     retries: tuple[int, float] | None = None  # (max retries on any error, delay in seconds)
 
@@ -171,7 +172,8 @@ class TaskNode(Flow):
         return NodeDecl(
             id=self.id, task=self.task_name, params=parameters(self.fn), bound=self.bound,
             options=self.options, delay=self.delay, context=self.context,
-            map_over=self.map_over, call=self.call, retries=self.retries,
+            map_over=self.map_over, map_chunk=self.map_chunk, call=self.call,
+            retries=self.retries,
         )
 
     def with_retries(self, retries: int, *, delay: float = 1.0) -> TaskNode:
@@ -183,22 +185,33 @@ class TaskNode(Flow):
             )
         return dataclasses.replace(self, retries=(retries, float(delay)))
 
-    def map(self, source: str | TaskNode, *, param: str | None = None) -> TaskNode:
+    def map(
+        self, source: str | TaskNode, *, param: str | None = None, chunk: int | None = None
+    ) -> TaskNode:
         """Dynamic fan-out: one call per item of the list that upstream node ``source``
         returns, at run time. ``param`` (default: the parameter named like the source, or
         the only parameter nothing else fills) receives the item. The node's result, and
         what downstream nodes receive, is the list of results in item order; an empty list
         gives ``[]`` without calling the function.
 
+        ``chunk=N`` sends one message per N items (fewer, bigger messages for many small
+        items); the function is still called once per item, each item's result is kept
+        as it finishes, and a chunk delivered again skips the items already done.
+
         >>> split >> process.map("split") >> merge
         """
         source_id = source.id if isinstance(source, TaskNode) else source
+        if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool)
+                                  or chunk < 1):
+            raise GraphDefinitionError(
+                f"node {self.id!r}: map(chunk={chunk!r}) needs a whole number of items >= 1"
+            )
         check_node_id(source_id, f"{self.id}.map()")
         if param is not None and param not in signature_of(self.fn):
             raise GraphDefinitionError(
                 f"node {self.id!r}: map(param={param!r}) is not a parameter of {self.task_name}"
             )
-        return dataclasses.replace(self, map_over=(source_id, param))
+        return dataclasses.replace(self, map_over=(source_id, param), map_chunk=chunk or 0)
 
     def delay_by(self, seconds: float) -> TaskNode:
         if not isinstance(seconds, (int, float)) or seconds < 0:

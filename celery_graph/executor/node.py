@@ -66,10 +66,6 @@ class NodeRun:
         self.upstream = self.node.upstream_ids() if message.index is None else self.node.pull_ids()
         self.hostname = task.request.hostname or socket.gethostname()
 
-    @property
-    def what(self) -> str:
-        index = self.message.index
-        return f"node {self.node.id!r}" + ("" if index is None else f" item {index}")
 
     def run(self) -> Any:
         m = self.message
@@ -98,27 +94,61 @@ class NodeRun:
         else:
             # a retry this attempt asks for leases the node only while it is the latest
             self.task.request.graph_attempt = begun.attempt
+            kwargs = self.arguments(begun.inputs, begun.upstream)
             with keeper.hold(self.state, m.run_id, m.result_field):
-                result, choice = self.call(begun.inputs, begun.upstream)
-            result_json = self.encode(result)
+                if m.chunk:
+                    result, result_json = self.call_chunk(kwargs), ""
+                else:
+                    result, choice = self.call(kwargs)
+                    result_json = self.encode(result, m.index)
         if m.index is not None:
-            _stored, arrived = self.state.scripts.map_arrive(
-                m.run_id, m.node_id, m.index, m.count or 0, result_json
+            _stored, arrived, items = self.state.scripts.map_arrive(
+                m.run_id, self.node, m.index, m.count or 0, result_json
             )
             if arrived < (m.count or 0):
                 return result
-            # every item is in: this arrival completes the map node (idempotent)
-            result_json = self.state.scripts.map_results(m.run_id, m.node_id, m.count or 0)
+            # every unit is in: this arrival completes the map node (idempotent)
+            result_json = self.state.scripts.map_results(m.run_id, m.node_id, items)
         self.complete(result_json, choice)
         return result
 
     # -- steps ---------------------------------------------------------------------------
 
-    def call(self, inputs_raw: bytes | None, upstream: list[bytes | None]) -> tuple[Any, str]:
-        """Call the node's function; (its result, the branch choice or "")."""
+    def arguments(
+        self, inputs_raw: bytes | None, upstream: list[bytes | None]
+    ) -> dict[str, Any]:
+        """The keyword arguments of the call (for a chunk: its items under the map's
+        parameter)."""
         missing = [i for i, raw in zip(self.upstream, upstream) if raw is None]
         states = self.state.scripts.node_states(self.message.run_id, missing) if missing else {}
-        kwargs = gather_kwargs(self.node, inputs_raw, self.bound, upstream, self.upstream, states)
+        return gather_kwargs(self.node, inputs_raw, self.bound, upstream, self.upstream, states)
+
+    def call_chunk(self, kwargs: dict[str, Any]) -> list[Any]:
+        """Call the function once per item of this chunk that has no stored result, and
+        store each result as soon as it is computed; the chunk's results, in order."""
+        m, node = self.message, self.node
+        assert node.map_param is not None and m.index is not None
+        items = kwargs[node.map_param]
+        first = m.index * m.chunk
+        stored = self.state.scripts.results_of(
+            m.run_id, [f"{node.id}#{first + i}" for i in range(len(items))]
+        )
+        results = []
+        for i, item in enumerate(items):
+            done = stored[i]
+            if done is not None:  # by an earlier delivery of this chunk
+                results.append(decode_value(done))
+                continue
+            result, _choice = self.call({**kwargs, node.map_param: item})
+            if self.state.scripts.store_item(
+                m.run_id, node.id, first + i, self.encode(result, first + i)
+            ) < 0:
+                break  # the run ended meanwhile
+            results.append(result)
+        return results
+
+    def call(self, kwargs: dict[str, Any]) -> tuple[Any, str]:
+        """Call the node's function; (its result, the branch choice or "")."""
         fn = self.fn
         if self.node.call:
             fn = self.app.tasks.get(self.node.call)
@@ -144,12 +174,13 @@ class NodeRun:
             return result.value, branch_choice(node, result)
         return result, ""
 
-    def encode(self, result: Any) -> str:
-        result_json = encode_value(result, lambda: f"{self.what}: result")
+    def encode(self, result: Any, item: int | None = None) -> str:
+        what = f"node {self.node.id!r}" + ("" if item is None else f" item {item}")
+        result_json = encode_value(result, lambda: f"{what}: result")
         limit = self.state.settings.max_result_bytes
         if len(result_json) > limit:
             raise ResultTooLarge(
-                f"{self.what}: result is {len(result_json)} bytes encoded, over "
+                f"{what}: result is {len(result_json)} bytes encoded, over "
                 f"graph_max_result_bytes={limit}; store large data elsewhere and return a "
                 "reference"
             )
@@ -179,7 +210,7 @@ class NodeRun:
         if not items:
             self.complete("[]")
             return 0
-        if self.state.scripts.expand(self.message.run_id, node.id, len(items)):
+        if self.state.scripts.expand(self.message.run_id, node, len(items)):
             publish_items(self.app, node, self.message, items)
         return len(items)
 

@@ -50,6 +50,7 @@ class NodeDecl:
     delay: float = 0.0
     context: bool = False
     map_over: tuple[str, str | None] | None = None  # (source node id, parameter)
+    map_chunk: int = 0  # items per message of the fan-out (0: one per item)
     call: str | None = None
     retries: tuple[int, float] | None = None
 
@@ -209,6 +210,8 @@ def _node_entry(
                 source if any(p.name == source for p in node.params) else _only_open_param(node)
             )
         mapped = {"source": source, "param": map_param}
+        if node.map_chunk:
+            mapped["chunk"] = node.map_chunk
     params = list(node.params)
     if node.context:
         if not params or params[0].kind not in ("POSITIONAL_ONLY", "POSITIONAL_OR_KEYWORD"):

@@ -36,11 +36,21 @@ class NodeSpec:
     context: bool = False  # the function's first parameter receives the RunContext
     map_source: str | None = None  # dynamic fan-out over this upstream node's list result
     map_param: str | None = None  # the parameter that receives each item
+    map_chunk: int = 0  # items per message of the fan-out (0: one message per item)
     call: str | None = None  # existing Celery task run through celery_graph.call
     retries: int = 0  # retries on any error (node-level, from with_retries / pipeline files)
     retry_delay: float = 1.0
     preds: tuple[str, ...] = ()
     succs: tuple[str, ...] = ()
+
+    def units(self, items: int) -> int:
+        """Messages a map of ``items`` items sends (one per item, or per chunk)."""
+        return -(-items // self.map_chunk) if self.map_chunk else items
+
+    def unit_field(self, unit: int) -> str:
+        """The field of a map's message ``unit``: "<node>#<i>" (item i) or "<node>@<j>"
+        (chunk j); an item's result is always stored under "<node>#<i>"."""
+        return f"{self.id}{'@' if self.map_chunk else '#'}{unit}"
 
     @property
     def is_join(self) -> bool:
@@ -149,6 +159,7 @@ class _Nodes(Mapping[str, NodeSpec]):
                 context=n.get("ctx", False),
                 map_source=mapped.get("source"),
                 map_param=mapped.get("param"),
+                map_chunk=mapped.get("chunk", 0),
                 call=n.get("call"),
                 retries=retry[0],
                 retry_delay=retry[1],

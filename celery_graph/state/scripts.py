@@ -25,8 +25,8 @@ from .connection import load_script, translating
 PART = 500
 
 SCRIPTS = (
-    "start", "begin", "complete", "finish", "resume", "map_arrive", "expand", "reclaim",
-    "lease", "continue",
+    "start", "begin", "complete", "finish", "resume", "map_arrive", "item", "expand",
+    "reclaim", "lease", "continue",
 )
 
 
@@ -232,32 +232,41 @@ class Scripts:
 
     # -- maps ----------------------------------------------------------------------------
 
-    def expand(self, run_id: str, node_id: str, count: int) -> bool:
-        """Lease the ``count`` items of map node ``node_id``, in parts; False if it was
-        expanded already."""
+    def expand(self, run_id: str, node: NodeSpec, count: int) -> bool:
+        """Lease the units (items or chunks) of map node ``node`` with ``count`` items, in
+        parts; False if it was expanded already."""
         k = self.keys
-        for start in range(0, count, PART * 4):
+        units = node.units(count)
+        sep = "@" if node.map_chunk else "#"
+        for start in range(0, units, PART * 4):
             if not self._call(
                 "expand", [k.run(run_id), k.nodes(run_id), k.leases(run_id), k.queued(run_id)],
-                [node_id, count, self.settings.queued_lease, self.settings.run_ttl, start,
-                 min(start + PART * 4, count)],
+                [node.id, count, self.settings.queued_lease, self.settings.run_ttl, start,
+                 min(start + PART * 4, units), units, sep],
             ):
                 return False
         return True
 
     def map_arrive(
-        self, run_id: str, node_id: str, index: int, count: int, result_json: bytes | str
-    ) -> tuple[int, int]:
-        """Store item ``index`` of map node ``node_id``; (stored, items arrived)."""
+        self, run_id: str, node: NodeSpec, unit: int, units: int, result_json: bytes | str
+    ) -> tuple[int, int, int]:
+        """Unit ``unit`` of map node ``node`` arrived (an item with its result, or a chunk
+        with ""); (stored, units arrived, items of the map)."""
         k = self.keys
         reply = self._call(
             "map_arrive",
-            [k.run(run_id), k.results(run_id), k.nodes(run_id), k.map(run_id, node_id),
+            [k.run(run_id), k.results(run_id), k.nodes(run_id), k.map(run_id, node.id),
              k.leases(run_id), k.queued(run_id)],
-            [f"{node_id}#{index}", result_json, index, self.settings.run_ttl, count,
-             self.settings.result_ttl],
+            [node.unit_field(unit), result_json, unit, self.settings.run_ttl, units,
+             self.settings.result_ttl, node.id],
         )
-        return int(reply[0]), int(reply[1])
+        return int(reply[0]), int(reply[1]), int(reply[2])
+
+    def store_item(self, run_id: str, node_id: str, index: int, result_json: str) -> int:
+        """Store item ``index``'s result of a chunked map as soon as it is computed."""
+        k = self.keys
+        return int(self._call("item", [k.run(run_id), k.results(run_id)],
+                              [f"{node_id}#{index}", result_json, self.settings.run_ttl]))
 
     def map_results(self, run_id: str, node_id: str, count: int) -> bytes:
         """The JSON list of the items' results, in item order."""

@@ -1,27 +1,33 @@
--- map_arrive.lua: one item of a dynamic fan-out (node.map) finished. Stores the item's
--- result once, drops its lease and records its arrival; the caller that sees every item
--- arrived completes the map node itself (complete.lua), which is idempotent.
+-- map_arrive.lua: one unit of a dynamic fan-out (node.map) finished: an item, or a chunk
+-- of items whose results item.lua stored one by one. Stores an item's result once, drops
+-- the unit's lease and records its arrival; the caller that sees every unit arrived
+-- completes the map node itself (complete.lua), which is idempotent.
 --
 -- KEYS[1] run record          (hash)
 -- KEYS[2] run results         (hash: "<node>#<i>" -> JSON result of item i)
 -- KEYS[3] run node state      (hash)
--- KEYS[4] map arrivals        (set of item indexes)
+-- KEYS[4] map arrivals        (set of unit numbers)
 -- KEYS[5] running leases      (zset)
 -- KEYS[6] queued leases       (zset)
--- ARGV[1] item field "<node>#<i>"
--- ARGV[2] result (JSON)
--- ARGV[3] item index i
+-- ARGV[1] the unit's field: "<node>#<i>" (an item) or "<node>@<j>" (a chunk)
+-- ARGV[2] an item's result (JSON), or "" for a chunk
+-- ARGV[3] the unit's number
 -- ARGV[4] run ttl (seconds)
--- ARGV[5] number of items of the map
--- ARGV[6] result ttl (seconds): the arrivals' expiry once every item is in
+-- ARGV[5] number of units of the map
+-- ARGV[6] result ttl (seconds): the arrivals' expiry once every unit is in
+-- ARGV[7] the map node's id
 --
--- Returns {stored, items arrived}, or {-1, 0} when the run is not running.
+-- Returns {stored, units arrived, items of the map}, or {-1, 0, 0} when the run is not
+-- running.
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then
-  return {-1, 0}
+  return {-1, 0, 0}
 end
 local t = redis.call('TIME')
 local nowstr = string.format('%.6f', tonumber(t[1]) + tonumber(t[2]) / 1000000)
-local stored = redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
+local stored = 0
+if ARGV[2] ~= '' then
+  stored = redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
+end
 redis.call('HSET', KEYS[3], ARGV[1] .. ':state', 'succeeded', ARGV[1] .. ':finished', nowstr)
 redis.call('SADD', KEYS[4], ARGV[3])
 redis.call('ZREM', KEYS[5], ARGV[1])
@@ -33,4 +39,4 @@ local arrived = redis.call('SCARD', KEYS[4])
 if arrived >= tonumber(ARGV[5]) then
   redis.call('EXPIRE', KEYS[4], ARGV[6])
 end
-return {stored, arrived}
+return {stored, arrived, tonumber(redis.call('HGET', KEYS[3], ARGV[7] .. ':items') or '0')}

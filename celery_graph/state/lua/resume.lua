@@ -15,7 +15,8 @@
 -- (all but the completion signal go back to the run ttl)
 -- ARGV[1] run ttl (seconds)
 -- ARGV[2] queued lease (seconds)
--- ARGV[3 ..] fields to send again: node ids, or "<node>#<i>" for items of a map
+-- ARGV[3 ..] fields to send again: node ids, or "<node>#<i>" / "<node>@<j>" for items or
+--            chunks of a map
 --
 -- Returns the previous status when the run was resumed, or {err} when it is not resumable.
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -31,7 +32,7 @@ redis.call('DEL', KEYS[3])
 local expiry = now + tonumber(ARGV[2])
 for i = 3, #ARGV do
   local field = ARGV[i]
-  if not string.find(field, '#', 1, true) then
+  if not string.find(field, '[#@]') then
     redis.call('HSET', KEYS[2], field .. ':dispatch', 'published')
   end
   redis.call('HSET', KEYS[2], field .. ':queued', nowstr)
