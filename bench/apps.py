@@ -33,6 +33,11 @@ def c_noop(*args, **kwargs):
     return None
 
 
+@app.task(name="bench.c_item")
+def c_item(x):
+    return x * 2
+
+
 @app.task(name="bench.c_sleep")
 def c_sleep(*args, **kwargs):
     time.sleep(0.05)
@@ -47,3 +52,18 @@ def g_noop():
 @task(name="bench.g_sleep")
 def g_sleep():
     time.sleep(0.05)
+
+
+@task(name="bench.g_items")
+def g_items(n: int = 10):
+    return list(range(n))
+
+
+@task(name="bench.g_item")
+def g_item(g_items):
+    return g_items * 2
+
+
+@task(name="bench.g_sum")
+def g_sum(g_item):
+    return len(g_item)

@@ -127,7 +127,7 @@ def main(repeats: int = 3) -> dict[str, list[float]]:
             print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
     finally:
         server.cleanup()
-    print("| fault | finished after (s), median of %d | each |" % repeats)
+    print(f"| fault | finished after (s), median of {repeats} | each |")
     print("|---|---|---|")
     for name, times in results.items():
         print(f"| {name} | {statistics.median(times):.1f} | {', '.join(map(str, times))} |")

@@ -398,6 +398,8 @@ def main(quick: bool = False, processes: int = 2) -> dict[str, Any]:
             str(size): message_sizes(url, size)
             for size in ([3, 100, 1000] if quick else [3, 100, 1000, 10_000])
         }
+        results["map"] = chunked_map(url, processes, 1000 if quick else MAP_N, MAP_CHUNK,
+                                     repeats)
         if not quick:
             results["scale"] = big_fan(url, processes, SCALE_N)
         results["redis_after"] = keys_left(url, processes, eight_runs)
@@ -412,6 +414,24 @@ def main(quick: bool = False, processes: int = 2) -> dict[str, Any]:
 
 
 SCALE_N = 100_000
+MAP_N = 10_000
+MAP_CHUNK = 100
+
+
+def chunked_map(url: str, processes: int, n: int, chunk: int, repeats: int) -> dict[str, Any]:
+    """A map over ``n`` items in chunks of ``chunk`` against ``n`` plain tasks (the floor)
+    and against Celery's own ``chunks`` on the same work (result of the whole group)."""
+    from bench.apps import c_item, g_item, g_items, g_sum
+
+    flow = g_items.bind(n=n) >> g_item.map("g_items", chunk=chunk) >> g_sum
+    with celery_workers(url, processes):
+        floor_s = statistics.median(floor(n) for _ in range(repeats))
+        graph_s = median_of(repeats, lambda: flow.apply_async().get(timeout=600))
+        celery_s = median_of(repeats, lambda: c_item.chunks(
+            [(i,) for i in range(n)], chunk).group().apply_async().get(timeout=600))
+    return {"items": n, "chunk": chunk, "floor": round(floor_s, 2),
+            "celery-graph": round(graph_s, 2), "celery chunks": round(celery_s, 2),
+            "ratio to floor": round(graph_s / floor_s, 2)}
 
 
 def big_fan(url: str, processes: int, n: int) -> dict[str, Any]:
@@ -527,6 +547,14 @@ def table(results: dict[str, Any]) -> str:
         if k != "tasks":
             lines.append(f"| {k} | {v['celery-graph tasks/s']} | {v['celery canvas tasks/s']} |")
     lines.append("")
+    if "map" in results:
+        mp = results["map"]
+        lines.append(f"| map over {mp['items']:,} items, chunk={mp['chunk']} | floor "
+                     "| celery-graph | celery `chunks` | celery-graph / floor |")
+        lines.append("|---|---|---|---|---|")
+        lines.append(f"| | {mp['floor']:.2f} s | {mp['celery-graph']:.2f} s | "
+                     f"{mp['celery chunks']:.2f} s | {mp['ratio to floor']} |")
+        lines.append("")
     if "scale" in results:
         sc = results["scale"]
         lines.append(f"| {sc['nodes']:,}-node fan-out/fan-in | floor | celery-graph | ratio "
