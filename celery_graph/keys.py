@@ -8,7 +8,8 @@ Layout (``P`` is the prefix, ``R`` a run id, ``N`` a node id)::
     P:reconciler              string  lock: one reconciler sweeps at a time
     P:run:{R}                 hash    run record: status, graph, inputs, error, times
     P:run:{R}:results         hash    node id -> JSON result
-    P:run:{R}:nodes           hash    "<N>:<field>" -> per-node state, worker, dispatch marker
+    P:run:{R}:nodes           hash    "<N>:state", "<N>:run" (attempts|started|finished|
+                                      worker), "<N>:queued", ... -> per-node state
     P:run:{R}:sinks           set     sinks that have finished
     P:run:{R}:done            list    completion signal waiters block on
     P:run:{R}:state           hash    shared state of the run (RunContext)

@@ -33,7 +33,7 @@ def test_duplicate_arrival_counts_once_and_release_is_marked_at_once(app):
     # released, marked published and leased in that same call: no copy of any arrival
     # hands it out again (a releaser that dies before publishing leaves the lease to run
     # out, and the reconciler publishes it)
-    assert state.client.hget(state.keys.nodes(run_id), "join_count:dispatch") == b"published"
+    assert state.client.hget(state.keys.nodes(run_id), "join_count:state") == b"queued"
     assert state.client.zscore(state.keys.queued(run_id), "join_count") is not None
     for n in "abc":
         assert complete(spec, run_id, node[n], f'"{n}"').publish == []

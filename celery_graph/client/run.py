@@ -160,7 +160,7 @@ def resume_frontier(
     def done(node_id: str) -> bool:
         state = fields.get(f"{node_id}:state")
         tolerated = state == "failed" and spec.nodes[node_id].tolerant is not None
-        return node_id in results or state == "skipped" or tolerated
+        return node_id in results or state in ("skipped", "skipping") or tolerated
 
     def in_flight(field: str) -> bool:
         return fields.get(f"{field}:state") == "running" and leases.get(field, 0) > now

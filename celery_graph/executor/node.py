@@ -245,7 +245,7 @@ def gather_kwargs(
         return kwargs
     results: dict[str, bytes] = {}
     for nid, raw in zip(ids, upstream):
-        if raw is None and states.get(nid) in ("skipped", "failed"):
+        if raw is None and states.get(nid) in ("skipped", "skipping", "failed"):
             raw = b"null"  # skipped by a branch, or failed under its group's policy
         if raw is None:
             raise StoreError(

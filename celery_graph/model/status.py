@@ -36,16 +36,19 @@ class NodeStatus:
     def from_fields(
         cls, node_id: str, fields: dict[str, str], lease: float | None = None
     ) -> NodeStatus:
-        """One node's status from the run's node-state hash ("<node>:<field>" -> value)."""
-        state = fields.get(f"{node_id}:state")
-        if state is None:
-            state = "queued" if f"{node_id}:dispatch" in fields else "pending"
+        """One node's status from the run's node-state hash ("<node>:<field>" -> value;
+        "<node>:run" packs "attempts|started|finished|worker")."""
+        state = fields.get(f"{node_id}:state") or "pending"
+        if state == "skipping":  # released as a skip, not yet passed on
+            state = "skipped"
+        attempts, started, finished, worker = (
+            fields.get(f"{node_id}:run", "0|||").split("|", 3) + ["", "", "", ""])[:4]
         return cls(
             state=state,
-            attempts=int(fields.get(f"{node_id}:attempts", 0)),
-            worker=fields.get(f"{node_id}:worker"),
-            started=_time(fields.get(f"{node_id}:started")),
-            finished=_time(fields.get(f"{node_id}:finished")),
+            attempts=int(attempts or 0),
+            worker=worker or None,
+            started=_time(started),
+            finished=_time(finished),
             error=parse_error(fields.get(f"{node_id}:error")),
             queued=_time(fields.get(f"{node_id}:queued")),
             lease=lease,

@@ -179,6 +179,7 @@ class Scripts:
                 self.settings.queued_lease, error_json, branch, kind, policy,
                 node.tolerant or "", traceback,
                 "1" if n == 0 else "", "1" if n == len(parts) - 1 else "",
+                "1" if len(succs) >= 2 else "",
             ]
             for succ in part:
                 target = spec.nodes[succ]

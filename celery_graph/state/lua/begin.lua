@@ -6,7 +6,8 @@
 --
 -- KEYS[1] run record          (hash)
 -- KEYS[2] run results         (hash: node id or "<node>#<i>" -> JSON result)
--- KEYS[3] run node state      (hash: "<field>:<name>" -> value)
+-- KEYS[3] run node state      (hash: "<field>:state", "<field>:run" attempts|started|
+--                              finished|worker, "<field>:queued", ... -> value)
 -- KEYS[4] running leases      (zset: field -> lease expiry, server time)
 -- KEYS[5] queued leases       (zset: field -> lease expiry; the field leaves it here)
 -- ARGV[1] field: the node id, or "<node>#<i>" for item i of a map
@@ -35,6 +36,15 @@ local deadline = redis.call('HGET', KEYS[1], 'deadline')
 if deadline and now > tonumber(deadline) then
   return {'deadline'}
 end
+-- "<field>:run" packs what an attempt records: "attempts|started|finished|worker"
+local function info(field)
+  local raw = redis.call('HGET', KEYS[3], field .. ':run')
+  if not raw then
+    return {'0', '', '', ''}
+  end
+  local a, s, f, w = string.match(raw, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  return {a, s, f, w}
+end
 local field = ARGV[1]
 local own = redis.call('HGET', KEYS[2], field)
 local inputs = redis.call('HGET', KEYS[1], 'inputs')
@@ -42,21 +52,23 @@ if own then
   return {status, inputs, own}
 end
 local state = redis.call('HGET', KEYS[3], field .. ':state')
-if state == 'failed' or state == 'skipped'
+if state == 'failed' or state == 'skipped' or state == 'skipping'
     or (ARGV[5] == 'map' and redis.call('HEXISTS', KEYS[3], field .. ':items') == 1) then
   return {'done'}
 end
+local run = info(field)
 if state == 'running' then
   -- the previous attempt never ended: its worker died (a crash, an OOM kill, a pool
   -- process lost), and Celery or the broker delivered the message again
   local lost = redis.call('HINCRBY', KEYS[3], field .. ':lost', 1)
   if lost > tonumber(ARGV[6]) then
-    return {'poison', lost, redis.call('HGET', KEYS[3], field .. ':worker') or ''}
+    return {'poison', lost, run[4]}
   end
 end
-redis.call('HSET', KEYS[3], field .. ':state', 'running', field .. ':worker', ARGV[2],
-           field .. ':started', string.format('%.6f', now))
-local attempt = redis.call('HINCRBY', KEYS[3], field .. ':attempts', 1)
+local attempt = tonumber(run[1]) + 1
+redis.call('HSET', KEYS[3], field .. ':state', 'running', field .. ':run',
+           attempt .. '|' .. string.format('%.6f', now) .. '||' .. ARGV[2])
+redis.call('HDEL', KEYS[3], field .. ':queued')
 redis.call('ZREM', KEYS[5], field)
 redis.call('ZADD', KEYS[4], now + tonumber(ARGV[3]), field)
 redis.call('EXPIRE', KEYS[3], ARGV[4])

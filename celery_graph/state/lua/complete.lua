@@ -5,9 +5,10 @@
 -- Arrivals. A join's arrivals are fields of a hash keyed by the arriving node, so a
 -- redelivered or duplicated message never counts twice, whatever it arrives as. A node's
 -- branch choice is pinned by its first stored result ("*" when it chose nothing: every
--- successor), so every copy of it arrives the same way. A successor is released once:
--- its dispatch marker goes from nothing to "published" (or "skipped") here, with a lease,
--- before the caller publishes it. A caller that dies before publishing leaves a lease
+-- successor; kept only for a node with two successors or more, where copies could
+-- disagree), so every copy of it arrives the same way. A successor is released once: its
+-- state goes from nothing to "queued" (or "skipping") here, with a lease, before the
+-- caller publishes it. A caller that dies before publishing leaves a lease
 -- that runs out, and the reconciler publishes the successor; no arrival ever publishes a
 -- successor a second time.
 --
@@ -50,7 +51,8 @@
 -- ARGV[13] the traceback to keep with that error
 -- ARGV[14] "1" in the first part of the node's arrivals, else ""
 -- ARGV[15] "1" in the last part, else ""
--- ARGV[16 ..] S triples: successor id, its number of predecessors, its start delay
+-- ARGV[16] "1" when the node has two successors or more (its choice is pinned), else ""
+-- ARGV[17 ..] S triples: successor id, its number of predecessors, its start delay
 --
 -- Returns {stored, ended, P, P ids to publish ..., ids skipped ...}: stored is 1 when this
 -- call stored the result, 0 when a result was there already, -1 when the run is not
@@ -65,6 +67,13 @@ local run_ttl = ARGV[4]
 local nsucc = tonumber(ARGV[6])
 local first = ARGV[14] == '1'
 local last = ARGV[15] == '1'
+
+-- "<field>:run" packs what an attempt records: "attempts|started|finished|worker"
+local function finished(field, when)
+  local raw = redis.call('HGET', KEYS[3], field .. ':run') or '0|||'
+  local a, s, _, w = string.match(raw, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  redis.call('HSET', KEYS[3], field .. ':run', a .. '|' .. s .. '|' .. when .. '|' .. w)
+end
 
 local function end_run(final, error)
   redis.call('HSET', KEYS[1], 'status', final, 'finished', nowstr)
@@ -84,7 +93,8 @@ if status ~= 'running' then
     -- so a resume does not run it again, and never past the expiry of the run's keys.
     local ttl = redis.call('PTTL', KEYS[1])
     redis.call('HSETNX', KEYS[2], node, ARGV[2])
-    redis.call('HSET', KEYS[3], node .. ':state', 'succeeded', node .. ':finished', nowstr)
+    redis.call('HSET', KEYS[3], node .. ':state', 'succeeded')
+    finished(node, nowstr)
     redis.call('ZREM', KEYS[6], node)
     redis.call('ZREM', KEYS[8], node)
     for i = 2, 3 do
@@ -102,20 +112,21 @@ if first then
     if redis.call('HEXISTS', KEYS[2], node) == 1 then
       return {-2, 0, 0}  -- a failing copy of a node whose result is stored: ignored
     end
-    redis.call('HSET', KEYS[3], node .. ':state', 'failed', node .. ':finished', nowstr,
-               node .. ':error', ARGV[8])
-  elseif kind == 'skipped' then
-    redis.call('HSET', KEYS[3], node .. ':state', 'skipped', node .. ':finished', nowstr)
-  else
+    redis.call('HSET', KEYS[3], node .. ':error', ARGV[8])
+  elseif kind == 'ok' then
     stored = redis.call('HSETNX', KEYS[2], node, ARGV[2])
     redis.call('EXPIRE', KEYS[2], run_ttl)
-    redis.call('HSETNX', KEYS[3], node .. ':branch', ARGV[9] ~= '' and ARGV[9] or '*')
+    if ARGV[9] ~= '' or ARGV[16] == '1' then
+      redis.call('HSETNX', KEYS[3], node .. ':branch', ARGV[9] ~= '' and ARGV[9] or '*')
+    end
   end
 end
 if last then
-  if kind == 'ok' then
-    redis.call('HSET', KEYS[3], node .. ':state', 'succeeded', node .. ':finished', nowstr)
-  end
+  -- the final state is set in the last part: a worker that dies between parts leaves the
+  -- node with its lease, and a copy arrives everywhere again
+  local final = ({ok = 'succeeded', failed = 'failed', skipped = 'skipped'})[kind]
+  redis.call('HSET', KEYS[3], node .. ':state', final)
+  finished(node, nowstr)
   redis.call('ZREM', KEYS[6], node)
   redis.call('ZREM', KEYS[8], node)
 end
@@ -126,7 +137,7 @@ if first and kind == 'failed' and ARGV[11] ~= '' then
   local failed = {}
   local is_failed = {}
   for _, m in ipairs(policy.members) do
-    if redis.call('HGET', KEYS[3], m .. ':state') == 'failed' then
+    if m == node or redis.call('HGET', KEYS[3], m .. ':state') == 'failed' then
       failed[#failed + 1] = m
       is_failed[m] = true
     end
@@ -151,6 +162,8 @@ if first and kind == 'failed' and ARGV[11] ~= '' then
     end
   end
   if why then
+    redis.call('HSET', KEYS[3], node .. ':state', 'failed')
+    finished(node, nowstr)
     table.sort(failed)
     local message = "group '" .. ARGV[12] .. "' (" .. policy.kind .. ' policy): ' .. why
                     .. '; failed: ' .. table.concat(failed, ', ')
@@ -175,9 +188,9 @@ local publish = {}
 local skipped = {}
 local k = 9
 for i = 0, nsucc - 1 do
-  local succ = ARGV[16 + 3 * i]
-  local npreds = tonumber(ARGV[17 + 3 * i])
-  local delay = tonumber(ARGV[18 + 3 * i])
+  local succ = ARGV[17 + 3 * i]
+  local npreds = tonumber(ARGV[18 + 3 * i])
+  local delay = tonumber(ARGV[19 + 3 * i])
   local real = kind ~= 'skipped' and (chosen == nil or chosen[succ] == true)
   local ready = true
   local any_real = real
@@ -195,17 +208,17 @@ for i = 0, nsucc - 1 do
     k = k + 1
   end
   if ready then
-    local field = succ .. ':dispatch'
+    local field = succ .. ':state'
     if not any_real then
-      -- skipped: every copy passes the skip on (it is idempotent); the lease makes the
-      -- reconciler finish a propagation its caller did not
-      if redis.call('HSETNX', KEYS[3], field, 'skipped') == 1 then
+      -- to be skipped: every copy passes the skip on while it is pending (it is
+      -- idempotent); the lease makes the reconciler finish a propagation nobody did
+      if redis.call('HSETNX', KEYS[3], field, 'skipping') == 1 then
         redis.call('ZADD', KEYS[6], now + lease, succ)
       end
-      if redis.call('HGET', KEYS[3], field) == 'skipped' then
+      if redis.call('HGET', KEYS[3], field) == 'skipping' then
         skipped[#skipped + 1] = succ
       end
-    elseif redis.call('HSETNX', KEYS[3], field, 'published') == 1 then
+    elseif redis.call('HSETNX', KEYS[3], field, 'queued') == 1 then
       redis.call('HSET', KEYS[3], succ .. ':queued', nowstr)
       redis.call('ZADD', KEYS[8], now + delay + lease, succ)
       publish[#publish + 1] = succ

@@ -28,6 +28,12 @@ end
 if ARGV[5] ~= '' and redis.call('HEXISTS', KEYS[2], ARGV[5]) == 1 then
   return -1
 end
+-- "<field>:run" packs what an attempt records: "attempts|started|finished|worker"
+local function finished(field, when)
+  local raw = redis.call('HGET', KEYS[3], field .. ':run') or '0|||'
+  local a, s, _, w = string.match(raw, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  redis.call('HSET', KEYS[3], field .. ':run', a .. '|' .. s .. '|' .. when .. '|' .. w)
+end
 local t = redis.call('TIME')
 local nowstr = string.format('%.6f', tonumber(t[1]) + tonumber(t[2]) / 1000000)
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished', nowstr)
@@ -38,7 +44,8 @@ if ARGV[6] == '1' then
   redis.call('HSET', KEYS[1], 'unsent', '1')
 end
 if ARGV[2] ~= '' then
-  redis.call('HSET', KEYS[3], ARGV[2] .. ':state', 'failed', ARGV[2] .. ':finished', nowstr)
+  redis.call('HSET', KEYS[3], ARGV[2] .. ':state', 'failed')
+  finished(ARGV[2], nowstr)
 end
 redis.call('RPUSH', KEYS[4], ARGV[1])
 for i = 1, 8 do

@@ -29,8 +29,9 @@ for i = 4, #ARGV do
   if mode == 'renew' then
     set = set + redis.call('ZADD', KEYS[3], 'XX', 'CH', expiry, field)
   elseif mode == 'requeue' then
+    local run = redis.call('HGET', KEYS[2], field .. ':run') or ''
     if redis.call('HGET', KEYS[2], field .. ':state') == 'running'
-        and redis.call('HGET', KEYS[2], field .. ':attempts') == ARGV[3] then
+        and string.match(run, '^([^|]*)') == ARGV[3] then
       redis.call('ZREM', KEYS[3], field)
       redis.call('ZADD', KEYS[4], expiry, field)
       redis.call('HSET', KEYS[2], field .. ':state', 'retrying')
@@ -43,7 +44,7 @@ for i = 4, #ARGV do
     redis.call('HSET', KEYS[2], field .. ':queued', string.format('%.6f', now))
     local state = redis.call('HGET', KEYS[2], field .. ':state')
     if state == 'running' or state == 'retrying' then
-      redis.call('HDEL', KEYS[2], field .. ':state')
+      redis.call('HSET', KEYS[2], field .. ':state', 'queued')
     end
     set = set + 1
   end

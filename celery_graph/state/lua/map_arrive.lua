@@ -22,13 +22,20 @@
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then
   return {-1, 0, 0}
 end
+-- "<field>:run" packs what an attempt records: "attempts|started|finished|worker"
+local function finished(field, when)
+  local raw = redis.call('HGET', KEYS[3], field .. ':run') or '0|||'
+  local a, s, _, w = string.match(raw, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  redis.call('HSET', KEYS[3], field .. ':run', a .. '|' .. s .. '|' .. when .. '|' .. w)
+end
 local t = redis.call('TIME')
 local nowstr = string.format('%.6f', tonumber(t[1]) + tonumber(t[2]) / 1000000)
 local stored = 0
 if ARGV[2] ~= '' then
   stored = redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
 end
-redis.call('HSET', KEYS[3], ARGV[1] .. ':state', 'succeeded', ARGV[1] .. ':finished', nowstr)
+redis.call('HSET', KEYS[3], ARGV[1] .. ':state', 'succeeded')
+finished(ARGV[1], nowstr)
 redis.call('SADD', KEYS[4], ARGV[3])
 redis.call('ZREM', KEYS[5], ARGV[1])
 redis.call('ZREM', KEYS[6], ARGV[1])

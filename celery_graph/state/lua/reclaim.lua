@@ -59,10 +59,11 @@ for _, field in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT'
   elseif state == 'running' then
     local lost = redis.call('HINCRBY', KEYS[2], field .. ':lost', 1)
     if lost > max_lost then
-      return {'poison', field, lost, redis.call('HGET', KEYS[2], field .. ':worker') or ''}
+      local run = redis.call('HGET', KEYS[2], field .. ':run') or ''
+      return {'poison', field, lost, string.match(run, '^[^|]*|[^|]*|[^|]*|(.*)$') or ''}
     end
     add(field, 'lost')
-  elseif redis.call('HGET', KEYS[2], field .. ':dispatch') == 'skipped' then
+  elseif state == 'skipping' then
     add(field, 'skip')
   else
     add(field, 'queued')

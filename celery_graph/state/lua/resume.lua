@@ -32,11 +32,8 @@ redis.call('DEL', KEYS[3])
 local expiry = now + tonumber(ARGV[2])
 for i = 3, #ARGV do
   local field = ARGV[i]
-  if not string.find(field, '[#@]') then
-    redis.call('HSET', KEYS[2], field .. ':dispatch', 'published')
-  end
-  redis.call('HSET', KEYS[2], field .. ':queued', nowstr)
-  redis.call('HDEL', KEYS[2], field .. ':state', field .. ':error')
+  redis.call('HSET', KEYS[2], field .. ':state', 'queued', field .. ':queued', nowstr)
+  redis.call('HDEL', KEYS[2], field .. ':error')
   redis.call('ZREM', KEYS[4], field)
   redis.call('ZADD', KEYS[8], expiry, field)
 end

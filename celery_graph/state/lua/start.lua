@@ -42,7 +42,7 @@ end
 local lease = tonumber(ARGV[7])
 for i = 9, #ARGV, 2 do
   local root = ARGV[i]
-  redis.call('HSET', KEYS[2], root .. ':dispatch', 'published', root .. ':queued', nowstr)
+  redis.call('HSET', KEYS[2], root .. ':state', 'queued', root .. ':queued', nowstr)
   redis.call('ZADD', KEYS[3], now + tonumber(ARGV[i + 1]) + lease, root)
 end
 for i = 1, 3 do
