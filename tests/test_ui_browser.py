@@ -55,7 +55,7 @@ def browser(playwright_api) -> Iterator[object]:
 
 @pytest.fixture()
 def page(browser, playwright_api):
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    context = browser.new_context(viewport={"width": 1440, "height": 660})
     context.set_default_timeout(WAIT_MS)
     pg = context.new_page()
     problems: list[str] = []

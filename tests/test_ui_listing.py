@@ -12,9 +12,10 @@ import pytest
 from celery import Celery
 
 from celery_graph.state import state_for
+from celery_graph.ui import start
 from celery_graph.ui.listing import Cursor, QueryError, RunLister, RunQuery
 from celery_graph.ui.store import UiStore
-from tests.ui_helpers import index_runs, seed_runs, unseed_runs
+from tests.ui_helpers import Http, index_runs, seed_runs, unseed_runs
 
 STATES = ["succeeded", "failed", "succeeded", "cancelled", "succeeded", "running"]
 FLOWS = ["etl", "report", "etl", "nightly"]
@@ -202,6 +203,20 @@ def test_listing_100000_runs(redis_url, rclient):
                      flow="nightly", limit=50)
         assert [r["run_id"] for r in page.runs] == s.expected(state="cancelled",
                                                                flow="nightly")[:50]
+        # and through the web server: GET /api/runs, JSON and all
+        server = start(s.app)
+        try:
+            client = Http(server.url.rstrip("/"))
+            for name, path in [("GET /api/runs", "/api/runs"),
+                               ("GET /api/runs?flow=nightly (indexed)", "/api/runs?flow=nightly")]:
+                best = float("inf")
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    assert len(client.get(path)["runs"]) == 50
+                    best = min(best, time.perf_counter() - t0)
+                timings[name] = best
+        finally:
+            server.stop()
         print(f"\nseeded 100,000 runs in {seeded_in:.2f}s, indexed in {indexed_in:.2f}s")
         for name, seconds in timings.items():
             print(f"  {name}: {seconds * 1000:.1f} ms")
@@ -209,6 +224,7 @@ def test_listing_100000_runs(redis_url, rclient):
         assert timings["flow=nightly, indexed"] < 0.25
         assert timings["state=cancelled & flow=nightly, indexed"] < 0.5
         assert timings["search by run id"] < 0.1
+        assert timings["GET /api/runs"] < 0.5
         assert timings["state=failed & flow=etl, no indexes (reads its budget, 10,000)"] < 5
     finally:
         next(gen, None)
