@@ -262,6 +262,11 @@ def test_bad_requests_get_a_status_and_a_message_naming_the_problem(app, http):
     status, body = http.request("POST", f"/api/runs/{unknown}/cancel", {},
                                 {"Sec-Fetch-Site": "cross-site"})
     assert status == 403
+    for raw, words in [(b"{not json", "not JSON"), (b"[1]", "a JSON object")]:
+        status, body = http.request("POST", "/api/flows/ui-echo/runs", raw)
+        assert status == 400 and words in body["error"], body
+    status, body = http.request("POST", "/api/flows/ui-echo/runs", {"inputs": [1]})
+    assert status == 400 and "inputs must be a JSON object" in body["error"]
 
 
 def test_workers_come_from_the_heartbeat_registry(app, http, tag):

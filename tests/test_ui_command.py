@@ -73,9 +73,11 @@ def test_the_command_serves_the_dashboard_with_basic_auth_until_sigterm(redis_ur
     (["-A", "no_such_module_for_ui"], "cannot load the Celery app"),
     (["--key-prefix", "bad prefix"], "malformed key prefix"),
 ])
-def test_bad_options_exit_2_with_one_line(args, words):
+def test_bad_options_exit_2_with_one_line(celery_app, args, words):
+    before = dict(celery_app.conf)  # Celery's current app: it must come out unchanged
     err = io.StringIO()
     assert main(args, err=err) == 2
+    assert {k: celery_app.conf[k] for k in before} == before
     lines = err.getvalue().splitlines()
     assert len(lines) == 1 and lines[0].startswith("celery-graph ui: error: ")
     assert words in lines[0]

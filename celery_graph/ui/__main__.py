@@ -9,6 +9,7 @@ from typing import IO
 
 from ..apploader import load_app
 from ..errors import CeleryGraphError
+from ..keys import check_prefix
 from ..state import state_for
 from .server import DEFAULT_PORT, UsageError, parse_basic_auth, serve
 
@@ -55,7 +56,10 @@ def main(argv: list[str] | None = None, err: IO[str] | None = None) -> int:
     try:
         if not 0 <= args.port <= 65535:
             raise UsageError(f"--port {args.port}: expected 0 to 65535")
-        parse_basic_auth(args.basic_auth)  # a malformed value fails before the app loads
+        # malformed values fail before the app loads, and never reach its configuration
+        parse_basic_auth(args.basic_auth)
+        if args.key_prefix:
+            check_prefix(args.key_prefix)
         app = load_app(args.app)
         if args.redis_url:
             app.conf.graph_redis_url = args.redis_url

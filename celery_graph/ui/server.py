@@ -151,6 +151,19 @@ class Dashboard:
 
 # -- handlers --------------------------------------------------------------------------
 
+
+def parse_body(body: bytes) -> dict[str, Any]:
+    """A request's JSON object body ({} when empty); ValueError (400) otherwise."""
+    if not body:
+        return {}
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise ValueError(f"the request body is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError("the request body must be a JSON object")
+    return data
+
 # An error's HTTP status; the first match wins, so subclasses come first.
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (RunNotFound, 404),
@@ -236,17 +249,6 @@ class BaseHandler(_Base):
             raise
         self.send_json(data, status)
 
-    def body_json(self) -> dict[str, Any]:
-        if not self.request.body:
-            return {}
-        try:
-            data = json.loads(self.request.body)
-        except ValueError as exc:
-            raise ValueError(f"the request body is not JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ValueError("the request body must be a JSON object")
-        return data
-
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.send_json({"error": self._reason, "status": status_code}, status_code)
 
@@ -301,9 +303,13 @@ class InfoHandler(BaseHandler):
 
 
 class RunsHandler(BaseHandler):
+    PARAMS = ("state", "flow", "since", "until", "q", "limit", "cursor")
+
     async def get(self) -> None:
+        params = {name: self.get_query_argument(name, None) for name in self.PARAMS}
+
         def listing() -> dict[str, Any]:
-            query = RunQuery.from_params(lambda name: self.get_query_argument(name, None))
+            query = RunQuery.from_params(params.get)
             return self.dash.lister.page(query).as_json()
 
         await self.answer(listing)
@@ -347,7 +353,8 @@ class FlowsHandler(BaseHandler):
 
 class StartHandler(BaseHandler):
     async def post(self, name: str) -> None:
-        await self.answer(lambda: self.dash.views.start(name, self.body_json()), status=201)
+        body = self.request.body
+        await self.answer(lambda: self.dash.views.start(name, parse_body(body)), status=201)
 
 
 class WorkersHandler(BaseHandler):
