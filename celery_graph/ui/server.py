@@ -51,6 +51,11 @@ PAGES = (r"/", r"/runs/[0-9a-f]{32}", r"/flows", r"/workers")
 _Base: Any = web.RequestHandler if web is not None else object
 
 
+def require_tornado() -> None:
+    if web is None:
+        raise ConfigurationError("the dashboard needs Tornado: pip install 'celery-graph[ui]'")
+
+
 class UsageError(ValueError):
     """A bad option of the dashboard command; the message names it."""
 
@@ -119,10 +124,7 @@ class Dashboard:
         return ok
 
     def application(self) -> Any:
-        if web is None:
-            raise ConfigurationError(
-                "the dashboard needs Tornado: pip install 'celery-graph[ui]'"
-            )
+        require_tornado()
         p = self.prefix
         api = f"{p}/api"
         run = r"([0-9a-f]{32})"
@@ -459,6 +461,7 @@ def serve(
     ``url_prefix``: serve under a path (behind a proxy). ``flows``: the flows to start
     from the page (default: ``app.conf.graph_ui_flows``)."""
     out = out or sys.stderr
+    require_tornado()
     dash = Dashboard(app, flower_url=flower_url, flows=flows, basic_auth=basic_auth,
                      url_prefix=url_prefix)
     dash.state.ping()
