@@ -42,7 +42,7 @@ class NodeStatus:
         if state == "skipping":  # released as a skip, not yet passed on
             state = "skipped"
         attempts, started, finished, worker = (
-            fields.get(f"{node_id}:run", "0|||").split("|", 3) + ["", "", "", ""])[:4]
+            [*fields.get(f"{node_id}:run", "0|||").split("|", 3), "", "", "", ""])[:4]
         return cls(
             state=state,
             attempts=int(attempts or 0),

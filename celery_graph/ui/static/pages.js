@@ -1,0 +1,95 @@
+// The flows page (start a registered flow with inputs) and the workers page.
+import { api, badge, clear, errorBox, fill, fmtDuration, h } from "./util.js";
+
+function parseValue(raw) {
+  // like `celery-graph run --input k=v`: JSON when it parses, else the text
+  try {
+    return JSON.parse(raw);
+  } catch {
+    return raw;
+  }
+}
+
+function flowCard(flow) {
+  const fields = flow.inputs.map((input) => h("label", { class: "input" },
+    h("span", { class: "mono" }, input.name, input.required ? h("b", { title: "required" }, " *") : null),
+    h("input", {
+      name: input.name, required: input.required, "data-input": input.name,
+      placeholder: input.required ? "required (JSON or text)" : `default ${input.default ?? "from the task"}`,
+    }),
+    h("span", { class: "muted small" }, "used by " + input.nodes.join(", "))));
+  const key = h("input", { name: "idempotency_key", placeholder: "optional: a second start with this key returns the same run" });
+  const deadline = h("input", { name: "deadline", type: "number", min: 1, step: "any", placeholder: "seconds (optional)" });
+  const message = h("div");
+  const form = h("form", { class: "start", "data-flow": flow.name },
+    fields,
+    h("label", { class: "input" }, h("span", {}, "idempotency key"), key),
+    h("label", { class: "input" }, h("span", {}, "deadline"), deadline),
+    h("button", { type: "submit" }, `Start ${flow.name}`), message);
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const inputs = {};
+    for (const el of form.querySelectorAll("[data-input]")) {
+      if (el.value !== "") inputs[el.name] = parseValue(el.value);
+    }
+    const body = { inputs };
+    if (key.value) body.idempotency_key = key.value;
+    if (deadline.value) body.deadline = Number(deadline.value);
+    try {
+      const started = await api(`flows/${encodeURIComponent(flow.name)}/runs`, { method: "POST", body });
+      location.href = new URL(`runs/${started.run_id}`, document.baseURI).href;
+    } catch (err) {
+      fill(message, errorBox(err.message));
+    }
+  });
+  return h("section", { class: "panel flow", id: `flow-${flow.name}` },
+    h("h2", {}, flow.name),
+    h("p", { class: "muted" }, h("span", { class: "mono" }, flow.ref), ` · ${flow.nodes} nodes · `,
+      h("a", { href: `./?flow=${encodeURIComponent(flow.name)}` }, "its runs")),
+    form);
+}
+
+export async function flowsPage(root) {
+  fill(root, h("h1", {}, "Flows"));
+  try {
+    const data = await api("flows");
+    if (!data.flows.length) {
+      root.append(h("p", {}, "No flows to start from here. List them in the app's configuration:"),
+        h("pre", {}, 'app.conf.graph_ui_flows = {"etl": "proj.flows:etl"}'));
+      return;
+    }
+    root.append(...data.flows.map(flowCard));
+  } catch (err) {
+    root.append(errorBox(err.message));
+  }
+}
+
+export async function workersPage(root) {
+  const table = h("table", { class: "runs", id: "workers" });
+  const message = h("div");
+  fill(root, h("h1", {}, "Workers"), message, table,
+    h("p", { class: "muted small" }, "From the heartbeat registry of graph workers; refreshed every 3 s."));
+  async function load() {
+    try {
+      const data = await api("workers");
+      clear(message);
+      fill(table, 
+        h("thead", {}, h("tr", {}, ["Worker", "State", "PID", "Queues", "Heartbeat", "Uptime",
+          "In flight", "Processed", "OK", "Failed", "Mean"].map((t) => h("th", {}, t)))),
+        h("tbody", {}, data.workers.length ? data.workers.map((w) => h("tr", { "data-worker": w.hostname },
+          h("td", { class: "mono" }, w.hostname), h("td", {}, badge(w.state)),
+          h("td", { class: "num" }, String(w.pid)), h("td", {}, w.queues.join(", ")),
+          h("td", { class: "num" }, fmtDuration(w.heartbeat_age) + " ago"),
+          h("td", { class: "num" }, fmtDuration(w.uptime)),
+          h("td", { class: "num" }, String(w.in_flight)), h("td", { class: "num" }, String(w.processed)),
+          h("td", { class: "num" }, String(w.succeeded)), h("td", { class: "num" }, String(w.failed)),
+          h("td", { class: "num" }, w.mean_runtime === null ? "-" : w.mean_runtime.toFixed(3) + "s")))
+          : h("tr", {}, h("td", { colspan: 11, class: "muted empty" },
+            "No live graph workers (workers register with graph-worker or the celery-graph worker options)."))));
+    } catch (err) {
+      fill(message, errorBox(err.message));
+    }
+    setTimeout(load, 3000);
+  }
+  await load();
+}

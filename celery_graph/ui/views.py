@@ -1,0 +1,287 @@
+"""What the JSON API answers: a run with every node's state, one node in detail, the
+workers, and the actions on a run. Plain functions of the app's ``State``; the web layer
+(``server.py``) only routes to them.
+
+``run_json`` holds the same fields as ``celery-graph status --json`` (``run_id``, ``state``,
+``graph_id``, ``created``, ``finished``, ``error``, ``nodes``), plus what the page needs.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from dataclasses import asdict
+from typing import Any
+from urllib.parse import quote
+
+from ..client import GraphRun
+from ..client.run import resume_frontier
+from ..codec import decode_value
+from ..errors import RunNotResumable
+from ..model import FINAL_STATES, GraphSpec, NodeStatus, RunStatus
+from ..protocol import task_id_for
+from ..registry import live_workers
+from ..state import State
+from .flows import FlowRegistry
+from .graph import layout
+from .store import RunRow, UiStore
+
+PREVIEW_BYTES = 64 * 1024  # a larger result is not read for a preview
+PREVIEW_CHARS = 4000
+ITEMS_SHOWN = 200  # items of a map listed in a node's detail
+LAYOUTS_CACHED = 64
+
+
+class ActionRefused(Exception):
+    """An action that does not apply to the run as it is (HTTP 409); says why."""
+
+
+def status_json(status: RunStatus) -> dict[str, Any]:
+    """The fields of ``celery-graph status --json``."""
+    return {
+        "run_id": status.run_id,
+        "state": status.state,
+        "graph_id": status.graph_id,
+        "created": status.created,
+        "finished": status.finished,
+        "error": status.error,
+        "nodes": {nid: asdict(n) for nid, n in status.nodes.items()},
+    }
+
+
+def _items(fields: dict[str, str], spec: GraphSpec) -> dict[str, dict[str, Any]]:
+    """For every map node that expanded: its item count and the items' states."""
+    out: dict[str, dict[str, Any]] = {}
+    for nid in spec.maps:
+        count = fields.get(f"{nid}:items")
+        if count is not None:
+            out[nid] = {"count": int(count), "states": {}}
+    if not out:
+        return out
+    counters: dict[str, Counter[str]] = {nid: Counter() for nid in out}
+    for key, value in fields.items():
+        head, sep, tail = key.partition("#")
+        if sep and head in counters and tail.endswith(":state"):
+            counters[head][value] += 1
+    for nid, counter in counters.items():
+        out[nid]["states"] = dict(counter)
+    return out
+
+
+class Views:
+    """The API's answers for one app."""
+
+    def __init__(
+        self, app: Any, state: State, registry: FlowRegistry, flower_url: str | None = None
+    ) -> None:
+        self.app = app
+        self.state = state
+        self.store = UiStore(state)
+        self.registry = registry
+        self.flower_url = flower_url.rstrip("/") if flower_url else None
+        self._layouts: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _status(self, run_id: str) -> tuple[dict[str, str], GraphSpec, dict[str, str],
+                                             RunStatus]:
+        runs = self.state.runs
+        record = runs.record(run_id)  # RunNotFound names the id and the prefix
+        spec = self.state.graphs.load(record["graph"])
+        fields = runs.node_fields(run_id)
+        status = RunStatus.from_state(
+            run_id, record, fields, spec.order, runs.leases(run_id), runs.time()
+        )
+        return record, spec, fields, status
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        record, spec, fields, status = self._status(run_id)
+        data = status_json(status)
+        counts = status.counts()
+        done = counts.get("succeeded", 0) + counts.get("skipped", 0)
+        row = RunRow(run_id, record)
+        data.update(
+            flow=self.registry.name_of(row),
+            inputs=json.loads(record.get("inputs") or "{}"),
+            deadline=float(record["deadline"]) if record.get("deadline") else None,
+            resumed=float(record["resumed"]) if record.get("resumed") else None,
+            now=status.now,
+            counts=counts,
+            progress={"done": done, "failed": counts.get("failed", 0), "total": len(spec.nodes)},
+            stalled=status.stalled(),
+            items=_items(fields, spec),
+            actions={
+                "cancel": status.state == "running",
+                "resume": status.state in ("failed", "cancelled"),
+            },
+            flower=self.flower_url,
+        )
+        return data
+
+    def graph(self, run_id: str) -> dict[str, Any]:
+        """The drawing of the run's graph (one per graph id, computed once)."""
+        graph_id = self.state.runs.record(run_id)["graph"]
+        with self._lock:
+            cached = self._layouts.get(graph_id)
+        if cached is None:
+            cached = layout(self.state.graphs.load(graph_id))
+            with self._lock:
+                self._layouts[graph_id] = cached
+                while len(self._layouts) > LAYOUTS_CACHED:
+                    self._layouts.pop(next(iter(self._layouts)))
+        return cached
+
+    def node(self, run_id: str, node_id: str) -> dict[str, Any]:
+        _record, spec, fields, status = self._status(run_id)
+        if node_id not in spec.nodes:
+            raise KeyError(f"run {run_id} has no node {node_id!r} (nodes: "
+                           f"{', '.join(spec.order[:20])}{' ...' if len(spec.order) > 20 else ''})")
+        node = spec.nodes[node_id]
+        ns = status.nodes[node_id]
+        error = ns.error
+        if error is None and status.error and status.error.get("node") == node_id:
+            error = status.error
+        task_id = task_id_for(run_id, node_id)
+        data: dict[str, Any] = {
+            "run_id": run_id,
+            "node_id": node_id,
+            "run_state": status.state,
+            **asdict(ns),
+            "error": error,
+            "waiting": None if status.done else ns.waiting(status.now or 0.0),
+            "task": node.call or node.task,
+            "task_id": task_id,
+            "flower": f"{self.flower_url}/task/{quote(task_id, safe=':')}"
+                      if self.flower_url else None,
+            "preds": list(node.preds),
+            "succs": list(node.succs),
+            "join": node.is_join,
+            "map_source": node.map_source,
+            "queue": node.options.get("queue"),
+            "bound": node.kwargs,
+            "result": self._result(run_id, node_id),
+            "retry": ns.state == "failed" and status.state in ("failed", "cancelled"),
+        }
+        if node.map_source:
+            data["items"] = self._item_list(run_id, node_id, fields, status.now or 0.0)
+        return data
+
+    def _result(self, run_id: str, field: str) -> dict[str, Any] | None:
+        size = self.store.result_size(run_id, field)
+        if not size:
+            return None
+        if size > PREVIEW_BYTES:
+            return {"size": size, "preview": None, "truncated": True}
+        raw = self.store.result(run_id, field)
+        if raw is None:  # expired between the two reads
+            return None
+        try:
+            text = json.dumps(decode_value(raw), indent=2, sort_keys=True, default=str)
+        except ValueError:
+            text = raw.decode(errors="replace")
+        return {"size": size, "preview": text[:PREVIEW_CHARS],
+                "truncated": len(text) > PREVIEW_CHARS}
+
+    def _item_list(self, run_id: str, node_id: str, fields: dict[str, str], now: float,
+                   ) -> dict[str, Any]:
+        count = int(fields.get(f"{node_id}:items", 0))
+        shown = []
+        for i in range(min(count, ITEMS_SHOWN)):
+            item = NodeStatus.from_fields(f"{node_id}#{i}", fields)
+            shown.append({"index": i, "state": item.state, "attempts": item.attempts,
+                          "worker": item.worker, "started": item.started,
+                          "finished": item.finished})
+        return {"count": count, "shown": shown}
+
+    def workers(self) -> list[dict[str, Any]]:
+        out = []
+        for w in live_workers(self.app):
+            m = w.metrics
+            out.append({
+                "hostname": w.hostname, "state": w.state, "pid": w.pid, "queues": w.queues,
+                "heartbeat": w.heartbeat, "heartbeat_age": w.heartbeat_age,
+                "started": w.started, "uptime": w.uptime,
+                "processed": m.get("processed", 0), "succeeded": m.get("succeeded", 0),
+                "failed": m.get("failed", 0), "retried": m.get("retried", 0),
+                "in_flight": m.get("in_flight", 0), "mean_runtime": w.mean_runtime,
+            })
+        return out
+
+    def flows(self) -> list[dict[str, Any]]:
+        return [f.as_json() for f in self.registry.flows.values()]
+
+    def flow_names(self) -> list[str]:
+        """Names for the runs page's filter: registered flows, then flows runs recorded."""
+        names = list(self.registry.flows)
+        for name in self.store.flow_names():
+            if name not in names:
+                names.append(name)
+        return names
+
+    # -- acting --------------------------------------------------------------------------
+
+    def cancel(self, run_id: str) -> dict[str, Any]:
+        run = GraphRun(run_id, app=self.app)
+        state = self.state.runs.record(run_id)["status"]
+        if state != "running":
+            raise ActionRefused(f"run {run_id} is {state}: only a running run can be cancelled")
+        cancelled = run.cancel()
+        return {"run_id": run_id, "cancelled": cancelled,
+                "state": self.state.runs.record(run_id)["status"]}
+
+    def resume(self, run_id: str, node_id: str | None = None) -> dict[str, Any]:
+        """Resume the run: every node it had not finished is sent again. With ``node_id``
+        (retry one node), the node must have failed; the rest of the frontier goes too."""
+        _record, spec, fields, status = self._status(run_id)
+        if status.state not in ("failed", "cancelled"):
+            raise ActionRefused(
+                f"run {run_id} is {status.state}: only a failed or cancelled run can be "
+                "resumed"
+            )
+        if node_id is not None:
+            if node_id not in spec.nodes:
+                raise KeyError(f"run {run_id} has no node {node_id!r}")
+            if status.nodes[node_id].state != "failed":
+                raise ActionRefused(
+                    f"node {node_id!r} is {status.nodes[node_id].state}: only a failed node "
+                    "can be retried"
+                )
+        results = set(self.state.runs.results(run_id))
+        frontier, items = resume_frontier(
+            spec, fields, results, self.state.runs.leases(run_id), status.now or 0.0
+        )
+        try:
+            GraphRun(run_id, app=self.app, spec=spec).resume()
+        except RunNotResumable as exc:
+            raise ActionRefused(str(exc)) from exc
+        return {
+            "run_id": run_id,
+            "state": self.state.runs.record(run_id)["status"],
+            "sent": frontier + sorted({n for n, _ in items}),
+        }
+
+    def start(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        entry = self.registry.get(name)
+        if entry is None:
+            raise KeyError(f"no flow {name!r} in graph_ui_flows (flows: "
+                           f"{', '.join(self.registry.flows) or 'none'})")
+        inputs = body.get("inputs") or {}
+        if not isinstance(inputs, dict):
+            raise ValueError("inputs must be a JSON object of parameter -> value")
+        key = body.get("idempotency_key") or None
+        deadline = body.get("deadline")
+        if deadline is not None and not isinstance(deadline, (int, float)):
+            raise ValueError("deadline must be a number of seconds")
+        run = self.registry.start(name, inputs, idempotency_key=key, deadline=deadline)
+        return {"run_id": run.id, "flow": name}
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "key_prefix": self.state.keys.prefix,
+            "flower": self.flower_url,
+            "indexed_since": self.store.indexed_since(),
+            "final_states": list(FINAL_STATES),
+            "server_time": self.state.runs.time(),
+        }

@@ -1,0 +1,208 @@
+"""The dashboard in a real headless Chromium (Debian's, driven by Playwright), against the
+real server, Redis and worker: the runs list, every node's state on the run page, a live
+run changing colour, cancel and resume from the page, starting a flow from the page.
+
+Set CELERY_GRAPH_UI_SCREENSHOTS=docs/img to keep the screenshots the README shows."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from celery_graph.registry import Heartbeat
+from celery_graph.state import state_for
+from tests.helpers import wait_for
+from tests.ui_helpers import CHROMIUM_ARGS, chromium_or_skip
+from tests.ui_tasks import gated
+
+pytest_plugins = ("tests.ui_fixtures",)
+# the first test may install Debian's chromium (apt-get), which takes longer than a test
+pytestmark = pytest.mark.timeout(600)
+
+COLOURS = {  # the fill of a node's box in each state (style.css)
+    "pending": "rgb(208, 208, 208)",
+    "running": "rgb(255, 213, 79)",
+    "succeeded": "rgb(102, 187, 106)",
+    "failed": "rgb(239, 83, 80)",
+}
+WAIT_MS = 15_000
+
+
+@pytest.fixture(scope="module")
+def playwright_api():
+    # an ImportError here in CI is a failure (playwright is in the test extra)
+    if os.environ.get("CI"):
+        import playwright.sync_api as api
+    else:
+        api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    return api
+
+
+@pytest.fixture(scope="module")
+def browser(playwright_api) -> Iterator[object]:
+    path = chromium_or_skip()
+    with playwright_api.sync_playwright() as p:
+        # Playwright gives the browser a fresh temporary profile (--user-data-dir)
+        b = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture()
+def page(browser, playwright_api):
+    context = browser.new_context(viewport={"width": 1440, "height": 660})
+    context.set_default_timeout(WAIT_MS)
+    pg = context.new_page()
+    problems: list[str] = []
+    pg.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    pg.on("console", lambda m: problems.append(f"console: {m.text}") if m.type == "error"
+          else None)
+    yield pg
+    context.close()
+    assert not problems, problems
+
+
+def expect(playwright_api, locator):
+    return playwright_api.expect(locator)
+
+
+def node(page, node_id: str):
+    return page.locator(f'g.node[data-node="{node_id}"]')
+
+
+def fill_of(page, node_id: str) -> str:
+    return node(page, node_id).locator("rect.box").evaluate("e => getComputedStyle(e).fill")
+
+
+def wait_api_state(http, run_id: str, state: str):
+    return wait_for(lambda: http.get(f"/api/runs/{run_id}")["state"] == state, 20,
+                    f"run {run_id} to be {state}")
+
+
+def shot(page, tmp_path, name: str) -> None:
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
+    keep = os.environ.get("CELERY_GRAPH_UI_SCREENSHOTS")
+    if keep:
+        os.makedirs(keep, exist_ok=True)
+        shutil.copy(path, os.path.join(keep, name))
+
+
+def test_the_runs_list_shows_a_finished_run_and_filters_it(app, ui, http, page, playwright_api):
+    run_id = http.post("/api/flows/ui-etl/runs", {"inputs": {"n": 2}})["run_id"]
+    wait_api_state(http, run_id, "succeeded")
+    page.goto(ui.url)
+    row = page.locator(f'tr[data-run="{run_id}"]')
+    expect(playwright_api, row).to_have_attribute("data-state", "succeeded")
+    expect(playwright_api, row).to_contain_text("ui-etl")
+    expect(playwright_api, row).to_contain_text("4/4")
+    page.select_option("#state-filter", "failed")
+    expect(playwright_api, row).to_have_count(0)
+    assert "state=failed" in page.url
+    page.select_option("#state-filter", "succeeded")
+    page.fill("#search", run_id)
+    page.press("#search", "Enter")
+    expect(playwright_api, page.locator("tr[data-run]")).to_have_count(1)
+    expect(playwright_api, row).to_contain_text("run id")
+    row.locator("a").click()
+    expect(playwright_api, page.locator("#run-state")).to_have_attribute(
+        "data-state", "succeeded")
+
+
+def test_the_run_page_shows_every_node_with_its_state(app, ui, http, page, playwright_api):
+    run_id = http.post("/api/flows/ui-boom/runs", {})["run_id"]
+    wait_api_state(http, run_id, "failed")
+    page.goto(f"{ui.url}runs/{run_id}")
+    expect(playwright_api, page.locator("#run-state")).to_have_attribute("data-state", "failed")
+    states = {n: s["state"] for n, s in http.get(f"/api/runs/{run_id}")["nodes"].items()}
+    assert states == {"ui_boom": "failed", "ui_after": "pending"}
+    assert page.locator("g.node").count() == len(states)
+    for node_id, state in states.items():
+        expect(playwright_api, node(page, node_id)).to_have_attribute("data-state", state)
+        assert fill_of(page, node_id) == COLOURS[state]
+    expect(playwright_api, page.locator("#run-error")).to_contain_text(
+        "ValueError: ui_boom went the node")
+    node(page, "ui_boom").click()
+    detail = page.locator("#detail")
+    expect(playwright_api, detail).to_contain_text("ui_boom went the node")
+    expect(playwright_api, detail.locator("pre.traceback")).to_contain_text("Traceback")
+    expect(playwright_api, detail.locator("#retry-node")).to_be_visible()
+    expect(playwright_api, detail.locator("#flower-link")).to_have_attribute(
+        "href", f"http://flower.test:5555/task/{run_id}:ui_boom")
+
+
+def test_a_live_run_changes_colour_as_its_nodes_finish(app, ui, http, gates, tag, page,
+                                                       playwright_api, tmp_path):
+    run = gated(tag).apply_async()
+    page.goto(f"{ui.url}runs/{run.id}")
+    expect(playwright_api, node(page, "g1")).to_have_attribute("data-state", "running")
+    assert fill_of(page, "g1") == COLOURS["running"]
+    expect(playwright_api, node(page, "done")).to_have_attribute("data-state", "pending")
+    gates.release(1)  # g1 finishes: g2 starts, quick runs
+    expect(playwright_api, node(page, "g1")).to_have_attribute("data-state", "succeeded")
+    expect(playwright_api, node(page, "quick")).to_have_attribute("data-state", "succeeded")
+    expect(playwright_api, node(page, "g2")).to_have_attribute("data-state", "running")
+    assert fill_of(page, "g1") == COLOURS["succeeded"]
+    node(page, "g1").click()
+    expect(playwright_api, page.locator("#result")).to_contain_text('"g1"')
+    shot(page, tmp_path, "ui-run.png")
+    gates.release(1)
+    expect(playwright_api, page.locator("#run-state")).to_have_attribute(
+        "data-state", "succeeded")
+    expect(playwright_api, node(page, "done")).to_have_attribute("data-state", "succeeded")
+    assert fill_of(page, "done") == COLOURS["succeeded"]
+    assert run.get(timeout=10) == {"x": 2, "times": 4}
+
+
+def test_cancel_and_resume_from_the_page(app, ui, http, gates, tag, page, playwright_api):
+    run = gated(tag).apply_async()
+    page.goto(f"{ui.url}runs/{run.id}")
+    expect(playwright_api, node(page, "g1")).to_have_attribute("data-state", "running")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#cancel")
+    expect(playwright_api, page.locator("#run-state")).to_have_attribute(
+        "data-state", "cancelled")
+    assert http.get(f"/api/runs/{run.id}")["state"] == "cancelled"
+    expect(playwright_api, page.locator("#cancel")).to_be_disabled()
+    page.click("#resume")
+    expect(playwright_api, page.locator("#run-state")).to_have_attribute("data-state", "running")
+    gates.release(2)
+    expect(playwright_api, page.locator("#run-state")).to_have_attribute(
+        "data-state", "succeeded")
+
+
+def test_start_a_flow_with_inputs_from_the_page(app, ui, http, page, playwright_api):
+    page.goto(f"{ui.url}flows")
+    form = page.locator('form[data-flow="ui-echo"]')
+    form.locator('[data-input="x"]').fill("7")
+    form.locator("button[type=submit]").click()
+    page.wait_for_url("**/runs/*")
+    expect(playwright_api, page.locator("#run-state")).to_have_attribute(
+        "data-state", "succeeded")
+    run_id = page.url.rstrip("/").rsplit("/", 1)[1]
+    assert http.get(f"/api/runs/{run_id}")["flow"] == "ui-echo"
+    node(page, "ui_echo").click()
+    expect(playwright_api, page.locator("#result")).to_contain_text('"times": 14')
+
+
+def test_the_workers_page_lists_the_registry(app, ui, page, playwright_api, tag, tmp_path):
+    beat = Heartbeat(state_for(app), f"ui-page-{tag}@host", lambda: {"queues": ["celery"]},
+                     interval=1)
+    beat.start()
+    try:
+        page.goto(f"{ui.url}workers")
+        row = page.locator(f'tr[data-worker="ui-page-{tag}@host"]')
+        expect(playwright_api, row).to_contain_text("running")
+        expect(playwright_api, row).to_contain_text("celery")
+    finally:
+        beat.stop()
+    # and the runs page as the README shows it
+    page.goto(ui.url)
+    expect(playwright_api, page.locator("tr[data-run]").first).to_be_visible()
+    shot(page, tmp_path, "ui-runs.png")
