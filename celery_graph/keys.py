@@ -4,6 +4,11 @@ Layout (``P`` is the prefix, ``R`` a run id, ``N`` a node id)::
 
     P:graph:<sha256>          string  zlib-compressed canonical GraphSpec (shared by runs)
     P:runs                    zset    run id -> start time, for listings (trimmed)
+    P:runs:flow:<flow>        zset    run id -> start time, the runs of one flow
+    P:runs:state:<state>      zset    run id -> start time, runs that ended so (succeeded,
+                                      failed, cancelled); dropped when a run resumes
+    P:flows                   zset    flow name -> last submission
+    P:runs:indexed            string  server time since which the three above are written
     P:running                 zset    run id -> when the reconciler looks at it next
     P:reconciler              string  lock: one reconciler sweeps at a time
     P:run:{R}                 hash    run record: status, graph, inputs, error, times
@@ -27,6 +32,7 @@ them stays in one Redis Cluster slot.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable
 
@@ -39,6 +45,17 @@ _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-]+(:[A-Za-z0-9_.\-]+)*$")
 # Node ids end up inside key names, so they may not hold braces, colons or spaces.
 NODE_ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+FINAL_STATES = ("succeeded", "failed", "cancelled")
+# a flow name is used as it is inside a key when it is made of these characters
+_PLAIN_FLOW = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")
+
+
+def flow_key_part(flow: str) -> str:
+    """The part of an index key that names a flow: the name itself when it is plain, else
+    a digest (braces or spaces in a key would break hash tags and listings)."""
+    if _PLAIN_FLOW.match(flow):
+        return flow
+    return "sha256." + hashlib.sha256(flow.encode()).hexdigest()[:24]
 
 
 def check_prefix(prefix: str) -> str:
@@ -65,6 +82,20 @@ class Keys:
 
     def runs_index(self) -> str:
         return f"{self.prefix}:runs"
+
+    def flow_runs(self, flow: str) -> str:
+        return f"{self.prefix}:runs:flow:{flow_key_part(flow)}"
+
+    def state_runs(self, state: str) -> str:
+        if state not in FINAL_STATES:
+            raise ValueError(f"runs are indexed by final state only, not {state!r}")
+        return f"{self.prefix}:runs:state:{state}"
+
+    def flows_index(self) -> str:
+        return f"{self.prefix}:flows"
+
+    def index_marker(self) -> str:
+        return f"{self.prefix}:runs:indexed"
 
     def run(self, run_id: str) -> str:
         return f"{self.prefix}:run:{{{run_id}}}"
@@ -134,7 +165,8 @@ def key_pattern(prefix: str) -> re.Pattern[str]:
     p = re.escape(prefix)
     node = r"[A-Za-z_][A-Za-z0-9_.\-]*"
     return re.compile(
-        rf"^{p}:(graph:[0-9a-f]{{64}}|runs|running|reconciler|workers"
+        rf"^{p}:(graph:[0-9a-f]{{64}}|runs|running|reconciler|workers|flows|runs:indexed"
+        rf"|runs:flow:[A-Za-z0-9_.:\-]+|runs:state:(succeeded|failed|cancelled)"
         rf"|worker:[^\s:{{}}]+(:metrics)?"
         rf"|run:\{{[0-9a-f]{{32}}\}}"
         rf"(:(results|nodes|sinks|done|state|leases|queued|join:{node}|map:{node}))?)$"

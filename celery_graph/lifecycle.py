@@ -69,6 +69,11 @@ def after_run(app: Any, state: State, run_id: str) -> bool:
     """Hooks for a run that ended: a Celery canvas waiting on it continues, once. True
     when nothing is left to do (no canvas, or it continued)."""
     try:
+        state.runs.index_ended(run_id)
+    except Exception:  # an index is a listing aid: the reconciler writes it again
+        logger.warning("celery-graph: could not index the end of run %s", run_id,
+                       exc_info=True)
+    try:
         claim = state.scripts.continuation(run_id, "claim", CONTINUATION_HOLD)
         if claim != "claimed":
             return claim in ("none", "done")

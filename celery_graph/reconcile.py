@@ -96,6 +96,7 @@ class Reconciler:
             state.runs.forget(run_id)
             return
         if r.verdict == "ended":
+            state.runs.index_ended(run_id)  # in case the process that ended it did not
             if not r.pending_continuation:
                 state.runs.forget(run_id)
             elif after_run(self.app, state, run_id):

@@ -152,7 +152,7 @@ return #ids
 
 
 # Writes the secondary indexes for the seeded runs from ARGV[2] on, as the engine would
-# (key names come from ui/store.py's IndexKeys, in ARGV).
+# (key names come from keys.py, in ARGV).
 INDEX = """
 local runs, since = ARGV[1], ARGV[2]
 local states, flows = cjson.decode(ARGV[3]), cjson.decode(ARGV[4])
@@ -178,11 +178,11 @@ return #ids / 2
 
 def index_runs(client: Any, store: Any, since: float, flows: list[str]) -> None:
     """Index the runs of ``store``'s prefix from ``since`` on (bulk, in one call)."""
-    idx = store.index
-    states = {s: idx.state(s) for s in ("succeeded", "failed", "cancelled")}
-    client.eval(INDEX, 0, store.keys.runs_index(), repr(since), json.dumps(states),
-                json.dumps({f: idx.flow(f) for f in flows}), idx.flows(), idx.marker(),
-                store.keys.run("").removesuffix("{}"))
+    keys = store.keys
+    states = {s: keys.state_runs(s) for s in ("succeeded", "failed", "cancelled")}
+    client.eval(INDEX, 0, keys.runs_index(), repr(since), json.dumps(states),
+                json.dumps({f: keys.flow_runs(f) for f in flows}), keys.flows_index(),
+                keys.index_marker(), keys.run("").removesuffix("{}"))
 
 
 def seed_runs(client: Any, prefix: str, count: int, *, base: float, step: float = 1.0,

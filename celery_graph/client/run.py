@@ -127,6 +127,7 @@ class GraphRun:
         frontier, items = resume_frontier(spec, fields, set(results), leases, now)
         state.runs.track(self.id)  # the reconciler looks after it again
         state.scripts.resume(self.id, frontier + [spec.nodes[n].unit_field(u) for n, u in items])
+        state.runs.index_resumed(self.id)
         # a publish that fails here is recovered by the reconciler: the nodes are leased
         publish_nodes(self._app, spec, self.id, frontier)
         by_map: dict[str, list[int]] = {}

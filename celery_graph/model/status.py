@@ -7,8 +7,9 @@ from typing import Any
 
 from ..codec import parse_error
 from ..errors import CeleryGraphError, RunCancelled, RunFailed
+from ..keys import FINAL_STATES as KEY_FINAL_STATES
 
-FINAL_STATES = ("succeeded", "failed", "cancelled")
+FINAL_STATES = KEY_FINAL_STATES  # a run in one of them has ended
 
 
 def _time(value: str | None) -> float | None:

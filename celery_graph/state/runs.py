@@ -52,11 +52,43 @@ class RunStore:
         now = float(detail)
         pipe = self.client.pipeline(transaction=False)
         pipe.zadd(k.running_index(), {run_id: now})  # again: a sweep may have just dropped it
-        pipe.zadd(k.runs_index(), {run_id: now})
-        pipe.zremrangebyscore(k.runs_index(), 0, now - self.run_ttl)
-        pipe.expire(k.runs_index(), self.run_ttl)
+        self._index(pipe, k.runs_index(), run_id, now)
+        pipe.set(k.index_marker(), repr(now), nx=True)
+        pipe.expire(k.index_marker(), self.run_ttl)
+        flow = (extra or {}).get("flow")
+        if flow:
+            self._index(pipe, k.flow_runs(flow), run_id, now)
+            self._index(pipe, k.flows_index(), flow, now)
         translated("listing a run", pipe.execute)
         return True, ""
+
+    def _index(self, pipe: Any, key: str, member: str, score: float) -> None:
+        """Add to an index zset, trimmed and expired after the run ttl."""
+        pipe.zadd(key, {member: score})
+        pipe.zremrangebyscore(key, "-inf", score - self.run_ttl)
+        pipe.expire(key, self.run_ttl)
+
+    def index_ended(self, run_id: str) -> None:
+        """List an ended run under its final state (idempotent: every process that ends a
+        run calls it, and the reconciler once more for every ended run)."""
+        record = self.record(run_id)
+        status = record["status"]
+        if status not in FINAL_STATES:
+            return
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        for other in FINAL_STATES:
+            if other != status:
+                pipe.zrem(k.state_runs(other), run_id)
+        self._index(pipe, k.state_runs(status), run_id, float(record["created"]))
+        translated("indexing a run", pipe.execute)
+
+    def index_resumed(self, run_id: str) -> None:
+        """A resumed run is running again: off the final-state indexes."""
+        pipe = self.client.pipeline(transaction=False)
+        for status in FINAL_STATES:
+            pipe.zrem(self.keys.state_runs(status), run_id)
+        translated("indexing a run", pipe.execute)
 
     # -- the running index, for the reconciler ---------------------------------------------
 

@@ -167,10 +167,13 @@ class RunLister:
 
     def __init__(
         self, store: UiStore, namer: FlowNamer, *, batch: int = 500, budget: int = 10_000,
-        running_cap: int = 10_000,
+        running_cap: int = 10_000, by_graph: Callable[[str], object] = lambda flow: None,
     ) -> None:
         self.store = store
         self.namer = namer
+        # a flow named by its graph (a registered flow) also has runs started without its
+        # name (a canvas, beat): its index by name is not all of them
+        self.by_graph = by_graph
         self.batch = batch
         self.budget = budget
         self.running_cap = running_cap
@@ -199,10 +202,12 @@ class RunLister:
         if marker is None or marker > high:
             return [_Segment(runs, low, high)], "scan", None
         choices = []
-        if q.flow:
-            choices.append(self.store.index.flow(q.flow))
+        if q.flow and not self.by_graph(q.flow):
+            choices.append(self.store.keys.flow_runs(q.flow))
         if final:
-            choices.append(self.store.index.state(final))
+            choices.append(self.store.keys.state_runs(final))
+        if not choices:
+            return [_Segment(runs, low, high)], "scan", None
         sizes = {k: self.store.count(k, max(low, marker), high) for k in choices}
         key = min(choices, key=sizes.__getitem__)
         segments = [_Segment(key, max(low, marker), high)]

@@ -4,70 +4,26 @@ Everything goes through ``State.client`` (redis-py, bytes replies) and every Red
 leaves translated (``StoreUnavailable``). This module is written so the engine can take it
 over into ``state/``: its key names belong in ``keys.py``, its verbs in ``state/runs.py``.
 
-Secondary indexes of runs (written by the engine, read here; see docs/ui.md)::
-
-    P:runs:flow:<flow>      zset  run id -> created (server time), written at submission
-    P:runs:state:<state>    zset  run id -> created, for succeeded / failed / cancelled,
-                                  written when the run ends, removed when it is resumed
-    P:flows                 zset  flow name -> last submission (server time)
-    P:runs:indexed          string  server time since which the three above are written
-
-All four are trimmed and expired like ``P:runs``. The reading side takes an index entry
-as a hint only: the run record decides (an entry may outlive its run or lag a resume).
-``index_submitted`` and ``index_ended`` below are the writing side, for the engine to call
-(the tests call them to stand in for it).
+The secondary indexes of runs (``keys.py``: runs by flow, runs by final state, the flow
+list and the marker since when they are written) are written by the engine (``RunStore``:
+at submission, when a run ends, when it resumes) and read here. An index entry is a hint
+only: the run record decides (an entry may outlive its run or lag a resume).
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..codec import parse_error
-from ..keys import RUN_ID_RE, Keys
-from ..model import FINAL_STATES
+from ..keys import RUN_ID_RE
 from ..state import State
 from ..state.connection import translated
 
 # the fields of a run record a listing filters on, and those it shows
 FILTER_FIELDS = ("status", "graph", "created", "flow")
 SUMMARY_FIELDS = (*FILTER_FIELDS, "finished", "nodes", "error", "resumed")
-
-# a flow name is used as it is inside a key when it is made of these characters
-_PLAIN_FLOW = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")
-
-
-def flow_key_part(flow: str) -> str:
-    """The part of an index key that names a flow: the name itself when it is plain,
-    else a digest (braces or spaces in a key would break hash tags and listings)."""
-    if _PLAIN_FLOW.match(flow):
-        return flow
-    return "sha256." + hashlib.sha256(flow.encode()).hexdigest()[:24]
-
-
-class IndexKeys:
-    """Key names of the secondary indexes (to join ``keys.Keys`` in the engine)."""
-
-    def __init__(self, keys: Keys) -> None:
-        self.prefix = keys.prefix
-
-    def flow(self, flow: str) -> str:
-        return f"{self.prefix}:runs:flow:{flow_key_part(flow)}"
-
-    def state(self, state: str) -> str:
-        if state not in FINAL_STATES:
-            raise ValueError(f"runs are indexed by final state only, not {state!r}")
-        return f"{self.prefix}:runs:state:{state}"
-
-    def flows(self) -> str:
-        return f"{self.prefix}:flows"
-
-    def marker(self) -> str:
-        return f"{self.prefix}:runs:indexed"
-
 
 @dataclass(frozen=True)
 class RunRow:
@@ -103,14 +59,13 @@ class UiStore:
         self.state = state
         self.client = state.client
         self.keys = state.keys
-        self.index = IndexKeys(state.keys)
 
     # -- index listings ----------------------------------------------------------------
 
     def indexed_since(self) -> float | None:
         """Server time since which the engine writes the secondary indexes, or None."""
         raw = translated("reading the index marker",
-                         lambda: self.client.get(self.index.marker()))
+                         lambda: self.client.get(self.keys.index_marker()))
         return float(raw) if raw else None
 
     def runs_key(self) -> str:
@@ -165,7 +120,7 @@ class UiStore:
     def flow_names(self, limit: int = 200) -> list[str]:
         """Flow names from ``P:flows`` (written by the engine at submission), newest first."""
         raw = translated("listing flows",
-                         lambda: self.client.zrevrange(self.index.flows(), 0, limit - 1))
+                         lambda: self.client.zrevrange(self.keys.flows_index(), 0, limit - 1))
         return [_text(m) for m in raw]
 
     # -- run records -------------------------------------------------------------------
@@ -233,44 +188,3 @@ class UiStore:
             "reading a result", lambda: self.client.hget(self.keys.results(run_id), field)
         )
         return value
-
-    # -- the writing side, for the engine ------------------------------------------------
-
-    def index_submitted(
-        self, run_id: str, flow: str | None, created: float, run_ttl: int
-    ) -> None:
-        """At submission, beside ``P:runs`` (``RunStore.create``): the run under its flow,
-        the flow in the flow list, the marker; trimmed and expired like ``P:runs``."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.set(self.index.marker(), repr(created), nx=True)
-        pipe.expire(self.index.marker(), run_ttl)
-        if flow:
-            key = self.index.flow(flow)
-            pipe.zadd(key, {run_id: created})
-            pipe.zremrangebyscore(key, "-inf", created - run_ttl)
-            pipe.expire(key, run_ttl)
-            pipe.zadd(self.index.flows(), {flow: created})
-            pipe.zremrangebyscore(self.index.flows(), "-inf", created - run_ttl)
-            pipe.expire(self.index.flows(), run_ttl)
-        translated("indexing a run", pipe.execute)
-
-    def index_ended(self, run_id: str, status: str, created: float, run_ttl: int) -> None:
-        """When a run ended (``lifecycle.after_run``, and the reconciler's look at every
-        ended run): the run under its final state; idempotent."""
-        key = self.index.state(status)
-        pipe = self.client.pipeline(transaction=False)
-        for other in FINAL_STATES:
-            if other != status:
-                pipe.zrem(self.index.state(other), run_id)
-        pipe.zadd(key, {run_id: created})
-        pipe.zremrangebyscore(key, "-inf", created - run_ttl)
-        pipe.expire(key, run_ttl)
-        translated("indexing a run", pipe.execute)
-
-    def index_resumed(self, run_id: str) -> None:
-        """When a run is resumed (``GraphRun.resume``): it is running again."""
-        pipe = self.client.pipeline(transaction=False)
-        for state in FINAL_STATES:
-            pipe.zrem(self.index.state(state), run_id)
-        translated("indexing a run", pipe.execute)
-
