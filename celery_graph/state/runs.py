@@ -134,23 +134,32 @@ class RunStore:
             )
         return {k.decode(): v.decode() for k, v in raw.items()}
 
+    # Whole hashes and sets of a run are read with HSCAN / ZSCAN, a page at a time: one
+    # HGETALL of a 100,000-node run would hold Redis for everyone else.
+    SCAN_PAGE = 2000
+
+    def _hash(self, key: str, what: str) -> dict[bytes, bytes]:
+        return dict(translated(what, lambda: list(
+            self.client.hscan_iter(key, count=self.SCAN_PAGE))))
+
     def results(self, run_id: str) -> dict[str, bytes]:
-        raw = translated("reading results", lambda: self.client.hgetall(self.keys.results(run_id)))
+        raw = self._hash(self.keys.results(run_id), "reading results")
         return {k.decode(): v for k, v in raw.items()}
 
     def node_fields(self, run_id: str) -> dict[str, str]:
-        raw = translated(
-            "reading node states", lambda: self.client.hgetall(self.keys.nodes(run_id))
-        )
+        raw = self._hash(self.keys.nodes(run_id), "reading node states")
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     def leases(self, run_id: str) -> dict[str, float]:
         """{field: lease expiry} of every running and queued lease of the run."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zrange(self.keys.queued(run_id), 0, -1, withscores=True)
-        pipe.zrange(self.keys.leases(run_id), 0, -1, withscores=True)
-        queued, running = translated("reading leases", pipe.execute)
-        return {k.decode(): float(v) for k, v in [*queued, *running]}
+        def scan(key: str) -> list[tuple[bytes, float]]:
+            return list(self.client.zscan_iter(key, count=self.SCAN_PAGE))
+
+        out: dict[str, float] = {}
+        for key in (self.keys.queued(run_id), self.keys.leases(run_id)):
+            found = translated("reading leases", lambda: scan(key))  # noqa: B023
+            out.update({k.decode(): float(v) for k, v in found})
+        return out
 
     def status(self, run_id: str, spec: GraphSpec) -> RunStatus:
         record = self.record(run_id)
