@@ -1,18 +1,21 @@
-"""Drawings of a GraphSpec: a terminal tree, Mermaid, Graphviz DOT and a PNG picture.
+"""Drawings of a GraphSpec: a terminal tree, Mermaid, Graphviz DOT, SVG and PNG.
 
 Each drawing optionally takes ``states`` ({node id: state}, from ``GraphRun.status()``),
-shown as a mark in text and as a fill colour in Mermaid, DOT and PNG. The PNG uses
-matplotlib (``pip install celery-graph[render]``) with a layered layout computed here:
-a node's layer is the length of the longest path from a root to it.
+shown as a mark in text and as a fill colour in the others. The SVG is written directly
+in the dashboard's layout (`celery_graph.layout`); a PNG is that SVG converted where a
+light converter is installed (CairoSVG or rsvg-convert).
 """
 
 from __future__ import annotations
 
-import itertools
+import html
 import os
+import shutil
+import subprocess
 from collections.abc import Mapping
 from typing import Any
 
+from .layout import layout
 from .model import GraphSpec
 
 # Fill colours per node state (also the legend of the PNG).
@@ -41,49 +44,6 @@ _ANSI = {
     "pending": "2",
     "skipped": "35",
 }
-
-
-Slot = tuple[str, str, int]  # a bend point of a long edge: (source, target, layer)
-
-
-def layout(spec: GraphSpec) -> tuple[list[list[str | Slot]], dict[tuple[str, str], list[Slot]]]:
-    """Layers of nodes plus, for every edge that skips layers, one bend point ("slot") in
-    each layer it crosses, so it is drawn around the boxes, not through them.
-
-    A node's layer is the length of the longest path from a root to it; within a layer,
-    entries are ordered by the mean position of what feeds them (fewer crossings)."""
-    depth: dict[str, int] = {}
-    for nid in spec.order:  # topological: every predecessor comes first
-        depth[nid] = 1 + max((depth[p] for p in spec.nodes[nid].preds), default=-1)
-    rows: list[list[str | Slot]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
-    feeds: dict[str | Slot, list[str | Slot]] = {}
-    bends: dict[tuple[str, str], list[Slot]] = {}
-    for nid in spec.order:
-        rows[depth[nid]].append(nid)
-        feeds.setdefault(nid, [])
-        for succ in spec.nodes[nid].succs:
-            prev: str | Slot = nid
-            chain: list[Slot] = []
-            for layer in range(depth[nid] + 1, depth[succ]):
-                slot = (nid, succ, layer)
-                rows[layer].append(slot)
-                feeds[slot] = [prev]
-                chain.append(slot)
-                prev = slot
-            bends[(nid, succ)] = chain
-            feeds.setdefault(succ, []).append(prev)
-    position: dict[str | Slot, float] = {}
-    for row in rows:
-        if position:
-
-            def key(entry: str | Slot) -> float:
-                src = feeds[entry]
-                return sum(position[p] for p in src) / len(src) if src else 0.0
-
-            row.sort(key=key)  # stable: ties keep topological order
-        for i, entry in enumerate(row):
-            position[entry] = i - (len(row) - 1) / 2
-    return rows, bends
 
 
 # -- terminal -------------------------------------------------------------------------
@@ -195,7 +155,119 @@ def dot(spec: GraphSpec, states: Mapping[str, str] | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
-# -- PNG ------------------------------------------------------------------------------
+# -- SVG and PNG ----------------------------------------------------------------------
+
+_FONT = "font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\""
+_TITLE_H = 28.0
+_LEGEND_H = 26.0
+
+
+def _esc(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fit(label: str, width: float, size: float = 12.0) -> str:
+    """``label`` cut with an ellipsis to what fits ``width`` at about ``size`` pixels."""
+    room = max(4, int(width / (size * 0.6)))
+    return label if len(label) <= room else label[: room - 1] + "…"
+
+
+def svg(
+    spec: GraphSpec,
+    states: Mapping[str, str] | None = None,
+    *,
+    title: str | None = None,
+    group: bool | None = None,
+) -> str:
+    """The graph as an SVG document, left to right, in the dashboard's layout: nodes filled
+    by state, joins with a thick border, maps dashed, big graphs drawn with groups (a group
+    shows its members' states as a bar). Needs nothing beyond the standard library."""
+    drawing = layout(spec, group=group)
+    top = _TITLE_H if title else 0.0
+    legend = _LEGEND_H if states is not None else 0.0
+    width = max(float(drawing["width"]), 240.0)
+    height = float(drawing["height"]) + top + legend
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
+        f'viewBox="0 0 {width:.0f} {height:.0f}">',
+        "<defs><marker id=\"arrow\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" "
+        "markerWidth=\"8\" markerHeight=\"8\" orient=\"auto\">"
+        '<path d="M0,0 L10,5 L0,10 z" fill="#455a64"/></marker></defs>',
+        '<rect width="100%" height="100%" fill="#ffffff"/>',
+    ]
+    if title:
+        out.append(
+            f'<text x="16" y="19" {_FONT} font-size="14" fill="#1d2330">{_esc(title)}</text>'
+        )
+    out.append(f'<g transform="translate(0,{top:.0f})">')
+    for edge in drawing["edges"]:
+        points = " ".join(f"{x:.1f},{y:.1f}" for x, y in edge["points"])
+        out.append(
+            f'<polyline class="edge" points="{points}" fill="none" stroke="#455a64" '
+            f'stroke-width="1.4" marker-end="url(#arrow)"/>'
+        )
+    for box in drawing["nodes"]:
+        out.append(_svg_box(box, states))
+    out.append("</g>")
+    if states is not None:
+        shown = [s for s in STATE_COLOURS if s in set(states.values()) | {"pending"}]
+        x, y = 16.0, height - legend / 2
+        for state in shown:
+            out.append(
+                f'<rect class="legend" x="{x:.0f}" y="{y - 5:.0f}" width="10" height="10" '
+                f'fill="{STATE_COLOURS[state]}" stroke="#263238" stroke-width="0.8"/>'
+                f'<text x="{x + 14:.0f}" y="{y + 4:.0f}" {_FONT} font-size="11" '
+                f'fill="#1d2330">{state}</text>'
+            )
+            x += 24 + 7 * len(state)
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def _svg_box(box: Mapping[str, Any], states: Mapping[str, str] | None) -> str:
+    x, y, w, h = box["x"], box["y"], box["w"], box["h"]
+    kind = box["kind"]
+    border = "stroke-width=\"2.6\"" if kind == "join" else "stroke-width=\"1.2\""
+    if kind == "map":
+        border += ' stroke-dasharray="5,3"'
+    parts = [f'<g class="node {kind}" data-id="{_esc(box["id"])}">']
+    if kind == "group":
+        members = box["members"]
+        parts.append(
+            f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.0f}" height="{h:.0f}" rx="8" '
+            f'fill="{NO_STATE_COLOUR}" stroke="#263238" {border}/>'
+        )
+        if states is not None and members:  # a bar of the members' states, in order
+            counts: dict[str, int] = {}
+            for m in members:
+                s = states.get(m, "pending")
+                counts[s] = counts.get(s, 0) + 1
+            bx, bw = x + 8, w - 16
+            for state in [*STATE_COLOURS, *sorted(set(counts) - set(STATE_COLOURS))]:
+                if counts.get(state):
+                    seg = bw * counts[state] / len(members)
+                    fill = STATE_COLOURS.get(state, NO_STATE_COLOUR)
+                    parts.append(
+                        f'<rect class="seg" data-state="{_esc(state)}" x="{bx:.1f}" '
+                        f'y="{y + h - 14:.1f}" width="{seg:.1f}" height="8" fill="{fill}"/>'
+                    )
+                    bx += seg
+        label_y = y + 20
+    else:
+        mine = states.get(box["id"], "pending") if states is not None else None
+        fill = STATE_COLOURS.get(mine, NO_STATE_COLOUR) if mine else NO_STATE_COLOUR
+        data = f' data-state="{_esc(mine)}"' if mine else ""
+        parts.append(
+            f'<rect class="box"{data} x="{x:.1f}" y="{y:.1f}" width="{w:.0f}" '
+            f'height="{h:.0f}" rx="8" fill="{fill}" stroke="#263238" {border}/>'
+        )
+        label_y = y + h / 2 + 4
+    parts.append(
+        f'<text x="{x + w / 2:.1f}" y="{label_y:.1f}" text-anchor="middle" {_FONT} '
+        f'font-size="12" fill="#111111">{_esc(_fit(box["label"], w - 12))}</text>'
+    )
+    parts.append(f"<title>{_esc(box['label'])}</title></g>")
+    return "".join(parts)
 
 
 def png(
@@ -205,97 +277,57 @@ def png(
     *,
     title: str | None = None,
 ) -> None:
-    """Write a PNG picture of the graph to ``path``, nodes filled by state."""
+    """Write a PNG picture of the graph to ``path``: the SVG drawing, converted by CairoSVG
+    (``pip install 'celery-graph[render]'``) or by ``rsvg-convert`` when either is there."""
+    document = svg(spec, states, title=title).encode()
     try:
-        import matplotlib
-    except ImportError as exc:
+        import cairosvg
+    except (ImportError, OSError):  # OSError: the package is there, the cairo library not
+        cairosvg = None
+    if cairosvg is not None:
+        cairosvg.svg2png(bytestring=document, write_to=os.fspath(path))
+        return
+    converter = shutil.which("rsvg-convert")
+    if converter is None:
         raise RuntimeError(
-            "drawing a PNG needs matplotlib: pip install 'celery-graph[render]'"
-        ) from exc
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch
+            "writing a PNG needs a converter: pip install 'celery-graph[render]' (CairoSVG, "
+            "which uses the system's cairo library) or install rsvg-convert (Debian: "
+            "librsvg2-bin); an .svg file needs nothing"
+        )
+    done = subprocess.run(
+        [converter, "--format=png", "--output", os.fspath(path)],
+        input=document, capture_output=True, check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"rsvg-convert failed: {done.stderr.decode(errors='replace')}")
 
-    rows, bends = layout(spec)
-    widest = max((len(r) for r in rows), default=1)
-    longest = max((len(n) for n in spec.nodes), default=4)
-    box_w = max(1.6, 0.13 * longest + 0.5)
-    box_h = 0.7
-    gap_x, gap_y = box_w + 0.6, 1.5
-    pos: dict[str, tuple[float, float]] = {}
-    bend_at: dict[Slot, tuple[float, float]] = {}
-    for depth, row in enumerate(rows):
-        for i, entry in enumerate(row):
-            xy = ((i - (len(row) - 1) / 2) * gap_x, -depth * gap_y)
-            if isinstance(entry, str):
-                pos[entry] = xy
-            else:
-                bend_at[entry] = xy
 
-    fig_w = max(4.0, widest * gap_x + 1.0)
-    fig_h = max(3.0, len(rows) * gap_y + 1.2)
-    fig, ax = plt.subplots(figsize=(fig_w, fig_h), dpi=100)
-    edge_style: dict[str, Any] = {"color": "#455a64", "lw": 1.3}
-    try:
-        for (src, dst), chain in bends.items():
-            x, y = pos[src]
-            points = [(x, y - box_h / 2)]
-            for slot in chain:  # pass each crossed layer at the box's height band
-                bx, by = bend_at[slot]
-                points += [(bx, by + box_h / 2), (bx, by - box_h / 2)]
-            sx, sy = pos[dst]
-            for a, b in itertools.pairwise(points):
-                ax.plot([a[0], b[0]], [a[1], b[1]], solid_capstyle="round", **edge_style)
-            ax.add_patch(
-                FancyArrowPatch(
-                    points[-1],
-                    (sx, sy + box_h / 2),
-                    arrowstyle="-|>",
-                    mutation_scale=14,
-                    shrinkA=0,
-                    shrinkB=2,
-                    **edge_style,
-                )
-            )
-        for nid, (x, y) in pos.items():
-            state = states.get(nid, "pending") if states is not None else None
-            fill = STATE_COLOURS.get(state, NO_STATE_COLOUR) if state else NO_STATE_COLOUR
-            ax.add_patch(
-                FancyBboxPatch(
-                    (x - box_w / 2, y - box_h / 2),
-                    box_w,
-                    box_h,
-                    boxstyle="round,pad=0.02,rounding_size=0.12",
-                    facecolor=fill,
-                    edgecolor="#263238",
-                    lw=2.2 if spec.nodes[nid].is_join else 1.2,
-                )
-            )
-            caption = nid if state is None else f"{nid}\n{state}"
-            ax.text(x, y, caption, ha="center", va="center", fontsize=10, color="#111111")
-        everything = [*pos.values(), *bend_at.values()]
-        xs = [p[0] for p in everything] or [0.0]
-        ys = [p[1] for p in everything] or [0.0]
-        ax.set_xlim(min(xs) - box_w, max(xs) + box_w)
-        ax.set_ylim(min(ys) - box_h * 1.5, max(ys) + box_h * 1.2)
-        ax.axis("off")
-        if title:
-            ax.set_title(title, fontsize=10)
-        if states is not None:
-            shown = [s for s in STATE_COLOURS if s in set(states.values()) | {"pending"}]
-            ax.legend(
-                handles=[
-                    Patch(facecolor=STATE_COLOURS[s], edgecolor="#263238", label=s) for s in shown
-                ],
-                loc="lower center",
-                bbox_to_anchor=(0.5, -0.02),
-                ncol=len(shown),
-                fontsize=8,
-                frameon=False,
-            )
-        fig.savefig(os.fspath(path), format="png", bbox_inches="tight", facecolor="white")
-    finally:
-        plt.close(fig)
+def save(
+    spec: GraphSpec,
+    path: str | os.PathLike[str],
+    states: Mapping[str, str] | None = None,
+    *,
+    title: str | None = None,
+) -> None:
+    """Write a picture of the graph, in the format ``path``'s extension names: ``.svg``
+    (always), ``.png`` (with a converter, see `png`), ``.mmd`` or ``.dot``."""
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    if suffix == ".png":
+        png(spec, path, states, title=title)
+        return
+    writers = {
+        ".svg": lambda: svg(spec, states, title=title),
+        ".mmd": lambda: mermaid(spec, states),
+        ".dot": lambda: dot(spec, states),
+        ".gv": lambda: dot(spec, states),
+    }
+    if suffix not in writers:
+        raise RuntimeError(
+            f"cannot tell the picture format of {os.fspath(path)!r}: "
+            "name it .svg, .png, .mmd or .dot"
+        )
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(writers[suffix]())
 
 
 def states_of(status: Any) -> dict[str, str]:

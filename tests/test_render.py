@@ -1,19 +1,28 @@
-"""Drawings of a compiled graph: layers, terminal tree, Mermaid, DOT and the PNG picture
-(checked pixel by pixel for the state colours). No Redis needed."""
+"""Drawings of a compiled graph: layers, terminal tree, Mermaid, DOT, the SVG document
+(parsed as XML) and the PNG picture (checked pixel by pixel for the state colours). No
+Redis needed."""
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from celery_graph import render, workflow
+import pytest
+
+from celery_graph import layout, render, workflow
 from tests.tasks import audit, extract, load, t1, t2, t3, transform
 
 ETL = (extract >> (transform | audit) >> load).compile()
 
 
 def layers(spec) -> list[list[str]]:
-    """Node ids grouped by layer of ``render.layout``, in drawing order."""
-    return [[e for e in row if isinstance(e, str)] for row in render.layout(spec)[0]]
+    """Node ids grouped by layer of the drawing, top to bottom within a layer."""
+    drawing = layout.layout(spec)
+    rows: list[list[tuple[float, str]]] = [[] for _ in range(1 + max(
+        b["layer"] for b in drawing["nodes"]))]
+    for box in drawing["nodes"]:
+        rows[box["layer"]].append((box["y"], box["id"]))
+    return [[nid for _, nid in sorted(row)] for row in rows]
 
 
 def hex_rgb(colour: str) -> tuple[int, int, int]:
@@ -53,11 +62,65 @@ def test_layers_follow_longest_paths() -> None:
         t1 >> t3  # a shortcut edge does not pull t3 up to layer 1
     spec = wf.compile()
     assert layers(spec) == [["t1"], ["t2"], ["t3"]]
-    # The shortcut gets a bend point in layer 1, so the PNG draws it around t2.
-    rows, bends = render.layout(spec)
-    assert bends[("t1", "t3")] == [("t1", "t3", 1)]
-    assert ("t1", "t3", 1) in rows[1]
-    assert bends[("t1", "t2")] == []
+    # The shortcut bends through layer 1 (three points), so it is drawn around t2.
+    edges = {(e["source"], e["target"]): e["points"] for e in layout.layout(spec)["edges"]}
+    assert len(edges[("t1", "t3")]) == 3
+    assert len(edges[("t1", "t2")]) == 2
+
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def test_svg_fills_every_node_by_state_and_draws_every_edge() -> None:
+    states = {"extract": "succeeded", "transform": "failed", "audit": "running"}
+    root = ET.fromstring(render.svg(ETL, states, title="run x"))
+    boxes = {
+        g.get("data-id"): g.find(f"{SVG}rect")
+        for g in root.iter(f"{SVG}g") if "node" in (g.get("class") or "")
+    }
+    assert set(boxes) == {"extract", "transform", "audit", "load"}
+    fills = {nid: rect.get("fill") for nid, rect in boxes.items()}
+    assert fills == {
+        "extract": render.STATE_COLOURS["succeeded"],
+        "transform": render.STATE_COLOURS["failed"],
+        "audit": render.STATE_COLOURS["running"],
+        "load": render.STATE_COLOURS["pending"],  # not in states: not started
+    }
+    edges = [p for p in root.iter(f"{SVG}polyline") if p.get("class") == "edge"]
+    assert len(edges) == 4
+    texts = [t.text for t in root.iter(f"{SVG}text")]
+    assert "run x" in texts and "load" in texts
+    assert {"succeeded", "failed", "running", "pending"} <= set(texts)  # the legend
+
+
+def test_svg_groups_a_big_fan_out_with_a_bar_of_member_states() -> None:
+    members = [t1.bind(id=f"leaf{i}") for i in range(40)]
+    spec = (extract >> members >> load).compile()
+    states = {f"leaf{i}": ("succeeded" if i < 30 else "failed") for i in range(40)}
+    root = ET.fromstring(render.svg(spec, states))
+    groups = [g for g in root.iter(f"{SVG}g") if "group" in (g.get("class") or "")]
+    assert len(groups) == 1
+    segs = {r.get("data-state"): float(r.get("width"))
+            for r in groups[0].iter(f"{SVG}rect") if r.get("class") == "seg"}
+    assert set(segs) == {"succeeded", "failed"}
+    assert segs["succeeded"] == pytest.approx(3 * segs["failed"], rel=0.01)
+
+
+def test_svg_escapes_labels() -> None:
+    document = render.svg(ETL, title='run "x" & <y>')
+    root = ET.fromstring(document)  # well-formed
+    assert 'run "x" & <y>' in [t.text for t in root.iter(f"{SVG}text")]
+
+
+def test_save_picks_the_format_from_the_extension(tmp_path: Path) -> None:
+    render.save(ETL, tmp_path / "g.svg")
+    assert ET.parse(tmp_path / "g.svg").getroot().tag == f"{SVG}svg"
+    render.save(ETL, tmp_path / "g.mmd")
+    assert (tmp_path / "g.mmd").read_text().startswith("flowchart")
+    render.save(ETL, tmp_path / "g.dot")
+    assert (tmp_path / "g.dot").read_text().startswith("digraph")
+    with pytest.raises(RuntimeError, match=r"g\.pdf.*\.svg, \.png"):
+        render.save(ETL, tmp_path / "g.pdf")
 
 
 def test_text_tree_shows_joins_once() -> None:
@@ -99,7 +162,7 @@ def test_png_has_every_node_in_its_state_colour(tmp_path: Path) -> None:
     with Image.open(path) as img:
         assert img.format == "PNG"
         width, height = img.size
-    assert width >= 300 and height >= 300
+    assert width >= 600 and height >= 150  # four layers left to right, two rows
     assert colours_in(path) == {"succeeded", "failed", "running", "pending"}
 
 

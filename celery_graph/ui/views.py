@@ -19,12 +19,12 @@ from ..client import GraphRun
 from ..client.run import resume_frontier
 from ..codec import decode_value
 from ..errors import RunNotResumable
+from ..layout import layout
 from ..model import FINAL_STATES, GraphSpec, NodeStatus, RunStatus
 from ..protocol import task_id_for
 from ..registry import live_workers
 from ..state import State
 from .flows import FlowRegistry
-from .graph import layout
 from .store import RunRow, UiStore
 
 PREVIEW_BYTES = 64 * 1024  # a larger result is not read for a preview

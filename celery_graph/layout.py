@@ -1,5 +1,5 @@
-"""The run page's drawing of a graph: a layered layout, left to right, as plain data the
-browser turns into SVG.
+"""The drawing of a graph shared by the dashboard and `render.svg`: a layered layout, left
+to right, as plain data (the browser and `render.svg` turn it into SVG).
 
 A node's layer is the length of the longest path from a root to it; an edge that crosses
 layers bends through a slot in each layer it crosses; within a layer, entries are ordered
@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..model import GraphSpec, NodeSpec
+from .model import GraphSpec, NodeSpec
 
 BIG = 30  # more nodes than this: group
 MIN_BUNDLE = 3  # parallel chains that make a bundle
