@@ -121,7 +121,12 @@ def test_a_plain_celery_worker_with_stock_settings_killed_mid_node_loses_nothing
         assert trace.count("start:last") == 1, trace
         final = run.status()
         assert final.nodes["middle"].worker != victim
-        assert final.nodes["middle"].redelivered >= 1
+        # the death was seen (the reconciler re-sent the node, or a copy arrived while the
+        # dead attempt still held the node: counted as lost), and well before the stock
+        # one-hour visibility timeout
+        middle = final.nodes["middle"]
+        assert middle.redelivered + middle.lost >= 1, middle
+        assert recovered < 45
         print(f"stock worker killed: run finished {recovered:.1f} s after the kill")
     finally:
         w.stop()
