@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh Linux machine with Python 3.11:
 #   make demo   - runs examples/quickstart.py on a private Redis with a real worker
-#   make test   - creates .venv, installs, runs the test suite
+#   make test   - creates .venv, installs, runs the test suite, then its core on Python
+#                 3.10 (lowest dependency versions) and 3.13 (newest): make test-pythons
 #   make bench  - benchmarks against Celery's canvas and dramatiq-workflow (bench-quick: minutes)
 #   make bench-recovery - how long runs take to recover from faults, with stock settings
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -8,7 +9,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test demo lint typecheck bench bench-quick bench-recovery clean
+.PHONY: venv test test-pythons demo lint typecheck bench bench-quick bench-recovery clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +24,10 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
+	.ci/pythons
+
+test-pythons:
+	.ci/pythons
 
 demo: $(STAMP)
 	$(BIN)/python -m celery_graph.devserver -- $(BIN)/python examples/quickstart.py
@@ -51,4 +56,4 @@ bench-recovery: $(STAMP)
 	$(BIN)/python -m bench.recovery
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-3.10 .venv-3.13 build *.egg-info
