@@ -41,6 +41,7 @@ from .errors import (
 )
 from .model import GraphSpec, NodeStatus, RunStatus
 from .protocol import Branch
+from . import worker as _worker  # noqa: F401,E402,I001  (worker options and bootstep on every app)
 
 __version__ = "0.1.0"
 

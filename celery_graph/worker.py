@@ -1,15 +1,23 @@
-"""``graph-worker``: ``celery worker`` with reliable defaults for graph work, graceful
-shutdown, a heartbeat registry and Prometheus metrics.
+"""celery-graph's worker features on every Celery worker, and ``graph-worker``, a thin
+alias of ``celery worker``.
 
-Every ``celery worker`` option passes through unchanged; graph-worker adds four::
+Any app that uses celery-graph (a graph task declared while the app exists, or the app
+finalized after ``celery_graph`` was imported) gets:
 
-    graph-worker -A proj.celery -Q gpu -c 4 --graceful-timeout 120 --metrics-port 9808
+- ``celery worker`` options (``app.user_options['worker']``): ``--metrics-port``,
+  ``--metrics-host``, ``--graceful-timeout``, ``--key-prefix``, ``--redis-url``. Each sets
+  its ``CELERY_GRAPH_*`` environment variable, so pool processes, and a worker re-executed
+  by ``-D``/``celery multi``, see the same value;
+- a worker bootstep (``GraphWorkerStep``) in the worker's main process: the registry entry
+  and heartbeat under the worker's unique name, ``/metrics`` and ``/healthz``, a bounded
+  graceful shutdown on SIGTERM/SIGINT, and the Redis 6.2+ check.
 
-How it works: graph-worker loads the app named by ``-A`` itself, applies the defaults
-the user's configuration leaves open, installs a worker bootstep, then hands the
-command line to Celery's own ``celery worker`` (``celery.bin.celery``) in this process.
-The bootstep runs in the worker's main process: it registers the worker and keeps its
-heartbeat, serves ``/metrics``, and turns SIGTERM/SIGINT into a bounded warm shutdown.
+So ``celery -A proj worker --metrics-port 9808`` works, and::
+
+    graph-worker -A proj -Q gpu -c 4 --metrics-port 9808 [-D --pidfile ...]
+
+is ``celery -A proj worker -Q gpu -c 4 --metrics-port 9808 [...]`` with
+``RELIABLE_DEFAULTS`` applied where the app's configuration leaves them open.
 """
 
 from __future__ import annotations
@@ -19,147 +27,41 @@ import os
 import signal
 import sys
 import threading
-from typing import Any
+import time
+import weakref
+from typing import Any, NoReturn
 
 import click
 from celery import bootsteps
-from celery.bin.celery import celery as celery_command
-from celery.bin.worker import worker as worker_command
+from celery import _state as _celery_state
+from celery._state import _get_active_apps, connect_on_app_finalize
+from celery.bin.base import CeleryOption
 from celery.signals import worker_shutdown
 from celery.worker import state as worker_state
 
 from .apploader import app_ref, load_app
 from .config import (
     ENV_GRACEFUL_TIMEOUT,
+    ENV_METRICS_HOST,
+    ENV_METRICS_PORT,
     ENV_PREFIX,
     ENV_REDIS_URL,
+    ENV_RELIABLE_DEFAULTS,
     RELIABLE_DEFAULTS,
-    Settings,
     WorkerOptions,
+    reliable_defaults_wanted,
 )
 from .dispatch import QueueDepth
-from .errors import ConfigurationError
+from .errors import CeleryGraphError, ConfigurationError, StoreUnavailable
 from .metrics import MetricsServer, WorkerCollector, install_task_signals
-from .registry import Heartbeat
+from .registry import DuplicateWorkerName, Heartbeat
+from .signals import graph_task_declared
 from .state import state_for
+from .state.workers import REDIS_REQUIRED, version_tuple
 
 logger = logging.getLogger("celery_graph.worker")
 
-# Celery's global options, which must come before the `worker` sub-command.
-_GLOBAL_WITH_VALUE = {"-A", "--app", "-b", "--broker", "--result-backend", "--loader",
-                      "--config", "--workdir"}
-_GLOBAL_FLAGS = {"-C", "--no-color", "-q", "--quiet", "--skip-checks"}
-
-USAGE = """\
-Usage: graph-worker -A APP [GRAPH-WORKER OPTIONS] [CELERY WORKER OPTIONS]
-
-  Start a Celery worker for celery-graph: `celery -A APP worker ...` plus graceful
-  shutdown, a heartbeat registry (`celery-graph workers`) and Prometheus metrics.
-  Every `celery worker` option below passes through unchanged (-A, -Q, -c, -P, -n,
-  -l, --without-mingle, ...).
-
-  Applied unless your Celery configuration sets them: task_acks_late=True,
-  task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
-  worker_send_task_events=True (-E).
-
-graph-worker options:
-  --key-prefix TEXT          Redis key prefix of the graph state; sets
-                             CELERY_GRAPH_KEY_PREFIX. app.conf.graph_key_prefix wins;
-                             a different value there is an error.
-  --redis-url URL            Redis holding the graph state; sets CELERY_GRAPH_REDIS_URL.
-                             app.conf.graph_redis_url wins; a different value there is
-                             an error.
-  --metrics-port PORT        Serve Prometheus metrics at http://0.0.0.0:PORT/metrics
-                             (env CELERY_GRAPH_METRICS_PORT; default: off).
-  --graceful-timeout SECONDS On SIGTERM or SIGINT stop taking work and let running tasks
-                             finish for this long, then hand the rest back to the broker
-                             for another worker (env CELERY_GRAPH_GRACEFUL_TIMEOUT;
-                             default 60). A second SIGTERM/SIGINT hands back at once.
-  -h, --help                 Show this message and exit.
-
-Celery's global options (graph-worker puts them before `worker` for you):
-  -A, --app APP              The Celery app, e.g. proj.celery (env CELERY_APP).
-  -b, --broker URL           Broker URL (env CELERY_BROKER_URL).
-  --result-backend URL, --loader, --config MODULE, --workdir PATH,
-  -C, --no-color, -q, --quiet, --skip-checks
-
-"""
-
-
-_current = WorkerOptions()
-
-
-class UsageError(Exception):
-    pass
-
-
-def _take(argv: list[str], i: int, name: str) -> tuple[str, int]:
-    arg = argv[i]
-    if arg.startswith(name + "="):
-        return arg.split("=", 1)[1], i + 1
-    if i + 1 >= len(argv):
-        raise UsageError(f"option {name} needs a value")
-    return argv[i + 1], i + 2
-
-
-def parse_argv(argv: list[str]) -> tuple[WorkerOptions, list[str], list[str], bool]:
-    """Split graph-worker's command line into (its options, Celery's global options,
-    `celery worker` options, help requested)."""
-    opts = WorkerOptions.from_env()
-    global_args: list[str] = []
-    worker_args: list[str] = []
-    want_help = False
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        name = arg.split("=", 1)[0]
-        if name == "--key-prefix":
-            opts.key_prefix, i = _take(argv, i, name)
-        elif name == "--redis-url":
-            opts.redis_url, i = _take(argv, i, name)
-        elif name == "--metrics-port":
-            value, i = _take(argv, i, name)
-            try:
-                opts.metrics_port = int(value)
-            except ValueError:
-                raise UsageError(f"--metrics-port {value!r} is not a port number") from None
-        elif name == "--graceful-timeout":
-            value, i = _take(argv, i, name)
-            try:
-                opts.graceful_timeout = float(value)
-            except ValueError:
-                raise UsageError(f"--graceful-timeout {value!r} is not seconds") from None
-            if opts.graceful_timeout < 0:
-                raise UsageError("--graceful-timeout must be 0 or more seconds")
-        elif arg in ("-h", "--help"):
-            want_help = True
-            i += 1
-        elif name in _GLOBAL_WITH_VALUE:
-            if "=" in arg:
-                global_args.append(arg)
-                i += 1
-            else:
-                global_args.extend(argv[i : i + 2])
-                i += 2
-        elif (arg.startswith("-A") and len(arg) > 2) or arg in _GLOBAL_FLAGS:  # -Aproj
-            global_args.append(arg)
-            i += 1
-        elif arg == "worker" and not worker_args:  # tolerate `graph-worker -A x worker`
-            i += 1
-        else:
-            worker_args.append(arg)
-            i += 1
-    if "-D" in worker_args or "--detach" in worker_args:
-        raise UsageError(
-            "graph-worker does not detach (-D/--detach): run it under a supervisor "
-            "(systemd, Kubernetes, honcho) that sends SIGTERM to stop it"
-        )
-    return opts, global_args, worker_args, want_help
-
-
-def celery_worker_help() -> str:
-    ctx = click.Context(worker_command, info_name="graph-worker")
-    return worker_command.get_help(ctx)
+HELP_GROUP = "celery-graph Options"
 
 
 # -- configuration --------------------------------------------------------------------
@@ -200,11 +102,77 @@ def check_agreement(app: Any, opts: WorkerOptions) -> None:
             )
 
 
+# -- the worker options (click, through app.user_options['worker']) --------------------
+
+
+def _app_of(ctx: click.Context) -> Any:
+    obj = ctx.find_root().obj
+    return getattr(obj, "app", None)
+
+
+def _to_env(env: str, flag: str, setting: str | None = None) -> Any:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None:
+            return value
+        app = _app_of(ctx)
+        if setting is not None and app is not None:
+            try:
+                check_agreement(app, WorkerOptions(**{setting: value}))
+            except ConfigurationError as exc:
+                raise click.BadParameter(str(exc)) from None
+        os.environ[env] = str(value)
+        return value
+
+    return callback
+
+
+WORKER_OPTIONS = (
+    CeleryOption(
+        ["--metrics-port"], type=click.IntRange(1, 65535), default=None,
+        callback=_to_env(ENV_METRICS_PORT, "--metrics-port"), help_group=HELP_GROUP,
+        help="Serve Prometheus metrics at /metrics and liveness at /healthz on this port "
+             f"(env {ENV_METRICS_PORT}; default: off).",
+    ),
+    CeleryOption(
+        ["--metrics-host"], type=str, default=None,
+        callback=_to_env(ENV_METRICS_HOST, "--metrics-host"), help_group=HELP_GROUP,
+        help=f"Address the metrics server listens on (env {ENV_METRICS_HOST}; default "
+             "0.0.0.0).",
+    ),
+    CeleryOption(
+        ["--graceful-timeout"], type=click.FloatRange(min=0), default=None,
+        callback=_to_env(ENV_GRACEFUL_TIMEOUT, "--graceful-timeout"), help_group=HELP_GROUP,
+        help="On SIGTERM or SIGINT stop taking work and let running tasks finish for this "
+             "many seconds, then hand the rest back to the broker (env "
+             f"{ENV_GRACEFUL_TIMEOUT}; default 60). A second signal hands back at once.",
+    ),
+    CeleryOption(
+        ["--key-prefix"], type=str, default=None,
+        callback=_to_env(ENV_PREFIX, "--key-prefix", "key_prefix"), help_group=HELP_GROUP,
+        help=f"Redis key prefix of the graph state; sets {ENV_PREFIX}. "
+             "app.conf.graph_key_prefix wins; a different value there is an error.",
+    ),
+    CeleryOption(
+        ["--redis-url"], type=str, default=None,
+        callback=_to_env(ENV_REDIS_URL, "--redis-url", "redis_url"), help_group=HELP_GROUP,
+        help=f"Redis holding the graph state; sets {ENV_REDIS_URL}. app.conf.graph_redis_url "
+             "wins; a different value there is an error.",
+    ),
+)
+
+
 # -- the bootstep ---------------------------------------------------------------------
 
 
+def _fail(message: str) -> NoReturn:
+    """End a starting worker with one clear line in its log (no traceback)."""
+    logger.critical("celery-graph: %s", message)
+    raise SystemExit(1)
+
+
 class GraphWorkerStep(bootsteps.StartStopStep):
-    """Registry heartbeat, metrics endpoint and bounded graceful shutdown for one worker."""
+    """Registry heartbeat, /metrics and /healthz, the Redis version check and bounded
+    graceful shutdown for one worker."""
 
     requires = ("celery.worker.components:Pool",)  # start after the pool has forked
 
@@ -217,39 +185,74 @@ class GraphWorkerStep(bootsteps.StartStopStep):
         self._worker: Any = None
 
     def start(self, w: Any) -> None:
-        state = state_for(w.app)
+        try:
+            opts = WorkerOptions.from_env()
+        except ConfigurationError as exc:
+            _fail(str(exc))
+        try:
+            state = state_for(w.app)
+        except ConfigurationError as exc:
+            if opts.metrics_port is not None or reliable_defaults_wanted():
+                _fail(str(exc))
+            logger.warning("celery-graph: no graph Redis, no registry or metrics: %s", exc)
+            return
+        self._worker = w
+        worker_shutdown.connect(self._on_worker_shutdown, weak=False)
         queues = lambda: sorted(w.app.amqp.queues.consume_from or w.app.amqp.queues)  # noqa: E731
         in_flight = lambda: len(worker_state.active_requests)  # noqa: E731
         self.heartbeat = Heartbeat(
-            state,
-            w.hostname,
-            describe=lambda: {"queues": queues(), "in_flight": in_flight()},
+            state, w.hostname, describe=lambda: {"queues": queues(), "in_flight": in_flight()}
         )
-        self.heartbeat.start()
-        self._worker = w
-        worker_shutdown.connect(self._on_worker_shutdown, weak=False)
-        if _current.metrics_port is not None:
-            collector = WorkerCollector(
-                state,
-                w.hostname,
-                self.heartbeat.started,
-                queues,
-                in_flight,
-                QueueDepth(w.app),
-            )
-            self.metrics = MetricsServer(collector, _current.metrics_port)
-            self.metrics.start()
-            logger.info("celery-graph: metrics at :%s/metrics", _current.metrics_port)
-        self._install_signal_handlers(w)
+        try:
+            self._check_version(state)
+            self.heartbeat.start()
+        except DuplicateWorkerName as exc:
+            self.heartbeat = None
+            _fail(str(exc))
+        except StoreUnavailable as exc:
+            self.heartbeat = None
+            _fail(f"cannot reach the graph Redis at start ({exc})")
+        if opts.metrics_port is not None:
+            collector = WorkerCollector(state, w.hostname, time.monotonic(), queues,
+                                        in_flight, QueueDepth(w.app))
+            self.metrics = MetricsServer(collector, opts.metrics_port, opts.metrics_host,
+                                         healthy=lambda: self._healthy(w))
+            try:
+                self.metrics.start()
+            except ConfigurationError as exc:
+                self.metrics = None
+                self._cleanup()
+                _fail(str(exc))
+            logger.info("celery-graph: metrics at %s:%s/metrics, liveness at /healthz",
+                        opts.metrics_host, opts.metrics_port)
+        self._install_signal_handlers(opts.graceful_timeout)
 
-    def _install_signal_handlers(self, w: Any) -> None:
+    @staticmethod
+    def _check_version(state: Any) -> None:
+        found = state.workers.server_version()
+        if version_tuple(found) < REDIS_REQUIRED:
+            needed = ".".join(map(str, REDIS_REQUIRED))
+            _fail(f"the graph Redis ({state.settings.redis_url}) runs Redis {found}; "
+                  f"celery-graph needs Redis {needed} or later (GETEX, BLMOVE)")
+
+    def _healthy(self, w: Any) -> bool:
+        """Liveness without Redis or the broker: the worker and its consumer run."""
+        if self._shutdown_started or w.blueprint is None:
+            return False
+        if w.blueprint.state != bootsteps.RUN:
+            return False
+        consumer = getattr(w, "consumer", None)
+        return consumer is not None and consumer.blueprint.state not in (
+            bootsteps.CLOSE, bootsteps.TERMINATE
+        )
+
+    def _install_signal_handlers(self, timeout: float) -> None:
         # Celery installed its handlers in on_start, before the steps start. Its SIGTERM
         # handler is the warm shutdown: stop consuming, wait for running tasks, without
         # limit. Both SIGTERM and SIGINT start that here, with a deadline.
         warm = signal.getsignal(signal.SIGTERM)
         if not callable(warm):
             return
-        timeout = _current.graceful_timeout
         main_pid = os.getpid()
 
         def cold() -> None:
@@ -296,18 +299,150 @@ class GraphWorkerStep(bootsteps.StartStopStep):
         if self.heartbeat is not None:
             try:
                 self.heartbeat.stop()
-            except Exception:  # the TTL removes the entry anyway
+            except CeleryGraphError:  # the TTL removes the entry anyway
                 logger.warning("celery-graph: could not deregister the worker", exc_info=True)
             self.heartbeat = None
 
 
-# -- the command ----------------------------------------------------------------------
+# -- attaching to apps ------------------------------------------------------------------
+
+_installed: weakref.WeakSet[Any] = weakref.WeakSet()
+_install_lock = threading.Lock()
 
 
-def prepare(app: Any, opts: WorkerOptions) -> dict[str, Any]:
-    """Make ``app`` a graph worker's app: defaults and the bootstep."""
-    check_agreement(app, opts)
+def install(app: Any) -> None:
+    """Give ``app``'s workers celery-graph's options and bootstep (idempotent). Runs by
+    itself for apps that use celery-graph; call it for an app whose module imports no
+    graph task before ``celery worker`` reads its options."""
+    with _install_lock:
+        if app in _installed:
+            return
+        _installed.add(app)
+    app.user_options["worker"].update(WORKER_OPTIONS)
+    app.steps["worker"].add(GraphWorkerStep)
+    install_task_signals()  # inherited by the pool processes forked from this one
+    if reliable_defaults_wanted():
+        if app.configured:
+            apply_defaults(app)
+        else:
+            app.on_after_configure.connect(
+                lambda sender=None, **_: apply_defaults(sender), weak=False
+            )
+
+
+def _install_all(sender: Any = None, **_: Any) -> None:
+    for app in list(_get_active_apps()):
+        install(app)
+
+
+class _AppsWatch(weakref.WeakSet):  # type: ignore[type-arg]
+    """Celery's set of live apps, which also installs on every app created from now on:
+    ``celery worker`` reads ``app.user_options`` right after importing the app's module,
+    and that module may create the app after importing its graph tasks."""
+
+    def add(self, item: Any) -> None:
+        super().add(item)
+        try:
+            install(item)
+        except Exception:  # never break creating an app
+            logger.warning("celery-graph: could not attach to app %r", item, exc_info=True)
+
+
+def _watch_new_apps() -> None:
+    apps = getattr(_celery_state, "_apps", None)
+    if isinstance(apps, weakref.WeakSet) and not isinstance(apps, _AppsWatch):
+        _celery_state._apps = _AppsWatch(apps)
+
+
+# Every app that exists now or is created later, and (should Celery's internals change)
+# every app declaring a graph task or finalized later, in time for the bootstep.
+_install_all()
+_watch_new_apps()
+connect_on_app_finalize(install)
+graph_task_declared.connect(_install_all, weak=False, dispatch_uid="celery_graph.worker")
+
+
+# -- graph-worker ---------------------------------------------------------------------
+
+USAGE = f"""\
+Usage: graph-worker -A APP [CELERY WORKER OPTIONS]
+
+  `celery -A APP worker ...` with celery-graph's reliable defaults applied where the app's
+  configuration leaves them open: task_acks_late=True, task_reject_on_worker_lost=True,
+  worker_prefetch_multiplier=1, worker_send_task_events=True (-E). Every option passes
+  through to `celery worker`, -D/--detach and --pidfile included; Celery's global options
+  (-A, -b, --workdir, ...) may come anywhere.
+
+celery-graph options (also on plain `celery -A APP worker`):
+  --key-prefix TEXT          Redis key prefix of the graph state; sets {ENV_PREFIX}.
+                             app.conf.graph_key_prefix wins; a different value there is
+                             an error.
+  --redis-url URL            Redis holding the graph state; sets {ENV_REDIS_URL}.
+                             app.conf.graph_redis_url wins; a different value there is
+                             an error.
+  --metrics-port PORT        Serve Prometheus metrics at http://HOST:PORT/metrics and
+                             liveness at /healthz (env {ENV_METRICS_PORT}; default: off).
+  --metrics-host ADDRESS     Address to listen on (env {ENV_METRICS_HOST}; default 0.0.0.0).
+  --graceful-timeout SECONDS On SIGTERM or SIGINT stop taking work and let running tasks
+                             finish for this long, then hand the rest back to the broker
+                             for another worker ({ENV_GRACEFUL_TIMEOUT}; default 60).
+                             A second SIGTERM/SIGINT hands back at once.
+  -h, --help                 Show this message and exit.
+
+"""
+
+
+class UsageError(Exception):
+    pass
+
+
+def _global_options() -> tuple[set[str], set[str]]:
+    """Celery's global options (names taking a value, flags), read from its command."""
+    from celery.bin.celery import celery as celery_command  # the CLI, only for the command
+
+    with_value: set[str] = set()
+    flags: set[str] = set()
+    for p in celery_command.params:
+        if isinstance(p, click.Option):
+            (flags if p.is_flag or p.count else with_value).update(p.opts + p.secondary_opts)
+    return with_value, flags
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], list[str], bool]:
+    """Split graph-worker's command line into (Celery's global options, `celery worker`
+    options, help requested)."""
+    with_value, flags = _global_options()
+    global_args: list[str] = []
+    worker_args: list[str] = []
+    want_help = False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name = arg.split("=", 1)[0]
+        short_a = arg.startswith("-A") and len(arg) > 2 and not arg.startswith("--")
+        if arg in ("-h", "--help"):
+            want_help = True
+        elif name in with_value and arg.startswith("--") and "=" in arg or short_a:
+            global_args.append(arg)
+        elif arg in with_value:
+            if i + 1 >= len(argv):
+                raise UsageError(f"option {arg} needs a value")
+            global_args.extend(argv[i : i + 2])
+            i += 1
+        elif arg in flags and arg not in ("--version",):
+            global_args.append(arg)
+        elif arg == "worker" and not worker_args:  # tolerate `graph-worker -A x worker`
+            pass
+        else:
+            worker_args.append(arg)
+        i += 1
+    return global_args, worker_args, want_help
+
+
+def prepare(app: Any) -> dict[str, Any]:
+    """Make ``app`` a graph worker's app: the options, the bootstep and the defaults."""
     finalized = app.finalized
+    install(app)
     applied = apply_defaults(app)
     task_level = {"task_acks_late", "task_reject_on_worker_lost"} & set(applied)
     if finalized and task_level:
@@ -320,17 +455,22 @@ def prepare(app: Any, opts: WorkerOptions) -> dict[str, Any]:
             "configuration (or do not finalize the app at import)",
             file=sys.stderr,
         )
-    Settings.from_app(app)  # fail now, with the message, if there is no graph Redis
-    steps = app.steps["worker"]
-    if GraphWorkerStep not in steps:
-        steps.add(GraphWorkerStep)
     return applied
 
 
+def celery_worker_help(app: Any = None) -> str:
+    from celery.bin.worker import worker as worker_command  # the CLI, only for its help
+
+    ctx = click.Context(worker_command, info_name="graph-worker")
+    return worker_command.get_help(ctx)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from celery.bin.celery import celery as celery_command  # the CLI, only to run it
+
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        opts, global_args, worker_args, want_help = parse_argv(argv)
+        global_args, worker_args, want_help = split_argv(argv)
     except UsageError as exc:
         print(f"graph-worker: {exc}\n\n{USAGE}", file=sys.stderr)
         return 2
@@ -343,40 +483,36 @@ def main(argv: list[str] | None = None) -> int:
         print("graph-worker: name the Celery app with -A/--app (or CELERY_APP)\n\n" + USAGE,
               file=sys.stderr)
         return 2
-    if opts.key_prefix is not None:
-        os.environ[ENV_PREFIX] = opts.key_prefix
-    if opts.redis_url is not None:
-        os.environ[ENV_REDIS_URL] = opts.redis_url
-    # Celery's child processes and anything they start see the same settings.
-    os.environ[ENV_GRACEFUL_TIMEOUT] = repr(opts.graceful_timeout)
-    global _current
-    _current = opts
-
+    # read again by a worker that -D re-executes as `python -m celery ...`
+    os.environ[ENV_RELIABLE_DEFAULTS] = "1"
     workdir = next((global_args[i + 1] for i, a in enumerate(global_args)
                     if a == "--workdir" and i + 1 < len(global_args)), None)
     if workdir:
         os.chdir(workdir)
     try:
         app = load_app(name, set_current=False)
-        applied = prepare(app, opts)
+        applied = prepare(app)
     except ConfigurationError as exc:
         print(f"graph-worker: {exc}", file=sys.stderr)
         return 2
     if applied:
         logger.info("celery-graph: applied defaults %s", applied)
-
-    install_task_signals()  # inherited by the pool processes forked from this one
-
-    return int(
-        celery_command.main(
-            args=[*global_args, "worker", *worker_args],
-            prog_name="graph-worker",
-            auto_envvar_prefix="CELERY",
-            standalone_mode=False,
+    args = [*global_args, "worker", *worker_args]
+    sys.argv = [sys.argv[0], *args]  # what `celery worker -D` re-executes
+    try:
+        return int(
+            celery_command.main(args=args, prog_name="graph-worker",
+                                auto_envvar_prefix="CELERY", standalone_mode=False)
+            or 0
         )
-        or 0
-    )
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.Abort:
+        return 1
 
+
+__all__ = ["WORKER_OPTIONS", "GraphWorkerStep", "install", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())
