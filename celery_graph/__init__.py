@@ -1,5 +1,6 @@
 """celery-graph: graph workflows (``a >> b``, ``a | b``) on your existing Celery workers."""
 
+from . import workerstep as _workerstep  # noqa: F401  (worker options and bootstep on every app)
 from .client import GraphRun
 from .context import RunContext
 from .dsl import (
@@ -41,7 +42,6 @@ from .errors import (
 )
 from .model import GraphSpec, NodeStatus, RunStatus
 from .protocol import Branch
-from . import worker as _worker  # noqa: F401,E402,I001  (worker options and bootstep on every app)
 
 __version__ = "0.1.0"
 

@@ -38,7 +38,10 @@ from .state import State, state_for
 
 logger = logging.getLogger("celery_graph.registry")
 
-__all__ = ["ENV_HEARTBEAT_INTERVAL", "DuplicateWorkerName", "Heartbeat", "WorkerInfo", "live_workers", "print_workers"]
+__all__ = [
+    "ENV_HEARTBEAT_INTERVAL", "DuplicateWorkerName", "Heartbeat", "WorkerInfo",
+    "live_workers", "print_workers",
+]
 
 
 @dataclass(frozen=True)
