@@ -65,6 +65,12 @@ celery-graph options (also on plain `celery -A APP worker`):
                              A second SIGTERM/SIGINT hands back at once.
   -h, --help                 Show this message and exit.
 
+Celery's global options (graph-worker puts them before `worker` for you):
+  -A, --app APP              The Celery app, e.g. proj.celery (env CELERY_APP).
+  -b, --broker URL           Broker URL (env CELERY_BROKER_URL).
+  --result-backend URL, --loader, --config MODULE, --workdir PATH,
+  -C, --no-color, -q, --quiet, --skip-checks
+
 """
 
 
