@@ -332,7 +332,7 @@ def _install_all(sender: Any = None, **_: Any) -> None:
         install(app)
 
 
-class _AppsWatch(weakref.WeakSet):  # type: ignore[type-arg]
+class _AppsWatch(weakref.WeakSet):
     """Celery's set of live apps, which also installs on every app created from now on:
     ``celery worker`` reads ``app.user_options`` right after importing the app's module,
     and that module may create the app after importing its graph tasks."""
