@@ -1,5 +1,6 @@
 """celery-graph: graph workflows (``a >> b``, ``a | b``) on your existing Celery workers."""
 
+from . import workerstep as _workerstep  # noqa: F401  (worker options and bootstep on every app)
 from .client import GraphRun
 from .context import RunContext
 from .dsl import (

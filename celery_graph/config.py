@@ -30,9 +30,16 @@ bootstep and by its pool processes):
 
 | environment variable            | default | meaning                              |
 |---------------------------------|---------|--------------------------------------|
-| CELERY_GRAPH_METRICS_PORT       | off     | serve Prometheus metrics on this port |
+| CELERY_GRAPH_METRICS_PORT       | off     | serve /metrics and /healthz on this port |
+| CELERY_GRAPH_METRICS_HOST       | 0.0.0.0 | address the metrics server listens on |
 | CELERY_GRAPH_GRACEFUL_TIMEOUT   | 60 s    | bounded warm shutdown on SIGTERM      |
 | CELERY_GRAPH_HEARTBEAT_INTERVAL | 5 s     | worker registry heartbeat             |
+| CELERY_GRAPH_RELIABLE_DEFAULTS  | off     | "1": apply RELIABLE_DEFAULTS (graph-worker sets it) |
+
+The same options are ``celery worker`` flags (``--metrics-port``, ``--metrics-host``,
+``--graceful-timeout``, ``--key-prefix``, ``--redis-url``) on every app that uses
+celery-graph; a flag sets its environment variable, so pool processes and a worker
+re-executed by ``-D`` see it too.
 """
 
 from __future__ import annotations
@@ -51,6 +58,14 @@ ENV_REDIS_OPTIONS = "CELERY_GRAPH_REDIS_TRANSPORT_OPTIONS"
 ENV_METRICS_PORT = "CELERY_GRAPH_METRICS_PORT"
 ENV_GRACEFUL_TIMEOUT = "CELERY_GRAPH_GRACEFUL_TIMEOUT"
 ENV_HEARTBEAT_INTERVAL = "CELERY_GRAPH_HEARTBEAT_INTERVAL"
+ENV_METRICS_HOST = "CELERY_GRAPH_METRICS_HOST"
+ENV_RELIABLE_DEFAULTS = "CELERY_GRAPH_RELIABLE_DEFAULTS"
+DEFAULT_METRICS_HOST = "0.0.0.0"
+# Upper bounds (seconds) of the node- and run-duration histograms' buckets.
+TASK_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                         30.0, 60.0, 300.0, 1800.0)
+RUN_DURATION_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0,
+                        21600.0, 86400.0)
 DEFAULT_GRACEFUL_TIMEOUT = 60.0
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
 TTL_INTERVALS = 3  # a worker is gone from the registry after missing this many heartbeats
@@ -228,14 +243,34 @@ class WorkerOptions:
     redis_url: str | None = None
     metrics_port: int | None = None
     graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT
+    metrics_host: str = DEFAULT_METRICS_HOST
 
     @classmethod
     def from_env(cls) -> WorkerOptions:
         env = os.environ
-        return cls(
-            metrics_port=int(env[ENV_METRICS_PORT]) if env.get(ENV_METRICS_PORT) else None,
-            graceful_timeout=float(env.get(ENV_GRACEFUL_TIMEOUT) or DEFAULT_GRACEFUL_TIMEOUT),
-        )
+        port = env.get(ENV_METRICS_PORT) or None
+        timeout = env.get(ENV_GRACEFUL_TIMEOUT) or None
+        try:
+            opts = cls(
+                metrics_port=int(port) if port is not None else None,
+                graceful_timeout=float(timeout) if timeout is not None
+                else DEFAULT_GRACEFUL_TIMEOUT,
+                metrics_host=env.get(ENV_METRICS_HOST) or DEFAULT_METRICS_HOST,
+            )
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"{ENV_METRICS_PORT}={port!r} / {ENV_GRACEFUL_TIMEOUT}={timeout!r}: {exc}"
+            ) from exc
+        if opts.metrics_port is not None and not 0 < opts.metrics_port < 65536:
+            raise ConfigurationError(f"metrics port {opts.metrics_port} is not in 1-65535")
+        if opts.graceful_timeout < 0:
+            raise ConfigurationError("the graceful timeout must be 0 or more seconds")
+        return opts
+
+
+def reliable_defaults_wanted() -> bool:
+    """True when the worker applies RELIABLE_DEFAULTS (``graph-worker`` sets this)."""
+    return os.environ.get(ENV_RELIABLE_DEFAULTS, "") not in ("", "0", "false", "no")
 
 
 def heartbeat_interval() -> float:

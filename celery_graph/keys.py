@@ -11,6 +11,10 @@ Layout (``P`` is the prefix, ``R`` a run id, ``N`` a node id)::
     P:runs:indexed            string  server time since which the three above are written
     P:running                 zset    run id -> when the reconciler looks at it next
     P:reconciler              string  lock: one reconciler sweeps at a time
+    P:worker:{W}              hash    registry entry of worker W (Celery hostname)
+    P:worker:{W}:metrics      hash    task counters and histograms of worker W
+    P:workers                 zset    hostname -> last heartbeat (server time)
+    P:metrics:runs            hash    run counters and run-duration histogram
     P:run:{R}                 hash    run record: status, graph, inputs, error, times
     P:run:{R}:results         hash    node id -> JSON result
     P:run:{R}:nodes           hash    "<N>:state", "<N>:run" (attempts|started|finished|
@@ -150,14 +154,20 @@ class Keys:
             *(self.map(run_id, m) for m in maps),
         ]
 
+    # A worker's two keys share the ``{hostname}`` hash tag (one Cluster slot, so one
+    # script or transaction may touch both); the index is updated on its own.
     def worker(self, hostname: str) -> str:
-        return f"{self.prefix}:worker:{hostname}"
+        return f"{self.prefix}:worker:{{{hostname}}}"
 
     def workers_index(self) -> str:
         return f"{self.prefix}:workers"
 
     def worker_metrics(self, hostname: str) -> str:
-        return f"{self.prefix}:worker:{hostname}:metrics"
+        return f"{self.prefix}:worker:{{{hostname}}}:metrics"
+
+    def run_metrics(self) -> str:
+        """Run-level counters and the run-duration histogram, for every worker to serve."""
+        return f"{self.prefix}:metrics:runs"
 
 
 def key_pattern(prefix: str) -> re.Pattern[str]:
@@ -167,7 +177,7 @@ def key_pattern(prefix: str) -> re.Pattern[str]:
     return re.compile(
         rf"^{p}:(graph:[0-9a-f]{{64}}|runs|running|reconciler|workers|flows|runs:indexed"
         rf"|runs:flow:[A-Za-z0-9_.:\-]+|runs:state:(succeeded|failed|cancelled)"
-        rf"|worker:[^\s:{{}}]+(:metrics)?"
+        rf"|worker:\{{[^\s:{{}}]+\}}(:metrics)?|metrics:runs"
         rf"|run:\{{[0-9a-f]{{32}}\}}"
         rf"(:(results|nodes|sinks|done|state|leases|queued|join:{node}|map:{node}))?)$"
     )

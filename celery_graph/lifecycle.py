@@ -17,6 +17,7 @@ from typing import Any
 
 from .dispatch import continue_canvas, publish_nodes
 from .model import GraphSpec
+from .signals import run_finished
 from .state import Arrival, State
 
 logger = logging.getLogger("celery_graph")
@@ -41,6 +42,7 @@ def settle(app: Any, state: State, spec: GraphSpec, run_id: str, arrival: Arriva
     if claimed:
         publish_nodes(app, spec, run_id, claimed)
     if ended:
+        run_finished.send(sender=app, app=app, run_id=run_id, state=state)
         after_run(app, state, run_id)
 
 
@@ -61,6 +63,7 @@ def end_run(
     failing copy of a message that succeeded, and changes nothing."""
     ended = state.scripts.finish(run_id, status, node_id, error, guard=guard, unsent=unsent) == 1
     if ended:
+        run_finished.send(sender=app, app=app, run_id=run_id, state=state)
         after_run(app, state, run_id)
     return ended
 

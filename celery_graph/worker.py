@@ -1,80 +1,68 @@
-"""``graph-worker``: ``celery worker`` with reliable defaults for graph work, graceful
-shutdown, a heartbeat registry and Prometheus metrics.
+"""``graph-worker``: a thin alias of ``celery -A APP worker`` with celery-graph's reliable
+defaults. The worker options and bootstep it relies on are in ``workerstep.py`` and reach
+every app that uses celery-graph, so plain ``celery worker`` has them too::
 
-Every ``celery worker`` option passes through unchanged; graph-worker adds four::
+    graph-worker -A proj -Q gpu -c 4 --metrics-port 9808 [-D --pidfile ...]
 
-    graph-worker -A proj.celery -Q gpu -c 4 --graceful-timeout 120 --metrics-port 9808
-
-How it works: graph-worker loads the app named by ``-A`` itself, applies the defaults
-the user's configuration leaves open, installs a worker bootstep, then hands the
-command line to Celery's own ``celery worker`` (``celery.bin.celery``) in this process.
-The bootstep runs in the worker's main process: it registers the worker and keeps its
-heartbeat, serves ``/metrics``, and turns SIGTERM/SIGINT into a bounded warm shutdown.
+is ``celery -A proj worker -Q gpu -c 4 --metrics-port 9808 [...]`` with
+``RELIABLE_DEFAULTS`` applied where the app's configuration leaves them open.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
-import threading
 from typing import Any
 
 import click
-from celery import bootsteps
-from celery.bin.celery import celery as celery_command
-from celery.bin.worker import worker as worker_command
-from celery.signals import worker_shutdown
-from celery.worker import state as worker_state
 
 from .apploader import app_ref, load_app
 from .config import (
     ENV_GRACEFUL_TIMEOUT,
+    ENV_METRICS_HOST,
+    ENV_METRICS_PORT,
     ENV_PREFIX,
     ENV_REDIS_URL,
-    RELIABLE_DEFAULTS,
-    Settings,
-    WorkerOptions,
+    ENV_RELIABLE_DEFAULTS,
 )
-from .dispatch import QueueDepth
 from .errors import ConfigurationError
-from .metrics import MetricsServer, WorkerCollector, install_task_signals
-from .registry import Heartbeat
-from .state import state_for
+from .workerstep import (
+    WORKER_OPTIONS,
+    GraphWorkerStep,
+    apply_defaults,
+    check_agreement,
+    install,
+    user_set,
+)
 
 logger = logging.getLogger("celery_graph.worker")
 
-# Celery's global options, which must come before the `worker` sub-command.
-_GLOBAL_WITH_VALUE = {"-A", "--app", "-b", "--broker", "--result-backend", "--loader",
-                      "--config", "--workdir"}
-_GLOBAL_FLAGS = {"-C", "--no-color", "-q", "--quiet", "--skip-checks"}
+# -- graph-worker ---------------------------------------------------------------------
 
-USAGE = """\
-Usage: graph-worker -A APP [GRAPH-WORKER OPTIONS] [CELERY WORKER OPTIONS]
+USAGE = f"""\
+Usage: graph-worker -A APP [CELERY WORKER OPTIONS]
 
-  Start a Celery worker for celery-graph: `celery -A APP worker ...` plus graceful
-  shutdown, a heartbeat registry (`celery-graph workers`) and Prometheus metrics.
-  Every `celery worker` option below passes through unchanged (-A, -Q, -c, -P, -n,
-  -l, --without-mingle, ...).
+  `celery -A APP worker ...` with celery-graph's reliable defaults applied where the app's
+  configuration leaves them open: task_acks_late=True, task_reject_on_worker_lost=True,
+  worker_prefetch_multiplier=1, worker_send_task_events=True (-E). Every option passes
+  through to `celery worker`, -D/--detach and --pidfile included; Celery's global options
+  (-A, -b, --workdir, ...) may come anywhere.
 
-  Applied unless your Celery configuration sets them: task_acks_late=True,
-  task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
-  worker_send_task_events=True (-E).
-
-graph-worker options:
-  --key-prefix TEXT          Redis key prefix of the graph state; sets
-                             CELERY_GRAPH_KEY_PREFIX. app.conf.graph_key_prefix wins;
-                             a different value there is an error.
-  --redis-url URL            Redis holding the graph state; sets CELERY_GRAPH_REDIS_URL.
+celery-graph options (also on plain `celery -A APP worker`):
+  --key-prefix TEXT          Redis key prefix of the graph state; sets {ENV_PREFIX}.
+                             app.conf.graph_key_prefix wins; a different value there is
+                             an error.
+  --redis-url URL            Redis holding the graph state; sets {ENV_REDIS_URL}.
                              app.conf.graph_redis_url wins; a different value there is
                              an error.
-  --metrics-port PORT        Serve Prometheus metrics at http://0.0.0.0:PORT/metrics
-                             (env CELERY_GRAPH_METRICS_PORT; default: off).
+  --metrics-port PORT        Serve Prometheus metrics at http://HOST:PORT/metrics and
+                             liveness at /healthz (env {ENV_METRICS_PORT}; default: off).
+  --metrics-host ADDRESS     Address to listen on (env {ENV_METRICS_HOST}; default 0.0.0.0).
   --graceful-timeout SECONDS On SIGTERM or SIGINT stop taking work and let running tasks
                              finish for this long, then hand the rest back to the broker
-                             for another worker (env CELERY_GRAPH_GRACEFUL_TIMEOUT;
-                             default 60). A second SIGTERM/SIGINT hands back at once.
+                             for another worker ({ENV_GRACEFUL_TIMEOUT}; default 60).
+                             A second SIGTERM/SIGINT hands back at once.
   -h, --help                 Show this message and exit.
 
 Celery's global options (graph-worker puts them before `worker` for you):
@@ -86,26 +74,26 @@ Celery's global options (graph-worker puts them before `worker` for you):
 """
 
 
-_current = WorkerOptions()
-
-
 class UsageError(Exception):
     pass
 
 
-def _take(argv: list[str], i: int, name: str) -> tuple[str, int]:
-    arg = argv[i]
-    if arg.startswith(name + "="):
-        return arg.split("=", 1)[1], i + 1
-    if i + 1 >= len(argv):
-        raise UsageError(f"option {name} needs a value")
-    return argv[i + 1], i + 2
+def _global_options() -> tuple[set[str], set[str]]:
+    """Celery's global options (names taking a value, flags), read from its command."""
+    from celery.bin.celery import celery as celery_command  # the CLI, only for the command
+
+    with_value: set[str] = set()
+    flags: set[str] = set()
+    for p in celery_command.params:
+        if isinstance(p, click.Option):
+            (flags if p.is_flag or p.count else with_value).update(p.opts + p.secondary_opts)
+    return with_value, flags
 
 
-def parse_argv(argv: list[str]) -> tuple[WorkerOptions, list[str], list[str], bool]:
-    """Split graph-worker's command line into (its options, Celery's global options,
-    `celery worker` options, help requested)."""
-    opts = WorkerOptions.from_env()
+def split_argv(argv: list[str]) -> tuple[list[str], list[str], bool]:
+    """Split graph-worker's command line into (Celery's global options, `celery worker`
+    options, help requested)."""
+    with_value, flags = _global_options()
     global_args: list[str] = []
     worker_args: list[str] = []
     want_help = False
@@ -113,201 +101,30 @@ def parse_argv(argv: list[str]) -> tuple[WorkerOptions, list[str], list[str], bo
     while i < len(argv):
         arg = argv[i]
         name = arg.split("=", 1)[0]
-        if name == "--key-prefix":
-            opts.key_prefix, i = _take(argv, i, name)
-        elif name == "--redis-url":
-            opts.redis_url, i = _take(argv, i, name)
-        elif name == "--metrics-port":
-            value, i = _take(argv, i, name)
-            try:
-                opts.metrics_port = int(value)
-            except ValueError:
-                raise UsageError(f"--metrics-port {value!r} is not a port number") from None
-        elif name == "--graceful-timeout":
-            value, i = _take(argv, i, name)
-            try:
-                opts.graceful_timeout = float(value)
-            except ValueError:
-                raise UsageError(f"--graceful-timeout {value!r} is not seconds") from None
-            if opts.graceful_timeout < 0:
-                raise UsageError("--graceful-timeout must be 0 or more seconds")
-        elif arg in ("-h", "--help"):
+        short_a = arg.startswith("-A") and len(arg) > 2 and not arg.startswith("--")
+        if arg in ("-h", "--help"):
             want_help = True
-            i += 1
-        elif name in _GLOBAL_WITH_VALUE:
-            if "=" in arg:
-                global_args.append(arg)
-                i += 1
-            else:
-                global_args.extend(argv[i : i + 2])
-                i += 2
-        elif (arg.startswith("-A") and len(arg) > 2) or arg in _GLOBAL_FLAGS:  # -Aproj
+        elif (name in with_value and arg.startswith("--") and "=" in arg) or short_a:
             global_args.append(arg)
+        elif arg in with_value:
+            if i + 1 >= len(argv):
+                raise UsageError(f"option {arg} needs a value")
+            global_args.extend(argv[i : i + 2])
             i += 1
+        elif arg in flags and arg not in ("--version",):
+            global_args.append(arg)
         elif arg == "worker" and not worker_args:  # tolerate `graph-worker -A x worker`
-            i += 1
+            pass
         else:
             worker_args.append(arg)
-            i += 1
-    if "-D" in worker_args or "--detach" in worker_args:
-        raise UsageError(
-            "graph-worker does not detach (-D/--detach): run it under a supervisor "
-            "(systemd, Kubernetes, honcho) that sends SIGTERM to stop it"
-        )
-    return opts, global_args, worker_args, want_help
+        i += 1
+    return global_args, worker_args, want_help
 
 
-def celery_worker_help() -> str:
-    ctx = click.Context(worker_command, info_name="graph-worker")
-    return worker_command.get_help(ctx)
-
-
-# -- configuration --------------------------------------------------------------------
-
-
-def user_set(conf: Any, key: str) -> bool:
-    """True if the app's own configuration sets ``key`` (not Celery's default)."""
-    conf.get(key)  # a pending configuration loads on first read; only then has it maps
-    maps = getattr(conf, "maps", None)
-    if not maps:
-        return False
-    return any(key in m for m in maps[:-1])
-
-
-def apply_defaults(app: Any) -> dict[str, Any]:
-    """Set RELIABLE_DEFAULTS the app's configuration leaves open; returns what was set."""
-    applied = {}
-    for key, value in RELIABLE_DEFAULTS.items():
-        if not user_set(app.conf, key):
-            app.conf[key] = value
-            applied[key] = value
-    return applied
-
-
-def check_agreement(app: Any, opts: WorkerOptions) -> None:
-    """--key-prefix/--redis-url must not contradict the app: workers and the code that
-    starts runs read the same app config, and a worker under another prefix would not
-    find the graphs it is sent."""
-    for flag, value, setting in (
-        ("--key-prefix", opts.key_prefix, "graph_key_prefix"),
-        ("--redis-url", opts.redis_url, "graph_redis_url"),
-    ):
-        configured = app.conf.get(setting)
-        if value is not None and configured is not None and configured != value:
-            raise ConfigurationError(
-                f"{flag} {value!r} contradicts app.conf.{setting} = {configured!r}; the app "
-                "setting wins, so drop the flag or change the setting"
-            )
-
-
-# -- the bootstep ---------------------------------------------------------------------
-
-
-class GraphWorkerStep(bootsteps.StartStopStep):
-    """Registry heartbeat, metrics endpoint and bounded graceful shutdown for one worker."""
-
-    requires = ("celery.worker.components:Pool",)  # start after the pool has forked
-
-    def __init__(self, w: Any, **kwargs: Any) -> None:
-        super().__init__(w, **kwargs)
-        self.heartbeat: Any = None
-        self.metrics: Any = None
-        self._shutdown_started = False
-        self._timer: threading.Timer | None = None
-        self._worker: Any = None
-
-    def start(self, w: Any) -> None:
-        state = state_for(w.app)
-        queues = lambda: sorted(w.app.amqp.queues.consume_from or w.app.amqp.queues)  # noqa: E731
-        in_flight = lambda: len(worker_state.active_requests)  # noqa: E731
-        self.heartbeat = Heartbeat(
-            state,
-            w.hostname,
-            describe=lambda: {"queues": queues(), "in_flight": in_flight()},
-        )
-        self.heartbeat.start()
-        self._worker = w
-        worker_shutdown.connect(self._on_worker_shutdown, weak=False)
-        if _current.metrics_port is not None:
-            collector = WorkerCollector(
-                state,
-                w.hostname,
-                self.heartbeat.started,
-                queues,
-                in_flight,
-                QueueDepth(w.app),
-            )
-            self.metrics = MetricsServer(collector, _current.metrics_port)
-            self.metrics.start()
-            logger.info("celery-graph: metrics at :%s/metrics", _current.metrics_port)
-        self._install_signal_handlers(w)
-
-    def _install_signal_handlers(self, w: Any) -> None:
-        # Celery installed its handlers in on_start, before the steps start. Its SIGTERM
-        # handler is the warm shutdown: stop consuming, wait for running tasks, without
-        # limit. Both SIGTERM and SIGINT start that here, with a deadline.
-        warm = signal.getsignal(signal.SIGTERM)
-        if not callable(warm):
-            return
-        timeout = _current.graceful_timeout
-        main_pid = os.getpid()
-
-        def cold() -> None:
-            # Celery's cold shutdown (SIGQUIT): cancel the running late-ack tasks, whose
-            # unacked messages the broker connection hands back when it closes.
-            os.kill(main_pid, signal.SIGQUIT)
-
-        def handler(signum: int, frame: Any) -> None:
-            if os.getpid() != main_pid:
-                return
-            # No lock: handlers run one at a time in the main thread, and a lock taken in
-            # a handler would deadlock if a second signal arrived inside it.
-            first = not self._shutdown_started
-            self._shutdown_started = True
-            if not first:
-                cold()
-                return
-            threading.Thread(target=self._mark_stopping, daemon=True).start()
-            self._timer = threading.Timer(timeout, cold)
-            self._timer.daemon = True
-            self._timer.start()
-            warm(signal.SIGTERM, frame)
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
-
-    def _mark_stopping(self) -> None:
-        if self.heartbeat is not None:
-            self.heartbeat.mark_stopping()
-
-    def _on_worker_shutdown(self, sender: Any = None, **_: Any) -> None:
-        if sender is self._worker:
-            self._cleanup()
-
-    def shutdown(self, w: Any) -> None:
-        self._cleanup()
-
-    def _cleanup(self) -> None:
-        if self._timer is not None:  # everything finished within the graceful timeout
-            self._timer.cancel()
-        if self.metrics is not None:
-            self.metrics.stop()
-            self.metrics = None
-        if self.heartbeat is not None:
-            try:
-                self.heartbeat.stop()
-            except Exception:  # the TTL removes the entry anyway
-                logger.warning("celery-graph: could not deregister the worker", exc_info=True)
-            self.heartbeat = None
-
-
-# -- the command ----------------------------------------------------------------------
-
-
-def prepare(app: Any, opts: WorkerOptions) -> dict[str, Any]:
-    """Make ``app`` a graph worker's app: defaults and the bootstep."""
-    check_agreement(app, opts)
+def prepare(app: Any) -> dict[str, Any]:
+    """Make ``app`` a graph worker's app: the options, the bootstep and the defaults."""
     finalized = app.finalized
+    install(app)
     applied = apply_defaults(app)
     task_level = {"task_acks_late", "task_reject_on_worker_lost"} & set(applied)
     if finalized and task_level:
@@ -320,17 +137,22 @@ def prepare(app: Any, opts: WorkerOptions) -> dict[str, Any]:
             "configuration (or do not finalize the app at import)",
             file=sys.stderr,
         )
-    Settings.from_app(app)  # fail now, with the message, if there is no graph Redis
-    steps = app.steps["worker"]
-    if GraphWorkerStep not in steps:
-        steps.add(GraphWorkerStep)
     return applied
 
 
+def celery_worker_help(app: Any = None) -> str:
+    from celery.bin.worker import worker as worker_command  # the CLI, only for its help
+
+    ctx = click.Context(worker_command, info_name="graph-worker")
+    return worker_command.get_help(ctx)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from celery.bin.celery import celery as celery_command  # the CLI, only to run it
+
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        opts, global_args, worker_args, want_help = parse_argv(argv)
+        global_args, worker_args, want_help = split_argv(argv)
     except UsageError as exc:
         print(f"graph-worker: {exc}\n\n{USAGE}", file=sys.stderr)
         return 2
@@ -343,40 +165,39 @@ def main(argv: list[str] | None = None) -> int:
         print("graph-worker: name the Celery app with -A/--app (or CELERY_APP)\n\n" + USAGE,
               file=sys.stderr)
         return 2
-    if opts.key_prefix is not None:
-        os.environ[ENV_PREFIX] = opts.key_prefix
-    if opts.redis_url is not None:
-        os.environ[ENV_REDIS_URL] = opts.redis_url
-    # Celery's child processes and anything they start see the same settings.
-    os.environ[ENV_GRACEFUL_TIMEOUT] = repr(opts.graceful_timeout)
-    global _current
-    _current = opts
-
+    # read again by a worker that -D re-executes as `python -m celery ...`
+    os.environ[ENV_RELIABLE_DEFAULTS] = "1"
     workdir = next((global_args[i + 1] for i, a in enumerate(global_args)
                     if a == "--workdir" and i + 1 < len(global_args)), None)
     if workdir:
         os.chdir(workdir)
     try:
         app = load_app(name, set_current=False)
-        applied = prepare(app, opts)
+        applied = prepare(app)
     except ConfigurationError as exc:
         print(f"graph-worker: {exc}", file=sys.stderr)
         return 2
     if applied:
         logger.info("celery-graph: applied defaults %s", applied)
-
-    install_task_signals()  # inherited by the pool processes forked from this one
-
-    return int(
-        celery_command.main(
-            args=[*global_args, "worker", *worker_args],
-            prog_name="graph-worker",
-            auto_envvar_prefix="CELERY",
-            standalone_mode=False,
+    args = [*global_args, "worker", *worker_args]
+    sys.argv = [sys.argv[0], *args]  # what `celery worker -D` re-executes
+    try:
+        return int(
+            celery_command.main(args=args, prog_name="graph-worker",
+                                auto_envvar_prefix="CELERY", standalone_mode=False)
+            or 0
         )
-        or 0
-    )
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.Abort:
+        return 1
 
+
+__all__ = [
+    "WORKER_OPTIONS", "GraphWorkerStep", "apply_defaults", "check_agreement", "install",
+    "main", "prepare", "split_argv", "user_set",
+]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -157,6 +157,12 @@ def test_stop_timeouts_leave_room_for_the_graceful_timeout():
     assert service["KillSignal"] == "SIGTERM"
 
 
+def test_liveness_probe_is_healthz_which_needs_no_redis():
+    doc = (ROOT / "deploy" / "k8s" / "worker-deployment.yaml").read_text()
+    live = doc.split("livenessProbe:", 1)[1].split("Probe:", 1)[0]
+    assert "path: /healthz" in live
+
+
 def test_metrics_port_service_and_hpa_agree_with_the_code():
     container = k8s_worker_container()
     port = int(flag_value(container["args"], "--metrics-port"))

@@ -16,6 +16,7 @@ from ..dispatch import publish_nodes, wait_for_room
 from ..errors import PublishError, RunNotFound, StoreError
 from ..lifecycle import end_run
 from ..model import GraphSpec
+from ..signals import run_started
 from ..state import State, state_for
 from .run import GraphRun
 
@@ -60,6 +61,7 @@ def submit_spec(
     )
     if not created:
         return GraphRun(run_id, app=app)
+    run_started.send(sender=app, app=app, run_id=run_id, state=state)
     try:
         publish_nodes(app, spec, run_id, spec.roots)
     except Exception as exc:

@@ -28,6 +28,7 @@ from ..dispatch import redeliver
 from ..errors import BrokerUnavailable, CeleryGraphError, StoreUnavailable, UnknownTask
 from ..protocol import CALL_TASK, GRAPH_KWARG, NodeMessage, graph_fields
 from ..reconcile import SweepThread
+from ..signals import graph_task_declared
 from ..state import state_for
 from .node import NodeRun, fail_node
 
@@ -127,6 +128,7 @@ def task_body(fn: Callable[..., Any]) -> Callable[..., Any]:
     body.__module__ = fn.__module__
     body.__doc__ = fn.__doc__
     body.__wrapped__ = fn  # type: ignore[attr-defined]
+    graph_task_declared.send(sender=fn)  # worker options and bootstep on the apps now
     return body
 
 

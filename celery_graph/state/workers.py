@@ -1,92 +1,174 @@
-"""The worker registry and per-worker task counters, as stored in Redis.
+"""The worker registry, per-worker task counters and run counters, as stored in Redis.
 
-    P:worker:<hostname>           hash  hostname, pid, queues (JSON), started, heartbeat, state
-    P:worker:<hostname>:metrics   hash  counters written by the pool processes
-    P:workers                     zset  hostname -> last heartbeat (the listing index)
+    P:worker:{W}           hash  hostname, pid, node, token, queues (JSON), started,
+                                 heartbeat, state
+    P:worker:{W}:metrics   hash  counters and histograms written by the pool processes
+    P:workers              zset  hostname -> last heartbeat (the listing index)
+    P:metrics:runs         hash  run counters and the run-duration histogram
 
-Every key expires ``ttl`` seconds after the last heartbeat, so a worker that dies without
-cleaning up, even by SIGKILL, drops out of the listing.
+``W`` is the worker's Celery hostname (``-n``). A worker's two keys share the ``{W}`` hash
+tag, so the Lua scripts that touch both stay in one Redis Cluster slot; the index is
+updated by separate commands. Every time stored or compared is the Redis server's
+(``TIME``), never a host's clock. Every key expires ``ttl`` seconds after the last
+heartbeat, so a worker that dies without cleaning up, even by SIGKILL, drops out.
+
+Counter fields of ``P:worker:{W}:metrics``: ``processed``, ``succeeded``, ``failed``,
+``retried``, ``runtime_total``, ``in_flight``, and per task and queue
+``n|<task>|<queue>|<outcome>`` (tasks by outcome), ``b|<task>|<queue>|<le>`` (cumulative
+duration buckets, ``+Inf`` included), ``s|<task>|<queue>`` (summed seconds).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..keys import Keys
-from .connection import translated
+from .connection import load_script, translated
+
+REDIS_REQUIRED = (6, 2)  # GETEX, BLMOVE, ZRANGE BYSCORE...
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def bucket_label(le: float) -> str:
+    return "+Inf" if le == float("inf") else repr(float(le))
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What registering a worker name found."""
+
+    claimed: bool
+    now: float  # server time
+    owner_token: str = ""
+    owner_pid: int = 0
+    owner_node: str = ""
+    owner_age: float = 0.0  # seconds since the live owner's last heartbeat
+
+
 class WorkerStore:
     def __init__(self, client: Any, keys: Keys) -> None:
         self.client = client
         self.keys = keys
+        self._claim = client.register_script(load_script("worker_claim"))
+        self._beat = client.register_script(load_script("worker_beat"))
+        self._leave = client.register_script(load_script("worker_leave"))
 
-    def reset_counters(self, hostname: str) -> None:
-        """A restarted worker with the same name starts its counters from zero, like a
-        Prometheus counter after a process restart."""
-        translated("resetting worker counters",
-                   lambda: self.client.delete(self.keys.worker_metrics(hostname)))
+    # -- the server ------------------------------------------------------------------
+
+    def server_time(self) -> float:
+        sec, usec = translated("reading the server time", self.client.time)
+        return int(sec) + int(usec) / 1e6
+
+    def server_version(self) -> str:
+        """The Redis server version (the lowest of a cluster's nodes)."""
+        info = translated("reading the server version", lambda: self.client.info("server"))
+        if "redis_version" in info:
+            return str(info["redis_version"])
+        versions = [str(v["redis_version"]) for v in info.values()
+                    if isinstance(v, dict) and "redis_version" in v]
+        return min(versions, key=version_tuple) if versions else "unknown"
+
+    # -- the registry ----------------------------------------------------------------
+
+    def _pair(self, hostname: str) -> list[str]:
+        return [self.keys.worker(hostname), self.keys.worker_metrics(hostname)]
+
+    def claim(
+        self, hostname: str, token: str, fields: dict[str, Any], ttl: int, live_window: float,
+        *, force: bool = False,
+    ) -> Claim:
+        """Register ``hostname`` for the worker ``token`` unless a live worker holds it."""
+        flat: list[Any] = []
+        for k, v in fields.items():
+            flat += [k, v]
+        reply = translated("registering the worker", lambda: self._claim(
+            keys=self._pair(hostname),
+            args=[token, ttl, live_window, "1" if force else "", *flat],
+        ))
+        reply = [_text(x) for x in reply]
+        if reply[0] == "claimed":
+            self._index(hostname, float(reply[1]), ttl)
+            return Claim(True, float(reply[1]))
+        return Claim(False, 0.0, reply[1], int(reply[2] or 0), reply[3], float(reply[4]))
 
     def beat(
-        self, hostname: str, fields: dict[str, Any], in_flight: int | None, now: float, ttl: int
-    ) -> None:
-        worker_key = self.keys.worker(hostname)
-        metrics_key = self.keys.worker_metrics(hostname)
+        self, hostname: str, token: str, fields: dict[str, Any], in_flight: int | None, ttl: int
+    ) -> bool:
+        """Refresh the entry; False when another worker holds the name now."""
+        flat: list[Any] = []
+        for k, v in fields.items():
+            flat += [k, v]
+        reply = translated("writing a heartbeat", lambda: self._beat(
+            keys=self._pair(hostname),
+            args=[token, ttl, "" if in_flight is None else in_flight, *flat],
+        ))
+        status, now = _text(reply[0]), float(_text(reply[1]))
+        if status == "ok":
+            self._index(hostname, now, ttl)
+        return status == "ok"
+
+    def _index(self, hostname: str, now: float, ttl: int) -> None:
         index = self.keys.workers_index()
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(worker_key, mapping=fields)
-        pipe.expire(worker_key, ttl)
-        pipe.hsetnx(metrics_key, "processed", 0)  # so a fresh worker shows zeros
-        if in_flight is not None:
-            pipe.hset(metrics_key, "in_flight", in_flight)
-        pipe.expire(metrics_key, ttl)
+        pipe = self.client.pipeline(transaction=False)
         pipe.zadd(index, {hostname: now})
         pipe.zremrangebyscore(index, "-inf", now - ttl)
         pipe.expire(index, ttl)
-        translated("writing a heartbeat", pipe.execute)
+        translated("indexing the worker", pipe.execute)
 
-    def remove(self, hostname: str) -> None:
-        pipe = self.client.pipeline(transaction=True)
-        pipe.delete(self.keys.worker(hostname), self.keys.worker_metrics(hostname))
-        pipe.zrem(self.keys.workers_index(), hostname)
-        translated("removing a worker", pipe.execute)
+    def remove(self, hostname: str, token: str) -> None:
+        translated("removing a worker",
+                   lambda: self._leave(keys=self._pair(hostname), args=[token]))
+        translated("removing a worker",
+                   lambda: self.client.zrem(self.keys.workers_index(), hostname))
 
-    def live(self) -> list[tuple[str, dict[str, str], dict[str, str]]]:
-        """(hostname, entry, counters) of every listed worker whose entry still exists."""
+    def live(self) -> tuple[float, list[tuple[str, dict[str, str], dict[str, str]]]]:
+        """(server time, [(hostname, entry, counters)]) of every listed worker whose entry
+        still exists."""
 
-        def read() -> list[tuple[str, dict[str, str], dict[str, str]]]:
+        def read() -> tuple[float, list[tuple[str, dict[str, str], dict[str, str]]]]:
             hostnames = [_text(h) for h in self.client.zrange(self.keys.workers_index(), 0, -1)]
             pipe = self.client.pipeline(transaction=False)
             for h in hostnames:
                 pipe.hgetall(self.keys.worker(h))
                 pipe.hgetall(self.keys.worker_metrics(h))
-            replies = pipe.execute()
+            replies = pipe.execute() if hostnames else []
             out = []
             for i, h in enumerate(hostnames):
                 entry = {_text(k): _text(v) for k, v in replies[2 * i].items()}
                 if entry:  # else expired between the two reads, or never fully written
                     counters = {_text(k): _text(v) for k, v in replies[2 * i + 1].items()}
                     out.append((h, entry, counters))
-            return out
+            return self.server_time(), out
 
         return translated("reading the worker registry", read)
 
+    # -- counters --------------------------------------------------------------------
+
     def count_task(
-        self, hostname: str, counter: str | None, runtime: float | None, ttl: int
+        self, hostname: str, task: str, queue: str, outcome: str, runtime: float | None,
+        buckets: Sequence[float], ttl: int,
     ) -> None:
-        """One task ran to an end state in a pool process of ``hostname``."""
+        """One task ran to an end state (``outcome``: succeeded, failed, retried or other)
+        in a pool process of ``hostname``."""
         key = self.keys.worker_metrics(hostname)
-        # MULTI/EXEC: a scrape never sees "processed" without its outcome counter
+        series = f"{task}|{queue}"
+        # MULTI/EXEC on one key: a scrape never sees "processed" without its outcome
         pipe = self.client.pipeline(transaction=True)
         pipe.hincrby(key, "processed", 1)
-        if counter:
-            pipe.hincrby(key, counter, 1)
+        if outcome in ("succeeded", "failed", "retried"):
+            pipe.hincrby(key, outcome, 1)
+        pipe.hincrby(key, f"n|{series}|{outcome}", 1)
         if runtime is not None:
             pipe.hincrbyfloat(key, "runtime_total", runtime)
+            pipe.hincrbyfloat(key, f"s|{series}", runtime)
+            for le in (*buckets, float("inf")):
+                if runtime <= le:
+                    pipe.hincrby(key, f"b|{series}|{bucket_label(le)}", 1)
         pipe.expire(key, ttl)
         translated("counting a task", pipe.execute)
 
@@ -94,3 +176,32 @@ class WorkerStore:
         raw = translated("reading worker counters",
                          lambda: self.client.hgetall(self.keys.worker_metrics(hostname)))
         return {_text(k): float(v) for k, v in raw.items()}
+
+    def count_run(
+        self, event: str, duration: float | None, buckets: Sequence[float], ttl: int
+    ) -> None:
+        """A run started (``event`` "started") or ended ("succeeded", "failed",
+        "cancelled") after ``duration`` seconds."""
+        key = self.keys.run_metrics()
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hincrby(key, event, 1)
+        if duration is not None:
+            pipe.hincrbyfloat(key, "s", duration)
+            for le in (*buckets, float("inf")):
+                if duration <= le:
+                    pipe.hincrby(key, f"b|{bucket_label(le)}", 1)
+        pipe.expire(key, ttl)
+        translated("counting a run", pipe.execute)
+
+    def run_counters(self) -> dict[str, float]:
+        raw = translated("reading run counters",
+                         lambda: self.client.hgetall(self.keys.run_metrics()))
+        return {_text(k): float(v) for k, v in raw.items()}
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for p in version.split("."):
+        digits = "".join(c for c in p if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)

@@ -1,0 +1,231 @@
+"""celery-graph's worker features on a plain `celery -A APP worker` subprocess, `-D`,
+`celery multi`, and the many-hosts rules of the registry (unique live names, server time,
+a taken metrics port, Redis Cluster)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+
+from celery_graph import GraphRun
+from celery_graph.devserver import PrivateRedis, free_port
+from celery_graph.registry import Heartbeat, live_workers
+from celery_graph.state import state_for
+from tests.apps import ops_tasks as t
+from tests.apps.common import build_app
+from tests.apps.harness import GRAPH_WORKER, ROOT, WorkerProcess, subprocess_env, wait_for
+from tests.test_worker_metrics import scrape
+
+PREFIX = f"cgops:plain:{uuid.uuid4().hex[:6]}"
+CELERY = [sys.executable, "-m", "celery"]
+
+
+def plain_worker(tmp_path, name, broker, queue, *args, env=None, prefix=PREFIX):
+    argv = ["-A", "tests.apps.opsapp", "worker", "--key-prefix", prefix, "-n", f"{name}@%h",
+            "-c", "1", "-l", "INFO", "--without-mingle", "--without-gossip", *args]
+    penv = subprocess_env(CGOPS_BROKER_URL=broker, CGOPS_QUEUE=queue,
+                          CELERY_GRAPH_HEARTBEAT_INTERVAL="1", **(env or {}))
+    return WorkerProcess(argv, penv, tmp_path / f"{name}.log", cmd=CELERY)
+
+
+def listed(app, pid):
+    return next((w for w in live_workers(app) if w.pid == pid), None)
+
+
+def healthz(port):
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except urllib.error.URLError:  # not listening (yet, or any more)
+        return 0
+
+
+@pytest.fixture()
+def queue():
+    return f"cgops-plain-{uuid.uuid4().hex[:8]}"
+
+
+def test_plain_celery_worker_serves_histograms_and_healthz_without_redis(
+        redis_url, tmp_path, queue):
+    graph = PrivateRedis().start()
+    port = free_port()
+    w = plain_worker(tmp_path, "plainmet", redis_url, queue, "--redis-url", graph.url,
+                     "--metrics-port", str(port))
+    try:
+        app = build_app(redis_url, queue, key_prefix=PREFIX, graph_redis_url=graph.url)
+        info = wait_for(lambda: listed(app, w.pid), 20, f"registry entry\n{w.log()}")
+        tag = uuid.uuid4().hex[:8]
+        flow = (t.ops_first.bind(tag=tag) >> t.ops_long.bind(tag=tag, delay=0.2)
+                >> t.ops_last.bind(tag=tag))
+        assert flow.submit(app=app).get(timeout=20) == "ops_last<-ops_long"
+        labels = (("queue", queue), ("task", "tests.apps.ops_tasks.ops_long"),
+                  ("worker", info.hostname))
+        m = wait_for(lambda: (s := scrape(port)).get(
+            ("celery_graph_task_duration_seconds_count", labels)) == 1 and s, 10,
+            "the histogram of ops_long")
+        def plus(**more):
+            return tuple(sorted((*labels, *more.items())))
+
+        assert m[("celery_graph_task_duration_seconds_bucket", plus(le="+Inf"))] == 1
+        assert m[("celery_graph_task_duration_seconds_bucket", plus(le="0.1"))] == 0
+        assert m[("celery_graph_task_duration_seconds_sum", labels)] >= 0.2
+        assert m[("celery_graph_tasks_total", plus(outcome="succeeded"))] == 1
+        assert m[("celery_graph_runs_started_total", ())] == 1
+        assert m[("celery_graph_runs_finished_total", (("outcome", "succeeded"),))] == 1
+        assert m[("celery_graph_run_duration_seconds_count", ())] == 1
+        assert healthz(port) == 200
+
+        graph.stop(kill=True)  # the graph Redis is gone: liveness does not care
+        assert healthz(port) == 200
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)
+        assert err.value.code == 503
+        w.signal(signal.SIGTERM)
+        w.wait(20)
+    finally:
+        w.stop()
+        graph.stop(kill=True)
+
+
+def test_plain_celery_worker_hands_back_on_sigterm_after_the_graceful_timeout(
+        redis_url, tmp_path, queue, rclient):
+    app = build_app(redis_url, queue, key_prefix=PREFIX)
+    w1 = plain_worker(tmp_path, "plainterm1", redis_url, queue, "--graceful-timeout", "1")
+    w2 = None
+    try:
+        wait_for(lambda: listed(app, w1.pid), 20, f"registry entry\n{w1.log()}")
+        tag = uuid.uuid4().hex[:8]
+        run = (t.ops_first.bind(tag=tag) >> t.ops_long.bind(tag=tag, delay=3)
+               >> t.ops_last.bind(tag=tag)).submit(app=app)
+        wait_for(lambda: any(e[:2] == ["start", "ops_long"] for e in t.events(rclient, tag)),
+                 20, "ops_long to start")
+        w1.signal(signal.SIGTERM)
+        w2 = plain_worker(tmp_path, "plainterm2", redis_url, queue)
+        w1.wait(15)
+        assert "Restoring 1 unacknowledged message" in w1.log()
+        assert run.get(timeout=30) == "ops_last<-ops_long"
+        status = GraphRun(run.id, app=app).status()
+        assert status.nodes["ops_long"].worker.startswith("plainterm2@")
+        assert listed(app, w1.pid) is None  # deregistered on the way out
+    finally:
+        w1.stop()
+        if w2 is not None:
+            w2.stop()
+
+
+def test_a_second_worker_with_a_live_name_is_refused(redis_url, tmp_path, queue):
+    app = build_app(redis_url, queue, key_prefix=PREFIX)
+    w1 = plain_worker(tmp_path, "dup", redis_url, queue)
+    w2 = None
+    try:
+        first = wait_for(lambda: listed(app, w1.pid), 20, f"registry entry\n{w1.log()}")
+        w2 = plain_worker(tmp_path, "dup", redis_url, queue)
+        assert w2.wait(30) != 0
+        assert (f"a worker named {first.hostname!r} is already running (pid {w1.pid}"
+                in w2.log()), w2.log()
+        assert "Traceback" not in w2.log()
+        assert listed(app, w1.pid) is not None and w1.proc.poll() is None
+        assert [x.pid for x in live_workers(app) if x.hostname == first.hostname] == [w1.pid]
+    finally:
+        w1.stop()
+        if w2 is not None:
+            w2.stop()
+
+
+def test_a_taken_metrics_port_is_one_clear_line(redis_url, tmp_path, queue):
+    taken = socket.socket()
+    taken.bind(("0.0.0.0", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    w = plain_worker(tmp_path, "portbusy", redis_url, queue, "--metrics-port", str(port))
+    try:
+        assert w.wait(30) != 0
+        assert f"cannot serve metrics on 0.0.0.0:{port}: Address already in use" in w.log()
+        assert "Traceback" not in w.log()
+    finally:
+        w.stop()
+        taken.close()
+
+
+def test_registry_times_are_the_servers_not_a_skewed_host_clock(
+        redis_url, tmp_path, queue, rclient):
+    app = build_app(redis_url, queue, key_prefix=PREFIX)
+    skew = {"CGTEST_CLOCK_SKEW": "-3600",
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "skew"), str(ROOT)])}
+    w = plain_worker(tmp_path, "skewed", redis_url, queue, env=skew)
+    try:
+        info = wait_for(lambda: listed(app, w.pid), 20, f"registry entry\n{w.log()}")
+        sec, usec = rclient.time()
+        server_now = sec + usec / 1e6
+        assert abs(info.started - server_now) < 5 and abs(info.heartbeat - server_now) < 5
+        assert info.heartbeat_age < 3
+        score = rclient.zscore(f"{PREFIX}:workers", info.hostname)
+        assert abs(score - server_now) < 5  # the index trims by server time too
+    finally:
+        w.stop()
+
+
+def test_detach_with_a_pidfile_and_celery_multi(redis_url, tmp_path, queue):
+    app = build_app(redis_url, queue, key_prefix=PREFIX)
+    env = subprocess_env(CGOPS_BROKER_URL=redis_url, CGOPS_QUEUE=queue,
+                         CELERY_GRAPH_HEARTBEAT_INTERVAL="1")
+    pidfile, port = tmp_path / "det.pid", free_port()
+    subprocess.run(
+        [*GRAPH_WORKER, "-A", "tests.apps.opsapp", "-D", "--pidfile", str(pidfile),
+         "--logfile", str(tmp_path / "det.log"), "-n", "det@%h", "-c", "1",
+         "--key-prefix", PREFIX, "--metrics-port", str(port), "--without-mingle"],
+        env=env, cwd=ROOT, check=True, timeout=30,
+    )
+    pid = wait_for(lambda: pidfile.exists() and pidfile.read_text().strip()
+                   and int(pidfile.read_text()), 20, "the pidfile")
+    try:
+        wait_for(lambda: listed(app, pid), 20, (tmp_path / "det.log").read_text())
+        assert wait_for(lambda: healthz(port) == 200, 10, "/healthz")
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: listed(app, pid) is None and not pidfile.exists(), 20,
+             "the detached worker to stop")
+
+    multi = [*CELERY, "multi"]
+    common = ["-A", "tests.apps.opsapp", f"--pidfile={tmp_path}/%n.pid",
+              f"--logfile={tmp_path}/%n%I.log"]
+    subprocess.run([*multi, "start", "m1", *common, "-c", "1", f"--key-prefix={PREFIX}",
+                    "--without-mingle"], env=env, cwd=ROOT, check=True, timeout=60,
+                   capture_output=True)
+    try:
+        info = wait_for(lambda: next((w for w in live_workers(app)
+                                      if w.hostname.startswith("m1@")), None), 20,
+                        "the multi worker in the registry")
+    finally:
+        subprocess.run([*multi, "stopwait", "m1", *common], env=env, cwd=ROOT, timeout=60,
+                       capture_output=True)
+    assert listed(app, info.pid) is None
+
+
+def test_registry_on_redis_cluster(redis_url, cluster_url):
+    app = build_app(redis_url, "cgops-cluster-reg", key_prefix=f"{PREFIX}:c",
+                    graph_redis_url=cluster_url)
+    state = state_for(app)
+    beat = Heartbeat(state, "c1@host", lambda: {"queues": ["q"], "in_flight": 0}, interval=1)
+    beat.start()
+    try:
+        state.workers.count_task("c1@host", "t", "q", "succeeded", 0.01, (0.1,), 3)
+        beat.beat()
+        (info,) = [w for w in live_workers(app) if w.hostname == "c1@host"]
+        assert info.metrics["processed"] == 1 and info.queues == ["q"]
+        again = Heartbeat(state, "c1@host", lambda: {"queues": []}, interval=1)
+        again.node = "elsewhere"  # another host: the live name is refused
+        with pytest.raises(Exception, match="already running"):
+            again.start()
+    finally:
+        beat.stop()
+    assert not [w for w in live_workers(app) if w.hostname == "c1@host"]
