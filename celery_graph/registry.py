@@ -151,6 +151,7 @@ class Heartbeat:
             claim = self.store.claim(self.hostname, self.token, fields, self.ttl,
                                      2 * self.interval, force=True)
         self.started = claim.now
+        self.beat()  # the first full entry (in-flight count included) at once
         self._thread = threading.Thread(
             target=self._run, name="celery-graph-heartbeat", daemon=True
         )
