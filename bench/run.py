@@ -348,8 +348,16 @@ def keys_left(url: str, processes: int, runs: int) -> dict[str, Any]:
 # -- the whole suite ----------------------------------------------------------------------
 
 
-def main(quick: bool = False, processes: int = 2) -> dict[str, Any]:
+SECTIONS = ("canvas", "dramatiq", "messages", "map", "scale", "keys", "io")
+
+
+def main(quick: bool = False, processes: int = 2,
+         only: frozenset[str] | None = None) -> dict[str, Any]:
+    """Every section of the suite, or the ones named in ``only`` (see SECTIONS)."""
     from celery_graph.devserver import PrivateRedis
+
+    def wanted(section: str) -> bool:
+        return only is None or section in only
 
     repeats = 1 if quick else 3
     fan_sizes = [1000] if quick else [1000, 10_000]
@@ -365,52 +373,69 @@ def main(quick: bool = False, processes: int = 2) -> dict[str, Any]:
     try:
         import bench.apps  # noqa: F401  (the client side uses the same app)
 
-        with celery_workers(url, processes):
-            for n in fan_sizes:
-                w[f"floor N={n}"] = {"celery": statistics.median(floor(n) for _ in range(repeats))}
-                flow = graph_fan(n)
-                w[f"fan-out/fan-in N={n}"] = {
-                    "celery-graph": median_of(repeats, lambda f=flow: run_graph(f)),
-                    "celery canvas": median_of(repeats, lambda n=n: run_canvas(canvas_fan(n))),
-                }
-                _report(w, f"fan-out/fan-in N={n}", f"floor N={n}")
-            flow = graph_chain(chain_len)
-            w[f"chain of {chain_len}"] = {
-                "celery-graph": median_of(repeats, lambda: run_graph(flow)),
-                "celery canvas": median_of(repeats, lambda: run_canvas(_canvas_chain(chain_len))),
+        if wanted("canvas"):
+            with celery_workers(url, processes):
+                _canvas_section(w, fan_sizes, chain_len, eight_runs, repeats)
+        if wanted("dramatiq"):
+            with dramatiq_workers(url, processes):
+                _dramatiq_section(w, fan_sizes, chain_len, eight_runs, repeats)
+        if wanted("messages"):
+            results["message_bytes"] = {
+                str(size): message_sizes(url, size)
+                for size in ([3, 100, 1000] if quick else [3, 100, 1000, 10_000])
             }
-            w[f"{eight_runs} concurrent 8-task runs"] = {
-                "celery-graph": median_of(repeats, lambda: throughput_graph(eight_runs)),
-                "celery canvas": median_of(repeats, lambda: throughput_canvas(eight_runs)),
-            }
-        with dramatiq_workers(url, processes):
-            # dramatiq-workflow puts the rest of the workflow into every group member's
-            # message: ~190 KB each at N=1,000, so ~1.9 MB x 10,000 messages (~19 GB of
-            # Redis) at N=10,000, more than this machine holds; it runs up to N=1,000.
-            for n in [n for n in fan_sizes if n <= DRAMATIQ_MAX_FAN]:
-                w[f"fan-out/fan-in N={n}"]["dramatiq-workflow"] = median_of(
-                    repeats, lambda n=n: run_dramatiq(lambda tag: dramatiq_fan(n, tag)))
-            w[f"chain of {chain_len}"]["dramatiq-workflow"] = median_of(
-                repeats, lambda: run_dramatiq(lambda tag: dramatiq_chain(chain_len, tag)))
-            w[f"{eight_runs} concurrent 8-task runs"]["dramatiq-workflow"] = median_of(
-                repeats, lambda: throughput_dramatiq(eight_runs))
-        results["message_bytes"] = {
-            str(size): message_sizes(url, size)
-            for size in ([3, 100, 1000] if quick else [3, 100, 1000, 10_000])
-        }
-        results["map"] = chunked_map(url, processes, 1000 if quick else MAP_N, MAP_CHUNK,
-                                     repeats)
-        if not quick:
+        if wanted("map"):
+            results["map"] = chunked_map(url, processes, 1000 if quick else MAP_N, MAP_CHUNK,
+                                         repeats)
+        if wanted("scale") and not quick:
             results["scale"] = big_fan(url, processes, SCALE_N)
-        results["redis_after"] = keys_left(url, processes, eight_runs)
-        results["io_scaling"] = io_scaling(url, [1, 2, 4], 60 if quick else 200)
+        if wanted("keys"):
+            results["redis_after"] = keys_left(url, processes, eight_runs)
+        if wanted("io"):
+            results["io_scaling"] = io_scaling(url, [1, 2, 4], 60 if quick else 200)
     except BaseException:
         (OUT / "results-partial.json").write_text(json.dumps(results, indent=2) + "\n")
         raise
     finally:
         server.cleanup()
-    results["targets"] = targets(results, fan_sizes, chain_len)
+    if only is None:
+        results["targets"] = targets(results, fan_sizes, chain_len)
     return results
+
+
+def _canvas_section(w: dict[str, Any], fan_sizes: list[int], chain_len: int,
+                    eight_runs: int, repeats: int) -> None:
+    for n in fan_sizes:
+        w[f"floor N={n}"] = {"celery": statistics.median(floor(n) for _ in range(repeats))}
+        flow = graph_fan(n)
+        w[f"fan-out/fan-in N={n}"] = {
+            "celery-graph": median_of(repeats, lambda f=flow: run_graph(f)),
+            "celery canvas": median_of(repeats, lambda n=n: run_canvas(canvas_fan(n))),
+        }
+        _report(w, f"fan-out/fan-in N={n}", f"floor N={n}")
+    flow = graph_chain(chain_len)
+    w[f"chain of {chain_len}"] = {
+        "celery-graph": median_of(repeats, lambda: run_graph(flow)),
+        "celery canvas": median_of(repeats, lambda: run_canvas(_canvas_chain(chain_len))),
+    }
+    w[f"{eight_runs} concurrent 8-task runs"] = {
+        "celery-graph": median_of(repeats, lambda: throughput_graph(eight_runs)),
+        "celery canvas": median_of(repeats, lambda: throughput_canvas(eight_runs)),
+    }
+
+
+def _dramatiq_section(w: dict[str, Any], fan_sizes: list[int], chain_len: int,
+                      eight_runs: int, repeats: int) -> None:
+    # dramatiq-workflow puts the rest of the workflow into every group member's
+    # message: ~190 KB each at N=1,000, so ~1.9 MB x 10,000 messages (~19 GB of
+    # Redis) at N=10,000, more than this machine holds; it runs up to N=1,000.
+    for n in [n for n in fan_sizes if n <= DRAMATIQ_MAX_FAN]:
+        w.setdefault(f"fan-out/fan-in N={n}", {})["dramatiq-workflow"] = median_of(
+            repeats, lambda n=n: run_dramatiq(lambda tag: dramatiq_fan(n, tag)))
+    w.setdefault(f"chain of {chain_len}", {})["dramatiq-workflow"] = median_of(
+        repeats, lambda: run_dramatiq(lambda tag: dramatiq_chain(chain_len, tag)))
+    w.setdefault(f"{eight_runs} concurrent 8-task runs", {})["dramatiq-workflow"] = median_of(
+        repeats, lambda: throughput_dramatiq(eight_runs))
 
 
 SCALE_N = 100_000
