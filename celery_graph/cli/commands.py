@@ -66,6 +66,7 @@ from .support import (
 )
 
 PROG = "celery-graph"
+COMPLETE_VAR = "_CELERY_GRAPH_COMPLETE"  # click's shell completion (its default name)
 
 # -- options every command shares -----------------------------------------------------
 
@@ -649,12 +650,14 @@ for _command in COMMANDS:
 def main(argv: list[str] | None = None) -> int:
     """The ``celery-graph`` console script; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args:
+    if not args and not os.environ.get(COMPLETE_VAR):
         ctx = click.Context(celery_graph, info_name=PROG, **celery_graph.context_settings)
         click.echo(celery_graph.get_help(ctx), err=True)
         return EXIT_USAGE
     try:
-        code = celery_graph.main(args, prog_name=PROG, standalone_mode=False)
+        code = celery_graph.main(
+            args, prog_name=PROG, complete_var=COMPLETE_VAR, standalone_mode=False
+        )
     except click.ClickException as exc:  # click's own parsing: unknown option, bad value
         click.echo(f"{PROG}: error: {exc.format_message()}", err=True)
         return EXIT_USAGE

@@ -150,8 +150,11 @@ def _summary(status: RunStatus, out: IO[str]) -> None:
     if failed:
         out.write(f"failed ({n_failed}):\n")
         rows = [["NODE", "ATTEMPTS", "WORKER", "ERROR"]]
+        run_error = status.error or {}
         for nid, n in failed:
-            err = n.error or {}
+            # the run's error names the node that failed it; members of a tolerant group
+            # carry their own
+            err = n.error or (run_error if run_error.get("node") == nid else {})
             message = f"{err.get('type', 'Error')}: {err.get('message', '')}" if err else "-"
             rows.append([nid, str(n.attempts), n.worker or "-", message.splitlines()[0]])
         table(rows, out)
