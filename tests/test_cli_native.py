@@ -40,9 +40,12 @@ APP = "tests.test_cli_native:worker_app"
 
 ETL = extract >> (transform | audit) >> load
 # more nodes than `status` lists by default, one of which fails the run
-WIDE = functools.reduce(
-    operator.or_, [step.bind(id=f"s{i:02d}", name=f"s{i:02d}") for i in range(SUMMARY_OVER + 9)]
-) | boom
+WIDE = (
+    functools.reduce(
+        operator.or_, [step.bind(id=f"s{i:02d}", name=f"s{i:02d}") for i in range(SUMMARY_OVER + 9)]
+    )
+    | boom
+)
 # a graph whose drawing is larger than a pipe's buffer
 BIG = extract >> functools.reduce(
     operator.or_, [step.bind(id=f"n{i:04d}", name=f"n{i}") for i in range(3000)]
@@ -117,7 +120,7 @@ def test_json_documents_of_show_workers_and_reconcile(env) -> None:
     shown = celery("show", "tests.test_cli_native:ETL", "--json", env=env)
     assert shown.returncode == 0, shown.stderr
     graph = json.loads(shown.stdout)
-    assert [n["id"] for n in graph["nodes"]][0] == "extract"
+    assert graph["nodes"][0]["id"] == "extract"
     assert ["transform", "load"] in graph["edges"] and graph["sinks"] == ["load"]
 
     workers = celery("workers", "--json", env=env)
@@ -143,8 +146,9 @@ def test_bad_input_under_celery_is_one_line_and_exit_2(env) -> None:
 
 
 def test_status_summarises_a_large_run_and_all_lists_every_node(env) -> None:
-    failed = cli("-A", APP, "run", "tests.test_cli_native:WIDE", "--wait", "--timeout", "60",
-                 env=env)
+    failed = cli(
+        "-A", APP, "run", "tests.test_cli_native:WIDE", "--wait", "--timeout", "60", env=env
+    )
     assert failed.returncode == 1, failed.stderr
     run_id = re.search(r"run ([0-9a-f]{32}) failed", failed.stderr).group(1)
 
@@ -212,8 +216,12 @@ def test_shell_completion_script_and_run_ids(env) -> None:
     assert "complete -o nosort -F _celery_graph_completion celery-graph" in script.stdout
 
     run_id = cli("-A", APP, "run", "tests.test_cli_native:ETL", env=env).stdout.strip()
-    words = dict(env, _CELERY_GRAPH_COMPLETE="bash_complete",
-                 COMP_WORDS=f"celery-graph -A {APP} status {run_id[:6]}", COMP_CWORD="4")
+    words = dict(
+        env,
+        _CELERY_GRAPH_COMPLETE="bash_complete",
+        COMP_WORDS=f"celery-graph -A {APP} status {run_id[:6]}",
+        COMP_CWORD="4",
+    )
     completed = run([CELERY_GRAPH], words)
     assert completed.returncode == 0, completed.stderr
     assert f"plain,{run_id}" in completed.stdout.splitlines()
@@ -227,7 +235,8 @@ def test_show_writes_a_picture_with_out(env, tmp_path) -> None:
         assert "<svg" in svg.read_text()[:500]
     else:  # before it: PNG only, said in one line
         assert out.returncode == 2
-        assert out.stderr == f"celery-graph: error: {svg}: this version writes pictures as .png only\n"
+        message = f"{svg}: this version writes pictures as .png only"
+        assert out.stderr == f"celery-graph: error: {message}\n"
     both = cli("show", "tests.test_cli_native:ETL", "--out", "a.svg", "--png", "b.png", env=env)
     assert both.returncode == 2
     assert "--out and --png name the same picture" in both.stderr

@@ -6,7 +6,7 @@ the console script, ``workflow`` for Celery's ``celery.commands`` entry point).
 settings, flows, runs and inputs they work on. See docs/cli.md.
 """
 
-from .commands import celery_graph, main, workflow
+from .groups import celery_graph, main, workflow
 from .output import progress_line
 from .support import EXIT_FAILED, EXIT_USAGE, UsageError
 

@@ -1,21 +1,12 @@
-"""The commands, on click: ``celery-graph COMMAND`` and ``celery -A APP workflow COMMAND``.
-
-Both groups hold the same commands. Under ``celery-graph`` each command takes ``-A APP``
-(before or after the command name); under ``celery ... workflow`` the app is Celery's own
-``-A`` and the commands have no ``-A`` of their own. Every command also takes
-``--redis-url`` and ``--key-prefix``. Bad input prints one line ``celery-graph: error:
-...`` on stderr and exits 2; a failed run or a refused cancel exits 1.
-"""
+"""The commands that run and inspect workflows: run, status, runs, cancel, resume,
+reconcile, workers, show. Each prints to stdout, reports progress and errors on stderr,
+and returns its exit status (see ``base.guarded``)."""
 
 from __future__ import annotations
 
-import copy
-import functools
 import json
-import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +15,6 @@ import click
 from .. import render
 from ..client import GraphRun
 from ..errors import (
-    CeleryGraphError,
     GraphNotFound,
     RunCancelled,
     RunFailed,
@@ -33,12 +23,17 @@ from ..errors import (
     RunTimeout,
 )
 from ..fmt import span
-from ..keys import check_prefix
 from ..reconcile import Reconciler
 from ..registry import live_workers, print_workers
-from ..ui import DEFAULT_PORT, serve
-from ..ui.server import UsageError as UiUsageError
-from ..ui.server import parse_basic_auth, require_tornado
+from .base import (
+    PROG,
+    common_options,
+    complete_run_id,
+    examples,
+    guarded,
+    json_option,
+    run_id_argument,
+)
 from .output import (
     dump,
     emit_json,
@@ -53,111 +48,14 @@ from .output import (
 )
 from .support import (
     EXIT_FAILED,
-    EXIT_USAGE,
     UsageError,
     app_for,
     configure,
-    given,
     is_run_id,
     load_flow,
     open_run,
     parse_inputs,
-    remember,
 )
-
-PROG = "celery-graph"
-COMPLETE_VAR = "_CELERY_GRAPH_COMPLETE"  # click's shell completion (its default name)
-
-# -- options every command shares -----------------------------------------------------
-
-APP_HELP = "Celery app to use, like `celery -A`: module or module:attr"
-REDIS_HELP = (
-    "Redis holding graph state (default: app.conf.graph_redis_url, "
-    "$CELERY_GRAPH_REDIS_URL, or the app's Redis broker)"
-)
-PREFIX_HELP = (
-    "key prefix of graph state (default: app.conf.graph_key_prefix, "
-    "$CELERY_GRAPH_KEY_PREFIX, or 'celery_graph')"
-)
-
-
-def app_option(**extra: Any) -> Callable[[Any], Any]:
-    return click.option(
-        "-A", "--app", metavar="APP", expose_value=False, callback=remember, help=APP_HELP,
-        **extra,
-    )
-
-
-def settings_options(f: Any) -> Any:
-    f = click.option(
-        "--key-prefix", metavar="PREFIX", expose_value=False, callback=remember, help=PREFIX_HELP
-    )(f)
-    return click.option(
-        "--redis-url", metavar="URL", expose_value=False, callback=remember, help=REDIS_HELP
-    )(f)
-
-
-def common_options(f: Any) -> Any:
-    return app_option()(settings_options(f))
-
-
-def examples(*lines: str) -> str:
-    # "\b" keeps click from re-wrapping the paragraph
-    return "\b\nexamples:\n" + "\n".join(f"  {line}" for line in lines)
-
-
-def quiet_stdout() -> None:
-    """After a closed pipe (``celery-graph runs | head -1``): send what is left of
-    stdout nowhere, so neither this command nor the interpreter's exit complains."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
-
-
-def guarded(fn: Callable[..., int | None]) -> Callable[..., None]:
-    """Run a command body: one error line and exit 2 for bad input, quiet on a closed
-    pipe, the body's return value as the exit status."""
-
-    @functools.wraps(fn)
-    def command(*args: Any, **kwargs: Any) -> None:
-        ctx = click.get_current_context()
-        try:
-            code = fn(*args, **kwargs) or 0
-            sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
-        except (UsageError, UiUsageError, CeleryGraphError) as exc:
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            click.echo(f"{PROG}: error: {message}", err=True)
-            code = EXIT_USAGE
-        except BrokenPipeError:
-            quiet_stdout()
-            code = EXIT_FAILED
-        except KeyboardInterrupt:
-            click.echo("\ninterrupted (the run, if any, goes on)", err=True)
-            code = 130
-        ctx.exit(code)
-
-    return command
-
-
-def complete_run_id(
-    ctx: click.Context, param: click.Parameter, incomplete: str
-) -> list[click.shell_completion.CompletionItem]:
-    """Run ids of recent runs, for shell completion; nothing when Redis is not there."""
-    try:
-        app = app_for(ctx)
-        ids = configure(ctx, app).runs.recent(50)
-    except Exception:
-        return []
-    return [click.shell_completion.CompletionItem(i) for i in ids if i.startswith(incomplete)]
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="print one JSON document")
-run_id_argument = click.argument("run_id", metavar="RUN_ID", shell_complete=complete_run_id)
-
-
-# -- the commands ---------------------------------------------------------------------
 
 
 @click.command(
@@ -172,15 +70,24 @@ run_id_argument = click.argument("run_id", metavar="RUN_ID", shell_complete=comp
 )
 @click.argument("flow_ref", metavar="MODULE:FLOW|FILE.toml")
 @click.option(
-    "-i", "--input", "inputs", multiple=True, metavar="KEY=VALUE",
+    "-i",
+    "--input",
+    "inputs",
+    multiple=True,
+    metavar="KEY=VALUE",
     help="a run input (repeatable); VALUE is JSON if it parses, else a string",
 )
 @click.option(
-    "-w", "--wait", is_flag=True,
+    "-w",
+    "--wait",
+    is_flag=True,
     help="show progress, then print the result; exit 1 if the run fails",
 )
 @click.option(
-    "--timeout", type=float, default=None, metavar="SECONDS",
+    "--timeout",
+    type=float,
+    default=None,
+    metavar="SECONDS",
     help="with --wait: give up waiting after this long (the run goes on)",
 )
 @json_option
@@ -270,7 +177,9 @@ def wait_for(run: GraphRun, timeout: float | None, as_json: bool) -> int:
 )
 @run_id_argument
 @click.option(
-    "--all", "every_node", is_flag=True,
+    "--all",
+    "every_node",
+    is_flag=True,
     help="list every node, even in a run of more than 50 nodes (summarised by default)",
 )
 @json_option
@@ -322,9 +231,7 @@ def runs_command(limit: int, as_json: bool) -> int:
     return 0
 
 
-@click.command(
-    "cancel", epilog=examples("celery-graph cancel 0123456789abcdef0123456789abcdef")
-)
+@click.command("cancel", epilog=examples("celery-graph cancel 0123456789abcdef0123456789abcdef"))
 @run_id_argument
 @common_options
 @guarded
@@ -347,7 +254,10 @@ def cancel_command(run_id: str) -> int:
 @run_id_argument
 @click.option("-w", "--wait", is_flag=True, help="show progress until the run ends")
 @click.option(
-    "--timeout", type=float, default=None, metavar="SECONDS",
+    "--timeout",
+    type=float,
+    default=None,
+    metavar="SECONDS",
     help="with --wait: give up waiting after this long (the run goes on)",
 )
 @json_option
@@ -385,7 +295,10 @@ def resume_command(run_id: str, wait: bool, timeout: float | None, as_json: bool
 )
 @click.option("--once", is_flag=True, help="one sweep, then exit")
 @click.option(
-    "--interval", type=float, default=None, metavar="SECONDS",
+    "--interval",
+    type=float,
+    default=None,
+    metavar="SECONDS",
     help="seconds between sweeps (default: graph_reconcile_interval)",
 )
 @json_option
@@ -442,21 +355,37 @@ def workers_command(as_json: bool) -> int:
 )
 @click.argument("target", metavar="MODULE:FLOW|RUN_ID", shell_complete=complete_run_id)
 @click.option(
-    "-f", "--format", "fmt", type=click.Choice(["text", "mermaid", "dot"]), default=None,
+    "-f",
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "mermaid", "dot"]),
+    default=None,
     help="text (default), mermaid or dot, printed to stdout",
 )
 @click.option(
-    "-o", "--out", "out_file", metavar="FILE", type=click.Path(dir_okay=False),
+    "-o",
+    "--out",
+    "out_file",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
     help="also write a picture, nodes coloured by state; the format follows the extension "
     "(.svg, or .png where a converter is installed)",
 )
 @click.option(
-    "--png", "png_file", metavar="FILE", type=click.Path(dir_okay=False),
+    "--png",
+    "png_file",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
     help="the same as --out FILE (kept for older scripts)",
 )
 @click.option(
-    "--colour", "--color", "colour", type=click.Choice(["auto", "always", "never"]),
-    default="auto", show_default=True, help="colour node states in text output",
+    "--colour",
+    "--color",
+    "colour",
+    type=click.Choice(["auto", "always", "never"]),
+    default="auto",
+    show_default=True,
+    help="colour node states in text output",
 )
 @json_option
 @common_options
@@ -519,151 +448,3 @@ def save_picture(spec: Any, path: str, states: Any, title: str) -> None:
             raise UsageError(f"{path}: this version writes pictures as .png only")
     except RuntimeError as exc:
         raise UsageError(str(exc)) from exc
-
-
-@click.command(
-    "ui",
-    epilog=examples(
-        "celery-graph -A proj.celery ui",
-        "celery-graph -A proj.celery ui --port 8080 --flower-url http://localhost:5555",
-        "CELERY_GRAPH_UI_BASIC_AUTH=admin:s3cret celery-graph -A proj ui --host 0.0.0.0",
-        "celery -A proj.celery workflow ui --url-prefix /graphs",
-    ),
-)
-@click.option(
-    "--host", default="127.0.0.1", show_default=True,
-    help="address to listen on (0.0.0.0 exposes it)",
-)
-@click.option(
-    "--port", type=int, default=DEFAULT_PORT, show_default=True,
-    help="port to listen on (0 picks a free one)",
-)
-@click.option(
-    "--basic-auth", envvar="CELERY_GRAPH_UI_BASIC_AUTH", metavar="USER:PASSWORD",
-    help="ask for these credentials (several separated by commas; default "
-    "$CELERY_GRAPH_UI_BASIC_AUTH, which keeps the password out of `ps`)",
-)
-@click.option(
-    "--flower-url", envvar="CELERY_GRAPH_UI_FLOWER_URL", metavar="URL",
-    help="link nodes to their tasks in this Flower",
-)
-@click.option(
-    "--url-prefix", default="", metavar="PATH",
-    help="serve under this path, behind a reverse proxy (e.g. /graphs)",
-)
-@common_options
-@guarded
-def ui_command(
-    host: str, port: int, basic_auth: str | None, flower_url: str | None, url_prefix: str
-) -> int:
-    """Serve the dashboard: runs, their graphs with live node states, actions, flows to
-    start, workers (see docs/ui.md). Needs the `ui` extra (Tornado)."""
-    ctx = click.get_current_context()
-    require_tornado()  # before anything else: the one thing a plain install lacks
-    if not 0 <= port <= 65535:
-        raise UsageError(f"--port {port}: expected 0 to 65535")
-    parse_basic_auth(basic_auth)  # malformed credentials fail before the app loads
-    prefix = given(ctx, "key_prefix")
-    if prefix:
-        check_prefix(prefix)
-    app = app_for(ctx)
-    configure(ctx, app)
-    try:
-        serve(app, host, port, basic_auth=basic_auth, flower_url=flower_url,
-              url_prefix=url_prefix, out=sys.stderr)
-    except OSError as exc:  # the port is taken, the address is not this host's
-        raise UsageError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from exc
-    return 0
-
-
-COMMANDS = (
-    run_command,
-    status_command,
-    runs_command,
-    cancel_command,
-    resume_command,
-    reconcile_command,
-    workers_command,
-    show_command,
-    ui_command,
-)
-
-
-# -- the two groups -------------------------------------------------------------------
-
-
-@click.group(
-    PROG,
-    epilog=examples(
-        "celery-graph run examples.etl:flow --wait",
-        "celery-graph run examples.map_reduce:flow --input top=5 --wait --timeout 60",
-        "celery-graph runs --redis-url redis://localhost:6379/0",
-        "celery-graph status 4bd5d23c52f14f4a96ea8df88b7922ea",
-        "celery-graph show examples.etl:flow --format mermaid",
-        "celery-graph show 4bd5d23c52f14f4a96ea8df88b7922ea --out run.svg",
-        "celery -A proj.celery workflow runs --json",
-    ),
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-@app_option(envvar="CELERY_APP")
-@settings_options
-def celery_graph() -> None:
-    """Run and inspect celery-graph workflows.
-
-    The same commands run under Celery's own command as `celery -A APP workflow ...`.
-
-    \b
-    Shell completion (bash; zsh_source and fish_source for the others):
-      eval "$(_CELERY_GRAPH_COMPLETE=bash_source celery-graph)"
-    """
-
-
-@click.group(
-    "workflow",
-    epilog=examples(
-        "celery -A proj.celery workflow run proj.flows:nightly --wait",
-        "celery -A proj.celery workflow runs --json",
-        "celery -A proj.celery workflow status 4bd5d23c52f14f4a96ea8df88b7922ea",
-        "celery -A proj.celery workflow ui --port 5580",
-    ),
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-@settings_options
-def workflow() -> None:
-    """celery-graph workflows: run, status, runs, cancel, resume, reconcile, workers,
-    show, ui. The app is Celery's `-A`."""
-
-
-def without_app_option(command: click.Command) -> click.Command:
-    """A copy of ``command`` whose app comes from ``celery -A`` (Celery itself reports a
-    sub-command's ``-A`` as misplaced)."""
-    clone = copy.copy(command)
-    clone.params = [p for p in command.params if p.name != "app"]
-    return clone
-
-
-for _command in COMMANDS:
-    celery_graph.add_command(_command)
-    workflow.add_command(without_app_option(_command))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The ``celery-graph`` console script; returns the exit status."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args and not os.environ.get(COMPLETE_VAR):
-        ctx = click.Context(celery_graph, info_name=PROG, **celery_graph.context_settings)
-        click.echo(celery_graph.get_help(ctx), err=True)
-        return EXIT_USAGE
-    try:
-        code = celery_graph.main(
-            args, prog_name=PROG, complete_var=COMPLETE_VAR, standalone_mode=False
-        )
-    except click.ClickException as exc:  # click's own parsing: unknown option, bad value
-        click.echo(f"{PROG}: error: {exc.format_message()}", err=True)
-        return EXIT_USAGE
-    except click.Abort:
-        return 130
-    except BrokenPipeError:
-        quiet_stdout()
-        return EXIT_FAILED
-    return int(code or 0)
