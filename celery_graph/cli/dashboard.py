@@ -25,12 +25,14 @@ from .support import UsageError, app_for, configure, given
 )
 @click.option(
     "--host",
+    metavar="HOST",
     default="127.0.0.1",
     show_default=True,
     help="address to listen on (0.0.0.0 exposes it)",
 )
 @click.option(
     "--port",
+    metavar="PORT",
     type=int,
     default=DEFAULT_PORT,
     show_default=True,
