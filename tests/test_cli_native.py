@@ -147,10 +147,26 @@ def test_bad_input_under_celery_is_one_line_and_exit_2(env) -> None:
 
 def test_status_summarises_a_large_run_and_all_lists_every_node(env) -> None:
     failed = cli(
-        "-A", APP, "run", "tests.test_cli_native:WIDE", "--wait", "--timeout", "60", env=env
+        "-A",
+        APP,
+        "run",
+        "tests.test_cli_native:WIDE",
+        "--wait",
+        "--timeout",
+        "60",
+        "--json",
+        env=env,
     )
     assert failed.returncode == 1, failed.stderr
-    run_id = re.search(r"run ([0-9a-f]{32}) failed", failed.stderr).group(1)
+    document = json.loads(failed.stdout)
+    assert document["state"] == "failed"
+    assert document["error"] == {
+        "node": "boom",
+        "type": "ValueError",
+        "message": "boom went the node",
+    }
+    run_id = document["run_id"]
+    assert f"run {run_id} failed: node 'boom' raised ValueError" in failed.stderr
 
     summary = cli("-A", APP, "status", run_id, env=env)
     assert summary.returncode == 0, summary.stderr

@@ -53,6 +53,7 @@ from .support import (
     configure,
     is_run_id,
     load_flow,
+    named_app,
     open_run,
     parse_inputs,
 )
@@ -98,8 +99,10 @@ def run_command(
 ) -> int:
     """Submit a graph; print its run id, or with --wait follow it to the end."""
     ctx = click.get_current_context()
+    app = named_app(ctx)  # first: a pipeline file names tasks its module registers
     flow = load_flow(flow_ref)
-    app = app_for(ctx)  # after the import: the flow's module may have made its app current
+    if app is None:
+        app = app_for(ctx)  # after the import: the flow's module may have made its app current
     configure(ctx, app).ping()
     run = flow.submit(parse_inputs(inputs), app=app)
     if not wait:

@@ -59,17 +59,23 @@ def celery_app(ctx: click.Context) -> Any:
     return app if isinstance(app, Celery) else None
 
 
-def app_for(ctx: click.Context) -> Any:
-    """The app a command works on: its own ``-A``, else ``celery -A``, else Celery's
-    current app (which importing a flow's module may have just set)."""
+def named_app(ctx: click.Context) -> Any:
+    """The app named on the command line: the command's own ``-A``, else ``celery -A``;
+    None when neither was given."""
     ref = given(ctx, "app")
     if ref:
         return load_app(ref)
     app = celery_app(ctx)
     if app is not None:
         app.set_current()
-        return app
-    return load_app(None)
+    return app
+
+
+def app_for(ctx: click.Context) -> Any:
+    """The app a command works on: the one named on the command line, else Celery's
+    current app (which importing a flow's module may have just set)."""
+    app = named_app(ctx)
+    return app if app is not None else load_app(None)
 
 
 def configure(ctx: click.Context, app: Any) -> State:
