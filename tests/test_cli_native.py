@@ -241,6 +241,16 @@ def test_shell_completion_script_and_run_ids(env) -> None:
     completed = run([CELERY_GRAPH], words)
     assert completed.returncode == 0, completed.stderr
     assert f"plain,{run_id}" in completed.stdout.splitlines()
+    # the same through Celery's own completion, the app from Celery's -A
+    words = dict(
+        env,
+        _CELERY_COMPLETE="bash_complete",
+        COMP_WORDS=f"celery -A {APP} workflow status {run_id[:6]}",
+        COMP_CWORD="5",
+    )
+    completed = run([CELERY], words)
+    assert completed.returncode == 0, completed.stderr
+    assert f"plain,{run_id}" in completed.stdout.splitlines()
 
 
 def test_show_writes_a_picture_with_out(env, tmp_path) -> None:

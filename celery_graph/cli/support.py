@@ -53,10 +53,15 @@ def celery_app(ctx: click.Context) -> Any:
     context's object (``CLIContext.app``); None outside the ``celery`` command or when
     ``celery`` was started without ``-A``."""
     root = ctx.find_root()
-    if not root.params.get("app"):
+    ref = root.params.get("app")
+    if not ref:
         return None
     app = getattr(root.obj, "app", None)
-    return app if isinstance(app, Celery) else None
+    if isinstance(app, Celery):
+        return app
+    if isinstance(ref, str):  # shell completion: Celery's group callback has not run
+        return load_app(ref)
+    return ref if isinstance(ref, Celery) else None
 
 
 def named_app(ctx: click.Context) -> Any:
