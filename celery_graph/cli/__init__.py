@@ -6,6 +6,7 @@ the console script, ``workflow`` for Celery's ``celery.commands`` entry point).
 settings, flows, runs and inputs they work on. See docs/cli.md.
 """
 
+from .commands import wait_for
 from .groups import celery_graph, main, workflow
 from .output import progress_line
 from .support import EXIT_FAILED, EXIT_USAGE, UsageError
@@ -17,5 +18,6 @@ __all__ = [
     "celery_graph",
     "main",
     "progress_line",
+    "wait_for",
     "workflow",
 ]

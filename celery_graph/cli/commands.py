@@ -8,7 +8,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
 
@@ -112,11 +112,21 @@ def run_command(
             sys.stdout.write(run.id + "\n")
         return 0
     sys.stderr.write(f"run {run.id} submitted\n")
-    return wait_for(run, timeout, as_json)
+    return wait_for(run, timeout, as_json=as_json)
 
 
-def wait_for(run: GraphRun, timeout: float | None, as_json: bool) -> int:
-    out, err = sys.stdout, sys.stderr
+def wait_for(
+    run: GraphRun,
+    timeout: float | None,
+    out: IO[str] | None = None,
+    err: IO[str] | None = None,
+    *,
+    as_json: bool = False,
+) -> int:
+    """Follow ``run`` to its end: progress on ``err`` (redrawn in place on a terminal),
+    the result on ``out``; returns the exit status of ``run --wait``."""
+    out = out or sys.stdout
+    err = err or sys.stderr
     tty = err.isatty()
     deadline = None if timeout is None else time.monotonic() + timeout
     last = ""
@@ -285,7 +295,7 @@ def resume_command(run_id: str, wait: bool, timeout: float | None, as_json: bool
             sys.stdout.write(f"resumed run {run.id}\n")
         return 0
     sys.stderr.write(f"run {run.id} resumed\n")
-    return wait_for(run, timeout, as_json)
+    return wait_for(run, timeout, as_json=as_json)
 
 
 @click.command(
