@@ -29,6 +29,7 @@ ECHO = needs_input
 NOT_A_FLOW = 42
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+COMMANDS = ("run", "status", "runs", "cancel", "resume", "reconcile", "workers", "show", "ui")
 
 
 @pytest.fixture(scope="module")
@@ -63,15 +64,15 @@ def test_help_lists_commands_and_examples() -> None:
     env = base_env("redis://127.0.0.1:1/0")
     top = cli("--help", env=env)
     assert top.returncode == 0
-    for command in ("run", "status", "runs", "cancel", "workers", "show"):
+    for command in COMMANDS:
         assert command in top.stdout
     assert "examples:" in top.stdout
-    for command in ("run", "status", "runs", "cancel", "workers", "show"):
+    for command in COMMANDS:
         sub = cli(command, "--help", env=env)
         assert sub.returncode == 0, sub.stderr
         assert "examples:" in sub.stdout
         assert re.search(rf"celery-graph (-A \S+ )?{command}", sub.stdout)
-        for option in ("-A APP", "--redis-url", "--key-prefix"):
+        for option in ("-A, --app APP", "--redis-url URL", "--key-prefix PREFIX"):
             assert option in sub.stdout
 
 

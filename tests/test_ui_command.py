@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -64,6 +65,82 @@ def test_the_command_serves_the_dashboard_with_basic_auth_until_sigterm(redis_ur
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def serving(proc: subprocess.Popen, err: Lines) -> str:
+    """The dashboard's address, once the command says it serves."""
+
+    def ready() -> str | None:
+        assert proc.poll() is None, err.text()
+        found = re.search(r"serving (http://127\.0\.0\.1:\d+/)", err.text())
+        return found.group(1) if found else None
+
+    return wait_for(ready, 30, "the dashboard to serve").rstrip("/")
+
+
+def scripts() -> Path:
+    return Path(sys.executable).parent
+
+
+@pytest.mark.parametrize("command, prefix", [
+    # celery-graph's own -A; the key prefix from the environment
+    (["celery-graph", "-A", "tests.test_cli:worker_app", "ui"], "cgtest-uicmd-{tag}"),
+    # Celery's -A; the key prefix is that app's own setting
+    (["celery", "-A", "tests.test_cli_native:worker_app", "workflow", "ui"], "cgtest-uiapp-{tag}"),
+])
+def test_celery_graph_ui_and_celery_workflow_ui_serve_the_dashboard(
+    redis_url, tag, command, prefix
+):
+    env = dict(os.environ, CELERY_GRAPH_REDIS_URL=redis_url,
+               CELERY_GRAPH_KEY_PREFIX=f"cgtest-uicmd-{tag}",
+               CGNATIVE_PREFIX=f"cgtest-uiapp-{tag}",
+               CELERY_GRAPH_UI_BASIC_AUTH="admin:s3cret",
+               PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+    env.pop("CELERY_APP", None)
+    argv = [str(scripts() / command[0]), *command[1:], "--port", "0"]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        err = Lines(proc.stderr)
+        url = serving(proc, err)
+        assert f"key prefix '{prefix.format(tag=tag)}'" in err.text()
+        assert Http(url).request("GET", "/healthz") == (200, {"ok": True})
+        assert Http(url).request("GET", "/api/runs")[0] == 401
+        assert Http(url, "admin:s3cret").request("GET", "/api/runs")[0] == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_celery_graph_ui_without_tornado_names_the_extra(tmp_path):
+    # a tornado that cannot be imported, ahead of the installed one on the path
+    (tmp_path / "tornado").mkdir()
+    (tmp_path / "tornado" / "__init__.py").write_text("raise ImportError('no tornado here')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT]),
+               CELERY_GRAPH_REDIS_URL="redis://127.0.0.1:1/0")
+    out = subprocess.run([str(scripts() / "celery-graph"), "ui"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 2
+    assert out.stderr == ("celery-graph: error: the dashboard needs Tornado: "
+                          "pip install 'celery-graph[ui]'\n")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--basic-auth", "admin"], "--basic-auth: expected USER:PASSWORD"),
+    (["--port", "70000"], "--port 70000"),
+    (["-A", "no_such_module_for_ui"], "cannot load the Celery app"),
+    (["--key-prefix", "bad prefix"], "malformed key prefix"),
+])
+def test_celery_graph_ui_bad_options_exit_2_with_one_line(args, words):
+    env = dict(os.environ, CELERY_GRAPH_REDIS_URL="redis://127.0.0.1:1/0")
+    out = subprocess.run([str(scripts() / "celery-graph"), "ui", *args], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("celery-graph: error: "), out.stderr
+    assert words in lines[0]
 
 
 @pytest.mark.parametrize("args, words", [

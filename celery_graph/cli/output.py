@@ -1,0 +1,251 @@
+"""How the commands print: progress lines, the status of a run (every node, or a summary
+of a large run), the runs and workers tables, and the JSON documents of ``--json``.
+
+Functions here take values and a stream; they never read Redis or parse options.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
+from typing import IO, Any
+
+from ..fmt import duration, span, table, timestamp
+from ..model import GraphSpec, RunStatus
+
+SUMMARY_OVER = 50  # `status` summarises a run with more nodes than this (unless --all)
+SHOWN = 20  # at most this many rows per section of a summary
+SLOWEST = 10
+
+
+def emit_json(value: Any, out: IO[str]) -> None:
+    """One JSON document on ``out``."""
+    out.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def dump(value: Any) -> str:
+    """A result for people: one line of JSON when short, indented when long."""
+    try:
+        line = json.dumps(value, sort_keys=True, default=str)
+        if len(line) <= 100:
+            return line
+        return json.dumps(value, indent=2, sort_keys=True, default=str)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+# -- progress ------------------------------------------------------------------------
+
+
+def progress_line(status: RunStatus, width: int = 30) -> str:
+    counts = status.counts()
+    total = len(status.nodes) or 1
+    skipped = counts.get("skipped", 0)  # a branch not taken counts as done
+    done = counts.get("succeeded", 0) + skipped
+    failed = counts.get("failed", 0)
+    filled = int(width * (done + failed) / total)
+    bar = "#" * filled + "-" * (width - filled)
+    running = []
+    for nid, n in status.nodes.items():
+        if n.state == "running":
+            running.append(nid)
+            if len(running) > 4:
+                break
+    line = f"[{bar}] {done}/{total} nodes done"
+    if skipped:
+        line += f" ({skipped} skipped)"
+    if failed:
+        line += f", {failed} failed"
+    if running:
+        line += "  running: " + ", ".join(running[:4]) + (" ..." if len(running) > 4 else "")
+    return line
+
+
+# -- status --------------------------------------------------------------------------
+
+
+def status_data(status: RunStatus) -> dict[str, Any]:
+    """The document of ``status --json`` (every node, whatever the size of the run)."""
+    return {
+        "run_id": status.run_id,
+        "state": status.state,
+        "graph_id": status.graph_id,
+        "created": status.created,
+        "finished": status.finished,
+        "error": status.error,
+        "counts": status.counts(),
+        "nodes": {k: vars(v) for k, v in status.nodes.items()},
+    }
+
+
+def print_status(status: RunStatus, out: IO[str], *, every_node: bool = False) -> None:
+    """The run's header, then every node (small runs, or ``every_node``) or a summary:
+    counts by state, failed nodes with their errors, waiting nodes, the slowest ones."""
+    out.write(f"run       {status.run_id}\n")
+    out.write(f"state     {status.state}\n")
+    out.write(f"graph     {status.graph_id}\n")
+    out.write(f"started   {timestamp(status.created)}\n")
+    out.write(f"finished  {timestamp(status.finished)}\n")
+    out.write(f"duration  {span(status.created, status.finished)}\n")
+    counts = status.counts()
+    out.write("nodes     " + ", ".join(f"{counts[k]} {k}" for k in sorted(counts)) + "\n\n")
+    if every_node or len(status.nodes) <= SUMMARY_OVER:
+        _all_nodes(status, out)
+    else:
+        _summary(status, out)
+    if status.error:
+        err = status.error
+        where = f"node {err.get('node')!r}: " if err.get("node") else ""
+        out.write(f"\nerror: {where}{err.get('type', 'Error')}: {err.get('message', '')}\n")
+
+
+def _all_nodes(status: RunStatus, out: IO[str]) -> None:
+    rows = [["NODE", "STATE", "ATTEMPTS", "WORKER", "DURATION"]]
+    for nid, n in status.nodes.items():
+        rows.append(
+            [
+                nid,
+                n.state,
+                str(n.attempts),
+                n.worker or "-",
+                span(n.started, n.finished) if n.started else "-",
+            ]
+        )
+    table(rows, out)
+    stalled = status.stalled()
+    if stalled:
+        out.write("\nwaiting:\n")
+        table([["NODE", "WHY"], *([nid, why] for nid, why in stalled.items())], out)
+
+
+def _more(out: IO[str], total: int, shown: int) -> None:
+    if total > shown:
+        out.write(f"... and {total - shown} more (--all lists every node)\n")
+
+
+def _summary(status: RunStatus, out: IO[str]) -> None:
+    # One pass over the nodes; only the rows shown are formatted.
+    now = status.now if status.now is not None else time.time()
+    failed: list[tuple[str, Any]] = []
+    n_failed = 0
+    waiting: list[tuple[str, str]] = []
+    n_waiting = 0
+    timed: list[tuple[float, str]] = []
+    for nid, n in status.nodes.items():
+        if n.state == "failed" or (n.error and n.state != "succeeded"):
+            n_failed += 1
+            if len(failed) < SHOWN:
+                failed.append((nid, n))
+        if not status.done and n.state in ("queued", "running", "retrying"):
+            why = n.waiting(now)
+            if why:
+                n_waiting += 1
+                if len(waiting) < SHOWN:
+                    waiting.append((nid, why))
+        if n.started is not None:
+            timed.append(((n.finished if n.finished is not None else now) - n.started, nid))
+    if failed:
+        out.write(f"failed ({n_failed}):\n")
+        rows = [["NODE", "ATTEMPTS", "WORKER", "ERROR"]]
+        run_error = status.error or {}
+        for nid, n in failed:
+            # the run's error names the node that failed it; members of a tolerant group
+            # carry their own
+            err = n.error or (run_error if run_error.get("node") == nid else {})
+            message = f"{err.get('type', 'Error')}: {err.get('message', '')}" if err else "-"
+            rows.append([nid, str(n.attempts), n.worker or "-", message.splitlines()[0]])
+        table(rows, out)
+        _more(out, n_failed, len(failed))
+        out.write("\n")
+    if waiting:
+        out.write("waiting:\n")
+        table([["NODE", "WHY"], *([nid, why] for nid, why in waiting)], out)
+        _more(out, n_waiting, len(waiting))
+        out.write("\n")
+    slowest = heapq.nlargest(SLOWEST, timed)
+    if slowest:
+        out.write("slowest:\n")
+        rows = [["NODE", "STATE", "WORKER", "DURATION"]]
+        for seconds, nid in slowest:
+            n = status.nodes[nid]
+            shown = duration(max(0.0, seconds)) + ("" if n.finished is not None else "+")
+            rows.append([nid, n.state, n.worker or "-", shown])
+        table(rows, out)
+        out.write("\n")
+    out.write(f"{len(status.nodes)} nodes, summarised; --all lists every node\n")
+
+
+# -- runs, workers, graphs, sweeps ---------------------------------------------------
+
+
+def run_row(status: RunStatus) -> dict[str, Any]:
+    counts = status.counts()
+    return {
+        "run_id": status.run_id,
+        "state": status.state,
+        "created": status.created,
+        "finished": status.finished,
+        "nodes": len(status.nodes),
+        "done": counts.get("succeeded", 0) + counts.get("skipped", 0),
+        "counts": counts,
+    }
+
+
+def print_runs(rows: Iterable[Mapping[str, Any]], out: IO[str]) -> None:
+    lines = [["RUN ID", "STATE", "STARTED (UTC)", "DURATION", "NODES DONE"]]
+    for r in rows:
+        lines.append(
+            [
+                r["run_id"],
+                r["state"],
+                timestamp(r["created"]),
+                span(r["created"], r["finished"]),
+                f"{r['done']}/{r['nodes']}",
+            ]
+        )
+    table(lines, out)
+
+
+def worker_data(worker: Any) -> dict[str, Any]:
+    data = asdict(worker)
+    data["heartbeat_age"] = worker.heartbeat_age
+    data["uptime"] = worker.uptime
+    return data
+
+
+def spec_data(
+    spec: GraphSpec, states: Mapping[str, str] | None, title: str | None
+) -> dict[str, Any]:
+    """The document of ``show --json``: nodes in topological order, edges, states."""
+    nodes = []
+    for nid in spec.order:
+        node = spec.nodes[nid]
+        entry: dict[str, Any] = {"id": nid, "task": node.task, "preds": list(node.preds)}
+        if states is not None:
+            entry["state"] = states.get(nid, "pending")
+        nodes.append(entry)
+    return {
+        "title": title,
+        "graph_id": spec.graph_id,
+        "roots": list(spec.roots),
+        "sinks": list(spec.sinks),
+        "joins": list(spec.joins),
+        "nodes": nodes,
+        "edges": [[p, nid] for nid in spec.order for p in spec.nodes[nid].preds],
+    }
+
+
+def print_sweep(report: Any, out: IO[str]) -> None:
+    if report.locked_out:
+        out.write("another process is sweeping; nothing done\n")
+        return
+    out.write(
+        f"looked at {report.runs} run(s): sent again {len(report.redelivered)}"
+        + "".join(f"\n  sent again {r}" for r in report.redelivered)
+        + f"\n  still queued (busy queue): {report.extended}, skips passed on: "
+        f"{report.skips}, runs failed: {len(report.failed)}, canvases continued: "
+        f"{len(report.continued)}\n"
+    )

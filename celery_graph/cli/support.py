@@ -1,0 +1,152 @@
+"""What every command needs before it does anything: the app (from ``-A``, from
+``celery -A`` or Celery's current app), the graph settings, a flow, a run, run inputs.
+
+Nothing here prints; bad input raises :class:`UsageError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from typing import Any
+
+import click
+from celery import Celery
+
+from ..apploader import load_app
+from ..client import GraphRun
+from ..dsl import Flow
+from ..keys import RUN_ID_RE
+from ..pipeline import PipelineError
+from ..pipeline import load as load_pipeline
+from ..state import State, state_for
+
+EXIT_FAILED = 1  # a run failed or was cancelled; cancel refused
+EXIT_USAGE = 2  # bad input: unknown run id, Redis down, unimportable target
+
+# Where the -A / --redis-url / --key-prefix options leave their values: click's
+# ``ctx.meta`` is shared by the whole command line, so a value given before the command
+# (``celery-graph -A proj runs``) and one given after it (``runs -A proj``) land in the
+# same place, the later one winning.
+META = "celery_graph.cli"
+
+
+class UsageError(Exception):
+    """Bad input on the command line; the message is printed as one line."""
+
+
+def remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Option callback: keep a given value of a common option in the context's meta."""
+    if value is not None and param.name:
+        ctx.meta.setdefault(META, {})[param.name] = value
+    return value
+
+
+def given(ctx: click.Context, name: str) -> Any:
+    return ctx.meta.get(META, {}).get(name)
+
+
+def celery_app(ctx: click.Context) -> Any:
+    """The app of ``celery -A APP workflow ...``: Celery's own CLI puts it in the root
+    context's object (``CLIContext.app``); None outside the ``celery`` command or when
+    ``celery`` was started without ``-A``."""
+    root = ctx.find_root()
+    ref = root.params.get("app")
+    if not ref:
+        return None
+    app = getattr(root.obj, "app", None)
+    if isinstance(app, Celery):
+        return app
+    if isinstance(ref, str):  # shell completion: Celery's group callback has not run
+        return load_app(ref)
+    return ref if isinstance(ref, Celery) else None
+
+
+def named_app(ctx: click.Context) -> Any:
+    """The app named on the command line: the command's own ``-A``, else ``celery -A``;
+    None when neither was given."""
+    ref = given(ctx, "app")
+    if ref:
+        return load_app(ref)
+    app = celery_app(ctx)
+    if app is not None:
+        app.set_current()
+    return app
+
+
+def app_for(ctx: click.Context) -> Any:
+    """The app a command works on: the one named on the command line, else Celery's
+    current app (which importing a flow's module may have just set)."""
+    app = named_app(ctx)
+    return app if app is not None else load_app(None)
+
+
+def configure(ctx: click.Context, app: Any) -> State:
+    """Apply --redis-url / --key-prefix, and make sure the app has a broker to send to."""
+    redis_url = given(ctx, "redis_url")
+    key_prefix = given(ctx, "key_prefix")
+    if redis_url:
+        app.conf.graph_redis_url = redis_url
+    if key_prefix:
+        app.conf.graph_key_prefix = key_prefix
+    # A bare app (no -A, no app in the flow's module) sends through the graph Redis.
+    if not app.conf.broker_url and not os.environ.get("CELERY_BROKER_URL"):
+        url = app.conf.get("graph_redis_url") or os.environ.get("CELERY_GRAPH_REDIS_URL")
+        if url:
+            app.conf.broker_url = url
+    return state_for(app)  # validates the settings now, with a one-line error
+
+
+def load_flow(ref: str) -> Any:
+    """The Flow at ``module:attr``, or built from a pipeline file ``path.toml``."""
+    if ref.endswith(".toml"):
+        try:
+            return load_pipeline(ref)
+        except PipelineError as exc:
+            raise UsageError(str(exc)) from exc
+
+    module, sep, attr = ref.partition(":")
+    if not sep or not module or not attr:
+        raise UsageError(f"{ref!r} is not MODULE:FLOW (e.g. examples.etl:flow)")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        mod = importlib.import_module(module)
+    except Exception as exc:
+        raise UsageError(f"cannot import module {module!r}: {type(exc).__name__}: {exc}") from exc
+    obj: Any = mod
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UsageError(f"module {module!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not isinstance(obj, Flow):
+        raise UsageError(f"{ref} is a {type(obj).__name__}, not a celery-graph flow")
+    return obj
+
+
+def parse_inputs(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; a value is JSON when it parses as JSON, else a string."""
+    inputs: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"--input {pair!r}: expected key=value with a parameter name as key")
+        try:
+            inputs[key] = json.loads(raw)
+        except ValueError:
+            inputs[key] = raw
+    return inputs
+
+
+def is_run_id(value: str) -> bool:
+    return bool(RUN_ID_RE.match(value))
+
+
+def open_run(app: Any, run_id: str) -> GraphRun:
+    if not is_run_id(run_id):
+        raise UsageError(f"{run_id!r} is not a run id (32 hex digits)")
+    run = GraphRun(run_id, app=app)
+    run.status()  # raises RunNotFound for an unknown id
+    return run
