@@ -127,3 +127,38 @@ def test_a_sentinel_failover_during_runs_loses_none(sentinel, redis_url, rclient
 
 def read_trace_at(client: redis.Redis, tag: str) -> list[str]:
     return [e.decode() for e in client.lrange(f"cgtest-trace:{tag}", 0, -1)]
+
+
+def test_the_command_line_reads_runs_on_the_cluster(cluster_app, cluster_url, tag):
+    """`celery-graph` pointed at the cluster (no -A: the URL and prefix alone) lists, shows
+    and summarises runs whose keys live on different primaries."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cluster_app.set_current()
+    runs = [step.bind(name="cli", tag=f"{tag}{i}").apply_async() for i in range(6)]
+    for run in runs:
+        assert run.get(timeout=30) == "cli"
+    binary = str(Path(sys.executable).with_name("celery-graph"))
+    prefix = cluster_app.conf.graph_key_prefix
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "CGTEST"))}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([binary, *args, "--redis-url", cluster_url, "--key-prefix",
+                               prefix], env=env, capture_output=True, text=True, timeout=60)
+
+    listed = cli("runs", "--json", "-n", "100")
+    assert listed.returncode == 0, listed.stderr
+    states = {r["run_id"]: r["state"] for r in json.loads(listed.stdout)}
+    assert all(states.get(r.id) == "succeeded" for r in runs), states
+    for run in runs[:3]:
+        status = cli("status", run.id, "--json")
+        assert status.returncode == 0, status.stderr
+        document = json.loads(status.stdout)
+        assert document["state"] == "succeeded"
+        assert document["nodes"]["step"]["state"] == "succeeded"
+    unknown = cli("status", "f" * 32)
+    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
+    assert unknown.stderr.startswith("celery-graph: error:"), unknown.stderr
