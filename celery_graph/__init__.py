@@ -4,6 +4,7 @@ from .client import GraphRun
 from .context import RunContext
 from .dsl import (
     Flow,
+    NamedFlow,
     Parallel,
     Sequence,
     TaskNode,
@@ -52,6 +53,7 @@ __all__ = [
     "branch",
     "Branch",
     "Flow",
+    "NamedFlow",
     "TaskNode",
     "Sequence",
     "Parallel",
