@@ -312,7 +312,7 @@ class TaskNode(Flow):
         (A node's start delay in a graph is :meth:`delay_by`.)"""
         return self.apply_async(args, kwargs)
 
-    def apply_async(  # type: ignore[override]  # Celery's meaning on a bare task
+    def apply_async(  # Celery's meaning on a bare task
         self, args: Any = None, kwargs: Any = None, **options: Any
     ) -> Any:
         """Celery's ``Task.apply_async(args, kwargs, **options)``: an ``AsyncResult``.
@@ -334,7 +334,7 @@ class TaskNode(Flow):
             sig.kwargs = self._kwargs(sig.kwargs)
         return sig
 
-    def s(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def s(self, *args: Any, **kwargs: Any) -> Any:
         """Celery's ``Task.s``: a signature of the task, for chains, groups and chords.
         (A one-node graph's signature is ``node.as_graph().s(**inputs)``.)"""
         return self.signature(args, kwargs)
@@ -343,7 +343,7 @@ class TaskNode(Flow):
         """Celery's ``Task.si``: an immutable signature."""
         return self.signature(args, kwargs, immutable=True)
 
-    def AsyncResult(self, task_id: str, **kwargs: Any) -> Any:  # noqa: N802  (Celery's name)
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> Any:  # Celery's name
         """Celery's ``Task.AsyncResult``."""
         return self.celery_task.AsyncResult(task_id, **kwargs)
 

@@ -100,7 +100,7 @@ def adopt(task: Task) -> Task:
             return plain(*args, **kwargs)
         return run_node(task, plain, fields, kwargs)
 
-    task.run = run  # type: ignore[method-assign]
+    task.run = run
     header = getattr(task, "__header__", None)
     if callable(header):
 
@@ -108,7 +108,7 @@ def adopt(task: Task) -> Task:
             kwargs.pop(GRAPH_KWARG, None)
             return header(*args, **kwargs)
 
-        task.__header__ = check  # type: ignore[attr-defined]
+        task.__header__ = check
     task.__dict__[ADOPTED] = True
     return task
 
