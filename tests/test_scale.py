@@ -52,7 +52,8 @@ def test_cluster_state_lives_on_several_nodes_and_recovers_lost_messages(cluster
     cluster_app.conf.update(graph_queued_lease=1, graph_reconcile_interval=0.2)
     try:
         state = state_for(cluster_app)
-        runs = [step.bind(name="spread", tag=f"{tag}{i}").as_graph().apply_async() for i in range(12)]
+        runs = [step.bind(name="spread", tag=f"{tag}{i}").as_graph().apply_async()
+                for i in range(12)]
         for run in runs:
             assert run.get(timeout=20) == "spread"
         nodes = {state.client.keyslot(state.keys.run(r.id)) // 5462 for r in runs}
