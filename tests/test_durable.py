@@ -264,7 +264,7 @@ def test_a_retry_during_backpressure_gets_the_same_run(app, tag, monkeypatch):
     app.conf.graph_max_queue_depth = 1
     app.conf.graph_backpressure_timeout = 20
     blocker = unconsumed.as_graph().apply_async()  # the queue holds one message: full
-    flow = unconsumed.bind(id="late_unconsumed")
+    flow = unconsumed.bind(id="late_unconsumed").as_graph()
     runs: list[GraphRun] = []
     errors: list[BaseException] = []
 

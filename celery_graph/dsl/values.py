@@ -21,6 +21,7 @@ from typing import Any
 from celery import current_app
 
 from ..client import GraphRun, graph_signature, submit_spec
+from ..dispatch import send_plain
 from ..errors import GraphDefinitionError, NotAGraphTaskError
 from ..keys import NODE_ID_RE
 from ..model import Declarations, GraphSpec, GroupDecl, NodeDecl, Param, compile_graph
@@ -310,7 +311,7 @@ class TaskNode(Flow):
     def delay(self, *args: Any, **kwargs: Any) -> Any:
         """Celery's ``Task.delay``: send the task on its own; an ``AsyncResult``.
         (A node's start delay in a graph is :meth:`delay_by`.)"""
-        return self.apply_async(args, kwargs)
+        return send_plain(self.celery_task, args, self._kwargs(kwargs), {})
 
     def apply_async(  # Celery's meaning on a bare task
         self, args: Any = None, kwargs: Any = None, **options: Any
@@ -320,7 +321,7 @@ class TaskNode(Flow):
         For a run of this node as a one-node graph, ``node.as_graph().apply_async(**inputs)``.
         """
         self._refuse_run_inputs("apply_async", options)
-        return self.celery_task.apply_async(args, self._kwargs(kwargs), **options)
+        return send_plain(self.celery_task, args, self._kwargs(kwargs), options)
 
     def apply(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
         """Celery's ``Task.apply``: run the task here, now; an ``EagerResult``."""
