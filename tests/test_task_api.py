@@ -7,12 +7,13 @@ from __future__ import annotations
 import threading
 
 import pytest
-from celery import Celery, chain, current_app, group
+from celery import Celery, Task, chain, current_app, group
 from celery.result import AsyncResult, EagerResult
 from celery.signals import task_prerun
 from pydantic import BaseModel
 
 from celery_graph import GraphDefinitionError, GraphRun, RunFailed, TaskNode, task
+from celery_graph.executor import GraphTask
 from tests.tasks import step
 
 # -- tasks of this module (registered at import, before the session's worker starts) ----
@@ -56,6 +57,18 @@ def priced(order: Order) -> Total:
       max_retries=7, ignore_result=False)
 def optioned() -> None:
     return None
+
+
+class AuditedTask(Task):
+    """A project's own base class: its settings and hooks stay."""
+
+    acks_late = False
+    audited = True
+
+
+@task(base=AuditedTask)
+def based(x: int = 1) -> int:
+    return x * 2
 
 
 class Prefixing(Celery):
@@ -189,6 +202,14 @@ def test_celery_task_options_pass_through(app):
     assert registered.queue == "cgtest-options-q"
     assert registered.max_retries == 7
     assert dict(optioned.options)["queue"] == "cgtest-options-q"  # routes the graph node
+
+
+def test_a_base_class_of_the_project_keeps_its_settings_and_runs_graphs(app):
+    registered = app.tasks[based.task_name]
+    assert isinstance(registered, AuditedTask) and isinstance(registered, GraphTask)
+    assert registered.audited and registered.acks_late is False  # the project's wins
+    assert based.delay(4).get(timeout=20) == 8
+    assert (plus.bind(x=1) >> based.bind(x=5)).apply_async().get(timeout=20) == 10
 
 
 def test_gen_task_name_of_the_app_is_honoured(app):
