@@ -143,6 +143,13 @@ def _node_failed(
     message = NodeMessage.parse(fields)
     traceback = einfo.traceback if einfo else ""
     error = exception_record(message.node_id, exception, traceback)
+    if not adopted(sender) and isinstance(exception, TypeError) and GRAPH_KWARG in str(exception):
+        error = error_record(
+            message.node_id, UnknownTask.__name__, UnknownTask.__module__,
+            f"node {message.node_id!r}: task {sender.name!r} was registered after the worker "
+            f"on {socket.gethostname()} started, so it cannot run node messages; import its "
+            "module when the worker starts (the app's imports/include, or its -A module)",
+        )
     try:
         fail_node(sender.app, message, error, traceback)
     except StoreUnavailable as down:
