@@ -5,6 +5,7 @@ from .client import GraphRun
 from .context import RunContext
 from .dsl import (
     Flow,
+    NamedFlow,
     Parallel,
     Sequence,
     TaskNode,
@@ -53,6 +54,7 @@ __all__ = [
     "branch",
     "Branch",
     "Flow",
+    "NamedFlow",
     "TaskNode",
     "Sequence",
     "Parallel",

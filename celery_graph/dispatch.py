@@ -101,6 +101,12 @@ def _send(
     )
 
 
+def send_plain(task: Any, args: Any, kwargs: Any, options: dict[str, Any]) -> Any:
+    """Send ``task`` on its own, outside any graph: Celery's ``Task.apply_async``, as a
+    ``@task`` node's ``delay`` / ``apply_async`` do; its ``AsyncResult``."""
+    return task.apply_async(args, kwargs, **options)
+
+
 # -- a graph inside a Celery canvas ----------------------------------------------------
 
 

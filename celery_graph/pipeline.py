@@ -117,7 +117,9 @@ def _build(src: _Source, data: dict[str, Any], app: Any) -> Flow:
     if has_edges:
         return _from_edges(src, data["edges"], nodes, data.get("name", src.path.stem))
     flow_line = src.line_of(r"^\s*\[flow\]|^\s*flow\s*=")
-    return _block(src, data["flow"], nodes, flow_line, "flow")
+    # named like the edges form's workflow; a lone node becomes a one-node graph
+    return _block(src, data["flow"], nodes, flow_line, "flow").with_name(
+        str(data.get("name", src.path.stem)))
 
 
 def _node(src: _Source, raw: Any, start: int, app: Any) -> TaskNode:

@@ -4,7 +4,10 @@ A node's message is an ordinary Celery message of the node's own task name. Its 
 arguments are the node's bound arguments plus one extra keyword, ``_graph``::
 
     {"g": graph id, "r": run id, "n": node id}     every node message
-    {..., "t": "proj.tasks.resize"}                 a node that runs an existing task
+    {..., "t": "proj.tasks.resize"}                 an existing task run through
+                                                    celery_graph.call (graphs stored by
+                                                    earlier versions; now such a node's
+                                                    message has the task's own name)
     {..., "i": 3, "c": 10}                          item 3 of 10 of a dynamic fan-out
     {..., "i": 3, "c": 10, "k": 100}                chunk 3 of 10, 100 items each
     {..., "x": 2}                                   sent again after 2 infrastructure errors
@@ -23,7 +26,7 @@ from typing import Any
 
 GRAPH_KWARG = "_graph"
 
-CALL_TASK = "celery_graph.call"  # runs an existing Celery task as a node (node())
+CALL_TASK = "celery_graph.call"  # ran existing tasks as nodes; kept for stored graphs
 RUN_GRAPH = "celery_graph.run_graph"  # starts a graph as a step of a Celery canvas
 
 

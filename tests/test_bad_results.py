@@ -22,7 +22,7 @@ def test_unencodable_result_names_node_and_type(app, tag):
 def test_result_over_the_size_limit_fails_the_run(app, tag):
     app.conf.graph_max_result_bytes = 5000
     try:
-        ok = big_result.bind(id="small", size=100).apply_async()
+        ok = big_result.bind(id="small", size=100).as_graph().apply_async()
         assert len(ok.get(timeout=20)) == 100
         run = (big_result.bind(size=10_000) >> step).apply_async(tag=tag)
         with pytest.raises(RunFailed) as info:

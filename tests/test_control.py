@@ -98,7 +98,7 @@ def test_a_node_that_begins_past_the_deadline_fails_the_run_naming_it(app, tag):
 
 
 def test_deadline_fails_a_stuck_run_even_with_no_worker_to_notice(app, rclient):
-    run = unconsumed.apply_async(deadline=0.3)
+    run = unconsumed.as_graph().apply_async(deadline=0.3)
     try:
         with pytest.raises(RunFailed) as info:
             run.get(timeout=10)
@@ -126,7 +126,7 @@ def test_resume_redispatches_only_unfinished_nodes(app, tag):
 
 
 def _resume_running(app):
-    run = unconsumed.apply_async()
+    run = unconsumed.as_graph().apply_async()
     try:
         run.resume()
     finally:
@@ -139,10 +139,10 @@ def test_backpressure_waits_then_refuses_without_creating_a_run(app, rclient):
     app.conf.graph_backpressure_timeout = 0.5
     keys = Keys(app.conf.graph_key_prefix)
     try:
-        first = unconsumed.apply_async()  # the queue holds 1 message now
+        first = unconsumed.as_graph().apply_async()  # the queue holds 1 message now
         before = rclient.zcard(keys.runs_index())
         with pytest.raises(Backpressure, match=rf"'{UNCONSUMED_QUEUE}' holds 1"):
-            unconsumed.apply_async()
+            unconsumed.as_graph().apply_async()
         assert rclient.zcard(keys.runs_index()) == before
         first.cancel()
     finally:

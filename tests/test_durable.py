@@ -263,8 +263,8 @@ def test_a_retry_during_backpressure_gets_the_same_run(app, tag, monkeypatch):
     monkeypatch.setattr(submit_module, "wait_for_room", observed)
     app.conf.graph_max_queue_depth = 1
     app.conf.graph_backpressure_timeout = 20
-    blocker = unconsumed.apply_async()  # the queue holds one message: full
-    flow = unconsumed.bind(id="late_unconsumed")
+    blocker = unconsumed.as_graph().apply_async()  # the queue holds one message: full
+    flow = unconsumed.bind(id="late_unconsumed").as_graph()
     runs: list[GraphRun] = []
     errors: list[BaseException] = []
 
@@ -318,13 +318,13 @@ def test_an_interrupt_during_the_root_publish_still_runs_the_graph(app, tag, fas
 def test_an_idempotency_key_lives_exactly_as_long_as_its_run(app, tag, rclient):
     app.conf.graph_result_ttl = 1
     try:
-        first = step.apply_async(idempotency_key=f"expiring-{tag}", tag=tag)
+        first = step.as_graph().apply_async(idempotency_key=f"expiring-{tag}", tag=tag)
         assert first.get(timeout=20) == "step"
-        assert step.apply_async(idempotency_key=f"expiring-{tag}").id == first.id
+        assert step.as_graph().apply_async(idempotency_key=f"expiring-{tag}").id == first.id
         wait_for(lambda: not rclient.exists(state_for(app).keys.run(first.id)), timeout=10,
                  what="the finished run to expire")
         assert not [k for k in rclient.scan_iter(match=f"{app.conf.graph_key_prefix}:idem*")]
-        second = step.apply_async(idempotency_key=f"expiring-{tag}", tag=tag)
+        second = step.as_graph().apply_async(idempotency_key=f"expiring-{tag}", tag=tag)
         assert second.get(timeout=20) == "step"  # a new run under the same id
         assert read_trace(tag).count("start:step") == 2
     finally:
@@ -337,7 +337,7 @@ def test_an_idempotency_key_lives_exactly_as_long_as_its_run(app, tag, rclient):
 def test_shared_state_written_after_a_cancel_never_outlives_the_run(app, tag, rclient):
     app.conf.graph_result_ttl = 2
     try:
-        run = write_after_signal.apply_async(tag=tag)
+        run = write_after_signal.as_graph().apply_async(tag=tag)
         wait_for(lambda: "start:write_after_signal" in read_trace(tag), timeout=20,
                  what="the node to start")
         state_key = state_for(app).keys.state(run.id)
@@ -355,7 +355,7 @@ def test_shared_state_written_after_a_cancel_never_outlives_the_run(app, tag, rc
 def test_shared_state_written_after_a_cancel_keeps_the_run_expiry(app, tag, rclient):
     app.conf.graph_result_ttl = 30
     try:
-        run = write_after_signal.apply_async(tag=tag)
+        run = write_after_signal.as_graph().apply_async(tag=tag)
         wait_for(lambda: "start:write_after_signal" in read_trace(tag), timeout=20,
                  what="the node to start")
         assert run.cancel()
@@ -387,7 +387,7 @@ def test_a_graph_used_from_the_cache_keeps_its_stored_copy_alive(app, rclient):
 
 
 def test_status_says_why_a_node_waits(app, tag):
-    run = unconsumed.apply_async()
+    run = unconsumed.as_graph().apply_async()
     try:
         status = run.status()
         why = status.stalled()

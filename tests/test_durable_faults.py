@@ -201,7 +201,7 @@ def observed(*args, **kwargs):
     return real(*args, **kwargs)
 
 submit_module.wait_for_room = observed
-unconsumed.bind(id="keyed").apply_async(idempotency_key=sys.argv[3])
+unconsumed.bind(id="keyed").as_graph().apply_async(idempotency_key=sys.argv[3])
 print("submitted", flush=True)
 """
 
@@ -212,7 +212,7 @@ def test_a_submitter_killed_while_it_waits_lets_a_retry_start_the_run(app, redis
     from tests.conftest import SESSION
 
     key = f"killed-submitter-{tag}"
-    blocker = unconsumed.apply_async()  # the queue holds one message: no room
+    blocker = unconsumed.as_graph().apply_async()  # the queue holds one message: no room
     proc = subprocess.Popen(
         [sys.executable, "-c", SUBMITTER, redis_url, SESSION, key],
         cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, text=True,
@@ -222,7 +222,7 @@ def test_a_submitter_killed_while_it_waits_lets_a_retry_start_the_run(app, redis
         proc.kill()
         proc.wait(10)
         blocker.cancel()
-        run = unconsumed.bind(id="keyed").apply_async(idempotency_key=key)
+        run = unconsumed.bind(id="keyed").as_graph().apply_async(idempotency_key=key)
         assert run.status().state == "running"  # it exists
         assert run.cancel()
     finally:

@@ -52,7 +52,8 @@ def test_cluster_state_lives_on_several_nodes_and_recovers_lost_messages(cluster
     cluster_app.conf.update(graph_queued_lease=1, graph_reconcile_interval=0.2)
     try:
         state = state_for(cluster_app)
-        runs = [step.bind(name="spread", tag=f"{tag}{i}").apply_async() for i in range(12)]
+        runs = [step.bind(name="spread", tag=f"{tag}{i}").as_graph().apply_async()
+                for i in range(12)]
         for run in runs:
             assert run.get(timeout=20) == "spread"
         nodes = {state.client.keyslot(state.keys.run(r.id)) // 5462 for r in runs}
@@ -138,7 +139,7 @@ def test_the_command_line_reads_runs_on_the_cluster(cluster_app, cluster_url, ta
     from pathlib import Path
 
     cluster_app.set_current()
-    runs = [step.bind(name="cli", tag=f"{tag}{i}").apply_async() for i in range(6)]
+    runs = [step.bind(name="cli", tag=f"{tag}{i}").as_graph().apply_async() for i in range(6)]
     for run in runs:
         assert run.get(timeout=30) == "cli"
     binary = str(Path(sys.executable).with_name("celery-graph"))

@@ -185,7 +185,7 @@ def test_a_map_node_shows_its_items(app, http):
 
 
 def test_a_waiting_node_says_why_and_cancel_ends_the_run_once(app, http):
-    run = ui_never.apply_async()
+    run = ui_never.as_graph().apply_async()
     data = wait_node(http, run.id, "ui_never", "queued")
     assert data["actions"] == {"cancel": True, "resume": False}
     assert data["stalled"]["ui_never"].startswith("queued ")

@@ -113,12 +113,12 @@ def test_empty_group_is_refused():
 
 def test_unencodable_bound_argument_names_node_and_type(no_publish):
     with pytest.raises(SerializationError, match=r"node 'add'.*'x' of type object"):
-        add.bind(x=object()).apply_async()
+        add.bind(x=object()).as_graph().apply_async()
 
 
 def test_unencodable_run_input_names_it(no_publish):
     with pytest.raises(SerializationError, match=r"run input 'x'.*type set"):
-        needs_input.apply_async(x={1, 2})
+        needs_input.as_graph().apply_async(x={1, 2})
 
 
 def test_malformed_key_prefix_is_refused(app, no_publish):

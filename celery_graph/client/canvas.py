@@ -29,15 +29,23 @@ _REQUEST_FIELDS = ("id", "group", "group_index", "chord", "chain", "callbacks", 
                    "root_id", "parent_id", "reply_to", "correlation_id")
 
 
-def graph_signature(spec: GraphSpec, inputs: dict[str, Any], app: Any = None) -> Any:
-    """Store ``spec`` and return the signature that runs it with ``inputs``."""
+def graph_signature(
+    spec: GraphSpec, inputs: dict[str, Any], app: Any = None, flow_name: str | None = None
+) -> Any:
+    """Store ``spec`` and return the signature that runs it with ``inputs`` (its runs
+    record ``flow_name``, which travels in the signature: a beat entry keeps it)."""
     app = app or current_app._get_current_object()
     state_for(app).graphs.put(spec)
-    return signature(RUN_GRAPH, kwargs={"graph": spec.graph_id, "inputs": inputs}, app=app)
+    kwargs: dict[str, Any] = {"graph": spec.graph_id, "inputs": inputs}
+    if flow_name:
+        kwargs["flow"] = flow_name
+    return signature(RUN_GRAPH, kwargs=kwargs, app=app)
 
 
 @shared_task(name=RUN_GRAPH, bind=True)
-def run_graph(self: Any, *previous: Any, graph: str, inputs: dict[str, Any]) -> None:
+def run_graph(
+    self: Any, *previous: Any, graph: str, inputs: dict[str, Any], flow: str | None = None
+) -> None:
     """Start the graph ``graph`` as a step of a Celery canvas (see the module doc)."""
     inputs = dict(inputs)
     if previous:
@@ -48,8 +56,11 @@ def run_graph(self: Any, *previous: Any, graph: str, inputs: dict[str, Any]) -> 
             inputs.setdefault("input", value)
     request = {f: getattr(self.request, f, None) for f in _REQUEST_FIELDS}
     spec = state_for(self.app).graphs.load(graph)
+    extra = {"continuation": json.dumps(request)}
+    if flow:
+        extra["flow"] = flow
     submit_spec(spec, inputs, self.app, idempotency_key=f"celery-task:{self.request.id}",
-                extra_fields={"continuation": json.dumps(request)})
+                extra_fields=extra)
     # Celery continues the canvas when the graph ends, not now.
     self.request.chain = None
     self.request.callbacks = None

@@ -46,6 +46,12 @@ class GraphRun:
         """The run's state and each node's state, attempts and worker."""
         return self._state.runs.status(self.id, self.spec())
 
+    @property
+    def flow_name(self) -> str | None:
+        """The flow name the run records (``flow.with_name()``, a workflow's name, or
+        ``apply_async(flow_name=...)``), or None."""
+        return self._state.runs.record(self.id).get("flow") or None
+
     def results(self) -> dict[str, Any]:
         """{node id: result} for every node that finished."""
         raw = self._state.runs.results(self.id)

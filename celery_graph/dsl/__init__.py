@@ -2,11 +2,21 @@
 nodes. A flow hands its compiled spec down to the client to run."""
 
 from .decorators import ROUTING_OPTIONS, branch, node, task
-from .values import Flow, Parallel, Sequence, TaskNode, Workflow, check_node_id, workflow
+from .values import (
+    Flow,
+    NamedFlow,
+    Parallel,
+    Sequence,
+    TaskNode,
+    Workflow,
+    check_node_id,
+    workflow,
+)
 
 __all__ = [
     "ROUTING_OPTIONS",
     "Flow",
+    "NamedFlow",
     "Parallel",
     "Sequence",
     "TaskNode",

@@ -8,13 +8,14 @@ import sys
 from collections.abc import Callable
 from typing import Any, overload
 
-from celery import current_app, shared_task
+from celery import Task, current_app, shared_task
 from celery.canvas import Signature
 
 from ..errors import GraphDefinitionError, NotAGraphTaskError
-from ..executor import GraphTask, task_body
+from ..executor import GraphTask, adopt
 from ..keys import NODE_ID_RE
-from ..protocol import CALL_TASK, Branch
+from ..protocol import Branch
+from ..signals import graph_task_declared
 from .values import Flow, TaskNode, check_node_id
 
 # -- @task --------------------------------------------------------------------------
@@ -32,9 +33,20 @@ def task(
 ) -> Callable[[Callable[..., Any]], TaskNode]: ...
 def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Declare a graph task. Registers a real Celery task (shared_task-style, so it attaches
-    to your app and shows in Flower under its own name) and returns its graph node.
+    to your app and shows in Flower under its own name) and returns its graph node, which
+    keeps Celery's Task API for plain use (see :class:`TaskNode` and docs/tasks.md)::
 
-    Celery task options pass through: ``@task(queue="gpu", max_retries=3)``.
+        @task(queue="gpu", rate_limit="10/s", pydantic=True)
+        def resize(image: Image) -> Thumb: ...
+
+        resize.delay(img)                       # Celery: an AsyncResult
+        (fetch >> resize).apply_async()         # a graph run: a GraphRun
+
+    Every Celery task option passes through (``bind``, ``pydantic``, ``rate_limit``,
+    ``time_limit``, ``queue``, ``autoretry_for``...). The task name is ``name=`` or what
+    the current app's ``gen_task_name`` makes of the function's module and name. Only
+    ``inject_context=True`` is celery-graph's own: the first parameter receives the run's
+    :class:`RunContext` when the task runs in a graph.
     """
     if fn is None:
         return lambda f: _make_task(f, options)
@@ -56,22 +68,64 @@ def _module_name(fn: Callable[..., Any]) -> str:
     return os.path.splitext(os.path.basename(path))[0] if path else module
 
 
+def _graph_base(base: type) -> type:
+    """``base`` made able to run node messages: a user's own base class keeps all it does
+    and gains GraphTask (after it in the MRO, so the user's settings win)."""
+    if issubclass(base, GraphTask):
+        return base
+    if not (isinstance(base, type) and issubclass(base, Task)):
+        raise GraphDefinitionError(f"@task(base={base!r}): base must be a Celery Task class")
+    return type(base.__name__, (base, GraphTask), {"__module__": base.__module__})
+
+
 def _make_task(fn: Callable[..., Any], options: dict[str, Any]) -> TaskNode:
     if isinstance(fn, Flow):
         raise GraphDefinitionError(f"@task applied twice to {fn!r}")
     if not callable(fn):
         raise NotAGraphTaskError(f"@task needs a function, got {type(fn).__name__}")
-    name = options.pop("name", None) or f"{_module_name(fn)}.{fn.__qualname__}"
-    options.setdefault("base", GraphTask)
+    options = dict(options)
+    name = options.pop("name", None) or current_app.gen_task_name(
+        fn.__qualname__, _module_name(fn)
+    )
+    options["base"] = _graph_base(options.get("base") or GraphTask)
     routing = tuple(sorted((k, options[k]) for k in ROUTING_OPTIONS if k in options))
     context = bool(options.pop("inject_context", False))
-    body = task_body(fn)
-    shared_task(name=name, bind=True, **options)(body)
-    node = TaskNode(fn, name, fn.__name__, (), routing, context=context)
+    bind = bool(options.get("bind"))
+    if bind and context:
+        raise GraphDefinitionError(
+            f"@task({fn.__qualname__}): bind=True and inject_context=True both claim the "
+            "first parameter; use one of them"
+        )
+    shared_task(name=name, **options)(fn)
+    graph_task_declared.send(sender=fn)  # worker options and bootstep on the apps now
+    local = fn
+    if bind or options.get("pydantic"):
+        local = _through_celery(fn, name, bind)
+    node = TaskNode(local, name, fn.__name__, (), routing, context=context)
     check_node_id(node.id, name)
     object.__setattr__(node, "__doc__", fn.__doc__)
     object.__setattr__(node, "__wrapped__", fn)
     return node
+
+
+def _through_celery(fn: Callable[..., Any], name: str, bind: bool) -> Callable[..., Any]:
+    """The node's function for a task that needs Celery to be called (``bind=True``:
+    the task is its first argument; ``pydantic=True``: arguments are validated): a local
+    call goes through the registered task, and the graph sees the parameters without
+    ``self``."""
+
+    def local(*args: Any, **kwargs: Any) -> Any:
+        return current_app.tasks[name](*args, **kwargs)
+
+    sig = inspect.signature(fn)
+    if bind:
+        sig = sig.replace(parameters=list(sig.parameters.values())[1:])
+    local.__signature__ = sig  # type: ignore[attr-defined]
+    local.__name__ = fn.__name__
+    local.__qualname__ = fn.__qualname__
+    local.__module__ = fn.__module__
+    local.__doc__ = fn.__doc__
+    return local
 
 
 # -- branch -------------------------------------------------------------------------
@@ -106,8 +160,11 @@ def node(task_or_signature: Any, *, id: str | None = None, **kwargs: Any) -> Tas
     Positional arguments of the signature are bound to the task's parameters by name,
     keyword arguments and ``**kwargs`` are bound too, and its options (queue, priority...)
     route the node. Upstream results fill parameters named after upstream nodes, as for
-    ``@task``. The node runs through the ``celery_graph.call`` task, which calls the task's
-    body in the worker: the worker must import both celery_graph and the task's module.
+    ``@task``. The node's message is sent to the task's own name, so its routes
+    (``task_routes``, its ``queue``), rate limit, time limits and retries apply and Flower
+    lists it under its own name; the worker must import celery_graph (which lets every task
+    it knows run node messages, see ``executor.adopt``) and the task's module. The task's
+    own code is unchanged and keeps working when called plainly.
     """
     if isinstance(task_or_signature, TaskNode):
         return task_or_signature.bind(id=id, **kwargs)
@@ -130,6 +187,7 @@ def node(task_or_signature: Any, *, id: str | None = None, **kwargs: Any) -> Tas
         raise NotAGraphTaskError(
             f"node(): task {name!r} is not registered on the current app; import its module"
         ) from None
+    adopt(target)  # in this process too (an in-process worker, a local apply())
     fn = target.run
     node_id = id or name.rsplit(".", 1)[-1]
     check_node_id(node_id, name)
@@ -139,5 +197,5 @@ def node(task_or_signature: Any, *, id: str | None = None, **kwargs: Any) -> Tas
         raise GraphDefinitionError(f"node {node_id!r}: arguments do not fit {name}: {exc}") from exc
     options = {k: getattr(target, k) for k in ROUTING_OPTIONS if getattr(target, k, None)}
     options.update({k: sig_options[k] for k in ROUTING_OPTIONS if k in sig_options})
-    base = TaskNode(fn, CALL_TASK, node_id, (), tuple(sorted(options.items())), call=name)
+    base = TaskNode(fn, name, node_id, (), tuple(sorted(options.items())))
     return base.bind(**bound, **kwargs)

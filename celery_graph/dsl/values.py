@@ -21,6 +21,7 @@ from typing import Any
 from celery import current_app
 
 from ..client import GraphRun, graph_signature, submit_spec
+from ..dispatch import send_plain
 from ..errors import GraphDefinitionError, NotAGraphTaskError
 from ..keys import NODE_ID_RE
 from ..model import Declarations, GraphSpec, GroupDecl, NodeDecl, Param, compile_graph
@@ -93,22 +94,41 @@ class Flow:
             object.__setattr__(self, "_compiled", spec)
         return spec
 
+    @property
+    def flow_name(self) -> str | None:
+        """The name runs of this flow record (the dashboard and the flow index list runs
+        by it): a workflow's name, or the one given with :meth:`with_name`."""
+        return None
+
+    def with_name(self, name: str) -> NamedFlow:
+        """This flow under a flow name, which every run of it records (``apply_async``,
+        ``submit``, ``s()`` in a canvas or a beat schedule); name a flow once where it is
+        defined::
+
+            etl = (extract >> transform >> load).with_name("etl")
+            etl.apply_async()          # run.status().flow == "etl"
+        """
+        return NamedFlow(self, check_flow_name(name))
+
     def apply_async(
         self,
         *,
         idempotency_key: str | None = None,
         deadline: float | None = None,
+        flow_name: str | None = None,
         **inputs: Any,
     ) -> GraphRun:
         """Start a run; other keyword arguments are run inputs. Returns at once.
 
         ``idempotency_key``: a second submission with the same key returns the run already
-        started under it. ``deadline``: seconds after which the run fails. (A run input
-        with one of these names can be passed with ``submit(inputs={...})``.)
+        started under it. ``deadline``: seconds after which the run fails. ``flow_name``:
+        the name the run records (default: :attr:`flow_name`). (A run input with one of
+        these names can be passed with ``submit(inputs={...})``.)
         """
-        return self.submit(inputs, idempotency_key=idempotency_key, deadline=deadline)
+        return self.submit(inputs, idempotency_key=idempotency_key, deadline=deadline,
+                           flow_name=flow_name)
 
-    def s(self, **inputs: Any) -> Any:
+    def s(self, *, flow_name: str | None = None, **inputs: Any) -> Any:
         """This graph as a Celery signature, for chains and groups::
 
             chain(fetch.s(), flow.s(limit=10), notify.s()).apply_async()
@@ -118,7 +138,8 @@ class Flow:
         Needs a result backend for ``.get()`` on the canvas, like any Celery canvas.
         """
         # graph errors now; missing inputs may still come from the previous chain step
-        return graph_signature(self.compile(), inputs)
+        name = check_flow_name(flow_name) if flow_name is not None else self.flow_name
+        return graph_signature(self.compile(), inputs, flow_name=name)
 
     def submit(
         self,
@@ -127,11 +148,14 @@ class Flow:
         app: Any = None,
         idempotency_key: str | None = None,
         deadline: float | None = None,
+        flow_name: str | None = None,
     ) -> GraphRun:
-        """Start a run with ``inputs`` on ``app`` (default: Celery's current app)."""
+        """Start a run with ``inputs`` on ``app`` (default: Celery's current app); the
+        run records ``flow_name`` (default: :attr:`flow_name`)."""
+        name = check_flow_name(flow_name) if flow_name is not None else self.flow_name
         return submit_spec(
             self.compile(), inputs or {}, app, idempotency_key=idempotency_key,
-            deadline=deadline,
+            deadline=deadline, extra_fields={"flow": name} if name else None,
         )
 
 
@@ -148,16 +172,43 @@ def _as_flow(value: object, op: str) -> Flow:
     raise NotAGraphTaskError(f"cannot use {what!r} with {op!r}: not a celery-graph node{hint}")
 
 
+# Keywords of Celery's ``apply_async`` that a node's function may also have as parameters:
+# on a bare task they keep Celery's meaning.
+CELERY_OPTIONS = frozenset((
+    "add_to_parent", "chain", "chord", "compression", "connection", "countdown",
+    "delivery_mode", "eta", "exchange", "expires", "group_id", "group_index", "headers",
+    "ignore_result", "link", "link_error", "parent_id", "priority", "producer", "publisher",
+    "queue", "reply_to", "result_cls", "retries", "retry", "retry_policy", "root_id",
+    "router", "routing_key", "serializer", "shadow", "soft_time_limit", "stamped_headers",
+    "task_id", "time_limit",
+))
+# Keywords of a graph's ``apply_async`` that mean nothing to Celery's.
+GRAPH_RUN_OPTIONS = ("idempotency_key", "deadline", "flow_name")
+
+
 @dataclass(frozen=True, eq=False)
 class TaskNode(Flow):
-    """A node that runs one celery-graph task. Calling it runs the function locally."""
+    """A node that runs one celery-graph task. It composes (``>>``, ``|``, ``bind``,
+    ``map``, ``delay_by``) and, used on its own, is Celery's task: ``delay``, ``s``,
+    ``si``, ``signature``, ``apply_async``, ``apply``, ``AsyncResult`` and ``name`` act on
+    the registered Celery task exactly as Celery's do (bound keyword arguments, if any,
+    are passed too; the call's own keyword arguments win). Calling it runs the function
+    locally.
+
+    A one-node graph is ``node.as_graph()``: ``step.as_graph().apply_async(x=1)`` returns
+    a GraphRun where ``step.apply_async(...)`` returns Celery's AsyncResult. Celery's
+    ``Task.map`` and ``Task.bind`` are reachable as ``node.celery_task.map(...)``; on the
+    node, ``map`` is the graph's dynamic fan-out and ``bind`` binds node arguments.
+    """
 
     fn: Callable[..., Any]
     task_name: str
     id: str
     bound: tuple[tuple[str, Any], ...] = ()
     options: tuple[tuple[str, Any], ...] = ()  # routing options: queue, priority...
-    delay: float = 0.0  # seconds between becoming ready and starting
+    # seconds between becoming ready and starting (set with delay_by(); named so that
+    # ``delay`` stays Celery's Task.delay)
+    start_delay: float = 0.0
     context: bool = False  # first parameter receives the RunContext
     map_over: tuple[str, str | None] | None = None  # (source node id, parameter)
     map_chunk: int = 0  # items per message of the fan-out (0: one message per item)
@@ -171,7 +222,7 @@ class TaskNode(Flow):
         """This node for the compiler; two nodes with one id must declare the same."""
         return NodeDecl(
             id=self.id, task=self.task_name, params=parameters(self.fn), bound=self.bound,
-            options=self.options, delay=self.delay, context=self.context,
+            options=self.options, delay=self.start_delay, context=self.context,
             map_over=self.map_over, map_chunk=self.map_chunk, call=self.call,
             retries=self.retries,
         )
@@ -219,7 +270,7 @@ class TaskNode(Flow):
                 f"node {self.id!r}: delay_by needs a non-negative number of seconds, "
                 f"got {seconds!r}"
             )
-        return dataclasses.replace(self, delay=float(seconds))
+        return dataclasses.replace(self, start_delay=float(seconds))
 
     def bind(self, id: str | None = None, **kwargs: Any) -> TaskNode:
         """A copy with another node id and/or bound keyword arguments.
@@ -242,8 +293,78 @@ class TaskNode(Flow):
 
     @property
     def celery_task(self) -> Any:
-        """The registered Celery task, for plain Celery use (``.delay()``, ``.s()``)."""
+        """The registered Celery task (of the current app), for anything of Celery's Task
+        API the node does not repeat (``.map()``, ``.chunks()``, ``.retry()``...)."""
         return current_app.tasks[self.task_name]
+
+    # -- Celery's Task API: the task on its own, outside any graph ------------------
+    @property
+    def name(self) -> str:
+        """The Celery task name (as ``Task.name``)."""
+        return self.task_name
+
+    def _kwargs(self, kwargs: Any) -> Any:
+        if not self.bound:
+            return kwargs
+        return {**dict(self.bound), **(kwargs or {})}
+
+    def delay(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's ``Task.delay``: send the task on its own; an ``AsyncResult``.
+        (A node's start delay in a graph is :meth:`delay_by`.)"""
+        return send_plain(self.celery_task, args, self._kwargs(kwargs), {})
+
+    def apply_async(  # Celery's meaning on a bare task
+        self, args: Any = None, kwargs: Any = None, **options: Any
+    ) -> Any:
+        """Celery's ``Task.apply_async(args, kwargs, **options)``: an ``AsyncResult``.
+
+        For a run of this node as a one-node graph, ``node.as_graph().apply_async(**inputs)``.
+        """
+        self._refuse_run_inputs("apply_async", options)
+        return send_plain(self.celery_task, args, self._kwargs(kwargs), options)
+
+    def apply(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        """Celery's ``Task.apply``: run the task here, now; an ``EagerResult``."""
+        self._refuse_run_inputs("apply", options)
+        return self.celery_task.apply(args, self._kwargs(kwargs), **options)
+
+    def signature(self, args: Any = None, *starargs: Any, **starkwargs: Any) -> Any:
+        """Celery's ``Task.signature``."""
+        sig = self.celery_task.signature(args, *starargs, **starkwargs)
+        if self.bound:
+            sig.kwargs = self._kwargs(sig.kwargs)
+        return sig
+
+    def s(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's ``Task.s``: a signature of the task, for chains, groups and chords.
+        (A one-node graph's signature is ``node.as_graph().s(**inputs)``.)"""
+        return self.signature(args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's ``Task.si``: an immutable signature."""
+        return self.signature(args, kwargs, immutable=True)
+
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> Any:  # Celery's name
+        """Celery's ``Task.AsyncResult``."""
+        return self.celery_task.AsyncResult(task_id, **kwargs)
+
+    def _refuse_run_inputs(self, method: str, options: dict[str, Any]) -> None:
+        """A graph's keywords given to Celery's call are an error, not a silent option."""
+        params = signature_of(self.fn)
+        wrong = sorted(k for k in options if k in GRAPH_RUN_OPTIONS
+                       or (k in params and k not in CELERY_OPTIONS))
+        if wrong:
+            raise TypeError(
+                f"node {self.id!r}: {method}() is Celery's Task.{method}(args, kwargs, "
+                f"**options), and {', '.join(map(repr, wrong))} are not Celery options; "
+                "pass task arguments as kwargs={...}, or run the node as a one-node graph "
+                f"with {self.id}.as_graph().apply_async(**inputs)"
+            )
+
+    def as_graph(self, name: str | None = None) -> NamedFlow:
+        """This node as a one-node graph, whose ``apply_async(**inputs)`` and ``s()`` start
+        a graph run (``name``: the flow name its runs record)."""
+        return NamedFlow(self, None if name is None else check_flow_name(name))
 
     def entries(self) -> list[TaskNode]:
         return [self]
@@ -412,6 +533,38 @@ class Parallel(Flow):
         return text
 
 
+@dataclass(frozen=True, eq=False)
+class NamedFlow(Flow):
+    """A flow under a flow name (``flow.with_name("etl")``, ``node.as_graph()``): the same
+    graph; its runs record the name. Composing it with others makes a new, unnamed flow."""
+
+    flow: Flow
+    name: str | None = None
+
+    @property
+    def flow_name(self) -> str | None:
+        return self.name or self.flow.flow_name
+
+    def delay_by(self, seconds: float) -> NamedFlow:
+        return NamedFlow(self.flow.delay_by(seconds), self.name)
+
+    def entries(self) -> list[TaskNode]:
+        return self.flow.entries()
+
+    def exits(self) -> list[TaskNode]:
+        return self.flow.exits()
+
+    def walk(self) -> Iterator[Flow]:
+        yield self
+        yield from self.flow.walk()
+
+    def edges(self) -> Iterator[tuple[TaskNode, TaskNode]]:
+        return self.flow.edges()
+
+    def __repr__(self) -> str:
+        return f"{self.flow!r}.with_name({self.name!r})" if self.name else repr(self.flow)
+
+
 class Workflow(Flow):
     """A graph accumulated from DSL statements inside ``with workflow(name) as wf:``."""
 
@@ -454,6 +607,10 @@ class Workflow(Flow):
         for part in self._parts:
             yield from part.edges()
 
+    @property
+    def flow_name(self) -> str | None:
+        return self.name
+
     def __repr__(self) -> str:
         return f"<workflow {self.name!r}: {len(self._parts)} statements>"
 
@@ -495,6 +652,17 @@ def _record(flow: Flow) -> None:
         wf._parts.append(flow)
 
 
+def check_flow_name(name: Any) -> str:
+    """A flow name: a non-empty string without control characters, at most 200 long."""
+    if (not isinstance(name, str) or not name.strip() or len(name) > 200
+            or any(ord(c) < 32 for c in name)):
+        raise GraphDefinitionError(
+            f"invalid flow name {name!r}: use a non-empty string of at most 200 printable "
+            "characters, e.g. 'etl'"
+        )
+    return name
+
+
 def check_node_id(node_id: str, what: str) -> None:
     if not isinstance(node_id, str) or not NODE_ID_RE.match(node_id):
         raise GraphDefinitionError(
@@ -523,6 +691,8 @@ def _member_tree(flow: Flow) -> Any:
         return flow.id
     if isinstance(flow, Sequence):
         return _member_tree(flow.steps[-1])
+    if isinstance(flow, NamedFlow):
+        return _member_tree(flow.flow)
     if isinstance(flow, Parallel):
         return [_member_tree(m) for m in flow.members]
     exits = flow.exits()

@@ -1,7 +1,8 @@
-"""The Celery side of a node: the base task of every celery-graph task, the body that
-tells a node message from a plain call, the task that runs existing tasks as nodes, the
-handler for node messages a worker does not know, and the reconciler thread every worker
-that imports celery_graph runs.
+"""The Celery side of a node: the base task of every celery-graph task, ``adopt`` (the
+wrapper that tells a node message from a plain call, on ``@task`` tasks and on existing
+tasks alike), the failure and retry hooks of node messages, the handler for node messages
+a worker does not know, and the reconciler thread every worker that imports celery_graph
+runs.
 
 Infrastructure errors are never node failures: when Redis or the broker cannot be reached
 while a node begins, completes or publishes its successors, the message is sent again with
@@ -14,13 +15,14 @@ retries, fails the node.
 from __future__ import annotations
 
 import datetime
+import functools
 import socket
 from collections.abc import Callable
 from typing import Any
 
 from celery import Task, current_app, shared_task
 from celery.exceptions import Reject, Retry
-from celery.signals import task_unknown, worker_init, worker_shutdown
+from celery.signals import task_failure, task_retry, task_unknown, worker_init, worker_shutdown
 from celery.utils.log import get_task_logger
 
 from ..codec import error_record, exception_record
@@ -28,7 +30,6 @@ from ..dispatch import redeliver
 from ..errors import BrokerUnavailable, CeleryGraphError, StoreUnavailable, UnknownTask
 from ..protocol import CALL_TASK, GRAPH_KWARG, NodeMessage, graph_fields
 from ..reconcile import SweepThread
-from ..signals import graph_task_declared
 from ..state import state_for
 from .node import NodeRun, fail_node
 
@@ -60,85 +61,135 @@ def send_again(
 
 
 class GraphTask(Task):
-    """Base class of every celery-graph task. A message without ``_graph`` runs the
-    function as a plain Celery task; with it, the function runs as a node of a run.
-
-    Acks late and rejects on a lost worker by default, whatever the app's settings, so
-    any Celery worker is crash-safe for graph nodes (``@task(acks_late=False)`` opts out).
+    """Base class of every ``@task``. Acks late and rejects on a lost worker by default,
+    whatever the app's settings, so any Celery worker is crash-safe for graph nodes
+    (``@task(acks_late=False)`` opts out). Everything else is Celery's ``Task``: a message
+    without ``_graph`` runs the function exactly as Celery would (see :func:`adopt`).
     """
 
-    typing = False  # graph messages carry the extra ``_graph`` keyword
     acks_late = True
     reject_on_worker_lost = True
 
-    def on_failure(self, exc, task_id, args, kwargs, einfo):
-        fields = graph_fields(kwargs)
-        if fields:
-            message = NodeMessage.parse(fields)
-            traceback = einfo.traceback if einfo else ""
-            error = exception_record(message.node_id, exc, traceback)
-            try:
-                fail_node(self.app, message, error, traceback)
-            except StoreUnavailable as down:
-                # the failure cannot be recorded now: it travels in a message sent again
-                send_again(self, message, down, failure=error)
-            except Exception:  # the task failure itself is already reported by Celery
-                logger.exception("celery-graph: could not record the failure of %s",
-                                 message.task_id)
-        return super().on_failure(exc, task_id, args, kwargs, einfo)
-
-    def on_retry(self, exc, task_id, args, kwargs, einfo):
-        fields = graph_fields(kwargs)
-        if fields:
-            message = NodeMessage.parse(fields)
-            when = getattr(exc, "when", None)
-            if isinstance(when, datetime.datetime):
-                now = datetime.datetime.now(tz=when.tzinfo)
-                when = (when - now).total_seconds()
-            attempt = getattr(self.request, "graph_attempt", 0)
-            try:
-                state = state_for(self.app)
-                state.scripts.lease(message.run_id, "requeue",
-                                    float(when or 0) + state.settings.queued_lease,
-                                    [message.result_field], attempt)
-            except CeleryGraphError as err:  # the lease runs out: a duplicate, not a loss
-                logger.warning("celery-graph: could not lease the retry of %s: %s",
-                               message.task_id, err)
-        return super().on_retry(exc, task_id, args, kwargs, einfo)
+    def __init__(self) -> None:
+        adopt(self)
 
 
-def task_body(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The body of the Celery task registered for ``fn`` (bound: ``self`` is the task)."""
+ADOPTED = "_celery_graph_adopted"
 
-    def body(self: Task, *args: Any, **kwargs: Any) -> Any:
+
+def adopt(task: Task) -> Task:
+    """Let ``task`` run node messages under its own name (idempotent; returns ``task``).
+
+    Celery's worker calls ``task.run`` (or ``task.__call__``, which calls ``task.run``);
+    this puts a thin wrapper in front of the instance's ``run``: a message whose keyword
+    arguments carry ``_graph`` runs as a node of a run (:func:`run_node`), any other call
+    goes to the task's own ``run`` unchanged, so the task's code, its pydantic validation,
+    ``bind``, routes, rate and time limits all stay Celery's. The argument check Celery
+    makes when sending (``typing``) is told to ignore ``_graph``, so a node can be retried
+    with ``self.retry()`` like any task. Every ``@task`` is adopted when Celery creates it;
+    other tasks when ``node()`` wraps them and, in a worker, at start (``worker_init``).
+    """
+    if task.__dict__.get(ADOPTED):
+        return task
+    plain = task.run
+
+    @functools.wraps(plain)
+    def run(*args: Any, **kwargs: Any) -> Any:
         fields = kwargs.pop(GRAPH_KWARG, None)
         if fields is None:
-            return fn(*args, **kwargs)
-        message = NodeMessage.parse(fields)
-        try:
-            if message.failure is not None:
-                fail_node(self.app, message, message.failure)
-                return None
-            return NodeRun(self, fn, message, kwargs).run()
-        except INFRASTRUCTURE as exc:
-            raise send_again(self, message, exc) from exc
+            return plain(*args, **kwargs)
+        return run_node(task, plain, fields, kwargs)
 
-    body.__name__ = fn.__name__
-    body.__qualname__ = fn.__qualname__
-    body.__module__ = fn.__module__
-    body.__doc__ = fn.__doc__
-    body.__wrapped__ = fn  # type: ignore[attr-defined]
-    graph_task_declared.send(sender=fn)  # worker options and bootstep on the apps now
-    return body
+    task.run = run
+    header = getattr(task, "__header__", None)
+    if callable(header):
+
+        def check(*args: Any, **kwargs: Any) -> Any:
+            kwargs.pop(GRAPH_KWARG, None)
+            return header(*args, **kwargs)
+
+        task.__header__ = check
+    task.__dict__[ADOPTED] = True
+    return task
 
 
-def _call_outside_a_graph(*args: Any, **kwargs: Any) -> Any:
+def adopted(task: Task) -> bool:
+    """True when ``task`` runs node messages (see :func:`adopt`)."""
+    return bool(task.__dict__.get(ADOPTED))
+
+
+def run_node(task: Task, fn: Callable[..., Any], fields: Any, kwargs: dict[str, Any]) -> Any:
+    """Run one node message: ``fields`` is its ``_graph`` keyword, ``kwargs`` the node's
+    bound arguments, ``fn`` the task's own ``run``."""
+    message = NodeMessage.parse(fields)
+    try:
+        if message.failure is not None:
+            fail_node(task.app, message, message.failure)
+            return None
+        return NodeRun(task, fn, message, kwargs).run()
+    except INFRASTRUCTURE as exc:
+        raise send_again(task, message, exc) from exc
+
+
+@task_failure.connect
+def _node_failed(
+    sender: Any = None, task_id: Any = None, exception: Any = None, kwargs: Any = None,
+    einfo: Any = None, **_: Any,
+) -> None:
+    """A node's task failed after its retries (any task: ``@task`` or existing)."""
+    fields = graph_fields(kwargs)
+    if not fields or sender is None:
+        return
+    message = NodeMessage.parse(fields)
+    traceback = einfo.traceback if einfo else ""
+    error = exception_record(message.node_id, exception, traceback)
+    if not adopted(sender) and isinstance(exception, TypeError) and GRAPH_KWARG in str(exception):
+        error = error_record(
+            message.node_id, UnknownTask.__name__, UnknownTask.__module__,
+            f"node {message.node_id!r}: task {sender.name!r} was registered after the worker "
+            f"on {socket.gethostname()} started, so it cannot run node messages; import its "
+            "module when the worker starts (the app's imports/include, or its -A module)",
+        )
+    try:
+        fail_node(sender.app, message, error, traceback)
+    except StoreUnavailable as down:
+        # the failure cannot be recorded now: it travels in a message sent again
+        send_again(sender, message, down, failure=error)
+    except Exception:  # the task failure itself is already reported by Celery
+        logger.exception("celery-graph: could not record the failure of %s", message.task_id)
+
+
+@task_retry.connect
+def _node_retried(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
+    """A node will run again (its own retry, or sent again after an infrastructure
+    error): lease it for that long, so the reconciler does not send it a second time."""
+    fields = graph_fields(getattr(request, "kwargs", None))
+    if not fields or sender is None:
+        return
+    message = NodeMessage.parse(fields)
+    when = getattr(reason, "when", None)
+    if isinstance(when, datetime.datetime):
+        now = datetime.datetime.now(tz=when.tzinfo)
+        when = (when - now).total_seconds()
+    attempt = getattr(request, "graph_attempt", 0)
+    try:
+        state = state_for(sender.app)
+        state.scripts.lease(message.run_id, "requeue",
+                            float(when or 0) + state.settings.queued_lease,
+                            [message.result_field], attempt)
+    except CeleryGraphError as err:  # the lease runs out: a duplicate, not a loss
+        logger.warning("celery-graph: could not lease the retry of %s: %s",
+                       message.task_id, err)
+
+
+def _call_outside_a_graph(self: Task, *args: Any, **kwargs: Any) -> Any:
     raise TypeError("celery_graph.call runs existing tasks as graph nodes only; see node()")
 
 
 _call_outside_a_graph.__name__ = "call"
-# The task every node(existing_task) runs as; registered on every app, like @task.
-shared_task(name=CALL_TASK, bind=True, base=GraphTask)(task_body(_call_outside_a_graph))
+# Graphs stored before existing tasks ran under their own names send their nodes to this
+# task, which calls the existing task in the worker; kept so those runs still finish.
+shared_task(name=CALL_TASK, bind=True, base=GraphTask)(_call_outside_a_graph)
 
 
 @task_unknown.connect
@@ -181,6 +232,18 @@ def _start_reconciler(sender: Any = None, **_: Any) -> None:
         logger.warning("celery-graph: no reconciler in this worker: %s", exc)
         return
     _sweepers[id(sender)] = SweepThread(app).start()
+
+
+@worker_init.connect
+def _adopt_tasks(sender: Any = None, **_: Any) -> None:
+    """Every task this worker knows can run as a node under its own name (``node()``):
+    adopted before the consumer builds its tracers, which keep the task's ``run``."""
+    app = getattr(sender, "app", None)
+    if app is None:
+        return
+    for name, known in list(app.tasks.items()):
+        if not name.startswith("celery."):
+            adopt(known)
 
 
 @worker_shutdown.connect

@@ -100,6 +100,7 @@ class RunStatus:
     nodes: dict[str, NodeStatus] = field(default_factory=dict)
     error: dict[str, Any] | None = None
     now: float | None = None  # the server's clock when this was read
+    flow: str | None = None  # the flow name the run records (flow.with_name, a workflow)
 
     @property
     def done(self) -> bool:
@@ -132,6 +133,7 @@ class RunStatus:
             nodes={nid: NodeStatus.from_fields(nid, fields, leases.get(nid)) for nid in order},
             error=parse_error(record.get("error")),
             now=now,
+            flow=record.get("flow") or None,
         )
 
     def stalled(self) -> dict[str, str]:
