@@ -136,12 +136,22 @@ def test_local_call_runs_the_function():
     assert load([1], 1) == {"rows": [1], "count": 1}
 
 
-def test_ten_thousand_node_graph_compiles_fast():
-    members = [source.bind(id=f"m{i}", value=i) for i in range(10_000)]
-    flow = step >> Parallel(tuple(members)).named("batch") >> collect
-    started = time.perf_counter()
-    spec = flow.compile()
-    elapsed = time.perf_counter() - started
-    assert len(spec.nodes) == 10_002
-    assert spec.joins == ("collect",)
-    assert elapsed < 1.0, f"compiling 10,002 nodes took {elapsed:.2f} s"
+def test_ten_thousand_node_graph_compiles_in_linear_time():
+    """Compiling grows linearly with the graph: ten times the members costs well under
+    a hundred times the time (a quadratic step would). Compared in one process, side by
+    side, so the machine's speed and load cancel out; the best of three of each."""
+
+    def best(n: int) -> float:
+        times = []
+        for _ in range(3):  # a new flow each time: a flow caches its compiled spec
+            members = [source.bind(id=f"m{i}", value=i) for i in range(n)]
+            flow = step >> Parallel(tuple(members)).named("batch") >> collect
+            started = time.perf_counter()
+            spec = flow.compile()
+            times.append(time.perf_counter() - started)
+        assert len(spec.nodes) == n + 2
+        assert spec.joins == ("collect",)
+        return min(times)
+
+    small, big = best(1_000), best(10_000)
+    assert big / small < 45, f"1,000 nodes: {small:.3f} s, 10,000 nodes: {big:.3f} s"

@@ -91,11 +91,19 @@ from .support import (
     metavar="SECONDS",
     help="with --wait: give up waiting after this long (the run goes on)",
 )
+@click.option(
+    "--name",
+    "flow_name",
+    default=None,
+    metavar="NAME",
+    help="the flow name the run records (default: the flow's own name, else MODULE:FLOW)",
+)
 @json_option
 @common_options
 @guarded
 def run_command(
-    flow_ref: str, inputs: tuple[str, ...], wait: bool, timeout: float | None, as_json: bool
+    flow_ref: str, inputs: tuple[str, ...], wait: bool, timeout: float | None,
+    flow_name: str | None, as_json: bool,
 ) -> int:
     """Submit a graph; print its run id, or with --wait follow it to the end."""
     ctx = click.get_current_context()
@@ -104,7 +112,8 @@ def run_command(
     if app is None:
         app = app_for(ctx)  # after the import: the flow's module may have made its app current
     configure(ctx, app).ping()
-    run = flow.submit(parse_inputs(inputs), app=app)
+    name = flow_name or getattr(flow, "flow_name", None) or flow_ref
+    run = flow.submit(parse_inputs(inputs), app=app, flow_name=name)
     if not wait:
         if as_json:
             emit_json({"run_id": run.id, "state": "running"}, sys.stdout)

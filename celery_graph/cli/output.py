@@ -72,6 +72,7 @@ def status_data(status: RunStatus) -> dict[str, Any]:
     return {
         "run_id": status.run_id,
         "state": status.state,
+        "flow": status.flow,
         "graph_id": status.graph_id,
         "created": status.created,
         "finished": status.finished,
@@ -86,6 +87,8 @@ def print_status(status: RunStatus, out: IO[str], *, every_node: bool = False) -
     counts by state, failed nodes with their errors, waiting nodes, the slowest ones."""
     out.write(f"run       {status.run_id}\n")
     out.write(f"state     {status.state}\n")
+    if status.flow:
+        out.write(f"flow      {status.flow}\n")
     out.write(f"graph     {status.graph_id}\n")
     out.write(f"started   {timestamp(status.created)}\n")
     out.write(f"finished  {timestamp(status.finished)}\n")
@@ -186,6 +189,7 @@ def run_row(status: RunStatus) -> dict[str, Any]:
     return {
         "run_id": status.run_id,
         "state": status.state,
+        "flow": status.flow,
         "created": status.created,
         "finished": status.finished,
         "nodes": len(status.nodes),
