@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +45,10 @@ from ..model import GraphSpec, NodeSpec
 from ..protocol import Branch, NodeMessage
 from ..state import State, state_for
 from .leases import keeper
+
+# a chunk stores its items' results at least this often (and at its end, and before a
+# failing item's error): one Redis call per 50 ms of work, not one per item
+CHUNK_FLUSH_SECONDS = 0.05
 
 logger = get_task_logger("celery_graph")
 
@@ -125,7 +130,9 @@ class NodeRun:
 
     def call_chunk(self, kwargs: dict[str, Any]) -> list[Any]:
         """Call the function once per item of this chunk that has no stored result, and
-        store each result as soon as it is computed; the chunk's results, in order."""
+        store the results as they are computed: a few at a time (at most
+        ``CHUNK_FLUSH_SECONDS`` apart, and before a failing item's error goes up); the
+        chunk's results, in order."""
         m, node = self.message, self.node
         assert node.map_param is not None and m.index is not None
         items = kwargs[node.map_param]
@@ -133,18 +140,33 @@ class NodeRun:
         stored = self.state.scripts.results_of(
             m.run_id, [f"{node.id}#{first + i}" for i in range(len(items))]
         )
-        results = []
+        results: list[Any] = []
+        pending: list[tuple[int, str]] = []
+        last = time.monotonic()
+
+        def flush() -> bool:
+            nonlocal last
+            running = not pending or self.state.scripts.store_items(
+                m.run_id, node.id, pending) >= 0
+            pending.clear()
+            last = time.monotonic()
+            return running
+
         for i, item in enumerate(items):
             done = stored[i]
             if done is not None:  # by an earlier delivery of this chunk
                 results.append(decode_value(done))
                 continue
-            result, _choice = self.call({**kwargs, node.map_param: item})
-            if self.state.scripts.store_item(
-                m.run_id, node.id, first + i, self.encode(result, first + i)
-            ) < 0:
-                break  # the run ended meanwhile
+            try:
+                result, _choice = self.call({**kwargs, node.map_param: item})
+            except BaseException:
+                flush()  # the items before it stay done for the retry or a resume
+                raise
+            pending.append((first + i, self.encode(result, first + i)))
             results.append(result)
+            if time.monotonic() - last >= CHUNK_FLUSH_SECONDS and not flush():
+                return results  # the run ended meanwhile
+        flush()
         return results
 
     def call(self, kwargs: dict[str, Any]) -> tuple[Any, str]:

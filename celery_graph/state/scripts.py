@@ -263,11 +263,14 @@ class Scripts:
         )
         return int(reply[0]), int(reply[1]), int(reply[2])
 
-    def store_item(self, run_id: str, node_id: str, index: int, result_json: str) -> int:
-        """Store item ``index``'s result of a chunked map as soon as it is computed."""
+    def store_items(self, run_id: str, node_id: str, items: list[tuple[int, str]]) -> int:
+        """Store the results of items of a chunked map, ``[(index, result JSON), ...]``;
+        the number stored now, or -1 when the run is no longer running."""
         k = self.keys
-        return int(self._call("item", [k.run(run_id), k.results(run_id)],
-                              [f"{node_id}#{index}", result_json, self.settings.run_ttl]))
+        args: list[Any] = [self.settings.run_ttl]
+        for index, result_json in items:
+            args += [f"{node_id}#{index}", result_json]
+        return int(self._call("item", [k.run(run_id), k.results(run_id)], args))
 
     def map_results(self, run_id: str, node_id: str, count: int) -> bytes:
         """The JSON list of the items' results, in item order."""
