@@ -1,7 +1,9 @@
-"""Finding the Celery app a command works on, the way ``celery -A`` does."""
+"""Finding the Celery app a command works on, the way ``celery -A`` does, and the flow
+a command or the dashboard names as ``MODULE:FLOW``."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Iterable
@@ -10,6 +12,7 @@ from typing import Any
 from celery import Celery, current_app
 from celery.app.utils import find_app
 
+from .dsl import Flow
 from .errors import ConfigurationError
 
 
@@ -44,3 +47,29 @@ def load_app(ref: str | None, *, set_current: bool = True) -> Any:
     if set_current:
         app.set_current()
     return app
+
+
+def import_flow(ref: str, what: str | None = None) -> Flow:
+    """The flow at ``MODULE:FLOW`` (attributes may be dotted), imported from the current
+    directory; a ConfigurationError saying what is wrong (prefixed by ``what``) otherwise."""
+    prefix = f"{what}: " if what else ""
+    module, sep, attr = ref.partition(":")
+    if not sep or not module or not attr:
+        raise ConfigurationError(
+            f"{prefix}{ref!r} is not MODULE:FLOW (e.g. 'examples.etl:flow')")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module)
+    except Exception as exc:
+        raise ConfigurationError(
+            f"{prefix}cannot import module {module!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigurationError(f"{prefix}module {module!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not isinstance(obj, Flow):
+        raise ConfigurationError(
+            f"{prefix}{ref} is a {type(obj).__name__}, not a celery-graph flow")
+    return obj

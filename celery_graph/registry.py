@@ -135,8 +135,9 @@ class Heartbeat:
         return fields, in_flight
 
     def start(self) -> None:
-        fields, _ = self._fields()
-        claim = self.store.claim(self.hostname, self.token, fields, self.ttl, 2 * self.interval)
+        fields, in_flight = self._fields()
+        claim = self.store.claim(self.hostname, self.token, fields, self.ttl, 2 * self.interval,
+                                 in_flight=in_flight)
         if not claim.claimed:
             stale = claim.owner_node == self.node and (
                 claim.owner_pid == self.pid or not _alive(claim.owner_pid)
@@ -149,9 +150,8 @@ class Heartbeat:
                     "with -n (for example -n w2@%h), or stop the other one first"
                 )
             claim = self.store.claim(self.hostname, self.token, fields, self.ttl,
-                                     2 * self.interval, force=True)
+                                     2 * self.interval, in_flight=in_flight, force=True)
         self.started = claim.now
-        self.beat()  # the first full entry (in-flight count included) at once
         self._thread = threading.Thread(
             target=self._run, name="celery-graph-heartbeat", daemon=True
         )

@@ -12,12 +12,8 @@ finalized after ``celery_graph`` was imported) gets:
   and heartbeat under the worker's unique name, ``/metrics`` and ``/healthz``, a bounded
   graceful shutdown on SIGTERM/SIGINT, and the Redis 6.2+ check.
 
-So ``celery -A proj worker --metrics-port 9808`` works, and::
-
-    graph-worker -A proj -Q gpu -c 4 --metrics-port 9808 [-D --pidfile ...]
-
-is ``celery -A proj worker -Q gpu -c 4 --metrics-port 9808 [...]`` with
-``RELIABLE_DEFAULTS`` applied where the app's configuration leaves them open.
+So ``celery -A proj worker --metrics-port 9808`` works; ``graph-worker`` (``worker.py``)
+adds only ``RELIABLE_DEFAULTS``.
 """
 
 from __future__ import annotations

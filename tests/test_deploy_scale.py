@@ -40,13 +40,11 @@ def server_args(command: list[str], names: dict[str, str]) -> list[str]:
     return args
 
 
-def with_ports(text: str, names: dict[str, str], ports: dict[str, int], default: int) -> str:
+def with_ports(text: str, ports: dict[str, int], default: int) -> str:
     """``text`` with every ``service:default`` made ``localhost:port``."""
     for service, port in ports.items():
         text = text.replace(f"{service}:{default}", f"localhost:{port}")
         text = text.replace(f"{service} {default}", f"localhost {port}")
-    for service, host in names.items():
-        text = text.replace(service, host)
     return text
 
 
@@ -81,7 +79,7 @@ def test_the_cluster_compose_file_builds_a_cluster_celery_graph_uses(servers) ->
         servers.append(server.start())
         ports[name] = server.port
     # the file's own init command, run twice: the second run sees a cluster and stops
-    init = with_ports(c["services"]["graph-init"]["command"][0], {}, ports, 6379)
+    init = with_ports(c["services"]["graph-init"]["command"][0], ports, 6379)
     init = init.replace("redis-cli", shlex.quote(redis_cli()))
     for _ in range(2):
         done = subprocess.run(["sh", "-c", init], capture_output=True, text=True, timeout=60)
@@ -93,7 +91,7 @@ def test_the_cluster_compose_file_builds_a_cluster_celery_graph_uses(servers) ->
         "cluster-preferred-endpoint-type": "hostname"}
 
     env = c["x-app-env"]
-    url = with_ports(env["CELERY_GRAPH_REDIS_URL"], {}, ports, 6379)
+    url = with_ports(env["CELERY_GRAPH_REDIS_URL"], ports, 6379)
     assert url.startswith("redis+cluster://localhost:")
     app = Celery("cgtest_deploy_cluster", broker="memory://", set_as_current=False)
     app.conf.graph_redis_url = url

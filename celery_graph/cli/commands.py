@@ -25,6 +25,7 @@ from ..errors import (
 from ..fmt import span
 from ..reconcile import Reconciler
 from ..registry import live_workers, print_workers
+from ..state import state_for
 from .base import (
     PROG,
     common_options,
@@ -43,7 +44,6 @@ from .output import (
     progress_line,
     run_row,
     spec_data,
-    status_data,
     worker_data,
 )
 from .support import (
@@ -51,6 +51,7 @@ from .support import (
     UsageError,
     app_for,
     configure,
+    configured_app,
     is_run_id,
     load_flow,
     named_app,
@@ -210,12 +211,10 @@ def wait_for(
 def status_command(run_id: str, every_node: bool, as_json: bool) -> int:
     """Show a run's state and each node's state, attempts and worker; a large run is
     summarised (counts, failed, waiting and slowest nodes)."""
-    ctx = click.get_current_context()
-    app = app_for(ctx)
-    configure(ctx, app)
+    app = configured_app()
     status = open_run(app, run_id).status()
     if as_json:
-        emit_json(status_data(status), sys.stdout)
+        emit_json(status.as_json(), sys.stdout)
     else:
         print_status(status, sys.stdout, every_node=every_node)
     return 0
@@ -235,9 +234,8 @@ def status_command(run_id: str, every_node: bool, as_json: bool) -> int:
 @guarded
 def runs_command(limit: int, as_json: bool) -> int:
     """List recent runs with state, start time and duration."""
-    ctx = click.get_current_context()
-    app = app_for(ctx)
-    state = configure(ctx, app)
+    app = configured_app()
+    state = state_for(app)
     rows = []
     for run_id in state.runs.recent(limit):
         try:
@@ -259,9 +257,7 @@ def runs_command(limit: int, as_json: bool) -> int:
 @guarded
 def cancel_command(run_id: str) -> int:
     """Cancel a run: no pending node starts after this."""
-    ctx = click.get_current_context()
-    app = app_for(ctx)
-    configure(ctx, app)
+    app = configured_app()
     run = open_run(app, run_id)
     if run.cancel():
         sys.stdout.write(f"cancelled run {run.id}\n")
@@ -288,9 +284,7 @@ def cancel_command(run_id: str) -> int:
 def resume_command(run_id: str, wait: bool, timeout: float | None, as_json: bool) -> int:
     """Re-dispatch the failed and unfinished nodes of a failed or cancelled run;
     results already stored are kept."""
-    ctx = click.get_current_context()
-    app = app_for(ctx)
-    configure(ctx, app)
+    app = configured_app()
     run = open_run(app, run_id)
     try:
         run.resume()
@@ -330,9 +324,9 @@ def reconcile_command(once: bool, interval: float | None, as_json: bool) -> int:
     """Send again what dead workers or lost messages left behind (every worker does this
     by itself; this sweeps once, or keeps sweeping). With --json, one JSON document per
     sweep (one line each when sweeping repeatedly)."""
-    ctx = click.get_current_context()
-    app = app_for(ctx)
-    configure(ctx, app).ping()
+    app = configured_app()
+    state = state_for(app)
+    state.ping()
     reconciler = Reconciler(app)
     while True:
         report = reconciler.sweep()
@@ -357,9 +351,7 @@ def reconcile_command(once: bool, interval: float | None, as_json: bool) -> int:
 @guarded
 def workers_command(as_json: bool) -> int:
     """List graph workers (from the worker heartbeat registry)."""
-    ctx = click.get_current_context()
-    app = app_for(ctx)
-    configure(ctx, app)
+    app = configured_app()
     if as_json:
         emit_json([worker_data(w) for w in live_workers(app)], sys.stdout)
         return 0

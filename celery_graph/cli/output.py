@@ -67,21 +67,6 @@ def progress_line(status: RunStatus, width: int = 30) -> str:
 # -- status --------------------------------------------------------------------------
 
 
-def status_data(status: RunStatus) -> dict[str, Any]:
-    """The document of ``status --json`` (every node, whatever the size of the run)."""
-    return {
-        "run_id": status.run_id,
-        "state": status.state,
-        "flow": status.flow,
-        "graph_id": status.graph_id,
-        "created": status.created,
-        "finished": status.finished,
-        "error": status.error,
-        "counts": status.counts(),
-        "nodes": {k: vars(v) for k, v in status.nodes.items()},
-    }
-
-
 def print_status(status: RunStatus, out: IO[str], *, every_node: bool = False) -> None:
     """The run's header, then every node (small runs, or ``every_node``) or a summary:
     counts by state, failed nodes with their errors, waiting nodes, the slowest ones."""

@@ -6,18 +6,15 @@ Nothing here prints; bad input raises :class:`UsageError` with a one-line messag
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import sys
 from typing import Any
 
 import click
 from celery import Celery
 
-from ..apploader import load_app
+from ..apploader import import_flow, load_app
 from ..client import GraphRun
-from ..dsl import Flow
 from ..keys import RUN_ID_RE
 from ..pipeline import PipelineError
 from ..pipeline import load as load_pipeline
@@ -83,6 +80,14 @@ def app_for(ctx: click.Context) -> Any:
     return app if app is not None else load_app(None)
 
 
+def configured_app() -> Any:
+    """The app the current command works on (:func:`app_for`), configured (:func:`configure`)."""
+    ctx = click.get_current_context()
+    app = app_for(ctx)
+    configure(ctx, app)
+    return app
+
+
 def configure(ctx: click.Context, app: Any) -> State:
     """Apply --redis-url / --key-prefix, and make sure the app has a broker to send to."""
     redis_url = given(ctx, "redis_url")
@@ -107,23 +112,7 @@ def load_flow(ref: str) -> Any:
         except PipelineError as exc:
             raise UsageError(str(exc)) from exc
 
-    module, sep, attr = ref.partition(":")
-    if not sep or not module or not attr:
-        raise UsageError(f"{ref!r} is not MODULE:FLOW (e.g. examples.etl:flow)")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        mod = importlib.import_module(module)
-    except Exception as exc:
-        raise UsageError(f"cannot import module {module!r}: {type(exc).__name__}: {exc}") from exc
-    obj: Any = mod
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise UsageError(f"module {module!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not isinstance(obj, Flow):
-        raise UsageError(f"{ref} is a {type(obj).__name__}, not a celery-graph flow")
-    return obj
+    return import_flow(ref)
 
 
 def parse_inputs(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:

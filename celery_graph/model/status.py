@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..codec import parse_error
@@ -111,6 +111,21 @@ class RunStatus:
         for n in self.nodes.values():
             out[n.state] = out.get(n.state, 0) + 1
         return out
+
+    def as_json(self) -> dict[str, Any]:
+        """The document of ``celery-graph status --json`` (and the core of the dashboard's
+        run answer): every node, whatever the size of the run."""
+        return {
+            "run_id": self.run_id,
+            "state": self.state,
+            "flow": self.flow,
+            "graph_id": self.graph_id,
+            "created": self.created,
+            "finished": self.finished,
+            "error": self.error,
+            "counts": self.counts(),
+            "nodes": {nid: asdict(n) for nid, n in self.nodes.items()},
+        }
 
     @classmethod
     def from_state(

@@ -80,15 +80,17 @@ class WorkerStore:
 
     def claim(
         self, hostname: str, token: str, fields: dict[str, Any], ttl: int, live_window: float,
-        *, force: bool = False,
+        *, in_flight: int | None = None, force: bool = False,
     ) -> Claim:
-        """Register ``hostname`` for the worker ``token`` unless a live worker holds it."""
+        """Register ``hostname`` for the worker ``token`` unless a live worker holds it;
+        the entry is complete from this first write (``in_flight`` included)."""
         flat: list[Any] = []
         for k, v in fields.items():
             flat += [k, v]
         reply = translated("registering the worker", lambda: self._claim(
             keys=self._pair(hostname),
-            args=[token, ttl, live_window, "1" if force else "", *flat],
+            args=[token, ttl, live_window, "1" if force else "",
+                  "" if in_flight is None else in_flight, *flat],
         ))
         reply = [_text(x) for x in reply]
         if reply[0] == "claimed":

@@ -14,15 +14,13 @@ it (``flow`` in the run record), and a run started elsewhere from one of these g
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import os
 import re
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..apploader import import_flow
 from ..client import GraphRun, submit_spec
 from ..dsl import Flow, TaskNode
 from ..errors import ConfigurationError
@@ -62,28 +60,6 @@ class RegisteredFlow:
             "nodes": len(spec.nodes), "roots": list(spec.roots), "sinks": list(spec.sinks),
             "inputs": [i.as_json() for i in self.inputs],
         }
-
-
-def import_flow(ref: str, what: str) -> Flow:
-    """The flow at ``MODULE:ATTR``; ConfigurationError naming ``what`` otherwise."""
-    module, sep, attr = ref.partition(":")
-    if not sep or not module or not attr:
-        raise ConfigurationError(f"{what}: {ref!r} is not MODULE:ATTR (e.g. 'proj.flows:etl')")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        obj: Any = importlib.import_module(module)
-    except Exception as exc:
-        raise ConfigurationError(
-            f"{what}: cannot import module {module!r}: {type(exc).__name__}: {exc}"
-        ) from exc
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ConfigurationError(f"{what}: module {module!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not isinstance(obj, Flow):
-        raise ConfigurationError(f"{what}: {ref} is a {type(obj).__name__}, not a flow")
-    return obj
 
 
 def flow_inputs(flow: Flow, spec: GraphSpec) -> tuple[Input, ...]:

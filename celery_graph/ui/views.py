@@ -37,19 +37,6 @@ class ActionRefused(Exception):
     """An action that does not apply to the run as it is (HTTP 409); says why."""
 
 
-def status_json(status: RunStatus) -> dict[str, Any]:
-    """The fields of ``celery-graph status --json``."""
-    return {
-        "run_id": status.run_id,
-        "state": status.state,
-        "graph_id": status.graph_id,
-        "created": status.created,
-        "finished": status.finished,
-        "error": status.error,
-        "nodes": {nid: asdict(n) for nid, n in status.nodes.items()},
-    }
-
-
 def _items(fields: dict[str, str], spec: GraphSpec) -> dict[str, dict[str, Any]]:
     """For every map node that expanded: its item count and the items' states."""
     out: dict[str, dict[str, Any]] = {}
@@ -98,8 +85,8 @@ class Views:
 
     def run(self, run_id: str) -> dict[str, Any]:
         record, spec, fields, status = self._status(run_id)
-        data = status_json(status)
-        counts = status.counts()
+        data = status.as_json()  # the fields of `celery-graph status --json`
+        counts = data["counts"]
         done = counts.get("succeeded", 0) + counts.get("skipped", 0)
         row = RunRow(run_id, record)
         data.update(
@@ -108,7 +95,6 @@ class Views:
             deadline=float(record["deadline"]) if record.get("deadline") else None,
             resumed=float(record["resumed"]) if record.get("resumed") else None,
             now=status.now,
-            counts=counts,
             progress={"done": done, "failed": counts.get("failed", 0), "total": len(spec.nodes)},
             stalled=status.stalled(),
             items=_items(fields, spec),

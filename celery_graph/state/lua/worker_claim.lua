@@ -8,7 +8,8 @@
 -- ARGV[3] live window (seconds): an entry whose last heartbeat is younger belongs to a
 --         live worker
 -- ARGV[4] "1": take the name even from a live-looking entry (its owner is known dead)
--- ARGV[5..] field, value, ... of the entry
+-- ARGV[5] tasks in flight now, or ""
+-- ARGV[6..] field, value, ... of the entry
 --
 -- Returns {"claimed", now} or {"live", token, pid, node, age of its heartbeat}.
 -- Times are the server's (TIME), as strings of seconds with microseconds.
@@ -26,10 +27,13 @@ if ARGV[4] ~= '1' then
 end
 redis.call('DEL', KEYS[1], KEYS[2])  -- a new start counts from zero, like a process restart
 local fields = {}
-for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], 'token', ARGV[1], 'started', nowstr, 'heartbeat', nowstr,
            unpack(fields))
 redis.call('HSET', KEYS[2], 'processed', 0)
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[2], 'in_flight', ARGV[5])
+end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return {'claimed', nowstr}
