@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/ruff check celery_graph tests examples
+	$(BIN)/ruff check celery_graph tests examples bench
+	$(BIN)/ruff format --check celery_graph tests examples bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
@@ -33,8 +34,8 @@ demo: $(STAMP)
 	$(BIN)/python -m celery_graph.devserver -- $(BIN)/python examples/quickstart.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check celery_graph tests examples
-	$(BIN)/ruff format --check celery_graph tests examples
+	$(BIN)/ruff check celery_graph tests examples bench
+	$(BIN)/ruff format --check celery_graph tests examples bench
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP)

@@ -13,18 +13,21 @@ from bench.run import OUT, SECTIONS, main, plot, table
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat")
-    parser.add_argument("--processes", type=int, default=2,
-                        help="worker processes for every system (default 2)")
-    parser.add_argument("--only", default=None,
-                        help=f"comma-separated sections to run, of: {', '.join(SECTIONS)}")
+    parser.add_argument(
+        "--processes", type=int, default=2, help="worker processes for every system (default 2)"
+    )
+    parser.add_argument(
+        "--only", default=None, help=f"comma-separated sections to run, of: {', '.join(SECTIONS)}"
+    )
     args = parser.parse_args()
     only = None
     if args.only:
         only = frozenset(s.strip() for s in args.only.split(","))
         unknown = sorted(only - set(SECTIONS))
         if unknown:
-            parser.error(f"unknown section(s) {', '.join(unknown)}: choose from "
-                         f"{', '.join(SECTIONS)}")
+            parser.error(
+                f"unknown section(s) {', '.join(unknown)}: choose from {', '.join(SECTIONS)}"
+            )
     results = main(quick=args.quick, processes=args.processes, only=only)
     suffix = "-quick" if args.quick else ""
     path = OUT / f"results{suffix}.json"

@@ -29,9 +29,11 @@ OUT = Path(__file__).resolve().parent
 def _chain(tag: str, delay: float):
     from tests.tasks import step
 
-    return (step.bind(id="first", name="first", tag=tag)
-            >> step.bind(id="middle", name="middle", tag=tag, delay=delay)
-            >> step.bind(id="last", name="last", tag=tag))
+    return (
+        step.bind(id="first", name="first", tag=tag)
+        >> step.bind(id="middle", name="middle", tag=tag, delay=delay)
+        >> step.bind(id="last", name="last", tag=tag)
+    )
 
 
 def _trace(url: str, tag: str) -> list[str]:

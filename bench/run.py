@@ -47,11 +47,34 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @contextmanager
 def celery_workers(url: str, processes: int, env_extra: dict[str, str] | None = None):
-    cmd = [sys.executable, "-m", "celery", "-A", "bench.apps", "worker", "-P", "prefork",
-           "-c", str(processes), "-Q", "bench", "-l", "ERROR", "--without-mingle",
-           "--without-gossip", "--without-heartbeat", "-n", f"bench-{uuid.uuid4().hex[:6]}@%h"]
-    proc = subprocess.Popen(cmd, env=_env(url, **(env_extra or {})), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "bench.apps",
+        "worker",
+        "-P",
+        "prefork",
+        "-c",
+        str(processes),
+        "-Q",
+        "bench",
+        "-l",
+        "ERROR",
+        "--without-mingle",
+        "--without-gossip",
+        "--without-heartbeat",
+        "-n",
+        f"bench-{uuid.uuid4().hex[:6]}@%h",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        env=_env(url, **(env_extra or {})),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         from bench.apps import app
 
@@ -66,10 +89,21 @@ def celery_workers(url: str, processes: int, env_extra: dict[str, str] | None = 
 
 @contextmanager
 def dramatiq_workers(url: str, processes: int):
-    cmd = [sys.executable, "-m", "dramatiq", "bench.dramatiq_app", "--processes",
-           str(processes), "--threads", "1", "--queues", "bench"]
-    proc = subprocess.Popen(cmd, env=_env(url), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "bench.dramatiq_app",
+        "--processes",
+        str(processes),
+        "--threads",
+        "1",
+        "--queues",
+        "bench",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=_env(url), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         from bench.dramatiq_app import d_done
 
@@ -136,8 +170,10 @@ def canvas_fan(n: int, queue: str | None = None) -> Any:
     from bench.apps import c_noop
 
     opts = {"queue": queue} if queue else {}
-    return chain(c_noop.si().set(**opts),
-                 chord([c_noop.si().set(**opts) for _ in range(n)], c_noop.si().set(**opts)))
+    return chain(
+        c_noop.si().set(**opts),
+        chord([c_noop.si().set(**opts) for _ in range(n)], c_noop.si().set(**opts)),
+    )
 
 
 def canvas_eight() -> Any:
@@ -154,8 +190,14 @@ def dramatiq_fan(n: int, tag: str) -> Any:
 
     from bench.dramatiq_app import d_done, d_noop
 
-    return Workflow(Chain(d_noop.message(), Group(*[d_noop.message() for _ in range(n)]),
-                          d_noop.message(), d_done.message(tag)))
+    return Workflow(
+        Chain(
+            d_noop.message(),
+            Group(*[d_noop.message() for _ in range(n)]),
+            d_noop.message(),
+            d_done.message(tag),
+        )
+    )
 
 
 def dramatiq_chain(n: int, tag: str) -> Any:
@@ -172,8 +214,11 @@ def dramatiq_eight(tag: str) -> Any:
     from bench.dramatiq_app import d_done, d_noop
 
     m = d_noop.message
-    return Workflow(Chain(m(), Group(Chain(m(), m()), m(), Chain(m(), Group(m(), m()))), m(),
-                          d_done.message(tag)))
+    return Workflow(
+        Chain(
+            m(), Group(Chain(m(), m()), m(), Chain(m(), Group(m(), m()))), m(), d_done.message(tag)
+        )
+    )
 
 
 # -- workloads: runs ------------------------------------------------------------------
@@ -301,8 +346,11 @@ def message_sizes(url: str, nodes: int) -> dict[str, int]:
     for key in dramatiq_client.scan_iter("bench-dramatiq*", count=1000):
         if not key.startswith(b"bench-dramatiq-done"):
             dramatiq_client.delete(key)  # the measured messages: nobody will consume them
-    return {"celery-graph": graph, "celery canvas": canvas,
-            "dramatiq-workflow": max(measured) if measured else 0}
+    return {
+        "celery-graph": graph,
+        "celery canvas": canvas,
+        "dramatiq-workflow": max(measured) if measured else 0,
+    }
 
 
 # -- Redis after the runs -------------------------------------------------------------------
@@ -312,13 +360,16 @@ def keys_left(url: str, processes: int, runs: int) -> dict[str, Any]:
     """Run with short TTLs under a fresh prefix; count its keys once they should expire,
     and the memory each in-flight run holds."""
     prefix = f"bench-ttl-{uuid.uuid4().hex[:6]}"
-    extra = {"BENCH_PREFIX": prefix, "BENCH_RESULT_TTL": "2", "BENCH_STORE_TTL": "4",
-             "BENCH_RUN_TTL": "6"}
+    extra = {
+        "BENCH_PREFIX": prefix,
+        "BENCH_RESULT_TTL": "2",
+        "BENCH_STORE_TTL": "4",
+        "BENCH_RUN_TTL": "6",
+    }
     os.environ.update(extra)
     from bench.apps import app
 
-    app.conf.update(graph_key_prefix=prefix, graph_result_ttl=2, graph_store_ttl=4,
-                    graph_run_ttl=6)
+    app.conf.update(graph_key_prefix=prefix, graph_result_ttl=2, graph_store_ttl=4, graph_run_ttl=6)
     client = redis.Redis.from_url(url)
     try:
         with celery_workers(url, processes, extra):
@@ -339,10 +390,17 @@ def keys_left(url: str, processes: int, runs: int) -> dict[str, Any]:
     finally:
         for k in extra:
             os.environ.pop(k, None)
-        app.conf.update(graph_key_prefix="bench", graph_result_ttl=3600, graph_store_ttl=3600,
-                        graph_run_ttl=7200)
-    return {"keys_right_after": right_after, "keys_left_after_expiry": left,
-            "bytes_per_inflight_run": round(per_run)}
+        app.conf.update(
+            graph_key_prefix="bench",
+            graph_result_ttl=3600,
+            graph_store_ttl=3600,
+            graph_run_ttl=7200,
+        )
+    return {
+        "keys_right_after": right_after,
+        "keys_left_after_expiry": left,
+        "bytes_per_inflight_run": round(per_run),
+    }
 
 
 # -- the whole suite ----------------------------------------------------------------------
@@ -351,8 +409,9 @@ def keys_left(url: str, processes: int, runs: int) -> dict[str, Any]:
 SECTIONS = ("canvas", "dramatiq", "messages", "map", "scale", "keys", "io")
 
 
-def main(quick: bool = False, processes: int = 2,
-         only: frozenset[str] | None = None) -> dict[str, Any]:
+def main(
+    quick: bool = False, processes: int = 2, only: frozenset[str] | None = None
+) -> dict[str, Any]:
     """Every section of the suite, or the ones named in ``only`` (see SECTIONS)."""
     from celery_graph.devserver import PrivateRedis
 
@@ -367,8 +426,13 @@ def main(quick: bool = False, processes: int = 2,
     url = server.url
     os.environ["BENCH_REDIS_URL"] = url
     sys.path.insert(0, str(ROOT))
-    results: dict[str, Any] = {"quick": quick, "processes": processes, "repeats": repeats,
-                               "redis": url.split("@")[-1], "workloads": {}}
+    results: dict[str, Any] = {
+        "quick": quick,
+        "processes": processes,
+        "repeats": repeats,
+        "redis": url.split("@")[-1],
+        "workloads": {},
+    }
     w = results["workloads"]
     try:
         import bench.apps  # noqa: F401  (the client side uses the same app)
@@ -385,8 +449,9 @@ def main(quick: bool = False, processes: int = 2,
                 for size in ([3, 100, 1000] if quick else [3, 100, 1000, 10_000])
             }
         if wanted("map"):
-            results["map"] = chunked_map(url, processes, 1000 if quick else MAP_N, MAP_CHUNK,
-                                         repeats)
+            results["map"] = chunked_map(
+                url, processes, 1000 if quick else MAP_N, MAP_CHUNK, repeats
+            )
         if wanted("scale") and not quick:
             results["scale"] = big_fan(url, processes, SCALE_N)
         if wanted("keys"):
@@ -403,8 +468,9 @@ def main(quick: bool = False, processes: int = 2,
     return results
 
 
-def _canvas_section(w: dict[str, Any], fan_sizes: list[int], chain_len: int,
-                    eight_runs: int, repeats: int) -> None:
+def _canvas_section(
+    w: dict[str, Any], fan_sizes: list[int], chain_len: int, eight_runs: int, repeats: int
+) -> None:
     for n in fan_sizes:
         w[f"floor N={n}"] = {"celery": statistics.median(floor(n) for _ in range(repeats))}
         flow = graph_fan(n)
@@ -424,18 +490,22 @@ def _canvas_section(w: dict[str, Any], fan_sizes: list[int], chain_len: int,
     }
 
 
-def _dramatiq_section(w: dict[str, Any], fan_sizes: list[int], chain_len: int,
-                      eight_runs: int, repeats: int) -> None:
+def _dramatiq_section(
+    w: dict[str, Any], fan_sizes: list[int], chain_len: int, eight_runs: int, repeats: int
+) -> None:
     # dramatiq-workflow puts the rest of the workflow into every group member's
     # message: ~190 KB each at N=1,000, so ~1.9 MB x 10,000 messages (~19 GB of
     # Redis) at N=10,000, more than this machine holds; it runs up to N=1,000.
     for n in [n for n in fan_sizes if n <= DRAMATIQ_MAX_FAN]:
         w.setdefault(f"fan-out/fan-in N={n}", {})["dramatiq-workflow"] = median_of(
-            repeats, lambda n=n: run_dramatiq(lambda tag: dramatiq_fan(n, tag)))
+            repeats, lambda n=n: run_dramatiq(lambda tag: dramatiq_fan(n, tag))
+        )
     w.setdefault(f"chain of {chain_len}", {})["dramatiq-workflow"] = median_of(
-        repeats, lambda: run_dramatiq(lambda tag: dramatiq_chain(chain_len, tag)))
+        repeats, lambda: run_dramatiq(lambda tag: dramatiq_chain(chain_len, tag))
+    )
     w.setdefault(f"{eight_runs} concurrent 8-task runs", {})["dramatiq-workflow"] = median_of(
-        repeats, lambda: throughput_dramatiq(eight_runs))
+        repeats, lambda: throughput_dramatiq(eight_runs)
+    )
 
 
 SCALE_N = 100_000
@@ -452,11 +522,23 @@ def chunked_map(url: str, processes: int, n: int, chunk: int, repeats: int) -> d
     with celery_workers(url, processes):
         floor_s = statistics.median(floor(n) for _ in range(repeats))
         graph_s = median_of(repeats, lambda: flow.apply_async().get(timeout=600))
-        celery_s = median_of(repeats, lambda: c_item.chunks(
-            [(i,) for i in range(n)], chunk).group().apply_async().get(timeout=600))
-    return {"items": n, "chunk": chunk, "floor": round(floor_s, 2),
-            "celery-graph": round(graph_s, 2), "celery chunks": round(celery_s, 2),
-            "ratio to floor": round(graph_s / floor_s, 2)}
+        celery_s = median_of(
+            repeats,
+            lambda: (
+                c_item.chunks([(i,) for i in range(n)], chunk)
+                .group()
+                .apply_async()
+                .get(timeout=600)
+            ),
+        )
+    return {
+        "items": n,
+        "chunk": chunk,
+        "floor": round(floor_s, 2),
+        "celery-graph": round(graph_s, 2),
+        "celery chunks": round(celery_s, 2),
+        "ratio to floor": round(graph_s / floor_s, 2),
+    }
 
 
 def big_fan(url: str, processes: int, n: int) -> dict[str, Any]:
@@ -486,9 +568,12 @@ def big_fan(url: str, processes: int, n: int) -> dict[str, Any]:
 
 
 def _command(entry: dict[str, Any]) -> str:
-    words = [w.decode(errors="replace") if isinstance(w, bytes) else str(w)
-             for w in (entry["command"].split() if isinstance(entry["command"], bytes)
-                       else entry["command"])]
+    words = [
+        w.decode(errors="replace") if isinstance(w, bytes) else str(w)
+        for w in (
+            entry["command"].split() if isinstance(entry["command"], bytes) else entry["command"]
+        )
+    ]
     return " ".join(words[:3])
 
 
@@ -511,15 +596,20 @@ def io_scaling(url: str, process_counts: list[int], tasks: int) -> dict[str, Any
     from bench.apps import c_sleep, g_noop, g_sleep
     from celery_graph import Parallel
 
-    flow = g_noop.bind(id="start") >> Parallel(
-        tuple(g_sleep.bind(id=f"s{i}") for i in range(tasks))) >> g_noop.bind(id="join")
+    flow = (
+        g_noop.bind(id="start")
+        >> Parallel(tuple(g_sleep.bind(id=f"s{i}") for i in range(tasks)))
+        >> g_noop.bind(id="join")
+    )
     out: dict[str, Any] = {"tasks": tasks}
     for procs in process_counts:
         with celery_workers(url, procs, {"BENCH_PREFETCH": "1"}):
             g = run_graph(flow)
             c = run_canvas(chord([c_sleep.si() for _ in range(tasks)], c_sleep.si()))
-        out[f"{procs} processes"] = {"celery-graph tasks/s": round(tasks / g, 1),
-                                     "celery canvas tasks/s": round(tasks / c, 1)}
+        out[f"{procs} processes"] = {
+            "celery-graph tasks/s": round(tasks / g, 1),
+            "celery canvas tasks/s": round(tasks / c, 1),
+        }
     return out
 
 
@@ -532,9 +622,12 @@ def targets(results: dict[str, Any], fan_sizes: list[int], chain_len: int) -> di
         f"canvas fan-out N={big} / floor": round(fan_big["celery canvas"] / fan_big["floor"], 2),
         "chain per step / Celery chain per step (<= 1.2)": round(
             w[f"chain of {chain_len}"]["celery-graph"]
-            / w[f"chain of {chain_len}"]["celery canvas"], 2),
+            / w[f"chain of {chain_len}"]["celery canvas"],
+            2,
+        ),
         "largest celery-graph message, bytes (< 2048, constant)": max(
-            v["celery-graph"] for v in results["message_bytes"].values()),
+            v["celery-graph"] for v in results["message_bytes"].values()
+        ),
         "keys left after expiry (0)": results["redis_after"]["keys_left_after_expiry"],
     }
     if len(fan_sizes) > 1:
@@ -556,17 +649,21 @@ def table(results: dict[str, Any]) -> str:
         cells = [f"{row[s]:.2f} s" if s in row else "n/a" for s in systems]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("| message bytes, graph of N nodes | celery-graph | celery canvas "
-                 "| dramatiq-workflow |")
+    lines.append(
+        "| message bytes, graph of N nodes | celery-graph | celery canvas | dramatiq-workflow |"
+    )
     lines.append("|---|---|---|---|")
     for size, row in results["message_bytes"].items():
         dq = row["dramatiq-workflow"]
-        lines.append(f"| {size} | {row['celery-graph']} | {row['celery canvas']} | "
-                     f"{dq if dq is not None else 'n/a (~19 GB to enqueue)'} |")
+        lines.append(
+            f"| {size} | {row['celery-graph']} | {row['celery canvas']} | "
+            f"{dq if dq is not None else 'n/a (~19 GB to enqueue)'} |"
+        )
     lines.append("")
     io = results["io_scaling"]
-    lines.append(f"| {io['tasks']} tasks sleeping 50 ms | celery-graph tasks/s "
-                 "| celery canvas tasks/s |")
+    lines.append(
+        f"| {io['tasks']} tasks sleeping 50 ms | celery-graph tasks/s | celery canvas tasks/s |"
+    )
     lines.append("|---|---|---|")
     for k, v in io.items():
         if k != "tasks":
@@ -574,25 +671,35 @@ def table(results: dict[str, Any]) -> str:
     lines.append("")
     if "map" in results:
         mp = results["map"]
-        lines.append(f"| map over {mp['items']:,} items, chunk={mp['chunk']} | floor "
-                     "| celery-graph | celery `chunks` | celery-graph / floor |")
+        lines.append(
+            f"| map over {mp['items']:,} items, chunk={mp['chunk']} | floor "
+            "| celery-graph | celery `chunks` | celery-graph / floor |"
+        )
         lines.append("|---|---|---|---|---|")
-        lines.append(f"| | {mp['floor']:.2f} s | {mp['celery-graph']:.2f} s | "
-                     f"{mp['celery chunks']:.2f} s | {mp['ratio to floor']} |")
+        lines.append(
+            f"| | {mp['floor']:.2f} s | {mp['celery-graph']:.2f} s | "
+            f"{mp['celery chunks']:.2f} s | {mp['ratio to floor']} |"
+        )
         lines.append("")
     if "scale" in results:
         sc = results["scale"]
-        lines.append(f"| {sc['nodes']:,}-node fan-out/fan-in | floor | celery-graph | ratio "
-                     "| slowest Redis call | calls over 5 ms |")
+        lines.append(
+            f"| {sc['nodes']:,}-node fan-out/fan-in | floor | celery-graph | ratio "
+            "| slowest Redis call | calls over 5 ms |"
+        )
         lines.append("|---|---|---|---|---|---|")
-        lines.append(f"| | {sc['floor']} s | {sc['celery-graph']} s | {sc['ratio']} | "
-                     f"{sc['slowest Redis call ms']} ms ({sc['slowest Redis call']}) | "
-                     f"{sc['calls over 5 ms']} |")
+        lines.append(
+            f"| | {sc['floor']} s | {sc['celery-graph']} s | {sc['ratio']} | "
+            f"{sc['slowest Redis call ms']} ms ({sc['slowest Redis call']}) | "
+            f"{sc['calls over 5 ms']} |"
+        )
         lines.append("")
     ra = results["redis_after"]
-    lines.append(f"Redis after the runs: {ra['keys_right_after']} keys right after, "
-                 f"{ra['keys_left_after_expiry']} once results expired; "
-                 f"{ra['bytes_per_inflight_run']} bytes per in-flight 8-task run.")
+    lines.append(
+        f"Redis after the runs: {ra['keys_right_after']} keys right after, "
+        f"{ra['keys_left_after_expiry']} once results expired; "
+        f"{ra['bytes_per_inflight_run']} bytes per in-flight 8-task run."
+    )
     lines.append("")
     lines.append("| target | measured |")
     lines.append("|---|---|")
@@ -608,25 +715,43 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    fans = {int(k.split("=")[1]): v for k, v in results["workloads"].items()
-            if k.startswith("fan-out")}
+    fans = {
+        int(k.split("=")[1]): v for k, v in results["workloads"].items() if k.startswith("fan-out")
+    }
     sizes = sorted(fans)
-    for system, style in (("floor", "k--"), ("celery-graph", "C0o-"), ("celery canvas", "C1s-"),
-                          ("dramatiq-workflow", "C2^-")):
+    for system, style in (
+        ("floor", "k--"),
+        ("celery-graph", "C0o-"),
+        ("celery canvas", "C1s-"),
+        ("dramatiq-workflow", "C2^-"),
+    ):
         ys = [fans[n].get(system) for n in sizes]
         if all(y is not None for y in ys):
             ax1.plot(sizes, ys, style, label=system)
-    ax1.set(xscale="log", yscale="log", xlabel="parallel tasks N in start >> (N) >> join",
-            ylabel="seconds, submit to result", title="Fan-out / fan-in")
+    ax1.set(
+        xscale="log",
+        yscale="log",
+        xlabel="parallel tasks N in start >> (N) >> join",
+        ylabel="seconds, submit to result",
+        title="Fan-out / fan-in",
+    )
     ax1.legend()
     msizes = sorted(int(k) for k in results["message_bytes"])
-    for system, style in (("celery-graph", "C0o-"), ("celery canvas", "C1s-"),
-                          ("dramatiq-workflow", "C2^-")):
+    for system, style in (
+        ("celery-graph", "C0o-"),
+        ("celery canvas", "C1s-"),
+        ("dramatiq-workflow", "C2^-"),
+    ):
         points = [(n, results["message_bytes"][str(n)][system]) for n in msizes]
         points = [(n, v) for n, v in points if v is not None]
         ax2.plot([p[0] for p in points], [p[1] for p in points], style, label=system)
-    ax2.set(xscale="log", yscale="log", xlabel="nodes in the graph",
-            ylabel="largest message, bytes", title="Message size")
+    ax2.set(
+        xscale="log",
+        yscale="log",
+        xlabel="nodes in the graph",
+        ylabel="largest message, bytes",
+        title="Message size",
+    )
     ax2.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -55,8 +55,7 @@ def import_flow(ref: str, what: str | None = None) -> Flow:
     prefix = f"{what}: " if what else ""
     module, sep, attr = ref.partition(":")
     if not sep or not module or not attr:
-        raise ConfigurationError(
-            f"{prefix}{ref!r} is not MODULE:FLOW (e.g. 'examples.etl:flow')")
+        raise ConfigurationError(f"{prefix}{ref!r} is not MODULE:FLOW (e.g. 'examples.etl:flow')")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -71,5 +70,6 @@ def import_flow(ref: str, what: str | None = None) -> Flow:
         obj = getattr(obj, part)
     if not isinstance(obj, Flow):
         raise ConfigurationError(
-            f"{prefix}{ref} is a {type(obj).__name__}, not a celery-graph flow")
+            f"{prefix}{ref} is a {type(obj).__name__}, not a celery-graph flow"
+        )
     return obj

@@ -55,8 +55,13 @@ def error_record(
     """The JSON stored for a failure: in the run record (why the run failed) and in a
     node's state (a member that failed under its group's policy)."""
     return json.dumps(
-        {"node": node_id, "type": exc_type, "module": module, "message": message,
-         "traceback": traceback or ""}
+        {
+            "node": node_id,
+            "type": exc_type,
+            "module": module,
+            "message": message,
+            "traceback": traceback or "",
+        }
     )
 
 

@@ -62,10 +62,38 @@ ENV_METRICS_HOST = "CELERY_GRAPH_METRICS_HOST"
 ENV_RELIABLE_DEFAULTS = "CELERY_GRAPH_RELIABLE_DEFAULTS"
 DEFAULT_METRICS_HOST = "0.0.0.0"
 # Upper bounds (seconds) of the node- and run-duration histograms' buckets.
-TASK_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                         30.0, 60.0, 300.0, 1800.0)
-RUN_DURATION_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0,
-                        21600.0, 86400.0)
+TASK_DURATION_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    1800.0,
+)
+RUN_DURATION_BUCKETS = (
+    0.1,
+    0.5,
+    1.0,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    1800.0,
+    3600.0,
+    21600.0,
+    86400.0,
+)
 DEFAULT_GRACEFUL_TIMEOUT = 60.0
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
 TTL_INTERVALS = 3  # a worker is gone from the registry after missing this many heartbeats
@@ -171,8 +199,9 @@ class Settings:
             if scheme_of(app.conf.broker_url):
                 url = app.conf.broker_url
                 if options == "{}" and url.startswith("sentinel://"):
-                    options = _options(app.conf.broker_transport_options, "the broker's "
-                                       "transport options")
+                    options = _options(
+                        app.conf.broker_transport_options, "the broker's transport options"
+                    )
             elif scheme_of(app.conf.result_backend):
                 url = app.conf.result_backend
         if url is None:
@@ -222,8 +251,14 @@ class Settings:
             raise ConfigurationError(
                 "graph_max_queue_depth and graph_backpressure_timeout must not be negative"
             )
-        for name in ("result_ttl", "run_ttl", "store_ttl", "cache_size", "max_result_bytes",
-                     "max_lost"):
+        for name in (
+            "result_ttl",
+            "run_ttl",
+            "store_ttl",
+            "cache_size",
+            "max_result_bytes",
+            "max_lost",
+        ):
             if getattr(settings, name) <= 0:
                 raise ConfigurationError(f"graph_{name} must be a positive integer")
         for name in ("queued_lease", "running_lease", "reconcile_interval"):
@@ -253,7 +288,8 @@ class WorkerOptions:
         try:
             opts = cls(
                 metrics_port=int(port) if port is not None else None,
-                graceful_timeout=float(timeout) if timeout is not None
+                graceful_timeout=float(timeout)
+                if timeout is not None
                 else DEFAULT_GRACEFUL_TIMEOUT,
                 metrics_host=env.get(ENV_METRICS_HOST) or DEFAULT_METRICS_HOST,
             )

@@ -47,7 +47,10 @@ def publish_nodes(
 
 
 def publish_items(
-    app: Any, node: NodeSpec, message: NodeMessage, items: list[Any],
+    app: Any,
+    node: NodeSpec,
+    message: NodeMessage,
+    items: list[Any],
     units: Iterable[int] | None = None,
 ) -> None:
     """Send the messages of a dynamic fan-out (``node.map``): one per item, or one per
@@ -58,7 +61,7 @@ def publish_items(
     with _sending("map items"), app.producer_or_acquire() as producer:
         for i in range(count) if units is None else units:
             kwargs = dict(node.kwargs)
-            kwargs[node.map_param] = items[i * size:(i + 1) * size] if size else items[i]
+            kwargs[node.map_param] = items[i * size : (i + 1) * size] if size else items[i]
             _send(app, producer, node, message.item(i, count, size), kwargs)
 
 
@@ -86,7 +89,11 @@ def queue_of(app: Any, node: NodeSpec) -> str:
 
 
 def _send(
-    app: Any, producer: Any, node: NodeSpec, message: NodeMessage, kwargs: dict[str, Any],
+    app: Any,
+    producer: Any,
+    node: NodeSpec,
+    message: NodeMessage,
+    kwargs: dict[str, Any],
     countdown: float | None = None,
 ) -> None:
     kwargs[GRAPH_KWARG] = message.fields()
@@ -132,7 +139,9 @@ def continue_canvas(app: Any, request: dict[str, Any], outcome: Outcome) -> None
     chain = request.get("chain") or []
     if chain:
         signature(chain[-1], app=app).apply_async(
-            (result,), chain=chain[:-1] or None, parent_id=request["id"],
+            (result,),
+            chain=chain[:-1] or None,
+            parent_id=request["id"],
             root_id=request.get("root_id"),
         )
 
@@ -174,7 +183,10 @@ class QueueDepth:
 
 
 def wait_for_room(
-    app: Any, queues: list[str], limit: int, timeout: float,
+    app: Any,
+    queues: list[str],
+    limit: int,
+    timeout: float,
     unless: Callable[[], bool] = lambda: False,
 ) -> None:
     """Wait, up to ``timeout`` seconds, until every queue holds fewer than ``limit``

@@ -137,9 +137,7 @@ class RunFailed(CeleryGraphError):
         self.exc_type = exc_type
         self.exc_message = exc_message
         self.traceback = traceback
-        super().__init__(
-            f"run {run_id} failed at node {node_id!r}: {exc_type}: {exc_message}"
-        )
+        super().__init__(f"run {run_id} failed at node {node_id!r}: {exc_type}: {exc_message}")
 
     def __reduce__(self):  # keep it picklable with all its fields
         return (

@@ -137,9 +137,7 @@ class Keys:
     def reconciler_lock(self) -> str:
         return f"{self.prefix}:reconciler"
 
-    def run_keys(
-        self, run_id: str, joins: Iterable[str], maps: Iterable[str] = ()
-    ) -> list[str]:
+    def run_keys(self, run_id: str, joins: Iterable[str], maps: Iterable[str] = ()) -> list[str]:
         """Every key a run may create, for expiry when it ends."""
         return [
             self.run(run_id),

@@ -98,15 +98,21 @@ def _units(spec: GraphSpec, group: bool) -> tuple[list[_Unit], dict[str, str]]:
     chains = _chains(spec)
     bundles: dict[tuple[Any, ...], list[list[str]]] = {}
     for chain in chains:
-        key = (tuple(sorted(spec.nodes[chain[0]].preds)),
-               tuple(sorted(spec.nodes[chain[-1]].succs)), len(chain))
+        key = (
+            tuple(sorted(spec.nodes[chain[0]].preds)),
+            tuple(sorted(spec.nodes[chain[-1]].succs)),
+            len(chain),
+        )
         bundles.setdefault(key, []).append(chain)
     done: set[str] = set()
     for chain in chains:
         if chain[0] in done:
             continue
-        key = (tuple(sorted(spec.nodes[chain[0]].preds)),
-               tuple(sorted(spec.nodes[chain[-1]].succs)), len(chain))
+        key = (
+            tuple(sorted(spec.nodes[chain[0]].preds)),
+            tuple(sorted(spec.nodes[chain[-1]].succs)),
+            len(chain),
+        )
         bundle = sorted(bundles[key], key=lambda c: natural(c[0]))
         if len(bundle) >= MIN_BUNDLE:
             members = [n for c in bundle for n in c]
@@ -209,8 +215,7 @@ def layout(spec: GraphSpec, *, group: bool | None = None) -> dict[str, Any]:
             return SLOT_H
         return GROUP_H if by_id[entry].kind == "group" else NODE_H
 
-    sizes = [sum(height(e) for e in layer) + GAP_Y * max(0, len(layer) - 1)
-             for layer in layers]
+    sizes = [sum(height(e) for e in layer) + GAP_Y * max(0, len(layer) - 1) for layer in layers]
     tallest = max(sizes, default=0.0)
     centre: dict[str, tuple[float, float]] = {}
     for li, entries in enumerate(layers):
@@ -225,15 +230,23 @@ def layout(spec: GraphSpec, *, group: bool | None = None) -> dict[str, Any]:
         cx, cy = centre[u.id]
         h = height(u.id)
         spec_node: NodeSpec | None = spec.nodes.get(u.id)
-        boxes.append({
-            "id": u.id, "label": u.label, "kind": u.kind, "members": u.members,
-            "x": cx - NODE_W / 2, "y": cy - h / 2, "w": NODE_W, "h": h,
-            "layer": depth[u.id],
-            "task": spec_node.task if spec_node else None,
-            "map_source": spec_node.map_source if spec_node else None,
-            "preds": list(spec_node.preds) if spec_node else [],
-            "queue": spec_node.options.get("queue") if spec_node else None,
-        })
+        boxes.append(
+            {
+                "id": u.id,
+                "label": u.label,
+                "kind": u.kind,
+                "members": u.members,
+                "x": cx - NODE_W / 2,
+                "y": cy - h / 2,
+                "w": NODE_W,
+                "h": h,
+                "layer": depth[u.id],
+                "task": spec_node.task if spec_node else None,
+                "map_source": spec_node.map_source if spec_node else None,
+                "preds": list(spec_node.preds) if spec_node else [],
+                "queue": spec_node.options.get("queue") if spec_node else None,
+            }
+        )
     edges = []
     for (a, b), route in routes.items():
         ax, ay = centre[a]

@@ -74,8 +74,7 @@ def after_run(app: Any, state: State, run_id: str) -> bool:
     try:
         state.runs.index_ended(run_id)
     except Exception:  # an index is a listing aid: the reconciler writes it again
-        logger.warning("celery-graph: could not index the end of run %s", run_id,
-                       exc_info=True)
+        logger.warning("celery-graph: could not index the end of run %s", run_id, exc_info=True)
     try:
         claim = state.scripts.continuation(run_id, "claim", CONTINUATION_HOLD)
         if claim != "claimed":
@@ -88,6 +87,8 @@ def after_run(app: Any, state: State, run_id: str) -> bool:
         state.scripts.continuation(run_id, "done")
         return True
     except Exception:
-        logger.exception("celery-graph: could not continue the canvas of run %s (the "
-                         "reconciler tries again)", run_id)
+        logger.exception(
+            "celery-graph: could not continue the canvas of run %s (the reconciler tries again)",
+            run_id,
+        )
         return False

@@ -126,11 +126,11 @@ def _on_run_finished(state: State | None = None, run_id: str = "", **_: Any) -> 
         duration = None
         if record.get("created") and record.get("finished"):  # both the server's time
             duration = max(0.0, float(record["finished"]) - float(record["created"]))
-        state.workers.count_run(record.get("status", "unknown"), duration,
-                                RUN_DURATION_BUCKETS, state.settings.run_ttl)
+        state.workers.count_run(
+            record.get("status", "unknown"), duration, RUN_DURATION_BUCKETS, state.settings.run_ttl
+        )
     except Exception:
-        logger.warning("celery-graph: could not count the end of run %s", run_id,
-                       exc_info=True)
+        logger.warning("celery-graph: could not count the end of run %s", run_id, exc_info=True)
 
 
 run_started.connect(_on_run_started, weak=False, dispatch_uid="celery_graph.metrics.run_start")
@@ -140,9 +140,7 @@ run_finished.connect(_on_run_finished, weak=False, dispatch_uid="celery_graph.me
 # -- exposing, in the worker's main process ------------------------------------------
 
 
-def _buckets(
-    counts: dict[str, float], bounds: tuple[float, ...]
-) -> list[tuple[str, float]]:
+def _buckets(counts: dict[str, float], bounds: tuple[float, ...]) -> list[tuple[str, float]]:
     """Prometheus buckets (cumulative, ``+Inf`` last) from stored counts by label."""
     out = []
     for le in bounds:
@@ -192,7 +190,8 @@ class WorkerCollector:
         g.add_metric(host, self.in_flight())
         yield g
         up = GaugeMetricFamily(
-            "celery_graph_worker_uptime_seconds", "Seconds since the worker started",
+            "celery_graph_worker_uptime_seconds",
+            "Seconds since the worker started",
             labels=labels,
         )
         up.add_metric(host, time.monotonic() - self.started)
@@ -213,7 +212,8 @@ class WorkerCollector:
 
     def _per_task(self, m: dict[str, float]) -> Iterator[Any]:
         outcomes = CounterMetricFamily(
-            "celery_graph_tasks", "Tasks that ran to an end state, by outcome",
+            "celery_graph_tasks",
+            "Tasks that ran to an end state, by outcome",
             labels=["worker", "task", "queue", "outcome"],
         )
         sums: dict[tuple[str, str], float] = {}
@@ -231,12 +231,16 @@ class WorkerCollector:
                 buckets.setdefault((task, queue), {})[le] = value
         yield outcomes
         hist = HistogramMetricFamily(
-            "celery_graph_task_duration_seconds", "Task execution time",
+            "celery_graph_task_duration_seconds",
+            "Task execution time",
             labels=["worker", "task", "queue"],
         )
         for (task, queue), counts in sorted(buckets.items()):
-            hist.add_metric([self.hostname, task, queue],
-                            _buckets(counts, TASK_DURATION_BUCKETS), sums.get((task, queue), 0.0))
+            hist.add_metric(
+                [self.hostname, task, queue],
+                _buckets(counts, TASK_DURATION_BUCKETS),
+                sums.get((task, queue), 0.0),
+            )
         yield hist
 
     def _runs(self) -> Iterator[Any]:
@@ -285,19 +289,26 @@ class MetricsServer:
                 path = self.path.split("?", 1)[0]
                 if path == "/healthz":
                     ok = healthy()
-                    self._reply(200 if ok else 503, b"ok\n" if ok else b"stopped\n",
-                                "text/plain; charset=utf-8")
+                    self._reply(
+                        200 if ok else 503,
+                        b"ok\n" if ok else b"stopped\n",
+                        "text/plain; charset=utf-8",
+                    )
                 elif path == "/metrics":
                     try:
                         body = generate_latest(registry)
                     except Exception as exc:  # Redis down: say so, do not hang
-                        self._reply(503, f"metrics unavailable: {exc}\n".encode(),
-                                    "text/plain; charset=utf-8")
+                        self._reply(
+                            503,
+                            f"metrics unavailable: {exc}\n".encode(),
+                            "text/plain; charset=utf-8",
+                        )
                         return
                     self._reply(200, body, CONTENT_TYPE_LATEST)
                 else:
-                    self._reply(404, b"not found: try /metrics or /healthz\n",
-                                "text/plain; charset=utf-8")
+                    self._reply(
+                        404, b"not found: try /metrics or /healthz\n", "text/plain; charset=utf-8"
+                    )
 
             def _reply(self, code: int, body: bytes, ctype: str) -> None:
                 self.send_response(code)
@@ -318,8 +329,9 @@ class MetricsServer:
                 "--metrics-port)"
             ) from exc
         server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, name="celery-graph-metrics",
-                         daemon=True).start()
+        threading.Thread(
+            target=server.serve_forever, name="celery-graph-metrics", daemon=True
+        ).start()
         self._server = server
 
     def stop(self) -> None:

@@ -98,8 +98,11 @@ def _build(src: _Source, data: dict[str, Any], app: Any) -> Flow:
     unknown = set(data) - {"name", "flow", "edges", "node"}
     if unknown:
         key = sorted(unknown)[0]
-        raise src.error(src.line_of(rf"^\s*\[?{re.escape(key)}\b"), key,
-                        "unknown top-level key (expected name, flow, edges, [[node]])")
+        raise src.error(
+            src.line_of(rf"^\s*\[?{re.escape(key)}\b"),
+            key,
+            "unknown top-level key (expected name, flow, edges, [[node]])",
+        )
     raw_nodes = data.get("node")
     if not isinstance(raw_nodes, list) or not raw_nodes:
         raise src.error(0, "node", "the file declares no [[node]] tables")
@@ -108,8 +111,11 @@ def _build(src: _Source, data: dict[str, Any], app: Any) -> Flow:
         start = src.node_line(i)
         built = _node(src, raw, start, app)
         if built.id in nodes:
-            raise src.error(src.line_of(r"^\s*id\s*=", start - 1 if start else 0), "id",
-                            f"duplicate node id {built.id!r}")
+            raise src.error(
+                src.line_of(r"^\s*id\s*=", start - 1 if start else 0),
+                "id",
+                f"duplicate node id {built.id!r}",
+            )
         nodes[built.id] = built
     has_flow, has_edges = "flow" in data, "edges" in data
     if has_flow == has_edges:
@@ -119,7 +125,8 @@ def _build(src: _Source, data: dict[str, Any], app: Any) -> Flow:
     flow_line = src.line_of(r"^\s*\[flow\]|^\s*flow\s*=")
     # named like the edges form's workflow; a lone node becomes a one-node graph
     return _block(src, data["flow"], nodes, flow_line, "flow").with_name(
-        str(data.get("name", src.path.stem)))
+        str(data.get("name", src.path.stem))
+    )
 
 
 def _node(src: _Source, raw: Any, start: int, app: Any) -> TaskNode:
@@ -128,8 +135,11 @@ def _node(src: _Source, raw: Any, start: int, app: Any) -> TaskNode:
     extra = set(raw) - NODE_FIELDS
     if extra:
         key = sorted(extra)[0]
-        raise src.error(src.line_of(rf"^\s*{re.escape(key)}\s*=", max(start - 1, 0)), key,
-                        f"unknown node field (allowed: {', '.join(sorted(NODE_FIELDS))})")
+        raise src.error(
+            src.line_of(rf"^\s*{re.escape(key)}\s*=", max(start - 1, 0)),
+            key,
+            f"unknown node field (allowed: {', '.join(sorted(NODE_FIELDS))})",
+        )
     for field in ("id", "task"):
         if not isinstance(raw.get(field), str) or not raw[field]:
             raise src.error(start, field, f"every [[node]] needs a string {field!r}")
@@ -140,8 +150,9 @@ def _node(src: _Source, raw: Any, start: int, app: Any) -> TaskNode:
     current = app or current_app
     task = current.tasks.get(raw["task"])
     if task is None:
-        raise src.error(line("task"), "task",
-                        f"no registered task {raw['task']!r}; import its module (-A APP)")
+        raise src.error(
+            line("task"), "task", f"no registered task {raw['task']!r}; import its module (-A APP)"
+        )
     args = raw.get("args", {})
     if not isinstance(args, dict):
         raise src.error(line("args"), "args", "must be a table of keyword arguments")
@@ -170,8 +181,11 @@ def _node(src: _Source, raw: Any, start: int, app: Any) -> TaskNode:
 
 def _ref(src: _Source, name: Any, nodes: dict[str, TaskNode], line: int, field: str) -> TaskNode:
     if not isinstance(name, str) or name not in nodes:
-        raise src.error(src.line_of(re.escape(repr(name).strip("'")), max(line - 1, 0)) or line,
-                        field, f"{name!r} is not a declared node id")
+        raise src.error(
+            src.line_of(re.escape(repr(name).strip("'")), max(line - 1, 0)) or line,
+            field,
+            f"{name!r} is not a declared node id",
+        )
     return nodes[name]
 
 
@@ -182,14 +196,16 @@ def _block(src: _Source, block: Any, nodes: dict[str, TaskNode], line: int, fiel
         raise src.error(line, field, f"expected a node id or a block, got {block!r}")
     kinds = [k for k in ("sequence", "parallel") if k in block]
     if len(kinds) != 1 or set(block) - {"sequence", "parallel", "name"}:
-        raise src.error(line, field,
-                        "a block is {sequence = [...]} or {parallel = [...], name = \"...\"}")
+        raise src.error(
+            line, field, 'a block is {sequence = [...]} or {parallel = [...], name = "..."}'
+        )
     kind = kinds[0]
     items = block[kind]
     if not isinstance(items, list) or not items:
         raise src.error(line, f"{field}.{kind}", "must be a non-empty list")
-    parts = tuple(_block(src, item, nodes, line, f"{field}.{kind}[{i}]")
-                  for i, item in enumerate(items))
+    parts = tuple(
+        _block(src, item, nodes, line, f"{field}.{kind}[{i}]") for i, item in enumerate(items)
+    )
     if kind == "sequence":
         return parts[0] if len(parts) == 1 else Sequence(parts)
     group = Parallel(parts)

@@ -51,8 +51,17 @@ class NodeMessage:
 
     @classmethod
     def parse(cls, fields: dict[str, Any]) -> NodeMessage:
-        return cls(fields["g"], fields["r"], fields["n"], fields.get("t"), fields.get("i"),
-                   fields.get("c"), fields.get("k", 0), fields.get("x", 0), fields.get("f"))
+        return cls(
+            fields["g"],
+            fields["r"],
+            fields["n"],
+            fields.get("t"),
+            fields.get("i"),
+            fields.get("c"),
+            fields.get("k", 0),
+            fields.get("x", 0),
+            fields.get("f"),
+        )
 
     def fields(self) -> dict[str, Any]:
         out: dict[str, Any] = {"g": self.graph_id, "r": self.run_id, "n": self.node_id}

@@ -68,8 +68,9 @@ class Reconciler:
         """Look at every running run whose next lease is due; one process at a time."""
         state = self.state
         report = Sweep()
-        lock = state.try_lock(state.keys.reconciler_lock(),
-                              max(30.0, 10 * state.settings.reconcile_interval))
+        lock = state.try_lock(
+            state.keys.reconciler_lock(), max(30.0, 10 * state.settings.reconcile_interval)
+        )
         if lock is None:
             report.locked_out = True
             return report
@@ -88,9 +89,7 @@ class Reconciler:
             state.unlock(lock)
         return report
 
-    def reconcile(
-        self, state: State, run_id: str, report: Sweep, depths: dict[str, int]
-    ) -> None:
+    def reconcile(self, state: State, run_id: str, report: Sweep, depths: dict[str, int]) -> None:
         r = state.scripts.reclaim(run_id)
         if r.verdict == "gone":
             state.runs.forget(run_id)
@@ -104,8 +103,12 @@ class Reconciler:
                 state.runs.forget(run_id)
             return
         if r.verdict == "deadline":
-            error = error_record("", DeadlineExceeded.__name__, DeadlineExceeded.__module__,
-                                 f"run {run_id} passed its deadline")
+            error = error_record(
+                "",
+                DeadlineExceeded.__name__,
+                DeadlineExceeded.__module__,
+                f"run {run_id} passed its deadline",
+            )
             end_run(self.app, state, run_id, "failed", error=error)
             report.failed.append(run_id)
             return
@@ -138,15 +141,19 @@ class Reconciler:
             return None
 
     def _act(
-        self, state: State, spec: GraphSpec, run_id: str, r: Reclaim, report: Sweep,
+        self,
+        state: State,
+        spec: GraphSpec,
+        run_id: str,
+        r: Reclaim,
+        report: Sweep,
         depths: dict[str, int],
     ) -> None:
         again: list[str] = []
         wait: list[str] = []
         for name, kind, queued in r.expired:
             if kind == "skip":
-                arrival = state.scripts.complete(spec, run_id, spec.nodes[name], "",
-                                                 kind="skipped")
+                arrival = state.scripts.complete(spec, run_id, spec.nodes[name], "", kind="skipped")
                 settle(self.app, state, spec, run_id, arrival)
                 report.skips += 1
                 continue
@@ -165,8 +172,11 @@ class Reconciler:
             state.scripts.lease(run_id, "redeliver", state.settings.queued_lease, again)
             self._publish(state, spec, run_id, again)
             report.redelivered += [f"{run_id}:{f}" for f in again]
-            logger.warning("celery-graph: run %s: sent again %s (their leases ran out)",
-                           run_id, ", ".join(again))
+            logger.warning(
+                "celery-graph: run %s: sent again %s (their leases ran out)",
+                run_id,
+                ", ".join(again),
+            )
 
     def _publish(self, state: State, spec: GraphSpec, run_id: str, names: list[str]) -> None:
         nodes = [n for n in names if not UNIT.search(n)]
@@ -176,7 +186,7 @@ class Reconciler:
         for n in names:
             found = UNIT.search(n)
             if found:
-                units.setdefault(n[:found.start()], []).append(int(found.group(1)))
+                units.setdefault(n[: found.start()], []).append(int(found.group(1)))
         for node_id, indexes in units.items():
             node = spec.nodes[node_id]
             assert node.map_source is not None
@@ -195,8 +205,9 @@ class SweepThread:
     def __init__(self, app: Any) -> None:
         self.reconciler = Reconciler(app)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="celery-graph-reconciler",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="celery-graph-reconciler", daemon=True
+        )
 
     def start(self) -> SweepThread:
         self._thread.start()

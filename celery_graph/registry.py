@@ -39,8 +39,12 @@ from .state import State, state_for
 logger = logging.getLogger("celery_graph.registry")
 
 __all__ = [
-    "ENV_HEARTBEAT_INTERVAL", "DuplicateWorkerName", "Heartbeat", "WorkerInfo",
-    "live_workers", "print_workers",
+    "ENV_HEARTBEAT_INTERVAL",
+    "DuplicateWorkerName",
+    "Heartbeat",
+    "WorkerInfo",
+    "live_workers",
+    "print_workers",
 ]
 
 
@@ -136,8 +140,9 @@ class Heartbeat:
 
     def start(self) -> None:
         fields, in_flight = self._fields()
-        claim = self.store.claim(self.hostname, self.token, fields, self.ttl, 2 * self.interval,
-                                 in_flight=in_flight)
+        claim = self.store.claim(
+            self.hostname, self.token, fields, self.ttl, 2 * self.interval, in_flight=in_flight
+        )
         if not claim.claimed:
             stale = claim.owner_node == self.node and (
                 claim.owner_pid == self.pid or not _alive(claim.owner_pid)
@@ -149,8 +154,15 @@ class Heartbeat:
                     f"heartbeat {claim.owner_age:.1f}s ago): give each worker a unique name "
                     "with -n (for example -n w2@%h), or stop the other one first"
                 )
-            claim = self.store.claim(self.hostname, self.token, fields, self.ttl,
-                                     2 * self.interval, in_flight=in_flight, force=True)
+            claim = self.store.claim(
+                self.hostname,
+                self.token,
+                fields,
+                self.ttl,
+                2 * self.interval,
+                in_flight=in_flight,
+                force=True,
+            )
         self.started = claim.now
         self._thread = threading.Thread(
             target=self._run, name="celery-graph-heartbeat", daemon=True
@@ -169,7 +181,8 @@ class Heartbeat:
         if not self.store.beat(self.hostname, self.token, fields, in_flight, self.ttl):
             logger.error(
                 "celery-graph: another worker registered the name %r while this one's entry "
-                "had expired; this worker is no longer listed", self.hostname,
+                "had expired; this worker is no longer listed",
+                self.hostname,
             )
 
     def mark_stopping(self) -> None:
@@ -222,8 +235,17 @@ def live_workers(app: Any = None) -> list[WorkerInfo]:
 
 
 COLUMNS = (
-    "WORKER", "STATE", "PID", "QUEUES", "HEARTBEAT", "UPTIME",
-    "PROCESSED", "OK", "FAILED", "MEAN", "IN-FLIGHT",
+    "WORKER",
+    "STATE",
+    "PID",
+    "QUEUES",
+    "HEARTBEAT",
+    "UPTIME",
+    "PROCESSED",
+    "OK",
+    "FAILED",
+    "MEAN",
+    "IN-FLIGHT",
 )
 
 

@@ -157,7 +157,7 @@ def dot(spec: GraphSpec, states: Mapping[str, str] | None = None) -> str:
 
 # -- SVG and PNG ----------------------------------------------------------------------
 
-_FONT = "font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\""
+_FONT = 'font-family="DejaVu Sans, Helvetica, Arial, sans-serif"'
 _TITLE_H = 28.0
 _LEGEND_H = 26.0
 
@@ -190,8 +190,8 @@ def svg(
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
         f'viewBox="0 0 {width:.0f} {height:.0f}">',
-        "<defs><marker id=\"arrow\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" "
-        "markerWidth=\"8\" markerHeight=\"8\" orient=\"auto\">"
+        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" '
+        'markerWidth="8" markerHeight="8" orient="auto">'
         '<path d="M0,0 L10,5 L0,10 z" fill="#455a64"/></marker></defs>',
         '<rect width="100%" height="100%" fill="#ffffff"/>',
     ]
@@ -227,7 +227,7 @@ def svg(
 def _svg_box(box: Mapping[str, Any], states: Mapping[str, str] | None) -> str:
     x, y, w, h = box["x"], box["y"], box["w"], box["h"]
     kind = box["kind"]
-    border = "stroke-width=\"2.6\"" if kind == "join" else "stroke-width=\"1.2\""
+    border = 'stroke-width="2.6"' if kind == "join" else 'stroke-width="1.2"'
     if kind == "map":
         border += ' stroke-dasharray="5,3"'
     parts = [f'<g class="node {kind}" data-id="{_esc(box["id"])}">']
@@ -296,7 +296,9 @@ def png(
         )
     done = subprocess.run(
         [converter, "--format=png", "--output", os.fspath(path)],
-        input=document, capture_output=True, check=False,
+        input=document,
+        capture_output=True,
+        check=False,
     )
     if done.returncode != 0:
         raise RuntimeError(f"rsvg-convert failed: {done.stderr.decode(errors='replace')}")

@@ -162,13 +162,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name = app_ref(global_args)
     if not name:
-        print("graph-worker: name the Celery app with -A/--app (or CELERY_APP)\n\n" + USAGE,
-              file=sys.stderr)
+        print(
+            "graph-worker: name the Celery app with -A/--app (or CELERY_APP)\n\n" + USAGE,
+            file=sys.stderr,
+        )
         return 2
     # read again by a worker that -D re-executes as `python -m celery ...`
     os.environ[ENV_RELIABLE_DEFAULTS] = "1"
-    workdir = next((global_args[i + 1] for i, a in enumerate(global_args)
-                    if a == "--workdir" and i + 1 < len(global_args)), None)
+    workdir = next(
+        (
+            global_args[i + 1]
+            for i, a in enumerate(global_args)
+            if a == "--workdir" and i + 1 < len(global_args)
+        ),
+        None,
+    )
     if workdir:
         os.chdir(workdir)
     try:
@@ -183,8 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv = [sys.argv[0], *args]  # what `celery worker -D` re-executes
     try:
         return int(
-            celery_command.main(args=args, prog_name="graph-worker",
-                                auto_envvar_prefix="CELERY", standalone_mode=False)
+            celery_command.main(
+                args=args,
+                prog_name="graph-worker",
+                auto_envvar_prefix="CELERY",
+                standalone_mode=False,
+            )
             or 0
         )
     except click.ClickException as exc:
@@ -195,8 +207,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 __all__ = [
-    "WORKER_OPTIONS", "GraphWorkerStep", "apply_defaults", "check_agreement", "install",
-    "main", "prepare", "split_argv", "user_set",
+    "WORKER_OPTIONS",
+    "GraphWorkerStep",
+    "apply_defaults",
+    "check_agreement",
+    "install",
+    "main",
+    "prepare",
+    "split_argv",
+    "user_set",
 ]
 
 if __name__ == "__main__":

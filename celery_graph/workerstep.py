@@ -121,35 +121,49 @@ def _to_env(env: str, flag: str, setting: str | None = None) -> Any:
 
 WORKER_OPTIONS = (
     CeleryOption(
-        ["--metrics-port"], type=click.IntRange(1, 65535), default=None,
-        callback=_to_env(ENV_METRICS_PORT, "--metrics-port"), help_group=HELP_GROUP,
+        ["--metrics-port"],
+        type=click.IntRange(1, 65535),
+        default=None,
+        callback=_to_env(ENV_METRICS_PORT, "--metrics-port"),
+        help_group=HELP_GROUP,
         help="Serve Prometheus metrics at /metrics and liveness at /healthz on this port "
-             f"(env {ENV_METRICS_PORT}; default: off).",
+        f"(env {ENV_METRICS_PORT}; default: off).",
     ),
     CeleryOption(
-        ["--metrics-host"], type=str, default=None,
-        callback=_to_env(ENV_METRICS_HOST, "--metrics-host"), help_group=HELP_GROUP,
-        help=f"Address the metrics server listens on (env {ENV_METRICS_HOST}; default "
-             "0.0.0.0).",
+        ["--metrics-host"],
+        type=str,
+        default=None,
+        callback=_to_env(ENV_METRICS_HOST, "--metrics-host"),
+        help_group=HELP_GROUP,
+        help=f"Address the metrics server listens on (env {ENV_METRICS_HOST}; default 0.0.0.0).",
     ),
     CeleryOption(
-        ["--graceful-timeout"], type=click.FloatRange(min=0), default=None,
-        callback=_to_env(ENV_GRACEFUL_TIMEOUT, "--graceful-timeout"), help_group=HELP_GROUP,
+        ["--graceful-timeout"],
+        type=click.FloatRange(min=0),
+        default=None,
+        callback=_to_env(ENV_GRACEFUL_TIMEOUT, "--graceful-timeout"),
+        help_group=HELP_GROUP,
         help="On SIGTERM or SIGINT stop taking work and let running tasks finish for this "
-             "many seconds, then hand the rest back to the broker (env "
-             f"{ENV_GRACEFUL_TIMEOUT}; default 60). A second signal hands back at once.",
+        "many seconds, then hand the rest back to the broker (env "
+        f"{ENV_GRACEFUL_TIMEOUT}; default 60). A second signal hands back at once.",
     ),
     CeleryOption(
-        ["--key-prefix"], type=str, default=None,
-        callback=_to_env(ENV_PREFIX, "--key-prefix", "key_prefix"), help_group=HELP_GROUP,
+        ["--key-prefix"],
+        type=str,
+        default=None,
+        callback=_to_env(ENV_PREFIX, "--key-prefix", "key_prefix"),
+        help_group=HELP_GROUP,
         help=f"Redis key prefix of the graph state; sets {ENV_PREFIX}. "
-             "app.conf.graph_key_prefix wins; a different value there is an error.",
+        "app.conf.graph_key_prefix wins; a different value there is an error.",
     ),
     CeleryOption(
-        ["--redis-url"], type=str, default=None,
-        callback=_to_env(ENV_REDIS_URL, "--redis-url", "redis_url"), help_group=HELP_GROUP,
+        ["--redis-url"],
+        type=str,
+        default=None,
+        callback=_to_env(ENV_REDIS_URL, "--redis-url", "redis_url"),
+        help_group=HELP_GROUP,
         help=f"Redis holding the graph state; sets {ENV_REDIS_URL}. app.conf.graph_redis_url "
-             "wins; a different value there is an error.",
+        "wins; a different value there is an error.",
     ),
 )
 
@@ -206,18 +220,23 @@ class GraphWorkerStep(bootsteps.StartStopStep):
             self.heartbeat = None
             _fail(f"cannot reach the graph Redis at start ({exc})")
         if opts.metrics_port is not None:
-            collector = WorkerCollector(state, w.hostname, time.monotonic(), queues,
-                                        in_flight, QueueDepth(w.app))
-            self.metrics = MetricsServer(collector, opts.metrics_port, opts.metrics_host,
-                                         healthy=lambda: self._healthy(w))
+            collector = WorkerCollector(
+                state, w.hostname, time.monotonic(), queues, in_flight, QueueDepth(w.app)
+            )
+            self.metrics = MetricsServer(
+                collector, opts.metrics_port, opts.metrics_host, healthy=lambda: self._healthy(w)
+            )
             try:
                 self.metrics.start()
             except ConfigurationError as exc:
                 self.metrics = None
                 self._cleanup()
                 _fail(str(exc))
-            logger.info("celery-graph: metrics at %s:%s/metrics, liveness at /healthz",
-                        opts.metrics_host, opts.metrics_port)
+            logger.info(
+                "celery-graph: metrics at %s:%s/metrics, liveness at /healthz",
+                opts.metrics_host,
+                opts.metrics_port,
+            )
         self._install_signal_handlers(opts.graceful_timeout)
 
     @staticmethod
@@ -225,8 +244,10 @@ class GraphWorkerStep(bootsteps.StartStopStep):
         found = state.workers.server_version()
         if version_tuple(found) < REDIS_REQUIRED:
             needed = ".".join(map(str, REDIS_REQUIRED))
-            _fail(f"the graph Redis ({state.settings.redis_url}) runs Redis {found}; "
-                  f"celery-graph needs Redis {needed} or later (GETEX, BLMOVE)")
+            _fail(
+                f"the graph Redis ({state.settings.redis_url}) runs Redis {found}; "
+                f"celery-graph needs Redis {needed} or later (GETEX, BLMOVE)"
+            )
 
     def _healthy(self, w: Any) -> bool:
         """Liveness without Redis or the broker: the worker and its consumer run."""
@@ -236,7 +257,8 @@ class GraphWorkerStep(bootsteps.StartStopStep):
             return False
         consumer = getattr(w, "consumer", None)
         return consumer is not None and consumer.blueprint.state not in (
-            bootsteps.CLOSE, bootsteps.TERMINATE
+            bootsteps.CLOSE,
+            bootsteps.TERMINATE,
         )
 
     def _install_signal_handlers(self, timeout: float) -> None:

@@ -1,5 +1,6 @@
 """Conditional branches: a node picks which successors run; the others are skipped.
 
+Run it:
     export CELERY_GRAPH_REDIS_URL=redis://localhost:6379/0
     celery -A examples.branching worker -l INFO
     python -m examples.branching

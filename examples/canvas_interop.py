@@ -1,5 +1,6 @@
 """Celery interop: existing tasks as nodes, and a graph as a step of a Celery chain.
 
+Run it:
     export CELERY_GRAPH_REDIS_URL=redis://localhost:6379/0
     celery -A examples.canvas_interop worker -l INFO
     python -m examples.canvas_interop

@@ -1,5 +1,6 @@
 """Dynamic fan-out and delays: one task per item of a list produced at run time.
 
+Run it:
     export CELERY_GRAPH_REDIS_URL=redis://localhost:6379/0
     celery -A examples.dynamic_fanout worker -l INFO
     python -m examples.dynamic_fanout

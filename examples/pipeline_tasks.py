@@ -1,5 +1,6 @@
 """Tasks for examples/pipeline.toml: the graph's shape lives in the file.
 
+Run it:
     export CELERY_GRAPH_REDIS_URL=redis://localhost:6379/0
     celery -A examples.pipeline_tasks worker -l INFO
     python -m examples.pipeline_tasks

@@ -55,9 +55,24 @@ def start_worker() -> subprocess.Popen:
     here = Path(__file__).resolve().parent
     path = os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, PYTHONPATH=path)
-    cmd = [sys.executable, "-m", "celery_graph.worker", "--quiet", "-A", "quickstart", "-c", "2",
-           "-n", "quickstart@%h", "-l", "WARNING", "--without-mingle", "--without-gossip",
-           "--graceful-timeout", "10"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery_graph.worker",
+        "--quiet",
+        "-A",
+        "quickstart",
+        "-c",
+        "2",
+        "-n",
+        "quickstart@%h",
+        "-l",
+        "WARNING",
+        "--without-mingle",
+        "--without-gossip",
+        "--graceful-timeout",
+        "10",
+    ]
     proc = subprocess.Popen(cmd, cwd=here, env=env)
     deadline = time.monotonic() + 60
     while not app.control.ping(timeout=0.5):

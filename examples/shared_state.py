@@ -1,5 +1,6 @@
 """Run-scoped shared state: parallel branches update one counter without losing a write.
 
+Run it:
     export CELERY_GRAPH_REDIS_URL=redis://localhost:6379/0
     celery -A examples.shared_state worker -l INFO
     python -m examples.shared_state

@@ -35,8 +35,13 @@ import redis
 
 from celery_graph import GraphRun, RunFailed, RunTimeout, StoreUnavailable
 
-EDGES = [("ch_a", "ch_b"), ("ch_a", "ch_c"), ("ch_b", "ch_d"), ("ch_d", "ch_join"),
-         ("ch_c", "ch_join")]
+EDGES = [
+    ("ch_a", "ch_b"),
+    ("ch_a", "ch_c"),
+    ("ch_b", "ch_d"),
+    ("ch_d", "ch_join"),
+    ("ch_c", "ch_join"),
+]
 NODES = ("ch_a", "ch_b", "ch_c", "ch_d", "ch_join")
 JOINS = ("ch_join",)
 
@@ -60,17 +65,30 @@ class ChaosReport:
 
     @property
     def ok(self) -> bool:
-        return not (self.runs_lost or self.wrong_results or self.nodes_doubled
-                    or self.joins_doubled or self.order_violations)
+        return not (
+            self.runs_lost
+            or self.wrong_results
+            or self.nodes_doubled
+            or self.joins_doubled
+            or self.order_violations
+        )
 
 
 def expected(seed: int) -> int:
     return 5 * (seed + 1) + 5
 
 
-def run_chaos(trace_url: str, runs: int, kills: int, workers: int = 3,
-              broker_restarts: int = 1, graph_restarts: int = 1, deadline: float = 120.0,
-              lease: float | None = 3.0, seed: int | None = None) -> ChaosReport:
+def run_chaos(
+    trace_url: str,
+    runs: int,
+    kills: int,
+    workers: int = 3,
+    broker_restarts: int = 1,
+    graph_restarts: int = 1,
+    deadline: float = 120.0,
+    lease: float | None = 3.0,
+    seed: int | None = None,
+) -> ChaosReport:
     from celery_graph.devserver import PrivateRedis
     from tests.tasks import ch_a, ch_b, ch_c, ch_d, ch_join
     from tests.workers import Workers
@@ -78,13 +96,16 @@ def run_chaos(trace_url: str, runs: int, kills: int, workers: int = 3,
     rng = random.Random(seed)
     broker = PrivateRedis().start()  # no persistence: a restart loses every message
     graph = PrivateRedis(appendonly=True).start()  # the graph state survives its restart
-    pool = Workers(broker.url, concurrency=2, pool="prefork", graph_url=graph.url,
-                   stock=True, isolate=True)
+    pool = Workers(
+        broker.url, concurrency=2, pool="prefork", graph_url=graph.url, stock=True, isolate=True
+    )
     pool.extra_env["CGTEST_TRACE_REDIS_URL"] = trace_url
     if lease is not None:
-        pool.extra_env.update(CELERY_GRAPH_QUEUED_LEASE=str(lease),
-                              CELERY_GRAPH_RUNNING_LEASE=str(lease),
-                              CELERY_GRAPH_RECONCILE_INTERVAL="0.5")
+        pool.extra_env.update(
+            CELERY_GRAPH_QUEUED_LEASE=str(lease),
+            CELERY_GRAPH_RUNNING_LEASE=str(lease),
+            CELERY_GRAPH_RECONCILE_INTERVAL="0.5",
+        )
         pool.app.conf.update(graph_queued_lease=lease, graph_running_lease=lease)
     traces = redis.Redis.from_url(trace_url)
     faults: list[float] = []  # wall-clock times of every fault
@@ -146,13 +167,28 @@ def run_chaos(trace_url: str, runs: int, kills: int, workers: int = 3,
             except Exception:  # a lost run's state may be gone; it is counted already
                 recovered_nodes = set(NODES)
             d, j, o, r = _judge(trace, faults, recovered_nodes)
-            doubled, joins_doubled, order, reexec = (doubled + d, joins_doubled + j,
-                                                     order + o, reexec + r)
+            doubled, joins_doubled, order, reexec = (
+                doubled + d,
+                joins_doubled + j,
+                order + o,
+                reexec + r,
+            )
             traces.delete(f"cgtest-trace:{tag}")
         return ChaosReport(
-            runs, kills, broker_restarts, graph_restarts, workers,
-            round(time.monotonic() - started, 1), lost, wrong, doubled, joins_doubled, order,
-            reexec, round(recovered, 1), stuck,
+            runs,
+            kills,
+            broker_restarts,
+            graph_restarts,
+            workers,
+            round(time.monotonic() - started, 1),
+            lost,
+            wrong,
+            doubled,
+            joins_doubled,
+            order,
+            reexec,
+            round(recovered, 1),
+            stuck,
         )
     finally:
         pool.stop()
@@ -175,16 +211,13 @@ def _submit(flow, inputs: dict, app) -> GraphRun:
 def _describe(run: GraphRun, exc: BaseException) -> str:
     try:
         status = run.status()
-        states = {n: (s.state, s.attempts, s.redelivered, s.lost)
-                  for n, s in status.nodes.items()}
+        states = {n: (s.state, s.attempts, s.redelivered, s.lost) for n, s in status.nodes.items()}
         return f"{run.id} {status.state} {type(exc).__name__}: {states}"
     except Exception as err:  # the run's state may be gone
         return f"{run.id} {type(exc).__name__}: {exc} (status: {err})"
 
 
-def _judge(
-    trace: list[str], faults: list[float], recovered: set[str]
-) -> tuple[int, int, int, int]:
+def _judge(trace: list[str], faults: list[float], recovered: set[str]) -> tuple[int, int, int, int]:
     """(doubled, joins doubled, order violations, re-executed) for one run's trace.
     ``recovered``: nodes the engine sent again to recover them (the reconciler re-sent
     them, or a worker died running them), whose second completion is at-least-once."""
@@ -216,16 +249,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--graph-restarts", type=int, default=2)
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--lease", type=float, default=None,
-                        help="queued and running lease in seconds (default: the settings' "
-                        "defaults, 30 s and 15 s)")
+    parser.add_argument(
+        "--lease",
+        type=float,
+        default=None,
+        help="queued and running lease in seconds (default: the settings' defaults, 30 s and 15 s)",
+    )
     args = parser.parse_args(argv)
     from celery_graph.devserver import redis_url
 
     with redis_url(private=True) as url:
-        report = run_chaos(url, args.runs, args.kills, args.workers, args.broker_restarts,
-                           args.graph_restarts, deadline=300.0, lease=args.lease,
-                           seed=args.seed)
+        report = run_chaos(
+            url,
+            args.runs,
+            args.kills,
+            args.workers,
+            args.broker_restarts,
+            args.graph_restarts,
+            deadline=300.0,
+            lease=args.lease,
+            seed=args.seed,
+        )
     print(json.dumps(asdict(report), indent=2))
     return 0 if report.ok else 1
 

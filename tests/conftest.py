@@ -95,15 +95,33 @@ def amqp_app(redis_url: str) -> Iterator[Celery]:
     app.conf.task_default_queue = f"cgtest-amqp-{SESSION}"
     hostname = f"cgtest-amqp-{SESSION}@localhost"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tests.brokerapp:amqp_app", "worker",
-         "-P", "threads", "-c", "4", "-n", hostname, "-l", "WARNING",
-         "--without-heartbeat", "--without-mingle", "--without-gossip"],
-        env=env, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tests.brokerapp:amqp_app",
+            "worker",
+            "-P",
+            "threads",
+            "-c",
+            "4",
+            "-n",
+            hostname,
+            "-l",
+            "WARNING",
+            "--without-heartbeat",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        env=env,
+        cwd=ROOT,
     )
     try:
         wait_for(
             lambda: proc.poll() is not None or app.control.ping([hostname], timeout=0.5),
-            timeout=60, what="the RabbitMQ worker subprocess to answer ping",
+            timeout=60,
+            what="the RabbitMQ worker subprocess to answer ping",
         )
         assert proc.poll() is None, "the RabbitMQ worker subprocess exited at start"
         yield app

@@ -67,9 +67,17 @@ def _seen(sender=None, task_id=None, task=None, **_):
     if not _client:
         _client.append(redis.Redis.from_url(os.environ["CGTEST_REDIS_URL"]))
     info = getattr(task.request, "delivery_info", None) or {}
-    _client[0].rpush(seen_key(prefix), json.dumps({
-        "name": task.name, "id": task_id, "queue": info.get("routing_key"), "at": time.time(),
-    }))
+    _client[0].rpush(
+        seen_key(prefix),
+        json.dumps(
+            {
+                "name": task.name,
+                "id": task_id,
+                "queue": info.get("routing_key"),
+                "at": time.time(),
+            }
+        ),
+    )
 
 
 def _native_app() -> Celery | None:

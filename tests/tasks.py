@@ -19,8 +19,11 @@ def trace_client() -> redis.Redis:
     the graph Redis), the app's cgtest_trace_url (an app whose graph state is on a
     cluster), else its graph Redis."""
     app = current_task.app if current_task else current_app
-    url = (os.environ.get("CGTEST_TRACE_REDIS_URL") or app.conf.get("cgtest_trace_url")
-           or app.conf.graph_redis_url)
+    url = (
+        os.environ.get("CGTEST_TRACE_REDIS_URL")
+        or app.conf.get("cgtest_trace_url")
+        or app.conf.graph_redis_url
+    )
     if url not in _clients:
         _clients[url] = redis.Redis.from_url(url)
     return _clients[url]

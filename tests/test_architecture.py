@@ -24,7 +24,10 @@ def modules() -> list[Path]:
 def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(LINT_IMPORTS), "--config", str(root / "pyproject.toml"), "--no-cache"],
-        cwd=root, capture_output=True, text=True, timeout=120,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -40,8 +43,13 @@ def test_the_import_contracts_hold() -> None:
         ({"state/runs.py": "from ..client import GraphRun"}, "Imports point down the layers"),
         ({"model/spec.py": "import celery"}, "The model imports neither Celery nor Redis"),
         ({"dispatch.py": "import redis"}, "Only the state package imports redis"),
-        ({"state/graphs.py": "from . import scripts", "state/scripts.py": "from . import graphs"},
-         "No import cycles"),
+        (
+            {
+                "state/graphs.py": "from . import scripts",
+                "state/scripts.py": "from . import graphs",
+            },
+            "No import cycles",
+        ),
     ],
 )
 def test_a_wrong_way_import_breaks_a_contract(tmp_path, added, contract) -> None:

@@ -118,9 +118,7 @@ def app_client(app):
     return state_for(app).client
 
 
-def test_crash_between_release_and_publish_is_recovered_once_by_the_reconciler(
-    app, tag, published
-):
+def test_crash_between_release_and_publish_is_recovered_once_by_the_reconciler(app, tag, published):
     """The releasing arrival marks the join published and dies before sending it. A copy of
     its message that comes back publishes nothing (the join is marked); the join's lease
     runs out and the reconciler publishes it, once."""

@@ -11,8 +11,16 @@ from tests.chaos import run_chaos
 def test_kills_a_lost_broker_and_a_graph_redis_restart_lose_no_run_and_double_nothing(
     redis_url,
 ):
-    report = run_chaos(redis_url, runs=20, kills=3, workers=3, broker_restarts=1,
-                       graph_restarts=1, lease=2.0, seed=7)
+    report = run_chaos(
+        redis_url,
+        runs=20,
+        kills=3,
+        workers=3,
+        broker_restarts=1,
+        graph_restarts=1,
+        lease=2.0,
+        seed=7,
+    )
     assert report.kills == 3
     assert report.runs_lost == 0, report
     assert report.wrong_results == 0, report

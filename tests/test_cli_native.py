@@ -104,8 +104,9 @@ def test_celery_workflow_runs_a_flow_on_celerys_app_and_reads_it_back(env) -> No
     assert listed[run_id]["state"] == "succeeded"
     # an unnamed flow's runs record the MODULE:FLOW they were started as
     assert listed[run_id]["flow"] == "tests.test_cli_native:ETL"
-    named = celery("run", "tests.test_cli_native:ETL", "--name", "etl-nightly", "--wait",
-                   "--json", env=env)
+    named = celery(
+        "run", "tests.test_cli_native:ETL", "--name", "etl-nightly", "--wait", "--json", env=env
+    )
     assert named.returncode == 0, named.stderr
     shown = celery("status", json.loads(named.stdout)["run_id"], "--json", env=env)
     assert json.loads(shown.stdout)["flow"] == "etl-nightly"

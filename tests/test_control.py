@@ -27,8 +27,12 @@ from tests.tasks import UNCONSUMED_QUEUE, extract, flaky, read_trace, step, unco
 def test_unreachable_broker_is_a_clear_error_and_the_run_is_marked_failed(app, redis_url, rclient):
     dead = make_app(redis_url, f"redis://127.0.0.1:{free_port()}/0", "cgtest_dead", SESSION)
     dead.conf.broker_connection_timeout = 1
-    dead.conf.task_publish_retry_policy = {"max_retries": 1, "interval_start": 0,
-                                           "interval_step": 0.1, "interval_max": 0.2}
+    dead.conf.task_publish_retry_policy = {
+        "max_retries": 1,
+        "interval_start": 0,
+        "interval_step": 0.1,
+        "interval_max": 0.2,
+    }
     keys = Keys(app.conf.graph_key_prefix)
     before = set(rclient.zrange(keys.runs_index(), 0, -1))
     try:
@@ -85,10 +89,11 @@ def test_a_node_that_begins_past_the_deadline_fails_the_run_naming_it(app, tag):
     deadline = float(state.runs.record(run.id)["deadline"])
     wait_for(lambda: state.runs.time() > deadline, timeout=5, what="the server clock")
     with postruns() as done:
-        app.send_task(spec.nodes["late"].task,
-                      kwargs={"name": "late", "_graph": {"g": spec.graph_id, "r": run.id,
-                                                         "n": "late"}},
-                      task_id=task_id_for(run.id, "late"))
+        app.send_task(
+            spec.nodes["late"].task,
+            kwargs={"name": "late", "_graph": {"g": spec.graph_id, "r": run.id, "n": "late"}},
+            task_id=task_id_for(run.id, "late"),
+        )
         assert done.wait(task_id_for(run.id, "late"))
     status = run.status()
     assert status.state == "failed"
@@ -109,8 +114,11 @@ def test_deadline_fails_a_stuck_run_even_with_no_worker_to_notice(app, rclient):
 
 
 def test_resume_redispatches_only_unfinished_nodes(app, tag):
-    flow = step.bind(id="first", name="first") >> flaky.bind(fail_times=4) >> step.bind(
-        id="last", name="last")
+    flow = (
+        step.bind(id="first", name="first")
+        >> flaky.bind(fail_times=4)
+        >> step.bind(id="last", name="last")
+    )
     run = flow.apply_async(tag=tag)
     with pytest.raises(RunFailed):
         run.get(timeout=30)

@@ -36,7 +36,8 @@ def test_worker_killed_mid_node_run_completes_with_everything_once(workers, rcli
     flow = flow >> join_count
     run = flow.submit({"tag": tag}, app=workers.app)
     status = wait_for(
-        lambda: (s := run.status()).nodes["slow"].state == "running" and s, timeout=20,
+        lambda: (s := run.status()).nodes["slow"].state == "running" and s,
+        timeout=20,
         what="the slow node to start",
     )
     victim = status.nodes["slow"].worker
@@ -59,11 +60,17 @@ def test_redis_restart_mid_run_completes_or_fails_clearly(tmp_path, tag):
     try:
         w = Workers(server.url)
         w.start("r")
-        flow = step.bind(id="before", name="before") >> step.bind(
-            id="during", name="during", delay=2.0) >> step.bind(id="after", name="after")
+        flow = (
+            step.bind(id="before", name="before")
+            >> step.bind(id="during", name="during", delay=2.0)
+            >> step.bind(id="after", name="after")
+        )
         run = flow.submit({"tag": tag}, app=w.app)
-        wait_for(lambda: run.status().nodes["during"].state == "running", timeout=20,
-                 what="the node to start")
+        wait_for(
+            lambda: run.status().nodes["during"].state == "running",
+            timeout=20,
+            what="the node to start",
+        )
         server.stop()  # SIGTERM: the AOF is fsynced on every write
         server.start()
         # Celery's worker may exit on a broker reconnect (a known Celery/kombu bug family,

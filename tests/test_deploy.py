@@ -28,9 +28,14 @@ from tests.apps.harness import ROOT, subprocess_env, wait_for
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 CODE_ENV = {
-    config.ENV_PREFIX, config.ENV_REDIS_URL, config.ENV_METRICS_PORT,
-    config.ENV_GRACEFUL_TIMEOUT, config.ENV_HEARTBEAT_INTERVAL,
-    "CELERY_GRAPH_RESULT_TTL", "CELERY_GRAPH_RUN_TTL", "CELERY_GRAPH_STORE_TTL",
+    config.ENV_PREFIX,
+    config.ENV_REDIS_URL,
+    config.ENV_METRICS_PORT,
+    config.ENV_GRACEFUL_TIMEOUT,
+    config.ENV_HEARTBEAT_INTERVAL,
+    "CELERY_GRAPH_RESULT_TTL",
+    "CELERY_GRAPH_RUN_TTL",
+    "CELERY_GRAPH_STORE_TTL",
     "CELERY_GRAPH_CACHE_SIZE",
 }
 CELERY_ENV = {"CELERY_APP", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"}
@@ -102,8 +107,13 @@ def flag_value(argv: list[str], flag: str) -> str | None:
 @pytest.fixture(scope="module")
 def help_text() -> str:
     return subprocess.run(
-        [sys.executable, "-m", "celery_graph.worker", "--help"], env=subprocess_env(),
-        cwd=ROOT, capture_output=True, text=True, timeout=30, check=True,
+        [sys.executable, "-m", "celery_graph.worker", "--help"],
+        env=subprocess_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     ).stdout
 
 
@@ -136,6 +146,7 @@ def graceful_timeout(argv: list[str], env: dict[str, str]) -> float:
 
 def test_stop_timeouts_leave_room_for_the_graceful_timeout():
     cmds = worker_commands()
+
     # the grace period must cover the graceful timeout plus time to hand tasks back
     # (in the tests here, hand-back after the timeout takes 2-3 s)
     def check(where, grace, timeout):
@@ -145,8 +156,11 @@ def test_stop_timeouts_leave_room_for_the_graceful_timeout():
     check("k8s", pod["terminationGracePeriodSeconds"], graceful_timeout(cmds["k8s"], {}))
 
     svc = compose()["services"]["worker"]
-    check("compose", int(svc["stop_grace_period"].rstrip("s")),
-          graceful_timeout(cmds["docker-compose"], svc["environment"]))
+    check(
+        "compose",
+        int(svc["stop_grace_period"].rstrip("s")),
+        graceful_timeout(cmds["docker-compose"], svc["environment"]),
+    )
     assert svc.get("stop_signal", "SIGTERM") == "SIGTERM"
 
     service = systemd_unit()["Service"]
@@ -209,9 +223,7 @@ def deploy_env_names() -> dict[str, set[str]]:
         "Procfile": env_names_in((ROOT / "Procfile").read_text()),
         "docker-compose": env_names_in((DEPLOY / "docker-compose.yml").read_text())
         | {k for s in c["services"].values() for k in s.get("environment", {})},
-        "systemd": {
-            v.split("=", 1)[0] for v in systemd_unit()["Service"]["Environment"].split()
-        },
+        "systemd": {v.split("=", 1)[0] for v in systemd_unit()["Service"]["Environment"].split()},
     }
     k8s_names = set()
     for doc in k8s_docs():
@@ -237,8 +249,12 @@ def test_environment_variable_names_agree_across_files_and_code():
     names_by_file = deploy_env_names()
     for where, names in names_by_file.items():
         for name in names:
-            known = (name in CODE_ENV or name in CELERY_ENV or name in DEPLOY_ONLY_ENV
-                     or is_flower_option(name))
+            known = (
+                name in CODE_ENV
+                or name in CELERY_ENV
+                or name in DEPLOY_ONLY_ENV
+                or is_flower_option(name)
+            )
             assert known, f"{where} uses {name}, which nothing reads"
     # the settings every deployment needs are spelled the same everywhere
     needed = {"CELERY_APP", "CELERY_BROKER_URL", config.ENV_REDIS_URL, config.ENV_PREFIX}
@@ -253,8 +269,9 @@ def test_readme_names_only_real_environment_variables():
     mentioned = set(re.findall(r"\b(CELERY_GRAPH_[A-Z_]+)\b", doc))
     assert mentioned >= CODE_ENV, f"undocumented: {sorted(CODE_ENV - mentioned)}"
     for name in mentioned:
-        read = f'"{name}"' in package or (name.startswith("CELERY_GRAPH_TEST_")
-                                          and f'"{name}"' in test_setup)
+        read = f'"{name}"' in package or (
+            name.startswith("CELERY_GRAPH_TEST_") and f'"{name}"' in test_setup
+        )
         assert read, f"README.md mentions {name}, which nothing reads"
 
 
@@ -266,16 +283,24 @@ def test_procfile_under_honcho_serves_a_graph_run_and_flower(redis_url, tmp_path
     queue = f"cgops-procfile-{uuid.uuid4().hex[:8]}"
     metrics_port, flower_port = free_port(), free_port()
     env = subprocess_env(
-        CELERY_APP="tests.apps.opsapp", CGOPS_BROKER_URL=redis_url, CGOPS_QUEUE=queue,
-        CELERY_GRAPH_KEY_PREFIX=prefix, CELERY_GRAPH_HEARTBEAT_INTERVAL="1",
-        CELERY_GRAPH_METRICS_PORT=str(metrics_port), FLOWER_PORT=str(flower_port),
+        CELERY_APP="tests.apps.opsapp",
+        CGOPS_BROKER_URL=redis_url,
+        CGOPS_QUEUE=queue,
+        CELERY_GRAPH_KEY_PREFIX=prefix,
+        CELERY_GRAPH_HEARTBEAT_INTERVAL="1",
+        CELERY_GRAPH_METRICS_PORT=str(metrics_port),
+        FLOWER_PORT=str(flower_port),
         CELERY_GRAPH_GRACEFUL_TIMEOUT="5",
     )
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     log = open(tmp_path / "honcho.log", "wb")  # noqa: SIM115
     honcho = subprocess.Popen(
         [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile"), "-d", str(ROOT)],
-        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     app = build_app(redis_url, queue, key_prefix=prefix)
 
@@ -286,15 +311,18 @@ def test_procfile_under_honcho_serves_a_graph_run_and_flower(redis_url, tmp_path
     try:
         wait_for(lambda: registry.live_workers(app), 30, f"the Procfile worker\n{output()}")
         tag = uuid.uuid4().hex[:8]
-        run = (t.ops_first.bind(tag=tag) >> t.ops_last.bind(tag=tag, ops_long="x")).submit(
-            app=app)
+        run = (t.ops_first.bind(tag=tag) >> t.ops_last.bind(tag=tag, ops_long="x")).submit(app=app)
         assert run.get(timeout=30) == "ops_last<-x"
         from tests.test_flower import get
 
-        wait_for(lambda: get(f"http://127.0.0.1:{flower_port}/healthcheck") == "OK", 30,
-                 f"Flower from the Procfile\n{output()}")
+        wait_for(
+            lambda: get(f"http://127.0.0.1:{flower_port}/healthcheck") == "OK",
+            30,
+            f"Flower from the Procfile\n{output()}",
+        )
         assert "celery_graph_worker_tasks_processed_total" in (
-            get(f"http://127.0.0.1:{metrics_port}/metrics") or "")
+            get(f"http://127.0.0.1:{metrics_port}/metrics") or ""
+        )
         honcho.send_signal(signal.SIGTERM)
         honcho.wait(20)
         wait_for(lambda: not registry.live_workers(app), 10, "the worker to deregister")

@@ -74,8 +74,9 @@ def test_the_cluster_compose_file_builds_a_cluster_celery_graph_uses(servers) ->
     for name in nodes:
         command = c["services"][name]["command"]
         assert command[0] == "redis-server" and "--cluster-enabled" in command
-        server = PrivateRedis(extra_args=[*server_args(command, names),
-                                          "--cluster-port", str(free_port())])
+        server = PrivateRedis(
+            extra_args=[*server_args(command, names), "--cluster-port", str(free_port())]
+        )
         servers.append(server.start())
         ports[name] = server.port
     # the file's own init command, run twice: the second run sees a cluster and stops
@@ -88,7 +89,8 @@ def test_the_cluster_compose_file_builds_a_cluster_celery_graph_uses(servers) ->
     _wait(lambda: first.cluster("info")["cluster_state"] == "ok", 30, "the cluster")
     # the nodes announce their names, so clients reach them by name
     assert first.config_get("cluster-preferred-endpoint-type") == {
-        "cluster-preferred-endpoint-type": "hostname"}
+        "cluster-preferred-endpoint-type": "hostname"
+    }
 
     env = c["x-app-env"]
     url = with_ports(env["CELERY_GRAPH_REDIS_URL"], ports, 6379)
@@ -106,13 +108,15 @@ def test_the_sentinel_compose_file_fails_over_under_celery_graph(servers, tmp_pa
     primary = PrivateRedis(extra_args=server_args(primary_cmd, names))
     servers.append(primary.start())
     replica_cmd = [
-        str(primary.port) if a == "6379" else a
-        for a in c["services"]["graph-replica"]["command"]
+        str(primary.port) if a == "6379" else a for a in c["services"]["graph-replica"]["command"]
     ]
     replica = PrivateRedis(extra_args=server_args(replica_cmd, names))
     servers.append(replica.start())
-    _wait(lambda: redis.Redis(port=replica.port).info("replication")["master_link_status"]
-          == "up", 30, "the replica to sync")
+    _wait(
+        lambda: redis.Redis(port=replica.port).info("replication")["master_link_status"] == "up",
+        30,
+        "the replica to sync",
+    )
 
     # the sentinels' own start command writes their configuration: run it (minus the exec)
     script = c["x-sentinel"]["command"][0]
@@ -121,21 +125,29 @@ def test_the_sentinel_compose_file_fails_over_under_celery_graph(servers, tmp_pa
     for _ in range(3):
         port = free_port()
         conf = tmp_path / f"sentinel-{port}.conf"
-        text = subprocess.run(["sh", "-c", printf], check=True, capture_output=True,
-                              text=True).stdout
+        text = subprocess.run(
+            ["sh", "-c", printf], check=True, capture_output=True, text=True
+        ).stdout
         text = text.replace("port 26379", f"port {port}\nbind 127.0.0.1\ndir {tmp_path}")
         text = text.replace("graph-primary 6379", f"127.0.0.1 {primary.port}")
-        text = text.replace("down-after-milliseconds graph 5000",
-                            "down-after-milliseconds graph 1000")
+        text = text.replace(
+            "down-after-milliseconds graph 5000", "down-after-milliseconds graph 1000"
+        )
         conf.write_text(text)
-        proc = subprocess.Popen([find_server_binary(), str(conf), "--sentinel"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [find_server_binary(), str(conf), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         sentinels.append((port, proc))
     try:
         for port, _proc in sentinels:
             s = redis.Redis(port=port)
-            _wait(lambda s=s: s.sentinel_master("graph")["num-other-sentinels"] >= 2, 30,
-                  "the sentinels to find each other")
+            _wait(
+                lambda s=s: s.sentinel_master("graph")["num-other-sentinels"] >= 2,
+                30,
+                "the sentinels to find each other",
+            )
 
         env = c["x-app-env"]
         url = env["CELERY_GRAPH_REDIS_URL"]
@@ -144,19 +156,25 @@ def test_the_sentinel_compose_file_fails_over_under_celery_graph(servers, tmp_pa
         app = Celery("cgtest_deploy_sentinel", broker="memory://", set_as_current=False)
         app.conf.graph_redis_url = url
         app.conf.graph_redis_transport_options = json.loads(
-            env["CELERY_GRAPH_REDIS_TRANSPORT_OPTIONS"])
+            env["CELERY_GRAPH_REDIS_TRANSPORT_OPTIONS"]
+        )
         state = stored_and_read(Settings.from_app(app))
 
         sentinel = redis.Redis(port=sentinels[0][0])
         sentinel.execute_command("SENTINEL", "FAILOVER", "graph")
-        _wait(lambda: int(sentinel.sentinel_get_master_addr_by_name("graph")[1])
-              == replica.port, 30, "the failover")
+        _wait(
+            lambda: int(sentinel.sentinel_get_master_addr_by_name("graph")[1]) == replica.port,
+            30,
+            "the failover",
+        )
         # the same client follows the new primary, and the graph is still there
-        _wait(lambda: state.client.set("cgtest:deploy:after", "1") is True, 30,
-              "writes on the new primary")
+        _wait(
+            lambda: state.client.set("cgtest:deploy:after", "1") is True,
+            30,
+            "writes on the new primary",
+        )
         assert state.client.get("cgtest:deploy:after") == b"1"
-        assert State(Settings.from_app(app)).graphs.load(SPEC.graph_id).graph_id \
-            == SPEC.graph_id
+        assert State(Settings.from_app(app)).graphs.load(SPEC.graph_id).graph_id == SPEC.graph_id
     finally:
         for _port, proc in sentinels:
             proc.kill()

@@ -35,8 +35,7 @@ def test_parallel_context_increments_never_lose_an_update(app, rclient):
     members = Parallel(tuple(bump.bind(id=f"b{i}", name=f"b{i}") for i in range(20)))
     run = (members >> tally).apply_async()
     result = run.get(timeout=60)
-    assert result == {"hits": 1000, "weight": 10.0,
-                      "seen": sorted(f"b{i}" for i in range(20))}
+    assert result == {"hits": 1000, "weight": 10.0, "seen": sorted(f"b{i}" for i in range(20))}
     assert run.results()["b0"] == run.id  # the context knows its run
     assert run.context().get("done") is True
     state_key = state_for(app).keys.state(run.id)

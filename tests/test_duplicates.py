@@ -19,8 +19,13 @@ def test_every_message_duplicated_still_dispatches_each_node_once(app, published
         kwargs = body[1] if isinstance(body, (list, tuple)) else {}
         ctx = kwargs.get("_graph") or {}
         if ctx.get("g") == graph_id:
-            app.send_task(sender, kwargs=kwargs, task_id=headers["id"],
-                          headers={"cgtest_dup": True}, queue=routing_key)
+            app.send_task(
+                sender,
+                kwargs=kwargs,
+                task_id=headers["id"],
+                headers={"cgtest_dup": True},
+                queue=routing_key,
+            )
 
     after_task_publish.connect(duplicate, weak=False)
     try:
@@ -31,7 +36,8 @@ def test_every_message_duplicated_still_dispatches_each_node_once(app, published
     ours = [m for m in published if (m["body"][1].get("_graph") or {}).get("g") == graph_id]
     # a message sent again (a retry) is not a new dispatch
     engine_sent = [
-        m["body"][1]["_graph"]["n"] for m in ours
+        m["body"][1]["_graph"]["n"]
+        for m in ours
         if not m["headers"].get("cgtest_dup") and not m["headers"].get("retries")
     ]
     dup_sent = [m for m in ours if m["headers"].get("cgtest_dup")]

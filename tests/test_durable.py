@@ -91,9 +91,16 @@ def test_a_failing_copy_of_a_node_whose_result_is_stored_changes_nothing(app, ta
         run = flow.apply_async()
         node_task = spec.nodes["succeed_then_fail"].task
         tid = task_id_for(run.id, "succeed_then_fail")
-        app.send_task(node_task, kwargs={"tag": tag, "ok_after": 1.0, "fail_after": 1.5,
-                                         "_graph": {"g": spec.graph_id, "r": run.id,
-                                                    "n": "succeed_then_fail"}}, task_id=tid)
+        app.send_task(
+            node_task,
+            kwargs={
+                "tag": tag,
+                "ok_after": 1.0,
+                "fail_after": 1.5,
+                "_graph": {"g": spec.graph_id, "r": run.id, "n": "succeed_then_fail"},
+            },
+            task_id=tid,
+        )
         assert done.wait(tid, times=2, timeout=20), "both copies ran"
     assert run.get(timeout=20) == "after"
     trace = read_trace(tag)
@@ -109,8 +116,15 @@ def test_a_group_policy_is_decided_in_the_same_call_as_the_failing_arrival(app):
     a, b = step.bind(id="a"), step.bind(id="b")
     run_id, spec = _create(app, Parallel((a, b)).with_policy(critical=["a"]) >> step)
     state = state_for(app)
-    arrival = state.scripts.complete(spec, run_id, spec.nodes["a"], "", kind="failed",
-                                     error_json='{"type": "ValueError"}', traceback="tb")
+    arrival = state.scripts.complete(
+        spec,
+        run_id,
+        spec.nodes["a"],
+        "",
+        kind="failed",
+        error_json='{"type": "ValueError"}',
+        traceback="tb",
+    )
     assert arrival.ended == 2
     record = state.runs.record(run_id)
     assert record["status"] == "failed"
@@ -129,8 +143,9 @@ def test_a_tolerated_failure_released_join_lost_with_its_worker_is_published(
     run_id, spec = _create(app, flow)
     state = state_for(app)
     assert state.scripts.complete(spec, run_id, spec.nodes["ok"], '"ok"').publish == []
-    failed = state.scripts.complete(spec, run_id, spec.nodes["boom"], "", kind="failed",
-                                    error_json='{"type": "ValueError"}')
+    failed = state.scripts.complete(
+        spec, run_id, spec.nodes["boom"], "", kind="failed", error_json='{"type": "ValueError"}'
+    )
     assert failed.publish == ["join"]  # ...and the worker died here
     assert GraphRun(run_id, app=app).get(timeout=30) == "join"
     assert read_trace(tag).count("start:join") == 1
@@ -143,15 +158,14 @@ def test_a_tolerated_failure_released_join_lost_with_its_worker_is_published(
 def test_a_tolerated_failure_that_ends_the_run_continues_the_canvas(app, tag):
     """The last sink to end is a member whose failure its group tolerates: the run
     succeeds, and the Celery chain around the graph goes on with its result."""
-    flow = Parallel((step.bind(id="quick", name="quick", tag=tag),
-                     fail_slowly.bind(tag=tag, delay=0.5))).with_policy(best_effort=True)
+    flow = Parallel(
+        (step.bind(id="quick", name="quick", tag=tag), fail_slowly.bind(tag=tag, delay=0.5))
+    ).with_policy(best_effort=True)
     result = chain(flow.s(), keys_of.s()).apply_async()
     assert result.get(timeout=30) == ["fail_slowly", "quick"]
 
 
-def test_a_continuation_lost_with_its_worker_is_done_by_the_reconciler(
-    app, fast_reconciler
-):
+def test_a_continuation_lost_with_its_worker_is_done_by_the_reconciler(app, fast_reconciler):
     """The run ends without the hooks that follow (its worker died right after): the
     reconciler finds the ended run with a canvas still waiting, and continues it once."""
     with workflow("continued") as wf:
@@ -159,8 +173,9 @@ def test_a_continuation_lost_with_its_worker_is_done_by_the_reconciler(
     result = chain(wf.s(), offset.s(by=1000)).apply_async()
     try:
         # run_graph started the run; its root went to a queue nobody consumes
-        run_id = wait_for(lambda: _run_with_continuation(app), timeout=20,
-                          what="the canvas step to start the run")
+        run_id = wait_for(
+            lambda: _run_with_continuation(app), timeout=20, what="the canvas step to start the run"
+        )
         state = state_for(app)
         run = GraphRun(run_id, app=app)
         spec = run.spec()
@@ -233,8 +248,12 @@ def test_a_resume_whose_publish_fails_is_finished_by_the_reconciler(
         run.get(timeout=20)
     dead = make_app(redis_url, f"redis://127.0.0.1:{free_port()}/0", "cgtest_dead", SESSION)
     dead.conf.broker_connection_timeout = 1
-    dead.conf.task_publish_retry_policy = {"max_retries": 1, "interval_start": 0,
-                                           "interval_step": 0.1, "interval_max": 0.2}
+    dead.conf.task_publish_retry_policy = {
+        "max_retries": 1,
+        "interval_start": 0,
+        "interval_step": 0.1,
+        "interval_max": 0.2,
+    }
     dead.conf.graph_queued_lease = 1  # the lease the resuming process gives the node
     try:
         with pytest.raises(BrokerUnavailable):
@@ -321,8 +340,11 @@ def test_an_idempotency_key_lives_exactly_as_long_as_its_run(app, tag, rclient):
         first = step.as_graph().apply_async(idempotency_key=f"expiring-{tag}", tag=tag)
         assert first.get(timeout=20) == "step"
         assert step.as_graph().apply_async(idempotency_key=f"expiring-{tag}").id == first.id
-        wait_for(lambda: not rclient.exists(state_for(app).keys.run(first.id)), timeout=10,
-                 what="the finished run to expire")
+        wait_for(
+            lambda: not rclient.exists(state_for(app).keys.run(first.id)),
+            timeout=10,
+            what="the finished run to expire",
+        )
         assert not [k for k in rclient.scan_iter(match=f"{app.conf.graph_key_prefix}:idem*")]
         second = step.as_graph().apply_async(idempotency_key=f"expiring-{tag}", tag=tag)
         assert second.get(timeout=20) == "step"  # a new run under the same id
@@ -338,8 +360,11 @@ def test_shared_state_written_after_a_cancel_never_outlives_the_run(app, tag, rc
     app.conf.graph_result_ttl = 2
     try:
         run = write_after_signal.as_graph().apply_async(tag=tag)
-        wait_for(lambda: "start:write_after_signal" in read_trace(tag), timeout=20,
-                 what="the node to start")
+        wait_for(
+            lambda: "start:write_after_signal" in read_trace(tag),
+            timeout=20,
+            what="the node to start",
+        )
         state_key = state_for(app).keys.state(run.id)
         run_key = state_for(app).keys.run(run.id)
         assert run.cancel()
@@ -356,8 +381,11 @@ def test_shared_state_written_after_a_cancel_keeps_the_run_expiry(app, tag, rcli
     app.conf.graph_result_ttl = 30
     try:
         run = write_after_signal.as_graph().apply_async(tag=tag)
-        wait_for(lambda: "start:write_after_signal" in read_trace(tag), timeout=20,
-                 what="the node to start")
+        wait_for(
+            lambda: "start:write_after_signal" in read_trace(tag),
+            timeout=20,
+            what="the node to start",
+        )
         assert run.cancel()
         with postruns() as done:
             trace_client().rpush(f"cgtest-go:{tag}", 1)

@@ -59,9 +59,11 @@ def trace_of(client: redis.Redis, tag: str) -> list[str]:
 
 
 def chain3(tag: str, delay: float = 0.0):
-    return (step.bind(id="first", name="first", tag=tag)
-            >> step.bind(id="middle", name="middle", tag=tag, delay=delay)
-            >> step.bind(id="last", name="last", tag=tag))
+    return (
+        step.bind(id="first", name="first", tag=tag)
+        >> step.bind(id="middle", name="middle", tag=tag, delay=delay)
+        >> step.bind(id="last", name="last", tag=tag)
+    )
 
 
 def test_a_broker_that_loses_every_queued_message_delays_runs_but_loses_none(
@@ -107,8 +109,11 @@ def test_a_plain_celery_worker_with_stock_settings_killed_mid_node_loses_nothing
         w.start("stock-a")
         w.start("stock-b")
         run = chain3(tag, delay=3.0).submit(app=w.app)
-        wait_for(lambda: "start:middle" in trace_of(rclient, tag), timeout=30,
-                 what="the middle node's function to start")
+        wait_for(
+            lambda: "start:middle" in trace_of(rclient, tag),
+            timeout=30,
+            what="the middle node's function to start",
+        )
         victim = run.status().nodes["middle"].worker
         killed_at = time.monotonic()
         w.kill(victim)
@@ -144,11 +149,17 @@ def test_the_graph_redis_away_longer_than_its_retries_is_not_a_node_failure(
     try:
         w.start("graph-down")
         run = chain3(tag, delay=2.0).submit(app=w.app)
-        wait_for(lambda: "start:middle" in trace_of(rclient, tag), timeout=30,
-                 what="the middle node to start")
+        wait_for(
+            lambda: "start:middle" in trace_of(rclient, tag),
+            timeout=30,
+            what="the middle node to start",
+        )
         graph.stop()
-        wait_for(lambda: "end:middle" in trace_of(rclient, tag), timeout=30,
-                 what="the middle node to return while Redis is away")
+        wait_for(
+            lambda: "end:middle" in trace_of(rclient, tag),
+            timeout=30,
+            what="the middle node to return while Redis is away",
+        )
         time.sleep(6)  # longer than redis-py's own retries: the outage under test
         graph.start()
         w.supervise()
@@ -171,11 +182,17 @@ def test_the_broker_away_while_successors_are_published_is_not_a_failure(
         w.start("broker-down")
         w.supervise()  # Celery's worker may exit on a broker reconnect (celery#9250)
         run = chain3(tag, delay=2.0).submit(app=w.app)
-        wait_for(lambda: "start:middle" in trace_of(rclient, tag), timeout=30,
-                 what="the middle node to start")
+        wait_for(
+            lambda: "start:middle" in trace_of(rclient, tag),
+            timeout=30,
+            what="the middle node to start",
+        )
         broker.stop()
-        wait_for(lambda: "end:middle" in trace_of(rclient, tag), timeout=30,
-                 what="the middle node to return while the broker is away")
+        wait_for(
+            lambda: "end:middle" in trace_of(rclient, tag),
+            timeout=30,
+            what="the middle node to return while the broker is away",
+        )
         time.sleep(3)  # the outage under test
         assert run.status().state == "running"
         broker.start()
@@ -215,7 +232,10 @@ def test_a_submitter_killed_while_it_waits_lets_a_retry_start_the_run(app, redis
     blocker = unconsumed.as_graph().apply_async()  # the queue holds one message: no room
     proc = subprocess.Popen(
         [sys.executable, "-c", SUBMITTER, redis_url, SESSION, key],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "waiting"
@@ -243,8 +263,7 @@ def test_a_worker_an_hour_fast_keeps_deadlines_on_the_server_clock(redis_url, rc
         assert run.get(timeout=30) == "last"
         status = run.status()
         server_now = state_for(w.app).runs.time()
-        assert all(n.started is not None and n.started <= server_now
-                   for n in status.nodes.values())
+        assert all(n.started is not None and n.started <= server_now for n in status.nodes.values())
     finally:
         w.stop()
 
@@ -275,12 +294,29 @@ def test_the_reconcile_command_sends_again_what_no_worker_will(redis_url, tag):
         state = state_for(w.app)
         lease = state.runs.leases(run.id)["step"]
         wait_for(lambda: state.runs.time() > lease, timeout=10, what="the lease to run out")
-        env = dict(os.environ, PYTHONPATH=str(ROOT), CGTEST_REDIS_URL=redis_url,
-                   CGTEST_QUEUE=w.queue, CGTEST_PREFIX=w.prefix, **FAST)
+        env = dict(
+            os.environ,
+            PYTHONPATH=str(ROOT),
+            CGTEST_REDIS_URL=redis_url,
+            CGTEST_QUEUE=w.queue,
+            CGTEST_PREFIX=w.prefix,
+            **FAST,
+        )
         out = subprocess.run(
-            [sys.executable, "-m", "celery_graph.cli", "-A", "tests.brokerapp:env_app",
-             "reconcile", "--once"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "celery_graph.cli",
+                "-A",
+                "tests.brokerapp:env_app",
+                "reconcile",
+                "--once",
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert out.returncode == 0, out.stderr
         assert f"sent again {run.id}:step" in out.stdout

@@ -30,8 +30,16 @@ from tests.tasks import (
 )
 
 EIGHT_EDGES = [
-    ("t1", "t2"), ("t1", "t3"), ("t1", "t4"), ("t2", "t5"), ("t4", "t6"), ("t4", "t7"),
-    ("t5", "t8"), ("t3", "t8"), ("t6", "t8"), ("t7", "t8"),
+    ("t1", "t2"),
+    ("t1", "t3"),
+    ("t1", "t4"),
+    ("t2", "t5"),
+    ("t4", "t6"),
+    ("t4", "t7"),
+    ("t5", "t8"),
+    ("t3", "t8"),
+    ("t6", "t8"),
+    ("t7", "t8"),
 ]
 
 
@@ -80,8 +88,17 @@ def test_nested_groups_keep_every_ordering(any_app, tag):
     run = flow.apply_async(tag=tag)
     assert run.get(timeout=20) == "h"
     trace = read_trace(tag)
-    for before, after in [("a", "b"), ("a", "f"), ("b", "c"), ("b", "d"), ("d", "e"),
-                          ("c", "g"), ("e", "g"), ("f", "g"), ("g", "h")]:
+    for before, after in [
+        ("a", "b"),
+        ("a", "f"),
+        ("b", "c"),
+        ("b", "d"),
+        ("d", "e"),
+        ("c", "g"),
+        ("e", "g"),
+        ("f", "g"),
+        ("g", "h"),
+    ]:
         assert_order(trace, before, after)
     assert trace.count("start:g") == 1
 

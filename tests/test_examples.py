@@ -153,8 +153,9 @@ def test_pipeline_file_from_python_and_from_the_cli(redis_url: str) -> None:
         out = run_py(["-m", "examples.pipeline_tasks"], env)
         assert out.returncode == 0, out.stderr
         assert last_value(out.stdout) == expected
-        via_cli = cli("-A", "examples.pipeline_tasks", "run", "examples/pipeline.toml", "--wait",
-                      env=env)
+        via_cli = cli(
+            "-A", "examples.pipeline_tasks", "run", "examples/pipeline.toml", "--wait", env=env
+        )
         assert via_cli.returncode == 0, via_cli.stderr
         assert json.loads(via_cli.stdout) == expected
         broken = cli("-A", "examples.pipeline_tasks", "run", "tests/no-such.toml", env=env)

@@ -23,8 +23,10 @@ def listed(app, flow: str, run_id: str) -> bool:
     state = state_for(app)
     k = state.keys
     client = state.runs.client
-    return (client.zscore(k.flow_runs(flow), run_id) is not None
-            and client.zscore(k.flows_index(), flow) is not None)
+    return (
+        client.zscore(k.flow_runs(flow), run_id) is not None
+        and client.zscore(k.flows_index(), flow) is not None
+    )
 
 
 def fresh(name: str) -> str:

@@ -31,11 +31,14 @@ def get(url: str):
 def flower(redis_url, tmp_path):
     queue = f"cgops-flower-{uuid.uuid4().hex[:8]}"
     port = free_port()
-    env = subprocess_env(CGOPS_BROKER_URL=redis_url, CGOPS_QUEUE=queue,
-                         FLOWER_UNAUTHENTICATED_API="true")
+    env = subprocess_env(
+        CGOPS_BROKER_URL=redis_url, CGOPS_QUEUE=queue, FLOWER_UNAUTHENTICATED_API="true"
+    )
     proc = WorkerProcess(
         ["-A", "tests.apps.opsapp", "flower", f"--port={port}", "--address=127.0.0.1"],
-        env, tmp_path / "flower.log", cmd=[sys.executable, "-m", "celery"],
+        env,
+        tmp_path / "flower.log",
+        cmd=[sys.executable, "-m", "celery"],
     )
     worker = start_worker(tmp_path, "fl1", broker_url=redis_url, queue=queue, prefix=PREFIX)
     base = f"http://127.0.0.1:{port}"
@@ -43,8 +46,11 @@ def flower(redis_url, tmp_path):
         wait_for(lambda: get(f"{base}/healthcheck") == "OK", 30, f"Flower\n{proc.log()}")
         # Flower counts a worker online once it has its heartbeat events: from then on it
         # also receives the task events of that worker.
-        wait_for(lambda: 'flower_worker_online{worker="fl1@' in (get(f"{base}/metrics") or ""),
-                 30, f"Flower to see the worker\n{worker.log()}")
+        wait_for(
+            lambda: 'flower_worker_online{worker="fl1@' in (get(f"{base}/metrics") or ""),
+            30,
+            f"Flower to see the worker\n{worker.log()}",
+        )
         yield build_app(redis_url, queue, key_prefix=PREFIX), base
     finally:
         worker.stop()
@@ -54,8 +60,9 @@ def flower(redis_url, tmp_path):
 def test_flower_lists_graph_nodes_under_their_task_names_with_the_run_id(flower):
     app, base = flower
     tag = uuid.uuid4().hex[:8]
-    run = (t.ops_first.bind(tag=tag) >> t.ops_long.bind(tag=tag) >> t.ops_last.bind(tag=tag)
-           ).submit(app=app)
+    run = (
+        t.ops_first.bind(tag=tag) >> t.ops_long.bind(tag=tag) >> t.ops_last.bind(tag=tag)
+    ).submit(app=app)
     assert run.get(timeout=30) == "ops_last<-ops_long"
 
     def tasks_of_run():
@@ -84,9 +91,20 @@ def test_flower_api_is_closed_without_auth_settings(redis_url, tmp_path):
     env = subprocess_env(CGOPS_BROKER_URL=redis_url, CGOPS_QUEUE="cgops-flower-closed")
     env.pop("FLOWER_UNAUTHENTICATED_API", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tests.apps.opsapp", "flower",
-         f"--port={port}", "--address=127.0.0.1"],
-        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tests.apps.opsapp",
+            "flower",
+            f"--port={port}",
+            "--address=127.0.0.1",
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         base = f"http://127.0.0.1:{port}"

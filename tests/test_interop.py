@@ -12,7 +12,9 @@ def test_existing_signature_is_a_node_with_its_arguments(any_app):
     flow = node(resize.s("cat.png", width=50), id="resize") >> node(count_chars)
     run = flow.apply_async()
     assert run.get(timeout=20) == {
-        "chars": len("cat.png@50x100"), "task": "tests.plain.count_chars"}
+        "chars": len("cat.png@50x100"),
+        "task": "tests.plain.count_chars",
+    }
     assert run.results()["resize"] == "cat.png@50x100"
 
 
@@ -22,7 +24,8 @@ def test_existing_task_receives_upstream_results_by_parameter_name(any_app):
     assert flow.apply_async().get(timeout=20) == "x@100x7"
     image = source.bind(id="image", value="owl.png")
     assert (image >> node(resize.s(), id="resize")).apply_async().get(timeout=20) == (
-        "owl.png@100x100")
+        "owl.png@100x100"
+    )
 
 
 def test_node_errors_are_clear():

@@ -43,9 +43,7 @@ def test_two_prefixes_on_one_redis_are_isolated(app, rclient, fresh_prefix, tag)
         assert key.startswith(b + ":"), key
 
 
-def test_every_key_matches_the_pattern_and_shares_the_run_hash_tag(
-    app, rclient, fresh_prefix, tag
-):
+def test_every_key_matches_the_pattern_and_shares_the_run_hash_tag(app, rclient, fresh_prefix, tag):
     prefix = f"pattern-{tag}"
     fresh_prefix(prefix)
     with workflow("diamond") as wf:

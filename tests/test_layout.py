@@ -12,22 +12,34 @@ def boxes(drawing) -> dict[str, dict]:
 
 
 def overlap(a: dict, b: dict) -> bool:
-    return not (a["x"] + a["w"] <= b["x"] or b["x"] + b["w"] <= a["x"]
-                or a["y"] + a["h"] <= b["y"] or b["y"] + b["h"] <= a["y"])
+    return not (
+        a["x"] + a["w"] <= b["x"]
+        or b["x"] + b["w"] <= a["x"]
+        or a["y"] + a["h"] <= b["y"]
+        or b["y"] + b["h"] <= a["y"]
+    )
 
 
 def test_layers_left_to_right_with_joins_marked_and_edges_between_box_sides():
     drawing = layout((extract >> (transform | audit) >> load).compile())
     b = boxes(drawing)
     assert {k: v["layer"] for k, v in b.items()} == {
-        "extract": 0, "transform": 1, "audit": 1, "load": 2}
+        "extract": 0,
+        "transform": 1,
+        "audit": 1,
+        "load": 2,
+    }
     assert b["load"]["kind"] == "join" and b["extract"]["kind"] == "task"
     assert sorted(b["load"]["preds"]) == ["audit", "transform"]
     assert b["transform"]["x"] == b["audit"]["x"] == b["extract"]["x"] + NODE_W + GAP_X
     assert not overlap(b["transform"], b["audit"])
     edges = {(e["source"], e["target"]): e["points"] for e in drawing["edges"]}
-    assert set(edges) == {("extract", "transform"), ("extract", "audit"),
-                          ("transform", "load"), ("audit", "load")}
+    assert set(edges) == {
+        ("extract", "transform"),
+        ("extract", "audit"),
+        ("transform", "load"),
+        ("audit", "load"),
+    }
     (x0, y0), (x1, y1) = edges[("extract", "audit")]
     assert (x0, y0) == (b["extract"]["x"] + NODE_W, b["extract"]["y"] + NODE_H / 2)
     assert (x1, y1) == (b["audit"]["x"], b["audit"]["y"] + NODE_H / 2)
@@ -59,8 +71,9 @@ def test_a_map_node_is_drawn_as_a_map_over_its_source():
 
 def test_a_wide_fan_out_becomes_one_group_and_a_long_chain_keeps_its_ends():
     members = [step.bind(id=f"s{i}") for i in range(200)]
-    drawing = layout((step.bind(id="start") >> Parallel(tuple(members))
-                      >> step.bind(id="end")).compile())
+    drawing = layout(
+        (step.bind(id="start") >> Parallel(tuple(members)) >> step.bind(id="end")).compile()
+    )
     b = boxes(drawing)
     assert set(b) == {"start", "group:s0", "end"}
     assert b["group:s0"]["kind"] == "group"
@@ -68,10 +81,12 @@ def test_a_wide_fan_out_becomes_one_group_and_a_long_chain_keeps_its_ends():
     assert b["group:s0"]["label"].startswith("200 nodes")
     assert drawing["unit_of"]["s57"] == "group:s0" and drawing["grouped"]
     assert {(e["source"], e["target"]) for e in drawing["edges"]} == {
-        ("start", "group:s0"), ("group:s0", "end")}
+        ("start", "group:s0"),
+        ("group:s0", "end"),
+    }
 
     chain = members[0]
-    for m in members[1:BIG + 5]:
+    for m in members[1 : BIG + 5]:
         chain = chain >> m
     b = boxes(layout(chain.compile()))
     assert set(b) == {"s0", "group:s1", f"s{BIG + 4}"}
@@ -80,8 +95,9 @@ def test_a_wide_fan_out_becomes_one_group_and_a_long_chain_keeps_its_ends():
 
 def test_parallel_chains_between_the_same_nodes_bundle_into_one_group():
     chains = [step.bind(id=f"a{i}") >> step.bind(id=f"b{i}") for i in range(20)]
-    drawing = layout((step.bind(id="start") >> Parallel(tuple(chains))
-                      >> step.bind(id="end")).compile())
+    drawing = layout(
+        (step.bind(id="start") >> Parallel(tuple(chains)) >> step.bind(id="end")).compile()
+    )
     b = boxes(drawing)
     assert set(b) == {"start", "group:a0", "end"}
     assert len(b["group:a0"]["members"]) == 40
@@ -90,8 +106,9 @@ def test_parallel_chains_between_the_same_nodes_bundle_into_one_group():
 
 def test_a_small_graph_is_never_grouped_and_no_boxes_overlap():
     members = [step.bind(id=f"m{i}") for i in range(BIG - 2)]
-    drawing = layout((step.bind(id="start") >> Parallel(tuple(members))
-                      >> step.bind(id="end")).compile())
+    drawing = layout(
+        (step.bind(id="start") >> Parallel(tuple(members)) >> step.bind(id="end")).compile()
+    )
     b = list(boxes(drawing).values())
     assert len(b) == BIG and not drawing["grouped"]
-    assert not any(overlap(p, q) for i, p in enumerate(b) for q in b[i + 1:])
+    assert not any(overlap(p, q) for i, p in enumerate(b) for q in b[i + 1 :])

@@ -40,21 +40,59 @@ def test_celery_time_limits_fail_the_run_naming_the_node(prefork_workers, node, 
 
 
 def _make_certs(directory) -> dict[str, str]:
-    paths = {n: str(directory / f"{n}") for n in ("ca.key", "ca.crt", "srv.key", "srv.csr",
-                                                  "srv.crt")}
+    paths = {
+        n: str(directory / f"{n}") for n in ("ca.key", "ca.crt", "srv.key", "srv.csr", "srv.crt")
+    }
 
     def ssl(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True)
 
-    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=cgtest-ca",
-        "-keyout", paths["ca.key"], "-out", paths["ca.crt"])
-    ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-        "-keyout", paths["srv.key"], "-out", paths["srv.csr"])
+    ssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=cgtest-ca",
+        "-keyout",
+        paths["ca.key"],
+        "-out",
+        paths["ca.crt"],
+    )
+    ssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        paths["srv.key"],
+        "-out",
+        paths["srv.csr"],
+    )
     ext = directory / "ext.cnf"
     ext.write_text("subjectAltName=IP:127.0.0.1\n")
-    ssl("x509", "-req", "-in", paths["srv.csr"], "-CA", paths["ca.crt"], "-CAkey",
-        paths["ca.key"], "-CAcreateserial", "-days", "1", "-out", paths["srv.crt"],
-        "-extfile", str(ext))
+    ssl(
+        "x509",
+        "-req",
+        "-in",
+        paths["srv.csr"],
+        "-CA",
+        paths["ca.crt"],
+        "-CAkey",
+        paths["ca.key"],
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-out",
+        paths["srv.crt"],
+        "-extfile",
+        str(ext),
+    )
     return paths
 
 
@@ -65,11 +103,20 @@ def test_graph_state_over_tls(redis_url, tmp_path):
         pytest.skip(f"{binary} may be built without TLS")
     certs = _make_certs(tmp_path)
     tls_port = free_port()
-    server = PrivateRedis(extra_args=[
-        "--tls-port", str(tls_port), "--tls-cert-file", certs["srv.crt"],
-        "--tls-key-file", certs["srv.key"], "--tls-ca-cert-file", certs["ca.crt"],
-        "--tls-auth-clients", "no",
-    ]).start()
+    server = PrivateRedis(
+        extra_args=[
+            "--tls-port",
+            str(tls_port),
+            "--tls-cert-file",
+            certs["srv.crt"],
+            "--tls-key-file",
+            certs["srv.key"],
+            "--tls-ca-cert-file",
+            certs["ca.crt"],
+            "--tls-auth-clients",
+            "no",
+        ]
+    ).start()
     url = f"rediss://127.0.0.1:{tls_port}/0?ssl_cert_reqs=required&ssl_ca_certs={certs['ca.crt']}"
     pool = None
     try:

@@ -22,7 +22,8 @@ def test_map_runs_one_task_per_item_and_merge_gets_results_in_item_order(any_app
     run = (split >> process.map("split") >> merge).apply_async(n=7, tag=tag)
     assert run.get(timeout=30) == [f"ITEM{i}" for i in range(7)]
     assert sorted(e for e in read_trace(tag) if e.startswith("process:")) == sorted(
-        f"process:item{i}" for i in range(7))
+        f"process:item{i}" for i in range(7)
+    )
     assert run.results()["process"] == [f"ITEM{i}" for i in range(7)]
     assert not any("#" in k for k in run.results())
 
@@ -66,8 +67,12 @@ def test_a_chunked_map_sends_one_message_per_chunk_and_calls_per_item(any_app, t
     assert run.get(timeout=30) == [f"ITEM{i}" for i in range(10)]
     calls = [e for e in read_trace(tag) if e.startswith("process:")]
     assert sorted(calls) == sorted(f"process:item{i}" for i in range(10))
-    ours = [m for m in published if (m["body"][1].get("_graph") or {}).get("r") == run.id
-            and m["body"][1]["_graph"]["n"] == "process"]
+    ours = [
+        m
+        for m in published
+        if (m["body"][1].get("_graph") or {}).get("r") == run.id
+        and m["body"][1]["_graph"]["n"] == "process"
+    ]
     chunks = [m["body"][1]["split"] for m in ours if "i" in m["body"][1]["_graph"]]
     if chunks:  # the messages this process saw (on RabbitMQ the worker sends them)
         assert sorted(len(c) for c in chunks) == [1, 3, 3, 3]
@@ -77,8 +82,11 @@ def test_a_chunked_map_sends_one_message_per_chunk_and_calls_per_item(any_app, t
 def test_a_chunk_delivered_again_skips_the_items_already_done(app, tag):
     """An item fails once in the middle of its chunk; the chunk is retried and calls only
     the items without a stored result."""
-    flow = split >> item_fails_once.bind(tag=tag).map("split", chunk=5).with_retries(
-        1, delay=0) >> gather_items
+    flow = (
+        split
+        >> item_fails_once.bind(tag=tag).map("split", chunk=5).with_retries(1, delay=0)
+        >> gather_items
+    )
     run = flow.apply_async(n=10)
     assert run.get(timeout=30) == [f"ITEM{i}" for i in range(10)]
     trace = read_trace(tag)

@@ -35,16 +35,38 @@ class NativeWorkers(Workers):
 
     def _spawn(self, hostname: str) -> None:
         env = dict(
-            os.environ, PYTHONPATH=ROOT, CGTEST_REDIS_URL=self.redis_url,
-            CGTEST_QUEUE=self.queue, CGTEST_PREFIX=self.prefix, CGTEST_SESSION=SESSION,
+            os.environ,
+            PYTHONPATH=ROOT,
+            CGTEST_REDIS_URL=self.redis_url,
+            CGTEST_QUEUE=self.queue,
+            CGTEST_PREFIX=self.prefix,
+            CGTEST_SESSION=SESSION,
             **self.extra_env,
         )
         self.procs[hostname] = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tests.native_app:app", "worker",
-             "-P", self.pool, "-c", str(self.concurrency), "-n", hostname, "-l", "WARNING",
-             "--without-mingle", "--without-gossip",
-             "-Q", f"{self.queue},{routed_queue(self.queue)}"],
-            env=env, cwd=ROOT, start_new_session=self.isolate,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tests.native_app:app",
+                "worker",
+                "-P",
+                self.pool,
+                "-c",
+                str(self.concurrency),
+                "-n",
+                hostname,
+                "-l",
+                "WARNING",
+                "--without-mingle",
+                "--without-gossip",
+                "-Q",
+                f"{self.queue},{routed_queue(self.queue)}",
+            ],
+            env=env,
+            cwd=ROOT,
+            start_new_session=self.isolate,
         )
 
     def seen(self, client: redis.Redis) -> list[dict]:
@@ -135,7 +157,8 @@ def test_existing_task_node_killed_with_its_worker_runs_again_and_completes_once
         run = flow.submit({"tag": tag}, app=workers.app)
         status = wait_for(
             lambda: (s := run.status()).nodes["slow_plain"].state == "running" and s,
-            timeout=20, what="the existing task's node to start",
+            timeout=20,
+            what="the existing task's node to start",
         )
         victim = status.nodes["slow_plain"].worker
         workers.kill(victim)

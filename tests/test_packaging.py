@@ -24,8 +24,13 @@ def dists(tmp_path_factory) -> dict[str, Path]:
         "d = sys.argv[1]; names = [b.build_sdist(d), b.build_wheel(d)]; "
         "pathlib.Path(d, 'names').write_text(' '.join(names))"
     )
-    done = subprocess.run([sys.executable, "-c", code, str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     sdist, wheel = (out / "names").read_text().split()
     return {"sdist": out / sdist, "wheel": out / wheel}
@@ -34,13 +39,14 @@ def dists(tmp_path_factory) -> dict[str, Path]:
 def test_the_sdist_carries_its_tests_and_everything_they_read(dists) -> None:
     with tarfile.open(dists["sdist"]) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     needed = [
-        f for f in tracked
+        f
+        for f in tracked
         if f.startswith(("celery_graph/", "tests/", "examples/", "deploy/", ".ci/"))
-        or f in ("LICENSE", "README.md", "CHANGES.md", "Makefile", "Procfile",
-                 "pyproject.toml")
+        or f in ("LICENSE", "README.md", "CHANGES.md", "Makefile", "Procfile", "pyproject.toml")
     ]
     missing = sorted(set(needed) - names)
     assert not missing, f"not in the sdist: {missing}"
@@ -51,8 +57,9 @@ def test_the_wheel_has_the_package_data_and_the_metadata(dists) -> None:
         names = set(whl.namelist())
         meta_name = next(n for n in names if n.endswith(".dist-info/METADATA"))
         meta = Parser().parsestr(whl.read(meta_name).decode())
-    tracked = subprocess.run(["git", "ls-files", "celery_graph"], cwd=ROOT,
-                             capture_output=True, text=True, check=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files", "celery_graph"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert not sorted(set(tracked) - names), "package files missing from the wheel"
     assert any(n.endswith("state/lua/complete.lua") for n in names)
     assert "celery_graph/py.typed" in names

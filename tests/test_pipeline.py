@@ -50,7 +50,9 @@ def test_nested_blocks_pipeline_runs(app, tmp_path):
 
 
 def test_edges_pipeline_with_existing_celery_task_and_named_group(app, tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         edges = [["a", "r"], ["b", "r"]]
 
         [[node]]
@@ -67,12 +69,15 @@ def test_edges_pipeline_with_existing_celery_task_and_named_group(app, tmp_path)
         id = "r"
         task = "tests.plain.resize"
         args = { image = "img" }
-        """)
+        """,
+    )
     assert load(path).apply_async().get(timeout=20) == "img@100x100"
 
 
 def test_retries_field_retries_the_node(app, tmp_path, tag):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         [flow]
         sequence = ["f"]
 
@@ -82,7 +87,8 @@ def test_retries_field_retries_the_node(app, tmp_path, tag):
         args = { fail_times = 2 }
         retries = 2
         retry_delay = 0
-        """)
+        """,
+    )
     run = load(path).apply_async(tag=tag)
     assert run.get(timeout=20) == 3
     assert run.status().nodes["f"].attempts == 3
@@ -92,19 +98,34 @@ def test_retries_field_retries_the_node(app, tmp_path, tag):
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ('[flow]\nsequence = ["a"]\n\n[[node]]\nid = "a"\ntask = "tests.tasks.nope"\n',
-         r"pipeline.toml:6: task: no registered task 'tests.tasks.nope'"),
-        ('[flow]\nsequence = ["a"]\n\n[[node]]\nid = "a"\ntask = "tests.tasks.source"\n'
-         'colour = "red"\n', r"pipeline.toml:7: colour: unknown node field"),
-        ('[flow]\nsequence = ["a", "b"]\n\n[[node]]\nid = "a"\ntask = "tests.tasks.source"\n',
-         r"pipeline.toml:2: flow.sequence\[1\]: 'b' is not a declared node id"),
-        ('[flow]\nsequence = ["a"]\n\n[[node]]\nid = "a"\ntask = "tests.tasks.add"\n'
-         'args = { z = 1 }\n', r"pipeline.toml:7: args: .*'z'"),
+        (
+            '[flow]\nsequence = ["a"]\n\n[[node]]\nid = "a"\ntask = "tests.tasks.nope"\n',
+            r"pipeline.toml:6: task: no registered task 'tests.tasks.nope'",
+        ),
+        (
+            '[flow]\nsequence = ["a"]\n\n[[node]]\nid = "a"\ntask = "tests.tasks.source"\n'
+            'colour = "red"\n',
+            r"pipeline.toml:7: colour: unknown node field",
+        ),
+        (
+            '[flow]\nsequence = ["a", "b"]\n\n[[node]]\nid = "a"\ntask = "tests.tasks.source"\n',
+            r"pipeline.toml:2: flow.sequence\[1\]: 'b' is not a declared node id",
+        ),
+        (
+            '[flow]\nsequence = ["a"]\n\n[[node]]\nid = "a"\ntask = "tests.tasks.add"\n'
+            "args = { z = 1 }\n",
+            r"pipeline.toml:7: args: .*'z'",
+        ),
         ('[flow\nsequence = ["a"]\n', r"pipeline.toml:1: syntax:"),
-        ('[[node]]\nid = "a"\ntask = "tests.tasks.source"\n',
-         r"pipeline.toml: flow: give exactly one of"),
-        ('[flow]\nsequence = ["a"]\n\n[[node]]\nid = "a"\ntask = "tests.tasks.source"\n'
-         'retries = -1\n', r"pipeline.toml:7: retries: must be a whole number"),
+        (
+            '[[node]]\nid = "a"\ntask = "tests.tasks.source"\n',
+            r"pipeline.toml: flow: give exactly one of",
+        ),
+        (
+            '[flow]\nsequence = ["a"]\n\n[[node]]\nid = "a"\ntask = "tests.tasks.source"\n'
+            "retries = -1\n",
+            r"pipeline.toml:7: retries: must be a whole number",
+        ),
     ],
 )
 def test_malformed_files_name_line_and_field(app, tmp_path, text, expected):

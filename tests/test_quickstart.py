@@ -15,7 +15,10 @@ def test_quickstart_example_runs_end_to_end(redis_url, rclient):
     env = dict(os.environ, CELERY_GRAPH_REDIS_URL=redis_url)
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "quickstart.py")],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout

@@ -17,16 +17,13 @@ def test_acl_user_and_password_url_runs_a_graph():
     pool = None
     try:
         admin = redis.Redis.from_url(server.url)
-        admin.execute_command(
-            "ACL", "SETUSER", "graphs", "on", ">s3cret-pw", "~*", "&*", "+@all"
-        )
+        admin.execute_command("ACL", "SETUSER", "graphs", "on", ">s3cret-pw", "~*", "&*", "+@all")
         admin.execute_command("ACL", "SETUSER", "default", "off")
         url = f"redis://graphs:s3cret-pw@127.0.0.1:{server.port}/0"
         pool = Workers(url)
         pool.start("acl")
         run = (extract >> (transform | audit) >> load).submit(app=pool.app)
-        assert GraphRun(run.id, app=pool.app).get(timeout=30) == {
-            "rows": [10, 20, 30], "count": 3}
+        assert GraphRun(run.id, app=pool.app).get(timeout=30) == {"rows": [10, 20, 30], "count": 3}
         anonymous = redis.Redis(port=server.port)
         try:
             anonymous.ping()

@@ -18,8 +18,9 @@ ETL = (extract >> (transform | audit) >> load).compile()
 def layers(spec) -> list[list[str]]:
     """Node ids grouped by layer of the drawing, top to bottom within a layer."""
     drawing = layout.layout(spec)
-    rows: list[list[tuple[float, str]]] = [[] for _ in range(1 + max(
-        b["layer"] for b in drawing["nodes"]))]
+    rows: list[list[tuple[float, str]]] = [
+        [] for _ in range(1 + max(b["layer"] for b in drawing["nodes"]))
+    ]
     for box in drawing["nodes"]:
         rows[box["layer"]].append((box["y"], box["id"]))
     return [[nid for _, nid in sorted(row)] for row in rows]
@@ -76,7 +77,8 @@ def test_svg_fills_every_node_by_state_and_draws_every_edge() -> None:
     root = ET.fromstring(render.svg(ETL, states, title="run x"))
     boxes = {
         g.get("data-id"): g.find(f"{SVG}rect")
-        for g in root.iter(f"{SVG}g") if "node" in (g.get("class") or "")
+        for g in root.iter(f"{SVG}g")
+        if "node" in (g.get("class") or "")
     }
     assert set(boxes) == {"extract", "transform", "audit", "load"}
     fills = {nid: rect.get("fill") for nid, rect in boxes.items()}
@@ -100,8 +102,11 @@ def test_svg_groups_a_big_fan_out_with_a_bar_of_member_states() -> None:
     root = ET.fromstring(render.svg(spec, states))
     groups = [g for g in root.iter(f"{SVG}g") if "group" in (g.get("class") or "")]
     assert len(groups) == 1
-    segs = {r.get("data-state"): float(r.get("width"))
-            for r in groups[0].iter(f"{SVG}rect") if r.get("class") == "seg"}
+    segs = {
+        r.get("data-state"): float(r.get("width"))
+        for r in groups[0].iter(f"{SVG}rect")
+        if r.get("class") == "seg"
+    }
     assert set(segs) == {"succeeded", "failed"}
     assert segs["succeeded"] == pytest.approx(3 * segs["failed"], rel=0.01)
 

@@ -52,8 +52,9 @@ def test_cluster_state_lives_on_several_nodes_and_recovers_lost_messages(cluster
     cluster_app.conf.update(graph_queued_lease=1, graph_reconcile_interval=0.2)
     try:
         state = state_for(cluster_app)
-        runs = [step.bind(name="spread", tag=f"{tag}{i}").as_graph().apply_async()
-                for i in range(12)]
+        runs = [
+            step.bind(name="spread", tag=f"{tag}{i}").as_graph().apply_async() for i in range(12)
+        ]
         for run in runs:
             assert run.get(timeout=20) == "spread"
         nodes = {state.client.keyslot(state.keys.run(r.id)) // 5462 for r in runs}
@@ -68,8 +69,11 @@ def test_cluster_state_lives_on_several_nodes_and_recovers_lost_messages(cluster
 
 
 def test_graph_state_on_the_brokers_sentinel_when_no_graph_url_is_set() -> None:
-    app = Celery("cgtest_sentinel_conf", broker="sentinel://127.0.0.1:26379;"
-                 "sentinel://127.0.0.2:26379", set_as_current=False)
+    app = Celery(
+        "cgtest_sentinel_conf",
+        broker="sentinel://127.0.0.1:26379;sentinel://127.0.0.2:26379",
+        set_as_current=False,
+    )
     app.conf.broker_transport_options = {"master_name": "graphs"}
     settings = Settings.from_app(app)
     assert settings.redis_url.startswith("sentinel://127.0.0.1:26379;")
@@ -98,28 +102,45 @@ def test_a_sentinel_failover_during_runs_loses_none(sentinel, redis_url, rclient
     primary (no RunNotFound from the old one)."""
     w = Workers(redis_url, graph_url=sentinel.url)
     options = json.dumps({"master_name": PrivateSentinel.MASTER})
-    w.extra_env.update(CELERY_GRAPH_REDIS_TRANSPORT_OPTIONS=options,
-                       CGTEST_TRACE_REDIS_URL=redis_url, CELERY_GRAPH_QUEUED_LEASE="2",
-                       CELERY_GRAPH_RUNNING_LEASE="2", CELERY_GRAPH_RECONCILE_INTERVAL="0.5")
-    w.app.conf.update(graph_redis_transport_options={"master_name": PrivateSentinel.MASTER},
-                      cgtest_trace_url=redis_url, graph_queued_lease=2)
+    w.extra_env.update(
+        CELERY_GRAPH_REDIS_TRANSPORT_OPTIONS=options,
+        CGTEST_TRACE_REDIS_URL=redis_url,
+        CELERY_GRAPH_QUEUED_LEASE="2",
+        CELERY_GRAPH_RUNNING_LEASE="2",
+        CELERY_GRAPH_RECONCILE_INTERVAL="0.5",
+    )
+    w.app.conf.update(
+        graph_redis_transport_options={"master_name": PrivateSentinel.MASTER},
+        cgtest_trace_url=redis_url,
+        graph_queued_lease=2,
+    )
     try:
         w.start("sentinel")
         w.supervise()
-        flows = [(step.bind(id="a", name="a", tag=f"{tag}{i}")
-                  >> step.bind(id="b", name="b", tag=f"{tag}{i}", delay=0.5)
-                  >> step.bind(id="c", name="c", tag=f"{tag}{i}")) for i in range(6)]
+        flows = [
+            (
+                step.bind(id="a", name="a", tag=f"{tag}{i}")
+                >> step.bind(id="b", name="b", tag=f"{tag}{i}", delay=0.5)
+                >> step.bind(id="c", name="c", tag=f"{tag}{i}")
+            )
+            for i in range(6)
+        ]
         runs = [f.submit(app=w.app) for f in flows]
-        wait_for(lambda: any("start:b" in read_trace_at(rclient, f"{tag}{i}")
-                             for i in range(6)), timeout=30, what="runs to be in flight")
+        wait_for(
+            lambda: any("start:b" in read_trace_at(rclient, f"{tag}{i}") for i in range(6)),
+            timeout=30,
+            what="runs to be in flight",
+        )
         before = sentinel.primary_port()
         started = time.monotonic()
         sentinel.failover()
         assert sentinel.primary_port() != before
         for run in runs:
             assert run.get(timeout=60) == "c"
-        print(f"sentinel failover: every run finished {time.monotonic() - started:.1f} s "
-              "after the failover began")
+        print(
+            f"sentinel failover: every run finished {time.monotonic() - started:.1f} s "
+            "after the failover began"
+        )
         for i in range(6):
             assert read_trace_at(rclient, f"{tag}{i}").count("start:c") == 1
     finally:
@@ -147,8 +168,13 @@ def test_the_command_line_reads_runs_on_the_cluster(cluster_app, cluster_url, ta
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "CGTEST"))}
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([binary, *args, "--redis-url", cluster_url, "--key-prefix",
-                               prefix], env=env, capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [binary, *args, "--redis-url", cluster_url, "--key-prefix", prefix],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     listed = cli("runs", "--json", "-n", "100")
     assert listed.returncode == 0, listed.stderr

@@ -53,8 +53,14 @@ def priced(order: Order) -> Total:
     return Total(amount=order.qty * order.price)
 
 
-@task(rate_limit="50/s", time_limit=30, soft_time_limit=20, queue="cgtest-options-q",
-      max_retries=7, ignore_result=False)
+@task(
+    rate_limit="50/s",
+    time_limit=30,
+    soft_time_limit=20,
+    queue="cgtest-options-q",
+    max_retries=7,
+    ignore_result=False,
+)
 def optioned() -> None:
     return None
 
@@ -253,9 +259,7 @@ def test_pydantic_validates_and_dumps_plainly(app):
 
 
 def test_pydantic_validates_and_dumps_in_a_graph(app):
-    assert (order.bind(qty=2, price=2.5) >> priced).apply_async().get(timeout=20) == {
-        "amount": 5.0
-    }
+    assert (order.bind(qty=2, price=2.5) >> priced).apply_async().get(timeout=20) == {"amount": 5.0}
     run = (order.bind(qty="many") >> priced).apply_async()
     with pytest.raises(RunFailed) as info:
         run.get(timeout=20)

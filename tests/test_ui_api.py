@@ -21,14 +21,19 @@ pytest_plugins = ("tests.ui_fixtures",)  # fixtures: ui, http, gates
 
 
 def wait_state(http: Http, run_id: str, states: tuple[str, ...], timeout: float = 20) -> dict:
-    return wait_for(lambda: (d := http.get(f"/api/runs/{run_id}"))["state"] in states and d,
-                    timeout, f"run {run_id} to be {'/'.join(states)}")
+    return wait_for(
+        lambda: (d := http.get(f"/api/runs/{run_id}"))["state"] in states and d,
+        timeout,
+        f"run {run_id} to be {'/'.join(states)}",
+    )
 
 
 def wait_node(http: Http, run_id: str, node: str, state: str, timeout: float = 20) -> dict:
     return wait_for(
         lambda: (d := http.get(f"/api/runs/{run_id}"))["nodes"][node]["state"] == state and d,
-        timeout, f"node {node} of run {run_id} to be {state}")
+        timeout,
+        f"node {node} of run {run_id} to be {state}",
+    )
 
 
 def server_time(app) -> float:
@@ -40,10 +45,15 @@ def test_a_run_holds_the_fields_of_status_json_and_is_named_after_its_flow(app, 
     assert run.get(timeout=20) == {"rows": [10, 20, 30], "count": 3}
     data = http.get(f"/api/runs/{run.id}")
     status = run.status()
-    assert {k: data[k] for k in ("run_id", "state", "graph_id", "created", "finished",
-                                 "error", "nodes")} == {
-        "run_id": run.id, "state": "succeeded", "graph_id": status.graph_id,
-        "created": status.created, "finished": status.finished, "error": None,
+    assert {
+        k: data[k] for k in ("run_id", "state", "graph_id", "created", "finished", "error", "nodes")
+    } == {
+        "run_id": run.id,
+        "state": "succeeded",
+        "graph_id": status.graph_id,
+        "created": status.created,
+        "finished": status.finished,
+        "error": None,
         "nodes": {nid: asdict(n) for nid, n in status.nodes.items()},
     }
     assert data["flow"] == "ui-etl"  # its graph is the registered flow's
@@ -87,9 +97,12 @@ class Indexer:
 
     def remove(self, client) -> None:
         keys = self.store.keys
-        client.delete(keys.index_marker(), keys.flows_index(),
-                      *(keys.state_runs(s) for s in ("succeeded", "failed", "cancelled")),
-                      *(keys.flow_runs(f) for f in ("ui-etl", "ui-boom", "ui-echo")))
+        client.delete(
+            keys.index_marker(),
+            keys.flows_index(),
+            *(keys.state_runs(s) for s in ("succeeded", "failed", "cancelled")),
+            *(keys.flow_runs(f) for f in ("ui-etl", "ui-boom", "ui-echo")),
+        )
 
 
 @pytest.fixture(params=["scan", "indexed"])
@@ -108,8 +121,9 @@ def test_filters_and_search_find_exactly_the_runs_that_match(app, http, gates, t
     held = gated(tag).apply_async().id  # not a registered flow: no name
     wait_node(http, held, "g1", "running")
     assert http.post(f"/api/runs/{held}/cancel")["state"] == "cancelled"
-    keyed = http.post("/api/flows/ui-echo/runs",
-                      {"inputs": {"x": 5}, "idempotency_key": f"order-{tag}"})["run_id"]
+    keyed = http.post(
+        "/api/flows/ui-echo/runs", {"inputs": {"x": 5}, "idempotency_key": f"order-{tag}"}
+    )["run_id"]
     assert keyed == run_id_for(f"order-{tag}")
     wait_state(http, keyed, ("succeeded",))
     for run_id in (ok, bad, held, keyed):
@@ -129,8 +143,10 @@ def test_filters_and_search_find_exactly_the_runs_that_match(app, http, gates, t
     assert ids("flow=ui-boom&state=succeeded") == []
     created = {r["run_id"]: r["created"] for r in http.get(f"/api/runs?since={t0}")["runs"]}
     assert ids(f"until={created[bad]}") == [bad, ok]
-    sources = {http.get(f"/api/runs?since={t0}&{q}")["source"]
-               for q in ("state=failed", "flow=ui-boom&state=failed")}
+    sources = {
+        http.get(f"/api/runs?since={t0}&{q}")["source"]
+        for q in ("state=failed", "flow=ui-boom&state=failed")
+    }
     # indexed: the indexes answer (from the first indexed run on; nothing older is in range)
     assert sources == ({"index"} if indexes.mode == "indexed" else {"scan"})
     # a registered flow is also named by its graph (runs started by beat or a canvas carry
@@ -192,7 +208,10 @@ def test_a_waiting_node_says_why_and_cancel_ends_the_run_once(app, http):
     assert "reconciler checks in" in data["stalled"]["ui_never"]
     assert http.get(f"/api/runs/{run.id}/nodes/ui_never")["waiting"] == data["stalled"]["ui_never"]
     assert http.post(f"/api/runs/{run.id}/cancel") == {
-        "run_id": run.id, "cancelled": True, "state": "cancelled"}
+        "run_id": run.id,
+        "cancelled": True,
+        "state": "cancelled",
+    }
     status, body = http.request("POST", f"/api/runs/{run.id}/cancel", {})
     assert status == 409 and "only a running run can be cancelled" in body["error"]
 
@@ -254,14 +273,17 @@ def test_bad_requests_get_a_status_and_a_message_naming_the_problem(app, http):
     ]:
         status, body = http.request("GET", path)
         assert status == code and words in body["error"], (path, status, body)
-    status, body = http.request("POST", f"/api/runs/{unknown}/cancel", b"{}",
-                                {"Content-Type": "text/plain"})
+    status, body = http.request(
+        "POST", f"/api/runs/{unknown}/cancel", b"{}", {"Content-Type": "text/plain"}
+    )
     assert status == 415 and "JSON" in body["error"]
-    status, body = http.request("POST", f"/api/runs/{unknown}/cancel", {},
-                                {"Origin": "http://elsewhere.example"})
+    status, body = http.request(
+        "POST", f"/api/runs/{unknown}/cancel", {}, {"Origin": "http://elsewhere.example"}
+    )
     assert status == 403 and "elsewhere.example" in body["error"]
-    status, body = http.request("POST", f"/api/runs/{unknown}/cancel", {},
-                                {"Sec-Fetch-Site": "cross-site"})
+    status, body = http.request(
+        "POST", f"/api/runs/{unknown}/cancel", {}, {"Sec-Fetch-Site": "cross-site"}
+    )
     assert status == 403
     for raw, words in [(b"{not json", "not JSON"), (b"[1]", "a JSON object")]:
         status, body = http.request("POST", "/api/flows/ui-echo/runs", raw)
@@ -272,14 +294,19 @@ def test_bad_requests_get_a_status_and_a_message_naming_the_problem(app, http):
 
 def test_workers_come_from_the_heartbeat_registry(app, http, tag):
     host = f"ui-{tag}@test"
-    beat = Heartbeat(state_for(app), host, lambda: {"queues": ["q-b", "q-a"], "in_flight": 2},
-                     interval=1)
+    beat = Heartbeat(
+        state_for(app), host, lambda: {"queues": ["q-b", "q-a"], "in_flight": 2}, interval=1
+    )
     beat.start()
     try:
         workers = {w["hostname"]: w for w in http.get("/api/workers")["workers"]}
         w = workers[host]
         assert (w["state"], w["queues"], w["in_flight"], w["processed"]) == (
-            "running", ["q-a", "q-b"], 2, 0)
+            "running",
+            ["q-a", "q-b"],
+            2,
+            0,
+        )
         assert 0 <= w["heartbeat_age"] < 5 and w["pid"] > 0
     finally:
         beat.stop()

@@ -60,8 +60,7 @@ def page(browser, playwright_api):
     pg = context.new_page()
     problems: list[str] = []
     pg.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    pg.on("console", lambda m: problems.append(f"console: {m.text}") if m.type == "error"
-          else None)
+    pg.on("console", lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None)
     yield pg
     context.close()
     assert not problems, problems
@@ -80,8 +79,9 @@ def fill_of(page, node_id: str) -> str:
 
 
 def wait_api_state(http, run_id: str, state: str):
-    return wait_for(lambda: http.get(f"/api/runs/{run_id}")["state"] == state, 20,
-                    f"run {run_id} to be {state}")
+    return wait_for(
+        lambda: http.get(f"/api/runs/{run_id}")["state"] == state, 20, f"run {run_id} to be {state}"
+    )
 
 
 def shot(page, tmp_path, name: str) -> None:
@@ -111,8 +111,7 @@ def test_the_runs_list_shows_a_finished_run_and_filters_it(app, ui, http, page, 
     expect(playwright_api, page.locator("tr[data-run]")).to_have_count(1)
     expect(playwright_api, row).to_contain_text("run id")
     row.locator("a").click()
-    expect(playwright_api, page.locator("#run-state")).to_have_attribute(
-        "data-state", "succeeded")
+    expect(playwright_api, page.locator("#run-state")).to_have_attribute("data-state", "succeeded")
 
 
 def test_the_run_page_shows_every_node_with_its_state(app, ui, http, page, playwright_api):
@@ -127,18 +126,21 @@ def test_the_run_page_shows_every_node_with_its_state(app, ui, http, page, playw
         expect(playwright_api, node(page, node_id)).to_have_attribute("data-state", state)
         assert fill_of(page, node_id) == COLOURS[state]
     expect(playwright_api, page.locator("#run-error")).to_contain_text(
-        "ValueError: ui_boom went the node")
+        "ValueError: ui_boom went the node"
+    )
     node(page, "ui_boom").click()
     detail = page.locator("#detail")
     expect(playwright_api, detail).to_contain_text("ui_boom went the node")
     expect(playwright_api, detail.locator("pre.traceback")).to_contain_text("Traceback")
     expect(playwright_api, detail.locator("#retry-node")).to_be_visible()
     expect(playwright_api, detail.locator("#flower-link")).to_have_attribute(
-        "href", f"http://flower.test:5555/task/{run_id}:ui_boom")
+        "href", f"http://flower.test:5555/task/{run_id}:ui_boom"
+    )
 
 
-def test_a_live_run_changes_colour_as_its_nodes_finish(app, ui, http, gates, tag, page,
-                                                       playwright_api, tmp_path):
+def test_a_live_run_changes_colour_as_its_nodes_finish(
+    app, ui, http, gates, tag, page, playwright_api, tmp_path
+):
     run = gated(tag).apply_async()
     page.goto(f"{ui.url}runs/{run.id}")
     expect(playwright_api, node(page, "g1")).to_have_attribute("data-state", "running")
@@ -153,8 +155,7 @@ def test_a_live_run_changes_colour_as_its_nodes_finish(app, ui, http, gates, tag
     expect(playwright_api, page.locator("#result")).to_contain_text('"g1"')
     shot(page, tmp_path, "ui-run.png")
     gates.release(1)
-    expect(playwright_api, page.locator("#run-state")).to_have_attribute(
-        "data-state", "succeeded")
+    expect(playwright_api, page.locator("#run-state")).to_have_attribute("data-state", "succeeded")
     expect(playwright_api, node(page, "done")).to_have_attribute("data-state", "succeeded")
     assert fill_of(page, "done") == COLOURS["succeeded"]
     assert run.get(timeout=10) == {"x": 2, "times": 4}
@@ -166,15 +167,13 @@ def test_cancel_and_resume_from_the_page(app, ui, http, gates, tag, page, playwr
     expect(playwright_api, node(page, "g1")).to_have_attribute("data-state", "running")
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("#cancel")
-    expect(playwright_api, page.locator("#run-state")).to_have_attribute(
-        "data-state", "cancelled")
+    expect(playwright_api, page.locator("#run-state")).to_have_attribute("data-state", "cancelled")
     assert http.get(f"/api/runs/{run.id}")["state"] == "cancelled"
     expect(playwright_api, page.locator("#cancel")).to_be_disabled()
     page.click("#resume")
     expect(playwright_api, page.locator("#run-state")).to_have_attribute("data-state", "running")
     gates.release(2)
-    expect(playwright_api, page.locator("#run-state")).to_have_attribute(
-        "data-state", "succeeded")
+    expect(playwright_api, page.locator("#run-state")).to_have_attribute("data-state", "succeeded")
 
 
 def test_start_a_flow_with_inputs_from_the_page(app, ui, http, page, playwright_api):
@@ -183,8 +182,7 @@ def test_start_a_flow_with_inputs_from_the_page(app, ui, http, page, playwright_
     form.locator('[data-input="x"]').fill("7")
     form.locator("button[type=submit]").click()
     page.wait_for_url("**/runs/*")
-    expect(playwright_api, page.locator("#run-state")).to_have_attribute(
-        "data-state", "succeeded")
+    expect(playwright_api, page.locator("#run-state")).to_have_attribute("data-state", "succeeded")
     run_id = page.url.rstrip("/").rsplit("/", 1)[1]
     assert http.get(f"/api/runs/{run_id}")["flow"] == "ui-echo"
     node(page, "ui_echo").click()
@@ -192,8 +190,9 @@ def test_start_a_flow_with_inputs_from_the_page(app, ui, http, page, playwright_
 
 
 def test_the_workers_page_lists_the_registry(app, ui, page, playwright_api, tag, tmp_path):
-    beat = Heartbeat(state_for(app), f"ui-page-{tag}@host", lambda: {"queues": ["celery"]},
-                     interval=1)
+    beat = Heartbeat(
+        state_for(app), f"ui-page-{tag}@host", lambda: {"queues": ["celery"]}, interval=1
+    )
     beat.start()
     try:
         page.goto(f"{ui.url}workers")

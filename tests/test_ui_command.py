@@ -39,12 +39,20 @@ class Lines:
 
 
 def test_the_command_serves_the_dashboard_with_basic_auth_until_sigterm(redis_url, tag):
-    env = dict(os.environ, CELERY_GRAPH_REDIS_URL=redis_url,
-               CELERY_GRAPH_KEY_PREFIX=f"cgtest-uicmd-{tag}",
-               CELERY_GRAPH_UI_BASIC_AUTH="admin:s3cret")
+    env = dict(
+        os.environ,
+        CELERY_GRAPH_REDIS_URL=redis_url,
+        CELERY_GRAPH_KEY_PREFIX=f"cgtest-uicmd-{tag}",
+        CELERY_GRAPH_UI_BASIC_AUTH="admin:s3cret",
+    )
     env.pop("CELERY_APP", None)
-    proc = subprocess.Popen([sys.executable, "-m", "celery_graph.ui", "--port", "0"],
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery_graph.ui", "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     try:
         err = Lines(proc.stderr)
 
@@ -82,20 +90,29 @@ def scripts() -> Path:
     return Path(sys.executable).parent
 
 
-@pytest.mark.parametrize("command, prefix", [
-    # celery-graph's own -A; the key prefix from the environment
-    (["celery-graph", "-A", "tests.test_cli:worker_app", "ui"], "cgtest-uicmd-{tag}"),
-    # Celery's -A; the key prefix is that app's own setting
-    (["celery", "-A", "tests.test_cli_native:worker_app", "workflow", "ui"], "cgtest-uiapp-{tag}"),
-])
+@pytest.mark.parametrize(
+    "command, prefix",
+    [
+        # celery-graph's own -A; the key prefix from the environment
+        (["celery-graph", "-A", "tests.test_cli:worker_app", "ui"], "cgtest-uicmd-{tag}"),
+        # Celery's -A; the key prefix is that app's own setting
+        (
+            ["celery", "-A", "tests.test_cli_native:worker_app", "workflow", "ui"],
+            "cgtest-uiapp-{tag}",
+        ),
+    ],
+)
 def test_celery_graph_ui_and_celery_workflow_ui_serve_the_dashboard(
     redis_url, tag, command, prefix
 ):
-    env = dict(os.environ, CELERY_GRAPH_REDIS_URL=redis_url,
-               CELERY_GRAPH_KEY_PREFIX=f"cgtest-uicmd-{tag}",
-               CGNATIVE_PREFIX=f"cgtest-uiapp-{tag}",
-               CELERY_GRAPH_UI_BASIC_AUTH="admin:s3cret",
-               PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        CELERY_GRAPH_REDIS_URL=redis_url,
+        CELERY_GRAPH_KEY_PREFIX=f"cgtest-uicmd-{tag}",
+        CGNATIVE_PREFIX=f"cgtest-uiapp-{tag}",
+        CELERY_GRAPH_UI_BASIC_AUTH="admin:s3cret",
+        PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
+    )
     env.pop("CELERY_APP", None)
     argv = [str(scripts() / command[0]), *command[1:], "--port", "0"]
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
@@ -118,38 +135,62 @@ def test_celery_graph_ui_without_tornado_names_the_extra(tmp_path):
     # a tornado that cannot be imported, ahead of the installed one on the path
     (tmp_path / "tornado").mkdir()
     (tmp_path / "tornado" / "__init__.py").write_text("raise ImportError('no tornado here')\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT]),
-               CELERY_GRAPH_REDIS_URL="redis://127.0.0.1:1/0")
-    out = subprocess.run([str(scripts() / "celery-graph"), "ui"], env=env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=60, check=False)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT]),
+        CELERY_GRAPH_REDIS_URL="redis://127.0.0.1:1/0",
+    )
+    out = subprocess.run(
+        [str(scripts() / "celery-graph"), "ui"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 2
-    assert out.stderr == ("celery-graph: error: the dashboard needs Tornado: "
-                          "pip install 'celery-graph[ui]'\n")
+    assert out.stderr == (
+        "celery-graph: error: the dashboard needs Tornado: pip install 'celery-graph[ui]'\n"
+    )
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--basic-auth", "admin"], "--basic-auth: expected USER:PASSWORD"),
-    (["--port", "70000"], "--port 70000"),
-    (["-A", "no_such_module_for_ui"], "cannot load the Celery app"),
-    (["--key-prefix", "bad prefix"], "malformed key prefix"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--basic-auth", "admin"], "--basic-auth: expected USER:PASSWORD"),
+        (["--port", "70000"], "--port 70000"),
+        (["-A", "no_such_module_for_ui"], "cannot load the Celery app"),
+        (["--key-prefix", "bad prefix"], "malformed key prefix"),
+    ],
+)
 def test_celery_graph_ui_bad_options_exit_2_with_one_line(args, words):
     env = dict(os.environ, CELERY_GRAPH_REDIS_URL="redis://127.0.0.1:1/0")
-    out = subprocess.run([str(scripts() / "celery-graph"), "ui", *args], env=env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=60, check=False)
+    out = subprocess.run(
+        [str(scripts() / "celery-graph"), "ui", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 2, out.stderr
     lines = out.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("celery-graph: error: "), out.stderr
     assert words in lines[0]
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--basic-auth", "admin"], "--basic-auth: expected USER:PASSWORD"),
-    (["--basic-auth", "admin:"], "empty user or password"),
-    (["--port", "70000"], "--port 70000"),
-    (["-A", "no_such_module_for_ui"], "cannot load the Celery app"),
-    (["--key-prefix", "bad prefix"], "malformed key prefix"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--basic-auth", "admin"], "--basic-auth: expected USER:PASSWORD"),
+        (["--basic-auth", "admin:"], "empty user or password"),
+        (["--port", "70000"], "--port 70000"),
+        (["-A", "no_such_module_for_ui"], "cannot load the Celery app"),
+        (["--key-prefix", "bad prefix"], "malformed key prefix"),
+    ],
+)
 def test_bad_options_exit_2_with_one_line(celery_app, args, words):
     before = dict(celery_app.conf)  # Celery's current app: it must come out unchanged
     err = io.StringIO()
@@ -164,12 +205,33 @@ def test_celery_beat_starts_a_flow_through_flow_s_and_the_dashboard_names_it(
     app, http, redis_url, tmp_path
 ):
     t0 = state_for(app).runs.time()
-    env = dict(os.environ, CGTEST_REDIS_URL=redis_url,
-               PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        CGTEST_REDIS_URL=redis_url,
+        PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
+    )
     beat = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tests.ui_beatapp", "beat", "-l", "WARNING",
-         "-s", str(tmp_path / "schedule"), "--pidfile=", "--max-interval", "1"],
-        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tests.ui_beatapp",
+            "beat",
+            "-l",
+            "WARNING",
+            "-s",
+            str(tmp_path / "schedule"),
+            "--pidfile=",
+            "--max-interval",
+            "1",
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         err = Lines(beat.stderr)
 

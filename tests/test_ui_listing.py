@@ -32,14 +32,22 @@ class Seeded:
         # what the seed wrote: id -> (score, state, flow), like the Lua script does it
         self.runs = {}
         for i in range(count):
-            self.runs[f"{i + 1:032x}"] = (BASE - (i // ties), STATES[i % len(STATES)],
-                                          FLOWS[i % len(FLOWS)])
+            self.runs[f"{i + 1:032x}"] = (
+                BASE - (i // ties),
+                STATES[i % len(STATES)],
+                FLOWS[i % len(FLOWS)],
+            )
 
     def expected(self, state=None, flow=None, since=None, until=None) -> list[str]:
         """Brute force: every live run that matches, newest first (ties: higher id first)."""
-        live = [(s, rid) for rid, (s, st, fl) in self.runs.items()
-                if (state is None or st == state) and (flow is None or fl == flow)
-                and (since is None or s >= since) and (until is None or s <= until)]
+        live = [
+            (s, rid)
+            for rid, (s, st, fl) in self.runs.items()
+            if (state is None or st == state)
+            and (flow is None or fl == flow)
+            and (since is None or s >= since)
+            and (until is None or s <= until)
+        ]
         return [rid for _, rid in sorted(live, reverse=True)]
 
     def expire(self, run_ids) -> None:
@@ -56,8 +64,7 @@ def seeded(redis_url, rclient, count: int, ties: int = 1) -> Iterator[Seeded]:
     prefix = f"cgtest-uilist-{uuid.uuid4().hex[:8]}"
     app = Celery("cgtest_uilist", set_as_current=False)
     app.conf.update(graph_redis_url=redis_url, graph_key_prefix=prefix)
-    seed_runs(rclient, prefix, count, base=BASE, step=1.0, states=STATES, flows=FLOWS,
-              ties=ties)
+    seed_runs(rclient, prefix, count, base=BASE, step=1.0, states=STATES, flows=FLOWS, ties=ties)
     try:
         yield Seeded(app, rclient, prefix, count, ties)
     finally:
@@ -97,14 +104,17 @@ def test_pages_cover_every_run_once_in_order_across_ties_and_expired_records(sma
     assert answers[0]["scanned"] <= 100 + 64
 
 
-@pytest.mark.parametrize("query", [
-    {"state": "failed"},
-    {"flow": "report"},
-    {"state": "succeeded", "flow": "etl"},
-    {"state": "cancelled", "since": BASE - 200, "until": BASE - 20},
-    {"state": "running"},
-    {"flow": "nobody"},
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"state": "failed"},
+        {"flow": "report"},
+        {"state": "succeeded", "flow": "etl"},
+        {"state": "cancelled", "since": BASE - 200, "until": BASE - 20},
+        {"state": "running"},
+        {"flow": "nobody"},
+    ],
+)
 def test_filters_without_indexes_match_brute_force(small, query):
     lister = lister_for(small, batch=64)
     got, answers = pages(lister, limit=37, **query)
@@ -123,13 +133,16 @@ def test_a_scan_stops_at_its_budget_and_the_cursor_goes_on(small):
     assert any(a["partial"] for a in answers)
 
 
-@pytest.mark.parametrize("query", [
-    {"state": "failed"},
-    {"flow": "report"},
-    {"state": "succeeded", "flow": "etl"},
-    {"state": "cancelled", "since": BASE - 200, "until": BASE - 20},
-    {"flow": "etl", "since": BASE - 100},
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"state": "failed"},
+        {"flow": "report"},
+        {"state": "succeeded", "flow": "etl"},
+        {"state": "cancelled", "since": BASE - 200, "until": BASE - 20},
+        {"flow": "etl", "since": BASE - 100},
+    ],
+)
 def test_indexes_answer_like_brute_force_and_a_scan_covers_older_runs(small, query):
     small.index(since=BASE - 150)  # runs before the marker are in no index
     # an index entry whose run was resumed (running again) is only a hint
@@ -146,11 +159,12 @@ def test_indexes_answer_like_brute_force_and_a_scan_covers_older_runs(small, que
 
 def test_search_by_run_id_prefix_and_idempotency_key(small):
     lister = lister_for(small)
-    rid = f"{0x3a7:032x}"
+    rid = f"{0x3A7:032x}"
     assert [(r["run_id"], r["matched"]) for r in lister.page(RunQuery(search=rid)).runs] == [
-        (rid, "run id")]
+        (rid, "run id")
+    ]
     found = lister.page(RunQuery(search=rid[:31], limit=20)).runs
-    assert sorted(r["run_id"] for r in found) == [f"{i:032x}" for i in range(0x3a0, 0x3b0)]
+    assert sorted(r["run_id"] for r in found) == [f"{i:032x}" for i in range(0x3A0, 0x3B0)]
     assert {r["matched"] for r in found} == {"run id prefix"}
     assert lister.page(RunQuery(search="not-a-key-of-any-run")).runs == []
 
@@ -160,8 +174,12 @@ def test_queries_are_checked():
         return RunQuery.from_params(lambda name: params.get(name))
 
     assert q(state="failed", limit="10").limit == 10
-    for params, words in [({"state": "done"}, "state='done'"), ({"limit": "501"}, "limit"),
-                          ({"since": "nan"}, "since"), ({"cursor": "x"}, "cursor")]:
+    for params, words in [
+        ({"state": "done"}, "state='done'"),
+        ({"limit": "501"}, "limit"),
+        ({"since": "nan"}, "since"),
+        ({"cursor": "x"}, "cursor"),
+    ]:
         with pytest.raises(QueryError, match=words):
             q(**params)
 
@@ -191,24 +209,38 @@ def test_listing_100000_runs(redis_url, rclient):
         assert len(page.runs) == 50 and page.total == 100_000
         page = timed("search by run id", lister, search=f"{54321:032x}")
         assert len(page.runs) == 1
-        page = timed("state=failed & flow=etl, no indexes (reads its budget, 10,000)", lister,
-                     repeat=1, state="failed", flow="etl", limit=50)
+        page = timed(
+            "state=failed & flow=etl, no indexes (reads its budget, 10,000)",
+            lister,
+            repeat=1,
+            state="failed",
+            flow="etl",
+            limit=50,
+        )
         assert page.runs == [] and page.partial and page.scanned == 10_000  # none exists
         t0 = time.perf_counter()
         s.index(since=BASE - 100_000)
         indexed_in = time.perf_counter() - t0
         page = timed("flow=nightly, indexed", lister, flow="nightly", limit=50)
         assert len(page.runs) == 50 and page.source == "index"
-        page = timed("state=cancelled & flow=nightly, indexed", lister, state="cancelled",
-                     flow="nightly", limit=50)
-        assert [r["run_id"] for r in page.runs] == s.expected(state="cancelled",
-                                                               flow="nightly")[:50]
+        page = timed(
+            "state=cancelled & flow=nightly, indexed",
+            lister,
+            state="cancelled",
+            flow="nightly",
+            limit=50,
+        )
+        assert [r["run_id"] for r in page.runs] == s.expected(state="cancelled", flow="nightly")[
+            :50
+        ]
         # and through the web server: GET /api/runs, JSON and all
         server = start(s.app)
         try:
             client = Http(server.url.rstrip("/"))
-            for name, path in [("GET /api/runs", "/api/runs"),
-                               ("GET /api/runs?flow=nightly (indexed)", "/api/runs?flow=nightly")]:
+            for name, path in [
+                ("GET /api/runs", "/api/runs"),
+                ("GET /api/runs?flow=nightly (indexed)", "/api/runs?flow=nightly"),
+            ]:
                 best = float("inf")
                 for _ in range(3):
                     t0 = time.perf_counter()

@@ -16,8 +16,11 @@ def files() -> dict[str, str]:
 
 def test_no_file_reaches_outside_the_dashboard():
     for name, text in files().items():
-        outside = [u for u in re.findall(r"(?:https?:)?//[\w.-]+\.\w+[^\s\"')]*", text)
-                   if u != SVG_NS and not u.startswith("//")]
+        outside = [
+            u
+            for u in re.findall(r"(?:https?:)?//[\w.-]+\.\w+[^\s\"')]*", text)
+            if u != SVG_NS and not u.startswith("//")
+        ]
         assert not outside, (name, outside)
 
 

@@ -24,17 +24,62 @@ from tests.apps.harness import GRAPH_WORKER, ROOT, subprocess_env
 
 def test_global_options_move_before_worker_and_the_rest_passes_through_unchanged():
     global_args, worker_args, want_help = split_argv(
-        ["-A", "proj.celery", "--key-prefix", "myapp:wf", "--redis-url=redis://r:6379/1",
-         "-Q", "gpu,cpu", "-c", "4", "-P", "prefork", "-n", "w1@%h", "-l", "INFO",
-         "--metrics-port", "9808", "--graceful-timeout=90", "-E", "--without-mingle",
-         "-b", "redis://b:6379/0", "--autoscale", "10,2", "-D", "--pidfile", "/tmp/w.pid"]
+        [
+            "-A",
+            "proj.celery",
+            "--key-prefix",
+            "myapp:wf",
+            "--redis-url=redis://r:6379/1",
+            "-Q",
+            "gpu,cpu",
+            "-c",
+            "4",
+            "-P",
+            "prefork",
+            "-n",
+            "w1@%h",
+            "-l",
+            "INFO",
+            "--metrics-port",
+            "9808",
+            "--graceful-timeout=90",
+            "-E",
+            "--without-mingle",
+            "-b",
+            "redis://b:6379/0",
+            "--autoscale",
+            "10,2",
+            "-D",
+            "--pidfile",
+            "/tmp/w.pid",
+        ]
     )
     assert global_args == ["-A", "proj.celery", "-b", "redis://b:6379/0"]
-    assert worker_args == ["--key-prefix", "myapp:wf", "--redis-url=redis://r:6379/1",
-                           "-Q", "gpu,cpu", "-c", "4", "-P", "prefork", "-n", "w1@%h",
-                           "-l", "INFO", "--metrics-port", "9808", "--graceful-timeout=90",
-                           "-E", "--without-mingle", "--autoscale", "10,2", "-D",
-                           "--pidfile", "/tmp/w.pid"]
+    assert worker_args == [
+        "--key-prefix",
+        "myapp:wf",
+        "--redis-url=redis://r:6379/1",
+        "-Q",
+        "gpu,cpu",
+        "-c",
+        "4",
+        "-P",
+        "prefork",
+        "-n",
+        "w1@%h",
+        "-l",
+        "INFO",
+        "--metrics-port",
+        "9808",
+        "--graceful-timeout=90",
+        "-E",
+        "--without-mingle",
+        "--autoscale",
+        "10,2",
+        "-D",
+        "--pidfile",
+        "/tmp/w.pid",
+    ]
     assert not want_help
 
 
@@ -42,8 +87,7 @@ def test_environment_supplies_the_worker_options(monkeypatch):
     monkeypatch.setenv("CELERY_GRAPH_METRICS_PORT", "9100")
     monkeypatch.setenv("CELERY_GRAPH_GRACEFUL_TIMEOUT", "15")
     opts = Options.from_env()
-    assert (opts.metrics_port, opts.graceful_timeout, opts.metrics_host) == (
-        9100, 15.0, "0.0.0.0")
+    assert (opts.metrics_port, opts.graceful_timeout, opts.metrics_host) == (9100, 15.0, "0.0.0.0")
     monkeypatch.setenv("CELERY_GRAPH_METRICS_PORT", "http")
     with pytest.raises(ConfigurationError, match="CELERY_GRAPH_METRICS_PORT"):
         Options.from_env()
@@ -83,20 +127,41 @@ def test_key_prefix_flag_may_not_contradict_the_app():
 
 def test_help_documents_own_options_and_the_celery_worker_options():
     out = subprocess.run(
-        [*GRAPH_WORKER, "--help"], env=subprocess_env(), cwd=ROOT,
-        capture_output=True, text=True, timeout=30, check=True,
+        [*GRAPH_WORKER, "--help"],
+        env=subprocess_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     ).stdout
-    for flag in ("--key-prefix", "--redis-url", "--metrics-port", "--graceful-timeout",
-                 "-A, --app", "passed through unchanged",
-                 "--queues", "--concurrency", "--pool", "--hostname", "--loglevel",
-                 "--task-events", "--without-mingle", "--prefetch-multiplier"):
+    for flag in (
+        "--key-prefix",
+        "--redis-url",
+        "--metrics-port",
+        "--graceful-timeout",
+        "-A, --app",
+        "passed through unchanged",
+        "--queues",
+        "--concurrency",
+        "--pool",
+        "--hostname",
+        "--loglevel",
+        "--task-events",
+        "--without-mingle",
+        "--prefetch-multiplier",
+    ):
         assert flag in out, flag
 
 
 def test_missing_app_is_a_usage_error():
     proc = subprocess.run(
-        [*GRAPH_WORKER, "-c", "1"], env=subprocess_env(CELERY_APP=""), cwd=ROOT,
-        capture_output=True, text=True, timeout=30,
+        [*GRAPH_WORKER, "-c", "1"],
+        env=subprocess_env(CELERY_APP=""),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert proc.returncode == 2
     assert "-A/--app" in proc.stderr
@@ -119,7 +184,10 @@ def test_graph_worker_refuses_a_key_prefix_that_contradicts_the_app(redis_url):
     proc = subprocess.run(
         [*GRAPH_WORKER, "-A", "tests.apps.prefixed", "--key-prefix", "cgops:other", "-c", "1"],
         env=subprocess_env(CGOPS_BROKER_URL=redis_url, CGOPS_QUEUE="cgops-cli-prefixed"),
-        cwd=ROOT, capture_output=True, text=True, timeout=30,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert proc.returncode == 2, proc.stderr
     assert "contradicts app.conf.graph_key_prefix = 'cgops:fixed'" in proc.stderr

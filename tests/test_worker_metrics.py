@@ -34,29 +34,47 @@ def test_metrics_endpoint_counts_tasks_across_pool_processes(redis_url, tmp_path
     queue = f"cgops-metrics-{uuid.uuid4().hex[:8]}"
     port = free_port()
     app = build_app(redis_url, queue, key_prefix=PREFIX)
-    w = start_worker(tmp_path, "met1", broker_url=redis_url, queue=queue, prefix=PREFIX,
-                     extra_args=["--metrics-port", str(port)], concurrency=1)
+    w = start_worker(
+        tmp_path,
+        "met1",
+        broker_url=redis_url,
+        queue=queue,
+        prefix=PREFIX,
+        extra_args=["--metrics-port", str(port)],
+        concurrency=1,
+    )
     try:
         host = wait_for(lambda: live_workers(app), 20, f"registry entry\n{w.log()}")[0].hostname
         worker = (("worker", host),)
         tag = uuid.uuid4().hex[:8]
-        flow = (t.ops_first.bind(tag=tag) >> t.ops_long.bind(tag=tag, delay=0.2)
-                >> t.ops_last.bind(tag=tag))
+        flow = (
+            t.ops_first.bind(tag=tag)
+            >> t.ops_long.bind(tag=tag, delay=0.2)
+            >> t.ops_last.bind(tag=tag)
+        )
         assert flow.submit(app=app).get(timeout=20) == "ops_last<-ops_long"
         with pytest.raises(RunFailed):
             t.ops_fail.bind(tag=tag).submit(app=app).get(timeout=20)
 
         # the pool process counts a task before the main process hears it is done, so
         # wait for both numbers to settle
-        m = wait_for(lambda: (s := scrape(port))
-                     .get(("celery_graph_worker_tasks_processed_total", worker)) == 4
-                     and s[("celery_graph_worker_tasks_in_flight", worker)] == 0 and s,
-                     10, "4 processed tasks, none in flight")
+        m = wait_for(
+            lambda: (
+                (s := scrape(port)).get(("celery_graph_worker_tasks_processed_total", worker)) == 4
+                and s[("celery_graph_worker_tasks_in_flight", worker)] == 0
+                and s
+            ),
+            10,
+            "4 processed tasks, none in flight",
+        )
         assert m[("celery_graph_worker_tasks_succeeded_total", worker)] == 3
         assert m[("celery_graph_worker_tasks_failed_total", worker)] == 1, m
         assert m[("celery_graph_worker_task_runtime_seconds_total", worker)] >= 0.2
-        durations = [v for (name, labels), v in m.items()
-                     if name == "celery_graph_task_duration_seconds_count"]
+        durations = [
+            v
+            for (name, labels), v in m.items()
+            if name == "celery_graph_task_duration_seconds_count"
+        ]
         assert sum(durations) == 4  # the histogram replaces the mean gauge
         assert m[("celery_graph_worker_uptime_seconds", worker)] > 0
         assert m[("celery_graph_queue_depth", (("queue", queue),))] == 0
@@ -67,12 +85,20 @@ def test_metrics_endpoint_counts_tasks_across_pool_processes(redis_url, tmp_path
         slow = t.ops_first.bind(tag=tag) >> t.ops_long.bind(tag=tag, delay=3)
         busy = slow.submit(app=app)
         client = state_for(app).client
-        wait_for(lambda: ["start", "ops_long"] in [e[:2] for e in t.events(client, tag)],
-                 10, "the long node to start")
+        wait_for(
+            lambda: ["start", "ops_long"] in [e[:2] for e in t.events(client, tag)],
+            10,
+            "the long node to start",
+        )
         waiting = [t.ops_first.bind(tag=None).submit(app=app) for _ in range(3)]
-        m = wait_for(lambda: (s := scrape(port))
-                     .get(("celery_graph_queue_depth", (("queue", queue),))) == 3 and s,
-                     5, "queue depth 3")
+        m = wait_for(
+            lambda: (
+                (s := scrape(port)).get(("celery_graph_queue_depth", (("queue", queue),))) == 3
+                and s
+            ),
+            5,
+            "queue depth 3",
+        )
         assert m[("celery_graph_worker_tasks_in_flight", worker)] == 1
         busy.get(timeout=20)
         for r in waiting:

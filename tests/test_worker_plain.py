@@ -22,6 +22,7 @@ from celery_graph.state import state_for
 from tests.apps import ops_tasks as t
 from tests.apps.common import build_app
 from tests.apps.harness import GRAPH_WORKER, ROOT, WorkerProcess, subprocess_env, wait_for
+from tests.servers import VersionRelay
 from tests.test_worker_metrics import scrape
 
 PREFIX = f"cgops:plain:{uuid.uuid4().hex[:6]}"
@@ -29,10 +30,28 @@ CELERY = [sys.executable, "-m", "celery"]
 
 
 def plain_worker(tmp_path, name, broker, queue, *args, env=None, prefix=PREFIX):
-    argv = ["-A", "tests.apps.opsapp", "worker", "--key-prefix", prefix, "-n", f"{name}@%h",
-            "-c", "1", "-l", "INFO", "--without-mingle", "--without-gossip", *args]
-    penv = subprocess_env(CGOPS_BROKER_URL=broker, CGOPS_QUEUE=queue,
-                          CELERY_GRAPH_HEARTBEAT_INTERVAL="1", **(env or {}))
+    argv = [
+        "-A",
+        "tests.apps.opsapp",
+        "worker",
+        "--key-prefix",
+        prefix,
+        "-n",
+        f"{name}@%h",
+        "-c",
+        "1",
+        "-l",
+        "INFO",
+        "--without-mingle",
+        "--without-gossip",
+        *args,
+    ]
+    penv = subprocess_env(
+        CGOPS_BROKER_URL=broker,
+        CGOPS_QUEUE=queue,
+        CELERY_GRAPH_HEARTBEAT_INTERVAL="1",
+        **(env or {}),
+    )
     return WorkerProcess(argv, penv, tmp_path / f"{name}.log", cmd=CELERY)
 
 
@@ -55,23 +74,44 @@ def queue():
 
 
 def test_plain_celery_worker_serves_histograms_and_healthz_without_redis(
-        redis_url, tmp_path, queue):
+    redis_url, tmp_path, queue
+):
     graph = PrivateRedis().start()
     port = free_port()
-    w = plain_worker(tmp_path, "plainmet", redis_url, queue, "--redis-url", graph.url,
-                     "--metrics-port", str(port))
+    w = plain_worker(
+        tmp_path,
+        "plainmet",
+        redis_url,
+        queue,
+        "--redis-url",
+        graph.url,
+        "--metrics-port",
+        str(port),
+    )
     try:
         app = build_app(redis_url, queue, key_prefix=PREFIX, graph_redis_url=graph.url)
         info = wait_for(lambda: listed(app, w.pid), 20, f"registry entry\n{w.log()}")
         tag = uuid.uuid4().hex[:8]
-        flow = (t.ops_first.bind(tag=tag) >> t.ops_long.bind(tag=tag, delay=0.2)
-                >> t.ops_last.bind(tag=tag))
+        flow = (
+            t.ops_first.bind(tag=tag)
+            >> t.ops_long.bind(tag=tag, delay=0.2)
+            >> t.ops_last.bind(tag=tag)
+        )
         assert flow.submit(app=app).get(timeout=20) == "ops_last<-ops_long"
-        labels = (("queue", queue), ("task", "tests.apps.ops_tasks.ops_long"),
-                  ("worker", info.hostname))
-        m = wait_for(lambda: (s := scrape(port)).get(
-            ("celery_graph_task_duration_seconds_count", labels)) == 1 and s, 10,
-            "the histogram of ops_long")
+        labels = (
+            ("queue", queue),
+            ("task", "tests.apps.ops_tasks.ops_long"),
+            ("worker", info.hostname),
+        )
+        m = wait_for(
+            lambda: (
+                (s := scrape(port)).get(("celery_graph_task_duration_seconds_count", labels)) == 1
+                and s
+            ),
+            10,
+            "the histogram of ops_long",
+        )
+
         def plus(**more):
             return tuple(sorted((*labels, *more.items())))
 
@@ -97,17 +137,24 @@ def test_plain_celery_worker_serves_histograms_and_healthz_without_redis(
 
 
 def test_plain_celery_worker_hands_back_on_sigterm_after_the_graceful_timeout(
-        redis_url, tmp_path, queue, rclient):
+    redis_url, tmp_path, queue, rclient
+):
     app = build_app(redis_url, queue, key_prefix=PREFIX)
     w1 = plain_worker(tmp_path, "plainterm1", redis_url, queue, "--graceful-timeout", "1")
     w2 = None
     try:
         wait_for(lambda: listed(app, w1.pid), 20, f"registry entry\n{w1.log()}")
         tag = uuid.uuid4().hex[:8]
-        run = (t.ops_first.bind(tag=tag) >> t.ops_long.bind(tag=tag, delay=3)
-               >> t.ops_last.bind(tag=tag)).submit(app=app)
-        wait_for(lambda: any(e[:2] == ["start", "ops_long"] for e in t.events(rclient, tag)),
-                 20, "ops_long to start")
+        run = (
+            t.ops_first.bind(tag=tag)
+            >> t.ops_long.bind(tag=tag, delay=3)
+            >> t.ops_last.bind(tag=tag)
+        ).submit(app=app)
+        wait_for(
+            lambda: any(e[:2] == ["start", "ops_long"] for e in t.events(rclient, tag)),
+            20,
+            "ops_long to start",
+        )
         w1.signal(signal.SIGTERM)
         w2 = plain_worker(tmp_path, "plainterm2", redis_url, queue)
         w1.wait(15)
@@ -130,8 +177,9 @@ def test_a_second_worker_with_a_live_name_is_refused(redis_url, tmp_path, queue)
         first = wait_for(lambda: listed(app, w1.pid), 20, f"registry entry\n{w1.log()}")
         w2 = plain_worker(tmp_path, "dup", redis_url, queue)
         assert w2.wait(30) != 0
-        assert (f"a worker named {first.hostname!r} is already running (pid {w1.pid}"
-                in w2.log()), w2.log()
+        assert f"a worker named {first.hostname!r} is already running (pid {w1.pid}" in w2.log(), (
+            w2.log()
+        )
         assert "Traceback" not in w2.log()
         assert listed(app, w1.pid) is not None and w1.proc.poll() is None
         assert [x.pid for x in live_workers(app) if x.hostname == first.hostname] == [w1.pid]
@@ -156,11 +204,34 @@ def test_a_taken_metrics_port_is_one_clear_line(redis_url, tmp_path, queue):
         taken.close()
 
 
+def test_a_graph_redis_older_than_6_2_stops_the_worker_with_one_clear_line(
+    redis_url, tmp_path, queue
+):
+    relay = VersionRelay(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+    w = plain_worker(
+        tmp_path, "oldredis", redis_url, queue, env={"CELERY_GRAPH_REDIS_URL": relay.url}
+    )
+    try:
+        assert w.wait(30) != 0
+        assert relay.reported.startswith("6.0."), w.log()
+        assert (
+            f"the graph Redis ({relay.url}) runs Redis {relay.reported}; "
+            "celery-graph needs Redis 6.2 or later (GETEX, BLMOVE)" in w.log()
+        ), w.log()
+        assert "Traceback" not in w.log()
+    finally:
+        w.stop()
+        relay.close()
+
+
 def test_registry_times_are_the_servers_not_a_skewed_host_clock(
-        redis_url, tmp_path, queue, rclient):
+    redis_url, tmp_path, queue, rclient
+):
     app = build_app(redis_url, queue, key_prefix=PREFIX)
-    skew = {"CGTEST_CLOCK_SKEW": "-3600",
-            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "skew"), str(ROOT)])}
+    skew = {
+        "CGTEST_CLOCK_SKEW": "-3600",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "skew"), str(ROOT)]),
+    }
     w = plain_worker(tmp_path, "skewed", redis_url, queue, env=skew)
     try:
         info = wait_for(lambda: listed(app, w.pid), 20, f"registry entry\n{w.log()}")
@@ -176,44 +247,81 @@ def test_registry_times_are_the_servers_not_a_skewed_host_clock(
 
 def test_detach_with_a_pidfile_and_celery_multi(redis_url, tmp_path, queue):
     app = build_app(redis_url, queue, key_prefix=PREFIX)
-    env = subprocess_env(CGOPS_BROKER_URL=redis_url, CGOPS_QUEUE=queue,
-                         CELERY_GRAPH_HEARTBEAT_INTERVAL="1")
+    env = subprocess_env(
+        CGOPS_BROKER_URL=redis_url, CGOPS_QUEUE=queue, CELERY_GRAPH_HEARTBEAT_INTERVAL="1"
+    )
     pidfile, port = tmp_path / "det.pid", free_port()
     subprocess.run(
-        [*GRAPH_WORKER, "-A", "tests.apps.opsapp", "-D", "--pidfile", str(pidfile),
-         "--logfile", str(tmp_path / "det.log"), "-n", "det@%h", "-c", "1",
-         "--key-prefix", PREFIX, "--metrics-port", str(port), "--without-mingle"],
-        env=env, cwd=ROOT, check=True, timeout=30,
+        [
+            *GRAPH_WORKER,
+            "-A",
+            "tests.apps.opsapp",
+            "-D",
+            "--pidfile",
+            str(pidfile),
+            "--logfile",
+            str(tmp_path / "det.log"),
+            "-n",
+            "det@%h",
+            "-c",
+            "1",
+            "--key-prefix",
+            PREFIX,
+            "--metrics-port",
+            str(port),
+            "--without-mingle",
+        ],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        timeout=30,
     )
-    pid = wait_for(lambda: pidfile.exists() and pidfile.read_text().strip()
-                   and int(pidfile.read_text()), 20, "the pidfile")
+    pid = wait_for(
+        lambda: pidfile.exists() and pidfile.read_text().strip() and int(pidfile.read_text()),
+        20,
+        "the pidfile",
+    )
     try:
         wait_for(lambda: listed(app, pid), 20, (tmp_path / "det.log").read_text())
         assert wait_for(lambda: healthz(port) == 200, 10, "/healthz")
     finally:
         os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: listed(app, pid) is None and not pidfile.exists(), 20,
-             "the detached worker to stop")
+    wait_for(
+        lambda: listed(app, pid) is None and not pidfile.exists(), 20, "the detached worker to stop"
+    )
 
     multi = [*CELERY, "multi"]
-    common = ["-A", "tests.apps.opsapp", f"--pidfile={tmp_path}/%n.pid",
-              f"--logfile={tmp_path}/%n%I.log"]
-    subprocess.run([*multi, "start", "m1", *common, "-c", "1", f"--key-prefix={PREFIX}",
-                    "--without-mingle"], env=env, cwd=ROOT, check=True, timeout=60,
-                   capture_output=True)
+    common = [
+        "-A",
+        "tests.apps.opsapp",
+        f"--pidfile={tmp_path}/%n.pid",
+        f"--logfile={tmp_path}/%n%I.log",
+    ]
+    subprocess.run(
+        [*multi, "start", "m1", *common, "-c", "1", f"--key-prefix={PREFIX}", "--without-mingle"],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        timeout=60,
+        capture_output=True,
+    )
     try:
-        info = wait_for(lambda: next((w for w in live_workers(app)
-                                      if w.hostname.startswith("m1@")), None), 20,
-                        "the multi worker in the registry")
+        info = wait_for(
+            lambda: next((w for w in live_workers(app) if w.hostname.startswith("m1@")), None),
+            20,
+            "the multi worker in the registry",
+        )
     finally:
-        subprocess.run([*multi, "stopwait", "m1", *common], env=env, cwd=ROOT, timeout=60,
-                       capture_output=True)
+        subprocess.run(
+            [*multi, "stopwait", "m1", *common], env=env, cwd=ROOT, timeout=60, capture_output=True
+        )
     assert listed(app, info.pid) is None
 
 
 def test_registry_on_redis_cluster(redis_url, cluster_url):
-    app = build_app(redis_url, "cgops-cluster-reg", key_prefix=f"{PREFIX}:c",
-                    graph_redis_url=cluster_url)
+    app = build_app(
+        redis_url, "cgops-cluster-reg", key_prefix=f"{PREFIX}:c", graph_redis_url=cluster_url
+    )
     state = state_for(app)
     beat = Heartbeat(state, "c1@host", lambda: {"queues": ["q"], "in_flight": 0}, interval=1)
     beat.start()

@@ -27,8 +27,9 @@ def setup(redis_url, tmp_path):
     started = []
 
     def worker(name, *args):
-        w = start_worker(tmp_path, name, broker_url=redis_url, queue=queue, prefix=PREFIX,
-                         extra_args=list(args))
+        w = start_worker(
+            tmp_path, name, broker_url=redis_url, queue=queue, prefix=PREFIX, extra_args=list(args)
+        )
         started.append(w)
         return w
 
@@ -93,11 +94,17 @@ def test_python_m_celery_graph_registry_prints_the_workers(setup, redis_url):
     app, _queue, worker = setup
     w = worker("reg3")
     info = wait_for(lambda: entry(app, w), 20, f"registry entry\n{w.log()}")
-    env = subprocess_env(CGOPS_BROKER_URL=redis_url, CGOPS_QUEUE="unused",
-                         CELERY_GRAPH_KEY_PREFIX=PREFIX)
+    env = subprocess_env(
+        CGOPS_BROKER_URL=redis_url, CGOPS_QUEUE="unused", CELERY_GRAPH_KEY_PREFIX=PREFIX
+    )
     out = subprocess.run(
         [sys.executable, "-m", "celery_graph.registry", "-A", "tests.apps.opsapp"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=30, check=True,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     ).stdout
     assert info.hostname in out and str(w.pid) in out
 

@@ -31,8 +31,15 @@ def env(redis_url, tmp_path):
 
     def worker(name, *args, visibility=None):
         extra = {"CGOPS_VISIBILITY": visibility} if visibility else None
-        w = start_worker(tmp_path, name, broker_url=redis_url, queue=queue, prefix=PREFIX,
-                         extra_args=list(args), env=extra)
+        w = start_worker(
+            tmp_path,
+            name,
+            broker_url=redis_url,
+            queue=queue,
+            prefix=PREFIX,
+            extra_args=list(args),
+            env=extra,
+        )
         started.append(w)
         return w
 
@@ -43,14 +50,18 @@ def env(redis_url, tmp_path):
 
 
 def run_three(app, tag, delay):
-    flow = (t.ops_first.bind(tag=tag) >> t.ops_long.bind(tag=tag, delay=delay)
-            >> t.ops_last.bind(tag=tag))
+    flow = (
+        t.ops_first.bind(tag=tag)
+        >> t.ops_long.bind(tag=tag, delay=delay)
+        >> t.ops_last.bind(tag=tag)
+    )
     return flow.submit(app=app)
 
 
 def wait_registered(app, w, timeout=20.0):
     return wait_for(
-        lambda: any(x.pid == w.pid for x in live_workers(app)), timeout,
+        lambda: any(x.pid == w.pid for x in live_workers(app)),
+        timeout,
         f"worker pid {w.pid} in the registry\n{w.log()}",
     )
 
@@ -64,7 +75,9 @@ def check_once(client, tag, run, app):
     ends = Counter(e[1] for e in t.events(client, tag) if e[0] == "end")
     assert ends == {"ops_first": 1, "ops_long": 1, "ops_last": 1}
     assert GraphRun(run.id, app=app).results() == {
-        "ops_first": "ops_first", "ops_long": "ops_long", "ops_last": "ops_last<-ops_long"
+        "ops_first": "ops_first",
+        "ops_long": "ops_long",
+        "ops_last": "ops_last<-ops_long",
     }
 
 
@@ -150,9 +163,14 @@ def test_sigkill_redelivers_after_the_visibility_timeout(env):
     hosts = started_on(client, tag, "ops_long")
     assert hosts[0].startswith("kill1@") and hosts[-1].startswith("kill2@"), hosts
     check_once(client, tag, run, app)
-    print(f"redelivered and finished {redelivered_after:.1f} s after SIGKILL "
-          f"(visibility {visibility} s)")
+    print(
+        f"redelivered and finished {redelivered_after:.1f} s after SIGKILL "
+        f"(visibility {visibility} s)"
+    )
     # the killed worker drops out of the registry when its heartbeat TTL (3 s) runs out
-    wait_for(lambda: all(x.pid != w1.pid for x in live_workers(app)), 10,
-             "the killed worker to expire from the registry")
+    wait_for(
+        lambda: all(x.pid != w1.pid for x in live_workers(app)),
+        10,
+        "the killed worker to expire from the registry",
+    )
     wait_registered(app, w2)

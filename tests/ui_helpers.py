@@ -76,8 +76,14 @@ class Gates:
 # -- Chromium -----------------------------------------------------------------------------
 
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
@@ -99,12 +105,18 @@ def chromium_or_skip() -> str:
     if path is None and shutil.which("apt-get") and os.geteuid() == 0:
         print("installing Debian's chromium for the browser tests (apt-get install chromium)")
         subprocess.run(["apt-get", "update", "-q"], check=False, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], check=False,
-                       capture_output=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "chromium"],
+            check=False,
+            capture_output=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
         path = find_chromium()
     if path is None:
-        reason = ("no Chromium for the browser tests: apt-get install -y chromium, or set "
-                  "CELERY_GRAPH_CHROMIUM to a Chromium binary")
+        reason = (
+            "no Chromium for the browser tests: apt-get install -y chromium, or set "
+            "CELERY_GRAPH_CHROMIUM to a Chromium binary"
+        )
         if os.environ.get("CI"):
             pytest.fail(reason + " (CI is set: the browser tests must run)")
         pytest.skip(reason)
@@ -180,16 +192,43 @@ def index_runs(client: Any, store: Any, since: float, flows: list[str]) -> None:
     """Index the runs of ``store``'s prefix from ``since`` on (bulk, in one call)."""
     keys = store.keys
     states = {s: keys.state_runs(s) for s in ("succeeded", "failed", "cancelled")}
-    client.eval(INDEX, 0, keys.runs_index(), repr(since), json.dumps(states),
-                json.dumps({f: keys.flow_runs(f) for f in flows}), keys.flows_index(),
-                keys.index_marker(), keys.run("").removesuffix("{}"))
+    client.eval(
+        INDEX,
+        0,
+        keys.runs_index(),
+        repr(since),
+        json.dumps(states),
+        json.dumps({f: keys.flow_runs(f) for f in flows}),
+        keys.flows_index(),
+        keys.index_marker(),
+        keys.run("").removesuffix("{}"),
+    )
 
 
-def seed_runs(client: Any, prefix: str, count: int, *, base: float, step: float = 1.0,
-              states: list[str], flows: list[str], ties: int = 1,
-              graph: str = "0" * 64) -> None:
-    client.eval(SEED, 0, prefix, count, repr(base), repr(step), json.dumps(states),
-                json.dumps(flows), ties, graph)
+def seed_runs(
+    client: Any,
+    prefix: str,
+    count: int,
+    *,
+    base: float,
+    step: float = 1.0,
+    states: list[str],
+    flows: list[str],
+    ties: int = 1,
+    graph: str = "0" * 64,
+) -> None:
+    client.eval(
+        SEED,
+        0,
+        prefix,
+        count,
+        repr(base),
+        repr(step),
+        json.dumps(states),
+        json.dumps(flows),
+        ties,
+        graph,
+    )
 
 
 def unseed_runs(client: Any, prefix: str) -> None:

@@ -72,8 +72,11 @@ def gated(key: str):
     token each on ``key``; done is a join of three."""
     return (
         ui_gate.bind(id="g1", key=key, name="g1")
-        >> (ui_gate.bind(id="g2", key=key, name="g2") | ui_echo.bind(id="quick", x=1)
-            | ui_items >> ui_square.map("ui_items") >> ui_total)
+        >> (
+            ui_gate.bind(id="g2", key=key, name="g2")
+            | ui_echo.bind(id="quick", x=1)
+            | ui_items >> ui_square.map("ui_items") >> ui_total
+        )
         >> ui_echo.bind(id="done", x=2)
     )
 

@@ -58,28 +58,53 @@ class Workers:
     def start(self, name: str) -> str:
         hostname = f"{name}-{self.queue}@localhost"
         self._spawn(hostname)
-        wait_for(lambda: self.app.control.ping([hostname], timeout=0.5), timeout=60,
-                 what=f"worker {hostname} to answer ping")
+        wait_for(
+            lambda: self.app.control.ping([hostname], timeout=0.5),
+            timeout=60,
+            what=f"worker {hostname} to answer ping",
+        )
         return hostname
 
     def _spawn(self, hostname: str) -> None:
         env = dict(
-            os.environ, PYTHONPATH=ROOT, CGTEST_REDIS_URL=self.redis_url,
-            CGTEST_QUEUE=self.queue, CGTEST_PREFIX=self.prefix, CGTEST_SESSION=SESSION,
+            os.environ,
+            PYTHONPATH=ROOT,
+            CGTEST_REDIS_URL=self.redis_url,
+            CGTEST_QUEUE=self.queue,
+            CGTEST_PREFIX=self.prefix,
+            CGTEST_SESSION=SESSION,
             **self.extra_env,
         )
         if env.get("CGTEST_CLOCK_SKEW"):  # tests/skew/sitecustomize.py shifts its clock
             env["PYTHONPATH"] = os.pathsep.join([os.path.join(ROOT, "tests", "skew"), ROOT])
         app = "tests.brokerapp:stock_app" if self.stock else "tests.brokerapp:env_app"
         self.procs[hostname] = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", app, "worker",
-             "-P", self.pool, "-c", str(self.concurrency), "-n", hostname, "-l", "WARNING",
-             "--without-mingle", "--without-gossip"],
-            env=env, cwd=ROOT, start_new_session=self.isolate,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                app,
+                "worker",
+                "-P",
+                self.pool,
+                "-c",
+                str(self.concurrency),
+                "-n",
+                hostname,
+                "-l",
+                "WARNING",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            env=env,
+            cwd=ROOT,
+            start_new_session=self.isolate,
         )
 
     def supervise(self) -> None:
         """Restart any worker that exits, until stop(), as a process supervisor would."""
+
         def loop() -> None:
             while not self._stopping.wait(0.2):
                 with self._lock:

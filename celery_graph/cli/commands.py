@@ -103,8 +103,12 @@ from .support import (
 @common_options
 @guarded
 def run_command(
-    flow_ref: str, inputs: tuple[str, ...], wait: bool, timeout: float | None,
-    flow_name: str | None, as_json: bool,
+    flow_ref: str,
+    inputs: tuple[str, ...],
+    wait: bool,
+    timeout: float | None,
+    flow_name: str | None,
+    as_json: bool,
 ) -> int:
     """Submit a graph; print its run id, or with --wait follow it to the end."""
     ctx = click.get_current_context()

@@ -25,8 +25,19 @@ from ..protocol import RUN_GRAPH
 from ..state import state_for
 from .submit import submit_spec
 
-_REQUEST_FIELDS = ("id", "group", "group_index", "chord", "chain", "callbacks", "errbacks",
-                   "root_id", "parent_id", "reply_to", "correlation_id")
+_REQUEST_FIELDS = (
+    "id",
+    "group",
+    "group_index",
+    "chord",
+    "chain",
+    "callbacks",
+    "errbacks",
+    "root_id",
+    "parent_id",
+    "reply_to",
+    "correlation_id",
+)
 
 
 def graph_signature(
@@ -59,8 +70,9 @@ def run_graph(
     extra = {"continuation": json.dumps(request)}
     if flow:
         extra["flow"] = flow
-    submit_spec(spec, inputs, self.app, idempotency_key=f"celery-task:{self.request.id}",
-                extra_fields=extra)
+    submit_spec(
+        spec, inputs, self.app, idempotency_key=f"celery-task:{self.request.id}", extra_fields=extra
+    )
     # Celery continues the canvas when the graph ends, not now.
     self.request.chain = None
     self.request.callbacks = None

@@ -112,8 +112,9 @@ class GraphRun:
             state.runs.wait(self.id, max(remaining, 0.01))
 
     def _fail_deadline(self) -> bool:
-        error = error_record("", "DeadlineExceeded", "celery_graph.errors",
-                             f"run {self.id} passed its deadline")
+        error = error_record(
+            "", "DeadlineExceeded", "celery_graph.errors", f"run {self.id} passed its deadline"
+        )
         return end_run(self._app, self._state, self.id, "failed", error=error)
 
     def context(self) -> RunContext:
@@ -143,8 +144,13 @@ class GraphRun:
             node = spec.nodes[node_id]
             assert node.map_source is not None
             source = decode_value(results[node.map_source])
-            publish_items(self._app, node, NodeMessage(spec.graph_id, self.id, node_id,
-                                                       node.call), source, indexes)
+            publish_items(
+                self._app,
+                node,
+                NodeMessage(spec.graph_id, self.id, node_id, node.call),
+                source,
+                indexes,
+            )
         return self
 
     def cancel(self) -> bool:
@@ -184,10 +190,13 @@ def resume_frontier(
             continue
         size = node.map_chunk or 1
         missing = [
-            unit for unit in range(node.units(int(count)))
-            if not in_flight(node.unit_field(unit)) and any(
+            unit
+            for unit in range(node.units(int(count)))
+            if not in_flight(node.unit_field(unit))
+            and any(
                 f"{node_id}#{i}" not in results
-                for i in range(unit * size, min((unit + 1) * size, int(count))))
+                for i in range(unit * size, min((unit + 1) * size, int(count)))
+            )
         ]
         # every item stored but the map node not completed: a copy of one unit completes it
         items += [(node_id, unit) for unit in missing or [0]]

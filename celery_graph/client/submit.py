@@ -65,8 +65,9 @@ def submit_spec(
     try:
         publish_nodes(app, spec, run_id, spec.roots)
     except Exception as exc:
-        error = error_record("", type(exc).__name__, type(exc).__module__,
-                             f"publishing the root nodes failed: {exc}")
+        error = error_record(
+            "", type(exc).__name__, type(exc).__module__, f"publishing the root nodes failed: {exc}"
+        )
         with contextlib.suppress(StoreError):
             end_run(app, state, run_id, "failed", error=error, unsent=True)
         raise PublishError(
@@ -85,9 +86,7 @@ def _exists(state: State, run_id: str) -> bool:
     return not (record.get("status") == "failed" and record.get("unsent") == "1")
 
 
-def _wait_for_room(
-    app: Any, state: State, spec: GraphSpec, unless: Callable[[], bool]
-) -> None:
+def _wait_for_room(app: Any, state: State, spec: GraphSpec, unless: Callable[[], bool]) -> None:
     """With graph_max_queue_depth set, wait until every queue the roots go to has room."""
     settings = state.settings
     if not settings.max_queue_depth:

@@ -84,9 +84,7 @@ def _make_task(fn: Callable[..., Any], options: dict[str, Any]) -> TaskNode:
     if not callable(fn):
         raise NotAGraphTaskError(f"@task needs a function, got {type(fn).__name__}")
     options = dict(options)
-    name = options.pop("name", None) or current_app.gen_task_name(
-        fn.__qualname__, _module_name(fn)
-    )
+    name = options.pop("name", None) or current_app.gen_task_name(fn.__qualname__, _module_name(fn))
     options["base"] = _graph_base(options.get("base") or GraphTask)
     routing = tuple(sorted((k, options[k]) for k in ROUTING_OPTIONS if k in options))
     context = bool(options.pop("inject_context", False))

@@ -125,8 +125,9 @@ class Flow:
         the name the run records (default: :attr:`flow_name`). (A run input with one of
         these names can be passed with ``submit(inputs={...})``.)
         """
-        return self.submit(inputs, idempotency_key=idempotency_key, deadline=deadline,
-                           flow_name=flow_name)
+        return self.submit(
+            inputs, idempotency_key=idempotency_key, deadline=deadline, flow_name=flow_name
+        )
 
     def s(self, *, flow_name: str | None = None, **inputs: Any) -> Any:
         """This graph as a Celery signature, for chains and groups::
@@ -154,8 +155,12 @@ class Flow:
         run records ``flow_name`` (default: :attr:`flow_name`)."""
         name = check_flow_name(flow_name) if flow_name is not None else self.flow_name
         return submit_spec(
-            self.compile(), inputs or {}, app, idempotency_key=idempotency_key,
-            deadline=deadline, extra_fields={"flow": name} if name else None,
+            self.compile(),
+            inputs or {},
+            app,
+            idempotency_key=idempotency_key,
+            deadline=deadline,
+            extra_fields={"flow": name} if name else None,
         )
 
 
@@ -174,14 +179,45 @@ def _as_flow(value: object, op: str) -> Flow:
 
 # Keywords of Celery's ``apply_async`` that a node's function may also have as parameters:
 # on a bare task they keep Celery's meaning.
-CELERY_OPTIONS = frozenset((
-    "add_to_parent", "chain", "chord", "compression", "connection", "countdown",
-    "delivery_mode", "eta", "exchange", "expires", "group_id", "group_index", "headers",
-    "ignore_result", "link", "link_error", "parent_id", "priority", "producer", "publisher",
-    "queue", "reply_to", "result_cls", "retries", "retry", "retry_policy", "root_id",
-    "router", "routing_key", "serializer", "shadow", "soft_time_limit", "stamped_headers",
-    "task_id", "time_limit",
-))
+CELERY_OPTIONS = frozenset(
+    (
+        "add_to_parent",
+        "chain",
+        "chord",
+        "compression",
+        "connection",
+        "countdown",
+        "delivery_mode",
+        "eta",
+        "exchange",
+        "expires",
+        "group_id",
+        "group_index",
+        "headers",
+        "ignore_result",
+        "link",
+        "link_error",
+        "parent_id",
+        "priority",
+        "producer",
+        "publisher",
+        "queue",
+        "reply_to",
+        "result_cls",
+        "retries",
+        "retry",
+        "retry_policy",
+        "root_id",
+        "router",
+        "routing_key",
+        "serializer",
+        "shadow",
+        "soft_time_limit",
+        "stamped_headers",
+        "task_id",
+        "time_limit",
+    )
+)
 # Keywords of a graph's ``apply_async`` that mean nothing to Celery's.
 GRAPH_RUN_OPTIONS = ("idempotency_key", "deadline", "flow_name")
 
@@ -221,9 +257,16 @@ class TaskNode(Flow):
     def declaration(self) -> NodeDecl:
         """This node for the compiler; two nodes with one id must declare the same."""
         return NodeDecl(
-            id=self.id, task=self.task_name, params=parameters(self.fn), bound=self.bound,
-            options=self.options, delay=self.start_delay, context=self.context,
-            map_over=self.map_over, map_chunk=self.map_chunk, call=self.call,
+            id=self.id,
+            task=self.task_name,
+            params=parameters(self.fn),
+            bound=self.bound,
+            options=self.options,
+            delay=self.start_delay,
+            context=self.context,
+            map_over=self.map_over,
+            map_chunk=self.map_chunk,
+            call=self.call,
             retries=self.retries,
         )
 
@@ -252,8 +295,9 @@ class TaskNode(Flow):
         >>> split >> process.map("split") >> merge
         """
         source_id = source.id if isinstance(source, TaskNode) else source
-        if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool)
-                                  or chunk < 1):
+        if chunk is not None and (
+            not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1
+        ):
             raise GraphDefinitionError(
                 f"node {self.id!r}: map(chunk={chunk!r}) needs a whole number of items >= 1"
             )
@@ -351,8 +395,11 @@ class TaskNode(Flow):
     def _refuse_run_inputs(self, method: str, options: dict[str, Any]) -> None:
         """A graph's keywords given to Celery's call are an error, not a silent option."""
         params = signature_of(self.fn)
-        wrong = sorted(k for k in options if k in GRAPH_RUN_OPTIONS
-                       or (k in params and k not in CELERY_OPTIONS))
+        wrong = sorted(
+            k
+            for k in options
+            if k in GRAPH_RUN_OPTIONS or (k in params and k not in CELERY_OPTIONS)
+        )
         if wrong:
             raise TypeError(
                 f"node {self.id!r}: {method}() is Celery's Task.{method}(args, kwargs, "
@@ -654,8 +701,12 @@ def _record(flow: Flow) -> None:
 
 def check_flow_name(name: Any) -> str:
     """A flow name: a non-empty string without control characters, at most 200 long."""
-    if (not isinstance(name, str) or not name.strip() or len(name) > 200
-            or any(ord(c) < 32 for c in name)):
+    if (
+        not isinstance(name, str)
+        or not name.strip()
+        or len(name) > 200
+        or any(ord(c) < 32 for c in name)
+    ):
         raise GraphDefinitionError(
             f"invalid flow name {name!r}: use a non-empty string of at most 200 printable "
             "characters, e.g. 'etl'"

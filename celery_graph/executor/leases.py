@@ -36,8 +36,7 @@ class LeaseKeeper:
             self._held[token] = (state, run_id, field)
             if self._pid != os.getpid():
                 self._pid = os.getpid()
-                threading.Thread(target=self._run, name="celery-graph-leases",
-                                 daemon=True).start()
+                threading.Thread(target=self._run, name="celery-graph-leases", daemon=True).start()
         try:
             yield
         finally:

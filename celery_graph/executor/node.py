@@ -71,7 +71,6 @@ class NodeRun:
         self.upstream = self.node.upstream_ids() if message.index is None else self.node.pull_ids()
         self.hostname = task.request.hostname or socket.gethostname()
 
-
     def run(self) -> Any:
         m = self.message
         expands = bool(self.node.map_source) and m.index is None
@@ -85,8 +84,12 @@ class NodeRun:
         if begun.status == "poison":
             raise NodeLost.after(m.result_field, begun.attempt, begun.worker)
         if begun.status != "running":
-            logger.info("celery-graph: run %s is %s; node %s not run", m.run_id, begun.status,
-                        m.result_field)
+            logger.info(
+                "celery-graph: run %s is %s; node %s not run",
+                m.run_id,
+                begun.status,
+                m.result_field,
+            )
             return None
         if expands and begun.own is None:
             return self.expand_map(dict(zip(self.upstream, begun.upstream)))
@@ -119,9 +122,7 @@ class NodeRun:
 
     # -- steps ---------------------------------------------------------------------------
 
-    def arguments(
-        self, inputs_raw: bytes | None, upstream: list[bytes | None]
-    ) -> dict[str, Any]:
+    def arguments(self, inputs_raw: bytes | None, upstream: list[bytes | None]) -> dict[str, Any]:
         """The keyword arguments of the call (for a chunk: its items under the map's
         parameter)."""
         missing = [i for i, raw in zip(self.upstream, upstream) if raw is None]
@@ -146,8 +147,7 @@ class NodeRun:
 
         def flush() -> bool:
             nonlocal last
-            running = not pending or self.state.scripts.store_items(
-                m.run_id, node.id, pending) >= 0
+            running = not pending or self.state.scripts.store_items(m.run_id, node.id, pending) >= 0
             pending.clear()
             last = time.monotonic()
             return running
@@ -189,8 +189,9 @@ class NodeRun:
             raise  # Redis went away under the function (its RunContext): not its failure
         except Exception as exc:
             if node.retries and not isinstance(exc, Retry) and task.request.retries < node.retries:
-                raise task.retry(exc=exc, countdown=node.retry_delay,
-                                 max_retries=node.retries) from exc
+                raise task.retry(
+                    exc=exc, countdown=node.retry_delay, max_retries=node.retries
+                ) from exc
             raise
         if isinstance(result, Branch):
             return result.value, branch_choice(node, result)
@@ -313,10 +314,14 @@ def fail_node(app: Any, message: NodeMessage, error: str, traceback: str = "") -
     node = spec.nodes[node_id]
     deadline = json.loads(error).get("type") == DeadlineExceeded.__name__
     if node.tolerant is None or deadline or message.index is not None:
-        return end_run(app, state, run_id, "failed", node_id=node_id, error=error,
-                       guard=guard)
+        return end_run(app, state, run_id, "failed", node_id=node_id, error=error, guard=guard)
     arrival = state.scripts.complete(
-        spec, run_id, node, "", kind="failed", error_json=error,
+        spec,
+        run_id,
+        node,
+        "",
+        kind="failed",
+        error_json=error,
         traceback=f"last failure, in node {node_id!r}:\n{traceback}",
     )
     if arrival.ended == 2:  # the group's policy broke: complete.lua failed the run

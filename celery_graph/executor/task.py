@@ -133,8 +133,12 @@ def run_node(task: Task, fn: Callable[..., Any], fields: Any, kwargs: dict[str, 
 
 @task_failure.connect
 def _node_failed(
-    sender: Any = None, task_id: Any = None, exception: Any = None, kwargs: Any = None,
-    einfo: Any = None, **_: Any,
+    sender: Any = None,
+    task_id: Any = None,
+    exception: Any = None,
+    kwargs: Any = None,
+    einfo: Any = None,
+    **_: Any,
 ) -> None:
     """A node's task failed after its retries (any task: ``@task`` or existing)."""
     fields = graph_fields(kwargs)
@@ -145,7 +149,9 @@ def _node_failed(
     error = exception_record(message.node_id, exception, traceback)
     if not adopted(sender) and isinstance(exception, TypeError) and GRAPH_KWARG in str(exception):
         error = error_record(
-            message.node_id, UnknownTask.__name__, UnknownTask.__module__,
+            message.node_id,
+            UnknownTask.__name__,
+            UnknownTask.__module__,
             f"node {message.node_id!r}: task {sender.name!r} was registered after the worker "
             f"on {socket.gethostname()} started, so it cannot run node messages; import its "
             "module when the worker starts (the app's imports/include, or its -A module)",
@@ -174,12 +180,15 @@ def _node_retried(sender: Any = None, request: Any = None, reason: Any = None, *
     attempt = getattr(request, "graph_attempt", 0)
     try:
         state = state_for(sender.app)
-        state.scripts.lease(message.run_id, "requeue",
-                            float(when or 0) + state.settings.queued_lease,
-                            [message.result_field], attempt)
+        state.scripts.lease(
+            message.run_id,
+            "requeue",
+            float(when or 0) + state.settings.queued_lease,
+            [message.result_field],
+            attempt,
+        )
     except CeleryGraphError as err:  # the lease runs out: a duplicate, not a loss
-        logger.warning("celery-graph: could not lease the retry of %s: %s",
-                       message.task_id, err)
+        logger.warning("celery-graph: could not lease the retry of %s: %s", message.task_id, err)
 
 
 def _call_outside_a_graph(self: Task, *args: Any, **kwargs: Any) -> Any:
@@ -205,7 +214,9 @@ def _unknown_task(sender=None, message=None, exc=None, name=None, id=None, **kw)
             return
         parsed = NodeMessage.parse(fields)
         error = error_record(
-            parsed.node_id, UnknownTask.__name__, UnknownTask.__module__,
+            parsed.node_id,
+            UnknownTask.__name__,
+            UnknownTask.__module__,
             f"node {parsed.node_id!r}: task {name!r} is not registered on the worker on "
             f"{socket.gethostname()}; deploy the module that defines it to every worker "
             "consuming this queue",

@@ -274,8 +274,7 @@ def _node_entry(
 def _only_open_param(node: NodeDecl) -> str:
     bound = dict(node.bound)
     open_params = [
-        p.name for p in node.params
-        if not p.variadic and not p.has_default and p.name not in bound
+        p.name for p in node.params if not p.variadic and not p.has_default and p.name not in bound
     ]
     if node.context:
         open_params = open_params[1:]

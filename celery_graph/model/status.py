@@ -43,7 +43,8 @@ class NodeStatus:
         if state == "skipping":  # released as a skip, not yet passed on
             state = "skipped"
         attempts, started, finished, worker = (
-            [*fields.get(f"{node_id}:run", "0|||").split("|", 3), "", "", "", ""])[:4]
+            [*fields.get(f"{node_id}:run", "0|||").split("|", 3), "", "", "", ""]
+        )[:4]
         return cls(
             state=state,
             attempts=int(attempts or 0),
@@ -71,11 +72,15 @@ class NodeStatus:
             parts.append(f"worker lost {self.lost}x")
         if self.lease is not None:
             if self.lease <= now and self.state == "running":
-                parts.append(f"lease ran out {_age(now - self.lease)} ago: its worker is gone, "
-                             "the reconciler sends it again")
+                parts.append(
+                    f"lease ran out {_age(now - self.lease)} ago: its worker is gone, "
+                    "the reconciler sends it again"
+                )
             elif self.lease <= now:
-                parts.append(f"lease ran out {_age(now - self.lease)} ago: sent again unless "
-                             "its queue is busy")
+                parts.append(
+                    f"lease ran out {_age(now - self.lease)} ago: sent again unless "
+                    "its queue is busy"
+                )
             elif self.state != "running":
                 parts.append(f"reconciler checks in {_age(self.lease - now)}")
         return ", ".join(parts) or None

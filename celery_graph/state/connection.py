@@ -87,8 +87,10 @@ def _cluster(url: str, tls: bool, timeouts: dict[str, Any]) -> Any:
     for part in url.split("://", 1)[1].split(","):
         parsed = urlsplit(f"redis://{part}")
         if parsed.password is not None:
-            auth = {"username": unquote(parsed.username or "") or None,
-                    "password": unquote(parsed.password)}
+            auth = {
+                "username": unquote(parsed.username or "") or None,
+                "password": unquote(parsed.password),
+            }
         if parsed.path not in ("", "/", "/0"):
             raise ConfigurationError(f"graph Redis URL {url!r}: a Redis Cluster has only db 0")
         nodes.append(ClusterNode(parsed.hostname or "127.0.0.1", parsed.port or 6379))
@@ -103,8 +105,10 @@ def _sentinel(url: str, options: dict[str, Any], timeouts: dict[str, Any]) -> An
         parsed = urlsplit(part.strip())
         hosts.append((parsed.hostname or "127.0.0.1", parsed.port or 26379))
         if parsed.password is not None:
-            auth = {"username": unquote(parsed.username or "") or None,
-                    "password": unquote(parsed.password)}
+            auth = {
+                "username": unquote(parsed.username or "") or None,
+                "password": unquote(parsed.password),
+            }
         if parsed.path.strip("/"):
             db = int(parsed.path.strip("/"))
     options = dict(options)

@@ -72,13 +72,13 @@ class GraphStore:
         if spec is not None:
             if stale:  # keep the stored copy alive; a cached spec still runs if Redis blips
                 with contextlib.suppress(StoreUnavailable):
-                    translated("refreshing a graph's expiry",
-                               lambda: self.client.expire(self.keys.graph(graph_id), self.ttl))
+                    translated(
+                        "refreshing a graph's expiry",
+                        lambda: self.client.expire(self.keys.graph(graph_id), self.ttl),
+                    )
             return spec
         key = self.keys.graph(graph_id)
-        blob = translated(
-            "loading a graph", lambda: self.client.getex(key, ex=self.ttl)
-        )
+        blob = translated("loading a graph", lambda: self.client.getex(key, ex=self.ttl))
         if blob is None:
             raise GraphNotFound(
                 f"graph {graph_id} is not in the store under {key!r}: it expired "

@@ -18,7 +18,12 @@ class RunStore:
     """Run records, the index of runs and the index of running runs."""
 
     def __init__(
-        self, client: Any, wait_client: Any, keys: Keys, graphs: GraphStore, scripts: Scripts,
+        self,
+        client: Any,
+        wait_client: Any,
+        keys: Keys,
+        graphs: GraphStore,
+        scripts: Scripts,
         run_ttl: int,
     ) -> None:
         self.client = client  # bytes replies (decode_responses off)
@@ -36,7 +41,12 @@ class RunStore:
     # -- starting a run ----------------------------------------------------------------
 
     def create(
-        self, run_id: str, spec: GraphSpec, inputs_json: str, *, deadline: float | None = None,
+        self,
+        run_id: str,
+        spec: GraphSpec,
+        inputs_json: str,
+        *,
+        deadline: float | None = None,
         extra: dict[str, str] | None = None,
     ) -> tuple[bool, str]:
         """Store the graph, list the run for the reconciler, then create the run with its
@@ -109,17 +119,21 @@ class RunStore:
 
     def schedule(self, run_id: str, when: float) -> None:
         """Look at a running run again at ``when`` (server time)."""
-        translated("scheduling a run",
-                   lambda: self.client.zadd(self.keys.running_index(), {run_id: when}, xx=True))
+        translated(
+            "scheduling a run",
+            lambda: self.client.zadd(self.keys.running_index(), {run_id: when}, xx=True),
+        )
 
     def forget(self, run_id: str) -> None:
         """A run that ended and needs nothing more leaves the running index."""
-        translated("unlisting a run",
-                   lambda: self.client.zrem(self.keys.running_index(), run_id))
+        translated("unlisting a run", lambda: self.client.zrem(self.keys.running_index(), run_id))
 
     def running_count(self) -> int:
-        return int(translated("reading the running index",
-                              lambda: self.client.zcard(self.keys.running_index())))
+        return int(
+            translated(
+                "reading the running index", lambda: self.client.zcard(self.keys.running_index())
+            )
+        )
 
     # -- reading -----------------------------------------------------------------------
 
@@ -139,8 +153,9 @@ class RunStore:
     SCAN_PAGE = 2000
 
     def _hash(self, key: str, what: str) -> dict[bytes, bytes]:
-        return dict(translated(what, lambda: list(
-            self.client.hscan_iter(key, count=self.SCAN_PAGE))))
+        return dict(
+            translated(what, lambda: list(self.client.hscan_iter(key, count=self.SCAN_PAGE)))
+        )
 
     def results(self, run_id: str) -> dict[str, bytes]:
         raw = self._hash(self.keys.results(run_id), "reading results")
@@ -152,6 +167,7 @@ class RunStore:
 
     def leases(self, run_id: str) -> dict[str, float]:
         """{field: lease expiry} of every running and queued lease of the run."""
+
         def scan(key: str) -> list[tuple[bytes, float]]:
             return list(self.client.zscan_iter(key, count=self.SCAN_PAGE))
 
@@ -164,7 +180,11 @@ class RunStore:
     def status(self, run_id: str, spec: GraphSpec) -> RunStatus:
         record = self.record(run_id)
         return RunStatus.from_state(
-            run_id, record, self.node_fields(run_id), spec.order, self.leases(run_id),
+            run_id,
+            record,
+            self.node_fields(run_id),
+            spec.order,
+            self.leases(run_id),
             self.time(),
         )
 

@@ -25,8 +25,17 @@ from .connection import load_script, translating
 PART = 500
 
 SCRIPTS = (
-    "start", "begin", "complete", "finish", "resume", "map_arrive", "item", "expand",
-    "reclaim", "lease", "continue",
+    "start",
+    "begin",
+    "complete",
+    "finish",
+    "resume",
+    "map_arrive",
+    "item",
+    "expand",
+    "reclaim",
+    "lease",
+    "continue",
 )
 
 
@@ -84,24 +93,44 @@ class Scripts:
     def _run_keys(self, run_id: str) -> list[str]:
         """The keys every run has (joins' and maps' arrivals expire by themselves)."""
         k = self.keys
-        return [k.run(run_id), k.results(run_id), k.nodes(run_id), k.done(run_id),
-                k.sinks(run_id), k.state(run_id), k.leases(run_id), k.queued(run_id)]
+        return [
+            k.run(run_id),
+            k.results(run_id),
+            k.nodes(run_id),
+            k.done(run_id),
+            k.sinks(run_id),
+            k.state(run_id),
+            k.leases(run_id),
+            k.queued(run_id),
+        ]
 
     # -- a run ---------------------------------------------------------------------------
 
     def start(
-        self, run_id: str, spec: GraphSpec, inputs_json: str, deadline: float | None,
+        self,
+        run_id: str,
+        spec: GraphSpec,
+        inputs_json: str,
+        deadline: float | None,
         extra: dict[str, str],
     ) -> tuple[bool, str]:
         """Create the run; (True, server time) when created, (False, status) when a run
         with this id exists already."""
         k = self.keys
-        others = [key for key in k.run_keys(run_id, spec.joins, spec.maps)
-                  if key not in (k.run(run_id), k.nodes(run_id), k.queued(run_id))]
+        others = [
+            key
+            for key in k.run_keys(run_id, spec.joins, spec.maps)
+            if key not in (k.run(run_id), k.nodes(run_id), k.queued(run_id))
+        ]
         args: list[Any] = [
-            spec.graph_id, inputs_json, len(spec.nodes), json.dumps(list(spec.sinks)),
-            "" if deadline is None else repr(float(deadline)), self.settings.run_ttl,
-            self.settings.queued_lease, json.dumps(extra),
+            spec.graph_id,
+            inputs_json,
+            len(spec.nodes),
+            json.dumps(list(spec.sinks)),
+            "" if deadline is None else repr(float(deadline)),
+            self.settings.run_ttl,
+            self.settings.queued_lease,
+            json.dumps(extra),
         ]
         for root in spec.roots:
             args += [root, spec.nodes[root].delay]
@@ -111,7 +140,11 @@ class Scripts:
         return bool(created), _text(detail)
 
     def begin(
-        self, run_id: str, field: str, hostname: str, upstream_ids: list[str],
+        self,
+        run_id: str,
+        field: str,
+        hostname: str,
+        upstream_ids: list[str],
         expands: bool = False,
     ) -> Begun:
         """Record the start of ``field`` (a node id, or "<node>#<i>" for a map item) and
@@ -119,10 +152,16 @@ class Scripts:
         k = self.keys
         reply = self._call(
             "begin",
-            [k.run(run_id), k.results(run_id), k.nodes(run_id), k.leases(run_id),
-             k.queued(run_id)],
-            [field, hostname, self.settings.running_lease, self.settings.run_ttl,
-             "map" if expands else "", self.settings.max_lost, *upstream_ids[:PART]],
+            [k.run(run_id), k.results(run_id), k.nodes(run_id), k.leases(run_id), k.queued(run_id)],
+            [
+                field,
+                hostname,
+                self.settings.running_lease,
+                self.settings.run_ttl,
+                "map" if expands else "",
+                self.settings.max_lost,
+                *upstream_ids[:PART],
+            ],
         )
         status = _text(reply[0]) if reply and reply[0] is not None else None
         if status == "poison":
@@ -141,7 +180,7 @@ class Scripts:
         key = self.keys.results(run_id)
         out: list[bytes | None] = []
         for i in range(0, len(fields), PART * 2):
-            part = fields[i:i + PART * 2]
+            part = fields[i : i + PART * 2]
             with translating("reading results"):
                 out += self._client.hmget(key, part)
         return out
@@ -163,22 +202,40 @@ class Scripts:
         policy, with ``error_json``) or "skipped"; ``branch`` is "!a,b" when the node chose
         those successors only."""
         k = self.keys
-        base_keys = [k.run(run_id), k.results(run_id), k.nodes(run_id), k.sinks(run_id),
-                     k.done(run_id), k.leases(run_id), k.state(run_id), k.queued(run_id)]
+        base_keys = [
+            k.run(run_id),
+            k.results(run_id),
+            k.nodes(run_id),
+            k.sinks(run_id),
+            k.done(run_id),
+            k.leases(run_id),
+            k.state(run_id),
+            k.queued(run_id),
+        ]
         policy = ""
         if kind == "failed" and node.tolerant is not None:
             policy = json.dumps(spec.policies[node.tolerant])
         succs = list(node.succs)
-        parts = [succs[i:i + PART] for i in range(0, len(succs), PART)] or [[]]
+        parts = [succs[i : i + PART] for i in range(0, len(succs), PART)] or [[]]
         stored, ended, publish, skipped = 0, 0, [], []
         for n, part in enumerate(parts):
             keys = list(base_keys)
             args: list[Any] = [
-                node.id, result_json, len(spec.sinks) if not node.succs else 0,
-                self.settings.run_ttl, self.settings.result_ttl, len(part),
-                self.settings.queued_lease, error_json, branch, kind, policy,
-                node.tolerant or "", traceback,
-                "1" if n == 0 else "", "1" if n == len(parts) - 1 else "",
+                node.id,
+                result_json,
+                len(spec.sinks) if not node.succs else 0,
+                self.settings.run_ttl,
+                self.settings.result_ttl,
+                len(part),
+                self.settings.queued_lease,
+                error_json,
+                branch,
+                kind,
+                policy,
+                node.tolerant or "",
+                traceback,
+                "1" if n == 0 else "",
+                "1" if n == len(parts) - 1 else "",
                 "1" if len(succs) >= 2 else "",
             ]
             for succ in part:
@@ -213,16 +270,23 @@ class Scripts:
         """End a running run as failed or cancelled: 1 if this call ended it, 0 if it had
         ended already, -1 if ignored (``guard``, a result field, holds a result: the
         failure is a failing copy of a message that succeeded)."""
-        args = [status, node_id, error_json, self.settings.result_ttl, guard,
-                "1" if unsent else ""]
+        args = [status, node_id, error_json, self.settings.result_ttl, guard, "1" if unsent else ""]
         return int(self._call("finish", self._run_keys(run_id), args))
 
     def resume(self, run_id: str, fields: list[str]) -> str:
         """Reopen a failed or cancelled run and lease ``fields`` (nodes and map items) to
         be sent again; returns the previous status."""
         k = self.keys
-        keys = [k.run(run_id), k.nodes(run_id), k.done(run_id), k.leases(run_id),
-                k.results(run_id), k.sinks(run_id), k.state(run_id), k.queued(run_id)]
+        keys = [
+            k.run(run_id),
+            k.nodes(run_id),
+            k.done(run_id),
+            k.leases(run_id),
+            k.results(run_id),
+            k.sinks(run_id),
+            k.state(run_id),
+            k.queued(run_id),
+        ]
         try:
             previous = self._call(
                 "resume", keys, [self.settings.run_ttl, self.settings.queued_lease, *fields]
@@ -241,9 +305,18 @@ class Scripts:
         sep = "@" if node.map_chunk else "#"
         for start in range(0, units, PART * 4):
             if not self._call(
-                "expand", [k.run(run_id), k.nodes(run_id), k.leases(run_id), k.queued(run_id)],
-                [node.id, count, self.settings.queued_lease, self.settings.run_ttl, start,
-                 min(start + PART * 4, units), units, sep],
+                "expand",
+                [k.run(run_id), k.nodes(run_id), k.leases(run_id), k.queued(run_id)],
+                [
+                    node.id,
+                    count,
+                    self.settings.queued_lease,
+                    self.settings.run_ttl,
+                    start,
+                    min(start + PART * 4, units),
+                    units,
+                    sep,
+                ],
             ):
                 return False
         return True
@@ -256,10 +329,23 @@ class Scripts:
         k = self.keys
         reply = self._call(
             "map_arrive",
-            [k.run(run_id), k.results(run_id), k.nodes(run_id), k.map(run_id, node.id),
-             k.leases(run_id), k.queued(run_id)],
-            [node.unit_field(unit), result_json, unit, self.settings.run_ttl, units,
-             self.settings.result_ttl, node.id],
+            [
+                k.run(run_id),
+                k.results(run_id),
+                k.nodes(run_id),
+                k.map(run_id, node.id),
+                k.leases(run_id),
+                k.queued(run_id),
+            ],
+            [
+                node.unit_field(unit),
+                result_json,
+                unit,
+                self.settings.run_ttl,
+                units,
+                self.settings.result_ttl,
+                node.id,
+            ],
         )
         return int(reply[0]), int(reply[1]), int(reply[2])
 
@@ -284,7 +370,7 @@ class Scripts:
         key = self.keys.nodes(run_id)
         out: dict[str, str | None] = {}
         for i in range(0, len(node_ids), PART * 2):
-            part = node_ids[i:i + PART * 2]
+            part = node_ids[i : i + PART * 2]
             with translating("reading node states"):
                 raw = self._client.hmget(key, [f"{n}:state" for n in part])
             out.update({n: v.decode() if v else None for n, v in zip(part, raw)})
@@ -300,15 +386,19 @@ class Scripts:
         if not fields:
             return 0
         k = self.keys
-        return int(self._call(
-            "lease", [k.run(run_id), k.nodes(run_id), k.leases(run_id), k.queued(run_id)],
-            [mode, seconds, attempt or "", *fields],
-        ))
+        return int(
+            self._call(
+                "lease",
+                [k.run(run_id), k.nodes(run_id), k.leases(run_id), k.queued(run_id)],
+                [mode, seconds, attempt or "", *fields],
+            )
+        )
 
     def reclaim(self, run_id: str, limit: int = 1000) -> Reclaim:
         k = self.keys
         reply = self._call(
-            "reclaim", [k.run(run_id), k.nodes(run_id), k.leases(run_id), k.queued(run_id)],
+            "reclaim",
+            [k.run(run_id), k.nodes(run_id), k.leases(run_id), k.queued(run_id)],
             [self.settings.max_lost, limit],
         )
         verdict = _text(reply[0])
@@ -324,9 +414,13 @@ class Scripts:
             for i in range(count)
         ]
         running, queued = _text(reply[2]), _text(reply[3])
-        return Reclaim(verdict, now=float(_text(reply[1])),
-                       next_running=float(running) if running else None,
-                       next_queued=float(queued) if queued else None, expired=tuple(found))
+        return Reclaim(
+            verdict,
+            now=float(_text(reply[1])),
+            next_running=float(running) if running else None,
+            next_queued=float(queued) if queued else None,
+            expired=tuple(found),
+        )
 
     def continuation(self, run_id: str, mode: str, hold: float = 60.0) -> str:
         """Claim ("claim") or finish ("done") the continuation of the canvas a run sits in."""

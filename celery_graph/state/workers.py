@@ -69,8 +69,11 @@ class WorkerStore:
         info = translated("reading the server version", lambda: self.client.info("server"))
         if "redis_version" in info:
             return str(info["redis_version"])
-        versions = [str(v["redis_version"]) for v in info.values()
-                    if isinstance(v, dict) and "redis_version" in v]
+        versions = [
+            str(v["redis_version"])
+            for v in info.values()
+            if isinstance(v, dict) and "redis_version" in v
+        ]
         return min(versions, key=version_tuple) if versions else "unknown"
 
     # -- the registry ----------------------------------------------------------------
@@ -79,19 +82,35 @@ class WorkerStore:
         return [self.keys.worker(hostname), self.keys.worker_metrics(hostname)]
 
     def claim(
-        self, hostname: str, token: str, fields: dict[str, Any], ttl: int, live_window: float,
-        *, in_flight: int | None = None, force: bool = False,
+        self,
+        hostname: str,
+        token: str,
+        fields: dict[str, Any],
+        ttl: int,
+        live_window: float,
+        *,
+        in_flight: int | None = None,
+        force: bool = False,
     ) -> Claim:
         """Register ``hostname`` for the worker ``token`` unless a live worker holds it;
         the entry is complete from this first write (``in_flight`` included)."""
         flat: list[Any] = []
         for k, v in fields.items():
             flat += [k, v]
-        reply = translated("registering the worker", lambda: self._claim(
-            keys=self._pair(hostname),
-            args=[token, ttl, live_window, "1" if force else "",
-                  "" if in_flight is None else in_flight, *flat],
-        ))
+        reply = translated(
+            "registering the worker",
+            lambda: self._claim(
+                keys=self._pair(hostname),
+                args=[
+                    token,
+                    ttl,
+                    live_window,
+                    "1" if force else "",
+                    "" if in_flight is None else in_flight,
+                    *flat,
+                ],
+            ),
+        )
         reply = [_text(x) for x in reply]
         if reply[0] == "claimed":
             self._index(hostname, float(reply[1]), ttl)
@@ -105,10 +124,13 @@ class WorkerStore:
         flat: list[Any] = []
         for k, v in fields.items():
             flat += [k, v]
-        reply = translated("writing a heartbeat", lambda: self._beat(
-            keys=self._pair(hostname),
-            args=[token, ttl, "" if in_flight is None else in_flight, *flat],
-        ))
+        reply = translated(
+            "writing a heartbeat",
+            lambda: self._beat(
+                keys=self._pair(hostname),
+                args=[token, ttl, "" if in_flight is None else in_flight, *flat],
+            ),
+        )
         status, now = _text(reply[0]), float(_text(reply[1]))
         if status == "ok":
             self._index(hostname, now, ttl)
@@ -123,10 +145,12 @@ class WorkerStore:
         translated("indexing the worker", pipe.execute)
 
     def remove(self, hostname: str, token: str) -> None:
-        translated("removing a worker",
-                   lambda: self._leave(keys=self._pair(hostname), args=[token]))
-        translated("removing a worker",
-                   lambda: self.client.zrem(self.keys.workers_index(), hostname))
+        translated(
+            "removing a worker", lambda: self._leave(keys=self._pair(hostname), args=[token])
+        )
+        translated(
+            "removing a worker", lambda: self.client.zrem(self.keys.workers_index(), hostname)
+        )
 
     def live(self) -> tuple[float, list[tuple[str, dict[str, str], dict[str, str]]]]:
         """(server time, [(hostname, entry, counters)]) of every listed worker whose entry
@@ -152,8 +176,14 @@ class WorkerStore:
     # -- counters --------------------------------------------------------------------
 
     def count_task(
-        self, hostname: str, task: str, queue: str, outcome: str, runtime: float | None,
-        buckets: Sequence[float], ttl: int,
+        self,
+        hostname: str,
+        task: str,
+        queue: str,
+        outcome: str,
+        runtime: float | None,
+        buckets: Sequence[float],
+        ttl: int,
     ) -> None:
         """One task ran to an end state (``outcome``: succeeded, failed, retried or other)
         in a pool process of ``hostname``."""
@@ -175,8 +205,10 @@ class WorkerStore:
         translated("counting a task", pipe.execute)
 
     def counters(self, hostname: str) -> dict[str, float]:
-        raw = translated("reading worker counters",
-                         lambda: self.client.hgetall(self.keys.worker_metrics(hostname)))
+        raw = translated(
+            "reading worker counters",
+            lambda: self.client.hgetall(self.keys.worker_metrics(hostname)),
+        )
         return {_text(k): float(v) for k, v in raw.items()}
 
     def count_run(
@@ -196,8 +228,9 @@ class WorkerStore:
         translated("counting a run", pipe.execute)
 
     def run_counters(self) -> dict[str, float]:
-        raw = translated("reading run counters",
-                         lambda: self.client.hgetall(self.keys.run_metrics()))
+        raw = translated(
+            "reading run counters", lambda: self.client.hgetall(self.keys.run_metrics())
+        )
         return {_text(k): float(v) for k, v in raw.items()}
 
 

@@ -29,22 +29,42 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-A", "--app", default=os.environ.get("CELERY_APP"),
-                        help="the Celery app, as for `celery -A` (default: $CELERY_APP)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes it)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
-                        help=f"port to listen on (default {DEFAULT_PORT}; 0 picks a free one)")
     parser.add_argument(
-        "--basic-auth", default=os.environ.get("CELERY_GRAPH_UI_BASIC_AUTH"),
+        "-A",
+        "--app",
+        default=os.environ.get("CELERY_APP"),
+        help="the Celery app, as for `celery -A` (default: $CELERY_APP)",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes it)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"port to listen on (default {DEFAULT_PORT}; 0 picks a free one)",
+    )
+    parser.add_argument(
+        "--basic-auth",
+        default=os.environ.get("CELERY_GRAPH_UI_BASIC_AUTH"),
         metavar="USER:PASSWORD",
         help="ask for these credentials (several separated by commas; default "
         "$CELERY_GRAPH_UI_BASIC_AUTH, which keeps the password out of `ps`)",
     )
-    parser.add_argument("--flower-url", default=os.environ.get("CELERY_GRAPH_UI_FLOWER_URL"),
-                        metavar="URL", help="link nodes to their tasks in this Flower")
-    parser.add_argument("--url-prefix", default="", metavar="PATH",
-                        help="serve under this path, behind a reverse proxy (e.g. /graphs)")
+    parser.add_argument(
+        "--flower-url",
+        default=os.environ.get("CELERY_GRAPH_UI_FLOWER_URL"),
+        metavar="URL",
+        help="link nodes to their tasks in this Flower",
+    )
+    parser.add_argument(
+        "--url-prefix",
+        default="",
+        metavar="PATH",
+        help="serve under this path, behind a reverse proxy (e.g. /graphs)",
+    )
     parser.add_argument("--redis-url", help="the graph Redis (default: the app's setting)")
     parser.add_argument("--key-prefix", help="the key prefix (default: the app's setting)")
     return parser
@@ -66,8 +86,15 @@ def main(argv: list[str] | None = None, err: IO[str] | None = None) -> int:
         if args.key_prefix:
             app.conf.graph_key_prefix = args.key_prefix
         state_for(app)  # malformed settings fail here, in one line
-        serve(app, args.host, args.port, basic_auth=args.basic_auth,
-              flower_url=args.flower_url, url_prefix=args.url_prefix, out=err)
+        serve(
+            app,
+            args.host,
+            args.port,
+            basic_auth=args.basic_auth,
+            flower_url=args.flower_url,
+            url_prefix=args.url_prefix,
+            out=err,
+        )
     except (UsageError, CeleryGraphError, OSError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         err.write(f"celery-graph ui: error: {message}\n")

@@ -41,8 +41,12 @@ class Input:
     nodes: tuple[str, ...]  # the nodes whose parameter it fills
 
     def as_json(self) -> dict[str, Any]:
-        return {"name": self.name, "required": self.required, "default": self.default,
-                "nodes": list(self.nodes)}
+        return {
+            "name": self.name,
+            "required": self.required,
+            "default": self.default,
+            "nodes": list(self.nodes),
+        }
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,12 @@ class RegisteredFlow:
     def as_json(self) -> dict[str, Any]:
         spec = self.spec
         return {
-            "name": self.name, "ref": self.ref, "graph_id": spec.graph_id,
-            "nodes": len(spec.nodes), "roots": list(spec.roots), "sinks": list(spec.sinks),
+            "name": self.name,
+            "ref": self.ref,
+            "graph_id": spec.graph_id,
+            "nodes": len(spec.nodes),
+            "roots": list(spec.roots),
+            "sinks": list(spec.sinks),
             "inputs": [i.as_json() for i in self.inputs],
         }
 
@@ -141,12 +149,20 @@ class FlowRegistry:
         return self._by_graph.get(graph_id)
 
     def start(
-        self, name: str, inputs: dict[str, Any], *, idempotency_key: str | None = None,
+        self,
+        name: str,
+        inputs: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
         deadline: float | None = None,
     ) -> GraphRun:
         """Start a run of the registered flow ``name``, recording its name in the run."""
         entry = self.flows[name]
         return submit_spec(
-            entry.spec, inputs, self.app, idempotency_key=idempotency_key, deadline=deadline,
+            entry.spec,
+            inputs,
+            self.app,
+            idempotency_key=idempotency_key,
+            deadline=deadline,
             extra_fields={"flow": name},
         )

@@ -119,8 +119,12 @@ class RunPage:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "runs": self.runs, "next": self.next, "source": self.source,
-            "scanned": self.scanned, "partial": self.partial, "total": self.total,
+            "runs": self.runs,
+            "next": self.next,
+            "source": self.source,
+            "scanned": self.scanned,
+            "partial": self.partial,
+            "total": self.total,
             "notes": self.notes,
         }
 
@@ -146,7 +150,9 @@ def summary(row: RunRow, flow: str | None, now: float, results: int) -> dict[str
         "nodes": nodes,
         "done": done,
         "resumed": "resumed" in row.fields,
-        "error": None if not error else {
+        "error": None
+        if not error
+        else {
             "node": error.get("node") or None,
             "type": error.get("type", "Error"),
             "message": str(error.get("message", ""))[:300],
@@ -166,8 +172,14 @@ class RunLister:
     """Answers :class:`RunQuery` from Redis; ``namer`` gives a run's flow name."""
 
     def __init__(
-        self, store: UiStore, namer: FlowNamer, *, batch: int = 500, budget: int = 10_000,
-        running_cap: int = 10_000, by_graph: Callable[[str], object] = lambda flow: None,
+        self,
+        store: UiStore,
+        namer: FlowNamer,
+        *,
+        batch: int = 500,
+        budget: int = 10_000,
+        running_cap: int = 10_000,
+        by_graph: Callable[[str], object] = lambda flow: None,
     ) -> None:
         self.store = store
         self.namer = namer
@@ -218,8 +230,11 @@ class RunLister:
         # one index answers exactly up to stale entries (a resumed run, an expired one)
         return segments, "index", sizes[key] if len(choices) == 1 else None
 
-    def _candidates(self, segments: list[_Segment], cursor: Cursor | None,
-                    ) -> Iterator[tuple[str, float]]:
+    def _candidates(
+        self,
+        segments: list[_Segment],
+        cursor: Cursor | None,
+    ) -> Iterator[tuple[str, float]]:
         """(run id, score) of every segment in turn, newest first, after ``cursor``."""
         for seg in segments:
             high, exclusive, skip = seg.high, seg.high_exclusive, cursor
@@ -246,8 +261,9 @@ class RunLister:
                     high, exclusive, offset = last_score, False, 0
                     skip = Cursor(last_score, last_member)
 
-    def _scan(self, q: RunQuery, segments: list[_Segment], source: str, total: int | None,
-              now: float) -> RunPage:
+    def _scan(
+        self, q: RunQuery, segments: list[_Segment], source: str, total: int | None, now: float
+    ) -> RunPage:
         out: list[tuple[RunRow, str | None]] = []
         scores: list[float] = []
         scanned = 0
@@ -307,8 +323,13 @@ class RunLister:
             found = [t for t in found if cur.after(t[0], t[1])]
         page = found[: q.limit]
         nxt = str(Cursor(page[-1][0], page[-1][1])) if len(found) > q.limit else None
-        return RunPage(self._summaries([(r, f) for _, _, r, f in page], now), nxt, "running",
-                       len(ids), total=len(found) if q.cursor is None else None)
+        return RunPage(
+            self._summaries([(r, f) for _, _, r, f in page], now),
+            nxt,
+            "running",
+            len(ids),
+            total=len(found) if q.cursor is None else None,
+        )
 
     def _search(self, q: RunQuery, now: float) -> RunPage:
         text = q.search or ""
@@ -317,8 +338,9 @@ class RunLister:
         if RUN_ID_RE.match(lowered):
             tried.append((lowered, "run id"))
         elif _HEX_PREFIX.match(lowered):
-            tried += [(rid, "run id prefix")
-                      for rid in self.store.ids_with_prefix(lowered, q.limit)]
+            tried += [
+                (rid, "run id prefix") for rid in self.store.ids_with_prefix(lowered, q.limit)
+            ]
         tried.append((run_id_for(text), "idempotency key"))
         unique = list({rid: (rid, how) for rid, how in reversed(tried)}.values())[::-1]
         rows = self.store.rows([rid for rid, _ in unique])
@@ -329,13 +351,19 @@ class RunLister:
         out.sort(key=lambda r: r["created"], reverse=True)
         return RunPage(out[: q.limit], None, "search", len(unique), total=len(out))
 
-    def _summaries(self, rows: list[tuple[RunRow, str | None]], now: float,
-                   ) -> list[dict[str, Any]]:
+    def _summaries(
+        self,
+        rows: list[tuple[RunRow, str | None]],
+        now: float,
+    ) -> list[dict[str, Any]]:
         """The page's lines, from the full summary fields of the runs that matched (a run
         that expired since it matched is left out)."""
         read = self.store.summaries([row.run_id for row, _ in rows])
-        return [summary(full, flow, now, count)
-                for (_row, flow), (full, count) in zip(rows, read) if full is not None]
+        return [
+            summary(full, flow, now, count)
+            for (_row, flow), (full, count) in zip(rows, read)
+            if full is not None
+        ]
 
     @staticmethod
     def _matches(q: RunQuery, row: RunRow, flow: str | None) -> bool:

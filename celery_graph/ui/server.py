@@ -101,8 +101,7 @@ class Dashboard:
         self.state = state_for(app)
         self.registry = FlowRegistry(app, flows)
         self.views = Views(app, self.state, self.registry, flower_url)
-        self.lister = RunLister(self.views.store, self.registry.name_of,
-                                by_graph=self.registry.get)
+        self.lister = RunLister(self.views.store, self.registry.name_of, by_graph=self.registry.get)
         self.credentials = parse_basic_auth(basic_auth)
         self.prefix = normalise_prefix(url_prefix)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cg-ui")
@@ -167,6 +166,7 @@ def parse_body(body: bytes) -> dict[str, Any]:
         raise ValueError("the request body must be a JSON object")
     return data
 
+
 # An error's HTTP status; the first match wins, so subclasses come first.
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (RunNotFound, 404),
@@ -221,9 +221,7 @@ class BaseHandler(_Base):
         if ctype.split(";")[0].strip().lower() != "application/json":
             self.send_error_json(415, "send actions as JSON (Content-Type: application/json)")
             return
-        if self.request.headers.get("Sec-Fetch-Site", "same-origin") not in (
-            "same-origin", "none"
-        ):
+        if self.request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
             self.send_error_json(403, "cross-site request refused")
             return
         origin = self.request.headers.get("Origin")
@@ -463,17 +461,22 @@ def serve(
     from the page (default: ``app.conf.graph_ui_flows``)."""
     out = out or sys.stderr
     require_tornado()
-    dash = Dashboard(app, flower_url=flower_url, flows=flows, basic_auth=basic_auth,
-                     url_prefix=url_prefix)
+    dash = Dashboard(
+        app, flower_url=flower_url, flows=flows, basic_auth=basic_auth, url_prefix=url_prefix
+    )
     dash.state.ping()
     server = Server(dash, host, port)
 
     def ready() -> None:
-        out.write(f"celery-graph ui: serving {server.url} (key prefix "
-                  f"{dash.state.keys.prefix!r}); Ctrl-C stops\n")
+        out.write(
+            f"celery-graph ui: serving {server.url} (key prefix "
+            f"{dash.state.keys.prefix!r}); Ctrl-C stops\n"
+        )
         if dash.credentials is None and host not in ("127.0.0.1", "localhost", "::1"):
-            out.write(f"celery-graph ui: warning: {host} without --basic-auth: anyone who "
-                      "reaches the port can see runs and cancel them\n")
+            out.write(
+                f"celery-graph ui: warning: {host} without --basic-auth: anyone who "
+                "reaches the port can see runs and cancel them\n"
+            )
         out.flush()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

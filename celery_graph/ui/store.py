@@ -25,6 +25,7 @@ from ..state.connection import translated
 FILTER_FIELDS = ("status", "graph", "created", "flow")
 SUMMARY_FIELDS = (*FILTER_FIELDS, "finished", "nodes", "error", "resumed")
 
+
 @dataclass(frozen=True)
 class RunRow:
     """One run as a listing reads it: its record's summary fields."""
@@ -64,16 +65,23 @@ class UiStore:
 
     def indexed_since(self) -> float | None:
         """Server time since which the engine writes the secondary indexes, or None."""
-        raw = translated("reading the index marker",
-                         lambda: self.client.get(self.keys.index_marker()))
+        raw = translated(
+            "reading the index marker", lambda: self.client.get(self.keys.index_marker())
+        )
         return float(raw) if raw else None
 
     def runs_key(self) -> str:
         return self.keys.runs_index()
 
     def range_desc(
-        self, key: str, high: float, low: float, offset: int, count: int,
-        *, low_exclusive: bool = False,
+        self,
+        key: str,
+        high: float,
+        low: float,
+        offset: int,
+        count: int,
+        *,
+        low_exclusive: bool = False,
     ) -> list[tuple[str, float]]:
         """Members of zset ``key`` with low <= score <= high, newest first."""
         lo = f"({low!r}" if low_exclusive else repr(low)
@@ -82,8 +90,9 @@ class UiStore:
             lo = "-inf"
         raw = translated(
             "listing runs",
-            lambda: self.client.zrevrangebyscore(key, hi, lo, start=offset, num=count,
-                                                 withscores=True),
+            lambda: self.client.zrevrangebyscore(
+                key, hi, lo, start=offset, num=count, withscores=True
+            ),
         )
         return [(_text(m), float(s)) for m, s in raw]
 
@@ -98,8 +107,10 @@ class UiStore:
     def running_ids(self, limit: int) -> list[str]:
         """Runs the reconciler still watches (running ones, and ended ones not yet
         forgotten), at most ``limit``."""
-        raw = translated("reading the running index",
-                         lambda: self.client.zrange(self.keys.running_index(), 0, limit - 1))
+        raw = translated(
+            "reading the running index",
+            lambda: self.client.zrange(self.keys.running_index(), 0, limit - 1),
+        )
         return [_text(m) for m in raw]
 
     def ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
@@ -119,8 +130,9 @@ class UiStore:
 
     def flow_names(self, limit: int = 200) -> list[str]:
         """Flow names from ``P:flows`` (written by the engine at submission), newest first."""
-        raw = translated("listing flows",
-                         lambda: self.client.zrevrange(self.keys.flows_index(), 0, limit - 1))
+        raw = translated(
+            "listing flows", lambda: self.client.zrevrange(self.keys.flows_index(), 0, limit - 1)
+        )
         return [_text(m) for m in raw]
 
     # -- run records -------------------------------------------------------------------
@@ -144,8 +156,9 @@ class UiStore:
             if values[0] is None:  # no status: the record expired (or never existed)
                 out.append(None)
                 continue
-            out.append(RunRow(run_id, {f: _text(v) for f, v in zip(fields, values)
-                                       if v is not None}))
+            out.append(
+                RunRow(run_id, {f: _text(v) for f, v in zip(fields, values) if v is not None})
+            )
         return out
 
     def summaries(self, run_ids: Sequence[str]) -> list[tuple[RunRow | None, int]]:
@@ -175,13 +188,16 @@ class UiStore:
     def exists(self, run_id: str) -> bool:
         if not RUN_ID_RE.match(run_id):
             return False
-        return bool(translated("reading a run",
-                               lambda: self.client.exists(self.keys.run(run_id))))
+        return bool(translated("reading a run", lambda: self.client.exists(self.keys.run(run_id))))
 
     def result_size(self, run_id: str, field: str) -> int:
         """Bytes of a stored result (0 when none is stored)."""
-        return int(translated("reading a result size",
-                              lambda: self.client.hstrlen(self.keys.results(run_id), field)))
+        return int(
+            translated(
+                "reading a result size",
+                lambda: self.client.hstrlen(self.keys.results(run_id), field),
+            )
+        )
 
     def result(self, run_id: str, field: str) -> bytes | None:
         value: bytes | None = translated(

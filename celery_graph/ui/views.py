@@ -72,8 +72,7 @@ class Views:
 
     # -- reading -------------------------------------------------------------------------
 
-    def _status(self, run_id: str) -> tuple[dict[str, str], GraphSpec, dict[str, str],
-                                             RunStatus]:
+    def _status(self, run_id: str) -> tuple[dict[str, str], GraphSpec, dict[str, str], RunStatus]:
         runs = self.state.runs
         record = runs.record(run_id)  # RunNotFound names the id and the prefix
         spec = self.state.graphs.load(record["graph"])
@@ -122,8 +121,10 @@ class Views:
     def node(self, run_id: str, node_id: str) -> dict[str, Any]:
         _record, spec, fields, status = self._status(run_id)
         if node_id not in spec.nodes:
-            raise KeyError(f"run {run_id} has no node {node_id!r} (nodes: "
-                           f"{', '.join(spec.order[:20])}{' ...' if len(spec.order) > 20 else ''})")
+            raise KeyError(
+                f"run {run_id} has no node {node_id!r} (nodes: "
+                f"{', '.join(spec.order[:20])}{' ...' if len(spec.order) > 20 else ''})"
+            )
         node = spec.nodes[node_id]
         ns = status.nodes[node_id]
         error = ns.error
@@ -140,7 +141,8 @@ class Views:
             "task": node.call or node.task,
             "task_id": task_id,
             "flower": f"{self.flower_url}/task/{quote(task_id, safe=':')}"
-                      if self.flower_url else None,
+            if self.flower_url
+            else None,
             "preds": list(node.preds),
             "succs": list(node.succs),
             "join": node.is_join,
@@ -167,32 +169,57 @@ class Views:
             text = json.dumps(decode_value(raw), indent=2, sort_keys=True, default=str)
         except ValueError:
             text = raw.decode(errors="replace")
-        return {"size": size, "preview": text[:PREVIEW_CHARS],
-                "truncated": len(text) > PREVIEW_CHARS}
+        return {
+            "size": size,
+            "preview": text[:PREVIEW_CHARS],
+            "truncated": len(text) > PREVIEW_CHARS,
+        }
 
-    def _item_list(self, run_id: str, node_id: str, fields: dict[str, str], now: float,
-                   ) -> dict[str, Any]:
+    def _item_list(
+        self,
+        run_id: str,
+        node_id: str,
+        fields: dict[str, str],
+        now: float,
+    ) -> dict[str, Any]:
         count = int(fields.get(f"{node_id}:items", 0))
         shown = []
         for i in range(min(count, ITEMS_SHOWN)):
             item = NodeStatus.from_fields(f"{node_id}#{i}", fields)
-            shown.append({"index": i, "state": item.state, "attempts": item.attempts,
-                          "worker": item.worker, "started": item.started,
-                          "finished": item.finished})
+            shown.append(
+                {
+                    "index": i,
+                    "state": item.state,
+                    "attempts": item.attempts,
+                    "worker": item.worker,
+                    "started": item.started,
+                    "finished": item.finished,
+                }
+            )
         return {"count": count, "shown": shown}
 
     def workers(self) -> list[dict[str, Any]]:
         out = []
         for w in live_workers(self.app):
             m = w.metrics
-            out.append({
-                "hostname": w.hostname, "state": w.state, "pid": w.pid, "queues": w.queues,
-                "heartbeat": w.heartbeat, "heartbeat_age": w.heartbeat_age,
-                "started": w.started, "uptime": w.uptime,
-                "processed": m.get("processed", 0), "succeeded": m.get("succeeded", 0),
-                "failed": m.get("failed", 0), "retried": m.get("retried", 0),
-                "in_flight": m.get("in_flight", 0), "mean_runtime": w.mean_runtime,
-            })
+            out.append(
+                {
+                    "hostname": w.hostname,
+                    "state": w.state,
+                    "pid": w.pid,
+                    "queues": w.queues,
+                    "heartbeat": w.heartbeat,
+                    "heartbeat_age": w.heartbeat_age,
+                    "started": w.started,
+                    "uptime": w.uptime,
+                    "processed": m.get("processed", 0),
+                    "succeeded": m.get("succeeded", 0),
+                    "failed": m.get("failed", 0),
+                    "retried": m.get("retried", 0),
+                    "in_flight": m.get("in_flight", 0),
+                    "mean_runtime": w.mean_runtime,
+                }
+            )
         return out
 
     def flows(self) -> list[dict[str, Any]]:
@@ -214,8 +241,11 @@ class Views:
         if state != "running":
             raise ActionRefused(f"run {run_id} is {state}: only a running run can be cancelled")
         cancelled = run.cancel()
-        return {"run_id": run_id, "cancelled": cancelled,
-                "state": self.state.runs.record(run_id)["status"]}
+        return {
+            "run_id": run_id,
+            "cancelled": cancelled,
+            "state": self.state.runs.record(run_id)["status"],
+        }
 
     def resume(self, run_id: str, node_id: str | None = None) -> dict[str, Any]:
         """Resume the run: every node it had not finished is sent again. With ``node_id``
@@ -223,8 +253,7 @@ class Views:
         _record, spec, fields, status = self._status(run_id)
         if status.state not in ("failed", "cancelled"):
             raise ActionRefused(
-                f"run {run_id} is {status.state}: only a failed or cancelled run can be "
-                "resumed"
+                f"run {run_id} is {status.state}: only a failed or cancelled run can be resumed"
             )
         if node_id is not None:
             if node_id not in spec.nodes:
@@ -251,8 +280,10 @@ class Views:
     def start(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         entry = self.registry.get(name)
         if entry is None:
-            raise KeyError(f"no flow {name!r} in graph_ui_flows (flows: "
-                           f"{', '.join(self.registry.flows) or 'none'})")
+            raise KeyError(
+                f"no flow {name!r} in graph_ui_flows (flows: "
+                f"{', '.join(self.registry.flows) or 'none'})"
+            )
         inputs = body.get("inputs") or {}
         if not isinstance(inputs, dict):
             raise ValueError("inputs must be a JSON object of parameter -> value")

@@ -19,9 +19,7 @@ GRAPH_WORKER = [sys.executable, "-m", "celery_graph.worker"]
 def subprocess_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     # the worktree's celery_graph and tests packages win over any installed copy
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p
-    )
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     env.pop("CELERY_GRAPH_KEY_PREFIX", None)
     env.pop("CELERY_GRAPH_REDIS_URL", None)
     env.update(extra)
@@ -90,15 +88,24 @@ def start_worker(
     concurrency: int = 2,
 ) -> WorkerProcess:
     args = [
-        "-A", app,
-        "--key-prefix", prefix,
-        "-n", f"{name}@%h",
-        "-c", str(concurrency),
-        "-l", "INFO",
-        "--without-mingle", "--without-gossip",
+        "-A",
+        app,
+        "--key-prefix",
+        prefix,
+        "-n",
+        f"{name}@%h",
+        "-c",
+        str(concurrency),
+        "-l",
+        "INFO",
+        "--without-mingle",
+        "--without-gossip",
         *(extra_args or []),
     ]
-    penv = subprocess_env(CGOPS_BROKER_URL=broker_url, CGOPS_QUEUE=queue,
-                          CELERY_GRAPH_HEARTBEAT_INTERVAL="1",
-                          **{k: str(v) for k, v in (env or {}).items()})
+    penv = subprocess_env(
+        CGOPS_BROKER_URL=broker_url,
+        CGOPS_QUEUE=queue,
+        CELERY_GRAPH_HEARTBEAT_INTERVAL="1",
+        **{k: str(v) for k, v in (env or {}).items()},
+    )
     return WorkerProcess(args, penv, tmp_path / f"{name}.log")

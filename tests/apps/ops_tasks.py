@@ -17,9 +17,7 @@ def record(tag: str | None, event: str, name: str) -> None:
     if not tag:
         return
     host = current_task.request.hostname if current_task else "local"
-    state_for(current_task.app).client.rpush(
-        f"cgops:{tag}", f"{event}:{name}:{host}:{os.getpid()}"
-    )
+    state_for(current_task.app).client.rpush(f"cgops:{tag}", f"{event}:{name}:{host}:{os.getpid()}")
 
 
 def events(client, tag: str) -> list[list[str]]:
