@@ -42,6 +42,11 @@ PATIENCE = 10  # a published node waits at most this many queued leases on a bus
 UNIT = re.compile(r"[#@](\d+)$")  # "<node>#<i>": an item of a map; "<node>@<j>": a chunk
 
 
+def node_of(field_: str) -> str:
+    """The node id of a lease's field: a node, an item or a chunk of a map."""
+    return UNIT.sub("", field_)
+
+
 @dataclass
 class Sweep:
     """What one sweep did."""
@@ -85,6 +90,11 @@ class Reconciler:
                     raise
                 except CeleryGraphError as exc:
                     logger.warning("celery-graph: reconciling run %s: %s", run_id, exc)
+                except Exception:
+                    # a defect met in one run must not stop every later sweep at this run
+                    # (it comes first each time) nor keep the runs after it waiting
+                    logger.exception("celery-graph: reconciling run %s failed", run_id)
+                    state.runs.schedule(run_id, state.runs.time() + state.settings.queued_lease)
         finally:
             state.unlock(lock)
         return report
@@ -115,7 +125,7 @@ class Reconciler:
         if r.verdict == "poison":
             assert r.poison is not None
             field_, lost, worker = r.poison
-            error = exception_record(field_.split("#")[0], NodeLost.after(field_, lost, worker))
+            error = exception_record(node_of(field_), NodeLost.after(field_, lost, worker))
             end_run(self.app, state, run_id, "failed", error=error)
             report.failed.append(run_id)
             return
@@ -158,7 +168,7 @@ class Reconciler:
                 report.skips += 1
                 continue
             if kind == "queued":
-                node = spec.nodes[name.split("#")[0]]
+                node = spec.nodes[node_of(name)]
                 queue = queue_of(self.app, node)
                 if queue not in depths:
                     depths[queue] = self._depth.depth(queue)

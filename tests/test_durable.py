@@ -5,6 +5,7 @@ The faults that need real processes to die are in test_durable_faults.py."""
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -36,11 +37,14 @@ from tests.tasks import (
     fails_then_ok,
     keys_of,
     left,
+    merge,
     offset,
+    process,
     read_trace,
     right,
     route,
     slow,
+    split,
     step,
     succeed_then_fail,
     trace_client,
@@ -150,6 +154,20 @@ def test_a_tolerated_failure_released_join_lost_with_its_worker_is_published(
     assert GraphRun(run_id, app=app).get(timeout=30) == "join"
     assert read_trace(tag).count("start:join") == 1
     assert GraphRun(run_id, app=app).status().nodes["join"].redelivered == 1
+
+
+def test_chunks_whose_messages_were_lost_are_sent_again(app, tag, fast_reconciler):
+    """The worker that expanded a chunked map died before publishing the chunks: their
+    leases ("<node>@<j>") run out, and the reconciler sends them again."""
+    flow = split >> process.map("split", chunk=2) >> merge
+    run_id, spec = _create(app, flow)
+    state = state_for(app)
+    source = json.dumps([f"item{i}" for i in range(5)])
+    assert state.scripts.complete(spec, run_id, spec.nodes["split"], source).publish == ["process"]
+    node = spec.nodes["process"]
+    state.scripts.begin(run_id, "process", "test", node.upstream_ids(), expands=True)
+    assert state.scripts.expand(run_id, node, 5)  # ...and the worker died here
+    assert GraphRun(run_id, app=app).get(timeout=30) == [f"ITEM{i}" for i in range(5)]
 
 
 # -- the canvas around a graph --------------------------------------------------------
