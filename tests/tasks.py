@@ -219,6 +219,13 @@ def route(which: str = "left", tag=None):
 
 
 @task
+def slow_route(which: str = "left", tag=None, delay: float = 1.0):
+    """route, taking ``delay`` seconds before it chooses."""
+    _step("slow_route", tag, delay)
+    return branch(which, value=f"routed:{which}")
+
+
+@task
 def left(tag=None):
     return _step("left", tag)
 

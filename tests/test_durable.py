@@ -42,8 +42,10 @@ from tests.tasks import (
     process,
     read_trace,
     right,
+    right_more,
     route,
     slow,
+    slow_route,
     split,
     step,
     succeed_then_fail,
@@ -255,6 +257,83 @@ def test_cancel_then_resume_does_not_run_a_running_node_twice(app, tag):
     trace = read_trace(tag)
     assert trace.count("start:slow") == 1
     assert trace.count("start:after") == 1
+
+
+def test_resume_after_a_sibling_finished_while_the_run_was_failed(app, tag):
+    """slow is still running when its sibling fails the run; it finishes into the failed
+    run (its result is kept, its arrival at the join is not made then): resume makes it,
+    without calling slow again, and the join runs."""
+    flow = step.bind(id="root", name="root", tag=tag)
+    flow = flow >> (fails_then_ok.bind(tag=tag) | slow.bind(tag=tag, delay=1.0))
+    run = (flow >> step.bind(id="join", name="join", tag=tag)).apply_async()
+    with pytest.raises(RunFailed):
+        run.get(timeout=20)
+    wait_for(lambda: "slow" in run.results(), timeout=20, what="slow to store its result")
+    run.resume()
+    assert run.get(timeout=20) == "join"
+    trace = read_trace(tag)
+    assert trace.count("start:slow") == 1 and trace.count("start:join") == 1
+
+
+def test_resume_after_a_sink_finished_while_the_run_was_cancelled(app, tag):
+    run = Parallel((slow.bind(tag=tag, delay=1.0), unconsumed)).apply_async()
+    wait_for(lambda: "start:slow" in read_trace(tag), timeout=20, what="slow to start")
+    try:
+        assert run.cancel()
+        wait_for(lambda: "slow" in run.results(), timeout=20, what="slow to store its result")
+        run.resume()
+        state = state_for(app)
+        # play the worker of the other sink: the run ends when both have arrived
+        spec = run.spec()
+        state.scripts.begin(run.id, "unconsumed", "test", [])
+        arrival = state.scripts.complete(spec, run.id, spec.nodes["unconsumed"], '"u"')
+        assert arrival.ended == 1
+        assert run.get(timeout=20) == {"slow": "slow", "unconsumed": "u"}
+    finally:
+        _purge(app, UNCONSUMED_QUEUE)
+
+
+def test_resume_after_a_critical_member_broke_its_policy_runs_it_again(app, tag):
+    group = Parallel((step.bind(id="ok", name="ok", tag=tag), fails_then_ok.bind(tag=tag)))
+    group = group.named("batch").with_policy(critical=["fails_then_ok"])
+    run = (group >> step.bind(id="join", name="join", tag=tag)).apply_async()
+    with pytest.raises(RunFailed) as info:
+        run.get(timeout=20)
+    assert "critical member(s) fails_then_ok failed" in info.value.exc_message
+    run.resume()
+    assert run.get(timeout=20) == "join"
+    assert run.results()["fails_then_ok"] == 2  # it ran again, and its result counts
+
+
+def test_resume_keeps_the_choice_of_a_branch_that_chose_after_a_cancel(app, tag):
+    flow = slow_route.bind(tag=tag, which="left") >> (left.bind(tag=tag) | right.bind(tag=tag))
+    run = flow.apply_async()
+    wait_for(lambda: "start:slow_route" in read_trace(tag), timeout=20, what="the branch")
+    assert run.cancel()
+    wait_for(lambda: "slow_route" in run.results(), timeout=20, what="its choice")
+    run.resume()
+    assert run.get(timeout=20) == {"left": "left", "right": None}
+    trace = read_trace(tag)
+    assert "start:right" not in trace and trace.count("start:slow_route") == 1
+
+
+def test_resume_passes_on_a_skip_the_run_ended_before_passing_on(app, tag):
+    """The run is cancelled after route chose left (right is to be skipped) but before the
+    skip was passed on: resume passes it on, and never sends right's successor."""
+    flow = route.bind(tag=tag) >> (
+        left.bind(tag=tag) | right.bind(tag=tag) >> right_more.bind(tag=tag)
+    )
+    run_id, spec = _create(app, flow)
+    state = state_for(app)
+    arrival = state.scripts.complete(
+        spec, run_id, spec.nodes["route"], '"routed:left"', branch="!left"
+    )
+    assert (arrival.publish, arrival.skipped) == (["left"], ["right"])
+    run = GraphRun(run_id, app=app)
+    assert run.cancel()  # ...before left was published and the skip passed on
+    run.resume()
+    assert run.get(timeout=20) == {"left": "left", "right_more": None}
+    assert "start:right_more" not in read_trace(tag) and "start:right" not in read_trace(tag)
 
 
 def test_a_resume_whose_publish_fails_is_finished_by_the_reconciler(

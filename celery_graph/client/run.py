@@ -11,10 +11,10 @@ from ..codec import decode_value, error_record
 from ..context import RunContext
 from ..dispatch import publish_items, publish_nodes
 from ..errors import RunTimeout, StoreUnavailable
-from ..lifecycle import end_run
+from ..lifecycle import end_run, settle
 from ..model import FINAL_STATES, GraphSpec, RunStatus
 from ..protocol import NodeMessage
-from ..state import WAIT_SLICE, State, state_for
+from ..state import WAIT_SLICE, Arrival, State, state_for
 
 
 class GraphRun:
@@ -131,12 +131,14 @@ class GraphRun:
         results = state.runs.results(self.id)
         leases = state.runs.leases(self.id)
         now = state.runs.time()
-        frontier, items = resume_frontier(spec, fields, set(results), leases, now)
+        frontier, items, skips = resume_frontier(spec, fields, set(results), leases, now)
         state.runs.track(self.id)  # the reconciler looks after it again
         state.scripts.resume(self.id, frontier + [spec.nodes[n].unit_field(u) for n, u in items])
         state.runs.index_resumed(self.id)
         # a publish that fails here is recovered by the reconciler: the nodes are leased
         publish_nodes(self._app, spec, self.id, frontier)
+        if skips:  # skips the run ended before passing on (their leases cover a failure)
+            settle(self._app, state, spec, self.id, Arrival(0, 0, [], skips))
         by_map: dict[str, list[int]] = {}
         for node_id, index in items:
             by_map.setdefault(node_id, []).append(index)
@@ -164,24 +166,33 @@ def resume_frontier(
     results: set[str],
     leases: dict[str, float],
     now: float,
-) -> tuple[list[str], list[tuple[str, int]]]:
+) -> tuple[list[str], list[tuple[str, int]], list[str]]:
     """What a resume sends again: the nodes that are not done, whose predecessors are all
-    done, and that are not running under a live lease; and the missing items of maps that
-    expanded already. Done: a stored result, skipped by a branch, or failed under a group
-    policy that tolerated it (a failure that failed the run is sent again)."""
+    done, and that are not running under a live lease; the missing items of maps that
+    expanded already; and the skips to pass on. Done means ended with its arrivals made: a
+    stored result, skipped by a branch, or failed under a group policy that tolerated it.
+    A node that ended after its run did (":unsettled") is sent again: the copy finds its
+    result and makes the arrivals; so is a member whose failure broke its group's policy."""
 
     def done(node_id: str) -> bool:
         state = fields.get(f"{node_id}:state")
-        tolerated = state == "failed" and spec.nodes[node_id].tolerant is not None
-        return node_id in results or state in ("skipped", "skipping") or tolerated
+        if fields.get(f"{node_id}:unsettled"):
+            return False
+        if state == "failed":
+            return spec.nodes[node_id].tolerant is not None
+        return state == "skipped" or (state == "succeeded" and node_id in results)
 
     def in_flight(field: str) -> bool:
         return fields.get(f"{field}:state") == "running" and leases.get(field, 0) > now
 
     frontier: list[str] = []
     items: list[tuple[str, int]] = []
+    skips: list[str] = []
     for node_id in spec.order:
         node = spec.nodes[node_id]
+        if fields.get(f"{node_id}:state") == "skipping":
+            skips.append(node_id)  # to be skipped, but not passed on yet: never sent
+            continue
         if done(node_id) or not all(done(p) for p in node.preds) or in_flight(node_id):
             continue
         count = fields.get(f"{node_id}:items")
@@ -200,4 +211,4 @@ def resume_frontier(
         ]
         # every item stored but the map node not completed: a copy of one unit completes it
         items += [(node_id, unit) for unit in missing or [0]]
-    return frontier, items
+    return frontier, items, skips

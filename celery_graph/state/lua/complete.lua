@@ -20,6 +20,10 @@
 -- others. A successor whose arrivals are all skips is skipped (and returned, so the
 -- caller passes the skip on); one with at least one real arrival is released.
 --
+-- "<node>:unsettled" marks a node whose end is recorded but whose arrivals are not (it
+-- ended after its run did, or its failure broke its group's policy); a resume sends it
+-- again, and its last part here clears the mark.
+--
 -- A node with many successors arrives in parts (ARGV[14], ARGV[15]): the first part stores
 -- the result (or the failure, or the skip), every part arrives at its share of the
 -- successors, the last part marks the node succeeded and drops its lease. A worker that
@@ -89,11 +93,16 @@ end
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'running' then
   if status and kind == 'ok' and first then
-    -- The run ended (cancelled, or failed elsewhere) while the node ran: keep its result,
-    -- so a resume does not run it again, and never past the expiry of the run's keys.
+    -- The run ended (cancelled, or failed elsewhere) while the node ran: keep its result
+    -- and its branch choice, so a resume does not call it again, and never past the
+    -- expiry of the run's keys. Its arrivals are not made: ":unsettled" tells a resume to
+    -- send it again, and that copy (which finds its result) makes them.
     local ttl = redis.call('PTTL', KEYS[1])
     redis.call('HSETNX', KEYS[2], node, ARGV[2])
-    redis.call('HSET', KEYS[3], node .. ':state', 'succeeded')
+    if ARGV[9] ~= '' or ARGV[16] == '1' then
+      redis.call('HSETNX', KEYS[3], node .. ':branch', ARGV[9] ~= '' and ARGV[9] or '*')
+    end
+    redis.call('HSET', KEYS[3], node .. ':state', 'succeeded', node .. ':unsettled', '1')
     finished(node, nowstr)
     redis.call('ZREM', KEYS[6], node)
     redis.call('ZREM', KEYS[8], node)
@@ -126,6 +135,7 @@ if last then
   -- node with its lease, and a copy arrives everywhere again
   local final = ({ok = 'succeeded', failed = 'failed', skipped = 'skipped'})[kind]
   redis.call('HSET', KEYS[3], node .. ':state', final)
+  redis.call('HDEL', KEYS[3], node .. ':unsettled')
   finished(node, nowstr)
   redis.call('ZREM', KEYS[6], node)
   redis.call('ZREM', KEYS[8], node)
@@ -162,7 +172,8 @@ if first and kind == 'failed' and ARGV[11] ~= '' then
     end
   end
   if why then
-    redis.call('HSET', KEYS[3], node .. ':state', 'failed')
+    -- this member's failure is the run's, not one its group tolerated: a resume runs it
+    redis.call('HSET', KEYS[3], node .. ':state', 'failed', node .. ':unsettled', '1')
     finished(node, nowstr)
     table.sort(failed)
     local message = "group '" .. ARGV[12] .. "' (" .. policy.kind .. ' policy): ' .. why

@@ -44,7 +44,8 @@ if ARGV[6] == '1' then
   redis.call('HSET', KEYS[1], 'unsent', '1')
 end
 if ARGV[2] ~= '' then
-  redis.call('HSET', KEYS[3], ARGV[2] .. ':state', 'failed')
+  -- failed with the run, not tolerated by a group policy: a resume runs it again
+  redis.call('HSET', KEYS[3], ARGV[2] .. ':state', 'failed', ARGV[2] .. ':unsettled', '1')
   finished(ARGV[2], nowstr)
 end
 redis.call('RPUSH', KEYS[4], ARGV[1])

@@ -33,7 +33,7 @@ local expiry = now + tonumber(ARGV[2])
 for i = 3, #ARGV do
   local field = ARGV[i]
   redis.call('HSET', KEYS[2], field .. ':state', 'queued', field .. ':queued', nowstr)
-  redis.call('HDEL', KEYS[2], field .. ':error')
+  redis.call('HDEL', KEYS[2], field .. ':error', field .. ':unsettled', field .. ':lost')
   redis.call('ZREM', KEYS[4], field)
   redis.call('ZADD', KEYS[8], expiry, field)
 end
