@@ -529,3 +529,14 @@ def test_a_run_that_is_gone_cannot_be_written_to(app):
 
     with pytest.raises(RunNotFound, match="gone"):
         RunContext(state_for(app), uuid.uuid4().hex, "x").set("k", 1)
+
+
+def test_a_lease_that_recreates_a_leases_key_gives_it_the_runs_expiry(app, rclient):
+    """The last queued node started (Redis dropped the empty queued-leases set), then it
+    asked for a retry: the set made again must expire with the run, not live for ever."""
+    run_id, _spec = _create(app, step.bind(id="a", name="a"))
+    state = state_for(app)
+    begun = state.scripts.begin(run_id, "a", "test", [])
+    assert begun.status == "running" and not rclient.exists(state.keys.queued(run_id))
+    assert state.scripts.lease(run_id, "requeue", 5, ["a"], attempt=begun.attempt) == 1
+    assert 0 < rclient.ttl(state.keys.queued(run_id)) <= rclient.ttl(state.keys.run(run_id))

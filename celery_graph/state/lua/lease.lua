@@ -49,4 +49,14 @@ for i = 4, #ARGV do
     set = set + 1
   end
 end
+-- a leases set emptied earlier (Redis drops an empty zset) comes back without an expiry:
+-- give it the run's, so it never outlives the run
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then
+  for i = 3, 4 do
+    if redis.call('PTTL', KEYS[i]) == -1 then
+      redis.call('PEXPIRE', KEYS[i], ttl)
+    end
+  end
+end
 return set
