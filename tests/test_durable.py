@@ -22,8 +22,10 @@ from celery_graph import (
     RunNotFound,
     workflow,
 )
+from celery_graph.codec import error_record
 from celery_graph.devserver import free_port
-from celery_graph.protocol import task_id_for
+from celery_graph.executor.node import fail_node
+from celery_graph.protocol import NodeMessage, task_id_for
 from celery_graph.state import state_for
 from celery_graph.state.graphs import GraphStore
 from tests.brokerapp import make_app
@@ -540,3 +542,23 @@ def test_a_lease_that_recreates_a_leases_key_gives_it_the_runs_expiry(app, rclie
     assert begun.status == "running" and not rclient.exists(state.keys.queued(run_id))
     assert state.scripts.lease(run_id, "requeue", 5, ["a"], attempt=begun.attempt) == 1
     assert 0 < rclient.ttl(state.keys.queued(run_id)) <= rclient.ttl(state.keys.run(run_id))
+
+
+def test_a_failing_copy_of_a_chunk_that_arrived_changes_nothing(app, tag):
+    """Chunk 0 of a map arrived with its items' results; a copy of its message that fails
+    (a second delivery whose call raised) must not fail the run."""
+    flow = split >> process.map("split", chunk=2) >> merge
+    run_id, spec = _create(app, flow)
+    state = state_for(app)
+    source = json.dumps([f"item{i}" for i in range(4)])
+    state.scripts.complete(spec, run_id, spec.nodes["split"], source)
+    node = spec.nodes["process"]
+    state.scripts.begin(run_id, "process", "test", node.upstream_ids(), expands=True)
+    assert state.scripts.expand(run_id, node, 4)
+    state.scripts.begin(run_id, "process@0", "test", node.pull_ids())
+    state.scripts.store_items(run_id, "process", [(0, '"ITEM0"'), (1, '"ITEM1"')])
+    assert state.scripts.map_arrive(run_id, node, 0, 2, "")[1] == 1
+    message = NodeMessage(spec.graph_id, run_id, "process", index=0, count=2, chunk=2)
+    error = error_record("process", "ValueError", "builtins", "a late copy failed")
+    assert not fail_node(app, message, error)
+    assert state.runs.record(run_id)["status"] == "running"

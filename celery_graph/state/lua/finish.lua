@@ -14,9 +14,9 @@
 -- ARGV[2] node id that caused it, or "" (cancel)
 -- ARGV[3] error (JSON), or ""
 -- ARGV[4] result ttl (seconds)
--- ARGV[5] the result field of the failing message ("<node>" or "<node>#<i>"), or "": when
---         a result is stored there, the failure is a failing copy of a message that
---         succeeded, and is ignored
+-- ARGV[5] the result field of the failing message ("<node>", "<node>#<i>", "<node>@<j>"),
+--         or "": when a result is stored there or the field succeeded, the failure is a
+--         failing copy of a message that succeeded, and is ignored
 -- ARGV[6] "1" when the run failed before any message was sent (a retry of the submission
 --         with the same idempotency key starts it afresh), else ""
 --
@@ -25,7 +25,9 @@
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then
   return 0
 end
-if ARGV[5] ~= '' and redis.call('HEXISTS', KEYS[2], ARGV[5]) == 1 then
+-- (a chunk keeps no result of its own: its arrival marks it succeeded)
+if ARGV[5] ~= '' and (redis.call('HEXISTS', KEYS[2], ARGV[5]) == 1
+    or redis.call('HGET', KEYS[3], ARGV[5] .. ':state') == 'succeeded') then
   return -1
 end
 -- "<field>:run" packs what an attempt records: "attempts|started|finished|worker"
