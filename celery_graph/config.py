@@ -49,7 +49,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, NoGraphRedis
 from .keys import DEFAULT_PREFIX, Keys, check_prefix
 
 ENV_PREFIX = "CELERY_GRAPH_KEY_PREFIX"
@@ -205,7 +205,7 @@ class Settings:
             elif scheme_of(app.conf.result_backend):
                 url = app.conf.result_backend
         if url is None:
-            raise ConfigurationError(
+            raise NoGraphRedis(
                 "celery-graph keeps graph state in Redis and found no Redis URL: set "
                 f"app.conf.graph_redis_url or {ENV_REDIS_URL} (the broker may be RabbitMQ)"
             )

@@ -37,6 +37,10 @@ class ConfigurationError(CeleryGraphError, ValueError):
     """A setting (key prefix, Redis URL, TTL...) is malformed or missing."""
 
 
+class NoGraphRedis(ConfigurationError):
+    """No Redis URL for graph state is set, and the broker is not Redis."""
+
+
 # -- store --------------------------------------------------------------------
 
 

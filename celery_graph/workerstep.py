@@ -45,7 +45,7 @@ from .config import (
     reliable_defaults_wanted,
 )
 from .dispatch import QueueDepth
-from .errors import CeleryGraphError, ConfigurationError, StoreUnavailable
+from .errors import CeleryGraphError, ConfigurationError, NoGraphRedis, StoreUnavailable
 from .metrics import MetricsServer, WorkerCollector, install_task_signals
 from .registry import DuplicateWorkerName, Heartbeat
 from .signals import graph_task_declared
@@ -198,11 +198,14 @@ class GraphWorkerStep(bootsteps.StartStopStep):
             _fail(str(exc))
         try:
             state = state_for(w.app)
-        except ConfigurationError as exc:
+        except NoGraphRedis as exc:
+            # an app that runs no graphs on this worker (RabbitMQ broker, no graph URL)
             if opts.metrics_port is not None or reliable_defaults_wanted():
                 _fail(str(exc))
             logger.warning("celery-graph: no graph Redis, no registry or metrics: %s", exc)
             return
+        except ConfigurationError as exc:  # malformed: every graph message would fail
+            _fail(str(exc))
         self._worker = w
         worker_shutdown.connect(self._on_worker_shutdown, weak=False)
         queues = lambda: sorted(w.app.amqp.queues.consume_from or w.app.amqp.queues)  # noqa: E731

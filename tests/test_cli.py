@@ -316,3 +316,18 @@ def test_progress_line_counts() -> None:
     status = RunStatus("0" * 32, "running", "g", 0.0, None, nodes)
     line = cli_module.progress_line(status, width=12)
     assert line == "[########----] 3/6 nodes done (1 skipped), 1 failed  running: n4"
+
+
+def test_bad_places_and_values_are_one_line_errors(tmp_path) -> None:
+    env = base_env("redis://127.0.0.1:1/0")
+    out = cli(
+        "show", "tests.test_cli:ETL", "--out", str(tmp_path / "no" / "such" / "a.svg"), env=env
+    )
+    assert out.returncode == 2
+    assert "cannot write" in one_line_error(out) and "No such file or directory" in out.stderr
+    out = cli("runs", "--redis-url", "redis+cluster://127.0.0.1:1", env=env)
+    assert out.returncode == 2
+    assert "Redis unreachable while connecting to the Redis Cluster" in one_line_error(out)
+    out = cli("reconcile", "--interval", "-1", env=env)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "--interval" in out.stderr, out.stderr

@@ -204,6 +204,20 @@ def test_a_taken_metrics_port_is_one_clear_line(redis_url, tmp_path, queue):
         taken.close()
 
 
+def test_a_malformed_graph_setting_stops_the_worker_with_one_clear_line(
+    redis_url, tmp_path, queue
+):
+    """Every graph message would fail on such a worker: it does not start."""
+    env = {"CELERY_GRAPH_RESULT_TTL": "abc"}
+    w = plain_worker(tmp_path, "badsetting", redis_url, queue, env=env)
+    try:
+        assert w.wait(30) != 0
+        assert "CELERY_GRAPH_RESULT_TTL" in w.log() and "abc" in w.log(), w.log()
+        assert "Traceback" not in w.log()
+    finally:
+        w.stop()
+
+
 def test_a_graph_redis_older_than_6_2_stops_the_worker_with_one_clear_line(
     redis_url, tmp_path, queue
 ):

@@ -316,7 +316,7 @@ def resume_command(run_id: str, wait: bool, timeout: float | None, as_json: bool
 @click.option("--once", is_flag=True, help="one sweep, then exit")
 @click.option(
     "--interval",
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     default=None,
     metavar="SECONDS",
     help="seconds between sweeps (default: graph_reconcile_interval)",
@@ -466,3 +466,5 @@ def save_picture(spec: Any, path: str, states: Any, title: str) -> None:
             raise UsageError(f"{path}: this version writes pictures as .png only")
     except RuntimeError as exc:
         raise UsageError(str(exc)) from exc
+    except OSError as exc:  # no such directory, no permission
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc

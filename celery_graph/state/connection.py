@@ -94,7 +94,8 @@ def _cluster(url: str, tls: bool, timeouts: dict[str, Any]) -> Any:
         if parsed.path not in ("", "/", "/0"):
             raise ConfigurationError(f"graph Redis URL {url!r}: a Redis Cluster has only db 0")
         nodes.append(ClusterNode(parsed.hostname or "127.0.0.1", parsed.port or 6379))
-    return RedisCluster(startup_nodes=nodes, ssl=tls, **auth, **timeouts)
+    with translating("connecting to the Redis Cluster"):  # it reads the slots at once
+        return RedisCluster(startup_nodes=nodes, ssl=tls, **auth, **timeouts)
 
 
 def _sentinel(url: str, options: dict[str, Any], timeouts: dict[str, Any]) -> Any:
