@@ -204,9 +204,7 @@ def test_a_taken_metrics_port_is_one_clear_line(redis_url, tmp_path, queue):
         taken.close()
 
 
-def test_a_malformed_graph_setting_stops_the_worker_with_one_clear_line(
-    redis_url, tmp_path, queue
-):
+def test_a_malformed_graph_setting_stops_the_worker_with_one_clear_line(redis_url, tmp_path, queue):
     """Every graph message would fail on such a worker: it does not start."""
     env = {"CELERY_GRAPH_RESULT_TTL": "abc"}
     w = plain_worker(tmp_path, "badsetting", redis_url, queue, env=env)
