@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -336,6 +337,19 @@ def test_resume_passes_on_a_skip_the_run_ended_before_passing_on(app, tag):
     run.resume()
     assert run.get(timeout=20) == {"left": "left", "right_more": None}
     assert "start:right_more" not in read_trace(tag) and "start:right" not in read_trace(tag)
+
+
+def test_a_node_running_past_its_lease_after_a_cancel_is_not_run_twice(app, tag, fast_reconciler):
+    """The node keeps renewing its lease after the cancel, so a resume made after the
+    first lease would have run out still leaves it to finish."""
+    flow = slow.bind(tag=tag, delay=4.0) >> step.bind(name="after", tag=tag)
+    run = flow.apply_async()
+    wait_for(lambda: "start:slow" in read_trace(tag), timeout=20, what="slow to start")
+    assert run.cancel()
+    time.sleep(2.5)  # past the running lease (1.5 s) the node took when it started
+    run.resume()
+    assert run.get(timeout=20) == "after"
+    assert read_trace(tag).count("start:slow") == 1
 
 
 def test_a_resume_whose_publish_fails_is_finished_by_the_reconciler(

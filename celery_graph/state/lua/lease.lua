@@ -15,8 +15,12 @@
 -- ARGV[3] for "requeue": the attempt number that retries (begin.lua counted it), else ""
 -- ARGV[4 ..] fields
 --
--- Returns the number of leases set; 0 when the run is not running.
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then
+-- Returns the number of leases set; 0 when the run is not running (but for "renew").
+local status = redis.call('HGET', KEYS[1], 'status')
+-- a node still running after its run was cancelled or failed keeps renewing its lease
+-- (XX: only leases that exist move, so nothing is re-created): a resume then leaves it to
+-- finish instead of sending it a second time
+if status ~= 'running' and not (status and ARGV[1] == 'renew') then
   return 0
 end
 local t = redis.call('TIME')
