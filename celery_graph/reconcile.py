@@ -11,6 +11,7 @@ every running run whose next lease is due and, for each lease that ran out:
 - a published node nobody started is published again, unless its queue still holds
   messages (it is most likely waiting its turn), for at most ten leases;
 - a skip nobody passed on is passed on;
+- a map node whose units all arrived but that nobody completed is completed;
 - a run past its deadline fails with ``DeadlineExceeded``;
 - a run that ended but whose Celery canvas was not continued is continued.
 
@@ -56,6 +57,7 @@ class Sweep:
     redelivered: list[str] = field(default_factory=list)  # "<run>:<field>"
     extended: int = 0  # queued nodes left waiting (their queue is busy)
     skips: int = 0
+    maps: int = 0  # map nodes completed after their last unit's worker died
     failed: list[str] = field(default_factory=list)  # runs failed (deadline, lost node)
     continued: list[str] = field(default_factory=list)  # runs whose canvas continued
 
@@ -166,6 +168,13 @@ class Reconciler:
                 arrival = state.scripts.complete(spec, run_id, spec.nodes[name], "", kind="skipped")
                 settle(self.app, state, spec, run_id, arrival)
                 report.skips += 1
+                continue
+            if kind == "map":  # every unit arrived; the worker completing it died
+                count = state.scripts.map_count(run_id, name)
+                result = state.scripts.map_results(run_id, name, count)
+                arrival = state.scripts.complete(spec, run_id, spec.nodes[name], result)
+                settle(self.app, state, spec, run_id, arrival)
+                report.maps += 1
                 continue
             if kind == "queued":
                 node = spec.nodes[node_of(name)]

@@ -219,6 +219,19 @@ def route(which: str = "left", tag=None):
 
 
 @task
+def fails_once_after(tag=None, marker: str = "start:slow"):
+    """Fails on its first call once ``marker`` is in the trace (another node has started),
+    then succeeds with the call's number."""
+    attempt = trace_client().incr(f"cgtest-count:{tag}:fails_once_after")
+    if attempt == 1:
+        deadline = time.monotonic() + 20
+        while marker not in read_trace(tag) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        raise ValueError("fails once, after its sibling started")
+    return attempt
+
+
+@task
 def slow_route(which: str = "left", tag=None, delay: float = 1.0):
     """route, taking ``delay`` seconds before it chooses."""
     _step("slow_route", tag, delay)

@@ -235,6 +235,6 @@ def print_sweep(report: Any, out: IO[str]) -> None:
         f"looked at {report.runs} run(s): sent again {len(report.redelivered)}"
         + "".join(f"\n  sent again {r}" for r in report.redelivered)
         + f"\n  still queued (busy queue): {report.extended}, skips passed on: "
-        f"{report.skips}, runs failed: {len(report.failed)}, canvases continued: "
-        f"{len(report.continued)}\n"
+        f"{report.skips}, maps completed: {report.maps}, runs failed: {len(report.failed)}, "
+        f"canvases continued: {len(report.continued)}\n"
     )

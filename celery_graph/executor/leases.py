@@ -27,6 +27,7 @@ class LeaseKeeper:
         self._wake = threading.Event()
         self._pid = 0
         self._next = 0
+        self._interval = 0.0  # seconds between renewals, as the thread last computed it
 
     @contextlib.contextmanager
     def hold(self, state: State, run_id: str, field: str) -> Iterator[None]:
@@ -37,6 +38,8 @@ class LeaseKeeper:
             if self._pid != os.getpid():
                 self._pid = os.getpid()
                 threading.Thread(target=self._run, name="celery-graph-leases", daemon=True).start()
+            elif state.settings.running_lease / 3 < self._interval:
+                self._wake.set()  # a shorter lease than the thread waits for: renew sooner
         try:
             yield
         finally:
@@ -48,7 +51,9 @@ class LeaseKeeper:
         while self._pid == pid:
             with self._lock:
                 leases = [s.settings.running_lease for s, _, _ in self._held.values()]
-            self._wake.wait(min(leases, default=5.0) / 3)
+                self._interval = min(leases, default=5.0) / 3
+            self._wake.wait(self._interval)
+            self._wake.clear()
             with self._lock:
                 held = list(self._held.values())
             self.renew(held)

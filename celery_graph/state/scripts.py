@@ -345,6 +345,7 @@ class Scripts:
                 units,
                 self.settings.result_ttl,
                 node.id,
+                self.settings.running_lease,
             ],
         )
         return int(reply[0]), int(reply[1]), int(reply[2])
@@ -357,6 +358,12 @@ class Scripts:
         for index, result_json in items:
             args += [f"{node_id}#{index}", result_json]
         return int(self._call("item", [k.run(run_id), k.results(run_id)], args))
+
+    def map_count(self, run_id: str, node_id: str) -> int:
+        """How many items map node ``node_id`` expanded into (0 before it expanded)."""
+        with translating("reading a map's size"):
+            raw = self._client.hget(self.keys.nodes(run_id), f"{node_id}:items")
+        return int(raw or 0)
 
     def map_results(self, run_id: str, node_id: str, count: int) -> bytes:
         """The JSON list of the items' results, in item order."""

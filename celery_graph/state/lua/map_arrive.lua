@@ -1,7 +1,9 @@
 -- map_arrive.lua: one unit of a dynamic fan-out (node.map) finished: an item, or a chunk
 -- of items whose results item.lua stored one by one. Stores an item's result once, drops
 -- the unit's lease and records its arrival; the caller that sees every unit arrived
--- completes the map node itself (complete.lua), which is idempotent.
+-- completes the map node itself (complete.lua), which is idempotent. That arrival gives
+-- the map node a running lease first: if its worker dies before completing the node, the
+-- lease runs out and the reconciler completes it (reclaim.lua, kind "map").
 --
 -- KEYS[1] run record          (hash)
 -- KEYS[2] run results         (hash: "<node>#<i>" -> JSON result of item i)
@@ -16,6 +18,7 @@
 -- ARGV[5] number of units of the map
 -- ARGV[6] result ttl (seconds): the arrivals' expiry once every unit is in
 -- ARGV[7] the map node's id
+-- ARGV[8] running lease (seconds): held by the map node from its last unit's arrival
 --
 -- Returns {stored, units arrived, items of the map}, or {-1, 0, 0} when the run is not
 -- running.
@@ -29,7 +32,8 @@ local function finished(field, when)
   redis.call('HSET', KEYS[3], field .. ':run', a .. '|' .. s .. '|' .. when .. '|' .. w)
 end
 local t = redis.call('TIME')
-local nowstr = string.format('%.6f', tonumber(t[1]) + tonumber(t[2]) / 1000000)
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local nowstr = string.format('%.6f', now)
 local stored = 0
 if ARGV[2] ~= '' then
   stored = redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
@@ -45,5 +49,9 @@ end
 local arrived = redis.call('SCARD', KEYS[4])
 if arrived >= tonumber(ARGV[5]) then
   redis.call('EXPIRE', KEYS[4], ARGV[6])
+  if redis.call('HEXISTS', KEYS[2], ARGV[7]) == 0 then
+    redis.call('ZADD', KEYS[5], now + tonumber(ARGV[8]), ARGV[7])
+    redis.call('EXPIRE', KEYS[5], ARGV[4])
+  end
 end
 return {stored, arrived, tonumber(redis.call('HGET', KEYS[3], ARGV[7] .. ':items') or '0')}

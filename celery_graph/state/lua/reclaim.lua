@@ -19,7 +19,8 @@
 --   {"poison", field, lost, worker}   a node lost its worker more than ARGV[1] times
 --   {"ok", now, next running, next queued, n, field, kind, queued, ... (n triples)}
 --       kind: "lost" (running, its worker stopped renewing), "queued" (published, or
---       waiting for a retry, and never started), "skip" (a skip to pass on); queued: when
+--       waiting for a retry, and never started), "skip" (a skip to pass on), "map" (a
+--       map node whose units all arrived, not completed); queued: when
 --       the node (an item: its map node) was last published, or ""; next running / next
 --       queued: the earliest lease of each kind left, or "" when there is none.
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -54,7 +55,9 @@ local function ended(state)
 end
 for _, field in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, ARGV[2])) do
   local state = redis.call('HGET', KEYS[2], field .. ':state')
-  if ended(state) then
+  if state == 'mapping' then
+    add(field, 'map')  -- its last unit's arrival leased it (map_arrive.lua)
+  elseif ended(state) then
     redis.call('ZREM', KEYS[3], field)  -- the lease is stale
   elseif state == 'running' then
     local lost = redis.call('HINCRBY', KEYS[2], field .. ':lost', 1)
