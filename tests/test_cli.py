@@ -199,6 +199,13 @@ def test_cancel_a_running_run(env) -> None:
     again = cli("cancel", run_id, env=env)
     assert again.returncode == 1
     assert "already cancelled" in again.stderr
+    as_json = cli("cancel", run_id, "--json", env=env)
+    assert as_json.returncode == 1
+    assert json.loads(as_json.stdout) == {
+        "run_id": run_id,
+        "cancelled": False,
+        "state": "cancelled",
+    }
     data = json.loads(cli("status", run_id, "--json", env=env).stdout)
     assert data["state"] == "cancelled"
     assert data["nodes"]["step"]["state"] == "pending"
@@ -331,3 +338,16 @@ def test_bad_places_and_values_are_one_line_errors(tmp_path) -> None:
     out = cli("reconcile", "--interval", "-1", env=env)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "--interval" in out.stderr, out.stderr
+
+
+def test_json_answers_of_refusals_and_limits_checked(env) -> None:
+    out = cli("run", "tests.test_cli:ECHO", "--input", "x=hi", env=env)
+    assert out.returncode == 0, out.stderr
+    run_id = out.stdout.strip()
+    wait_state(env, run_id, {"succeeded"})
+    refused = cli("resume", run_id, "--json", env=env)
+    assert refused.returncode == 1 and "not resumable" in refused.stderr
+    assert json.loads(refused.stdout) == {"run_id": run_id, "resumed": False, "state": "succeeded"}
+    for bad in ("0", "-5"):
+        out = cli("runs", "-n", bad, env=env)
+        assert out.returncode == 2 and "--limit" in out.stderr and "Traceback" not in out.stderr

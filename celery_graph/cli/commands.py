@@ -232,7 +232,9 @@ def status_command(run_id: str, every_node: bool, as_json: bool) -> int:
         "celery-graph runs --json",
     ),
 )
-@click.option("-n", "--limit", type=int, default=20, show_default=True, help="how many")
+@click.option(
+    "-n", "--limit", type=click.IntRange(min=1), default=20, show_default=True, help="how many"
+)
 @json_option
 @common_options
 @guarded
@@ -257,16 +259,23 @@ def runs_command(limit: int, as_json: bool) -> int:
 
 @click.command("cancel", epilog=examples("celery-graph cancel 0123456789abcdef0123456789abcdef"))
 @run_id_argument
+@json_option
 @common_options
 @guarded
-def cancel_command(run_id: str) -> int:
-    """Cancel a run: no pending node starts after this."""
+def cancel_command(run_id: str, as_json: bool) -> int:
+    """Cancel a run: no pending node starts after this. With --json: the run id, whether
+    this call cancelled it, and the run's state."""
     app = configured_app()
     run = open_run(app, run_id)
-    if run.cancel():
-        sys.stdout.write(f"cancelled run {run.id}\n")
+    cancelled = run.cancel()
+    state = "cancelled" if cancelled else run.status().state
+    if as_json:
+        emit_json({"run_id": run.id, "cancelled": cancelled, "state": state}, sys.stdout)
+    if cancelled:
+        if not as_json:
+            sys.stdout.write(f"cancelled run {run.id}\n")
         return 0
-    sys.stderr.write(f"{PROG}: run {run.id} already {run.status().state}; nothing to cancel\n")
+    sys.stderr.write(f"{PROG}: run {run.id} already {state}; nothing to cancel\n")
     return EXIT_FAILED
 
 
@@ -293,6 +302,8 @@ def resume_command(run_id: str, wait: bool, timeout: float | None, as_json: bool
     try:
         run.resume()
     except RunNotResumable as exc:
+        if as_json:
+            emit_json({"run_id": run.id, "resumed": False, "state": run.status().state}, sys.stdout)
         sys.stderr.write(f"{PROG}: {exc}\n")
         return EXIT_FAILED
     if not wait:
