@@ -41,12 +41,30 @@ def load_app(ref: str | None, *, set_current: bool = True) -> Any:
     try:
         app = find_app(ref)
     except Exception as exc:
-        raise ConfigurationError(f"cannot load the Celery app {ref!r} (-A): {exc}") from exc
+        raise ConfigurationError(
+            f"cannot load the Celery app {ref!r} (-A): {_why_not_found(ref, exc)}"
+        ) from exc
     if not isinstance(app, Celery):
         raise ConfigurationError(f"-A {ref!r} is a {type(app).__name__}, not a Celery app")
     if set_current:
         app.set_current()
     return app
+
+
+def _why_not_found(ref: str, exc: Exception) -> str:
+    """For ``module:attr`` whose module imports, name the missing attribute (Celery's own
+    error then says the whole reference is no module)."""
+    module, sep, attr = ref.partition(":")
+    if sep and module and attr:
+        try:
+            obj: Any = importlib.import_module(module)
+        except Exception:
+            return str(exc)
+        for part in attr.split("."):
+            if not hasattr(obj, part):
+                return f"module {module!r} has no attribute {attr!r}"
+            obj = getattr(obj, part)
+    return str(exc)
 
 
 def import_flow(ref: str, what: str | None = None) -> Flow:

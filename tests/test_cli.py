@@ -351,3 +351,9 @@ def test_json_answers_of_refusals_and_limits_checked(env) -> None:
     for bad in ("0", "-5"):
         out = cli("runs", "-n", bad, env=env)
         assert out.returncode == 2 and "--limit" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_an_app_attribute_that_is_missing_is_named() -> None:
+    out = cli("-A", "tests.test_cli:no_such_app", "runs", env=base_env("redis://127.0.0.1:1/0"))
+    assert out.returncode == 2
+    assert "module 'tests.test_cli' has no attribute 'no_such_app'" in one_line_error(out)
