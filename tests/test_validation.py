@@ -102,6 +102,8 @@ def test_invalid_node_id():
 def test_plain_celery_task_is_refused_with_a_hint():
     with pytest.raises(NotAGraphTaskError, match=r"decorate the function with @celery_graph\.task"):
         extract >> plain_celery_task
+    with pytest.raises(NotAGraphTaskError, match=r"wrap it as node\(task\)"):
+        extract >> plain_celery_task
     with pytest.raises(NotAGraphTaskError, match="not a celery-graph node"):
         extract | 42
 

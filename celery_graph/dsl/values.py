@@ -173,7 +173,10 @@ def _as_flow(value: object, op: str) -> Flow:
     what = getattr(value, "name", None) or type(value).__name__
     hint = ""
     if hasattr(value, "apply_async") and hasattr(value, "delay"):
-        hint = " (a plain Celery task or signature; decorate the function with @celery_graph.task)"
+        hint = (
+            " (a plain Celery task or signature: wrap it as node(task) or node(task.s(...)) to "
+            "run it under its own name, or decorate the function with @celery_graph.task)"
+        )
     raise NotAGraphTaskError(f"cannot use {what!r} with {op!r}: not a celery-graph node{hint}")
 
 
