@@ -39,6 +39,7 @@ from .errors import (
     SerializationError,
     StoreError,
     StoreUnavailable,
+    UnknownInputError,
     UnknownTask,
 )
 from .model import GraphSpec, NodeStatus, RunStatus
@@ -71,6 +72,7 @@ __all__ = [
     "CycleError",
     "DuplicateNodeError",
     "MissingParameterError",
+    "UnknownInputError",
     "NotAGraphTaskError",
     "ConfigurationError",
     "SerializationError",

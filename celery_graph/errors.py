@@ -29,6 +29,10 @@ class MissingParameterError(GraphDefinitionError):
     """A required parameter of a node is filled by nothing."""
 
 
+class UnknownInputError(GraphDefinitionError, TypeError):
+    """A run input is a parameter of no node of the graph (most likely a typo)."""
+
+
 class NotAGraphTaskError(GraphDefinitionError, TypeError):
     """Something that is not a celery-graph node was put into a graph."""
 

@@ -357,3 +357,9 @@ def test_an_app_attribute_that_is_missing_is_named() -> None:
     out = cli("-A", "tests.test_cli:no_such_app", "runs", env=base_env("redis://127.0.0.1:1/0"))
     assert out.returncode == 2
     assert "module 'tests.test_cli' has no attribute 'no_such_app'" in one_line_error(out)
+
+
+def test_a_misspelt_input_is_one_line_error(env) -> None:
+    out = cli("run", "tests.test_cli:ETL", "--input", "m=4", env=env)
+    assert out.returncode == 2
+    assert "run input(s) 'm' are a parameter of no node" in one_line_error(out)

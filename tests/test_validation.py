@@ -16,6 +16,7 @@ from celery_graph import (
     NotAGraphTaskError,
     Parallel,
     SerializationError,
+    UnknownInputError,
     task,
     workflow,
 )
@@ -157,3 +158,12 @@ def test_ten_thousand_node_graph_compiles_in_linear_time():
 
     small, big = best(1_000), best(10_000)
     assert big / small < 45, f"1,000 nodes: {small:.3f} s, 10,000 nodes: {big:.3f} s"
+
+
+def test_a_run_input_no_node_takes_is_refused_before_sending():
+    flow = extract >> (transform | audit) >> load
+    with pytest.raises(UnknownInputError, match=r"'fctor' are a parameter of no node") as info:
+        flow.apply_async(n=2, fctor=3)
+    assert "factor" in str(info.value) and "n" in str(info.value)
+    with pytest.raises(UnknownInputError, match="'fctor'"):
+        flow.s(fctor=3)

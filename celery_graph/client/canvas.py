@@ -71,7 +71,12 @@ def run_graph(
     if flow:
         extra["flow"] = flow
     submit_spec(
-        spec, inputs, self.app, idempotency_key=f"celery-task:{self.request.id}", extra_fields=extra
+        spec,
+        inputs,
+        self.app,
+        idempotency_key=f"celery-task:{self.request.id}",
+        extra_fields=extra,
+        known_inputs_only=not previous,  # a previous step's dict may carry anything
     )
     # Celery continues the canvas when the graph ends, not now.
     self.request.chain = None

@@ -37,13 +37,17 @@ def submit_spec(
     idempotency_key: str | None = None,
     deadline: float | None = None,
     extra_fields: dict[str, str] | None = None,
+    known_inputs_only: bool = True,
 ) -> GraphRun:
-    """Validate the inputs, wait for queue room, create the run (the graph stored, the
-    roots marked published and leased), then publish the roots. A run that exists under
-    the idempotency key is returned as it is. If this process dies after creating the
-    run, the reconciler publishes the roots."""
+    """Validate the inputs (with ``known_inputs_only``, each must be a parameter of some
+    node; a Celery canvas step merges in whatever the previous step returned), wait for
+    queue room, create the run (the graph stored, the roots marked published and leased),
+    then publish the roots. A run that exists under the idempotency key is returned as it
+    is. If this process dies after creating the run, the reconciler publishes the roots."""
     app = app or current_app._get_current_object()
     spec.check_inputs(inputs)
+    if known_inputs_only:
+        spec.check_known_inputs(inputs)
     for name, value in inputs.items():
         encode_value(value, lambda name=name: f"run input {name!r}")  # type: ignore[misc]
     if deadline is not None and deadline <= 0:

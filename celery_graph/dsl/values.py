@@ -138,9 +138,12 @@ class Flow:
         other value becomes the input ``input``); the next step gets the graph's result.
         Needs a result backend for ``.get()`` on the canvas, like any Celery canvas.
         """
-        # graph errors now; missing inputs may still come from the previous chain step
+        # graph errors and unknown inputs now; missing inputs may still come from the
+        # previous chain step
         name = check_flow_name(flow_name) if flow_name is not None else self.flow_name
-        return graph_signature(self.compile(), inputs, flow_name=name)
+        spec = self.compile()
+        spec.check_known_inputs(inputs)
+        return graph_signature(spec, inputs, flow_name=name)
 
     def submit(
         self,

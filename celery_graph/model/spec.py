@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..codec import sha256
-from ..errors import MissingParameterError
+from ..errors import MissingParameterError, UnknownInputError
 
 SPEC_VERSION = 1
 
@@ -106,6 +106,25 @@ class GraphSpec:
             maps=tuple(n for n, v in raw.items() if v.get("map")),
             order=tuple(data["order"]),
             policies=data.get("policies", {}),
+        )
+
+    def check_known_inputs(self, names: Iterable[str]) -> None:
+        """Raise UnknownInputError for a run input that no node has as a parameter: a typo
+        would otherwise be ignored and the node would run with its default."""
+        unknown = set(names)
+        if not unknown:
+            return
+        assert isinstance(self.nodes, _Nodes)
+        taken: set[str] = set()
+        for n in self.nodes.raw.values():
+            unknown.difference_update(n["params"])
+            if not unknown:
+                return
+            taken.update(n["params"])
+        listed = ", ".join(sorted(taken)[:20]) or "none"
+        raise UnknownInputError(
+            f"run input(s) {', '.join(repr(u) for u in sorted(unknown))} are a parameter of "
+            f"no node of the graph (its nodes' parameters: {listed})"
         )
 
     @property
