@@ -207,6 +207,18 @@ def process(split, tag=None):
 
 
 @task
+def slow_item(split, tag=None, delay: float = 1.0):
+    trace(tag, f"start:{split}")
+    time.sleep(delay)
+    return split.upper()
+
+
+@task
+def merge_items(slow_item):
+    return slow_item
+
+
+@task
 def merge(process):
     return process
 

@@ -42,6 +42,7 @@ from tests.tasks import (
     keys_of,
     left,
     merge,
+    merge_items,
     offset,
     process,
     read_trace,
@@ -49,6 +50,7 @@ from tests.tasks import (
     right_more,
     route,
     slow,
+    slow_item,
     slow_route,
     split,
     step,
@@ -194,6 +196,23 @@ def test_a_map_whose_last_item_arrived_without_completing_it_is_completed(
         arrived = state.scripts.map_arrive(run_id, node, i, 2, f'"ITEM{i}"')[1]
     assert arrived == 2  # ...and the worker died here, its message acked (acks_late off)
     assert GraphRun(run_id, app=app).get(timeout=30) == ["ITEM0", "ITEM1"]
+
+
+@pytest.mark.parametrize("chunk", [None, 1], ids=["items", "chunks"])
+def test_map_items_that_finish_after_a_cancel_keep_their_results(app, tag, chunk):
+    """Items running when their run is cancelled store their results all the same; the
+    resume counts them in without calling them again."""
+    mapped = slow_item.map("split", chunk=chunk) if chunk else slow_item.map("split")
+    flow = split >> mapped >> merge_items
+    run = flow.apply_async(n=3, tag=tag)
+    started = lambda: sum(e.startswith("start:item") for e in read_trace(tag))  # noqa: E731
+    wait_for(lambda: started() == 3, timeout=20, what="the three items to start")
+    assert run.cancel()
+    stored = lambda: len(state_for(app).runs.results(run.id))  # noqa: E731
+    wait_for(lambda: stored() == 4, timeout=20, what="split and the three items stored")
+    run.resume()
+    assert run.get(timeout=20) == ["ITEM0", "ITEM1", "ITEM2"]
+    assert started() == 3
 
 
 # -- the canvas around a graph --------------------------------------------------------

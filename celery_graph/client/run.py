@@ -131,7 +131,10 @@ class GraphRun:
         results = state.runs.results(self.id)
         leases = state.runs.leases(self.id)
         now = state.runs.time()
-        frontier, items, skips = resume_frontier(spec, fields, set(results), leases, now)
+        arrived = {
+            m: state.runs.map_arrivals(self.id, m) for m in spec.maps if f"{m}:items" in fields
+        }
+        frontier, items, skips = resume_frontier(spec, fields, set(results), leases, now, arrived)
         state.runs.track(self.id)  # the reconciler looks after it again
         state.scripts.resume(self.id, frontier + [spec.nodes[n].unit_field(u) for n, u in items])
         state.runs.index_resumed(self.id)
@@ -166,13 +169,17 @@ def resume_frontier(
     results: set[str],
     leases: dict[str, float],
     now: float,
+    arrived: dict[str, set[int]] | None = None,
 ) -> tuple[list[str], list[tuple[str, int]], list[str]]:
     """What a resume sends again: the nodes that are not done, whose predecessors are all
     done, and that are not running under a live lease; the missing items of maps that
     expanded already; and the skips to pass on. Done means ended with its arrivals made: a
     stored result, skipped by a branch, or failed under a group policy that tolerated it.
     A node that ended after its run did (":unsettled") is sent again: the copy finds its
-    result and makes the arrivals; so is a member whose failure broke its group's policy."""
+    result and makes the arrivals; so is a member whose failure broke its group's policy.
+    ``arrived``: the units of each expanded map whose arrival is counted (a unit that
+    stored its results after its run ended is sent again to arrive); without it, units
+    with every result stored count as arrived."""
 
     def done(node_id: str) -> bool:
         state = fields.get(f"{node_id}:state")
@@ -200,13 +207,18 @@ def resume_frontier(
             frontier.append(node_id)
             continue
         size = node.map_chunk or 1
+        counted = (arrived or {}).get(node_id)
         missing = [
             unit
             for unit in range(node.units(int(count)))
             if not in_flight(node.unit_field(unit))
-            and any(
-                f"{node_id}#{i}" not in results
-                for i in range(unit * size, min((unit + 1) * size, int(count)))
+            and (
+                unit not in counted
+                if counted is not None
+                else any(
+                    f"{node_id}#{i}" not in results
+                    for i in range(unit * size, min((unit + 1) * size, int(count)))
+                )
             )
         ]
         # every item stored but the map node not completed: a copy of one unit completes it

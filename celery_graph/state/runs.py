@@ -177,6 +177,12 @@ class RunStore:
             out.update({k.decode(): float(v) for k, v in found})
         return out
 
+    def map_arrivals(self, run_id: str, node_id: str) -> set[int]:
+        """The units of map node ``node_id`` whose arrival is counted (map_arrive.lua)."""
+        key = self.keys.map(run_id, node_id)
+        found = translated("reading a map's arrivals", lambda: self.client.smembers(key))
+        return {int(u) for u in found}
+
     def status(self, run_id: str, spec: GraphSpec) -> RunStatus:
         record = self.record(run_id)
         return RunStatus.from_state(

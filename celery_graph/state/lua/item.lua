@@ -8,8 +8,19 @@
 -- ARGV[2..] field "<node>#<i>", its result (JSON), ... one pair per item
 --
 -- Returns the number of items stored now (one stored already is kept), or -1 when the
--- run is not running.
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then
+-- run is not running (what was computed is stored all the same, so a resume does not call
+-- it again, and never past the expiry of the run's keys).
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'running' then
+  if status then
+    local ttl = redis.call('PTTL', KEYS[1])
+    for i = 2, #ARGV, 2 do
+      redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1])
+    end
+    if ttl > 0 and redis.call('PTTL', KEYS[2]) == -1 then
+      redis.call('PEXPIRE', KEYS[2], ttl)
+    end
+  end
   return -1
 end
 local stored = 0

@@ -21,8 +21,21 @@
 -- ARGV[8] running lease (seconds): held by the map node from its last unit's arrival
 --
 -- Returns {stored, units arrived, items of the map}, or {-1, 0, 0} when the run is not
--- running.
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then
+-- running (an item's result is stored all the same, never past the expiry of the run's
+-- keys, but its arrival is not counted: a resume sends the unit again, and that copy,
+-- which finds its result, arrives).
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'running' then
+  if status and ARGV[2] ~= '' then
+    local ttl = redis.call('PTTL', KEYS[1])
+    redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
+    if ttl > 0 and redis.call('PTTL', KEYS[2]) == -1 then
+      redis.call('PEXPIRE', KEYS[2], ttl)
+    end
+  end
+  -- the unit's call is over: nothing runs under its lease any more
+  redis.call('ZREM', KEYS[5], ARGV[1])
+  redis.call('ZREM', KEYS[6], ARGV[1])
   return {-1, 0, 0}
 end
 -- "<field>:run" packs what an attempt records: "attempts|started|finished|worker"
