@@ -158,9 +158,11 @@ class NodeRun:
                 results.append(decode_value(done))
                 continue
             try:
-                result, _choice = self.call({**kwargs, node.map_param: item})
+                # the items before it stay done for the retry or a resume: stored before
+                # the retry is sent, so the retried chunk finds them
+                result, _choice = self.call({**kwargs, node.map_param: item}, before_retry=flush)
             except BaseException:
-                flush()  # the items before it stay done for the retry or a resume
+                flush()
                 raise
             pending.append((first + i, self.encode(result, first + i)))
             results.append(result)
@@ -169,8 +171,11 @@ class NodeRun:
         flush()
         return results
 
-    def call(self, kwargs: dict[str, Any]) -> tuple[Any, str]:
-        """Call the node's function; (its result, the branch choice or "")."""
+    def call(
+        self, kwargs: dict[str, Any], before_retry: Callable[[], Any] | None = None
+    ) -> tuple[Any, str]:
+        """Call the node's function; (its result, the branch choice or ""). A failure
+        the node retries runs ``before_retry`` first: the retry is sent at once."""
         fn = self.fn
         if self.node.call:
             fn = self.app.tasks.get(self.node.call)
@@ -189,6 +194,8 @@ class NodeRun:
             raise  # Redis went away under the function (its RunContext): not its failure
         except Exception as exc:
             if node.retries and not isinstance(exc, Retry) and task.request.retries < node.retries:
+                if before_retry is not None:
+                    before_retry()
                 raise task.retry(
                     exc=exc, countdown=node.retry_delay, max_retries=node.retries
                 ) from exc
