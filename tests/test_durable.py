@@ -26,6 +26,7 @@ from celery_graph import (
 from celery_graph.codec import error_record
 from celery_graph.devserver import free_port
 from celery_graph.executor.node import fail_node
+from celery_graph.lifecycle import end_run
 from celery_graph.protocol import NodeMessage, task_id_for
 from celery_graph.state import state_for
 from celery_graph.state.graphs import GraphStore
@@ -389,6 +390,30 @@ def test_a_node_running_past_its_lease_after_a_cancel_is_not_run_twice(app, tag,
     run.resume()
     assert run.get(timeout=20) == "after"
     assert read_trace(tag).count("start:slow") == 1
+
+
+def test_a_node_that_ends_between_the_resume_reading_and_reopening_is_sent(app, tag, monkeypatch):
+    """a was running when resume read the run (so it was left to finish), and ended into
+    the still-closed run before resume reopened it (its arrival at the join not made):
+    resume sends it too, and its copy makes the arrival."""
+    flow = Parallel((step.bind(id="a", name="a", tag=tag), step.bind(id="b", name="b", tag=tag)))
+    run_id, spec = _create(app, flow >> step.bind(id="join", name="join", tag=tag))
+    state = state_for(app)
+    for node_id in ("a", "b"):
+        state.scripts.begin(run_id, node_id, "test", [])
+    error = error_record("b", "ValueError", "builtins", "b failed")
+    assert end_run(app, state, run_id, "failed", node_id="b", error=error)
+    reopen = state.scripts.resume
+
+    def a_ends_first(run, fields, watch=None):
+        state.scripts.complete(spec, run_id, spec.nodes["a"], '"a"')  # into the failed run
+        return reopen(run, fields, watch)
+
+    monkeypatch.setattr(state.scripts, "resume", a_ends_first)
+    run = GraphRun(run_id, app=app)
+    run.resume()
+    assert run.get(timeout=20) == "join"
+    assert read_trace(tag).count("start:a") == 0  # its copy found its result
 
 
 def test_a_resume_whose_publish_fails_is_finished_by_the_reconciler(

@@ -134,9 +134,20 @@ class GraphRun:
         arrived = {
             m: state.runs.map_arrivals(self.id, m) for m in spec.maps if f"{m}:items" in fields
         }
-        frontier, items, skips = resume_frontier(spec, fields, set(results), leases, now, arrived)
+        frontier, items, skips, watch = resume_frontier(
+            spec, fields, set(results), leases, now, arrived
+        )
         state.runs.track(self.id)  # the reconciler looks after it again
-        state.scripts.resume(self.id, frontier + [spec.nodes[n].unit_field(u) for n, u in items])
+        watched = {_field(spec, n, u): (n, u) for n, u in watch}
+        late = state.scripts.resume(
+            self.id, frontier + [spec.nodes[n].unit_field(u) for n, u in items], list(watched)
+        )
+        # running when read, ended into the closed run before it reopened: sent as well
+        for node_id, unit in (watched[f] for f in late):
+            if unit is None:
+                frontier.append(node_id)
+            else:
+                items.append((node_id, unit))
         state.runs.index_resumed(self.id)
         # a publish that fails here is recovered by the reconciler: the nodes are leased
         publish_nodes(self._app, spec, self.id, frontier)
@@ -163,6 +174,10 @@ class GraphRun:
         return end_run(self._app, self._state, self.id, "cancelled")
 
 
+def _field(spec: GraphSpec, node_id: str, unit: int | None) -> str:
+    return node_id if unit is None else spec.nodes[node_id].unit_field(unit)
+
+
 def resume_frontier(
     spec: GraphSpec,
     fields: dict[str, str],
@@ -170,7 +185,7 @@ def resume_frontier(
     leases: dict[str, float],
     now: float,
     arrived: dict[str, set[int]] | None = None,
-) -> tuple[list[str], list[tuple[str, int]], list[str]]:
+) -> tuple[list[str], list[tuple[str, int]], list[str], list[tuple[str, int | None]]]:
     """What a resume sends again: the nodes that are not done, whose predecessors are all
     done, and that are not running under a live lease; the missing items of maps that
     expanded already; and the skips to pass on. Done means ended with its arrivals made: a
@@ -179,7 +194,8 @@ def resume_frontier(
     result and makes the arrivals; so is a member whose failure broke its group's policy.
     ``arrived``: the units of each expanded map whose arrival is counted (a unit that
     stored its results after its run ended is sent again to arrive); without it, units
-    with every result stored count as arrived."""
+    with every result stored count as arrived. Last, the nodes and units left running
+    (node, unit or None): resume.lua sends those that end before it reopens the run."""
 
     def done(node_id: str) -> bool:
         state = fields.get(f"{node_id}:state")
@@ -195,12 +211,16 @@ def resume_frontier(
     frontier: list[str] = []
     items: list[tuple[str, int]] = []
     skips: list[str] = []
+    watch: list[tuple[str, int | None]] = []
     for node_id in spec.order:
         node = spec.nodes[node_id]
         if fields.get(f"{node_id}:state") == "skipping":
             skips.append(node_id)  # to be skipped, but not passed on yet: never sent
             continue
-        if done(node_id) or not all(done(p) for p in node.preds) or in_flight(node_id):
+        if done(node_id) or not all(done(p) for p in node.preds):
+            continue
+        if in_flight(node_id):
+            watch.append((node_id, None))
             continue
         count = fields.get(f"{node_id}:items")
         if count is None:
@@ -208,19 +228,20 @@ def resume_frontier(
             continue
         size = node.map_chunk or 1
         counted = (arrived or {}).get(node_id)
-        missing = [
-            unit
-            for unit in range(node.units(int(count)))
-            if not in_flight(node.unit_field(unit))
-            and (
-                unit not in counted
-                if counted is not None
-                else any(
+        total = int(count)
+        if counted is not None:
+            units = [u for u in range(node.units(total)) if u not in counted]
+        else:
+            units = [
+                u
+                for u in range(node.units(total))
+                if any(
                     f"{node_id}#{i}" not in results
-                    for i in range(unit * size, min((unit + 1) * size, int(count)))
+                    for i in range(u * size, min((u + 1) * size, total))
                 )
-            )
-        ]
+            ]
+        missing = [u for u in units if not in_flight(node.unit_field(u))]
+        watch += [(node_id, u) for u in units if in_flight(node.unit_field(u))]
         # every item stored but the map node not completed: a copy of one unit completes it
-        items += [(node_id, unit) for unit in missing or [0]]
-    return frontier, items, skips
+        items += [(node_id, unit) for unit in missing or ([] if units else [0])]
+    return frontier, items, skips, watch

@@ -273,9 +273,10 @@ class Scripts:
         args = [status, node_id, error_json, self.settings.result_ttl, guard, "1" if unsent else ""]
         return int(self._call("finish", self._run_keys(run_id), args))
 
-    def resume(self, run_id: str, fields: list[str]) -> str:
+    def resume(self, run_id: str, fields: list[str], watch: list[str] | None = None) -> list[str]:
         """Reopen a failed or cancelled run and lease ``fields`` (nodes and map items) to
-        be sent again; returns the previous status."""
+        be sent again, and those of ``watch`` (left running) that ended meanwhile; returns
+        the latter, for the caller to send as well."""
         k = self.keys
         keys = [
             k.run(run_id),
@@ -288,12 +289,20 @@ class Scripts:
             k.queued(run_id),
         ]
         try:
-            previous = self._call(
-                "resume", keys, [self.settings.run_ttl, self.settings.queued_lease, *fields]
+            late = self._call(
+                "resume",
+                keys,
+                [
+                    self.settings.run_ttl,
+                    self.settings.queued_lease,
+                    len(fields),
+                    *fields,
+                    *(watch or []),
+                ],
             )
         except redis.ResponseError as exc:
             raise RunNotResumable(f"run {run_id} cannot be resumed: {exc}") from exc
-        return _text(previous)
+        return [_text(f) for f in late]
 
     # -- maps ----------------------------------------------------------------------------
 

@@ -264,7 +264,7 @@ class Views:
                     "can be retried"
                 )
         results = set(self.state.runs.results(run_id))
-        frontier, items, _skips = resume_frontier(
+        frontier, items, _skips, _watch = resume_frontier(
             spec, fields, results, self.state.runs.leases(run_id), status.now or 0.0
         )
         try:
