@@ -6,9 +6,6 @@ being killed (leases and the reconciler), with its result stored once."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -16,11 +13,10 @@ import pytest
 import redis
 
 from celery_graph import GraphRun, RunFailed, node
-from tests.conftest import ROOT
 from tests.helpers import wait_for
 from tests.native_app import configure, limited, routed_queue, routed_sum, seen_key, slow_plain, who
 from tests.tasks import step
-from tests.workers import SESSION, Workers
+from tests.workers import Workers
 
 
 class NativeWorkers(Workers):
@@ -33,41 +29,11 @@ class NativeWorkers(Workers):
         self.app.conf.cgtest_trace_url = redis_url
         self.extra_env["CGTEST_NATIVE"] = "1"
 
-    def _spawn(self, hostname: str) -> None:
-        env = dict(
-            os.environ,
-            PYTHONPATH=ROOT,
-            CGTEST_REDIS_URL=self.redis_url,
-            CGTEST_QUEUE=self.queue,
-            CGTEST_PREFIX=self.prefix,
-            CGTEST_SESSION=SESSION,
-            **self.extra_env,
-        )
-        self.procs[hostname] = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "tests.native_app:app",
-                "worker",
-                "-P",
-                self.pool,
-                "-c",
-                str(self.concurrency),
-                "-n",
-                hostname,
-                "-l",
-                "WARNING",
-                "--without-mingle",
-                "--without-gossip",
-                "-Q",
-                f"{self.queue},{routed_queue(self.queue)}",
-            ],
-            env=env,
-            cwd=ROOT,
-            start_new_session=self.isolate,
-        )
+    def app_ref(self) -> str:
+        return "tests.native_app:app"
+
+    def queues(self) -> list[str]:
+        return [self.queue, routed_queue(self.queue)]
 
     def seen(self, client: redis.Redis) -> list[dict]:
         return [json.loads(e) for e in client.lrange(seen_key(self.prefix), 0, -1)]

@@ -77,14 +77,14 @@ class Workers:
         )
         if env.get("CGTEST_CLOCK_SKEW"):  # tests/skew/sitecustomize.py shifts its clock
             env["PYTHONPATH"] = os.pathsep.join([os.path.join(ROOT, "tests", "skew"), ROOT])
-        app = "tests.brokerapp:stock_app" if self.stock else "tests.brokerapp:env_app"
+        queues = self.queues()
         self.procs[hostname] = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "celery",
                 "-A",
-                app,
+                self.app_ref(),
                 "worker",
                 "-P",
                 self.pool,
@@ -96,11 +96,20 @@ class Workers:
                 "WARNING",
                 "--without-mingle",
                 "--without-gossip",
+                *(["-Q", ",".join(queues)] if queues else []),
             ],
             env=env,
             cwd=ROOT,
             start_new_session=self.isolate,
         )
+
+    def app_ref(self) -> str:
+        """The workers' ``-A``."""
+        return "tests.brokerapp:stock_app" if self.stock else "tests.brokerapp:env_app"
+
+    def queues(self) -> list[str]:
+        """The workers' ``-Q`` (none: the app's default queue)."""
+        return []
 
     def supervise(self) -> None:
         """Restart any worker that exits, until stop(), as a process supervisor would."""
