@@ -155,15 +155,18 @@ def test_celery_graph_ui_without_tornado_names_the_extra(tmp_path):
     )
 
 
-@pytest.mark.parametrize(
-    "args, words",
-    [
-        (["--basic-auth", "admin"], "--basic-auth: expected USER:PASSWORD"),
-        (["--port", "70000"], "--port 70000"),
-        (["-A", "no_such_module_for_ui"], "cannot load the Celery app"),
-        (["--key-prefix", "bad prefix"], "malformed key prefix"),
-    ],
-)
+# Bad options of the dashboard, and the words of the one line each gets, whichever way
+# it is started.
+BAD_OPTIONS = [
+    (["--basic-auth", "admin"], "--basic-auth: expected USER:PASSWORD"),
+    (["--basic-auth", "admin:"], "empty user or password"),
+    (["--port", "70000"], "--port 70000"),
+    (["-A", "no_such_module_for_ui"], "cannot load the Celery app"),
+    (["--key-prefix", "bad prefix"], "malformed key prefix"),
+]
+
+
+@pytest.mark.parametrize("args, words", BAD_OPTIONS)
 def test_celery_graph_ui_bad_options_exit_2_with_one_line(args, words):
     env = dict(os.environ, CELERY_GRAPH_REDIS_URL="redis://127.0.0.1:1/0")
     out = subprocess.run(
@@ -181,16 +184,7 @@ def test_celery_graph_ui_bad_options_exit_2_with_one_line(args, words):
     assert words in lines[0]
 
 
-@pytest.mark.parametrize(
-    "args, words",
-    [
-        (["--basic-auth", "admin"], "--basic-auth: expected USER:PASSWORD"),
-        (["--basic-auth", "admin:"], "empty user or password"),
-        (["--port", "70000"], "--port 70000"),
-        (["-A", "no_such_module_for_ui"], "cannot load the Celery app"),
-        (["--key-prefix", "bad prefix"], "malformed key prefix"),
-    ],
-)
+@pytest.mark.parametrize("args, words", BAD_OPTIONS)
 def test_bad_options_exit_2_with_one_line(celery_app, args, words):
     before = dict(celery_app.conf)  # Celery's current app: it must come out unchanged
     err = io.StringIO()
