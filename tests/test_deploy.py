@@ -15,7 +15,6 @@ import sys
 import uuid
 from pathlib import Path
 
-import pytest
 import yaml
 from flower.options import options as flower_options
 
@@ -23,7 +22,7 @@ from celery_graph import config, registry
 from celery_graph.devserver import free_port
 from tests.apps import ops_tasks as t
 from tests.apps.common import build_app
-from tests.apps.harness import ROOT, subprocess_env, wait_for
+from tests.apps.harness import ROOT, graph_worker_help, subprocess_env, wait_for
 
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
@@ -104,21 +103,8 @@ def flag_value(argv: list[str], flag: str) -> str | None:
 # -- graph-worker command lines -------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def help_text() -> str:
-    return subprocess.run(
-        [sys.executable, "-m", "celery_graph.worker", "--help"],
-        env=subprocess_env(),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
-
-
-def test_every_graph_worker_flag_in_the_deploy_files_is_in_its_help(help_text):
-    documented = set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", help_text))
+def test_every_graph_worker_flag_in_the_deploy_files_is_in_its_help():
+    documented = set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", graph_worker_help()))
     for where, argv in worker_commands().items():
         assert Path(argv[0]).name == "graph-worker", where
         flags = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("-")]

@@ -19,7 +19,7 @@ from celery_graph.worker import (
     split_argv,
     user_set,
 )
-from tests.apps.harness import GRAPH_WORKER, ROOT, subprocess_env
+from tests.apps.harness import GRAPH_WORKER, ROOT, graph_worker_help, subprocess_env
 
 
 def test_global_options_move_before_worker_and_the_rest_passes_through_unchanged():
@@ -126,15 +126,7 @@ def test_key_prefix_flag_may_not_contradict_the_app():
 
 
 def test_help_documents_own_options_and_the_celery_worker_options():
-    out = subprocess.run(
-        [*GRAPH_WORKER, "--help"],
-        env=subprocess_env(),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
+    out = graph_worker_help()
     for flag in (
         "--key-prefix",
         "--redis-url",

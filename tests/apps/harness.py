@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -24,6 +25,20 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env.pop("CELERY_GRAPH_REDIS_URL", None)
     env.update(extra)
     return env
+
+
+@functools.cache
+def graph_worker_help() -> str:
+    """What `graph-worker --help` prints (run once per test session)."""
+    return subprocess.run(
+        [*GRAPH_WORKER, "--help"],
+        env=subprocess_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
 
 
 class WorkerProcess:
