@@ -24,6 +24,12 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).resolve().parent
 SIZE_QUEUE = "bench-size"  # a queue no worker consumes: messages are measured there
 DRAMATIQ_MAX_FAN = 1000  # see main(): its messages grow with the graph
+# each system's line in bench/results.png
+PLOT_STYLES = (
+    ("celery-graph", "C0o-"),
+    ("celery canvas", "C1s-"),
+    ("dramatiq-workflow", "C2^-"),
+)
 
 
 # -- processes ------------------------------------------------------------------------
@@ -719,12 +725,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         int(k.split("=")[1]): v for k, v in results["workloads"].items() if k.startswith("fan-out")
     }
     sizes = sorted(fans)
-    for system, style in (
-        ("floor", "k--"),
-        ("celery-graph", "C0o-"),
-        ("celery canvas", "C1s-"),
-        ("dramatiq-workflow", "C2^-"),
-    ):
+    for system, style in (("floor", "k--"), *PLOT_STYLES):
         ys = [fans[n].get(system) for n in sizes]
         if all(y is not None for y in ys):
             ax1.plot(sizes, ys, style, label=system)
@@ -737,11 +738,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     )
     ax1.legend()
     msizes = sorted(int(k) for k in results["message_bytes"])
-    for system, style in (
-        ("celery-graph", "C0o-"),
-        ("celery canvas", "C1s-"),
-        ("dramatiq-workflow", "C2^-"),
-    ):
+    for system, style in PLOT_STYLES:
         points = [(n, results["message_bytes"][str(n)][system]) for n in msizes]
         points = [(n, v) for n, v in points if v is not None]
         ax2.plot([p[0] for p in points], [p[1] for p in points], style, label=system)
