@@ -60,11 +60,20 @@ def _why_not_found(ref: str, exc: Exception) -> str:
             obj: Any = importlib.import_module(module)
         except Exception:
             return str(exc)
-        for part in attr.split("."):
-            if not hasattr(obj, part):
-                return f"module {module!r} has no attribute {attr!r}"
-            obj = getattr(obj, part)
+        try:
+            _attribute(obj, module, attr)
+        except ConfigurationError as missing:
+            return str(missing)
     return str(exc)
+
+
+def _attribute(obj: Any, module: str, attr: str, prefix: str = "") -> Any:
+    """``attr`` (dotted) of module ``obj``; a ConfigurationError naming it if missing."""
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigurationError(f"{prefix}module {module!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
 
 
 def import_flow(ref: str, what: str | None = None) -> Flow:
@@ -82,10 +91,7 @@ def import_flow(ref: str, what: str | None = None) -> Flow:
         raise ConfigurationError(
             f"{prefix}cannot import module {module!r}: {type(exc).__name__}: {exc}"
         ) from exc
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ConfigurationError(f"{prefix}module {module!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
+    obj = _attribute(obj, module, attr, prefix)
     if not isinstance(obj, Flow):
         raise ConfigurationError(
             f"{prefix}{ref} is a {type(obj).__name__}, not a celery-graph flow"

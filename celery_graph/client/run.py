@@ -240,8 +240,12 @@ def resume_frontier(
                     for i in range(u * size, min((u + 1) * size, total))
                 )
             ]
-        missing = [u for u in units if not in_flight(node.unit_field(u))]
-        watch += [(node_id, u) for u in units if in_flight(node.unit_field(u))]
+        missing: list[int] = []
+        for u in units:
+            if in_flight(node.unit_field(u)):
+                watch.append((node_id, u))
+            else:
+                missing.append(u)
         # every item stored but the map node not completed: a copy of one unit completes it
         items += [(node_id, unit) for unit in missing or ([] if units else [0])]
     return frontier, items, skips, watch
