@@ -2,6 +2,7 @@
 #   make demo   - runs examples/quickstart.py on a private Redis with a real worker
 #   make test   - creates .venv, installs, runs the test suite, then its core on Python
 #                 3.10 (lowest dependency versions) and 3.13 (newest): make test-pythons
+#   make docs   - builds the documentation site (mkdocs, strict: a broken link fails it)
 #   make bench  - benchmarks against Celery's canvas and dramatiq-workflow (bench-quick: minutes)
 #   make bench-recovery - how long runs take to recover from faults, with stock settings
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -9,7 +10,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test test-pythons demo lint typecheck bench bench-quick bench-recovery clean
+.PHONY: venv test test-pythons demo docs docs-tables lint typecheck bench bench-quick bench-recovery clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +33,14 @@ test-pythons:
 
 demo: $(STAMP)
 	$(BIN)/python -m celery_graph.devserver -- $(BIN)/python examples/quickstart.py
+
+# docs/*.md as a site in build/site; tests/test_docs.py runs the same strict build
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
+# the settings tables of docs/ written again from celery_graph/config.py
+docs-tables: $(STAMP)
+	$(BIN)/python -m tests.test_docs
 
 lint: $(STAMP)
 	$(BIN)/ruff check celery_graph tests examples bench

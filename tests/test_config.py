@@ -39,7 +39,12 @@ GOOD[config.REDIS_URL.rule] = (
     "redis://127.0.0.1:1/0",
     "redis+cluster://127.0.0.1:2,127.0.0.1:3",
 )
-GOOD[config.JSON_OBJECT.rule] = ({"b": 1, "a": [2]}, '{"x": true}', '{"a": [2], "b": 1}', '{"x": true}')
+GOOD[config.JSON_OBJECT.rule] = (
+    {"b": 1, "a": [2]},
+    '{"x": true}',
+    '{"a": [2], "b": 1}',
+    '{"x": true}',
+)
 
 # per kind: malformed values, the same from app.conf and (as text) from the environment
 BAD: dict[str, list[Any]] = {

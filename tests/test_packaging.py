@@ -36,6 +36,11 @@ def dists(tmp_path_factory) -> dict[str, Path]:
     return {"sdist": out / sdist, "wheel": out / wheel}
 
 
+# what `make test` and `make docs` read at the top of the tree
+TOP_LEVEL = ("LICENSE", "README.md", "CHANGES.md", "Makefile", "Procfile", "pyproject.toml")
+TOP_LEVEL += ("mkdocs.yml",)
+
+
 def test_the_sdist_carries_its_tests_and_everything_they_read(dists) -> None:
     with tarfile.open(dists["sdist"]) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
@@ -45,8 +50,8 @@ def test_the_sdist_carries_its_tests_and_everything_they_read(dists) -> None:
     needed = [
         f
         for f in tracked
-        if f.startswith(("celery_graph/", "tests/", "examples/", "deploy/", ".ci/"))
-        or f in ("LICENSE", "README.md", "CHANGES.md", "Makefile", "Procfile", "pyproject.toml")
+        if f.startswith(("celery_graph/", "tests/", "examples/", "deploy/", ".ci/", "docs/"))
+        or f in TOP_LEVEL
     ]
     missing = sorted(set(needed) - names)
     assert not missing, f"not in the sdist: {missing}"
