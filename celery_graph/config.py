@@ -105,7 +105,7 @@ def _anything(value: Any) -> bool:
 
 
 TEXT = Kind(_text, _anything, "text")
-PREFIX = Kind(_prefix, _anything, "a key prefix")
+PREFIX = Kind(_prefix, _anything, "words of letters, digits, `_`, `.`, `-` joined by single colons")
 REDIS_URL = Kind(
     _text,
     lambda url: scheme_of(url) is not None,
@@ -133,6 +133,7 @@ class Setting:
     kind: Kind
     doc: str  # what it does, one line of the docs table
     shown: str = ""  # the default as the docs show it, when the value alone does not say
+    unit: str = ""  # of the value, for the docs ("s" for every kind counted in seconds)
     flag: str = ""  # the `celery worker` option that sets the environment variable
 
     @property
@@ -177,8 +178,8 @@ SETTINGS: tuple[Setting, ...] = (
         "CELERY_GRAPH_KEY_PREFIX",
         DEFAULT_PREFIX,
         PREFIX,
-        "prefix of every Redis key; words of letters, digits, `_` `.` `-` joined by single "
-        "colons (`myapp:workflows`)",
+        "prefix of every Redis key (`myapp:workflows`); two apps may share a Redis under two "
+        "prefixes",
     ),
     Setting(
         "graph_redis_url",
@@ -197,7 +198,7 @@ SETTINGS: tuple[Setting, ...] = (
         "{}",
         JSON_OBJECT,
         "Sentinel: `master_name` (required), `sentinel_kwargs` (password, TLS for the "
-        "sentinels); passed to the primary's connection otherwise; JSON in the environment",
+        "sentinels); passed to the primary's connection otherwise",
         shown="the broker's `broker_transport_options` when graph state is on the broker's "
         "Sentinel, else `{}`",
     ),
@@ -207,7 +208,7 @@ SETTINGS: tuple[Setting, ...] = (
         86400,
         POSITIVE_INT,
         "seconds a finished run's keys (record, results, node states) are kept",
-        shown="`86400` (1 day)",
+        unit="s",
     ),
     Setting(
         "graph_run_ttl",
@@ -215,16 +216,16 @@ SETTINGS: tuple[Setting, ...] = (
         7 * 86400,
         POSITIVE_INT,
         "the longest a run may last, in seconds; keys of an unfinished run expire after this",
-        shown="`604800` (7 days)",
+        unit="s",
     ),
     Setting(
         "graph_store_ttl",
         "CELERY_GRAPH_STORE_TTL",
         7 * 86400,
         POSITIVE_INT,
-        "seconds a stored graph is kept after its last use (each submission and each load "
-        "refreshes it)",
-        shown="`604800` (7 days), sliding",
+        "seconds a stored graph is kept after its last use (sliding: each submission and "
+        "each load refreshes it)",
+        unit="s",
     ),
     Setting(
         "graph_cache_size",
@@ -239,7 +240,7 @@ SETTINGS: tuple[Setting, ...] = (
         16 << 20,
         POSITIVE_INT,
         "a larger encoded result fails the run (`ResultTooLarge`)",
-        shown="`16777216` (16 MiB)",
+        unit="bytes",
     ),
     Setting(
         "graph_queued_lease",
@@ -577,7 +578,13 @@ def _shown(s: Setting) -> str:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     text = f'`"{value}"`' if isinstance(value, str) else f"`{value}`"
-    return text + (" s" if "seconds" in s.kind.rule else "")
+    unit = "s" if "seconds" in s.kind.rule else s.unit
+    if unit == "s" and value >= 86400 and value % 86400 == 0:
+        days = value // 86400
+        return f"{text} s ({days} day{'s' if days > 1 else ''})"
+    if unit == "bytes" and value % (1 << 20) == 0:
+        return f"{text} bytes ({value >> 20} MiB)"
+    return f"{text} {unit}".rstrip()
 
 
 def _table(header: str, rows: Iterable[Setting], label: Callable[[Setting], str]) -> str:

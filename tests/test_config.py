@@ -24,38 +24,30 @@ from celery_graph.config import (
 from celery_graph.errors import ConfigurationError, NoGraphRedis
 
 # per kind of value: one from app.conf, one from the environment, and what each reads as
-GOOD: dict[str, tuple[Any, str, Any, Any]] = {
-    "a key prefix": ("app:wf", "env:wf", "app:wf", "env:wf"),
-    "text": ("10.0.0.1", "127.0.0.1", "10.0.0.1", "127.0.0.1"),
-    "a positive integer": (7, "8", 7, 8),
-    "an integer, 0 or more": (0, "9", 0, 9),
-    "a positive number of seconds": (1.5, "2.5", 1.5, 2.5),
-    "a number of seconds, 0 or more": (0, "0.5", 0.0, 0.5),
-    "a port number, 1-65535": (9808, "9809", 9808, 9809),
+GOOD: dict[config.Kind, tuple[Any, str, Any, Any]] = {
+    config.PREFIX: ("app:wf", "env:wf", "app:wf", "env:wf"),
+    config.POSITIVE_INT: (7, "8", 7, 8),
+    config.COUNT: (0, "9", 0, 9),
+    config.POSITIVE_SECONDS: (1.5, "2.5", 1.5, 2.5),
+    config.SECONDS: (0, "0.5", 0.0, 0.5),
+    config.REDIS_URL: (
+        "redis://127.0.0.1:1/0",
+        "redis+cluster://127.0.0.1:2,127.0.0.1:3",
+        "redis://127.0.0.1:1/0",
+        "redis+cluster://127.0.0.1:2,127.0.0.1:3",
+    ),
+    config.JSON_OBJECT: ({"b": 1, "a": [2]}, '{"x": true}', '{"a": [2], "b": 1}', '{"x": true}'),
 }
-GOOD[config.REDIS_URL.rule] = (
-    "redis://127.0.0.1:1/0",
-    "redis+cluster://127.0.0.1:2,127.0.0.1:3",
-    "redis://127.0.0.1:1/0",
-    "redis+cluster://127.0.0.1:2,127.0.0.1:3",
-)
-GOOD[config.JSON_OBJECT.rule] = (
-    {"b": 1, "a": [2]},
-    '{"x": true}',
-    '{"a": [2], "b": 1}',
-    '{"x": true}',
-)
 
 # per kind: malformed values, the same from app.conf and (as text) from the environment
-BAD: dict[str, list[Any]] = {
-    "a key prefix": ["bad {prefix}", "a::b", ":a"],
-    "a positive integer": [0, -3, "abc", 1.5, "1e3x", True],
-    "an integer, 0 or more": [-1, "many", 2.5],
-    "a positive number of seconds": [0, -0.5, "soon", "inf", "nan"],
-    "a number of seconds, 0 or more": [-1, "later", "inf"],
-    "a port number, 1-65535": [0, 65536, "http"],
-    config.REDIS_URL.rule: ["http://example.invalid", "localhost:6379"],
-    config.JSON_OBJECT.rule: ["[1, 2]", "{not json", "3"],
+BAD: dict[config.Kind, list[Any]] = {
+    config.PREFIX: ["bad {prefix}", "a::b", ":a"],
+    config.POSITIVE_INT: [0, -3, "abc", 1.5, "1e3x", True],
+    config.COUNT: [-1, "many", 2.5],
+    config.POSITIVE_SECONDS: [0, -0.5, "soon", "inf", "nan"],
+    config.SECONDS: [-1, "later", "inf"],
+    config.REDIS_URL: ["http://example.invalid", "localhost:6379"],
+    config.JSON_OBJECT: ["[1, 2]", "{not json", "3"],
 }
 
 
@@ -86,7 +78,7 @@ def test_the_table_names_every_field_of_settings_once() -> None:
 def test_a_setting_comes_from_the_app_then_the_environment_then_the_default(
     row: config.Setting, clean_env: pytest.MonkeyPatch
 ) -> None:
-    conf_value, env_text, from_conf, from_env = GOOD[row.kind.rule]
+    conf_value, env_text, from_conf, from_env = GOOD[row.kind]
     default = new_app().conf.broker_url if row.name == "graph_redis_url" else row.default
     assert getattr(Settings.from_app(new_app()), row.field) == default
     clean_env.setenv(row.env, env_text)
@@ -98,7 +90,7 @@ def test_a_setting_comes_from_the_app_then_the_environment_then_the_default(
 
 @pytest.mark.parametrize(
     ("row", "bad"),
-    [(s, bad) for s in SETTINGS for bad in BAD[s.kind.rule]],
+    [(s, bad) for s in SETTINGS for bad in BAD[s.kind]],
     ids=lambda v: v.name if isinstance(v, config.Setting) else repr(v),
 )
 def test_a_malformed_setting_is_one_error_naming_it_and_the_value(
