@@ -587,24 +587,20 @@ def _shown(s: Setting) -> str:
     return f"{text} {unit}".rstrip()
 
 
-def _table(header: str, rows: Iterable[Setting], label: Callable[[Setting], str]) -> str:
-    lines = [
-        f"| {header} | environment variable | default | accepts | what it does |",
-        "|---|---|---|---|---|",
-    ]
+def _table(header: str, rows: Iterable[Setting], names: Callable[[Setting], list[str]]) -> str:
+    lines = [f"| {header} | default | accepts | what it does |", "|---|---|---|---|"]
     for s in rows:
-        rule = s.kind.rule.replace("|", "\\|")
-        lines.append(f"| {label(s)} | `{s.env}` | {_shown(s)} | {rule} | {s.doc} |")
+        cell = "<br>".join(f"`{name}`" for name in names(s))
+        lines.append(f"| {cell} | {_shown(s)} | {s.kind.rule} | {s.doc} |")
     return "\n".join(lines) + "\n"
 
 
 def settings_table() -> str:
     """The Markdown table of ``SETTINGS`` that docs/configuration.md shows."""
-    return _table("Celery setting", SETTINGS, lambda s: f"`{s.name}`")
+    return _table("Celery setting<br>environment variable", SETTINGS, lambda s: [s.name, s.env])
 
 
 def worker_settings_table() -> str:
     """The Markdown table of ``WORKER_SETTINGS`` that docs/configuration.md shows."""
-    return _table(
-        "`celery worker` option", WORKER_SETTINGS, lambda s: f"`{s.flag}`" if s.flag else "-"
-    )
+    header = "`celery worker` option<br>environment variable"
+    return _table(header, WORKER_SETTINGS, lambda s: [s.flag, s.env] if s.flag else [s.env])
