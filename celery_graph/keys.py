@@ -31,7 +31,10 @@ A run started with an idempotency key has the key's digest as its run id, so the
 its run are one record and expire together.
 
 All keys of one run carry the ``{R}`` hash tag, so a Lua script touching several of
-them stays in one Redis Cluster slot.
+them stays in one Redis Cluster slot. Every run script takes the eight keys every run has
+in one order, :class:`RunKeys` (``KEYS[1..8]``, named once in Lua as ``K`` by
+``state/lua/lib/run.lua``), and its own keys (a join's, a map's) after them; the worker
+scripts take :class:`WorkerKeys` the same way (``W``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from .errors import ConfigurationError
 
@@ -71,6 +75,43 @@ def check_prefix(prefix: str) -> str:
             "leading/trailing colon)"
         )
     return prefix
+
+
+class RunKeys(NamedTuple):
+    """The keys every run has, in the one order every run script takes them as
+    ``KEYS[1..8]`` (lua/lib/run.lua reads them once, as ``K.run``, ``K.results``, ...)."""
+
+    run: str
+    results: str
+    nodes: str
+    sinks: str
+    done: str
+    state: str
+    leases: str
+    queued: str
+
+
+# The Redis type of each of them (the scripts' headers say the same; a test checks).
+RUN_KEY_TYPES = {
+    "run": "hash",
+    "results": "hash",
+    "nodes": "hash",
+    "sinks": "set",
+    "done": "list",
+    "state": "hash",
+    "leases": "zset",
+    "queued": "zset",
+}
+
+
+class WorkerKeys(NamedTuple):
+    """A worker's two keys, in the order the worker scripts take them (``W`` in Lua)."""
+
+    entry: str
+    metrics: str
+
+
+WORKER_KEY_TYPES = {"entry": "hash", "metrics": "hash"}
 
 
 class Keys:
@@ -137,17 +178,23 @@ class Keys:
     def reconciler_lock(self) -> str:
         return f"{self.prefix}:reconciler"
 
+    def run_layout(self, run_id: str) -> RunKeys:
+        """The run's keys in the order every run script takes them."""
+        return RunKeys(
+            run=self.run(run_id),
+            results=self.results(run_id),
+            nodes=self.nodes(run_id),
+            sinks=self.sinks(run_id),
+            done=self.done(run_id),
+            state=self.state(run_id),
+            leases=self.leases(run_id),
+            queued=self.queued(run_id),
+        )
+
     def run_keys(self, run_id: str, joins: Iterable[str], maps: Iterable[str] = ()) -> list[str]:
-        """Every key a run may create, for expiry when it ends."""
+        """Every key a run may create: its layout, then its joins' and maps' arrivals."""
         return [
-            self.run(run_id),
-            self.results(run_id),
-            self.nodes(run_id),
-            self.sinks(run_id),
-            self.done(run_id),
-            self.state(run_id),
-            self.leases(run_id),
-            self.queued(run_id),
+            *self.run_layout(run_id),
             *(self.join(run_id, j) for j in joins),
             *(self.map(run_id, m) for m in maps),
         ]
@@ -162,6 +209,10 @@ class Keys:
 
     def worker_metrics(self, hostname: str) -> str:
         return f"{self.prefix}:worker:{{{hostname}}}:metrics"
+
+    def worker_layout(self, hostname: str) -> WorkerKeys:
+        """A worker's keys in the order the worker scripts take them."""
+        return WorkerKeys(self.worker(hostname), self.worker_metrics(hostname))
 
     def run_metrics(self) -> str:
         """Run-level counters and the run-duration histogram, for every worker to serve."""
