@@ -2,7 +2,7 @@
 
 from .compiler import Declarations, GroupDecl, NodeDecl, Param, compile_graph
 from .spec import GraphSpec, NodeSpec, tree_ids
-from .status import FINAL_STATES, NodeStatus, Outcome, RunStatus
+from .status import FINAL_STATES, NodeRecord, NodeStatus, Outcome, RunStatus
 
 __all__ = [
     "Declarations",
@@ -14,6 +14,7 @@ __all__ = [
     "NodeSpec",
     "tree_ids",
     "FINAL_STATES",
+    "NodeRecord",
     "NodeStatus",
     "Outcome",
     "RunStatus",

@@ -16,6 +16,41 @@ def _time(value: str | None) -> float | None:
     return float(value) if value else None
 
 
+def _stamp(value: float | None) -> str:
+    return "" if value is None else f"{value:.6f}"
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """What the latest attempt at a node (or at a unit of a map) recorded: the field
+    ``"<field>:run"`` of the run's node state, packed ``"attempts|started|finished|worker"``
+    (server times as text, the worker's Celery hostname). The Lua scripts read and write
+    the same text (state/lua/lib/node_record.lua); this is its one reader in Python.
+
+    >>> NodeRecord.parse("2|1700000000.250000||w1@host")
+    NodeRecord(attempts=2, started=1700000000.25, finished=None, worker='w1@host')
+    """
+
+    attempts: int = 0
+    started: float | None = None
+    finished: float | None = None
+    worker: str | None = None
+
+    @classmethod
+    def parse(cls, raw: str | bytes | None) -> NodeRecord:
+        """The record packed in ``raw``; an empty record when there is none."""
+        if raw is None:
+            return cls()
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        attempts, started, finished, worker = [*text.split("|", 3), "", "", ""][:4]
+        return cls(int(attempts or 0), _time(started), _time(finished), worker or None)
+
+    def format(self) -> str:
+        """The packed text, as the scripts write it."""
+        started, finished = _stamp(self.started), _stamp(self.finished)
+        return f"{self.attempts}|{started}|{finished}|{self.worker or ''}"
+
+
 @dataclass(frozen=True)
 class NodeStatus:
     """One node of a run. ``state``: pending (not released yet), queued (published, not
@@ -38,19 +73,17 @@ class NodeStatus:
         cls, node_id: str, fields: dict[str, str], lease: float | None = None
     ) -> NodeStatus:
         """One node's status from the run's node-state hash ("<node>:<field>" -> value;
-        "<node>:run" packs "attempts|started|finished|worker")."""
+        "<node>:run" is a NodeRecord)."""
         state = fields.get(f"{node_id}:state") or "pending"
         if state == "skipping":  # released as a skip, not yet passed on
             state = "skipped"
-        attempts, started, finished, worker = (
-            [*fields.get(f"{node_id}:run", "0|||").split("|", 3), "", "", "", ""]
-        )[:4]
+        record = NodeRecord.parse(fields.get(f"{node_id}:run"))
         return cls(
             state=state,
-            attempts=int(attempts or 0),
-            worker=worker or None,
-            started=_time(started),
-            finished=_time(finished),
+            attempts=record.attempts,
+            worker=record.worker,
+            started=record.started,
+            finished=record.finished,
             error=parse_error(fields.get(f"{node_id}:error")),
             queued=_time(fields.get(f"{node_id}:queued")),
             lease=lease,
