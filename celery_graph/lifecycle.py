@@ -18,7 +18,7 @@ from typing import Any
 from .dispatch import continue_canvas, publish_nodes
 from .model import GraphSpec
 from .signals import run_finished
-from .state import Arrival, State
+from .state import Arrival, Continuation, Finish, State
 
 logger = logging.getLogger("celery_graph")
 
@@ -61,7 +61,8 @@ def end_run(
     record), then run the end-of-run hooks. True if this call ended it. ``guard`` is the
     result field of a failing message: when a result is stored there, the failure is a
     failing copy of a message that succeeded, and changes nothing."""
-    ended = state.scripts.finish(run_id, status, node_id, error, guard=guard, unsent=unsent) == 1
+    finished = state.scripts.finish(run_id, status, node_id, error, guard=guard, unsent=unsent)
+    ended = finished == Finish.ENDED
     if ended:
         run_finished.send(sender=app, app=app, run_id=run_id, state=state)
         after_run(app, state, run_id)
@@ -77,8 +78,8 @@ def after_run(app: Any, state: State, run_id: str) -> bool:
         logger.warning("celery-graph: could not index the end of run %s", run_id, exc_info=True)
     try:
         claim = state.scripts.continuation(run_id, "claim", CONTINUATION_HOLD)
-        if claim != "claimed":
-            return claim in ("none", "done")
+        if claim != Continuation.CLAIMED:
+            return claim in (Continuation.NONE, Continuation.DONE)
         request = state.runs.continuation(run_id)
         outcome = state.runs.outcome(run_id)
         if request is None or outcome is None:

@@ -35,7 +35,7 @@ from .errors import CeleryGraphError, DeadlineExceeded, NodeLost, StoreError, St
 from .lifecycle import after_run, end_run, settle
 from .model import GraphSpec
 from .protocol import NodeMessage
-from .state import Reclaim, State, state_for
+from .state import Expiry, Mode, Reclaim, State, Verdict, state_for
 
 logger = logging.getLogger("celery_graph.reconcile")
 
@@ -103,10 +103,10 @@ class Reconciler:
 
     def reconcile(self, state: State, run_id: str, report: Sweep, depths: dict[str, int]) -> None:
         r = state.scripts.reclaim(run_id)
-        if r.verdict == "gone":
+        if r.verdict == Verdict.GONE:
             state.runs.forget(run_id)
             return
-        if r.verdict == "ended":
+        if r.verdict == Verdict.ENDED:
             state.runs.index_ended(run_id)  # in case the process that ended it did not
             if not r.pending_continuation:
                 state.runs.forget(run_id)
@@ -114,7 +114,7 @@ class Reconciler:
                 report.continued.append(run_id)
                 state.runs.forget(run_id)
             return
-        if r.verdict == "deadline":
+        if r.verdict == Verdict.DEADLINE:
             error = error_record(
                 "",
                 DeadlineExceeded.__name__,
@@ -124,7 +124,7 @@ class Reconciler:
             end_run(self.app, state, run_id, "failed", error=error)
             report.failed.append(run_id)
             return
-        if r.verdict == "poison":
+        if r.verdict == Verdict.POISON:
             assert r.poison is not None
             field_, lost, worker = r.poison
             error = exception_record(node_of(field_), NodeLost.after(field_, lost, worker))
@@ -164,19 +164,19 @@ class Reconciler:
         again: list[str] = []
         wait: list[str] = []
         for name, kind, queued in r.expired:
-            if kind == "skip":
+            if kind == Expiry.SKIP:
                 arrival = state.scripts.complete(spec, run_id, spec.nodes[name], "", kind="skipped")
                 settle(self.app, state, spec, run_id, arrival)
                 report.skips += 1
                 continue
-            if kind == "map":  # every unit arrived; the worker completing it died
+            if kind == Expiry.MAP:  # every unit arrived; the worker completing it died
                 count = state.scripts.map_count(run_id, name)
                 result = state.scripts.map_results(run_id, name, count)
                 arrival = state.scripts.complete(spec, run_id, spec.nodes[name], result)
                 settle(self.app, state, spec, run_id, arrival)
                 report.maps += 1
                 continue
-            if kind == "queued":
+            if kind == Expiry.QUEUED:
                 node = spec.nodes[node_of(name)]
                 queue = queue_of(self.app, node)
                 if queue not in depths:
@@ -188,7 +188,7 @@ class Reconciler:
             again.append(name)
         report.extended += len(wait)  # left as they are: looked at again a lease later
         if again:
-            state.scripts.lease(run_id, "redeliver", state.settings.queued_lease, again)
+            state.scripts.lease(run_id, Mode.REDELIVER, state.settings.queued_lease, again)
             self._publish(state, spec, run_id, again)
             report.redelivered += [f"{run_id}:{f}" for f in again]
             logger.warning(

@@ -14,7 +14,7 @@ from ..errors import RunTimeout, StoreUnavailable
 from ..lifecycle import end_run, settle
 from ..model import FINAL_STATES, GraphSpec, RunStatus
 from ..protocol import NodeMessage
-from ..state import WAIT_SLICE, Arrival, State, state_for
+from ..state import WAIT_SLICE, Arrival, Ended, State, Stored, state_for
 
 
 class GraphRun:
@@ -152,7 +152,7 @@ class GraphRun:
         # a publish that fails here is recovered by the reconciler: the nodes are leased
         publish_nodes(self._app, spec, self.id, frontier)
         if skips:  # skips the run ended before passing on (their leases cover a failure)
-            settle(self._app, state, spec, self.id, Arrival(0, 0, [], skips))
+            settle(self._app, state, spec, self.id, Arrival(Stored.KEPT, Ended.NO, [], skips))
         by_map: dict[str, list[int]] = {}
         for node_id, index in items:
             by_map.setdefault(node_id, []).append(index)

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator
 
 from ..errors import CeleryGraphError
-from ..state import State
+from ..state import Mode, State
 
 logger = logging.getLogger("celery_graph")
 
@@ -65,7 +65,7 @@ class LeaseKeeper:
             by_run.setdefault((id(state), run_id), (state, []))[1].append(field)
         for (_, run_id), (state, fields) in by_run.items():
             try:
-                state.scripts.lease(run_id, "renew", state.settings.running_lease, fields)
+                state.scripts.lease(run_id, Mode.RENEW, state.settings.running_lease, fields)
             except CeleryGraphError as exc:  # the lease may run out: a duplicate, not a loss
                 logger.warning("celery-graph: could not renew leases of run %s: %s", run_id, exc)
 

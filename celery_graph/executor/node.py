@@ -43,7 +43,7 @@ from ..errors import (
 from ..lifecycle import after_run, end_run, settle
 from ..model import GraphSpec, NodeSpec
 from ..protocol import Branch, NodeMessage
-from ..state import State, state_for
+from ..state import Begin, Ended, State, Stored, state_for
 from .leases import keeper
 
 # a chunk stores its items' results at least this often (and at its end, and before a
@@ -77,13 +77,13 @@ class NodeRun:
         begun = self.state.scripts.begin(
             m.run_id, m.result_field, self.hostname, self.upstream, expands
         )
-        if begun.status == "deadline":
+        if begun.status == Begin.DEADLINE:
             raise DeadlineExceeded(
                 f"run {m.run_id} passed its deadline before node {m.node_id!r} started"
             )
-        if begun.status == "poison":
+        if begun.status == Begin.POISON:
             raise NodeLost.after(m.result_field, begun.attempt, begun.worker)
-        if begun.status != "running":
+        if begun.status != Begin.RUNNING:
             logger.info(
                 "celery-graph: run %s is %s; node %s not run",
                 m.run_id,
@@ -147,7 +147,10 @@ class NodeRun:
 
         def flush() -> bool:
             nonlocal last
-            running = not pending or self.state.scripts.store_items(m.run_id, node.id, pending) >= 0
+            running = (
+                not pending
+                or self.state.scripts.store_items(m.run_id, node.id, pending) != Stored.NOT_RUNNING
+            )
             pending.clear()
             last = time.monotonic()
             return running
@@ -331,7 +334,7 @@ def fail_node(app: Any, message: NodeMessage, error: str, traceback: str = "") -
         error_json=error,
         traceback=f"last failure, in node {node_id!r}:\n{traceback}",
     )
-    if arrival.ended == 2:  # the group's policy broke: complete.lua failed the run
+    if arrival.ended == Ended.FAILED:  # the group's policy broke: complete.lua failed the run
         after_run(app, state, run_id)
         return True
     settle(app, state, spec, run_id, arrival)

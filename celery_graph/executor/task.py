@@ -30,7 +30,7 @@ from ..dispatch import redeliver
 from ..errors import BrokerUnavailable, CeleryGraphError, StoreUnavailable, UnknownTask
 from ..protocol import CALL_TASK, GRAPH_KWARG, NodeMessage, graph_fields
 from ..reconcile import SweepThread
-from ..state import state_for
+from ..state import Mode, state_for
 from .node import NodeRun, fail_node
 
 logger = get_task_logger("celery_graph")
@@ -182,7 +182,7 @@ def _node_retried(sender: Any = None, request: Any = None, reason: Any = None, *
         state = state_for(sender.app)
         state.scripts.lease(
             message.run_id,
-            "requeue",
+            Mode.REQUEUE,
             float(when or 0) + state.settings.queued_lease,
             [message.result_field],
             attempt,

@@ -18,8 +18,21 @@ from ..config import Settings
 from ..keys import Keys
 from .connection import WAIT_SLICE, client_for, translated, translating, wait_client_for
 from .graphs import GraphStore
+from .replies import (
+    Arrival,
+    Begin,
+    Begun,
+    Continuation,
+    Ended,
+    Expiry,
+    Finish,
+    Mode,
+    Reclaim,
+    Stored,
+    Verdict,
+)
 from .runs import RunStore
-from .scripts import Arrival, Begun, Reclaim, Scripts
+from .scripts import Scripts
 from .shared import SharedState
 from .workers import WorkerStore
 
@@ -74,4 +87,19 @@ def state_for(app: Any) -> State:
         return state
 
 
-__all__ = ["WAIT_SLICE", "Arrival", "Begun", "Reclaim", "State", "state_for"]
+__all__ = [
+    "WAIT_SLICE",
+    "Arrival",
+    "Begin",
+    "Begun",
+    "Continuation",
+    "Ended",
+    "Expiry",
+    "Finish",
+    "Mode",
+    "Reclaim",
+    "State",
+    "Stored",
+    "Verdict",
+    "state_for",
+]

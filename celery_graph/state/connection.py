@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -119,6 +120,37 @@ def _sentinel(url: str, options: dict[str, Any], timeouts: dict[str, Any]) -> An
     return sentinel.master_for(master, db=db, **auth, **options, **timeouts)
 
 
+# A line ``-- @include "name"`` of a script stands for ``lua/lib/name.lua``.
+INCLUDE = re.compile(r'^-- @include "([a-z_]+)"[ \t]*$', re.MULTILINE)
+
+
 def load_script(name: str) -> str:
-    """The text of ``lua/<name>.lua``, shipped as package data."""
-    return (resources.files(__package__) / "lua" / f"{name}.lua").read_text()
+    """The text of ``lua/<name>.lua`` (package data) with each ``-- @include "lib"`` line
+    replaced by ``lua/lib/<lib>.lua``: a library's own includes come before it, and each
+    library comes once."""
+    return resolve_includes(_lua(f"{name}.lua"), f"{name}.lua")
+
+
+def _lua(path: str) -> str:
+    return (resources.files(__package__) / "lua" / path).read_text()
+
+
+def resolve_includes(text: str, where: str, seen: set[str] | None = None) -> str:
+    """``text`` (the Lua file ``where``) with its includes resolved; ``seen``: the
+    libraries already in place."""
+    seen = set() if seen is None else seen
+
+    def include(match: re.Match[str]) -> str:
+        lib = match.group(1)
+        if lib in seen:
+            return f"-- (lib/{lib}.lua: above)"
+        seen.add(lib)
+        try:
+            body = _lua(f"lib/{lib}.lua")
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{where} includes lib/{lib}.lua, which does not exist"
+            ) from None
+        return resolve_includes(body, f"lib/{lib}.lua", seen).rstrip("\n")
+
+    return INCLUDE.sub(include, text)

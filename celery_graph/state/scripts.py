@@ -3,14 +3,17 @@
 
 Each script documents its KEYS and ARGV in its header. Every key a script touches is
 passed in KEYS and belongs to one run, so all of them share the run's ``{run_id}`` hash
-tag. Every time a script compares or records is the Redis server's clock (``TIME``).
+tag. Every script takes the run's keys first, in the one order ``Keys.run_layout`` builds
+(``_run`` passes them; lua/lib/run.lua names them ``K``), then its own. Every time a
+script compares or records is the Redis server's clock (``TIME``, lua/lib/clock.lua).
+The scripts' answers are decoded here into ``replies``' values and enums.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import Any
 
 import redis
 
@@ -19,6 +22,19 @@ from ..errors import BarrierError, RunNotResumable
 from ..keys import Keys
 from ..model import GraphSpec, NodeSpec
 from .connection import load_script, translating
+from .replies import (
+    Arrival,
+    Begin,
+    Begun,
+    Continuation,
+    Ended,
+    Expiry,
+    Finish,
+    Mode,
+    Reclaim,
+    Stored,
+    Verdict,
+)
 
 # The most successors, items or fields one call handles: a call stays a few milliseconds
 # long at 100,000 nodes, so it never blocks Redis for everyone else.
@@ -43,40 +59,6 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class Begun(NamedTuple):
-    """What begin.lua answered."""
-
-    status: str | None  # running, deadline, poison, done, or the run's final status / None
-    inputs: bytes | None  # the run inputs (JSON)
-    own: bytes | None  # the node's stored result: it ran already
-    upstream: list[bytes | None]  # results of the upstream nodes, in the order asked
-    attempt: int = 0  # this attempt's number (when the node is called); "poison": times lost
-    worker: str = ""  # "poison": the worker that last lost it
-
-
-class Arrival(NamedTuple):
-    """What complete.lua answered for one arrival."""
-
-    stored: int  # 1 stored now, 0 already stored, -1 run not running, -2 failure ignored
-    ended: int  # 1 this arrival ended the run as succeeded, 2 as failed (group policy)
-    publish: list[str]  # successors this arrival released (marked published): publish them
-    skipped: list[str]  # successors that will not run (all their arrivals were skips)
-
-
-@dataclass(frozen=True)
-class Reclaim:
-    """What reclaim.lua answered: see there."""
-
-    verdict: str  # gone, ended, deadline, poison, ok
-    pending_continuation: bool = False
-    poison: tuple[str, int, str] | None = None  # field, times lost, last worker
-    now: float = 0.0
-    next_running: float | None = None  # the earliest running lease left
-    next_queued: float | None = None  # the earliest queued lease left (it may have run out)
-    # (field, kind: lost | queued | skip, when it was last published or 0)
-    expired: tuple[tuple[str, str, float], ...] = ()
-
-
 class Scripts:
     """Runs the scripts against one Redis client under one key prefix."""
 
@@ -86,23 +68,11 @@ class Scripts:
         self.settings = settings
         self._scripts = {name: client.register_script(load_script(name)) for name in SCRIPTS}
 
-    def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
+    def _run(self, name: str, run_id: str, args: list[Any], own: Sequence[str] = ()) -> Any:
+        """Run script ``name`` on run ``run_id``: the run's keys, then the script's own."""
+        keys = [*self.keys.run_layout(run_id), *own]
         with translating(f"running {name}.lua"):
             return self._scripts[name](keys=keys, args=args)
-
-    def _run_keys(self, run_id: str) -> list[str]:
-        """The keys every run has (joins' and maps' arrivals expire by themselves)."""
-        k = self.keys
-        return [
-            k.run(run_id),
-            k.results(run_id),
-            k.nodes(run_id),
-            k.done(run_id),
-            k.sinks(run_id),
-            k.state(run_id),
-            k.leases(run_id),
-            k.queued(run_id),
-        ]
 
     # -- a run ---------------------------------------------------------------------------
 
@@ -117,10 +87,9 @@ class Scripts:
         """Create the run; (True, server time) when created, (False, status) when a run
         with this id exists already."""
         k = self.keys
-        others = [
-            key
-            for key in k.run_keys(run_id, spec.joins, spec.maps)
-            if key not in (k.run(run_id), k.nodes(run_id), k.queued(run_id))
+        arrivals = [
+            *(k.join(run_id, j) for j in spec.joins),
+            *(k.map(run_id, m) for m in spec.maps),
         ]
         args: list[Any] = [
             spec.graph_id,
@@ -134,9 +103,7 @@ class Scripts:
         ]
         for root in spec.roots:
             args += [root, spec.nodes[root].delay]
-        created, detail = self._call(
-            "start", [k.run(run_id), k.nodes(run_id), k.queued(run_id), *others], args
-        )
+        created, detail = self._run("start", run_id, args, arrivals)
         return bool(created), _text(detail)
 
     def begin(
@@ -149,10 +116,9 @@ class Scripts:
     ) -> Begun:
         """Record the start of ``field`` (a node id, or "<node>#<i>" for a map item) and
         read the results of ``upstream_ids`` (a long list in parts, after the script)."""
-        k = self.keys
-        reply = self._call(
+        reply = self._run(
             "begin",
-            [k.run(run_id), k.results(run_id), k.nodes(run_id), k.leases(run_id), k.queued(run_id)],
+            run_id,
             [
                 field,
                 hostname,
@@ -164,16 +130,16 @@ class Scripts:
             ],
         )
         status = _text(reply[0]) if reply and reply[0] is not None else None
-        if status == "poison":
-            return Begun(status, None, None, [], int(reply[1]), _text(reply[2]))
-        if status != "running":
-            return Begun(status, None, None, [])
+        if status == Begin.POISON:
+            return Begun(Begin.POISON, None, None, [], int(reply[1]), _text(reply[2]))
+        if status != Begin.RUNNING:
+            return Begun(_begin_status(status), None, None, [])
         if reply[2]:
-            return Begun(status, reply[1], reply[2], [])
+            return Begun(Begin.RUNNING, reply[1], reply[2], [])
         upstream = [r or None for r in reply[4:]]
         if len(upstream_ids) > PART:
             upstream += self.results_of(run_id, upstream_ids[PART:])
-        return Begun(status, reply[1], None, upstream, int(reply[3]))
+        return Begun(Begin.RUNNING, reply[1], None, upstream, int(reply[3]))
 
     def results_of(self, run_id: str, fields: list[str]) -> list[bytes | None]:
         """Stored results of ``fields``, read in parts (results never change once stored)."""
@@ -202,24 +168,16 @@ class Scripts:
         policy, with ``error_json``) or "skipped"; ``branch`` is "!a,b" when the node chose
         those successors only."""
         k = self.keys
-        base_keys = [
-            k.run(run_id),
-            k.results(run_id),
-            k.nodes(run_id),
-            k.sinks(run_id),
-            k.done(run_id),
-            k.leases(run_id),
-            k.state(run_id),
-            k.queued(run_id),
-        ]
         policy = ""
         if kind == "failed" and node.tolerant is not None:
             policy = json.dumps(spec.policies[node.tolerant])
         succs = list(node.succs)
         parts = [succs[i : i + PART] for i in range(0, len(succs), PART)] or [[]]
-        stored, ended, publish, skipped = 0, 0, [], []
+        stored, ended = Stored.KEPT, Ended.NO
+        publish: list[str] = []
+        skipped: list[str] = []
         for n, part in enumerate(parts):
-            keys = list(base_keys)
+            joins: list[str] = []
             args: list[Any] = [
                 node.id,
                 result_json,
@@ -242,19 +200,20 @@ class Scripts:
                 target = spec.nodes[succ]
                 args += [succ, len(target.preds), target.delay]
                 if target.is_join:
-                    keys.append(k.join(run_id, succ))
-            reply = self._call("complete", keys, args)
+                    joins.append(k.join(run_id, succ))
+            reply = self._run("complete", run_id, args, joins)
             if not isinstance(reply, list) or len(reply) < 3:
                 raise BarrierError(f"complete.lua answered {reply!r}")
             n_pub = int(reply[2])
             ids = [_text(s) for s in reply[3:]]
+            this = Stored(int(reply[0]))
             if n == 0:
-                stored = int(reply[0])
-            ended = ended or int(reply[1])
+                stored = this
+            ended = ended or Ended(int(reply[1]))
             publish += ids[:n_pub]
             skipped += ids[n_pub:]
-            if int(reply[0]) < 0 or ended == 2:  # not running, ignored, or failed: no more parts
-                break
+            if this in (Stored.NOT_RUNNING, Stored.IGNORED) or ended == Ended.FAILED:
+                break  # no more parts
         return Arrival(stored, ended, publish, skipped)
 
     def finish(
@@ -266,32 +225,21 @@ class Scripts:
         *,
         guard: str = "",
         unsent: bool = False,
-    ) -> int:
-        """End a running run as failed or cancelled: 1 if this call ended it, 0 if it had
-        ended already, -1 if ignored (``guard``, a result field, holds a result: the
-        failure is a failing copy of a message that succeeded)."""
+    ) -> Finish:
+        """End a running run as failed or cancelled: ENDED if this call ended it, ALREADY
+        if it had ended, IGNORED if ``guard`` (a result field) holds a result: the failure
+        is a failing copy of a message that succeeded."""
         args = [status, node_id, error_json, self.settings.result_ttl, guard, "1" if unsent else ""]
-        return int(self._call("finish", self._run_keys(run_id), args))
+        return Finish(int(self._run("finish", run_id, args)))
 
     def resume(self, run_id: str, fields: list[str], watch: list[str] | None = None) -> list[str]:
         """Reopen a failed or cancelled run and lease ``fields`` (nodes and map items) to
         be sent again, and those of ``watch`` (left running) that ended meanwhile; returns
         the latter, for the caller to send as well."""
-        k = self.keys
-        keys = [
-            k.run(run_id),
-            k.nodes(run_id),
-            k.done(run_id),
-            k.leases(run_id),
-            k.results(run_id),
-            k.sinks(run_id),
-            k.state(run_id),
-            k.queued(run_id),
-        ]
         try:
-            late = self._call(
+            late = self._run(
                 "resume",
-                keys,
+                run_id,
                 [
                     self.settings.run_ttl,
                     self.settings.queued_lease,
@@ -309,13 +257,12 @@ class Scripts:
     def expand(self, run_id: str, node: NodeSpec, count: int) -> bool:
         """Lease the units (items or chunks) of map node ``node`` with ``count`` items, in
         parts; False if it was expanded already."""
-        k = self.keys
         units = node.units(count)
         sep = "@" if node.map_chunk else "#"
         for start in range(0, units, PART * 4):
-            if not self._call(
+            if not self._run(
                 "expand",
-                [k.run(run_id), k.nodes(run_id), k.leases(run_id), k.queued(run_id)],
+                run_id,
                 [
                     node.id,
                     count,
@@ -332,20 +279,12 @@ class Scripts:
 
     def map_arrive(
         self, run_id: str, node: NodeSpec, unit: int, units: int, result_json: bytes | str
-    ) -> tuple[int, int, int]:
+    ) -> tuple[Stored, int, int]:
         """Unit ``unit`` of map node ``node`` arrived (an item with its result, or a chunk
         with ""); (stored, units arrived, items of the map)."""
-        k = self.keys
-        reply = self._call(
+        reply = self._run(
             "map_arrive",
-            [
-                k.run(run_id),
-                k.results(run_id),
-                k.nodes(run_id),
-                k.map(run_id, node.id),
-                k.leases(run_id),
-                k.queued(run_id),
-            ],
+            run_id,
             [
                 node.unit_field(unit),
                 result_json,
@@ -356,17 +295,17 @@ class Scripts:
                 node.id,
                 self.settings.running_lease,
             ],
+            [self.keys.map(run_id, node.id)],
         )
-        return int(reply[0]), int(reply[1]), int(reply[2])
+        return Stored(int(reply[0])), int(reply[1]), int(reply[2])
 
     def store_items(self, run_id: str, node_id: str, items: list[tuple[int, str]]) -> int:
         """Store the results of items of a chunked map, ``[(index, result JSON), ...]``;
-        the number stored now, or -1 when the run is no longer running."""
-        k = self.keys
+        the number stored now, or Stored.NOT_RUNNING when the run is no longer running."""
         args: list[Any] = [self.settings.run_ttl]
         for index, result_json in items:
             args += [f"{node_id}#{index}", result_json]
-        return int(self._call("item", [k.run(run_id), k.results(run_id)], args))
+        return int(self._run("item", run_id, args))
 
     def map_count(self, run_id: str, node_id: str) -> int:
         """How many items map node ``node_id`` expanded into (0 before it expanded)."""
@@ -395,38 +334,30 @@ class Scripts:
     # -- leases and the reconciler ------------------------------------------------------
 
     def lease(
-        self, run_id: str, mode: str, seconds: float, fields: list[str], attempt: int = 0
+        self, run_id: str, mode: Mode, seconds: float, fields: list[str], attempt: int = 0
     ) -> int:
         """Set leases of ``fields`` ``seconds`` from now (see lease.lua for the modes;
-        ``attempt`` for "requeue")."""
+        ``attempt`` for REQUEUE)."""
         if not fields:
             return 0
-        k = self.keys
-        return int(
-            self._call(
-                "lease",
-                [k.run(run_id), k.nodes(run_id), k.leases(run_id), k.queued(run_id)],
-                [mode, seconds, attempt or "", *fields],
-            )
-        )
+        return int(self._run("lease", run_id, [Mode(mode).value, seconds, attempt or "", *fields]))
 
     def reclaim(self, run_id: str, limit: int = 1000) -> Reclaim:
-        k = self.keys
-        reply = self._call(
-            "reclaim",
-            [k.run(run_id), k.nodes(run_id), k.leases(run_id), k.queued(run_id)],
-            [self.settings.max_lost, limit],
-        )
-        verdict = _text(reply[0])
-        if verdict == "ended":
+        reply = self._run("reclaim", run_id, [self.settings.max_lost, limit])
+        verdict = Verdict(_text(reply[0]))
+        if verdict == Verdict.ENDED:
             return Reclaim(verdict, pending_continuation=bool(int(reply[1])))
-        if verdict == "poison":
+        if verdict == Verdict.POISON:
             return Reclaim(verdict, poison=(_text(reply[1]), int(reply[2]), _text(reply[3])))
-        if verdict != "ok":
+        if verdict != Verdict.OK:
             return Reclaim(verdict)
         count = int(reply[4])
         found = [
-            (_text(reply[5 + 3 * i]), _text(reply[6 + 3 * i]), float(_text(reply[7 + 3 * i]) or 0))
+            (
+                _text(reply[5 + 3 * i]),
+                Expiry(_text(reply[6 + 3 * i])),
+                float(_text(reply[7 + 3 * i]) or 0),
+            )
             for i in range(count)
         ]
         running, queued = _text(reply[2]), _text(reply[3])
@@ -438,6 +369,17 @@ class Scripts:
             expired=tuple(found),
         )
 
-    def continuation(self, run_id: str, mode: str, hold: float = 60.0) -> str:
+    def continuation(self, run_id: str, mode: str, hold: float = 60.0) -> Continuation:
         """Claim ("claim") or finish ("done") the continuation of the canvas a run sits in."""
-        return _text(self._call("continue", [self.keys.run(run_id)], [mode, hold]))
+        if mode not in ("claim", "done"):
+            raise ValueError(f"continuation mode {mode!r}: use 'claim' or 'done'")
+        return Continuation(_text(self._run("continue", run_id, [mode, hold])))
+
+
+def _begin_status(status: str | None) -> str | None:
+    """begin.lua's first answer when the node is not called: a Begin, or the status of a
+    run that is not running (None when the run is gone)."""
+    try:
+        return Begin(status)
+    except ValueError:
+        return status

@@ -23,10 +23,10 @@ class SharedState:
         self._write = client.register_script(load_script("shared"))
 
     def _call(self, run_id: str, op: str, key: str, value: Any) -> Any:
-        k = self.keys
+        keys = list(self.keys.run_layout(run_id))
         try:
             with translating("writing run context"):
-                return self._write(keys=[k.run(run_id), k.state(run_id)], args=[op, key, value])
+                return self._write(keys=keys, args=[op, key, value])
         except ResponseError as exc:
             raise RunNotFound(f"run {run_id}: {exc}; its shared state is not written") from exc
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from ..keys import Keys
 from .connection import load_script, translated
+from .replies import Beat, NameClaim
 
 REDIS_REQUIRED = (6, 2)  # GETEX, BLMOVE, ZRANGE BYSCORE...
 
@@ -79,7 +80,7 @@ class WorkerStore:
     # -- the registry ----------------------------------------------------------------
 
     def _pair(self, hostname: str) -> list[str]:
-        return [self.keys.worker(hostname), self.keys.worker_metrics(hostname)]
+        return list(self.keys.worker_layout(hostname))
 
     def claim(
         self,
@@ -112,7 +113,7 @@ class WorkerStore:
             ),
         )
         reply = [_text(x) for x in reply]
-        if reply[0] == "claimed":
+        if reply[0] == NameClaim.CLAIMED:
             self._index(hostname, float(reply[1]), ttl)
             return Claim(True, float(reply[1]))
         return Claim(False, 0.0, reply[1], int(reply[2] or 0), reply[3], float(reply[4]))
@@ -131,10 +132,10 @@ class WorkerStore:
                 args=[token, ttl, "" if in_flight is None else in_flight, *flat],
             ),
         )
-        status, now = _text(reply[0]), float(_text(reply[1]))
-        if status == "ok":
+        status, now = Beat(_text(reply[0])), float(_text(reply[1]))
+        if status == Beat.OK:
             self._index(hostname, now, ttl)
-        return status == "ok"
+        return status == Beat.OK
 
     def _index(self, hostname: str, now: float, ttl: int) -> None:
         index = self.keys.workers_index()

@@ -30,14 +30,16 @@
 -- dies between parts leaves the node "running" with its result stored: its lease runs
 -- out, the reconciler sends it again, and the copy arrives everywhere again (idempotent).
 --
--- KEYS[1] run record          (hash)
--- KEYS[2] run results         (hash)
--- KEYS[3] run node state      (hash)
--- KEYS[4] finished sinks      (set)
--- KEYS[5] completion signal   (list)
--- KEYS[6] running leases      (zset: field -> lease expiry; skips to pass on go here too)
--- KEYS[7] run shared state    (hash; only expired here)
--- KEYS[8] queued leases       (zset: released successors wait here until they start)
+-- KEYS[1] K.run      run record          (hash)
+-- KEYS[2] K.results  run results         (hash)
+-- KEYS[3] K.nodes    run node state      (hash)
+-- KEYS[4] K.sinks    finished sinks      (set)
+-- KEYS[5] K.done     completion signal   (list)
+-- KEYS[6] K.state    run shared state    (hash; only expired here)
+-- KEYS[7] K.leases   running leases      (zset: field -> lease expiry; skips to pass on
+--                                         go here too)
+-- KEYS[8] K.queued   queued leases       (zset: released successors wait here until they
+--                                         start)
 -- KEYS[9 ..] arrivals of each join successor (hash), in the order of ARGV's successors;
 --            a join's arrivals expire after the result ttl once it is released
 -- ARGV[1] node id
@@ -58,96 +60,84 @@
 -- ARGV[16] "1" when the node has two successors or more (its choice is pinned), else ""
 -- ARGV[17 ..] S triples: successor id, its number of predecessors, its start delay
 --
--- Returns {stored, ended, P, P ids to publish ..., ids skipped ...}: stored is 1 when this
--- call stored the result, 0 when a result was there already, -1 when the run is not
--- running, -2 when a failure was ignored (a result is stored); ended is 1 when this call ended the run as succeeded, 2 as failed (a broken
--- group policy).
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local nowstr = string.format('%.6f', now)
-local node = ARGV[1]
-local kind = ARGV[10]
-local run_ttl = ARGV[4]
-local nsucc = tonumber(ARGV[6])
-local first = ARGV[14] == '1'
-local last = ARGV[15] == '1'
+-- Returns {stored, ended, P, P ids to publish ..., ids skipped ...}: stored is a Stored
+-- (STORED by this call, KEPT when a result was there already, NOT_RUNNING when the run is
+-- not running, IGNORED when a failure was ignored because a result is stored); ended is
+-- an Ended (SUCCEEDED when this call ended the run as succeeded, FAILED as failed by a
+-- broken group policy, else NO).
+-- @include "clock"
+-- @include "run"
+-- @include "node_record"
+local node, result, nsinks = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local run_ttl, result_ttl = ARGV[4], ARGV[5]
+local nsucc, lease = tonumber(ARGV[6]), tonumber(ARGV[7])
+local error_json, branch, kind = ARGV[8], ARGV[9], ARGV[10]
+local policy_json, group, traceback = ARGV[11], ARGV[12], ARGV[13]
+local first, last, pinned = ARGV[14] == '1', ARGV[15] == '1', ARGV[16] == '1'
+local FIRST_SUCC = 17
 
--- "<field>:run" packs what an attempt records: "attempts|started|finished|worker"
-local function finished(field, when)
-  local raw = redis.call('HGET', KEYS[3], field .. ':run') or '0|||'
-  local a, s, _, w = string.match(raw, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
-  redis.call('HSET', KEYS[3], field .. ':run', a .. '|' .. s .. '|' .. when .. '|' .. w)
-end
+local Stored = {STORED = 1, KEPT = 0, NOT_RUNNING = -1, IGNORED = -2}
+local Ended = {NO = 0, SUCCEEDED = 1, FAILED = 2}
 
-local function end_run(final, error)
-  redis.call('HSET', KEYS[1], 'status', final, 'finished', nowstr)
-  if error then
-    redis.call('HSET', KEYS[1], 'error', error)
-  end
-  redis.call('RPUSH', KEYS[5], final)
-  for i = 1, 8 do
-    redis.call('EXPIRE', KEYS[i], ARGV[5])
+local now, nowstr = server_clock()
+
+-- the branch choice is kept for a node that chose, or whose copies could disagree
+local function pin_choice()
+  if branch ~= '' or pinned then
+    redis.call('HSETNX', K.nodes, node .. ':branch', branch ~= '' and branch or '*')
   end
 end
 
-local status = redis.call('HGET', KEYS[1], 'status')
+local status = redis.call('HGET', K.run, 'status')
 if status ~= 'running' then
   if status and kind == 'ok' and first then
     -- The run ended (cancelled, or failed elsewhere) while the node ran: keep its result
     -- and its branch choice, so a resume does not call it again, and never past the
     -- expiry of the run's keys. Its arrivals are not made: ":unsettled" tells a resume to
     -- send it again, and that copy (which finds its result) makes them.
-    local ttl = redis.call('PTTL', KEYS[1])
-    redis.call('HSETNX', KEYS[2], node, ARGV[2])
-    if ARGV[9] ~= '' or ARGV[16] == '1' then
-      redis.call('HSETNX', KEYS[3], node .. ':branch', ARGV[9] ~= '' and ARGV[9] or '*')
-    end
-    redis.call('HSET', KEYS[3], node .. ':state', 'succeeded', node .. ':unsettled', '1')
-    finished(node, nowstr)
-    redis.call('ZREM', KEYS[6], node)
-    redis.call('ZREM', KEYS[8], node)
-    for i = 2, 3 do
-      if ttl > 0 and redis.call('PTTL', KEYS[i]) == -1 then
-        redis.call('PEXPIRE', KEYS[i], ttl)
-      end
-    end
+    redis.call('HSETNX', K.results, node, result)
+    pin_choice()
+    redis.call('HSET', K.nodes, node .. ':state', 'succeeded', node .. ':unsettled', '1')
+    record_finished(node, nowstr)
+    redis.call('ZREM', K.leases, node)
+    redis.call('ZREM', K.queued, node)
+    adopt_run_ttl({K.results, K.nodes})
   end
-  return {-1, 0, 0}
+  return {Stored.NOT_RUNNING, Ended.NO, 0}
 end
 
-local stored = 0
+local stored = Stored.KEPT
 if first then
   if kind == 'failed' then
-    if redis.call('HEXISTS', KEYS[2], node) == 1 then
-      return {-2, 0, 0}  -- a failing copy of a node whose result is stored: ignored
+    if redis.call('HEXISTS', K.results, node) == 1 then
+      -- a failing copy of a node whose result is stored
+      return {Stored.IGNORED, Ended.NO, 0}
     end
-    redis.call('HSET', KEYS[3], node .. ':error', ARGV[8])
+    redis.call('HSET', K.nodes, node .. ':error', error_json)
   elseif kind == 'ok' then
-    stored = redis.call('HSETNX', KEYS[2], node, ARGV[2])
-    redis.call('EXPIRE', KEYS[2], run_ttl)
-    if ARGV[9] ~= '' or ARGV[16] == '1' then
-      redis.call('HSETNX', KEYS[3], node .. ':branch', ARGV[9] ~= '' and ARGV[9] or '*')
-    end
+    stored = redis.call('HSETNX', K.results, node, result)
+    redis.call('EXPIRE', K.results, run_ttl)
+    pin_choice()
   end
 end
 if last then
   -- the final state is set in the last part: a worker that dies between parts leaves the
   -- node with its lease, and a copy arrives everywhere again
   local final = ({ok = 'succeeded', failed = 'failed', skipped = 'skipped'})[kind]
-  redis.call('HSET', KEYS[3], node .. ':state', final)
-  redis.call('HDEL', KEYS[3], node .. ':unsettled')
-  finished(node, nowstr)
-  redis.call('ZREM', KEYS[6], node)
-  redis.call('ZREM', KEYS[8], node)
+  redis.call('HSET', K.nodes, node .. ':state', final)
+  redis.call('HDEL', K.nodes, node .. ':unsettled')
+  record_finished(node, nowstr)
+  redis.call('ZREM', K.leases, node)
+  redis.call('ZREM', K.queued, node)
 end
-redis.call('EXPIRE', KEYS[3], run_ttl)
+redis.call('EXPIRE', K.nodes, run_ttl)
 
-if first and kind == 'failed' and ARGV[11] ~= '' then
-  local policy = cjson.decode(ARGV[11])
+if first and kind == 'failed' and policy_json ~= '' then
+  local policy = cjson.decode(policy_json)
   local failed = {}
   local is_failed = {}
   for _, m in ipairs(policy.members) do
-    if m == node or redis.call('HGET', KEYS[3], m .. ':state') == 'failed' then
+    if m == node or redis.call('HGET', K.nodes, m .. ':state') == 'failed' then
       failed[#failed + 1] = m
       is_failed[m] = true
     end
@@ -173,20 +163,21 @@ if first and kind == 'failed' and ARGV[11] ~= '' then
   end
   if why then
     -- this member's failure is the run's, not one its group tolerated: a resume runs it
-    redis.call('HSET', KEYS[3], node .. ':state', 'failed', node .. ':unsettled', '1')
-    finished(node, nowstr)
+    redis.call('HSET', K.nodes, node .. ':state', 'failed', node .. ':unsettled', '1')
+    record_finished(node, nowstr)
     table.sort(failed)
-    local message = "group '" .. ARGV[12] .. "' (" .. policy.kind .. ' policy): ' .. why
+    local message = "group '" .. group .. "' (" .. policy.kind .. ' policy): ' .. why
                     .. '; failed: ' .. table.concat(failed, ', ')
-    end_run('failed', cjson.encode({node = node, type = 'GroupPolicyFailed',
-                                    module = 'celery_graph.errors', message = message,
-                                    traceback = ARGV[13]}))
-    return {0, 2, 0}
+    close_run('failed', nowstr, cjson.encode({node = node, type = 'GroupPolicyFailed',
+                                              module = 'celery_graph.errors',
+                                              message = message, traceback = traceback}),
+              result_ttl)
+    return {Stored.KEPT, Ended.FAILED, 0}
   end
 end
 
 local chosen = nil
-local choice = redis.call('HGET', KEYS[3], node .. ':branch')
+local choice = redis.call('HGET', K.nodes, node .. ':branch')
 if choice and choice ~= '*' then
   chosen = {}
   for id in string.gmatch(string.sub(choice, 2), '[^,]+') do
@@ -194,14 +185,13 @@ if choice and choice ~= '*' then
   end
 end
 
-local lease = tonumber(ARGV[7])
 local publish = {}
 local skipped = {}
-local k = 9
+local k = FIRST_OWN_KEY
 for i = 0, nsucc - 1 do
-  local succ = ARGV[17 + 3 * i]
-  local npreds = tonumber(ARGV[18 + 3 * i])
-  local delay = tonumber(ARGV[19 + 3 * i])
+  local succ = ARGV[FIRST_SUCC + 3 * i]
+  local npreds = tonumber(ARGV[FIRST_SUCC + 1 + 3 * i])
+  local delay = tonumber(ARGV[FIRST_SUCC + 2 + 3 * i])
   local real = kind ~= 'skipped' and (chosen == nil or chosen[succ] == true)
   local ready = true
   local any_real = real
@@ -215,7 +205,7 @@ for i = 0, nsucc - 1 do
     ready = tonumber(redis.call('HGET', KEYS[k], '#n')) >= npreds
     any_real = tonumber(redis.call('HGET', KEYS[k], '#real') or '0') > 0
     -- once released, the arrivals only turn away late copies: kept as long as results
-    redis.call('EXPIRE', KEYS[k], ready and ARGV[5] or run_ttl)
+    redis.call('EXPIRE', KEYS[k], ready and result_ttl or run_ttl)
     k = k + 1
   end
   if ready then
@@ -223,32 +213,31 @@ for i = 0, nsucc - 1 do
     if not any_real then
       -- to be skipped: every copy passes the skip on while it is pending (it is
       -- idempotent); the lease makes the reconciler finish a propagation nobody did
-      if redis.call('HSETNX', KEYS[3], field, 'skipping') == 1 then
-        redis.call('ZADD', KEYS[6], now + lease, succ)
+      if redis.call('HSETNX', K.nodes, field, 'skipping') == 1 then
+        redis.call('ZADD', K.leases, now + lease, succ)
       end
-      if redis.call('HGET', KEYS[3], field) == 'skipping' then
+      if redis.call('HGET', K.nodes, field) == 'skipping' then
         skipped[#skipped + 1] = succ
       end
-    elseif redis.call('HSETNX', KEYS[3], field, 'queued') == 1 then
-      redis.call('HSET', KEYS[3], succ .. ':queued', nowstr)
-      redis.call('ZADD', KEYS[8], now + delay + lease, succ)
+    elseif redis.call('HSETNX', K.nodes, field, 'queued') == 1 then
+      redis.call('HSET', K.nodes, succ .. ':queued', nowstr)
+      redis.call('ZADD', K.queued, now + delay + lease, succ)
       publish[#publish + 1] = succ
     end
   end
 end
-redis.call('EXPIRE', KEYS[6], run_ttl)
-redis.call('EXPIRE', KEYS[8], run_ttl)
-local out = {stored, 0, #publish}
+redis.call('EXPIRE', K.leases, run_ttl)
+redis.call('EXPIRE', K.queued, run_ttl)
+local out = {stored, Ended.NO, #publish}
 for _, s in ipairs(publish) do out[#out + 1] = s end
 for _, s in ipairs(skipped) do out[#out + 1] = s end
 
-local nsinks = tonumber(ARGV[3])
 if last and nsinks > 0 then
-  redis.call('SADD', KEYS[4], node)
-  redis.call('EXPIRE', KEYS[4], run_ttl)
-  if redis.call('SCARD', KEYS[4]) >= nsinks then
-    end_run('succeeded', nil)
-    out[2] = 1
+  redis.call('SADD', K.sinks, node)
+  redis.call('EXPIRE', K.sinks, run_ttl)
+  if redis.call('SCARD', K.sinks) >= nsinks then
+    close_run('succeeded', nowstr, '', result_ttl)
+    out[2] = Ended.SUCCEEDED
   end
 end
 return out

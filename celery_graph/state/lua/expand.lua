@@ -1,15 +1,16 @@
 -- expand.lua: a map node became ready and expands into one message per unit (an item, or a
 -- chunk of items). Gives every unit a lease before the caller publishes the units, so one
--- whose message is lost is
--- published again by the reconciler; a big map is leased in parts (units ARGV[5] to
--- ARGV[6] - 1), and the last part records the item count and drops the map node's own
--- lease. A copy of the map node's message that finds the count does not publish the items
--- again; one that comes before (its worker died between parts) leases them all again.
+-- whose message is lost is published again by the reconciler; a big map is leased in
+-- parts (units ARGV[5] to ARGV[6] - 1), and the last part records the item count and
+-- drops the map node's own lease. A copy of the map node's message that finds the count
+-- does not publish the items again; one that comes before (its worker died between
+-- parts) leases them all again.
 --
--- KEYS[1] run record          (hash)
--- KEYS[2] run node state      (hash)
--- KEYS[3] running leases      (zset: the map node's own)
--- KEYS[4] queued leases       (zset: the items')
+-- KEYS[1] K.run      run record          (hash)
+-- KEYS[3] K.nodes    run node state      (hash)
+-- KEYS[7] K.leases   running leases      (zset: the map node's own)
+-- KEYS[8] K.queued   queued leases       (zset: the items')
+-- (KEYS[1..8] are the run's keys, lib/run.lua; the others are not touched here)
 -- ARGV[1] map node id
 -- ARGV[2] number of items (kept as "<node>:items")
 -- ARGV[3] queued lease (seconds)
@@ -21,25 +22,27 @@
 --
 -- Returns 1 when this part was leased, 0 when the map was expanded already or the run is
 -- not running.
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then
+-- @include "clock"
+-- @include "run"
+local node, items, queued_lease, run_ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local from, to = tonumber(ARGV[5]), tonumber(ARGV[6])
+local units, sep = tonumber(ARGV[7]), ARGV[8]
+
+if redis.call('HGET', K.run, 'status') ~= 'running' then
   return 0
 end
-local node = ARGV[1]
-if redis.call('HEXISTS', KEYS[2], node .. ':items') == 1 then
+if redis.call('HEXISTS', K.nodes, node .. ':items') == 1 then
   return 0
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local expiry = now + tonumber(ARGV[3])
-for i = tonumber(ARGV[5]), tonumber(ARGV[6]) - 1 do
-  redis.call('ZADD', KEYS[4], expiry, node .. ARGV[8] .. i)
+local now, nowstr = server_clock()
+local expiry = now + queued_lease
+for i = from, to - 1 do
+  redis.call('ZADD', K.queued, expiry, node .. sep .. i)
 end
-if tonumber(ARGV[6]) >= tonumber(ARGV[7]) then
-  redis.call('HSET', KEYS[2], node .. ':items', ARGV[2], node .. ':state', 'mapping',
-             node .. ':queued', string.format('%.6f', now))
-  redis.call('ZREM', KEYS[3], node)
+if to >= units then
+  redis.call('HSET', K.nodes, node .. ':items', items, node .. ':state', 'mapping',
+             node .. ':queued', nowstr)
+  redis.call('ZREM', K.leases, node)
 end
-for i = 2, 4 do
-  redis.call('EXPIRE', KEYS[i], ARGV[4])
-end
+expire_keys({K.nodes, K.leases, K.queued}, run_ttl)
 return 1

@@ -1,14 +1,14 @@
 -- finish.lua: end a run that is still running as failed or cancelled, wake its waiters and
 -- set the expiry of every key of the run. The first caller wins; later ones change nothing.
 --
--- KEYS[1] run record          (hash)
--- KEYS[2] run results         (hash)
--- KEYS[3] run node state      (hash)
--- KEYS[4] completion signal   (list)
--- KEYS[5] finished sinks      (set)
--- KEYS[6] run shared state    (hash)
--- KEYS[7] running leases      (zset)
--- KEYS[8] queued leases       (zset)
+-- KEYS[1] K.run      run record          (hash)
+-- KEYS[2] K.results  run results         (hash)
+-- KEYS[3] K.nodes    run node state      (hash)
+-- KEYS[4] K.sinks    finished sinks      (set)
+-- KEYS[5] K.done     completion signal   (list)
+-- KEYS[6] K.state    run shared state    (hash)
+-- KEYS[7] K.leases   running leases      (zset)
+-- KEYS[8] K.queued   queued leases       (zset)
 -- (arrivals of joins and maps not released keep their own expiry, the run ttl at most)
 -- ARGV[1] final status: "failed" or "cancelled"
 -- ARGV[2] node id that caused it, or "" (cancel)
@@ -20,38 +20,32 @@
 -- ARGV[6] "1" when the run failed before any message was sent (a retry of the submission
 --         with the same idempotency key starts it afresh), else ""
 --
--- Returns 1 when this call ended the run, 0 when it had already ended, -1 when the failure
--- was ignored.
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then
-  return 0
+-- Returns a Finish: ENDED when this call ended the run, ALREADY when it had ended,
+-- IGNORED when the failure was ignored.
+-- @include "clock"
+-- @include "run"
+-- @include "node_record"
+local final, node, error_json, result_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local guard, unsent = ARGV[5], ARGV[6] == '1'
+
+local Finish = {ENDED = 1, ALREADY = 0, IGNORED = -1}
+
+if redis.call('HGET', K.run, 'status') ~= 'running' then
+  return Finish.ALREADY
 end
 -- (a chunk keeps no result of its own: its arrival marks it succeeded)
-if ARGV[5] ~= '' and (redis.call('HEXISTS', KEYS[2], ARGV[5]) == 1
-    or redis.call('HGET', KEYS[3], ARGV[5] .. ':state') == 'succeeded') then
-  return -1
+if guard ~= '' and (redis.call('HEXISTS', K.results, guard) == 1
+    or redis.call('HGET', K.nodes, guard .. ':state') == 'succeeded') then
+  return Finish.IGNORED
 end
--- "<field>:run" packs what an attempt records: "attempts|started|finished|worker"
-local function finished(field, when)
-  local raw = redis.call('HGET', KEYS[3], field .. ':run') or '0|||'
-  local a, s, _, w = string.match(raw, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
-  redis.call('HSET', KEYS[3], field .. ':run', a .. '|' .. s .. '|' .. when .. '|' .. w)
+local _, nowstr = server_clock()
+if unsent then
+  redis.call('HSET', K.run, 'unsent', '1')
 end
-local t = redis.call('TIME')
-local nowstr = string.format('%.6f', tonumber(t[1]) + tonumber(t[2]) / 1000000)
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished', nowstr)
-if ARGV[3] ~= '' then
-  redis.call('HSET', KEYS[1], 'error', ARGV[3])
-end
-if ARGV[6] == '1' then
-  redis.call('HSET', KEYS[1], 'unsent', '1')
-end
-if ARGV[2] ~= '' then
+if node ~= '' then
   -- failed with the run, not tolerated by a group policy: a resume runs it again
-  redis.call('HSET', KEYS[3], ARGV[2] .. ':state', 'failed', ARGV[2] .. ':unsettled', '1')
-  finished(ARGV[2], nowstr)
+  redis.call('HSET', K.nodes, node .. ':state', 'failed', node .. ':unsettled', '1')
+  record_finished(node, nowstr)
 end
-redis.call('RPUSH', KEYS[4], ARGV[1])
-for i = 1, 8 do
-  redis.call('EXPIRE', KEYS[i], ARGV[4])
-end
-return 1
+close_run(final, nowstr, error_json, result_ttl)
+return Finish.ENDED

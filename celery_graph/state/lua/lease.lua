@@ -6,61 +6,60 @@
 --                delivered and finished before the old attempt reported is left alone)
 --   "redeliver"  the reconciler publishes them again: counted, back to "queued"
 --
--- KEYS[1] run record          (hash)
--- KEYS[2] run node state      (hash)
--- KEYS[3] running leases      (zset: field -> lease expiry, server time)
--- KEYS[4] queued leases       (zset: field -> lease expiry, server time)
--- ARGV[1] mode
+-- KEYS[1] K.run      run record          (hash)
+-- KEYS[3] K.nodes    run node state      (hash)
+-- KEYS[7] K.leases   running leases      (zset: field -> lease expiry, server time)
+-- KEYS[8] K.queued   queued leases       (zset: field -> lease expiry, server time)
+-- (KEYS[1..8] are the run's keys, lib/run.lua; the others are not touched here)
+-- ARGV[1] mode, a Mode
 -- ARGV[2] lease length (seconds from now)
 -- ARGV[3] for "requeue": the attempt number that retries (begin.lua counted it), else ""
 -- ARGV[4 ..] fields
 --
 -- Returns the number of leases set; 0 when the run is not running (but for "renew").
-local status = redis.call('HGET', KEYS[1], 'status')
+-- @include "clock"
+-- @include "run"
+-- @include "node_record"
+local mode, seconds, attempt = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local FIRST_FIELD = 4
+
+local Mode = {RENEW = 'renew', REQUEUE = 'requeue', REDELIVER = 'redeliver'}
+
+local status = redis.call('HGET', K.run, 'status')
 -- a node still running after its run was cancelled or failed keeps renewing its lease
 -- (XX: only leases that exist move, so nothing is re-created): a resume then leaves it to
 -- finish instead of sending it a second time
-if status ~= 'running' and not (status and ARGV[1] == 'renew') then
+if status ~= 'running' and not (status and mode == Mode.RENEW) then
   return 0
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local expiry = now + tonumber(ARGV[2])
-local mode = ARGV[1]
+local now, nowstr = server_clock()
+local expiry = now + seconds
 local set = 0
-for i = 4, #ARGV do
+for i = FIRST_FIELD, #ARGV do
   local field = ARGV[i]
-  if mode == 'renew' then
-    set = set + redis.call('ZADD', KEYS[3], 'XX', 'CH', expiry, field)
-  elseif mode == 'requeue' then
-    local run = redis.call('HGET', KEYS[2], field .. ':run') or ''
-    if redis.call('HGET', KEYS[2], field .. ':state') == 'running'
-        and string.match(run, '^([^|]*)') == ARGV[3] then
-      redis.call('ZREM', KEYS[3], field)
-      redis.call('ZADD', KEYS[4], expiry, field)
-      redis.call('HSET', KEYS[2], field .. ':state', 'retrying')
+  if mode == Mode.RENEW then
+    set = set + redis.call('ZADD', K.leases, 'XX', 'CH', expiry, field)
+  elseif mode == Mode.REQUEUE then
+    if redis.call('HGET', K.nodes, field .. ':state') == 'running'
+        and read_record(field).attempts == attempt then
+      redis.call('ZREM', K.leases, field)
+      redis.call('ZADD', K.queued, expiry, field)
+      redis.call('HSET', K.nodes, field .. ':state', 'retrying')
       set = set + 1
     end
-  elseif mode == 'redeliver' then
-    redis.call('ZREM', KEYS[3], field)
-    redis.call('ZADD', KEYS[4], expiry, field)
-    redis.call('HINCRBY', KEYS[2], field .. ':redelivered', 1)
-    redis.call('HSET', KEYS[2], field .. ':queued', string.format('%.6f', now))
-    local state = redis.call('HGET', KEYS[2], field .. ':state')
+  elseif mode == Mode.REDELIVER then
+    redis.call('ZREM', K.leases, field)
+    redis.call('ZADD', K.queued, expiry, field)
+    redis.call('HINCRBY', K.nodes, field .. ':redelivered', 1)
+    redis.call('HSET', K.nodes, field .. ':queued', nowstr)
+    local state = redis.call('HGET', K.nodes, field .. ':state')
     if state == 'running' or state == 'retrying' then
-      redis.call('HSET', KEYS[2], field .. ':state', 'queued')
+      redis.call('HSET', K.nodes, field .. ':state', 'queued')
     end
     set = set + 1
   end
 end
 -- a leases set emptied earlier (Redis drops an empty zset) comes back without an expiry:
 -- give it the run's, so it never outlives the run
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then
-  for i = 3, 4 do
-    if redis.call('PTTL', KEYS[i]) == -1 then
-      redis.call('PEXPIRE', KEYS[i], ttl)
-    end
-  end
-end
+adopt_run_ttl({K.leases, K.queued})
 return set

@@ -5,12 +5,13 @@
 -- the map node a running lease first: if its worker dies before completing the node, the
 -- lease runs out and the reconciler completes it (reclaim.lua, kind "map").
 --
--- KEYS[1] run record          (hash)
--- KEYS[2] run results         (hash: "<node>#<i>" -> JSON result of item i)
--- KEYS[3] run node state      (hash)
--- KEYS[4] map arrivals        (set of unit numbers)
--- KEYS[5] running leases      (zset)
--- KEYS[6] queued leases       (zset)
+-- KEYS[1] K.run      run record          (hash)
+-- KEYS[2] K.results  run results         (hash: "<node>#<i>" -> JSON result of item i)
+-- KEYS[3] K.nodes    run node state      (hash)
+-- KEYS[7] K.leases   running leases      (zset)
+-- KEYS[8] K.queued   queued leases       (zset)
+-- (KEYS[1..8] are the run's keys, lib/run.lua; the others are not touched here)
+-- KEYS[9] map arrivals (set of unit numbers)
 -- ARGV[1] the unit's field: "<node>#<i>" (an item) or "<node>@<j>" (a chunk)
 -- ARGV[2] an item's result (JSON), or "" for a chunk
 -- ARGV[3] the unit's number
@@ -20,51 +21,48 @@
 -- ARGV[7] the map node's id
 -- ARGV[8] running lease (seconds): held by the map node from its last unit's arrival
 --
--- Returns {stored, units arrived, items of the map}, or {-1, 0, 0} when the run is not
--- running (an item's result is stored all the same, never past the expiry of the run's
--- keys, but its arrival is not counted: a resume sends the unit again, and that copy,
--- which finds its result, arrives).
-local status = redis.call('HGET', KEYS[1], 'status')
+-- Returns {stored, units arrived, items of the map}, stored a Stored (STORED, KEPT), or
+-- {Stored.NOT_RUNNING, 0, 0} when the run is not running (an item's result is stored all
+-- the same, never past the expiry of the run's keys, but its arrival is not counted: a
+-- resume sends the unit again, and that copy, which finds its result, arrives).
+-- @include "clock"
+-- @include "run"
+-- @include "node_record"
+local field, result, unit, run_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local units, result_ttl, map_node = tonumber(ARGV[5]), ARGV[6], ARGV[7]
+local running_lease = tonumber(ARGV[8])
+local arrivals = KEYS[FIRST_OWN_KEY]
+
+local Stored = {STORED = 1, KEPT = 0, NOT_RUNNING = -1, IGNORED = -2}
+
+local status = redis.call('HGET', K.run, 'status')
 if status ~= 'running' then
-  if status and ARGV[2] ~= '' then
-    local ttl = redis.call('PTTL', KEYS[1])
-    redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
-    if ttl > 0 and redis.call('PTTL', KEYS[2]) == -1 then
-      redis.call('PEXPIRE', KEYS[2], ttl)
-    end
+  if status and result ~= '' then
+    redis.call('HSETNX', K.results, field, result)
+    adopt_run_ttl({K.results})
   end
   -- the unit's call is over: nothing runs under its lease any more
-  redis.call('ZREM', KEYS[5], ARGV[1])
-  redis.call('ZREM', KEYS[6], ARGV[1])
-  return {-1, 0, 0}
+  redis.call('ZREM', K.leases, field)
+  redis.call('ZREM', K.queued, field)
+  return {Stored.NOT_RUNNING, 0, 0}
 end
--- "<field>:run" packs what an attempt records: "attempts|started|finished|worker"
-local function finished(field, when)
-  local raw = redis.call('HGET', KEYS[3], field .. ':run') or '0|||'
-  local a, s, _, w = string.match(raw, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
-  redis.call('HSET', KEYS[3], field .. ':run', a .. '|' .. s .. '|' .. when .. '|' .. w)
+local now, nowstr = server_clock()
+local stored = Stored.KEPT
+if result ~= '' then
+  stored = redis.call('HSETNX', K.results, field, result)
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local nowstr = string.format('%.6f', now)
-local stored = 0
-if ARGV[2] ~= '' then
-  stored = redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
-end
-redis.call('HSET', KEYS[3], ARGV[1] .. ':state', 'succeeded')
-finished(ARGV[1], nowstr)
-redis.call('SADD', KEYS[4], ARGV[3])
-redis.call('ZREM', KEYS[5], ARGV[1])
-redis.call('ZREM', KEYS[6], ARGV[1])
-for i = 2, 6 do
-  redis.call('EXPIRE', KEYS[i], ARGV[4])
-end
-local arrived = redis.call('SCARD', KEYS[4])
-if arrived >= tonumber(ARGV[5]) then
-  redis.call('EXPIRE', KEYS[4], ARGV[6])
-  if redis.call('HEXISTS', KEYS[2], ARGV[7]) == 0 then
-    redis.call('ZADD', KEYS[5], now + tonumber(ARGV[8]), ARGV[7])
-    redis.call('EXPIRE', KEYS[5], ARGV[4])
+redis.call('HSET', K.nodes, field .. ':state', 'succeeded')
+record_finished(field, nowstr)
+redis.call('SADD', arrivals, unit)
+redis.call('ZREM', K.leases, field)
+redis.call('ZREM', K.queued, field)
+expire_keys({K.results, K.nodes, arrivals, K.leases, K.queued}, run_ttl)
+local arrived = redis.call('SCARD', arrivals)
+if arrived >= units then
+  redis.call('EXPIRE', arrivals, result_ttl)
+  if redis.call('HEXISTS', K.results, map_node) == 0 then
+    redis.call('ZADD', K.leases, now + running_lease, map_node)
+    redis.call('EXPIRE', K.leases, run_ttl)
   end
 end
-return {stored, arrived, tonumber(redis.call('HGET', KEYS[3], ARGV[7] .. ':items') or '0')}
+return {stored, arrived, tonumber(redis.call('HGET', K.nodes, map_node .. ':items') or '0')}

@@ -4,84 +4,93 @@
 -- queued node waiting while its queue is busy (nothing is written then: the same lease
 -- comes back at the next look).
 --
--- KEYS[1] run record          (hash)
--- KEYS[2] run node state      (hash)
--- KEYS[3] running leases      (zset: field -> lease expiry, server time)
--- KEYS[4] queued leases       (zset: field -> lease expiry, server time)
+-- KEYS[1] K.run      run record          (hash)
+-- KEYS[3] K.nodes    run node state      (hash)
+-- KEYS[7] K.leases   running leases      (zset: field -> lease expiry, server time)
+-- KEYS[8] K.queued   queued leases       (zset: field -> lease expiry, server time)
+-- (KEYS[1..8] are the run's keys, lib/run.lua; the others are not touched here)
 -- ARGV[1] how many times a node may lose its worker before the run fails
 -- ARGV[2] at most this many leases of each kind per call
 --
--- Returns one of
---   {"gone"}                          no run record (expired, or never created)
---   {"ended", pending}                the run ended; pending is 1 while a Celery canvas
+-- Returns one of (a Verdict first)
+--   {GONE}                            no run record (expired, or never created)
+--   {ENDED, pending}                  the run ended; pending is 1 while a Celery canvas
 --                                     still waits for its continuation
---   {"deadline"}                      running past its deadline
---   {"poison", field, lost, worker}   a node lost its worker more than ARGV[1] times
---   {"ok", now, next running, next queued, n, field, kind, queued, ... (n triples)}
---       kind: "lost" (running, its worker stopped renewing), "queued" (published, or
---       waiting for a retry, and never started), "skip" (a skip to pass on), "map" (a
---       map node whose units all arrived, not completed); queued: when
---       the node (an item: its map node) was last published, or ""; next running / next
---       queued: the earliest lease of each kind left, or "" when there is none.
-local status = redis.call('HGET', KEYS[1], 'status')
+--   {DEADLINE}                        running past its deadline
+--   {POISON, field, lost, worker}     a node lost its worker more than ARGV[1] times
+--   {OK, now, next running, next queued, n, field, kind, queued, ... (n triples)}
+--       kind, an Expiry: LOST (running, its worker stopped renewing), QUEUED (published,
+--       or waiting for a retry, and never started), SKIP (a skip to pass on), MAP (a map
+--       node whose units all arrived, not completed); queued: when the node (an item: its
+--       map node) was last published, or ""; next running / next queued: the earliest
+--       lease of each kind left, or "" when there is none.
+-- @include "clock"
+-- @include "run"
+-- @include "node_record"
+local max_lost, limit = tonumber(ARGV[1]), ARGV[2]
+
+local Verdict = {GONE = 'gone', ENDED = 'ended', DEADLINE = 'deadline', POISON = 'poison',
+                 OK = 'ok'}
+local Expiry = {LOST = 'lost', QUEUED = 'queued', SKIP = 'skip', MAP = 'map'}
+
+local status = redis.call('HGET', K.run, 'status')
 if not status then
-  return {'gone'}
+  return {Verdict.GONE}
 end
 if status ~= 'running' then
   local pending = 0
-  if redis.call('HEXISTS', KEYS[1], 'continuation') == 1
-      and redis.call('HGET', KEYS[1], 'continued') ~= 'done' then
+  if redis.call('HEXISTS', K.run, 'continuation') == 1
+      and redis.call('HGET', K.run, 'continued') ~= 'done' then
     pending = 1
   end
-  return {'ended', pending}
+  return {Verdict.ENDED, pending}
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local deadline = redis.call('HGET', KEYS[1], 'deadline')
-if deadline and now > tonumber(deadline) then
-  return {'deadline'}
+local now, nowstr = server_clock()
+if past_deadline(now) then
+  return {Verdict.DEADLINE}
 end
-local max_lost = tonumber(ARGV[1])
 local found = {}
 local function add(field, kind)
   local node = string.match(field, '^([^#@]+)')
   found[#found + 1] = field
   found[#found + 1] = kind
-  found[#found + 1] = redis.call('HGET', KEYS[2], field .. ':queued')
-                      or redis.call('HGET', KEYS[2], node .. ':queued') or ''
+  found[#found + 1] = redis.call('HGET', K.nodes, field .. ':queued')
+                      or redis.call('HGET', K.nodes, node .. ':queued') or ''
 end
 local function ended(state)
-  return state == 'succeeded' or state == 'failed' or state == 'skipped' or state == 'mapping'
+  return state == 'succeeded' or state == 'failed' or state == 'skipped'
+         or state == 'mapping'
 end
-for _, field in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, ARGV[2])) do
-  local state = redis.call('HGET', KEYS[2], field .. ':state')
+local ran_out = redis.call('ZRANGEBYSCORE', K.leases, '-inf', now, 'LIMIT', 0, limit)
+for _, field in ipairs(ran_out) do
+  local state = redis.call('HGET', K.nodes, field .. ':state')
   if state == 'mapping' then
-    add(field, 'map')  -- its last unit's arrival leased it (map_arrive.lua)
+    add(field, Expiry.MAP)  -- its last unit's arrival leased it (map_arrive.lua)
   elseif ended(state) then
-    redis.call('ZREM', KEYS[3], field)  -- the lease is stale
+    redis.call('ZREM', K.leases, field)  -- the lease is stale
   elseif state == 'running' then
-    local lost = redis.call('HINCRBY', KEYS[2], field .. ':lost', 1)
+    local lost = redis.call('HINCRBY', K.nodes, field .. ':lost', 1)
     if lost > max_lost then
-      local run = redis.call('HGET', KEYS[2], field .. ':run') or ''
-      return {'poison', field, lost, string.match(run, '^[^|]*|[^|]*|[^|]*|(.*)$') or ''}
+      return {Verdict.POISON, field, lost, read_record(field).worker}
     end
-    add(field, 'lost')
+    add(field, Expiry.LOST)
   elseif state == 'skipping' then
-    add(field, 'skip')
+    add(field, Expiry.SKIP)
   else
-    add(field, 'queued')
+    add(field, Expiry.QUEUED)
   end
 end
-for _, field in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, ARGV[2])) do
-  if ended(redis.call('HGET', KEYS[2], field .. ':state')) then
-    redis.call('ZREM', KEYS[4], field)
+ran_out = redis.call('ZRANGEBYSCORE', K.queued, '-inf', now, 'LIMIT', 0, limit)
+for _, field in ipairs(ran_out) do
+  if ended(redis.call('HGET', K.nodes, field .. ':state')) then
+    redis.call('ZREM', K.queued, field)
   else
-    add(field, 'queued')
+    add(field, Expiry.QUEUED)
   end
 end
-local running = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')[2] or ''
-local queued = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')[2] or ''
-local out = {'ok', string.format('%.6f', now), running, queued, #found / 3}
+local running = redis.call('ZRANGE', K.leases, 0, 0, 'WITHSCORES')[2] or ''
+local queued = redis.call('ZRANGE', K.queued, 0, 0, 'WITHSCORES')[2] or ''
+local out = {Verdict.OK, nowstr, running, queued, #found / 3}
 for _, v in ipairs(found) do
   out[#out + 1] = v
 end

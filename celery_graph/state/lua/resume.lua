@@ -4,14 +4,14 @@
 -- under a live lease); this resets their markers and gives each a lease before the
 -- caller publishes them, so a publish that fails is recovered by the reconciler.
 --
--- KEYS[1] run record          (hash)
--- KEYS[2] run node state      (hash)
--- KEYS[3] completion signal   (list)
--- KEYS[4] running leases      (zset)
--- KEYS[5] run results         (hash)
--- KEYS[6] finished sinks      (set)
--- KEYS[7] run shared state    (hash)
--- KEYS[8] queued leases       (zset)
+-- KEYS[1] K.run      run record          (hash)
+-- KEYS[2] K.results  run results         (hash)
+-- KEYS[3] K.nodes    run node state      (hash)
+-- KEYS[4] K.sinks    finished sinks      (set)
+-- KEYS[5] K.done     completion signal   (list; emptied, waiters block again)
+-- KEYS[6] K.state    run shared state    (hash)
+-- KEYS[7] K.leases   running leases      (zset)
+-- KEYS[8] K.queued   queued leases       (zset)
 -- (all but the completion signal go back to the run ttl)
 -- ARGV[1] run ttl (seconds)
 -- ARGV[2] queued lease (seconds)
@@ -24,35 +24,36 @@
 --
 -- Returns the fields of ARGV[4+N ..] to send as well, or {err} when the run is not
 -- resumable.
-local status = redis.call('HGET', KEYS[1], 'status')
+-- @include "clock"
+-- @include "run"
+local run_ttl, queued_lease, nfields = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local FIRST_FIELD = 4
+
+local status = redis.call('HGET', K.run, 'status')
 if status ~= 'failed' and status ~= 'cancelled' then
   return redis.error_reply('not resumable: run is ' .. tostring(status))
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local nowstr = string.format('%.6f', now)
-redis.call('HSET', KEYS[1], 'status', 'running', 'resumed', nowstr)
-redis.call('HDEL', KEYS[1], 'error', 'finished', 'deadline', 'unsent', 'continued')
-redis.call('DEL', KEYS[3])
-local expiry = now + tonumber(ARGV[2])
+local now, nowstr = server_clock()
+redis.call('HSET', K.run, 'status', 'running', 'resumed', nowstr)
+redis.call('HDEL', K.run, 'error', 'finished', 'deadline', 'unsent', 'continued')
+redis.call('DEL', K.done)
+local expiry = now + queued_lease
 local function send(field)
-  redis.call('HSET', KEYS[2], field .. ':state', 'queued', field .. ':queued', nowstr)
-  redis.call('HDEL', KEYS[2], field .. ':error', field .. ':unsettled', field .. ':lost')
-  redis.call('ZREM', KEYS[4], field)
-  redis.call('ZADD', KEYS[8], expiry, field)
+  redis.call('HSET', K.nodes, field .. ':state', 'queued', field .. ':queued', nowstr)
+  redis.call('HDEL', K.nodes, field .. ':error', field .. ':unsettled', field .. ':lost')
+  redis.call('ZREM', K.leases, field)
+  redis.call('ZADD', K.queued, expiry, field)
 end
-local n = tonumber(ARGV[3])
-for i = 4, 3 + n do
+local first_watched = FIRST_FIELD + nfields
+for i = FIRST_FIELD, first_watched - 1 do
   send(ARGV[i])
 end
 local late = {}
-for i = 4 + n, #ARGV do
-  if not redis.call('ZSCORE', KEYS[4], ARGV[i]) then
+for i = first_watched, #ARGV do
+  if not redis.call('ZSCORE', K.leases, ARGV[i]) then
     send(ARGV[i])
     late[#late + 1] = ARGV[i]
   end
 end
-for _, i in ipairs({1, 2, 4, 5, 6, 7, 8}) do
-  redis.call('EXPIRE', KEYS[i], ARGV[1])
-end
+expire_keys({K.run, K.nodes, K.leases, K.results, K.sinks, K.state, K.queued}, run_ttl)
 return late

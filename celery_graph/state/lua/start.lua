@@ -4,10 +4,15 @@
 -- already is returned as it is, unless its submission failed before anything was sent
 -- ("unsent"), which a retry starts afresh.
 --
--- KEYS[1] run record       (hash)
--- KEYS[2] node state       (hash: "<node>:<field>" -> value)
--- KEYS[3] queued leases    (zset: node -> lease expiry, server time)
--- KEYS[4 ..] every other key of the run (deleted when an unsent run starts afresh)
+-- KEYS[1] K.run      run record          (hash)
+-- KEYS[2] K.results  run results         (hash; deleted when an unsent run starts afresh)
+-- KEYS[3] K.nodes    node state          (hash: "<node>:<field>" -> value)
+-- KEYS[4] K.sinks    finished sinks      (set; deleted as KEYS[2])
+-- KEYS[5] K.done     completion signal   (list; deleted as KEYS[2])
+-- KEYS[6] K.state    run shared state    (hash; deleted as KEYS[2])
+-- KEYS[7] K.leases   running leases      (zset; deleted as KEYS[2])
+-- KEYS[8] K.queued   queued leases       (zset: node -> lease expiry, server time)
+-- KEYS[9 ..] arrivals of the run's joins (hash) and maps (set), deleted as KEYS[2]
 -- ARGV[1] graph id
 -- ARGV[2] run inputs (JSON)
 -- ARGV[3] number of nodes
@@ -19,33 +24,34 @@
 -- ARGV[9 ..] pairs: root id, its start delay in seconds
 --
 -- Returns {1, now} when this call created the run, {0, status} when it exists.
-local status = redis.call('HGET', KEYS[1], 'status')
+-- @include "clock"
+-- @include "run"
+local graph, inputs, nnodes, sinks = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local deadline, run_ttl, lease, extra = ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8]
+local FIRST_ROOT = 9
+
+local status = redis.call('HGET', K.run, 'status')
 if status then
-  if not (status == 'failed' and redis.call('HGET', KEYS[1], 'unsent') == '1') then
+  if not (status == 'failed' and redis.call('HGET', K.run, 'unsent') == '1') then
     return {0, status}
   end
   for i = 1, #KEYS do
     redis.call('DEL', KEYS[i])
   end
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local nowstr = string.format('%.6f', now)
-redis.call('HSET', KEYS[1], 'status', 'running', 'graph', ARGV[1], 'inputs', ARGV[2],
-           'created', nowstr, 'nodes', ARGV[3], 'sinks', ARGV[4])
-if ARGV[5] ~= '' then
-  redis.call('HSET', KEYS[1], 'deadline', string.format('%.6f', now + tonumber(ARGV[5])))
+local now, nowstr = server_clock()
+redis.call('HSET', K.run, 'status', 'running', 'graph', graph, 'inputs', inputs,
+           'created', nowstr, 'nodes', nnodes, 'sinks', sinks)
+if deadline ~= '' then
+  redis.call('HSET', K.run, 'deadline', string.format('%.6f', now + tonumber(deadline)))
 end
-for field, value in pairs(cjson.decode(ARGV[8])) do
-  redis.call('HSET', KEYS[1], field, value)
+for field, value in pairs(cjson.decode(extra)) do
+  redis.call('HSET', K.run, field, value)
 end
-local lease = tonumber(ARGV[7])
-for i = 9, #ARGV, 2 do
+for i = FIRST_ROOT, #ARGV, 2 do
   local root = ARGV[i]
-  redis.call('HSET', KEYS[2], root .. ':state', 'queued', root .. ':queued', nowstr)
-  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[i + 1]) + lease, root)
+  redis.call('HSET', K.nodes, root .. ':state', 'queued', root .. ':queued', nowstr)
+  redis.call('ZADD', K.queued, now + tonumber(ARGV[i + 1]) + lease, root)
 end
-for i = 1, 3 do
-  redis.call('EXPIRE', KEYS[i], ARGV[6])
-end
+expire_keys({K.run, K.nodes, K.queued}, run_ttl)
 return {1, nowstr}

@@ -1,0 +1,155 @@
+"""What the Lua scripts answer: their return codes as enums, and the decoded replies.
+
+Each enum mirrors a table of the same name and members in the scripts that answer it
+(``local Stored = {STORED = 1, ...}`` in complete.lua); a test holds every pair equal.
+The text enums compare equal to their text, the int enums to their number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum, IntEnum
+from typing import NamedTuple
+
+
+class TextCode(str, Enum):
+    """A code a script answers (or takes) as text; ``str()`` is the text itself."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class Stored(IntEnum):
+    """complete.lua, map_arrive.lua, item.lua: what became of a result."""
+
+    STORED = 1  # stored by this call
+    KEPT = 0  # one was stored already (kept; results never change)
+    NOT_RUNNING = -1  # the run is not running: nothing arrived
+    IGNORED = -2  # a failure of a node whose result is stored: ignored
+
+
+class Ended(IntEnum):
+    """complete.lua: whether the arrival ended the run."""
+
+    NO = 0
+    SUCCEEDED = 1  # its last sink arrived
+    FAILED = 2  # a group's failure policy broke
+
+
+class Finish(IntEnum):
+    """finish.lua: ending a run as failed or cancelled."""
+
+    ENDED = 1  # this call ended it
+    ALREADY = 0  # it had ended already
+    IGNORED = -1  # a failing copy of a message whose result is stored
+
+
+class Begin(TextCode):
+    """begin.lua's first answer, besides the status of a run that is not running."""
+
+    RUNNING = "running"  # go ahead (or the result is stored: do not call again)
+    DEADLINE = "deadline"  # the run is past its deadline
+    POISON = "poison"  # the node lost its worker too many times
+    DONE = "done"  # the node ended without a result, or the map expanded already
+
+
+class Verdict(TextCode):
+    """reclaim.lua: the reconciler's look at a run."""
+
+    GONE = "gone"
+    ENDED = "ended"
+    DEADLINE = "deadline"
+    POISON = "poison"
+    OK = "ok"
+
+
+class Expiry(TextCode):
+    """reclaim.lua: what a lease that ran out needs."""
+
+    LOST = "lost"  # running, its worker stopped renewing
+    QUEUED = "queued"  # published (or waiting for a retry) and never started
+    SKIP = "skip"  # a skip nobody passed on
+    MAP = "map"  # a map whose units all arrived, not completed
+
+
+class Mode(TextCode):
+    """lease.lua's modes."""
+
+    RENEW = "renew"
+    REQUEUE = "requeue"
+    REDELIVER = "redeliver"
+
+
+class Continuation(TextCode):
+    """continue.lua: the claim on a canvas continuation."""
+
+    CLAIMED = "claimed"  # go ahead
+    BUSY = "busy"  # another process holds a live claim
+    DONE = "done"  # continued already
+    NONE = "none"  # no canvas waits on this run
+
+
+class NameClaim(TextCode):
+    """worker_claim.lua: registering a worker's name."""
+
+    CLAIMED = "claimed"
+    LIVE = "live"  # a live worker holds the name
+
+
+class Beat(TextCode):
+    """worker_beat.lua: a heartbeat."""
+
+    OK = "ok"
+    TAKEN = "taken"  # another worker holds the name now
+
+
+# Which scripts mirror which enums (a table of the same name in the script).
+MIRRORED: dict[str, tuple[type[Enum], ...]] = {
+    "begin": (Begin,),
+    "complete": (Stored, Ended),
+    "map_arrive": (Stored,),
+    "item": (Stored,),
+    "finish": (Finish,),
+    "reclaim": (Verdict, Expiry),
+    "lease": (Mode,),
+    "continue": (Continuation,),
+    "worker_claim": (NameClaim,),
+    "worker_beat": (Beat,),
+}
+
+
+class Begun(NamedTuple):
+    """What begin.lua answered."""
+
+    status: str | None  # a Begin, or the final status of the run / None when it is gone
+    inputs: bytes | None  # the run inputs (JSON)
+    own: bytes | None  # the node's stored result: it ran already
+    upstream: list[bytes | None]  # results of the upstream nodes, in the order asked
+    attempt: int = 0  # this attempt's number (when the node is called); POISON: times lost
+    worker: str = ""  # POISON: the worker that last lost it
+
+
+class Arrival(NamedTuple):
+    """What complete.lua answered for one arrival."""
+
+    stored: Stored
+    ended: Ended
+    publish: list[str]  # successors this arrival released (marked published): publish them
+    skipped: list[str]  # successors that will not run (all their arrivals were skips)
+
+
+@dataclass(frozen=True)
+class Reclaim:
+    """What reclaim.lua answered: see there."""
+
+    verdict: Verdict
+    pending_continuation: bool = False
+    poison: tuple[str, int, str] | None = None  # field, times lost, last worker
+    now: float = 0.0
+    next_running: float | None = None  # the earliest running lease left
+    next_queued: float | None = None  # the earliest queued lease left (it may have run out)
+    # (field, an Expiry, when it was last published or 0)
+    expired: tuple[tuple[str, Expiry, float], ...] = ()

@@ -1,0 +1,351 @@
+"""The Lua library: one key layout, includes that resolve, ARGV named at the top, return
+codes that match their Python enums, and every script running on Redis and on a Redis
+Cluster."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+import pytest
+from celery import Celery
+
+from celery_graph.keys import RUN_KEY_TYPES, WORKER_KEY_TYPES, Keys, RunKeys, WorkerKeys
+from celery_graph.model import NodeRecord
+from celery_graph.state import (
+    Begin,
+    Continuation,
+    Ended,
+    Finish,
+    Mode,
+    State,
+    Stored,
+    Verdict,
+    replies,
+    state_for,
+)
+from celery_graph.state.connection import INCLUDE, load_script, resolve_includes
+from celery_graph.state.scripts import SCRIPTS
+from tests.tasks import join_count, merge, process, split, step
+
+LUA = resources.files("celery_graph.state") / "lua"
+NAMES = sorted(p.name[:-4] for p in LUA.iterdir() if p.name.endswith(".lua"))
+LIBS = sorted(p.name[:-4] for p in (LUA / "lib").iterdir() if p.name.endswith(".lua"))
+
+# the two layouts: which table a script reads its keys from, and the Python side of it
+LAYOUTS = {
+    "run": ("K", RunKeys._fields, RUN_KEY_TYPES),
+    "worker": ("W", WorkerKeys._fields, WORKER_KEY_TYPES),
+}
+LUA_BUILTINS = {"tonumber", "tostring", "ipairs", "pairs", "unpack", "type", "error", "next"}
+LUA_KEYWORDS = {"if", "and", "or", "not", "return", "elseif", "while", "until", "in", "local"}
+
+
+def source(name: str) -> str:
+    return (LUA / f"{name}.lua").read_text()
+
+
+def header_and_body(text: str) -> tuple[list[str], list[str]]:
+    """The leading comment block, and the lines after it with comments cut off."""
+    lines = text.splitlines()
+    n = next((i for i, line in enumerate(lines) if not line.startswith("--")), len(lines))
+    return lines[:n], [line.split("--", 1)[0] for line in lines[n:]]
+
+
+def includes(text: str) -> list[str]:
+    """The libraries a text includes, its own includes' first (as load_script does)."""
+    out: list[str] = []
+    for lib in INCLUDE.findall(text):
+        for inner in [*includes(source(f"lib/{lib}")), lib]:
+            if inner not in out:
+                out.append(inner)
+    return out
+
+
+def key_problems(text: str) -> list[str]:
+    """What is wrong with a script's keys: its header against the one layout, the keys
+    its body reads against its header."""
+    libs = includes(text)
+    layouts = [name for name in LAYOUTS if name in libs]
+    if len(layouts) != 1:
+        return [f"includes {layouts or 'no'} key layout: it must include one of {list(LAYOUTS)}"]
+    table, fields, types = LAYOUTS[layouts[0]]
+    header, body = header_and_body(text)
+    problems = []
+    named = set()
+    for line in header:
+        m = re.match(r"-- KEYS\[(\d+)\]\s+(\w+)\.(\w+)\s.*?\((hash|set|list|zset|string)\b", line)
+        if m:
+            index, tbl, name, kind = int(m[1]), m[2], m[3], m[4]
+            named.add(name)
+            if tbl != table or name not in fields:
+                problems.append(f"KEYS[{index}] is {tbl}.{name}: not a key of {table}")
+            elif fields.index(name) + 1 != index:
+                problems.append(
+                    f"KEYS[{index}] is {table}.{name}, which the layout passes as "
+                    f"KEYS[{fields.index(name) + 1}]"
+                )
+            elif types[name] != kind:
+                problems.append(f"{table}.{name} is a {types[name]}, not a {kind}")
+            continue
+        m = re.match(r"-- KEYS\[(\d+)", line)
+        if m and int(m[1]) <= len(fields):
+            problems.append(f"KEYS[{m[1]}] of the layout is not named as {table}.<key>")
+    code = "\n".join(body)
+    for name in sorted(set(re.findall(rf"\b{table}\.(\w+)", code)) - named):
+        problems.append(f"reads {table}.{name}, which its header does not list")
+    for index in re.findall(r"\bKEYS\[(\d+)\]", code):
+        if int(index) <= len(fields):
+            problems.append(f"reads KEYS[{index}] itself instead of {table}.<key>")
+    return problems
+
+
+def test_the_lua_layouts_are_the_python_ones():
+    """lib/run.lua and lib/worker.lua name KEYS[1..n] in the order keys.py builds them."""
+    for lib, (table, fields, _types) in LAYOUTS.items():
+        text = source(f"lib/{lib}")
+        body = text[text.index(f"local {table} = {{") :]
+        body = body[: body.index("}")]
+        assert re.findall(r"(\w+) = KEYS\[(\d+)\]", body) == [
+            (name, str(i)) for i, name in enumerate(fields, 1)
+        ]
+    keys, run_id = Keys("p"), "ab" * 16
+    layout = keys.run_layout(run_id)
+    assert list(layout) == [getattr(keys, name)(run_id) for name in RunKeys._fields]
+    assert keys.run_keys(run_id, ["j"], ["m"]) == [
+        *layout,
+        keys.join(run_id, "j"),
+        keys.map(run_id, "m"),
+    ]
+    assert list(keys.worker_layout("w@h")) == [keys.worker("w@h"), keys.worker_metrics("w@h")]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_script_takes_the_keys_of_the_one_layout(name):
+    assert key_problems(source(name)) == []
+
+
+def test_a_script_with_run_keys_in_its_own_order_is_caught():
+    """The check above fails a script that takes the run's keys in another order, or
+    reads them by number (what complete.lua and finish.lua did before the layout)."""
+    own_order = (
+        "-- KEYS[1] K.run      run record (hash)\n-- KEYS[4] K.done     signal (list)\n"
+        '-- KEYS[5] K.sinks    sinks (set)\n-- @include "run"\n'
+        "redis.call('RPUSH', K.done, 'x')\nredis.call('SADD', K.sinks, 'n')\n"
+    )
+    assert key_problems(own_order) == [
+        "KEYS[4] is K.done, which the layout passes as KEYS[5]",
+        "KEYS[5] is K.sinks, which the layout passes as KEYS[4]",
+    ]
+    by_number = '-- KEYS[1] K.run  run record (hash)\n-- @include "run"\n'
+    by_number += "redis.call('HGET', KEYS[3], 'a')\nredis.call('HGET', K.nodes, 'a')\n"
+    assert key_problems(by_number) == [
+        "reads K.nodes, which its header does not list",
+        "reads KEYS[3] itself instead of K.<key>",
+    ]
+    wrong_type = '-- KEYS[7] K.leases  leases (hash)\n-- @include "run"\n'
+    assert key_problems(wrong_type) == ["K.leases is a zset, not a hash"]
+    assert key_problems("return 1\n") == [
+        "includes no key layout: it must include one of ['run', 'worker']"
+    ]
+
+
+def lib_functions() -> dict[str, str]:
+    """{function name: library} of every function the library defines."""
+    out: dict[str, str] = {}
+    for lib in LIBS:
+        for fn in re.findall(r"^local function (\w+)", source(f"lib/{lib}"), re.MULTILINE):
+            assert fn not in out, f"{fn} is defined in lib/{out[fn]}.lua and lib/{lib}.lua"
+            out[fn] = lib
+    return out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_include_resolves_and_every_function_called_is_defined_once(name):
+    text = load_script(name)
+    assert "@include" not in text
+    _header, body = header_and_body(source(name))
+    code = "\n".join(body)
+    defined = set(re.findall(r"\blocal function (\w+)", text))
+    unquoted = re.sub(r"'[^']*'|\"[^\"]*\"", "''", code)
+    called = set(re.findall(r"(?<![\w.:])(\w+)\s*\(", unquoted)) - LUA_KEYWORDS - {"function"}
+    assert called - defined - LUA_BUILTINS == set()
+    library = lib_functions()
+    for fn, lib in library.items():
+        count = len(re.findall(rf"\blocal function {fn}\b", text))
+        assert count == (1 if lib in includes(source(name)) else 0), f"{fn}: {count} copies"
+    # the clock and the packed node record are read in the library only
+    assert "redis.call('TIME')" not in code
+    assert "':run'" not in code
+
+
+def test_every_library_is_included_somewhere_and_names_exist():
+    used = {lib for name in NAMES for lib in includes(source(name))}
+    assert used == set(LIBS)
+    with pytest.raises(FileNotFoundError, match=r"x\.lua includes lib/nope\.lua, which does not"):
+        resolve_includes('-- @include "nope"\n', "x.lua")
+
+
+def test_every_script_file_is_loaded():
+    assert set(NAMES) == {*SCRIPTS, "shared", "worker_claim", "worker_beat", "worker_leave"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_argv_is_named_at_the_top_and_documented(name):
+    header, body = header_and_body(source(name))
+    documented = {int(i) for i in re.findall(r"^-- ARGV\[(\d+)", "\n".join(header), re.M)}
+    used = set()
+    for line in body:
+        for index in re.findall(r"\bARGV\[(\d+)\]", line):
+            used.add(int(index))
+            assert line.startswith("local "), f"ARGV[{index}] read outside the locals: {line}"
+    assert used <= documented, f"ARGV {sorted(used - documented)} not in the header"
+
+
+def code_tables(text: str) -> dict[str, dict[str, object]]:
+    """{name: {member: value}} of the tables of codes a script defines."""
+    out = {}
+    for name, members in re.findall(r"^local ([A-Z]\w*) = \{([^}]*)\}", text, re.M):
+        pairs = re.findall(r"([A-Z_]+) = ('[^']*'|-?\d+)", members)
+        if pairs:
+            out[name] = {k: v.strip("'") if v.startswith("'") else int(v) for k, v in pairs}
+    return out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_return_codes_mirror_the_python_enums(name):
+    _header, body = header_and_body(source(name))
+    tables = code_tables("\n".join(body))
+    mirrored = replies.MIRRORED.get(name, ())
+    assert set(tables) == {e.__name__ for e in mirrored}
+    for enum in mirrored:
+        assert tables[enum.__name__] == {m.name: m.value for m in enum}
+
+
+def test_text_codes_read_as_their_text():
+    assert str(Verdict.OK) == "ok" and f"{Begin.DEADLINE}" == "deadline"
+    assert Verdict.GONE == "gone" and Stored.NOT_RUNNING == -1
+
+
+def test_node_record_parse_and_format():
+    record = NodeRecord(3, 1700000000.25, 1700000001.5, "w1@host")
+    assert record.format() == "3|1700000000.250000|1700000001.500000|w1@host"
+    assert NodeRecord.parse(record.format()) == record
+    assert NodeRecord.parse(record.format().encode()) == record
+    assert NodeRecord.parse(None) == NodeRecord(0, None, None, None)
+    assert NodeRecord.parse("1|1700000000.000001||") == NodeRecord(1, 1700000000.000001)
+    assert NodeRecord.parse("1|||a|b") == NodeRecord(1, worker="a|b")  # the rest is the worker
+
+
+# -- every script, on one Redis and on a Redis Cluster -------------------------------------
+
+
+def _state(url: str, tag: str) -> State:
+    app = Celery(f"lua-{tag}", set_as_current=False)
+    app.conf.update(graph_redis_url=url, graph_key_prefix=f"lua-{tag}", graph_result_ttl=60)
+    return state_for(app)
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def walk_state(request: pytest.FixtureRequest, tag: str) -> State:
+    url = request.getfixturevalue("redis_url" if request.param == "redis" else "cluster_url")
+    return _state(url, tag)
+
+
+def _record(state: State, run_id: str, field: str) -> NodeRecord:
+    return NodeRecord.parse(state.client.hget(state.keys.nodes(run_id), f"{field}:run"))
+
+
+def test_a_run_through_every_run_script(walk_state, tag):
+    state, s = walk_state, walk_state.scripts
+    spec = (step.bind(id="a") >> (step.bind(id="b") | step.bind(id="c")) >> join_count).compile()
+    run_id = f"{tag}{'0' * 20}"
+    assert state.runs.create(run_id, spec, "{}") == (True, "")
+    before = state.runs.time()
+
+    begun = s.begin(run_id, "a", "w1@host", [])
+    assert (begun.status, begun.attempt) == (Begin.RUNNING, 1)
+    first = _record(state, run_id, "a")
+    assert (first.attempts, first.worker, first.finished) == (1, "w1@host", None)
+    assert first.started is not None and abs(first.started - before) < 5
+    assert s.lease(run_id, Mode.RENEW, 30, ["a"]) == 1
+    assert s.lease(run_id, Mode.REQUEUE, 30, ["a"], attempt=2) == 0  # not the latest attempt
+    assert s.lease(run_id, Mode.REQUEUE, 30, ["a"], attempt=1) == 1
+    assert s.begin(run_id, "a", "w2@host", []).attempt == 2
+    # a record written by Python is read by Lua: lease.lua's requeue compares its attempts
+    written = NodeRecord(7, before, None, "w3@host")
+    state.client.hset(state.keys.nodes(run_id), "a:run", written.format())
+    assert s.lease(run_id, Mode.REQUEUE, 30, ["a"], attempt=6) == 0
+    assert s.lease(run_id, Mode.REQUEUE, 30, ["a"], attempt=7) == 1
+    assert s.lease(run_id, Mode.REDELIVER, 30, ["a"]) == 1
+    assert s.begin(run_id, "a", "w4@host", []).attempt == 8
+
+    arrival = s.complete(spec, run_id, spec.nodes["a"], '"a"')
+    assert (arrival.stored, arrival.ended, sorted(arrival.publish)) == (
+        Stored.STORED,
+        Ended.NO,
+        ["b", "c"],
+    )
+    done = _record(state, run_id, "a")
+    assert (done.attempts, done.worker) == (8, "w4@host")
+    assert done.finished is not None and done.finished >= (done.started or 0)
+    assert s.complete(spec, run_id, spec.nodes["a"], '"a"').stored == Stored.KEPT
+    for node in ("b", "c"):
+        assert s.begin(run_id, node, "w1@host", ["a"]).upstream == [b'"a"']
+        last = s.complete(spec, run_id, spec.nodes[node], f'"{node}"')
+    assert last.publish == ["join_count"]  # released through the join's own key (KEYS[9])
+    state.shared.set(run_id, "k", '"v"')
+    assert state.shared.incr(run_id, "n", 2) == 2
+    reclaim = s.reclaim(run_id)
+    assert (reclaim.verdict, reclaim.expired) == (Verdict.OK, ())
+    assert s.begin(run_id, "join_count", "w1@host", ["b", "c"]).status == Begin.RUNNING
+    assert s.complete(spec, run_id, spec.nodes["join_count"], "3").ended == Ended.SUCCEEDED
+    assert s.finish(run_id, "failed") == Finish.ALREADY
+    assert s.reclaim(run_id).verdict == Verdict.ENDED
+    assert s.continuation(run_id, "claim") == Continuation.NONE
+    emptied = {state.keys.leases(run_id), state.keys.queued(run_id)}  # Redis drops them
+    for key in state.keys.run_keys(run_id, spec.joins):
+        ttl = state.client.ttl(key)
+        assert ttl == -2 if key in emptied else 0 < ttl <= 60, key
+
+
+def test_a_map_through_every_map_script(walk_state, tag):
+    state, s = walk_state, walk_state.scripts
+    spec = (split >> process.map("split") >> merge).compile()
+    run_id = f"{tag}{'1' * 20}"
+    state.runs.create(run_id, spec, "{}")
+    s.begin(run_id, "split", "w1@host", [])
+    assert s.complete(spec, run_id, spec.nodes["split"], '["x", "y", "z"]').publish == ["process"]
+    node = spec.nodes["process"]
+    assert s.begin(run_id, "process", "w1@host", ["split"], expands=True).status == Begin.RUNNING
+    assert s.expand(run_id, node, 3) is True
+    assert s.expand(run_id, node, 3) is False  # expanded already
+    assert s.begin(run_id, "process", "w1@host", ["split"], expands=True).status == Begin.DONE
+    s.begin(run_id, "process#0", "w1@host", [])
+    assert s.map_arrive(run_id, node, 0, 3, '"X"') == (Stored.STORED, 1, 3)
+    assert _record(state, run_id, "process#0").finished is not None
+    assert s.store_items(run_id, "process", [(1, '"Y"')]) == 1
+    assert s.finish(run_id, "cancelled") == Finish.ENDED
+    assert s.finish(run_id, "cancelled") == Finish.ALREADY
+    # computed after the run ended: kept, within the run's expiry, but not arrived
+    assert s.store_items(run_id, "process", [(2, '"Z"')]) == Stored.NOT_RUNNING
+    assert s.map_arrive(run_id, node, 1, 3, '"Y"') == (Stored.NOT_RUNNING, 0, 0)
+    assert 0 < state.client.ttl(state.keys.results(run_id)) <= 60
+    assert s.resume(run_id, ["process#1", "process#2"]) == []
+    assert state.runs.record(run_id)["status"] == "running"
+    for unit, value in ((1, '"Y"'), (2, '"Z"')):
+        s.begin(run_id, f"process#{unit}", "w1@host", [])
+        arrived = s.map_arrive(run_id, node, unit, 3, value)
+    assert arrived == (Stored.KEPT, 3, 3)
+    assert s.map_results(run_id, "process", 3) == b'["X","Y","Z"]'
+
+
+def test_worker_scripts(walk_state, tag):
+    workers = walk_state.workers
+    claim = workers.claim(f"w-{tag}", "t1", {"pid": 1}, ttl=30, live_window=10)
+    assert claim.claimed
+    assert not workers.claim(f"w-{tag}", "t2", {"pid": 2}, ttl=30, live_window=10).claimed
+    assert workers.beat(f"w-{tag}", "t1", {"state": "up"}, in_flight=1, ttl=30)
+    assert not workers.beat(f"w-{tag}", "t2", {}, in_flight=None, ttl=30)
+    workers.remove(f"w-{tag}", "t1")
+    assert walk_state.client.exists(walk_state.keys.worker(f"w-{tag}")) == 0
