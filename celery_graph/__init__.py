@@ -12,6 +12,7 @@ from .dsl import (
     Workflow,
     branch,
     node,
+    result_of,
     task,
     workflow,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "workflow",
     "node",
     "branch",
+    "result_of",
     "Branch",
     "Flow",
     "NamedFlow",

@@ -271,6 +271,29 @@ def after_branches(left, right, tag=None):
     return {"left": left, "right": right}
 
 
+# -- result_of: a parameter fed by a node of another name ------------------------------
+
+
+@task
+def report(summary, title: str = "report"):
+    return {"title": title, "summary": summary}
+
+
+@task
+def labelled(item, label):
+    return f"{label}:{item}"
+
+
+@task
+def extras(**extra):
+    return extra
+
+
+@task
+def measure(text: str = ""):
+    return len(text)
+
+
 # -- plain Celery tasks, not written for celery-graph ---------------------------------
 
 

@@ -2,6 +2,7 @@
 nodes. A flow hands its compiled spec down to the client to run."""
 
 from .decorators import ROUTING_OPTIONS, branch, node, task
+from .results import result_of
 from .values import (
     Flow,
     NamedFlow,
@@ -24,6 +25,7 @@ __all__ = [
     "branch",
     "check_node_id",
     "node",
+    "result_of",
     "task",
     "workflow",
 ]

@@ -10,6 +10,8 @@ from typing import Any
 from celery import current_app
 
 from ..dispatch import send_plain
+from ..errors import GraphDefinitionError
+from ..model import ResultOf
 from .signatures import signature_of
 
 # Keywords of Celery's ``apply_async`` that a node's function may also have as parameters:
@@ -80,6 +82,13 @@ class CeleryTaskAPI:
     def _kwargs(self, kwargs: Any) -> Any:
         if not self.bound:
             return kwargs
+        for name, value in self.bound:
+            if isinstance(value, ResultOf) and name not in (kwargs or {}):
+                raise GraphDefinitionError(
+                    f"node {self.id!r}: {name}={value!r} is an upstream result, which "
+                    "only a graph run can fill; pass the value here, or run the node in "
+                    "a graph after its source"
+                )
         return {**dict(self.bound), **(kwargs or {})}
 
     def delay(self, *args: Any, **kwargs: Any) -> Any:

@@ -1,6 +1,6 @@
 """The model: a compiled graph and a run's status as plain values (no Celery, no Redis)."""
 
-from .compiler import Declarations, GroupDecl, NodeDecl, Param, compile_graph
+from .compiler import Declarations, GroupDecl, NodeDecl, Param, ResultOf, compile_graph
 from .spec import GraphSpec, NodeSpec, tree_ids
 from .status import FINAL_STATES, NodeRecord, NodeStatus, Outcome, RunStatus
 
@@ -9,6 +9,7 @@ __all__ = [
     "GroupDecl",
     "NodeDecl",
     "Param",
+    "ResultOf",
     "compile_graph",
     "GraphSpec",
     "NodeSpec",

@@ -39,13 +39,25 @@ class Param:
 
 
 @dataclass(frozen=True)
+class ResultOf:
+    """A bound value that is the result of node or named group ``source`` of the same
+    graph, upstream of the bound node. The compiler turns it into a pull (parameter ->
+    source id), so the node's message carries the id, never the value."""
+
+    source: str
+
+    def __repr__(self) -> str:
+        return f"result_of({self.source!r})"
+
+
+@dataclass(frozen=True)
 class NodeDecl:
     """One node as the DSL declares it. Two declarations with one id must be equal."""
 
     id: str
     task: str
     params: tuple[Param, ...]
-    bound: tuple[tuple[str, Any], ...] = ()
+    bound: tuple[tuple[str, Any], ...] = ()  # values, or ResultOf for an upstream result
     options: tuple[tuple[str, Any], ...] = ()
     delay: float = 0.0
     context: bool = False
@@ -157,7 +169,7 @@ def _unencodable(nodes: dict[str, NodeDecl]) -> SerializationError:
     """The error naming the first bound argument JSON cannot encode."""
     for node in nodes.values():
         for name, value in node.bound:
-            if not is_json(value):
+            if not isinstance(value, ResultOf) and not is_json(value):
                 return SerializationError(
                     f"node {node.id!r}: bound argument {name!r} of type "
                     f"{type(value).__name__} cannot be encoded as JSON"
@@ -192,12 +204,13 @@ def _node_entry(
     preds: dict[str, list[str]],
     is_upstream: Callable[[str, str], bool],
 ) -> dict[str, Any]:
-    bound = dict(node.bound)
+    bound = {k: v for k, v in node.bound if not isinstance(v, ResultOf)}
     pull: dict[str, str] = {}
     group_pull: dict[str, GroupTree] = {}
     needs: list[str] = []
     names: list[str] = []
     mapped: dict[str, Any] | None = None
+    explicit = _results_of(node, nodes, groups, is_upstream)
     if node.map_over is not None:
         source, map_param = node.map_over
         if source not in nodes or not is_upstream(source, node.id):
@@ -226,6 +239,14 @@ def _node_entry(
             continue
         names.append(name)
         if mapped is not None and name == mapped["param"]:
+            if name in explicit:
+                raise GraphDefinitionError(
+                    f"node {node.id!r}: parameter {name!r} receives the items of "
+                    f"map({mapped['source']!r}), so it cannot also be bound to "
+                    f"{ResultOf(explicit[name])!r}"
+                )
+            continue
+        if name in explicit:  # an explicit result_of takes the place of the name rule
             continue
         if name in nodes and preds[node.id] and is_upstream(name, node.id):
             pull[name] = name
@@ -249,6 +270,11 @@ def _node_entry(
                 f"({name} >> {node.id}) or bind a value"
             )
         needs.append(name)
+    for name, source in explicit.items():  # params and, for **kwargs, any other name
+        if source in groups:
+            group_pull[name] = groups[source]
+        else:
+            pull[name] = source
     entry: dict[str, Any] = {
         "task": node.task,
         "kwargs": bound,
@@ -269,6 +295,41 @@ def _node_entry(
     if node.retries:
         entry["retry"] = list(node.retries)
     return entry
+
+
+def _results_of(
+    node: NodeDecl,
+    nodes: dict[str, NodeDecl],
+    groups: dict[str, GroupTree],
+    is_upstream: Callable[[str, str], bool],
+) -> dict[str, str]:
+    """{parameter: source} for the node's bound ``result_of`` values, each checked to
+    name a node or named group upstream of the node."""
+    explicit: dict[str, str] = {}
+    for name, value in node.bound:
+        if not isinstance(value, ResultOf):
+            continue
+        source = value.source
+        where = f"node {node.id!r}: parameter {name!r} is bound to {value!r}"
+        if source == node.id:
+            raise GraphDefinitionError(f"{where}, its own result; name an upstream node")
+        if source in nodes:
+            upstream = is_upstream(source, node.id)
+        elif source in groups:
+            upstream = all(is_upstream(m, node.id) for m in tree_ids(groups[source]))
+        else:
+            raise GraphDefinitionError(
+                f"{where}, but the graph has no node or named group {source!r}; add "
+                f"{source!r} upstream of {node.id!r} ({source} >> {node.id})"
+            )
+        if not upstream:
+            kind = "node" if source in nodes else "group"
+            raise GraphDefinitionError(
+                f"{where}, but {kind} {source!r} is not upstream of {node.id!r}; add an "
+                f"edge ({source} >> {node.id})"
+            )
+        explicit[name] = source
+    return explicit
 
 
 def _only_open_param(node: NodeDecl) -> str:
