@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from celery import current_app
 
@@ -16,11 +16,17 @@ from ..model import FINAL_STATES, GraphSpec, RunStatus
 from ..protocol import NodeMessage
 from ..state import WAIT_SLICE, Arrival, Ended, State, Stored, state_for
 
+R = TypeVar("R", covariant=True)
 
-class GraphRun:
-    """A run of a graph. Reopen one from any process with ``GraphRun(run_id, app=app)``."""
 
-    def __init__(self, run_id: str, app: Any = None, spec: GraphSpec | None = None) -> None:
+class GraphRun(Generic[R]):
+    """A run of a graph. Reopen one from any process with ``GraphRun(run_id, app=app)``.
+    ``R`` is what :meth:`get` returns: a typed flow's ``apply_async`` gives
+    ``GraphRun[its result]``; a run reopened by id is ``GraphRun[Any]``."""
+
+    def __init__(
+        self: GraphRun[Any], run_id: str, app: Any = None, spec: GraphSpec | None = None
+    ) -> None:
         self.id = run_id
         self.app = app
         self._spec = spec
@@ -73,7 +79,7 @@ class GraphRun:
             state.runs.wait(self.id, max(left, 0.01))
         return True
 
-    def get(self, timeout: float | None = None) -> Any:
+    def get(self, timeout: float | None = None) -> R:
         """Block until the run ends. Returns the single sink's result, or {sink: result}
         when there are several; raises RunFailed, RunCancelled or RunTimeout."""
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -38,7 +38,7 @@ def submit_spec(
     deadline: float | None = None,
     extra_fields: dict[str, str] | None = None,
     known_inputs_only: bool = True,
-) -> GraphRun:
+) -> GraphRun[Any]:
     """Validate the inputs (with ``known_inputs_only``, each must be a parameter of some
     node; a Celery canvas step merges in whatever the previous step returned), wait for
     queue room, create the run (the graph stored, the roots marked published and leased),

@@ -5,7 +5,7 @@ arguments, if any, are passed too; the call's own keyword arguments win."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, ParamSpec, TypeVar
 
 from celery import current_app
 
@@ -59,11 +59,17 @@ CELERY_OPTIONS = frozenset(
 GRAPH_RUN_OPTIONS = ("idempotency_key", "deadline", "flow_name")
 
 
-class CeleryTaskAPI:
-    """What a node answers as Celery's task. The graph value (``TaskNode``) provides
-    the attributes below."""
+P = ParamSpec("P")
+R = TypeVar("R", covariant=True)
 
-    fn: Callable[..., Any]
+
+class CeleryTaskAPI(Generic[P, R]):
+    """What a node answers as Celery's task. The graph value (``TaskNode``) provides
+    the attributes below. ``delay`` and ``si`` are checked against the function's
+    parameters (``P``); ``s`` is not, as Celery's partial signatures are completed later
+    (a chain passes the previous result)."""
+
+    fn: Callable[P, R]
     task_name: str
     id: str
     bound: tuple[tuple[str, Any], ...]
@@ -91,7 +97,7 @@ class CeleryTaskAPI:
                 )
         return {**dict(self.bound), **(kwargs or {})}
 
-    def delay(self, *args: Any, **kwargs: Any) -> Any:
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         """Celery's ``Task.delay``: send the task on its own; an ``AsyncResult``.
         (A node's start delay in a graph is :meth:`delay_by`.)"""
         return send_plain(self.celery_task, args, self._kwargs(kwargs), {})
@@ -123,7 +129,7 @@ class CeleryTaskAPI:
         (A one-node graph's signature is ``node.as_graph().s(**inputs)``.)"""
         return self.signature(args, kwargs)
 
-    def si(self, *args: Any, **kwargs: Any) -> Any:
+    def si(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         """Celery's ``Task.si``: an immutable signature."""
         return self.signature(args, kwargs, immutable=True)
 

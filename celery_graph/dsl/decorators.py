@@ -6,7 +6,7 @@ import inspect
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, overload
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
 from celery import Task, current_app, shared_task
 from celery.canvas import Signature
@@ -24,13 +24,56 @@ from .values import Flow, TaskNode, check_node_id
 # the spec, so any worker can publish a successor correctly without importing its module.
 ROUTING_OPTIONS = ("queue", "routing_key", "exchange", "priority")
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# The node keeps the function's parameters and return type (docs/dsl.md, "Typing").
+# bind=True: Celery passes the task first, so the node's parameters leave it out.
+# pydantic=True: Celery converts arguments and dumps a model result to a dict, so the
+# node's types are the function's no longer. A bool that is not a literal: either.
+
 
 @overload
-def task(fn: Callable[..., Any], /) -> TaskNode: ...
+def task(fn: Callable[P, R], /) -> TaskNode[P, R]: ...
 @overload
 def task(
-    *, name: str | None = None, **options: Any
-) -> Callable[[Callable[..., Any]], TaskNode]: ...
+    *,
+    name: str | None = None,
+    queue: str | None = None,
+    priority: int | None = None,
+    inject_context: bool = False,
+    bind: Literal[False] = False,
+    pydantic: Literal[False] = False,
+    **options: Any,
+) -> Callable[[Callable[P, R]], TaskNode[P, R]]: ...
+@overload
+def task(
+    *,
+    bind: Literal[True],
+    name: str | None = None,
+    queue: str | None = None,
+    priority: int | None = None,
+    pydantic: Literal[False] = False,
+    **options: Any,
+) -> Callable[[Callable[Concatenate[Any, P], R]], TaskNode[P, R]]: ...
+@overload
+def task(
+    *,
+    pydantic: bool,
+    name: str | None = None,
+    queue: str | None = None,
+    priority: int | None = None,
+    **options: Any,
+) -> Callable[[Callable[..., Any]], TaskNode[..., Any]]: ...
+@overload
+def task(
+    *,
+    bind: bool,
+    name: str | None = None,
+    queue: str | None = None,
+    priority: int | None = None,
+    **options: Any,
+) -> Callable[[Callable[..., Any]], TaskNode[..., Any]]: ...
 def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Declare a graph task. Registers a real Celery task (shared_task-style, so it attaches
     to your app and shows in Flower under its own name) and returns its graph node, which
@@ -78,7 +121,7 @@ def _graph_base(base: type) -> type:
     return type(base.__name__, (base, GraphTask), {"__module__": base.__module__})
 
 
-def _make_task(fn: Callable[..., Any], options: dict[str, Any]) -> TaskNode:
+def _make_task(fn: Callable[..., Any], options: dict[str, Any]) -> TaskNode[..., Any]:
     if isinstance(fn, Flow):
         raise GraphDefinitionError(f"@task applied twice to {fn!r}")
     if not callable(fn):
@@ -99,7 +142,7 @@ def _make_task(fn: Callable[..., Any], options: dict[str, Any]) -> TaskNode:
     local = fn
     if bind or options.get("pydantic"):
         local = _through_celery(fn, name, bind)
-    node = TaskNode(local, name, fn.__name__, (), routing, context=context)
+    node: TaskNode[..., Any] = TaskNode(local, name, fn.__name__, (), routing, context=context)
     check_node_id(node.id, name)
     object.__setattr__(node, "__doc__", fn.__doc__)
     object.__setattr__(node, "__wrapped__", fn)
@@ -129,7 +172,7 @@ def _through_celery(fn: Callable[..., Any], name: str, bind: bool) -> Callable[.
 # -- branch -------------------------------------------------------------------------
 
 
-def branch(*targets: str | TaskNode, value: Any = None) -> Branch:
+def branch(*targets: str | TaskNode[..., Any], value: Any = None) -> Branch:
     """Return this from a task to run only the named successors; the others are skipped
     (and so is everything that only they lead to). A join runs when at least one of its
     branches arrives; a skipped upstream's result is ``None``. ``value`` is the node's
@@ -149,7 +192,7 @@ def branch(*targets: str | TaskNode, value: Any = None) -> Branch:
 # -- existing Celery tasks ----------------------------------------------------------
 
 
-def node(task_or_signature: Any, *, id: str | None = None, **kwargs: Any) -> TaskNode:
+def node(task_or_signature: Any, *, id: str | None = None, **kwargs: Any) -> TaskNode[..., Any]:
     """Make an existing Celery task or signature a graph node, unchanged::
 
         resize = node(resize_image.s("cat.png", width=200), id="resize")
@@ -195,5 +238,5 @@ def node(task_or_signature: Any, *, id: str | None = None, **kwargs: Any) -> Tas
         raise GraphDefinitionError(f"node {node_id!r}: arguments do not fit {name}: {exc}") from exc
     options = {k: getattr(target, k) for k in ROUTING_OPTIONS if getattr(target, k, None)}
     options.update({k: sig_options[k] for k in ROUTING_OPTIONS if k in sig_options})
-    base = TaskNode(fn, name, node_id, (), tuple(sorted(options.items())))
+    base: TaskNode[..., Any] = TaskNode(fn, name, node_id, (), tuple(sorted(options.items())))
     return base.bind(**bound, **kwargs)

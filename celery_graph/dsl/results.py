@@ -3,12 +3,14 @@ is not named like the node."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import GraphDefinitionError
 from ..model import ResultOf
 from .values import Parallel, TaskNode, check_node_id
 
 
-def result_of(source: TaskNode | Parallel | str) -> ResultOf:
+def result_of(source: TaskNode[..., Any] | Parallel | str) -> ResultOf:
     """The result of ``source`` (a node, a named group or the id of either), bound to a
     parameter of a node downstream of it::
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+from collections import abc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
 from ..client import GraphRun, graph_signature, submit_spec
 from ..errors import GraphDefinitionError, NotAGraphTaskError
@@ -23,51 +24,79 @@ from ..model import Declarations, GraphSpec, GroupDecl, NodeDecl, compile_graph
 from .celery_api import CeleryTaskAPI
 from .signatures import parameters, signature_of
 
+# The typing of the values (docs/dsl.md, "Typing"): a flow is generic in what its run's
+# get() returns, a node also in its function's parameters.
+P = ParamSpec("P")
+R = TypeVar("R", covariant=True)  # the result of a run of the flow (its single sink's)
+T = TypeVar("T")
+# A list or tuple of flows in ``>>`` and ``|`` is a group (typed as a covariant sequence,
+# so a list of nodes fits). On the left (``[a, b] >> c``) mypy types a literal list of
+# different nodes as list[object] (it joins their parameter types to nothing), so there
+# a list of objects is accepted too and _as_flow refuses what is not a flow, before
+# anything is sent.
+Flows = abc.Sequence["Flow[Any]"]
+Objects = list[object] | tuple[object, ...]
+
 _current_workflow: contextvars.ContextVar[Workflow | None] = contextvars.ContextVar(
     "celery_graph_workflow", default=None
 )
 
 
-class Flow:
-    """Anything that can be composed and run: a node, a sequence, a group or a workflow."""
+class Flow(Generic[R]):
+    """Anything that can be composed and run: a node, a sequence, a group or a workflow.
+    ``R`` is what ``apply_async().get()`` returns: the single sink's result type, or
+    ``dict[str, Any]`` for several sinks (see docs/dsl.md, "Typing")."""
 
-    def __rshift__(self, other: object) -> Sequence:
-        result = Sequence((self, _as_flow(other, ">>")))
+    # ``a >> b`` is typed as b's result; a list or tuple (a group) as several sinks'
+    @overload
+    def __rshift__(self, other: Flow[T]) -> Sequence[T]: ...
+    @overload
+    def __rshift__(self, other: Flows) -> Sequence[dict[str, Any]]: ...
+    def __rshift__(self, other: object) -> Sequence[Any]:
+        result: Sequence[Any] = Sequence((self, _as_flow(other, ">>")))
         _record(result)
         return result
 
-    def __rrshift__(self, other: object) -> Sequence:
-        result = Sequence((_as_flow(other, ">>"), self))
+    @overload
+    def __rrshift__(self, other: Flows) -> Sequence[R]: ...
+    @overload
+    def __rrshift__(self, other: Objects) -> Sequence[R]: ...
+    def __rrshift__(self, other: object) -> Sequence[R]:
+        result: Sequence[R] = Sequence((_as_flow(other, ">>"), self))
         _record(result)
         return result
 
-    def __or__(self, other: object) -> Parallel:
+    def __or__(self, other: Flow[Any] | Flows) -> Parallel:
         result = Parallel((self, _as_flow(other, "|")))
         _record(result)
         return result
 
+    @overload
+    def __ror__(self, other: Flows) -> Parallel: ...
+    @overload
+    def __ror__(self, other: Objects) -> Parallel: ...
     def __ror__(self, other: object) -> Parallel:
         result = Parallel((_as_flow(other, "|"), self))
         _record(result)
         return result
 
-    def delay_by(self, seconds: float) -> Flow:
+    def delay_by(self, seconds: float) -> Flow[R]:
         """Start this flow's entry nodes no earlier than ``seconds`` after they become
         ready. The wait happens in the broker (a Celery countdown), not in a worker."""
         raise NotImplementedError
 
     # -- structure, handed to the compiler as declarations ------------------------
-    def entries(self) -> list[TaskNode]:
+    def entries(self) -> list[TaskNode[..., Any]]:
         raise NotImplementedError
 
-    def exits(self) -> list[TaskNode]:
+    def exits(self) -> list[TaskNode[..., Any]]:
         raise NotImplementedError
 
-    def walk(self) -> Iterator[Flow]:
+    def walk(self) -> Iterator[Flow[Any]]:
         """Every sub-flow, depth first, self included."""
         yield self
 
-    def edges(self) -> Iterator[tuple[TaskNode, TaskNode]]:
+    def edges(self) -> Iterator[tuple[TaskNode[..., Any], TaskNode[..., Any]]]:
         return iter(())
 
     # -- running ------------------------------------------------------------------
@@ -97,7 +126,7 @@ class Flow:
         by it): a workflow's name, or the one given with :meth:`with_name`."""
         return None
 
-    def with_name(self, name: str) -> NamedFlow:
+    def with_name(self, name: str) -> NamedFlow[R]:
         """This flow under a flow name, which every run of it records (``apply_async``,
         ``submit``, ``s()`` in a canvas or a beat schedule); name a flow once where it is
         defined::
@@ -114,7 +143,7 @@ class Flow:
         deadline: float | None = None,
         flow_name: str | None = None,
         **inputs: Any,
-    ) -> GraphRun:
+    ) -> GraphRun[R]:
         """Start a run; other keyword arguments are run inputs. Returns at once.
 
         ``idempotency_key``: a second submission with the same key returns the run already
@@ -150,7 +179,7 @@ class Flow:
         idempotency_key: str | None = None,
         deadline: float | None = None,
         flow_name: str | None = None,
-    ) -> GraphRun:
+    ) -> GraphRun[R]:
         """Start a run with ``inputs`` on ``app`` (default: Celery's current app); the
         run records ``flow_name`` (default: :attr:`flow_name`)."""
         name = check_flow_name(flow_name) if flow_name is not None else self.flow_name
@@ -164,7 +193,7 @@ class Flow:
         )
 
 
-def _as_flow(value: object, op: str) -> Flow:
+def _as_flow(value: object, op: str) -> Flow[Any]:
     if isinstance(value, Flow):
         return value
     if isinstance(value, (list, tuple)) and value:
@@ -181,7 +210,7 @@ def _as_flow(value: object, op: str) -> Flow:
 
 
 @dataclass(frozen=True, eq=False)
-class TaskNode(CeleryTaskAPI, Flow):
+class TaskNode(CeleryTaskAPI[P, R], Flow[R]):
     """A node that runs one celery-graph task. It composes (``>>``, ``|``, ``bind``,
     ``map``, ``delay_by``) and, used on its own, is Celery's task: ``delay``, ``s``,
     ``si``, ``signature``, ``apply_async``, ``apply``, ``AsyncResult`` and ``name`` act on
@@ -195,7 +224,7 @@ class TaskNode(CeleryTaskAPI, Flow):
     node, ``map`` is the graph's dynamic fan-out and ``bind`` binds node arguments.
     """
 
-    fn: Callable[..., Any]
+    fn: Callable[P, R]
     task_name: str
     id: str
     bound: tuple[tuple[str, Any], ...] = ()
@@ -209,7 +238,7 @@ class TaskNode(CeleryTaskAPI, Flow):
     call: str | None = None  # an existing Celery task this node runs (see node())
     retries: tuple[int, float] | None = None  # (max retries on any error, delay in seconds)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
 
     def declaration(self) -> NodeDecl:
@@ -228,7 +257,7 @@ class TaskNode(CeleryTaskAPI, Flow):
             retries=self.retries,
         )
 
-    def with_retries(self, retries: int, *, delay: float = 1.0) -> TaskNode:
+    def with_retries(self, retries: int, *, delay: float = 1.0) -> TaskNode[P, R]:
         """Retry this node on any error, up to ``retries`` times, ``delay`` seconds apart
         (on top of the task's own Celery retry options)."""
         if not isinstance(retries, int) or retries < 0 or delay < 0:
@@ -238,8 +267,12 @@ class TaskNode(CeleryTaskAPI, Flow):
         return dataclasses.replace(self, retries=(retries, float(delay)))
 
     def map(
-        self, source: str | TaskNode, *, param: str | None = None, chunk: int | None = None
-    ) -> TaskNode:
+        self,
+        source: str | TaskNode[..., Any],
+        *,
+        param: str | None = None,
+        chunk: int | None = None,
+    ) -> TaskNode[P, list[R]]:
         """Dynamic fan-out: one call per item of the list that upstream node ``source``
         returns, at run time. ``param`` (default: the parameter named like the source, or
         the only parameter nothing else fills) receives the item. The node's result, and
@@ -264,9 +297,10 @@ class TaskNode(CeleryTaskAPI, Flow):
             raise GraphDefinitionError(
                 f"node {self.id!r}: map(param={param!r}) is not a parameter of {self.task_name}"
             )
-        return dataclasses.replace(self, map_over=(source_id, param), map_chunk=chunk or 0)
+        mapped = dataclasses.replace(self, map_over=(source_id, param), map_chunk=chunk or 0)
+        return cast("TaskNode[P, list[R]]", mapped)  # its result is the items' results
 
-    def delay_by(self, seconds: float) -> TaskNode:
+    def delay_by(self, seconds: float) -> TaskNode[P, R]:
         if not isinstance(seconds, (int, float)) or seconds < 0:
             raise GraphDefinitionError(
                 f"node {self.id!r}: delay_by needs a non-negative number of seconds, "
@@ -274,7 +308,7 @@ class TaskNode(CeleryTaskAPI, Flow):
             )
         return dataclasses.replace(self, start_delay=float(seconds))
 
-    def bind(self, id: str | None = None, **kwargs: Any) -> TaskNode:
+    def bind(self, id: str | None = None, **kwargs: Any) -> TaskNode[P, R]:
         """A copy with another node id and/or bound keyword arguments.
 
         >>> fetch.bind(id="fetch_eu", region="eu") | fetch.bind(id="fetch_us", region="us")
@@ -293,15 +327,15 @@ class TaskNode(CeleryTaskAPI, Flow):
         merged.update(kwargs)
         return dataclasses.replace(self, id=node_id, bound=tuple(sorted(merged.items())))
 
-    def as_graph(self, name: str | None = None) -> NamedFlow:
+    def as_graph(self, name: str | None = None) -> NamedFlow[R]:
         """This node as a one-node graph, whose ``apply_async(**inputs)`` and ``s()`` start
         a graph run (``name``: the flow name its runs record)."""
         return NamedFlow(self, None if name is None else check_flow_name(name))
 
-    def entries(self) -> list[TaskNode]:
+    def entries(self) -> list[TaskNode[..., Any]]:
         return [self]
 
-    def exits(self) -> list[TaskNode]:
+    def exits(self) -> list[TaskNode[..., Any]]:
         return [self]
 
     def __repr__(self) -> str:
@@ -310,13 +344,13 @@ class TaskNode(CeleryTaskAPI, Flow):
 
 
 @dataclass(frozen=True, eq=False)
-class Sequence(Flow):
+class Sequence(Flow[R]):
     """``a >> b >> c``: each step starts after every exit of the previous one."""
 
-    parts: tuple[Flow, ...]  # as written; nested sequences are flattened by ``steps``
+    parts: tuple[Flow[Any], ...]  # as written; nested sequences are flattened by ``steps``
 
     @property
-    def steps(self) -> tuple[Flow, ...]:
+    def steps(self) -> tuple[Flow[Any], ...]:
         """The steps, nested sequences flattened (once, on first use: ``>>`` stays O(1),
         so a chain built step by step costs linear time)."""
         steps = self.__dict__.get("_steps")
@@ -325,21 +359,21 @@ class Sequence(Flow):
             object.__setattr__(self, "_steps", steps)
         return steps
 
-    def delay_by(self, seconds: float) -> Sequence:
+    def delay_by(self, seconds: float) -> Sequence[R]:
         return Sequence((self.steps[0].delay_by(seconds), *self.steps[1:]))
 
-    def entries(self) -> list[TaskNode]:
+    def entries(self) -> list[TaskNode[..., Any]]:
         return self.steps[0].entries()
 
-    def exits(self) -> list[TaskNode]:
+    def exits(self) -> list[TaskNode[..., Any]]:
         return self.steps[-1].exits()
 
-    def walk(self) -> Iterator[Flow]:
+    def walk(self) -> Iterator[Flow[Any]]:
         yield self
         for step in self.steps:
             yield from step.walk()
 
-    def edges(self) -> Iterator[tuple[TaskNode, TaskNode]]:
+    def edges(self) -> Iterator[tuple[TaskNode[..., Any], TaskNode[..., Any]]]:
         for step in self.steps:
             yield from step.edges()
         for before, after in zip(self.steps, self.steps[1:]):
@@ -352,10 +386,10 @@ class Sequence(Flow):
 
 
 @dataclass(frozen=True, eq=False)
-class Parallel(Flow):
+class Parallel(Flow[dict[str, Any]]):
     """``a | b | c``: members run in parallel. ``.named("batch")`` makes a named group."""
 
-    parts: tuple[Flow, ...]  # as written; unnamed groups inside are flattened by ``members``
+    parts: tuple[Flow[Any], ...]  # as written; unnamed groups inside are flattened by ``members``
     name: str | None = None
     # None: strict (any failing member fails the run); else a canonical policy dict as a
     # sorted tuple of items, e.g. (("kind", "at_least"), ("n", 2))
@@ -366,7 +400,7 @@ class Parallel(Flow):
             raise GraphDefinitionError("empty parallel group: give it at least one member")
 
     @property
-    def members(self) -> tuple[Flow, ...]:
+    def members(self) -> tuple[Flow[Any], ...]:
         """The members, unnamed groups without a policy flattened (once, on first use:
         ``|`` stays O(1), so a group built member by member costs linear time)."""
         members = self.__dict__.get("_members")
@@ -385,7 +419,7 @@ class Parallel(Flow):
         *,
         at_least: int | None = None,
         best_effort: bool = False,
-        critical: tuple[Flow | str, ...] | list[Flow | str] = (),
+        critical: tuple[Flow[Any] | str, ...] | list[Flow[Any] | str] = (),
     ) -> Parallel:
         """Let some members fail without failing the run (strict is the default).
 
@@ -441,18 +475,18 @@ class Parallel(Flow):
             policy=self.policy,
         )
 
-    def entries(self) -> list[TaskNode]:
+    def entries(self) -> list[TaskNode[..., Any]]:
         return [n for m in self.members for n in m.entries()]
 
-    def exits(self) -> list[TaskNode]:
+    def exits(self) -> list[TaskNode[..., Any]]:
         return [n for m in self.members for n in m.exits()]
 
-    def walk(self) -> Iterator[Flow]:
+    def walk(self) -> Iterator[Flow[Any]]:
         yield self
         for member in self.members:
             yield from member.walk()
 
-    def edges(self) -> Iterator[tuple[TaskNode, TaskNode]]:
+    def edges(self) -> Iterator[tuple[TaskNode[..., Any], TaskNode[..., Any]]]:
         for member in self.members:
             yield from member.edges()
 
@@ -466,53 +500,53 @@ class Parallel(Flow):
 
 
 @dataclass(frozen=True, eq=False)
-class NamedFlow(Flow):
+class NamedFlow(Flow[R]):
     """A flow under a flow name (``flow.with_name("etl")``, ``node.as_graph()``): the same
     graph; its runs record the name. Composing it with others makes a new, unnamed flow."""
 
-    flow: Flow
+    flow: Flow[R]
     name: str | None = None
 
     @property
     def flow_name(self) -> str | None:
         return self.name or self.flow.flow_name
 
-    def delay_by(self, seconds: float) -> NamedFlow:
+    def delay_by(self, seconds: float) -> NamedFlow[R]:
         return NamedFlow(self.flow.delay_by(seconds), self.name)
 
-    def entries(self) -> list[TaskNode]:
+    def entries(self) -> list[TaskNode[..., Any]]:
         return self.flow.entries()
 
-    def exits(self) -> list[TaskNode]:
+    def exits(self) -> list[TaskNode[..., Any]]:
         return self.flow.exits()
 
-    def walk(self) -> Iterator[Flow]:
+    def walk(self) -> Iterator[Flow[Any]]:
         yield self
         yield from self.flow.walk()
 
-    def edges(self) -> Iterator[tuple[TaskNode, TaskNode]]:
+    def edges(self) -> Iterator[tuple[TaskNode[..., Any], TaskNode[..., Any]]]:
         return self.flow.edges()
 
     def __repr__(self) -> str:
         return f"{self.flow!r}.with_name({self.name!r})" if self.name else repr(self.flow)
 
 
-class Workflow(Flow):
+class Workflow(Flow[Any]):
     """A graph accumulated from DSL statements inside ``with workflow(name) as wf:``."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._parts: list[Flow] = []
+        self._parts: list[Flow[Any]] = []
         self._token: contextvars.Token[Workflow | None] | None = None
 
-    def add(self, *flows: Flow) -> Workflow:
+    def add(self, *flows: Flow[Any]) -> Workflow:
         """Add flows (for example a lone node) to the graph explicitly."""
         for f in flows:
             self._parts.append(_as_flow(f, "add"))
         return self
 
     @property
-    def parts(self) -> tuple[Flow, ...]:
+    def parts(self) -> tuple[Flow[Any], ...]:
         return tuple(self._parts)
 
     def __enter__(self) -> Workflow:
@@ -524,18 +558,18 @@ class Workflow(Flow):
             _current_workflow.reset(self._token)
             self._token = None
 
-    def entries(self) -> list[TaskNode]:
+    def entries(self) -> list[TaskNode[..., Any]]:
         return [n for p in self._parts for n in p.entries()]
 
-    def exits(self) -> list[TaskNode]:
+    def exits(self) -> list[TaskNode[..., Any]]:
         return [n for p in self._parts for n in p.exits()]
 
-    def walk(self) -> Iterator[Flow]:
+    def walk(self) -> Iterator[Flow[Any]]:
         yield self
         for part in self._parts:
             yield from part.walk()
 
-    def edges(self) -> Iterator[tuple[TaskNode, TaskNode]]:
+    def edges(self) -> Iterator[tuple[TaskNode[..., Any], TaskNode[..., Any]]]:
         for part in self._parts:
             yield from part.edges()
 
@@ -558,14 +592,16 @@ def workflow(name: str) -> Workflow:
     return Workflow(name)
 
 
-def _plain_group(flow: Flow) -> bool:
+def _plain_group(flow: Flow[Any]) -> bool:
     return isinstance(flow, Parallel) and flow.name is None and flow.policy is None
 
 
-def _flatten(root: Sequence | Parallel, inline: Callable[[Flow], bool]) -> tuple[Flow, ...]:
+def _flatten(
+    root: Sequence[Any] | Parallel, inline: Callable[[Flow[Any]], bool]
+) -> tuple[Flow[Any], ...]:
     """The parts of ``root``, with every part for which ``inline`` is true replaced by its
     own parts, depth first, in order (iteratively: a long chain of ``|`` nests deeply)."""
-    out: list[Flow] = []
+    out: list[Flow[Any]] = []
     stack = [iter(root.parts)]
     while stack:
         part = next(stack[-1], None)
@@ -578,7 +614,7 @@ def _flatten(root: Sequence | Parallel, inline: Callable[[Flow], bool]) -> tuple
     return tuple(out)
 
 
-def _record(flow: Flow) -> None:
+def _record(flow: Flow[Any]) -> None:
     wf = _current_workflow.get()
     if wf is not None and flow is not wf:
         wf._parts.append(flow)
@@ -607,7 +643,7 @@ def check_node_id(node_id: str, what: str) -> None:
         )
 
 
-def _member_tree(flow: Flow) -> Any:
+def _member_tree(flow: Flow[Any]) -> Any:
     """The result shape of a group member: a node's id, a sequence's last step, a list."""
     if isinstance(flow, TaskNode):
         return flow.id
