@@ -192,6 +192,12 @@ def branch(*targets: str | TaskNode[..., Any], value: Any = None) -> Branch:
 # -- existing Celery tasks ----------------------------------------------------------
 
 
+@overload
+def node(
+    task_or_signature: TaskNode[P, R], *, id: str | None = None, **kwargs: Any
+) -> TaskNode[P, R]: ...
+@overload
+def node(task_or_signature: Any, *, id: str | None = None, **kwargs: Any) -> TaskNode[..., Any]: ...
 def node(task_or_signature: Any, *, id: str | None = None, **kwargs: Any) -> TaskNode[..., Any]:
     """Make an existing Celery task or signature a graph node, unchanged::
 

@@ -16,6 +16,7 @@ from celery_graph import (
     Parallel,
     RunContext,
     Sequence,
+    TaskNode,
     node,
     result_of,
     task,
@@ -134,7 +135,8 @@ with workflow("etl") as wf:
     extract >> transform
 assert_type(wf.apply_async().get(), Any)  # a workflow can still grow: Any
 assert_type(GraphRun("0" * 32).get(), Any)  # reopened by id: Any
-assert_type(node(extract).apply_async(), Any)  # an existing Celery task: Any
+assert_type(node(object()), TaskNode[..., Any])  # an existing Celery task: Any
+assert_type(result(node(extract, id="extract_2")), list[int])  # a node stays typed
 
 # -- result_of takes a node, a named group or an id -----------------------------------------
 
