@@ -32,7 +32,7 @@ test-pythons:
 	.ci/pythons
 
 demo: $(STAMP)
-	$(BIN)/python -m celery_graph.devserver -- $(BIN)/python examples/quickstart.py
+	$(BIN)/python -m celery_graph.testing -- $(BIN)/python examples/quickstart.py
 
 # docs/*.md as a site in build/site; tests/test_docs.py runs the same strict build
 docs: $(STAMP)

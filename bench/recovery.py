@@ -67,7 +67,7 @@ def worker_killed(url: str) -> float:
 
 
 def broker_lost(url: str) -> float:
-    from celery_graph.devserver import PrivateRedis
+    from celery_graph.testing import PrivateRedis
     from tests.workers import Workers
 
     broker = PrivateRedis().start()
@@ -88,7 +88,7 @@ def broker_lost(url: str) -> float:
 
 def graph_redis_away(url: str) -> float:
     from celery_graph import GraphRun
-    from celery_graph.devserver import PrivateRedis
+    from celery_graph.testing import PrivateRedis
     from tests.workers import Workers
 
     graph = PrivateRedis(appendonly=True).start()
@@ -119,7 +119,7 @@ SCENARIOS = {
 
 
 def main(repeats: int = 3) -> dict[str, list[float]]:
-    from celery_graph.devserver import PrivateRedis
+    from celery_graph.testing import PrivateRedis
 
     server = PrivateRedis().start()
     results: dict[str, list[float]] = {}

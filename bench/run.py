@@ -419,7 +419,7 @@ def main(
     quick: bool = False, processes: int = 2, only: frozenset[str] | None = None
 ) -> dict[str, Any]:
     """Every section of the suite, or the ones named in ``only`` (see SECTIONS)."""
-    from celery_graph.devserver import PrivateRedis
+    from celery_graph.testing import PrivateRedis
 
     def wanted(section: str) -> bool:
         return only is None or section in only

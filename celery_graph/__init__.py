@@ -1,8 +1,6 @@
 """celery-graph: graph workflows (``a >> b``, ``a | b``) on your existing Celery workers."""
 
-from . import workerstep as _workerstep  # noqa: F401  (worker options and bootstep on every app)
 from .client import GraphRun
-from .context import RunContext
 from .dsl import (
     Flow,
     NamedFlow,
@@ -16,6 +14,7 @@ from .dsl import (
     task,
     workflow,
 )
+from .engine.context import RunContext
 from .errors import (
     Backpressure,
     BrokerUnavailable,
@@ -45,6 +44,7 @@ from .errors import (
 )
 from .model import GraphSpec, NodeStatus, RunStatus
 from .protocol import Branch
+from .worker import step as _step  # noqa: F401  (worker options and bootstep on every app)
 
 __version__ = "0.1.0"
 

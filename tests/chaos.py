@@ -89,7 +89,7 @@ def run_chaos(
     lease: float | None = 3.0,
     seed: int | None = None,
 ) -> ChaosReport:
-    from celery_graph.devserver import PrivateRedis
+    from celery_graph.testing import PrivateRedis
     from tests.tasks import ch_a, ch_b, ch_c, ch_d, ch_join
     from tests.workers import Workers
 
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         help="queued and running lease in seconds (default: the settings' defaults, 30 s and 15 s)",
     )
     args = parser.parse_args(argv)
-    from celery_graph.devserver import redis_url
+    from celery_graph.testing import redis_url
 
     with redis_url(private=True) as url:
         report = run_chaos(

@@ -15,7 +15,7 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from celery.signals import before_task_publish
 
-from celery_graph.devserver import redis_url as private_redis_url
+from celery_graph.testing import redis_url as private_redis_url
 from tests.brokerapp import make_app
 from tests.helpers import wait_for
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from celery_graph.devserver import PrivateRedis, find_server_binary, free_port
+from celery_graph.testing import PrivateRedis, find_server_binary, free_port
 
 
 def redis_cli() -> str:

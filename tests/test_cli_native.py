@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
-from celery_graph import render
 from celery_graph.cli.output import SUMMARY_OVER, print_status
+from celery_graph.drawing import render
 from celery_graph.model import NodeStatus, RunStatus
 from tests.tasks import audit, boom, extract, load, step, transform
 from tests.test_cli_support import ROOT, base_env, celery_worker, cli, redis_db_url

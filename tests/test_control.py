@@ -15,9 +15,9 @@ from celery_graph import (
     RunFailed,
     RunNotResumable,
 )
-from celery_graph.devserver import free_port
 from celery_graph.keys import Keys
 from celery_graph.state import state_for
+from celery_graph.testing import free_port
 from tests.brokerapp import make_app
 from tests.conftest import SESSION
 from tests.helpers import postruns, wait_for

@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from celery_graph import GraphRun, RunFailed, StoreUnavailable
-from celery_graph.devserver import PrivateRedis
+from celery_graph.testing import PrivateRedis
 from tests.helpers import wait_for
 from tests.tasks import join_count, step
 from tests.workers import Workers

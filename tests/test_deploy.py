@@ -19,7 +19,7 @@ import yaml
 from flower.options import options as flower_options
 
 from celery_graph import config, registry
-from celery_graph.devserver import free_port
+from celery_graph.testing import free_port
 from tests.apps import ops_tasks as t
 from tests.apps.common import build_app
 from tests.apps.harness import ROOT, graph_worker_help, subprocess_env, wait_for

@@ -17,8 +17,8 @@ import yaml
 from celery import Celery
 
 from celery_graph.config import Settings
-from celery_graph.devserver import PrivateRedis, find_server_binary, free_port
 from celery_graph.state import State
+from celery_graph.testing import PrivateRedis, find_server_binary, free_port
 from tests.servers import _wait, redis_cli
 from tests.tasks import audit, extract, load, transform
 

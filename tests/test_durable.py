@@ -24,12 +24,12 @@ from celery_graph import (
     workflow,
 )
 from celery_graph.codec import error_record
-from celery_graph.devserver import free_port
+from celery_graph.engine.lifecycle import end_run
 from celery_graph.executor.node import fail_node
-from celery_graph.lifecycle import end_run
 from celery_graph.protocol import NodeMessage, task_id_for
 from celery_graph.state import state_for
 from celery_graph.state.graphs import GraphStore
+from celery_graph.testing import free_port
 from tests.brokerapp import make_app
 from tests.conftest import SESSION
 from tests.helpers import postruns, wait_for

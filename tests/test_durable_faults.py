@@ -15,8 +15,8 @@ import pytest
 import redis
 
 from celery_graph import GraphRun, RunFailed
-from celery_graph.devserver import PrivateRedis
 from celery_graph.state import state_for
+from celery_graph.testing import PrivateRedis
 from tests.helpers import wait_for
 from tests.tasks import UNCONSUMED_QUEUE, kill_own_process, step, unconsumed
 from tests.workers import ROOT, Workers

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from celery_graph.devserver import free_port
+from celery_graph.testing import free_port
 from tests.apps import ops_tasks as t
 from tests.apps.common import build_app
 from tests.apps.harness import ROOT, WorkerProcess, start_worker, subprocess_env, wait_for

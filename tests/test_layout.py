@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from celery_graph.drawing.layout import BIG, GAP_X, NODE_H, NODE_W, layout
 from celery_graph.dsl import Parallel, workflow
-from celery_graph.layout import BIG, GAP_X, NODE_H, NODE_W, layout
 from tests.tasks import audit, extract, load, merge, process, split, step, transform
 
 

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from celery_graph import GraphRun, RunFailed
-from celery_graph.devserver import PrivateRedis, find_server_binary, free_port
+from celery_graph.testing import PrivateRedis, find_server_binary, free_port
 from tests.tasks import audit, extract, load, over_hard_limit, over_soft_limit, step, transform
 from tests.workers import Workers
 

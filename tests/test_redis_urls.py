@@ -7,7 +7,7 @@ import json
 import redis
 
 from celery_graph import GraphRun
-from celery_graph.devserver import PrivateRedis
+from celery_graph.testing import PrivateRedis
 from tests.tasks import UNCONSUMED_QUEUE, audit, extract, load, transform, unconsumed
 from tests.workers import Workers
 

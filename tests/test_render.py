@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from celery_graph import layout, render, workflow
+from celery_graph import workflow
+from celery_graph.drawing import layout, render
 from tests.tasks import audit, extract, load, t1, t2, t3, transform
 
 ETL = (extract >> (transform | audit) >> load).compile()

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from celery_graph import GraphRun
-from celery_graph.registry import live_workers
+from celery_graph.worker.heartbeat import live_workers
 from tests.apps import ops_tasks as t
 from tests.apps.common import build_app
 from tests.apps.harness import start_worker, wait_for

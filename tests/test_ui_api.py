@@ -9,10 +9,10 @@ import pytest
 
 from celery_graph import GraphRun
 from celery_graph.client.submit import run_id_for
-from celery_graph.registry import Heartbeat
 from celery_graph.state import state_for
 from celery_graph.ui import start
 from celery_graph.ui.store import UiStore
+from celery_graph.worker.heartbeat import Heartbeat
 from tests.helpers import wait_for
 from tests.ui_helpers import FLOWER, Http
 from tests.ui_tasks import ETL, gated, ui_echo, ui_fail_once, ui_never

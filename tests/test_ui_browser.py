@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from celery_graph.registry import Heartbeat
 from celery_graph.state import state_for
+from celery_graph.worker.heartbeat import Heartbeat
 from tests.helpers import wait_for
 from tests.ui_helpers import CHROMIUM_ARGS, chromium_or_skip
 from tests.ui_tasks import gated

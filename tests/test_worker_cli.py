@@ -11,7 +11,7 @@ from celery import Celery
 from celery_graph.config import RELIABLE_DEFAULTS
 from celery_graph.config import WorkerOptions as Options
 from celery_graph.errors import ConfigurationError
-from celery_graph.worker import (
+from celery_graph.worker.command import (
     UsageError,
     apply_defaults,
     check_agreement,

@@ -9,11 +9,11 @@ import uuid
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from celery_graph.devserver import free_port
 from celery_graph.dispatch import QueueDepth
 from celery_graph.errors import RunFailed
-from celery_graph.registry import live_workers
 from celery_graph.state import state_for
+from celery_graph.testing import free_port
+from celery_graph.worker.heartbeat import live_workers
 from tests.apps import ops_tasks as t
 from tests.apps.common import build_app
 from tests.apps.harness import start_worker, wait_for

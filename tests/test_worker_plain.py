@@ -16,9 +16,9 @@ import uuid
 import pytest
 
 from celery_graph import GraphRun
-from celery_graph.devserver import PrivateRedis, free_port
-from celery_graph.registry import Heartbeat, live_workers
 from celery_graph.state import state_for
+from celery_graph.testing import PrivateRedis, free_port
+from celery_graph.worker.heartbeat import Heartbeat, live_workers
 from tests.apps import ops_tasks as t
 from tests.apps.common import build_app
 from tests.apps.harness import GRAPH_WORKER, ROOT, WorkerProcess, subprocess_env, wait_for

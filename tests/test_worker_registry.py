@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from celery_graph.keys import key_pattern
-from celery_graph.registry import live_workers, print_workers
+from celery_graph.worker.heartbeat import live_workers, print_workers
 from tests.apps import ops_tasks as t
 from tests.apps.common import build_app
 from tests.apps.harness import ROOT, start_worker, subprocess_env, wait_for
@@ -98,7 +98,7 @@ def test_python_m_celery_graph_registry_prints_the_workers(setup, redis_url):
         CGOPS_BROKER_URL=redis_url, CGOPS_QUEUE="unused", CELERY_GRAPH_KEY_PREFIX=PREFIX
     )
     out = subprocess.run(
-        [sys.executable, "-m", "celery_graph.registry", "-A", "tests.apps.opsapp"],
+        [sys.executable, "-m", "celery_graph.worker.heartbeat", "-A", "tests.apps.opsapp"],
         env=env,
         cwd=ROOT,
         capture_output=True,

@@ -12,8 +12,9 @@ from typing import IO, Any
 
 import click
 
-from .. import render
 from ..client import GraphRun
+from ..drawing import render
+from ..engine.reconcile import Reconciler
 from ..errors import (
     GraphNotFound,
     RunCancelled,
@@ -23,9 +24,8 @@ from ..errors import (
     RunTimeout,
 )
 from ..fmt import span
-from ..reconcile import Reconciler
-from ..registry import live_workers, print_workers
 from ..state import state_for
+from ..worker.heartbeat import live_workers, print_workers
 from .base import (
     PROG,
     common_options,

@@ -8,10 +8,10 @@ from typing import Any, Generic, TypeVar
 from celery import current_app
 
 from ..codec import decode_value, error_record
-from ..context import RunContext
 from ..dispatch import publish_items, publish_nodes
+from ..engine.context import RunContext
+from ..engine.lifecycle import end_run, settle
 from ..errors import RunTimeout, StoreUnavailable
-from ..lifecycle import end_run, settle
 from ..model import FINAL_STATES, GraphSpec, RunStatus
 from ..protocol import NodeMessage
 from ..state import WAIT_SLICE, Arrival, Ended, State, Stored, state_for

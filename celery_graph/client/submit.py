@@ -13,8 +13,8 @@ from kombu.utils import json as kjson
 
 from ..codec import encode_value, error_record
 from ..dispatch import publish_nodes, wait_for_room
+from ..engine.lifecycle import end_run
 from ..errors import PublishError, RunNotFound, StoreError
-from ..lifecycle import end_run
 from ..model import GraphSpec
 from ..signals import run_started
 from ..state import State, state_for

@@ -30,8 +30,9 @@ from celery.exceptions import Retry
 from celery.utils.log import get_task_logger
 
 from ..codec import decode_value, encode_value
-from ..context import RunContext
 from ..dispatch import publish_items
+from ..engine.context import RunContext
+from ..engine.lifecycle import after_run, end_run, settle
 from ..errors import (
     DeadlineExceeded,
     NodeLost,
@@ -40,7 +41,6 @@ from ..errors import (
     StoreUnavailable,
     UnknownTask,
 )
-from ..lifecycle import after_run, end_run, settle
 from ..model import GraphSpec, NodeSpec
 from ..protocol import Branch, NodeMessage
 from ..state import Begin, Ended, State, Stored, state_for

@@ -27,9 +27,9 @@ from celery.utils.log import get_task_logger
 
 from ..codec import error_record, exception_record
 from ..dispatch import redeliver
+from ..engine.reconcile import SweepThread
 from ..errors import BrokerUnavailable, CeleryGraphError, StoreUnavailable, UnknownTask
 from ..protocol import CALL_TASK, GRAPH_KWARG, NodeMessage, graph_fields
-from ..reconcile import SweepThread
 from ..state import Mode, state_for
 from .node import NodeRun, fail_node
 

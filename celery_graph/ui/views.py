@@ -18,12 +18,12 @@ from urllib.parse import quote
 from ..client import GraphRun
 from ..client.run import resume_frontier
 from ..codec import decode_value
+from ..drawing.layout import layout
 from ..errors import RunNotResumable
-from ..layout import layout
 from ..model import FINAL_STATES, GraphSpec, NodeStatus, RunStatus
 from ..protocol import task_id_for
-from ..registry import live_workers
 from ..state import State
+from ..worker.heartbeat import live_workers
 from .flows import FlowRegistry
 from .store import RunRow, UiStore
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .dispatch import continue_canvas, publish_nodes
-from .model import GraphSpec
-from .signals import run_finished
-from .state import Arrival, Continuation, Finish, State
+from ..dispatch import continue_canvas, publish_nodes
+from ..model import GraphSpec
+from ..signals import run_finished
+from ..state import Arrival, Continuation, Finish, State
 
 logger = logging.getLogger("celery_graph")
 

@@ -30,11 +30,11 @@ from typing import IO, Any
 
 from celery import Celery
 
-from .apploader import app_ref, load_app
-from .config import ENV_HEARTBEAT_INTERVAL, heartbeat_interval, registry_ttl
-from .errors import ConfigurationError, StoreError
-from .fmt import duration, table
-from .state import State, state_for
+from ..apploader import app_ref, load_app
+from ..config import ENV_HEARTBEAT_INTERVAL, heartbeat_interval, registry_ttl
+from ..errors import ConfigurationError, StoreError
+from ..fmt import duration, table
+from ..state import State, state_for
 
 logger = logging.getLogger("celery_graph.registry")
 

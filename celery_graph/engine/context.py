@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .codec import decode_value, encode_value
-from .errors import CeleryGraphError
-from .state import State
+from ..codec import decode_value, encode_value
+from ..errors import CeleryGraphError
+from ..state import State
 
 
 def _check_key(key: str) -> str:

@@ -17,8 +17,8 @@ from typing import Any
 
 import click
 
-from .apploader import app_ref, load_app
-from .config import (
+from ..apploader import app_ref, load_app
+from ..config import (
     ENV_GRACEFUL_TIMEOUT,
     ENV_METRICS_HOST,
     ENV_METRICS_PORT,
@@ -26,8 +26,8 @@ from .config import (
     ENV_REDIS_URL,
     ENV_RELIABLE_DEFAULTS,
 )
-from .errors import ConfigurationError
-from .workerstep import (
+from ..errors import ConfigurationError
+from .step import (
     WORKER_OPTIONS,
     GraphWorkerStep,
     apply_defaults,
@@ -217,6 +217,3 @@ __all__ = [
     "split_argv",
     "user_set",
 ]
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -46,11 +46,11 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
-from .config import RUN_DURATION_BUCKETS, TASK_DURATION_BUCKETS, registry_ttl
-from .dispatch import QueueDepth
-from .errors import ConfigurationError
-from .signals import run_finished, run_started
-from .state import State, state_for
+from ..config import RUN_DURATION_BUCKETS, TASK_DURATION_BUCKETS, registry_ttl
+from ..dispatch import QueueDepth
+from ..errors import ConfigurationError
+from ..signals import run_finished, run_started
+from ..state import State, state_for
 
 logger = logging.getLogger("celery_graph.metrics")
 

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .model import GraphSpec, NodeSpec
+from ..model import GraphSpec, NodeSpec
 
 BIG = 30  # more nodes than this: group
 MIN_BUNDLE = 3  # parallel chains that make a bundle

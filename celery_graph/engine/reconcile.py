@@ -29,13 +29,13 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from .codec import decode_value, error_record, exception_record
-from .dispatch import QueueDepth, publish_items, publish_nodes, queue_of
-from .errors import CeleryGraphError, DeadlineExceeded, NodeLost, StoreError, StoreUnavailable
+from ..codec import decode_value, error_record, exception_record
+from ..dispatch import QueueDepth, publish_items, publish_nodes, queue_of
+from ..errors import CeleryGraphError, DeadlineExceeded, NodeLost, StoreError, StoreUnavailable
+from ..model import GraphSpec
+from ..protocol import NodeMessage
+from ..state import Expiry, Mode, Reclaim, State, Verdict, state_for
 from .lifecycle import after_run, end_run, settle
-from .model import GraphSpec
-from .protocol import NodeMessage
-from .state import Expiry, Mode, Reclaim, State, Verdict, state_for
 
 logger = logging.getLogger("celery_graph.reconcile")
 

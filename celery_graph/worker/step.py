@@ -34,7 +34,7 @@ from celery.bin.base import CeleryOption
 from celery.signals import worker_shutdown
 from celery.worker import state as worker_state
 
-from .config import (
+from ..config import (
     ENV_GRACEFUL_TIMEOUT,
     ENV_METRICS_HOST,
     ENV_METRICS_PORT,
@@ -44,13 +44,13 @@ from .config import (
     WorkerOptions,
     reliable_defaults_wanted,
 )
-from .dispatch import QueueDepth
-from .errors import CeleryGraphError, ConfigurationError, NoGraphRedis, StoreUnavailable
+from ..dispatch import QueueDepth
+from ..errors import CeleryGraphError, ConfigurationError, NoGraphRedis, StoreUnavailable
+from ..signals import graph_task_declared
+from ..state import state_for
+from ..state.workers import REDIS_REQUIRED, version_tuple
+from .heartbeat import DuplicateWorkerName, Heartbeat
 from .metrics import MetricsServer, WorkerCollector, install_task_signals
-from .registry import DuplicateWorkerName, Heartbeat
-from .signals import graph_task_declared
-from .state import state_for
-from .state.workers import REDIS_REQUIRED, version_tuple
 
 logger = logging.getLogger("celery_graph.worker")
 

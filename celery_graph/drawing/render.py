@@ -2,7 +2,7 @@
 
 Each drawing optionally takes ``states`` ({node id: state}, from ``GraphRun.status()``),
 shown as a mark in text and as a fill colour in the others. The SVG is written directly
-in the dashboard's layout (`celery_graph.layout`); a PNG is that SVG converted where a
+in the dashboard's layout (`celery_graph.drawing.layout`); a PNG is that SVG converted where a
 light converter is installed (CairoSVG or rsvg-convert).
 """
 
@@ -15,8 +15,8 @@ import subprocess
 from collections.abc import Mapping
 from typing import Any
 
+from ..model import GraphSpec
 from .layout import layout
-from .model import GraphSpec
 
 # Fill colours per node state (also the legend of the PNG).
 STATE_COLOURS: dict[str, str] = {

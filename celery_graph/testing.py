@@ -7,8 +7,8 @@ server on a free port in a temporary directory and stops it on exit. The binary 
 
 Command line::
 
-    python -m celery_graph.devserver -- CMD ARGS...   # runs CMD with CELERY_GRAPH_REDIS_URL set
-    python -m celery_graph.devserver                  # prints the URL, serves until Ctrl-C
+    python -m celery_graph.testing -- CMD ARGS...   # runs CMD with CELERY_GRAPH_REDIS_URL set
+    python -m celery_graph.testing                  # prints the URL, serves until Ctrl-C
 """
 
 from __future__ import annotations
