@@ -355,40 +355,6 @@ DEFAULT_GRACEFUL_TIMEOUT: float = setting("graceful_timeout").default
 DEFAULT_HEARTBEAT_INTERVAL: float = setting("heartbeat_interval").default
 TTL_INTERVALS = 3  # a worker is gone from the registry after missing this many heartbeats
 
-# Upper bounds (seconds) of the node- and run-duration histograms' buckets.
-TASK_DURATION_BUCKETS = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    300.0,
-    1800.0,
-)
-RUN_DURATION_BUCKETS = (
-    0.1,
-    0.5,
-    1.0,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    300.0,
-    900.0,
-    1800.0,
-    3600.0,
-    21600.0,
-    86400.0,
-)
-
 # Celery settings a graph worker applies unless the app's configuration sets them.
 RELIABLE_DEFAULTS: dict[str, Any] = {
     # ack after the node ran, so a message whose worker died is delivered again

@@ -12,8 +12,9 @@ import uuid
 
 import pytest
 
+from celery_graph.cli.output import print_workers
 from celery_graph.keys import key_pattern
-from celery_graph.worker.heartbeat import live_workers, print_workers
+from celery_graph.worker.heartbeat import live_workers
 from tests.apps import ops_tasks as t
 from tests.apps.common import build_app
 from tests.apps.harness import ROOT, start_worker, subprocess_env, wait_for
@@ -65,7 +66,7 @@ def test_worker_registers_beats_and_leaves_on_a_clean_stop(setup, rclient):
     flow.submit(app=app).get(timeout=20)
     wait_for(lambda: entry(app, w).metrics.get("processed") == 1, 5, "metrics at next beat")
     out = io.StringIO()
-    assert print_workers(app, out=out) == 0
+    print_workers(live_workers(app), out)
     header, row = out.getvalue().splitlines()
     assert header.split()[:4] == ["WORKER", "STATE", "PID", "QUEUES"]
     cells = row.split()
@@ -90,7 +91,7 @@ def test_sigkilled_worker_vanishes_after_the_ttl(setup):
     assert 1.5 < time.monotonic() - killed < 5  # ~TTL (3 s) after the last heartbeat
 
 
-def test_python_m_celery_graph_registry_prints_the_workers(setup, redis_url):
+def test_celery_graph_workers_prints_the_workers(setup, redis_url):
     app, _queue, worker = setup
     w = worker("reg3")
     info = wait_for(lambda: entry(app, w), 20, f"registry entry\n{w.log()}")
@@ -98,7 +99,7 @@ def test_python_m_celery_graph_registry_prints_the_workers(setup, redis_url):
         CGOPS_BROKER_URL=redis_url, CGOPS_QUEUE="unused", CELERY_GRAPH_KEY_PREFIX=PREFIX
     )
     out = subprocess.run(
-        [sys.executable, "-m", "celery_graph.worker.heartbeat", "-A", "tests.apps.opsapp"],
+        [sys.executable, "-m", "celery_graph.cli", "-A", "tests.apps.opsapp", "workers"],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -107,10 +108,3 @@ def test_python_m_celery_graph_registry_prints_the_workers(setup, redis_url):
         check=True,
     ).stdout
     assert info.hostname in out and str(w.pid) in out
-
-
-def test_no_workers_says_so(redis_url):
-    out = io.StringIO()
-    app = build_app(redis_url, "cgops-none", key_prefix=f"{PREFIX}:empty")
-    assert print_workers(app, out=out) == 0
-    assert "no live workers" in out.getvalue()

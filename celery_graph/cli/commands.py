@@ -23,9 +23,8 @@ from ..errors import (
     RunNotResumable,
     RunTimeout,
 )
-from ..fmt import span
 from ..state import state_for
-from ..worker.heartbeat import live_workers, print_workers
+from ..worker.heartbeat import live_workers
 from .base import (
     PROG,
     common_options,
@@ -35,12 +34,14 @@ from .base import (
     json_option,
     run_id_argument,
 )
+from .fmt import span
 from .output import (
     dump,
     emit_json,
     print_runs,
     print_status,
     print_sweep,
+    print_workers,
     progress_line,
     run_row,
     spec_data,
@@ -367,10 +368,14 @@ def reconcile_command(once: bool, interval: float | None, as_json: bool) -> int:
 def workers_command(as_json: bool) -> int:
     """List graph workers (from the worker heartbeat registry)."""
     app = configured_app()
+    workers = live_workers(app)
     if as_json:
-        emit_json([worker_data(w) for w in live_workers(app)], sys.stdout)
-        return 0
-    return int(print_workers(app, sys.stdout))
+        emit_json([worker_data(w) for w in workers], sys.stdout)
+    elif not workers:
+        sys.stdout.write(f"no live workers under key prefix {state_for(app).keys.prefix!r}\n")
+    else:
+        print_workers(workers, sys.stdout)
+    return 0
 
 
 @click.command(

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from typing import IO, Any
 
-from ..fmt import duration, span, table, timestamp
 from ..model import GraphSpec, RunStatus
+from .fmt import duration, span, table, timestamp
 
 SUMMARY_OVER = 50  # `status` summarises a run with more nodes than this (unless --all)
 SHOWN = 20  # at most this many rows per section of a summary
@@ -196,6 +196,51 @@ def print_runs(rows: Iterable[Mapping[str, Any]], out: IO[str]) -> None:
             ]
         )
     table(lines, out)
+
+
+WORKER_COLUMNS = (
+    "WORKER",
+    "STATE",
+    "PID",
+    "QUEUES",
+    "HEARTBEAT",
+    "UPTIME",
+    "PROCESSED",
+    "OK",
+    "FAILED",
+    "MEAN",
+    "IN-FLIGHT",
+)
+
+
+def print_workers(workers: Iterable[Any], out: IO[str]) -> None:
+    """The live workers (``WorkerInfo``) as a table::
+
+        WORKER     STATE    PID   QUEUES  HEARTBEAT  UPTIME  PROCESSED  OK   FAILED  MEAN
+        cpu@host1  running  4121  celery  1.20s ago  5m03s   120        119  1       0.041s
+
+    (plus an IN-FLIGHT column: tasks the worker held at its last heartbeat)
+    """
+    rows: list[tuple[str, ...]] = [WORKER_COLUMNS]
+    for w in workers:
+        m = w.metrics
+        mean = w.mean_runtime
+        rows.append(
+            (
+                w.hostname,
+                w.state,
+                str(w.pid),
+                ",".join(w.queues) or "-",
+                f"{duration(w.heartbeat_age)} ago",
+                duration(w.uptime),
+                str(m.get("processed", 0)),
+                str(m.get("succeeded", 0)),
+                str(m.get("failed", 0)),
+                f"{mean:.3f}s" if mean is not None else "-",
+                str(m.get("in_flight", 0)),
+            )
+        )
+    table(rows, out)
 
 
 def worker_data(worker: Any) -> dict[str, Any]:

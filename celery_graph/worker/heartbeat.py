@@ -9,8 +9,6 @@ Each worker's main process registers itself and refreshes its entry every heartb
 interval (``CELERY_GRAPH_HEARTBEAT_INTERVAL``, default 5 s); the entry expires after three
 missed beats, so a worker that dies without cleaning up, even by SIGKILL, drops out. A
 worker that stops normally removes its entry at once. (Key layout: ``state/workers.py``.)
-
-Run ``python -m celery_graph.registry -A proj.celery`` to print the live workers.
 """
 
 from __future__ import annotations
@@ -20,20 +18,15 @@ import json
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
-from celery import Celery
-
-from ..apploader import app_ref, load_app
 from ..config import ENV_HEARTBEAT_INTERVAL, heartbeat_interval, registry_ttl
 from ..errors import ConfigurationError, StoreError
-from ..fmt import duration, table
 from ..state import State, state_for
 
 logger = logging.getLogger("celery_graph.registry")
@@ -44,7 +37,6 @@ __all__ = [
     "Heartbeat",
     "WorkerInfo",
     "live_workers",
-    "print_workers",
 ]
 
 
@@ -206,17 +198,11 @@ def _num(value: str) -> float:
     return int(f) if f.is_integer() else f
 
 
-def _state(app: Any) -> State:
-    if app is None:
-        # No app: the key prefix and Redis URL come from the environment alone.
-        app = Celery("celery_graph_registry", set_as_current=False)
-    return state_for(app)
-
-
-def live_workers(app: Any = None) -> list[WorkerInfo]:
-    """Every worker whose heartbeat has not expired, sorted by hostname."""
+def live_workers(app: Any) -> list[WorkerInfo]:
+    """Every worker of ``app``'s key prefix whose heartbeat has not expired, sorted by
+    hostname."""
     out = []
-    now, rows = _state(app).workers.live()
+    now, rows = state_for(app).workers.live()
     for hostname, entry, counters in rows:
         out.append(
             WorkerInfo(
@@ -232,74 +218,3 @@ def live_workers(app: Any = None) -> list[WorkerInfo]:
             )
         )
     return sorted(out, key=lambda w: w.hostname)
-
-
-COLUMNS = (
-    "WORKER",
-    "STATE",
-    "PID",
-    "QUEUES",
-    "HEARTBEAT",
-    "UPTIME",
-    "PROCESSED",
-    "OK",
-    "FAILED",
-    "MEAN",
-    "IN-FLIGHT",
-)
-
-
-def print_workers(app: Any = None, out: IO[str] = sys.stdout) -> int:
-    """Print the live workers as a table; returns the exit status (0).
-
-    Example output::
-
-        WORKER     STATE    PID   QUEUES  HEARTBEAT  UPTIME  PROCESSED  OK   FAILED  MEAN
-        cpu@host1  running  4121  celery  1.20s ago  5m03s   120        119  1       0.041s
-
-    (plus an IN-FLIGHT column: tasks the worker held at its last heartbeat)
-    """
-    workers = live_workers(app)
-    if not workers:
-        print(f"no live workers under key prefix {_state(app).keys.prefix!r}", file=out)
-        return 0
-    rows = [COLUMNS]
-    for w in workers:
-        m = w.metrics
-        mean = w.mean_runtime
-        rows.append(
-            (
-                w.hostname,
-                w.state,
-                str(w.pid),
-                ",".join(w.queues) or "-",
-                f"{duration(w.heartbeat_age)} ago",
-                duration(w.uptime),
-                str(m.get("processed", 0)),
-                str(m.get("succeeded", 0)),
-                str(m.get("failed", 0)),
-                f"{mean:.3f}s" if mean is not None else "-",
-                str(m.get("in_flight", 0)),
-            )
-        )
-    table(rows, out)
-    return 0
-
-
-USAGE = """usage: python -m celery_graph.registry [-A APP]
-
-Prints the live graph-workers under the app's key prefix (without -A: from
-CELERY_GRAPH_REDIS_URL and CELERY_GRAPH_KEY_PREFIX)."""
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        print(USAGE)
-        return 0
-    ref = app_ref(argv)
-    return print_workers(load_app(ref) if ref else None)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

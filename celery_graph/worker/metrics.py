@@ -1,5 +1,6 @@
 """Per-worker metrics: counted in the pool processes, kept in Redis, served by the main
-process in the Prometheus text format, beside a ``/healthz`` liveness endpoint.
+process in the Prometheus text format (``endpoint.py``), beside a ``/healthz`` liveness
+endpoint. This module counts; it imports neither prometheus_client nor an HTTP server.
 
 With the prefork pool a task runs in a child process, so counters cannot live in the
 main process's memory. Each child adds to one Redis hash per worker
@@ -34,25 +35,49 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from celery.signals import task_postrun, task_prerun
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-)
 
-from ..config import RUN_DURATION_BUCKETS, TASK_DURATION_BUCKETS, registry_ttl
-from ..dispatch import QueueDepth
-from ..errors import ConfigurationError
+from ..config import registry_ttl
 from ..signals import run_finished, run_started
 from ..state import State, state_for
 
 logger = logging.getLogger("celery_graph.metrics")
+
+# Upper bounds (seconds) of the node- and run-duration histograms' buckets.
+TASK_DURATION_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    1800.0,
+)
+RUN_DURATION_BUCKETS = (
+    0.1,
+    0.5,
+    1.0,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    1800.0,
+    3600.0,
+    21600.0,
+    86400.0,
+)
 
 # task_postrun's ``state`` -> the outcome label
 _OUTCOME = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried"}
@@ -135,207 +160,3 @@ def _on_run_finished(state: State | None = None, run_id: str = "", **_: Any) -> 
 
 run_started.connect(_on_run_started, weak=False, dispatch_uid="celery_graph.metrics.run_start")
 run_finished.connect(_on_run_finished, weak=False, dispatch_uid="celery_graph.metrics.run_end")
-
-
-# -- exposing, in the worker's main process ------------------------------------------
-
-
-def _buckets(counts: dict[str, float], bounds: tuple[float, ...]) -> list[tuple[str, float]]:
-    """Prometheus buckets (cumulative, ``+Inf`` last) from stored counts by label."""
-    out = []
-    for le in bounds:
-        label = repr(float(le))
-        out.append((label, counts.get(label, 0.0)))
-    out.append(("+Inf", counts.get("+Inf", 0.0)))
-    return out
-
-
-class WorkerCollector:
-    """A prometheus_client collector reading one worker's numbers at scrape time."""
-
-    def __init__(
-        self,
-        state: State,
-        hostname: str,
-        started: float,
-        queues: Callable[[], list[str]],
-        in_flight: Callable[[], int],
-        depth: QueueDepth | None,
-    ) -> None:
-        self.workers = state.workers
-        self.hostname = hostname
-        self.started = started  # time.monotonic() at start
-        self.queues = queues
-        self.in_flight = in_flight
-        self.depth = depth
-
-    def collect(self) -> Iterator[Any]:
-        m = self.workers.counters(self.hostname)
-        yield from self._per_task(m)
-        labels = ["worker"]
-        host = [self.hostname]
-        for name, field, doc in (
-            ("tasks_processed", "processed", "Tasks that ran to an end state"),
-            ("tasks_succeeded", "succeeded", "Tasks that returned"),
-            ("tasks_failed", "failed", "Tasks that raised"),
-            ("tasks_retried", "retried", "Tasks that asked for a retry"),
-            ("task_runtime_seconds", "runtime_total", "Summed task execution time"),
-        ):
-            c = CounterMetricFamily(f"celery_graph_worker_{name}", doc, labels=labels)
-            c.add_metric(host, m.get(field, 0.0))
-            yield c
-        g = GaugeMetricFamily(
-            "celery_graph_worker_tasks_in_flight", "Tasks the worker holds now", labels=labels
-        )
-        g.add_metric(host, self.in_flight())
-        yield g
-        up = GaugeMetricFamily(
-            "celery_graph_worker_uptime_seconds",
-            "Seconds since the worker started",
-            labels=labels,
-        )
-        up.add_metric(host, time.monotonic() - self.started)
-        yield up
-        yield from self._runs()
-        if self.depth is not None:
-            qd = GaugeMetricFamily(
-                "celery_graph_queue_depth",
-                "Messages waiting in the broker queue",
-                labels=["queue"],
-            )
-            try:
-                for q, n in sorted(self.depth.depths(self.queues()).items()):
-                    qd.add_metric([q], n)
-            except Exception:
-                logger.warning("celery-graph: could not read queue depth", exc_info=True)
-            yield qd
-
-    def _per_task(self, m: dict[str, float]) -> Iterator[Any]:
-        outcomes = CounterMetricFamily(
-            "celery_graph_tasks",
-            "Tasks that ran to an end state, by outcome",
-            labels=["worker", "task", "queue", "outcome"],
-        )
-        sums: dict[tuple[str, str], float] = {}
-        buckets: dict[tuple[str, str], dict[str, float]] = {}
-        for field, value in m.items():
-            kind, _, rest = field.partition("|")
-            if kind == "n":
-                task, queue, outcome = rest.rsplit("|", 2)
-                outcomes.add_metric([self.hostname, task, queue, outcome], value)
-            elif kind == "s":
-                task, queue = rest.rsplit("|", 1)
-                sums[(task, queue)] = value
-            elif kind == "b":
-                task, queue, le = rest.rsplit("|", 2)
-                buckets.setdefault((task, queue), {})[le] = value
-        yield outcomes
-        hist = HistogramMetricFamily(
-            "celery_graph_task_duration_seconds",
-            "Task execution time",
-            labels=["worker", "task", "queue"],
-        )
-        for (task, queue), counts in sorted(buckets.items()):
-            hist.add_metric(
-                [self.hostname, task, queue],
-                _buckets(counts, TASK_DURATION_BUCKETS),
-                sums.get((task, queue), 0.0),
-            )
-        yield hist
-
-    def _runs(self) -> Iterator[Any]:
-        r = self.workers.run_counters()
-        started = CounterMetricFamily("celery_graph_runs_started", "Runs created")
-        started.add_metric([], r.get("started", 0.0))
-        yield started
-        finished = CounterMetricFamily(
-            "celery_graph_runs_finished", "Runs that ended, by outcome", labels=["outcome"]
-        )
-        for outcome in ("succeeded", "failed", "cancelled"):
-            finished.add_metric([outcome], r.get(outcome, 0.0))
-        yield finished
-        counts = {k[2:]: v for k, v in r.items() if k.startswith("b|")}
-        hist = HistogramMetricFamily(
-            "celery_graph_run_duration_seconds", "Run duration, from creation to its end"
-        )
-        hist.add_metric([], _buckets(counts, RUN_DURATION_BUCKETS), r.get("s", 0.0))
-        yield hist
-
-
-class MetricsServer:
-    """One worker's HTTP endpoint: ``/metrics`` (Prometheus) and ``/healthz`` (liveness,
-    no Redis). ``start()`` raises ConfigurationError, naming the address, when the port
-    cannot be bound (already in use)."""
-
-    def __init__(
-        self,
-        collector: Any,
-        port: int,
-        addr: str = "0.0.0.0",
-        healthy: Callable[[], bool] = lambda: True,
-    ) -> None:
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(collector)
-        self.port = port
-        self.addr = addr
-        self.healthy = healthy
-        self._server: ThreadingHTTPServer | None = None
-
-    def start(self) -> None:
-        registry, healthy = self.registry, self.healthy
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/healthz":
-                    ok = healthy()
-                    self._reply(
-                        200 if ok else 503,
-                        b"ok\n" if ok else b"stopped\n",
-                        "text/plain; charset=utf-8",
-                    )
-                elif path == "/metrics":
-                    try:
-                        body = generate_latest(registry)
-                    except Exception as exc:  # Redis down: say so, do not hang
-                        self._reply(
-                            503,
-                            f"metrics unavailable: {exc}\n".encode(),
-                            "text/plain; charset=utf-8",
-                        )
-                        return
-                    self._reply(200, body, CONTENT_TYPE_LATEST)
-                else:
-                    self._reply(
-                        404, b"not found: try /metrics or /healthz\n", "text/plain; charset=utf-8"
-                    )
-
-            def _reply(self, code: int, body: bytes, ctype: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # scrapes every few seconds would flood the worker log
-
-        try:
-            server = ThreadingHTTPServer((self.addr, self.port), Handler)
-        except OSError as exc:
-            raise ConfigurationError(
-                f"cannot serve metrics on {self.addr}:{self.port}: {exc.strerror or exc} "
-                "(another worker on this host uses that port? give each worker its own "
-                "--metrics-port)"
-            ) from exc
-        server.daemon_threads = True
-        threading.Thread(
-            target=server.serve_forever, name="celery-graph-metrics", daemon=True
-        ).start()
-        self._server = server
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None

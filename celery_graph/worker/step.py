@@ -49,8 +49,9 @@ from ..errors import CeleryGraphError, ConfigurationError, NoGraphRedis, StoreUn
 from ..signals import graph_task_declared
 from ..state import state_for
 from ..state.workers import REDIS_REQUIRED, version_tuple
+from .endpoint import MetricsServer, WorkerCollector
 from .heartbeat import DuplicateWorkerName, Heartbeat
-from .metrics import MetricsServer, WorkerCollector, install_task_signals
+from .metrics import install_task_signals
 
 logger = logging.getLogger("celery_graph.worker")
 
