@@ -114,3 +114,27 @@ def test_only_the_dispatch_module_sends_to_the_broker() -> None:
         if _broker_calls(ast.parse(path.read_text()))
     }
     assert senders == {"dispatch.py"}
+
+
+def _client_uses(tree: ast.AST) -> list[int]:
+    """Lines that reach for a Redis client (``state.client``, ``self.client``...)."""
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.attr in ("client", "wait_client")
+    ]
+
+
+def test_only_the_state_package_uses_a_redis_client() -> None:
+    users = {
+        str(path.relative_to(PACKAGE))
+        for path in modules()
+        if path.relative_to(PACKAGE).parts[0] != "state"
+        and _client_uses(ast.parse(path.read_text()))
+    }
+    assert users == set()
+
+
+def test_the_check_finds_a_redis_client_use() -> None:
+    code = "def f(state):\n    return state.client.zcard('k')\n"
+    assert _client_uses(ast.parse(code)) == [2]

@@ -11,7 +11,6 @@ from celery_graph import GraphRun
 from celery_graph.client.submit import run_id_for
 from celery_graph.state import state_for
 from celery_graph.ui import start
-from celery_graph.ui.store import UiStore
 from celery_graph.worker.heartbeat import Heartbeat
 from tests.helpers import wait_for
 from tests.ui_helpers import FLOWER, Http
@@ -87,7 +86,7 @@ class Indexer:
     def __init__(self, app, mode: str) -> None:
         self.app = app
         self.mode = mode
-        self.store = UiStore(state_for(app))
+        self.store = state_for(app).index
 
     def __call__(self, run_id: str) -> None:
         if self.mode == "indexed":

@@ -14,7 +14,6 @@ from celery import Celery
 from celery_graph.state import state_for
 from celery_graph.ui import start
 from celery_graph.ui.listing import Cursor, QueryError, RunLister, RunQuery
-from celery_graph.ui.store import UiStore
 from tests.ui_helpers import Http, index_runs, seed_runs, unseed_runs
 
 STATES = ["succeeded", "failed", "succeeded", "cancelled", "succeeded", "running"]
@@ -28,7 +27,7 @@ class Seeded:
         self.client = client
         self.prefix = prefix
         self.count = count
-        self.store = UiStore(state_for(app))
+        self.store = state_for(app).index
         # what the seed wrote: id -> (score, state, flow), like the Lua script does it
         self.runs = {}
         for i in range(count):

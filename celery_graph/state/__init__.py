@@ -1,9 +1,9 @@
 """Graph state in Redis: the only part of celery-graph that talks to Redis.
 
 ``state_for(app)`` returns the :class:`State` of an app's settings (one per process and
-settings): the graph store, run records, the Lua operations, shared run state and the
-worker registry, over one Redis client. Redis errors leave this package translated
-(``StoreUnavailable`` and friends, see ``connection.py``).
+settings): the graph store, run records, the run indexes, the Lua operations, shared run
+state and the worker registry, over one Redis client. Redis errors leave this package
+translated (``StoreUnavailable`` and friends, see ``connection.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from ..config import Settings
 from ..keys import Keys
 from .connection import WAIT_SLICE, client_for, translated, translating, wait_client_for
 from .graphs import GraphStore
+from .index import RunIndex, RunRow
 from .replies import (
     Arrival,
     Begin,
@@ -50,6 +51,7 @@ class State:
         self.runs = RunStore(
             self.client, self.wait_client, self.keys, self.graphs, self.scripts, settings.run_ttl
         )
+        self.index = RunIndex(self.client, self.keys, self.runs.time)
         self.shared = SharedState(self.client, self.keys)
         self.workers = WorkerStore(self.client, self.keys)
 
@@ -98,6 +100,8 @@ __all__ = [
     "Finish",
     "Mode",
     "Reclaim",
+    "RunIndex",
+    "RunRow",
     "State",
     "Stored",
     "Verdict",

@@ -161,6 +161,17 @@ class RunStore:
         raw = self._hash(self.keys.results(run_id), "reading results")
         return {k.decode(): v for k, v in raw.items()}
 
+    def result_size(self, run_id: str, field: str) -> int:
+        """Bytes of one stored result (0 when none is stored)."""
+        key = self.keys.results(run_id)
+        return int(translated("reading a result size", lambda: self.client.hstrlen(key, field)))
+
+    def result(self, run_id: str, field: str) -> bytes | None:
+        """One stored result, encoded; None when none is stored."""
+        key = self.keys.results(run_id)
+        value: bytes | None = translated("reading a result", lambda: self.client.hget(key, field))
+        return value
+
     def node_fields(self, run_id: str) -> dict[str, str]:
         raw = self._hash(self.keys.nodes(run_id), "reading node states")
         return {k.decode(): v.decode() for k, v in raw.items()}

@@ -25,7 +25,7 @@ from ..client import GraphRun, submit_spec
 from ..dsl import Flow, TaskNode
 from ..errors import ConfigurationError
 from ..model import GraphSpec
-from .store import RunRow
+from ..state import RunRow
 
 SETTING = "graph_ui_flows"
 _NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,100}$")

@@ -24,7 +24,7 @@ from typing import Any
 from ..client.submit import run_id_for
 from ..keys import RUN_ID_RE
 from ..model import FINAL_STATES
-from .store import RunRow, UiStore
+from ..state import RunIndex, RunRow
 
 STATES = ("running", *FINAL_STATES)
 INF = math.inf
@@ -169,11 +169,12 @@ class _Segment:
 
 
 class RunLister:
-    """Answers :class:`RunQuery` from Redis; ``namer`` gives a run's flow name."""
+    """Answers :class:`RunQuery` from the run indexes (``State.index``); ``namer`` gives a
+    run's flow name."""
 
     def __init__(
         self,
-        store: UiStore,
+        index: RunIndex,
         namer: FlowNamer,
         *,
         batch: int = 500,
@@ -181,7 +182,7 @@ class RunLister:
         running_cap: int = 10_000,
         by_graph: Callable[[str], object] = lambda flow: None,
     ) -> None:
-        self.store = store
+        self.index = index
         self.namer = namer
         # a flow named by its graph (a registered flow) also has runs started without its
         # name (a canvas, beat): its index by name is not all of them
@@ -191,11 +192,11 @@ class RunLister:
         self.running_cap = running_cap
 
     def page(self, q: RunQuery) -> RunPage:
-        now = self.store.state.runs.time()
+        now = self.index.time()
         if q.search:
             return self._search(q, now)
         if q.state == "running":
-            ids = self.store.running_ids(self.running_cap + 1)
+            ids = self.index.running_ids(self.running_cap + 1)
             if len(ids) <= self.running_cap:
                 return self._running(q, ids, now)
         segments, source, total = self._segments(q)
@@ -206,24 +207,24 @@ class RunLister:
     def _segments(self, q: RunQuery) -> tuple[list[_Segment], str, int | None]:
         low = -INF if q.since is None else q.since
         high = INF if q.until is None else q.until
-        runs = self.store.runs_key()
+        runs = self.index.runs_key()
         final = q.state if q.state in FINAL_STATES else None
         if not (q.flow or final):
-            return [_Segment(runs, low, high)], "scan", self.store.count(runs, low, high)
-        marker = self.store.indexed_since()
+            return [_Segment(runs, low, high)], "scan", self.index.count(runs, low, high)
+        marker = self.index.indexed_since()
         if marker is None or marker > high:
             return [_Segment(runs, low, high)], "scan", None
         choices = []
         if q.flow and not self.by_graph(q.flow):
-            choices.append(self.store.keys.flow_runs(q.flow))
+            choices.append(self.index.flow_key(q.flow))
         if final:
-            choices.append(self.store.keys.state_runs(final))
+            choices.append(self.index.state_key(final))
         if not choices:
             return [_Segment(runs, low, high)], "scan", None
-        sizes = {k: self.store.count(k, max(low, marker), high) for k in choices}
+        sizes = {k: self.index.count(k, max(low, marker), high) for k in choices}
         key = min(choices, key=sizes.__getitem__)
         segments = [_Segment(key, max(low, marker), high)]
-        if low < marker and self.store.count(runs, low, marker, high_exclusive=True):
+        if low < marker and self.index.count(runs, low, marker, high_exclusive=True):
             # runs from before the indexes: read on through the run index
             segments.append(_Segment(runs, low, marker, high_exclusive=True))
             return segments, "index+scan", None
@@ -245,7 +246,7 @@ class RunLister:
                     high, exclusive = cursor.score, False
             offset = 0
             while True:
-                got = self.store.range_desc(seg.key, high, seg.low, offset, self.batch)
+                got = self.index.range_desc(seg.key, high, seg.low, offset, self.batch)
                 for member, score in got:
                     if exclusive and score >= high:
                         continue
@@ -283,7 +284,7 @@ class RunLister:
             else:
                 exhausted = True
             size = self.batch
-            rows = self.store.rows([rid for rid, _ in chunk])
+            rows = self.index.rows([rid for rid, _ in chunk])
             for (run_id, score), row in zip(chunk, rows):
                 scanned += 1
                 last = (run_id, score)
@@ -311,7 +312,7 @@ class RunLister:
         return page
 
     def _running(self, q: RunQuery, ids: list[str], now: float) -> RunPage:
-        rows = [r for r in self.store.rows(ids) if r is not None]
+        rows = [r for r in self.index.rows(ids) if r is not None]
         found = []
         for row in rows:
             flow = self.namer(row)
@@ -339,11 +340,11 @@ class RunLister:
             tried.append((lowered, "run id"))
         elif _HEX_PREFIX.match(lowered):
             tried += [
-                (rid, "run id prefix") for rid in self.store.ids_with_prefix(lowered, q.limit)
+                (rid, "run id prefix") for rid in self.index.ids_with_prefix(lowered, q.limit)
             ]
         tried.append((run_id_for(text), "idempotency key"))
         unique = list({rid: (rid, how) for rid, how in reversed(tried)}.values())[::-1]
-        rows = self.store.rows([rid for rid, _ in unique])
+        rows = self.index.rows([rid for rid, _ in unique])
         found = [(row, how) for (_rid, how), row in zip(unique, rows) if row is not None]
         out = self._summaries([(row, self.namer(row)) for row, _ in found], now)
         for line, (_row, how) in zip(out, found):
@@ -358,7 +359,7 @@ class RunLister:
     ) -> list[dict[str, Any]]:
         """The page's lines, from the full summary fields of the runs that matched (a run
         that expired since it matched is left out)."""
-        read = self.store.summaries([row.run_id for row, _ in rows])
+        read = self.index.summaries([row.run_id for row, _ in rows])
         return [
             summary(full, flow, now, count)
             for (_row, flow), (full, count) in zip(rows, read)

@@ -101,7 +101,7 @@ class Dashboard:
         self.state = state_for(app)
         self.registry = FlowRegistry(app, flows)
         self.views = Views(app, self.state, self.registry, flower_url)
-        self.lister = RunLister(self.views.store, self.registry.name_of, by_graph=self.registry.get)
+        self.lister = RunLister(self.state.index, self.registry.name_of, by_graph=self.registry.get)
         self.credentials = parse_basic_auth(basic_auth)
         self.prefix = normalise_prefix(url_prefix)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cg-ui")

@@ -22,10 +22,9 @@ from ..drawing.layout import layout
 from ..errors import RunNotResumable
 from ..model import FINAL_STATES, GraphSpec, NodeStatus, RunStatus
 from ..protocol import task_id_for
-from ..state import State
+from ..state import RunRow, State
 from ..worker.heartbeat import live_workers
 from .flows import FlowRegistry
-from .store import RunRow, UiStore
 
 PREVIEW_BYTES = 64 * 1024  # a larger result is not read for a preview
 PREVIEW_CHARS = 4000
@@ -64,7 +63,6 @@ class Views:
     ) -> None:
         self.app = app
         self.state = state
-        self.store = UiStore(state)
         self.registry = registry
         self.flower_url = flower_url.rstrip("/") if flower_url else None
         self._layouts: dict[str, dict[str, Any]] = {}
@@ -157,12 +155,12 @@ class Views:
         return data
 
     def _result(self, run_id: str, field: str) -> dict[str, Any] | None:
-        size = self.store.result_size(run_id, field)
+        size = self.state.runs.result_size(run_id, field)
         if not size:
             return None
         if size > PREVIEW_BYTES:
             return {"size": size, "preview": None, "truncated": True}
-        raw = self.store.result(run_id, field)
+        raw = self.state.runs.result(run_id, field)
         if raw is None:  # expired between the two reads
             return None
         try:
@@ -228,7 +226,7 @@ class Views:
     def flow_names(self) -> list[str]:
         """Names for the runs page's filter: registered flows, then flows runs recorded."""
         names = list(self.registry.flows)
-        for name in self.store.flow_names():
+        for name in self.state.index.flow_names():
             if name not in names:
                 names.append(name)
         return names
@@ -298,7 +296,7 @@ class Views:
         return {
             "key_prefix": self.state.keys.prefix,
             "flower": self.flower_url,
-            "indexed_since": self.store.indexed_since(),
+            "indexed_since": self.state.index.indexed_since(),
             "final_states": list(FINAL_STATES),
             "server_time": self.state.runs.time(),
         }

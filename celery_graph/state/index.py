@@ -1,25 +1,22 @@
-"""The dashboard's reads of Redis beyond what ``RunStore`` offers, in one place.
+"""The reads behind run listings (the dashboard's runs page): the secondary indexes of
+runs and the summary fields of many run records at once.
 
-Everything goes through ``State.client`` (redis-py, bytes replies) and every Redis error
-leaves translated (``StoreUnavailable``). This module is written so the engine can take it
-over into ``state/``: its key names belong in ``keys.py``, its verbs in ``state/runs.py``.
-
-The secondary indexes of runs (``keys.py``: runs by flow, runs by final state, the flow
-list and the marker since when they are written) are written by the engine (``RunStore``:
-at submission, when a run ends, when it resumes) and read here. An index entry is a hint
-only: the run record decides (an entry may outlive its run or lag a resume).
+The indexes (``keys.py``: every run by creation time, runs by flow, runs by final state,
+the flow list and the marker since when they are written) are written by ``RunStore`` (at
+submission, when a run ends, when it resumes) and read here; the running index is the
+reconciler's. An index entry is a hint only: the run record decides (an entry may outlive
+its run or lag a resume). Every Redis error leaves translated (``StoreUnavailable``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..codec import parse_error
-from ..keys import RUN_ID_RE
-from ..state import State
-from ..state.connection import translated
+from ..keys import Keys
+from .connection import translated
 
 # the fields of a run record a listing filters on, and those it shows
 FILTER_FIELDS = ("status", "graph", "created", "flow")
@@ -53,13 +50,13 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-class UiStore:
-    """Named reads (and the reference index writes) over one ``State``."""
+class RunIndex:
+    """Named reads of the run indexes and of run records in bulk."""
 
-    def __init__(self, state: State) -> None:
-        self.state = state
-        self.client = state.client
-        self.keys = state.keys
+    def __init__(self, client: Any, keys: Keys, time: Callable[[], float]) -> None:
+        self.client = client
+        self.keys = keys
+        self.time = time  # the Redis server's clock (RunStore.time)
 
     # -- index listings ----------------------------------------------------------------
 
@@ -71,7 +68,16 @@ class UiStore:
         return float(raw) if raw else None
 
     def runs_key(self) -> str:
+        """The index of every run, by creation time."""
         return self.keys.runs_index()
+
+    def flow_key(self, flow: str) -> str:
+        """The index of the runs of one flow."""
+        return self.keys.flow_runs(flow)
+
+    def state_key(self, state: str) -> str:
+        """The index of the runs that ended in one final state."""
+        return self.keys.state_runs(state)
 
     def range_desc(
         self,
@@ -100,9 +106,6 @@ class UiStore:
         lo = "-inf" if low == float("-inf") else repr(low)
         hi = "+inf" if high == float("inf") else ("(" if high_exclusive else "") + repr(high)
         return int(translated("counting runs", lambda: self.client.zcount(key, lo, hi)))
-
-    def cardinality(self, key: str) -> int:
-        return int(translated("counting runs", lambda: self.client.zcard(key)))
 
     def running_ids(self, limit: int) -> list[str]:
         """Runs the reconciler still watches (running ones, and ended ones not yet
@@ -184,23 +187,3 @@ class UiStore:
             fields = {f: _text(v) for f, v in zip(SUMMARY_FIELDS, values) if v is not None}
             out.append((RunRow(run_id, fields), count))
         return out
-
-    def exists(self, run_id: str) -> bool:
-        if not RUN_ID_RE.match(run_id):
-            return False
-        return bool(translated("reading a run", lambda: self.client.exists(self.keys.run(run_id))))
-
-    def result_size(self, run_id: str, field: str) -> int:
-        """Bytes of a stored result (0 when none is stored)."""
-        return int(
-            translated(
-                "reading a result size",
-                lambda: self.client.hstrlen(self.keys.results(run_id), field),
-            )
-        )
-
-    def result(self, run_id: str, field: str) -> bytes | None:
-        value: bytes | None = translated(
-            "reading a result", lambda: self.client.hget(self.keys.results(run_id), field)
-        )
-        return value
