@@ -45,6 +45,11 @@ class NoGraphRedis(ConfigurationError):
     """No Redis URL for graph state is set, and the broker is not Redis."""
 
 
+class UsageError(CeleryGraphError, ValueError):
+    """A bad command-line option or argument (``celery-graph``, ``graph-worker``, the
+    dashboard's options); the message names it in one line."""
+
+
 # -- store --------------------------------------------------------------------
 
 

@@ -1,9 +1,8 @@
-"""``python -m celery_graph.ui`` as a user runs it, and a flow scheduled by a real
-``celery beat`` process through ``flow.s()``, seen on the dashboard."""
+"""``python -m celery_graph.ui`` and ``celery-graph ui`` as a user runs them, and a flow
+scheduled by a real ``celery beat`` process through ``flow.s()``, seen on the dashboard."""
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import signal
@@ -185,13 +184,13 @@ def test_celery_graph_ui_bad_options_exit_2_with_one_line(args, words):
 
 
 @pytest.mark.parametrize("args, words", BAD_OPTIONS)
-def test_bad_options_exit_2_with_one_line(celery_app, args, words):
+def test_python_m_celery_graph_ui_bad_options_exit_2_with_one_line(celery_app, capsys, args, words):
+    """``python -m celery_graph.ui`` is the same command: the same one line."""
     before = dict(celery_app.conf)  # Celery's current app: it must come out unchanged
-    err = io.StringIO()
-    assert main(args, err=err) == 2
+    assert main(args) == 2
     assert {k: celery_app.conf[k] for k in before} == before
-    lines = err.getvalue().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("celery-graph ui: error: ")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("celery-graph: error: "), lines
     assert words in lines[0]
 
 

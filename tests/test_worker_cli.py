@@ -10,9 +10,8 @@ from celery import Celery
 
 from celery_graph.config import RELIABLE_DEFAULTS
 from celery_graph.config import WorkerOptions as Options
-from celery_graph.errors import ConfigurationError
+from celery_graph.errors import ConfigurationError, UsageError
 from celery_graph.worker.command import (
-    UsageError,
     apply_defaults,
     check_agreement,
     prepare,

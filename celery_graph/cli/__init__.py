@@ -6,10 +6,11 @@ the console script, ``workflow`` for Celery's ``celery.commands`` entry point).
 settings, flows, runs and inputs they work on. See docs/cli.md.
 """
 
+from ..errors import UsageError
 from .commands import wait_for
 from .groups import celery_graph, main, workflow
 from .output import progress_line
-from .support import EXIT_FAILED, EXIT_USAGE, UsageError
+from .support import EXIT_FAILED, EXIT_USAGE
 
 __all__ = [
     "EXIT_FAILED",

@@ -12,8 +12,7 @@ from typing import Any
 import click
 
 from ..errors import CeleryGraphError
-from ..ui.server import UsageError as UiUsageError
-from .support import EXIT_FAILED, EXIT_USAGE, UsageError, app_for, configure, remember
+from .support import EXIT_FAILED, EXIT_USAGE, app_for, configure, remember
 
 PROG = "celery-graph"
 COMPLETE_VAR = "_CELERY_GRAPH_COMPLETE"  # click's shell completion (its default name)
@@ -81,7 +80,7 @@ def guarded(fn: Callable[..., int | None]) -> Callable[..., None]:
         try:
             code = fn(*args, **kwargs) or 0
             sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
-        except (UsageError, UiUsageError, CeleryGraphError) as exc:
+        except CeleryGraphError as exc:  # UsageError included
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             click.echo(f"{PROG}: error: {message}", err=True)
             code = EXIT_USAGE

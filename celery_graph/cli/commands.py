@@ -22,6 +22,7 @@ from ..errors import (
     RunNotFound,
     RunNotResumable,
     RunTimeout,
+    UsageError,
 )
 from ..state import state_for
 from ..worker.heartbeat import live_workers
@@ -49,7 +50,6 @@ from .output import (
 )
 from .support import (
     EXIT_FAILED,
-    UsageError,
     app_for,
     configure,
     configured_app,

@@ -1,5 +1,5 @@
 """The ``ui`` command: the dashboard of ``celery_graph.ui``, served until SIGINT/SIGTERM
-(``python -m celery_graph.ui`` is the same server under its own options)."""
+(``python -m celery_graph.ui`` runs this same command)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import sys
 
 import click
 
+from ..errors import UsageError
 from ..keys import check_prefix
 from ..ui import DEFAULT_PORT, serve
 from ..ui.server import parse_basic_auth, require_tornado
 from .base import common_options, examples, guarded
-from .support import UsageError, app_for, configure, given
+from .support import app_for, configure, given
 
 
 @click.command(

@@ -15,6 +15,7 @@ from celery import Celery
 
 from ..apploader import import_flow, load_app
 from ..client import GraphRun
+from ..errors import UsageError
 from ..keys import RUN_ID_RE
 from ..pipeline import PipelineError
 from ..pipeline import load as load_pipeline
@@ -28,10 +29,6 @@ EXIT_USAGE = 2  # bad input: unknown run id, Redis down, unimportable target
 # (``celery-graph -A proj runs``) and one given after it (``runs -A proj``) land in the
 # same place, the later one winning.
 META = "celery_graph.cli"
-
-
-class UsageError(Exception):
-    """Bad input on the command line; the message is printed as one line."""
 
 
 def remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:

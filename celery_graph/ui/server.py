@@ -33,6 +33,7 @@ from ..errors import (
     RunNotResumable,
     SerializationError,
     StoreUnavailable,
+    UsageError,
 )
 from ..state import state_for
 from .flows import FlowRegistry
@@ -54,10 +55,6 @@ _Base: Any = web.RequestHandler if web is not None else object
 def require_tornado() -> None:
     if web is None:
         raise ConfigurationError("the dashboard needs Tornado: pip install 'celery-graph[ui]'")
-
-
-class UsageError(ValueError):
-    """A bad option of the dashboard command; the message names it."""
 
 
 def parse_basic_auth(value: str | None) -> list[tuple[str, str]] | None:

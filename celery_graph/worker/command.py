@@ -26,7 +26,7 @@ from ..config import (
     ENV_REDIS_URL,
     ENV_RELIABLE_DEFAULTS,
 )
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, UsageError
 from .step import (
     WORKER_OPTIONS,
     GraphWorkerStep,
@@ -72,10 +72,6 @@ Celery's global options (graph-worker puts them before `worker` for you):
   -C, --no-color, -q, --quiet, --skip-checks
 
 """
-
-
-class UsageError(Exception):
-    pass
 
 
 def _global_options() -> tuple[set[str], set[str]]:
