@@ -3,14 +3,20 @@ session's real Redis and a real in-process Celery worker."""
 
 from __future__ import annotations
 
+import logging
+import uuid
 from dataclasses import asdict
 
 import pytest
 
 from celery_graph import GraphRun
 from celery_graph.client.submit import run_id_for
+from celery_graph.errors import MissingParameterError, RunNotFound, StoreUnavailable
 from celery_graph.state import state_for
 from celery_graph.ui import start
+from celery_graph.ui.errors import ActionRefused, NotFound
+from celery_graph.ui.listing import QueryError
+from celery_graph.ui.server import status_of
 from celery_graph.worker.heartbeat import Heartbeat
 from tests.helpers import wait_for
 from tests.ui_helpers import FLOWER, Http
@@ -289,6 +295,33 @@ def test_bad_requests_get_a_status_and_a_message_naming_the_problem(app, http):
         assert status == 400 and words in body["error"], body
     status, body = http.request("POST", "/api/flows/ui-echo/runs", {"inputs": [1]})
     assert status == 400 and "inputs must be a JSON object" in body["error"]
+
+
+def test_a_server_bug_is_a_500_in_the_log_not_a_404(app, http, rclient, caplog):
+    """A run record the server cannot read (no graph id: written by something else) makes
+    the views raise a builtin KeyError inside: the server's fault, not the request's."""
+    run_id = uuid.uuid4().hex
+    key = state_for(app).keys.run(run_id)
+    rclient.hset(key, mapping={"status": "running", "created": "1"})
+    rclient.expire(key, 60)
+    with caplog.at_level(logging.ERROR, logger="celery_graph.ui"):
+        for path in (f"/api/runs/{run_id}", f"/api/runs/{run_id}/graph"):
+            status, body = http.request("GET", path)
+            assert status == 500 and "KeyError" in body["error"], (path, status, body)
+    logged = [r for r in caplog.records if r.name == "celery_graph.ui" and r.exc_info]
+    assert len(logged) == 2 and all(r.exc_info[0] is KeyError for r in logged)
+    assert f"GET /api/runs/{run_id}/graph failed" in logged[1].getMessage()
+
+
+def test_each_error_answers_with_its_status():
+    assert status_of(NotFound("no node")) == 404
+    assert status_of(QueryError("limit")) == 400
+    assert status_of(ActionRefused("running")) == 409
+    assert status_of(RunNotFound("no run")) == 404
+    assert status_of(MissingParameterError("x")) == 400
+    assert status_of(StoreUnavailable("down")) == 503
+    for bug in (KeyError("graph"), ValueError("bad"), TypeError("oops")):
+        assert status_of(bug) is None  # a 500, logged
 
 
 def test_workers_come_from_the_heartbeat_registry(app, http, tag):

@@ -25,6 +25,7 @@ from ..client.submit import run_id_for
 from ..keys import RUN_ID_RE
 from ..model import FINAL_STATES
 from ..state import RunIndex, RunRow
+from .errors import BadRequest
 
 STATES = ("running", *FINAL_STATES)
 INF = math.inf
@@ -33,7 +34,7 @@ _HEX_PREFIX = re.compile(r"^[0-9a-f]{4,31}$")
 FlowNamer = Callable[[RunRow], "str | None"]
 
 
-class QueryError(ValueError):
+class QueryError(BadRequest):
     """A malformed runs query; the message says which parameter and what is expected."""
 
 

@@ -13,6 +13,7 @@ import binascii
 import contextlib
 import hmac
 import json
+import logging
 import signal
 import sys
 import threading
@@ -36,9 +37,10 @@ from ..errors import (
     UsageError,
 )
 from ..state import state_for
+from .errors import BadRequest, HttpError
 from .flows import FlowRegistry
-from .listing import QueryError, RunLister, RunQuery
-from .views import ActionRefused, Views
+from .listing import RunLister, RunQuery
+from .views import Views
 
 try:  # the [ui] extra
     from tornado import httpserver, netutil, web
@@ -46,6 +48,7 @@ except ImportError:  # pragma: no cover - exercised by installs without the extr
     web = None  # type: ignore[assignment]
 
 DEFAULT_PORT = 5580
+logger = logging.getLogger("celery_graph.ui")
 STATIC = resources.files(__package__) / "static"
 PAGES = (r"/", r"/runs/[0-9a-f]{32}", r"/flows", r"/workers")
 
@@ -152,39 +155,40 @@ class Dashboard:
 
 
 def parse_body(body: bytes) -> dict[str, Any]:
-    """A request's JSON object body ({} when empty); ValueError (400) otherwise."""
+    """A request's JSON object body ({} when empty); BadRequest (400) otherwise."""
     if not body:
         return {}
     try:
         data = json.loads(body)
     except ValueError as exc:
-        raise ValueError(f"the request body is not JSON: {exc}") from exc
+        raise BadRequest(f"the request body is not JSON: {exc}") from exc
     if not isinstance(data, dict):
-        raise ValueError("the request body must be a JSON object")
+        raise BadRequest("the request body must be a JSON object")
     return data
 
 
-# An error's HTTP status; the first match wins, so subclasses come first.
+# The status of celery-graph's own errors; the first match wins, so subclasses come first.
+# A view's HttpError carries its own status; any other exception is a 500 and is logged.
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (RunNotFound, 404),
     (GraphNotFound, 404),
-    (KeyError, 404),
-    (ActionRefused, 409),
     (RunNotResumable, 409),
     (StoreUnavailable, 503),
     (Backpressure, 503),
-    (QueryError, 400),
     (GraphDefinitionError, 400),
     (SerializationError, 400),
-    (ValueError, 400),
     (CeleryGraphError, 500),
 )
 
 
-def _message(exc: BaseException) -> str:
-    if isinstance(exc, KeyError) and exc.args:
-        return str(exc.args[0])
-    return str(exc) or type(exc).__name__
+def status_of(exc: BaseException) -> int | None:
+    """The HTTP status a view's exception answers with; None for a server bug."""
+    if isinstance(exc, HttpError):
+        return exc.status
+    for kind, code in _STATUS:
+        if isinstance(exc, kind):
+            return code
+    return None
 
 
 class BaseHandler(_Base):
@@ -240,11 +244,19 @@ class BaseHandler(_Base):
         try:
             data = await loop.run_in_executor(self.dash.pool, fn, *args)
         except Exception as exc:
-            for kind, code in _STATUS:
-                if isinstance(exc, kind):
-                    self.send_error_json(code, _message(exc))
-                    return
-            raise
+            code = status_of(exc)
+            if code is None:  # a bug of the server, not of the request
+                logger.exception(
+                    "celery-graph ui: %s %s failed", self.request.method, self.request.path
+                )
+                self.send_error_json(500, f"internal error ({type(exc).__name__}); see the log")
+                return
+            if code == 500:
+                logger.warning(
+                    "celery-graph ui: %s %s: %s", self.request.method, self.request.path, exc
+                )
+            self.send_error_json(code, str(exc) or type(exc).__name__)
+            return
         self.send_json(data, status)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:

@@ -24,16 +24,13 @@ from ..model import FINAL_STATES, GraphSpec, NodeStatus, RunStatus
 from ..protocol import task_id_for
 from ..state import RunRow, State
 from ..worker.heartbeat import live_workers
+from .errors import ActionRefused, BadRequest, NotFound
 from .flows import FlowRegistry
 
 PREVIEW_BYTES = 64 * 1024  # a larger result is not read for a preview
 PREVIEW_CHARS = 4000
 ITEMS_SHOWN = 200  # items of a map listed in a node's detail
 LAYOUTS_CACHED = 64
-
-
-class ActionRefused(Exception):
-    """An action that does not apply to the run as it is (HTTP 409); says why."""
 
 
 def _items(fields: dict[str, str], spec: GraphSpec) -> dict[str, dict[str, Any]]:
@@ -119,7 +116,7 @@ class Views:
     def node(self, run_id: str, node_id: str) -> dict[str, Any]:
         _record, spec, fields, status = self._status(run_id)
         if node_id not in spec.nodes:
-            raise KeyError(
+            raise NotFound(
                 f"run {run_id} has no node {node_id!r} (nodes: "
                 f"{', '.join(spec.order[:20])}{' ...' if len(spec.order) > 20 else ''})"
             )
@@ -255,7 +252,7 @@ class Views:
             )
         if node_id is not None:
             if node_id not in spec.nodes:
-                raise KeyError(f"run {run_id} has no node {node_id!r}")
+                raise NotFound(f"run {run_id} has no node {node_id!r}")
             if status.nodes[node_id].state != "failed":
                 raise ActionRefused(
                     f"node {node_id!r} is {status.nodes[node_id].state}: only a failed node "
@@ -278,17 +275,17 @@ class Views:
     def start(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         entry = self.registry.get(name)
         if entry is None:
-            raise KeyError(
+            raise NotFound(
                 f"no flow {name!r} in graph_ui_flows (flows: "
                 f"{', '.join(self.registry.flows) or 'none'})"
             )
         inputs = body.get("inputs") or {}
         if not isinstance(inputs, dict):
-            raise ValueError("inputs must be a JSON object of parameter -> value")
+            raise BadRequest("inputs must be a JSON object of parameter -> value")
         key = body.get("idempotency_key") or None
         deadline = body.get("deadline")
-        if deadline is not None and not isinstance(deadline, (int, float)):
-            raise ValueError("deadline must be a number of seconds")
+        if deadline is not None and (not isinstance(deadline, (int, float)) or deadline <= 0):
+            raise BadRequest("deadline must be a positive number of seconds")
         run = self.registry.start(name, inputs, idempotency_key=key, deadline=deadline)
         return {"run_id": run.id, "flow": name}
 
