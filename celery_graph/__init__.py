@@ -44,7 +44,7 @@ from .errors import (
 )
 from .model import GraphSpec, NodeStatus, RunStatus
 from .protocol import Branch
-from .worker import step as _step  # noqa: F401  (worker options and bootstep on every app)
+from .worker.attach import install
 
 __version__ = "0.1.0"
 
@@ -63,6 +63,8 @@ __all__ = [
     "Parallel",
     "Workflow",
     "GraphSpec",
+    # workers
+    "install",
     # runs
     "GraphRun",
     "RunContext",

@@ -12,8 +12,10 @@ Connect a receiver like any Celery signal::
   arguments ``app``, ``run_id``, ``state`` (celery-graph's ``State``).
 - ``run_finished``: a run ended, succeeded, failed or cancelled (sent once, by the process
   whose call ended it); arguments ``app``, ``run_id``, ``state``.
-- ``graph_task_declared``: ``@task`` declared a graph task (sender: the function); the
-  worker options and bootstep attach to the apps that exist then.
+- ``graph_task_declared``: ``@task`` declared a graph task (sender: the function), or
+  ``node()`` made an existing task a node (sender: the task); the worker options and
+  bootstep attach to the apps that exist then and to apps finalized later
+  (``worker/attach.py``).
 
 Receivers run in the sending process; an exception in one is logged, not raised.
 """

@@ -29,10 +29,12 @@ PREFIX = f"cgops:plain:{uuid.uuid4().hex[:6]}"
 CELERY = [sys.executable, "-m", "celery"]
 
 
-def plain_worker(tmp_path, name, broker, queue, *args, env=None, prefix=PREFIX):
+def plain_worker(
+    tmp_path, name, broker, queue, *args, env=None, prefix=PREFIX, module="tests.apps.opsapp"
+):
     argv = [
         "-A",
-        "tests.apps.opsapp",
+        module,
         "worker",
         "--key-prefix",
         prefix,
@@ -167,6 +169,38 @@ def test_plain_celery_worker_hands_back_on_sigterm_after_the_graceful_timeout(
         w1.stop()
         if w2 is not None:
             w2.stop()
+
+
+def test_an_app_that_calls_install_gets_the_options_heartbeat_and_hand_back(
+    redis_url, tmp_path, queue
+):
+    """tests.apps.installed declares its graph tasks before its app exists, so it calls
+    celery_graph.install(app): its plain `celery worker` takes the options, registers,
+    serves /healthz, runs graphs and leaves the registry on SIGTERM."""
+    app = build_app(redis_url, queue, key_prefix=PREFIX)
+    port = free_port()
+    w = plain_worker(
+        tmp_path,
+        "installed",
+        redis_url,
+        queue,
+        "--metrics-port",
+        str(port),
+        "--graceful-timeout",
+        "5",
+        module="tests.apps.installed",
+    )
+    try:
+        wait_for(lambda: listed(app, w.pid), 20, f"registry entry\n{w.log()}")
+        assert wait_for(lambda: healthz(port) == 200, 10, "/healthz")
+        tag = uuid.uuid4().hex[:8]
+        flow = t.ops_first.bind(tag=tag) >> t.ops_long.bind(tag=tag) >> t.ops_last.bind(tag=tag)
+        assert flow.submit(app=app).get(timeout=20) == "ops_last<-ops_long"
+        w.signal(signal.SIGTERM)
+        assert w.wait(20) == 0
+        assert listed(app, w.pid) is None
+    finally:
+        w.stop()
 
 
 def test_a_second_worker_with_a_live_name_is_refused(redis_url, tmp_path, queue):

@@ -1,12 +1,12 @@
 """A graph as a Celery signature: ``chain(a.s(), flow.s(), b.s())``, ``group(flow.s(), ...)``.
 
 ``flow.s(**inputs)`` stores the graph and returns a signature of ``celery_graph.run_graph``.
-That task starts the run (once per task id, so a redelivered message does not start a
-second one), keeps what Celery would do after it (the rest of the chain, callbacks, its
-group or chord membership) with the run, and ends with ``Ignore``: no worker waits for the
-graph. When the run ends, the process that ends it stores the graph's result under the
-task's id in the result backend and continues the chain with it, or records the failure
-(``lifecycle.after_run``).
+That task (registered on every app that uses celery-graph) starts the run (once per task
+id, so a redelivered message does not start a second one), keeps what Celery would do
+after it (the rest of the chain, callbacks, its group or chord membership) with the run,
+and ends with ``Ignore``: no worker waits for the graph. When the run ends, the process
+that ends it stores the graph's result under the task's id in the result backend and
+continues the chain with it, or records the failure (``engine.lifecycle.after_run``).
 
 The previous step of a chain feeds the graph's run inputs: a dict result is merged into
 them, any other value becomes the run input ``input``.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from celery import current_app, shared_task, signature
+from celery import current_app, signature
 from celery.exceptions import Ignore
 
 from ..model import GraphSpec
@@ -53,7 +53,12 @@ def graph_signature(
     return signature(RUN_GRAPH, kwargs=kwargs, app=app)
 
 
-@shared_task(name=RUN_GRAPH, bind=True)
+def register_run_graph(app: Any) -> None:
+    """Register ``celery_graph.run_graph`` (:func:`run_graph`) on ``app``; done for every
+    app that uses celery-graph (``celery_graph.install``)."""
+    app.task(name=RUN_GRAPH, bind=True, shared=False)(run_graph)
+
+
 def run_graph(
     self: Any, *previous: Any, graph: str, inputs: dict[str, Any], flow: str | None = None
 ) -> None:

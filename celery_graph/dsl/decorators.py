@@ -209,9 +209,10 @@ def node(task_or_signature: Any, *, id: str | None = None, **kwargs: Any) -> Tas
     route the node. Upstream results fill parameters named after upstream nodes, as for
     ``@task``. The node's message is sent to the task's own name, so its routes
     (``task_routes``, its ``queue``), rate limit, time limits and retries apply and Flower
-    lists it under its own name; the worker must import celery_graph (which lets every task
-    it knows run node messages, see ``executor.adopt``) and the task's module. The task's
-    own code is unchanged and keeps working when called plainly.
+    lists it under its own name. A worker of an app that uses celery-graph (a graph task
+    declared, or ``celery_graph.install(app)``) lets every task of its app run node
+    messages (see ``executor.adopt``). The task's own code is unchanged and keeps working
+    when called plainly.
     """
     if isinstance(task_or_signature, TaskNode):
         return task_or_signature.bind(id=id, **kwargs)
@@ -235,6 +236,7 @@ def node(task_or_signature: Any, *, id: str | None = None, **kwargs: Any) -> Tas
             f"node(): task {name!r} is not registered on the current app; import its module"
         ) from None
     adopt(target)  # in this process too (an in-process worker, a local apply())
+    graph_task_declared.send(sender=target)  # worker options and bootstep on the apps now
     fn = target.run
     node_id = id or name.rsplit(".", 1)[-1]
     check_node_id(node_id, name)

@@ -1,8 +1,8 @@
 """The Celery side of a node: the base task of every celery-graph task, ``adopt`` (the
 wrapper that tells a node message from a plain call, on ``@task`` tasks and on existing
-tasks alike), the failure and retry hooks of node messages, the handler for node messages
-a worker does not know, and the reconciler thread every worker that imports celery_graph
-runs.
+tasks alike), the failure and retry hooks of node messages and the handler for node
+messages a worker does not know (Celery signal receivers that leave every other message
+alone, connected by ``connect_signals`` when an app is installed, never at import).
 
 Infrastructure errors are never node failures: when Redis or the broker cannot be reached
 while a node begins, completes or publishes its successors, the message is sent again with
@@ -20,14 +20,13 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from celery import Task, current_app, shared_task
+from celery import Task, current_app
 from celery.exceptions import Reject, Retry
-from celery.signals import task_failure, task_retry, task_unknown, worker_init, worker_shutdown
+from celery.signals import task_failure, task_retry, task_unknown
 from celery.utils.log import get_task_logger
 
 from ..codec import error_record, exception_record
 from ..dispatch import redeliver
-from ..engine.reconcile import SweepThread
 from ..errors import BrokerUnavailable, CeleryGraphError, StoreUnavailable, UnknownTask
 from ..protocol import CALL_TASK, GRAPH_KWARG, NodeMessage, graph_fields
 from ..state import Mode, state_for
@@ -87,7 +86,8 @@ def adopt(task: Task) -> Task:
     ``bind``, routes, rate and time limits all stay Celery's. The argument check Celery
     makes when sending (``typing``) is told to ignore ``_graph``, so a node can be retried
     with ``self.retry()`` like any task. Every ``@task`` is adopted when Celery creates it;
-    other tasks when ``node()`` wraps them and, in a worker, at start (``worker_init``).
+    other tasks when ``node()`` wraps them and, in a worker, the tasks of the worker's app
+    when it starts (:func:`adopt_tasks`, from the bootstep).
     """
     if task.__dict__.get(ADOPTED):
         return task
@@ -118,6 +118,15 @@ def adopted(task: Task) -> bool:
     return bool(task.__dict__.get(ADOPTED))
 
 
+def adopt_tasks(app: Any) -> None:
+    """Let every task of ``app`` run node messages under its own name (``node()`` on an
+    existing task). A worker does it before its pool forks and before its consumer builds
+    the tasks' tracers, which keep each task's ``run``; Celery's own tasks are left alone."""
+    for name, known in list(app.tasks.items()):
+        if not name.startswith("celery."):
+            adopt(known)
+
+
 def run_node(task: Task, fn: Callable[..., Any], fields: Any, kwargs: dict[str, Any]) -> Any:
     """Run one node message: ``fields`` is its ``_graph`` keyword, ``kwargs`` the node's
     bound arguments, ``fn`` the task's own ``run``."""
@@ -131,7 +140,6 @@ def run_node(task: Task, fn: Callable[..., Any], fields: Any, kwargs: dict[str, 
         raise send_again(task, message, exc) from exc
 
 
-@task_failure.connect
 def _node_failed(
     sender: Any = None,
     task_id: Any = None,
@@ -165,7 +173,6 @@ def _node_failed(
         logger.exception("celery-graph: could not record the failure of %s", message.task_id)
 
 
-@task_retry.connect
 def _node_retried(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
     """A node will run again (its own retry, or sent again after an infrastructure
     error): lease it for that long, so the reconciler does not send it a second time."""
@@ -196,12 +203,15 @@ def _call_outside_a_graph(self: Task, *args: Any, **kwargs: Any) -> Any:
 
 
 _call_outside_a_graph.__name__ = "call"
-# Graphs stored before existing tasks ran under their own names send their nodes to this
-# task, which calls the existing task in the worker; kept so those runs still finish.
-shared_task(name=CALL_TASK, bind=True, base=GraphTask)(_call_outside_a_graph)
 
 
-@task_unknown.connect
+def register_call_task(app: Any) -> None:
+    """Register ``celery_graph.call`` on ``app``: graphs stored before existing tasks ran
+    under their own names send their nodes to this task, which calls the existing task in
+    the worker; kept so those runs still finish."""
+    app.task(name=CALL_TASK, bind=True, base=GraphTask, shared=False)(_call_outside_a_graph)
+
+
 def _unknown_task(sender=None, message=None, exc=None, name=None, id=None, **kw):
     """A worker got a node whose task it does not know (a graph submitted by newer code,
     or a worker missing a module): Celery drops such messages, so fail the run loudly
@@ -226,39 +236,9 @@ def _unknown_task(sender=None, message=None, exc=None, name=None, id=None, **kw)
         logger.exception("celery-graph: could not fail the run of unknown task %s", name)
 
 
-# -- the reconciler in every worker ------------------------------------------------------
-
-_sweepers: dict[int, SweepThread] = {}
-
-
-@worker_init.connect
-def _start_reconciler(sender: Any = None, **_: Any) -> None:
-    """Every worker that imports celery_graph sweeps (one at a time, under a lock)."""
-    app = getattr(sender, "app", None)
-    if app is None or id(sender) in _sweepers:
-        return
-    try:
-        state_for(app)  # no graph Redis configured: this worker runs no graph work
-    except CeleryGraphError as exc:
-        logger.warning("celery-graph: no reconciler in this worker: %s", exc)
-        return
-    _sweepers[id(sender)] = SweepThread(app).start()
-
-
-@worker_init.connect
-def _adopt_tasks(sender: Any = None, **_: Any) -> None:
-    """Every task this worker knows can run as a node under its own name (``node()``):
-    adopted before the consumer builds its tracers, which keep the task's ``run``."""
-    app = getattr(sender, "app", None)
-    if app is None:
-        return
-    for name, known in list(app.tasks.items()):
-        if not name.startswith("celery."):
-            adopt(known)
-
-
-@worker_shutdown.connect
-def _stop_reconciler(sender: Any = None, **_: Any) -> None:
-    sweeper = _sweepers.pop(id(sender), None)
-    if sweeper is not None:
-        sweeper.stop()
+def connect_signals() -> None:
+    """Connect the receivers of node messages' failures, retries and unknown tasks
+    (idempotent). Each returns at once for a message that is not a node's."""
+    task_failure.connect(_node_failed, weak=False, dispatch_uid="celery_graph.node_failed")
+    task_retry.connect(_node_retried, weak=False, dispatch_uid="celery_graph.node_retried")
+    task_unknown.connect(_unknown_task, weak=False, dispatch_uid="celery_graph.unknown_task")

@@ -12,11 +12,16 @@ import contextlib
 import threading
 from typing import Any
 
-from redis.exceptions import LockError
-
 from ..config import Settings
 from ..keys import Keys
-from .connection import WAIT_SLICE, client_for, translated, translating, wait_client_for
+from .connection import (
+    WAIT_SLICE,
+    client_for,
+    redis_errors,
+    translated,
+    translating,
+    wait_client_for,
+)
 from .graphs import GraphStore
 from .index import RunIndex, RunRow
 from .replies import (
@@ -71,7 +76,7 @@ class State:
 
     def unlock(self, lock: Any) -> None:
         """Release a lock from try_lock; one that ran out meanwhile is simply gone."""
-        with contextlib.suppress(LockError), translating("releasing a lock"):
+        with contextlib.suppress(redis_errors().LockError), translating("releasing a lock"):
             lock.release()
 
 

@@ -15,13 +15,11 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-import redis
-
 from ..config import Settings
 from ..errors import BarrierError, RunNotResumable
 from ..keys import Keys
 from ..model import GraphSpec, NodeSpec
-from .connection import load_script, translating
+from .connection import load_script, redis_errors, translating
 from .replies import (
     Arrival,
     Begin,
@@ -248,7 +246,7 @@ class Scripts:
                     *(watch or []),
                 ],
             )
-        except redis.ResponseError as exc:
+        except redis_errors().ResponseError as exc:
             raise RunNotResumable(f"run {run_id} cannot be resumed: {exc}") from exc
         return [_text(f) for f in late]
 

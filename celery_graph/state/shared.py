@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis.exceptions import ResponseError
-
 from ..errors import RunNotFound
 from ..keys import Keys
-from .connection import load_script, translated, translating
+from .connection import load_script, redis_errors, translated, translating
 
 
 class SharedState:
@@ -27,7 +25,7 @@ class SharedState:
         try:
             with translating("writing run context"):
                 return self._write(keys=keys, args=[op, key, value])
-        except ResponseError as exc:
+        except redis_errors().ResponseError as exc:
             raise RunNotFound(f"run {run_id}: {exc}; its shared state is not written") from exc
 
     def get(self, run_id: str, key: str) -> bytes | None:

@@ -1,5 +1,5 @@
 """``graph-worker``: a thin alias of ``celery -A APP worker`` with celery-graph's reliable
-defaults. The worker options and bootstep it relies on are in ``workerstep.py`` and reach
+defaults. The worker options and bootstep it relies on (``attach.py``, ``step.py``) reach
 every app that uses celery-graph, so plain ``celery worker`` has them too::
 
     graph-worker -A proj -Q gpu -c 4 --metrics-port 9808 [-D --pidfile ...]
@@ -27,14 +27,7 @@ from ..config import (
     ENV_RELIABLE_DEFAULTS,
 )
 from ..errors import ConfigurationError, UsageError
-from .step import (
-    WORKER_OPTIONS,
-    GraphWorkerStep,
-    apply_defaults,
-    check_agreement,
-    install,
-    user_set,
-)
+from .attach import WORKER_OPTIONS, apply_defaults, check_agreement, install, user_set
 
 logger = logging.getLogger("celery_graph.worker")
 
@@ -204,7 +197,6 @@ def main(argv: list[str] | None = None) -> int:
 
 __all__ = [
     "WORKER_OPTIONS",
-    "GraphWorkerStep",
     "apply_defaults",
     "check_agreement",
     "install",

@@ -1,19 +1,10 @@
-"""celery-graph's worker features on every Celery worker (``graph-worker`` in ``worker.py``
-is a thin alias of ``celery worker``).
+"""The bootstep of every ``celery worker`` of an app using celery-graph (``attach.py``
+adds it to ``app.steps['worker']`` by name, so only a worker imports this module).
 
-Any app that uses celery-graph (a graph task declared while the app exists, or the app
-finalized after ``celery_graph`` was imported) gets:
-
-- ``celery worker`` options (``app.user_options['worker']``): ``--metrics-port``,
-  ``--metrics-host``, ``--graceful-timeout``, ``--key-prefix``, ``--redis-url``. Each sets
-  its ``CELERY_GRAPH_*`` environment variable, so pool processes, and a worker re-executed
-  by ``-D``/``celery multi``, see the same value;
-- a worker bootstep (``GraphWorkerStep``) in the worker's main process: the registry entry
-  and heartbeat under the worker's unique name, ``/metrics`` and ``/healthz``, a bounded
-  graceful shutdown on SIGTERM/SIGINT, and the Redis 6.2+ check.
-
-So ``celery -A proj worker --metrics-port 9808`` works; ``graph-worker`` (``worker.py``)
-adds only ``RELIABLE_DEFAULTS``.
+In the worker's main process: the registry entry and heartbeat under the worker's unique
+name, ``/metrics`` and ``/healthz`` (``--metrics-port``), a bounded graceful shutdown on
+SIGTERM/SIGINT, the Redis 6.2+ check and the reconciler thread. Before the pool starts:
+every task of the worker's app can run node messages under its own name (``adopt``).
 """
 
 from __future__ import annotations
@@ -23,153 +14,23 @@ import os
 import signal
 import threading
 import time
-import weakref
 from typing import Any, NoReturn
 
-import click
-from celery import _state as _celery_state
 from celery import bootsteps
-from celery._state import _get_active_apps, connect_on_app_finalize
-from celery.bin.base import CeleryOption
 from celery.signals import worker_shutdown
 from celery.worker import state as worker_state
 
-from ..config import (
-    ENV_GRACEFUL_TIMEOUT,
-    ENV_METRICS_HOST,
-    ENV_METRICS_PORT,
-    ENV_PREFIX,
-    ENV_REDIS_URL,
-    RELIABLE_DEFAULTS,
-    WorkerOptions,
-    reliable_defaults_wanted,
-)
+from ..config import WorkerOptions, reliable_defaults_wanted
 from ..dispatch import QueueDepth
+from ..engine.reconcile import SweepThread
 from ..errors import CeleryGraphError, ConfigurationError, NoGraphRedis, StoreUnavailable
-from ..signals import graph_task_declared
+from ..executor import adopt_tasks
 from ..state import state_for
 from ..state.workers import REDIS_REQUIRED, version_tuple
 from .endpoint import MetricsServer, WorkerCollector
 from .heartbeat import DuplicateWorkerName, Heartbeat
-from .metrics import install_task_signals
 
 logger = logging.getLogger("celery_graph.worker")
-
-HELP_GROUP = "celery-graph Options"
-
-
-# -- configuration --------------------------------------------------------------------
-
-
-def user_set(conf: Any, key: str) -> bool:
-    """True if the app's own configuration sets ``key`` (not Celery's default)."""
-    conf.get(key)  # a pending configuration loads on first read; only then has it maps
-    maps = getattr(conf, "maps", None)
-    if not maps:
-        return False
-    return any(key in m for m in maps[:-1])
-
-
-def apply_defaults(app: Any) -> dict[str, Any]:
-    """Set RELIABLE_DEFAULTS the app's configuration leaves open; returns what was set."""
-    applied = {}
-    for key, value in RELIABLE_DEFAULTS.items():
-        if not user_set(app.conf, key):
-            app.conf[key] = value
-            applied[key] = value
-    return applied
-
-
-def check_agreement(app: Any, opts: WorkerOptions) -> None:
-    """--key-prefix/--redis-url must not contradict the app: workers and the code that
-    starts runs read the same app config, and a worker under another prefix would not
-    find the graphs it is sent."""
-    for flag, value, setting in (
-        ("--key-prefix", opts.key_prefix, "graph_key_prefix"),
-        ("--redis-url", opts.redis_url, "graph_redis_url"),
-    ):
-        configured = app.conf.get(setting)
-        if value is not None and configured is not None and configured != value:
-            raise ConfigurationError(
-                f"{flag} {value!r} contradicts app.conf.{setting} = {configured!r}; the app "
-                "setting wins, so drop the flag or change the setting"
-            )
-
-
-# -- the worker options (click, through app.user_options['worker']) --------------------
-
-
-def _app_of(ctx: click.Context) -> Any:
-    obj = ctx.find_root().obj
-    return getattr(obj, "app", None)
-
-
-def _to_env(env: str, flag: str, setting: str | None = None) -> Any:
-    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-        if value is None:
-            return value
-        app = _app_of(ctx)
-        if setting is not None and app is not None:
-            try:
-                check_agreement(app, WorkerOptions(**{setting: value}))
-            except ConfigurationError as exc:
-                raise click.BadParameter(str(exc)) from None
-        os.environ[env] = str(value)
-        return value
-
-    return callback
-
-
-WORKER_OPTIONS = (
-    CeleryOption(
-        ["--metrics-port"],
-        type=click.IntRange(1, 65535),
-        default=None,
-        callback=_to_env(ENV_METRICS_PORT, "--metrics-port"),
-        help_group=HELP_GROUP,
-        help="Serve Prometheus metrics at /metrics and liveness at /healthz on this port "
-        f"(env {ENV_METRICS_PORT}; default: off).",
-    ),
-    CeleryOption(
-        ["--metrics-host"],
-        type=str,
-        default=None,
-        callback=_to_env(ENV_METRICS_HOST, "--metrics-host"),
-        help_group=HELP_GROUP,
-        help=f"Address the metrics server listens on (env {ENV_METRICS_HOST}; default 0.0.0.0).",
-    ),
-    CeleryOption(
-        ["--graceful-timeout"],
-        type=click.FloatRange(min=0),
-        default=None,
-        callback=_to_env(ENV_GRACEFUL_TIMEOUT, "--graceful-timeout"),
-        help_group=HELP_GROUP,
-        help="On SIGTERM or SIGINT stop taking work and let running tasks finish for this "
-        "many seconds, then hand the rest back to the broker (env "
-        f"{ENV_GRACEFUL_TIMEOUT}; default 60). A second signal hands back at once.",
-    ),
-    CeleryOption(
-        ["--key-prefix"],
-        type=str,
-        default=None,
-        callback=_to_env(ENV_PREFIX, "--key-prefix", "key_prefix"),
-        help_group=HELP_GROUP,
-        help=f"Redis key prefix of the graph state; sets {ENV_PREFIX}. "
-        "app.conf.graph_key_prefix wins; a different value there is an error.",
-    ),
-    CeleryOption(
-        ["--redis-url"],
-        type=str,
-        default=None,
-        callback=_to_env(ENV_REDIS_URL, "--redis-url", "redis_url"),
-        help_group=HELP_GROUP,
-        help=f"Redis holding the graph state; sets {ENV_REDIS_URL}. app.conf.graph_redis_url "
-        "wins; a different value there is an error.",
-    ),
-)
-
-
-# -- the bootstep ---------------------------------------------------------------------
 
 
 def _fail(message: str) -> NoReturn:
@@ -179,15 +40,19 @@ def _fail(message: str) -> NoReturn:
 
 
 class GraphWorkerStep(bootsteps.StartStopStep):
-    """Registry heartbeat, /metrics and /healthz, the Redis version check and bounded
-    graceful shutdown for one worker."""
+    """Registry heartbeat, /metrics and /healthz, the Redis version check, the reconciler
+    and bounded graceful shutdown for one worker."""
 
     requires = ("celery.worker.components:Pool",)  # start after the pool has forked
 
     def __init__(self, w: Any, **kwargs: Any) -> None:
         super().__init__(w, **kwargs)
+        # Built with the worker, before its pool forks and its consumer builds the
+        # tracers (which keep each task's run): every task of the app runs node messages.
+        adopt_tasks(w.app)
         self.heartbeat: Any = None
         self.metrics: Any = None
+        self.sweeper: SweepThread | None = None
         self._shutdown_started = False
         self._timer: threading.Timer | None = None
         self._worker: Any = None
@@ -223,6 +88,7 @@ class GraphWorkerStep(bootsteps.StartStopStep):
         except StoreUnavailable as exc:
             self.heartbeat = None
             _fail(f"cannot reach the graph Redis at start ({exc})")
+        self.sweeper = SweepThread(w.app).start()  # one sweep at a time across workers
         if opts.metrics_port is not None:
             collector = WorkerCollector(
                 state, w.hostname, time.monotonic(), queues, in_flight, QueueDepth(w.app)
@@ -312,6 +178,9 @@ class GraphWorkerStep(bootsteps.StartStopStep):
     def _cleanup(self) -> None:
         if self._timer is not None:  # everything finished within the graceful timeout
             self._timer.cancel()
+        if self.sweeper is not None:
+            self.sweeper.stop()
+            self.sweeper = None
         if self.metrics is not None:
             self.metrics.stop()
             self.metrics = None
@@ -321,61 +190,3 @@ class GraphWorkerStep(bootsteps.StartStopStep):
             except CeleryGraphError:  # the TTL removes the entry anyway
                 logger.warning("celery-graph: could not deregister the worker", exc_info=True)
             self.heartbeat = None
-
-
-# -- attaching to apps ------------------------------------------------------------------
-
-_installed: weakref.WeakSet[Any] = weakref.WeakSet()
-_install_lock = threading.Lock()
-
-
-def install(app: Any) -> None:
-    """Give ``app``'s workers celery-graph's options and bootstep (idempotent). Runs by
-    itself for apps that use celery-graph; call it for an app whose module imports no
-    graph task before ``celery worker`` reads its options."""
-    with _install_lock:
-        if app in _installed:
-            return
-        _installed.add(app)
-    app.user_options["worker"].update(WORKER_OPTIONS)
-    app.steps["worker"].add(GraphWorkerStep)
-    install_task_signals()  # inherited by the pool processes forked from this one
-    if reliable_defaults_wanted():
-        if app.configured:
-            apply_defaults(app)
-        else:
-            app.on_after_configure.connect(
-                lambda sender=None, **_: apply_defaults(sender), weak=False
-            )
-
-
-def _install_all(sender: Any = None, **_: Any) -> None:
-    for app in list(_get_active_apps()):
-        install(app)
-
-
-class _AppsWatch(weakref.WeakSet):
-    """Celery's set of live apps, which also installs on every app created from now on:
-    ``celery worker`` reads ``app.user_options`` right after importing the app's module,
-    and that module may create the app after importing its graph tasks."""
-
-    def add(self, item: Any) -> None:
-        super().add(item)
-        try:
-            install(item)
-        except Exception:  # never break creating an app
-            logger.warning("celery-graph: could not attach to app %r", item, exc_info=True)
-
-
-def _watch_new_apps() -> None:
-    apps = getattr(_celery_state, "_apps", None)
-    if isinstance(apps, weakref.WeakSet) and not isinstance(apps, _AppsWatch):
-        _celery_state._apps = _AppsWatch(apps)
-
-
-# Every app that exists now or is created later, and (should Celery's internals change)
-# every app declaring a graph task or finalized later, in time for the bootstep.
-_install_all()
-_watch_new_apps()
-connect_on_app_finalize(install)
-graph_task_declared.connect(_install_all, weak=False, dispatch_uid="celery_graph.worker")
