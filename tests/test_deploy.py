@@ -18,8 +18,9 @@ from pathlib import Path
 import yaml
 from flower.options import options as flower_options
 
-from celery_graph import config, registry
+from celery_graph import config
 from celery_graph.testing import free_port
+from celery_graph.worker.heartbeat import live_workers
 from tests.apps import ops_tasks as t
 from tests.apps.common import build_app
 from tests.apps.harness import ROOT, graph_worker_help, subprocess_env, wait_for
@@ -168,7 +169,7 @@ def test_metrics_port_service_and_hpa_agree_with_the_code():
 
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     external = hpa["spec"]["metrics"][0]["external"]
-    metrics_source = (ROOT / "celery_graph" / "metrics.py").read_text()
+    metrics_source = (ROOT / "celery_graph" / "worker" / "endpoint.py").read_text()
     assert f'"{external["metric"]["name"]}"' in metrics_source  # a metric we export
     assert set(external["metric"]["selector"]["matchLabels"]) == {"queue"}  # its label
 
@@ -289,7 +290,7 @@ def test_procfile_under_honcho_serves_a_graph_run_and_flower(redis_url, tmp_path
         return (tmp_path / "honcho.log").read_text(errors="replace")
 
     try:
-        wait_for(lambda: registry.live_workers(app), 30, f"the Procfile worker\n{output()}")
+        wait_for(lambda: live_workers(app), 30, f"the Procfile worker\n{output()}")
         tag = uuid.uuid4().hex[:8]
         run = (t.ops_first.bind(tag=tag) >> t.ops_last.bind(tag=tag, ops_long="x")).submit(app=app)
         assert run.get(timeout=30) == "ops_last<-x"
@@ -305,7 +306,7 @@ def test_procfile_under_honcho_serves_a_graph_run_and_flower(redis_url, tmp_path
         )
         honcho.send_signal(signal.SIGTERM)
         honcho.wait(20)
-        wait_for(lambda: not registry.live_workers(app), 10, "the worker to deregister")
+        wait_for(lambda: not live_workers(app), 10, "the worker to deregister")
     finally:
         for pid in map(int, re.findall(r"started \(pid=(\d+)\)", output())):
             with contextlib.suppress(ProcessLookupError, PermissionError):
