@@ -209,11 +209,6 @@ def install(app: Any) -> None:
             )
 
 
-def installed(app: Any) -> bool:
-    """True once :func:`install` ran for ``app``."""
-    return app in _installed
-
-
 def _on_finalize(app: Any) -> None:
     try:
         install(app)
