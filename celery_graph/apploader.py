@@ -14,6 +14,7 @@ from celery.app.utils import find_app
 
 from .dsl import Flow
 from .errors import ConfigurationError
+from .refs import attribute, import_ref
 
 
 def app_ref(argv: Iterable[str]) -> str | None:
@@ -61,37 +62,17 @@ def _why_not_found(ref: str, exc: Exception) -> str:
         except Exception:
             return str(exc)
         try:
-            _attribute(obj, module, attr)
+            attribute(obj, module, attr)
         except ConfigurationError as missing:
             return str(missing)
     return str(exc)
-
-
-def _attribute(obj: Any, module: str, attr: str, prefix: str = "") -> Any:
-    """``attr`` (dotted) of module ``obj``; a ConfigurationError naming it if missing."""
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ConfigurationError(f"{prefix}module {module!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    return obj
 
 
 def import_flow(ref: str, what: str | None = None) -> Flow:
     """The flow at ``MODULE:FLOW`` (attributes may be dotted), imported from the current
     directory; a ConfigurationError saying what is wrong (prefixed by ``what``) otherwise."""
     prefix = f"{what}: " if what else ""
-    module, sep, attr = ref.partition(":")
-    if not sep or not module or not attr:
-        raise ConfigurationError(f"{prefix}{ref!r} is not MODULE:FLOW (e.g. 'examples.etl:flow')")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        obj: Any = importlib.import_module(module)
-    except Exception as exc:
-        raise ConfigurationError(
-            f"{prefix}cannot import module {module!r}: {type(exc).__name__}: {exc}"
-        ) from exc
-    obj = _attribute(obj, module, attr, prefix)
+    obj = import_ref(ref, what)
     if not isinstance(obj, Flow):
         raise ConfigurationError(
             f"{prefix}{ref} is a {type(obj).__name__}, not a celery-graph flow"

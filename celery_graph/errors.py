@@ -37,6 +37,11 @@ class NotAGraphTaskError(GraphDefinitionError, TypeError):
     """Something that is not a celery-graph node was put into a graph."""
 
 
+class GraphTooLarge(GraphDefinitionError):
+    """A graph too large to embed in its signature (``flow.s()``); name it by reference
+    with ``flow_ref`` instead."""
+
+
 class ConfigurationError(CeleryGraphError, ValueError):
     """A setting (key prefix, Redis URL, TTL...) is malformed or missing."""
 
@@ -93,6 +98,15 @@ class BarrierError(CeleryGraphError):
 
 
 # -- run outcome --------------------------------------------------------------
+
+
+class RunNotStarted(CeleryGraphError):
+    """A ``celery_graph.run_graph`` message (``flow.s()``, a beat entry) could not start
+    its run; the run is recorded as failed with the reason."""
+
+
+class FlowChanged(RunNotStarted):
+    """A flow reference compiles to another graph than the one its message names."""
 
 
 class PublishError(CeleryGraphError):

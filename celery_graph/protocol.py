@@ -1,4 +1,5 @@
-"""The node message on the wire, and the names celery-graph reserves.
+"""The messages on the wire (a node's, and ``run_graph``'s), and the names celery-graph
+reserves.
 
 A node's message is an ordinary Celery message of the node's own task name. Its keyword
 arguments are the node's bound arguments plus one extra keyword, ``_graph``::
@@ -17,12 +18,24 @@ arguments are the node's bound arguments plus one extra keyword, ``_graph``::
 Nothing else of the graph travels with the message (the spec is loaded from the store),
 so a message's size does not grow with the graph. Its task id is ``<run id>:<node id>``
 (``...#<i>`` for an item), which Flower shows.
+
+A ``celery_graph.run_graph`` message (:class:`StartMessage`, a graph's signature:
+``flow.s()``, a beat entry, a django-celery-beat row) is a submission, not a node message:
+it carries what is needed to rebuild the graph when the store lost it, either the
+compressed spec (bounded by :data:`EMBED_LIMIT`) or a flow reference. The node messages of
+the run it starts carry ids only, as above.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
+import zlib
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeGuard
+
+from .errors import RunNotStarted
 
 GRAPH_KWARG = "_graph"
 
@@ -118,3 +131,104 @@ class Branch:
     def choice(self) -> str:
         """The choice as stored with the node's state: "!a,b" ("!" alone: none)."""
         return "!" + ",".join(self.targets)
+
+
+# -- the run_graph message --------------------------------------------------------------
+
+START_FORMAT = 1  # the newest format of run_graph's keyword arguments this version knows
+EMBED_LIMIT = 128 * 1024  # most characters of a spec embedded in a run_graph message
+_GRAPH_ID = re.compile(r"^[0-9a-f]{64}$")
+_FIELDS = {0: {"graph", "inputs", "flow"}, 1: {"v", "graph", "inputs", "flow", "spec", "ref"}}
+
+
+def is_graph_id(value: Any) -> TypeGuard[str]:
+    """True for a graph id: the sha256 of a spec's canonical bytes, as 64 hex digits."""
+    return isinstance(value, str) and bool(_GRAPH_ID.match(value))
+
+
+def embed_spec(blob: bytes) -> str:
+    """A spec's canonical bytes as a JSON-safe text: base64 of their zlib compression."""
+    return base64.b64encode(zlib.compress(blob, 9)).decode("ascii")
+
+
+@dataclass(frozen=True)
+class StartMessage:
+    """The keyword arguments of a ``celery_graph.run_graph`` message (``flow.s().kwargs``),
+    which Celery beat and django-celery-beat keep and send back as they are::
+
+        {"v": 1,                       the format (absent: format 0, the first three only)
+         "graph": "<sha256>",          the graph id
+         "inputs": {"day": "x"},       run inputs
+         "flow": "etl",                the flow name the run records (optional)
+         "spec": "<base64 of zlib>"}   the canonical spec, to store again if it is gone
+        or, instead of "spec",
+         "ref": "proj.flows:etl"}      a flow that compiles to the graph
+
+    A field this version does not know, or a newer format, is refused (a worker never
+    ignores what a newer producer asked for): the run is recorded as failed, naming it.
+    """
+
+    graph: str
+    inputs: dict[str, Any]
+    flow: str | None = None
+    spec: str | None = None
+    ref: str | None = None
+    version: int = START_FORMAT
+
+    def kwargs(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"v": self.version, "graph": self.graph, "inputs": self.inputs}
+        if self.flow:
+            out["flow"] = self.flow
+        if self.spec is not None:
+            out["spec"] = self.spec
+        if self.ref is not None:
+            out["ref"] = self.ref
+        return out
+
+    @classmethod
+    def parse(cls, fields: dict[str, Any]) -> StartMessage:
+        """The message in ``fields``; RunNotStarted naming the field that is wrong."""
+        version = fields.get("v", 0)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+            raise RunNotStarted(f"run_graph message: format 'v' must be a number, got {version!r}")
+        if version > START_FORMAT:
+            raise RunNotStarted(
+                f"run_graph message of format {version}, made by a newer celery-graph: this "
+                f"worker reads formats up to {START_FORMAT}; upgrade the workers first"
+            )
+        unknown = sorted(set(fields) - _FIELDS[version])
+        if unknown:
+            raise RunNotStarted(
+                f"run_graph message (format {version}): unknown field(s) "
+                f"{', '.join(map(repr, unknown))}; expected {', '.join(sorted(_FIELDS[version]))}"
+            )
+        graph = fields.get("graph")
+        if not is_graph_id(graph):
+            raise RunNotStarted(
+                f"run_graph message: 'graph' must be a graph id (64 hex digits), got {graph!r}"
+            )
+        inputs = fields.get("inputs", {})
+        if not isinstance(inputs, dict) or not all(isinstance(k, str) for k in inputs):
+            raise RunNotStarted(
+                f"run_graph message: 'inputs' must be an object of run inputs, got {inputs!r}"
+            )
+        flow, spec, ref = fields.get("flow"), fields.get("spec"), fields.get("ref")
+        for name, value in (("flow", flow), ("spec", spec), ("ref", ref)):
+            if value is not None and not isinstance(value, str):
+                raise RunNotStarted(
+                    f"run_graph message: {name!r} must be a string, got {type(value).__name__}"
+                )
+        return cls(graph, dict(inputs), flow or None, spec, ref, version)
+
+    def spec_bytes(self) -> bytes:
+        """The canonical bytes of the embedded spec; RunNotStarted if they do not decode.
+        (Whether they hash to :attr:`graph` is the caller's check.)"""
+        if self.spec is None:
+            raise RunNotStarted("run_graph message: no embedded spec")
+        try:
+            return zlib.decompress(base64.b64decode(self.spec.encode("ascii"), validate=True))
+        except (binascii.Error, zlib.error, UnicodeEncodeError, ValueError) as exc:
+            raise RunNotStarted(
+                f"run_graph message: the embedded spec of graph {self.graph} does not decode "
+                f"(base64 of zlib expected): {exc}"
+            ) from exc

@@ -180,6 +180,7 @@ def run_row(status: RunStatus) -> dict[str, Any]:
         "nodes": len(status.nodes),
         "done": counts.get("succeeded", 0) + counts.get("skipped", 0),
         "counts": counts,
+        "error": status.error,
     }
 
 

@@ -7,11 +7,11 @@ from typing import Any, Generic, TypeVar
 
 from celery import current_app
 
-from ..codec import decode_value, error_record
+from ..codec import decode_value, error_record, parse_error
 from ..dispatch import publish_items, publish_nodes
 from ..engine.context import RunContext
 from ..engine.lifecycle import end_run, settle
-from ..errors import RunTimeout, StoreUnavailable
+from ..errors import RunNotResumable, RunTimeout, StoreUnavailable
 from ..model import FINAL_STATES, GraphSpec, RunStatus
 from ..protocol import NodeMessage
 from ..state import WAIT_SLICE, Arrival, Ended, State, Stored, state_for
@@ -43,9 +43,9 @@ class GraphRun(Generic[R]):
         return state_for(self._app)
 
     def spec(self) -> GraphSpec:
+        """The run's graph (a graph of no nodes for a run that never started)."""
         if self._spec is None:
-            state = self._state
-            self._spec = state.graphs.load(state.runs.record(self.id)["graph"])
+            self._spec = self._state.runs.graph_of(self.id)
         return self._spec
 
     def status(self) -> RunStatus:
@@ -133,6 +133,12 @@ class GraphRun(Generic[R]):
         failing. A node still running (its lease alive) is left to finish. Raises
         RunNotResumable for a run that is not failed or cancelled."""
         state, spec = self._state, self.spec()
+        record = state.runs.record(self.id)
+        if record.get("unstarted"):
+            raise RunNotResumable(
+                f"run {self.id} never started ({_reason(record)}): there is nothing to "
+                "resume; start the flow again"
+            )
         fields = state.runs.node_fields(self.id)
         results = state.runs.results(self.id)
         leases = state.runs.leases(self.id)
@@ -178,6 +184,11 @@ class GraphRun(Generic[R]):
     def cancel(self) -> bool:
         """Stop the run: no pending node starts after this. True if this call ended it."""
         return end_run(self._app, self._state, self.id, "cancelled")
+
+
+def _reason(record: dict[str, str]) -> str:
+    error = parse_error(record.get("error")) or {}
+    return f"{error.get('type', 'Error')}: {error.get('message', '')}"
 
 
 def _field(spec: GraphSpec, node_id: str, unit: int | None) -> str:

@@ -14,7 +14,7 @@ from kombu.utils import json as kjson
 from ..codec import encode_value, error_record
 from ..dispatch import publish_nodes, wait_for_room
 from ..engine.lifecycle import end_run
-from ..errors import PublishError, RunNotFound, StoreError
+from ..errors import PublishError, StoreError
 from ..model import GraphSpec
 from ..signals import run_started
 from ..state import State, state_for
@@ -56,10 +56,10 @@ def submit_spec(
     state = state_for(app)
     run_id = run_id_for(None if idempotency_key is None else str(idempotency_key))
     keyed = idempotency_key is not None
-    if keyed and _exists(state, run_id):
+    if keyed and state.runs.started(run_id):
         return GraphRun(run_id, app=app)
     # a submission with the same key may start the run while this one waits
-    _wait_for_room(app, state, spec, lambda: keyed and _exists(state, run_id))
+    _wait_for_room(app, state, spec, lambda: keyed and state.runs.started(run_id))
     created, _status = state.runs.create(
         run_id, spec, inputs_json, deadline=deadline, extra=dict(extra_fields or {})
     )
@@ -79,15 +79,6 @@ def submit_spec(
             "marked failed"
         ) from exc
     return GraphRun(run_id, app=app, spec=spec)
-
-
-def _exists(state: State, run_id: str) -> bool:
-    """A run under this id that a retry must not start again (an unsent one may)."""
-    try:
-        record = state.runs.record(run_id)
-    except RunNotFound:
-        return False
-    return not (record.get("status") == "failed" and record.get("unsent") == "1")
 
 
 def _wait_for_room(app: Any, state: State, spec: GraphSpec, unless: Callable[[], bool]) -> None:

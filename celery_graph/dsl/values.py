@@ -155,21 +155,27 @@ class Flow(Generic[R]):
             inputs, idempotency_key=idempotency_key, deadline=deadline, flow_name=flow_name
         )
 
-    def s(self, *, flow_name: str | None = None, **inputs: Any) -> Any:
-        """This graph as a Celery signature, for chains and groups::
+    def s(self, *, flow_name: str | None = None, flow_ref: str | None = None, **inputs: Any) -> Any:
+        """This graph as a Celery signature, for chains, groups and beat entries::
 
             chain(fetch.s(), flow.s(limit=10), notify.s()).apply_async()
+            app.conf.beat_schedule = {"nightly": {"task": sig.task, "kwargs": sig.kwargs, ...}}
 
         The previous chain step's result feeds the run inputs (a dict is merged in, any
         other value becomes the input ``input``); the next step gets the graph's result.
         Needs a result backend for ``.get()`` on the canvas, like any Celery canvas.
+
+        The signature carries the compressed graph, so a worker that finds the stored
+        graph gone (``graph_store_ttl``, a flushed or new Redis) stores it again; a graph
+        too large for that (GraphTooLarge) is named instead by ``flow_ref``, the
+        ``MODULE:ATTR`` of this flow that workers import (docs/scheduling.md).
         """
         # graph errors and unknown inputs now; missing inputs may still come from the
         # previous chain step
         name = check_flow_name(flow_name) if flow_name is not None else self.flow_name
         spec = self.compile()
         spec.check_known_inputs(inputs)
-        return graph_signature(spec, inputs, flow_name=name)
+        return graph_signature(spec, inputs, flow_name=name, flow_ref=flow_ref)
 
     def submit(
         self,

@@ -5,9 +5,10 @@ A node's arrival (complete.lua) may release successors, skip some, or end the ru
 alike. A run ends in one of two ways: its last sink completes (complete.lua ends it as
 succeeded, or as failed when a group policy breaks), or something ends it as failed or
 cancelled (:func:`end_run`: a node failing, a deadline, a cancel, a lost node, a
-submission the broker refused). Either way :func:`after_run` follows: a Celery canvas the
-run sits in continues, once, reading the run's outcome from state; if the process dies
-first, the reconciler does it.
+submission the broker refused). A run that could not start at all (a ``run_graph``
+message whose graph is gone for good) is recorded as failed by :func:`refuse_run`.
+Either way :func:`after_run` follows: a Celery canvas the run sits in continues, once,
+reading the run's outcome from state; if the process dies first, the reconciler does it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from ..dispatch import continue_canvas, publish_nodes
 from ..model import GraphSpec
-from ..signals import run_finished
+from ..signals import run_finished, run_started
 from ..state import Arrival, Continuation, Finish, State
 
 logger = logging.getLogger("celery_graph")
@@ -67,6 +68,28 @@ def end_run(
         run_finished.send(sender=app, app=app, run_id=run_id, state=state)
         after_run(app, state, run_id)
     return ended
+
+
+def refuse_run(
+    app: Any,
+    state: State,
+    run_id: str,
+    *,
+    graph_id: str,
+    inputs_json: str,
+    error: str,
+    extra: dict[str, str] | None = None,
+) -> bool:
+    """Record run ``run_id``, which could not start, as failed with ``error`` (an error
+    record), then run the end-of-run hooks: listings, the run signals (metrics count it as
+    a failed run) and the canvas it sits in. False when the run existed already (a
+    redelivered message): nothing is recorded twice."""
+    if not state.runs.refuse(run_id, graph_id, inputs_json, error, extra):
+        return False
+    run_started.send(sender=app, app=app, run_id=run_id, state=state)
+    run_finished.send(sender=app, app=app, run_id=run_id, state=state)
+    after_run(app, state, run_id)
+    return True
 
 
 def after_run(app: Any, state: State, run_id: str) -> bool:

@@ -108,6 +108,11 @@ class GraphSpec:
             policies=data.get("policies", {}),
         )
 
+    @classmethod
+    def empty(cls, graph_id: str = "") -> GraphSpec:
+        """A graph of no nodes: what a run that never started shows (it ran nothing)."""
+        return cls.from_data({"nodes": {}, "edges": [], "order": []}, b"", graph_id)
+
     def check_known_inputs(self, names: Iterable[str]) -> None:
         """Raise UnknownInputError for a run input that no node has as a parameter: a typo
         would otherwise be ignored and the node would run with its default."""

@@ -62,15 +62,42 @@ class RunStore:
         now = float(detail)
         pipe = self.client.pipeline(transaction=False)
         pipe.zadd(k.running_index(), {run_id: now})  # again: a sweep may have just dropped it
+        self._list(pipe, run_id, now, (extra or {}).get("flow"))
+        translated("listing a run", pipe.execute)
+        return True, ""
+
+    def refuse(
+        self,
+        run_id: str,
+        graph_id: str,
+        inputs_json: str,
+        error_json: str,
+        extra: dict[str, str] | None = None,
+    ) -> bool:
+        """Record a run that could not start as failed with ``error_json`` (its record
+        says ``unstarted``: it has no nodes and may have no graph), listed like any run.
+        False when a run with this id exists already (a redelivered message)."""
+        extra = dict(extra or {})
+        recorded, detail = self.scripts.refuse(run_id, graph_id, inputs_json, error_json, extra)
+        if not recorded:
+            return False
+        pipe = self.client.pipeline(transaction=False)
+        self._list(pipe, run_id, float(detail), extra.get("flow"))
+        if "continuation" in extra:  # the reconciler continues the canvas if this process dies
+            pipe.zadd(self.keys.running_index(), {run_id: 0})
+            pipe.expire(self.keys.running_index(), self.run_ttl)
+        translated("listing a run", pipe.execute)
+        return True
+
+    def _list(self, pipe: Any, run_id: str, now: float, flow: str | None) -> None:
+        """Queue the listing of a new run: every run by time, and its flow's runs."""
+        k = self.keys
         self._index(pipe, k.runs_index(), run_id, now)
         pipe.set(k.index_marker(), repr(now), nx=True)
         pipe.expire(k.index_marker(), self.run_ttl)
-        flow = (extra or {}).get("flow")
         if flow:
             self._index(pipe, k.flow_runs(flow), run_id, now)
             self._index(pipe, k.flows_index(), flow, now)
-        translated("listing a run", pipe.execute)
-        return True, ""
 
     def _index(self, pipe: Any, key: str, member: str, score: float) -> None:
         """Add to an index zset, trimmed and expired after the run ttl."""
@@ -136,6 +163,23 @@ class RunStore:
         )
 
     # -- reading -----------------------------------------------------------------------
+
+    def graph_of(self, run_id: str, record: dict[str, str] | None = None) -> GraphSpec:
+        """The graph run ``run_id`` runs; an empty graph for a run that never started
+        (:meth:`refuse`: its graph may be the very thing that is missing)."""
+        record = record or self.record(run_id)
+        if record.get("unstarted"):
+            return GraphSpec.empty(record.get("graph", ""))
+        return self.graphs.load(record["graph"])
+
+    def started(self, run_id: str) -> bool:
+        """A run exists under this id that a new submission must not start again (an
+        unsent one may be started afresh)."""
+        try:
+            record = self.record(run_id)
+        except RunNotFound:
+            return False
+        return not (record.get("status") == "failed" and record.get("unsent") == "1")
 
     def record(self, run_id: str) -> dict[str, str]:
         if not RUN_ID_RE.match(run_id or ""):

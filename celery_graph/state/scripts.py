@@ -40,6 +40,7 @@ PART = 500
 
 SCRIPTS = (
     "start",
+    "refuse",
     "begin",
     "complete",
     "finish",
@@ -103,6 +104,15 @@ class Scripts:
             args += [root, spec.nodes[root].delay]
         created, detail = self._run("start", run_id, args, arrivals)
         return bool(created), _text(detail)
+
+    def refuse(
+        self, run_id: str, graph_id: str, inputs_json: str, error_json: str, extra: dict[str, str]
+    ) -> tuple[bool, str]:
+        """Record a run that could not start as failed; (True, server time) when recorded,
+        (False, status) when a run with this id exists already."""
+        args = [graph_id, inputs_json, error_json, self.settings.result_ttl, json.dumps(extra)]
+        recorded, detail = self._run("refuse", run_id, args)
+        return bool(recorded), _text(detail)
 
     def begin(
         self,

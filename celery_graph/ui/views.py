@@ -70,7 +70,7 @@ class Views:
     def _status(self, run_id: str) -> tuple[dict[str, str], GraphSpec, dict[str, str], RunStatus]:
         runs = self.state.runs
         record = runs.record(run_id)  # RunNotFound names the id and the prefix
-        spec = self.state.graphs.load(record["graph"])
+        spec = runs.graph_of(run_id, record)  # no nodes for a run that never started
         fields = runs.node_fields(run_id)
         status = RunStatus.from_state(
             run_id, record, fields, spec.order, runs.leases(run_id), runs.time()
@@ -94,7 +94,7 @@ class Views:
             items=_items(fields, spec),
             actions={
                 "cancel": status.state == "running",
-                "resume": status.state in ("failed", "cancelled"),
+                "resume": status.state in ("failed", "cancelled") and not record.get("unstarted"),
             },
             flower=self.flower_url,
         )
@@ -102,7 +102,10 @@ class Views:
 
     def graph(self, run_id: str) -> dict[str, Any]:
         """The drawing of the run's graph (one per graph id, computed once)."""
-        graph_id = self.state.runs.record(run_id)["graph"]
+        record = self.state.runs.record(run_id)
+        graph_id = record["graph"]
+        if record.get("unstarted"):  # no graph ran: nothing to draw
+            return layout(self.state.runs.graph_of(run_id, record))
         with self._lock:
             cached = self._layouts.get(graph_id)
         if cached is None:
