@@ -12,7 +12,6 @@ import base64
 import json
 import secrets
 import threading
-import uuid
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -23,72 +22,23 @@ from celery.beat import PersistentScheduler, Service
 
 from celery_graph import GraphRun, RunFailed
 from celery_graph.cli import main
-from celery_graph.client.submit import run_id_for
 from celery_graph.errors import ConfigurationError, GraphDefinitionError, GraphTooLarge
 from celery_graph.protocol import EMBED_LIMIT, GRAPH_KWARG, RUN_GRAPH, embed_spec
 from celery_graph.state import state_for
 from tests import beat_flows
+from tests.beat_helpers import (
+    graph_stored,
+    lose_graph,
+    recorded,
+    run_of,
+    run_started,
+    salted_flow,
+    send_like_beat,
+)
 from tests.helpers import postruns, wait_for
-from tests.tasks import add, double, offset, step
+from tests.tasks import offset, step
 
 pytest_plugins = ("tests.ui_fixtures",)  # ui, http: the dashboard over the session's app
-
-
-# -- helpers ----------------------------------------------------------------------------
-
-
-def salted_flow(name: str = "beat") -> tuple[Any, int]:
-    """``add >> double`` with a bound value of its own: a graph no other test uses."""
-    salt = secrets.randbelow(10**9) + 10**9
-    return (add.bind(y=salt) >> double).with_name(f"{name}-{salt}"), salt
-
-
-def lose_graph(app: Celery, graph_id: str) -> None:
-    """What an expired (or flushed) graph is to every process: gone from Redis and from
-    this process's cache, which the in-process worker shares."""
-    state = state_for(app)
-    state.client.delete(state.keys.graph(graph_id))
-    with state.graphs._lock:
-        state.graphs._cache.pop(graph_id, None)
-    assert not state.client.exists(state.keys.graph(graph_id))
-
-
-def graph_stored(app: Celery, graph_id: str) -> bool:
-    state = state_for(app)
-    return bool(state.client.exists(state.keys.graph(graph_id)))
-
-
-def run_of(task_id: str) -> str:
-    """The run a run_graph message starts (or records): its task id is the key."""
-    return run_id_for(f"celery-task:{task_id}")
-
-
-def recorded(app: Celery, run_id: str, timeout: float = 20) -> dict[str, str]:
-    """The run record once the message's run exists and has ended."""
-    state = state_for(app)
-
-    def ended() -> dict[str, str] | None:
-        record = state.client.hgetall(state.keys.run(run_id))
-        fields = {k.decode(): v.decode() for k, v in record.items()}
-        return fields if fields.get("status") in ("succeeded", "failed", "cancelled") else None
-
-    return wait_for(ended, timeout, f"run {run_id} to end")
-
-
-def run_started(app: Celery, task_id: str, timeout: float = 20) -> GraphRun:
-    """The run a run_graph message started, once its record exists (the worker creates
-    it after the message arrives)."""
-    state, run_id = state_for(app), run_of(task_id)
-    wait_for(lambda: state.client.exists(state.keys.run(run_id)), timeout, f"run {run_id}")
-    return GraphRun(run_id, app=app)
-
-
-def send_like_beat(app: Celery, kwargs: dict[str, Any], task_id: str | None = None) -> str:
-    """What beat does with an entry: ``app.send_task(entry.task, entry.args, entry.kwargs,
-    **entry.options)``; the kwargs pass through JSON first, as a database row keeps them."""
-    task_id = task_id or str(uuid.uuid4())
-    app.send_task(RUN_GRAPH, (), json.loads(json.dumps(kwargs)), task_id=task_id)
-    return task_id
 
 
 @pytest.fixture()
@@ -229,8 +179,8 @@ def test_an_old_entry_whose_graph_is_gone_is_a_failed_run_in_runs_status_and_the
     assert "state     failed" in out and f"graph     {spec.graph_id}" in out
     assert "error: GraphNotFound: graph " in out and "carries nothing to rebuild it" in out
 
-    page = http.get(f"/api/runs?flow={flow.flow_name}&state=failed")
-    (line,) = page["runs"]
+    query = f"/api/runs?flow={flow.flow_name}&state=failed"
+    (line,) = wait_for(lambda: http.get(query)["runs"], 10, "the run in the failed listing")
     assert line["run_id"] == run_id and line["error"]["type"] == "GraphNotFound"
     data = http.get(f"/api/runs/{run_id}")
     assert data["state"] == "failed" and data["nodes"] == {} and data["error"]["message"]
@@ -301,7 +251,8 @@ def test_a_message_that_cannot_start_is_a_failed_run_naming_why(app, case):
     status = GraphRun(run_id, app=app).status()
     assert status.state == "failed" and status.nodes == {} and status.error == error
     state = state_for(app)
-    assert state.client.zscore(state.keys.state_runs("failed"), run_id) is not None
+    failed = state.keys.state_runs("failed")  # listed once the recording process indexed it
+    wait_for(lambda: state.client.zscore(failed, run_id) is not None, 10, "the failed index")
     assert state.client.ttl(state.keys.run(run_id)) > 0  # expires like any ended run
 
 
