@@ -137,6 +137,7 @@ class Branch:
 
 START_FORMAT = 1  # the newest format of run_graph's keyword arguments this version knows
 EMBED_LIMIT = 128 * 1024  # most characters of a spec embedded in a run_graph message
+SPEC_MAX_BYTES = 64 * 1024 * 1024  # an embedded spec that inflates past this is refused
 _GRAPH_ID = re.compile(r"^[0-9a-f]{64}$")
 _FIELDS = {0: {"graph", "inputs", "flow"}, 1: {"v", "graph", "inputs", "flow", "spec", "ref"}}
 
@@ -226,9 +227,22 @@ class StartMessage:
         if self.spec is None:
             raise RunNotStarted("run_graph message: no embedded spec")
         try:
-            return zlib.decompress(base64.b64decode(self.spec.encode("ascii"), validate=True))
+            inflate = zlib.decompressobj()
+            raw = inflate.decompress(
+                base64.b64decode(self.spec.encode("ascii"), validate=True), SPEC_MAX_BYTES
+            )
         except (binascii.Error, zlib.error, UnicodeEncodeError, ValueError) as exc:
             raise RunNotStarted(
                 f"run_graph message: the embedded spec of graph {self.graph} does not decode "
                 f"(base64 of zlib expected): {exc}"
             ) from exc
+        if inflate.unconsumed_tail:  # a zlib bomb, or no spec celery-graph wrote
+            raise RunNotStarted(
+                f"run_graph message: the embedded spec of graph {self.graph} inflates to "
+                f"more than {SPEC_MAX_BYTES} bytes: refused"
+            )
+        if not inflate.eof:
+            raise RunNotStarted(
+                f"run_graph message: the embedded spec of graph {self.graph} is truncated"
+            )
+        return raw

@@ -57,7 +57,7 @@ def recorded(app: Celery, run_id: str, timeout: float = 20) -> dict[str, str]:
     return wait_for(ended, timeout, f"run {run_id} to end")
 
 
-def run_started(app: Celery, task_id: str, timeout: float = 20) -> GraphRun:
+def started_run(app: Celery, task_id: str, timeout: float = 20) -> GraphRun:
     """The run a run_graph message started, once its record exists (the worker creates
     it after the message arrives)."""
     state, run_id = state_for(app), run_of(task_id)

@@ -22,8 +22,14 @@ from celery.beat import PersistentScheduler, Service
 
 from celery_graph import GraphRun, RunFailed
 from celery_graph.cli import main
-from celery_graph.errors import ConfigurationError, GraphDefinitionError, GraphTooLarge
+from celery_graph.errors import (
+    ConfigurationError,
+    GraphDefinitionError,
+    GraphTooLarge,
+    RunNotResumable,
+)
 from celery_graph.protocol import EMBED_LIMIT, GRAPH_KWARG, RUN_GRAPH, embed_spec
+from celery_graph.signals import run_finished, run_started
 from celery_graph.state import state_for
 from tests import beat_flows
 from tests.beat_helpers import (
@@ -31,9 +37,9 @@ from tests.beat_helpers import (
     lose_graph,
     recorded,
     run_of,
-    run_started,
     salted_flow,
     send_like_beat,
+    started_run,
 )
 from tests.helpers import postruns, wait_for
 from tests.tasks import offset, step
@@ -51,6 +57,26 @@ def beat_schedule(app: Celery) -> Iterator[dict[str, Any]]:
         yield schedule
     finally:
         app.conf.beat_schedule = before
+
+
+@pytest.fixture()
+def run_signals() -> Iterator[list[tuple[str, str]]]:
+    """("started" | "finished", run id) for every run signal this process sends."""
+    seen: list[tuple[str, str]] = []
+
+    def started(run_id: str = "", **_: Any) -> None:
+        seen.append(("started", run_id))
+
+    def finished(run_id: str = "", **_: Any) -> None:
+        seen.append(("finished", run_id))
+
+    run_started.connect(started, weak=False)
+    run_finished.connect(finished, weak=False)
+    try:
+        yield seen
+    finally:
+        run_started.disconnect(started)
+        run_finished.disconnect(finished)
 
 
 def run_graph_ids(published: list[dict], graph_id: str) -> list[str]:
@@ -100,7 +126,7 @@ def test_a_real_beat_fires_an_entry_after_the_graph_key_was_deleted_and_the_run_
     finally:
         service.stop(wait=True)
         thread.join(10)
-    run = run_started(app, task_id)
+    run = started_run(app, task_id)
     assert run.get(timeout=30) == (5 + salt) * 2
     assert run.flow_name == flow.flow_name
     assert graph_stored(app, graph_id)  # stored again, for the nodes and the next fire
@@ -123,7 +149,7 @@ def test_a_flow_ref_rebuilds_the_graph_when_it_is_gone(app):
     assert sig.kwargs["ref"] == "tests.beat_flows:by_ref" and "spec" not in sig.kwargs
     graph_id = flow.compile().graph_id
     lose_graph(app, graph_id)
-    run = run_started(app, send_like_beat(app, sig.kwargs))
+    run = started_run(app, send_like_beat(app, sig.kwargs))
     assert run.get(timeout=30) == (2 + beat_flows.SALT) * 2
     assert run.flow_name == "beat-by-ref"
 
@@ -168,6 +194,8 @@ def test_an_old_entry_whose_graph_is_gone_is_a_failed_run_in_runs_status_and_the
     assert record["status"] == "failed" and record["flow"] == flow.flow_name
     with pytest.raises(RunFailed, match=r"GraphNotFound: .*carries nothing to rebuild it"):
         GraphRun(run_id, app=app).get(timeout=5)
+    with pytest.raises(RunNotResumable, match=r"never started .*GraphNotFound"):
+        GraphRun(run_id, app=app).resume()
 
     assert main(["runs", "--json", "--limit", "200"]) == 0
     rows = {r["run_id"]: r for r in json.loads(capsys.readouterr().out)}
@@ -199,6 +227,14 @@ def _kwargs_of(app: Celery, case: str) -> tuple[dict[str, Any], str, str]:
         kwargs["spec"] = embed_spec(other.compile().blob)
         lose_graph(app, spec.graph_id)
         return kwargs, "GraphCorrupted", "hashes to"
+    if case == "bomb":  # 65 MiB of zeros in 90 KB of text
+        kwargs["spec"] = base64.b64encode(zlib.compress(bytes(65 * 1024 * 1024), 9)).decode()
+        lose_graph(app, spec.graph_id)
+        return kwargs, "RunNotStarted", "inflates to more than 67108864 bytes"
+    if case == "not-zlib":
+        kwargs["spec"] = base64.b64encode(b"not zlib").decode()
+        lose_graph(app, spec.graph_id)
+        return kwargs, "RunNotStarted", "does not decode"
     if case == "changed":  # the flow's code changed since the entry was made
         kwargs.pop("spec")
         kwargs["ref"] = "tests.beat_flows:by_ref"
@@ -231,6 +267,8 @@ def _kwargs_of(app: Celery, case: str) -> tuple[dict[str, Any], str, str]:
     "case",
     [
         "tampered",
+        "bomb",
+        "not-zlib",
         "changed",
         "unimportable",
         "newer",
@@ -256,7 +294,7 @@ def test_a_message_that_cannot_start_is_a_failed_run_naming_why(app, case):
     assert state.client.ttl(state.keys.run(run_id)) > 0  # expires like any ended run
 
 
-def test_redelivery_of_the_same_beat_message_records_once(app):
+def test_redelivery_of_the_same_beat_message_records_once(app, run_signals):
     flow, salt = salted_flow("beat-twice")
     spec = flow.compile()
     state = state_for(app)
@@ -276,7 +314,7 @@ def test_redelivery_of_the_same_beat_message_records_once(app):
 
         starting = send_like_beat(app, good)
         assert done.wait(starting)
-        run = run_started(app, starting)
+        run = started_run(app, starting)
         assert run.get(timeout=30) == (3 + salt) * 2
         created = state.runs.record(run.id)["created"]
         send_like_beat(app, good, task_id=starting)
@@ -285,6 +323,10 @@ def test_redelivery_of_the_same_beat_message_records_once(app):
         assert run.status().nodes["add"].attempts == 1
     listed = state.client.zrange(state.keys.flow_runs(flow.flow_name), 0, -1)
     assert sorted(listed) == sorted([run_of(failing).encode(), run.id.encode()])
+    # the run signals (the metrics count runs from them) fired once for each run
+    for run_id in (run_of(failing), run.id):
+        assert run_signals.count(("started", run_id)) == 1
+        assert run_signals.count(("finished", run_id)) == 1
 
 
 def test_a_chain_whose_graph_cannot_start_fails_the_canvas(app):
@@ -308,7 +350,7 @@ def test_node_messages_of_a_run_started_by_run_graph_carry_ids_only(app, publish
     flow = step.bind(id="n0", name=names[0])
     for i in range(1, 40):
         flow = flow >> step.bind(id=f"n{i}", name=names[i])
-    run = run_started(app, flow.s().apply_async().id)
+    run = started_run(app, flow.s().apply_async().id)
     assert run.get(timeout=60) == names[-1]
     (submission,) = [m for m in published if m["task"] == RUN_GRAPH]
     nodes = [m for m in published if GRAPH_KWARG in (m["body"][1] or {})]

@@ -26,18 +26,20 @@ from .support import app_for, configure, given
 )
 @click.option(
     "--host",
+    envvar="CELERY_GRAPH_UI_HOST",
     metavar="HOST",
     default="127.0.0.1",
     show_default=True,
-    help="address to listen on (0.0.0.0 exposes it)",
+    help="address to listen on (0.0.0.0 exposes it; default $CELERY_GRAPH_UI_HOST)",
 )
 @click.option(
     "--port",
+    envvar="CELERY_GRAPH_UI_PORT",
     metavar="PORT",
     type=int,
     default=DEFAULT_PORT,
     show_default=True,
-    help="port to listen on (0 picks a free one)",
+    help="port to listen on (0 picks a free one; default $CELERY_GRAPH_UI_PORT)",
 )
 @click.option(
     "--basic-auth",
