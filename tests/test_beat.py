@@ -22,6 +22,7 @@ from celery.beat import PersistentScheduler, Service
 
 from celery_graph import GraphRun, RunFailed
 from celery_graph.cli import main
+from celery_graph.engine.reconcile import Reconciler, Sweep
 from celery_graph.errors import (
     ConfigurationError,
     GraphDefinitionError,
@@ -164,11 +165,11 @@ def test_a_flow_ref_rebuilds_the_graph_when_it_is_gone(app):
         ("tests.beat_flows", ConfigurationError, "is not MODULE:FLOW"),
     ],
 )
-def test_a_bad_flow_ref_is_refused_before_anything_is_sent(app, published, ref, error, words):
+def test_a_bad_flow_ref_is_refused_before_anything_is_stored(app, ref, error, words):
     flow, _ = salted_flow()
     with pytest.raises(error, match=words):
         flow.s(flow_ref=ref)
-    assert not published
+    assert not graph_stored(app, flow.compile().graph_id)
 
 
 def test_a_flow_ref_of_another_graph_is_refused(app):
@@ -214,6 +215,12 @@ def test_an_old_entry_whose_graph_is_gone_is_a_failed_run_in_runs_status_and_the
     assert data["state"] == "failed" and data["nodes"] == {} and data["error"]["message"]
     assert data["actions"] == {"cancel": False, "resume": False}
     assert http.get(f"/api/runs/{run_id}/graph") is not None  # an empty drawing, no error
+
+    # the reconciler looks at it once (a canvas may wait on it) and lets it go
+    state = state_for(app)
+    Reconciler(app).reconcile(state, run_id, Sweep(), {})
+    assert state.client.zscore(state.keys.running_index(), run_id) is None
+    assert state.runs.record(run_id)["status"] == "failed"
 
 
 def _kwargs_of(app: Celery, case: str) -> tuple[dict[str, Any], str, str]:
