@@ -37,7 +37,7 @@ class NotAGraphTaskError(GraphDefinitionError, TypeError):
     """Something that is not a celery-graph node was put into a graph."""
 
 
-class GraphTooLarge(GraphDefinitionError):
+class SignatureTooLarge(GraphDefinitionError):
     """A graph too large to embed in its signature (``flow.s()``); name it by reference
     with ``flow_ref`` instead."""
 

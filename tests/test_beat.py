@@ -26,8 +26,8 @@ from celery_graph.engine.reconcile import Reconciler, Sweep
 from celery_graph.errors import (
     ConfigurationError,
     GraphDefinitionError,
-    GraphTooLarge,
     RunNotResumable,
+    SignatureTooLarge,
 )
 from celery_graph.protocol import EMBED_LIMIT, GRAPH_KWARG, RUN_GRAPH, embed_spec
 from celery_graph.signals import run_finished, run_started
@@ -138,7 +138,7 @@ def test_a_flow_ref_names_a_graph_too_large_to_embed(app):
     big = step.bind(id="big0", name=secrets.token_urlsafe(450))
     for i in range(1, 300):
         big = big | step.bind(id=f"big{i}", name=secrets.token_urlsafe(450))
-    with pytest.raises(GraphTooLarge, match=r"over the 131072 .*flow_ref='proj.flows:nightly'"):
+    with pytest.raises(SignatureTooLarge, match=r"over the 131072 .*flow_ref='proj.flows:nightly'"):
         big.s()
     assert len(embed_spec(big.compile().blob)) > EMBED_LIMIT
     assert not graph_stored(app, big.compile().graph_id)  # refused before anything is stored

@@ -44,8 +44,8 @@ from ..errors import (
     GraphCorrupted,
     GraphDefinitionError,
     GraphNotFound,
-    GraphTooLarge,
     PublishError,
+    SignatureTooLarge,
     StoreUnavailable,
 )
 from ..model import GraphSpec
@@ -84,13 +84,13 @@ def graph_signature(
     """Store ``spec`` and return the signature that runs it with ``inputs`` (its runs
     record ``flow_name``). The signature embeds the compressed spec, or with ``flow_ref``
     (``MODULE:ATTR`` of a flow that compiles to ``spec``, checked now) names the flow
-    instead; either rebuilds the graph on a worker that finds it gone. GraphTooLarge for a
+    instead; either rebuilds the graph on a worker that finds it gone. SignatureTooLarge for a
     spec over ``EMBED_LIMIT`` without ``flow_ref``, before anything is stored."""
     app = app or current_app._get_current_object()
     if flow_ref is None:
         embedded = embed_spec(spec.blob)
         if len(embedded) > EMBED_LIMIT:
-            raise GraphTooLarge(
+            raise SignatureTooLarge(
                 f"graph {spec.graph_id} ({len(spec.nodes)} nodes) compresses to "
                 f"{len(embedded)} characters, over the {EMBED_LIMIT} a signature embeds to "
                 "rebuild it; name the flow instead, as a module attribute the workers import: "

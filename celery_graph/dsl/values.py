@@ -167,7 +167,7 @@ class Flow(Generic[R]):
 
         The signature carries the compressed graph, so a worker that finds the stored
         graph gone (``graph_store_ttl``, a flushed or new Redis) stores it again; a graph
-        too large for that (GraphTooLarge) is named instead by ``flow_ref``, the
+        too large for that (SignatureTooLarge) is named instead by ``flow_ref``, the
         ``MODULE:ATTR`` of this flow that workers import (docs/scheduling.md).
         """
         # graph errors and unknown inputs now; missing inputs may still come from the
