@@ -320,9 +320,10 @@ WORKER_SETTINGS: tuple[Setting, ...] = (
     Setting(
         "metrics_host",
         "CELERY_GRAPH_METRICS_HOST",
-        "0.0.0.0",
+        "127.0.0.1",
         TEXT,
-        "the address the metrics server listens on",
+        "the address the metrics server listens on; `0.0.0.0` (every interface) for a "
+        "Prometheus on another host",
         flag="--metrics-host",
     ),
     Setting(
