@@ -243,6 +243,24 @@ SETTINGS: tuple[Setting, ...] = (
         unit="bytes",
     ),
     Setting(
+        "graph_max_input_bytes",
+        "CELERY_GRAPH_MAX_INPUT_BYTES",
+        16 << 20,
+        POSITIVE_INT,
+        "larger encoded run inputs are refused at submission, before anything is sent "
+        "(`InputTooLarge`)",
+        unit="bytes",
+    ),
+    Setting(
+        "graph_max_graph_bytes",
+        "CELERY_GRAPH_MAX_GRAPH_BYTES",
+        64 << 20,
+        POSITIVE_INT,
+        "the largest graph stored or read (its JSON, and its compressed copy in Redis); a "
+        "larger one is refused unread (`GraphTooLarge`)",
+        unit="bytes",
+    ),
+    Setting(
         "graph_queued_lease",
         "CELERY_GRAPH_QUEUED_LEASE",
         30.0,
@@ -302,9 +320,10 @@ WORKER_SETTINGS: tuple[Setting, ...] = (
     Setting(
         "metrics_host",
         "CELERY_GRAPH_METRICS_HOST",
-        "0.0.0.0",
+        "127.0.0.1",
         TEXT,
-        "the address the metrics server listens on",
+        "the address the metrics server listens on; `0.0.0.0` (every interface) for a "
+        "Prometheus on another host",
         flag="--metrics-host",
     ),
     Setting(
@@ -384,6 +403,8 @@ class Settings:
     store_ttl: int
     cache_size: int
     max_result_bytes: int
+    max_input_bytes: int
+    max_graph_bytes: int
     queued_lease: float
     running_lease: float
     reconcile_interval: float

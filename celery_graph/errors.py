@@ -74,8 +74,20 @@ class GraphCorrupted(StoreError):
     """A stored graph does not hash to its id; it is refused, not run."""
 
 
+class GraphTooLarge(StoreError, ValueError):
+    """A graph is larger than ``graph_max_graph_bytes``: not stored, or not read."""
+
+
 class RunNotFound(StoreError, LookupError):
     """No run under that id (expired, wrong key prefix, or never started)."""
+
+
+class CorruptRecord(StoreError):
+    """A run record holds a field that does not parse (written by something else)."""
+
+
+class StorePermissionDenied(StoreError):
+    """The graph Redis refused a command: its user's ACL does not allow it."""
 
 
 class SerializationError(CeleryGraphError, TypeError):
@@ -84,6 +96,14 @@ class SerializationError(CeleryGraphError, TypeError):
 
 class ResultTooLarge(CeleryGraphError, ValueError):
     """A node's encoded result is over ``graph_max_result_bytes``."""
+
+
+class InputTooLarge(CeleryGraphError, ValueError):
+    """A run's encoded inputs are over ``graph_max_input_bytes``; nothing was sent."""
+
+
+class MalformedMessage(CeleryGraphError, ValueError):
+    """A node message's ``_graph`` fields are malformed; the message is rejected."""
 
 
 class UnknownTask(CeleryGraphError, LookupError):

@@ -32,10 +32,14 @@ import base64
 import binascii
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeGuard
 
 from .errors import RunNotStarted
+
+from .errors import MalformedMessage
+from .keys import RUN_ID_RE
 
 GRAPH_KWARG = "_graph"
 
@@ -63,18 +67,32 @@ class NodeMessage:
     failure: str | None = None  # an error record to store instead of running the node
 
     @classmethod
-    def parse(cls, fields: dict[str, Any]) -> NodeMessage:
-        return cls(
-            fields["g"],
-            fields["r"],
-            fields["n"],
-            fields.get("t"),
-            fields.get("i"),
-            fields.get("c"),
-            fields.get("k", 0),
-            fields.get("x", 0),
-            fields.get("f"),
+    def parse(cls, fields: Any) -> NodeMessage:
+        """The ``_graph`` keyword of a message, checked: MalformedMessage names the first
+        field that is missing or of the wrong kind (a message not sent by celery-graph,
+        or edited on the way)."""
+        if not isinstance(fields, dict):
+            raise MalformedMessage(
+                f"{GRAPH_KWARG} is a {type(fields).__name__}, not an object of graph fields"
+            )
+        message = cls(
+            _field(fields, "g", is_graph_id, "a graph id (64 hex digits)", required=True),
+            _field(fields, "r", _run_ids, "a run id (32 hex digits)", required=True),
+            _field(fields, "n", _texts, "a node id", required=True),
+            _field(fields, "t", _texts, "a task name"),
+            _field(fields, "i", _counts, "an item index"),
+            _field(fields, "c", _counts, "an item count"),
+            _field(fields, "k", _counts, "a chunk size") or 0,
+            _field(fields, "x", _counts, "a resend count") or 0,
+            _field(fields, "f", _texts, "an error record"),
         )
+        index, count = message.index, message.count
+        if (index is None or count is None or index >= count) and (index, count) != (None, None):
+            raise MalformedMessage(
+                f"{GRAPH_KWARG}['i'] and ['c'] should be an item index below an item count, "
+                f"got {index!r} and {count!r}"
+            )
+        return message
 
     def fields(self) -> dict[str, Any]:
         out: dict[str, Any] = {"g": self.graph_id, "r": self.run_id, "n": self.node_id}
@@ -114,6 +132,36 @@ class NodeMessage:
         if self.index is None:
             return self.node_id
         return f"{self.node_id}{'@' if self.chunk else '#'}{self.index}"
+
+
+def _run_ids(value: Any) -> bool:
+    return isinstance(value, str) and bool(RUN_ID_RE.match(value))
+
+
+def _texts(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 1 << 20
+
+
+def _counts(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _field(
+    fields: dict[str, Any], name: str, valid: Callable[[Any], bool], what: str, required=False
+) -> Any:
+    value = fields.get(name)
+    if value is None:
+        if required:
+            raise MalformedMessage(f"{GRAPH_KWARG}[{name!r}], {what}, is missing")
+        return None
+    if not valid(value):
+        raise MalformedMessage(f"{GRAPH_KWARG}[{name!r}] should be {what}, got {_shown(value)}")
+    return value
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return f"{text[:60]}..." if len(text) > 60 else text
 
 
 def graph_fields(kwargs: Any) -> dict[str, Any] | None:

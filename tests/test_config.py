@@ -140,7 +140,7 @@ def test_the_graph_redis_defaults_to_the_brokers_then_the_result_backends(
 
 
 def test_worker_settings_come_from_the_environment(clean_env: pytest.MonkeyPatch) -> None:
-    assert WorkerOptions.from_env() == WorkerOptions(None, None, None, 60.0, "0.0.0.0")
+    assert WorkerOptions.from_env() == WorkerOptions(None, None, None, 60.0, "127.0.0.1")
     assert (heartbeat_interval(), reliable_defaults_wanted()) == (5.0, False)
     clean_env.setenv("CELERY_GRAPH_HEARTBEAT_INTERVAL", "0.5")
     clean_env.setenv("CELERY_GRAPH_RELIABLE_DEFAULTS", "1")

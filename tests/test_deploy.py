@@ -240,12 +240,6 @@ def host_of(argv: list[str]) -> str:
     return default.group(1) if default else host
 
 
-@pytest.mark.xfail(
-    "--allowed-host" not in ui_flags(),
-    reason="--allowed-host comes with the dashboard's Host check (issue 21); the deploy "
-    "files use it already. Runs for real once the option exists (remove this mark then)",
-    strict=True,
-)
 def test_every_dashboard_flag_in_the_deploy_files_is_a_ui_option():
     known = ui_flags()
     for where, argv in ui_commands().items():

@@ -86,7 +86,8 @@ def test_environment_supplies_the_worker_options(monkeypatch):
     monkeypatch.setenv("CELERY_GRAPH_METRICS_PORT", "9100")
     monkeypatch.setenv("CELERY_GRAPH_GRACEFUL_TIMEOUT", "15")
     opts = Options.from_env()
-    assert (opts.metrics_port, opts.graceful_timeout, opts.metrics_host) == (9100, 15.0, "0.0.0.0")
+    expected = (9100, 15.0, "127.0.0.1")
+    assert (opts.metrics_port, opts.graceful_timeout, opts.metrics_host) == expected
     monkeypatch.setenv("CELERY_GRAPH_METRICS_PORT", "http")
     with pytest.raises(ConfigurationError, match="CELERY_GRAPH_METRICS_PORT"):
         Options.from_env()

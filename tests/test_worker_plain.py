@@ -231,7 +231,7 @@ def test_a_taken_metrics_port_is_one_clear_line(redis_url, tmp_path, queue):
     w = plain_worker(tmp_path, "portbusy", redis_url, queue, "--metrics-port", str(port))
     try:
         assert w.wait(30) != 0
-        assert f"cannot serve metrics on 0.0.0.0:{port}: Address already in use" in w.log()
+        assert f"cannot serve metrics on 127.0.0.1:{port}: Address already in use" in w.log()
         assert "Traceback" not in w.log()
     finally:
         w.stop()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -10,9 +11,12 @@ import click
 from ..errors import UsageError
 from ..keys import check_prefix
 from ..ui import DEFAULT_PORT, serve
+from ..ui.guard import check_exposure, parse_allowed_hosts
 from ..ui.server import parse_basic_auth, require_tornado
 from .base import common_options, examples, guarded
 from .support import app_for, configure, given
+
+ENV_ALLOWED_HOSTS = "CELERY_GRAPH_UI_ALLOWED_HOSTS"
 
 
 @click.command(
@@ -30,7 +34,8 @@ from .support import app_for, configure, given
     metavar="HOST",
     default="127.0.0.1",
     show_default=True,
-    help="address to listen on (0.0.0.0 exposes it; default $CELERY_GRAPH_UI_HOST)",
+    help="address to listen on (default $CELERY_GRAPH_UI_HOST or 127.0.0.1; 0.0.0.0 exposes it: "
+    "then give --basic-auth, or --no-auth)",
 )
 @click.option(
     "--port",
@@ -49,6 +54,20 @@ from .support import app_for, configure, given
     "$CELERY_GRAPH_UI_BASIC_AUTH, which keeps the password out of `ps`)",
 )
 @click.option(
+    "--no-auth",
+    is_flag=True,
+    help="serve an address other machines reach (--host 0.0.0.0) without credentials, on purpose",
+)
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="a host name requests may be sent to besides loopback and --host (the name of a "
+    "proxy in front; * for any); repeatable, or $CELERY_GRAPH_UI_ALLOWED_HOSTS, comma "
+    "separated",
+)
+@click.option(
     "--flower-url",
     envvar="CELERY_GRAPH_UI_FLOWER_URL",
     metavar="URL",
@@ -63,7 +82,13 @@ from .support import app_for, configure, given
 @common_options
 @guarded
 def ui_command(
-    host: str, port: int, basic_auth: str | None, flower_url: str | None, url_prefix: str
+    host: str,
+    port: int,
+    basic_auth: str | None,
+    no_auth: bool,
+    allowed_hosts: tuple[str, ...],
+    flower_url: str | None,
+    url_prefix: str,
 ) -> int:
     """Serve the dashboard: runs, their graphs with live node states, actions, flows to
     start, workers (see docs/ui.md). Needs the `ui` extra (Tornado)."""
@@ -71,7 +96,10 @@ def ui_command(
     require_tornado()  # before anything else: the one thing a plain install lacks
     if not 0 <= port <= 65535:
         raise UsageError(f"--port {port}: expected 0 to 65535")
-    parse_basic_auth(basic_auth)  # malformed credentials fail before the app loads
+    # malformed credentials, hosts, or an exposed address without either credentials or
+    # --no-auth fail before the app loads
+    allowed = parse_allowed_hosts([*allowed_hosts, os.environ.get(ENV_ALLOWED_HOSTS, "")])
+    check_exposure(host, parse_basic_auth(basic_auth), no_auth)
     prefix = given(ctx, "key_prefix")
     if prefix:
         check_prefix(prefix)
@@ -85,6 +113,8 @@ def ui_command(
             basic_auth=basic_auth,
             flower_url=flower_url,
             url_prefix=url_prefix,
+            allowed_hosts=allowed,
+            no_auth=no_auth,
             out=sys.stderr,
         )
     except OSError as exc:  # the port is taken, the address is not this host's

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +15,7 @@ from kombu.utils import json as kjson
 from ..codec import encode_value, error_record
 from ..dispatch import publish_nodes, wait_for_room
 from ..engine.lifecycle import end_run
-from ..errors import PublishError, StoreError
+from ..errors import InputTooLarge, PublishError, RunNotFound, StoreError
 from ..model import GraphSpec
 from ..signals import run_started
 from ..state import State, state_for
@@ -50,11 +51,19 @@ def submit_spec(
         spec.check_known_inputs(inputs)
     for name, value in inputs.items():
         encode_value(value, lambda name=name: f"run input {name!r}")  # type: ignore[misc]
-    if deadline is not None and deadline <= 0:
-        raise ValueError(f"deadline must be a positive number of seconds, got {deadline!r}")
+    check_deadline(deadline)
+    if idempotency_key is not None and not isinstance(idempotency_key, str):
+        raise TypeError(f"idempotency_key must be a string, got a {type(idempotency_key).__name__}")
     inputs_json = kjson.dumps(inputs)
     state = state_for(app)
-    run_id = run_id_for(None if idempotency_key is None else str(idempotency_key))
+    size = len(inputs_json.encode())
+    if size > state.settings.max_input_bytes:
+        raise InputTooLarge(
+            f"the run's inputs are {size} bytes encoded, over graph_max_input_bytes "
+            f"({state.settings.max_input_bytes}); pass large data by reference (a URL, a key "
+            "in your own store) or raise the setting"
+        )
+    run_id = run_id_for(idempotency_key)
     keyed = idempotency_key is not None
     if keyed and state.runs.started(run_id):
         return GraphRun(run_id, app=app)
@@ -79,6 +88,25 @@ def submit_spec(
             "marked failed"
         ) from exc
     return GraphRun(run_id, app=app, spec=spec)
+
+
+def check_deadline(deadline: Any) -> None:
+    """A run's deadline is None or a finite positive number of seconds."""
+    if deadline is None:
+        return
+    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
+        raise TypeError(f"deadline must be a number of seconds, got a {type(deadline).__name__}")
+    if not math.isfinite(deadline) or deadline <= 0:
+        raise ValueError(f"deadline must be a positive number of seconds, got {deadline!r}")
+
+
+def _exists(state: State, run_id: str) -> bool:
+    """A run under this id that a retry must not start again (an unsent one may)."""
+    try:
+        record = state.runs.record(run_id)
+    except RunNotFound:
+        return False
+    return not (record.get("status") == "failed" and record.get("unsent") == "1")
 
 
 def _wait_for_room(app: Any, state: State, spec: GraphSpec, unless: Callable[[], bool]) -> None:

@@ -27,7 +27,13 @@ from celery.utils.log import get_task_logger
 
 from ..codec import error_record, exception_record
 from ..dispatch import redeliver
-from ..errors import BrokerUnavailable, CeleryGraphError, StoreUnavailable, UnknownTask
+from ..errors import (
+    BrokerUnavailable,
+    CeleryGraphError,
+    MalformedMessage,
+    StoreUnavailable,
+    UnknownTask,
+)
 from ..protocol import CALL_TASK, GRAPH_KWARG, NodeMessage, graph_fields
 from ..state import Mode, state_for
 from .node import NodeRun, fail_node
@@ -130,7 +136,15 @@ def adopt_tasks(app: Any) -> None:
 def run_node(task: Task, fn: Callable[..., Any], fields: Any, kwargs: dict[str, Any]) -> Any:
     """Run one node message: ``fields`` is its ``_graph`` keyword, ``kwargs`` the node's
     bound arguments, ``fn`` the task's own ``run``."""
-    message = NodeMessage.parse(fields)
+    try:
+        message = NodeMessage.parse(fields)
+    except MalformedMessage as exc:  # not celery-graph's: dropped, never run or requeued
+        logger.error(
+            "celery-graph: rejected %s without requeue, a malformed node message: %s",
+            task.request.id,
+            exc,
+        )
+        raise Reject(str(exc), requeue=False) from None
     try:
         if message.failure is not None:
             fail_node(task.app, message, message.failure)
@@ -138,6 +152,17 @@ def run_node(task: Task, fn: Callable[..., Any], fields: Any, kwargs: dict[str, 
         return NodeRun(task, fn, message, kwargs).run()
     except INFRASTRUCTURE as exc:
         raise send_again(task, message, exc) from exc
+
+
+def _parsed(fields: Any) -> NodeMessage | None:
+    """A message's node fields for the receivers below; None for a plain message, and for
+    a malformed one (run_node rejected it and said why)."""
+    if not fields:
+        return None
+    try:
+        return NodeMessage.parse(fields)
+    except MalformedMessage:
+        return None
 
 
 def _node_failed(
@@ -149,10 +174,9 @@ def _node_failed(
     **_: Any,
 ) -> None:
     """A node's task failed after its retries (any task: ``@task`` or existing)."""
-    fields = graph_fields(kwargs)
-    if not fields or sender is None:
+    message = _parsed(graph_fields(kwargs))
+    if message is None or sender is None:
         return
-    message = NodeMessage.parse(fields)
     traceback = einfo.traceback if einfo else ""
     error = exception_record(message.node_id, exception, traceback)
     if not adopted(sender) and isinstance(exception, TypeError) and GRAPH_KWARG in str(exception):
@@ -176,10 +200,9 @@ def _node_failed(
 def _node_retried(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
     """A node will run again (its own retry, or sent again after an infrastructure
     error): lease it for that long, so the reconciler does not send it a second time."""
-    fields = graph_fields(getattr(request, "kwargs", None))
-    if not fields or sender is None:
+    message = _parsed(graph_fields(getattr(request, "kwargs", None)))
+    if message is None or sender is None:
         return
-    message = NodeMessage.parse(fields)
     when = getattr(reason, "when", None)
     if isinstance(when, datetime.datetime):
         now = datetime.datetime.now(tz=when.tzinfo)
@@ -219,10 +242,9 @@ def _unknown_task(sender=None, message=None, exc=None, name=None, id=None, **kw)
     try:
         body = message.decode() if message is not None else None
         kwargs = body[1] if isinstance(body, (list, tuple)) and len(body) > 1 else {}
-        fields = graph_fields(kwargs)
-        if not fields:
+        parsed = _parsed(graph_fields(kwargs))
+        if parsed is None:
             return
-        parsed = NodeMessage.parse(fields)
         error = error_record(
             parsed.node_id,
             UnknownTask.__name__,

@@ -2,7 +2,7 @@
 
 from .compiler import Declarations, GroupDecl, NodeDecl, Param, ResultOf, compile_graph
 from .spec import GraphSpec, NodeSpec, tree_ids
-from .status import FINAL_STATES, NodeRecord, NodeStatus, Outcome, RunStatus
+from .status import FINAL_STATES, NodeRecord, NodeStatus, Outcome, RunStatus, record_field
 
 __all__ = [
     "Declarations",
@@ -19,4 +19,5 @@ __all__ = [
     "NodeStatus",
     "Outcome",
     "RunStatus",
+    "record_field",
 ]

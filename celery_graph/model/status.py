@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..codec import parse_error
-from ..errors import CeleryGraphError, RunCancelled, RunFailed
+from ..errors import CeleryGraphError, CorruptRecord, RunCancelled, RunFailed
 from ..keys import FINAL_STATES as KEY_FINAL_STATES
 
 FINAL_STATES = KEY_FINAL_STATES  # a run in one of them has ended
@@ -14,6 +16,34 @@ FINAL_STATES = KEY_FINAL_STATES  # a run in one of them has ended
 
 def _time(value: str | None) -> float | None:
     return float(value) if value else None
+
+
+def record_field(
+    run_id: str,
+    record: dict[str, str],
+    name: str,
+    parse: Callable[[str], Any],
+    *,
+    required: bool = False,
+) -> Any:
+    """Field ``name`` of a run's record, parsed (None when absent or empty, unless
+    ``required``); CorruptRecord naming the run, the field and its value otherwise."""
+    raw = record.get(name)
+    if not raw:
+        if required:
+            raise CorruptRecord(f"run {run_id}: its record has no {name!r} field")
+        return None
+    try:
+        value = parse(raw)
+    except (ValueError, TypeError) as exc:
+        shown = raw if len(raw) <= 60 else raw[:60] + "..."
+        raise CorruptRecord(
+            f"run {run_id}: its record's {name!r} field does not parse ({shown!r}); the "
+            "record was written by something other than celery-graph"
+        ) from exc
+    if isinstance(value, float) and not math.isfinite(value):
+        raise CorruptRecord(f"run {run_id}: its record's {name!r} field is {raw!r}")
+    return value
 
 
 def _stamp(value: float | None) -> str:
@@ -175,16 +205,27 @@ class RunStatus:
         leases: dict[str, float] | None = None,
         now: float | None = None,
     ) -> RunStatus:
-        """From the run record, the node-state hash, the leases and the graph's node order."""
+        """From the run record, the node-state hash, the leases and the graph's node order.
+        A field that does not parse (a record written by something else) is CorruptRecord,
+        naming the run and the field."""
         leases = leases or {}
+        nodes = {}
+        for nid in order:
+            try:
+                nodes[nid] = NodeStatus.from_fields(nid, fields, leases.get(nid))
+            except (ValueError, TypeError) as exc:
+                raise CorruptRecord(
+                    f"run {run_id}: the state of node {nid!r} does not parse ({exc})"
+                ) from exc
+        created = record_field(run_id, record, "created", float, required=True)
         return cls(
             run_id=run_id,
-            state=record["status"],
-            graph_id=record["graph"],
-            created=float(record["created"]),
-            finished=_time(record.get("finished")),
-            nodes={nid: NodeStatus.from_fields(nid, fields, leases.get(nid)) for nid in order},
-            error=parse_error(record.get("error")),
+            state=record_field(run_id, record, "status", str, required=True),
+            graph_id=record_field(run_id, record, "graph", str, required=True),
+            created=created,
+            finished=record_field(run_id, record, "finished", float),
+            nodes=nodes,
+            error=record_field(run_id, record, "error", parse_error),
             now=now,
             flow=record.get("flow") or None,
         )

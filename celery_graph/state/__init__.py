@@ -51,7 +51,13 @@ class State:
         self.keys: Keys = settings.keys
         self.client: Any = client_for(settings)
         self._wait_client: Any = None
-        self.graphs = GraphStore(self.client, self.keys, settings.store_ttl, settings.cache_size)
+        self.graphs = GraphStore(
+            self.client,
+            self.keys,
+            settings.store_ttl,
+            settings.cache_size,
+            settings.max_graph_bytes,
+        )
         self.scripts = Scripts(self.client, self.keys, settings)
         self.runs = RunStore(
             self.client, self.wait_client, self.keys, self.graphs, self.scripts, settings.run_ttl

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from ..config import Settings
-from ..errors import ConfigurationError, StoreUnavailable
+from ..errors import ConfigurationError, StorePermissionDenied, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -53,13 +53,20 @@ WAIT_SLICE = 5.0
 
 @contextmanager
 def translating(what: str) -> Iterator[None]:
-    """Turn redis-py's connection and timeout errors into StoreUnavailable."""
+    """Turn redis-py's connection and timeout errors into StoreUnavailable, and a command
+    the server's ACL refuses into StorePermissionDenied."""
     try:
         yield
     except redis_errors().MovedError as exc:
         raise ConfigurationError(
             f"the graph Redis answered MOVED while {what}: it is a Redis Cluster node; "
             "name the cluster in graph_redis_url as redis+cluster://host:port[,host:port]"
+        ) from exc
+    except redis_errors().NoPermissionError as exc:
+        raise StorePermissionDenied(
+            f"the graph Redis refused {what}: {exc}; its user needs every command on the "
+            "keys under the key prefix (ACL SETUSER <user> ~<prefix>:* +@all, see "
+            "docs/security.md)"
         ) from exc
     except unavailable() as exc:
         raise StoreUnavailable(

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..codec import parse_error
+from ..errors import CorruptRecord
 from ..keys import Keys
+from ..model import record_field
 from .connection import translated
 
 # the fields of a run record a listing filters on, and those it shows
@@ -37,6 +39,18 @@ class RunRow:
     @property
     def created(self) -> float:
         return float(self.fields.get("created") or 0.0)
+
+    @property
+    def problem(self) -> str | None:
+        """Why this record cannot be listed (one of its fields read here does not parse:
+        written by something other than celery-graph), or None."""
+        try:
+            for name, parse in (("created", float), ("finished", float), ("resumed", float)):
+                record_field(self.run_id, self.fields, name, parse, required=name == "created")
+            record_field(self.run_id, self.fields, "nodes", int)
+        except CorruptRecord as exc:
+            return str(exc)
+        return None
 
     @property
     def error(self) -> dict[str, Any] | None:

@@ -6,7 +6,18 @@ a run, the flows to start and the workers, in the browser.
 background thread. It needs Tornado: ``pip install 'celery-graph[ui]'``. See docs/ui.md.
 """
 
+from .connections import Limits
 from .flows import FlowRegistry
+from .guard import LoginThrottle
 from .server import DEFAULT_PORT, Dashboard, Server, serve, start
 
-__all__ = ["DEFAULT_PORT", "Dashboard", "FlowRegistry", "Server", "serve", "start"]
+__all__ = [
+    "DEFAULT_PORT",
+    "Dashboard",
+    "FlowRegistry",
+    "Limits",
+    "LoginThrottle",
+    "Server",
+    "serve",
+    "start",
+]

@@ -117,6 +117,7 @@ class RunPage:
     partial: bool = False  # the scan budget ran out before the page was full
     total: int | None = None  # runs in range, when one index answers it exactly
     notes: list[str] = field(default_factory=list)
+    corrupt: list[dict[str, str]] = field(default_factory=list)  # records left out, and why
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -127,7 +128,18 @@ class RunPage:
             "partial": self.partial,
             "total": self.total,
             "notes": self.notes,
+            "corrupt": self.corrupt,
         }
+
+    def flag(self, corrupt: dict[str, str]) -> RunPage:
+        """Add the records left out because they do not parse (``corrupt``: run id -> why)."""
+        self.corrupt = [{"run_id": rid, "problem": why} for rid, why in corrupt.items()]
+        if corrupt:
+            self.notes.append(
+                f"left out {len(corrupt)} run record(s) that do not parse (see corrupt); "
+                "something other than celery-graph wrote them"
+            )
+        return self
 
 
 def summary(row: RunRow, flow: str | None, now: float, results: int) -> dict[str, Any]:
@@ -159,6 +171,14 @@ def summary(row: RunRow, flow: str | None, now: float, results: int) -> dict[str
             "message": str(error.get("message", ""))[:300],
         },
     }
+
+
+def _corrupt(row: RunRow, corrupt: dict[str, str]) -> bool:
+    """True (and noted in ``corrupt``) for a record whose fields do not parse."""
+    problem = row.problem
+    if problem is not None:
+        corrupt[row.run_id] = problem
+    return problem is not None
 
 
 @dataclass(frozen=True)
@@ -193,15 +213,17 @@ class RunLister:
         self.running_cap = running_cap
 
     def page(self, q: RunQuery) -> RunPage:
+        """A page of runs; a record that does not parse is left out and flagged."""
         now = self.index.time()
+        corrupt: dict[str, str] = {}
         if q.search:
-            return self._search(q, now)
+            return self._search(q, now, corrupt).flag(corrupt)
         if q.state == "running":
             ids = self.index.running_ids(self.running_cap + 1)
             if len(ids) <= self.running_cap:
-                return self._running(q, ids, now)
+                return self._running(q, ids, now, corrupt).flag(corrupt)
         segments, source, total = self._segments(q)
-        return self._scan(q, segments, source, total, now)
+        return self._scan(q, segments, source, total, now, corrupt).flag(corrupt)
 
     # -- where candidates come from -------------------------------------------------------
 
@@ -264,7 +286,13 @@ class RunLister:
                     skip = Cursor(last_score, last_member)
 
     def _scan(
-        self, q: RunQuery, segments: list[_Segment], source: str, total: int | None, now: float
+        self,
+        q: RunQuery,
+        segments: list[_Segment],
+        source: str,
+        total: int | None,
+        now: float,
+        corrupt: dict[str, str],
     ) -> RunPage:
         out: list[tuple[RunRow, str | None]] = []
         scores: list[float] = []
@@ -289,7 +317,7 @@ class RunLister:
             for (run_id, score), row in zip(chunk, rows):
                 scanned += 1
                 last = (run_id, score)
-                if row is None:
+                if row is None or _corrupt(row, corrupt):
                     continue
                 flow = self.namer(row)
                 if self._matches(q, row, flow):
@@ -305,15 +333,15 @@ class RunLister:
         elif not exhausted and last is not None:
             partial = True
             nxt = str(Cursor(last[1], last[0]))
-        page = RunPage(self._summaries(out, now), nxt, source, scanned, partial, total)
+        page = RunPage(self._summaries(out, now, corrupt), nxt, source, scanned, partial, total)
         if partial:
             page.notes.append(
                 f"read {scanned} runs without filling the page; the next page reads on"
             )
         return page
 
-    def _running(self, q: RunQuery, ids: list[str], now: float) -> RunPage:
-        rows = [r for r in self.index.rows(ids) if r is not None]
+    def _running(self, q: RunQuery, ids: list[str], now: float, corrupt: dict[str, str]) -> RunPage:
+        rows = [r for r in self.index.rows(ids) if r is not None and not _corrupt(r, corrupt)]
         found = []
         for row in rows:
             flow = self.namer(row)
@@ -326,14 +354,14 @@ class RunLister:
         page = found[: q.limit]
         nxt = str(Cursor(page[-1][0], page[-1][1])) if len(found) > q.limit else None
         return RunPage(
-            self._summaries([(r, f) for _, _, r, f in page], now),
+            self._summaries([(r, f) for _, _, r, f in page], now, corrupt),
             nxt,
             "running",
             len(ids),
             total=len(found) if q.cursor is None else None,
         )
 
-    def _search(self, q: RunQuery, now: float) -> RunPage:
+    def _search(self, q: RunQuery, now: float, corrupt: dict[str, str]) -> RunPage:
         text = q.search or ""
         lowered = text.lower()
         tried: list[tuple[str, str]] = []  # (run id, how it matched)
@@ -346,10 +374,15 @@ class RunLister:
         tried.append((run_id_for(text), "idempotency key"))
         unique = list({rid: (rid, how) for rid, how in reversed(tried)}.values())[::-1]
         rows = self.index.rows([rid for rid, _ in unique])
-        found = [(row, how) for (_rid, how), row in zip(unique, rows) if row is not None]
-        out = self._summaries([(row, self.namer(row)) for row, _ in found], now)
-        for line, (_row, how) in zip(out, found):
-            line["matched"] = how
+        found = [
+            (row, how)
+            for (_rid, how), row in zip(unique, rows)
+            if row is not None and not _corrupt(row, corrupt)
+        ]
+        matched = {row.run_id: how for row, how in found}
+        out = self._summaries([(row, self.namer(row)) for row, _ in found], now, corrupt)
+        for line in out:
+            line["matched"] = matched[line["run_id"]]
         out.sort(key=lambda r: r["created"], reverse=True)
         return RunPage(out[: q.limit], None, "search", len(unique), total=len(out))
 
@@ -357,14 +390,16 @@ class RunLister:
         self,
         rows: list[tuple[RunRow, str | None]],
         now: float,
+        corrupt: dict[str, str],
     ) -> list[dict[str, Any]]:
         """The page's lines, from the full summary fields of the runs that matched (a run
-        that expired since it matched is left out)."""
+        that expired since it matched is left out, and so is one whose record does not
+        parse: it goes to ``corrupt``)."""
         read = self.index.summaries([row.run_id for row, _ in rows])
         return [
             summary(full, flow, now, count)
             for (_row, flow), (full, count) in zip(rows, read)
-            if full is not None
+            if full is not None and not _corrupt(full, corrupt)
         ]
 
     @staticmethod

@@ -8,20 +8,17 @@ work runs in a small thread pool and never holds up the event loop.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
-import hmac
 import json
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import IO, Any
-from urllib.parse import urlsplit
 
 from ..dsl import Flow
 from ..errors import (
@@ -30,6 +27,7 @@ from ..errors import (
     ConfigurationError,
     GraphDefinitionError,
     GraphNotFound,
+    InputTooLarge,
     RunNotFound,
     RunNotResumable,
     SerializationError,
@@ -37,13 +35,15 @@ from ..errors import (
     UsageError,
 )
 from ..state import state_for
+from .connections import GuardedHTTPServer, Limits
 from .errors import BadRequest, HttpError
 from .flows import FlowRegistry
+from .guard import Credentials, HostPolicy, LoginThrottle, check_exposure, exposed
 from .listing import RunLister, RunQuery
 from .views import Views
 
 try:  # the [ui] extra
-    from tornado import httpserver, netutil, web
+    from tornado import iostream, netutil, web
 except ImportError:  # pragma: no cover - exercised by installs without the extra
     web = None  # type: ignore[assignment]
 
@@ -60,20 +60,10 @@ def require_tornado() -> None:
         raise ConfigurationError("the dashboard needs Tornado: pip install 'celery-graph[ui]'")
 
 
-def parse_basic_auth(value: str | None) -> list[tuple[str, str]] | None:
-    """``user:password`` pairs, comma separated (like Flower's ``--basic-auth``)."""
-    if not value:
-        return None
-    pairs = []
-    for entry in value.split(","):
-        user, sep, password = entry.partition(":")
-        if not sep or not user or not password:
-            raise UsageError(
-                "--basic-auth: expected USER:PASSWORD (several separated by commas), got an "
-                f"entry {'without a colon' if not sep else 'with an empty user or password'}"
-            )
-        pairs.append((user, password))
-    return pairs
+def parse_basic_auth(value: str | None) -> Credentials:
+    """``user:password`` pairs, comma separated (like Flower's ``--basic-auth``);
+    UsageError naming what is wrong with a malformed one."""
+    return Credentials(value)
 
 
 def normalise_prefix(prefix: str | None) -> str:
@@ -84,8 +74,21 @@ def normalise_prefix(prefix: str | None) -> str:
     return f"/{prefix}" if prefix else ""
 
 
+@dataclass
+class Refusal:
+    """Why a request is not served: its status, a message, headers to send."""
+
+    status: int
+    message: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+ASK_FOR_CREDENTIALS = {"WWW-Authenticate": 'Basic realm="celery-graph", charset="UTF-8"'}
+
+
 class Dashboard:
-    """Everything a request needs, for one Celery app."""
+    """Everything a request needs, for one Celery app. ``host``: the address served on;
+    a request must name it, loopback or one of ``allowed_hosts`` in its Host header."""
 
     def __init__(
         self,
@@ -96,32 +99,66 @@ class Dashboard:
         basic_auth: str | None = None,
         url_prefix: str = "",
         workers: int = 8,
+        host: str = "127.0.0.1",
+        allowed_hosts: Iterable[str] = (),
+        no_auth: bool = False,
+        limits: Limits | None = None,
+        throttle: LoginThrottle | None = None,
     ) -> None:
+        self.credentials = parse_basic_auth(basic_auth)
+        check_exposure(host, self.credentials, no_auth)
+        self.hosts = HostPolicy(host, allowed_hosts)
+        self.limits = limits or Limits()
+        self.throttle = throttle or LoginThrottle()
         self.app = app
         self.state = state_for(app)
         self.registry = FlowRegistry(app, flows)
         self.views = Views(app, self.state, self.registry, flower_url)
         self.lister = RunLister(self.state.index, self.registry.name_of, by_graph=self.registry.get)
-        self.credentials = parse_basic_auth(basic_auth)
         self.prefix = normalise_prefix(url_prefix)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cg-ui")
         index = (STATIC / "index.html").read_text()
         self.index_html = index.replace("__BASE__", self.prefix + "/")
 
-    def authorised(self, header: str | None) -> bool:
-        if self.credentials is None:
-            return True
-        scheme, _, encoded = (header or "").partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            user, _, password = base64.b64decode(encoded).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        ok = False
-        for u, p in self.credentials:  # compare with every entry: no early exit
-            ok |= hmac.compare_digest(u, user) & hmac.compare_digest(p, password)
-        return ok
+    async def admit(self, request: Any) -> Refusal | None:
+        """Why ``request`` is not served (checked in this order: its Host, the size of its
+        body, its credentials, the origin of an action), or None to serve it."""
+        host = request.headers.get("Host")
+        if not self.hosts.allows_host(host):
+            return Refusal(403, self.hosts.refusal(host))
+        length = request.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > self.limits.max_body_bytes:
+            return too_large(self.limits)
+        if self.credentials.required:
+            header = request.headers.get("Authorization")
+            if not header:
+                return Refusal(401, "authentication required (--basic-auth)", ASK_FOR_CREDENTIALS)
+            client = request.remote_ip or "unknown"
+            if not await self.throttle.admit(client):
+                wait = str(self.throttle.retry_after(client))
+                return Refusal(
+                    429, "too many wrong passwords from this address: wait", {"Retry-After": wait}
+                )
+            if not self.credentials.check(header):
+                self.throttle.failed(client)
+                return Refusal(401, "wrong user or password", ASK_FOR_CREDENTIALS)
+            self.throttle.succeeded(client)
+        if request.method == "POST":
+            return self._check_action(request)
+        return None
+
+    def _check_action(self, request: Any) -> Refusal | None:
+        """Actions come from the dashboard's own page: JSON bodies, same origin. A form
+        or a page on another site cannot send them with the user's credentials."""
+        ctype = request.headers.get("Content-Type", "")
+        if ctype.split(";")[0].strip().lower() != "application/json":
+            return Refusal(415, "send actions as JSON (Content-Type: application/json)")
+        if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+            return Refusal(403, "cross-site request refused")
+        origin = request.headers.get("Origin")
+        if origin and not self.hosts.allows_origin(origin, request.headers.get("Host")):
+            return Refusal(403, f"request from origin {origin} refused")
+        return None
 
     def application(self) -> Any:
         require_tornado()
@@ -148,18 +185,47 @@ class Dashboard:
             (f"{api}/.*", NotFoundHandler, {}),
         ]
         rules = [(path, handler, {"dash": self, **extra}) for path, handler, extra in routes]
-        return web.Application(rules, compress_response=True)
+        return web.Application(
+            rules,
+            compress_response=True,
+            default_handler_class=NotFoundHandler,
+            default_handler_args={"dash": self},
+        )
+
+
+def has_body(request: Any) -> bool:
+    """True when a body follows the request's head (not read yet, in ``prepare``)."""
+    headers = request.headers
+    return headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in headers
+
+
+def hang_up(request: Any) -> None:
+    """Close the connection of a request that was answered before its body was read
+    (Tornado would read the body, or answer 400 after the answer for one too large)."""
+    if request.connection is not None:
+        request.connection.close()
+
+
+def too_large(limits: Limits) -> Refusal:
+    return Refusal(
+        413, f"the request body is larger than {limits.max_body_bytes} bytes: refused unread"
+    )
 
 
 # -- handlers --------------------------------------------------------------------------
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_body(body: bytes) -> dict[str, Any]:
-    """A request's JSON object body ({} when empty); BadRequest (400) otherwise."""
+    """A request's JSON object body ({} when empty); BadRequest (400) otherwise, NaN and
+    Infinity included (Python's json reads them; JSON has no such numbers)."""
     if not body:
         return {}
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_constant=_no_constant)
     except ValueError as exc:
         raise BadRequest(f"the request body is not JSON: {exc}") from exc
     if not isinstance(data, dict):
@@ -175,6 +241,7 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (RunNotResumable, 409),
     (StoreUnavailable, 503),
     (Backpressure, 503),
+    (InputTooLarge, 413),
     (GraphDefinitionError, 400),
     (SerializationError, 400),
     (CeleryGraphError, 500),
@@ -192,10 +259,16 @@ def status_of(exc: BaseException) -> int | None:
 
 
 class BaseHandler(_Base):
+    """Every page and API call: checked by :meth:`Dashboard.admit` before the body is
+    read (handlers stream their bodies: Tornado parses none of them), bodies kept up to
+    the limit, a client that goes away logged in one line."""
+
     dash: Dashboard
 
     def initialize(self, dash: Dashboard) -> None:
         self.dash = dash
+        self._chunks: list[bytes] = []
+        self._size = 0
 
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
@@ -207,36 +280,53 @@ class BaseHandler(_Base):
             "connect-src 'self'; frame-ancestors 'none'; base-uri 'self'",
         )
 
-    def prepare(self) -> None:
-        if not self.dash.authorised(self.request.headers.get("Authorization")):
-            self.set_header("WWW-Authenticate", 'Basic realm="celery-graph"')
-            self.send_error_json(401, "authentication required (--basic-auth)")
-            return
-        if self.request.method == "POST":
-            self._check_same_origin()
+    async def prepare(self) -> None:
+        refusal = await self.dash.admit(self.request)
+        if refusal is not None:
+            await self.refuse(refusal, body_pending=has_body(self.request))
 
-    def _check_same_origin(self) -> None:
-        """Actions come from the dashboard's own page: JSON bodies, same origin. A form
-        or a page on another site cannot send them with the user's credentials."""
-        ctype = self.request.headers.get("Content-Type", "")
-        if ctype.split(";")[0].strip().lower() != "application/json":
-            self.send_error_json(415, "send actions as JSON (Content-Type: application/json)")
-            return
-        if self.request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
-            self.send_error_json(403, "cross-site request refused")
-            return
-        origin = self.request.headers.get("Origin")
-        if origin and urlsplit(origin).netloc != self.request.host:
-            self.send_error_json(403, f"request from origin {origin} refused")
+    async def refuse(self, refusal: Refusal, body_pending: bool) -> None:
+        """Answer ``refusal``; with a body still on its way, close the connection after
+        the answer rather than read the body."""
+        for name, value in refusal.headers.items():
+            self.set_header(name, value)
+        await self.send_error_json(refusal.status, refusal.message)
+        if body_pending:
+            hang_up(self.request)
 
-    def send_json(self, data: Any, status: int = 200) -> None:
+    async def data_received(self, chunk: bytes) -> None:
+        if self._finished:
+            return
+        self._size += len(chunk)
+        if self._size > self.dash.limits.max_body_bytes:
+            self._chunks.clear()
+            await self.refuse(too_large(self.dash.limits), body_pending=True)
+            return
+        self._chunks.append(chunk)
+
+    @property
+    def body(self) -> bytes:
+        """The request's body (read up to the limit)."""
+        return b"".join(self._chunks)
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, iostream.StreamClosedError):  # the client went away
+            logger.info(
+                "celery-graph ui: %s %s: the connection closed before the request was read",
+                self.request.method,
+                self.request.path,
+            )
+            return
+        super().log_exception(typ, value, tb)
+
+    def send_json(self, data: Any, status: int = 200) -> Awaitable[None]:
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
-        self.finish(json.dumps(data, default=str))
+        return self.finish(json.dumps(data, default=str))
 
-    def send_error_json(self, status: int, message: str) -> None:
-        self.send_json({"error": message, "status": status}, status)
+    def send_error_json(self, status: int, message: str) -> Awaitable[None]:
+        return self.send_json({"error": message, "status": status}, status)
 
     async def answer(self, fn: Callable[..., Any], *args: Any, status: int = 200) -> None:
         """Run ``fn(*args)`` off the event loop and send its result, or the error."""
@@ -263,11 +353,15 @@ class BaseHandler(_Base):
         self.send_json({"error": self._reason, "status": status_code}, status_code)
 
 
+if web is not None:  # every handler streams its body: it is checked before it is read
+    web.stream_request_body(BaseHandler)
+
+
 class HealthHandler(BaseHandler):
     """``/healthz``: open without auth (like Flower's /healthcheck); 503 if Redis is away."""
 
-    def prepare(self) -> None:
-        pass
+    async def prepare(self) -> None:
+        pass  # for probes, which name the pod's address as Host and carry no credentials
 
     async def get(self) -> None:
         def ping() -> dict[str, bool]:
@@ -286,18 +380,27 @@ class PageHandler(BaseHandler):
 
 if web is not None:
 
+    @web.stream_request_body
     class StaticHandler(web.StaticFileHandler):
-        """The front end's files, behind the same auth as the pages."""
+        """The front end's files, behind the same checks as the pages (a body, which no
+        file request has, is dropped unread)."""
 
         def initialize(self, path: str, dash: Dashboard) -> None:  # type: ignore[override]
             super().initialize(path)
             self.dash = dash
 
-        def prepare(self) -> None:
-            if not self.dash.authorised(self.request.headers.get("Authorization")):
-                self.set_header("WWW-Authenticate", 'Basic realm="celery-graph"')
-                self.set_status(401)
-                self.finish("authentication required")
+        async def prepare(self) -> None:
+            refusal = await self.dash.admit(self.request)
+            if refusal is not None:
+                for name, value in refusal.headers.items():
+                    self.set_header(name, value)
+                self.set_status(refusal.status)
+                await self.finish(refusal.message)
+                if has_body(self.request):
+                    hang_up(self.request)
+
+        def data_received(self, chunk: bytes) -> None:
+            pass
 
         def set_extra_headers(self, path: str) -> None:
             self.set_header("X-Content-Type-Options", "nosniff")
@@ -363,7 +466,7 @@ class FlowsHandler(BaseHandler):
 
 class StartHandler(BaseHandler):
     async def post(self, name: str) -> None:
-        body = self.request.body
+        body = self.body
         await self.answer(lambda: self.dash.views.start(name, parse_body(body)), status=201)
 
 
@@ -373,10 +476,11 @@ class WorkersHandler(BaseHandler):
 
 
 class NotFoundHandler(BaseHandler):
-    def get(self) -> None:
-        self.send_error_json(404, f"no such API endpoint: {self.request.path}")
+    def get(self, *args: Any) -> None:
+        what = "API endpoint" if "/api/" in self.request.path else "page"
+        self.send_error_json(404, f"no such {what}: {self.request.path}")
 
-    post = get
+    post = head = put = delete = patch = get
 
 
 # -- running ---------------------------------------------------------------------------
@@ -393,6 +497,7 @@ class Server:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._error: BaseException | None = None
+        self.http: Any = None  # the GuardedHTTPServer, while serving
         self._thread = threading.Thread(target=self._run, name="celery-graph-ui", daemon=True)
 
     @property
@@ -414,7 +519,8 @@ class Server:
         application = self.dash.application()
         sockets = netutil.bind_sockets(self.port, self.host)
         self.port = sockets[0].getsockname()[1]
-        server = httpserver.HTTPServer(application)
+        server = GuardedHTTPServer(application, limits=self.dash.limits)
+        self.http = server
         server.add_sockets(sockets)
         self._ready.set()
         if on_ready:
@@ -447,8 +553,9 @@ class Server:
 
 def start(app: Any, host: str = "127.0.0.1", port: int = 0, **options: Any) -> Server:
     """Serve the dashboard of ``app`` from a background thread (``port=0``: any free
-    port; see ``server.url``). Options as for :func:`serve`."""
-    return Server(Dashboard(app, **options), host, port).start()
+    port; see ``server.url``). Options as for :func:`serve`, and ``limits`` (a
+    :class:`Limits`), ``throttle`` (a :class:`LoginThrottle`)."""
+    return Server(Dashboard(app, host=host, **options), host, port).start()
 
 
 def serve(
@@ -460,18 +567,29 @@ def serve(
     flower_url: str | None = None,
     url_prefix: str = "",
     flows: Mapping[str, str | Flow] | None = None,
+    allowed_hosts: Iterable[str] = (),
+    no_auth: bool = False,
     out: IO[str] | None = None,
 ) -> None:
     """Serve the dashboard of ``app`` on ``host:port`` until SIGINT or SIGTERM.
 
     ``basic_auth``: ``"user:password"`` (several separated by commas) asks every request
-    but ``/healthz`` for them. ``flower_url``: link each node to its task in Flower.
-    ``url_prefix``: serve under a path (behind a proxy). ``flows``: the flows to start
-    from the page (default: ``app.conf.graph_ui_flows``)."""
+    but ``/healthz`` for them; an address other machines reach needs it, or ``no_auth``.
+    ``allowed_hosts``: names (or addresses) besides loopback and ``host`` that requests
+    may be sent to (the name of a proxy in front; ``"*"``: any). ``flower_url``: link
+    each node to its task in Flower. ``url_prefix``: serve under a path (behind a proxy).
+    ``flows``: the flows to start from the page (default: ``app.conf.graph_ui_flows``)."""
     out = out or sys.stderr
     require_tornado()
     dash = Dashboard(
-        app, flower_url=flower_url, flows=flows, basic_auth=basic_auth, url_prefix=url_prefix
+        app,
+        flower_url=flower_url,
+        flows=flows,
+        basic_auth=basic_auth,
+        url_prefix=url_prefix,
+        host=host,
+        allowed_hosts=allowed_hosts,
+        no_auth=no_auth,
     )
     dash.state.ping()
     server = Server(dash, host, port)
@@ -481,10 +599,10 @@ def serve(
             f"celery-graph ui: serving {server.url} (key prefix "
             f"{dash.state.keys.prefix!r}); Ctrl-C stops\n"
         )
-        if dash.credentials is None and host not in ("127.0.0.1", "localhost", "::1"):
+        if no_auth and exposed(host):
             out.write(
-                f"celery-graph ui: warning: {host} without --basic-auth: anyone who "
-                "reaches the port can see runs and cancel them\n"
+                f"celery-graph ui: serving {host} without authentication (--no-auth): "
+                "anyone who reaches the port can see runs and cancel them\n"
             )
         out.flush()
         loop = asyncio.get_running_loop()

@@ -9,6 +9,7 @@ workers, and the actions on a run. Plain functions of the app's ``State``; the w
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections import Counter
 from dataclasses import asdict
@@ -20,13 +21,14 @@ from ..client.run import resume_frontier
 from ..codec import decode_value
 from ..drawing.layout import layout
 from ..errors import RunNotResumable
-from ..model import FINAL_STATES, GraphSpec, NodeStatus, RunStatus
+from ..model import FINAL_STATES, GraphSpec, NodeStatus, RunStatus, record_field
 from ..protocol import task_id_for
 from ..state import RunRow, State
 from ..worker.heartbeat import live_workers
 from .errors import ActionRefused, BadRequest, NotFound
 from .flows import FlowRegistry
 
+MAX_KEY_CHARS = 1000  # of an idempotency key sent to the API
 PREVIEW_BYTES = 64 * 1024  # a larger result is not read for a preview
 PREVIEW_CHARS = 4000
 ITEMS_SHOWN = 200  # items of a map listed in a node's detail
@@ -85,9 +87,9 @@ class Views:
         row = RunRow(run_id, record)
         data.update(
             flow=self.registry.name_of(row),
-            inputs=json.loads(record.get("inputs") or "{}"),
-            deadline=float(record["deadline"]) if record.get("deadline") else None,
-            resumed=float(record["resumed"]) if record.get("resumed") else None,
+            inputs=record_field(run_id, record, "inputs", json.loads) or {},
+            deadline=record_field(run_id, record, "deadline", float),
+            resumed=record_field(run_id, record, "resumed", float),
             now=status.now,
             progress={"done": done, "failed": counts.get("failed", 0), "total": len(spec.nodes)},
             stalled=status.stalled(),
@@ -282,12 +284,27 @@ class Views:
                 f"no flow {name!r} in graph_ui_flows (flows: "
                 f"{', '.join(self.registry.flows) or 'none'})"
             )
+        unknown = sorted(set(body) - {"inputs", "idempotency_key", "deadline"})
+        if unknown:
+            raise BadRequest(
+                f"unknown field(s) {', '.join(unknown)}: a start takes inputs, "
+                "idempotency_key and deadline"
+            )
         inputs = body.get("inputs") or {}
         if not isinstance(inputs, dict):
             raise BadRequest("inputs must be a JSON object of parameter -> value")
         key = body.get("idempotency_key") or None
+        if key is not None and (not isinstance(key, str) or len(key) > MAX_KEY_CHARS):
+            raise BadRequest(
+                f"idempotency_key must be a string of at most {MAX_KEY_CHARS} characters"
+            )
         deadline = body.get("deadline")
-        if deadline is not None and (not isinstance(deadline, (int, float)) or deadline <= 0):
+        if deadline is not None and (
+            isinstance(deadline, bool)
+            or not isinstance(deadline, (int, float))
+            or not math.isfinite(deadline)
+            or deadline <= 0
+        ):
             raise BadRequest("deadline must be a positive number of seconds")
         run = self.registry.start(name, inputs, idempotency_key=key, deadline=deadline)
         return {"run_id": run.id, "flow": name}

@@ -38,6 +38,7 @@ from celery._state import _get_active_apps, connect_on_app_finalize
 
 from ..client import register_run_graph
 from ..config import (
+    DEFAULT_METRICS_HOST,
     ENV_GRACEFUL_TIMEOUT,
     ENV_METRICS_HOST,
     ENV_METRICS_PORT,
@@ -143,7 +144,8 @@ WORKER_OPTIONS = (
         type=str,
         default=None,
         callback=_to_env(ENV_METRICS_HOST, "--metrics-host"),
-        help=f"Address the metrics server listens on (env {ENV_METRICS_HOST}; default 0.0.0.0).",
+        help=f"Address the metrics server listens on (env {ENV_METRICS_HOST}; default "
+        f"{DEFAULT_METRICS_HOST}; 0.0.0.0 for a Prometheus on another host).",
     ),
     WorkerOption(
         ["--graceful-timeout"],

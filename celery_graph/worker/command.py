@@ -19,6 +19,7 @@ import click
 
 from ..apploader import app_ref, load_app
 from ..config import (
+    DEFAULT_METRICS_HOST,
     ENV_GRACEFUL_TIMEOUT,
     ENV_METRICS_HOST,
     ENV_METRICS_PORT,
@@ -51,7 +52,8 @@ celery-graph options (also on plain `celery -A APP worker`):
                              an error.
   --metrics-port PORT        Serve Prometheus metrics at http://HOST:PORT/metrics and
                              liveness at /healthz (env {ENV_METRICS_PORT}; default: off).
-  --metrics-host ADDRESS     Address to listen on (env {ENV_METRICS_HOST}; default 0.0.0.0).
+  --metrics-host ADDRESS     Address to listen on (env {ENV_METRICS_HOST}; default
+                             {DEFAULT_METRICS_HOST}; 0.0.0.0 for a Prometheus elsewhere).
   --graceful-timeout SECONDS On SIGTERM or SIGINT stop taking work and let running tasks
                              finish for this long, then hand the rest back to the broker
                              for another worker ({ENV_GRACEFUL_TIMEOUT}; default 60).

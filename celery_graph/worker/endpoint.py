@@ -2,12 +2,17 @@
 format (the counters ``metrics.py`` keeps in Redis, read at scrape time, with the numbers
 only the main process knows: in-flight tasks, uptime, the depth of every queue it
 consumes) and ``/healthz``, which answers 200 while the worker's consumer runs and touches
-neither Redis nor the broker. Started by the bootstep (``step.py``) with ``--metrics-port``.
+neither Redis nor the broker. Started by the bootstep (``step.py``) with ``--metrics-port``,
+on 127.0.0.1 unless ``--metrics-host`` says otherwise; a few threads serve it, each
+request within a deadline (see :class:`MetricsServer`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,12 +26,20 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
+from ..config import DEFAULT_METRICS_HOST
 from ..dispatch import QueueDepth
 from ..errors import ConfigurationError
 from ..state import State
 from .metrics import RUN_DURATION_BUCKETS, TASK_DURATION_BUCKETS
 
 logger = logging.getLogger("celery_graph.metrics")
+
+TEXT = "text/plain; charset=utf-8"
+MAX_HEAD = 16 * 1024  # bytes of a request's line and headers
+BUSY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
+    b"Retry-After: 1\r\n\r\nbusy\n"
+)
 
 
 def _buckets(counts: dict[str, float], bounds: tuple[float, ...]) -> list[tuple[str, float]]:
@@ -151,77 +164,158 @@ class WorkerCollector:
         yield hist
 
 
+class _Handler(BaseHTTPRequestHandler):
+    """One request per connection (HTTP/1.0), its head read within the server's deadline
+    and at most ``MAX_HEAD`` bytes; a client too slow or too large is dropped."""
+
+    server: _BoundedServer
+
+    def handle(self) -> None:
+        head = _read_head(self.connection, self.server.deadline)
+        if head is None:
+            self.close_connection = True
+            return
+        self.rfile = io.BytesIO(head)
+        self.handle_one_request()
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/healthz":
+            ok = self.server.healthy()
+            self._reply(200 if ok else 503, b"ok\n" if ok else b"stopped\n", TEXT)
+        elif path == "/metrics":
+            try:
+                body = generate_latest(self.server.registry)
+            except Exception as exc:  # Redis down: say so, do not hang
+                self._reply(503, f"metrics unavailable: {exc}\n".encode(), TEXT)
+                return
+            self._reply(200, body, CONTENT_TYPE_LATEST)
+        else:
+            self._reply(404, b"not found: try /metrics or /healthz\n", TEXT)
+
+    def _reply(self, code: int, body: bytes, ctype: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # scrapes every few seconds would flood the worker log
+
+
+def _read_head(sock: socket.socket, deadline: float) -> bytes | None:
+    """The request line and headers, read within ``deadline`` seconds in all; None for
+    a client that is slower, sends more than MAX_HEAD bytes, or goes away."""
+    ends = time.monotonic() + deadline
+    head = b""
+    while b"\r\n\r\n" not in head and b"\n\n" not in head:
+        left = ends - time.monotonic()
+        if left <= 0 or len(head) > MAX_HEAD:
+            return None
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(4096)
+        except OSError:  # a timeout included
+            return None
+        if not chunk:
+            return None
+        head += chunk
+    sock.settimeout(deadline)  # for writing the answer
+    return head
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """At most ``threads`` connections are served at once, each for at most
+    ``deadline`` seconds; one more is answered 503 at once, without a thread."""
+
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        registry: CollectorRegistry,
+        healthy: Callable[[], bool],
+        threads: int,
+        deadline: float,
+    ) -> None:
+        super().__init__(address, _Handler)
+        self.registry = registry
+        self.healthy = healthy
+        self.deadline = deadline
+        self._slots = threading.BoundedSemaphore(threads)
+        self.turned_away = 0
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.turned_away += 1
+            with contextlib.suppress(OSError):
+                request.setblocking(False)
+                request.send(BUSY)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)  # a thread serves it
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 class MetricsServer:
     """One worker's HTTP endpoint: ``/metrics`` (Prometheus) and ``/healthz`` (liveness,
-    no Redis). ``start()`` raises ConfigurationError, naming the address, when the port
-    cannot be bound (already in use)."""
+    no Redis). Bound to loopback unless told otherwise (``--metrics-host 0.0.0.0``);
+    serves at most ``threads`` requests at once, each within ``deadline`` seconds (a
+    client that holds a connection open without asking gets nothing more), and answers
+    503 beyond that. ``start()`` raises ConfigurationError, naming the address, when the
+    port cannot be bound (already in use)."""
 
     def __init__(
         self,
         collector: Any,
         port: int,
-        addr: str = "0.0.0.0",
+        addr: str = DEFAULT_METRICS_HOST,
         healthy: Callable[[], bool] = lambda: True,
+        *,
+        threads: int = 4,
+        deadline: float = 5.0,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
         self.port = port
         self.addr = addr
         self.healthy = healthy
-        self._server: ThreadingHTTPServer | None = None
+        self.threads = threads
+        self.deadline = deadline
+        self._server: _BoundedServer | None = None
 
     def start(self) -> None:
-        registry, healthy = self.registry, self.healthy
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/healthz":
-                    ok = healthy()
-                    self._reply(
-                        200 if ok else 503,
-                        b"ok\n" if ok else b"stopped\n",
-                        "text/plain; charset=utf-8",
-                    )
-                elif path == "/metrics":
-                    try:
-                        body = generate_latest(registry)
-                    except Exception as exc:  # Redis down: say so, do not hang
-                        self._reply(
-                            503,
-                            f"metrics unavailable: {exc}\n".encode(),
-                            "text/plain; charset=utf-8",
-                        )
-                        return
-                    self._reply(200, body, CONTENT_TYPE_LATEST)
-                else:
-                    self._reply(
-                        404, b"not found: try /metrics or /healthz\n", "text/plain; charset=utf-8"
-                    )
-
-            def _reply(self, code: int, body: bytes, ctype: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # scrapes every few seconds would flood the worker log
-
         try:
-            server = ThreadingHTTPServer((self.addr, self.port), Handler)
+            server = _BoundedServer(
+                (self.addr, self.port), self.registry, self.healthy, self.threads, self.deadline
+            )
         except OSError as exc:
             raise ConfigurationError(
                 f"cannot serve metrics on {self.addr}:{self.port}: {exc.strerror or exc} "
                 "(another worker on this host uses that port? give each worker its own "
                 "--metrics-port)"
             ) from exc
-        server.daemon_threads = True
+        self.port = server.server_address[1]
         threading.Thread(
             target=server.serve_forever, name="celery-graph-metrics", daemon=True
         ).start()
         self._server = server
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """The address served on, while serving."""
+        return self._server.server_address[:2] if self._server else None  # type: ignore[return-value]
 
     def stop(self) -> None:
         if self._server is not None:
