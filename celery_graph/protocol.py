@@ -36,9 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeGuard
 
-from .errors import RunNotStarted
-
-from .errors import MalformedMessage
+from .errors import MalformedMessage, RunNotStarted
 from .keys import RUN_ID_RE
 
 GRAPH_KWARG = "_graph"

@@ -17,7 +17,6 @@ import sys
 import uuid
 from pathlib import Path
 
-import pytest
 import yaml
 from flower.options import options as flower_options
 
