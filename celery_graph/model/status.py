@@ -221,7 +221,11 @@ class RunStatus:
         return cls(
             run_id=run_id,
             state=record_field(run_id, record, "status", str, required=True),
-            graph_id=record_field(run_id, record, "graph", str, required=True),
+            # a run recorded as unable to start may have no graph (refuse.lua)
+            graph_id=record_field(
+                run_id, record, "graph", str, required=not record.get("unstarted")
+            )
+            or "",
             created=created,
             finished=record_field(run_id, record, "finished", float),
             nodes=nodes,
