@@ -18,7 +18,8 @@ Layout (``P`` is the prefix, ``R`` a run id, ``N`` a node id)::
     P:run:{R}                 hash    run record: status, graph, inputs, error, times
     P:run:{R}:results         hash    node id -> JSON result
     P:run:{R}:nodes           hash    "<N>:state", "<N>:run" (attempts|started|finished|
-                                      worker), "<N>:queued", ... -> per-node state
+                                      worker), "<N>:queued", "<N>:trace" (its span's
+                                      traceparent, when traced), ... -> per-node state
     P:run:{R}:sinks           set     sinks that have finished
     P:run:{R}:done            list    completion signal waiters block on
     P:run:{R}:state           hash    shared state of the run (RunContext)

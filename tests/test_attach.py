@@ -53,7 +53,7 @@ def test_importing_celery_graph_registers_nothing_with_celery():
     )
 
 
-def test_importing_celery_graph_loads_no_cli_web_server_metrics_or_redis():
+def test_importing_celery_graph_loads_no_cli_web_server_metrics_redis_or_tracing_sdk():
     # Celery itself imports click (celery.app.base uses click.exceptions): the check is
     # that celery_graph adds none of these to what `from celery import Celery` loads.
     run_py(
@@ -65,7 +65,8 @@ def test_importing_celery_graph_loads_no_cli_web_server_metrics_or_redis():
         import celery_graph
 
         heavy = ("click", "celery.bin", "celery.worker", "tornado", "prometheus_client",
-                 "http.server", "redis", "kombu.transport.redis")
+                 "http.server", "redis", "kombu.transport.redis", "opentelemetry",
+                 "sentry_sdk")
         added = set(sys.modules) - before
         loaded = sorted(m for m in added for h in heavy if m == h or m.startswith(h + "."))
         assert not loaded, loaded

@@ -3,7 +3,8 @@
     NodeRun(task, fn, message, bound).run():
       begin      begin.lua: is the run still running? is the result already stored?
                  record the attempt with a running lease, read the run inputs and the
-                 upstream results
+                 upstream results (and, for a tracer or error reporter, keep this
+                 delivery's trace context and read the flow name: observe.py)
       call       gather the arguments, call the function (unless its result is stored),
                  its lease renewed meanwhile (leases.py)
       encode     the result as JSON, within graph_max_result_bytes
@@ -45,6 +46,7 @@ from ..model import GraphSpec, NodeSpec
 from ..protocol import Branch, NodeMessage
 from ..state import Begin, Ended, State, Stored, state_for
 from .leases import keeper
+from .observe import watch
 
 # a chunk stores its items' results at least this often (and at its end, and before a
 # failing item's error): one Redis call per 50 ms of work, not one per item
@@ -59,6 +61,9 @@ class NodeRun:
     def __init__(
         self, task: Task, fn: Callable[..., Any], message: NodeMessage, bound: dict[str, Any]
     ) -> None:
+        # first: a tracer or error reporter shows the run and node of a spec that fails
+        # to load too
+        self.watch = watch(task, message)
         self.task = task
         self.app = task.app
         self.fn = fn
@@ -74,9 +79,18 @@ class NodeRun:
     def run(self) -> Any:
         m = self.message
         expands = bool(self.node.map_source) and m.index is None
+        watched = self.watch
         begun = self.state.scripts.begin(
-            m.run_id, m.result_field, self.hostname, self.upstream, expands
+            m.run_id,
+            m.result_field,
+            self.hostname,
+            self.upstream,
+            expands,
+            trace=None if watched is None else watched.trace(m),
+            links=() if watched is None else watched.links(self.node, m),
         )
+        if watched is not None:
+            watched.begun(begun.flow, begun.links)
         if begun.status == Begin.DEADLINE:
             raise DeadlineExceeded(
                 f"run {m.run_id} passed its deadline before node {m.node_id!r} started"

@@ -130,6 +130,9 @@ class Begun(NamedTuple):
     upstream: list[bytes | None]  # results of the upstream nodes, in the order asked
     attempt: int = 0  # this attempt's number (when the node is called); POISON: times lost
     worker: str = ""  # POISON: the worker that last lost it
+    # asked for by a watched node only (``trace`` given to Scripts.begin):
+    flow: str | None = None  # the run's flow name
+    links: dict[str, str] = {}  # predecessor -> its kept trace context (those that have one)
 
 
 class Arrival(NamedTuple):

@@ -121,9 +121,17 @@ class Scripts:
         hostname: str,
         upstream_ids: list[str],
         expands: bool = False,
+        *,
+        trace: str | None = None,
+        links: Sequence[str] = (),
     ) -> Begun:
         """Record the start of ``field`` (a node id, or "<node>#<i>" for a map item) and
-        read the results of ``upstream_ids`` (a long list in parts, after the script)."""
+        read the results of ``upstream_ids`` (a long list in parts, after the script).
+
+        A watched node (a tracer or an error reporter is active: ``trace`` is not None)
+        also keeps ``trace``, this attempt's trace context, unless it is "", and reads in
+        the same call the run's flow name and the trace contexts kept by ``links``."""
+        watch = ["", ""] if trace is None else [trace, len(links), *links]
         reply = self._run(
             "begin",
             run_id,
@@ -134,9 +142,18 @@ class Scripts:
                 self.settings.run_ttl,
                 "map" if expands else "",
                 self.settings.max_lost,
+                *watch,
                 *upstream_ids[:PART],
             ],
         )
+        if trace is None:
+            return self._begun(reply, run_id, upstream_ids)
+        *reply, shown = reply
+        kept = {p: _text(c) for p, c in zip(links, shown[1:]) if c}
+        begun = self._begun(reply, run_id, upstream_ids)
+        return begun._replace(flow=_text(shown[0]) if shown[0] else None, links=kept)
+
+    def _begun(self, reply: list[Any], run_id: str, upstream_ids: list[str]) -> Begun:
         status = _text(reply[0]) if reply and reply[0] is not None else None
         if status == Begin.POISON:
             return Begun(Begin.POISON, None, None, [], int(reply[1]), _text(reply[2]))

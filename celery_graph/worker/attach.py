@@ -22,7 +22,10 @@ What ``install(app)`` adds:
 - celery-graph's own tasks on the app: ``celery_graph.run_graph`` (a graph as a step of a
   Celery canvas) and ``celery_graph.call`` (graphs stored by earlier versions);
 - receivers of Celery's task signals that only act on node messages (a node's failure,
-  retry, unknown task) and count tasks for the metrics; connected once per process.
+  retry, unknown task) and count tasks for the metrics; connected once per process;
+- the run, node and flow of each node on the spans of OpenTelemetry's Celery
+  instrumentation and the events of Sentry's Celery integration, when those are active
+  (``celery_graph.integrations``; nothing otherwise).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from ..config import (
 )
 from ..errors import ConfigurationError
 from ..executor import connect_signals, register_call_task
+from ..integrations import enable as enable_integrations
 from ..signals import graph_task_declared
 from .metrics import install_task_signals
 
@@ -202,6 +206,7 @@ def install(app: Any) -> None:
     register_call_task(app)
     connect_signals()  # in this process and in the pool processes forked from it
     install_task_signals()
+    enable_integrations()  # run, node and flow on OpenTelemetry spans and Sentry events
     if reliable_defaults_wanted():
         if app.configured:
             apply_defaults(app)
