@@ -309,6 +309,35 @@ def test_a_run_through_every_run_script(walk_state, tag):
         assert ttl == -2 if key in emptied else 0 < ttl <= 60, key
 
 
+def test_a_watched_begin_keeps_its_trace_and_reads_flow_and_links_in_the_same_call(walk_state, tag):
+    """What a tracer or error reporter asks of begin.lua (docs/observability.md); an
+    unwatched begin keeps and answers nothing more."""
+    state, s = walk_state, walk_state.scripts
+    spec = (step.bind(id="a") >> (step.bind(id="b") | step.bind(id="c")) >> join_count).compile()
+    run_id = f"{tag}{'1' * 20}"
+    assert state.runs.create(run_id, spec, "{}", extra={"flow": "etl"}) == (True, "")
+    nodes = state.keys.nodes(run_id)
+
+    plain = s.begin(run_id, "a", "w1@host", [])
+    assert (plain.flow, plain.links) == (None, {})
+    assert state.client.hget(nodes, "a:trace") is None
+    watched = s.begin(run_id, "b", "w1@host", [], trace="00-" + "1" * 32 + "-" + "b" * 16 + "-01")
+    assert (watched.status, watched.flow, watched.links) == (Begin.RUNNING, "etl", {})
+    assert state.client.hget(nodes, "b:trace") == b"00-" + b"1" * 32 + b"-" + b"b" * 16 + b"-01"
+    untraced = s.begin(run_id, "c", "w1@host", [], trace="")  # watched, nothing to keep
+    assert (untraced.flow, state.client.hget(nodes, "c:trace")) == ("etl", None)
+
+    join = s.begin(run_id, "join_count", "w1@host", ["b"], trace="", links=["a", "b", "c"])
+    assert join.links == {"b": "00-" + "1" * 32 + "-" + "b" * 16 + "-01"}
+    assert (join.flow, join.upstream, join.attempt) == ("etl", [None], 1)
+    # a run that is not running answers its status, and the flow when watched
+    assert s.finish(run_id, "cancelled") == Finish.ENDED
+    ended = s.begin(run_id, "a", "w1@host", [], trace="", links=["b"])
+    assert (ended.status, ended.flow, ended.links) == ("cancelled", "etl", {"b": join.links["b"]})
+    unwatched = s.begin(run_id, "a", "w1@host", [])
+    assert (unwatched.status, unwatched.flow, unwatched.links) == ("cancelled", None, {})
+
+
 def test_a_map_through_every_map_script(walk_state, tag):
     state, s = walk_state, walk_state.scripts
     spec = (split >> process.map("split") >> merge).compile()
