@@ -82,6 +82,11 @@ class RunNotFound(StoreError, LookupError):
     """No run under that id (expired, wrong key prefix, or never started)."""
 
 
+class RunStateLost(RunNotFound):
+    """A run's state is gone from the graph Redis before it could have expired: the Redis
+    lost data (a restart without persistence, a failover to a replica that lagged)."""
+
+
 class CorruptRecord(StoreError):
     """A run record holds a field that does not parse (written by something else)."""
 
@@ -138,14 +143,17 @@ class BrokerUnavailable(PublishError):
 
 
 class NodeLost(CeleryGraphError):
-    """A node's worker died while running it more often than ``graph_max_lost`` allows."""
+    """A node's running lease ran out (its worker stopped renewing it: the worker died)
+    more often than ``graph_max_lost`` allows."""
 
     @classmethod
     def after(cls, field: str, times: int, worker: str) -> NodeLost:
         return cls(
-            f"{field!r} lost its worker {times} times (last on {worker or 'unknown'}): the "
-            "worker died while running it each time (a crash, an OOM kill, a message that "
-            "kills workers?); more than graph_max_lost allows"
+            f"{field!r} lost its worker {times} times (last on {worker or 'unknown'}): each "
+            "time its running lease ran out because the worker running it stopped renewing "
+            "it (a crash, an OOM kill, a message that kills workers?); more than "
+            "graph_max_lost allows. Copies of its message that arrived while it ran did "
+            "not count"
         )
 
 

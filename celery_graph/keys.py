@@ -11,6 +11,8 @@ Layout (``P`` is the prefix, ``R`` a run id, ``N`` a node id)::
     P:runs:indexed            string  server time since which the three above are written
     P:running                 zset    run id -> when the reconciler looks at it next
     P:reconciler              string  lock: one reconciler sweeps at a time
+    P:reconciler:clock        hash    swept: server time of the last sweep; hold: until
+                                      then running leases are extended, not reclaimed
     P:worker:{W}              hash    registry entry of worker W (Celery hostname)
     P:worker:{W}:metrics      hash    task counters and histograms of worker W
     P:workers                 zset    hostname -> last heartbeat (server time)
@@ -179,6 +181,10 @@ class Keys:
     def reconciler_lock(self) -> str:
         return f"{self.prefix}:reconciler"
 
+    def reconciler_clock(self) -> str:
+        """When the last sweep was, and the hold after an outage (see engine/reconcile)."""
+        return f"{self.prefix}:reconciler:clock"
+
     def run_layout(self, run_id: str) -> RunKeys:
         """The run's keys in the order every run script takes them."""
         return RunKeys(
@@ -225,7 +231,7 @@ def key_pattern(prefix: str) -> re.Pattern[str]:
     p = re.escape(prefix)
     node = r"[A-Za-z_][A-Za-z0-9_.\-]*"
     return re.compile(
-        rf"^{p}:(graph:[0-9a-f]{{64}}|runs|running|reconciler|workers|flows|runs:indexed"
+        rf"^{p}:(graph:[0-9a-f]{{64}}|runs|running|reconciler(:clock)?|workers|flows|runs:indexed"
         rf"|runs:flow:[A-Za-z0-9_.:\-]+|runs:state:(succeeded|failed|cancelled)"
         rf"|worker:\{{[^\s:{{}}]+\}}(:metrics)?|metrics:runs"
         rf"|run:\{{[0-9a-f]{{32}}\}}"

@@ -12,6 +12,8 @@ arguments are the node's bound arguments plus one extra keyword, ``_graph``::
     {..., "i": 3, "c": 10}                          item 3 of 10 of a dynamic fan-out
     {..., "i": 3, "c": 10, "k": 100}                chunk 3 of 10, 100 items each
     {..., "x": 2}                                   sent again after 2 infrastructure errors
+    {..., "a": 3}                                   sent by attempt 3 of the node, which
+                                                    hands the node over to it (a retry)
     {..., "f": "<error record>"}                    record this failure (Redis was down when
                                                     the node failed), do not run the node
 
@@ -63,6 +65,9 @@ class NodeMessage:
     chunk: int = 0  # items per chunk, when the message carries a chunk of items
     infra: int = 0  # times sent again because Redis or the broker could not be reached
     failure: str | None = None  # an error record to store instead of running the node
+    # the attempt that sent this message while it held the node (a retry, a message sent
+    # again after an infrastructure error): begin.lua lets it take the node over
+    holder: int = 0
 
     @classmethod
     def parse(cls, fields: Any) -> NodeMessage:
@@ -83,6 +88,7 @@ class NodeMessage:
             _field(fields, "k", _counts, "a chunk size") or 0,
             _field(fields, "x", _counts, "a resend count") or 0,
             _field(fields, "f", _texts, "an error record"),
+            _field(fields, "a", _counts, "an attempt number") or 0,
         )
         index, count = message.index, message.count
         if (index is None or count is None or index >= count) and (index, count) != (None, None):
@@ -105,15 +111,30 @@ class NodeMessage:
             out["x"] = self.infra
         if self.failure is not None:
             out["f"] = self.failure
+        if self.holder:
+            out["a"] = self.holder
         return out
 
     def item(self, index: int, count: int, chunk: int = 0) -> NodeMessage:
-        return replace(self, index=index, count=count, chunk=chunk, infra=0, failure=None)
+        return replace(self, index=index, count=count, chunk=chunk, infra=0, failure=None, holder=0)
 
-    def again(self, failure: str | None = None) -> NodeMessage:
+    def again(self, failure: str | None = None, holder: int = 0) -> NodeMessage:
         """This message to send again after an infrastructure error (carrying ``failure``
-        to record, when the error hit while recording a failure)."""
-        return replace(self, infra=self.infra + 1, failure=failure or self.failure)
+        to record, when the error hit while recording a failure; ``holder``, the attempt
+        this delivery began, if it began one: else the message passes on the holder it
+        carried)."""
+        failure = failure or self.failure
+        return replace(self, infra=self.infra + 1, failure=failure, holder=holder or self.holder)
+
+    def held_by(self, attempt: int) -> NodeMessage:
+        """This message as sent by ``attempt`` while it holds the node (a retry)."""
+        return replace(self, holder=attempt)
+
+    @property
+    def unit(self) -> str:
+        """ "<run id>:<result field>": the unit of work of this message, as a worker's
+        heartbeat lists what it holds."""
+        return f"{self.run_id}:{self.result_field}"
 
     @property
     def task_id(self) -> str:

@@ -38,6 +38,20 @@ def read_trace(tag: str) -> list[str]:
     return [e.decode() for e in trace_client().lrange(f"cgtest-trace:{tag}", 0, -1)]
 
 
+def _delivered(sender=None, task_id=None, kwargs=None, **_):
+    """With CGTEST_TRACE_DELIVERIES set, every delivery of a tagged node message adds
+    'delivered:<task id>' to its trace, whether or not the function then runs: the tests
+    of copies turned away see that the copies came."""
+    if isinstance(kwargs, dict) and kwargs.get("_graph"):
+        trace(kwargs.get("tag"), f"delivered:{task_id}")
+
+
+if os.environ.get("CGTEST_TRACE_DELIVERIES"):
+    from celery.signals import task_prerun
+
+    task_prerun.connect(_delivered, weak=False, dispatch_uid="cgtest.delivered")
+
+
 # -- ETL ----------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any, Generic, TypeVar
 
@@ -11,7 +12,7 @@ from ..codec import decode_value, error_record, parse_error
 from ..dispatch import publish_items, publish_nodes
 from ..engine.context import RunContext
 from ..engine.lifecycle import end_run, settle
-from ..errors import RunNotResumable, RunTimeout, StoreUnavailable
+from ..errors import RunNotFound, RunNotResumable, RunStateLost, RunTimeout, StoreUnavailable
 from ..model import FINAL_STATES, GraphSpec, RunStatus
 from ..protocol import NodeMessage
 from ..state import WAIT_SLICE, Arrival, Ended, State, Stored, state_for
@@ -25,11 +26,18 @@ class GraphRun(Generic[R]):
     ``GraphRun[its result]``; a run reopened by id is ``GraphRun[Any]``."""
 
     def __init__(
-        self: GraphRun[Any], run_id: str, app: Any = None, spec: GraphSpec | None = None
+        self: GraphRun[Any],
+        run_id: str,
+        app: Any = None,
+        spec: GraphSpec | None = None,
+        created: float | None = None,
     ) -> None:
         self.id = run_id
         self.app = app
         self._spec = spec
+        # when the run was created (server time), once known: its state cannot have
+        # expired before min(graph_result_ttl, graph_run_ttl) after that
+        self._created = created
 
     def __repr__(self) -> str:
         return f"<GraphRun {self.id}>"
@@ -42,15 +50,49 @@ class GraphRun(Generic[R]):
     def _state(self) -> State:
         return state_for(self._app)
 
+    def _record(self, state: State) -> dict[str, str]:
+        """The run record; RunStateLost when it is gone before it could have expired."""
+        try:
+            record = state.runs.record(self.id)
+        except RunNotFound as exc:
+            raise self._lost_or(exc, state) from None
+        if self._created is None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._created = float(record["created"])
+        return record
+
+    def _lost_or(self, exc: RunNotFound, state: State) -> RunNotFound:
+        """``exc``, or RunStateLost when this handle knows the run cannot have expired: its
+        keys live at least min(graph_result_ttl, graph_run_ttl) from its creation."""
+        if self._created is None:
+            return exc
+        settings = state.settings
+        kept = min(settings.result_ttl, settings.run_ttl)
+        age = state.runs.time() - self._created
+        if age >= kept:
+            return exc
+        return RunStateLost(
+            f"run {self.id}: its state is gone from the graph Redis (key prefix "
+            f"{state.keys.prefix!r}) {age:.0f} s after it was created, before it could have "
+            f"expired (kept at least {kept} s): the graph Redis lost its data (a restart "
+            "without persistence, a failover to a replica that lagged). Nothing more runs "
+            "for it; submit it again (the same idempotency key starts it afresh)"
+        )
+
     def spec(self) -> GraphSpec:
         """The run's graph (a graph of no nodes for a run that never started)."""
         if self._spec is None:
-            self._spec = self._state.runs.graph_of(self.id)
+            state = self._state
+            self._spec = state.runs.graph_of(self.id, self._record(state))
         return self._spec
 
     def status(self) -> RunStatus:
         """The run's state and each node's state, attempts and worker."""
-        return self._state.runs.status(self.id, self.spec())
+        state = self._state
+        try:
+            return state.runs.status(self.id, self.spec())
+        except RunNotFound as exc:
+            raise self._lost_or(exc, state) from None
 
     @property
     def flow_name(self) -> str | None:
@@ -65,7 +107,7 @@ class GraphRun(Generic[R]):
         return {k: decode_value(v) for k, v in raw.items() if "#" not in k}
 
     def ready(self) -> bool:
-        return self._state.runs.record(self.id)["status"] in FINAL_STATES
+        return self._record(self._state)["status"] in FINAL_STATES
 
     def wait(self, timeout: float) -> bool:
         """Block up to ``timeout`` seconds on the run's completion signal (no polling);
@@ -95,14 +137,14 @@ class GraphRun(Generic[R]):
     def _wait_once(self, deadline: float | None, timeout: float | None) -> Any:
         state = self._state
         while True:
-            record = state.runs.record(self.id)
+            record = self._record(state)
             # a run stuck past its deadline (no worker to notice) is failed here; the
             # deadline is on the Redis server's clock, like every time in the state
             left = None
             if record["status"] == "running" and record.get("deadline"):
                 left = float(record["deadline"]) - state.runs.time()
                 if left < 0 and self._fail_deadline():
-                    record = state.runs.record(self.id)
+                    record = self._record(state)
             outcome = state.runs.outcome(self.id, record)
             if outcome is not None:
                 if outcome.state == "succeeded":

@@ -69,7 +69,7 @@ def submit_spec(
         return GraphRun(run_id, app=app)
     # a submission with the same key may start the run while this one waits
     _wait_for_room(app, state, spec, lambda: keyed and state.runs.started(run_id))
-    created, _status = state.runs.create(
+    created, detail = state.runs.create(
         run_id, spec, inputs_json, deadline=deadline, extra=dict(extra_fields or {})
     )
     if not created:
@@ -87,7 +87,7 @@ def submit_spec(
             f"run {run_id}: the broker did not take the root messages ({exc}); the run is "
             "marked failed"
         ) from exc
-    return GraphRun(run_id, app=app, spec=spec)
+    return GraphRun(run_id, app=app, spec=spec, created=float(detail))
 
 
 def check_deadline(deadline: Any) -> None:

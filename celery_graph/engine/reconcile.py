@@ -8,17 +8,30 @@ every running run whose next lease is due and, for each lease that ran out:
 - a running node whose worker stopped renewing it (SIGKILL, OOM, a lost host) is published
   again; a node that loses its worker more than ``graph_max_lost`` times fails the run
   with ``NodeLost``, naming the node and the last worker (a message that kills workers);
-- a published node nobody started is published again, unless its queue still holds
-  messages (it is most likely waiting its turn), for at most ten leases;
+- a published node nobody started is published again, unless a live worker holds its
+  message (prefetched, reserved: its heartbeat lists them) or its queue still holds
+  messages (it is most likely waiting its turn), the latter for at most ten leases;
 - a skip nobody passed on is passed on;
 - a map node whose units all arrived but that nobody completed is completed;
 - a run past its deadline fails with ``DeadlineExceeded``;
 - a run that ended but whose Celery canvas was not continued is continued.
 
 Publishing again is safe because execution is idempotent: a copy of a node finds its
-result stored and changes nothing. Sweeps run in every worker process that imports
-celery_graph (one thread each, started with the worker) under a Redis lock, so one sweeps
-at a time; ``celery-graph reconcile`` runs one by hand or in a loop.
+result stored and changes nothing, or finds it running and runs nothing.
+
+The reconciler does not mistake an outage of its own for dead workers (DESIGN.md,
+invariant 11). While the graph Redis is away, the renewals of running leases fail as its
+sweeps do; when it is back, the leases of live workers may have run out. So each sweep
+notes when it was done (``P:reconciler:clock``), and a sweep that finds the last one older
+than ``outage_after`` (half a running lease, and three sweep intervals at least: a live
+worker's lease can only run out after two thirds of one without renewals) sets a hold one
+running lease ahead: until then a running lease that ran out is extended to the hold
+instead of reclaimed, and every live worker renews its own in time. Once per outage: a
+new hold is set only a lease after the last one ended.
+
+Sweeps run in every worker process that imports celery_graph (one thread each, started
+with the worker) under a Redis lock, so one sweeps at a time; ``celery-graph reconcile``
+runs one by hand or in a loop.
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +53,11 @@ from .lifecycle import after_run, end_run, settle
 
 logger = logging.getLogger("celery_graph.reconcile")
 
+# why a lease that ran out sends its node again, for the log
+WHY = {
+    Expiry.LOST: "its running lease ran out: its worker is gone",
+    Expiry.QUEUED: "published, not started within its queued lease",
+}
 PATIENCE = 10  # a published node waits at most this many queued leases on a busy queue
 UNIT = re.compile(r"[#@](\d+)$")  # "<node>#<i>": an item of a map; "<node>@<j>": a chunk
 
@@ -58,14 +77,42 @@ class Sweep:
     extended: int = 0  # queued nodes left waiting (their queue is busy)
     skips: int = 0
     maps: int = 0  # map nodes completed after their last unit's worker died
+    held: int = 0  # running leases extended instead of reclaimed, after an outage
+    hold: float | None = None  # server time until which they are (an outage was seen)
     failed: list[str] = field(default_factory=list)  # runs failed (deadline, lost node)
     continued: list[str] = field(default_factory=list)  # runs whose canvas continued
+
+
+def outage_after(settings: Any) -> float:
+    """Seconds without a sweep after which the reconciler holds off reclaiming running
+    leases: a live worker renews every third of a running lease, so its lease runs out
+    only after two thirds of one without Redis; half a lease, but three sweep intervals at
+    least (a sweep may come that late without any outage)."""
+    return max(settings.running_lease / 2, 3 * settings.reconcile_interval)
+
+
+class Look:
+    """What one sweep reads once and shares between runs: queue depths, the units live
+    workers hold, the hold after an outage."""
+
+    def __init__(self, hold: float | None = None) -> None:
+        self.hold = hold
+        self.depths: dict[str, int] = {}
+        self._held: set[str] | None = None
+
+    def held_by_workers(self, state: State) -> set[str]:
+        """ "<run id>:<field>" of every node message a live worker holds."""
+        if self._held is None:
+            self._held = state.workers.held()
+        return self._held
 
 
 class Reconciler:
     def __init__(self, app: Any) -> None:
         self.app = app
         self._depth = QueueDepth(app)
+        self._swept_at: float | None = None  # monotonic: this process's last sweep
+        self._failing_since: float | None = None  # monotonic: sweeps fail since then
 
     @property
     def state(self) -> State:
@@ -73,6 +120,18 @@ class Reconciler:
 
     def sweep(self, limit: int = 500) -> Sweep:
         """Look at every running run whose next lease is due; one process at a time."""
+        try:
+            report = self._sweep(limit)
+        except StoreUnavailable:
+            if self._failing_since is None:  # since the last sweep that went through
+                self._failing_since = self._swept_at or time.monotonic()
+            raise
+        if not report.locked_out:
+            self._failing_since = None
+            self._swept_at = time.monotonic()
+        return report
+
+    def _sweep(self, limit: int) -> Sweep:
         state = self.state
         report = Sweep()
         lock = state.try_lock(
@@ -82,12 +141,13 @@ class Reconciler:
             report.locked_out = True
             return report
         try:
-            due = state.runs.due(state.runs.time(), limit)
-            depths: dict[str, int] = {}
+            now = self._clock(state, report)
+            due = state.runs.due(now, limit)
+            look = Look(report.hold)
             for run_id in due:
                 report.runs += 1
                 try:
-                    self.reconcile(state, run_id, report, depths)
+                    now = max(now, self.reconcile(state, run_id, report, look))
                 except StoreUnavailable:
                     raise
                 except CeleryGraphError as exc:
@@ -97,15 +157,43 @@ class Reconciler:
                     # (it comes first each time) nor keep the runs after it waiting
                     logger.exception("celery-graph: reconciling run %s failed", run_id)
                     state.runs.schedule(run_id, state.runs.time() + state.settings.queued_lease)
+            state.runs.mark_swept(now)
         finally:
             state.unlock(lock)
         return report
 
-    def reconcile(self, state: State, run_id: str, report: Sweep, depths: dict[str, int]) -> None:
-        r = state.scripts.reclaim(run_id)
+    def _clock(self, state: State, report: Sweep) -> float:
+        """The server's time; sets ``report.hold`` while a hold is on, starting one when the
+        last sweep is older than ``outage_after`` (when no sweep was ever noted: when this
+        process has failed to sweep for that long)."""
+        now, swept, hold = state.runs.sweep_clock()
+        if swept is not None:
+            gap = now - swept
+        elif self._failing_since is not None:
+            gap = time.monotonic() - self._failing_since
+        else:
+            gap = 0.0
+        lease = state.settings.running_lease
+        if gap > outage_after(state.settings) and (hold is None or now > hold + lease):
+            hold = now + lease
+            state.runs.mark_swept(now, hold)
+            logger.warning(
+                "celery-graph: no sweep for %.1f s (the graph Redis, or every reconciler, was "
+                "away): running leases that ran out meanwhile are extended for %g s before "
+                "any node counts as lost",
+                gap,
+                lease,
+            )
+        if hold is not None and hold > now:
+            report.hold = hold
+        return now
+
+    def reconcile(self, state: State, run_id: str, report: Sweep, look: Look) -> float:
+        """Look at one run; the server time it was looked at."""
+        r = state.scripts.reclaim(run_id, hold=look.hold)
         if r.verdict == Verdict.GONE:
             state.runs.forget(run_id)
-            return
+            return 0.0
         if r.verdict == Verdict.ENDED:
             state.runs.index_ended(run_id)  # in case the process that ended it did not
             if not r.pending_continuation:
@@ -113,7 +201,7 @@ class Reconciler:
             elif after_run(self.app, state, run_id):
                 report.continued.append(run_id)
                 state.runs.forget(run_id)
-            return
+            return 0.0
         if r.verdict == Verdict.DEADLINE:
             error = error_record(
                 "",
@@ -123,17 +211,18 @@ class Reconciler:
             )
             end_run(self.app, state, run_id, "failed", error=error)
             report.failed.append(run_id)
-            return
+            return 0.0
         if r.verdict == Verdict.POISON:
             assert r.poison is not None
             field_, lost, worker = r.poison
             error = exception_record(node_of(field_), NodeLost.after(field_, lost, worker))
             end_run(self.app, state, run_id, "failed", error=error)
             report.failed.append(run_id)
-            return
+            return 0.0
+        report.held += r.held
         spec = self._spec(state, run_id) if r.expired else None
         if spec is not None:
-            self._act(state, spec, run_id, r, report, depths)
+            self._act(state, spec, run_id, r, report, look)
         # queued leases left waiting on a busy queue are looked at again a lease later
         nxt = r.now + state.settings.queued_lease
         if r.next_queued is not None and r.next_queued > r.now:
@@ -141,6 +230,7 @@ class Reconciler:
         if r.next_running is not None:
             nxt = min(nxt, max(r.next_running, r.now + 0.1))
         state.runs.schedule(run_id, nxt)
+        return r.now
 
     @staticmethod
     def _spec(state: State, run_id: str) -> GraphSpec | None:
@@ -159,9 +249,10 @@ class Reconciler:
         run_id: str,
         r: Reclaim,
         report: Sweep,
-        depths: dict[str, int],
+        look: Look,
     ) -> None:
         again: list[str] = []
+        why: list[str] = []
         wait: list[str] = []
         for name, kind, queued in r.expired:
             if kind == Expiry.SKIP:
@@ -177,25 +268,25 @@ class Reconciler:
                 report.maps += 1
                 continue
             if kind == Expiry.QUEUED:
+                if f"{run_id}:{name}" in look.held_by_workers(state):
+                    wait.append(name)  # a live worker has it: prefetched, reserved
+                    continue
                 node = spec.nodes[node_of(name)]
                 queue = queue_of(self.app, node)
-                if queue not in depths:
-                    depths[queue] = self._depth.depth(queue)
+                if queue not in look.depths:
+                    look.depths[queue] = self._depth.depth(queue)
                 patient = r.now - queued < PATIENCE * state.settings.queued_lease
-                if depths[queue] > 0 and patient:
+                if look.depths[queue] > 0 and patient:
                     wait.append(name)
                     continue
             again.append(name)
+            why.append(f"{name} ({WHY[kind]})")
         report.extended += len(wait)  # left as they are: looked at again a lease later
         if again:
             state.scripts.lease(run_id, Mode.REDELIVER, state.settings.queued_lease, again)
             self._publish(state, spec, run_id, again)
             report.redelivered += [f"{run_id}:{f}" for f in again]
-            logger.warning(
-                "celery-graph: run %s: sent again %s (their leases ran out)",
-                run_id,
-                ", ".join(again),
-            )
+            logger.warning("celery-graph: run %s: sent again %s", run_id, ", ".join(why))
 
     def _publish(self, state: State, spec: GraphSpec, run_id: str, names: list[str]) -> None:
         nodes = [n for n in names if not UNIT.search(n)]

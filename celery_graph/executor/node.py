@@ -36,14 +36,13 @@ from ..engine.context import RunContext
 from ..engine.lifecycle import after_run, end_run, settle
 from ..errors import (
     DeadlineExceeded,
-    NodeLost,
     ResultTooLarge,
     StoreError,
     StoreUnavailable,
     UnknownTask,
 )
 from ..model import GraphSpec, NodeSpec
-from ..protocol import Branch, NodeMessage
+from ..protocol import GRAPH_KWARG, Branch, NodeMessage
 from ..state import Begin, Ended, State, Stored, state_for
 from .leases import keeper
 from .observe import watch
@@ -86,6 +85,7 @@ class NodeRun:
             self.hostname,
             self.upstream,
             expands,
+            m.holder,
             trace=None if watched is None else watched.trace(m),
             links=() if watched is None else watched.links(self.node, m),
         )
@@ -95,8 +95,31 @@ class NodeRun:
             raise DeadlineExceeded(
                 f"run {m.run_id} passed its deadline before node {m.node_id!r} started"
             )
-        if begun.status == Begin.POISON:
-            raise NodeLost.after(m.result_field, begun.attempt, begun.worker)
+        if begun.status == Begin.BUSY:
+            # a copy (the broker's, past its visibility timeout; the reconciler's; one
+            # handed back): the holder runs it, or its lease runs out and the reconciler
+            # sends the node again. Acknowledged, and nothing counted.
+            logger.info(
+                "celery-graph: %s of run %s is running (attempt %d on %s); this copy of "
+                "its message is acknowledged without running",
+                m.result_field,
+                m.run_id,
+                begun.attempt,
+                begun.worker or "unknown",
+            )
+            return None
+        if begun.status == Begin.UNRELEASED:
+            logger.warning(
+                "celery-graph: %s of run %s is not released in the graph state (%s); this "
+                "message is acknowledged without running, and the node is sent when the "
+                "state releases it (the graph Redis lost the write that released it?)",
+                m.result_field,
+                m.run_id,
+                f"upstream node {begun.behind!r} has not finished"
+                if begun.behind
+                else "nothing has released it",
+            )
+            return None
         if begun.status != Begin.RUNNING:
             logger.info(
                 "celery-graph: run %s is %s; node %s not run",
@@ -105,6 +128,8 @@ class NodeRun:
                 m.result_field,
             )
             return None
+        if begun.own is None:
+            self.hold(begun.attempt)
         if expands and begun.own is None:
             return self.expand_map(dict(zip(self.upstream, begun.upstream)))
         choice = ""
@@ -114,8 +139,6 @@ class NodeRun:
             result_json: bytes | str = begun.own
             result = decode_value(begun.own)
         else:
-            # a retry this attempt asks for leases the node only while it is the latest
-            self.task.request.graph_attempt = begun.attempt
             kwargs = self.arguments(begun.inputs, begun.upstream)
             with keeper.hold(self.state, m.run_id, m.result_field):
                 if m.chunk:
@@ -135,6 +158,17 @@ class NodeRun:
         return result
 
     # -- steps ---------------------------------------------------------------------------
+
+    def hold(self, attempt: int) -> None:
+        """This delivery holds the node as ``attempt``: a retry it asks for leases the node
+        only while it is the latest attempt (``_node_retried``), and whatever Celery sends
+        again from this request (a retry: ours, the task's own ``self.retry()``,
+        ``autoretry_for``) may take the node over from it (begin.lua's handover)."""
+        request = self.task.request
+        request.graph_attempt = attempt
+        kwargs = dict(request.kwargs or {})
+        kwargs[GRAPH_KWARG] = self.message.held_by(attempt).fields()
+        request.kwargs = kwargs
 
     def arguments(self, inputs_raw: bytes | None, upstream: list[bytes | None]) -> dict[str, Any]:
         """The keyword arguments of the call (for a chunk: its items under the map's

@@ -53,8 +53,9 @@ def send_again(
     task: Task, message: NodeMessage, exc: Exception, failure: str | None = None
 ) -> Exception:
     """The exception that ends this delivery after an infrastructure error: a Retry when
-    the message could be sent again, else a Reject that hands it back to the broker."""
-    again = message.again(failure)
+    the message could be sent again, else a Reject that hands it back to the broker. A
+    delivery that began an attempt hands the node over to the message it sends."""
+    again = message.again(failure, getattr(task.request, "graph_attempt", 0))
     countdown = backoff(again.infra)
     try:
         redeliver(task, again.fields(), countdown)

@@ -52,8 +52,9 @@ class Begin(TextCode):
 
     RUNNING = "running"  # go ahead (or the result is stored: do not call again)
     DEADLINE = "deadline"  # the run is past its deadline
-    POISON = "poison"  # the node lost its worker too many times
     DONE = "done"  # the node ended without a result, or the map expanded already
+    BUSY = "busy"  # another attempt holds the node: this copy runs nothing
+    UNRELEASED = "unreleased"  # the state has not released the node (it is behind)
 
 
 class Verdict(TextCode):
@@ -81,6 +82,7 @@ class Mode(TextCode):
     RENEW = "renew"
     REQUEUE = "requeue"
     REDELIVER = "redeliver"
+    RELEASE = "release"
 
 
 class Continuation(TextCode):
@@ -128,8 +130,10 @@ class Begun(NamedTuple):
     inputs: bytes | None  # the run inputs (JSON)
     own: bytes | None  # the node's stored result: it ran already
     upstream: list[bytes | None]  # results of the upstream nodes, in the order asked
-    attempt: int = 0  # this attempt's number (when the node is called); POISON: times lost
-    worker: str = ""  # POISON: the worker that last lost it
+    attempt: int = 0  # this attempt's number (when the node is called); BUSY: the holder's
+    worker: str = ""  # BUSY: the worker of the attempt that holds the node
+    lease: float | None = None  # BUSY: when the holder's running lease runs out
+    behind: str = ""  # UNRELEASED: an upstream node not finished ("": the node itself)
     # asked for by a watched node only (``trace`` given to Scripts.begin):
     flow: str | None = None  # the run's flow name
     links: dict[str, str] = {}  # predecessor -> its kept trace context (those that have one)
@@ -156,3 +160,4 @@ class Reclaim:
     next_queued: float | None = None  # the earliest queued lease left (it may have run out)
     # (field, an Expiry, when it was last published or 0)
     expired: tuple[tuple[str, Expiry, float], ...] = ()
+    held: int = 0  # running leases that ran out, extended to the hold instead

@@ -51,7 +51,8 @@ class RunStore:
     ) -> tuple[bool, str]:
         """Store the graph, list the run for the reconciler, then create the run with its
         roots marked published and leased (start.lua); the caller publishes the roots.
-        Returns (True, "") when created, (False, its status) when the run existed."""
+        Returns (True, its creation time: server time, as text) when created, (False, its
+        status) when the run existed."""
         k = self.keys
         self.graphs.put(spec)
         # listed first: if this process dies before publishing, the reconciler finds it
@@ -64,7 +65,7 @@ class RunStore:
         pipe.zadd(k.running_index(), {run_id: now})  # again: a sweep may have just dropped it
         self._list(pipe, run_id, now, (extra or {}).get("flow"))
         translated("listing a run", pipe.execute)
-        return True, ""
+        return True, detail
 
     def refuse(
         self,
@@ -155,6 +156,31 @@ class RunStore:
         """A run that ended and needs nothing more leaves the running index."""
         translated("unlisting a run", lambda: self.client.zrem(self.keys.running_index(), run_id))
 
+    def sweep_clock(self) -> tuple[float, float | None, float | None]:
+        """(the server's time, when the last sweep was or None, the hold after an outage
+        or None), in one round trip; see engine/reconcile.py."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.time()
+        pipe.hmget(self.keys.reconciler_clock(), ["swept", "hold"])
+        (seconds, micros), (swept, hold) = translated("reading the sweep clock", pipe.execute)
+        return (
+            float(seconds) + micros / 1e6,
+            float(swept) if swept else None,
+            float(hold) if hold else None,
+        )
+
+    def mark_swept(self, when: float, hold: float | None = None) -> None:
+        """A sweep was done at ``when`` (server time); ``hold``: a new hold (see
+        engine/reconcile.py). Kept a run ttl, like the index of running runs."""
+        key = self.keys.reconciler_clock()
+        fields = {"swept": repr(when)}
+        if hold is not None:
+            fields["hold"] = repr(hold)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(key, mapping=fields)
+        pipe.expire(key, self.run_ttl)
+        translated("writing the sweep clock", pipe.execute)
+
     def running_count(self) -> int:
         return int(
             translated(
@@ -187,8 +213,9 @@ class RunStore:
         raw = translated("reading a run", lambda: self.client.hgetall(self.keys.run(run_id)))
         if not raw:
             raise RunNotFound(
-                f"no run {run_id} under key prefix {self.keys.prefix!r} (finished runs expire "
-                "after graph_result_ttl)"
+                f"no run {run_id} under key prefix {self.keys.prefix!r}: it never started "
+                "there, expired (a finished run is kept graph_result_ttl), or was lost with "
+                "the graph Redis's data"
             )
         return {k.decode(): v.decode() for k, v in raw.items()}
 

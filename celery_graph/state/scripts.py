@@ -121,12 +121,15 @@ class Scripts:
         hostname: str,
         upstream_ids: list[str],
         expands: bool = False,
+        handover: int = 0,
         *,
         trace: str | None = None,
         links: Sequence[str] = (),
     ) -> Begun:
         """Record the start of ``field`` (a node id, or "<node>#<i>" for a map item) and
         read the results of ``upstream_ids`` (a long list in parts, after the script).
+        ``handover``: the attempt that sent this message (a retry), which may hand the
+        node over to it while it holds it.
 
         A watched node (a tracer or an error reporter is active: ``trace`` is not None)
         also keeps ``trace``, this attempt's trace context, unless it is "", and reads in
@@ -141,7 +144,7 @@ class Scripts:
                 self.settings.running_lease,
                 self.settings.run_ttl,
                 "map" if expands else "",
-                self.settings.max_lost,
+                handover or "",
                 *watch,
                 *upstream_ids[:PART],
             ],
@@ -155,8 +158,19 @@ class Scripts:
 
     def _begun(self, reply: list[Any], run_id: str, upstream_ids: list[str]) -> Begun:
         status = _text(reply[0]) if reply and reply[0] is not None else None
-        if status == Begin.POISON:
-            return Begun(Begin.POISON, None, None, [], int(reply[1]), _text(reply[2]))
+        if status == Begin.BUSY:
+            lease = _text(reply[3]) if reply[3] else ""
+            return Begun(
+                Begin.BUSY,
+                None,
+                None,
+                [],
+                int(reply[2] or 0),
+                _text(reply[1]),
+                float(lease) if lease else None,
+            )
+        if status == Begin.UNRELEASED:
+            return Begun(Begin.UNRELEASED, None, None, [], behind=_text(reply[1] or ""))
         if status != Begin.RUNNING:
             return Begun(_begin_status(status), None, None, [])
         if reply[2]:
@@ -359,16 +373,26 @@ class Scripts:
     # -- leases and the reconciler ------------------------------------------------------
 
     def lease(
-        self, run_id: str, mode: Mode, seconds: float, fields: list[str], attempt: int = 0
+        self,
+        run_id: str,
+        mode: Mode,
+        seconds: float,
+        fields: list[str],
+        attempt: int = 0,
+        worker: str = "",
     ) -> int:
         """Set leases of ``fields`` ``seconds`` from now (see lease.lua for the modes;
-        ``attempt`` for REQUEUE)."""
+        ``attempt`` for REQUEUE, ``worker`` for RELEASE)."""
         if not fields:
             return 0
-        return int(self._run("lease", run_id, [Mode(mode).value, seconds, attempt or "", *fields]))
+        who = worker if mode == Mode.RELEASE else attempt or ""
+        return int(self._run("lease", run_id, [Mode(mode).value, seconds, who, *fields]))
 
-    def reclaim(self, run_id: str, limit: int = 1000) -> Reclaim:
-        reply = self._run("reclaim", run_id, [self.settings.max_lost, limit])
+    def reclaim(self, run_id: str, limit: int = 1000, hold: float | None = None) -> Reclaim:
+        """The reconciler's look at a run (see reclaim.lua); ``hold``: server time until
+        which running leases that ran out are extended instead of reclaimed."""
+        args = [self.settings.max_lost, limit, "" if hold is None else repr(hold)]
+        reply = self._run("reclaim", run_id, args)
         verdict = Verdict(_text(reply[0]))
         if verdict == Verdict.ENDED:
             return Reclaim(verdict, pending_continuation=bool(int(reply[1])))
@@ -376,12 +400,12 @@ class Scripts:
             return Reclaim(verdict, poison=(_text(reply[1]), int(reply[2]), _text(reply[3])))
         if verdict != Verdict.OK:
             return Reclaim(verdict)
-        count = int(reply[4])
+        count = int(reply[5])
         found = [
             (
-                _text(reply[5 + 3 * i]),
-                Expiry(_text(reply[6 + 3 * i])),
-                float(_text(reply[7 + 3 * i]) or 0),
+                _text(reply[6 + 3 * i]),
+                Expiry(_text(reply[7 + 3 * i])),
+                float(_text(reply[8 + 3 * i]) or 0),
             )
             for i in range(count)
         ]
@@ -392,6 +416,7 @@ class Scripts:
             next_running=float(running) if running else None,
             next_queued=float(queued) if queued else None,
             expired=tuple(found),
+            held=int(reply[4]),
         )
 
     def continuation(self, run_id: str, mode: str, hold: float = 60.0) -> Continuation:

@@ -1,7 +1,8 @@
 """The worker registry, per-worker task counters and run counters, as stored in Redis.
 
     P:worker:{W}           hash  hostname, pid, node, token, queues (JSON), started,
-                                 heartbeat, state
+                                 heartbeat, state, held (JSON: "<run id>:<field>" of
+                                 each node message the worker holds, reserved or active)
     P:worker:{W}:metrics   hash  counters and histograms written by the pool processes
     P:workers              zset  hostname -> last heartbeat (the listing index)
     P:metrics:runs         hash  run counters and the run-duration histogram
@@ -20,6 +21,7 @@ duration buckets, ``+Inf`` included), ``s|<task>|<queue>`` (summed seconds).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -173,6 +175,31 @@ class WorkerStore:
             return self.server_time(), out
 
         return translated("reading the worker registry", read)
+
+    def held(self) -> set[str]:
+        """ "<run id>:<field>" of every node message a listed worker holds (prefetched,
+        reserved or running), as its last heartbeat said; a worker whose entry expired
+        holds nothing."""
+
+        def read() -> set[str]:
+            hostnames = [_text(h) for h in self.client.zrange(self.keys.workers_index(), 0, -1)]
+            if not hostnames:
+                return set()
+            pipe = self.client.pipeline(transaction=False)
+            for h in hostnames:
+                pipe.hget(self.keys.worker(h), "held")
+            out: set[str] = set()
+            for raw in pipe.execute():
+                if raw:
+                    try:
+                        units = json.loads(raw)
+                    except ValueError:
+                        continue  # written by something else: holds nothing we can read
+                    if isinstance(units, list):
+                        out.update(u for u in units if isinstance(u, str))
+            return out
+
+        return translated("reading what workers hold", read)
 
     # -- counters --------------------------------------------------------------------
 

@@ -93,8 +93,9 @@ class Heartbeat:
     entry's last heartbeat is younger than two intervals, and it is not a dead process of
     this machine (a worker restarted at once after a crash takes its name back).
     ``describe`` is called at every beat and returns the fields that change while the
-    worker runs (queues, in-flight count); the metrics counters themselves are written by
-    the pool processes, this only keeps their hash alive.
+    worker runs (queues, in-flight count, the node messages it holds: "<run id>:<field>"
+    of each); the metrics counters themselves are written by the pool processes, this
+    only keeps their hash alive.
     """
 
     def __init__(
@@ -125,6 +126,8 @@ class Heartbeat:
             "node": self.node,
             "state": self.state,
             "queues": json.dumps(sorted(extra.pop("queues", []))),
+            # the node messages it holds: the reconciler does not send them again
+            "held": json.dumps(sorted(extra.pop("held", []))),
         }
         in_flight = extra.pop("in_flight", None)
         fields.update({k: str(v) for k, v in extra.items()})

@@ -23,14 +23,61 @@ from celery.worker import state as worker_state
 from ..config import WorkerOptions, reliable_defaults_wanted
 from ..dispatch import QueueDepth
 from ..engine.reconcile import SweepThread
-from ..errors import CeleryGraphError, ConfigurationError, NoGraphRedis, StoreUnavailable
+from ..errors import (
+    CeleryGraphError,
+    ConfigurationError,
+    MalformedMessage,
+    NoGraphRedis,
+    StoreUnavailable,
+)
 from ..executor import adopt_tasks
-from ..state import state_for
+from ..protocol import NodeMessage, graph_fields
+from ..state import Mode, state_for
 from ..state.workers import REDIS_REQUIRED, version_tuple
 from .endpoint import MetricsServer, WorkerCollector
 from .heartbeat import DuplicateWorkerName, Heartbeat
 
 logger = logging.getLogger("celery_graph.worker")
+
+RELEASE_WAIT = 2.0  # seconds a cold shutdown waits for the leases it hands back to be released
+
+
+def _requests(requests: Any) -> list[Any]:
+    """A copy of one of Celery's sets of requests (weak sets the consumer changes while
+    the heartbeat thread reads them)."""
+    for _ in range(5):
+        try:
+            return list(requests)
+        except RuntimeError:  # changed size during iteration: read it again
+            continue
+    return []
+
+
+def node_messages(requests: Any) -> list[NodeMessage]:
+    """The node messages among ``requests`` (Celery's ``Request`` objects)."""
+    out = []
+    for request in _requests(requests):
+        fields = graph_fields(getattr(request, "kwargs", None))
+        if fields is None:
+            continue
+        try:
+            out.append(NodeMessage.parse(fields))
+        except MalformedMessage:
+            continue
+    return out
+
+
+def held() -> list[str]:
+    """ "<run id>:<field>" of every node message this worker holds: prefetched or reserved
+    (waiting for a pool slot), or running. Its heartbeat lists them, so the reconciler
+    does not send them again while they wait in this worker (a stock prefetch of four per
+    process keeps messages out of the broker's queue for as long as the work ahead of
+    them takes)."""
+    return [
+        m.unit
+        for m in node_messages(worker_state.reserved_requests)
+        + node_messages(worker_state.active_requests)
+    ]
 
 
 def _fail(message: str) -> NoReturn:
@@ -77,7 +124,9 @@ class GraphWorkerStep(bootsteps.StartStopStep):
         queues = lambda: sorted(w.app.amqp.queues.consume_from or w.app.amqp.queues)  # noqa: E731
         in_flight = lambda: len(worker_state.active_requests)  # noqa: E731
         self.heartbeat = Heartbeat(
-            state, w.hostname, describe=lambda: {"queues": queues(), "in_flight": in_flight()}
+            state,
+            w.hostname,
+            describe=lambda: {"queues": queues(), "in_flight": in_flight(), "held": held()},
         )
         try:
             self._check_version(state)
@@ -142,8 +191,17 @@ class GraphWorkerStep(bootsteps.StartStopStep):
 
         def cold() -> None:
             # Celery's cold shutdown (SIGQUIT): cancel the running late-ack tasks, whose
-            # unacked messages the broker connection hands back when it closes.
-            os.kill(main_pid, signal.SIGQUIT)
+            # unacked messages the broker connection hands back when it closes. Their
+            # running leases are released first (for at most RELEASE_WAIT seconds), so the
+            # handed-back messages run at once where they land instead of waiting for the
+            # leases to run out.
+            def hand_back() -> None:
+                releasing = threading.Thread(target=self._release_leases, daemon=True)
+                releasing.start()
+                releasing.join(RELEASE_WAIT)
+                os.kill(main_pid, signal.SIGQUIT)
+
+            threading.Thread(target=hand_back, name="celery-graph-hand-back", daemon=True).start()
 
         def handler(signum: int, frame: Any) -> None:
             if os.getpid() != main_pid:
@@ -163,6 +221,25 @@ class GraphWorkerStep(bootsteps.StartStopStep):
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+
+    def _release_leases(self) -> None:
+        """Release the running leases of the node messages this worker runs: it hands them
+        back to the broker (lease.lua "release": only those whose latest attempt is still
+        this worker's)."""
+        w = self._worker
+        if w is None:
+            return
+        by_run: dict[str, list[str]] = {}
+        for m in node_messages(worker_state.active_requests):
+            by_run.setdefault(m.run_id, []).append(m.result_field)
+        try:
+            state = state_for(w.app)
+            for run_id, fields in by_run.items():
+                state.scripts.lease(
+                    run_id, Mode.RELEASE, state.settings.queued_lease, fields, worker=w.hostname
+                )
+        except CeleryGraphError as exc:  # their leases run out instead: slower, not lost
+            logger.warning("celery-graph: could not release the leases handed back: %s", exc)
 
     def _mark_stopping(self) -> None:
         if self.heartbeat is not None:

@@ -1,8 +1,20 @@
--- begin.lua: a worker starts a node (or an item of a map). Reads what the node needs in
--- one round trip and records the attempt with a running lease, but only while the run is
--- still running (so a late duplicate of a finished run's message never re-creates an
--- expired key). The worker renews the lease while the node runs (lease.lua); a lease
--- that runs out means the worker died, and the reconciler publishes the node again.
+-- begin.lua: a worker starts a node (or a unit of a map: an item or a chunk). Reads what
+-- the node needs in one round trip and records the attempt with a running lease, but only
+-- while the run is still running (so a late duplicate of a finished run's message never
+-- re-creates an expired key). The worker renews the lease while the node runs (lease.lua);
+-- a lease that runs out means the worker died, and the reconciler publishes the node
+-- again (reclaim.lua counts the lost worker there, and only there).
+--
+-- One live execution per node (DESIGN.md, invariant 11): a copy of the message that finds
+-- the node running (a broker restoring an unacked message past its visibility timeout, a
+-- copy the reconciler sent, a message handed back) runs nothing and counts nothing, whether
+-- the running lease is alive or ran out: the holder is alive, or the reconciler sends the
+-- node again once its lease has run out. Only the attempt that holds the node may hand it
+-- over to a message it sent itself (a retry, a message sent again after an
+-- infrastructure error): ARGV[6] names that attempt. A message ahead of the graph state
+-- (its node not released, or an upstream node unfinished: the write that released it was
+-- lost with the graph Redis's data) runs nothing either; the node is published when the
+-- state releases it.
 --
 -- KEYS[1] K.run      run record          (hash)
 -- KEYS[2] K.results  run results         (hash: node id or "<node>#<i>" -> JSON result)
@@ -12,12 +24,12 @@
 -- KEYS[7] K.leases   running leases      (zset: field -> lease expiry, server time)
 -- KEYS[8] K.queued   queued leases       (zset: field -> lease expiry; the field leaves it)
 -- (KEYS[1..8] are the run's keys, lib/run.lua; the others are not touched here)
--- ARGV[1] field: the node id, or "<node>#<i>" for item i of a map
+-- ARGV[1] field: the node id, "<node>#<i>" for item i of a map, "<node>@<j>" for chunk j
 -- ARGV[2] worker hostname
 -- ARGV[3] running lease (seconds)
 -- ARGV[4] run ttl (seconds)
 -- ARGV[5] "map" for the message of a map node itself (it expands into items), else ""
--- ARGV[6] how many times a node may lose its worker (graph_max_lost)
+-- ARGV[6] the attempt that sent this message and hands the node over to it, or ""
 -- ARGV[7] this attempt's trace context (a W3C traceparent), kept as "<field>:trace" in
 --         K.nodes for the span links of the joins downstream; "" keeps none
 -- ARGV[8] "" when no tracer or error reporter watches the node; else the number L of
@@ -27,25 +39,27 @@
 --
 -- Returns {status} when the run is not running (its status, or nil when it is gone);
 -- {Begin.DEADLINE} when the run's deadline (field "deadline" of the run record, server
--- time) has passed; {Begin.POISON, times, last worker} when the node's previous attempts
--- died in their workers (each found the node still "running") more than ARGV[6] times;
--- {Begin.DONE} when the node already ended without a result (failed under a group
--- policy, skipped) or the map was expanded already; {Begin.RUNNING, inputs JSON, own
--- result} when the result is stored (the caller must not call the function again); else
--- {Begin.RUNNING, inputs JSON, false, attempt number, upstream result or false ...}.
+-- time) has passed; {Begin.DONE} when the node already ended without a result (failed
+-- under a group policy, skipped) or the map was expanded already; {Begin.BUSY, worker,
+-- attempt, lease expiry or ""} when another attempt holds the node (running);
+-- {Begin.UNRELEASED, upstream id or ""} when the state has not released the node (the
+-- id: an upstream node not finished); {Begin.RUNNING, inputs JSON, own result} when the
+-- result is stored (the caller must not call the function again); else {Begin.RUNNING,
+-- inputs JSON, false, attempt number, upstream result or false ...}.
 -- When ARGV[8] is not "", every answer ends with one more element, what the watchers
 -- show: {the run's flow name or false, each predecessor's trace context or false ...}.
 -- @include "clock"
 -- @include "run"
 -- @include "node_record"
 local field, worker, running_lease, run_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local expands, max_lost = ARGV[5] == 'map', tonumber(ARGV[6])
+local expands, handover = ARGV[5] == 'map', ARGV[6]
 local trace, watched = ARGV[7], ARGV[8] ~= ''
 local FIRST_LINK = 9
 local links = watched and tonumber(ARGV[8]) or 0
 local FIRST_UPSTREAM = FIRST_LINK + links
 
-local Begin = {RUNNING = 'running', DEADLINE = 'deadline', POISON = 'poison', DONE = 'done'}
+local Begin = {RUNNING = 'running', DEADLINE = 'deadline', DONE = 'done', BUSY = 'busy',
+               UNRELEASED = 'unreleased'}
 
 -- ``out``, and what the watchers show when the node is watched (ARGV[8])
 local function answer(out)
@@ -77,14 +91,29 @@ if state == 'failed' or state == 'skipped' or state == 'skipping'
     or (expands and redis.call('HEXISTS', K.nodes, field .. ':items') == 1) then
   return answer({Begin.DONE})
 end
+-- released: a node has a state from its release on; a unit of a map, once its map node
+-- expanded (a unit's own state starts with its first attempt)
+local map_node = string.match(field, '^(.+)[#@]%d+$')
+if not state and not (map_node and redis.call('HEXISTS', K.nodes, map_node .. ':items') == 1) then
+  return answer({Begin.UNRELEASED, ''})
+end
 local record = read_record(field)
-if state == 'running' then
-  -- the previous attempt never ended: its worker died (a crash, an OOM kill, a pool
-  -- process lost), and Celery or the broker delivered the message again
-  local lost = redis.call('HINCRBY', K.nodes, field .. ':lost', 1)
-  if lost > max_lost then
-    return answer({Begin.POISON, lost, record.worker})
+if state == 'running' and record.attempts ~= handover then
+  return answer({Begin.BUSY, record.worker, record.attempts,
+                 redis.call('ZSCORE', K.leases, field) or ''})
+end
+local upstream = {}
+for i = FIRST_UPSTREAM, #ARGV do
+  local result = redis.call('HGET', K.results, ARGV[i])
+  if not result then
+    -- none stored: it ended without one (a skip, a failure its group tolerates), or the
+    -- state is behind this message
+    local up = redis.call('HGET', K.nodes, ARGV[i] .. ':state')
+    if up ~= 'skipped' and up ~= 'skipping' and up ~= 'failed' and up ~= 'succeeded' then
+      return answer({Begin.UNRELEASED, ARGV[i]})
+    end
   end
+  upstream[#upstream + 1] = result
 end
 local attempt = tonumber(record.attempts) + 1
 local started = {attempts = attempt, started = nowstr, finished = '', worker = worker}
@@ -99,7 +128,7 @@ redis.call('ZADD', K.leases, now + tonumber(running_lease), field)
 redis.call('EXPIRE', K.nodes, run_ttl)
 redis.call('EXPIRE', K.leases, run_ttl)
 local out = {status, inputs, false, attempt}
-for i = FIRST_UPSTREAM, #ARGV do
-  out[#out + 1] = redis.call('HGET', K.results, ARGV[i])
+for _, result in ipairs(upstream) do
+  out[#out + 1] = result
 end
 return answer(out)

@@ -21,8 +21,9 @@
 -- caller passes the skip on); one with at least one real arrival is released.
 --
 -- "<node>:unsettled" marks a node whose end is recorded but whose arrivals are not (it
--- ended after its run did, or its failure broke its group's policy); a resume sends it
--- again, and its last part here clears the mark.
+-- ended after its failed or cancelled run did, or its failure broke its group's policy);
+-- a resume sends it again, and its last part here clears the mark. A copy that ends after
+-- another copy arrived, or after the run succeeded, marks nothing.
 --
 -- A node with many successors arrives in parts (ARGV[14], ARGV[15]): the first part stores
 -- the result (or the failure, or the skip), every part arrives at its share of the
@@ -97,8 +98,13 @@ if status ~= 'running' then
     -- send it again, and that copy (which finds its result) makes them.
     redis.call('HSETNX', K.results, node, result)
     pin_choice()
-    redis.call('HSET', K.nodes, node .. ':state', 'succeeded', node .. ':unsettled', '1')
-    record_finished(node, nowstr)
+    -- a late copy of a node that arrived already (another copy ran it, and the run went
+    -- on) has nothing to settle; nor has anything of a run that succeeded (never resumed)
+    if status ~= 'succeeded'
+        and redis.call('HGET', K.nodes, node .. ':state') ~= 'succeeded' then
+      redis.call('HSET', K.nodes, node .. ':state', 'succeeded', node .. ':unsettled', '1')
+      record_finished(node, nowstr)
+    end
     redis.call('ZREM', K.leases, node)
     redis.call('ZREM', K.queued, node)
     adopt_run_ttl({K.results, K.nodes})

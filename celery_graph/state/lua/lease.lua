@@ -5,6 +5,10 @@
 --                only while the attempt that asked for it is the latest (a retry
 --                delivered and finished before the old attempt reported is left alone)
 --   "redeliver"  the reconciler publishes them again: counted, back to "queued"
+--   "release"    a worker hands them back to the broker as it stops (a cold shutdown):
+--                back to "queued" with a queued lease, so the handed-back message runs at
+--                once wherever it is delivered; only those whose latest attempt is that
+--                worker's and still running
 --
 -- KEYS[1] K.run      run record          (hash)
 -- KEYS[3] K.nodes    run node state      (hash)
@@ -13,17 +17,19 @@
 -- (KEYS[1..8] are the run's keys, lib/run.lua; the others are not touched here)
 -- ARGV[1] mode, a Mode
 -- ARGV[2] lease length (seconds from now)
--- ARGV[3] for "requeue": the attempt number that retries (begin.lua counted it), else ""
+-- ARGV[3] for "requeue": the attempt number that retries (begin.lua counted it); for
+--         "release": the worker's hostname; else ""
 -- ARGV[4 ..] fields
 --
 -- Returns the number of leases set; 0 when the run is not running (but for "renew").
 -- @include "clock"
 -- @include "run"
 -- @include "node_record"
-local mode, seconds, attempt = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local mode, seconds, who = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local FIRST_FIELD = 4
 
-local Mode = {RENEW = 'renew', REQUEUE = 'requeue', REDELIVER = 'redeliver'}
+local Mode = {RENEW = 'renew', REQUEUE = 'requeue', REDELIVER = 'redeliver',
+              RELEASE = 'release'}
 
 local status = redis.call('HGET', K.run, 'status')
 -- a node still running after its run was cancelled or failed keeps renewing its lease
@@ -41,7 +47,7 @@ for i = FIRST_FIELD, #ARGV do
     set = set + redis.call('ZADD', K.leases, 'XX', 'CH', expiry, field)
   elseif mode == Mode.REQUEUE then
     if redis.call('HGET', K.nodes, field .. ':state') == 'running'
-        and read_record(field).attempts == attempt then
+        and read_record(field).attempts == who then
       redis.call('ZREM', K.leases, field)
       redis.call('ZADD', K.queued, expiry, field)
       redis.call('HSET', K.nodes, field .. ':state', 'retrying')
@@ -57,6 +63,14 @@ for i = FIRST_FIELD, #ARGV do
       redis.call('HSET', K.nodes, field .. ':state', 'queued')
     end
     set = set + 1
+  elseif mode == Mode.RELEASE then
+    if redis.call('HGET', K.nodes, field .. ':state') == 'running'
+        and read_record(field).worker == who then
+      redis.call('ZREM', K.leases, field)
+      redis.call('ZADD', K.queued, expiry, field)
+      redis.call('HSET', K.nodes, field .. ':state', 'queued', field .. ':queued', nowstr)
+      set = set + 1
+    end
   end
 end
 -- a leases set emptied earlier (Redis drops an empty zset) comes back without an expiry:
