@@ -95,8 +95,9 @@ def _create(app, flow, inputs: str = "{}") -> tuple[str, object]:
 
 
 def test_a_failing_copy_of_a_node_whose_result_is_stored_changes_nothing(app, tag):
-    """Two copies of one message run at once: the first stores its result, the second
-    fails afterwards. The run goes on as the stored result says."""
+    """Two copies of one message run at once (the second takes the node over from the
+    first, as only a message the holding attempt sent may: "a": 1): the first stores its
+    result, the second fails afterwards. The run goes on as the stored result says."""
     flow = succeed_then_fail.bind(tag=tag, ok_after=1.0, fail_after=1.5)
     flow = flow >> step.bind(name="after", tag=tag)
     spec = flow.compile()
@@ -104,13 +105,14 @@ def test_a_failing_copy_of_a_node_whose_result_is_stored_changes_nothing(app, ta
         run = flow.apply_async()
         node_task = spec.nodes["succeed_then_fail"].task
         tid = task_id_for(run.id, "succeed_then_fail")
+        wait_for(lambda: "start:succeed_then_fail:1" in read_trace(tag), what="the first copy")
         app.send_task(
             node_task,
             kwargs={
                 "tag": tag,
                 "ok_after": 1.0,
                 "fail_after": 1.5,
-                "_graph": {"g": spec.graph_id, "r": run.id, "n": "succeed_then_fail"},
+                "_graph": {"g": spec.graph_id, "r": run.id, "n": "succeed_then_fail", "a": 1},
             },
             task_id=tid,
         )

@@ -122,6 +122,8 @@ def test_sigint_after_the_graceful_timeout_hands_the_node_back(env):
     status = GraphRun(run.id, app=app).status()
     assert status.nodes["ops_long"].worker.startswith("int2@")
     assert status.nodes["ops_long"].attempts == 2
+    # handed back with its lease released: run at once where it landed, nothing lost
+    assert (status.nodes["ops_long"].lost, status.nodes["ops_long"].redelivered) == (0, 0)
     check_once(client, tag, run, app)
     wait_registered(app, w2)
 
@@ -141,7 +143,9 @@ def test_a_second_sigterm_hands_back_at_once(env):
     w1.wait(20)
     assert time.monotonic() - signalled < 10, w1.log()  # not the 60 s graceful timeout
     assert run.get(timeout=30) == "ops_last<-ops_long"
-    assert GraphRun(run.id, app=app).status().nodes["ops_long"].worker.startswith("twice2@")
+    long = GraphRun(run.id, app=app).status().nodes["ops_long"]
+    assert long.worker.startswith("twice2@")
+    assert (long.lost, long.redelivered) == (0, 0)  # its lease was released with it
     check_once(client, tag, run, app)
     wait_registered(app, w2)
 

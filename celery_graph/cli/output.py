@@ -280,7 +280,12 @@ def print_sweep(report: Any, out: IO[str]) -> None:
     out.write(
         f"looked at {report.runs} run(s): sent again {len(report.redelivered)}"
         + "".join(f"\n  sent again {r}" for r in report.redelivered)
-        + f"\n  still queued (busy queue): {report.extended}, skips passed on: "
-        f"{report.skips}, maps completed: {report.maps}, runs failed: {len(report.failed)}, "
-        f"canvases continued: {len(report.continued)}\n"
+        + f"\n  still queued (busy queue, or held by a live worker): {report.extended}, skips "
+        f"passed on: {report.skips}, maps completed: {report.maps}, runs failed: "
+        f"{len(report.failed)}, canvases continued: {len(report.continued)}\n"
     )
+    if report.hold is not None:
+        out.write(
+            f"  after an outage (no sweep for over half a running lease), running leases "
+            f"that ran out are extended for now, not reclaimed: {report.held} this sweep\n"
+        )
