@@ -218,7 +218,7 @@ def test_an_old_entry_whose_graph_is_gone_is_a_failed_run_in_runs_status_and_the
 
     # the reconciler looks at it once (a canvas may wait on it) and lets it go
     state = state_for(app)
-    Reconciler(app).reconcile(state, run_id, Sweep(), {})
+    Reconciler(app).reconcile(state, run_id, Sweep())
     assert state.client.zscore(state.keys.running_index(), run_id) is None
     assert state.runs.record(run_id)["status"] == "failed"
 

@@ -316,21 +316,24 @@ def test_a_watched_begin_keeps_its_trace_and_reads_flow_and_links_in_the_same_ca
     state, s = walk_state, walk_state.scripts
     spec = (step.bind(id="a") >> (step.bind(id="b") | step.bind(id="c")) >> join_count).compile()
     run_id = f"{tag}{'1' * 20}"
-    assert state.runs.create(run_id, spec, "{}", extra={"flow": "etl"}) == (True, "")
+    assert state.runs.create(run_id, spec, "{}", extra={"flow": "etl"})[0]
     nodes = state.keys.nodes(run_id)
 
     plain = s.begin(run_id, "a", "w1@host", [])
     assert (plain.flow, plain.links) == (None, {})
     assert state.client.hget(nodes, "a:trace") is None
+    s.complete(spec, run_id, spec.nodes["a"], '"a"')  # releases b and c
     watched = s.begin(run_id, "b", "w1@host", [], trace="00-" + "1" * 32 + "-" + "b" * 16 + "-01")
     assert (watched.status, watched.flow, watched.links) == (Begin.RUNNING, "etl", {})
     assert state.client.hget(nodes, "b:trace") == b"00-" + b"1" * 32 + b"-" + b"b" * 16 + b"-01"
     untraced = s.begin(run_id, "c", "w1@host", [], trace="")  # watched, nothing to keep
     assert (untraced.flow, state.client.hget(nodes, "c:trace")) == ("etl", None)
+    for node in ("b", "c"):
+        s.complete(spec, run_id, spec.nodes[node], f'"{node}"')  # the last releases the join
 
     join = s.begin(run_id, "join_count", "w1@host", ["b"], trace="", links=["a", "b", "c"])
     assert join.links == {"b": "00-" + "1" * 32 + "-" + "b" * 16 + "-01"}
-    assert (join.flow, join.upstream, join.attempt) == ("etl", [None], 1)
+    assert (join.flow, join.upstream, join.attempt) == ("etl", [b'"b"'], 1)
     # a run that is not running answers its status, and the flow when watched
     assert s.finish(run_id, "cancelled") == Finish.ENDED
     ended = s.begin(run_id, "a", "w1@host", [], trace="", links=["b"])

@@ -188,8 +188,12 @@ class Reconciler:
             report.hold = hold
         return now
 
-    def reconcile(self, state: State, run_id: str, report: Sweep, look: Look) -> float:
-        """Look at one run; the server time it was looked at."""
+    def reconcile(
+        self, state: State, run_id: str, report: Sweep, look: Look | None = None
+    ) -> float:
+        """Look at one run (``look``: what the sweep shares between runs); the server time
+        it was looked at, or 0."""
+        look = look or Look()
         r = state.scripts.reclaim(run_id, hold=look.hold)
         if r.verdict == Verdict.GONE:
             state.runs.forget(run_id)
