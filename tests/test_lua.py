@@ -4,6 +4,7 @@ Cluster."""
 
 from __future__ import annotations
 
+import json
 import re
 from importlib import resources
 
@@ -382,3 +383,17 @@ def test_worker_scripts(walk_state, tag):
     assert not workers.beat(f"w-{tag}", "t2", {}, in_flight=None, ttl=30)
     workers.remove(f"w-{tag}", "t1")
     assert walk_state.client.exists(walk_state.keys.worker(f"w-{tag}")) == 0
+
+
+def test_the_sweep_clock_and_what_workers_hold(walk_state, tag):
+    """The reconciler's reads and writes outside the scripts work on a Cluster too (its
+    pipelines refuse TIME, and a worker's keys are in their own slots)."""
+    runs, workers = walk_state.runs, walk_state.workers
+    now, swept, hold = runs.sweep_clock()
+    assert (swept, hold) == (None, None) and now > 0
+    runs.mark_swept(now, hold=now + 5)
+    assert runs.sweep_clock()[1:] == (now, now + 5)
+    for i in range(3):
+        held = {"held": json.dumps([f"{'ab' * 16}:n#{i}"])}
+        assert workers.claim(f"w{i}-{tag}", "t", held, ttl=30, live_window=10).claimed
+    assert workers.held() == {f"{'ab' * 16}:n#{i}" for i in range(3)}

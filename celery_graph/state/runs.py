@@ -158,16 +158,13 @@ class RunStore:
 
     def sweep_clock(self) -> tuple[float, float | None, float | None]:
         """(the server's time, when the last sweep was or None, the hold after an outage
-        or None), in one round trip; see engine/reconcile.py."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.time()
-        pipe.hmget(self.keys.reconciler_clock(), ["swept", "hold"])
-        (seconds, micros), (swept, hold) = translated("reading the sweep clock", pipe.execute)
-        return (
-            float(seconds) + micros / 1e6,
-            float(swept) if swept else None,
-            float(hold) if hold else None,
+        or None); see engine/reconcile.py. (Two calls: a Cluster pipeline refuses TIME.)"""
+        now = self.time()
+        swept, hold = translated(
+            "reading the sweep clock",
+            lambda: self.client.hmget(self.keys.reconciler_clock(), ["swept", "hold"]),
         )
+        return now, float(swept) if swept else None, float(hold) if hold else None
 
     def mark_swept(self, when: float, hold: float | None = None) -> None:
         """A sweep was done at ``when`` (server time); ``hold``: a new hold (see
