@@ -180,6 +180,9 @@ def test_messages_a_live_worker_holds_in_its_prefetch_buffer_are_not_sent_again(
     The worker's heartbeat lists what it holds, so the reconciler leaves them alone:
     every item runs once and none is sent again."""
     w = _workers(redis_url, pool="prefork", concurrency=2, stock=True)
+    # a queued lease of 4 s (the items wait up to 6 s) leaves the heartbeats (every 0.5 s)
+    # room on a loaded machine
+    w.extra_env["CELERY_GRAPH_QUEUED_LEASE"] = "4"
     try:
         w.start("prefetch")
         flow = split.bind(n=10) >> slow_item.bind(tag=tag, delay=1.5).map("split")
