@@ -288,7 +288,8 @@ SETTINGS: tuple[Setting, ...] = (
         "CELERY_GRAPH_MAX_LOST",
         5,
         POSITIVE_INT,
-        "a node whose worker dies while running it more often fails the run with `NodeLost`",
+        "a node whose running lease runs out (its worker died running it) more often fails the "
+        "run with `NodeLost`; copies of its message that find it running never count",
     ),
     Setting(
         "graph_max_queue_depth",

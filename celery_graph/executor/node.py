@@ -129,7 +129,7 @@ class NodeRun:
             )
             return None
         if begun.own is None:
-            self.hold(begun.attempt)
+            self.claim(begun.attempt)
         if expands and begun.own is None:
             return self.expand_map(dict(zip(self.upstream, begun.upstream)))
         choice = ""
@@ -159,7 +159,7 @@ class NodeRun:
 
     # -- steps ---------------------------------------------------------------------------
 
-    def hold(self, attempt: int) -> None:
+    def claim(self, attempt: int) -> None:
         """This delivery holds the node as ``attempt``: a retry it asks for leases the node
         only while it is the latest attempt (``_node_retried``), and whatever Celery sends
         again from this request (a retry: ours, the task's own ``self.retry()``,
