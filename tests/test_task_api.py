@@ -12,8 +12,17 @@ from celery.result import AsyncResult, EagerResult
 from celery.signals import task_prerun
 from pydantic import BaseModel
 
-from celery_graph import GraphDefinitionError, GraphRun, RunFailed, TaskNode, task
+from celery_graph import (
+    ConfigurationError,
+    GraphDefinitionError,
+    GraphRun,
+    RunFailed,
+    TaskNode,
+    compat,
+    task,
+)
 from celery_graph.executor import GraphTask
+from celery_graph.signals import graph_task_declared
 from tests.tasks import step
 
 # -- tasks of this module (registered at import, before the session's worker starts) ----
@@ -48,9 +57,17 @@ def order(qty: object = 2, price: float = 1.5) -> dict:
     return {"qty": qty, "price": price}
 
 
-@task(pydantic=True)
-def priced(order: Order) -> Total:
-    return Total(amount=order.qty * order.price)
+# Celery 5.5 added pydantic=True; on older Celery declaring it is refused (tested below)
+PYDANTIC = compat.has(compat.TASK_OPTIONS_SINCE["pydantic"])
+needs_pydantic = pytest.mark.skipif(
+    not PYDANTIC, reason=f"@task(pydantic=True) needs Celery 5.5+, this is {compat.installed()}"
+)
+
+if PYDANTIC:
+
+    @task(pydantic=True)
+    def priced(order: Order) -> Total:
+        return Total(amount=order.qty * order.price)
 
 
 @task(
@@ -195,7 +212,11 @@ def test_start_delay_is_delay_by_and_delay_is_celerys(app):
 def test_calling_the_node_runs_the_function_locally():
     assert plus(2, y=5) == 7
     assert whoami(x=3)["x"] == 3  # bind=True: Celery supplies the task
-    assert priced({"qty": 2, "price": 2.0}) == {"amount": 4.0}  # pydantic validates
+
+
+@needs_pydantic
+def test_calling_a_pydantic_node_validates_locally():
+    assert priced({"qty": 2, "price": 2.0}) == {"amount": 4.0}
 
 
 # -- task options and names -------------------------------------------------------------
@@ -249,6 +270,7 @@ def test_bind_and_inject_context_together_are_refused():
 # -- pydantic=True -------------------------------------------------------------------------
 
 
+@needs_pydantic
 def test_pydantic_validates_and_dumps_plainly(app):
     assert priced.delay({"qty": 3, "price": 2.0}).get(timeout=20) == {"amount": 6.0}
     assert priced.delay(Order(qty=1, price=4.0)).get(timeout=20) == {"amount": 4.0}
@@ -258,6 +280,7 @@ def test_pydantic_validates_and_dumps_plainly(app):
     assert "ValidationError" in type(info.value).__name__ + repr(info.value)
 
 
+@needs_pydantic
 def test_pydantic_validates_and_dumps_in_a_graph(app):
     assert (order.bind(qty=2, price=2.5) >> priced).apply_async().get(timeout=20) == {"amount": 5.0}
     run = (order.bind(qty="many") >> priced).apply_async()
@@ -265,6 +288,35 @@ def test_pydantic_validates_and_dumps_in_a_graph(app):
         run.get(timeout=20)
     assert info.value.node_id == "priced"
     assert info.value.exc_type == "ValidationError"
+
+
+def test_pydantic_on_a_celery_without_it_is_refused_at_declaration(monkeypatch):
+    """Celery before 5.5 would take pydantic=True silently and validate nothing: the
+    declaration says so in one line instead (checked on the installed Celery when it is
+    older, else on what 5.3 and 5.4 report)."""
+    if PYDANTIC:
+        monkeypatch.setattr(compat, "CELERY_VERSION", (5, 4, 1))
+    declared = []
+
+    def seen(sender=None, **_):
+        declared.append(sender)
+
+    graph_task_declared.connect(seen, weak=False)
+    try:
+        with pytest.raises(ConfigurationError) as info:
+
+            @task(pydantic=True, queue="q")
+            def validated(order: Order) -> Total:
+                return Total(amount=order.qty)
+    finally:
+        graph_task_declared.disconnect(seen)
+    where = "test_pydantic_on_a_celery_without_it_is_refused_at_declaration.<locals>.validated"
+    assert str(info.value) == (
+        f"@task({where}): pydantic=True needs Celery 5.5 or newer (Celery "
+        f"{compat.installed()} is installed, which would ignore it); upgrade Celery or drop "
+        "the option"
+    )
+    assert declared == []  # refused before anything was registered
 
 
 def test_task_node_is_exported():

@@ -11,6 +11,7 @@ from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 from celery import Task, current_app, shared_task
 from celery.canvas import Signature
 
+from ..compat import check_task_options
 from ..errors import GraphDefinitionError, NotAGraphTaskError
 from ..executor import GraphTask, adopt
 from ..keys import NODE_ID_RE
@@ -126,6 +127,7 @@ def _make_task(fn: Callable[..., Any], options: dict[str, Any]) -> TaskNode[...,
         raise GraphDefinitionError(f"@task applied twice to {fn!r}")
     if not callable(fn):
         raise NotAGraphTaskError(f"@task needs a function, got {type(fn).__name__}")
+    check_task_options(f"@task({fn.__qualname__})", options)  # pydantic=True: Celery 5.5+
     options = dict(options)
     name = options.pop("name", None) or current_app.gen_task_name(fn.__qualname__, _module_name(fn))
     options["base"] = _graph_base(options.get("base") or GraphTask)

@@ -26,7 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..keys import Keys
+from ..compat import version_tuple
+from ..keys import CounterKeys, Keys
 from .connection import load_script, translated
 from .replies import Beat, NameClaim
 
@@ -60,6 +61,7 @@ class WorkerStore:
         self._claim = client.register_script(load_script("worker_claim"))
         self._beat = client.register_script(load_script("worker_beat"))
         self._leave = client.register_script(load_script("worker_leave"))
+        self._count = client.register_script(load_script("count"))
 
     # -- the server ------------------------------------------------------------------
 
@@ -215,22 +217,17 @@ class WorkerStore:
     ) -> None:
         """One task ran to an end state (``outcome``: succeeded, failed, retried or other)
         in a pool process of ``hostname``."""
-        key = self.keys.worker_metrics(hostname)
         series = f"{task}|{queue}"
-        # MULTI/EXEC on one key: a scrape never sees "processed" without its outcome
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hincrby(key, "processed", 1)
+        whole = {"processed": 1, f"n|{series}|{outcome}": 1}
         if outcome in ("succeeded", "failed", "retried"):
-            pipe.hincrby(key, outcome, 1)
-        pipe.hincrby(key, f"n|{series}|{outcome}", 1)
+            whole[outcome] = 1
+        floats = {}
         if runtime is not None:
-            pipe.hincrbyfloat(key, "runtime_total", runtime)
-            pipe.hincrbyfloat(key, f"s|{series}", runtime)
+            floats = {"runtime_total": runtime, f"s|{series}": runtime}
             for le in (*buckets, float("inf")):
                 if runtime <= le:
-                    pipe.hincrby(key, f"b|{series}|{bucket_label(le)}", 1)
-        pipe.expire(key, ttl)
-        translated("counting a task", pipe.execute)
+                    whole[f"b|{series}|{bucket_label(le)}"] = 1
+        self._add(CounterKeys(self.keys.worker_metrics(hostname)), whole, floats, ttl, "a task")
 
     def counters(self, hostname: str) -> dict[str, float]:
         raw = translated(
@@ -244,27 +241,31 @@ class WorkerStore:
     ) -> None:
         """A run started (``event`` "started") or ended ("succeeded", "failed",
         "cancelled") after ``duration`` seconds."""
-        key = self.keys.run_metrics()
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hincrby(key, event, 1)
+        whole = {event: 1}
+        floats = {}
         if duration is not None:
-            pipe.hincrbyfloat(key, "s", duration)
+            floats["s"] = duration
             for le in (*buckets, float("inf")):
                 if duration <= le:
-                    pipe.hincrby(key, f"b|{bucket_label(le)}", 1)
-        pipe.expire(key, ttl)
-        translated("counting a run", pipe.execute)
+                    whole[f"b|{bucket_label(le)}"] = 1
+        self._add(CounterKeys(self.keys.run_metrics()), whole, floats, ttl, "a run")
+
+    def _add(
+        self,
+        keys: CounterKeys,
+        whole: dict[str, int],
+        floats: dict[str, float],
+        ttl: int,
+        what: str,
+    ) -> None:
+        """Add to counters of one hash in one step (count.lua) and renew its TTL."""
+        args: list[Any] = [ttl, len(whole)]
+        for field, amount in (*whole.items(), *floats.items()):
+            args += [field, amount]
+        translated(f"counting {what}", lambda: self._count(keys=list(keys), args=args))
 
     def run_counters(self) -> dict[str, float]:
         raw = translated(
             "reading run counters", lambda: self.client.hgetall(self.keys.run_metrics())
         )
         return {_text(k): float(v) for k, v in raw.items()}
-
-
-def version_tuple(version: str) -> tuple[int, ...]:
-    parts = []
-    for p in version.split("."):
-        digits = "".join(c for c in p if c.isdigit())
-        parts.append(int(digits or 0))
-    return tuple(parts)
