@@ -17,9 +17,11 @@ import time
 from typing import Any, NoReturn
 
 from celery import bootsteps
+from celery.concurrency.thread import TaskPool as ThreadTaskPool
 from celery.signals import worker_shutdown
 from celery.worker import state as worker_state
 
+from ..compat import ignored_settings
 from ..config import WorkerOptions, reliable_defaults_wanted
 from ..dispatch import QueueDepth
 from ..engine.reconcile import SweepThread
@@ -86,6 +88,14 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(1)
 
 
+# How often a threads-pool worker's event loop wakes at least (GraphWorkerStep._wake_the_loop)
+LOOP_TICK = 0.1
+
+
+def _nothing() -> None:
+    """A timer entry that only makes the event loop run once more."""
+
+
 class GraphWorkerStep(bootsteps.StartStopStep):
     """Registry heartbeat, /metrics and /healthz, the Redis version check, the reconciler
     and bounded graceful shutdown for one worker."""
@@ -105,6 +115,9 @@ class GraphWorkerStep(bootsteps.StartStopStep):
         self._worker: Any = None
 
     def start(self, w: Any) -> None:
+        self._wake_the_loop(w)
+        for line in ignored_settings(w.app.conf):
+            logger.warning("celery-graph: %s", line)
         try:
             opts = WorkerOptions.from_env()
         except ConfigurationError as exc:
@@ -157,6 +170,21 @@ class GraphWorkerStep(bootsteps.StartStopStep):
                 opts.metrics_port,
             )
         self._install_signal_handlers(opts.graceful_timeout)
+
+    @staticmethod
+    def _wake_the_loop(w: Any) -> None:
+        """With the threads pool, wake the worker's event loop every ``LOOP_TICK`` seconds.
+
+        A pool thread that finishes a task acks its message without waking the event loop,
+        and kombu's Redis transport asks the broker for the next message only when the loop
+        runs and the prefetch window has room. With the window full, nothing else wakes the
+        loop before kombu's own timers: every 10 s (the unacked restore) before kombu 5.7,
+        every second since. So on Celery 5.3 to 5.6 a burst of messages (a map's items)
+        was taken four at a time, ten seconds apart, until the reconciler sent them again.
+        The prefork pool reports results through pipes, which wake the loop."""
+        hub = getattr(w, "hub", None)
+        if hub is not None and isinstance(getattr(w, "pool", None), ThreadTaskPool):
+            hub.call_repeatedly(LOOP_TICK, _nothing)
 
     @staticmethod
     def _check_version(state: Any) -> None:
