@@ -37,7 +37,8 @@ All keys of one run carry the ``{R}`` hash tag, so a Lua script touching several
 them stays in one Redis Cluster slot. Every run script takes the eight keys every run has
 in one order, :class:`RunKeys` (``KEYS[1..8]``, named once in Lua as ``K`` by
 ``state/lua/lib/run.lua``), and its own keys (a join's, a map's) after them; the worker
-scripts take :class:`WorkerKeys` the same way (``W``).
+scripts take :class:`WorkerKeys` the same way (``W``), the counting script one hash of
+counters, :class:`CounterKeys` (``C``).
 """
 
 from __future__ import annotations
@@ -115,6 +116,16 @@ class WorkerKeys(NamedTuple):
 
 
 WORKER_KEY_TYPES = {"entry": "hash", "metrics": "hash"}
+
+
+class CounterKeys(NamedTuple):
+    """One hash of counters, as the counting script takes it (``C`` in Lua): a worker's
+    task counters (``worker_metrics``) or the run counters (``run_metrics``)."""
+
+    counters: str
+
+
+COUNTER_KEY_TYPES = {"counters": "hash"}
 
 
 class Keys:

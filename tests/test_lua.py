@@ -11,7 +11,15 @@ from importlib import resources
 import pytest
 from celery import Celery
 
-from celery_graph.keys import RUN_KEY_TYPES, WORKER_KEY_TYPES, Keys, RunKeys, WorkerKeys
+from celery_graph.keys import (
+    COUNTER_KEY_TYPES,
+    RUN_KEY_TYPES,
+    WORKER_KEY_TYPES,
+    CounterKeys,
+    Keys,
+    RunKeys,
+    WorkerKeys,
+)
 from celery_graph.model import NodeRecord
 from celery_graph.state import (
     Begin,
@@ -37,6 +45,7 @@ LIBS = sorted(p.name[:-4] for p in (LUA / "lib").iterdir() if p.name.endswith(".
 LAYOUTS = {
     "run": ("K", RunKeys._fields, RUN_KEY_TYPES),
     "worker": ("W", WorkerKeys._fields, WORKER_KEY_TYPES),
+    "counters": ("C", CounterKeys._fields, COUNTER_KEY_TYPES),
 }
 LUA_BUILTINS = {"tonumber", "tostring", "ipairs", "pairs", "unpack", "type", "error", "next"}
 LUA_KEYWORDS = {"if", "and", "or", "not", "return", "elseif", "while", "until", "in", "local"}
@@ -102,7 +111,8 @@ def key_problems(text: str) -> list[str]:
 
 
 def test_the_lua_layouts_are_the_python_ones():
-    """lib/run.lua and lib/worker.lua name KEYS[1..n] in the order keys.py builds them."""
+    """lib/run.lua, lib/worker.lua and lib/counters.lua name KEYS[1..n] in the order
+    keys.py builds them."""
     for lib, (table, fields, _types) in LAYOUTS.items():
         text = source(f"lib/{lib}")
         body = text[text.index(f"local {table} = {{") :]
@@ -147,7 +157,7 @@ def test_a_script_with_run_keys_in_its_own_order_is_caught():
     wrong_type = '-- KEYS[7] K.leases  leases (hash)\n-- @include "run"\n'
     assert key_problems(wrong_type) == ["K.leases is a zset, not a hash"]
     assert key_problems("return 1\n") == [
-        "includes no key layout: it must include one of ['run', 'worker']"
+        "includes no key layout: it must include one of ['run', 'worker', 'counters']"
     ]
 
 
@@ -188,7 +198,14 @@ def test_every_library_is_included_somewhere_and_names_exist():
 
 
 def test_every_script_file_is_loaded():
-    assert set(NAMES) == {*SCRIPTS, "shared", "worker_claim", "worker_beat", "worker_leave"}
+    assert set(NAMES) == {
+        *SCRIPTS,
+        "shared",
+        "worker_claim",
+        "worker_beat",
+        "worker_leave",
+        "count",
+    }
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -381,6 +398,31 @@ def test_worker_scripts(walk_state, tag):
     assert not workers.claim(f"w-{tag}", "t2", {"pid": 2}, ttl=30, live_window=10).claimed
     assert workers.beat(f"w-{tag}", "t1", {"state": "up"}, in_flight=1, ttl=30)
     assert not workers.beat(f"w-{tag}", "t2", {}, in_flight=None, ttl=30)
+    # count.lua: several counters of one hash at once (no MULTI: redis-py's cluster client
+    # refuses transactions before 6.x), whole numbers and floats, and the hash's TTL
+    workers.count_task(f"w-{tag}", "t", "q", "succeeded", 0.25, (0.1, 1.0), ttl=30)
+    workers.count_task(f"w-{tag}", "t", "q", "other", None, (0.1, 1.0), ttl=30)
+    assert workers.counters(f"w-{tag}") == {
+        "in_flight": 1,  # the beat's
+        "processed": 2,
+        "succeeded": 1,
+        "n|t|q|succeeded": 1,
+        "n|t|q|other": 1,
+        "runtime_total": 0.25,
+        "s|t|q": 0.25,
+        "b|t|q|1.0": 1,
+        "b|t|q|+Inf": 1,
+    }
+    assert 0 < walk_state.client.ttl(walk_state.keys.worker_metrics(f"w-{tag}")) <= 30
+    workers.count_run("started", None, (1.0,), ttl=30)
+    workers.count_run("succeeded", 0.5, (1.0,), ttl=30)
+    assert workers.run_counters() == {
+        "started": 1,
+        "succeeded": 1,
+        "s": 0.5,
+        "b|1.0": 1,
+        "b|+Inf": 1,
+    }
     workers.remove(f"w-{tag}", "t1")
     assert walk_state.client.exists(walk_state.keys.worker(f"w-{tag}")) == 0
 

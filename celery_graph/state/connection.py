@@ -51,17 +51,23 @@ def unavailable() -> tuple[type[Exception], ...]:
 WAIT_SLICE = 5.0
 
 
+# A plain client's MOVED reply: redis-py 6 raises MovedError, 4.x and 5.x (Celery 5.3 and
+# 5.4 need redis-py < 6) a ResponseError "MOVED <slot> <host:port>", which a pipeline
+# prefixes with "Command # <n> (<command>) of pipeline caused error: ".
+MOVED_REPLY = re.compile(r"(?:^|: )MOVED \d+ \S+$")
+
+
+def _moved(exc: Exception) -> bool:
+    return isinstance(exc, redis_errors().MovedError) or bool(MOVED_REPLY.search(str(exc)))
+
+
 @contextmanager
 def translating(what: str) -> Iterator[None]:
-    """Turn redis-py's connection and timeout errors into StoreUnavailable, and a command
-    the server's ACL refuses into StorePermissionDenied."""
+    """Turn redis-py's connection and timeout errors into StoreUnavailable, a command the
+    server's ACL refuses into StorePermissionDenied, and a cluster node's MOVED into the
+    ConfigurationError that names the cluster URL."""
     try:
         yield
-    except redis_errors().MovedError as exc:
-        raise ConfigurationError(
-            f"the graph Redis answered MOVED while {what}: it is a Redis Cluster node; "
-            "name the cluster in graph_redis_url as redis+cluster://host:port[,host:port]"
-        ) from exc
     except redis_errors().NoPermissionError as exc:
         raise StorePermissionDenied(
             f"the graph Redis refused {what}: {exc}; its user needs every command on the "
@@ -72,6 +78,13 @@ def translating(what: str) -> Iterator[None]:
         raise StoreUnavailable(
             f"Redis unreachable while {what}: {exc}; check graph_redis_url / "
             "CELERY_GRAPH_REDIS_URL and that the server is up"
+        ) from exc
+    except redis_errors().ResponseError as exc:
+        if not _moved(exc):
+            raise
+        raise ConfigurationError(
+            f"the graph Redis answered MOVED while {what}: it is a Redis Cluster node; "
+            "name the cluster in graph_redis_url as redis+cluster://host:port[,host:port]"
         ) from exc
 
 
