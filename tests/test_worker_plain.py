@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from celery_graph import GraphRun
+from celery_graph import GraphRun, node
 from celery_graph.state import state_for
 from celery_graph.testing import PrivateRedis, free_port
 from celery_graph.worker.heartbeat import Heartbeat, live_workers
@@ -138,20 +138,27 @@ def test_plain_celery_worker_serves_histograms_and_healthz_without_redis(
         graph.stop(kill=True)
 
 
+@pytest.mark.parametrize("long", ["graph task", "existing task"])
 def test_plain_celery_worker_hands_back_on_sigterm_after_the_graceful_timeout(
-    redis_url, tmp_path, queue, rclient
+    redis_url, tmp_path, queue, rclient, long
 ):
+    """The cold shutdown after the graceful timeout hands the running node back: for an
+    existing task without reject_on_worker_lost too (Celery 5.5+ cancels it and restores
+    its message; on 5.3 and 5.4 the bootstep does the same, where the stopping pool failed
+    it with WorkerLostError)."""
     app = build_app(redis_url, queue, key_prefix=PREFIX)
     w1 = plain_worker(tmp_path, "plainterm1", redis_url, queue, "--graceful-timeout", "1")
     w2 = None
     try:
         wait_for(lambda: listed(app, w1.pid), 20, f"registry entry\n{w1.log()}")
         tag = uuid.uuid4().hex[:8]
-        run = (
-            t.ops_first.bind(tag=tag)
-            >> t.ops_long.bind(tag=tag, delay=3)
-            >> t.ops_last.bind(tag=tag)
-        ).submit(app=app)
+        if long == "graph task":
+            middle = t.ops_long.bind(tag=tag, delay=3)
+        else:
+            app.finalize()  # shared tasks attach to the app
+            with app:  # node() looks the task up on the current app
+                middle = node(app.tasks[t.existing_long.name], id="ops_long", tag=tag, delay=3)
+        run = (t.ops_first.bind(tag=tag) >> middle >> t.ops_last.bind(tag=tag)).submit(app=app)
         wait_for(
             lambda: any(e[:2] == ["start", "ops_long"] for e in t.events(rclient, tag)),
             20,

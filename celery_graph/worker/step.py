@@ -21,7 +21,7 @@ from celery.concurrency.thread import TaskPool as ThreadTaskPool
 from celery.signals import worker_shutdown
 from celery.worker import state as worker_state
 
-from ..compat import ignored_settings
+from ..compat import has, ignored_settings
 from ..config import WorkerOptions, reliable_defaults_wanted
 from ..dispatch import QueueDepth
 from ..engine.reconcile import SweepThread
@@ -86,6 +86,29 @@ def _fail(message: str) -> NoReturn:
     """End a starting worker with one clear line in its log (no traceback)."""
     logger.critical("celery-graph: %s", message)
     raise SystemExit(1)
+
+
+# Since Celery 5.5 a cold shutdown cancels the running late-ack tasks, whose messages go back
+# to the queue when the connection closes; before, it stopped the pool, and a task without
+# reject_on_worker_lost (an existing task run as a node) failed with WorkerLostError.
+CANCELS_ON_COLD_SHUTDOWN = (5, 5)
+
+
+def _cancel_unacked(w: Any) -> None:
+    """What a cold shutdown does since Celery 5.5, for an older Celery: stop taking
+    messages and cancel the running late-ack tasks not acknowledged yet, so that their
+    messages stay unacknowledged and return to the queue when the connection closes."""
+    consumer = getattr(w, "consumer", None)
+    if consumer is None:
+        return
+    if consumer.task_consumer is not None:
+        try:
+            consumer.task_consumer.cancel()
+        except Exception:  # a broker already gone: the connection's close hands back too
+            logger.debug("celery-graph: could not cancel the task consumer", exc_info=True)
+    for request in tuple(worker_state.active_requests):
+        if request.task.acks_late and not request.acknowledged:
+            request.cancel(consumer.pool)
 
 
 # How often a threads-pool worker's event loop wakes at least (GraphWorkerStep._wake_the_loop)
@@ -169,7 +192,7 @@ class GraphWorkerStep(bootsteps.StartStopStep):
                 opts.metrics_host,
                 opts.metrics_port,
             )
-        self._install_signal_handlers(opts.graceful_timeout)
+        self._install_signal_handlers(w, opts.graceful_timeout)
 
     @staticmethod
     def _wake_the_loop(w: Any) -> None:
@@ -208,7 +231,7 @@ class GraphWorkerStep(bootsteps.StartStopStep):
             bootsteps.TERMINATE,
         )
 
-    def _install_signal_handlers(self, timeout: float) -> None:
+    def _install_signal_handlers(self, w: Any, timeout: float) -> None:
         # Celery installed its handlers in on_start, before the steps start. Its SIGTERM
         # handler is the warm shutdown: stop consuming, wait for running tasks, without
         # limit. Both SIGTERM and SIGINT start that here, with a deadline.
@@ -249,6 +272,16 @@ class GraphWorkerStep(bootsteps.StartStopStep):
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+
+        cold_shutdown = signal.getsignal(signal.SIGQUIT)
+        if not has(CANCELS_ON_COLD_SHUTDOWN) and callable(cold_shutdown):
+
+            def hand_back_then_cold(signum: int, frame: Any) -> None:
+                if os.getpid() == main_pid:
+                    _cancel_unacked(w)
+                cold_shutdown(signum, frame)
+
+            signal.signal(signal.SIGQUIT, hand_back_then_cold)
 
     def _release_leases(self) -> None:
         """Release the running leases of the node messages this worker runs: it hands them

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 
-from celery import current_task
+from celery import current_task, shared_task
 
 from celery_graph import task
 from celery_graph.state import state_for
@@ -39,6 +39,13 @@ def ops_first(tag=None, delay: float = 0.0):
 
 @task
 def ops_long(ops_first, tag=None, delay: float = 0.0):
+    return _work(tag, "ops_long", delay)
+
+
+# A plain Celery task, run as a node through node(): late acks without
+# reject_on_worker_lost, as many existing tasks are (GraphTask sets both).
+@shared_task(name="tests.apps.ops_tasks.existing_long", acks_late=True, reject_on_worker_lost=False)
+def existing_long(ops_first=None, tag=None, delay: float = 0.0):
     return _work(tag, "ops_long", delay)
 
 
