@@ -36,6 +36,12 @@ TASK_OPTIONS_SINCE: dict[str, tuple[int, int]] = {
     "pydantic_dump_kwargs": (5, 5),
 }
 
+# Since Celery 5.5 a cold shutdown cancels the running late-ack tasks, whose messages go back
+# to the queue when the connection closes; before, it stopped the pool, and a task without
+# reject_on_worker_lost (an existing task run as a node) failed with WorkerLostError. The
+# worker bootstep does the cancelling itself on older releases.
+COLD_SHUTDOWN_CANCELS = (5, 5)
+
 # Celery settings added after 5.3 that change what a worker does with graph nodes:
 # setting -> (first release that has it, what happens without it).
 SETTINGS_SINCE: dict[str, tuple[tuple[int, int], str]] = {

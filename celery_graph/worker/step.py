@@ -21,7 +21,7 @@ from celery.concurrency.thread import TaskPool as ThreadTaskPool
 from celery.signals import worker_shutdown
 from celery.worker import state as worker_state
 
-from ..compat import has, ignored_settings
+from ..compat import COLD_SHUTDOWN_CANCELS, has, ignored_settings
 from ..config import WorkerOptions, reliable_defaults_wanted
 from ..dispatch import QueueDepth
 from ..engine.reconcile import SweepThread
@@ -86,12 +86,6 @@ def _fail(message: str) -> NoReturn:
     """End a starting worker with one clear line in its log (no traceback)."""
     logger.critical("celery-graph: %s", message)
     raise SystemExit(1)
-
-
-# Since Celery 5.5 a cold shutdown cancels the running late-ack tasks, whose messages go back
-# to the queue when the connection closes; before, it stopped the pool, and a task without
-# reject_on_worker_lost (an existing task run as a node) failed with WorkerLostError.
-CANCELS_ON_COLD_SHUTDOWN = (5, 5)
 
 
 def _cancel_unacked(w: Any) -> None:
@@ -274,7 +268,7 @@ class GraphWorkerStep(bootsteps.StartStopStep):
         signal.signal(signal.SIGINT, handler)
 
         cold_shutdown = signal.getsignal(signal.SIGQUIT)
-        if not has(CANCELS_ON_COLD_SHUTDOWN) and callable(cold_shutdown):
+        if not has(COLD_SHUTDOWN_CANCELS) and callable(cold_shutdown):
 
             def hand_back_then_cold(signum: int, frame: Any) -> None:
                 if os.getpid() == main_pid:
