@@ -105,13 +105,15 @@ def test_plain_celery_worker_serves_histograms_and_healthz_without_redis(
             ("task", "tests.apps.ops_tasks.ops_long"),
             ("worker", info.hostname),
         )
-        m = wait_for(
+        finished = ("celery_graph_runs_finished_total", (("outcome", "succeeded"),))
+        m = wait_for(  # the run's end is counted after its waiters are woken
             lambda: (
                 (s := scrape(port)).get(("celery_graph_task_duration_seconds_count", labels)) == 1
+                and s.get(finished) == 1
                 and s
             ),
             10,
-            "the histogram of ops_long",
+            "the histogram of ops_long and the finished run",
         )
 
         def plus(**more):
@@ -122,7 +124,7 @@ def test_plain_celery_worker_serves_histograms_and_healthz_without_redis(
         assert m[("celery_graph_task_duration_seconds_sum", labels)] >= 0.2
         assert m[("celery_graph_tasks_total", plus(outcome="succeeded"))] == 1
         assert m[("celery_graph_runs_started_total", ())] == 1
-        assert m[("celery_graph_runs_finished_total", (("outcome", "succeeded"),))] == 1
+        assert m[finished] == 1
         assert m[("celery_graph_run_duration_seconds_count", ())] == 1
         assert healthz(port) == 200
 
