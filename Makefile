@@ -1,7 +1,8 @@
 # Two commands set everything up on a fresh Linux machine with Python 3.11:
 #   make demo   - runs examples/quickstart.py on a private Redis with a real worker
-#   make test   - creates .venv, installs, runs the test suite, then its core on Python
-#                 3.10 (lowest dependency versions) and 3.13 (newest): make test-pythons
+#   make test   - creates .venv, installs, runs the test suite, then its engine suite on
+#                 Python 3.10 (lowest dependency versions, Celery 5.3) and 3.13 (newest):
+#                 make test-pythons
 #   make docs   - builds the documentation site (mkdocs, strict: a broken link fails it)
 #   make bench  - benchmarks against Celery's canvas and dramatiq-workflow (bench-quick: minutes)
 #   make bench-recovery - how long runs take to recover from faults, with stock settings
