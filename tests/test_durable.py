@@ -447,6 +447,39 @@ def test_a_resume_whose_publish_fails_is_finished_by_the_reconciler(
     assert run.get(timeout=30) == 2  # the reconciler sent what the resume could not
 
 
+def test_a_sweep_between_listing_and_reopening_a_resumed_run_does_not_drop_it(
+    app, tag, redis_url, fast_reconciler, monkeypatch
+):
+    """resume() lists the run for the reconciler, then reopens it. A sweep in between saw
+    the run still failed and took it off the list for good: the reopened run was never
+    looked at again, and a node whose publish failed was never sent (it timed out in CI)."""
+    from celery_graph.engine.reconcile import Reconciler
+    from celery_graph.state.scripts import Scripts
+
+    flow = step.bind(name="first", tag=tag) >> fails_then_ok.bind(tag=tag, fail_times=1)
+    run = flow.apply_async()
+    with pytest.raises(RunFailed):
+        run.get(timeout=20)
+    real_resume = Scripts.resume
+
+    def swept_first(self, *args, **kwargs):
+        Reconciler(app).sweep()  # the run is still failed: this sweep unlists it
+        return real_resume(self, *args, **kwargs)
+
+    monkeypatch.setattr(Scripts, "resume", swept_first)
+    dead = make_app(redis_url, f"redis://127.0.0.1:{free_port()}/0", "cgtest_dead", SESSION)
+    dead.conf.broker_connection_timeout = 1
+    dead.conf.task_publish_retry_policy = {"max_retries": 0}
+    dead.conf.broker_transport_options = {"max_retries": 0}
+    dead.conf.graph_queued_lease = 1
+    try:
+        with pytest.raises(BrokerUnavailable):
+            GraphRun(run.id, app=dead).resume()
+    finally:
+        app.set_current()
+    assert run.get(timeout=30) == 2  # the reconciler sent what the resume could not
+
+
 # -- submission ------------------------------------------------------------------------
 
 

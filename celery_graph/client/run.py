@@ -202,6 +202,9 @@ class GraphRun(Generic[R]):
                 frontier.append(node_id)
             else:
                 items.append((node_id, unit))
+        # again once reopened: a sweep between the first listing and the reopening saw the
+        # run still ended and unlisted it (tests/test_durable.py)
+        state.runs.track(self.id)
         state.runs.index_resumed(self.id)
         # a publish that fails here is recovered by the reconciler: the nodes are leased
         publish_nodes(self._app, spec, self.id, frontier)
