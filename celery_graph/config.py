@@ -306,6 +306,14 @@ SETTINGS: tuple[Setting, ...] = (
         SECONDS,
         "how long a submission waits for room in the queue, then `Backpressure` is raised",
     ),
+    Setting(
+        "graph_store_node_results",
+        "CELERY_GRAPH_STORE_NODE_RESULTS",
+        True,
+        FLAG,
+        "when the app has a result backend, also store each node's result and state there "
+        "under its task id (`AsyncResult('<run>:<node>')`); off: the graph Redis only",
+    ),
 )
 
 WORKER_SETTINGS: tuple[Setting, ...] = (
@@ -412,6 +420,7 @@ class Settings:
     max_lost: int
     max_queue_depth: int
     backpressure_timeout: float
+    store_node_results: bool
 
     @property
     def keys(self) -> Keys:

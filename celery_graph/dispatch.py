@@ -34,14 +34,21 @@ def _sending(what: str) -> Iterator[None]:
 
 
 def publish_nodes(
-    app: Any, spec: GraphSpec, run_id: str, node_ids: Iterable[str], *, delays: bool = True
+    app: Any,
+    spec: GraphSpec,
+    run_id: str,
+    node_ids: Iterable[str],
+    *,
+    delays: bool = True,
+    epoch: int = 0,
 ) -> None:
     """Send one message per node, with the node's bound arguments and routing options
-    (``delays=False``: without the nodes' start delays, which have passed already)."""
+    (``delays=False``: without the nodes' start delays, which have passed already;
+    ``epoch``: the run's, how many times it was resumed, in the task ids)."""
     with _sending("node messages"), app.producer_or_acquire() as producer:
         for nid in node_ids:
             node = spec.nodes[nid]
-            message = NodeMessage(spec.graph_id, run_id, nid, node.call)
+            message = NodeMessage(spec.graph_id, run_id, nid, node.call, epoch=epoch)
             countdown = (node.delay or None) if delays else None
             _send(app, producer, node, message, dict(node.kwargs), countdown=countdown)
 
@@ -76,6 +83,16 @@ def redeliver(task: Any, fields: dict[str, Any], countdown: float) -> None:
         task.signature_from_request(
             request, request.args, kwargs, countdown=countdown, retries=request.retries
         ).apply_async()
+
+
+def revoke(app: Any, task_ids: list[str], *, terminate: bool = False, signal: str = "") -> None:
+    """Celery's own revoke of ``task_ids`` on every worker (``terminate``: the pool
+    processes running them get ``signal``, SIGTERM by default), as Flower's buttons and
+    ``celery control revoke`` send it."""
+    if not task_ids:
+        return
+    with _sending("the revoke"):
+        app.control.revoke(task_ids, terminate=terminate, signal=signal or "SIGTERM")
 
 
 def queue_of(app: Any, node: NodeSpec) -> str:

@@ -210,9 +210,10 @@ class RunFailed(CeleryGraphError):
 class RunCancelled(CeleryGraphError):
     """The run was cancelled before it finished."""
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, reason: str = "") -> None:
         self.run_id = run_id
-        super().__init__(f"run {run_id} was cancelled")
+        self.reason = reason  # why, when the run recorded it (a node revoked through Celery)
+        super().__init__(f"run {run_id} was cancelled" + (f": {reason}" if reason else ""))
 
     def __reduce__(self):
         return (type(self), (self.run_id,))

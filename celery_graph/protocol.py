@@ -16,10 +16,13 @@ arguments are the node's bound arguments plus one extra keyword, ``_graph``::
                                                     hands the node over to it (a retry)
     {..., "f": "<error record>"}                    record this failure (Redis was down when
                                                     the node failed), do not run the node
+    {..., "e": 1}                                   sent after the run's first resume
 
 Nothing else of the graph travels with the message (the spec is loaded from the store),
 so a message's size does not grow with the graph. Its task id is ``<run id>:<node id>``
-(``...#<i>`` for an item), which Flower shows.
+(``...#<i>`` for an item, ``...@<j>`` for a chunk), which Flower shows; a message sent
+after the run was resumed ``e`` times ends in ``~<e>``, so a revoke of an id of an earlier
+epoch, which Celery's workers keep for hours, never discards it (docs/celery-controls.md).
 
 A ``celery_graph.run_graph`` message (:class:`StartMessage`, a graph's signature:
 ``flow.s()``, a beat entry, a django-celery-beat row) is a submission, not a node message:
@@ -47,9 +50,35 @@ CALL_TASK = "celery_graph.call"  # ran existing tasks as nodes; kept for stored 
 RUN_GRAPH = "celery_graph.run_graph"  # starts a graph as a step of a Celery canvas
 
 
-def task_id_for(run_id: str, node_id: str, index: int | None = None) -> str:
-    base = f"{run_id}:{node_id}"
-    return base if index is None else f"{base}#{index}"
+def task_id_for(run_id: str, field: str, epoch: int = 0) -> str:
+    """The task id of the message of ``field`` (a node id, ``<node>#<i>``, ``<node>@<j>``)
+    sent in the run's ``epoch`` (how many times it was resumed before)."""
+    base = f"{run_id}:{field}"
+    return f"{base}~{epoch}" if epoch else base
+
+
+_TASK_ID = re.compile(r"^(?P<run>[0-9a-f]{32}):(?P<field>[^~]+?)(?:~(?P<epoch>[0-9]{1,9}))?$")
+
+
+@dataclass(frozen=True)
+class NodeTaskId:
+    """A node message's task id, parsed: ``<run id>:<field>[~<epoch>]``."""
+
+    run_id: str
+    field: str
+    epoch: int = 0
+
+    @property
+    def node_id(self) -> str:
+        return re.sub(r"[#@][0-9]+$", "", self.field)
+
+    @classmethod
+    def parse(cls, task_id: Any) -> NodeTaskId | None:
+        """The parts of ``task_id``, or None when it is not a node message's id."""
+        found = _TASK_ID.match(task_id) if isinstance(task_id, str) else None
+        if found is None:
+            return None
+        return cls(found["run"], found["field"], int(found["epoch"] or 0))
 
 
 @dataclass(frozen=True)
@@ -68,6 +97,9 @@ class NodeMessage:
     # the attempt that sent this message while it held the node (a retry, a message sent
     # again after an infrastructure error): begin.lua lets it take the node over
     holder: int = 0
+    # how many times the run was resumed before this message was sent (its task id's
+    # "~<epoch>" suffix)
+    epoch: int = 0
 
     @classmethod
     def parse(cls, fields: Any) -> NodeMessage:
@@ -89,6 +121,7 @@ class NodeMessage:
             _field(fields, "x", _counts, "a resend count") or 0,
             _field(fields, "f", _texts, "an error record"),
             _field(fields, "a", _counts, "an attempt number") or 0,
+            _field(fields, "e", _counts, "an epoch") or 0,
         )
         index, count = message.index, message.count
         if (index is None or count is None or index >= count) and (index, count) != (None, None):
@@ -113,6 +146,8 @@ class NodeMessage:
             out["f"] = self.failure
         if self.holder:
             out["a"] = self.holder
+        if self.epoch:
+            out["e"] = self.epoch
         return out
 
     def item(self, index: int, count: int, chunk: int = 0) -> NodeMessage:
@@ -138,10 +173,7 @@ class NodeMessage:
 
     @property
     def task_id(self) -> str:
-        base = task_id_for(self.run_id, self.node_id)
-        if self.index is None:
-            return base
-        return f"{base}{'@' if self.chunk else '#'}{self.index}"
+        return task_id_for(self.run_id, self.result_field, self.epoch)
 
     @property
     def result_field(self) -> str:

@@ -37,6 +37,7 @@ GOOD: dict[config.Kind, tuple[Any, str, Any, Any]] = {
         "redis+cluster://127.0.0.1:2,127.0.0.1:3",
     ),
     config.JSON_OBJECT: ({"b": 1, "a": [2]}, '{"x": true}', '{"a": [2], "b": 1}', '{"x": true}'),
+    config.FLAG: (False, "off", False, False),
 }
 
 # per kind: malformed values, the same from app.conf and (as text) from the environment
@@ -48,6 +49,7 @@ BAD: dict[config.Kind, list[Any]] = {
     config.SECONDS: [-1, "later", "inf"],
     config.REDIS_URL: ["http://example.invalid", "localhost:6379"],
     config.JSON_OBJECT: ["[1, 2]", "{not json", "3"],
+    config.FLAG: [],  # any text reads as on or off
 }
 
 

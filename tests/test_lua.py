@@ -382,7 +382,7 @@ def test_a_map_through_every_map_script(walk_state, tag):
     assert s.store_items(run_id, "process", [(2, '"Z"')]) == Stored.NOT_RUNNING
     assert s.map_arrive(run_id, node, 1, 3, '"Y"') == (Stored.NOT_RUNNING, 0, 0)
     assert 0 < state.client.ttl(state.keys.results(run_id)) <= 60
-    assert s.resume(run_id, ["process#1", "process#2"]) == []
+    assert s.resume(run_id, ["process#1", "process#2"]) == (1, [])
     assert state.runs.record(run_id)["status"] == "running"
     for unit, value in ((1, '"Y"'), (2, '"Z"')):
         s.begin(run_id, f"process#{unit}", "w1@host", [])

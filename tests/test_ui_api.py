@@ -221,6 +221,14 @@ def test_a_waiting_node_says_why_and_cancel_ends_the_run_once(app, http):
     assert status == 409 and "only a running run can be cancelled" in body["error"]
 
 
+def test_cancel_with_terminate_revokes_the_running_nodes(app, http):
+    """(The kill itself, on a prefork worker: tests/test_celery_controls.py.)"""
+    run = ui_never.as_graph().apply_async()
+    wait_node(http, run.id, "ui_never", "queued")
+    answer = http.post(f"/api/runs/{run.id}/cancel", {"terminate": True})
+    assert answer == {"run_id": run.id, "cancelled": True, "state": "cancelled", "terminated": []}
+
+
 def test_retry_of_one_failed_node_resumes_the_run(app, http, tag):
     run = (ui_fail_once.bind(key=tag) >> ui_echo.bind(x=3)).apply_async()
     wait_state(http, run.id, ("failed",))

@@ -258,23 +258,52 @@ def runs_command(limit: int, as_json: bool) -> int:
     return 0
 
 
-@click.command("cancel", epilog=examples("celery-graph cancel 0123456789abcdef0123456789abcdef"))
+@click.command(
+    "cancel",
+    epilog=examples(
+        "celery-graph cancel 0123456789abcdef0123456789abcdef",
+        "celery-graph cancel --terminate 0123456789abcdef0123456789abcdef",
+    ),
+)
 @run_id_argument
+@click.option(
+    "--terminate",
+    is_flag=True,
+    help="also stop the nodes running now, through Celery's revoke(terminate=True) "
+    "(their pool processes get --signal; prefork pool)",
+)
+@click.option(
+    "--signal",
+    "signal_name",
+    default="SIGTERM",
+    show_default=True,
+    metavar="NAME",
+    help="the signal --terminate sends (SIGTERM, SIGKILL, ...)",
+)
 @json_option
 @common_options
 @guarded
-def cancel_command(run_id: str, as_json: bool) -> int:
-    """Cancel a run: no pending node starts after this. With --json: the run id, whether
-    this call cancelled it, and the run's state."""
+def cancel_command(run_id: str, terminate: bool, signal_name: str, as_json: bool) -> int:
+    """Cancel a run: no pending node starts after this; with --terminate the running
+    nodes are stopped too. With --json: the run id, whether this call cancelled it, the
+    run's state and the task ids terminated."""
     app = configured_app()
     run = open_run(app, run_id)
-    cancelled = run.cancel()
+    running = run.running_task_ids() if terminate else []
+    cancelled = run.cancel(terminate=terminate, signal=signal_name)
     state = "cancelled" if cancelled else run.status().state
     if as_json:
-        emit_json({"run_id": run.id, "cancelled": cancelled, "state": state}, sys.stdout)
+        answer: dict[str, Any] = {"run_id": run.id, "cancelled": cancelled, "state": state}
+        if terminate:
+            answer["terminated"] = running
+        emit_json(answer, sys.stdout)
+    elif running:
+        sys.stdout.write(f"terminating {', '.join(running)}\n")
     if cancelled:
         if not as_json:
             sys.stdout.write(f"cancelled run {run.id}\n")
+        return 0
+    if running:  # ended before, but nodes still ran: they were terminated
         return 0
     sys.stderr.write(f"{PROG}: run {run.id} already {state}; nothing to cancel\n")
     return EXIT_FAILED

@@ -9,12 +9,12 @@ from typing import Any, Generic, TypeVar
 from celery import current_app
 
 from ..codec import decode_value, error_record, parse_error
-from ..dispatch import publish_items, publish_nodes
+from ..dispatch import publish_items, publish_nodes, revoke
 from ..engine.context import RunContext
 from ..engine.lifecycle import end_run, settle
 from ..errors import RunNotFound, RunNotResumable, RunStateLost, RunTimeout, StoreUnavailable
 from ..model import FINAL_STATES, GraphSpec, RunStatus
-from ..protocol import NodeMessage
+from ..protocol import NodeMessage, task_id_for
 from ..state import WAIT_SLICE, Arrival, Ended, State, Stored, state_for
 
 R = TypeVar("R", covariant=True)
@@ -193,7 +193,7 @@ class GraphRun(Generic[R]):
         )
         state.runs.track(self.id)  # the reconciler looks after it again
         watched = {_field(spec, n, u): (n, u) for n, u in watch}
-        late = state.scripts.resume(
+        epoch, late = state.scripts.resume(
             self.id, frontier + [spec.nodes[n].unit_field(u) for n, u in items], list(watched)
         )
         # running when read, ended into the closed run before it reopened: sent as well
@@ -207,9 +207,10 @@ class GraphRun(Generic[R]):
         state.runs.track(self.id)
         state.runs.index_resumed(self.id)
         # a publish that fails here is recovered by the reconciler: the nodes are leased
-        publish_nodes(self._app, spec, self.id, frontier)
+        publish_nodes(self._app, spec, self.id, frontier, epoch=epoch)
         if skips:  # skips the run ended before passing on (their leases cover a failure)
-            settle(self._app, state, spec, self.id, Arrival(Stored.KEPT, Ended.NO, [], skips))
+            arrival = Arrival(Stored.KEPT, Ended.NO, [], skips)
+            settle(self._app, state, spec, self.id, arrival, epoch)
         by_map: dict[str, list[int]] = {}
         for node_id, index in items:
             by_map.setdefault(node_id, []).append(index)
@@ -220,15 +221,36 @@ class GraphRun(Generic[R]):
             publish_items(
                 self._app,
                 node,
-                NodeMessage(spec.graph_id, self.id, node_id, node.call),
+                NodeMessage(spec.graph_id, self.id, node_id, node.call, epoch=epoch),
                 source,
                 indexes,
             )
         return self
 
-    def cancel(self) -> bool:
-        """Stop the run: no pending node starts after this. True if this call ended it."""
-        return end_run(self._app, self._state, self.id, "cancelled")
+    def cancel(self, terminate: bool = False, signal: str = "SIGTERM") -> bool:
+        """Stop the run: no pending node starts after this. True if this call ended it.
+
+        ``terminate=True`` also stops the nodes running now, through Celery's own
+        ``revoke(terminate=True)``: the pool process running each gets ``signal``
+        (prefork pool; other pools cannot kill one task). Without it they finish, and
+        their results are kept for a resume."""
+        ended = end_run(self._app, self._state, self.id, "cancelled")
+        if terminate:
+            revoke(self._app, self.running_task_ids(), terminate=True, signal=signal)
+        return ended
+
+    def running_task_ids(self) -> list[str]:
+        """The task ids of the node messages running now (every epoch's: a message sent
+        before a resume may still run)."""
+        state = self._state
+        epoch = int(self._record(state).get("epoch") or 0)
+        fields = state.runs.node_fields(self.id)
+        running = [
+            f.removesuffix(":state")
+            for f, v in fields.items()
+            if f.endswith(":state") and v == "running"
+        ]
+        return [task_id_for(self.id, f, e) for f in sorted(running) for e in range(epoch + 1)]
 
 
 def _reason(record: dict[str, str]) -> str:

@@ -16,21 +16,25 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..codec import error_record
 from ..dispatch import continue_canvas, publish_nodes
 from ..model import GraphSpec
+from ..protocol import NodeTaskId
 from ..signals import run_finished, run_started
-from ..state import Arrival, Continuation, Finish, State
+from ..state import Arrival, Continuation, Finish, Revoked, State
 
 logger = logging.getLogger("celery_graph")
 
 CONTINUATION_HOLD = 60.0  # seconds a process holds the claim on a canvas continuation
 
 
-def settle(app: Any, state: State, spec: GraphSpec, run_id: str, arrival: Arrival) -> None:
+def settle(
+    app: Any, state: State, spec: GraphSpec, run_id: str, arrival: Arrival, epoch: int = 0
+) -> None:
     """After an arrival: pass skips on (a skipped node arrives as a skip at its own
     successors, which may in turn be skipped or released), publish the successors it
-    released (complete.lua marked and leased them already), and run the end-of-run hooks
-    when it ended the run."""
+    released (complete.lua marked and leased them already; ``epoch``: the run's, in their
+    task ids), and run the end-of-run hooks when it ended the run."""
     ended = arrival.ended
     claimed = list(arrival.publish)
     to_skip = list(arrival.skipped)
@@ -41,7 +45,7 @@ def settle(app: Any, state: State, spec: GraphSpec, run_id: str, arrival: Arriva
         claimed += more.publish
         to_skip += more.skipped
     if claimed:
-        publish_nodes(app, spec, run_id, claimed)
+        publish_nodes(app, spec, run_id, claimed, epoch=epoch)
     if ended:
         run_finished.send(sender=app, app=app, run_id=run_id, state=state)
         after_run(app, state, run_id)
@@ -68,6 +72,33 @@ def end_run(
         run_finished.send(sender=app, app=app, run_id=run_id, state=state)
         after_run(app, state, run_id)
     return ended
+
+
+def revoked(
+    app: Any, state: State, task_id: str, *, terminated: bool = False, signal: str = ""
+) -> Revoked | None:
+    """A node message was revoked through Celery (``terminated``: its pool process was
+    killed with ``signal``): cancel its run at once, naming the node and "revoked", then
+    run the end-of-run hooks. None for a task id that is not a node message's; else what
+    revoke.lua answered (a stale revoke, of a run resumed since, changes nothing)."""
+    parsed = NodeTaskId.parse(task_id)
+    if parsed is None:
+        return None
+    node = parsed.node_id
+    how = f", terminated with {signal or 'a signal'}" if terminated else ""
+    error = error_record(
+        node,
+        "TaskRevokedError",
+        "celery.exceptions",
+        f"node {node!r} revoked (task {task_id}{how}); the run is cancelled. "
+        f"`celery-graph resume {parsed.run_id}` runs what is left",
+    )
+    reply = state.scripts.revoke(parsed.run_id, parsed.field, node, parsed.epoch, error)
+    if reply == Revoked.ENDED:
+        logger.warning("celery-graph: run %s cancelled: node %r revoked", parsed.run_id, node)
+        run_finished.send(sender=app, app=app, run_id=parsed.run_id, state=state)
+        after_run(app, state, parsed.run_id)
+    return reply
 
 
 def refuse_run(

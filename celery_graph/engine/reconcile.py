@@ -224,9 +224,9 @@ class Reconciler:
             report.failed.append(run_id)
             return 0.0
         report.held += r.held
-        spec = self._spec(state, run_id) if r.expired else None
-        if spec is not None:
-            self._act(state, spec, run_id, r, report, look)
+        found = self._spec(state, run_id) if r.expired else None
+        if found is not None:
+            self._act(state, *found, run_id, r, report, look)
         # queued leases left waiting on a busy queue are looked at again a lease later
         nxt = r.now + state.settings.queued_lease
         if r.next_queued is not None and r.next_queued > r.now:
@@ -237,9 +237,11 @@ class Reconciler:
         return r.now
 
     @staticmethod
-    def _spec(state: State, run_id: str) -> GraphSpec | None:
+    def _spec(state: State, run_id: str) -> tuple[GraphSpec, int] | None:
+        """The run's graph and epoch (the resumes, in the task ids of what it sends)."""
         try:
-            return state.graphs.load(state.runs.record(run_id)["graph"])
+            record = state.runs.record(run_id)
+            return state.graphs.load(record["graph"]), int(record.get("epoch") or 0)
         except StoreUnavailable:
             raise
         except StoreError as exc:  # the graph expired: nothing to publish from
@@ -250,6 +252,7 @@ class Reconciler:
         self,
         state: State,
         spec: GraphSpec,
+        epoch: int,
         run_id: str,
         r: Reclaim,
         report: Sweep,
@@ -261,14 +264,14 @@ class Reconciler:
         for name, kind, queued in r.expired:
             if kind == Expiry.SKIP:
                 arrival = state.scripts.complete(spec, run_id, spec.nodes[name], "", kind="skipped")
-                settle(self.app, state, spec, run_id, arrival)
+                settle(self.app, state, spec, run_id, arrival, epoch)
                 report.skips += 1
                 continue
             if kind == Expiry.MAP:  # every unit arrived; the worker completing it died
                 count = state.scripts.map_count(run_id, name)
                 result = state.scripts.map_results(run_id, name, count)
                 arrival = state.scripts.complete(spec, run_id, spec.nodes[name], result)
-                settle(self.app, state, spec, run_id, arrival)
+                settle(self.app, state, spec, run_id, arrival, epoch)
                 report.maps += 1
                 continue
             if kind == Expiry.QUEUED:
@@ -288,14 +291,16 @@ class Reconciler:
         report.extended += len(wait)  # left as they are: looked at again a lease later
         if again:
             state.scripts.lease(run_id, Mode.REDELIVER, state.settings.queued_lease, again)
-            self._publish(state, spec, run_id, again)
+            self._publish(state, spec, epoch, run_id, again)
             report.redelivered += [f"{run_id}:{f}" for f in again]
             logger.warning("celery-graph: run %s: sent again %s", run_id, ", ".join(why))
 
-    def _publish(self, state: State, spec: GraphSpec, run_id: str, names: list[str]) -> None:
+    def _publish(
+        self, state: State, spec: GraphSpec, epoch: int, run_id: str, names: list[str]
+    ) -> None:
         nodes = [n for n in names if not UNIT.search(n)]
         if nodes:
-            publish_nodes(self.app, spec, run_id, nodes, delays=False)
+            publish_nodes(self.app, spec, run_id, nodes, delays=False, epoch=epoch)
         units: dict[str, list[int]] = {}
         for n in names:
             found = UNIT.search(n)
@@ -306,7 +311,7 @@ class Reconciler:
             assert node.map_source is not None
             raw = state.runs.results(run_id).get(node.map_source)
             values = decode_value(raw) if raw is not None else []
-            message = NodeMessage(spec.graph_id, run_id, node_id, node.call)
+            message = NodeMessage(spec.graph_id, run_id, node_id, node.call, epoch=epoch)
             publish_items(self.app, node, message, values, indexes)
 
 

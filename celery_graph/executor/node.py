@@ -46,6 +46,7 @@ from ..protocol import GRAPH_KWARG, Branch, NodeMessage
 from ..state import Begin, Ended, State, Stored, state_for
 from .leases import keeper
 from .observe import watch
+from .results import backend_of, store_success
 
 # a chunk stores its items' results at least this often (and at its end, and before a
 # failing item's error): one Redis call per 50 ms of work, not one per item
@@ -268,12 +269,15 @@ class NodeRun:
         return result_json
 
     def complete(self, result_json: bytes | str, choice: str = "") -> None:
-        """Store the result, arrive at the successors, publish what is released."""
+        """Store the result (in the result backend too: results.py), arrive at the
+        successors, publish what is released."""
         run_id = self.message.run_id
+        if backend_of(self.app) is not None:
+            store_success(self.app, self.message, decode_value(result_json), self.task.request)
         arrival = self.state.scripts.complete(
             self.spec, run_id, self.node, result_json, branch=choice
         )
-        settle(self.app, self.state, self.spec, run_id, arrival)
+        settle(self.app, self.state, self.spec, run_id, arrival, self.message.epoch)
 
     def expand_map(self, upstream: dict[str, bytes | None]) -> int:
         """The map node became ready: lease, then publish, one message per item of the
@@ -385,5 +389,5 @@ def fail_node(app: Any, message: NodeMessage, error: str, traceback: str = "") -
     if arrival.ended == Ended.FAILED:  # the group's policy broke: complete.lua failed the run
         after_run(app, state, run_id)
         return True
-    settle(app, state, spec, run_id, arrival)
+    settle(app, state, spec, run_id, arrival, message.epoch)
     return bool(arrival.ended)

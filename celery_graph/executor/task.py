@@ -22,11 +22,12 @@ from typing import Any
 
 from celery import Task, current_app
 from celery.exceptions import Reject, Retry
-from celery.signals import task_failure, task_retry, task_unknown
+from celery.signals import task_failure, task_retry, task_revoked, task_unknown
 from celery.utils.log import get_task_logger
 
 from ..codec import error_record, exception_record
 from ..dispatch import redeliver
+from ..engine.lifecycle import revoked
 from ..errors import (
     BrokerUnavailable,
     CeleryGraphError,
@@ -37,6 +38,7 @@ from ..errors import (
 from ..protocol import CALL_TASK, GRAPH_KWARG, NodeMessage, graph_fields
 from ..state import Mode, state_for
 from .node import NodeRun, fail_node
+from .results import store_failure, store_revoked
 
 logger = get_task_logger("celery_graph")
 
@@ -189,6 +191,7 @@ def _node_failed(
             f"on {socket.gethostname()} started, so it cannot run node messages; import its "
             "module when the worker starts (the app's imports/include, or its -A module)",
         )
+    store_failure(sender.app, message, exception, traceback, sender.request)
     try:
         fail_node(sender.app, message, error, traceback)
     except StoreUnavailable as down:
@@ -220,6 +223,33 @@ def _node_retried(sender: Any = None, request: Any = None, reason: Any = None, *
         )
     except CeleryGraphError as err:  # the lease runs out: a duplicate, not a loss
         logger.warning("celery-graph: could not lease the retry of %s: %s", message.task_id, err)
+
+
+def _node_revoked(
+    sender: Any = None,
+    request: Any = None,
+    terminated: Any = False,
+    signum: Any = None,
+    expired: Any = False,
+    **_: Any,
+) -> None:
+    """A worker discarded a node message because its task id was revoked through Celery
+    (or killed it, with ``terminate=True``): cancel the run, naming the node. Celery's
+    workers discard every later message with that id, so the run could never finish.
+    An expired message (``expires``) is left to the reconciler, which sends it again."""
+    if expired or sender is None or graph_fields(getattr(request, "kwargs", None)) is None:
+        return
+    task_id = getattr(request, "id", None)
+    if not task_id:
+        return
+    signal = f"signal {signum}" if terminated and signum else ""
+    try:
+        revoked(
+            sender.app, state_for(sender.app), task_id, terminated=bool(terminated), signal=signal
+        )
+        store_revoked(sender.app, task_id, "terminated" if terminated else "revoked", request)
+    except Exception:
+        logger.exception("celery-graph: could not cancel the run of revoked node %s", task_id)
 
 
 def _call_outside_a_graph(self: Task, *args: Any, **kwargs: Any) -> Any:
@@ -260,8 +290,9 @@ def _unknown_task(sender=None, message=None, exc=None, name=None, id=None, **kw)
 
 
 def connect_signals() -> None:
-    """Connect the receivers of node messages' failures, retries and unknown tasks
+    """Connect the receivers of node messages' failures, retries, revokes and unknown tasks
     (idempotent). Each returns at once for a message that is not a node's."""
     task_failure.connect(_node_failed, weak=False, dispatch_uid="celery_graph.node_failed")
     task_retry.connect(_node_retried, weak=False, dispatch_uid="celery_graph.node_retried")
     task_unknown.connect(_unknown_task, weak=False, dispatch_uid="celery_graph.unknown_task")
+    task_revoked.connect(_node_revoked, weak=False, dispatch_uid="celery_graph.node_revoked")

@@ -258,7 +258,7 @@ class Outcome:
     def exception(self) -> CeleryGraphError:
         """RunFailed or RunCancelled for a run that did not succeed."""
         if self.state == "cancelled":
-            return RunCancelled(self.run_id)
+            return RunCancelled(self.run_id, (self.error or {}).get("message", ""))
         err = self.error or {}
         return RunFailed(
             self.run_id,

@@ -34,6 +34,7 @@ from .replies import (
     Finish,
     Mode,
     Reclaim,
+    Revoked,
     Stored,
     Verdict,
 )
@@ -111,6 +112,7 @@ __all__ = [
     "Finish",
     "Mode",
     "Reclaim",
+    "Revoked",
     "RunIndex",
     "RunRow",
     "State",

@@ -47,6 +47,15 @@ class Finish(IntEnum):
     IGNORED = -1  # a failing copy of a message whose result is stored
 
 
+class Revoked(TextCode):
+    """revoke.lua: a node message revoked through Celery."""
+
+    ENDED = "ended"  # this call cancelled the run
+    NOT_RUNNING = "not-running"  # the run is not running (ended, or gone)
+    STALE = "stale"  # a task id of an earlier epoch: the run was resumed since
+    DONE = "done"  # the revoked node (or unit) had succeeded already
+
+
 class Begin(TextCode):
     """begin.lua's first answer, besides the status of a run that is not running."""
 
@@ -115,6 +124,7 @@ MIRRORED: dict[str, tuple[type[Enum], ...]] = {
     "map_arrive": (Stored,),
     "item": (Stored,),
     "finish": (Finish,),
+    "revoke": (Revoked,),
     "reclaim": (Verdict, Expiry),
     "lease": (Mode,),
     "continue": (Continuation,),

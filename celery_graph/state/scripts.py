@@ -30,6 +30,7 @@ from .replies import (
     Finish,
     Mode,
     Reclaim,
+    Revoked,
     Stored,
     Verdict,
 )
@@ -51,6 +52,7 @@ SCRIPTS = (
     "reclaim",
     "lease",
     "continue",
+    "revoke",
 )
 
 
@@ -271,10 +273,19 @@ class Scripts:
         args = [status, node_id, error_json, self.settings.result_ttl, guard, "1" if unsent else ""]
         return Finish(int(self._run("finish", run_id, args)))
 
-    def resume(self, run_id: str, fields: list[str], watch: list[str] | None = None) -> list[str]:
+    def revoke(self, run_id: str, field: str, node_id: str, epoch: int, error_json: str) -> Revoked:
+        """Cancel a running run because the message of ``field`` (of epoch ``epoch``) was
+        revoked through Celery, with ``error_json`` naming the node; see revoke.lua."""
+        args = [field, node_id, epoch, error_json, self.settings.result_ttl]
+        return Revoked(_text(self._run("revoke", run_id, args)))
+
+    def resume(
+        self, run_id: str, fields: list[str], watch: list[str] | None = None
+    ) -> tuple[int, list[str]]:
         """Reopen a failed or cancelled run and lease ``fields`` (nodes and map items) to
         be sent again, and those of ``watch`` (left running) that ended meanwhile; returns
-        the latter, for the caller to send as well."""
+        the run's new epoch (the task ids of the messages sent from now on end in
+        ``~<epoch>``) and the latter fields, for the caller to send as well."""
         try:
             late = self._run(
                 "resume",
@@ -289,7 +300,7 @@ class Scripts:
             )
         except redis_errors().ResponseError as exc:
             raise RunNotResumable(f"run {run_id} cannot be resumed: {exc}") from exc
-        return [_text(f) for f in late]
+        return int(late[0]), [_text(f) for f in late[1:]]
 
     # -- maps ----------------------------------------------------------------------------
 

@@ -445,7 +445,8 @@ class NodeHandler(BaseHandler):
 
 class CancelHandler(BaseHandler):
     async def post(self, run_id: str) -> None:
-        await self.answer(self.dash.views.cancel, run_id)
+        terminate = parse_body(self.body).get("terminate") is True
+        await self.answer(lambda: self.dash.views.cancel(run_id, terminate=terminate))
 
 
 class ResumeHandler(BaseHandler):

@@ -235,17 +235,23 @@ class Views:
 
     # -- acting --------------------------------------------------------------------------
 
-    def cancel(self, run_id: str) -> dict[str, Any]:
+    def cancel(self, run_id: str, terminate: bool = False) -> dict[str, Any]:
+        """Cancel a running run; ``terminate``: stop its running nodes too, through
+        Celery's revoke(terminate=True)."""
         run = GraphRun(run_id, app=self.app)
         state = self.state.runs.record(run_id)["status"]
         if state != "running":
             raise ActionRefused(f"run {run_id} is {state}: only a running run can be cancelled")
-        cancelled = run.cancel()
-        return {
+        running = run.running_task_ids() if terminate else []
+        cancelled = run.cancel(terminate=terminate)
+        answer = {
             "run_id": run_id,
             "cancelled": cancelled,
             "state": self.state.runs.record(run_id)["status"],
         }
+        if terminate:
+            answer["terminated"] = running
+        return answer
 
     def resume(self, run_id: str, node_id: str | None = None) -> dict[str, Any]:
         """Resume the run: every node it had not finished is sent again. With ``node_id``

@@ -3,7 +3,8 @@ adds it to ``app.steps['worker']`` by name, so only a worker imports this module
 
 In the worker's main process: the registry entry and heartbeat under the worker's unique
 name, ``/metrics`` and ``/healthz`` (``--metrics-port``), a bounded graceful shutdown on
-SIGTERM/SIGINT, the Redis 6.2+ check and the reconciler thread. Before the pool starts:
+SIGTERM/SIGINT, the Redis 6.2+ check, the reconciler thread and the watch on revoked node
+messages (revokes.py). Before the pool starts:
 every task of the worker's app can run node messages under its own name (``adopt``).
 """
 
@@ -38,6 +39,7 @@ from ..state import Mode, state_for
 from ..state.workers import REDIS_REQUIRED, version_tuple
 from .endpoint import MetricsServer, WorkerCollector
 from .heartbeat import DuplicateWorkerName, Heartbeat
+from .revokes import RevokeWatch
 
 logger = logging.getLogger("celery_graph.worker")
 
@@ -127,6 +129,7 @@ class GraphWorkerStep(bootsteps.StartStopStep):
         self.heartbeat: Any = None
         self.metrics: Any = None
         self.sweeper: SweepThread | None = None
+        self.revokes: RevokeWatch | None = None
         self._shutdown_started = False
         self._timer: threading.Timer | None = None
         self._worker: Any = None
@@ -168,6 +171,7 @@ class GraphWorkerStep(bootsteps.StartStopStep):
             self.heartbeat = None
             _fail(f"cannot reach the graph Redis at start ({exc})")
         self.sweeper = SweepThread(w.app).start()  # one sweep at a time across workers
+        self.revokes = RevokeWatch(w.app).start()  # revokes of running or future nodes
         if opts.metrics_port is not None:
             collector = WorkerCollector(
                 state, w.hostname, time.monotonic(), queues, in_flight, QueueDepth(w.app)
@@ -313,6 +317,9 @@ class GraphWorkerStep(bootsteps.StartStopStep):
         if self.sweeper is not None:
             self.sweeper.stop()
             self.sweeper = None
+        if self.revokes is not None:
+            self.revokes.stop()
+            self.revokes = None
         if self.metrics is not None:
             self.metrics.stop()
             self.metrics = None

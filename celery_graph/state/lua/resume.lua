@@ -2,9 +2,12 @@
 -- results already stored are kept. The caller computes, from each node's state, which
 -- nodes and map items to send again (unfinished, every predecessor done, not running
 -- under a live lease); this resets their markers and gives each a lease before the
--- caller publishes them, so a publish that fails is recovered by the reconciler.
+-- caller publishes them, so a publish that fails is recovered by the reconciler. Each
+-- resume starts a new epoch of the run ("epoch" in the run record): every message sent
+-- from then on carries a task id ending in "~<epoch>", so a revoke of an earlier task id,
+-- which Celery's workers keep for hours, never discards it (revoke.lua calls it stale).
 --
--- KEYS[1] K.run      run record          (hash)
+-- KEYS[1] K.run      run record          (hash: "epoch" counts the resumes)
 -- KEYS[2] K.results  run results         (hash)
 -- KEYS[3] K.nodes    run node state      (hash)
 -- KEYS[4] K.sinks    finished sinks      (set)
@@ -22,8 +25,8 @@
 --            (it ended into the closed run: its result is kept, its arrival is not made)
 --            is sent again too
 --
--- Returns the fields of ARGV[4+N ..] to send as well, or {err} when the run is not
--- resumable.
+-- Returns {the run's new epoch, the fields of ARGV[4+N ..] to send as well ...}, or
+-- {err} when the run is not resumable.
 -- @include "clock"
 -- @include "run"
 local run_ttl, queued_lease, nfields = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -37,6 +40,7 @@ local now, nowstr = server_clock()
 redis.call('HSET', K.run, 'status', 'running', 'resumed', nowstr)
 redis.call('HDEL', K.run, 'error', 'finished', 'deadline', 'unsent', 'continued')
 redis.call('DEL', K.done)
+local epoch = redis.call('HINCRBY', K.run, 'epoch', 1)
 local expiry = now + queued_lease
 local function send(field)
   redis.call('HSET', K.nodes, field .. ':state', 'queued', field .. ':queued', nowstr)
@@ -48,7 +52,7 @@ local first_watched = FIRST_FIELD + nfields
 for i = FIRST_FIELD, first_watched - 1 do
   send(ARGV[i])
 end
-local late = {}
+local late = {epoch}
 for i = first_watched, #ARGV do
   if not redis.call('ZSCORE', K.leases, ARGV[i]) then
     send(ARGV[i])

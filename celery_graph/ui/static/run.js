@@ -143,8 +143,11 @@ export async function runPage(root, runId) {
   const notice = h("div", { id: "notice" });
   const cancel = h("button", { type: "button", id: "cancel", class: "danger", disabled: true },
     "Cancel run");
+  const terminate = h("button", { type: "button", id: "terminate", class: "danger", disabled: true,
+    title: "Cancel, and stop the running nodes through Celery's revoke(terminate=True)" },
+    "Cancel and terminate");
   const resume = h("button", { type: "button", id: "resume", disabled: true }, "Resume run");
-  const actions = h("div", { class: "actions" }, cancel, resume);
+  const actions = h("div", { class: "actions" }, cancel, terminate, resume);
   const failure = h("div", { id: "run-error" });
   const graphBox = h("div", { class: "graph", id: "graph" });
   const legend = h("div", { class: "legend" },
@@ -192,6 +195,7 @@ export async function runPage(root, runId) {
       field("deadline", status.deadline ? fmtTime(status.deadline) : null),
       field("resumed", status.resumed ? fmtTime(status.resumed) : null)));
     cancel.disabled = !status.actions.cancel;
+    terminate.disabled = !status.actions.cancel;
     resume.disabled = !status.actions.resume;
     fill(failure, status.error ? h("section", { class: "panel failed" },
       h("h2", {}, status.state === "cancelled" ? "Cancelled" : "Failed"), errorView(status.error)) : null);
@@ -274,9 +278,9 @@ export async function runPage(root, runId) {
     else showNode(selected.focus || selected.id);
   }
 
-  async function act(path, done) {
+  async function act(path, done, body = {}) {
     try {
-      await api(path, { method: "POST", body: {} });
+      await api(path, { method: "POST", body });
       fill(notice, h("div", { class: "ok-box", role: "status" }, done));
     } catch (err) {
       fill(notice, errorBox(err.message));
@@ -288,6 +292,11 @@ export async function runPage(root, runId) {
   cancel.addEventListener("click", () => {
     if (window.confirm(`Cancel run ${runId}? No pending node starts after this.`)) {
       act(`runs/${runId}/cancel`, "run cancelled");
+    }
+  });
+  terminate.addEventListener("click", () => {
+    if (window.confirm(`Cancel run ${runId} and terminate its running nodes?`)) {
+      act(`runs/${runId}/cancel`, "run cancelled, running nodes terminated", { terminate: true });
     }
   });
   resume.addEventListener("click", () => act(`runs/${runId}/resume`, "run resumed"));
