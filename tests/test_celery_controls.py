@@ -21,7 +21,7 @@ from celery_graph import RunCancelled, RunFailed
 from celery_graph.state import Revoked, state_for
 from celery_graph.worker.revokes import RevokeWatch
 from tests.helpers import wait_for
-from tests.tasks import boom, extract, flaky, slow, step, transform
+from tests.tasks import boom, extract, flaky, slow, step, transform, unconsumed
 from tests.workers import ROOT, SESSION, Workers
 
 pytestmark = pytest.mark.timeout(240)
@@ -282,3 +282,16 @@ def test_node_results_in_a_database_result_backend(redis_url, tmp_path):
         assert result.state == "SUCCESS" and result.result == [10, 20, 30]
     finally:
         w.stop()
+
+
+def test_the_watch_on_revoked_ids_cancels_once_and_ignores_other_ids(app):
+    """RevokeWatch alone (the workers' thread), over a given list of revoked ids: a node
+    whose message waits in a queue nobody consumes."""
+    run = unconsumed.as_graph().apply_async()
+    ids = [str(uuid.uuid4()), f"{run.id}:unconsumed", f"{uuid.uuid4().hex}:gone"]
+    watch = RevokeWatch(app, revoked_ids=lambda: ids)
+    assert watch.scan() == [f"{run.id}:unconsumed"]
+    assert watch.scan() == []  # each id is acted on once
+    with pytest.raises(RunCancelled, match="node 'unconsumed' revoked"):
+        run.get(timeout=10)
+    assert app.AsyncResult(f"{run.id}:unconsumed").state == "REVOKED"

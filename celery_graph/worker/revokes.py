@@ -60,15 +60,13 @@ class RevokeWatch:
         """Act on the node task ids revoked since the last scan; the ids whose runs this
         scan cancelled."""
         ids = _snapshot(self._revoked_ids())
-        new = [i for i in ids if i not in self._seen and NodeTaskId.parse(i) is not None]
         cancelled = []
-        if new:
-            state = state_for(self.app)
-            for task_id in new:
-                if revoked(self.app, state, task_id) == Revoked.ENDED:
-                    store_revoked(self.app, task_id, "revoked")
-                    cancelled.append(task_id)
-                self._seen.add(task_id)  # not before: after a Redis error it is tried again
+        for task_id in [i for i in ids if i not in self._seen]:
+            node = NodeTaskId.parse(task_id) is not None
+            if node and revoked(self.app, state_for(self.app), task_id) == Revoked.ENDED:
+                store_revoked(self.app, task_id, "revoked")
+                cancelled.append(task_id)
+            self._seen.add(task_id)  # not before: after a Redis error it is tried again
         if len(self._seen) > len(ids):
             self._seen &= set(ids)  # forget the ids the worker forgot
         return cancelled
