@@ -11,7 +11,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test test-pythons demo docs docs-tables lint typecheck bench bench-quick bench-recovery clean
+.PHONY: venv test test-pythons demo docs docs-tables lint typecheck bench bench-quick bench-steps bench-profile bench-recovery clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,14 @@ bench: $(BENCH_STAMP)
 
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m bench --quick
+
+# sequential latency alone: 1-, 3-, 50-step flows against Celery's chain, commands per step
+bench-steps: $(BENCH_STAMP)
+	$(BIN)/python -m bench.steps
+
+# where one step's time goes in the worker (cProfile of a solo worker)
+bench-profile: $(BENCH_STAMP)
+	$(BIN)/python -m bench.profile_step
 
 bench-recovery: $(STAMP)
 	$(BIN)/python -m bench.recovery

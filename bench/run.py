@@ -20,6 +20,8 @@ from typing import Any
 
 import redis
 
+from bench import steps
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).resolve().parent
 SIZE_QUEUE = "bench-size"  # a queue no worker consumes: messages are measured there
@@ -412,7 +414,7 @@ def keys_left(url: str, processes: int, runs: int) -> dict[str, Any]:
 # -- the whole suite ----------------------------------------------------------------------
 
 
-SECTIONS = ("canvas", "dramatiq", "messages", "map", "scale", "keys", "io")
+SECTIONS = ("canvas", "dramatiq", "messages", "map", "scale", "keys", "io", "steps")
 
 
 def main(
@@ -464,6 +466,8 @@ def main(
             results["redis_after"] = keys_left(url, processes, eight_runs)
         if wanted("io"):
             results["io_scaling"] = io_scaling(url, [1, 2, 4], 60 if quick else 200)
+        if wanted("steps"):  # sequential latency against Celery's chain (bench/steps.py)
+            results["steps"] = steps.section(url, quick, processes, celery_workers)
     except BaseException:
         (OUT / "results-partial.json").write_text(json.dumps(results, indent=2) + "\n")
         raise
@@ -640,6 +644,8 @@ def targets(results: dict[str, Any], fan_sizes: list[int], chain_len: int) -> di
         small = w[f"fan-out/fan-in N={fan_sizes[0]}"]["celery-graph"]
         key = f"fan-out N={big} / N={fan_sizes[0]} (<= 11)"
         out[key] = round(fan_big["celery-graph"] / small, 2)
+    if "steps" in results:
+        out.update(steps.targets(results["steps"]))
     return out
 
 
@@ -707,6 +713,9 @@ def table(results: dict[str, Any]) -> str:
         f"{ra['bytes_per_inflight_run']} bytes per in-flight 8-task run."
     )
     lines.append("")
+    if "steps" in results:
+        lines.append(steps.table(results["steps"]))
+        lines.append("")
     lines.append("| target | measured |")
     lines.append("|---|---|")
     for k, v in results["targets"].items():

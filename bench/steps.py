@@ -1,0 +1,215 @@
+"""Sequential latency: 1-, 3- and 50-step flows against Celery's ``chain`` of the same
+length, side by side in one run (one private Redis, one plain ``celery worker -c 2``, one
+flow at a time, the submitter ``.get()``s), with the Redis commands each system spends per
+step (``INFO commandstats`` around one 50-step run) and the time ``status`` takes on a
+100,000-node run.
+
+    python -m bench --only steps          (python -m bench.steps for this section alone)
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+STEPS = (1, 3, 50)
+STATUS_NODES = 100_000
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) by nearest rank: p95 of 20 values is the 19th."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q * len(ordered) + 0.4999)))
+    return ordered[rank - 1]
+
+
+def _graph(n: int) -> Any:
+    from bench.apps import g_noop
+    from celery_graph import Sequence
+
+    if n == 1:
+        return g_noop.bind(id="s0")
+    return Sequence(tuple(g_noop.bind(id=f"s{i}") for i in range(n)))
+
+
+def _chain(n: int) -> Any:
+    from celery import chain
+
+    from bench.apps import c_noop
+
+    return chain(*[c_noop.si() for _ in range(n)])
+
+
+def _runners(n: int) -> dict[str, Callable[[], Any]]:
+    flow = _graph(n)
+    flow.compile()  # compiled once, as for any flow a service submits repeatedly
+    return {
+        "celery-graph": lambda: flow.apply_async().get(timeout=120),
+        "celery chain": lambda: (
+            _chain(n).apply_async().get(timeout=120, disable_sync_subtasks=False)
+        ),
+    }
+
+
+def commands(client: redis.Redis, fn: Callable[[], Any]) -> dict[str, int]:
+    """Redis commands by name that ``fn`` caused (INFO commandstats before and after; the
+    workers' own polling in that time included, as it is part of what a step costs)."""
+
+    def snapshot() -> dict[str, int]:
+        return {
+            name.removeprefix("cmdstat_"): int(v["calls"])
+            for name, v in client.info("commandstats").items()
+        }
+
+    before = snapshot()
+    fn()
+    after = snapshot()
+    diff = {k: after[k] - before.get(k, 0) for k in after}
+    # the two INFO calls themselves
+    diff["info"] = diff.get("info", 0) - 1
+    return {k: v for k, v in sorted(diff.items(), key=lambda kv: -kv[1]) if v > 0}
+
+
+def latency(repeats: dict[int, int]) -> dict[str, Any]:
+    """p50 and p95 per flow length and system; the systems take turns run by run."""
+    out: dict[str, Any] = {}
+    for n in STEPS:
+        runners = _runners(n)
+        for fn in runners.values():  # warm: connections, the stored graph, imports
+            for _ in range(3):
+                fn()
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        for _ in range(repeats[n]):
+            for name, fn in runners.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+        row: dict[str, Any] = {}
+        for name, ts in times.items():
+            row[name] = {
+                "p50 ms": round(statistics.median(ts) * 1000, 2),
+                "p95 ms": round(percentile(ts, 0.95) * 1000, 2),
+            }
+        row["ratio p50"] = round(row["celery-graph"]["p50 ms"] / row["celery chain"]["p50 ms"], 2)
+        out[f"{n} step" + ("s" if n > 1 else "")] = row
+    return out
+
+
+def commands_per_step(url: str, n: int = 50) -> dict[str, Any]:
+    client = redis.Redis.from_url(url)
+    out: dict[str, Any] = {}
+    for name, fn in _runners(n).items():
+        fn()  # warm
+        counted = commands(client, fn)
+        out[name] = {
+            "per step": round(sum(counted.values()) / n, 1),
+            "top": {k: round(v / n, 2) for k, v in list(counted.items())[:8]},
+        }
+    return out
+
+
+def status_time(url: str, nodes: int = STATUS_NODES, repeats: int = 5) -> dict[str, Any]:
+    """``GraphRun.status()`` and the summary the CLI's ``status`` prints, on a run of
+    ``nodes`` nodes (a fan-out no worker consumes: submitted, never run)."""
+    from bench.apps import app, g_noop
+    from celery_graph import Parallel
+
+    queue = f"bench-status-{uuid.uuid4().hex[:6]}"  # nobody consumes it
+    import dataclasses
+
+    base = dataclasses.replace(g_noop, options=(("queue", queue),))
+    flow = (
+        base.bind(id="start")
+        >> Parallel(tuple(base.bind(id=f"m{i}") for i in range(nodes - 2)))
+        >> base.bind(id="join")
+    )
+    flow.compile()
+    run = flow.apply_async()
+    try:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run.status()
+            times.append(time.perf_counter() - start)
+        return {"nodes": nodes, "status ms": round(statistics.median(times) * 1000, 1)}
+    finally:
+        run.cancel()
+        redis.Redis.from_url(url).delete(queue)
+        del app
+
+
+def main(quick: bool = False, processes: int = 2) -> dict[str, Any]:
+    """The whole section on its own private Redis and worker."""
+    from bench.run import ROOT, celery_workers
+    from celery_graph.testing import PrivateRedis
+
+    server = PrivateRedis().start()
+    url = server.url
+    os.environ["BENCH_REDIS_URL"] = url
+    sys.path.insert(0, str(ROOT))
+    try:
+        return section(url, quick, processes, celery_workers)
+    finally:
+        server.cleanup()
+
+
+def section(url: str, quick: bool, processes: int, workers: Callable[..., Any]) -> dict[str, Any]:
+    repeats = {1: 20, 3: 20, 50: 5} if quick else {1: 100, 3: 100, 50: 20}
+    with workers(url, processes):
+        out: dict[str, Any] = {"latency": latency(repeats)}
+        out["redis commands per step, 50 steps"] = commands_per_step(url)
+    out["status"] = status_time(url, 10_000 if quick else STATUS_NODES)
+    return out
+
+
+def targets(results: dict[str, Any]) -> dict[str, Any]:
+    """The goals of issue 22 that this section measures."""
+    lat = results["latency"]
+    status = results["status"]
+    return {
+        "3-step p50 / Celery chain p50 (<= 1.0)": lat["3 steps"]["ratio p50"],
+        "50-step per step / Celery chain per step (<= 1.0)": lat["50 steps"]["ratio p50"],
+        f"status of a {status['nodes']:,}-node run, ms (< 50)": status["status ms"],
+    }
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [
+        "| flow | celery-graph p50 | p95 | Celery chain p50 | p95 | ratio p50 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in results["latency"].items():
+        g, c = row["celery-graph"], row["celery chain"]
+        lines.append(
+            f"| {name} | {g['p50 ms']} ms | {g['p95 ms']} ms | {c['p50 ms']} ms | "
+            f"{c['p95 ms']} ms | {row['ratio p50']} |"
+        )
+    fifty = results["latency"].get("50 steps")
+    if fifty:
+        g = fifty["celery-graph"]["p50 ms"] / 50
+        c = fifty["celery chain"]["p50 ms"] / 50
+        lines.append(f"\n50 steps, per step: celery-graph {g:.2f} ms, Celery chain {c:.2f} ms.")
+    cmds = results["redis commands per step, 50 steps"]
+    lines.append(
+        "Redis commands per step (INFO commandstats over one 50-step run): "
+        + ", ".join(f"{k} {v['per step']}" for k, v in cmds.items())
+        + "."
+    )
+    st = results["status"]
+    lines.append(f"status of a {st['nodes']:,}-node run: {st['status ms']} ms.")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import json
+
+    res = main(quick="--quick" in sys.argv)
+    print(json.dumps(res, indent=2))
+    print(table(res))
