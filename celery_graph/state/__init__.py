@@ -41,7 +41,7 @@ from .replies import (
 from .runs import RunStore
 from .scripts import Scripts
 from .shared import SharedState
-from .workers import WorkerStore
+from .workers import WorkerStore, task_counts
 
 
 class State:
@@ -119,4 +119,5 @@ __all__ = [
     "Stored",
     "Verdict",
     "state_for",
+    "task_counts",
 ]

@@ -42,6 +42,23 @@ def bucket_label(le: float) -> str:
     return "+Inf" if le == float("inf") else repr(float(le))
 
 
+def task_counts(
+    task: str, queue: str, outcome: str, runtime: float | None, buckets: Sequence[float]
+) -> tuple[dict[str, int], dict[str, float]]:
+    """The counters one task adds to its worker's hash: (whole numbers, floats)."""
+    series = f"{task}|{queue}"
+    whole = {"processed": 1, f"n|{series}|{outcome}": 1}
+    if outcome in ("succeeded", "failed", "retried"):
+        whole[outcome] = 1
+    floats: dict[str, float] = {}
+    if runtime is not None:
+        floats = {"runtime_total": runtime, f"s|{series}": runtime}
+        for le in (*buckets, float("inf")):
+            if runtime <= le:
+                whole[f"b|{series}|{bucket_label(le)}"] = 1
+    return whole, floats
+
+
 @dataclass(frozen=True)
 class Claim:
     """What registering a worker name found."""
@@ -217,17 +234,15 @@ class WorkerStore:
     ) -> None:
         """One task ran to an end state (``outcome``: succeeded, failed, retried or other)
         in a pool process of ``hostname``."""
-        series = f"{task}|{queue}"
-        whole = {"processed": 1, f"n|{series}|{outcome}": 1}
-        if outcome in ("succeeded", "failed", "retried"):
-            whole[outcome] = 1
-        floats = {}
-        if runtime is not None:
-            floats = {"runtime_total": runtime, f"s|{series}": runtime}
-            for le in (*buckets, float("inf")):
-                if runtime <= le:
-                    whole[f"b|{series}|{bucket_label(le)}"] = 1
-        self._add(CounterKeys(self.keys.worker_metrics(hostname)), whole, floats, ttl, "a task")
+        whole, floats = task_counts(task, queue, outcome, runtime, buckets)
+        self.add_task_counts(hostname, whole, floats, ttl)
+
+    def add_task_counts(
+        self, hostname: str, whole: dict[str, int], floats: dict[str, float], ttl: int
+    ) -> None:
+        """Add the counts of some tasks of ``hostname`` (added up by :func:`task_counts`
+        in the process that ran them) in one step."""
+        self._add(CounterKeys(self.keys.worker_metrics(hostname)), whole, floats, ttl, "tasks")
 
     def counters(self, hostname: str) -> dict[str, float]:
         raw = translated(

@@ -3,8 +3,12 @@ process in the Prometheus text format (``endpoint.py``), beside a ``/healthz`` l
 endpoint. This module counts; it imports neither prometheus_client nor an HTTP server.
 
 With the prefork pool a task runs in a child process, so counters cannot live in the
-main process's memory. Each child adds to one Redis hash per worker
-(``P:worker:{hostname}:metrics``, see ``state/workers.py``); the heartbeat in the main
+main process's memory. Each child adds up its tasks' counts in its own memory and adds
+them to one Redis hash per worker (``P:worker:{hostname}:metrics``, see
+``state/workers.py``) in one call every ``FLUSH_SECONDS`` (and when the process stops),
+never one call per task: a process killed outright loses at most that last second of
+counts, never a task's outcome without its count or a bucket without its histogram's
+count (each batch is added in one script). The heartbeat in the main
 process keeps that hash alive and the main process serves it at
 ``http://HOST:PORT/metrics`` together with live numbers only it knows (in-flight tasks,
 uptime) and the depth of every queue the worker consumes. ``/healthz`` answers 200 while
@@ -33,15 +37,16 @@ ended it: every worker serves the same numbers (aggregate them with ``max``, not
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any
 
-from celery.signals import task_postrun, task_prerun
+from celery.signals import task_postrun, task_prerun, worker_process_shutdown, worker_shutdown
 
 from ..config import registry_ttl
 from ..signals import run_finished, run_started
-from ..state import State, state_for
+from ..state import State, state_for, task_counts
 
 logger = logging.getLogger("celery_graph.metrics")
 
@@ -82,9 +87,58 @@ RUN_DURATION_BUCKETS = (
 # task_postrun's ``state`` -> the outcome label
 _OUTCOME = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried"}
 
+# seconds between two additions of a process's task counts to Redis
+FLUSH_SECONDS = 1.0
+
 _started: dict[str, float] = {}
 _installed = False
 _lock = threading.Lock()
+
+
+class TaskTally:
+    """Task counts of this process not yet in Redis, by (state, hostname), added to Redis
+    in one call per worker hash every ``FLUSH_SECONDS`` by one daemon thread (started on
+    first use and again in a forked child)."""
+
+    def __init__(self) -> None:
+        self._pending: dict[tuple[int, str], tuple[State, dict[str, int], dict[str, float]]] = {}
+        self._lock = threading.Lock()
+        self._pid = 0
+        self._wake = threading.Event()
+
+    def add(
+        self, state: State, hostname: str, whole: dict[str, int], floats: dict[str, float]
+    ) -> None:
+        with self._lock:
+            _, w, f = self._pending.setdefault((id(state), hostname), (state, {}, {}))
+            for k, v in whole.items():
+                w[k] = w.get(k, 0) + v
+            for k, x in floats.items():
+                f[k] = f.get(k, 0.0) + x
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, name="celery-graph-metrics", daemon=True).start()
+
+    def _run(self) -> None:
+        pid = os.getpid()
+        while self._pid == pid:
+            self._wake.wait(FLUSH_SECONDS)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        """Add every pending count to Redis now (a batch Redis refuses is dropped, with a
+        warning: metrics never hold a task up)."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for (_, hostname), (state, whole, floats) in pending.items():
+            try:
+                state.workers.add_task_counts(hostname, whole, floats, registry_ttl())
+            except Exception:
+                logger.warning("celery-graph: could not record task metrics", exc_info=True)
+
+
+tally = TaskTally()
 
 
 # -- counting, in whichever process runs the task ---------------------------------------
@@ -110,17 +164,20 @@ def _on_postrun(
         hostname = task.request.hostname
         if not hostname:
             return
-        state_for(task.app).workers.count_task(
-            hostname,
+        whole, floats = task_counts(
             task.name,
             _queue_of(task.request),
             _OUTCOME.get(state or "", (state or "unknown").lower()),
             None if began is None else time.monotonic() - began,
             TASK_DURATION_BUCKETS,
-            registry_ttl(),
         )
+        tally.add(state_for(task.app), hostname, whole, floats)
     except Exception:  # metrics must never fail a task
         logger.warning("celery-graph: could not record task metrics", exc_info=True)
+
+
+def _on_process_shutdown(**_: Any) -> None:
+    tally.flush()
 
 
 def install_task_signals() -> None:
@@ -131,6 +188,10 @@ def install_task_signals() -> None:
             return
         task_prerun.connect(_on_prerun, weak=False, dispatch_uid="celery_graph.metrics.pre")
         task_postrun.connect(_on_postrun, weak=False, dispatch_uid="celery_graph.metrics.post")
+        for stopping in (worker_process_shutdown, worker_shutdown):
+            stopping.connect(
+                _on_process_shutdown, weak=False, dispatch_uid="celery_graph.metrics.flush"
+            )
         _installed = True
 
 
