@@ -61,10 +61,14 @@ local FIRST_UPSTREAM = FIRST_LINK + links
 local Begin = {RUNNING = 'running', DEADLINE = 'deadline', DONE = 'done', BUSY = 'busy',
                UNRELEASED = 'unreleased'}
 
+-- the run record's fields, the results and the node's state, each in one read
+local run = redis.call('HMGET', K.run, 'status', 'deadline', 'inputs', 'flow')
+local status, inputs = run[1], run[3]
+
 -- ``out``, and what the watchers show when the node is watched (ARGV[8])
 local function answer(out)
   if watched then
-    local shown = {redis.call('HGET', K.run, 'flow')}
+    local shown = {run[4]}
     for i = FIRST_LINK, FIRST_UPSTREAM - 1 do
       shown[#shown + 1] = redis.call('HGET', K.nodes, ARGV[i] .. ':trace')
     end
@@ -73,22 +77,27 @@ local function answer(out)
   return out
 end
 
-local status = redis.call('HGET', K.run, 'status')
 if status ~= Begin.RUNNING then
   return answer({status})
 end
 local now, nowstr = server_clock()
-if past_deadline(now) then
+if run[2] and now > tonumber(run[2]) then
   return answer({Begin.DEADLINE})
 end
-local own = redis.call('HGET', K.results, field)
-local inputs = redis.call('HGET', K.run, 'inputs')
+local wanted = {field}
+for i = FIRST_UPSTREAM, #ARGV do
+  wanted[#wanted + 1] = ARGV[i]
+end
+local results = redis.call('HMGET', K.results, unpack(wanted))
+local own = results[1]
 if own then
   return answer({status, inputs, own})
 end
-local state = redis.call('HGET', K.nodes, field .. ':state')
+local node = redis.call('HMGET', K.nodes, field .. ':state', record_field(field),
+                        field .. ':items')
+local state = node[1]
 if state == 'failed' or state == 'skipped' or state == 'skipping'
-    or (expands and redis.call('HEXISTS', K.nodes, field .. ':items') == 1) then
+    or (expands and node[3]) then
   return answer({Begin.DONE})
 end
 -- released: a node has a state from its release on; a unit of a map, once its map node
@@ -97,14 +106,14 @@ local map_node = string.match(field, '^(.+)[#@]%d+$')
 if not state and not (map_node and redis.call('HEXISTS', K.nodes, map_node .. ':items') == 1) then
   return answer({Begin.UNRELEASED, ''})
 end
-local record = read_record(field)
+local record = parse_record(node[2])
 if state == 'running' and record.attempts ~= handover then
   return answer({Begin.BUSY, record.worker, record.attempts,
                  redis.call('ZSCORE', K.leases, field) or ''})
 end
 local upstream = {}
 for i = FIRST_UPSTREAM, #ARGV do
-  local result = redis.call('HGET', K.results, ARGV[i])
+  local result = results[i - FIRST_UPSTREAM + 2]
   if not result then
     -- none stored: it ended without one (a skip, a failure its group tolerates), or the
     -- state is behind this message
@@ -117,15 +126,18 @@ for i = FIRST_UPSTREAM, #ARGV do
 end
 local attempt = tonumber(record.attempts) + 1
 local started = {attempts = attempt, started = nowstr, finished = '', worker = worker}
-redis.call('HSET', K.nodes, field .. ':state', 'running',
-           record_field(field), pack_record(started))
-redis.call('HDEL', K.nodes, field .. ':queued')
-redis.call('ZREM', K.queued, field)
+-- (its "<field>:queued" time stays: when it was last released or sent again)
 if trace ~= '' then
-  redis.call('HSET', K.nodes, field .. ':trace', trace)
+  redis.call('HSET', K.nodes, field .. ':state', 'running',
+             record_field(field), pack_record(started), field .. ':trace', trace)
+else
+  redis.call('HSET', K.nodes, field .. ':state', 'running',
+             record_field(field), pack_record(started))
 end
+redis.call('ZREM', K.queued, field)
+-- the leases set may have emptied (Redis drops it): it takes the run's expiry again; the
+-- node state was given it when the run started (or resumed) and keeps it
 redis.call('ZADD', K.leases, now + tonumber(running_lease), field)
-redis.call('EXPIRE', K.nodes, run_ttl)
 redis.call('EXPIRE', K.leases, run_ttl)
 local out = {status, inputs, false, attempt}
 for _, result in ipairs(upstream) do

@@ -126,19 +126,45 @@ if first then
     pin_choice()
   end
 end
+
+-- what this arrival reads of the node state, in one call: the node's state, record,
+-- unsettled mark and branch choice, then the state of each successor. (The node state
+-- keeps the expiry the run's start or resume gave it: it never empties while the run runs.)
+local fields = {node .. ':state', record_field(node), node .. ':unsettled', node .. ':branch'}
+for i = 0, nsucc - 1 do
+  fields[#fields + 1] = ARGV[FIRST_SUCC + 3 * i] .. ':state'
+end
+local seen = redis.call('HMGET', K.nodes, unpack(fields))
+local FIRST_SUCC_STATE = 5
+
+-- writes to the node state, made in one HSET (flush) before the script answers
+local writes = {}
+local function flush()
+  if #writes > 0 then
+    redis.call('HSET', K.nodes, unpack(writes))
+    writes = {}
+  end
+end
+
 if last then
   -- the final state is set in the last part: a worker that dies between parts leaves the
   -- node with its lease, and a copy arrives everywhere again
   local final = ({ok = 'succeeded', failed = 'failed', skipped = 'skipped'})[kind]
-  redis.call('HSET', K.nodes, node .. ':state', final)
-  redis.call('HDEL', K.nodes, node .. ':unsettled')
-  record_finished(node, nowstr)
+  local r = parse_record(seen[2])
+  r.finished = nowstr
+  writes = {node .. ':state', final, record_field(node), pack_record(r)}
+  if seen[3] then
+    redis.call('HDEL', K.nodes, node .. ':unsettled')
+  end
   redis.call('ZREM', K.leases, node)
-  redis.call('ZREM', K.queued, node)
+  -- a running node left the queued leases when it began (begin.lua)
+  if seen[1] ~= 'running' then
+    redis.call('ZREM', K.queued, node)
+  end
 end
-redis.call('EXPIRE', K.nodes, run_ttl)
 
 if first and kind == 'failed' and policy_json ~= '' then
+  flush()
   local policy = cjson.decode(policy_json)
   local failed = {}
   local is_failed = {}
@@ -183,7 +209,7 @@ if first and kind == 'failed' and policy_json ~= '' then
 end
 
 local chosen = nil
-local choice = redis.call('HGET', K.nodes, node .. ':branch')
+local choice = seen[4]
 if choice and choice ~= '*' then
   chosen = {}
   for id in string.gmatch(string.sub(choice, 2), '[^,]+') do
@@ -193,6 +219,7 @@ end
 
 local publish = {}
 local skipped = {}
+local leased, queued = false, false
 local k = FIRST_OWN_KEY
 for i = 0, nsucc - 1 do
   local succ = ARGV[FIRST_SUCC + 3 * i]
@@ -216,24 +243,39 @@ for i = 0, nsucc - 1 do
   end
   if ready then
     local field = succ .. ':state'
+    local state = seen[FIRST_SUCC_STATE + i]
     if not any_real then
       -- to be skipped: every copy passes the skip on while it is pending (it is
       -- idempotent); the lease makes the reconciler finish a propagation nobody did
-      if redis.call('HSETNX', K.nodes, field, 'skipping') == 1 then
+      if not state then
+        redis.call('HSET', K.nodes, field, 'skipping')
         redis.call('ZADD', K.leases, now + lease, succ)
+        leased = true
+        state = 'skipping'
       end
-      if redis.call('HGET', K.nodes, field) == 'skipping' then
+      if state == 'skipping' then
         skipped[#skipped + 1] = succ
       end
-    elseif redis.call('HSETNX', K.nodes, field, 'queued') == 1 then
-      redis.call('HSET', K.nodes, succ .. ':queued', nowstr)
+    elseif not state then
+      -- released once: its state goes from nothing to "queued" (read above, in this call)
+      writes[#writes + 1] = field
+      writes[#writes + 1] = 'queued'
+      writes[#writes + 1] = succ .. ':queued'
+      writes[#writes + 1] = nowstr
       redis.call('ZADD', K.queued, now + delay + lease, succ)
+      queued = true
       publish[#publish + 1] = succ
     end
   end
 end
-redis.call('EXPIRE', K.leases, run_ttl)
-redis.call('EXPIRE', K.queued, run_ttl)
+flush()
+-- a set emptied earlier (Redis drops it) that this call added to takes the run's expiry
+if leased then
+  redis.call('EXPIRE', K.leases, run_ttl)
+end
+if queued then
+  redis.call('EXPIRE', K.queued, run_ttl)
+end
 local out = {stored, Ended.NO, #publish}
 for _, s in ipairs(publish) do out[#out + 1] = s end
 for _, s in ipairs(skipped) do out[#out + 1] = s end

@@ -9,14 +9,18 @@ local function record_field(field)
   return field .. ':run'
 end
 
--- The record of ``field``, as strings ({attempts = '0', ...} when there is none).
-local function read_record(field)
-  local raw = redis.call('HGET', K.nodes, record_field(field))
+-- A record's text (or false: none yet) as strings ({attempts = '0', ...} for none).
+local function parse_record(raw)
   if not raw then
     return {attempts = '0', started = '', finished = '', worker = ''}
   end
   local a, s, f, w = string.match(raw, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
   return {attempts = a, started = s, finished = f, worker = w}
+end
+
+-- The record of ``field``, as strings ({attempts = '0', ...} when there is none).
+local function read_record(field)
+  return parse_record(redis.call('HGET', K.nodes, record_field(field)))
 end
 
 -- The text of a record.
