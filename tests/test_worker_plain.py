@@ -110,10 +110,12 @@ def test_plain_celery_worker_serves_histograms_and_healthz_without_redis(
             lambda: (
                 (s := scrape(port)).get(("celery_graph_task_duration_seconds_count", labels)) == 1
                 and s.get(finished) == 1
+                and s.get(("celery_graph_runs_started_total", ())) == 1
                 and s
             ),
             10,
-            "the histogram of ops_long and the finished run",
+            "the histogram of ops_long and the started and finished run (counts are "
+            "written once a second)",
         )
 
         def plus(**more):

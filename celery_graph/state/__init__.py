@@ -41,7 +41,7 @@ from .replies import (
 from .runs import RunStore
 from .scripts import Scripts
 from .shared import SharedState
-from .workers import WorkerStore, task_counts
+from .workers import WorkerStore, run_counts, task_counts
 
 
 class State:
@@ -118,6 +118,7 @@ __all__ = [
     "State",
     "Stored",
     "Verdict",
+    "run_counts",
     "state_for",
     "task_counts",
 ]

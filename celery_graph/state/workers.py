@@ -59,6 +59,21 @@ def task_counts(
     return whole, floats
 
 
+def run_counts(
+    event: str, duration: float | None, buckets: Sequence[float]
+) -> tuple[dict[str, int], dict[str, float]]:
+    """The counters a run adds when it starts (``event`` "started") or ends ("succeeded",
+    "failed", "cancelled") after ``duration`` seconds: (whole numbers, floats)."""
+    whole = {event: 1}
+    floats: dict[str, float] = {}
+    if duration is not None:
+        floats["s"] = duration
+        for le in (*buckets, float("inf")):
+            if duration <= le:
+                whole[f"b|{bucket_label(le)}"] = 1
+    return whole, floats
+
+
 @dataclass(frozen=True)
 class Claim:
     """What registering a worker name found."""
@@ -256,14 +271,12 @@ class WorkerStore:
     ) -> None:
         """A run started (``event`` "started") or ended ("succeeded", "failed",
         "cancelled") after ``duration`` seconds."""
-        whole = {event: 1}
-        floats = {}
-        if duration is not None:
-            floats["s"] = duration
-            for le in (*buckets, float("inf")):
-                if duration <= le:
-                    whole[f"b|{bucket_label(le)}"] = 1
-        self._add(CounterKeys(self.keys.run_metrics()), whole, floats, ttl, "a run")
+        whole, floats = run_counts(event, duration, buckets)
+        self.add_run_counts(whole, floats, ttl)
+
+    def add_run_counts(self, whole: dict[str, int], floats: dict[str, float], ttl: int) -> None:
+        """Add the counts of some runs (added up by :func:`run_counts`) in one step."""
+        self._add(CounterKeys(self.keys.run_metrics()), whole, floats, ttl, "runs")
 
     def _add(
         self,

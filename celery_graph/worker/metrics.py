@@ -5,14 +5,15 @@ endpoint. This module counts; it imports neither prometheus_client nor an HTTP s
 With the prefork pool a task runs in a child process, so counters cannot live in the
 main process's memory. Each child adds up its tasks' counts in its own memory and adds
 them to one Redis hash per worker (``P:worker:{hostname}:metrics``, see
-``state/workers.py``) in one call every ``FLUSH_SECONDS`` (and when the process stops),
-never one call per task: a process killed outright loses at most that last second of
-counts, never a task's outcome without its count or a bucket without its histogram's
-count (each batch is added in one script). The heartbeat in the main
-process keeps that hash alive and the main process serves it at
-``http://HOST:PORT/metrics`` together with live numbers only it knows (in-flight tasks,
-uptime) and the depth of every queue the worker consumes. ``/healthz`` answers 200 while
-the worker's consumer runs and touches neither Redis nor the broker.
+``state/workers.py``) in one call every ``FLUSH_SECONDS`` and when the process stops
+(any process does the same with the starts and ends of runs, ``P:metrics:runs``), never
+one call per task: a process killed outright loses at most that last second of counts,
+never a task's outcome without its count or a bucket without its histogram's count (each
+batch is added in one script). The heartbeat in the main process keeps that hash alive
+and the main process serves it at ``http://HOST:PORT/metrics`` together with live numbers
+only it knows (in-flight tasks, uptime) and the depth of every queue the worker consumes.
+``/healthz`` answers 200 while the worker's consumer runs and touches neither Redis nor
+the broker.
 
 Metric names (label ``worker`` = Celery hostname, ``task`` = task name, ``queue`` = the
 queue the message came from)::
@@ -36,6 +37,7 @@ ended it: every worker serves the same numbers (aggregate them with ``max``, not
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -46,7 +48,7 @@ from celery.signals import task_postrun, task_prerun, worker_process_shutdown, w
 
 from ..config import registry_ttl
 from ..signals import run_finished, run_started
-from ..state import State, state_for, task_counts
+from ..state import State, run_counts, state_for, task_counts
 
 logger = logging.getLogger("celery_graph.metrics")
 
@@ -95,20 +97,23 @@ _installed = False
 _lock = threading.Lock()
 
 
-class TaskTally:
-    """Task counts of this process not yet in Redis, by (state, hostname), added to Redis
-    in one call per worker hash every ``FLUSH_SECONDS`` by one daemon thread (started on
-    first use and again in a forked child)."""
+class Tally:
+    """Counts of this process not yet in Redis, by (state, hostname) for a worker's task
+    counters and (state, "") for the run counters, added to Redis in one call per hash
+    every ``FLUSH_SECONDS`` by one daemon thread (started on first use and again in a
+    forked child), and when the process exits."""
 
     def __init__(self) -> None:
         self._pending: dict[tuple[int, str], tuple[State, dict[str, int], dict[str, float]]] = {}
         self._lock = threading.Lock()
         self._pid = 0
         self._wake = threading.Event()
+        self._exit_hook = False
 
     def add(
         self, state: State, hostname: str, whole: dict[str, int], floats: dict[str, float]
     ) -> None:
+        """Add to the task counters of worker ``hostname``, or to the run counters ("")."""
         with self._lock:
             _, w, f = self._pending.setdefault((id(state), hostname), (state, {}, {}))
             for k, v in whole.items():
@@ -118,6 +123,9 @@ class TaskTally:
             if self._pid != os.getpid():
                 self._pid = os.getpid()
                 threading.Thread(target=self._run, name="celery-graph-metrics", daemon=True).start()
+                if not self._exit_hook:  # a client process that submits and exits
+                    atexit.register(self.flush)
+                    self._exit_hook = True
 
     def _run(self) -> None:
         pid = os.getpid()
@@ -133,12 +141,15 @@ class TaskTally:
             pending, self._pending = self._pending, {}
         for (_, hostname), (state, whole, floats) in pending.items():
             try:
-                state.workers.add_task_counts(hostname, whole, floats, registry_ttl())
+                if hostname:
+                    state.workers.add_task_counts(hostname, whole, floats, registry_ttl())
+                else:
+                    state.workers.add_run_counts(whole, floats, state.settings.run_ttl)
             except Exception:
                 logger.warning("celery-graph: could not record task metrics", exc_info=True)
 
 
-tally = TaskTally()
+tally = Tally()
 
 
 # -- counting, in whichever process runs the task ---------------------------------------
@@ -198,10 +209,7 @@ def install_task_signals() -> None:
 def _on_run_started(state: State | None = None, **_: Any) -> None:
     if state is None:
         return
-    try:
-        state.workers.count_run("started", None, RUN_DURATION_BUCKETS, state.settings.run_ttl)
-    except Exception:
-        logger.warning("celery-graph: could not count a started run", exc_info=True)
+    tally.add(state, "", *run_counts("started", None, RUN_DURATION_BUCKETS))
 
 
 def _on_run_finished(state: State | None = None, run_id: str = "", **_: Any) -> None:
@@ -212,9 +220,8 @@ def _on_run_finished(state: State | None = None, run_id: str = "", **_: Any) -> 
         duration = None
         if record.get("created") and record.get("finished"):  # both the server's time
             duration = max(0.0, float(record["finished"]) - float(record["created"]))
-        state.workers.count_run(
-            record.get("status", "unknown"), duration, RUN_DURATION_BUCKETS, state.settings.run_ttl
-        )
+        event = record.get("status", "unknown")
+        tally.add(state, "", *run_counts(event, duration, RUN_DURATION_BUCKETS))
     except Exception:
         logger.warning("celery-graph: could not count the end of run %s", run_id, exc_info=True)
 
