@@ -54,9 +54,13 @@ class RunStore:
         Returns (True, its creation time: server time, as text) when created, (False, its
         status) when the run existed."""
         k = self.keys
-        self.graphs.put(spec)
-        # listed first: if this process dies before publishing, the reconciler finds it
-        self.track(run_id)
+        # the graph stored and the run listed first, in one round trip: if this process
+        # dies before publishing, the reconciler finds the run
+        pipe = self.client.pipeline(transaction=False)
+        self.graphs.put_commands(pipe, spec)
+        self._track(pipe, run_id)
+        translated("storing a graph and listing a run", pipe.execute)
+        self.graphs.remember(spec)
         created, detail = self.scripts.start(run_id, spec, inputs_json, deadline, extra or {})
         if not created:
             return False, detail
@@ -141,9 +145,12 @@ class RunStore:
     def track(self, run_id: str) -> None:
         """List a run for the reconciler, due at once (a run that starts or resumes)."""
         pipe = self.client.pipeline(transaction=False)
+        self._track(pipe, run_id)
+        translated("listing a run for the reconciler", pipe.execute)
+
+    def _track(self, pipe: Any, run_id: str) -> None:
         pipe.zadd(self.keys.running_index(), {run_id: 0})
         pipe.expire(self.keys.running_index(), self.run_ttl)
-        translated("listing a run for the reconciler", pipe.execute)
 
     def schedule(self, run_id: str, when: float) -> None:
         """Look at a running run again at ``when`` (server time)."""
