@@ -39,6 +39,9 @@ def graph_redis() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def workers(redis_url: str, graph_redis: str) -> Iterator[Workers]:
     w = Workers(redis_url, concurrency=2, pool="prefork", graph_url=graph_redis)
+    # the reconciler sweeps once as the worker starts, and not again during the count (a
+    # sweep that looks at the measured run would add its commands to it)
+    w.extra_env["CELERY_GRAPH_RECONCILE_INTERVAL"] = "3600"
     try:
         w.start("cost")
         yield w
@@ -106,5 +109,5 @@ def test_a_sequential_step_is_two_round_trips(workers, graph_redis):
     trips, commands = (t21 - t1) / 20, (c21 - c1) / 20
     by_name = {k: (n21[k] - n1[k]) / 20 for k in n21}
     print(f"per step: {trips} round trips, {commands} commands: {by_name}")
-    assert trips <= ROUND_TRIPS_PER_STEP, by_name
+    assert 2 <= trips <= ROUND_TRIPS_PER_STEP, by_name  # begin.lua and complete.lua
     assert commands <= COMMANDS_PER_STEP, by_name
