@@ -135,3 +135,31 @@ def test_queue_depth_on_rabbitmq_uses_a_passive_declare(redis_url):
     finally:
         with kombu.Connection(RABBITMQ) as conn:
             conn.default_channel.queue_delete(queue)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork() with threads, on purpose
+def test_counts_are_written_in_batches_and_a_forked_child_keeps_none_of_its_parents(
+    redis_url,
+):
+    """Task counts wait in the process's memory and go to Redis in one write; a pool
+    process forked while the parent's writer holds the lock counts on its own (a copied
+    lock held by a thread that does not exist in the child would hang every task)."""
+    import os
+
+    from celery_graph.worker.metrics import tally
+
+    app = build_app(redis_url, f"cgops-fork-{uuid.uuid4().hex[:6]}", key_prefix=f"{PREFIX}:fork")
+    state = state_for(app)
+    host = f"fork-{uuid.uuid4().hex[:6]}@test"
+    for _ in range(3):
+        tally.add(state, host, {"processed": 1}, {"runtime_total": 0.5})
+    assert state.workers.counters(host) == {}  # nothing written per task
+    with tally._lock:  # as if the parent's writer thread were writing when it forked
+        pid = os.fork()
+        if pid == 0:  # the child: a free lock, no counts of the parent's
+            ok = tally._lock.acquire(timeout=2) and not tally._pending
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    tally.flush()
+    assert state.workers.counters(host) == {"processed": 3.0, "runtime_total": 1.5}

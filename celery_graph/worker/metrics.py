@@ -149,7 +149,17 @@ class Tally:
                 logger.warning("celery-graph: could not record task metrics", exc_info=True)
 
 
+    def reset(self) -> None:
+        """In a forked child: a lock of its own (the parent's flushing thread may hold the
+        copied one) and none of the parent's counts (the parent writes them)."""
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pending = {}
+        self._pid = 0
+
+
 tally = Tally()
+os.register_at_fork(after_in_child=tally.reset)
 
 
 # -- counting, in whichever process runs the task ---------------------------------------
