@@ -148,7 +148,6 @@ class Tally:
             except Exception:
                 logger.warning("celery-graph: could not record task metrics", exc_info=True)
 
-
     def reset(self) -> None:
         """In a forked child: a lock of its own (the parent's flushing thread may hold the
         copied one) and none of the parent's counts (the parent writes them)."""
