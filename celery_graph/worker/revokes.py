@@ -11,7 +11,9 @@ cancelled, naming the node and "revoked", within seconds, whatever the node was 
 
 revoke.lua changes nothing for a run that ended, for a node that succeeded, or for a task
 id of an earlier epoch of a run resumed since, so a revoke synced from another worker at
-start (mingle), or kept in a ``--statedb``, never cancels a run again.
+start (mingle), or kept in a ``--statedb``, never cancels a run again. A revoked node
+running in this worker waits one more look: a ``terminate=True`` revoke kills it and
+``task_revoked`` reports it meanwhile, so the run's error says it was terminated.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ logger = logging.getLogger("celery_graph.worker")
 SCAN_INTERVAL = 1.0  # seconds between two looks at the worker's revoked ids
 
 
-def _snapshot(ids: Iterable[str]) -> list[str]:
+def _snapshot(ids: Iterable[Any]) -> list[Any]:
     """A copy of Celery's revoked ids (the consumer adds to them while this thread reads)."""
     for _ in range(5):
         try:
@@ -44,15 +46,26 @@ def _snapshot(ids: Iterable[str]) -> list[str]:
     return []
 
 
+def _active_ids() -> Iterable[str]:
+    return [str(r.id) for r in _snapshot(worker_state.active_requests)]
+
+
 class RevokeWatch:
-    """Cancels the runs of node task ids revoked on this worker; ``scan`` looks once."""
+    """Cancels the runs of node task ids revoked on this worker; ``scan`` looks once.
+    ``revoked_ids`` and ``active_ids`` read Celery's revoked ids and the ids of the
+    requests this worker runs."""
 
     def __init__(
-        self, app: Any, revoked_ids: Callable[[], Iterable[str]] = lambda: worker_state.revoked
+        self,
+        app: Any,
+        revoked_ids: Callable[[], Iterable[str]] = lambda: worker_state.revoked,
+        active_ids: Callable[[], Iterable[str]] = _active_ids,
     ) -> None:
         self.app = app
         self._revoked_ids = revoked_ids
+        self._active_ids = active_ids
         self._seen: set[str] = set()
+        self._waited: set[str] = set()  # running here at the last look
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="celery-graph-revokes", daemon=True)
 
@@ -61,12 +74,18 @@ class RevokeWatch:
         scan cancelled."""
         ids = _snapshot(self._revoked_ids())
         cancelled = []
-        for task_id in [i for i in ids if i not in self._seen]:
+        new = [i for i in ids if i not in self._seen]
+        active = set(self._active_ids()) if new else set()
+        for task_id in new:
             node = NodeTaskId.parse(task_id) is not None
+            if node and task_id in active and task_id not in self._waited:
+                self._waited.add(task_id)  # a terminate reports itself: look again
+                continue
             if node and revoked(self.app, state_for(self.app), task_id) == Revoked.ENDED:
                 store_revoked(self.app, task_id, "revoked")
                 cancelled.append(task_id)
             self._seen.add(task_id)  # not before: after a Redis error it is tried again
+            self._waited.discard(task_id)
         if len(self._seen) > len(ids):
             self._seen &= set(ids)  # forget the ids the worker forgot
         return cancelled
