@@ -1,7 +1,7 @@
 """The Celery side of a node: the base task of every celery-graph task, ``adopt`` (the
 wrapper that tells a node message from a plain call, on ``@task`` tasks and on existing
-tasks alike), the failure and retry hooks of node messages and the handler for node
-messages a worker does not know (Celery signal receivers that leave every other message
+tasks alike), the failure, retry and revoke hooks of node messages and the handler for
+node messages a worker does not know (Celery signal receivers that leave every other message
 alone, connected by ``connect_signals`` when an app is installed, never at import).
 
 Infrastructure errors are never node failures: when Redis or the broker cannot be reached
