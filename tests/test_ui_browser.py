@@ -176,6 +176,21 @@ def test_cancel_and_resume_from_the_page(app, ui, http, gates, tag, page, playwr
     expect(playwright_api, page.locator("#run-state")).to_have_attribute("data-state", "succeeded")
 
 
+def test_cancel_and_terminate_from_the_page(app, ui, http, gates, tag, page, playwright_api):
+    """The button posts {"terminate": true}: the run is cancelled and its running node
+    revoked with terminate (a threads-pool worker, as here, cannot kill it; a prefork
+    one does: tests/test_celery_controls.py)."""
+    run = gated(tag).apply_async()
+    page.goto(f"{ui.url}runs/{run.id}")
+    expect(playwright_api, node(page, "g1")).to_have_attribute("data-state", "running")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#terminate")
+    expect(playwright_api, page.locator("#run-state")).to_have_attribute("data-state", "cancelled")
+    expect(playwright_api, page.locator("#notice")).to_contain_text("running nodes terminated")
+    expect(playwright_api, page.locator("#terminate")).to_be_disabled()
+    gates.release(1)
+
+
 def test_start_a_flow_with_inputs_from_the_page(app, ui, http, page, playwright_api):
     page.goto(f"{ui.url}flows")
     form = page.locator('form[data-flow="ui-echo"]')
