@@ -27,6 +27,7 @@ from celery_graph.state import (
     Ended,
     Finish,
     Mode,
+    Revoked,
     State,
     Stored,
     Verdict,
@@ -326,6 +327,31 @@ def test_a_run_through_every_run_script(walk_state, tag):
     for key in state.keys.run_keys(run_id, spec.joins):
         ttl = state.client.ttl(key)
         assert ttl == -2 if key in emptied else 0 < ttl <= 60, key
+
+
+def test_revoke_cancels_once_and_never_for_a_stale_epoch_or_a_done_node(walk_state, tag):
+    state, s = walk_state, walk_state.scripts
+    spec = (step.bind(id="a") >> step.bind(id="b") >> step.bind(id="c")).compile()
+    run_id = f"{tag}{'2' * 20}"
+    state.runs.create(run_id, spec, "{}")
+    s.begin(run_id, "a", "w1@host", [])
+    s.complete(spec, run_id, spec.nodes["a"], '"a"')
+    s.begin(run_id, "b", "w1@host", ["a"])
+    error = '{"node": "b", "type": "TaskRevokedError"}'
+    assert s.revoke(run_id, "a", "a", 0, error) == Revoked.DONE  # it had succeeded
+    assert s.revoke(run_id, "b", "b", 0, error) == Revoked.ENDED
+    assert s.revoke(run_id, "b", "b", 0, error) == Revoked.NOT_RUNNING  # once
+    status = state.runs.record(run_id)
+    assert status["status"] == "cancelled" and status["error"] == error
+    nodes = state.runs.node_fields(run_id)
+    assert nodes["b:state"] == "failed" and nodes["b:unsettled"] == "1"
+    assert "c:state" not in nodes  # not released: a resume's arrivals release it
+    assert s.resume(run_id, ["b"]) == (1, [])  # the next epoch
+    assert s.revoke(run_id, "b", "b", 0, error) == Revoked.STALE  # <run>:b, before it
+    assert s.revoke(run_id, "c", "c", 0, error) == Revoked.STALE
+    assert state.runs.record(run_id)["status"] == "running"
+    assert s.revoke(run_id, "c", "c", 1, error) == Revoked.ENDED  # <run>:c~1
+    assert s.revoke(f"{tag}{'3' * 20}", "x", "x", 0, error) == Revoked.NOT_RUNNING  # no run
 
 
 def test_a_watched_begin_keeps_its_trace_and_reads_flow_and_links_in_the_same_call(walk_state, tag):
