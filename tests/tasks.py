@@ -17,12 +17,13 @@ _clients: dict[str, redis.Redis] = {}
 def trace_client() -> redis.Redis:
     """Where traces go: CGTEST_TRACE_REDIS_URL (so they stay readable while a test stops
     the graph Redis), the app's cgtest_trace_url (an app whose graph state is on a
-    cluster), else its graph Redis."""
+    cluster), else its graph Redis (from its configuration or the environment)."""
     app = current_task.app if current_task else current_app
     url = (
         os.environ.get("CGTEST_TRACE_REDIS_URL")
         or app.conf.get("cgtest_trace_url")
-        or app.conf.graph_redis_url
+        or app.conf.get("graph_redis_url")
+        or os.environ["CELERY_GRAPH_REDIS_URL"]  # a plain `celery worker` configured by it
     )
     if url not in _clients:
         _clients[url] = redis.Redis.from_url(url)
@@ -152,6 +153,21 @@ def needs_input(x, tag=None):
 @task
 def slow(tag=None, delay: float = 0.5, name: str = "slow"):
     return _step(name, tag, delay)
+
+
+@task
+def held(gate: str = "", timeout: float = 60.0):
+    """Runs until the test opens ``gate`` (``open_gate``) or ``timeout`` passes: a node that
+    is still running when the test acts, however loaded the machine is."""
+    deadline = time.monotonic() + timeout
+    while not trace_client().exists(f"cgtest-gate:{gate}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return gate
+
+
+def open_gate(client: redis.Redis, gate: str) -> None:
+    """Lets every ``held`` node of ``gate`` finish (and any that starts again)."""
+    client.set(f"cgtest-gate:{gate}", "open", ex=300)
 
 
 @task

@@ -3,17 +3,31 @@ private Redis and a real ``celery worker`` subprocess."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
+import redis
 from celery import Celery
 
 from celery_graph import cli as cli_module
-from tests.tasks import after_boom, audit, boom, extract, load, needs_input, slow, step, transform
+from tests.tasks import (
+    after_boom,
+    audit,
+    boom,
+    extract,
+    held,
+    load,
+    needs_input,
+    open_gate,
+    step,
+    transform,
+)
 from tests.test_cli_support import base_env, celery_worker, cli, redis_db_url
 
 # The app the worker subprocess runs; its broker comes from $CELERY_BROKER_URL.
@@ -24,7 +38,7 @@ worker_app.conf.update(
 
 ETL = extract >> (transform | audit) >> load
 FAILING = boom >> after_boom
-SLOW = slow.bind(delay=4.0) >> step
+HELD = held >> step  # runs until its gate opens: still running whenever the test acts
 ECHO = needs_input
 NOT_A_FLOW = 42
 
@@ -189,11 +203,24 @@ def test_failed_run_prints_node_and_error_and_exits_1(env, tmp_path) -> None:
     assert {"failed", "pending"} <= found and "succeeded" not in found
 
 
+@contextlib.contextmanager
+def gate(env: dict[str, str]) -> Iterator[str]:
+    """A gate for HELD's node (its `gate` input), opened when the test is done with it."""
+    name = uuid.uuid4().hex
+    client = redis.Redis.from_url(env["CELERY_GRAPH_REDIS_URL"])
+    try:
+        yield name
+    finally:
+        open_gate(client, name)
+        client.close()
+
+
 def test_cancel_a_running_run(env) -> None:
-    out = cli("run", "tests.test_cli:SLOW", env=env)
-    run_id = out.stdout.strip()
-    wait_state(env, run_id, {"running"})
-    cancelled = cli("cancel", run_id, env=env)
+    with gate(env) as g:
+        out = cli("run", "tests.test_cli:HELD", "--input", f"gate={g}", env=env)
+        run_id = out.stdout.strip()
+        wait_state(env, run_id, {"running"})
+        cancelled = cli("cancel", run_id, env=env)
     assert cancelled.returncode == 0, cancelled.stderr
     assert cancelled.stdout == f"cancelled run {run_id}\n"
     again = cli("cancel", run_id, env=env)
@@ -212,12 +239,13 @@ def test_cancel_a_running_run(env) -> None:
 
 
 def test_resume_a_cancelled_run_keeps_stored_results(env) -> None:
-    out = cli("run", "tests.test_cli:SLOW", env=env)
-    run_id = out.stdout.strip()
-    wait_state(env, run_id, {"running"})
-    assert cli("cancel", run_id, env=env).returncode == 0
-    # the slow node may finish (its result is kept) or not (it runs again): either way the
-    # resumed run completes, and `step` runs only after the resume
+    with gate(env) as g:
+        out = cli("run", "tests.test_cli:HELD", "--input", f"gate={g}", env=env)
+        run_id = out.stdout.strip()
+        wait_state(env, run_id, {"running"})
+        assert cli("cancel", run_id, env=env).returncode == 0
+    # the held node may finish before the resume (its result is kept) or not (it runs
+    # again): either way the resumed run completes, and `step` runs only after the resume
     resumed = cli("resume", run_id, "--wait", "--timeout", "30", env=env)
     assert resumed.returncode == 0, resumed.stderr
     assert f"run {run_id} resumed" in resumed.stderr
@@ -298,13 +326,23 @@ def test_workers_with_none_registered_under_the_prefix(env) -> None:
 
 
 def test_wait_timeout_exits_1_and_the_run_goes_on(env) -> None:
-    out = cli("run", "tests.test_cli:SLOW", "--wait", "--timeout", "0.5", env=env)
-    assert out.returncode == 1
-    match = re.search(r"error: run ([0-9a-f]{32}) still running after 0.5 s", out.stderr)
-    assert match, out.stderr
-    run_id = match.group(1)
-    assert json.loads(cli("status", run_id, "--json", env=env).stdout)["state"] == "running"
-    assert cli("cancel", run_id, env=env).returncode == 0
+    with gate(env) as g:
+        out = cli(
+            "run",
+            "tests.test_cli:HELD",
+            "--input",
+            f"gate={g}",
+            "--wait",
+            "--timeout",
+            "0.5",
+            env=env,
+        )
+        assert out.returncode == 1
+        match = re.search(r"error: run ([0-9a-f]{32}) still running after 0.5 s", out.stderr)
+        assert match, out.stderr
+        run_id = match.group(1)
+        assert json.loads(cli("status", run_id, "--json", env=env).stdout)["state"] == "running"
+        assert cli("cancel", run_id, env=env).returncode == 0
 
 
 def test_run_without_any_broker_setting_sends_through_the_graph_redis(env) -> None:
