@@ -9,9 +9,11 @@ from .dsl import (
     TaskNode,
     Workflow,
     branch,
+    child,
     node,
     result_of,
     task,
+    wait_for,
     workflow,
 )
 from .engine.context import RunContext
@@ -41,11 +43,13 @@ from .errors import (
     RunStateLost,
     RunTimeout,
     SerializationError,
+    SignalRefused,
     StoreError,
     StorePermissionDenied,
     StoreUnavailable,
     UnknownInputError,
     UnknownTask,
+    WaitTimeout,
 )
 from .model import GraphSpec, NodeStatus, RunStatus
 from .protocol import Branch
@@ -60,6 +64,8 @@ __all__ = [
     "node",
     "branch",
     "result_of",
+    "child",
+    "wait_for",
     "Branch",
     "Flow",
     "NamedFlow",
@@ -106,4 +112,6 @@ __all__ = [
     "NodeLost",
     "RunNotResumable",
     "Backpressure",
+    "WaitTimeout",
+    "SignalRefused",
 ]

@@ -161,6 +161,15 @@ class DeadlineExceeded(CeleryGraphError):
     """The run passed the deadline it was submitted with; the run is marked failed."""
 
 
+class WaitTimeout(CeleryGraphError):
+    """A ``wait_for`` node was not signalled within its timeout; the node fails."""
+
+
+class SignalRefused(CeleryGraphError, LookupError):
+    """``run.signal(name, ...)`` to a run that has no wait ``name``, that has ended, or
+    whose wait has its signal already."""
+
+
 class Backpressure(CeleryGraphError):
     """The broker queue stayed deeper than ``graph_max_queue_depth`` for too long."""
 

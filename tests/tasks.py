@@ -481,3 +481,7 @@ def item_fails_once(split, tag=None, bad: str = "item3", always: bool = False):
 @task
 def gather_items(item_fails_once):
     return item_fails_once
+
+
+# the tasks of the tests of handlers and compensations, registered wherever these are
+from tests import after_tasks  # noqa: E402, F401

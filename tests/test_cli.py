@@ -43,7 +43,18 @@ ECHO = needs_input
 NOT_A_FLOW = 42
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-COMMANDS = ("run", "status", "runs", "cancel", "resume", "reconcile", "workers", "show", "ui")
+COMMANDS = (
+    "run",
+    "status",
+    "runs",
+    "cancel",
+    "signal",
+    "resume",
+    "reconcile",
+    "workers",
+    "show",
+    "ui",
+)
 
 
 @pytest.fixture(scope="module")

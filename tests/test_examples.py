@@ -161,3 +161,29 @@ def test_pipeline_file_from_python_and_from_the_cli(redis_url: str) -> None:
         broken = cli("-A", "examples.pipeline_tasks", "run", "tests/no-such.toml", env=env)
         assert broken.returncode == 2
         assert "cannot read the pipeline file" in broken.stderr
+
+
+def test_approval(redis_url: str) -> None:
+    env = base_env(redis_db_url(redis_url, 2))
+    with celery_worker("examples.approval", env):
+        out = run_py(["-m", "examples.approval"], env)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert re.match(r"run [0-9a-f]{32}$", lines[0])
+        assert lines[1] == "waiting for approval; no worker is busy with it"
+        assert lines[-1] == "order 7 shipped: approved by ana"
+        # through the command line: the run waits until signalled
+        started = cli("run", "examples.approval:flow", "--input", "order_id=8", env=env)
+        assert started.returncode == 0, started.stderr
+        run_id = started.stdout.split()[0]
+        sent = cli(
+            "signal", run_id, "approval", "--data", '{"approved": false, "by": "bob"}', env=env
+        )
+        assert sent.returncode == 0, sent.stderr
+        done = cli("status", run_id, "--json", env=env)
+        for _ in range(300):
+            if json.loads(done.stdout)["state"] == "succeeded":
+                break
+            done = cli("status", run_id, "--json", env=env)
+        result = json.loads(done.stdout)
+        assert result["state"] == "succeeded", result

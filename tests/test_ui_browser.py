@@ -220,3 +220,32 @@ def test_the_workers_page_lists_the_registry(app, ui, page, playwright_api, tag,
     page.goto(ui.url)
     expect(playwright_api, page.locator("tr[data-run]").first).to_be_visible()
     shot(page, tmp_path, "ui-runs.png")
+
+
+def test_approve_a_waiting_node_from_the_page(app, ui, http, tag, page, playwright_api):
+    from celery_graph import wait_for as wait_node
+    from tests.after_tasks import prepare, ship_if_approved
+
+    run = (prepare >> wait_node("approval") >> ship_if_approved).apply_async(tag=tag)
+    page.goto(f"{ui.url}runs/{run.id}")
+    expect(playwright_api, node(page, "approval")).to_have_attribute("data-state", "waiting")
+    node(page, "approval").click()
+    page.fill("#signal-by", "ana")
+    page.click("#approve")
+    expect(playwright_api, page.locator("#run-state")).to_have_attribute("data-state", "succeeded")
+    assert run.get(timeout=20) == "shipped"
+    assert run.results()["approval"] == {"approved": True, "by": "ana"}
+
+
+def test_the_run_page_lists_handlers_and_compensations(app, ui, http, tag, page, playwright_api):
+    from tests.after_tasks import alert_fails, charge, refund, ship
+
+    run = (charge.compensate(refund) >> ship).on_failure(alert_fails).apply_async(tag=tag)
+    wait_api_state(http, run.id, "failed")
+    page.goto(f"{ui.url}runs/{run.id}")
+    expect(playwright_api, page.locator('#steps tr[data-step="charge.undo"]')).to_contain_text(
+        "compensates charge"
+    )
+    row = page.locator('#steps tr[data-step="alert_fails"]')
+    expect(playwright_api, row).to_contain_text("on_failure")
+    expect(playwright_api, row).to_contain_text("RuntimeError: the pager is down")

@@ -310,6 +310,46 @@ def cancel_command(run_id: str, terminate: bool, signal_name: str, as_json: bool
 
 
 @click.command(
+    "signal",
+    epilog=examples(
+        "celery-graph signal 0123456789abcdef0123456789abcdef approval "
+        """--data '{"approved": true, "by": "ana"}'"""
+    ),
+)
+@run_id_argument
+@click.argument("name", metavar="NAME")
+@click.option(
+    "--data",
+    metavar="JSON",
+    default="null",
+    show_default=True,
+    help="the payload (JSON): the result of the wait_for(NAME) node",
+)
+@json_option
+@common_options
+@guarded
+def signal_command(run_id: str, name: str, data: str, as_json: bool) -> int:
+    """Signal a run's wait_for(NAME) node with --data. A run that has not reached the wait
+    yet keeps the signal for it."""
+    try:
+        payload = json.loads(data)
+    except ValueError as exc:
+        raise UsageError(f"--data {data!r} is not JSON: {exc}") from None
+    app = configured_app()
+    run = open_run(app, run_id)
+    woken = run.signal(name, payload)
+    if as_json:
+        emit_json({"run_id": run.id, "wait": name, "delivered": woken}, sys.stdout)
+    elif woken:
+        sys.stdout.write(f"signal {name!r} delivered to run {run.id}: the wait goes on\n")
+    else:
+        sys.stdout.write(
+            f"signal {name!r} kept for run {run.id}: the run has not reached the wait yet\n"
+        )
+    return 0
+
+
+@click.command(
     "resume", epilog=examples("celery-graph resume 0123456789abcdef0123456789abcdef --wait")
 )
 @run_id_argument

@@ -18,6 +18,7 @@ from .commands import (
     run_command,
     runs_command,
     show_command,
+    signal_command,
     status_command,
     workers_command,
 )
@@ -29,6 +30,7 @@ COMMANDS = (
     status_command,
     runs_command,
     cancel_command,
+    signal_command,
     resume_command,
     reconcile_command,
     workers_command,
@@ -78,7 +80,7 @@ def celery_graph() -> None:
 )
 @settings_options
 def workflow() -> None:
-    """celery-graph workflows: run, status, runs, cancel, resume, reconcile, workers,
+    """celery-graph workflows: run, status, runs, cancel, signal, resume, reconcile, workers,
     show, ui. The app is Celery's `-A`."""
 
 

@@ -74,6 +74,10 @@ def print_status(status: RunStatus, out: IO[str], *, every_node: bool = False) -
     out.write(f"state     {status.state}\n")
     if status.flow:
         out.write(f"flow      {status.flow}\n")
+    if status.parent:
+        out.write(f"parent    {status.parent} (node {status.parent_node})\n")
+    for nid, child in status.children.items():
+        out.write(f"child     {child} (node {nid})\n")
     out.write(f"graph     {status.graph_id}\n")
     out.write(f"started   {timestamp(status.created)}\n")
     out.write(f"finished  {timestamp(status.finished)}\n")
@@ -84,6 +88,8 @@ def print_status(status: RunStatus, out: IO[str], *, every_node: bool = False) -
         _all_nodes(status, out)
     else:
         _summary(status, out)
+    if status.steps:
+        _steps(status, out)
     if status.error:
         err = status.error
         where = f"node {err.get('node')!r}: " if err.get("node") else ""
@@ -107,6 +113,19 @@ def _all_nodes(status: RunStatus, out: IO[str]) -> None:
     if stalled:
         out.write("\nwaiting:\n")
         table([["NODE", "WHY"], *([nid, why] for nid, why in stalled.items())], out)
+
+
+def _steps(status: RunStatus, out: IO[str]) -> None:
+    """The handlers and compensations that followed (or follow) the end of the graph."""
+    if status.outcome and not status.done:
+        out.write(f"\nfinishing: the run ends as {status.outcome} after these steps\n")
+    rows = [["STEP", "ROLE", "STATE", "ATTEMPTS", "ERROR"]]
+    for sid, n in status.steps.items():
+        err = n.error or {}
+        error = f"{err.get('type', 'Error')}: {err.get('message', '')}" if n.error else "-"
+        rows.append([sid, status.roles.get(sid, ""), n.state, str(n.attempts), error])
+    out.write("\n")
+    table(rows, out)
 
 
 def _more(out: IO[str], total: int, shown: int) -> None:
@@ -179,6 +198,8 @@ def run_row(status: RunStatus) -> dict[str, Any]:
         "finished": status.finished,
         "nodes": len(status.nodes),
         "done": counts.get("succeeded", 0) + counts.get("skipped", 0),
+        "parent": status.parent,
+        "children": status.children,
         "counts": counts,
         "error": status.error,
     }

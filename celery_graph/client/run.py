@@ -8,14 +8,22 @@ from typing import Any, Generic, TypeVar
 
 from celery import current_app
 
-from ..codec import decode_value, error_record, parse_error
+from ..codec import decode_value, encode_value, error_record, parse_error
 from ..dispatch import publish_items, publish_nodes, revoke
 from ..engine.context import RunContext
-from ..engine.lifecycle import end_run, settle
-from ..errors import RunNotFound, RunNotResumable, RunStateLost, RunTimeout, StoreUnavailable
+from ..engine.lifecycle import cancel_children, end_run, settle
+from ..errors import (
+    ResultTooLarge,
+    RunNotFound,
+    RunNotResumable,
+    RunStateLost,
+    RunTimeout,
+    SignalRefused,
+    StoreUnavailable,
+)
 from ..model import FINAL_STATES, GraphSpec, RunStatus
 from ..protocol import NodeMessage, task_id_for
-from ..state import WAIT_SLICE, Arrival, Ended, State, Stored, state_for
+from ..state import WAIT_SLICE, Arrival, Ended, Signal, State, Stored, state_for
 
 R = TypeVar("R", covariant=True)
 
@@ -227,8 +235,52 @@ class GraphRun(Generic[R]):
             )
         return self
 
+    def signal(self, name: str, payload: Any = None) -> bool:
+        """Signal the run's ``wait_for(name)`` node with ``payload`` (JSON data), which
+        becomes the node's result. True when the node was waiting and goes on now; False
+        when the run has not reached it yet: the signal is kept and consumed when it does.
+        Raises SignalRefused when the run has no such wait, has ended, or the wait had its
+        signal already (one signal per wait)."""
+        state, spec = self._state, self.spec()
+        node = spec.nodes.get(name)
+        if node is None or not node.waits:
+            waits = ", ".join(repr(w) for w in spec.waits) or "none"
+            raise SignalRefused(
+                f"run {self.id} has no wait {name!r} to signal (its waits: {waits})"
+            )
+        payload_json = encode_value(payload, lambda: f"the payload of signal {name!r}")
+        limit = state.settings.max_result_bytes
+        if len(payload_json) > limit:
+            raise ResultTooLarge(
+                f"the payload of signal {name!r} is {len(payload_json)} bytes encoded, over "
+                f"graph_max_result_bytes={limit}"
+            )
+        state.runs.track(self.id)  # a waiting run is looked at rarely: due again at once
+        answer, status = state.scripts.signal(self.id, name, payload_json)
+        if answer == Signal.GONE:
+            raise SignalRefused(
+                f"run {self.id} is gone (expired, or never started): wait {name!r} "
+                "cannot be signalled"
+            )
+        if answer == Signal.ENDED:
+            raise SignalRefused(
+                f"run {self.id} has ended ({status}): wait {name!r} cannot be signalled"
+            )
+        if answer == Signal.TAKEN:
+            raise SignalRefused(
+                f"wait {name!r} of run {self.id} has had its signal already (one per wait)"
+            )
+        state.workers.count_semantics("signals", state.settings.run_ttl)
+        if answer == Signal.WOKEN:
+            # leased by signal.lua: a publish lost here is sent again by the reconciler
+            epoch = int(state.runs.record(self.id).get("epoch") or 0)
+            publish_nodes(self._app, spec, self.id, [name], epoch=epoch)
+            return True
+        return False
+
     def cancel(self, terminate: bool = False, signal: str = "SIGTERM") -> bool:
-        """Stop the run: no pending node starts after this. True if this call ended it.
+        """Stop the run: no pending node starts after this, and its child runs are
+        cancelled too. True if this call ended it.
 
         ``terminate=True`` also stops the nodes running now, through Celery's own
         ``revoke(terminate=True)``: the pool process running each gets ``signal``
@@ -237,6 +289,7 @@ class GraphRun(Generic[R]):
         ended = end_run(self._app, self._state, self.id, "cancelled")
         if terminate:
             revoke(self._app, self.running_task_ids(), terminate=True, signal=signal)
+        cancel_children(self._app, self._state, self.id)
         return ended
 
     def running_task_ids(self) -> list[str]:

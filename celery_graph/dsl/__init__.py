@@ -1,6 +1,7 @@
 """The graph DSL: immutable node values, ``>>`` and ``|``, and the decorators that make
 nodes. A flow hands its compiled spec down to the client to run."""
 
+from .children import child
 from .decorators import ROUTING_OPTIONS, branch, node, task
 from .results import result_of
 from .values import (
@@ -13,6 +14,7 @@ from .values import (
     check_node_id,
     workflow,
 )
+from .waits import wait_for
 
 __all__ = [
     "ROUTING_OPTIONS",
@@ -23,9 +25,11 @@ __all__ = [
     "TaskNode",
     "Workflow",
     "branch",
+    "child",
     "check_node_id",
     "node",
     "result_of",
     "task",
+    "wait_for",
     "workflow",
 ]

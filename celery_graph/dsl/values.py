@@ -19,9 +19,17 @@ from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
 from ..client import GraphRun, graph_signature, submit_spec
 from ..errors import GraphDefinitionError, NotAGraphTaskError
-from ..keys import NODE_ID_RE
-from ..model import Declarations, GraphSpec, GroupDecl, NodeDecl, compile_graph
+from ..model import (
+    AfterDecl,
+    Declarations,
+    GraphSpec,
+    GroupDecl,
+    NodeDecl,
+    WaitSpec,
+    compile_graph,
+)
 from .celery_api import CeleryTaskAPI
+from .names import check_flow_name, check_node_id
 from .signatures import parameters, signature_of
 
 # The typing of the values (docs/dsl.md, "Typing"): a flow is generic in what its run's
@@ -103,12 +111,17 @@ class Flow(Generic[R]):
     def declarations(self) -> Declarations:
         """The graph as plain declarations: its nodes and groups in order, its edges."""
         parts: list[NodeDecl | GroupDecl] = []
+        after: list[AfterDecl] = []
         for part in self.walk():
             decl = part.declaration() if isinstance(part, (TaskNode, Parallel)) else None
             if decl is not None:
                 parts.append(decl)
+            if isinstance(part, TaskNode) and part.undo is not None:
+                after.append(AfterDecl("undo", part.undo.declaration(), part.id))
+            if isinstance(part, Handled):
+                after += [AfterDecl(kind, h.declaration()) for kind, h in part.handlers]
         edges = tuple((src.id, dst.id) for src, dst in self.edges())
-        return Declarations(tuple(parts), edges)
+        return Declarations(tuple(parts), edges, tuple(after))
 
     def compile(self) -> GraphSpec:
         """Validate and compile to a GraphSpec (cached per immutable value)."""
@@ -125,6 +138,20 @@ class Flow(Generic[R]):
         """The name runs of this flow record (the dashboard and the flow index list runs
         by it): a workflow's name, or the one given with :meth:`with_name`."""
         return None
+
+    def on_failure(self, handler: TaskNode[..., Any]) -> Handled[R]:
+        """Run ``handler`` once after a run of this flow has failed (a node failed after
+        its retries, a group policy broke, the deadline passed), after the compensations;
+        a parameter named ``failure`` receives ``{"run_id", "node", "exc_type",
+        "exc_message"}``. The run's final state stays ``failed``, set when the handler has
+        ended; a failing handler is recorded on the run and triggers nothing."""
+        return Handled(self, (("failure", _handler(handler, "on_failure")),))
+
+    def on_exit(self, handler: TaskNode[..., Any]) -> Handled[R]:
+        """Run ``handler`` once when a run of this flow ends, however it ends (succeeded,
+        failed, cancelled), last of all; a parameter named ``outcome`` receives
+        ``{"run_id", "state"}``."""
+        return Handled(self, (("exit", _handler(handler, "on_exit")),))
 
     def with_name(self, name: str) -> NamedFlow[R]:
         """This flow under a flow name, which every run of it records (``apply_async``,
@@ -243,6 +270,8 @@ class TaskNode(CeleryTaskAPI[P, R], Flow[R]):
     map_chunk: int = 0  # items per message of the fan-out (0: one message per item)
     call: str | None = None  # an existing Celery task this node runs (see node())
     retries: tuple[int, float] | None = None  # (max retries on any error, delay in seconds)
+    undo: TaskNode[..., Any] | None = None  # its compensation (see compensate())
+    wait: WaitSpec | None = None  # a wait_for() node
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
@@ -261,6 +290,7 @@ class TaskNode(CeleryTaskAPI[P, R], Flow[R]):
             map_chunk=self.map_chunk,
             call=self.call,
             retries=self.retries,
+            wait=self.wait,
         )
 
     def with_retries(self, retries: int, *, delay: float = 1.0) -> TaskNode[P, R]:
@@ -305,6 +335,16 @@ class TaskNode(CeleryTaskAPI[P, R], Flow[R]):
             )
         mapped = dataclasses.replace(self, map_over=(source_id, param), map_chunk=chunk or 0)
         return cast("TaskNode[P, list[R]]", mapped)  # its result is the items' results
+
+    def compensate(self, undo: TaskNode[..., Any]) -> TaskNode[P, R]:
+        """Saga: if the run fails after this node succeeded, ``undo`` runs once, receiving
+        this node's result in its parameter named after this node's id. Compensations run
+        in reverse order of completion, before ``on_failure``; one that fails is recorded
+        and the others still run.
+
+        >>> charge.compensate(refund) >> ship    # def refund(charge): ...
+        """
+        return dataclasses.replace(self, undo=_handler(undo, f"{self.id}.compensate"))
 
     def delay_by(self, seconds: float) -> TaskNode[P, R]:
         if not isinstance(seconds, (int, float)) or seconds < 0:
@@ -537,6 +577,54 @@ class NamedFlow(Flow[R]):
         return f"{self.flow!r}.with_name({self.name!r})" if self.name else repr(self.flow)
 
 
+@dataclass(frozen=True, eq=False)
+class Handled(Flow[R]):
+    """A flow with handlers that follow the end of its runs (``on_failure``,
+    ``on_exit``); the same graph otherwise."""
+
+    flow: Flow[R]
+    handlers: tuple[tuple[str, TaskNode[..., Any]], ...]
+
+    def on_failure(self, handler: TaskNode[..., Any]) -> Handled[R]:
+        return Handled(self.flow, (*self.handlers, ("failure", _handler(handler, "on_failure"))))
+
+    def on_exit(self, handler: TaskNode[..., Any]) -> Handled[R]:
+        return Handled(self.flow, (*self.handlers, ("exit", _handler(handler, "on_exit"))))
+
+    @property
+    def flow_name(self) -> str | None:
+        return self.flow.flow_name
+
+    def delay_by(self, seconds: float) -> Handled[R]:
+        return Handled(self.flow.delay_by(seconds), self.handlers)
+
+    def entries(self) -> list[TaskNode[..., Any]]:
+        return self.flow.entries()
+
+    def exits(self) -> list[TaskNode[..., Any]]:
+        return self.flow.exits()
+
+    def walk(self) -> Iterator[Flow[Any]]:
+        yield self
+        yield from self.flow.walk()
+
+    def edges(self) -> Iterator[tuple[TaskNode[..., Any], TaskNode[..., Any]]]:
+        return self.flow.edges()
+
+    def __repr__(self) -> str:
+        kinds = {"failure": "on_failure", "exit": "on_exit"}
+        return repr(self.flow) + "".join(f".{kinds[k]}({h!r})" for k, h in self.handlers)
+
+
+def _handler(value: object, what: str) -> TaskNode[..., Any]:
+    if not isinstance(value, TaskNode):
+        raise NotAGraphTaskError(
+            f"{what}({value!r}): a handler is one celery-graph node (an @task function, "
+            "or node(existing_task))"
+        )
+    return value
+
+
 class Workflow(Flow[Any]):
     """A graph accumulated from DSL statements inside ``with workflow(name) as wf:``."""
 
@@ -626,36 +714,13 @@ def _record(flow: Flow[Any]) -> None:
         wf._parts.append(flow)
 
 
-def check_flow_name(name: Any) -> str:
-    """A flow name: a non-empty string without control characters, at most 200 long."""
-    if (
-        not isinstance(name, str)
-        or not name.strip()
-        or len(name) > 200
-        or any(ord(c) < 32 for c in name)
-    ):
-        raise GraphDefinitionError(
-            f"invalid flow name {name!r}: use a non-empty string of at most 200 printable "
-            "characters, e.g. 'etl'"
-        )
-    return name
-
-
-def check_node_id(node_id: str, what: str) -> None:
-    if not isinstance(node_id, str) or not NODE_ID_RE.match(node_id):
-        raise GraphDefinitionError(
-            f"invalid node id {node_id!r} for {what}: use a Python-identifier-like name "
-            "(letters, digits, '_', '.', '-'; no spaces, colons or braces)"
-        )
-
-
 def _member_tree(flow: Flow[Any]) -> Any:
     """The result shape of a group member: a node's id, a sequence's last step, a list."""
     if isinstance(flow, TaskNode):
         return flow.id
     if isinstance(flow, Sequence):
         return _member_tree(flow.steps[-1])
-    if isinstance(flow, NamedFlow):
+    if isinstance(flow, (NamedFlow, Handled)):
         return _member_tree(flow.flow)
     if isinstance(flow, Parallel):
         return [_member_tree(m) for m in flow.members]

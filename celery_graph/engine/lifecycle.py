@@ -9,19 +9,35 @@ submission the broker refused). A run that could not start at all (a ``run_graph
 message whose graph is gone for good) is recorded as failed by :func:`refuse_run`.
 Either way :func:`after_run` follows: a Celery canvas the run sits in continues, once,
 reading the run's outcome from state; if the process dies first, the reconciler does it.
+
+A graph with steps that follow its end (compensations, ``on_failure``, ``on_exit``) ends
+into "finishing" instead (lib/run.lua): :func:`conclude` publishes the first step, and
+:func:`step_ended` the next ones, one at a time, until the last closes the run; then the
+end-of-run hooks run. A lost step is sent again by the reconciler, like any node.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
-from ..codec import error_record
+from ..codec import encode_value, error_record
 from ..dispatch import continue_canvas, publish_nodes
-from ..model import GraphSpec
+from ..model import Child, GraphSpec, NodeSpec, Outcome, child_run_id
 from ..protocol import NodeTaskId
 from ..signals import run_finished, run_started
-from ..state import Arrival, Continuation, Finish, Revoked, State
+from ..state import (
+    After,
+    Arrival,
+    ChildMark,
+    Continuation,
+    Ended,
+    Finish,
+    Revoked,
+    State,
+    StepEnd,
+)
 
 logger = logging.getLogger("celery_graph")
 
@@ -47,8 +63,49 @@ def settle(
     if claimed:
         publish_nodes(app, spec, run_id, claimed, epoch=epoch)
     if ended:
+        conclude(app, state, run_id, spec)
+
+
+def conclude(app: Any, state: State, run_id: str, spec: GraphSpec | None = None) -> None:
+    """The run's graph ended: publish its first step when it is finishing (a handler or
+    a compensation follows), else run the end-of-run hooks."""
+    record = state.runs.record(run_id)
+    if record.get("status") == "finishing":
+        state.runs.track(run_id)  # a run that only waited is looked at rarely: due at once
+        steps = json.loads(record["steps"])
+        spec = spec or state.graphs.load(record["graph"])
+        epoch = int(record.get("epoch") or 0)
+        publish_nodes(app, spec, run_id, [steps[int(record["step"]) - 1]], epoch=epoch)
+        return
+    run_finished.send(sender=app, app=app, run_id=run_id, state=state)
+    after_run(app, state, run_id)
+
+
+def step_ended(
+    app: Any,
+    state: State,
+    spec: GraphSpec,
+    run_id: str,
+    step: str,
+    how: StepEnd,
+    payload: str,
+    epoch: int = 0,
+) -> After:
+    """Step ``step`` of a finishing run ended ``how`` (``payload``: its result, or its
+    error record): publish the next step (``epoch``: the run's), or, after the last, run
+    the end-of-run hooks."""
+    after, following = state.scripts.after(run_id, step, how, payload)
+    if after != After.STALE:
+        role = spec.nodes[step].after or "step"
+        state.workers.count_semantics(f"step|{role}|{how}", state.settings.run_ttl)
+    if after == After.NEXT:
+        publish_nodes(app, spec, run_id, [following], epoch=epoch)
+    elif after == After.CLOSED:
         run_finished.send(sender=app, app=app, run_id=run_id, state=state)
         after_run(app, state, run_id)
+    elif how == StepEnd.FAILED:
+        logger.info("celery-graph: run %s: a late failure of step %s ignored", run_id, step)
+    return after
 
 
 def end_run(
@@ -69,9 +126,40 @@ def end_run(
     finished = state.scripts.finish(run_id, status, node_id, error, guard=guard, unsent=unsent)
     ended = finished == Finish.ENDED
     if ended:
-        run_finished.send(sender=app, app=app, run_id=run_id, state=state)
-        after_run(app, state, run_id)
+        conclude(app, state, run_id)
     return ended
+
+
+def node_failed(
+    app: Any,
+    state: State,
+    spec: GraphSpec,
+    run_id: str,
+    node: NodeSpec,
+    error: str,
+    traceback: str = "",
+    epoch: int = 0,
+) -> bool:
+    """Node ``node`` failed for good (``error``: its error record): the run fails, unless
+    the node is a member of a group whose policy tolerates it; then it arrives at its
+    successors as failed, and complete.lua decides the policy. A failure of a node whose
+    result is stored changes nothing. True if this ended the run."""
+    if node.tolerant is None:
+        return end_run(app, state, run_id, "failed", node_id=node.id, error=error, guard=node.id)
+    arrival = state.scripts.complete(
+        spec,
+        run_id,
+        node,
+        "",
+        kind="failed",
+        error_json=error,
+        traceback=f"last failure, in node {node.id!r}:\n{traceback}",
+    )
+    if arrival.ended == Ended.FAILED:  # the group's policy broke: complete.lua failed the run
+        conclude(app, state, run_id, spec)
+        return True
+    settle(app, state, spec, run_id, arrival, epoch)
+    return bool(arrival.ended)
 
 
 def revoked(
@@ -96,8 +184,7 @@ def revoked(
     reply = state.scripts.revoke(parsed.run_id, parsed.field, node, parsed.epoch, error)
     if reply == Revoked.ENDED:
         logger.warning("celery-graph: run %s cancelled: node %r revoked", parsed.run_id, node)
-        run_finished.send(sender=app, app=app, run_id=parsed.run_id, state=state)
-        after_run(app, state, parsed.run_id)
+        conclude(app, state, parsed.run_id)  # its handlers first, if it has any
     return reply
 
 
@@ -123,6 +210,95 @@ def refuse_run(
     return True
 
 
+# -- child runs: child(flow) returned by a node -------------------------------------------
+
+CHILD_OF = "child_of"  # the key of a child run's continuation that names its parent run
+
+
+def start_child(app: Any, state: State, run_id: str, node_id: str, child: Child) -> str:
+    """Node ``node_id`` of run ``run_id`` (or item "<node>#<i>" of a map) returned
+    ``child``: start the child run (its id derived from the parent's and the node's, so a
+    node delivered again finds it), then let the node wait for it without a worker. The
+    child's end continues into the parent (its continuation, claimed once, retried by the
+    reconciler): :func:`child_ended`."""
+    child_id = child_run_id(run_id, node_id)
+    spec = child.spec
+    inputs_json = encode_value(child.inputs, lambda: f"node {node_id!r}: child() inputs")
+    extra = {
+        "parent": run_id,
+        "parent_node": node_id,
+        "continuation": json.dumps({CHILD_OF: run_id, "node": node_id}),
+    }
+    if child.flow_name:
+        extra["flow"] = child.flow_name
+    created, _detail = state.runs.create(child_id, spec, inputs_json, extra=extra)
+    if created:
+        state.workers.count_semantics("children", state.settings.run_ttl)
+        run_started.send(sender=app, app=app, run_id=child_id, state=state)
+        publish_nodes(app, spec, child_id, spec.roots)
+    mark = state.scripts.mark_child(run_id, node_id, child_id)
+    if mark == ChildMark.WAITING and not created:
+        # started by an earlier delivery, maybe ended already (a resumed parent)
+        outcome = state.runs.outcome(child_id)
+        if outcome is not None:
+            child_ended(app, state, run_id, node_id, outcome)
+    return child_id
+
+
+def child_ended(app: Any, state: State, run_id: str, field: str, outcome: Outcome) -> None:
+    """Child run ``outcome.run_id`` of ``field`` of run ``run_id`` (a node, or item i of a
+    map, "<node>#<i>") ended: the node (the item) completes with the child's result, or
+    fails with its error."""
+    record = state.runs.record(run_id)
+    spec = state.runs.graph_of(run_id, record)
+    epoch = int(record.get("epoch") or 0)
+    node_id, _, index = field.partition("#")
+    node = spec.nodes[node_id]
+    state.runs.track(run_id)  # a parent that only waits is looked at rarely: due at once
+    if outcome.state == "succeeded":
+        result_json = encode_value(outcome.value, lambda: f"child run {outcome.run_id}: result")
+        if index:  # an item of a map: the last item to arrive completes the map node
+            count = state.scripts.map_count(run_id, node_id)
+            _stored, arrived, items = state.scripts.map_arrive(
+                run_id, node, int(index), count, result_json
+            )
+            if arrived < count:
+                return
+            result_json = state.scripts.map_results(run_id, node_id, items).decode()
+        arrival = state.scripts.complete(spec, run_id, node, result_json)
+        settle(app, state, spec, run_id, arrival, epoch)
+        return
+    err = outcome.error or {}
+    where = f" in node {err['node']!r}" if err.get("node") else ""
+    why = (
+        "was cancelled"
+        if outcome.state == "cancelled"
+        else f"failed{where}: {err.get('type', 'Error')}: {err.get('message', '')}"
+    )
+    failed = outcome.state == "failed"
+    error = error_record(
+        node_id,
+        err.get("type", "Error") if failed else "RunCancelled",
+        err.get("module", "") if failed else "celery_graph.errors",
+        f"child run {outcome.run_id} {why}",
+        err.get("traceback", ""),
+    )
+    if index:  # an item's failure fails the run (as a failing item does)
+        end_run(app, state, run_id, "failed", node_id=node_id, error=error, guard=field)
+        return
+    node_failed(app, state, spec, run_id, node, error, epoch=epoch)
+
+
+def cancel_children(app: Any, state: State, run_id: str) -> list[str]:
+    """Cancel the child runs of run ``run_id`` that still run (and theirs); their ids."""
+    cancelled = []
+    for child_id in state.runs.children(run_id).values():
+        if end_run(app, state, child_id, "cancelled"):
+            cancelled.append(child_id)
+        cancelled += cancel_children(app, state, child_id)
+    return cancelled
+
+
 def after_run(app: Any, state: State, run_id: str) -> bool:
     """Hooks for a run that ended: a Celery canvas waiting on it continues, once. True
     when nothing is left to do (no canvas, or it continued)."""
@@ -138,7 +314,10 @@ def after_run(app: Any, state: State, run_id: str) -> bool:
         outcome = state.runs.outcome(run_id)
         if request is None or outcome is None:
             return False
-        continue_canvas(app, request, outcome)
+        if CHILD_OF in request:  # a child run: its end completes its parent's node
+            child_ended(app, state, request[CHILD_OF], request["node"], outcome)
+        else:
+            continue_canvas(app, request, outcome)
         state.scripts.continuation(run_id, "done")
         return True
     except Exception:

@@ -45,11 +45,18 @@ from typing import Any
 
 from ..codec import decode_value, error_record, exception_record
 from ..dispatch import QueueDepth, publish_items, publish_nodes, queue_of
-from ..errors import CeleryGraphError, DeadlineExceeded, NodeLost, StoreError, StoreUnavailable
+from ..errors import (
+    CeleryGraphError,
+    DeadlineExceeded,
+    NodeLost,
+    StoreError,
+    StoreUnavailable,
+    WaitTimeout,
+)
 from ..model import GraphSpec
 from ..protocol import NodeMessage
-from ..state import Expiry, Mode, Reclaim, State, Verdict, state_for
-from .lifecycle import after_run, end_run, settle
+from ..state import Expiry, Mode, Reclaim, State, StepEnd, Verdict, state_for
+from .lifecycle import after_run, end_run, node_failed, settle, step_ended
 
 logger = logging.getLogger("celery_graph.reconcile")
 
@@ -59,6 +66,9 @@ WHY = {
     Expiry.QUEUED: "published, not started within its queued lease",
 }
 PATIENCE = 10  # a published node waits at most this many queued leases on a busy queue
+# a run with no lease (it waits for signals or child runs) is looked at this rarely
+IDLE_LOOKS = 10  # queued leases
+IDLE_MIN = 300.0  # seconds
 UNIT = re.compile(r"[#@](\d+)$")  # "<node>#<i>": an item of a map; "<node>@<j>": a chunk
 
 
@@ -77,6 +87,7 @@ class Sweep:
     extended: int = 0  # queued nodes left waiting (their queue is busy)
     skips: int = 0
     maps: int = 0  # map nodes completed after their last unit's worker died
+    timeouts: int = 0  # wait_for() nodes failed with WaitTimeout
     held: int = 0  # running leases extended instead of reclaimed, after an outage
     hold: float | None = None  # server time until which they are (an outage was seen)
     failed: list[str] = field(default_factory=list)  # runs failed (deadline, lost node)
@@ -220,6 +231,11 @@ class Reconciler:
             assert r.poison is not None
             field_, lost, worker = r.poison
             error = exception_record(node_of(field_), NodeLost.after(field_, lost, worker))
+            found = self._spec(state, run_id)
+            if found is not None and field_ in found[0].steps:  # a handler or compensation
+                spec, epoch = found
+                step_ended(self.app, state, spec, run_id, field_, StepEnd.FAILED, error, epoch)
+                return 0.0
             end_run(self.app, state, run_id, "failed", error=error)
             report.failed.append(run_id)
             return 0.0
@@ -229,12 +245,24 @@ class Reconciler:
             self._act(state, *found, run_id, r, report, look)
         # queued leases left waiting on a busy queue are looked at again a lease later
         nxt = r.now + state.settings.queued_lease
+        if r.next_queued is None and r.next_running is None:
+            nxt = self._idle(state, run_id, r.now)
         if r.next_queued is not None and r.next_queued > r.now:
             nxt = min(nxt, r.next_queued)
         if r.next_running is not None:
             nxt = min(nxt, max(r.next_running, r.now + 0.1))
         state.runs.schedule(run_id, nxt)
         return r.now
+
+    @staticmethod
+    def _idle(state: State, run_id: str, now: float) -> float:
+        """The next look at a run with no lease at all: whatever it has not finished
+        waits for a signal or a child run, which wake it (they list it again, due at
+        once). So it is looked at by its deadline, and otherwise only every
+        ``IDLE_LOOKS`` queued leases (a wake lost with a crashing process)."""
+        later = now + max(IDLE_LOOKS * state.settings.queued_lease, IDLE_MIN)
+        deadline = state.runs.record(run_id).get("deadline")
+        return min(later, float(deadline) + 0.05) if deadline else later
 
     @staticmethod
     def _spec(state: State, run_id: str) -> tuple[GraphSpec, int] | None:
@@ -266,6 +294,17 @@ class Reconciler:
                 arrival = state.scripts.complete(spec, run_id, spec.nodes[name], "", kind="skipped")
                 settle(self.app, state, spec, run_id, arrival, epoch)
                 report.skips += 1
+                continue
+            if kind == Expiry.TIMEOUT:  # a wait_for() node nobody signalled in time
+                node = spec.nodes[name]
+                timeout = WaitTimeout(
+                    f"wait {name!r} of run {run_id} was not signalled within "
+                    f"{node.wait_timeout:g} s"
+                )
+                error = exception_record(name, timeout)
+                node_failed(self.app, state, spec, run_id, node, error, epoch=epoch)
+                report.timeouts += 1
+                state.workers.count_semantics("wait_timeouts", state.settings.run_ttl)
                 continue
             if kind == Expiry.MAP:  # every unit arrived; the worker completing it died
                 count = state.scripts.map_count(run_id, name)

@@ -8,6 +8,7 @@ from .task import (
     adopted,
     connect_signals,
     register_call_task,
+    register_wait_task,
     run_node,
 )
 
@@ -20,5 +21,6 @@ __all__ = [
     "connect_signals",
     "fail_node",
     "register_call_task",
+    "register_wait_task",
     "run_node",
 ]

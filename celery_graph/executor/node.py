@@ -33,7 +33,7 @@ from celery.utils.log import get_task_logger
 from ..codec import decode_value, encode_value
 from ..dispatch import publish_items
 from ..engine.context import RunContext
-from ..engine.lifecycle import after_run, end_run, settle
+from ..engine.lifecycle import end_run, node_failed, settle, start_child, step_ended
 from ..errors import (
     DeadlineExceeded,
     ResultTooLarge,
@@ -41,9 +41,9 @@ from ..errors import (
     StoreUnavailable,
     UnknownTask,
 )
-from ..model import GraphSpec, NodeSpec
+from ..model import Child, GraphSpec, NodeSpec
 from ..protocol import GRAPH_KWARG, Branch, NodeMessage
-from ..state import Begin, Ended, State, Stored, state_for
+from ..state import Begin, State, StepEnd, Stored, Wait, state_for
 from .leases import keeper
 from .observe import watch
 from .results import backend_of, store_success
@@ -133,6 +133,8 @@ class NodeRun:
             self.claim(begun.attempt)
         if expands and begun.own is None:
             return self.expand_map(dict(zip(self.upstream, begun.upstream)))
+        if self.node.waits and begun.own is None:
+            return self.wait()
         choice = ""
         if begun.own is not None:
             # Redelivered after the result was stored: never call the function again, but
@@ -146,6 +148,8 @@ class NodeRun:
                     result, result_json = self.call_chunk(kwargs), ""
                 else:
                     result, choice = self.call(kwargs)
+                    if isinstance(result, Child):
+                        return self.start_child(result)
                     result_json = self.encode(result, m.index)
         if m.index is not None:
             _stored, arrived, items = self.state.scripts.map_arrive(
@@ -176,7 +180,10 @@ class NodeRun:
         parameter)."""
         missing = [i for i, raw in zip(self.upstream, upstream) if raw is None]
         states = self.state.scripts.node_states(self.message.run_id, missing) if missing else {}
-        return gather_kwargs(self.node, inputs_raw, self.bound, upstream, self.upstream, states)
+        kwargs = gather_kwargs(self.node, inputs_raw, self.bound, upstream, self.upstream, states)
+        if self.node.inject:  # a handler: how the run ended
+            kwargs[self.node.inject] = run_end(self.state, self.message.run_id, self.node)
+        return kwargs
 
     def call_chunk(self, kwargs: dict[str, Any]) -> list[Any]:
         """Call the function once per item of this chunk that has no stored result, and
@@ -274,10 +281,48 @@ class NodeRun:
         run_id = self.message.run_id
         if backend_of(self.app) is not None:
             store_success(self.app, self.message, decode_value(result_json), self.task.request)
+        if self.node.after:  # a handler or a compensation: the next step follows
+            payload = result_json.decode() if isinstance(result_json, bytes) else result_json
+            step_ended(
+                self.app,
+                self.state,
+                self.spec,
+                run_id,
+                self.node.id,
+                StepEnd.OK,
+                payload,
+                self.message.epoch,
+            )
+            return
         arrival = self.state.scripts.complete(
             self.spec, run_id, self.node, result_json, branch=choice
         )
         settle(self.app, self.state, self.spec, run_id, arrival, self.message.epoch)
+
+    def start_child(self, child: Child) -> str:
+        """The node returned child(flow): start the child run; the node waits for it
+        with no worker (lifecycle.start_child). Returns the child run's id."""
+        m = self.message
+        if m.chunk:
+            raise TypeError(
+                f"node {m.node_id!r}: a chunked map (map(..., chunk=N)) cannot return "
+                "child(); map without chunk to start one child run per item"
+            )
+        child_id = start_child(self.app, self.state, m.run_id, m.result_field, child)
+        logger.info(
+            "celery-graph: %s of run %s started child run %s", m.node_id, m.run_id, child_id
+        )
+        return child_id
+
+    def wait(self) -> Any:
+        """A wait_for() node: complete it with the signal's payload when the run was
+        signalled, else leave it waiting (no worker holds it; signal.lua releases it
+        again when the signal comes)."""
+        outcome, payload = self.state.scripts.wait(self.message.run_id, self.node)
+        if outcome != Wait.SIGNALLED or payload is None:
+            return None
+        self.complete(payload)
+        return decode_value(payload)
 
     def expand_map(self, upstream: dict[str, bytes | None]) -> int:
         """The map node became ready: lease, then publish, one message per item of the
@@ -355,6 +400,21 @@ def gather_kwargs(
     return kwargs
 
 
+def run_end(state: State, run_id: str, node: NodeSpec) -> dict[str, Any]:
+    """What a handler receives: ``failure`` ({"run_id", "node", "exc_type",
+    "exc_message"}) or ``outcome`` ({"run_id", "state"})."""
+    record = state.runs.record(run_id)
+    if node.after == "exit":
+        return {"run_id": run_id, "state": record.get("outcome", record.get("status"))}
+    error = json.loads(record.get("error") or "{}")
+    return {
+        "run_id": run_id,
+        "node": error.get("node") or None,
+        "exc_type": error.get("type", ""),
+        "exc_message": error.get("message", ""),
+    }
+
+
 # -- failure ------------------------------------------------------------------------------
 
 
@@ -374,20 +434,10 @@ def fail_node(app: Any, message: NodeMessage, error: str, traceback: str = "") -
     except StoreError:
         return end_run(app, state, run_id, "failed", node_id=node_id, error=error, guard=guard)
     node = spec.nodes[node_id]
+    if node.after:  # a handler or a compensation failed: recorded, the next one runs
+        step_ended(app, state, spec, run_id, node_id, StepEnd.FAILED, error, message.epoch)
+        return False
     deadline = json.loads(error).get("type") == DeadlineExceeded.__name__
-    if node.tolerant is None or deadline or message.index is not None:
+    if deadline or message.index is not None:
         return end_run(app, state, run_id, "failed", node_id=node_id, error=error, guard=guard)
-    arrival = state.scripts.complete(
-        spec,
-        run_id,
-        node,
-        "",
-        kind="failed",
-        error_json=error,
-        traceback=f"last failure, in node {node_id!r}:\n{traceback}",
-    )
-    if arrival.ended == Ended.FAILED:  # the group's policy broke: complete.lua failed the run
-        after_run(app, state, run_id)
-        return True
-    settle(app, state, spec, run_id, arrival, message.epoch)
-    return bool(arrival.ended)
+    return node_failed(app, state, spec, run_id, node, error, traceback, message.epoch)

@@ -35,7 +35,7 @@ from ..errors import (
     StoreUnavailable,
     UnknownTask,
 )
-from ..protocol import CALL_TASK, GRAPH_KWARG, NodeMessage, graph_fields
+from ..protocol import CALL_TASK, GRAPH_KWARG, WAIT_TASK, NodeMessage, graph_fields
 from ..state import Mode, state_for
 from .node import NodeRun, fail_node
 from .results import store_failure, store_revoked
@@ -264,6 +264,19 @@ def register_call_task(app: Any) -> None:
     under their own names send their nodes to this task, which calls the existing task in
     the worker; kept so those runs still finish."""
     app.task(name=CALL_TASK, bind=True, base=GraphTask, shared=False)(_call_outside_a_graph)
+
+
+def _wait_outside_a_graph(self: Task, *args: Any, **kwargs: Any) -> Any:
+    raise TypeError("celery_graph.wait carries the wait_for() nodes of graphs only")
+
+
+_wait_outside_a_graph.__name__ = "wait"
+
+
+def register_wait_task(app: Any) -> None:
+    """Register ``celery_graph.wait`` on ``app``: the task name of wait_for() nodes,
+    whose messages call nothing (NodeRun.wait)."""
+    app.task(name=WAIT_TASK, bind=True, base=GraphTask, shared=False)(_wait_outside_a_graph)
 
 
 def _unknown_task(sender=None, message=None, exc=None, name=None, id=None, **kw):

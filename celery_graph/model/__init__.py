@@ -1,15 +1,29 @@
 """The model: a compiled graph and a run's status as plain values (no Celery, no Redis)."""
 
-from .compiler import Declarations, GroupDecl, NodeDecl, Param, ResultOf, compile_graph
+from .child import Child, child_run_id
+from .compiler import (
+    AfterDecl,
+    Declarations,
+    GroupDecl,
+    NodeDecl,
+    Param,
+    ResultOf,
+    WaitSpec,
+    compile_graph,
+)
 from .spec import GraphSpec, NodeSpec, tree_ids
 from .status import FINAL_STATES, NodeRecord, NodeStatus, Outcome, RunStatus, record_field
 
 __all__ = [
+    "Child",
+    "child_run_id",
+    "AfterDecl",
     "Declarations",
     "GroupDecl",
     "NodeDecl",
     "Param",
     "ResultOf",
+    "WaitSpec",
     "compile_graph",
     "GraphSpec",
     "NodeSpec",

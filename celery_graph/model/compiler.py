@@ -51,6 +51,14 @@ class ResultOf:
 
 
 @dataclass(frozen=True)
+class WaitSpec:
+    """What a ``wait_for`` node waits for: a signal of its own id, for at most
+    ``timeout`` seconds (None: for ever)."""
+
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
 class NodeDecl:
     """One node as the DSL declares it. Two declarations with one id must be equal."""
 
@@ -65,6 +73,7 @@ class NodeDecl:
     map_chunk: int = 0  # items per message of the fan-out (0: one per item)
     call: str | None = None
     retries: tuple[int, float] | None = None
+    wait: WaitSpec | None = None  # a wait_for() node: completes when the run is signalled
 
     def __str__(self) -> str:
         bound = "".join(f", {k}={v!r}" for k, v in self.bound)
@@ -82,11 +91,28 @@ class GroupDecl:
 
 
 @dataclass(frozen=True)
+class AfterDecl:
+    """A step that follows the end of a run: the failure handler (``kind`` "failure"),
+    the exit handler ("exit") or the compensation of node ``of`` ("undo")."""
+
+    kind: str
+    node: NodeDecl
+    of: str | None = None
+
+
+# the parameter a handler receives the run's end in, by kind
+INJECTED = {"failure": "failure", "exit": "outcome"}
+AFTER_NAMES = {"failure": "on_failure", "exit": "on_exit", "undo": "compensate"}
+
+
+@dataclass(frozen=True)
 class Declarations:
-    """A whole graph: its parts in declaration order, and its edges."""
+    """A whole graph: its parts in declaration order, its edges, and the steps that
+    follow the end of its runs (handlers, compensations)."""
 
     parts: tuple[NodeDecl | GroupDecl, ...]
     edges: tuple[tuple[str, str], ...]
+    after: tuple[AfterDecl, ...] = ()
 
 
 def compile_graph(decls: Declarations) -> GraphSpec:
@@ -157,12 +183,110 @@ def compile_graph(decls: Declarations) -> GraphSpec:
     }
     if policies:
         data["policies"] = policies
+    if decls.after:
+        data["after"] = _after_steps(decls.after, nodes, out_nodes)
     try:
         blob = canonical(data)
     except (TypeError, ValueError) as exc:
         raise _unencodable(nodes) from exc
     # read back, so the spec holds exactly what every worker will load
     return GraphSpec.from_blob(blob, sha256(blob))
+
+
+def _after_steps(
+    after: tuple[AfterDecl, ...], nodes: dict[str, NodeDecl], out_nodes: dict[str, Any]
+) -> dict[str, Any]:
+    """The steps that follow the end of a run, added to ``out_nodes`` (outside the graph's
+    order and edges); what the spec records of them."""
+    out: dict[str, Any] = {"failure": "", "exit": "", "undo": []}
+    seen: dict[str, AfterDecl] = {}
+    for decl in after:
+        what = AFTER_NAMES[decl.kind]
+        if decl.kind == "undo":
+            assert decl.of is not None
+            step = f"{decl.of}.undo"
+            key = f"undo:{decl.of}"
+        else:
+            step = decl.node.id
+            key = decl.kind
+        earlier = seen.get(key)
+        if earlier is not None:
+            if earlier == decl:
+                continue
+            target = f"node {decl.of!r}" if decl.of else "the flow"
+            raise GraphDefinitionError(
+                f"{target} has two different {what} handlers ({earlier.node} and "
+                f"{decl.node}); give it one"
+            )
+        seen[key] = decl
+        if step in nodes or step in out_nodes:
+            raise DuplicateNodeError(
+                f"{what} step {step!r} ({decl.node}) has the id of another node; give the "
+                f"handler its own id, e.g. .bind(id='{decl.node.id}_handler')"
+            )
+        out_nodes[step] = _after_entry(decl, step)
+        if decl.kind == "undo":
+            out["undo"].append([decl.of, step])
+        else:
+            out[decl.kind] = step
+    return out
+
+
+def _after_entry(decl: AfterDecl, step: str) -> dict[str, Any]:
+    """The node entry of a handler or compensation: it reads the run's failure or outcome
+    (``failure``, ``outcome``) or the compensated node's result (under the node's id),
+    besides bound values, defaults and run inputs."""
+    node = decl.node
+    if node.map_over is not None:
+        raise GraphDefinitionError(f"{AFTER_NAMES[decl.kind]} step {step!r} cannot be a map()")
+    bound = {k: v for k, v in node.bound if not isinstance(v, ResultOf)}
+    if len(bound) != len(node.bound):
+        raise GraphDefinitionError(
+            f"{AFTER_NAMES[decl.kind]} step {step!r}: result_of() is for nodes of the graph; "
+            "a handler reads the run's end, a compensation its node's result"
+        )
+    pull: dict[str, str] = {}
+    needs: list[str] = []
+    names: list[str] = []
+    inject = None
+    params = list(node.params)[1:] if node.context else list(node.params)
+    for p in params:
+        if p.variadic:
+            continue
+        if p.name == INJECTED.get(decl.kind):
+            inject = p.name
+            continue
+        names.append(p.name)
+        if decl.kind == "undo" and p.name == decl.of:
+            pull[p.name] = p.name
+        elif p.name not in bound and not p.has_default:
+            needs.append(p.name)
+    if decl.kind == "undo" and not pull:
+        raise MissingParameterError(
+            f"compensation {step!r} ({node.task}) needs a parameter named {decl.of!r}: it "
+            f"receives the result of node {decl.of!r} under that name"
+        )
+    entry: dict[str, Any] = {
+        "task": node.task,
+        "kwargs": bound,
+        "params": names,
+        "pull": pull,
+        "groups": {},
+        "needs": needs,
+        "opts": dict(node.options),
+        "after": decl.kind,
+    }
+    if decl.of:
+        entry["undoes"] = decl.of
+    if inject:
+        entry["inject"] = inject
+    if node.context:
+        entry["ctx"] = True
+    if node.call:
+        entry["call"] = node.call
+    if node.retries:
+        entry["retry"] = list(node.retries)
+    return entry
 
 
 def _unencodable(nodes: dict[str, NodeDecl]) -> SerializationError:
@@ -294,6 +418,8 @@ def _node_entry(
         entry["call"] = node.call
     if node.retries:
         entry["retry"] = list(node.retries)
+    if node.wait is not None:
+        entry["wait"] = {"timeout": node.wait.timeout}
     return entry
 
 

@@ -42,6 +42,14 @@ class NodeSpec:
     retry_delay: float = 1.0
     preds: tuple[str, ...] = ()
     succs: tuple[str, ...] = ()
+    # a step that follows the end of the run (handlers, compensations: spec.after):
+    # "failure", "exit" or "undo"; ``undoes``: the node an "undo" step compensates;
+    # ``inject``: the parameter that receives the run's failure or outcome, or None
+    after: str | None = None
+    undoes: str | None = None
+    inject: str | None = None
+    waits: bool = False  # a wait_for() node: its result is the signal's payload
+    wait_timeout: float | None = None  # seconds it waits at most (None: for ever)
 
     def units(self, items: int) -> int:
         """Messages a map of ``items`` items sends (one per item, or per chunk)."""
@@ -82,6 +90,38 @@ class GraphSpec:
     order: tuple[str, ...] = field(repr=False)  # a topological order
     maps: tuple[str, ...] = ()  # nodes with a dynamic fan-out
     policies: dict[str, dict[str, Any]] = field(default_factory=dict)  # group -> policy
+    # what follows the end of a run: {"failure": step id or "", "exit": step id or "",
+    # "undo": [[node id, step id], ...]}; its steps are nodes outside the graph's order
+    after: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def waits(self) -> tuple[str, ...]:
+        """The ids of the graph's ``wait_for`` nodes."""
+        assert isinstance(self.nodes, _Nodes)
+        return tuple(n for n in self.order if "wait" in self.nodes.raw[n])
+
+    @property
+    def roles(self) -> dict[str, str]:
+        """{step id: its role}: "compensates <node>", "on_failure", "on_exit"."""
+        a = self.after
+        if not a:
+            return {}
+        roles = {step: f"compensates {node}" for node, step in a.get("undo", ())}
+        for kind in ("failure", "exit"):
+            if a.get(kind):
+                roles[a[kind]] = f"on_{kind}"
+        return roles
+
+    @property
+    def steps(self) -> tuple[str, ...]:
+        """The ids of the steps that may follow the end of a run: compensations, then
+        the failure handler, then the exit handler."""
+        a = self.after
+        if not a:
+            return ()
+        ids = [step for _node, step in a.get("undo", ())]
+        ids += [s for s in (a.get("failure"), a.get("exit")) if s]
+        return tuple(ids)
 
     @classmethod
     def from_blob(cls, blob: bytes, graph_id: str | None = None) -> GraphSpec:
@@ -96,16 +136,18 @@ class GraphSpec:
         for src, dst in data["edges"]:
             succs[src].append(dst)
             preds[dst].append(src)
+        graph = [n for n, v in raw.items() if not v.get("after")]  # steps are apart
         return cls(
             graph_id=graph_id,
             blob=blob,
             nodes=_Nodes(raw, preds, succs),
-            roots=tuple(n for n in raw if not preds[n]),
-            sinks=tuple(n for n in raw if not succs[n]),
-            joins=tuple(n for n in raw if len(preds[n]) >= 2),
-            maps=tuple(n for n, v in raw.items() if v.get("map")),
+            roots=tuple(n for n in graph if not preds[n]),
+            sinks=tuple(n for n in graph if not succs[n]),
+            joins=tuple(n for n in graph if len(preds[n]) >= 2),
+            maps=tuple(n for n in graph if raw[n].get("map")),
             order=tuple(data["order"]),
             policies=data.get("policies", {}),
+            after=data.get("after", {}),
         )
 
     @classmethod
@@ -189,6 +231,11 @@ class _Nodes(Mapping[str, NodeSpec]):
                 retry_delay=retry[1],
                 preds=tuple(self._preds[node_id]),
                 succs=tuple(self._succs[node_id]),
+                after=n.get("after"),
+                undoes=n.get("undoes"),
+                inject=n.get("inject"),
+                waits="wait" in n,
+                wait_timeout=(n.get("wait") or {}).get("timeout"),
             )
         return node
 

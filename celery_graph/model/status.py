@@ -85,7 +85,8 @@ class NodeRecord:
 class NodeStatus:
     """One node of a run. ``state``: pending (not released yet), queued (published, not
     started), running, retrying (waiting for a retry), mapping (a map waiting for its
-    items), succeeded, failed, skipped (a branch not taken)."""
+    items), waiting (a wait_for() node waiting for its signal), child (waiting for the
+    child run it started), succeeded, failed, skipped (a branch not taken)."""
 
     state: str
     attempts: int = 0
@@ -97,6 +98,9 @@ class NodeStatus:
     lease: float | None = None  # when the reconciler acts unless it progresses
     redelivered: int = 0  # times the reconciler published it again
     lost: int = 0  # times its worker died while running it
+    waiting_since: float | None = None  # a wait_for() node: since when it waits (server time)
+    signalled: float | None = None  # a wait_for() node: when its signal came
+    child: str | None = None  # the child run the node started (child(flow))
 
     @classmethod
     def from_fields(
@@ -119,11 +123,19 @@ class NodeStatus:
             lease=lease,
             redelivered=int(fields.get(f"{node_id}:redelivered", 0)),
             lost=int(fields.get(f"{node_id}:lost", 0)),
+            waiting_since=_time(fields.get(f"{node_id}:waiting")),
+            signalled=_time(fields.get(f"{node_id}:signalled")),
+            child=fields.get(f"{node_id}:child"),
         )
 
     def waiting(self, now: float) -> str | None:
         """Why an unfinished node has not moved on, for people: how long it has waited and
         what the reconciler does next; None for a node that ended or is not released."""
+        if self.state == "child":
+            return f"waits for its child run {self.child}"
+        if self.state == "waiting" and self.waiting_since is not None:
+            until = f", times out in {_age(self.lease - now)}" if self.lease else ""
+            return f"waits for its signal, for {_age(now - self.waiting_since)}{until}"
         if self.state not in ("queued", "running", "retrying"):
             return None
         parts = []
@@ -161,7 +173,7 @@ def _age(seconds: float) -> str:
 @dataclass(frozen=True)
 class RunStatus:
     run_id: str
-    state: str  # running, succeeded, failed, cancelled
+    state: str  # running, finishing (its handlers run), succeeded, failed, cancelled
     graph_id: str
     created: float
     finished: float | None
@@ -169,6 +181,15 @@ class RunStatus:
     error: dict[str, Any] | None = None
     now: float | None = None  # the server's clock when this was read
     flow: str | None = None  # the flow name the run records (flow.with_name, a workflow)
+    # the steps that follow the end of the graph (compensations, handlers): id -> status,
+    # and id -> its role ("compensates <node>", "on_failure", "on_exit")
+    steps: dict[str, NodeStatus] = field(default_factory=dict)
+    roles: dict[str, str] = field(default_factory=dict)
+    outcome: str | None = None  # while finishing: the final state to come
+    parent: str | None = None  # a child run: its parent run
+    parent_node: str | None = None  # ... and the node of the parent that started it
+    # the child runs its nodes started: node id (or "<node>#<i>", an item of a map) -> run
+    children: dict[str, str] = field(default_factory=dict)
 
     @property
     def done(self) -> bool:
@@ -193,6 +214,19 @@ class RunStatus:
             "error": self.error,
             "counts": self.counts(),
             "nodes": {nid: asdict(n) for nid, n in self.nodes.items()},
+            "outcome": self.outcome,
+            "parent": self.parent,
+            "parent_node": self.parent_node,
+            "children": self.children,
+            # wait_for() nodes waiting now: what for (a signal of their id) and since when
+            "waits": {
+                nid: {"signal": nid, "since": n.waiting_since, "timeout_at": n.lease}
+                for nid, n in self.nodes.items()
+                if n.state == "waiting"
+            },
+            "steps": {
+                sid: {"role": self.roles.get(sid, ""), **asdict(n)} for sid, n in self.steps.items()
+            },
         }
 
     @classmethod
@@ -204,6 +238,7 @@ class RunStatus:
         order: tuple[str, ...],
         leases: dict[str, float] | None = None,
         now: float | None = None,
+        roles: dict[str, str] | None = None,
     ) -> RunStatus:
         """From the run record, the node-state hash, the leases and the graph's node order.
         A field that does not parse (a record written by something else) is CorruptRecord,
@@ -217,6 +252,12 @@ class RunStatus:
                 raise CorruptRecord(
                     f"run {run_id}: the state of node {nid!r} does not parse ({exc})"
                 ) from exc
+        roles = roles or {}
+        steps = {
+            sid: NodeStatus.from_fields(sid, fields, leases.get(sid))
+            for sid in roles
+            if f"{sid}:state" in fields
+        }
         created = record_field(run_id, record, "created", float, required=True)
         return cls(
             run_id=run_id,
@@ -232,6 +273,14 @@ class RunStatus:
             error=record_field(run_id, record, "error", parse_error),
             now=now,
             flow=record.get("flow") or None,
+            steps=steps,
+            roles=roles,
+            outcome=(record.get("outcome") or None)
+            if record.get("status") == "finishing"
+            else None,
+            parent=record.get("parent") or None,
+            parent_node=record.get("parent_node") or None,
+            children={k[: -len(":child")]: v for k, v in fields.items() if k.endswith(":child")},
         )
 
     def stalled(self) -> dict[str, str]:

@@ -25,9 +25,11 @@ from .connection import (
 from .graphs import GraphStore
 from .index import RunIndex, RunRow
 from .replies import (
+    After,
     Arrival,
     Begin,
     Begun,
+    ChildMark,
     Continuation,
     Ended,
     Expiry,
@@ -35,8 +37,11 @@ from .replies import (
     Mode,
     Reclaim,
     Revoked,
+    Signal,
+    StepEnd,
     Stored,
     Verdict,
+    Wait,
 )
 from .runs import RunStore
 from .scripts import Scripts
@@ -102,6 +107,11 @@ def state_for(app: Any) -> State:
 
 
 __all__ = [
+    "ChildMark",
+    "Signal",
+    "Wait",
+    "After",
+    "StepEnd",
     "WAIT_SLICE",
     "Arrival",
     "Begin",

@@ -22,7 +22,7 @@ from .connection import translated
 
 # the fields of a run record a listing filters on, and those it shows
 FILTER_FIELDS = ("status", "graph", "created", "flow")
-SUMMARY_FIELDS = (*FILTER_FIELDS, "finished", "nodes", "error", "resumed")
+SUMMARY_FIELDS = (*FILTER_FIELDS, "finished", "nodes", "error", "resumed", "parent")
 
 
 @dataclass(frozen=True)

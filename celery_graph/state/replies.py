@@ -83,6 +83,7 @@ class Expiry(TextCode):
     QUEUED = "queued"  # published (or waiting for a retry) and never started
     SKIP = "skip"  # a skip nobody passed on
     MAP = "map"  # a map whose units all arrived, not completed
+    TIMEOUT = "timeout"  # a wait_for() node not signalled within its timeout
 
 
 class Mode(TextCode):
@@ -101,6 +102,47 @@ class Continuation(TextCode):
     BUSY = "busy"  # another process holds a live claim
     DONE = "done"  # continued already
     NONE = "none"  # no canvas waits on this run
+
+
+class After(TextCode):
+    """after.lua: a step that follows the end of a run's graph ended."""
+
+    NEXT = "next"  # the next step is released: publish it
+    CLOSED = "closed"  # that was the last: the run ended
+    STALE = "stale"  # not the run's current step (a late copy): nothing changed
+
+
+class StepEnd(TextCode):
+    """after.lua's argument: how a step ended."""
+
+    OK = "ok"
+    FAILED = "failed"
+
+
+class Wait(TextCode):
+    """wait.lua: a worker reached a wait_for() node."""
+
+    SIGNALLED = "signalled"  # the run was signalled: complete the node with the payload
+    WAITING = "waiting"  # it waits, no worker holding it
+    ENDED = "ended"  # the run is not running
+
+
+class Signal(TextCode):
+    """signal.lua: a signal to a wait_for() node."""
+
+    WOKEN = "woken"  # the node waited: publish it
+    KEPT = "kept"  # kept until the run reaches the node
+    TAKEN = "taken"  # the wait had its signal already
+    ENDED = "ended"  # the run is not running
+    GONE = "gone"  # no such run
+
+
+class ChildMark(TextCode):
+    """child.lua: a node started a child run."""
+
+    WAITING = "waiting"  # the node waits for the child
+    DONE = "done"  # the node ended already (the child's end completed it)
+    NOT_RUNNING = "not_running"  # the run is not running
 
 
 class NameClaim(TextCode):
@@ -128,6 +170,10 @@ MIRRORED: dict[str, tuple[type[Enum], ...]] = {
     "reclaim": (Verdict, Expiry),
     "lease": (Mode,),
     "continue": (Continuation,),
+    "after": (After, StepEnd),
+    "wait": (Wait,),
+    "signal": (Signal,),
+    "child": (ChildMark,),
     "worker_claim": (NameClaim,),
     "worker_beat": (Beat,),
 }

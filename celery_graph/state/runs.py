@@ -247,6 +247,11 @@ class RunStore:
         value: bytes | None = translated("reading a result", lambda: self.client.hget(key, field))
         return value
 
+    def children(self, run_id: str) -> dict[str, str]:
+        """{node id: child run id} of the child runs the run's nodes started."""
+        fields = self.node_fields(run_id)
+        return {k[: -len(":child")]: v for k, v in fields.items() if k.endswith(":child")}
+
     def node_fields(self, run_id: str) -> dict[str, str]:
         raw = self._hash(self.keys.nodes(run_id), "reading node states")
         return {k.decode(): v.decode() for k, v in raw.items()}
@@ -278,6 +283,7 @@ class RunStore:
             spec.order,
             self.leases(run_id),
             self.time(),
+            spec.roles,
         )
 
     def outcome(self, run_id: str, record: dict[str, str] | None = None) -> Outcome | None:

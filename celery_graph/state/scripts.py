@@ -21,9 +21,11 @@ from ..keys import Keys
 from ..model import GraphSpec, NodeSpec
 from .connection import load_script, redis_errors, translating
 from .replies import (
+    After,
     Arrival,
     Begin,
     Begun,
+    ChildMark,
     Continuation,
     Ended,
     Expiry,
@@ -31,8 +33,11 @@ from .replies import (
     Mode,
     Reclaim,
     Revoked,
+    Signal,
+    StepEnd,
     Stored,
     Verdict,
+    Wait,
 )
 
 # The most successors, items or fields one call handles: a call stays a few milliseconds
@@ -53,6 +58,10 @@ SCRIPTS = (
     "lease",
     "continue",
     "revoke",
+    "after",
+    "wait",
+    "signal",
+    "child",
 )
 
 
@@ -92,6 +101,11 @@ class Scripts:
             *(k.join(run_id, j) for j in spec.joins),
             *(k.map(run_id, m) for m in spec.maps),
         ]
+        if spec.after:  # what follows the end of the run (lib/run.lua)
+            extra = {
+                **extra,
+                "after": json.dumps({**spec.after, "lease": self.settings.queued_lease}),
+            }
         args: list[Any] = [
             spec.graph_id,
             inputs_json,
@@ -272,6 +286,32 @@ class Scripts:
         is a failing copy of a message that succeeded."""
         args = [status, node_id, error_json, self.settings.result_ttl, guard, "1" if unsent else ""]
         return Finish(int(self._run("finish", run_id, args)))
+
+    def after(self, run_id: str, step: str, how: StepEnd, payload: str) -> tuple[After, str]:
+        """Step ``step`` (a handler, a compensation) ended ``how``, with ``payload`` (its
+        result, or its error record): (NEXT, the next step to publish), (CLOSED, "") when
+        the run ended, (STALE, "") for a step that is not the current one."""
+        reply = self._run(
+            "after", run_id, [step, StepEnd(how).value, payload, self.settings.result_ttl]
+        )
+        return After(_text(reply[0])), _text(reply[1]) if len(reply) > 1 else ""
+
+    def wait(self, run_id: str, node: NodeSpec) -> tuple[Wait, bytes | None]:
+        """A worker reached wait_for() node ``node``: (SIGNALLED, the payload) when the
+        run was signalled, else (WAITING or ENDED, None)."""
+        timeout = "" if node.wait_timeout is None else repr(node.wait_timeout)
+        reply = self._run("wait", run_id, [node.id, timeout])
+        return Wait(_text(reply[0])), reply[1] if len(reply) > 1 else None
+
+    def signal(self, run_id: str, node_id: str, payload_json: str) -> tuple[Signal, str]:
+        """Signal wait_for() node ``node_id`` with ``payload_json``: (a Signal, the run's
+        status when ENDED, else "")."""
+        reply = self._run("signal", run_id, [node_id, payload_json, self.settings.queued_lease])
+        return Signal(_text(reply[0])), _text(reply[1]) if len(reply) > 1 else ""
+
+    def mark_child(self, run_id: str, node_id: str, child_id: str) -> ChildMark:
+        """Node ``node_id`` started child run ``child_id`` (see child.lua)."""
+        return ChildMark(_text(self._run("child", run_id, [node_id, child_id])))
 
     def revoke(self, run_id: str, field: str, node_id: str, epoch: int, error_json: str) -> Revoked:
         """Cancel a running run because the message of ``field`` (of epoch ``epoch``) was

@@ -22,11 +22,13 @@ duration buckets, ``+Inf`` included), ``s|<task>|<queue>`` (summed seconds).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..compat import version_tuple
+from ..errors import StoreError
 from ..keys import CounterKeys, Keys
 from .connection import load_script, translated
 from .replies import Beat, NameClaim
@@ -277,6 +279,15 @@ class WorkerStore:
     def add_run_counts(self, whole: dict[str, int], floats: dict[str, float], ttl: int) -> None:
         """Add the counts of some runs (added up by :func:`run_counts`) in one step."""
         self._add(CounterKeys(self.keys.run_metrics()), whole, floats, ttl, "runs")
+
+    def count_semantics(self, event: str, ttl: int) -> None:
+        """One more ``event`` among the run counters: "signals", "wait_timeouts",
+        "children", or "step|<role>|<outcome>" (a handler or a compensation ended).
+        Never raises: a counter is not worth failing a run for."""
+        try:
+            self._add(CounterKeys(self.keys.run_metrics()), {event: 1}, {}, ttl, event)
+        except StoreError:
+            logging.getLogger("celery_graph").warning("celery-graph: could not count %s", event)
 
     def _add(
         self,

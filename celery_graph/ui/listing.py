@@ -163,6 +163,7 @@ def summary(row: RunRow, flow: str | None, now: float, results: int) -> dict[str
         "nodes": nodes,
         "done": done,
         "resumed": "resumed" in row.fields,
+        "parent": row.fields.get("parent"),  # a child run: its parent run
         "error": None
         if not error
         else {

@@ -28,9 +28,11 @@ from ..errors import (
     GraphDefinitionError,
     GraphNotFound,
     InputTooLarge,
+    ResultTooLarge,
     RunNotFound,
     RunNotResumable,
     SerializationError,
+    SignalRefused,
     StoreUnavailable,
     UsageError,
 )
@@ -179,6 +181,7 @@ class Dashboard:
             (f"{api}/runs/{run}/cancel", CancelHandler, {}),
             (f"{api}/runs/{run}/resume", ResumeHandler, {}),
             (f"{api}/runs/{run}/nodes/{node}/retry", RetryHandler, {}),
+            (f"{api}/runs/{run}/nodes/{node}/signal", SignalHandler, {}),
             (f"{api}/flows", FlowsHandler, {}),
             (f"{api}/flows/{node}/runs", StartHandler, {}),
             (f"{api}/workers", WorkersHandler, {}),
@@ -239,6 +242,8 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (RunNotFound, 404),
     (GraphNotFound, 404),
     (RunNotResumable, 409),
+    (SignalRefused, 409),
+    (ResultTooLarge, 413),
     (StoreUnavailable, 503),
     (Backpressure, 503),
     (InputTooLarge, 413),
@@ -457,6 +462,12 @@ class ResumeHandler(BaseHandler):
 class RetryHandler(BaseHandler):
     async def post(self, run_id: str, node_id: str) -> None:
         await self.answer(self.dash.views.resume, run_id, node_id)
+
+
+class SignalHandler(BaseHandler):
+    async def post(self, run_id: str, node_id: str) -> None:
+        body = self.body
+        await self.answer(lambda: self.dash.views.signal(run_id, node_id, parse_body(body)))
 
 
 class FlowsHandler(BaseHandler):

@@ -75,7 +75,7 @@ class Views:
         spec = runs.graph_of(run_id, record)  # no nodes for a run that never started
         fields = runs.node_fields(run_id)
         status = RunStatus.from_state(
-            run_id, record, fields, spec.order, runs.leases(run_id), runs.time()
+            run_id, record, fields, spec.order, runs.leases(run_id), runs.time(), spec.roles
         )
         return record, spec, fields, status
 
@@ -151,6 +151,11 @@ class Views:
             "bound": node.kwargs,
             "result": self._result(run_id, node_id),
             "retry": ns.state == "failed" and status.state in ("failed", "cancelled"),
+            # a wait_for() node the run can still signal: the page shows a form
+            "signal": node.waits
+            and status.state == "running"
+            and ns.state not in ("succeeded", "failed", "skipped")
+            and ns.signalled is None,
         }
         if node.map_source:
             data["items"] = self._item_list(run_id, node_id, fields, status.now or 0.0)
@@ -282,6 +287,15 @@ class Views:
             "state": self.state.runs.record(run_id)["status"],
             "sent": frontier + sorted({n for n, _ in items}),
         }
+
+    def signal(self, run_id: str, node_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Signal the run's wait_for(node_id) with ``body["payload"]`` (an approval:
+        ``{"approved": true, "by": "..."}``)."""
+        unexpected = sorted(set(body) - {"payload"})
+        if unexpected:
+            raise BadRequest(f'a signal\'s body is {{"payload": ...}}; unexpected: {unexpected}')
+        delivered = GraphRun(run_id, app=self.app).signal(node_id, body.get("payload"))
+        return {"run_id": run_id, "wait": node_id, "delivered": delivered}
 
     def start(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         entry = self.registry.get(name)

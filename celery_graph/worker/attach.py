@@ -52,7 +52,7 @@ from ..config import (
     reliable_defaults_wanted,
 )
 from ..errors import ConfigurationError
-from ..executor import connect_signals, register_call_task
+from ..executor import connect_signals, register_call_task, register_wait_task
 from ..integrations import enable as enable_integrations
 from ..signals import graph_task_declared
 from .metrics import install_task_signals
@@ -204,6 +204,7 @@ def install(app: Any) -> None:
     app.steps["worker"].add(STEP)
     register_run_graph(app)
     register_call_task(app)
+    register_wait_task(app)
     connect_signals()  # in this process and in the pool processes forked from it
     install_task_signals()
     enable_integrations()  # run, node and flow on OpenTelemetry spans and Sentry events

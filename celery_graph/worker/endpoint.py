@@ -162,6 +162,30 @@ class WorkerCollector:
         )
         hist.add_metric([], _buckets(counts, RUN_DURATION_BUCKETS), r.get("s", 0.0))
         yield hist
+        yield from _semantics(r)
+
+
+def _semantics(r: dict[str, float]) -> Iterator[Any]:
+    """Signals, wait timeouts, child runs, handlers and compensations (run counters)."""
+    for name, field, doc in (
+        ("celery_graph_signals", "signals", "Signals delivered to wait_for() nodes"),
+        ("celery_graph_wait_timeouts", "wait_timeouts", "wait_for() nodes that timed out"),
+        ("celery_graph_child_runs", "children", "Child runs started by child()"),
+    ):
+        family = CounterMetricFamily(name, doc)
+        family.add_metric([], r.get(field, 0.0))
+        yield family
+    steps = CounterMetricFamily(
+        "celery_graph_steps",
+        "Handlers and compensations that ended, by kind (failure: on_failure, exit: "
+        "on_exit, undo: a compensation) and outcome",
+        labels=["kind", "outcome"],
+    )
+    for key, value in sorted(r.items()):
+        if key.startswith("step|"):
+            _, kind, outcome = key.split("|", 2)
+            steps.add_metric([kind, outcome], value)
+    yield steps
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -29,6 +29,10 @@ queue the message came from)::
     celery_graph_runs_started_total                          runs created (cluster-wide)
     celery_graph_runs_finished_total{outcome}                succeeded, failed, cancelled
     celery_graph_run_duration_seconds                        histogram, creation to end
+    celery_graph_signals_total                               signals to wait_for() nodes
+    celery_graph_wait_timeouts_total                         waits that timed out
+    celery_graph_child_runs_total                            child runs started by child()
+    celery_graph_steps_total{kind,outcome}                   handlers and compensations
 
 The run metrics count every run under the key prefix, whichever process started or
 ended it: every worker serves the same numbers (aggregate them with ``max``, not

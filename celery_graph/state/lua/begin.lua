@@ -37,6 +37,9 @@
 -- ARGV[9 .. 8+L] those predecessor ids
 -- ARGV[9+L ..] ids of the upstream nodes whose results the node reads
 --
+-- A finishing run (its handlers and compensations run: lib/run.lua) begins its current
+-- step only, as if it were running.
+--
 -- Returns {status} when the run is not running (its status, or nil when it is gone);
 -- {Begin.DEADLINE} when the run's deadline (field "deadline" of the run record, server
 -- time) has passed; {Begin.DONE} when the node already ended without a result (failed
@@ -77,11 +80,16 @@ local function answer(out)
   return out
 end
 
+-- a finishing run runs its current step only (lib/run.lua), deadline or not
+local step = status == 'finishing' and current_step() == field
+if step then
+  status = Begin.RUNNING
+end
 if status ~= Begin.RUNNING then
   return answer({status})
 end
 local now, nowstr = server_clock()
-if run[2] and now > tonumber(run[2]) then
+if not step and run[2] and now > tonumber(run[2]) then
   return answer({Begin.DEADLINE})
 end
 local wanted = {field}

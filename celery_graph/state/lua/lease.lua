@@ -35,7 +35,10 @@ local status = redis.call('HGET', K.run, 'status')
 -- a node still running after its run was cancelled or failed keeps renewing its lease
 -- (XX: only leases that exist move, so nothing is re-created): a resume then leaves it to
 -- finish instead of sending it a second time
-if status ~= 'running' and not (status and mode == Mode.RENEW) then
+-- a finishing run (its handlers and compensations run) sets the leases of its current
+-- step only
+local step = current_step()
+if status ~= 'running' and not step and not (status and mode == Mode.RENEW) then
   return 0
 end
 local now, nowstr = server_clock()
@@ -43,7 +46,9 @@ local expiry = now + seconds
 local set = 0
 for i = FIRST_FIELD, #ARGV do
   local field = ARGV[i]
-  if mode == Mode.RENEW then
+  if step and field ~= step and mode ~= Mode.RENEW then
+    -- not the current step of a finishing run: left as it is
+  elseif mode == Mode.RENEW then
     set = set + redis.call('ZADD', K.leases, 'XX', 'CH', expiry, field)
   elseif mode == Mode.REQUEUE then
     if redis.call('HGET', K.nodes, field .. ':state') == 'running'

@@ -28,7 +28,8 @@
 --   {OK, now, next running, next queued, held, n, field, kind, queued, ... (n triples)}
 --       kind, an Expiry: LOST (running, its worker stopped renewing), QUEUED (published,
 --       or waiting for a retry, and never started), SKIP (a skip to pass on), MAP (a map
---       node whose units all arrived, not completed); queued: when the node (an item: its
+--       node whose units all arrived, not completed), TIMEOUT (a wait_for() node not
+--       signalled within its timeout); queued: when the node (an item: its
 --       map node) was last published, or ""; next running / next queued: the earliest
 --       lease of each kind left, or "" when there is none; held: how many running
 --       leases the hold extended.
@@ -39,13 +40,17 @@ local max_lost, limit, hold = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 
 local Verdict = {GONE = 'gone', ENDED = 'ended', DEADLINE = 'deadline', POISON = 'poison',
                  OK = 'ok'}
-local Expiry = {LOST = 'lost', QUEUED = 'queued', SKIP = 'skip', MAP = 'map'}
+local Expiry = {LOST = 'lost', QUEUED = 'queued', SKIP = 'skip', MAP = 'map',
+                TIMEOUT = 'timeout'}
 
 local status = redis.call('HGET', K.run, 'status')
 if not status then
   return {Verdict.GONE}
 end
-if status ~= 'running' then
+-- a finishing run (its handlers and compensations run) is looked after for its current
+-- step only: the leases of other nodes that ran out are dropped
+local step = current_step()
+if status ~= 'running' and not step then
   local pending = 0
   if redis.call('HEXISTS', K.run, 'continuation') == 1
       and redis.call('HGET', K.run, 'continued') ~= 'done' then
@@ -54,7 +59,7 @@ if status ~= 'running' then
   return {Verdict.ENDED, pending}
 end
 local now, nowstr = server_clock()
-if past_deadline(now) then
+if not step and past_deadline(now) then
   return {Verdict.DEADLINE}
 end
 local found = {}
@@ -73,7 +78,9 @@ local held = 0
 local ran_out = redis.call('ZRANGEBYSCORE', K.leases, '-inf', now, 'LIMIT', 0, limit)
 for _, field in ipairs(ran_out) do
   local state = redis.call('HGET', K.nodes, field .. ':state')
-  if state == 'mapping' then
+  if step and field ~= step then
+    redis.call('ZREM', K.leases, field)
+  elseif state == 'mapping' then
     add(field, Expiry.MAP)  -- its last unit's arrival leased it (map_arrive.lua)
   elseif ended(state) then
     redis.call('ZREM', K.leases, field)  -- the lease is stale
@@ -89,13 +96,15 @@ for _, field in ipairs(ran_out) do
     add(field, Expiry.LOST)
   elseif state == 'skipping' then
     add(field, Expiry.SKIP)
+  elseif state == 'waiting' then
+    add(field, Expiry.TIMEOUT)  -- a wait_for() node's timeout (wait.lua)
   else
     add(field, Expiry.QUEUED)
   end
 end
 ran_out = redis.call('ZRANGEBYSCORE', K.queued, '-inf', now, 'LIMIT', 0, limit)
 for _, field in ipairs(ran_out) do
-  if ended(redis.call('HGET', K.nodes, field .. ':state')) then
+  if (step and field ~= step) or ended(redis.call('HGET', K.nodes, field .. ':state')) then
     redis.call('ZREM', K.queued, field)
   else
     add(field, Expiry.QUEUED)

@@ -38,13 +38,16 @@ if status ~= 'failed' and status ~= 'cancelled' then
 end
 local now, nowstr = server_clock()
 redis.call('HSET', K.run, 'status', 'running', 'resumed', nowstr)
-redis.call('HDEL', K.run, 'error', 'finished', 'deadline', 'unsent', 'continued')
+redis.call('HDEL', K.run, 'error', 'finished', 'deadline', 'unsent', 'continued',
+           'outcome', 'steps', 'step', 'ended')  -- the handlers run again at the next end
 redis.call('DEL', K.done)
 local epoch = redis.call('HINCRBY', K.run, 'epoch', 1)
 local expiry = now + queued_lease
 local function send(field)
   redis.call('HSET', K.nodes, field .. ':state', 'queued', field .. ':queued', nowstr)
-  redis.call('HDEL', K.nodes, field .. ':error', field .. ':unsettled', field .. ':lost')
+  -- (a wait_for() node sent again waits afresh: its timeout counts from then)
+  redis.call('HDEL', K.nodes, field .. ':error', field .. ':unsettled', field .. ':lost',
+             field .. ':waiting')
   redis.call('ZREM', K.leases, field)
   redis.call('ZADD', K.queued, expiry, field)
 end

@@ -1,5 +1,6 @@
 // The run page: the graph as SVG with every node coloured by its state, polled while the
-// run goes on; a node's (or a group's) detail; cancel, resume and retry.
+// run goes on; a node's (or a group's) detail; cancel, resume and retry; the form that
+// signals a waiting wait_for() node (an approval, or any JSON payload).
 import {
   api, badge, clear, errorBox, fill, fmtDuration, fmtTime, h, progressBar, svg,
 } from "./util.js";
@@ -14,7 +15,7 @@ function cut(text, n) {
 
 // A group's colour: the most pressing state among its members.
 function aggregate(counts, total) {
-  for (const s of ["failed", "running", "retrying", "mapping", "queued"]) {
+  for (const s of ["failed", "running", "retrying", "mapping", "waiting", "queued"]) {
     if (counts[s]) return s;
   }
   const done = (counts.succeeded || 0) + (counts.skipped || 0);
@@ -97,7 +98,7 @@ function paint(drawing, status) {
       let x = 8;
       const width = box.w - 16;
       for (const s of ["succeeded", "skipped", "failed", "running", "retrying", "queued",
-        "mapping", "pending"]) {
+        "mapping", "waiting", "pending"]) {
         if (!counts[s]) continue;
         const w = (width * counts[s]) / box.members.length;
         bar.append(svg("rect", { class: `seg st-${s}`, x, y: box.h - 22, width: w, height: 5 }));
@@ -151,15 +152,17 @@ export async function runPage(root, runId) {
   const failure = h("div", { id: "run-error" });
   const graphBox = h("div", { class: "graph", id: "graph" });
   const legend = h("div", { class: "legend" },
-    ["pending", "queued", "running", "retrying", "mapping", "succeeded", "failed", "skipped"]
+    ["pending", "queued", "running", "retrying", "mapping", "waiting", "succeeded", "failed",
+      "skipped"]
       .map((s) => h("span", {}, h("i", { class: `swatch st-${s}` }), s)));
   const detail = h("aside", { class: "detail", id: "detail" },
     h("p", { class: "muted" }, "Select a node to see its attempts, worker, times, result and error."));
   const waiting = h("div", { id: "waiting" });
+  const steps = h("div", { id: "steps" });
   const inputs = h("div", { id: "inputs" });
   fill(root, title, head, actions, notice, failure,
     h("div", { class: "run-body" }, h("div", { class: "graph-col" }, graphBox, legend), detail),
-    waiting, inputs);
+    steps, waiting, inputs);
 
   let status = null;
   let selected = null; // the box whose detail is shown
@@ -193,12 +196,26 @@ export async function runPage(root, runId) {
           : fmtDuration(status.now - status.created)),
       field("progress", progressBar(p.done, p.failed, p.total)),
       field("deadline", status.deadline ? fmtTime(status.deadline) : null),
+      field("parent", status.parent ? h("span", {}, h("a", { href: `runs/${status.parent}`,
+        class: "mono", id: "parent-link" }, status.parent), ` (node ${status.parent_node})`) : null),
+      field("children", Object.keys(status.children || {}).length
+        ? Object.entries(status.children).map(([node, id]) => h("div", {},
+          h("a", { href: `runs/${id}`, class: "mono child-link" }, id), ` (node ${node})`))
+        : null),
       field("resumed", status.resumed ? fmtTime(status.resumed) : null)));
     cancel.disabled = !status.actions.cancel;
     terminate.disabled = !status.actions.cancel;
     resume.disabled = !status.actions.resume;
     fill(failure, status.error ? h("section", { class: "panel failed" },
       h("h2", {}, status.state === "cancelled" ? "Cancelled" : "Failed"), errorView(status.error)) : null);
+    const after = Object.entries(status.steps || {});
+    fill(steps, after.length ? h("section", { class: "panel" },
+      h("h2", {}, "Handlers and compensations"),
+      status.outcome && !FINAL.includes(status.state)
+        ? h("p", { class: "muted" }, `The run ends as ${status.outcome} once these have run.`) : null,
+      h("table", { class: "plain" }, after.map(([id, s]) => h("tr", { "data-step": id },
+        h("td", { class: "mono" }, id), h("td", {}, s.role), h("td", {}, badge(s.state)),
+        h("td", {}, s.error ? `${s.error.type}: ${s.error.message}` : ""))))) : null);
     const stalled = Object.entries(status.stalled || {});
     fill(waiting, stalled.length ? h("section", { class: "panel" },
       h("h2", {}, "Waiting"),
@@ -218,6 +235,7 @@ export async function runPage(root, runId) {
     }
     if (!selected || (selected.id !== nodeId && !selected.members.includes(nodeId))) return;
     const link = (id) => h("a", { href: "#", class: "mono", onclick: (ev) => { ev.preventDefault(); select(boxOf(id), id); } }, id);
+    const signal = d.signal ? signalForm(nodeId) : null;
     const retry = d.retry ? h("button", { type: "button", id: "retry-node", onclick: () => act(
       `runs/${runId}/nodes/${encodeURIComponent(nodeId)}/retry`, `node ${nodeId} sent again`) },
     "Retry this node") : null;
@@ -238,10 +256,14 @@ export async function runPage(root, runId) {
         field("sent again", d.redelivered ? `${d.redelivered}x by the reconciler` : null),
         field("worker lost", d.lost ? `${d.lost}x` : null),
         field("why it waits", d.waiting),
+        field("waiting since", d.waiting_since ? fmtTime(d.waiting_since) : null),
+        field("signalled", d.signalled ? fmtTime(d.signalled) : null),
+        field("child run", d.child ? h("a", { href: `runs/${d.child}`, class: "mono" }, d.child) : null),
         field("after", d.preds.length ? d.preds.map(link).flatMap((a, i) => (i ? [", ", a] : [a])) : null),
         field("before", d.succs.length ? d.succs.map(link).flatMap((a, i) => (i ? [", ", a] : [a])) : null),
         field("bound", Object.keys(d.bound).length ? h("code", {}, JSON.stringify(d.bound)) : null)),
       retry,
+      signal,
       d.error ? h("section", {}, h("h3", {}, "Error"), errorView(d.error)) : null,
       d.result ? h("section", {}, h("h3", {}, `Result (${d.result.size} bytes)`),
         d.result.preview === null ? h("p", { class: "muted" }, "too large to preview")
@@ -250,6 +272,38 @@ export async function runPage(root, runId) {
         h("table", { class: "plain" }, d.items.shown.map((it) => h("tr", {},
           h("td", { class: "num" }, String(it.index)), h("td", {}, badge(it.state)),
           h("td", {}, it.worker || ""), h("td", { class: "num" }, String(it.attempts)))))) : null);
+  }
+
+  // one form per waiting node, kept across refreshes so what is typed stays
+  const forms = new Map();
+  function signalForm(nodeId) {
+    if (forms.has(nodeId)) return forms.get(nodeId);
+    const path = `runs/${runId}/nodes/${encodeURIComponent(nodeId)}/signal`;
+    const by = h("input", { type: "text", id: "signal-by", placeholder: "your name" });
+    const payload = h("textarea", { id: "signal-payload", rows: 3, class: "mono" },
+      '{"approved": true, "by": ""}');
+    const send = (body) => act(path, `signal ${nodeId} sent`, { payload: body });
+    const approval = (approved) => () => send({ approved, by: by.value });
+    const custom = () => {
+      let body;
+      try {
+        body = JSON.parse(payload.value);
+      } catch (err) {
+        fill(notice, errorBox(`the payload is not JSON: ${err.message}`));
+        return;
+      }
+      send(body);
+    };
+    const form = h("section", { class: "signal", id: "signal-form" },
+      h("h3", {}, `Signal ${nodeId}`),
+      h("p", { class: "muted small" }, "The run waits here; its result is the payload you send."),
+      h("label", {}, "by ", by), " ",
+      h("button", { type: "button", id: "approve", onclick: approval(true) }, "Approve"), " ",
+      h("button", { type: "button", id: "reject", class: "danger", onclick: approval(false) }, "Reject"),
+      h("details", {}, h("summary", {}, "Another payload (JSON)"), payload,
+        h("button", { type: "button", id: "send-signal", onclick: custom }, "Send")));
+    forms.set(nodeId, form);
+    return form;
   }
 
   function showGroup(box) {

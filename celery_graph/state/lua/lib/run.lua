@@ -44,14 +44,87 @@ local function past_deadline(now)
   return now > tonumber(deadline)
 end
 
+-- Steps: the handlers and compensations that follow the end of a run's graph (the run
+-- record's "after", written at its start from the graph: {"failure": step or "",
+-- "exit": step or "", "undo": [[node, step], ...], "lease": queued lease}). While they
+-- run, the run's status is "finishing" and its record holds "outcome" (the final state
+-- to come), "steps" (JSON list) and "step" (the position of the current one, from 1);
+-- only the current step may begin, one at a time.
+
+-- The step the run is finishing with, or nil.
+local function current_step()
+  if redis.call('HGET', K.run, 'status') ~= 'finishing' then
+    return nil
+  end
+  local steps = cjson.decode(redis.call('HGET', K.run, 'steps'))
+  return steps[tonumber(redis.call('HGET', K.run, 'step'))]
+end
+
+-- Release ``step``: queued, with a queued lease the reconciler acts on.
+local function release_step(step, nowstr)
+  local after = cjson.decode(redis.call('HGET', K.run, 'after'))
+  redis.call('HSET', K.nodes, step .. ':state', 'queued', step .. ':queued', nowstr)
+  redis.call('HDEL', K.results, step)
+  redis.call('ZADD', K.queued, tonumber(nowstr) + after.lease, step)
+end
+
+-- The steps that follow a graph that ended as ``final``: the compensations of the nodes
+-- that succeeded (a failed run only), latest completion first, then the failure handler
+-- (a failed run only), then the exit handler.
+local function steps_after(final)
+  local raw = redis.call('HGET', K.run, 'after')
+  if not raw then
+    return {}
+  end
+  local after = cjson.decode(raw)
+  local steps = {}
+  if final == 'failed' then
+    local done = {}
+    for i, pair in ipairs(after.undo) do
+      local node = pair[1]
+      if redis.call('HEXISTS', K.results, node) == 1 then
+        local rec = redis.call('HGET', K.nodes, node .. ':run') or ''
+        local finished = string.match(rec, '^[^|]*|[^|]*|([^|]*)|') or ''
+        done[#done + 1] = {pair[2], tonumber(finished) or 0, i}
+      end
+    end
+    table.sort(done, function(a, b)
+      if a[2] ~= b[2] then return a[2] > b[2] end
+      return a[3] > b[3]
+    end)
+    for _, d in ipairs(done) do
+      steps[#steps + 1] = d[1]
+    end
+    if after.failure ~= '' then
+      steps[#steps + 1] = after.failure
+    end
+  end
+  if after.exit ~= '' then
+    steps[#steps + 1] = after.exit
+  end
+  return steps
+end
+
 -- End the run as ``final`` (succeeded, failed, cancelled) at ``nowstr`` with ``error_json``
 -- (JSON, or "" for none): wake the waiters, and every key of the run expires after
 -- ``ttl`` seconds (arrivals of joins and maps keep their own expiry, the run ttl at most).
+-- A run whose graph has steps to follow this end goes "finishing" instead, its first
+-- step released (the caller reads the status and publishes it); the last step's end
+-- closes it (after.lua).
 local function close_run(final, nowstr, error_json, ttl)
-  redis.call('HSET', K.run, 'status', final, 'finished', nowstr)
   if error_json ~= '' then
     redis.call('HSET', K.run, 'error', error_json)
   end
+  if redis.call('HGET', K.run, 'status') == 'running' then
+    local steps = steps_after(final)
+    if #steps > 0 then
+      redis.call('HSET', K.run, 'status', 'finishing', 'outcome', final, 'ended', nowstr,
+                 'steps', cjson.encode(steps), 'step', 1)
+      release_step(steps[1], nowstr)
+      return
+    end
+  end
+  redis.call('HSET', K.run, 'status', final, 'finished', nowstr)
   redis.call('RPUSH', K.done, final)
   expire_keys(RUN_KEYS, ttl)
 end

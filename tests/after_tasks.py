@@ -1,0 +1,117 @@
+"""Graph tasks of the tests of what follows the end of a run: handlers, compensations.
+Each records what it did in the trace list of its ``tag`` (tests.tasks.trace)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from celery_graph import child, task
+from tests.tasks import trace
+
+
+@task
+def charge(tag=None, amount: int = 10):
+    trace(tag, "charge")
+    return {"charged": amount}
+
+
+@task
+def reserve(tag=None, item: str = "book"):
+    trace(tag, "reserve")
+    return {"reserved": item}
+
+
+@task
+def refund(charge, tag=None):
+    trace(tag, f"refund:{json.dumps(charge, sort_keys=True)}")
+    return "refunded"
+
+
+@task
+def release(reserve, tag=None, delay: float = 0.0):
+    time.sleep(delay)
+    trace(tag, f"release:{json.dumps(reserve, sort_keys=True)}")
+    return "released"
+
+
+@task
+def undo_fails(reserve, tag=None):
+    trace(tag, "undo_fails")
+    raise RuntimeError("the undo failed")
+
+
+@task
+def ship(tag=None):
+    trace(tag, "ship")
+    raise ValueError("no courier")
+
+
+@task
+def alert(failure, tag=None, delay: float = 0.0):
+    time.sleep(delay)
+    trace(tag, "alert:" + json.dumps(failure, sort_keys=True))
+    return "alerted"
+
+
+@task
+def alert_fails(failure, tag=None):
+    trace(tag, "alert_fails")
+    raise RuntimeError("the pager is down")
+
+
+@task
+def bye(outcome, tag=None, delay: float = 0.0):
+    time.sleep(delay)
+    trace(tag, "bye:" + json.dumps(outcome, sort_keys=True))
+    return "bye"
+
+
+@task
+def wait_a_bit(tag=None, delay: float = 1.0):
+    time.sleep(delay)
+    trace(tag, "waited")
+    return "waited"
+
+
+@task
+def prepare(tag=None):
+    trace(tag, "prepare")
+    return "prepared"
+
+
+@task
+def ship_if_approved(approval, tag=None):
+    trace(tag, "ship:" + json.dumps(approval, sort_keys=True))
+    return "shipped" if approval.get("approved") else "not shipped"
+
+
+@task
+def invoice(customer, tag=None, delay: float = 0.0):
+    time.sleep(delay)
+    trace(tag, f"invoice:{customer}")
+    if customer == "bad":
+        raise ValueError(f"no address for {customer}")
+    return {"customer": customer, "total": len(customer)}
+
+
+@task
+def per_customer(customer, tag=None, delay: float = 0.0):
+    return child(invoice.bind(delay=delay).as_graph("invoice"), customer=customer, tag=tag)
+
+
+@task
+def summary(per_customer, tag=None):
+    trace(tag, "summary")
+    return {"invoiced": per_customer}
+
+
+@task
+def customers(names: str = "acme,globex"):
+    return names.split(",")
+
+
+@task
+def report(per_customer, tag=None):
+    trace(tag, "report")
+    return sorted(r["customer"] for r in per_customer)
