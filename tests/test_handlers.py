@@ -241,3 +241,31 @@ def test_a_resumed_run_runs_its_handlers_again_at_its_next_end(app, tag):
     assert len([e for e in trace if e.startswith("refund:")]) == 1
     status = run.status()
     assert status.state == "succeeded" and status.outcome is None
+
+
+def test_a_run_past_its_deadline_runs_its_failure_handler(app, tag):
+    flow = (charge.compensate(refund) >> wait_a_bit.bind(delay=3.0)).on_failure(alert)
+    run = flow.apply_async(tag=tag, deadline=1)
+    with pytest.raises(RunFailed) as info:
+        run.get(timeout=60)
+    assert info.value.exc_type == "DeadlineExceeded"
+    trace = read_trace(tag)
+    alerts = [json.loads(e[6:]) for e in trace if e.startswith("alert:")]
+    assert [a["exc_type"] for a in alerts] == ["DeadlineExceeded"], trace
+    assert 'refund:{"charged": 10}' in trace
+    assert run.status().steps["alert"].state == "succeeded"
+
+
+def test_a_run_cancelled_by_a_revoke_runs_its_exit_handler(app, tag):
+    """Celery's revoke of a node cancels its run (docs/celery-controls.md) through the same
+    end of a run: its on_exit handler runs, then the run is cancelled."""
+    from celery_graph.engine.lifecycle import revoked
+    from celery_graph.state import Revoked, state_for
+
+    run = (wait_a_bit.bind(delay=2.0) >> step.bind(name="next")).on_exit(bye).apply_async(tag=tag)
+    wait_for(lambda: run.status().nodes["wait_a_bit"].state == "running", what="the node")
+    assert revoked(app, state_for(app), f"{run.id}:wait_a_bit") == Revoked.ENDED
+    wait_for(lambda: run.ready(), timeout=30, what="the run to end")
+    byes = [json.loads(e[4:]) for e in read_trace(tag) if e.startswith("bye:")]
+    assert byes == [{"run_id": run.id, "state": "cancelled"}]
+    assert run.status().state == "cancelled"

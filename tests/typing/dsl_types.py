@@ -17,9 +17,11 @@ from celery_graph import (
     RunContext,
     Sequence,
     TaskNode,
+    child,
     node,
     result_of,
     task,
+    wait_for,
     workflow,
 )
 
@@ -145,3 +147,26 @@ assert_type(result(report), str)
 result_of((transform | audit).named("checks"))
 result_of("load")
 result_of(42)  # E: arg-type
+
+# -- handlers, compensations, waits and child flows keep the flow's type ---------------------
+
+
+@task
+def refund(charge: int) -> None:
+    return None
+
+
+@task
+def alert(failure: dict[str, Any]) -> None:
+    return None
+
+
+assert_type(result(flow.on_failure(alert).on_exit(alert)), dict[str, int])
+assert_type(result(extract.compensate(refund) >> transform), list[int])
+assert_type(result(extract >> wait_for("approval", timeout=60) >> transform), list[int])
+assert_type(wait_for("approval"), TaskNode[[], Any])
+flow.on_failure(print)  # E: arg-type
+wait_for("approval", timeout="soon")  # E: arg-type
+child(flow, n=3)
+child(42)  # E: arg-type
+GraphRun("0" * 32).signal("approval", {"approved": True, "by": "ana"})
