@@ -269,3 +269,13 @@ def test_a_run_cancelled_by_a_revoke_runs_its_exit_handler(app, tag):
     byes = [json.loads(e[4:]) for e in read_trace(tag) if e.startswith("bye:")]
     assert byes == [{"run_id": run.id, "state": "cancelled"}]
     assert run.status().state == "cancelled"
+
+
+def test_progress_counts_the_graphs_nodes_not_its_handlers(app):
+    flow = (charge.compensate(refund) >> step.bind(name="x")).on_failure(alert).on_exit(bye)
+    spec = flow.compile()
+    assert spec.order == ("charge", "step") and set(spec.steps) == {"charge.undo", "alert", "bye"}
+    assert spec.roots == ("charge",) and spec.sinks == ("step",)
+    run = flow.apply_async()
+    run.get(timeout=30)
+    assert run._state.runs.record(run.id)["nodes"] == "2"

@@ -109,7 +109,7 @@ class Scripts:
         args: list[Any] = [
             spec.graph_id,
             inputs_json,
-            len(spec.nodes),
+            len(spec.order),  # the graph's nodes (handlers and compensations apart)
             json.dumps(list(spec.sinks)),
             "" if deadline is None else repr(float(deadline)),
             self.settings.run_ttl,

@@ -91,7 +91,7 @@ class Views:
             deadline=record_field(run_id, record, "deadline", float),
             resumed=record_field(run_id, record, "resumed", float),
             now=status.now,
-            progress={"done": done, "failed": counts.get("failed", 0), "total": len(spec.nodes)},
+            progress={"done": done, "failed": counts.get("failed", 0), "total": len(spec.order)},
             stalled=status.stalled(),
             items=_items(fields, spec),
             actions={
