@@ -37,7 +37,7 @@ local status = redis.call('HGET', K.run, 'status')
 -- finish instead of sending it a second time
 -- a finishing run (its handlers and compensations run) sets the leases of its current
 -- step only
-local step = current_step()
+local step = status == 'finishing' and current_step()
 if status ~= 'running' and not step and not (status and mode == Mode.RENEW) then
   return 0
 end

@@ -49,7 +49,7 @@ if not status then
 end
 -- a finishing run (its handlers and compensations run) is looked after for its current
 -- step only: the leases of other nodes that ran out are dropped
-local step = current_step()
+local step = status == 'finishing' and current_step()
 if status ~= 'running' and not step then
   local pending = 0
   if redis.call('HEXISTS', K.run, 'continuation') == 1
