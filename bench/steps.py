@@ -116,6 +116,53 @@ def commands_per_step(url: str, n: int = 50) -> dict[str, Any]:
     return out
 
 
+def _tree_cpu(root: int) -> float:
+    """CPU seconds (user + system) of process ``root`` and every descendant alive now."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
+    tree, grew = {root}, True
+    while grew:
+        more = {p for p, parent in parents.items() if parent in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return sum(times.get(p, 0.0) for p in tree)
+
+
+def cpu_per_step(url: str, worker_pid: int, n: int = 50, runs: int = 10) -> dict[str, Any]:
+    """CPU milliseconds a step costs the worker (its process and its pool processes) and
+    Redis (INFO cpu), over ``runs`` flows of ``n`` steps of each system: what a step
+    costs, less sensitive than latency to the other work on a shared machine."""
+    client = redis.Redis.from_url(url)
+
+    def redis_cpu() -> float:
+        info = client.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    out: dict[str, Any] = {}
+    for name, fn in _runners(n).items():
+        fn()  # warm
+        worker0, redis0 = _tree_cpu(worker_pid), redis_cpu()
+        for _ in range(runs):
+            fn()
+        steps = n * runs
+        out[name] = {
+            "worker CPU ms": round((_tree_cpu(worker_pid) - worker0) / steps * 1000, 3),
+            "Redis CPU ms": round((redis_cpu() - redis0) / steps * 1000, 3),
+        }
+    return out
+
+
 def status_time(url: str, nodes: int = STATUS_NODES, repeats: int = 5) -> dict[str, Any]:
     """``GraphRun.status()`` and the summary the CLI's ``status`` prints, on a run of
     ``nodes`` nodes (a fan-out no worker consumes: submitted, never run)."""
@@ -163,9 +210,10 @@ def main(quick: bool = False, processes: int = 2) -> dict[str, Any]:
 
 def section(url: str, quick: bool, processes: int, workers: Callable[..., Any]) -> dict[str, Any]:
     repeats = {1: 20, 3: 20, 50: 5} if quick else {1: 100, 3: 100, 50: 20}
-    with workers(url, processes):
+    with workers(url, processes) as proc:
         out: dict[str, Any] = {"latency": latency(repeats)}
         out["redis commands per step, 50 steps"] = commands_per_step(url)
+        out["cpu per step, 50 steps"] = cpu_per_step(url, proc.pid, runs=3 if quick else 10)
     out["status"] = status_time(url, 10_000 if quick else STATUS_NODES)
     return out
 
@@ -203,6 +251,16 @@ def table(results: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v['per step']}" for k, v in cmds.items())
         + "."
     )
+    cpu = results.get("cpu per step, 50 steps")
+    if cpu:
+        lines.append(
+            "CPU per step (50-step flows): "
+            + ", ".join(
+                f"{k} {v['worker CPU ms']} ms in the worker, {v['Redis CPU ms']} ms in Redis"
+                for k, v in cpu.items()
+            )
+            + "."
+        )
     st = results["status"]
     lines.append(f"status of a {st['nodes']:,}-node run: {st['status ms']} ms.")
     return "\n".join(lines)
