@@ -119,7 +119,8 @@ def test_existing_task_node_killed_with_its_worker_runs_again_and_completes_once
         workers.app.set_current()
         workers.start("a")
         workers.start("b")
-        flow = node(slow_plain, tag=tag, seconds=2.0) >> step.bind(name="after", tag=tag)
+        # long enough that the kill lands mid-body on a loaded machine (2 s did not)
+        flow = node(slow_plain, tag=tag, seconds=6.0) >> step.bind(name="after", tag=tag)
         run = flow.submit({"tag": tag}, app=workers.app)
         status = wait_for(
             lambda: (s := run.status()).nodes["slow_plain"].state == "running" and s,
@@ -128,6 +129,8 @@ def test_existing_task_node_killed_with_its_worker_runs_again_and_completes_once
         )
         victim = status.nodes["slow_plain"].worker
         workers.kill(victim)
+        before = [e.decode() for e in rclient.lrange(f"cgtest-trace:{tag}", 0, -1)]
+        assert "end:slow_plain" not in before, "the kill came after the body ended"
         assert run.get(timeout=60) == "after"
         trace = [e.decode() for e in rclient.lrange(f"cgtest-trace:{tag}", 0, -1)]
         assert trace.count("start:slow_plain") == 2, trace  # at-least-once execution...
