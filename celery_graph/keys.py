@@ -29,6 +29,16 @@ Layout (``P`` is the prefix, ``R`` a run id, ``N`` a node id)::
     P:run:{R}:queued          zset    published node or item, not started -> lease expiry
     P:run:{R}:map:N           set     item indexes of dynamic fan-out N that finished
     P:run:{R}:join:N          hash    barrier arrivals of join N: predecessor -> 1 real, 0 skip
+    P:limits                  set     scopes of concurrency limits, for the reconciler
+    P:limit:{S}:info          hash    limit -> the limit; "v:<V>" -> JSON of key value V's
+                                      input value, while V holds or queues runs
+    P:limit:{S}:seq           string  submission counter (FIFO order of waiting runs)
+    P:limit:{S}:<V>:held      zset    run id holding a slot -> lease expiry (server time)
+    P:limit:{S}:<V>:queue     zset    run id waiting for a slot -> submission number
+
+A concurrency limit (``flow.with_concurrency``) has a scope ``S`` (the flow's name, or
+its graph id) and a slot group ``V`` per distinct value of its key (``all`` without a
+key); its keys share the ``{S}`` hash tag (:class:`LimitKeys`, ``L`` in Lua).
 
 A run started with an idempotency key has the key's digest as its run id, so the key and
 its run are one record and expire together.
@@ -44,6 +54,7 @@ counters, :class:`CounterKeys` (``C``).
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable
 from typing import NamedTuple
@@ -126,6 +137,28 @@ class CounterKeys(NamedTuple):
 
 
 COUNTER_KEY_TYPES = {"counters": "hash"}
+
+
+class LimitKeys(NamedTuple):
+    """One slot group of a concurrency limit, in the order the limit scripts take them
+    (``L`` in Lua): the scope's info and counter, the group's holders and waiters."""
+
+    info: str
+    seq: str
+    held: str
+    queue: str
+
+
+LIMIT_KEY_TYPES = {"info": "hash", "seq": "string", "held": "zset", "queue": "zset"}
+
+
+def limit_slot(value: object) -> str:
+    """The slot group of a key value (``all`` for a limit without a key): a digest of its
+    JSON, so any input value makes a valid key name."""
+    if value is None:
+        return "all"
+    data = json.dumps(value, sort_keys=True, separators=(",", ":"), default=repr)
+    return "v." + hashlib.sha256(data.encode()).hexdigest()[:20]
 
 
 class Keys:
@@ -232,6 +265,20 @@ class Keys:
         """A worker's keys in the order the worker scripts take them."""
         return WorkerKeys(self.worker(hostname), self.worker_metrics(hostname))
 
+    def limits_index(self) -> str:
+        """The scopes of concurrency limits that hold or queue runs (the reconciler's)."""
+        return f"{self.prefix}:limits"
+
+    def limit_scope(self, scope: str) -> str:
+        return f"{self.prefix}:limit:{{{flow_key_part(scope)}}}"
+
+    def limit_layout(self, scope: str, slot: str) -> LimitKeys:
+        """The keys of slot group ``slot`` (:func:`limit_slot`) of limit ``scope``."""
+        base = self.limit_scope(scope)
+        return LimitKeys(
+            f"{base}:info", f"{base}:seq", f"{base}:{slot}:held", f"{base}:{slot}:queue"
+        )
+
     def run_metrics(self) -> str:
         """Run-level counters and the run-duration histogram, for every worker to serve."""
         return f"{self.prefix}:metrics:runs"
@@ -244,7 +291,8 @@ def key_pattern(prefix: str) -> re.Pattern[str]:
     return re.compile(
         rf"^{p}:(graph:[0-9a-f]{{64}}|runs|running|reconciler(:clock)?|workers|flows|runs:indexed"
         rf"|runs:flow:[A-Za-z0-9_.:\-]+|runs:state:(succeeded|failed|cancelled)"
-        rf"|worker:\{{[^\s:{{}}]+\}}(:metrics)?|metrics:runs"
+        rf"|worker:\{{[^\s:{{}}]+\}}(:metrics)?|metrics:runs|limits"
+        rf"|limit:\{{[A-Za-z0-9_.:\-]+\}}:(info|seq|(all|v\.[0-9a-f]{{20}}):(held|queue))"
         rf"|run:\{{[0-9a-f]{{32}}\}}"
         rf"(:(results|nodes|sinks|done|state|leases|queued|join:{node}|map:{node}))?)$"
     )

@@ -483,5 +483,20 @@ def gather_items(item_fails_once):
     return item_fails_once
 
 
+# -- concurrency limits (tests/test_concurrency.py) ------------------------------------
+
+
+@task
+def occupy(tag: str, tenant: str = "-", seconds: float = 0.2, mark: str = ""):
+    """Holds a worker for ``seconds``; ``mark`` "start" / "end" records 'start:<tenant>' /
+    'end:<tenant>' in the trace first / last, so a two-node run brackets its whole life."""
+    if mark == "start":
+        trace(tag, f"start:{tenant}")
+    time.sleep(seconds)
+    if mark == "end":
+        trace(tag, f"end:{tenant}")
+    return tenant
+
+
 # the tasks of the tests of handlers and compensations, registered wherever these are
 from tests import after_tasks  # noqa: E402, F401

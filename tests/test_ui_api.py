@@ -218,7 +218,7 @@ def test_a_waiting_node_says_why_and_cancel_ends_the_run_once(app, http):
         "state": "cancelled",
     }
     status, body = http.request("POST", f"/api/runs/{run.id}/cancel", {})
-    assert status == 409 and "only a running run can be cancelled" in body["error"]
+    assert status == 409 and "only a running or queued run can be cancelled" in body["error"]
 
 
 def test_cancel_with_terminate_revokes_the_running_nodes(app, http):

@@ -71,7 +71,7 @@ def print_status(status: RunStatus, out: IO[str], *, every_node: bool = False) -
     """The run's header, then every node (small runs, or ``every_node``) or a summary:
     counts by state, failed nodes with their errors, waiting nodes, the slowest ones."""
     out.write(f"run       {status.run_id}\n")
-    out.write(f"state     {status.state}\n")
+    out.write(f"state     {state_text(status.state, status.position)}\n")
     if status.flow:
         out.write(f"flow      {status.flow}\n")
     if status.parent:
@@ -188,11 +188,17 @@ def _summary(status: RunStatus, out: IO[str]) -> None:
 # -- runs, workers, graphs, sweeps ---------------------------------------------------
 
 
+def state_text(state: str, position: int | None) -> str:
+    """A run's state, with its place in line while it waits for a concurrency slot."""
+    return f"{state} (#{position} in line)" if state == "queued" and position else state
+
+
 def run_row(status: RunStatus) -> dict[str, Any]:
     counts = status.counts()
     return {
         "run_id": status.run_id,
         "state": status.state,
+        "position": status.position,
         "flow": status.flow,
         "created": status.created,
         "finished": status.finished,
@@ -211,7 +217,7 @@ def print_runs(rows: Iterable[Mapping[str, Any]], out: IO[str]) -> None:
         lines.append(
             [
                 r["run_id"],
-                r["state"],
+                state_text(r["state"], r.get("position")),
                 timestamp(r["created"]),
                 span(r["created"], r["finished"]),
                 f"{r['done']}/{r['nodes']}",

@@ -14,11 +14,12 @@ from kombu.utils import json as kjson
 
 from ..codec import encode_value, error_record
 from ..dispatch import publish_nodes, wait_for_room
-from ..engine.lifecycle import end_run
-from ..errors import InputTooLarge, PublishError, RunNotFound, StoreError
+from ..engine.lifecycle import end_run, start_admitted
+from ..errors import InputTooLarge, MissingParameterError, PublishError, RunNotFound, StoreError
+from ..keys import limit_slot
 from ..model import GraphSpec
 from ..signals import run_started
-from ..state import State, state_for
+from ..state import Slot, State, state_for
 from .run import GraphRun
 
 
@@ -63,18 +64,34 @@ def submit_spec(
             f"({state.settings.max_input_bytes}); pass large data by reference (a URL, a key "
             "in your own store) or raise the setting"
         )
+    extra = dict(extra_fields or {})
+    slot, value = slot_of(spec, inputs, extra.get("flow"))
     run_id = run_id_for(idempotency_key)
     keyed = idempotency_key is not None
     if keyed and state.runs.started(run_id):
         return GraphRun(run_id, app=app)
-    # a submission with the same key may start the run while this one waits
-    _wait_for_room(app, state, spec, lambda: keyed and state.runs.started(run_id))
+    waits = False
+    if slot is not None:
+        extra.update(limit_scope=slot.scope, limit_group=slot.group)
+        # asked before the run exists: a crash in between leaves a slot whose lease runs
+        # out (the reconciler frees it), never a queued run nobody would start
+        waits = state.limits.enter(slot, run_id, value, state.settings.queued_lease) > 0
+    else:
+        # a submission with the same key may start the run while this one waits
+        _wait_for_room(app, state, spec, lambda: keyed and state.runs.started(run_id))
     created, detail = state.runs.create(
-        run_id, spec, inputs_json, deadline=deadline, extra=dict(extra_fields or {})
+        run_id, spec, inputs_json, deadline=deadline, extra=extra, waits=waits
     )
     if not created:
         return GraphRun(run_id, app=app)
     run_started.send(sender=app, app=app, run_id=run_id, state=state)
+    if waits:
+        assert slot is not None
+        # a slot that freed while the run was being created went to it, but whoever
+        # freed it found no run yet to start
+        if state.limits.holds(slot.scope, slot.group, run_id):
+            start_admitted(app, state, slot.scope, slot.group, [run_id])
+        return GraphRun(run_id, app=app, spec=spec, created=float(detail))
     try:
         publish_nodes(app, spec, run_id, spec.roots)
     except Exception as exc:
@@ -88,6 +105,24 @@ def submit_spec(
             "marked failed"
         ) from exc
     return GraphRun(run_id, app=app, spec=spec, created=float(detail))
+
+
+def slot_of(spec: GraphSpec, inputs: dict[str, Any], flow: str | None) -> tuple[Slot | None, Any]:
+    """The slot group a run of ``spec`` asks for, and its key input's value (None, None for a
+    flow without a concurrency limit). The limit's scope is the flow name, or the graph id
+    of a flow without one."""
+    limit = spec.concurrency
+    if limit is None:
+        return None, None
+    value = None
+    if limit.key is not None:
+        if limit.key not in inputs:
+            raise MissingParameterError(
+                f"the flow's concurrency limit is per run input {limit.key!r}, and this run "
+                f"has no input {limit.key!r}: pass it (flow.apply_async({limit.key}=...))"
+            )
+        value = inputs[limit.key]
+    return Slot(flow or spec.graph_id, limit_slot(value), limit.limit), value
 
 
 def check_deadline(deadline: Any) -> None:

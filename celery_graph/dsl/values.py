@@ -163,6 +163,19 @@ class Flow(Generic[R]):
         """
         return NamedFlow(self, check_flow_name(name))
 
+    def with_concurrency(self, limit: int, key: str | None = None) -> NamedFlow[R]:
+        """At most ``limit`` runs of this flow running at once in the deployment; with
+        ``key`` (a run input's name), at most ``limit`` per distinct value of that input.
+        Runs over the limit wait in state ``queued`` and start in submission order as
+        slots free (docs/concurrency.md)::
+
+            per_tenant = sync.with_concurrency(2, key="tenant")
+            per_tenant.apply_async(tenant="acme")
+        """
+        limited = NamedFlow(self, None, (limit, key))
+        limited.compile()  # a bad limit or key is an error now, not at the first run
+        return limited
+
     def apply_async(
         self,
         *,
@@ -552,13 +565,26 @@ class NamedFlow(Flow[R]):
 
     flow: Flow[R]
     name: str | None = None
+    concurrency: tuple[int, str | None] | None = None  # with_concurrency(limit, key)
 
     @property
     def flow_name(self) -> str | None:
         return self.name or self.flow.flow_name
 
+    def compile(self) -> GraphSpec:
+        """The wrapped flow's graph, with this flow's concurrency limit when it has one."""
+        cached: GraphSpec | None = getattr(self, "_compiled", None)
+        if cached is not None:
+            return cached
+        spec = self.flow.compile()
+        if self.concurrency is not None:
+            spec = spec.limited(*self.concurrency)
+        if not isinstance(self.flow, Workflow):  # a workflow can still grow
+            object.__setattr__(self, "_compiled", spec)
+        return spec
+
     def delay_by(self, seconds: float) -> NamedFlow[R]:
-        return NamedFlow(self.flow.delay_by(seconds), self.name)
+        return NamedFlow(self.flow.delay_by(seconds), self.name, self.concurrency)
 
     def entries(self) -> list[TaskNode[..., Any]]:
         return self.flow.entries()
@@ -574,7 +600,11 @@ class NamedFlow(Flow[R]):
         return self.flow.edges()
 
     def __repr__(self) -> str:
-        return f"{self.flow!r}.with_name({self.name!r})" if self.name else repr(self.flow)
+        text = f"{self.flow!r}.with_name({self.name!r})" if self.name else repr(self.flow)
+        if self.concurrency is not None:
+            limit, key = self.concurrency
+            text += f".with_concurrency({limit!r}, key={key!r})"
+        return text
 
 
 @dataclass(frozen=True, eq=False)

@@ -14,6 +14,10 @@ A graph with steps that follow its end (compensations, ``on_failure``, ``on_exit
 into "finishing" instead (lib/run.lua): :func:`conclude` publishes the first step, and
 :func:`step_ended` the next ones, one at a time, until the last closes the run; then the
 end-of-run hooks run. A lost step is sent again by the reconciler, like any node.
+
+A run of a flow with a concurrency limit leaves its slot when it ends, and the runs
+waiting for one start (:func:`release_slot`, :func:`start_admitted`, from
+:func:`after_run`); if the process dies first, the reconciler does it.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from typing import Any
 
 from ..codec import encode_value, error_record
 from ..dispatch import continue_canvas, publish_nodes
-from ..model import Child, GraphSpec, NodeSpec, Outcome, child_run_id
+from ..errors import RunNotFound
+from ..model import FINAL_STATES, Child, GraphSpec, NodeSpec, Outcome, child_run_id
 from ..protocol import NodeTaskId
 from ..signals import run_finished, run_started
 from ..state import (
@@ -307,6 +312,14 @@ def after_run(app: Any, state: State, run_id: str) -> bool:
     except Exception:  # an index is a listing aid: the reconciler writes it again
         logger.warning("celery-graph: could not index the end of run %s", run_id, exc_info=True)
     try:
+        release_slot(app, state, run_id)
+    except Exception:  # the slot's lease runs out, and the reconciler frees it
+        logger.warning(
+            "celery-graph: could not free the concurrency slot of run %s (the reconciler frees it)",
+            run_id,
+            exc_info=True,
+        )
+    try:
         claim = state.scripts.continuation(run_id, "claim", CONTINUATION_HOLD)
         if claim != Continuation.CLAIMED:
             return claim in (Continuation.NONE, Continuation.DONE)
@@ -326,3 +339,43 @@ def after_run(app: Any, state: State, run_id: str) -> bool:
             run_id,
         )
         return False
+
+
+def release_slot(app: Any, state: State, run_id: str) -> list[str]:
+    """Run ``run_id`` ended: it leaves the slot (or the queue) of its flow's concurrency
+    limit, and the oldest runs waiting in its group start. The runs started."""
+    slot = state.runs.slot_of(run_id)
+    if slot is None:
+        return []
+    scope, group = slot
+    admitted = state.limits.leave(scope, group, run_id, state.settings.queued_lease)
+    return start_admitted(app, state, scope, group, admitted)
+
+
+def start_admitted(app: Any, state: State, scope: str, group: str, run_ids: list[str]) -> list[str]:
+    """Start runs that took a slot of concurrency limit ``scope``, group ``group``: each
+    one still queued goes running (admit.lua, once) and its roots are published. A run
+    that ended meanwhile (cancelled, past its deadline) gives its slot to the next one. A
+    run not created yet is left holding its slot: its submitter starts it, or the
+    reconciler frees the slot when its lease runs out. The runs started."""
+    started: list[str] = []
+    pending = list(run_ids)
+    while pending:
+        run_id = pending.pop(0)
+        try:
+            record = state.runs.record(run_id)
+        except RunNotFound:
+            continue
+        status = record.get("status")
+        if status in FINAL_STATES:
+            pending += state.limits.leave(scope, group, run_id, state.settings.queued_lease)
+            continue
+        if status != "queued":
+            continue
+        spec = state.runs.graph_of(run_id, record)
+        admitted, _ = state.scripts.admit(run_id, spec)
+        if admitted:
+            state.runs.track(run_id)  # the reconciler publishes the roots if this dies now
+            publish_nodes(app, spec, run_id, spec.roots)
+            started.append(run_id)
+    return started

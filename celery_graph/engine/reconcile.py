@@ -13,8 +13,14 @@ every running run whose next lease is due and, for each lease that ran out:
   messages (it is most likely waiting its turn), the latter for at most ten leases;
 - a skip nobody passed on is passed on;
 - a map node whose units all arrived but that nobody completed is completed;
-- a run past its deadline fails with ``DeadlineExceeded``;
+- a run past its deadline fails with ``DeadlineExceeded`` (a run queued for a slot of its
+  flow's concurrency limit too: it is looked at when its deadline comes);
 - a run that ended but whose Celery canvas was not continued is continued.
+
+Then it looks at the slots of concurrency limits whose lease ran out: a slot whose run is
+running is renewed, one whose run is still queued (its start was lost) starts it, one
+whose run ended or never was created is freed and the next waiting run starts; a group
+with free slots and waiting runs (a start that was lost) fills them.
 
 Publishing again is safe because execution is idempotent: a copy of a node finds its
 result stored and changes nothing, or finds it running and runs nothing.
@@ -49,6 +55,7 @@ from ..errors import (
     CeleryGraphError,
     DeadlineExceeded,
     NodeLost,
+    RunNotFound,
     StoreError,
     StoreUnavailable,
     WaitTimeout,
@@ -56,7 +63,7 @@ from ..errors import (
 from ..model import GraphSpec
 from ..protocol import NodeMessage
 from ..state import Expiry, Mode, Reclaim, State, StepEnd, Verdict, state_for
-from .lifecycle import after_run, end_run, node_failed, settle, step_ended
+from .lifecycle import after_run, end_run, node_failed, settle, start_admitted, step_ended
 
 logger = logging.getLogger("celery_graph.reconcile")
 
@@ -92,6 +99,8 @@ class Sweep:
     hold: float | None = None  # server time until which they are (an outage was seen)
     failed: list[str] = field(default_factory=list)  # runs failed (deadline, lost node)
     continued: list[str] = field(default_factory=list)  # runs whose canvas continued
+    freed: list[str] = field(default_factory=list)  # concurrency slots of runs that ended
+    admitted: list[str] = field(default_factory=list)  # queued runs started by the sweep
 
 
 def outage_after(settings: Any) -> float:
@@ -168,6 +177,7 @@ class Reconciler:
                     # (it comes first each time) nor keep the runs after it waiting
                     logger.exception("celery-graph: reconciling run %s failed", run_id)
                     state.runs.schedule(run_id, state.runs.time() + state.settings.queued_lease)
+            self.sweep_slots(state, now, report)
             state.runs.mark_swept(now)
         finally:
             state.unlock(lock)
@@ -217,6 +227,12 @@ class Reconciler:
                 report.continued.append(run_id)
                 state.runs.forget(run_id)
             return 0.0
+        if r.verdict == Verdict.QUEUED:  # waiting for a slot: only its deadline may come
+            if r.deadline is None:
+                state.runs.forget(run_id)
+            else:
+                state.runs.schedule(run_id, r.deadline + 0.01)
+            return 0.0
         if r.verdict == Verdict.DEADLINE:
             error = error_record(
                 "",
@@ -253,6 +269,49 @@ class Reconciler:
             nxt = min(nxt, max(r.next_running, r.now + 0.1))
         state.runs.schedule(run_id, nxt)
         return r.now
+
+    def sweep_slots(self, state: State, now: float, report: Sweep) -> None:
+        """Look at the slots of every concurrency limit whose lease ran out by ``now``."""
+        lease = state.settings.queued_lease
+        for scope in state.limits.scopes():
+            limit, groups = state.limits.groups(scope)
+            for group in groups:
+                try:
+                    self._sweep_group(state, scope, group, limit, now, lease, report)
+                except StoreUnavailable:
+                    raise
+                except CeleryGraphError as exc:
+                    logger.warning("celery-graph: concurrency limit %s: %s", scope, exc)
+
+    def _sweep_group(
+        self,
+        state: State,
+        scope: str,
+        group: str,
+        limit: int,
+        now: float,
+        lease: float,
+        report: Sweep,
+    ) -> None:
+        app = self.app
+        for run_id in state.limits.expired(scope, group, now):
+            try:
+                status = state.runs.record(run_id).get("status")
+            except RunNotFound:
+                status = None
+            if status == "running":
+                state.limits.renew(scope, group, run_id, now + lease)
+            elif status == "queued":  # it took a slot, and whoever moved it died
+                state.limits.renew(scope, group, run_id, now + lease)
+                report.admitted += start_admitted(app, state, scope, group, [run_id])
+            else:  # ended, and its end did not free the slot; or never created
+                report.freed.append(run_id)
+                nxt = state.limits.leave(scope, group, run_id, lease)
+                report.admitted += start_admitted(app, state, scope, group, nxt)
+        held, waiting = state.limits.counts(scope, group)
+        if waiting and held < limit:
+            nxt = state.limits.leave(scope, group, "", lease)
+            report.admitted += start_admitted(app, state, scope, group, nxt)
 
     @staticmethod
     def _idle(state: State, run_id: str, now: float) -> float:

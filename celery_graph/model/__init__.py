@@ -11,7 +11,7 @@ from .compiler import (
     WaitSpec,
     compile_graph,
 )
-from .spec import GraphSpec, NodeSpec, tree_ids
+from .spec import Concurrency, GraphSpec, NodeSpec, tree_ids
 from .status import FINAL_STATES, NodeRecord, NodeStatus, Outcome, RunStatus, record_field
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "ResultOf",
     "WaitSpec",
     "compile_graph",
+    "Concurrency",
     "GraphSpec",
     "NodeSpec",
     "tree_ids",

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..codec import sha256
-from ..errors import MissingParameterError, UnknownInputError
+from ..codec import canonical, sha256
+from ..errors import GraphDefinitionError, MissingParameterError, UnknownInputError
 
 SPEC_VERSION = 1
 
@@ -123,6 +123,8 @@ class GraphSpec:
         ids += [s for s in (a.get("failure"), a.get("exit")) if s]
         return tuple(ids)
 
+    concurrency: Concurrency | None = None  # flow.with_concurrency(limit, key)
+
     @classmethod
     def from_blob(cls, blob: bytes, graph_id: str | None = None) -> GraphSpec:
         data = json.loads(blob)
@@ -148,12 +150,36 @@ class GraphSpec:
             order=tuple(data["order"]),
             policies=data.get("policies", {}),
             after=data.get("after", {}),
+            concurrency=Concurrency.from_data(data.get("concurrency")),
         )
 
     @classmethod
     def empty(cls, graph_id: str = "") -> GraphSpec:
         """A graph of no nodes: what a run that never started shows (it ran nothing)."""
         return cls.from_data({"nodes": {}, "edges": [], "order": []}, b"", graph_id)
+
+    def limited(self, limit: int, key: str | None = None) -> GraphSpec:
+        """This graph with a concurrency limit (``flow.with_concurrency``): a new graph id,
+        since the limit is part of what every run of it obeys. ``key`` must be a run input
+        some node has as a parameter."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise GraphDefinitionError(
+                f"with_concurrency: limit must be a whole number of runs, 1 or more, got {limit!r}"
+            )
+        if key is not None:
+            if not isinstance(key, str) or not key:
+                raise GraphDefinitionError(
+                    f"with_concurrency: key must be the name of a run input, got {key!r}"
+                )
+            if not any(key in n.params for n in self.nodes.values()):
+                raise GraphDefinitionError(
+                    f"with_concurrency: key {key!r} is not a parameter of any node, so no run "
+                    "input can carry it; name one of the flow's run inputs"
+                )
+        data = json.loads(self.blob)
+        data["concurrency"] = {"limit": limit, "key": key}
+        blob = canonical(data)
+        return GraphSpec.from_blob(blob, sha256(blob))
 
     def check_known_inputs(self, names: Iterable[str]) -> None:
         """Raise UnknownInputError for a run input that no node has as a parameter: a typo
@@ -247,6 +273,21 @@ class _Nodes(Mapping[str, NodeSpec]):
 
     def __contains__(self, node_id: object) -> bool:
         return node_id in self.raw
+
+
+@dataclass(frozen=True)
+class Concurrency:
+    """At most ``limit`` runs of a flow at once, per distinct value of run input ``key``
+    (or in all, without one)."""
+
+    limit: int
+    key: str | None = None
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any] | None) -> Concurrency | None:
+        if not data:
+            return None
+        return cls(int(data["limit"]), data.get("key"))
 
 
 def tree_ids(tree: GroupTree) -> Iterable[str]:

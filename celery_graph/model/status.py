@@ -173,7 +173,8 @@ def _age(seconds: float) -> str:
 @dataclass(frozen=True)
 class RunStatus:
     run_id: str
-    state: str  # running, finishing (its handlers run), succeeded, failed, cancelled
+    state: str  # queued (waiting for a concurrency slot), running, finishing (its handlers
+    # run), succeeded, failed, cancelled
     graph_id: str
     created: float
     finished: float | None
@@ -190,6 +191,7 @@ class RunStatus:
     parent_node: str | None = None  # ... and the node of the parent that started it
     # the child runs its nodes started: node id (or "<node>#<i>", an item of a map) -> run
     children: dict[str, str] = field(default_factory=dict)
+    position: int | None = None  # queued: its place among the runs waiting for a slot (1: next)
 
     @property
     def done(self) -> bool:
@@ -211,6 +213,7 @@ class RunStatus:
             "graph_id": self.graph_id,
             "created": self.created,
             "finished": self.finished,
+            "position": self.position,
             "error": self.error,
             "counts": self.counts(),
             "nodes": {nid: asdict(n) for nid, n in self.nodes.items()},
@@ -239,6 +242,7 @@ class RunStatus:
         leases: dict[str, float] | None = None,
         now: float | None = None,
         roles: dict[str, str] | None = None,
+        position: int | None = None,
     ) -> RunStatus:
         """From the run record, the node-state hash, the leases and the graph's node order.
         A field that does not parse (a record written by something else) is CorruptRecord,
@@ -281,6 +285,7 @@ class RunStatus:
             parent=record.get("parent") or None,
             parent_node=record.get("parent_node") or None,
             children={k[: -len(":child")]: v for k, v in fields.items() if k.endswith(":child")},
+            position=position,
         )
 
     def stalled(self) -> dict[str, str]:

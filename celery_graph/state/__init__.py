@@ -24,6 +24,7 @@ from .connection import (
 )
 from .graphs import GraphStore
 from .index import RunIndex, RunRow
+from .limits import LimitStore, Slot
 from .replies import (
     After,
     Arrival,
@@ -71,6 +72,7 @@ class State:
         self.index = RunIndex(self.client, self.keys, self.runs.time)
         self.shared = SharedState(self.client, self.keys)
         self.workers = WorkerStore(self.client, self.keys)
+        self.limits = LimitStore(self.client, self.keys, settings.run_ttl)
 
     def wait_client(self) -> Any:
         if self._wait_client is None:
@@ -120,11 +122,13 @@ __all__ = [
     "Ended",
     "Expiry",
     "Finish",
+    "LimitStore",
     "Mode",
     "Reclaim",
     "Revoked",
     "RunIndex",
     "RunRow",
+    "Slot",
     "State",
     "Stored",
     "Verdict",

@@ -22,7 +22,16 @@ from .connection import translated
 
 # the fields of a run record a listing filters on, and those it shows
 FILTER_FIELDS = ("status", "graph", "created", "flow")
-SUMMARY_FIELDS = (*FILTER_FIELDS, "finished", "nodes", "error", "resumed", "parent")
+SUMMARY_FIELDS = (
+    *FILTER_FIELDS,
+    "finished",
+    "nodes",
+    "error",
+    "resumed",
+    "parent",
+    "limit_scope",
+    "limit_group",
+)
 
 
 @dataclass(frozen=True)
@@ -201,3 +210,24 @@ class RunIndex:
             fields = {f: _text(v) for f, v in zip(SUMMARY_FIELDS, values) if v is not None}
             out.append((RunRow(run_id, fields), count))
         return out
+
+    def positions(self, rows: Sequence[RunRow]) -> dict[str, int]:
+        """{run id: its place in line (1: next)} of the queued runs among ``rows`` (runs
+        waiting for a slot of their flow's concurrency limit), in one round trip."""
+        queued = [
+            r
+            for r in rows
+            if r.status == "queued" and r.fields.get("limit_scope") and r.fields.get("limit_group")
+        ]
+        if not queued:
+            return {}
+
+        def read() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for r in queued:
+                layout = self.keys.limit_layout(r.fields["limit_scope"], r.fields["limit_group"])
+                pipe.zrank(layout.queue, r.run_id)
+            return list(pipe.execute())
+
+        ranks = translated("reading queue positions", read)
+        return {r.run_id: int(rank) + 1 for r, rank in zip(queued, ranks) if rank is not None}

@@ -74,6 +74,7 @@ class Verdict(TextCode):
     DEADLINE = "deadline"
     POISON = "poison"
     OK = "ok"
+    QUEUED = "queued"
 
 
 class Expiry(TextCode):
@@ -217,3 +218,4 @@ class Reclaim:
     # (field, an Expiry, when it was last published or 0)
     expired: tuple[tuple[str, Expiry, float], ...] = ()
     held: int = 0  # running leases that ran out, extended to the hold instead
+    deadline: float | None = None  # QUEUED: the run's deadline (server time), if any

@@ -48,9 +48,11 @@ class RunStore:
         *,
         deadline: float | None = None,
         extra: dict[str, str] | None = None,
+        waits: bool = False,
     ) -> tuple[bool, str]:
         """Store the graph, list the run for the reconciler, then create the run with its
         roots marked published and leased (start.lua); the caller publishes the roots.
+        ``waits``: the run is created queued for a slot of its concurrency limit instead.
         Returns (True, its creation time: server time, as text) when created, (False, its
         status) when the run existed."""
         k = self.keys
@@ -61,7 +63,9 @@ class RunStore:
         self._track(pipe, run_id)
         translated("storing a graph and listing a run", pipe.execute)
         self.graphs.remember(spec)
-        created, detail = self.scripts.start(run_id, spec, inputs_json, deadline, extra or {})
+        created, detail = self.scripts.start(
+            run_id, spec, inputs_json, deadline, extra or {}, waits=waits
+        )
         if not created:
             return False, detail
         now = float(detail)
@@ -223,6 +227,15 @@ class RunStore:
             )
         return {k.decode(): v.decode() for k, v in raw.items()}
 
+    def slot_of(self, run_id: str) -> tuple[str, str] | None:
+        """(scope, group) of the concurrency slot a run of a limited flow asks for, or None
+        (two fields, not the whole record: every run's end asks)."""
+        key = self.keys.run(run_id)
+        scope, group = translated(
+            "reading a run", lambda: self.client.hmget(key, ["limit_scope", "limit_group"])
+        )
+        return (scope.decode(), group.decode()) if scope and group else None
+
     # Whole hashes and sets of a run are read with HSCAN / ZSCAN, a page at a time: one
     # HGETALL of a 100,000-node run would hold Redis for everyone else.
     SCAN_PAGE = 2000
@@ -284,7 +297,18 @@ class RunStore:
             self.leases(run_id),
             self.time(),
             spec.roles,
+            position=self.position(run_id, record),
         )
+
+    def position(self, run_id: str, record: dict[str, str]) -> int | None:
+        """A queued run's place among the runs waiting for a slot of its concurrency limit
+        (1: next), else None."""
+        scope, group = record.get("limit_scope"), record.get("limit_group")
+        if record.get("status") != "queued" or not scope or not group:
+            return None
+        queue = self.keys.limit_layout(scope, group).queue
+        rank = translated("reading a queue position", lambda: self.client.zrank(queue, run_id))
+        return None if rank is None else int(rank) + 1
 
     def outcome(self, run_id: str, record: dict[str, str] | None = None) -> Outcome | None:
         """How the run ended (None while it runs): the sinks' results, or its error."""

@@ -62,6 +62,7 @@ SCRIPTS = (
     "wait",
     "signal",
     "child",
+    "admit",
 )
 
 
@@ -93,8 +94,10 @@ class Scripts:
         inputs_json: str,
         deadline: float | None,
         extra: dict[str, str],
+        waits: bool = False,
     ) -> tuple[bool, str]:
-        """Create the run; (True, server time) when created, (False, status) when a run
+        """Create the run (``waits``: queued for a slot of its flow's concurrency limit,
+        nothing marked); (True, server time) when created, (False, status) when a run
         with this id exists already."""
         k = self.keys
         arrivals = [
@@ -115,11 +118,22 @@ class Scripts:
             self.settings.run_ttl,
             self.settings.queued_lease,
             json.dumps(extra),
+            "1" if waits else "",
         ]
         for root in spec.roots:
             args += [root, spec.nodes[root].delay]
         created, detail = self._run("start", run_id, args, arrivals)
         return bool(created), _text(detail)
+
+    def admit(self, run_id: str, spec: GraphSpec) -> tuple[bool, str]:
+        """Start a queued run that took a slot of its concurrency limit (its roots marked
+        and leased; the caller publishes them); (True, server time) when this call started
+        it, else (False, its status, "" when there is no run)."""
+        args: list[Any] = [self.settings.queued_lease]
+        for root in spec.roots:
+            args += [root, spec.nodes[root].delay]
+        started, detail = self._run("admit", run_id, args)
+        return bool(started), _text(detail)
 
     def refuse(
         self, run_id: str, graph_id: str, inputs_json: str, error_json: str, extra: dict[str, str]
@@ -449,6 +463,9 @@ class Scripts:
             return Reclaim(verdict, pending_continuation=bool(int(reply[1])))
         if verdict == Verdict.POISON:
             return Reclaim(verdict, poison=(_text(reply[1]), int(reply[2]), _text(reply[3])))
+        if verdict == Verdict.QUEUED:
+            deadline = _text(reply[1])
+            return Reclaim(verdict, deadline=float(deadline) if deadline else None)
         if verdict != Verdict.OK:
             return Reclaim(verdict)
         count = int(reply[5])

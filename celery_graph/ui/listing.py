@@ -27,7 +27,7 @@ from ..model import FINAL_STATES
 from ..state import RunIndex, RunRow
 from .errors import BadRequest
 
-STATES = ("running", *FINAL_STATES)
+STATES = ("queued", "running", *FINAL_STATES)
 INF = math.inf
 _HEX_PREFIX = re.compile(r"^[0-9a-f]{4,31}$")
 
@@ -397,11 +397,15 @@ class RunLister:
         that expired since it matched is left out, and so is one whose record does not
         parse: it goes to ``corrupt``)."""
         read = self.index.summaries([row.run_id for row, _ in rows])
-        return [
+        positions = self.index.positions([full for full, _ in read if full is not None])
+        out = [
             summary(full, flow, now, count)
             for (_row, flow), (full, count) in zip(rows, read)
             if full is not None and not _corrupt(full, corrupt)
         ]
+        for line in out:
+            line["position"] = positions.get(line["run_id"])
+        return out
 
     @staticmethod
     def _matches(q: RunQuery, row: RunRow, flow: str | None) -> bool:

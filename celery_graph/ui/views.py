@@ -95,7 +95,7 @@ class Views:
             stalled=status.stalled(),
             items=_items(fields, spec),
             actions={
-                "cancel": status.state == "running",
+                "cancel": status.state in ("running", "queued"),
                 "resume": status.state in ("failed", "cancelled") and not record.get("unstarted"),
             },
             flower=self.flower_url,
@@ -245,8 +245,10 @@ class Views:
         Celery's revoke(terminate=True)."""
         run = GraphRun(run_id, app=self.app)
         state = self.state.runs.record(run_id)["status"]
-        if state != "running":
-            raise ActionRefused(f"run {run_id} is {state}: only a running run can be cancelled")
+        if state not in ("running", "queued"):
+            raise ActionRefused(
+                f"run {run_id} is {state}: only a running or queued run can be cancelled"
+            )
         running = run.running_task_ids() if terminate else []
         cancelled = run.cancel(terminate=terminate)
         answer = {

@@ -1,4 +1,4 @@
--- finish.lua: end a run that is still running as failed or cancelled, wake its waiters and
+-- finish.lua: end a run that is still running (or queued) as failed or cancelled, wake its waiters and
 -- set the expiry of every key of the run. The first caller wins; later ones change nothing.
 --
 -- KEYS[1] K.run      run record          (hash)
@@ -30,7 +30,8 @@ local guard, unsent = ARGV[5], ARGV[6] == '1'
 
 local Finish = {ENDED = 1, ALREADY = 0, IGNORED = -1}
 
-if redis.call('HGET', K.run, 'status') ~= 'running' then
+local status = redis.call('HGET', K.run, 'status')
+if status ~= 'running' and status ~= 'queued' then  -- queued: waiting for a slot
   return Finish.ALREADY
 end
 -- (a chunk keeps no result of its own: its arrival marks it succeeded)

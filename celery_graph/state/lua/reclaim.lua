@@ -23,7 +23,10 @@
 --   {GONE}                            no run record (expired, or never created)
 --   {ENDED, pending}                  the run ended; pending is 1 while a Celery canvas
 --                                     still waits for its continuation
---   {DEADLINE}                        running past its deadline
+--   {DEADLINE}                        running (or queued) past its deadline
+--   {QUEUED, deadline}                waiting for a slot of its flow's concurrency limit
+--                                     (nothing of it to reclaim); deadline: server time,
+--                                     or "" for none
 --   {POISON, field, lost, worker}     a node lost its worker more than ARGV[1] times
 --   {OK, now, next running, next queued, held, n, field, kind, queued, ... (n triples)}
 --       kind, an Expiry: LOST (running, its worker stopped renewing), QUEUED (published,
@@ -39,13 +42,20 @@
 local max_lost, limit, hold = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 
 local Verdict = {GONE = 'gone', ENDED = 'ended', DEADLINE = 'deadline', POISON = 'poison',
-                 OK = 'ok'}
+                 OK = 'ok', QUEUED = 'queued'}
 local Expiry = {LOST = 'lost', QUEUED = 'queued', SKIP = 'skip', MAP = 'map',
                 TIMEOUT = 'timeout'}
 
 local status = redis.call('HGET', K.run, 'status')
 if not status then
   return {Verdict.GONE}
+end
+if status == 'queued' then
+  local now = server_clock()
+  if past_deadline(now) then
+    return {Verdict.DEADLINE}
+  end
+  return {Verdict.QUEUED, redis.call('HGET', K.run, 'deadline') or ''}
 end
 -- a finishing run (its handlers and compensations run) is looked after for its current
 -- step only: the leases of other nodes that ran out are dropped

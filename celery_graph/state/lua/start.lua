@@ -21,14 +21,17 @@
 -- ARGV[6] run ttl (seconds)
 -- ARGV[7] queued lease (seconds)
 -- ARGV[8] more fields of the run record (JSON object of strings)
--- ARGV[9 ..] pairs: root id, its start delay in seconds
+-- ARGV[9] "1": the run waits for a slot of its flow's concurrency limit: created as
+--         "queued", no root marked (admit.lua starts it), else ""
+-- ARGV[10 ..] pairs: root id, its start delay in seconds
 --
 -- Returns {1, now} when this call created the run, {0, status} when it exists.
 -- @include "clock"
 -- @include "run"
 local graph, inputs, nnodes, sinks = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local deadline, run_ttl, lease, extra = ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8]
-local FIRST_ROOT = 9
+local waits = ARGV[9] == '1'
+local FIRST_ROOT = 10
 
 local status = redis.call('HGET', K.run, 'status')
 if status then
@@ -40,7 +43,7 @@ if status then
   end
 end
 local now, nowstr = server_clock()
-redis.call('HSET', K.run, 'status', 'running', 'graph', graph, 'inputs', inputs,
+redis.call('HSET', K.run, 'status', waits and 'queued' or 'running', 'graph', graph, 'inputs', inputs,
            'created', nowstr, 'nodes', nnodes, 'sinks', sinks)
 if deadline ~= '' then
   redis.call('HSET', K.run, 'deadline', string.format('%.6f', now + tonumber(deadline)))
@@ -48,7 +51,7 @@ end
 for field, value in pairs(cjson.decode(extra)) do
   redis.call('HSET', K.run, field, value)
 end
-for i = FIRST_ROOT, #ARGV, 2 do
+for i = FIRST_ROOT, waits and 0 or #ARGV, 2 do
   local root = ARGV[i]
   redis.call('HSET', K.nodes, root .. ':state', 'queued', root .. ':queued', nowstr)
   redis.call('ZADD', K.queued, now + tonumber(ARGV[i + 1]) + lease, root)

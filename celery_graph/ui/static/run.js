@@ -190,6 +190,7 @@ export async function runPage(root, runId) {
     fill(head, h("dl", { class: "facts" },
       field("flow", status.flow || h("span", { class: "muted" }, "graph " + status.graph_id.slice(0, 12))),
       field("state", badge(status.state, "run-state")),
+      field("in line", status.position ? `#${status.position}, waiting for a concurrency slot` : null),
       field("started", fmtTime(status.created)),
       field(status.finished ? "finished" : "running for",
         status.finished ? `${fmtTime(status.finished)} (${fmtDuration(status.finished - status.created)})`

@@ -1,7 +1,7 @@
 // Small helpers shared by the pages: DOM building (text only, never HTML strings), the
 // JSON API, time formats.
 
-export const STATES = ["running", "succeeded", "failed", "cancelled"];
+export const STATES = ["queued", "running", "succeeded", "failed", "cancelled"];
 export const NODE_STATES = ["pending", "queued", "running", "retrying", "mapping",
   "succeeded", "failed", "skipped"];
 

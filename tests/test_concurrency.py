@@ -1,0 +1,238 @@
+"""Concurrency limits of flows (``flow.with_concurrency``) with real workers: how many
+runs go on at once, queued runs and their positions, FIFO per key value, deadlines that
+count from submission, and slots freed through the reconciler (docs/concurrency.md)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from celery_graph import GraphRun, RunFailed
+from celery_graph.engine.reconcile import Reconciler, Sweep
+from celery_graph.errors import GraphDefinitionError, MissingParameterError
+from celery_graph.state import Slot, state_for
+from tests.helpers import wait_for
+from tests.tasks import occupy, read_trace, step
+from tests.test_cli_support import base_env, cli
+from tests.workers import Workers
+
+
+def limited(tag: str, limit: int, key: str | None = None, seconds: float = 0.2):
+    """A two-node flow whose trace brackets each run: 'start:<tenant>' when its first node
+    starts, 'end:<tenant>' when its last one ends."""
+    flow = occupy.bind(id="enter", mark="start", seconds=seconds) >> occupy.bind(
+        id="leave", mark="end", seconds=seconds
+    )
+    return flow.with_name(f"limited-{tag}").with_concurrency(limit, key=key)
+
+
+def most_at_once(trace: list[str], tenant: str | None = None) -> int:
+    """The most runs between their start and end marks at any point of the trace (Redis
+    orders the marks: no clock of any process is involved)."""
+    now = most = 0
+    for event in trace:
+        kind, _, who = event.partition(":")
+        if tenant is not None and who != tenant:
+            continue
+        now += 1 if kind == "start" else -1
+        most = max(most, now)
+    return most
+
+
+def sweep(app) -> Sweep:
+    """One reconciler sweep of our own (the worker's thread may hold the lock a moment)."""
+    reconciler = Reconciler(app)
+
+    def once() -> Sweep | None:
+        report = reconciler.sweep()
+        return None if report.locked_out else report
+
+    return wait_for(once, timeout=30, what="the reconciler lock")
+
+
+def test_ten_runs_with_limit_two_never_overlap_more_than_two_and_all_finish(app, tag):
+    flow = limited(tag, 2)
+    runs = [flow.apply_async(tag=tag) for _ in range(10)]
+    states = [r.status().state for r in runs]
+    assert states.count("queued") >= 7, states  # at most 2 running, maybe 1 finished
+    for run in runs:
+        assert run.get(timeout=120) == "-"
+    trace = read_trace(tag)
+    assert trace.count("start:-") == 10 and trace.count("end:-") == 10, trace
+    assert most_at_once(trace) == 2, trace
+
+
+def test_queued_runs_show_their_position_and_start_in_submission_order(app, tag):
+    flow = limited(tag, 1, seconds=1.0)
+    first = flow.apply_async(tag=tag, tenant="r0")
+    others = [flow.apply_async(tag=tag, tenant=f"r{i}") for i in range(1, 4)]
+    statuses = [r.status() for r in others]
+    assert [s.state for s in statuses] == ["queued"] * 3
+    assert [s.position for s in statuses] == [1, 2, 3]
+    assert statuses[0].as_json()["position"] == 1
+    assert first.status().position is None
+    for run in [first, *others]:
+        run.get(timeout=120)
+    starts = [e for e in read_trace(tag) if e.startswith("start:")]
+    assert starts == ["start:r0", "start:r1", "start:r2", "start:r3"]
+    assert first.status().position is None and others[-1].status().state == "succeeded"
+
+
+def test_two_keys_with_five_runs_each_interleave(app, tag):
+    flow = limited(tag, 1, key="tenant", seconds=0.3)
+    runs = [flow.apply_async(tag=tag, tenant="a") for _ in range(5)]
+    runs += [flow.apply_async(tag=tag, tenant="b") for _ in range(5)]
+    # b's first run does not wait behind a's backlog: one of each runs at once
+    assert [r.status().state for r in runs].count("queued") >= 7
+    assert runs[5].status().state in ("running", "succeeded")
+    for run in runs:
+        run.get(timeout=120)
+    trace = read_trace(tag)
+    assert most_at_once(trace, "a") == 1 and most_at_once(trace, "b") == 1, trace
+    assert most_at_once(trace) == 2, trace
+    starts = [e for e in trace if e.startswith("start:")]
+    # interleaved: b started before a's last run did, and a before b's last
+    assert starts.index("start:b") < len(starts) - 1 - starts[::-1].index("start:a"), starts
+    assert starts.index("start:a") < len(starts) - 1 - starts[::-1].index("start:b"), starts
+
+
+def test_a_key_missing_from_the_inputs_is_an_error_before_anything_is_sent(app, tag):
+    flow = limited(tag, 1, key="tenant")
+    with pytest.raises(MissingParameterError, match="per run input 'tenant'"):
+        flow.apply_async(tag=tag)
+    with pytest.raises(GraphDefinitionError, match="key 'customer' is not a parameter"):
+        occupy.as_graph().with_concurrency(1, key="customer")
+    with pytest.raises(GraphDefinitionError, match="limit must be a whole number"):
+        occupy.as_graph().with_concurrency(0)
+    assert read_trace(tag) == []
+
+
+def test_cancelling_a_queued_run_takes_it_out_and_cancelling_a_holder_frees_its_slot(app, tag):
+    flow = limited(tag, 1, seconds=1.0)
+    first = flow.apply_async(tag=tag, tenant="r0")
+    second = flow.apply_async(tag=tag, tenant="r1")
+    third = flow.apply_async(tag=tag, tenant="r2")
+    assert second.cancel()
+    assert second.status().state == "cancelled"
+    assert third.status().position == 1
+    assert first.cancel()  # its slot goes to the next run at once
+    assert third.get(timeout=60) == "r2"
+    assert "start:r1" not in read_trace(tag)
+
+
+def test_deadline_counts_from_submission_while_queued(app, tag):
+    flow = limited(tag, 1, seconds=2.0)
+    first = flow.apply_async(tag=tag, tenant="r0")
+    late = flow.apply_async(tag=tag, tenant="r1", deadline=1.0)
+    assert late.status().state == "queued"
+    wait_for(
+        lambda: sweep(app) and late.status().state == "failed", timeout=30, what="the deadline"
+    )
+    with pytest.raises(RunFailed, match="DeadlineExceeded"):
+        late.get(timeout=10)
+    assert first.get(timeout=60) == "r0"
+    assert "start:r1" not in read_trace(tag)
+
+
+def test_a_slot_whose_run_never_came_is_freed_by_the_reconciler(app, tag):
+    """A submitter that died after taking a slot and before creating its run: the slot's
+    lease runs out and the reconciler gives it to the next run."""
+    state = state_for(app)
+    flow = limited(tag, 1)
+    spec = flow.compile()
+    slot = Slot(f"limited-{tag}", "all", 1)
+    ghost = "0" * 31 + "1"
+    assert state.limits.enter(slot, ghost, None, lease=0.5) == 0
+    run = flow.apply_async(tag=tag)
+    assert run.status().state == "queued" and spec.concurrency is not None
+    # the ghost's lease runs out (server time, compared in Redis); a sweep, ours or the
+    # worker's, frees its slot and starts the run
+    wait_for(lambda: sweep(app) and run.status().state != "queued", timeout=30, what="a sweep")
+    assert not state.limits.holds(slot.scope, slot.group, ghost)
+    assert run.get(timeout=60) == "-"
+
+
+@pytest.fixture()
+def workers(redis_url: str) -> Iterator[Workers]:
+    w = Workers(redis_url)
+    w.extra_env.update(
+        CELERY_GRAPH_QUEUED_LEASE="2",
+        CELERY_GRAPH_RUNNING_LEASE="2",
+        CELERY_GRAPH_RECONCILE_INTERVAL="0.5",
+    )
+    try:
+        yield w
+    finally:
+        w.stop()
+        w.app.connection_for_write().default_channel.queue_purge(w.queue)
+
+
+def test_a_sigkilled_workers_run_keeps_its_slot_until_it_ends_then_the_next_starts(workers, tag):
+    """The run on a worker killed mid-node is reclaimed and finishes elsewhere; it holds its
+    slot all along (never counted twice), and the queued run starts when it ends."""
+    workers.start("a")
+    workers.start("b")
+    flow = (
+        step.bind(id="slow", name="slow", delay=2.0) >> step.bind(id="after", name="after")
+    ).with_name(f"killed-{tag}")
+    flow = flow.with_concurrency(1)
+    first = flow.submit({"tag": tag}, app=workers.app)
+    second = flow.submit({"tag": f"{tag}-2"}, app=workers.app)
+    assert GraphRun(second.id, app=workers.app).status().state == "queued"
+    status = wait_for(
+        lambda: (s := first.status()).nodes["slow"].state == "running" and s,
+        timeout=30,
+        what="the slow node to start",
+    )
+    workers.kill(status.nodes["slow"].worker)
+    assert second.status().state == "queued"  # the first run still holds the slot
+    first.get(timeout=90)
+    second.get(timeout=90)
+    assert second.status().nodes["slow"].started >= first.status().finished
+    state = state_for(workers.app)
+    assert state.limits.counts(f"killed-{tag}", "all") == (0, 0)
+
+
+def test_status_and_runs_show_a_queued_runs_place_in_line(app, tag):
+    flow = limited(tag, 1, seconds=5.0)
+    first = flow.apply_async(tag=tag, tenant="r0")
+    second = flow.apply_async(tag=tag, tenant="r1")
+    env = base_env(app.conf.graph_redis_url, CELERY_GRAPH_KEY_PREFIX=app.conf.graph_key_prefix)
+    try:
+        table = cli("status", second.id, env=env)
+        assert table.returncode == 0, table.stderr
+        assert "state     queued (#1 in line)" in table.stdout
+        data = json.loads(cli("status", second.id, "--json", env=env).stdout)
+        assert data["state"] == "queued" and data["position"] == 1
+        listing = cli("runs", "-n", "50", "--json", env=env)
+        rows = {r["run_id"]: r for r in json.loads(listing.stdout)}
+        assert rows[second.id]["position"] == 1 and rows[first.id]["position"] is None
+        table = cli("runs", "-n", "50", env=env).stdout
+        assert re.search(rf"^{second.id}\s+queued \(#1 in line\)", table, re.M), table
+    finally:
+        second.cancel()
+        first.cancel()
+
+
+def test_a_limited_flows_signature_and_beat_entry_obey_the_limit(app, tag):
+    """flow.s() (a canvas step, a beat entry) carries the limit with the graph."""
+    flow = limited(tag, 1, seconds=0.5)
+    sigs = [flow.s(tag=tag, tenant=f"r{i}") for i in range(3)]
+    for sig in sigs:
+        sig.apply_async()
+    state = state_for(app)
+    wait_for(
+        lambda: (
+            state.limits.counts(f"limited-{tag}", "all") == (0, 0)
+            and read_trace(tag).count("end:r0")
+            + read_trace(tag).count("end:r1")
+            + read_trace(tag).count("end:r2")
+            == 3
+        ),
+        timeout=90,
+        what="the three runs to end",
+    )
+    assert most_at_once(read_trace(tag)) == 1, read_trace(tag)
