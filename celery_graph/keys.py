@@ -35,6 +35,10 @@ Layout (``P`` is the prefix, ``R`` a run id, ``N`` a node id)::
     P:limit:{S}:seq           string  submission counter (FIFO order of waiting runs)
     P:limit:{S}:<V>:held      zset    run id holding a slot -> lease expiry (server time)
     P:limit:{S}:<V>:queue     zset    run id waiting for a slot -> submission number
+    P:schedules               zset    schedule name -> its last fire (server time)
+    P:schedule:{N}            hash    schedule N (``schedule()``): its flow, policy, last fire,
+                                      last run, next fire, skips, paused
+    P:schedule:{N}:lock       string  lock: one fire of schedule N decided at a time
 
 A concurrency limit (``flow.with_concurrency``) has a scope ``S`` (the flow's name, or
 its graph id) and a slot group ``V`` per distinct value of its key (``all`` without a
@@ -279,6 +283,15 @@ class Keys:
             f"{base}:info", f"{base}:seq", f"{base}:{slot}:held", f"{base}:{slot}:queue"
         )
 
+    def schedules_index(self) -> str:
+        return f"{self.prefix}:schedules"
+
+    def schedule(self, name: str) -> str:
+        return f"{self.prefix}:schedule:{{{flow_key_part(name)}}}"
+
+    def schedule_lock(self, name: str) -> str:
+        return f"{self.schedule(name)}:lock"
+
     def run_metrics(self) -> str:
         """Run-level counters and the run-duration histogram, for every worker to serve."""
         return f"{self.prefix}:metrics:runs"
@@ -291,7 +304,8 @@ def key_pattern(prefix: str) -> re.Pattern[str]:
     return re.compile(
         rf"^{p}:(graph:[0-9a-f]{{64}}|runs|running|reconciler(:clock)?|workers|flows|runs:indexed"
         rf"|runs:flow:[A-Za-z0-9_.:\-]+|runs:state:(succeeded|failed|cancelled)"
-        rf"|worker:\{{[^\s:{{}}]+\}}(:metrics)?|metrics:runs|limits"
+        rf"|worker:\{{[^\s:{{}}]+\}}(:metrics)?|metrics:runs|limits|schedules"
+        rf"|schedule:\{{[A-Za-z0-9_.:\-]+\}}(:lock)?"
         rf"|limit:\{{[A-Za-z0-9_.:\-]+\}}:(info|seq|(all|v\.[0-9a-f]{{20}}):(held|queue))"
         rf"|run:\{{[0-9a-f]{{32}}\}}"
         rf"(:(results|nodes|sinks|done|state|leases|queued|join:{node}|map:{node}))?)$"

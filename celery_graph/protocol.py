@@ -235,11 +235,72 @@ class Branch:
 
 # -- the run_graph message --------------------------------------------------------------
 
-START_FORMAT = 1  # the newest format of run_graph's keyword arguments this version knows
+START_FORMAT = 2  # the newest format of run_graph's keyword arguments this version knows
 EMBED_LIMIT = 128 * 1024  # most characters of a spec embedded in a run_graph message
 SPEC_MAX_BYTES = 64 * 1024 * 1024  # an embedded spec that inflates past this is refused
 _GRAPH_ID = re.compile(r"^[0-9a-f]{64}$")
 _FIELDS = {0: {"graph", "inputs", "flow"}, 1: {"v", "graph", "inputs", "flow", "spec", "ref"}}
+_FIELDS[2] = _FIELDS[1] | {"schedule"}  # 2: an entry of schedule() (format 1 without one)
+OVERLAPS = ("skip", "buffer_one", "allow", "cancel_previous")
+CRONTAB_FIELDS = ("minute", "hour", "day_of_week", "day_of_month", "month_of_year")
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """What a ``schedule()`` entry says about its schedule, in its run_graph message
+    (``"schedule"``), so the worker that takes a fire can enforce the overlap policy and
+    start the occurrences missed while beat was down::
+
+        {"name": "nightly", "overlap": "skip", "catchup": 3600.0 or null,
+         "every": {"seconds": 60.0} or {"crontab": {"minute": "0", "hour": "2", ...}}}
+    """
+
+    name: str
+    overlap: str
+    every: dict[str, Any]
+    catchup: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "overlap": self.overlap,
+            "every": self.every,
+            "catchup": self.catchup,
+        }
+
+    @classmethod
+    def parse(cls, data: Any) -> ScheduleSpec:
+        """The schedule of a message; RunNotStarted naming what is wrong."""
+        if not isinstance(data, dict):
+            raise RunNotStarted(f"run_graph message: 'schedule' must be an object, got {data!r}")
+        name, overlap, every = data.get("name"), data.get("overlap"), data.get("every")
+        catchup = data.get("catchup")
+        if not isinstance(name, str) or not 0 < len(name) <= 200:
+            raise RunNotStarted(f"run_graph message: schedule 'name' must be a name, got {name!r}")
+        if overlap not in OVERLAPS:
+            raise RunNotStarted(
+                f"run_graph message: schedule {name!r}: overlap {overlap!r} is not one of "
+                f"{', '.join(OVERLAPS)}"
+            )
+        seconds = every.get("seconds") if isinstance(every, dict) else None
+        cron = every.get("crontab") if isinstance(every, dict) else None
+        ok_seconds = (
+            isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds > 0
+        )
+        ok_cron = isinstance(cron, dict) and set(cron) == set(CRONTAB_FIELDS)
+        if not isinstance(every, dict) or not (ok_seconds or ok_cron):
+            raise RunNotStarted(
+                f"run_graph message: schedule {name!r}: 'every' must be {{'seconds': N}} or "
+                f"{{'crontab': {{{', '.join(CRONTAB_FIELDS)}}}}}, got {every!r}"
+            )
+        if catchup is not None and (
+            not isinstance(catchup, (int, float)) or isinstance(catchup, bool) or catchup <= 0
+        ):
+            raise RunNotStarted(
+                f"run_graph message: schedule {name!r}: 'catchup' must be a number of seconds "
+                f"or null, got {catchup!r}"
+            )
+        return cls(name, overlap, dict(every), None if catchup is None else float(catchup))
 
 
 def is_graph_id(value: Any) -> TypeGuard[str]:
@@ -264,6 +325,8 @@ class StartMessage:
          "spec": "<base64 of zlib>"}   the canonical spec, to store again if it is gone
         or, instead of "spec",
          "ref": "proj.flows:etl"}      a flow that compiles to the graph
+        and, format 2, an entry of ``schedule()``:
+         "schedule": {...}             its :class:`ScheduleSpec`
 
     A field this version does not know, or a newer format, is refused (a worker never
     ignores what a newer producer asked for): the run is recorded as failed, naming it.
@@ -274,16 +337,21 @@ class StartMessage:
     flow: str | None = None
     spec: str | None = None
     ref: str | None = None
-    version: int = START_FORMAT
+    version: int = 1
+    schedule: ScheduleSpec | None = None  # format 2: an entry of schedule()
 
     def kwargs(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"v": self.version, "graph": self.graph, "inputs": self.inputs}
+        # format 1 unless there is a schedule: workers of the previous release still read it
+        version = max(self.version, 2 if self.schedule is not None else 1)
+        out: dict[str, Any] = {"v": version, "graph": self.graph, "inputs": self.inputs}
         if self.flow:
             out["flow"] = self.flow
         if self.spec is not None:
             out["spec"] = self.spec
         if self.ref is not None:
             out["ref"] = self.ref
+        if self.schedule is not None:
+            out["schedule"] = self.schedule.as_dict()
         return out
 
     @classmethod
@@ -319,7 +387,9 @@ class StartMessage:
                 raise RunNotStarted(
                     f"run_graph message: {name!r} must be a string, got {type(value).__name__}"
                 )
-        return cls(graph, dict(inputs), flow or None, spec, ref, version)
+        schedule = fields.get("schedule")
+        parsed = ScheduleSpec.parse(schedule) if schedule is not None else None
+        return cls(graph, dict(inputs), flow or None, spec, ref, version, parsed)
 
     def spec_bytes(self) -> bytes:
         """The canonical bytes of the embedded spec; RunNotStarted if they do not decode.

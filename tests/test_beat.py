@@ -253,7 +253,7 @@ def _kwargs_of(app: Celery, case: str) -> tuple[dict[str, Any], str, str]:
         lose_graph(app, spec.graph_id)
         return kwargs, "ConfigurationError", "cannot import module 'tests.no_such_module'"
     if case == "newer":
-        kwargs["v"] = 2
+        kwargs["v"] = 3  # this release reads formats up to 2
         return kwargs, "RunNotStarted", "newer celery-graph"
     if case == "unknown-field":
         kwargs["overlap"] = "skip"

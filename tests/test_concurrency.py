@@ -236,3 +236,22 @@ def test_a_limited_flows_signature_and_beat_entry_obey_the_limit(app, tag):
         what="the three runs to end",
     )
     assert most_at_once(read_trace(tag)) == 1, read_trace(tag)
+
+
+pytest_plugins = ("tests.ui_fixtures",)  # ui, http: the dashboard over the session's app
+
+
+def test_the_dashboard_shows_queued_runs_with_their_place_in_line(app, http, tag):
+    flow = limited(tag, 1, seconds=5.0)
+    first = flow.apply_async(tag=tag, tenant="r0")
+    second = flow.apply_async(tag=tag, tenant="r1")
+    try:
+        data = http.get(f"/api/runs/{second.id}")
+        assert data["state"] == "queued" and data["position"] == 1
+        assert data["actions"]["cancel"] is True
+        page = http.get(f"/api/runs?state=queued&flow=limited-{tag}")
+        rows = {r["run_id"]: r for r in page["runs"]}
+        assert set(rows) == {second.id} and rows[second.id]["position"] == 1
+        assert http.post(f"/api/runs/{second.id}/cancel")["cancelled"] is True
+    finally:
+        first.cancel()

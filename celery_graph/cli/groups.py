@@ -23,6 +23,7 @@ from .commands import (
     workers_command,
 )
 from .dashboard import ui_command
+from .schedules import schedule_command, schedules_command
 from .support import EXIT_FAILED, EXIT_USAGE
 
 COMMANDS = (
@@ -35,6 +36,8 @@ COMMANDS = (
     reconcile_command,
     workers_command,
     show_command,
+    schedules_command,
+    schedule_command,
     ui_command,
 )
 
@@ -81,7 +84,7 @@ def celery_graph() -> None:
 @settings_options
 def workflow() -> None:
     """celery-graph workflows: run, status, runs, cancel, signal, resume, reconcile, workers,
-    show, ui. The app is Celery's `-A`."""
+    show, schedules, schedule, ui. The app is Celery's `-A`."""
 
 
 def without_app_option(command: click.Command) -> click.Command:

@@ -49,9 +49,17 @@ from ..errors import (
     StoreUnavailable,
 )
 from ..model import GraphSpec
-from ..protocol import EMBED_LIMIT, RUN_GRAPH, StartMessage, embed_spec, is_graph_id
+from ..protocol import (
+    EMBED_LIMIT,
+    RUN_GRAPH,
+    ScheduleSpec,
+    StartMessage,
+    embed_spec,
+    is_graph_id,
+)
 from ..refs import import_ref
 from ..state import State, state_for
+from .schedules import fire
 from .submit import run_id_for, submit_spec
 
 logger = logging.getLogger("celery_graph")
@@ -80,6 +88,7 @@ def graph_signature(
     app: Any = None,
     flow_name: str | None = None,
     flow_ref: str | None = None,
+    schedule: ScheduleSpec | None = None,
 ) -> Any:
     """Store ``spec`` and return the signature that runs it with ``inputs`` (its runs
     record ``flow_name``). The signature embeds the compressed spec, or with ``flow_ref``
@@ -96,7 +105,7 @@ def graph_signature(
                 "rebuild it; name the flow instead, as a module attribute the workers import: "
                 "flow.s(flow_ref='proj.flows:nightly', ...)"
             )
-        message = StartMessage(spec.graph_id, inputs, flow_name, spec=embedded)
+        message = StartMessage(spec.graph_id, inputs, flow_name, spec=embedded, schedule=schedule)
     else:
         found = flow_spec(flow_ref)
         if found.graph_id != spec.graph_id:
@@ -104,7 +113,7 @@ def graph_signature(
                 f"flow_ref {flow_ref!r} names a flow of graph {found.graph_id}, not this "
                 f"flow's graph {spec.graph_id}: name the module attribute this flow is"
             )
-        message = StartMessage(spec.graph_id, inputs, flow_name, ref=flow_ref)
+        message = StartMessage(spec.graph_id, inputs, flow_name, ref=flow_ref, schedule=schedule)
     state_for(app).graphs.put(spec)
     return signature(RUN_GRAPH, kwargs=message.kwargs(), app=app)
 
@@ -179,6 +188,9 @@ def _start(
     extra = {"continuation": json.dumps(request)}
     if message.flow:
         extra["flow"] = message.flow
+    if message.schedule is not None:  # an entry of schedule(): its policies decide
+        fire(app, state, spec, message.schedule, _inputs(message.inputs, previous), key, extra)
+        return
     submit_spec(
         spec,
         _inputs(message.inputs, previous),

@@ -40,12 +40,15 @@ def submit_spec(
     deadline: float | None = None,
     extra_fields: dict[str, str] | None = None,
     known_inputs_only: bool = True,
+    slot: Slot | None = None,
 ) -> GraphRun[Any]:
     """Validate the inputs (with ``known_inputs_only``, each must be a parameter of some
     node; a Celery canvas step merges in whatever the previous step returned), wait for
     queue room, create the run (the graph stored, the roots marked published and leased),
     then publish the roots. A run that exists under the idempotency key is returned as it
-    is. If this process dies after creating the run, the reconciler publishes the roots."""
+    is. If this process dies after creating the run, the reconciler publishes the roots.
+    ``slot``: the concurrency slot the run takes instead of its flow's (a schedule's line).
+    """
     app = app or current_app._get_current_object()
     spec.check_inputs(inputs)
     if known_inputs_only:
@@ -65,7 +68,9 @@ def submit_spec(
             "in your own store) or raise the setting"
         )
     extra = dict(extra_fields or {})
-    slot, value = slot_of(spec, inputs, extra.get("flow"))
+    value = None
+    if slot is None:
+        slot, value = slot_of(spec, inputs, extra.get("flow"))
     run_id = run_id_for(idempotency_key)
     keyed = idempotency_key is not None
     if keyed and state.runs.started(run_id):

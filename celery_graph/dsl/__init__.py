@@ -4,6 +4,7 @@ nodes. A flow hands its compiled spec down to the client to run."""
 from .children import child
 from .decorators import ROUTING_OPTIONS, branch, node, task
 from .results import result_of
+from .schedules import schedule
 from .values import (
     Flow,
     NamedFlow,
@@ -29,6 +30,7 @@ __all__ = [
     "check_node_id",
     "node",
     "result_of",
+    "schedule",
     "task",
     "wait_for",
     "workflow",

@@ -45,6 +45,7 @@ from .replies import (
     Wait,
 )
 from .runs import RunStore
+from .schedules import SCHEDULE_TTL, ScheduleStore
 from .scripts import Scripts
 from .shared import SharedState
 from .workers import WorkerStore, run_counts, task_counts
@@ -73,6 +74,7 @@ class State:
         self.shared = SharedState(self.client, self.keys)
         self.workers = WorkerStore(self.client, self.keys)
         self.limits = LimitStore(self.client, self.keys, settings.run_ttl)
+        self.schedules = ScheduleStore(self.client, self.keys, max(settings.run_ttl, SCHEDULE_TTL))
 
     def wait_client(self) -> Any:
         if self._wait_client is None:
@@ -87,6 +89,15 @@ class State:
         """A lock on ``key`` held for at most ``seconds``, or None if another holds it."""
         lock = self.client.lock(key, timeout=seconds, blocking=False)
         return lock if translated("taking a lock", lock.acquire) else None
+
+    def wait_lock(self, key: str, seconds: float, wait: float) -> Any | None:
+        """A lock on ``key`` held for at most ``seconds``, waiting up to ``wait`` seconds
+        for another holder to let go; None if it did not."""
+        lock = self.client.lock(key, timeout=seconds)
+        acquired = translated(
+            "taking a lock", lambda: lock.acquire(blocking=True, blocking_timeout=wait)
+        )
+        return lock if acquired else None
 
     def unlock(self, lock: Any) -> None:
         """Release a lock from try_lock; one that ran out meanwhile is simply gone."""
@@ -128,6 +139,7 @@ __all__ = [
     "Revoked",
     "RunIndex",
     "RunRow",
+    "ScheduleStore",
     "Slot",
     "State",
     "Stored",

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import IO, Any
+from urllib.parse import unquote
 
 from ..dsl import Flow
 from ..errors import (
@@ -52,7 +53,7 @@ except ImportError:  # pragma: no cover - exercised by installs without the extr
 DEFAULT_PORT = 5580
 logger = logging.getLogger("celery_graph.ui")
 STATIC = resources.files(__package__) / "static"
-PAGES = (r"/", r"/runs/[0-9a-f]{32}", r"/flows", r"/workers")
+PAGES = (r"/", r"/runs/[0-9a-f]{32}", r"/flows", r"/workers", r"/schedules")
 
 _Base: Any = web.RequestHandler if web is not None else object
 
@@ -185,6 +186,8 @@ class Dashboard:
             (f"{api}/flows", FlowsHandler, {}),
             (f"{api}/flows/{node}/runs", StartHandler, {}),
             (f"{api}/workers", WorkersHandler, {}),
+            (f"{api}/schedules", SchedulesHandler, {}),
+            (f"{api}/schedules/([^/]+)/(pause|resume)", ScheduleActionHandler, {}),
             (f"{api}/.*", NotFoundHandler, {}),
         ]
         rules = [(path, handler, {"dash": self, **extra}) for path, handler, extra in routes]
@@ -485,6 +488,16 @@ class StartHandler(BaseHandler):
 class WorkersHandler(BaseHandler):
     async def get(self) -> None:
         await self.answer(lambda: {"workers": self.dash.views.workers()})
+
+
+class SchedulesHandler(BaseHandler):
+    async def get(self) -> None:
+        await self.answer(lambda: {"schedules": self.dash.views.schedules()})
+
+
+class ScheduleActionHandler(BaseHandler):
+    async def post(self, name: str, action: str) -> None:
+        await self.answer(self.dash.views.pause_schedule, unquote(name), action == "pause")
 
 
 class NotFoundHandler(BaseHandler):

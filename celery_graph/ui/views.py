@@ -75,7 +75,14 @@ class Views:
         spec = runs.graph_of(run_id, record)  # no nodes for a run that never started
         fields = runs.node_fields(run_id)
         status = RunStatus.from_state(
-            run_id, record, fields, spec.order, runs.leases(run_id), runs.time(), spec.roles
+            run_id,
+            record,
+            fields,
+            spec.order,
+            runs.leases(run_id),
+            runs.time(),
+            spec.roles,
+            runs.position(run_id, record),
         )
         return record, spec, fields, status
 
@@ -238,7 +245,18 @@ class Views:
                 names.append(name)
         return names
 
+    def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule() entry that fired (or was paused), as `celery-graph schedules
+        --json` lists them."""
+        return self.state.schedules.all()
+
     # -- acting --------------------------------------------------------------------------
+
+    def pause_schedule(self, name: str, paused: bool) -> dict[str, Any]:
+        """Pause or resume schedule ``name`` (NotFound for a name never recorded)."""
+        if not self.state.schedules.set_paused(name, paused, self.state.runs.time()):
+            raise NotFound(f"no schedule {name!r}: a schedule is listed once its entry fired")
+        return {"name": name, "paused": paused}
 
     def cancel(self, run_id: str, terminate: bool = False) -> dict[str, Any]:
         """Cancel a running run; ``terminate``: stop its running nodes too, through

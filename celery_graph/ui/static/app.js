@@ -3,7 +3,7 @@
 import { api } from "./util.js";
 import { runsPage } from "./runs.js";
 import { runPage } from "./run.js";
-import { flowsPage, workersPage } from "./pages.js";
+import { flowsPage, schedulesPage, workersPage } from "./pages.js";
 
 function route() {
   const base = new URL(document.baseURI).pathname;
@@ -12,6 +12,7 @@ function route() {
   if (run) return ["runs", (root) => runPage(root, run[1])];
   if (path === "flows") return ["flows", flowsPage];
   if (path === "workers") return ["workers", workersPage];
+  if (path === "schedules") return ["schedules", schedulesPage];
   return ["runs", runsPage];
 }
 

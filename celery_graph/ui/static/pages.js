@@ -1,5 +1,5 @@
 // The flows page (start a registered flow with inputs) and the workers page.
-import { api, badge, clear, errorBox, fill, fmtDuration, h } from "./util.js";
+import { api, badge, clear, errorBox, fill, fmtDuration, fmtTime, h, shortId } from "./util.js";
 
 function parseValue(raw) {
   // like `celery-graph run --input k=v`: JSON when it parses, else the text
@@ -90,6 +90,52 @@ export async function workersPage(root) {
       fill(message, errorBox(err.message));
     }
     setTimeout(load, 3000);
+  }
+  await load();
+}
+
+export async function schedulesPage(root) {
+  const table = h("table", { class: "runs", id: "schedules" });
+  const message = h("div");
+  fill(root, h("h1", {}, "Schedules"), message, table,
+    h("p", { class: "muted small" },
+      "Entries of schedule() that fired: a paused schedule's fires start nothing. Refreshed every 5 s."));
+  async function act(name, action) {
+    try {
+      await api(`schedules/${encodeURIComponent(name)}/${action}`, { method: "POST" });
+      await load(false);
+    } catch (err) {
+      fill(message, errorBox(err.message));
+    }
+  }
+  function row(s) {
+    const button = h("button", { type: "button", "data-action": s.paused ? "resume" : "pause" },
+      s.paused ? "Resume" : "Pause");
+    button.addEventListener("click", () => act(s.name, s.paused ? "resume" : "pause"));
+    const last = s.last_run ? h("a", { href: `runs/${s.last_run}`, class: "mono" }, shortId(s.last_run)) : "-";
+    return h("tr", { "data-schedule": s.name },
+      h("td", {}, s.name, s.paused ? h("span", { class: "muted small" }, " paused") : null),
+      h("td", {}, s.flow || "-"), h("td", {}, s.every || "-"), h("td", {}, s.overlap || "-"),
+      h("td", { class: "nowrap" }, s.last_fire ? fmtTime(s.last_fire) : "-"), h("td", {}, last),
+      h("td", { class: "nowrap" }, s.paused || !s.next_fire ? "-" : fmtTime(s.next_fire)),
+      h("td", { class: "num" }, String(s.runs)),
+      h("td", { class: "num", title: s.skip_reason || "" }, String(s.skips)),
+      h("td", {}, button));
+  }
+  async function load(again = true) {
+    try {
+      const data = await api("schedules");
+      clear(message);
+      fill(table,
+        h("thead", {}, h("tr", {}, ["Schedule", "Flow", "Every", "Overlap", "Last fire", "Last run",
+          "Next fire", "Runs", "Skips", ""].map((t) => h("th", {}, t)))),
+        h("tbody", {}, data.schedules.length ? data.schedules.map(row)
+          : h("tr", {}, h("td", { colspan: 10, class: "muted empty" },
+            "No schedules yet: a schedule() entry is listed once beat fired it."))));
+    } catch (err) {
+      fill(message, errorBox(err.message));
+    }
+    if (again) setTimeout(load, 5000);
   }
   await load();
 }
