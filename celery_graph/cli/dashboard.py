@@ -13,10 +13,12 @@ from ..keys import check_prefix
 from ..ui import DEFAULT_PORT, serve
 from ..ui.guard import check_exposure, parse_allowed_hosts
 from ..ui.server import parse_basic_auth, require_tornado
+from ..ui.tokens import ApiTokens
 from .base import common_options, examples, guarded
 from .support import app_for, configure, given
 
 ENV_ALLOWED_HOSTS = "CELERY_GRAPH_UI_ALLOWED_HOSTS"
+ENV_API_TOKEN = "CELERY_GRAPH_UI_API_TOKEN"  # tokens separated by spaces
 
 
 @click.command(
@@ -74,6 +76,23 @@ ENV_ALLOWED_HOSTS = "CELERY_GRAPH_UI_ALLOWED_HOSTS"
     help="link nodes to their tasks in this Flower",
 )
 @click.option(
+    "--api-token",
+    "api_tokens",
+    multiple=True,
+    metavar="TOKEN[=FLOW,...]",
+    help="accept this bearer token on the trigger API, POST /api/flows/<name>/runs (only for "
+    "these flows when given); repeatable, or $CELERY_GRAPH_UI_API_TOKEN, which keeps it out "
+    "of `ps`",
+)
+@click.option(
+    "--api-tokens-file",
+    "api_token_files",
+    multiple=True,
+    metavar="PATH",
+    help="bearer tokens of the trigger API, one a line, each optionally followed by the flows "
+    "it may start",
+)
+@click.option(
     "--url-prefix",
     default="",
     metavar="PATH",
@@ -88,6 +107,8 @@ def ui_command(
     no_auth: bool,
     allowed_hosts: tuple[str, ...],
     flower_url: str | None,
+    api_tokens: tuple[str, ...],
+    api_token_files: tuple[str, ...],
     url_prefix: str,
 ) -> int:
     """Serve the dashboard: runs, their graphs with live node states, actions, flows to
@@ -100,6 +121,8 @@ def ui_command(
     # --no-auth fail before the app loads
     allowed = parse_allowed_hosts([*allowed_hosts, os.environ.get(ENV_ALLOWED_HOSTS, "")])
     check_exposure(host, parse_basic_auth(basic_auth), no_auth)
+    from_env = os.environ.get(ENV_API_TOKEN, "").split()
+    tokens = ApiTokens.parse([*api_tokens, *from_env], api_token_files)
     prefix = given(ctx, "key_prefix")
     if prefix:
         check_prefix(prefix)
@@ -115,6 +138,7 @@ def ui_command(
             url_prefix=url_prefix,
             allowed_hosts=allowed,
             no_auth=no_auth,
+            api_tokens=tokens,
             out=sys.stderr,
         )
     except OSError as exc:  # the port is taken, the address is not this host's

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import signal
 import sys
 import threading
@@ -43,6 +44,7 @@ from .errors import BadRequest, HttpError
 from .flows import FlowRegistry
 from .guard import Credentials, HostPolicy, LoginThrottle, check_exposure, exposed
 from .listing import RunLister, RunQuery
+from .tokens import ApiTokens
 from .views import Views
 
 try:  # the [ui] extra
@@ -86,6 +88,16 @@ class Refusal:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+# the trigger API's path, below the URL prefix
+TRIGGER = re.compile(r"^/api/flows/([^/]+)/runs$")
+
+
+def _bearer(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None."""
+    scheme, _, token = (header or "").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
 ASK_FOR_CREDENTIALS = {"WWW-Authenticate": 'Basic realm="celery-graph", charset="UTF-8"'}
 
 
@@ -107,8 +119,10 @@ class Dashboard:
         no_auth: bool = False,
         limits: Limits | None = None,
         throttle: LoginThrottle | None = None,
+        api_tokens: ApiTokens | None = None,
     ) -> None:
         self.credentials = parse_basic_auth(basic_auth)
+        self.tokens = api_tokens or ApiTokens()
         check_exposure(host, self.credentials, no_auth)
         self.hosts = HostPolicy(host, allowed_hosts)
         self.limits = limits or Limits()
@@ -132,6 +146,13 @@ class Dashboard:
         length = request.headers.get("Content-Length", "")
         if length.isdigit() and int(length) > self.limits.max_body_bytes:
             return too_large(self.limits)
+        bearer = _bearer(request.headers.get("Authorization"))
+        if bearer is not None and self.tokens.enabled:
+            return await self._admit_bearer(request, bearer)
+        if bearer is not None and not self.credentials.required:
+            return Refusal(
+                401, "API tokens are not accepted here: start the dashboard with --api-token"
+            )
         if self.credentials.required:
             header = request.headers.get("Authorization")
             if not header:
@@ -148,6 +169,32 @@ class Dashboard:
             self.throttle.succeeded(client)
         if request.method == "POST":
             return self._check_action(request)
+        return None
+
+    async def _admit_bearer(self, request: Any, presented: str) -> Refusal | None:
+        """A request with a bearer token: the trigger API, and nothing else. Page
+        credentials are not asked (the token is them) and neither is the same-origin
+        check of the page's actions (a browser never sends a bearer token on its own)."""
+        found = TRIGGER.match(request.path[len(self.prefix) :])
+        if request.method != "POST" or found is None:
+            return Refusal(403, "an API token only starts runs: POST /api/flows/<name>/runs")
+        client = request.remote_ip or "unknown"
+        if not await self.throttle.admit(client):
+            wait = str(self.throttle.retry_after(client))
+            return Refusal(
+                429, "too many wrong tokens from this address: wait", {"Retry-After": wait}
+            )
+        token = self.tokens.match(presented)
+        if token is None:
+            self.throttle.failed(client)
+            return Refusal(401, "unknown API token")
+        self.throttle.succeeded(client)
+        flow = unquote(found.group(1))
+        if not token.allows(flow):
+            return Refusal(403, f"this API token may not start flow {flow!r}")
+        ctype = request.headers.get("Content-Type", "")
+        if ctype.split(";")[0].strip().lower() != "application/json":
+            return Refusal(415, "send the run as JSON (Content-Type: application/json)")
         return None
 
     def _check_action(self, request: Any) -> Refusal | None:
@@ -482,7 +529,12 @@ class FlowsHandler(BaseHandler):
 class StartHandler(BaseHandler):
     async def post(self, name: str) -> None:
         body = self.body
-        await self.answer(lambda: self.dash.views.start(name, parse_body(body)), status=201)
+        key = self.request.headers.get("Idempotency-Key")
+
+        def start() -> dict[str, Any]:
+            return self.dash.views.start(name, parse_body(body), key)
+
+        await self.answer(start, status=201)
 
 
 class WorkersHandler(BaseHandler):
@@ -497,7 +549,7 @@ class SchedulesHandler(BaseHandler):
 
 class ScheduleActionHandler(BaseHandler):
     async def post(self, name: str, action: str) -> None:
-        await self.answer(self.dash.views.pause_schedule, unquote(name), action == "pause")
+        await self.answer(self.dash.views.pause_schedule, name, action == "pause")
 
 
 class NotFoundHandler(BaseHandler):
@@ -594,6 +646,7 @@ def serve(
     flows: Mapping[str, str | Flow] | None = None,
     allowed_hosts: Iterable[str] = (),
     no_auth: bool = False,
+    api_tokens: ApiTokens | None = None,
     out: IO[str] | None = None,
 ) -> None:
     """Serve the dashboard of ``app`` on ``host:port`` until SIGINT or SIGTERM.
@@ -603,7 +656,9 @@ def serve(
     ``allowed_hosts``: names (or addresses) besides loopback and ``host`` that requests
     may be sent to (the name of a proxy in front; ``"*"``: any). ``flower_url``: link
     each node to its task in Flower. ``url_prefix``: serve under a path (behind a proxy).
-    ``flows``: the flows to start from the page (default: ``app.conf.graph_ui_flows``)."""
+    ``flows``: the flows to start from the page (default: ``app.conf.graph_ui_flows``).
+    ``api_tokens``: bearer tokens the trigger API (``POST /api/flows/<name>/runs``)
+    accepts (docs/trigger-api.md); none by default."""
     out = out or sys.stderr
     require_tornado()
     dash = Dashboard(
@@ -615,6 +670,7 @@ def serve(
         host=host,
         allowed_hosts=allowed_hosts,
         no_auth=no_auth,
+        api_tokens=api_tokens,
     )
     dash.state.ping()
     server = Server(dash, host, port)

@@ -317,7 +317,11 @@ class Views:
         delivered = GraphRun(run_id, app=self.app).signal(node_id, body.get("payload"))
         return {"run_id": run_id, "wait": node_id, "delivered": delivered}
 
-    def start(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    def start(
+        self, name: str, body: dict[str, Any], header_key: str | None = None
+    ) -> dict[str, Any]:
+        """Start flow ``name`` from a request's body; ``header_key``: its Idempotency-Key
+        header (the body's ``idempotency_key`` may say the same, not something else)."""
         entry = self.registry.get(name)
         if entry is None:
             raise NotFound(
@@ -334,6 +338,12 @@ class Views:
         if not isinstance(inputs, dict):
             raise BadRequest("inputs must be a JSON object of parameter -> value")
         key = body.get("idempotency_key") or None
+        if header_key is not None:
+            if key is not None and key != header_key:
+                raise BadRequest(
+                    "the Idempotency-Key header and the body's idempotency_key differ: give one"
+                )
+            key = header_key
         if key is not None and (not isinstance(key, str) or len(key) > MAX_KEY_CHARS):
             raise BadRequest(
                 f"idempotency_key must be a string of at most {MAX_KEY_CHARS} characters"
