@@ -85,6 +85,23 @@ def redeliver(task: Any, fields: dict[str, Any], countdown: float) -> None:
         ).apply_async()
 
 
+def send_woken(app: Any, message: dict[str, Any], countdown: float | None = None) -> None:
+    """Send again a node message that waited for a slot of its task's fleet-wide limit
+    (the message as ``executor/gate.py`` kept it: task name, id, arguments, queue), or
+    that waits ``countdown`` seconds for its task's rate."""
+    with _sending("a message woken by a free slot"):
+        app.send_task(
+            message["task"],
+            args=message.get("args") or (),
+            kwargs=message.get("kwargs") or {},
+            task_id=message["id"],
+            queue=message.get("queue") or None,
+            priority=message.get("priority"),
+            ignore_result=True,
+            countdown=countdown,
+        )
+
+
 def revoke(app: Any, task_ids: list[str], *, terminate: bool = False, signal: str = "") -> None:
     """Celery's own revoke of ``task_ids`` on every worker (``terminate``: the pool
     processes running them get ``signal``, SIGTERM by default), as Flower's buttons and

@@ -35,6 +35,11 @@ Layout (``P`` is the prefix, ``R`` a run id, ``N`` a node id)::
     P:limit:{S}:seq           string  submission counter (FIFO order of waiting runs)
     P:limit:{S}:<V>:held      zset    run id holding a slot -> lease expiry (server time)
     P:limit:{S}:<V>:queue     zset    run id waiting for a slot -> submission number
+    P:tasklimits              set     tasks with graph_concurrency / graph_rate_limit
+    P:tasklimit:{T}:held      zset    "<run>:<field>" running task T -> slot lease expiry
+    P:tasklimit:{T}:waiting   zset    "<run>:<field>" waiting for a slot -> when it came
+    P:tasklimit:{T}:messages  hash    "<run>:<field>" -> the message that wakes it (JSON)
+    P:tasklimit:{T}:rate      string  the earliest time task T may start next (server time)
     P:schedules               zset    schedule name -> its last fire (server time)
     P:schedule:{N}            hash    schedule N (``schedule()``): its flow, policy, last fire,
                                       last run, next fire, skips, paused
@@ -165,6 +170,19 @@ def limit_slot(value: object) -> str:
     return "v." + hashlib.sha256(data.encode()).hexdigest()[:20]
 
 
+class TaskLimitKeys(NamedTuple):
+    """The keys of one task's fleet-wide limits (``@task(graph_concurrency=N,
+    graph_rate_limit=...)``), in the order the task limit scripts take them (``T``)."""
+
+    held: str
+    waiting: str
+    messages: str
+    rate: str
+
+
+TASK_LIMIT_KEY_TYPES = {"held": "zset", "waiting": "zset", "messages": "hash", "rate": "string"}
+
+
 class Keys:
     """Key names under one prefix."""
 
@@ -283,6 +301,14 @@ class Keys:
             f"{base}:info", f"{base}:seq", f"{base}:{slot}:held", f"{base}:{slot}:queue"
         )
 
+    def task_limits_index(self) -> str:
+        return f"{self.prefix}:tasklimits"
+
+    def task_limit_layout(self, task: str) -> TaskLimitKeys:
+        """The keys of task ``task``'s limits, in the order the scripts take them."""
+        base = f"{self.prefix}:tasklimit:{{{flow_key_part(task)}}}"
+        return TaskLimitKeys(f"{base}:held", f"{base}:waiting", f"{base}:messages", f"{base}:rate")
+
     def schedules_index(self) -> str:
         return f"{self.prefix}:schedules"
 
@@ -305,7 +331,8 @@ def key_pattern(prefix: str) -> re.Pattern[str]:
         rf"^{p}:(graph:[0-9a-f]{{64}}|runs|running|reconciler(:clock)?|workers|flows|runs:indexed"
         rf"|runs:flow:[A-Za-z0-9_.:\-]+|runs:state:(succeeded|failed|cancelled)"
         rf"|worker:\{{[^\s:{{}}]+\}}(:metrics)?|metrics:runs|limits|schedules"
-        rf"|schedule:\{{[A-Za-z0-9_.:\-]+\}}(:lock)?"
+        rf"|schedule:\{{[A-Za-z0-9_.:\-]+\}}(:lock)?|tasklimits"
+        rf"|tasklimit:\{{[A-Za-z0-9_.:\-]+\}}:(held|waiting|messages|rate)"
         rf"|limit:\{{[A-Za-z0-9_.:\-]+\}}:(info|seq|(all|v\.[0-9a-f]{{20}}):(held|queue))"
         rf"|run:\{{[0-9a-f]{{32}}\}}"
         rf"(:(results|nodes|sinks|done|state|leases|queued|join:{node}|map:{node}))?)$"

@@ -498,5 +498,22 @@ def occupy(tag: str, tenant: str = "-", seconds: float = 0.2, mark: str = ""):
     return tenant
 
 
+@task(graph_concurrency=1)
+def exclusive(tag: str, seconds: float = 0.1):
+    """At most one at once across every worker: 'start' / 'end' in the trace around it."""
+    trace(tag, "start:x")
+    time.sleep(seconds)
+    trace(tag, "end:x")
+    return "x"
+
+
+@task(graph_rate_limit="5/s")
+def paced(tag: str):
+    """At most 5 starts a second across every worker: the graph Redis's time of each."""
+    seconds, micros = trace_client().time()
+    trace(tag, f"at:{seconds + micros / 1e6:.6f}")
+    return "paced"
+
+
 # the tasks of the tests of handlers and compensations, registered wherever these are
 from tests import after_tasks  # noqa: E402, F401

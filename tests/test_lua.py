@@ -15,11 +15,13 @@ from celery_graph.keys import (
     COUNTER_KEY_TYPES,
     LIMIT_KEY_TYPES,
     RUN_KEY_TYPES,
+    TASK_LIMIT_KEY_TYPES,
     WORKER_KEY_TYPES,
     CounterKeys,
     Keys,
     LimitKeys,
     RunKeys,
+    TaskLimitKeys,
     WorkerKeys,
 )
 from celery_graph.model import NodeRecord
@@ -39,6 +41,7 @@ from celery_graph.state import (
 from celery_graph.state.connection import INCLUDE, load_script, resolve_includes
 from celery_graph.state.limits import SCRIPTS as LIMIT_SCRIPTS
 from celery_graph.state.scripts import SCRIPTS
+from celery_graph.state.tasklimits import SCRIPTS as TASK_LIMIT_SCRIPTS
 from tests.tasks import join_count, merge, process, split, step
 
 LUA = resources.files("celery_graph.state") / "lua"
@@ -51,6 +54,7 @@ LAYOUTS = {
     "worker": ("W", WorkerKeys._fields, WORKER_KEY_TYPES),
     "counters": ("C", CounterKeys._fields, COUNTER_KEY_TYPES),
     "limit": ("L", LimitKeys._fields, LIMIT_KEY_TYPES),
+    "tasklimit": ("T", TaskLimitKeys._fields, TASK_LIMIT_KEY_TYPES),
 }
 LUA_BUILTINS = {"tonumber", "tostring", "ipairs", "pairs", "unpack", "type", "error", "next"}
 LUA_KEYWORDS = {"if", "and", "or", "not", "return", "elseif", "while", "until", "in", "local"}
@@ -162,7 +166,8 @@ def test_a_script_with_run_keys_in_its_own_order_is_caught():
     wrong_type = '-- KEYS[7] K.leases  leases (hash)\n-- @include "run"\n'
     assert key_problems(wrong_type) == ["K.leases is a zset, not a hash"]
     assert key_problems("return 1\n") == [
-        "includes no key layout: it must include one of ['run', 'worker', 'counters', 'limit']"
+        "includes no key layout: it must include one of "
+        "['run', 'worker', 'counters', 'limit', 'tasklimit']"
     ]
 
 
@@ -211,6 +216,7 @@ def test_every_script_file_is_loaded():
         "worker_leave",
         "count",
         *LIMIT_SCRIPTS,
+        *TASK_LIMIT_SCRIPTS,
     }
 
 

@@ -14,6 +14,7 @@ from celery.canvas import Signature
 from ..compat import check_task_options
 from ..errors import GraphDefinitionError, NotAGraphTaskError
 from ..executor import GraphTask, adopt
+from ..executor.gate import check_limits
 from ..keys import NODE_ID_RE
 from ..protocol import Branch
 from ..signals import graph_task_declared
@@ -90,7 +91,9 @@ def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     ``time_limit``, ``queue``, ``autoretry_for``...). The task name is ``name=`` or what
     the current app's ``gen_task_name`` makes of the function's module and name. Only
     ``inject_context=True`` is celery-graph's own: the first parameter receives the run's
-    :class:`RunContext` when the task runs in a graph.
+    :class:`RunContext` when the task runs in a graph; and ``graph_concurrency=N`` /
+    ``graph_rate_limit="100/m"``, limits of the task's nodes across every worker
+    (docs/concurrency.md).
     """
     if fn is None:
         return lambda f: _make_task(f, options)
@@ -128,6 +131,7 @@ def _make_task(fn: Callable[..., Any], options: dict[str, Any]) -> TaskNode[...,
     if not callable(fn):
         raise NotAGraphTaskError(f"@task needs a function, got {type(fn).__name__}")
     check_task_options(f"@task({fn.__qualname__})", options)  # pydantic=True: Celery 5.5+
+    check_limits(f"@task({fn.__qualname__})", options)
     options = dict(options)
     name = options.pop("name", None) or current_app.gen_task_name(fn.__qualname__, _module_name(fn))
     options["base"] = _graph_base(options.get("base") or GraphTask)

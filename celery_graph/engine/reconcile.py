@@ -42,6 +42,7 @@ runs one by hand or in a loop.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -50,7 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..codec import decode_value, error_record, exception_record
-from ..dispatch import QueueDepth, publish_items, publish_nodes, queue_of
+from ..dispatch import QueueDepth, publish_items, publish_nodes, queue_of, send_woken
 from ..errors import (
     CeleryGraphError,
     DeadlineExceeded,
@@ -178,6 +179,7 @@ class Reconciler:
                     logger.exception("celery-graph: reconciling run %s failed", run_id)
                     state.runs.schedule(run_id, state.runs.time() + state.settings.queued_lease)
             self.sweep_slots(state, now, report)
+            self.sweep_task_slots(state, now, report)
             state.runs.mark_swept(now)
         finally:
             state.unlock(lock)
@@ -282,6 +284,31 @@ class Reconciler:
                     raise
                 except CeleryGraphError as exc:
                     logger.warning("celery-graph: concurrency limit %s: %s", scope, exc)
+
+    def sweep_task_slots(self, state: State, now: float, report: Sweep) -> None:
+        """Slots of tasks with graph_concurrency whose lease ran out: renewed while the
+        node holding one still has a live lease in its run, else freed (its worker died,
+        or its message was lost) and handed to the next waiting node, whose message is
+        sent again."""
+        running = state.settings.running_lease
+        for name in state.task_limits.tasks():
+            task = self.app.tasks.get(name)
+            limit = int(getattr(task, "graph_concurrency", 0) or 0)
+            if not limit:
+                continue
+            woken: list[str] = []
+            for holder in state.task_limits.expired(name, now):
+                run_id, _, field_ = holder.partition(":")
+                if state.runs.leased(run_id, field_, now):
+                    state.task_limits.renew(name, holder, now + running)
+                    continue
+                report.freed.append(holder)
+                woken += state.task_limits.release(name, holder, limit, state.settings.queued_lease)
+            held, waiting = state.task_limits.counts(name)
+            if waiting and held < limit:
+                woken += state.task_limits.release(name, "", limit, state.settings.queued_lease)
+            for raw in woken:
+                send_woken(self.app, json.loads(raw))
 
     def _sweep_group(
         self,

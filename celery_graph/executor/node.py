@@ -75,6 +75,7 @@ class NodeRun:
         # an item of a map reads what the node reads, not the map's source list
         self.upstream = self.node.upstream_ids() if message.index is None else self.node.pull_ids()
         self.hostname = task.request.hostname or socket.gethostname()
+        self.began: str | None = None  # what begin.lua answered (Begin.RUNNING: it ran)
 
     def run(self) -> Any:
         m = self.message
@@ -90,6 +91,7 @@ class NodeRun:
             trace=None if watched is None else watched.trace(m),
             links=() if watched is None else watched.links(self.node, m),
         )
+        self.began = begun.status
         if watched is not None:
             watched.begun(begun.flow, begun.links)
         if begun.status == Begin.DEADLINE:

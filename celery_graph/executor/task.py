@@ -37,6 +37,7 @@ from ..errors import (
 )
 from ..protocol import CALL_TASK, GRAPH_KWARG, WAIT_TASK, NodeMessage, graph_fields
 from ..state import Mode, state_for
+from .gate import Gate, TaskLimits
 from .node import NodeRun, fail_node
 from .results import store_failure, store_revoked
 
@@ -152,7 +153,21 @@ def run_node(task: Task, fn: Callable[..., Any], fields: Any, kwargs: dict[str, 
         if message.failure is not None:
             fail_node(task.app, message, message.failure)
             return None
-        return NodeRun(task, fn, message, kwargs).run()
+        limits = TaskLimits.of(task)
+        if limits is None:
+            return NodeRun(task, fn, message, kwargs).run()
+        gate = Gate(task, message, limits, state_for(task.app))
+        if not gate.enter():  # over the task's fleet-wide limits: waits, holding no worker
+            return None
+        began: str | None = None
+        try:
+            node = NodeRun(task, fn, message, kwargs)
+            try:
+                return node.run()
+            finally:
+                began = node.began
+        finally:
+            gate.leave(began)
     except INFRASTRUCTURE as exc:
         raise send_again(task, message, exc) from exc
 

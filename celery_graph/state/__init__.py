@@ -26,6 +26,7 @@ from .graphs import GraphStore
 from .index import RunIndex, RunRow
 from .limits import LimitStore, Slot
 from .replies import (
+    Acquire,
     After,
     Arrival,
     Begin,
@@ -48,6 +49,7 @@ from .runs import RunStore
 from .schedules import SCHEDULE_TTL, ScheduleStore
 from .scripts import Scripts
 from .shared import SharedState
+from .tasklimits import Granted, TaskLimitStore
 from .workers import WorkerStore, run_counts, task_counts
 
 
@@ -74,6 +76,7 @@ class State:
         self.shared = SharedState(self.client, self.keys)
         self.workers = WorkerStore(self.client, self.keys)
         self.limits = LimitStore(self.client, self.keys, settings.run_ttl)
+        self.task_limits = TaskLimitStore(self.client, self.keys, settings.run_ttl)
         self.schedules = ScheduleStore(self.client, self.keys, max(settings.run_ttl, SCHEDULE_TTL))
 
     def wait_client(self) -> Any:
@@ -125,6 +128,9 @@ __all__ = [
     "Wait",
     "After",
     "StepEnd",
+    "Acquire",
+    "Granted",
+    "TaskLimitStore",
     "WAIT_SLICE",
     "Arrival",
     "Begin",

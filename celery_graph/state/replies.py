@@ -77,6 +77,14 @@ class Verdict(TextCode):
     QUEUED = "queued"
 
 
+class Acquire(TextCode):
+    """task_acquire.lua: may a node of a task with fleet-wide limits start?"""
+
+    OK = "ok"
+    FULL = "full"
+    RATE = "rate"
+
+
 class Expiry(TextCode):
     """reclaim.lua: what a lease that ran out needs."""
 
@@ -169,6 +177,7 @@ MIRRORED: dict[str, tuple[type[Enum], ...]] = {
     "finish": (Finish,),
     "revoke": (Revoked,),
     "reclaim": (Verdict, Expiry),
+    "task_acquire": (Acquire,),
     "lease": (Mode,),
     "continue": (Continuation,),
     "after": (After, StepEnd),

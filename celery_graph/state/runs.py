@@ -269,6 +269,14 @@ class RunStore:
         raw = self._hash(self.keys.nodes(run_id), "reading node states")
         return {k.decode(): v.decode() for k, v in raw.items()}
 
+    def leased(self, run_id: str, field: str, now: float) -> bool:
+        """Does ``field`` of the run hold a running or queued lease alive at ``now``?"""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zscore(self.keys.leases(run_id), field)
+        pipe.zscore(self.keys.queued(run_id), field)
+        running, queued = translated("reading leases", pipe.execute)
+        return any(score is not None and float(score) > now for score in (running, queued))
+
     def leases(self, run_id: str) -> dict[str, float]:
         """{field: lease expiry} of every running and queued lease of the run."""
 
