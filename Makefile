@@ -6,12 +6,13 @@
 #   make docs   - builds the documentation site (mkdocs, strict: a broken link fails it)
 #   make bench  - benchmarks against Celery's canvas and dramatiq-workflow (bench-quick: minutes)
 #   make bench-recovery - how long runs take to recover from faults, with stock settings
+#   make bench-limits - the cost of a concurrency limit over 1,000 runs
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test test-pythons demo docs docs-tables lint typecheck bench bench-quick bench-steps bench-profile bench-recovery clean
+.PHONY: venv test test-pythons demo docs docs-tables lint typecheck bench bench-quick bench-steps bench-profile bench-recovery bench-limits clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +74,9 @@ bench-profile: $(BENCH_STAMP)
 
 bench-recovery: $(STAMP)
 	$(BIN)/python -m bench.recovery
+
+bench-limits: $(STAMP)
+	$(BIN)/python -m bench.limits
 
 clean:
 	rm -rf $(VENV) .venv-3.10 .venv-3.13 build *.egg-info

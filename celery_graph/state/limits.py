@@ -12,12 +12,14 @@ when its run ended or never was created (engine/limits.py).
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, NamedTuple
 
 from ..keys import Keys, LimitKeys
 from .connection import load_script, translated, translating
 
 SCRIPTS = ("limit_enter", "limit_leave")
+LIST_EVERY = 60.0  # seconds between two listings of a scope by one process
 
 
 class Slot(NamedTuple):
@@ -36,6 +38,7 @@ class LimitStore:
         self.keys = keys
         self.ttl = ttl
         self._scripts = {name: client.register_script(load_script(name)) for name in SCRIPTS}
+        self._listed: dict[str, float] = {}  # scope -> when this process last listed it
 
     def _layout(self, scope: str, group: str) -> LimitKeys:
         return self.keys.limit_layout(scope, group)
@@ -43,15 +46,19 @@ class LimitStore:
     def enter(self, slot: Slot, run_id: str, value: Any, lease: float) -> int:
         """Take a slot or wait for one: 0 when the run holds a slot, else its position
         among the runs waiting in its group (1: next)."""
-        translated(
-            "listing a concurrency limit",
-            lambda: (
-                self.client.pipeline(transaction=False)
-                .sadd(self.keys.limits_index(), slot.scope)
-                .expire(self.keys.limits_index(), self.ttl)
-                .execute()
-            ),
-        )
+        now = time.monotonic()
+        if now - self._listed.get(slot.scope, -LIST_EVERY) >= LIST_EVERY:
+            # listed for the reconciler once a minute per process, not at every run
+            translated(
+                "listing a concurrency limit",
+                lambda: (
+                    self.client.pipeline(transaction=False)
+                    .sadd(self.keys.limits_index(), slot.scope)
+                    .expire(self.keys.limits_index(), self.ttl)
+                    .execute()
+                ),
+            )
+            self._listed[slot.scope] = now
         args = [run_id, slot.limit, lease, slot.group, json.dumps(value), self.ttl]
         with translating("running limit_enter.lua"):
             holds, position = self._scripts["limit_enter"](
