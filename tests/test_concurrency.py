@@ -197,24 +197,29 @@ def test_a_sigkilled_workers_run_keeps_its_slot_until_it_ends_then_the_next_star
 
 
 def test_status_and_runs_show_a_queued_runs_place_in_line(app, tag):
-    flow = limited(tag, 1, seconds=5.0)
+    flow = limited(tag, 1)
+    # the one slot is held by a run that never comes (for the test's length): both wait
+    state = state_for(app)
+    slot, ghost = Slot(f"limited-{tag}", "all", 1), "0" * 31 + "2"
+    state.limits.enter(slot, ghost, None, lease=600)
     first = flow.apply_async(tag=tag, tenant="r0")
     second = flow.apply_async(tag=tag, tenant="r1")
     env = base_env(app.conf.graph_redis_url, CELERY_GRAPH_KEY_PREFIX=app.conf.graph_key_prefix)
     try:
         table = cli("status", second.id, env=env)
         assert table.returncode == 0, table.stderr
-        assert "state     queued (#1 in line)" in table.stdout
+        assert "state     queued (#2 in line)" in table.stdout
         data = json.loads(cli("status", second.id, "--json", env=env).stdout)
-        assert data["state"] == "queued" and data["position"] == 1
+        assert data["state"] == "queued" and data["position"] == 2
         listing = cli("runs", "-n", "50", "--json", env=env)
         rows = {r["run_id"]: r for r in json.loads(listing.stdout)}
-        assert rows[second.id]["position"] == 1 and rows[first.id]["position"] is None
+        assert rows[first.id]["position"] == 1 and rows[second.id]["position"] == 2
         table = cli("runs", "-n", "50", env=env).stdout
-        assert re.search(rf"^{second.id}\s+queued \(#1 in line\)", table, re.M), table
+        assert re.search(rf"^{second.id}\s+queued \(#2 in line\)", table, re.M), table
     finally:
         second.cancel()
         first.cancel()
+        state.limits.leave(slot.scope, slot.group, ghost, 30)
 
 
 def test_a_limited_flows_signature_and_beat_entry_obey_the_limit(app, tag):

@@ -4,7 +4,6 @@ real workers, nodes of several runs at once, a worker SIGKILLed while it holds a
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 
 import pytest
@@ -57,8 +56,11 @@ def test_graph_rate_limit_spaces_the_starts_across_workers(app, tag):
         run.get(timeout=60)
     times = sorted(float(e.split(":", 1)[1]) for e in read_trace(tag))
     assert len(times) == 10
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert min(gaps) >= 0.19, gaps  # 5/s: 0.2 s apart (the server's clock)
+    # 5/s: starts granted 0.2 s apart on the server's clock (each node notes its time a
+    # little after its grant, so single gaps jitter): 5 starts never fit in 0.8 s
+    assert times[-1] - times[0] >= 1.7, times
+    windows = [b - a for a, b in zip(times, times[5:])]
+    assert min(windows) >= 0.9, windows
 
 
 def test_bad_limits_are_errors_at_declaration():
