@@ -102,7 +102,7 @@ export async function schedulesPage(root) {
       "Entries of schedule() that fired: a paused schedule's fires start nothing. Refreshed every 5 s."));
   async function act(name, action) {
     try {
-      await api(`schedules/${encodeURIComponent(name)}/${action}`, { method: "POST" });
+      await api(`schedules/${encodeURIComponent(name)}/${action}`, { method: "POST", body: {} });
       await load(false);
     } catch (err) {
       fill(message, errorBox(err.message));
