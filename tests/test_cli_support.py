@@ -97,6 +97,8 @@ def _process(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[
         text=True,
         start_new_session=True,
     )
+    # what it printed so far, through a handle of its own (the child's offset is shared)
+    proc.output = lambda: Path(f"/proc/self/fd/{log.fileno()}").read_text()  # type: ignore[attr-defined]
     try:
         yield proc
     finally:

@@ -16,15 +16,14 @@ from ..client import GraphRun
 from ..drawing import render
 from ..engine.reconcile import Reconciler
 from ..errors import (
-    GraphNotFound,
     RunCancelled,
     RunFailed,
-    RunNotFound,
     RunNotResumable,
     RunTimeout,
     UsageError,
 )
 from ..state import state_for
+from ..ui.listing import STATES, RunLister, RunQuery
 from ..worker.heartbeat import live_workers
 from .base import (
     PROG,
@@ -44,7 +43,6 @@ from .output import (
     print_sweep,
     print_workers,
     progress_line,
-    run_row,
     spec_data,
     worker_data,
 )
@@ -53,25 +51,29 @@ from .support import (
     app_for,
     configure,
     configured_app,
+    flow_registry,
     is_run_id,
     load_flow,
     named_app,
     open_run,
     parse_inputs,
+    parse_since,
+    registered_flow_name,
 )
 
 
 @click.command(
     "run",
     epilog=examples(
-        "celery-graph run examples.etl:flow",
-        "celery-graph -A examples.pipeline_tasks run examples/pipeline.toml --wait",
-        "celery-graph run examples.etl:flow --input n=5 --input factor=2 --wait",
+        "celery-graph run celery_graph.examples.etl:flow",
+        "celery-graph -A proj.celery run nightly --wait",
+        "celery-graph -A proj.tasks run flows/nightly.toml --wait",
+        "celery-graph run celery_graph.examples.etl:flow --input n=5 --input factor=2 --wait",
         "celery-graph -A proj.celery run proj.flows:nightly --wait --timeout 600",
         "celery -A proj.celery workflow run proj.flows:nightly --wait --json",
     ),
 )
-@click.argument("flow_ref", metavar="MODULE:FLOW|FILE.toml")
+@click.argument("flow_ref", metavar="MODULE:FLOW|FILE.toml|NAME")
 @click.option(
     "-i",
     "--input",
@@ -111,10 +113,29 @@ def run_command(
     flow_name: str | None,
     as_json: bool,
 ) -> int:
-    """Submit a graph; print its run id, or with --wait follow it to the end."""
+    """Submit a graph (MODULE:FLOW, a pipeline FILE.toml, or the NAME of a flow in the
+    app's graph_ui_flows); print its run id, or with --wait follow it to the end."""
     ctx = click.get_current_context()
     app = named_app(ctx)  # first: a pipeline file names tasks its module registers
-    flow = load_flow(flow_ref)
+    if registered_flow_name(flow_ref):
+        if app is None:
+            raise UsageError(
+                f"{flow_ref!r} is not MODULE:FLOW or FILE.toml; to start a flow of "
+                "graph_ui_flows by name, give its app: celery-graph -A APP run NAME"
+            )
+        registry = flow_registry(app)
+        entry = registry.get(flow_ref)
+        if entry is None:
+            known = ", ".join(sorted(registry.flows)) or "none"
+            raise UsageError(
+                f"no flow named {flow_ref!r} in the app's graph_ui_flows (it has: {known}); "
+                "or give MODULE:FLOW"
+            )
+        flow = entry.flow
+        if flow_name is None:
+            flow_name = entry.name
+    else:
+        flow = load_flow(flow_ref)
     if app is None:
         app = app_for(ctx)  # after the import: the flow's module may have made its app current
     configure(ctx, app).ping()
@@ -229,32 +250,58 @@ def status_command(run_id: str, every_node: bool, as_json: bool) -> int:
     "runs",
     epilog=examples(
         "celery-graph runs",
+        "celery-graph runs --state failed --since 1h",
+        "celery-graph -A proj.celery runs --flow nightly --since 2026-12-01 --json",
         "celery-graph runs --limit 50 --key-prefix myapp:workflows",
-        "celery-graph runs --json",
     ),
 )
 @click.option(
-    "-n", "--limit", type=click.IntRange(min=1), default=20, show_default=True, help="how many"
+    "-n", "--limit", type=click.IntRange(1, 500), default=20, show_default=True, help="how many"
+)
+@click.option(
+    "--state",
+    type=click.Choice(STATES),
+    default=None,
+    help="only runs in this state",
+)
+@click.option("--flow", default=None, metavar="NAME", help="only runs of this flow")
+@click.option(
+    "--since",
+    default=None,
+    metavar="WHEN",
+    help="only runs started since WHEN: an age (30m, 2h, 7d) or a time "
+    "(2026-12-01, 2026-12-01T08:00, UTC unless it names a zone)",
 )
 @json_option
 @common_options
 @guarded
-def runs_command(limit: int, as_json: bool) -> int:
-    """List recent runs with state, start time and duration."""
+def runs_command(
+    limit: int, state: str | None, flow: str | None, since: str | None, as_json: bool
+) -> int:
+    """List recent runs with state, flow, start time and duration, newest first; the same
+    query as the dashboard's runs page (from the run indexes)."""
     app = configured_app()
-    state = state_for(app)
-    rows = []
-    for run_id in state.runs.recent(limit):
-        try:
-            rows.append(run_row(GraphRun(run_id, app=app).status()))
-        except (RunNotFound, GraphNotFound):
-            continue  # expired between the listing and the read
+    store = state_for(app)
+    since_ts = None if since is None else parse_since(since, store.runs.time())
+    registry = flow_registry(app)
+    lister = RunLister(store.index, registry.name_of, by_graph=registry.get)
+    page = lister.page(RunQuery(state=state, flow=flow, since=since_ts, limit=limit))
     if as_json:
-        emit_json(rows, sys.stdout)
-    elif not rows:
-        sys.stdout.write(f"no runs under key prefix {state.keys.prefix!r}\n")
+        emit_json(page.runs, sys.stdout)
+    elif not page.runs:
+        wanted = " ".join(
+            f"{k} {v!r}" for k, v in (("state", state), ("flow", flow), ("since", since)) if v
+        )
+        sys.stdout.write(
+            f"no runs{' with ' + wanted if wanted else ''} under key prefix {store.keys.prefix!r}\n"
+        )
     else:
-        print_runs(rows, sys.stdout)
+        print_runs(page.runs, sys.stdout)
+    if page.partial:
+        sys.stderr.write(
+            f"{PROG}: listed what {page.scanned} runs held; older runs were not read "
+            "(narrow the query with --since)\n"
+        )
     return 0
 
 
@@ -450,8 +497,8 @@ def workers_command(as_json: bool) -> int:
 @click.command(
     "show",
     epilog=examples(
-        "celery-graph show examples.etl:flow",
-        "celery-graph show examples.etl:flow --format dot | dot -Tsvg > etl.svg",
+        "celery-graph show celery_graph.examples.etl:flow",
+        "celery-graph show celery_graph.examples.etl:flow --format dot | dot -Tsvg > etl.svg",
         "celery-graph show 0123456789abcdef0123456789abcdef --out run.svg",
         "celery-graph show 0123456789abcdef0123456789abcdef --json",
     ),

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import copy
 import os
+import platform
 import sys
+from importlib import metadata
 
 import click
 
@@ -26,6 +28,21 @@ from .dashboard import ui_command
 from .schedules import schedule_command, schedules_command
 from .support import EXIT_FAILED, EXIT_USAGE
 
+
+def version_line() -> str:
+    """``celery-graph 0.1.0 (Celery 5.5.3, Python 3.11.9)``."""
+
+    def of(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "unknown"
+
+    return (
+        f"{PROG} {of('celery-graph')} (Celery {of('celery')}, Python {platform.python_version()})"
+    )
+
+
 COMMANDS = (
     run_command,
     status_command,
@@ -42,21 +59,36 @@ COMMANDS = (
 )
 
 
+def print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(version_line())
+        ctx.exit(0)
+
+
 # -- the two groups -------------------------------------------------------------------
 
 
 @click.group(
     PROG,
     epilog=examples(
-        "celery-graph run examples.etl:flow --wait",
-        "celery-graph run examples.map_reduce:flow --input top=5 --wait --timeout 60",
+        "celery-graph run celery_graph.examples.etl:flow --wait",
+        "celery-graph run celery_graph.examples.etl:flow --input n=5 --wait --timeout 60",
         "celery-graph runs --redis-url redis://localhost:6379/0",
         "celery-graph status 4bd5d23c52f14f4a96ea8df88b7922ea",
-        "celery-graph show examples.etl:flow --format mermaid",
+        "celery-graph show celery_graph.examples.etl:flow --format mermaid",
         "celery-graph show 4bd5d23c52f14f4a96ea8df88b7922ea --out run.svg",
         "celery -A proj.celery workflow runs --json",
     ),
     context_settings={"help_option_names": ["-h", "--help"]},
+)
+@click.option(
+    "-V",
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=print_version,
+    help="print the versions of celery-graph, Celery and Python, then exit",
 )
 @app_option(envvar="CELERY_APP")
 @settings_options

@@ -193,31 +193,14 @@ def state_text(state: str, position: int | None) -> str:
     return f"{state} (#{position} in line)" if state == "queued" and position else state
 
 
-def run_row(status: RunStatus) -> dict[str, Any]:
-    counts = status.counts()
-    return {
-        "run_id": status.run_id,
-        "state": status.state,
-        "position": status.position,
-        "flow": status.flow,
-        "created": status.created,
-        "finished": status.finished,
-        "nodes": len(status.nodes),
-        "done": counts.get("succeeded", 0) + counts.get("skipped", 0),
-        "parent": status.parent,
-        "children": status.children,
-        "counts": counts,
-        "error": status.error,
-    }
-
-
 def print_runs(rows: Iterable[Mapping[str, Any]], out: IO[str]) -> None:
-    lines = [["RUN ID", "STATE", "STARTED (UTC)", "DURATION", "NODES DONE"]]
+    lines = [["RUN ID", "STATE", "FLOW", "STARTED (UTC)", "DURATION", "NODES DONE"]]
     for r in rows:
         lines.append(
             [
                 r["run_id"],
                 state_text(r["state"], r.get("position")),
+                r.get("flow") or "-",
                 timestamp(r["created"]),
                 span(r["created"], r["finished"]),
                 f"{r['done']}/{r['nodes']}",

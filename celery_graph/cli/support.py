@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from datetime import datetime, timezone
 from typing import Any
 
 import click
@@ -20,6 +22,8 @@ from ..keys import RUN_ID_RE
 from ..pipeline import PipelineError
 from ..pipeline import load as load_pipeline
 from ..state import State, state_for
+from ..ui.flows import SETTING as FLOWS_SETTING
+from ..ui.flows import FlowRegistry
 
 EXIT_FAILED = 1  # a run failed or was cancelled; cancel refused
 EXIT_USAGE = 2  # bad input: unknown run id, Redis down, unimportable target
@@ -136,3 +140,36 @@ def open_run(app: Any, run_id: str) -> GraphRun:
     run = GraphRun(run_id, app=app)
     run.status()  # raises RunNotFound for an unknown id
     return run
+
+
+_AGE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_since(text: str, now: float) -> float:
+    """``--since``: an age before ``now`` (``30m``, ``2h``, ``7d``, ``1w``, ``90s``) or an
+    ISO 8601 time (UTC unless it names its zone); seconds since the epoch."""
+    raw = text.strip()
+    age = _AGE.match(raw)
+    if age:
+        return now - float(age.group(1)) * _UNIT[age.group(2)]
+    try:
+        when = datetime.fromisoformat(raw)
+    except ValueError:
+        raise UsageError(
+            f"--since {text!r}: expected an age (30m, 2h, 7d) or a time (2026-12-01T08:00)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
+
+
+def flow_registry(app: Any) -> FlowRegistry:
+    """The app's ``graph_ui_flows`` (empty when it names none)."""
+    return FlowRegistry(app, app.conf.get(FLOWS_SETTING) or {})
+
+
+def registered_flow_name(ref: str) -> bool:
+    """True if ``ref`` names a flow of ``graph_ui_flows`` rather than ``MODULE:FLOW`` or a
+    pipeline file: no colon, no ``.toml``."""
+    return ":" not in ref and not ref.endswith(".toml")

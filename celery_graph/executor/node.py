@@ -52,7 +52,7 @@ from .results import backend_of, store_success
 # failing item's error): one Redis call per 50 ms of work, not one per item
 CHUNK_FLUSH_SECONDS = 0.05
 
-logger = get_task_logger("celery_graph")
+logger = get_task_logger("celery_graph.task")
 
 
 class NodeRun:

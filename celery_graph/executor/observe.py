@@ -19,7 +19,7 @@ from celery.utils.log import get_task_logger
 from ..model import NodeSpec
 from ..protocol import NodeMessage
 
-logger = get_task_logger("celery_graph")
+logger = get_task_logger("celery_graph.task")
 
 # The most predecessors a join's span links to: OpenTelemetry's default span link limit
 # (OTEL_SPAN_LINK_COUNT_LIMIT), which drops any link past it anyway.

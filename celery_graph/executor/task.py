@@ -41,7 +41,7 @@ from .gate import Gate, TaskLimits
 from .node import NodeRun, fail_node
 from .results import store_failure, store_revoked
 
-logger = get_task_logger("celery_graph")
+logger = get_task_logger("celery_graph.task")
 
 INFRASTRUCTURE = (StoreUnavailable, BrokerUnavailable)
 MAX_BACKOFF = 30.0
