@@ -78,4 +78,4 @@ def test_cancel_stops_pending_nodes(app, tag):
         # the next one was never started
         assert done.wait(task_id_for(run.id, "first"))
     assert "start:second" not in read_trace(tag)
-    assert run.status().nodes["second"].state == "pending"
+    assert run.status().nodes["second"].state == "cancelled"

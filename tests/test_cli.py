@@ -212,7 +212,7 @@ def test_failed_run_prints_node_and_error_and_exits_1(env, tmp_path) -> None:
     from tests.test_render import colours_in
 
     found = colours_in(png)
-    assert {"failed", "pending"} <= found and "succeeded" not in found
+    assert {"failed", "upstream_failed"} <= found and "succeeded" not in found
 
 
 @contextlib.contextmanager
@@ -247,7 +247,7 @@ def test_cancel_a_running_run(env) -> None:
     }
     data = json.loads(cli("status", run_id, "--json", env=env).stdout)
     assert data["state"] == "cancelled"
-    assert data["nodes"]["step"]["state"] == "pending"
+    assert data["nodes"]["step"]["state"] == "cancelled"
 
 
 def test_resume_a_cancelled_run_keeps_stored_results(env) -> None:

@@ -194,7 +194,7 @@ def test_failing_node_fails_run_and_stops_downstream(any_app, tag):
     status = run.status()
     assert status.state == "failed"
     assert status.nodes["boom"].state == "failed"
-    assert status.nodes["after_boom"].state == "pending"
+    assert status.nodes["after_boom"].state == "upstream_failed"
     assert "start:after_boom" not in read_trace(tag)
 
 

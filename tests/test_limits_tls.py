@@ -36,7 +36,9 @@ def test_celery_time_limits_fail_the_run_naming_the_node(prefork_workers, node, 
     assert info.value.node_id == node.id
     assert info.value.exc_type == exc_type
     assert time.monotonic() - started < 5  # the limit cut the 5-10 s node short
-    assert GraphRun(run.id, app=prefork_workers.app).status().nodes["step"].state == "pending"
+    assert (
+        GraphRun(run.id, app=prefork_workers.app).status().nodes["step"].state == "upstream_failed"
+    )
 
 
 def _make_certs(directory) -> dict[str, str]:

@@ -190,7 +190,9 @@ def test_node_detail_has_attempts_worker_times_result_error_and_flower_link(app,
     assert "ui_boom went the node" in failed["error"]["traceback"]
     assert failed["result"] is None
     after = http.get(f"/api/runs/{bad}/nodes/ui_after")
-    assert after["state"] == "pending" and after["error"] is None and after["retry"] is False
+    assert (
+        after["state"] == "upstream_failed" and after["error"] is None and after["retry"] is False
+    )
     status, body = http.request("GET", f"/api/runs/{bad}/nodes/nope")
     assert status == 404 and "no node 'nope'" in body["error"]
 

@@ -27,6 +27,8 @@ COLOURS = {  # the fill of a node's box in each state (style.css)
     "running": "rgb(255, 213, 79)",
     "succeeded": "rgb(102, 187, 106)",
     "failed": "rgb(239, 83, 80)",
+    "upstream_failed": "rgb(244, 169, 168)",
+    "cancelled": "rgb(158, 158, 158)",
 }
 WAIT_MS = 15_000
 
@@ -120,7 +122,7 @@ def test_the_run_page_shows_every_node_with_its_state(app, ui, http, page, playw
     page.goto(f"{ui.url}runs/{run_id}")
     expect(playwright_api, page.locator("#run-state")).to_have_attribute("data-state", "failed")
     states = {n: s["state"] for n, s in http.get(f"/api/runs/{run_id}")["nodes"].items()}
-    assert states == {"ui_boom": "failed", "ui_after": "pending"}
+    assert states == {"ui_boom": "failed", "ui_after": "upstream_failed"}
     assert page.locator("g.node").count() == len(states)
     for node_id, state in states.items():
         expect(playwright_api, node(page, node_id)).to_have_attribute("data-state", state)
@@ -133,6 +135,10 @@ def test_the_run_page_shows_every_node_with_its_state(app, ui, http, page, playw
     expect(playwright_api, detail).to_contain_text("ui_boom went the node")
     expect(playwright_api, detail.locator("pre.traceback")).to_contain_text("Traceback")
     expect(playwright_api, detail.locator("#retry-node")).to_be_visible()
+    attempts = detail.locator("#history tr.attempt")  # the node's attempt history
+    expect(playwright_api, attempts).to_have_count(1)
+    expect(playwright_api, attempts.first).to_contain_text("failed")
+    expect(playwright_api, attempts.first).to_contain_text("ValueError: ui_boom went the node")
     expect(playwright_api, detail.locator("#flower-link")).to_have_attribute(
         "href", f"http://flower.test:5555/task/{run_id}:ui_boom"
     )

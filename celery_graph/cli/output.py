@@ -90,6 +90,8 @@ def print_status(status: RunStatus, out: IO[str], *, every_node: bool = False) -
         _summary(status, out)
     if status.steps:
         _steps(status, out)
+    if every_node:
+        _attempts(status, out)
     if status.error:
         err = status.error
         where = f"node {err.get('node')!r}: " if err.get("node") else ""
@@ -126,6 +128,31 @@ def _steps(status: RunStatus, out: IO[str]) -> None:
         rows.append([sid, status.roles.get(sid, ""), n.state, str(n.attempts), error])
     out.write("\n")
     table(rows, out)
+
+
+def _attempts(status: RunStatus, out: IO[str]) -> None:
+    """Every attempt at every node that ran, oldest first, with what ended it."""
+    rows = [
+        ["NODE", "ATTEMPT", "OUTCOME", "WORKER", "QUEUED (UTC)", "STARTED", "DURATION", "ERROR"]
+    ]
+    for nid, n in status.nodes.items():
+        for i, a in enumerate(n.history, 1):
+            err = a.get("error")
+            rows.append(
+                [
+                    nid,
+                    str(i),
+                    a["outcome"],
+                    a.get("worker") or "-",
+                    timestamp(a.get("queued")),
+                    timestamp(a.get("started")),
+                    span(a["started"], a.get("finished")) if a.get("started") else "-",
+                    f"{err['type']}: {err['message']}"[:80] if err else "",
+                ]
+            )
+    if len(rows) > 1:
+        out.write("\nattempts:\n")
+        table(rows, out)
 
 
 def _more(out: IO[str], total: int, shown: int) -> None:

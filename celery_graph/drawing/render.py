@@ -26,6 +26,8 @@ STATE_COLOURS: dict[str, str] = {
     "succeeded": "#66bb6a",
     "failed": "#ef5350",
     "skipped": "#ce93d8",  # a branch not taken (engines with conditional branches)
+    "upstream_failed": "#f4a9a8",  # left unfinished by a failed run: never runs
+    "cancelled": "#9e9e9e",  # left unfinished by a cancelled run
 }
 NO_STATE_COLOUR = "#e3f2fd"
 STATE_MARKS = {
@@ -35,6 +37,8 @@ STATE_MARKS = {
     "succeeded": "✓",
     "failed": "✗",
     "skipped": "⊘",
+    "upstream_failed": "↯",
+    "cancelled": "⊗",
 }
 _ANSI = {
     "succeeded": "32",
@@ -43,6 +47,8 @@ _ANSI = {
     "queued": "36",
     "pending": "2",
     "skipped": "35",
+    "upstream_failed": "31;2",
+    "cancelled": "2",
 }
 
 

@@ -415,6 +415,9 @@ class Reconciler:
             why.append(f"{name} ({WHY[kind]})")
         report.extended += len(wait)  # left as they are: looked at again a lease later
         if again:
+            for name, kind, _queued in r.expired:
+                if kind == Expiry.LOST and name in again:  # before a new attempt begins
+                    state.scripts.attempt(run_id, name, "lost")
             state.scripts.lease(run_id, Mode.REDELIVER, state.settings.queued_lease, again)
             self._publish(state, spec, epoch, run_id, again)
             report.redelivered += [f"{run_id}:{f}" for f in again]

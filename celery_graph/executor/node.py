@@ -420,7 +420,9 @@ def run_end(state: State, run_id: str, node: NodeSpec) -> dict[str, Any]:
 # -- failure ------------------------------------------------------------------------------
 
 
-def fail_node(app: Any, message: NodeMessage, error: str, traceback: str = "") -> bool:
+def fail_node(
+    app: Any, message: NodeMessage, error: str, traceback: str = "", attempt: int | None = None
+) -> bool:
     """A node failed after its retries (``error``: its error record): fail the run, unless
     the node is a member of a group whose policy tolerates it; then it arrives at its
     successors as failed, and complete.lua decides the policy. A failing copy of a message
@@ -429,6 +431,7 @@ def fail_node(app: Any, message: NodeMessage, error: str, traceback: str = "") -
     state = state_for(app)
     run_id, node_id = message.run_id, message.node_id
     guard = message.result_field
+    state.scripts.attempt(run_id, guard, "failed", error, traceback, attempt)
     try:
         spec = state.graphs.load(message.graph_id)
     except StoreUnavailable:

@@ -208,7 +208,9 @@ def _node_failed(
         )
     store_failure(sender.app, message, exception, traceback, sender.request)
     try:
-        fail_node(sender.app, message, error, traceback)
+        fail_node(
+            sender.app, message, error, traceback, getattr(sender.request, "graph_attempt", None)
+        )
     except StoreUnavailable as down:
         # the failure cannot be recorded now: it travels in a message sent again
         send_again(sender, message, down, failure=error)
@@ -216,12 +218,27 @@ def _node_failed(
         logger.exception("celery-graph: could not record the failure of %s", message.task_id)
 
 
-def _node_retried(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
+def _node_retried(
+    sender: Any = None, request: Any = None, reason: Any = None, einfo: Any = None, **_: Any
+) -> None:
     """A node will run again (its own retry, or sent again after an infrastructure
-    error): lease it for that long, so the reconciler does not send it a second time."""
+    error): keep this attempt in its history, and lease it for that long, so the
+    reconciler does not send it a second time."""
     message = _parsed(graph_fields(getattr(request, "kwargs", None)))
     if message is None or sender is None:
         return
+    cause = getattr(reason, "exc", None) or reason
+    try:
+        state_for(sender.app).scripts.attempt(
+            message.run_id,
+            message.result_field,
+            "retried",
+            exception_record(message.node_id, cause) if isinstance(cause, BaseException) else "",
+            einfo.traceback if einfo else "",
+            getattr(request, "graph_attempt", None),
+        )
+    except CeleryGraphError as err:  # the history misses one attempt; the node goes on
+        logger.warning("celery-graph: could not keep the attempt of %s: %s", message.task_id, err)
     when = getattr(reason, "when", None)
     if isinstance(when, datetime.datetime):
         now = datetime.datetime.now(tz=when.tzinfo)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -81,12 +82,54 @@ class NodeRecord:
         return f"{self.attempts}|{started}|{finished}|{self.worker or ''}"
 
 
+# Node states a run's outcome decides, read from the run's state rather than stored: a
+# node left unfinished by a failed run never runs (upstream_failed), and one left
+# unfinished by a cancelled run is cancelled. Resuming the run makes them what they were.
+NOT_RUN_IN_FAILED = frozenset({"pending", "queued", "retrying", "mapping", "waiting", "child"})
+UNFINISHED = NOT_RUN_IN_FAILED | {"running"}
+HISTORY = ":history:"
+HISTORY_FIELDS = ("worker", "queued", "started", "finished", "outcome", "error", "traceback")
+
+
+def _history_entry(raw: str) -> tuple[int, dict[str, Any]]:
+    """(attempt, entry) of one attempt kept by attempt.lua."""
+    data = json.loads(raw)
+    error = parse_error(data.get("error") or None)
+    entry = {
+        "worker": data.get("worker") or None,
+        "queued": _time(data.get("queued") or None),
+        "started": _time(data.get("started") or None),
+        "finished": _time(data.get("finished") or None),
+        "outcome": data.get("outcome") or "failed",
+        "error": None
+        if error is None
+        else {"type": error.get("type", "Error"), "message": error.get("message", "")},
+        "traceback": data.get("traceback") or (error or {}).get("traceback") or None,
+    }
+    return int(data["attempt"]), entry
+
+
+def history_of(fields: dict[str, str]) -> dict[str, dict[int, dict[str, Any]]]:
+    """{node id: {attempt: entry}} of the attempts attempt.lua kept (map units left out)."""
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    for key, raw in fields.items():
+        node, sep, _n = key.partition(HISTORY)
+        if sep and "#" not in node and "@" not in node:
+            attempt, entry = _history_entry(raw)
+            out.setdefault(node, {})[attempt] = entry
+    return out
+
+
 @dataclass(frozen=True)
 class NodeStatus:
     """One node of a run. ``state``: pending (not released yet), queued (published, not
     started), running, retrying (waiting for a retry), mapping (a map waiting for its
     items), waiting (a wait_for() node waiting for its signal), child (waiting for the
-    child run it started), succeeded, failed, skipped (a branch not taken)."""
+    child run it started), succeeded, failed, skipped (a branch not taken),
+    upstream_failed (left unfinished by a failed run: it never runs), cancelled (left
+    unfinished by a cancelled run). ``history``: every attempt, oldest first
+    (``attempts`` counts them), each with its ``worker``, ``queued``, ``started``,
+    ``finished``, ``outcome``, ``error`` and ``traceback``."""
 
     state: str
     attempts: int = 0
@@ -101,24 +144,53 @@ class NodeStatus:
     waiting_since: float | None = None  # a wait_for() node: since when it waits (server time)
     signalled: float | None = None  # a wait_for() node: when its signal came
     child: str | None = None  # the child run the node started (child(flow))
+    history: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_fields(
-        cls, node_id: str, fields: dict[str, str], lease: float | None = None
+        cls,
+        node_id: str,
+        fields: dict[str, str],
+        lease: float | None = None,
+        kept: dict[int, dict[str, Any]] | None = None,
+        run_state: str = "running",
     ) -> NodeStatus:
         """One node's status from the run's node-state hash ("<node>:<field>" -> value;
-        "<node>:run" is a NodeRecord)."""
+        "<node>:run" is a NodeRecord), the attempts kept in its history (``kept``) and the
+        state of its run (which decides upstream_failed and cancelled)."""
         state = fields.get(f"{node_id}:state") or "pending"
         if state == "skipping":  # released as a skip, not yet passed on
             state = "skipped"
         record = NodeRecord.parse(fields.get(f"{node_id}:run"))
+        if run_state == "failed" and state in NOT_RUN_IN_FAILED:
+            state = "upstream_failed"
+        elif run_state == "cancelled" and state in UNFINISHED:
+            state = "cancelled"
+        error = parse_error(fields.get(f"{node_id}:error"))
+        history = [kept[n] for n in sorted(kept)] if kept else []
+        if record.attempts and (not kept or record.attempts not in kept):
+            # the latest attempt, when it ended otherwise than attempt.lua keeps (it
+            # succeeded, or it is still going)
+            history.append(
+                {
+                    "worker": record.worker,
+                    "queued": _time(fields.get(f"{node_id}:sent")),
+                    "started": record.started,
+                    "finished": record.finished,
+                    "outcome": state,
+                    "error": None
+                    if error is None
+                    else {"type": error.get("type", "Error"), "message": error.get("message", "")},
+                    "traceback": (error or {}).get("traceback") or None,
+                }
+            )
         return cls(
             state=state,
             attempts=record.attempts,
             worker=record.worker,
             started=record.started,
             finished=record.finished,
-            error=parse_error(fields.get(f"{node_id}:error")),
+            error=error,
             queued=_time(fields.get(f"{node_id}:queued")),
             lease=lease,
             redelivered=int(fields.get(f"{node_id}:redelivered", 0)),
@@ -126,6 +198,7 @@ class NodeStatus:
             waiting_since=_time(fields.get(f"{node_id}:waiting")),
             signalled=_time(fields.get(f"{node_id}:signalled")),
             child=fields.get(f"{node_id}:child"),
+            history=history,
         )
 
     def waiting(self, now: float) -> str | None:
@@ -249,9 +322,18 @@ class RunStatus:
         naming the run and the field."""
         leases = leases or {}
         nodes = {}
+        run_state = record.get("status") or "running"
+        try:
+            kept = history_of(fields)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise CorruptRecord(
+                f"run {run_id}: a node's attempt history does not parse ({exc})"
+            ) from exc
         for nid in order:
             try:
-                nodes[nid] = NodeStatus.from_fields(nid, fields, leases.get(nid))
+                nodes[nid] = NodeStatus.from_fields(
+                    nid, fields, leases.get(nid), kept.get(nid), run_state
+                )
             except (ValueError, TypeError) as exc:
                 raise CorruptRecord(
                     f"run {run_id}: the state of node {nid!r} does not parse ({exc})"

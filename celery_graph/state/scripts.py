@@ -63,6 +63,7 @@ SCRIPTS = (
     "signal",
     "child",
     "admit",
+    "attempt",
 )
 
 
@@ -452,6 +453,21 @@ class Scripts:
             return 0
         who = worker if mode == Mode.RELEASE else attempt or ""
         return int(self._run("lease", run_id, [Mode(mode).value, seconds, who, *fields]))
+
+    def attempt(
+        self,
+        run_id: str,
+        field: str,
+        outcome: str,
+        error_json: str = "",
+        traceback: str = "",
+        number: int | None = None,
+    ) -> bool:
+        """Keep attempt ``number`` (default: the latest) at ``field`` in its history as
+        ended with ``outcome`` (failed, retried, lost); False when there was nothing to keep
+        or it is kept already."""
+        args = [field, outcome, error_json, traceback, "" if not number else str(number)]
+        return bool(self._run("attempt", run_id, args))
 
     def reclaim(self, run_id: str, limit: int = 1000, hold: float | None = None) -> Reclaim:
         """The reconciler's look at a run (see reclaim.lua); ``hold``: server time until

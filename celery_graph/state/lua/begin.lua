@@ -102,7 +102,7 @@ if own then
   return answer({status, inputs, own})
 end
 local node = redis.call('HMGET', K.nodes, field .. ':state', record_field(field),
-                        field .. ':items')
+                        field .. ':items', field .. ':queued', field .. ':sent')
 local state = node[1]
 if state == 'failed' or state == 'skipped' or state == 'skipping'
     or (expands and node[3]) then
@@ -134,13 +134,25 @@ for i = FIRST_UPSTREAM, #ARGV do
 end
 local attempt = tonumber(record.attempts) + 1
 local started = {attempts = attempt, started = nowstr, finished = '', worker = worker}
--- (its "<field>:queued" time stays: when it was last released or sent again)
+-- (its "<field>:queued" time stays: when it was last released or sent again; "<field>:sent"
+-- keeps it for this attempt, for its history and its queue wait)
+local sent = node[4]
+-- the attempt this one follows goes to the history as retried (attempt.lua adds why, when
+-- its worker says so, maybe after this one began; the reconciler keeps a lost attempt
+-- there before it sends the node again)
+local previous = field .. ':history:' .. record.attempts
+if attempt > 1 and redis.call('HEXISTS', K.nodes, previous) == 0 then
+  redis.call('HSET', K.nodes, previous, cjson.encode({
+    attempt = attempt - 1, worker = record.worker, queued = node[5] or '',
+    started = record.started, finished = record.finished ~= '' and record.finished or nowstr,
+    outcome = 'retried', error = '', traceback = ''}))
+end
 if trace ~= '' then
-  redis.call('HSET', K.nodes, field .. ':state', 'running',
-             record_field(field), pack_record(started), field .. ':trace', trace)
+  redis.call('HSET', K.nodes, field .. ':state', 'running', record_field(field),
+             pack_record(started), field .. ':sent', sent or '', field .. ':trace', trace)
 else
-  redis.call('HSET', K.nodes, field .. ':state', 'running',
-             record_field(field), pack_record(started))
+  redis.call('HSET', K.nodes, field .. ':state', 'running', record_field(field),
+             pack_record(started), field .. ':sent', sent or '')
 end
 redis.call('ZREM', K.queued, field)
 -- the leases set may have emptied (Redis drops it): it takes the run's expiry again; the

@@ -15,7 +15,7 @@ function cut(text, n) {
 
 // A group's colour: the most pressing state among its members.
 function aggregate(counts, total) {
-  for (const s of ["failed", "running", "retrying", "mapping", "waiting", "queued"]) {
+  for (const s of ["failed", "running", "retrying", "mapping", "waiting", "queued", "upstream_failed", "cancelled"]) {
     if (counts[s]) return s;
   }
   const done = (counts.succeeded || 0) + (counts.skipped || 0);
@@ -97,8 +97,8 @@ function paint(drawing, status) {
       clear(bar);
       let x = 8;
       const width = box.w - 16;
-      for (const s of ["succeeded", "skipped", "failed", "running", "retrying", "queued",
-        "mapping", "waiting", "pending"]) {
+      for (const s of ["succeeded", "skipped", "failed", "upstream_failed", "cancelled",
+        "running", "retrying", "queued", "mapping", "waiting", "pending"]) {
         if (!counts[s]) continue;
         const w = (width * counts[s]) / box.members.length;
         bar.append(svg("rect", { class: `seg st-${s}`, x, y: box.h - 22, width: w, height: 5 }));
@@ -129,6 +129,20 @@ function field(label, value) {
   return h("div", { class: "fact" }, h("dt", {}, label), h("dd", {}, value));
 }
 
+// every attempt at a node, oldest first: who ran it, when, for how long, how it ended
+function historyView(history) {
+  if (!history || !history.length) return null;
+  return h("section", { id: "history" }, h("h3", {}, `Attempts (${history.length})`),
+    h("table", { class: "plain history" },
+      h("tr", {}, ["#", "outcome", "worker", "started", "ran for", "error"].map((c) => h("th", {}, c))),
+      history.map((a, i) => h("tr", { class: "attempt" },
+        h("td", { class: "num" }, String(i + 1)), h("td", {}, badge(a.outcome)),
+        h("td", { class: "mono small" }, a.worker || ""),
+        h("td", {}, a.started ? fmtTime(a.started) : ""),
+        h("td", { class: "num" }, a.started && a.finished ? fmtDuration(a.finished - a.started) : ""),
+        h("td", {}, a.error ? `${a.error.type}: ${a.error.message}` : "")))));
+}
+
 function errorView(err) {
   if (!err) return null;
   const where = err.node ? `node ${err.node}: ` : "";
@@ -153,7 +167,7 @@ export async function runPage(root, runId) {
   const graphBox = h("div", { class: "graph", id: "graph" });
   const legend = h("div", { class: "legend" },
     ["pending", "queued", "running", "retrying", "mapping", "waiting", "succeeded", "failed",
-      "skipped"]
+      "skipped", "upstream_failed", "cancelled"]
       .map((s) => h("span", {}, h("i", { class: `swatch st-${s}` }), s)));
   const detail = h("aside", { class: "detail", id: "detail" },
     h("p", { class: "muted" }, "Select a node to see its attempts, worker, times, result and error."));
@@ -266,6 +280,7 @@ export async function runPage(root, runId) {
       retry,
       signal,
       d.error ? h("section", {}, h("h3", {}, "Error"), errorView(d.error)) : null,
+      historyView(d.history),
       d.result ? h("section", {}, h("h3", {}, `Result (${d.result.size} bytes)`),
         d.result.preview === null ? h("p", { class: "muted" }, "too large to preview")
           : h("pre", { class: "result", id: "result" }, d.result.preview + (d.result.truncated ? "\n…" : ""))) : null,
