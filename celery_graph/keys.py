@@ -17,6 +17,7 @@ Layout (``P`` is the prefix, ``R`` a run id, ``N`` a node id)::
     P:worker:{W}:metrics      hash    task counters and histograms of worker W
     P:workers                 zset    hostname -> last heartbeat (server time)
     P:metrics:runs            hash    run counters and run-duration histogram
+    P:metrics:exporter        string  the worker that serves the deployment-wide metrics
     P:run:{R}                 hash    run record: status, graph, inputs, error, times
     P:run:{R}:results         hash    node id -> JSON result
     P:run:{R}:nodes           hash    "<N>:state", "<N>:run" (attempts|started|finished|
@@ -322,6 +323,10 @@ class Keys:
         """Run-level counters and the run-duration histogram, for every worker to serve."""
         return f"{self.prefix}:metrics:runs"
 
+    def metrics_exporter(self) -> str:
+        """The hostname of the one worker that serves the deployment-wide metrics (a lease)."""
+        return f"{self.prefix}:metrics:exporter"
+
 
 def key_pattern(prefix: str) -> re.Pattern[str]:
     """The pattern every key under ``prefix`` matches (tests check each key against it)."""
@@ -330,7 +335,7 @@ def key_pattern(prefix: str) -> re.Pattern[str]:
     return re.compile(
         rf"^{p}:(graph:[0-9a-f]{{64}}|runs|running|reconciler(:clock)?|workers|flows|runs:indexed"
         rf"|runs:flow:[A-Za-z0-9_.:\-]+|runs:state:(succeeded|failed|cancelled)"
-        rf"|worker:\{{[^\s:{{}}]+\}}(:metrics)?|metrics:runs|limits|schedules"
+        rf"|worker:\{{[^\s:{{}}]+\}}(:metrics)?|metrics:(runs|exporter)|limits|schedules"
         rf"|schedule:\{{[A-Za-z0-9_.:\-]+\}}(:lock)?|tasklimits"
         rf"|tasklimit:\{{[A-Za-z0-9_.:\-]+\}}:(held|waiting|messages|rate)"
         rf"|limit:\{{[A-Za-z0-9_.:\-]+\}}:(info|seq|(all|v\.[0-9a-f]{{20}}):(held|queue))"

@@ -9,7 +9,8 @@ Connect a receiver like any Celery signal::
         ...
 
 - ``run_started``: a run was created (sent once, by the process that submitted it);
-  arguments ``app``, ``run_id``, ``state`` (celery-graph's ``State``).
+  arguments ``app``, ``run_id``, ``state`` (celery-graph's ``State``), ``flow`` (the flow
+  name the run records, "" for none).
 - ``run_finished``: a run ended, succeeded, failed or cancelled (sent once, by the process
   whose call ended it); arguments ``app``, ``run_id``, ``state``.
 - ``graph_task_declared``: ``@task`` declared a graph task (sender: the function), or

@@ -452,13 +452,16 @@ def test_worker_scripts(walk_state, tag):
     }
     assert 0 < walk_state.client.ttl(walk_state.keys.worker_metrics(f"w-{tag}")) <= 30
     workers.count_run("started", None, (1.0,), ttl=30)
-    workers.count_run("succeeded", 0.5, (1.0,), ttl=30)
+    workers.count_run("succeeded", 0.5, (1.0,), ttl=30, flow="etl")
+    workers.count_reconciler({"resent": 2, "lost": 1, "reclaimed": 0}, ttl=30)
     assert workers.run_counters() == {
-        "started": 1,
-        "succeeded": 1,
-        "s": 0.5,
-        "b|1.0": 1,
-        "b|+Inf": 1,
+        "f||started": 1,
+        "f|etl|succeeded": 1,
+        "f|etl|s": 0.5,
+        "f|etl|b|1.0": 1,
+        "f|etl|b|+Inf": 1,
+        "r|resent": 2,
+        "r|lost": 1,
     }
     workers.remove(f"w-{tag}", "t1")
     assert walk_state.client.exists(walk_state.keys.worker(f"w-{tag}")) == 0

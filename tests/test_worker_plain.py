@@ -105,12 +105,14 @@ def test_plain_celery_worker_serves_histograms_and_healthz_without_redis(
             ("task", "tests.apps.ops_tasks.ops_long"),
             ("worker", info.hostname),
         )
-        finished = ("celery_graph_runs_finished_total", (("outcome", "succeeded"),))
+        finished = ("celery_graph_runs_finished_total", (("flow", ""), ("outcome", "succeeded")))
+        wait = (("queue", queue), ("worker", info.hostname))  # each node's queue wait
         m = wait_for(  # the run's end is counted after its waiters are woken
             lambda: (
                 (s := scrape(port)).get(("celery_graph_task_duration_seconds_count", labels)) == 1
                 and s.get(finished) == 1
-                and s.get(("celery_graph_runs_started_total", ())) == 1
+                and s.get(("celery_graph_runs_started_total", (("flow", ""),))) == 1
+                and s.get(("celery_graph_queue_wait_seconds_count", wait)) == 3
                 and s
             ),
             10,
@@ -125,9 +127,13 @@ def test_plain_celery_worker_serves_histograms_and_healthz_without_redis(
         assert m[("celery_graph_task_duration_seconds_bucket", plus(le="0.1"))] == 0
         assert m[("celery_graph_task_duration_seconds_sum", labels)] >= 0.2
         assert m[("celery_graph_tasks_total", plus(outcome="succeeded"))] == 1
-        assert m[("celery_graph_runs_started_total", ())] == 1
+        assert m[("celery_graph_runs_started_total", (("flow", ""),))] == 1
         assert m[finished] == 1
-        assert m[("celery_graph_run_duration_seconds_count", ())] == 1
+        assert m[("celery_graph_run_duration_seconds_count", (("flow", ""),))] == 1
+        # the one worker serves the deployment-wide figures; every node's queue wait
+        assert m[("celery_graph_deployment_exporter", (("worker", info.hostname),))] == 1
+        assert m[("celery_graph_reconciler_resent_nodes_total", ())] == 0
+        assert m[("celery_graph_queue_wait_seconds_bucket", (("le", "+Inf"), *wait))] == 3
         assert healthz(port) == 200
 
         graph.stop(kill=True)  # the graph Redis is gone: liveness does not care

@@ -89,7 +89,8 @@ def submit_spec(
     )
     if not created:
         return GraphRun(run_id, app=app)
-    run_started.send(sender=app, app=app, run_id=run_id, state=state)
+    flow = (extra_fields or {}).get("flow", "")
+    run_started.send(sender=app, app=app, run_id=run_id, state=state, flow=flow)
     if waits:
         assert slot is not None
         # a slot that freed while the run was being created went to it, but whoever

@@ -209,7 +209,8 @@ def refuse_run(
     redelivered message): nothing is recorded twice."""
     if not state.runs.refuse(run_id, graph_id, inputs_json, error, extra):
         return False
-    run_started.send(sender=app, app=app, run_id=run_id, state=state)
+    flow = (extra or {}).get("flow", "")
+    run_started.send(sender=app, app=app, run_id=run_id, state=state, flow=flow)
     run_finished.send(sender=app, app=app, run_id=run_id, state=state)
     after_run(app, state, run_id)
     return True
@@ -239,7 +240,9 @@ def start_child(app: Any, state: State, run_id: str, node_id: str, child: Child)
     created, _detail = state.runs.create(child_id, spec, inputs_json, extra=extra)
     if created:
         state.workers.count_semantics("children", state.settings.run_ttl)
-        run_started.send(sender=app, app=app, run_id=child_id, state=state)
+        run_started.send(
+            sender=app, app=app, run_id=child_id, state=state, flow=extra.get("flow", "")
+        )
         publish_nodes(app, spec, child_id, spec.roots)
     mark = state.scripts.mark_child(run_id, node_id, child_id)
     if mark == ChildMark.WAITING and not created:

@@ -414,6 +414,15 @@ class Reconciler:
             again.append(name)
             why.append(f"{name} ({WHY[kind]})")
         report.extended += len(wait)  # left as they are: looked at again a lease later
+        lost = sum(1 for name, kind, _q in r.expired if kind == Expiry.LOST and name in again)
+        acted = len(r.expired) - len(wait)
+        try:
+            state.workers.count_reconciler(
+                {"resent": len(again), "lost": lost, "reclaimed": acted},
+                state.settings.run_ttl,
+            )
+        except StoreUnavailable:
+            logger.warning("celery-graph: run %s: could not count the sweep", run_id)
         if again:
             for name, kind, _queued in r.expired:
                 if kind == Expiry.LOST and name in again:  # before a new attempt begins

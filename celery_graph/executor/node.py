@@ -133,6 +133,7 @@ class NodeRun:
             return None
         if begun.own is None:
             self.claim(begun.attempt)
+            self.task.request.graph_waited = begun.waited  # the queue-wait metric
         if expands and begun.own is None:
             return self.expand_map(dict(zip(self.upstream, begun.upstream)))
         if self.node.waits and begun.own is None:

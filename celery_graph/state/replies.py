@@ -203,6 +203,7 @@ class Begun(NamedTuple):
     # asked for by a watched node only (``trace`` given to Scripts.begin):
     flow: str | None = None  # the run's flow name
     links: dict[str, str] = {}  # predecessor -> its kept trace context (those that have one)
+    waited: float | None = None  # RUNNING: seconds in the queue, sent to started (server time)
 
 
 class Arrival(NamedTuple):

@@ -206,10 +206,19 @@ class Scripts:
             return Begun(_begin_status(status), None, None, [])
         if reply[2]:
             return Begun(Begin.RUNNING, reply[1], reply[2], [])
-        upstream = [r or None for r in reply[4:]]
+        asked = min(len(upstream_ids), PART)
+        upstream = [r or None for r in reply[4 : 4 + asked]]
+        waited = _text(reply[4 + asked]) if len(reply) > 4 + asked else ""
         if len(upstream_ids) > PART:
             upstream += self.results_of(run_id, upstream_ids[PART:])
-        return Begun(Begin.RUNNING, reply[1], None, upstream, int(reply[3]))
+        return Begun(
+            Begin.RUNNING,
+            reply[1],
+            None,
+            upstream,
+            int(reply[3]),
+            waited=max(0.0, float(waited)) if waited else None,
+        )
 
     def results_of(self, run_id: str, fields: list[str]) -> list[bytes | None]:
         """Stored results of ``fields``, read in parts (results never change once stored)."""

@@ -45,9 +45,16 @@ def bucket_label(le: float) -> str:
 
 
 def task_counts(
-    task: str, queue: str, outcome: str, runtime: float | None, buckets: Sequence[float]
+    task: str,
+    queue: str,
+    outcome: str,
+    runtime: float | None,
+    buckets: Sequence[float],
+    waited: float | None = None,
+    wait_buckets: Sequence[float] = (),
 ) -> tuple[dict[str, int], dict[str, float]]:
-    """The counters one task adds to its worker's hash: (whole numbers, floats)."""
+    """The counters one task adds to its worker's hash: (whole numbers, floats);
+    ``waited``: a node's time in its queue, sent to started (server time)."""
     series = f"{task}|{queue}"
     whole = {"processed": 1, f"n|{series}|{outcome}": 1}
     if outcome in ("succeeded", "failed", "retried"):
@@ -58,21 +65,28 @@ def task_counts(
         for le in (*buckets, float("inf")):
             if runtime <= le:
                 whole[f"b|{series}|{bucket_label(le)}"] = 1
+    if waited is not None:
+        floats[f"ws|{queue}"] = waited
+        for le in (*wait_buckets, float("inf")):
+            if waited <= le:
+                whole[f"wb|{queue}|{bucket_label(le)}"] = 1
     return whole, floats
 
 
 def run_counts(
-    event: str, duration: float | None, buckets: Sequence[float]
+    event: str, duration: float | None, buckets: Sequence[float], flow: str = ""
 ) -> tuple[dict[str, int], dict[str, float]]:
-    """The counters a run adds when it starts (``event`` "started") or ends ("succeeded",
-    "failed", "cancelled") after ``duration`` seconds: (whole numbers, floats)."""
-    whole = {event: 1}
+    """The counters a run of ``flow`` ("" for none) adds when it starts (``event``
+    "started") or ends ("succeeded", "failed", "cancelled") after ``duration`` seconds:
+    (whole numbers, floats), per flow (fields ``f|<flow>|...``)."""
+    series = f"f|{flow}"
+    whole = {f"{series}|{event}": 1}
     floats: dict[str, float] = {}
     if duration is not None:
-        floats["s"] = duration
+        floats[f"{series}|s"] = duration
         for le in (*buckets, float("inf")):
             if duration <= le:
-                whole[f"b|{bucket_label(le)}"] = 1
+                whole[f"{series}|b|{bucket_label(le)}"] = 1
     return whole, floats
 
 
@@ -248,10 +262,12 @@ class WorkerStore:
         runtime: float | None,
         buckets: Sequence[float],
         ttl: int,
+        waited: float | None = None,
+        wait_buckets: Sequence[float] = (),
     ) -> None:
         """One task ran to an end state (``outcome``: succeeded, failed, retried or other)
-        in a pool process of ``hostname``."""
-        whole, floats = task_counts(task, queue, outcome, runtime, buckets)
+        in a pool process of ``hostname``; ``waited``: a node's time in its queue."""
+        whole, floats = task_counts(task, queue, outcome, runtime, buckets, waited, wait_buckets)
         self.add_task_counts(hostname, whole, floats, ttl)
 
     def add_task_counts(
@@ -269,11 +285,16 @@ class WorkerStore:
         return {_text(k): float(v) for k, v in raw.items()}
 
     def count_run(
-        self, event: str, duration: float | None, buckets: Sequence[float], ttl: int
+        self,
+        event: str,
+        duration: float | None,
+        buckets: Sequence[float],
+        ttl: int,
+        flow: str = "",
     ) -> None:
-        """A run started (``event`` "started") or ended ("succeeded", "failed",
+        """A run of ``flow`` started (``event`` "started") or ended ("succeeded", "failed",
         "cancelled") after ``duration`` seconds."""
-        whole, floats = run_counts(event, duration, buckets)
+        whole, floats = run_counts(event, duration, buckets, flow)
         self.add_run_counts(whole, floats, ttl)
 
     def add_run_counts(self, whole: dict[str, int], floats: dict[str, float], ttl: int) -> None:
@@ -289,6 +310,13 @@ class WorkerStore:
         except StoreError:
             logging.getLogger("celery_graph").warning("celery-graph: could not count %s", event)
 
+    def count_reconciler(self, counts: dict[str, int], ttl: int) -> None:
+        """What a reconciler sweep did, deployment-wide (fields ``r|<what>``): nodes sent
+        again, nodes whose worker was lost, leases that ran out and were acted on."""
+        whole = {f"r|{what}": n for what, n in counts.items() if n}
+        if whole:
+            self._add(CounterKeys(self.keys.run_metrics()), whole, {}, ttl, "a sweep")
+
     def _add(
         self,
         keys: CounterKeys,
@@ -302,6 +330,31 @@ class WorkerStore:
         for field, amount in (*whole.items(), *floats.items()):
             args += [field, amount]
         translated(f"counting {what}", lambda: self._count(keys=list(keys), args=args))
+
+    def claim_exporter(self, hostname: str, ttl: int) -> bool:
+        """True when ``hostname`` serves the deployment-wide metrics: it held the lease or
+        took it (nobody held it); the holder renews it for ``ttl`` seconds."""
+        key = self.keys.metrics_exporter()
+
+        def claim() -> bool:
+            if self.client.set(key, hostname, nx=True, ex=ttl):
+                return True
+            if _text(self.client.get(key) or b"") == hostname:
+                self.client.expire(key, ttl)
+                return True
+            return False
+
+        return bool(translated("claiming the metrics exporter", claim))
+
+    def release_exporter(self, hostname: str) -> None:
+        """Give the exporter lease up, if ``hostname`` holds it (a worker that stops)."""
+        key = self.keys.metrics_exporter()
+
+        def release() -> None:
+            if _text(self.client.get(key) or b"") == hostname:
+                self.client.delete(key)
+
+        translated("releasing the metrics exporter", release)
 
     def run_counters(self) -> dict[str, float]:
         raw = translated(

@@ -19,22 +19,38 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
 )
+from prometheus_client.exposition import choose_encoder
 
 from ..config import DEFAULT_METRICS_HOST
 from ..dispatch import QueueDepth
 from ..errors import ConfigurationError
 from ..state import State
-from .metrics import RUN_DURATION_BUCKETS, TASK_DURATION_BUCKETS
+from .metrics import QUEUE_WAIT_BUCKETS, RUN_DURATION_BUCKETS, TASK_DURATION_BUCKETS
 
 logger = logging.getLogger("celery_graph.metrics")
 
 TEXT = "text/plain; charset=utf-8"
+EXPORTER_TTL = 60  # seconds the deployment-wide metrics stay with a worker no longer scraped
+# what the reconciler counts (state/workers.py, fields "r|<what>") -> metric, help
+RECONCILER = (
+    ("resent", "celery_graph_reconciler_resent_nodes", "Nodes the reconciler sent again"),
+    (
+        "lost",
+        "celery_graph_reconciler_lost_nodes",
+        "Nodes whose worker was lost while running them",
+    ),
+    (
+        "reclaimed",
+        "celery_graph_reconciler_reclaimed_leases",
+        "Leases that ran out and that the reconciler acted on",
+    ),
+)
 MAX_HEAD = 16 * 1024  # bytes of a request's line and headers
 BUSY = (
     b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
@@ -63,13 +79,19 @@ class WorkerCollector:
         queues: Callable[[], list[str]],
         in_flight: Callable[[], int],
         depth: QueueDepth | None,
+        exporter_ttl: int = EXPORTER_TTL,
     ) -> None:
         self.workers = state.workers
+        self.exporter_ttl = exporter_ttl
         self.hostname = hostname
         self.started = started  # time.monotonic() at start
         self.queues = queues
         self.in_flight = in_flight
         self.depth = depth
+
+    def release(self) -> None:
+        """The worker stops: another may serve the deployment-wide figures at once."""
+        self.workers.release_exporter(self.hostname)
 
     def collect(self) -> Iterator[Any]:
         m = self.workers.counters(self.hostname)
@@ -98,7 +120,18 @@ class WorkerCollector:
         )
         up.add_metric(host, time.monotonic() - self.started)
         yield up
-        yield from self._runs()
+        # deployment-wide figures: served by one worker only (the one holding the
+        # exporter lease), so sum() and rate() over all workers count each run once
+        exporter = self.workers.claim_exporter(self.hostname, self.exporter_ttl)
+        ex = GaugeMetricFamily(
+            "celery_graph_deployment_exporter",
+            "1 on the one worker that serves the deployment-wide metrics (runs, reconciler)",
+            labels=labels,
+        )
+        ex.add_metric(host, 1.0 if exporter else 0.0)
+        yield ex
+        if exporter:
+            yield from self._runs()
         if self.depth is not None:
             qd = GaugeMetricFamily(
                 "celery_graph_queue_depth",
@@ -120,9 +153,16 @@ class WorkerCollector:
         )
         sums: dict[tuple[str, str], float] = {}
         buckets: dict[tuple[str, str], dict[str, float]] = {}
+        wait_sums: dict[str, float] = {}
+        waits: dict[str, dict[str, float]] = {}
         for field, value in m.items():
             kind, _, rest = field.partition("|")
-            if kind == "n":
+            if kind == "ws":
+                wait_sums[rest] = value
+            elif kind == "wb":
+                queue, le = rest.rsplit("|", 1)
+                waits.setdefault(queue, {})[le] = value
+            elif kind == "n":
                 task, queue, outcome = rest.rsplit("|", 2)
                 outcomes.add_metric([self.hostname, task, queue, outcome], value)
             elif kind == "s":
@@ -144,24 +184,54 @@ class WorkerCollector:
                 sums.get((task, queue), 0.0),
             )
         yield hist
+        wait = HistogramMetricFamily(
+            "celery_graph_queue_wait_seconds",
+            "Time a node waited in its queue: sent (or sent again) to started, server time",
+            labels=["worker", "queue"],
+        )
+        for queue, counts in sorted(waits.items()):
+            wait.add_metric(
+                [self.hostname, queue],
+                _buckets(counts, QUEUE_WAIT_BUCKETS),
+                wait_sums.get(queue, 0.0),
+            )
+        yield wait
 
     def _runs(self) -> Iterator[Any]:
         r = self.workers.run_counters()
-        started = CounterMetricFamily("celery_graph_runs_started", "Runs created")
-        started.add_metric([], r.get("started", 0.0))
-        yield started
+        started = CounterMetricFamily(
+            "celery_graph_runs_started", "Runs created, by flow", labels=["flow"]
+        )
         finished = CounterMetricFamily(
-            "celery_graph_runs_finished", "Runs that ended, by outcome", labels=["outcome"]
+            "celery_graph_runs_finished",
+            "Runs that ended, by flow and outcome",
+            labels=["flow", "outcome"],
         )
-        for outcome in ("succeeded", "failed", "cancelled"):
-            finished.add_metric([outcome], r.get(outcome, 0.0))
-        yield finished
-        counts = {k[2:]: v for k, v in r.items() if k.startswith("b|")}
         hist = HistogramMetricFamily(
-            "celery_graph_run_duration_seconds", "Run duration, from creation to its end"
+            "celery_graph_run_duration_seconds",
+            "Run duration, from creation to its end, by flow",
+            labels=["flow"],
         )
-        hist.add_metric([], _buckets(counts, RUN_DURATION_BUCKETS), r.get("s", 0.0))
+        flows: dict[str, dict[str, float]] = {}
+        for field, value in r.items():
+            if field.startswith("f|"):
+                flow, _, what = field[2:].rpartition("|")
+                if flow.endswith("|b"):  # "f|<flow>|b|<le>"
+                    flow, what = flow[:-2], "b|" + what
+                flows.setdefault(flow, {})[what] = value
+        for flow, counts in sorted(flows.items()):
+            started.add_metric([flow], counts.get("started", 0.0))
+            for outcome in ("succeeded", "failed", "cancelled"):
+                finished.add_metric([flow, outcome], counts.get(outcome, 0.0))
+            bounds = {k[2:]: v for k, v in counts.items() if k.startswith("b|")}
+            hist.add_metric([flow], _buckets(bounds, RUN_DURATION_BUCKETS), counts.get("s", 0.0))
+        yield started
+        yield finished
         yield hist
+        for what, name, doc in RECONCILER:
+            c = CounterMetricFamily(name, doc)
+            c.add_metric([], r.get(f"r|{what}", 0.0))
+            yield c
         yield from _semantics(r)
 
 
@@ -208,12 +278,15 @@ class _Handler(BaseHTTPRequestHandler):
             ok = self.server.healthy()
             self._reply(200 if ok else 503, b"ok\n" if ok else b"stopped\n", TEXT)
         elif path == "/metrics":
+            # the exposition format the scraper asks for: OpenMetrics when its Accept
+            # header names it (Prometheus does), else the classic text format
+            encode, ctype = choose_encoder(self.headers.get("Accept", ""))
             try:
-                body = generate_latest(self.server.registry)
+                body = encode(self.server.registry)
             except Exception as exc:  # Redis down: say so, do not hang
                 self._reply(503, f"metrics unavailable: {exc}\n".encode(), TEXT)
                 return
-            self._reply(200, body, CONTENT_TYPE_LATEST)
+            self._reply(200, body, ctype)
         else:
             self._reply(404, b"not found: try /metrics or /healthz\n", TEXT)
 
@@ -312,6 +385,7 @@ class MetricsServer:
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
+        self.collector = collector
         self.port = port
         self.addr = addr
         self.healthy = healthy
@@ -346,3 +420,9 @@ class MetricsServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        release = getattr(self.collector, "release", None)
+        if release is not None:
+            try:
+                release()
+            except Exception:  # Redis away at shutdown: the lease runs out by itself
+                logger.warning("celery-graph: could not release the metrics exporter")

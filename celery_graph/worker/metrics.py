@@ -16,27 +16,32 @@ only it knows (in-flight tasks, uptime) and the depth of every queue the worker 
 the broker.
 
 Metric names (label ``worker`` = Celery hostname, ``task`` = task name, ``queue`` = the
-queue the message came from)::
+queue the message came from, ``flow`` = the run's flow name, "" for none)::
 
     celery_graph_task_duration_seconds{worker,task,queue}   histogram of execution time
     celery_graph_tasks_total{worker,task,queue,outcome}      succeeded, failed, retried...
+    celery_graph_queue_wait_seconds{worker,queue}            histogram, node sent to started
     celery_graph_worker_tasks_processed_total{worker}        tasks that ran to an end state
     celery_graph_worker_tasks_succeeded_total / _failed_total / _retried_total
     celery_graph_worker_task_runtime_seconds_total{worker}   summed execution time
     celery_graph_worker_tasks_in_flight{worker}              requests held right now
     celery_graph_worker_uptime_seconds{worker}
     celery_graph_queue_depth{queue}                          messages waiting in the broker
-    celery_graph_runs_started_total                          runs created (cluster-wide)
-    celery_graph_runs_finished_total{outcome}                succeeded, failed, cancelled
-    celery_graph_run_duration_seconds                        histogram, creation to end
+    celery_graph_deployment_exporter{worker}                 1 on the worker serving these:
+    celery_graph_runs_started_total{flow}                    runs created (deployment-wide)
+    celery_graph_runs_finished_total{flow,outcome}           succeeded, failed, cancelled
+    celery_graph_run_duration_seconds{flow}                  histogram, creation to end
+    celery_graph_reconciler_resent_nodes_total               nodes sent again
+    celery_graph_reconciler_lost_nodes_total                 nodes whose worker died
+    celery_graph_reconciler_reclaimed_leases_total           leases that ran out, acted on
     celery_graph_signals_total                               signals to wait_for() nodes
     celery_graph_wait_timeouts_total                         waits that timed out
     celery_graph_child_runs_total                            child runs started by child()
     celery_graph_steps_total{kind,outcome}                   handlers and compensations
 
-The run metrics count every run under the key prefix, whichever process started or
-ended it: every worker serves the same numbers (aggregate them with ``max``, not
-``sum``).
+The deployment-wide figures count every run under the key prefix, whichever process
+started or ended it, and one worker serves them (the holder of the exporter lease,
+``WorkerStore.claim_exporter``): summed over workers, each run counts once.
 """
 
 from __future__ import annotations
@@ -88,6 +93,22 @@ RUN_DURATION_BUCKETS = (
     3600.0,
     21600.0,
     86400.0,
+)
+
+# Upper bounds (seconds) of the queue-wait histogram's buckets (sent to started).
+QUEUE_WAIT_BUCKETS = (
+    0.01,
+    0.05,
+    0.1,
+    0.5,
+    1.0,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
 )
 
 # task_postrun's ``state`` -> the outcome label
@@ -194,6 +215,8 @@ def _on_postrun(
             _OUTCOME.get(state or "", (state or "unknown").lower()),
             None if began is None else time.monotonic() - began,
             TASK_DURATION_BUCKETS,
+            waited=getattr(task.request, "graph_waited", None),
+            wait_buckets=QUEUE_WAIT_BUCKETS,
         )
         tally.add(state_for(task.app), hostname, whole, floats)
     except Exception:  # metrics must never fail a task
@@ -219,10 +242,10 @@ def install_task_signals() -> None:
         _installed = True
 
 
-def _on_run_started(state: State | None = None, **_: Any) -> None:
+def _on_run_started(state: State | None = None, flow: str | None = None, **_: Any) -> None:
     if state is None:
         return
-    tally.add(state, "", *run_counts("started", None, RUN_DURATION_BUCKETS))
+    tally.add(state, "", *run_counts("started", None, RUN_DURATION_BUCKETS, flow or ""))
 
 
 def _on_run_finished(state: State | None = None, run_id: str = "", **_: Any) -> None:
@@ -234,7 +257,8 @@ def _on_run_finished(state: State | None = None, run_id: str = "", **_: Any) -> 
         if record.get("created") and record.get("finished"):  # both the server's time
             duration = max(0.0, float(record["finished"]) - float(record["created"]))
         event = record.get("status", "unknown")
-        tally.add(state, "", *run_counts(event, duration, RUN_DURATION_BUCKETS))
+        flow = record.get("flow", "")
+        tally.add(state, "", *run_counts(event, duration, RUN_DURATION_BUCKETS, flow))
     except Exception:
         logger.warning("celery-graph: could not count the end of run %s", run_id, exc_info=True)
 

@@ -48,7 +48,8 @@
 -- {Begin.UNRELEASED, upstream id or ""} when the state has not released the node (the
 -- id: an upstream node not finished); {Begin.RUNNING, inputs JSON, own result} when the
 -- result is stored (the caller must not call the function again); else {Begin.RUNNING,
--- inputs JSON, false, attempt number, upstream result or false ...}.
+-- inputs JSON, false, attempt number, upstream result or false ..., queue wait}: the
+-- queue wait is the seconds since the node was sent (server time), or "" when unknown.
 -- When ARGV[8] is not "", every answer ends with one more element, what the watchers
 -- show: {the run's flow name or false, each predecessor's trace context or false ...}.
 -- @include "clock"
@@ -160,7 +161,9 @@ redis.call('ZREM', K.queued, field)
 redis.call('ZADD', K.leases, now + tonumber(running_lease), field)
 redis.call('EXPIRE', K.leases, run_ttl)
 local out = {status, inputs, false, attempt}
-for _, result in ipairs(upstream) do
-  out[#out + 1] = result
+for i = 1, #ARGV - FIRST_UPSTREAM + 1 do
+  out[#out + 1] = upstream[i]
 end
+-- after the results: how long this attempt waited in its queue (seconds), or ""
+out[#out + 1] = sent and sent ~= '' and string.format('%.6f', now - tonumber(sent)) or ''
 return answer(out)
