@@ -62,7 +62,12 @@ def test_a_run_holds_the_fields_of_status_json_and_is_named_after_its_flow(app, 
         "nodes": {nid: asdict(n) for nid, n in status.nodes.items()},
     }
     assert data["flow"] == "ui-etl"  # its graph is the registered flow's
-    assert data["progress"] == {"done": 4, "failed": 0, "total": 4}
+    assert data["progress"] == {
+        "done": 4,
+        "failed": 0,
+        "total": 4,
+        "parts": {"succeeded": 4, "skipped": 0, "failed": 0, "upstream_failed": 0, "cancelled": 0},
+    }
     assert data["actions"] == {"cancel": False, "resume": False}
     assert data["inputs"] == {"n": 3}
     assert data["stalled"] == {}

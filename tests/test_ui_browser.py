@@ -255,3 +255,83 @@ def test_the_run_page_lists_handlers_and_compensations(app, ui, http, tag, page,
     row = page.locator('#steps tr[data-step="alert_fails"]')
     expect(playwright_api, row).to_contain_text("on_failure")
     expect(playwright_api, row).to_contain_text("RuntimeError: the pager is down")
+
+
+def test_a_failed_run_page_explains_the_failure_once_with_times_in_their_zone(
+    app, ui, http, browser, playwright_api, tmp_path
+):
+    """Issue 25: the bar shows the failed part and what never ran, the traceback appears
+    once with the internal frames folded, node boxes carry durations, times their zone,
+    and the timeline shows the nodes that ran."""
+    context = browser.new_context(
+        viewport={"width": 1440, "height": 760}, timezone_id="Europe/Paris"
+    )
+    context.set_default_timeout(WAIT_MS)
+    page = context.new_page()
+    try:
+        run_id = http.post("/api/flows/ui-boom/runs", {})["run_id"]
+        wait_api_state(http, run_id, "failed")
+        page.goto(f"{ui.url}runs/{run_id}")
+        expect(playwright_api, page.locator("#run-state")).to_have_attribute("data-state", "failed")
+        bar = page.locator("#run-head .bar")
+        widths = {
+            part: bar.locator(f'[data-part="{part}"]').evaluate("e => e.style.width")
+            for part in ("succeeded", "failed", "upstream_failed")
+        }
+        assert widths == {"succeeded": "0%", "failed": "50%", "upstream_failed": "50%"}
+        expect(playwright_api, page.locator("#run-head")).to_contain_text("UTC+01:00")
+        # the run's panel names the error; the traceback is in the node's panel only
+        expect(playwright_api, page.locator("#run-error")).to_contain_text("ui_boom went the node")
+        expect(playwright_api, page.locator("#run-error pre.traceback")).to_have_count(0)
+        expect(playwright_api, node(page, "ui_boom").locator("text.sub")).to_contain_text("s")
+        sub = node(page, "ui_boom").locator("text").last.text_content() or ""
+        assert any(ch.isdigit() for ch in sub) and sub.rstrip("+").endswith("s"), sub
+        page.locator("#run-error a").click()
+        trace = page.locator("#detail pre.traceback")
+        expect(playwright_api, trace).to_have_count(1)
+        expect(playwright_api, trace).to_contain_text('ui_tasks.py", line')
+        folded = trace.locator("details.internal")
+        assert folded.count() >= 1
+        expect(playwright_api, folded.first.locator("summary")).to_contain_text("internal frame")
+        assert not folded.first.evaluate("e => e.open")  # folded until asked for
+        expect(playwright_api, trace).to_contain_text("ValueError: ui_boom went the node")
+        expect(playwright_api, page.locator("#detail")).to_contain_text("UTC+01:00")
+        shot(page, tmp_path, "run-failed.png")
+        page.click("#show-timeline")
+        rows = page.locator("#timeline .row")
+        expect(playwright_api, rows).to_have_count(1)  # ui_after never ran
+        expect(playwright_api, rows.first).to_have_attribute("data-node", "ui_boom")
+        expect(playwright_api, page.locator("#graph")).to_be_hidden()
+        shot(page, tmp_path, "ui-timeline.png")
+        page.click("#show-timeline")
+        expect(playwright_api, page.locator("#graph")).to_be_visible()
+    finally:
+        context.close()
+
+
+def test_bulk_cancel_and_resume_from_the_runs_list(app, ui, http, gates, tag, page, playwright_api):
+    runs = [gated(tag).apply_async() for _ in range(2)]
+    for run in runs:
+        wait_for(lambda r=run: r.status().nodes["g1"].state == "running", 20, "g1 running")
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(f"{ui.url}?state=running")
+    for run in runs:
+        page.locator(f'tr[data-run="{run.id}"] input.pick').check()
+    expect(playwright_api, page.locator("#bulk-note")).to_have_text("2 selected")
+    page.click("#bulk-cancel")
+    expect(playwright_api, page.locator("#bulk-done")).to_have_text("cancelled 2 runs")
+    for run in runs:
+        assert http.get(f"/api/runs/{run.id}")["state"] == "cancelled"
+    page.goto(f"{ui.url}?state=cancelled")
+    for run in runs:
+        row = page.locator(f'tr[data-run="{run.id}"]')
+        expect(playwright_api, row.locator('[data-part="cancelled"]')).not_to_have_attribute(
+            "style", "width: 0%;"
+        )
+        row.locator("input.pick").check()
+    expect(playwright_api, page.locator("#bulk-cancel")).to_be_disabled()  # none is running
+    page.click("#bulk-resume")
+    expect(playwright_api, page.locator("#bulk-done")).to_have_text("resumed 2 runs")
+    gates.release(4)  # g1 (left running by the cancel) and g2 of each run
+    for run in runs:
+        assert run.get(timeout=30) == {"x": 2, "times": 4}

@@ -98,7 +98,16 @@ class Views:
             deadline=record_field(run_id, record, "deadline", float),
             resumed=record_field(run_id, record, "resumed", float),
             now=status.now,
-            progress={"done": done, "failed": counts.get("failed", 0), "total": len(spec.order)},
+            progress={
+                "done": done,
+                "failed": counts.get("failed", 0),
+                "total": len(spec.order),
+                # each part of the bar: what succeeded, was skipped, failed, never ran
+                "parts": {
+                    s: counts.get(s, 0)
+                    for s in ("succeeded", "skipped", "failed", "upstream_failed", "cancelled")
+                },
+            },
             stalled=status.stalled(),
             items=_items(fields, spec),
             actions={

@@ -2,7 +2,7 @@
 // run goes on; a node's (or a group's) detail; cancel, resume and retry; the form that
 // signals a waiting wait_for() node (an approval, or any JSON payload).
 import {
-  api, badge, clear, errorBox, fill, fmtDuration, fmtTime, h, progressBar, svg,
+  api, badge, clear, errorBox, fill, fmtDuration, fmtTime, h, progressBar, svg, tracebackView,
 } from "./util.js";
 
 const POLL_MS = 1000;
@@ -116,6 +116,10 @@ function paint(drawing, status) {
         text = `join of ${box.preds.length}`;
       }
       if (node.attempts > 1) text += (text ? " · " : "") + `${node.attempts} attempts`;
+      if (node.started) {  // how long it ran (or runs so far)
+        const ran = (node.finished || status.now) - node.started;
+        text += (text ? " · " : "") + fmtDuration(Math.max(0, ran)) + (node.finished ? "" : "+");
+      }
     }
     sub.textContent = text;
     title.textContent = `${box.label}: ${state}`;
@@ -143,13 +147,49 @@ function historyView(history) {
         h("td", {}, a.error ? `${a.error.type}: ${a.error.message}` : "")))));
 }
 
-function errorView(err) {
+// An error's line and, unless ``brief``, its traceback with the internal frames folded
+// (the run's panel is brief: the traceback is shown once, in the failed node's panel)
+function errorView(err, brief = false) {
   if (!err) return null;
   const where = err.node ? `node ${err.node}: ` : "";
   return h("div", { class: "node-error" },
     h("p", { class: "err-line" }, `${where}${err.type || "Error"}: ${err.message || ""}`),
-    err.traceback ? h("details", { open: true }, h("summary", {}, "traceback"),
-      h("pre", { class: "traceback" }, err.traceback)) : null);
+    !brief && err.traceback ? h("details", { open: true }, h("summary", {}, "traceback"),
+      tracebackView(err.traceback)) : null);
+}
+
+// The run's nodes on a time line: a bar from start to end for each node that started,
+// with its wait in the queue before it, in the order they started.
+function timelineView(status, onPick) {
+  const rows = Object.entries(status.nodes).filter(([, n]) => n.started)
+    .sort((a, b) => a[1].started - b[1].started);
+  if (!rows.length) return h("p", { class: "muted" }, "No node has started yet.");
+  const begin = status.created;
+  const end = Math.max(status.finished || status.now,
+    ...rows.map(([, n]) => n.finished || status.now));
+  const span = Math.max(end - begin, 0.001);
+  const pos = (t) => `${(100 * (t - begin)) / span}%`;
+  const width = (a, b) => `${Math.max((100 * (b - a)) / span, 0.2)}%`;
+  return h("div", {},
+    h("div", { class: "axis" }, h("span", {}, "node"),
+      h("span", {}, `0 … ${fmtDuration(span)}`), h("span", {}, "ran for")),
+    rows.map(([id, n]) => {
+      const stop = n.finished || status.now;
+      const track = h("div", { class: "track" });
+      if (n.queued && n.queued < n.started) {
+        const w = h("span", { class: "span wait", title: `waited ${fmtDuration(n.started - n.queued)} in its queue` });
+        w.style.left = pos(n.queued);
+        w.style.width = width(n.queued, n.started);
+        track.append(w);
+      }
+      const bar = h("span", { class: `span st-${n.state}`, title: `${id}: ${n.state}` });
+      bar.style.left = pos(n.started);
+      bar.style.width = width(n.started, stop);
+      track.append(bar);
+      return h("div", { class: "row", "data-node": id, onclick: () => onPick(id) },
+        h("span", { class: "mono" }, id), track,
+        h("span", { class: "num" }, fmtDuration(stop - n.started) + (n.finished ? "" : "+")));
+    }));
 }
 
 export async function runPage(root, runId) {
@@ -195,7 +235,17 @@ export async function runPage(root, runId) {
     const natural = graphBox.classList.toggle("natural");
     zoom.textContent = natural ? "Fit to width" : "Actual size";
   });
-  graphBox.before(h("div", { class: "graph-tools" }, zoom,
+  const timeline = h("div", { class: "timeline", id: "timeline", hidden: true });
+  graphBox.after(timeline);
+  const views = h("button", { type: "button", id: "show-timeline" }, "Timeline");
+  views.addEventListener("click", () => {
+    const showing = timeline.hidden;
+    timeline.hidden = !showing;
+    graphBox.hidden = showing;
+    views.textContent = showing ? "Graph" : "Timeline";
+    if (showing) renderTimeline();
+  });
+  graphBox.before(h("div", { class: "graph-tools" }, views, zoom,
     h("span", { class: "muted small" }, `${layout.node_count} nodes` + (layout.grouped
       ? ", drawn with groups: select a group to list its members" : ""))));
 
@@ -209,7 +259,7 @@ export async function runPage(root, runId) {
       field(status.finished ? "finished" : "running for",
         status.finished ? `${fmtTime(status.finished)} (${fmtDuration(status.finished - status.created)})`
           : fmtDuration(status.now - status.created)),
-      field("progress", progressBar(p.done, p.failed, p.total)),
+      field("progress", progressBar(p.done, p.failed, p.total, p.parts)),
       field("deadline", status.deadline ? fmtTime(status.deadline) : null),
       field("parent", status.parent ? h("span", {}, h("a", { href: `runs/${status.parent}`,
         class: "mono", id: "parent-link" }, status.parent), ` (node ${status.parent_node})`) : null),
@@ -222,7 +272,11 @@ export async function runPage(root, runId) {
     terminate.disabled = !status.actions.cancel;
     resume.disabled = !status.actions.resume;
     fill(failure, status.error ? h("section", { class: "panel failed" },
-      h("h2", {}, status.state === "cancelled" ? "Cancelled" : "Failed"), errorView(status.error)) : null);
+      h("h2", {}, status.state === "cancelled" ? "Cancelled" : "Failed"), errorView(status.error, true),
+      status.error.node && status.nodes[status.error.node] ? h("p", { class: "muted small" },
+        "Its traceback is in node ", h("a", { href: "#", class: "mono", onclick: (ev) => {
+          ev.preventDefault(); select(boxOf(status.error.node), status.error.node); } },
+        status.error.node), "'s panel.") : null) : null);
     const after = Object.entries(status.steps || {});
     fill(steps, after.length ? h("section", { class: "panel" },
       h("h2", {}, "Handlers and compensations"),
@@ -342,6 +396,10 @@ export async function runPage(root, runId) {
     else showNode(member || box.id);
   }
 
+  function renderTimeline() {
+    if (!timeline.hidden) fill(timeline, timelineView(status, (id) => select(boxOf(id), id)));
+  }
+
   function refreshDetail() {
     if (!selected) return;
     if (selected.kind === "group" && !selected.focus) showGroup(selected);
@@ -382,6 +440,7 @@ export async function runPage(root, runId) {
     }
     renderHead();
     paint(drawing, status);
+    renderTimeline();
     refreshDetail();
     if (!FINAL.includes(status.state)) timer = setTimeout(poll, POLL_MS);
   }

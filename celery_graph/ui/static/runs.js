@@ -17,6 +17,8 @@ function fromLocalInput(value) {
   return value ? String(new Date(value).getTime() / 1000) : "";
 }
 
+const FINAL_NOT_OK = ["failed", "cancelled"];
+
 export async function runsPage(root) {
   const params = new URLSearchParams(location.search);
   const filters = {
@@ -54,7 +56,53 @@ export async function runsPage(root) {
   const older = h("button", { type: "button", id: "older", disabled: true }, "Older ›");
   const pager = h("div", { class: "pager" }, newer, older, status);
   const message = h("div");
-  fill(root, h("h1", {}, "Runs"), form, message, table, pager);
+  // bulk actions on the selected runs: each is cancelled or resumed through its own call;
+  // the selection outlives the page's refresh
+  const selected = new Set();
+  const allBox = h("input", { type: "checkbox", id: "pick-all", "aria-label": "select every run shown",
+    onchange: () => {
+      for (const b of picks()) {
+        b.checked = allBox.checked;
+        if (b.checked) selected.add(b.dataset.run); else selected.delete(b.dataset.run);
+      }
+      syncBulk();
+    } });
+  const bulkCancel = h("button", { type: "button", id: "bulk-cancel", class: "danger", disabled: true },
+    "Cancel selected");
+  const bulkResume = h("button", { type: "button", id: "bulk-resume", disabled: true }, "Resume selected");
+  const bulkNote = h("span", { class: "muted small", id: "bulk-note" });
+  const bulk = h("div", { class: "runs-actions" }, bulkCancel, bulkResume, bulkNote);
+  function picks() { return [...table.querySelectorAll("input.pick")]; }
+  function chosen(states) { return picks().filter((b) => b.checked && states.includes(b.dataset.state)); }
+  function syncBulk() {
+    bulkCancel.disabled = !chosen(["running"]).length;
+    bulkResume.disabled = !chosen(FINAL_NOT_OK).length;
+    const n = picks().filter((b) => b.checked).length;
+    bulkNote.textContent = n ? `${n} selected` : "";
+  }
+  async function bulkAct(action, states, question) {
+    const ids = chosen(states).map((b) => b.dataset.run);
+    if (!ids.length || (question && !window.confirm(question(ids.length)))) return;
+    const failed = [];
+    for (const id of ids) {
+      try {
+        await api(`runs/${id}/${action}`, { method: "POST", body: {} });
+      } catch (err) {
+        failed.push(`${id.slice(0, 8)}: ${err.message}`);
+      }
+    }
+    const done = ids.length - failed.length;
+    fill(message, failed.length ? errorBox(`${action}: ${done} of ${ids.length} done; ${failed.join("; ")}`)
+      : h("div", { class: "ok-box", role: "status", id: "bulk-done" },
+        `${action === "cancel" ? "cancelled" : "resumed"} ${done} run${done === 1 ? "" : "s"}`));
+    allBox.checked = false;
+    selected.clear();
+    await load(true);
+  }
+  bulkCancel.addEventListener("click", () => bulkAct("cancel", ["running"],
+    (n) => `Cancel ${n} run${n === 1 ? "" : "s"}? No pending node of them starts after this.`));
+  bulkResume.addEventListener("click", () => bulkAct("resume", FINAL_NOT_OK));
+  fill(root, h("h1", {}, "Runs"), form, message, bulk, table, pager);
 
   function showCustom() {
     custom.hidden = rangeSel.value !== "custom";
@@ -97,7 +145,13 @@ export async function runsPage(root) {
     const link = h("a", { href: `runs/${run.run_id}`, class: "mono", title: run.run_id },
       shortId(run.run_id));
     const err = run.error ? `${run.error.node ? run.error.node + ": " : ""}${run.error.type}` : "";
+    const pick = h("input", { type: "checkbox", class: "pick", "aria-label": `select run ${run.run_id}`,
+      checked: selected.has(run.run_id),
+      onchange: () => { if (pick.checked) selected.add(run.run_id); else selected.delete(run.run_id); syncBulk(); } });
+    pick.dataset.run = run.run_id;
+    pick.dataset.state = run.state;
     return h("tr", { "data-run": run.run_id, "data-state": run.state },
+      h("td", {}, pick),
       h("td", {}, link, run.matched ? h("span", { class: "muted small" }, ` (${run.matched})`) : null),
       h("td", {}, run.flow || h("span", { class: "muted", title: run.graph_id || "" },
         "graph " + (run.graph_id || "").slice(0, 8))),
@@ -108,22 +162,28 @@ export async function runsPage(root) {
           h("a", { href: `runs/${run.parent}`, class: "mono parent-link" }, shortId(run.parent))) : null),
       h("td", { class: "nowrap" }, fmtTime(run.created)),
       h("td", { class: "num" }, fmtDuration(run.duration) + (run.finished ? "" : "+")),
-      h("td", {}, progressBar(run.done, 0, run.nodes)),
+      h("td", {}, progressBar(run.done, 0, run.nodes, {
+        succeeded: run.done,
+        // what a run that ended without succeeding did not do
+        [run.state === "failed" ? "upstream_failed" : "cancelled"]:
+          FINAL_NOT_OK.includes(run.state) ? run.nodes - run.done : 0,
+      })),
       h("td", { class: "err", title: run.error ? run.error.message : "" }, err));
   }
 
-  async function load() {
+  async function load(keepMessage = false) {
     clearTimeout(timer);
     remember();
     try {
       const page = await api("runs", { params: query() });
-      clear(message);
+      if (!keepMessage) clear(message);
       fill(table, 
-        h("thead", {}, h("tr", {}, ["Run", "Flow", "State", "Started", "Duration", "Progress",
-          "Error"].map((t) => h("th", {}, t)))),
+        h("thead", {}, h("tr", {}, h("th", {}, allBox), ["Run", "Flow", "State", "Started",
+          "Duration", "Progress", "Error"].map((t) => h("th", {}, t)))),
         h("tbody", {}, page.runs.length ? page.runs.map(row)
-          : h("tr", {}, h("td", { colspan: 7, class: "muted empty" },
+          : h("tr", {}, h("td", { colspan: 8, class: "muted empty" },
             filters.q ? "No run has that id or idempotency key." : "No runs match."))));
+      syncBulk();
       older.disabled = !page.next;
       older.onclick = () => { cursors.push(cursor); cursor = page.next; load(); };
       newer.disabled = cursors.length === 0 && !cursor;
