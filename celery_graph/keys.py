@@ -8,6 +8,8 @@ Layout (``P`` is the prefix, ``R`` a run id, ``N`` a node id)::
     P:runs:state:<state>      zset    run id -> start time, runs that ended so (succeeded,
                                       failed, cancelled); dropped when a run resumes
     P:flows                   zset    flow name -> last submission
+    P:flowstats:<F>:<D>       hash    flow F's runs that ended on UTC day D, per hour:
+                                      "<h>|<outcome>" counts, "<h>|b|<le>" durations
     P:runs:indexed            string  server time since which the three above are written
     P:running                 zset    run id -> when the reconciler looks at it next
     P:reconciler              string  lock: one reconciler sweeps at a time
@@ -22,7 +24,9 @@ Layout (``P`` is the prefix, ``R`` a run id, ``N`` a node id)::
     P:run:{R}:results         hash    node id -> JSON result
     P:run:{R}:nodes           hash    "<N>:state", "<N>:run" (attempts|started|finished|
                                       worker), "<N>:queued", "<N>:trace" (its span's
-                                      traceparent, when traced), ... -> per-node state
+                                      traceparent, when traced), "<N>:sent" (when its
+                                      latest attempt was sent), "<N>:history:<a>" (an
+                                      ended attempt, JSON), ... -> per-node state
     P:run:{R}:sinks           set     sinks that have finished
     P:run:{R}:done            list    completion signal waiters block on
     P:run:{R}:state           hash    shared state of the run (RunContext)
@@ -201,6 +205,11 @@ class Keys:
     def flow_runs(self, flow: str) -> str:
         return f"{self.prefix}:runs:flow:{flow_key_part(flow)}"
 
+    def flow_stats(self, flow: str, day: int) -> str:
+        """One flow's ended runs of one UTC day (days since the epoch): counts by outcome and
+        a duration histogram, per hour (fields ``<hour>|<outcome>``, ``<hour>|b|<le>``)."""
+        return f"{self.prefix}:flowstats:{flow_key_part(flow)}:{day}"
+
     def state_runs(self, state: str) -> str:
         if state not in FINAL_STATES:
             raise ValueError(f"runs are indexed by final state only, not {state!r}")
@@ -335,6 +344,7 @@ def key_pattern(prefix: str) -> re.Pattern[str]:
     return re.compile(
         rf"^{p}:(graph:[0-9a-f]{{64}}|runs|running|reconciler(:clock)?|workers|flows|runs:indexed"
         rf"|runs:flow:[A-Za-z0-9_.:\-]+|runs:state:(succeeded|failed|cancelled)"
+        rf"|flowstats:[A-Za-z0-9_.:\-]+:\d+"
         rf"|worker:\{{[^\s:{{}}]+\}}(:metrics)?|metrics:(runs|exporter)|limits|schedules"
         rf"|schedule:\{{[A-Za-z0-9_.:\-]+\}}(:lock)?|tasklimits"
         rf"|tasklimit:\{{[A-Za-z0-9_.:\-]+\}}:(held|waiting|messages|rate)"

@@ -377,3 +377,41 @@ def test_basic_auth_guards_everything_but_the_health_check(app):
         assert status == 200 and '<base href="/graphs/">' in page
     finally:
         server.stop()
+
+
+def test_flows_carry_their_success_rate_and_duration_percentiles_from_counters(app, http):
+    """Issue 25: each flow's last day and week, from per-flow counters written once per
+    ending: the numbers stay when the runs' records are gone (no scan of runs)."""
+
+    def stats(name: str) -> dict:
+        (flow,) = [f for f in http.get("/api/flows")["flows"] if f["name"] == name]
+        return flow["stats"]
+
+    before = {name: stats(name) for name in ("ui-echo", "ui-boom")}
+    started = [http.post("/api/flows/ui-echo/runs", {"inputs": {"x": i}})["run_id"] for i in (1, 2)]
+    started.append(http.post("/api/flows/ui-boom/runs", {})["run_id"])
+    for run_id in started:
+        wait_state(http, run_id, ("succeeded", "failed"))
+    echo = wait_for(
+        lambda: (
+            (s := stats("ui-echo"))["day"]["runs"] == before["ui-echo"]["day"]["runs"] + 2 and s
+        ),
+        10,
+        "the two echo runs counted",
+    )
+    assert echo["day"]["succeeded"] == before["ui-echo"]["day"]["succeeded"] + 2
+    assert echo["week"]["runs"] == before["ui-echo"]["week"]["runs"] + 2
+    assert echo["day"]["p50"] is not None and 0 < echo["day"]["p95"] <= 60
+    boom = stats("ui-boom")
+    assert boom["day"]["failed"] == before["ui-boom"]["day"]["failed"] + 1
+    assert boom["day"]["success_rate"] < 1
+    state = state_for(app)
+    for run_id in started:  # the runs' records gone: the counters answer the same
+        state.client.delete(state.keys.run(run_id))
+    assert stats("ui-echo") == echo
+    again = http.post("/api/flows/ui-echo/runs", {"inputs": {"x": 3}})["run_id"]
+    wait_state(http, again, ("succeeded",))
+    state.runs.index_ended(again)  # a second listing of the same end counts nothing
+    wait_for(lambda: stats("ui-echo")["day"]["runs"] == echo["day"]["runs"] + 1, 10, "one more")
+    state.runs.index_ended(again)
+    assert stats("ui-echo")["day"]["runs"] == echo["day"]["runs"] + 1

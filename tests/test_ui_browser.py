@@ -335,3 +335,25 @@ def test_bulk_cancel_and_resume_from_the_runs_list(app, ui, http, gates, tag, pa
     gates.release(4)  # g1 (left running by the cancel) and g2 of each run
     for run in runs:
         assert run.get(timeout=30) == {"x": 2, "times": 4}
+
+
+def test_the_flows_page_shows_each_flows_last_day_and_week(
+    app, ui, http, page, playwright_api, tmp_path
+):
+    run_id = http.post("/api/flows/ui-echo/runs", {"inputs": {"x": 5}})["run_id"]
+    wait_api_state(http, run_id, "succeeded")
+    wait_for(
+        lambda: next(f for f in http.get("/api/flows")["flows"] if f["name"] == "ui-echo")["stats"][
+            "day"
+        ]["runs"],
+        10,
+        "the run counted",
+    )
+    page.goto(f"{ui.url}flows")
+    day = page.locator('#flow-ui-echo table.stats tr[data-window="last day"]')
+    expect(playwright_api, day).to_be_visible()
+    expect(playwright_api, day.locator("td.rate")).to_contain_text("%")
+    expect(
+        playwright_api, page.locator('#flow-ui-echo tr[data-window="last week"]')
+    ).to_be_visible()
+    shot(page, tmp_path, "ui-flows.png")

@@ -161,6 +161,57 @@ class RunIndex:
         )
         return [_text(m) for m in raw]
 
+    # -- a flow's stats ----------------------------------------------------------------
+
+    def flow_stats(self, flow: str, since: float, now: float) -> dict[str, Any]:
+        """How the runs of ``flow`` that ended between ``since`` and ``now`` (server time)
+        went, from its per-day counters (never a scan of runs): ``runs``, the count by
+        outcome, ``success_rate`` (None with no run) and the duration percentiles ``p50``,
+        ``p95`` and ``p99`` (a bucket's upper bound, seconds; None with no run). Hours are
+        whole: ``since`` counts from the start of its hour."""
+        first, last = int(since // 86400), int(now // 86400)
+        keys = [self.keys.flow_stats(flow, day) for day in range(first, last + 1)]
+
+        def read() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.hgetall(key)
+            return list(pipe.execute())
+
+        low = int(since // 3600)
+        outcomes = {"succeeded": 0, "failed": 0, "cancelled": 0}
+        buckets: dict[float, int] = {}
+        for raw in translated("reading a flow's stats", read):
+            for field, value in raw.items():
+                hour, _, what = _text(field).partition("|")
+                if int(hour) < low:
+                    continue
+                if what.startswith("b|"):
+                    le = float(what[2:])  # "+Inf" parses as inf
+                    buckets[le] = buckets.get(le, 0) + int(value)
+                elif what in outcomes:
+                    outcomes[what] += int(value)
+        runs = sum(outcomes.values())
+        ordered = sorted(buckets.items())
+        total = sum(n for _, n in ordered)
+
+        def quantile(q: float) -> float | None:
+            seen = 0
+            for le, n in ordered:
+                seen += n
+                if total and seen >= q * total:
+                    return None if le == float("inf") else le  # past the last bound
+            return None
+
+        return {
+            "runs": runs,
+            **outcomes,
+            "success_rate": outcomes["succeeded"] / runs if runs else None,
+            "p50": quantile(0.5),
+            "p95": quantile(0.95),
+            "p99": quantile(0.99),
+        }
+
     # -- run records -------------------------------------------------------------------
 
     def rows(

@@ -12,6 +12,32 @@ from ..model import FINAL_STATES, GraphSpec, Outcome, RunStatus
 from .connection import WAIT_SLICE, translated
 from .graphs import GraphStore
 from .scripts import Scripts
+from .workers import bucket_label
+
+# A flow's stats (the dashboard's Flows page): days kept, and the upper bounds (seconds)
+# of the run-duration histogram its percentiles are read from.
+FLOW_STATS_DAYS = 8
+FLOW_DURATION_BUCKETS = (
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1200.0,
+    1800.0,
+    3600.0,
+    7200.0,
+    14400.0,
+    28800.0,
+    86400.0,
+)
 
 
 class RunStore:
@@ -127,7 +153,32 @@ class RunStore:
             if other != status:
                 pipe.zrem(k.state_runs(other), run_id)
         self._index(pipe, k.state_runs(status), run_id, float(record["created"]))
-        translated("indexing a run", pipe.execute)
+        replies = translated("indexing a run", pipe.execute)
+        added = replies[len(FINAL_STATES) - 1]  # the ZADD: 1 when this call listed it
+        if added and record.get("flow") and record.get("finished"):
+            self._count_flow_end(record["flow"], status, record)
+
+    def _count_flow_end(self, flow: str, status: str, record: dict[str, str]) -> None:
+        """Count an ended run in its flow's stats of the day (the one call that listed it
+        under its final state counts it: once per ending)."""
+        finished = float(record["finished"])
+        duration = max(0.0, finished - float(record["created"]))
+        hour = int(finished // 3600)
+        key = self.keys.flow_stats(flow, int(finished // 86400))
+        fields = {f"{hour}|{status}": 1}
+        for le in (*FLOW_DURATION_BUCKETS, float("inf")):
+            if duration <= le:
+                fields[f"{hour}|b|{bucket_label(le)}"] = 1
+                break  # one bucket: the histogram is cumulated when read
+
+        def write() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            for field, n in fields.items():
+                pipe.hincrby(key, field, n)
+            pipe.expire(key, FLOW_STATS_DAYS * 86400)
+            pipe.execute()
+
+        translated("counting a flow's run", write)
 
     def index_resumed(self, run_id: str) -> None:
         """A resumed run is running again: off the final-state indexes."""

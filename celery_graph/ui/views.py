@@ -244,7 +244,18 @@ class Views:
         return out
 
     def flows(self) -> list[dict[str, Any]]:
-        return [f.as_json() for f in self.registry.flows.values()]
+        """The registered flows, each with how its runs went over the last day and week
+        (``stats``: from per-flow counters, never a scan of runs)."""
+        now = self.state.runs.time()
+        out = []
+        for f in self.registry.flows.values():
+            data = f.as_json()
+            data["stats"] = {
+                "day": self.state.index.flow_stats(f.name, now - 86400, now),
+                "week": self.state.index.flow_stats(f.name, now - 7 * 86400, now),
+            }
+            out.append(data)
+        return out
 
     def flow_names(self) -> list[str]:
         """Names for the runs page's filter: registered flows, then flows runs recorded."""

@@ -10,6 +10,22 @@ function parseValue(raw) {
   }
 }
 
+// How a flow's runs went over the last day and week: runs ended, success rate, duration
+// percentiles (upper bounds of the histogram's buckets, hence "≤")
+function statsView(stats) {
+  if (!stats) return null;
+  const pct = (r) => (r === null ? "-" : `${(100 * r).toFixed(r === 1 ? 0 : 1)}%`);
+  const dur = (s) => (s === null ? "-" : `≤ ${fmtDuration(s)}`);
+  const row = (label, s) => h("tr", { "data-window": label },
+    h("td", {}, label), h("td", { class: "num" }, String(s.runs)),
+    h("td", { class: "num rate" }, pct(s.success_rate)),
+    h("td", { class: "num" }, String(s.failed)), h("td", { class: "num" }, String(s.cancelled)),
+    h("td", { class: "num" }, dur(s.p50)), h("td", { class: "num" }, dur(s.p95)));
+  return h("table", { class: "plain stats" },
+    h("tr", {}, ["", "runs ended", "succeeded", "failed", "cancelled", "p50", "p95"].map((c) => h("th", {}, c))),
+    row("last day", stats.day), row("last week", stats.week));
+}
+
 function flowCard(flow) {
   const fields = flow.inputs.map((input) => h("label", { class: "input" },
     h("span", { class: "mono" }, input.name, input.required ? h("b", { title: "required" }, " *") : null),
@@ -44,6 +60,7 @@ function flowCard(flow) {
   });
   return h("section", { class: "panel flow", id: `flow-${flow.name}` },
     h("h2", {}, flow.name),
+    statsView(flow.stats),
     h("p", { class: "muted" }, h("span", { class: "mono" }, flow.ref), ` · ${flow.nodes} nodes · `,
       h("a", { href: `./?flow=${encodeURIComponent(flow.name)}` }, "its runs")),
     form);
