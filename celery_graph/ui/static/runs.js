@@ -18,6 +18,7 @@ function fromLocalInput(value) {
 }
 
 const FINAL_NOT_OK = ["failed", "cancelled"];
+const CANCELLABLE = ["running", "queued"];  // queued: waiting for a concurrency slot
 
 export async function runsPage(root) {
   const params = new URLSearchParams(location.search);
@@ -75,7 +76,7 @@ export async function runsPage(root) {
   function picks() { return [...table.querySelectorAll("input.pick")]; }
   function chosen(states) { return picks().filter((b) => b.checked && states.includes(b.dataset.state)); }
   function syncBulk() {
-    bulkCancel.disabled = !chosen(["running"]).length;
+    bulkCancel.disabled = !chosen(CANCELLABLE).length;
     bulkResume.disabled = !chosen(FINAL_NOT_OK).length;
     const n = picks().filter((b) => b.checked).length;
     bulkNote.textContent = n ? `${n} selected` : "";
@@ -99,7 +100,7 @@ export async function runsPage(root) {
     selected.clear();
     await load(true);
   }
-  bulkCancel.addEventListener("click", () => bulkAct("cancel", ["running"],
+  bulkCancel.addEventListener("click", () => bulkAct("cancel", CANCELLABLE,
     (n) => `Cancel ${n} run${n === 1 ? "" : "s"}? No pending node of them starts after this.`));
   bulkResume.addEventListener("click", () => bulkAct("resume", FINAL_NOT_OK));
   fill(root, h("h1", {}, "Runs"), form, message, bulk, table, pager);
