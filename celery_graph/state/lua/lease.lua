@@ -55,7 +55,8 @@ for i = FIRST_FIELD, #ARGV do
         and read_record(field).attempts == who then
       redis.call('ZREM', K.leases, field)
       redis.call('ZADD', K.queued, expiry, field)
-      redis.call('HSET', K.nodes, field .. ':state', 'retrying')
+      -- sent again now (Celery's retry): its next attempt's queue wait counts from here
+      redis.call('HSET', K.nodes, field .. ':state', 'retrying', field .. ':queued', nowstr)
       set = set + 1
     end
   elseif mode == Mode.REDELIVER then
