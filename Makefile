@@ -1,5 +1,7 @@
 # Two commands set everything up on a fresh Linux machine with Python 3.11:
 #   make demo   - runs examples/quickstart.py on a private Redis with a real worker
+#   make check  - the fast loop: ruff, mypy, lint-imports and the tests not marked slow,
+#                 two at a time (pytest-xdist); about a minute and a half once .venv exists
 #   make test   - creates .venv, installs, runs the test suite, then its engine suite on
 #                 Python 3.10 (lowest dependency versions, Celery 5.3) and 3.13 (newest):
 #                 make test-pythons
@@ -13,6 +15,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: venv test test-pythons demo docs docs-tables lint typecheck bench bench-quick bench-steps bench-profile bench-recovery bench-limits clean
+.PHONY: check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +24,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# pytest-xdist processes for make check and make test
+JOBS ?= 2
+
+check: $(STAMP)
+	$(BIN)/ruff check celery_graph tests examples bench
+	$(BIN)/ruff format --check celery_graph tests examples bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -m "not slow" -n $(JOBS) --dist loadgroup
 
 test: $(STAMP)
 	$(BIN)/ruff check celery_graph tests examples bench

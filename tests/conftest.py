@@ -1,5 +1,12 @@
 """Fixtures: a real Redis (private unless CELERY_GRAPH_REDIS_URL is set), a Celery app with
-its own queue and key prefix, and a real in-process Celery worker."""
+its own queue and key prefix, and a real in-process Celery worker.
+
+The test tiers (docs/testing.md) are set here too: a test is marked ``slow`` when it uses
+a fixture declared with ``tests.helpers.starts_processes`` (directly or through other
+fixtures) or runs on the RabbitMQ or Redis Cluster engine app; a test that is not slow
+and still starts a worker, a broker, a cluster, Sentinel, a browser, a build or another
+server fails, naming the process. Under pytest-xdist the tests that share a subprocess
+worker or a cluster, and the timing-bound modules, each stay on one xdist worker."""
 
 from __future__ import annotations
 
@@ -18,9 +25,9 @@ from celery.signals import before_task_publish
 
 from celery_graph.testing import redis_url as private_redis_url
 from tests.brokerapp import make_app
-from tests.helpers import wait_for
+from tests.helpers import SLOW_ATTRIBUTE, session_name, starts_processes, wait_for
 
-SESSION = os.environ.setdefault("CGTEST_SESSION", uuid.uuid4().hex[:8])
+SESSION = session_name()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -80,6 +87,7 @@ def worker(celery_app: Celery) -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
+@starts_processes
 def amqp_app(redis_url: str) -> Iterator[Celery]:
     """The app on the RabbitMQ broker, served by a real `celery worker` subprocess;
     graph state stays in the private Redis."""
@@ -149,6 +157,7 @@ def app(celery_app: Celery, worker: object) -> Celery:
 
 
 @pytest.fixture(scope="session")
+@starts_processes
 def cluster_url() -> Iterator[str]:
     """A Redis Cluster of three primaries on loopback (tests/servers.py)."""
     from tests.servers import PrivateCluster
@@ -161,6 +170,7 @@ def cluster_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+@starts_processes
 def cluster_app(redis_url: str, cluster_url: str) -> Iterator[Celery]:
     """An app with its graph state on the Redis Cluster (the broker stays the private
     Redis), served by a `celery worker` subprocess (Celery's pool optimisations are
@@ -211,3 +221,108 @@ def published() -> Iterator[list[dict]]:
         yield seen
     finally:
         before_task_publish.disconnect(record)
+
+
+# -- test tiers ---------------------------------------------------------------------------
+
+# fixture parameters (any_app's, walk_state's) that mean RabbitMQ and its subprocess
+# worker, or a Redis Cluster, got by request.getfixturevalue
+SLOW_APPS = {"rabbitmq": "amqp_app", "cluster": "cluster_app"}
+# modules whose tests wait on timeouts of their own (visibility, leases, heartbeats,
+# graceful shutdown): under xdist they run one after another on one worker
+TIMING_BOUND = {
+    "tests/test_chaos.py",
+    "tests/test_crashes.py",
+    "tests/test_durable.py",
+    "tests/test_durable_faults.py",
+    "tests/test_one_execution.py",
+    "tests/test_worker_registry.py",
+    "tests/test_worker_shutdown.py",
+}
+
+
+def _slow_fixtures(item: pytest.Item) -> list[object]:
+    """The fixture definitions declared with ``starts_processes`` that ``item`` uses."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return []
+    found = []
+    for name in info.names_closure:
+        defs = info.name2fixturedefs.get(name)
+        if defs and getattr(defs[-1].func, SLOW_ATTRIBUTE, False):
+            found.append(defs[-1])
+    return found
+
+
+def _xdist_group(item: pytest.Item, names: set[str], app: str | None) -> str | None:
+    if app == "amqp_app" or "amqp_app" in names:
+        return "rabbitmq"  # one RabbitMQ worker subprocess for all of them
+    if app == "cluster_app" or names & {"cluster_app", "cluster_url"}:
+        return "cluster"  # one Redis Cluster and its worker subprocess
+    module = item.nodeid.split("::")[0]
+    if module in TIMING_BOUND:
+        return "timing"
+    if any(getattr(d, "scope", "") == "module" for d in _slow_fixtures(item)):
+        return module  # its module-scoped worker or server starts once
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects and pytest-xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params.values() if callspec else ()
+        app = next((SLOW_APPS[p] for p in params if isinstance(p, str) and p in SLOW_APPS), None)
+        names = set(getattr(getattr(item, "_fixtureinfo", None), "names_closure", ()))
+        if app or _slow_fixtures(item):
+            item.add_marker(pytest.mark.slow)
+        group = _xdist_group(item, names, app)
+        if group and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+# what a fast test may not start: worker, beat, flower and multi commands, Redis Cluster
+# and Sentinel, browsers and their drivers, package managers, builds, process managers
+SLOW_WORDS = {
+    "worker", "celery_graph.worker", "graph-worker", "beat", "flower", "multi",
+    "--sentinel", "--cluster", "--cluster-enabled", "apt-get", "honcho", "mkdocs",
+    "chromium", "playwright",
+}  # fmt: skip
+_fast_item: list[pytest.Item] = []
+_popen_init = subprocess.Popen.__init__
+
+
+def _slow_process(args: object) -> bool:
+    argv = [str(args)] if isinstance(args, (str, bytes, os.PathLike)) else [str(a) for a in args]  # type: ignore[union-attr]
+    words = set()
+    for i, arg in enumerate(argv):
+        if i and argv[i - 1] == "-c":  # python -c CODE: the code counts by what it builds
+            if "build_meta" in arg or "start_worker" in arg:
+                return True
+            continue
+        words.update(arg.replace("/", " ").split())
+        words.add(os.path.basename(arg))
+    return bool(words & SLOW_WORDS)
+
+
+def _guarded_popen_init(self: subprocess.Popen, args: object, *a: object, **kw: object) -> None:
+    if _fast_item and _slow_process(args):
+        raise RuntimeError(
+            f"{_fast_item[0].nodeid} is not marked slow but starts {args!r}: start it "
+            "in a fixture declared with tests.helpers.starts_processes, or mark the test "
+            "@pytest.mark.slow (docs/testing.md)"
+        )
+    _popen_init(self, args, *a, **kw)  # type: ignore[arg-type]
+
+
+subprocess.Popen.__init__ = _guarded_popen_init  # type: ignore[method-assign]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> object:
+    if item.get_closest_marker("slow") is None:
+        _fast_item.append(item)
+    try:
+        return (yield)
+    finally:
+        _fast_item.clear()

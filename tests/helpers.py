@@ -2,13 +2,40 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., object])
+
+SLOW_ATTRIBUTE = "_cgtest_starts_processes"
+
+
+def starts_processes(fixture_function: F) -> F:
+    """Declare a fixture slow: it starts a worker subprocess, a broker other than the
+    test Redis (RabbitMQ), a Redis Cluster, Sentinel, Chromium, a packaging build or
+    another server. tests/conftest.py marks every test that uses it, directly or
+    through other fixtures, ``slow``. Put it under ``@pytest.fixture``."""
+    setattr(fixture_function, SLOW_ATTRIBUTE, True)
+    return fixture_function
+
+
+def session_name() -> str:
+    """The name of this test process's queues, worker host names and key prefixes:
+    CGTEST_SESSION (made up once, inherited by subprocesses), plus the pytest-xdist worker
+    id in an xdist worker, so two workers sharing RabbitMQ or a configured Redis never
+    consume or read each other's messages and keys. Subprocesses inherit the result."""
+    session = os.environ.setdefault("CGTEST_SESSION", uuid.uuid4().hex[:8])
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker and os.environ.get("CGTEST_SESSION_WORKER") != worker:
+        session = f"{session}-{worker}"
+        os.environ.update(CGTEST_SESSION=session, CGTEST_SESSION_WORKER=worker)
+    return session
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:

@@ -6,6 +6,8 @@ import pytest
 
 from tests.chaos import run_chaos
 
+pytestmark = pytest.mark.slow  # kills worker subprocesses and restarts Redis servers
+
 
 @pytest.mark.timeout(300)  # above run_chaos's own wait, so a stuck run is reported
 def test_kills_a_lost_broker_and_a_graph_redis_restart_lose_no_run_and_double_nothing(

@@ -16,6 +16,7 @@ import redis
 from celery import Celery
 
 from celery_graph import cli as cli_module
+from tests.helpers import starts_processes
 from tests.tasks import (
     after_boom,
     audit,
@@ -58,6 +59,7 @@ COMMANDS = (
 
 
 @pytest.fixture(scope="module")
+@starts_processes
 def env(redis_url: str) -> Iterator[dict[str, str]]:
     url = redis_db_url(redis_url, 3)
     environment = base_env(url, CELERY_BROKER_URL=url)

@@ -23,6 +23,7 @@ from celery import Celery
 from celery_graph.cli.output import SUMMARY_OVER, print_status
 from celery_graph.drawing import render
 from celery_graph.model import NodeStatus, RunStatus
+from tests.helpers import starts_processes
 from tests.tasks import audit, boom, extract, load, step, transform
 from tests.test_cli_support import ROOT, base_env, celery_worker, cli, redis_db_url
 
@@ -67,6 +68,7 @@ def celery(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
+@starts_processes
 def env(redis_url: str) -> Iterator[dict[str, str]]:
     url = redis_db_url(redis_url, 9)
     prefix = f"cgnative:{os.getpid()}:{time.monotonic_ns() % 10**6}"

@@ -9,12 +9,13 @@ import redis
 
 from celery_graph import GraphRun, RunFailed, StoreUnavailable
 from celery_graph.testing import PrivateRedis
-from tests.helpers import wait_for
+from tests.helpers import starts_processes, wait_for
 from tests.tasks import join_count, step
 from tests.workers import Workers
 
 
 @pytest.fixture()
+@starts_processes
 def workers(redis_url: str) -> Iterator[Workers]:
     w = Workers(redis_url)
     try:
@@ -54,6 +55,7 @@ def test_worker_killed_mid_node_run_completes_with_everything_once(workers, rcli
     assert set(run.results()) == {"first", "slow", "fast", "join_count"}
 
 
+@pytest.mark.slow
 def test_redis_restart_mid_run_completes_or_fails_clearly(tmp_path, tag):
     server = PrivateRedis(appendonly=True).start()
     w = None

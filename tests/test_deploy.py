@@ -17,6 +17,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
 import yaml
 from flower.options import options as flower_options
 
@@ -116,6 +117,7 @@ def flag_value(argv: list[str], flag: str) -> str | None:
 # -- graph-worker command lines -------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_graph_worker_flag_in_the_deploy_files_is_in_its_help():
     documented = set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", graph_worker_help()))
     for where, argv in worker_commands().items():
@@ -435,6 +437,7 @@ def test_the_docs_name_only_real_environment_variables():
 # -- the Procfile, for real -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_procfile_under_honcho_serves_a_graph_run_flower_the_dashboard_and_beat(
     redis_url, tmp_path
 ):

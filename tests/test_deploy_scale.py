@@ -19,6 +19,7 @@ from celery import Celery
 from celery_graph.config import Settings
 from celery_graph.state import State
 from celery_graph.testing import PrivateRedis, find_server_binary, free_port
+from tests.helpers import starts_processes
 from tests.servers import _wait, redis_cli
 from tests.tasks import audit, extract, load, transform
 
@@ -58,6 +59,7 @@ def stored_and_read(settings: Settings) -> State:
 
 
 @pytest.fixture()
+@starts_processes
 def servers() -> Iterator[list[PrivateRedis]]:
     started: list[PrivateRedis] = []
     yield started

@@ -27,7 +27,7 @@ from celery_graph.state import state_for
 from tests.beat_helpers import graph_stored, lose_graph, recorded, run_of, salted_flow
 from tests.conftest import ROOT, SESSION
 from tests.djbeat.settings import postgres
-from tests.helpers import wait_for
+from tests.helpers import starts_processes, wait_for
 
 # The PostgreSQL server the machine runs (trust auth); this module's database is its own.
 PG_ADMIN = os.environ.get("CGTEST_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres dbname=test")
@@ -35,6 +35,7 @@ PG_NAME = f"cgbeat_{SESSION}_{uuid.uuid4().hex[:6]}"
 
 
 @pytest.fixture(scope="module")
+@starts_processes
 def django_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Django configured in this process: django_celery_beat on SQLite ("default") and
     on this module's PostgreSQL database ("pg", used only once ``postgres_db`` made it)."""

@@ -117,6 +117,7 @@ def test_the_docs_front_page_shows_the_readme_example() -> None:
     assert example in fenced((DOCS / "index.md").read_text(), "python")
 
 
+@pytest.mark.slow
 def test_the_readme_example_runs_as_shown(redis_url: str, tmp_path: Path) -> None:
     """The README's example, saved as etl.py, on a real `celery worker`: the shell command
     prints the result the README shows, and so does the Python it shows."""
@@ -146,6 +147,7 @@ def test_the_readme_example_runs_as_shown(redis_url: str, tmp_path: Path) -> Non
 # -- the site ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_make_docs_builds_the_site_in_strict_mode_with_no_warning(tmp_path: Path) -> None:
     site = tmp_path / "site"
     out = mkdocs(ROOT / "mkdocs.yml", site)
@@ -169,6 +171,7 @@ def test_make_docs_builds_the_site_in_strict_mode_with_no_warning(tmp_path: Path
     "broken",
     ["[the missing page](missing.md)", "[a missing section](dsl.md#no-such-section)"],
 )
+@pytest.mark.slow
 def test_a_broken_link_fails_the_docs_build(tmp_path: Path, broken: str) -> None:
     shutil.copytree(DOCS, tmp_path / "docs")
     shutil.copy(ROOT / "mkdocs.yml", tmp_path)

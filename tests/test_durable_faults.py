@@ -21,6 +21,8 @@ from tests.helpers import wait_for
 from tests.tasks import UNCONSUMED_QUEUE, kill_own_process, step, unconsumed
 from tests.workers import ROOT, Workers
 
+pytestmark = pytest.mark.slow  # worker subprocesses, brokers and Redis servers taken away
+
 # Short leases and sweeps, so recovery is measured in seconds (defaults: 30 s and 15 s).
 FAST = {
     "CELERY_GRAPH_QUEUED_LEASE": "2",

@@ -22,6 +22,8 @@ from tests.test_cli_support import (
     run_py,
 )
 
+pytestmark = pytest.mark.slow  # each example with its own worker subprocess
+
 
 def last_value(stdout: str):
     return ast.literal_eval(stdout.strip().splitlines()[-1])

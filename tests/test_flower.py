@@ -15,6 +15,7 @@ from celery_graph.testing import free_port
 from tests.apps import ops_tasks as t
 from tests.apps.common import build_app
 from tests.apps.harness import ROOT, WorkerProcess, start_worker, subprocess_env, wait_for
+from tests.helpers import starts_processes
 
 PREFIX = f"cgops:flower:{uuid.uuid4().hex[:6]}"
 
@@ -28,6 +29,7 @@ def get(url: str):
 
 
 @pytest.fixture()
+@starts_processes
 def flower(redis_url, tmp_path):
     queue = f"cgops-flower-{uuid.uuid4().hex[:8]}"
     port = free_port()
@@ -86,6 +88,7 @@ def test_flower_lists_graph_nodes_under_their_task_names_with_the_run_id(flower)
     assert info["name"] == "tests.apps.ops_tasks.ops_long" and info["state"] == "SUCCESS"
 
 
+@pytest.mark.slow
 def test_flower_api_is_closed_without_auth_settings(redis_url, tmp_path):
     port = free_port()
     env = subprocess_env(CGOPS_BROKER_URL=redis_url, CGOPS_QUEUE="cgops-flower-closed")

@@ -10,11 +10,13 @@ import redis
 
 from celery_graph import GraphRun, RunFailed
 from celery_graph.testing import PrivateRedis, find_server_binary, free_port
+from tests.helpers import starts_processes
 from tests.tasks import audit, extract, load, over_hard_limit, over_soft_limit, step, transform
 from tests.workers import Workers
 
 
 @pytest.fixture()
+@starts_processes
 def prefork_workers(redis_url):
     pool = Workers(redis_url, concurrency=1, pool="prefork")
     pool.start("limits")
@@ -109,6 +111,7 @@ def _make_certs(directory) -> dict[str, str]:
     return paths
 
 
+@pytest.mark.slow
 def test_graph_state_over_tls(redis_url, tmp_path):
     binary = find_server_binary()
     version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout

@@ -81,6 +81,7 @@ def test_the_endpoint_listens_on_loopback_unless_told_otherwise(endpoint, monkey
         everywhere.stop()
 
 
+@pytest.mark.slow
 def test_a_graph_worker_serves_metrics_on_loopback_by_default(redis_url, tmp_path):
     queue = f"cgtest-metrics-bind-{uuid.uuid4().hex[:8]}"
     prefix = f"cgtest:metrics-bind:{uuid.uuid4().hex[:6]}"

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from celery_graph import GraphRun, RunFailed, node
-from tests.helpers import wait_for
+from tests.helpers import starts_processes, wait_for
 from tests.native_app import configure, limited, routed_queue, routed_sum, seen_key, slow_plain, who
 from tests.tasks import step
 from tests.workers import Workers
@@ -46,6 +46,7 @@ class NativeWorkers(Workers):
 
 
 @pytest.fixture(scope="module")
+@starts_processes
 def prefork(redis_url: str) -> Iterator[NativeWorkers]:
     workers = NativeWorkers(redis_url, concurrency=2, pool="prefork")
     try:
@@ -111,6 +112,7 @@ def test_existing_tasks_still_work_when_called_plainly(native, rclient):
     assert bound.get(timeout=30) == {"task": "tests.native.who", "id": bound.id, "got": 7}
 
 
+@pytest.mark.slow
 def test_existing_task_node_killed_with_its_worker_runs_again_and_completes_once(
     redis_url, rclient, tag
 ):

@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from celery_graph import RunFailed
 from celery_graph.integrations import FLOW, NODE, RUN_ID
 from celery_graph.state import state_for
-from tests.helpers import wait_for
+from tests.helpers import starts_processes, wait_for
 from tests.tasks import audit, boom, extract, load, merge, process, split, transform
 from tests.workers import Workers
 
@@ -216,6 +216,7 @@ class Observed:
 
 
 @pytest.fixture(scope="module")
+@starts_processes
 def observed(redis_url: str, rclient: redis.Redis) -> Iterator[Observed]:
     tag = uuid.uuid4().hex[:12]
     # one pool process: a plain task runs in the process a node ran in before it

@@ -19,6 +19,8 @@ from tests.helpers import wait_for
 from tests.tasks import slow_item, split, step
 from tests.workers import Workers
 
+pytestmark = pytest.mark.slow  # worker subprocesses killed and restarted
+
 # Short leases and sweeps (defaults: 30 s queued, 15 s running, 2 s sweeps, 5 s beats);
 # every delivery of a tagged node message is traced ("delivered:<task id>").
 FAST = {

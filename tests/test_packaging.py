@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import starts_processes
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
+@starts_processes
 def dists(tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("dist")
     code = (

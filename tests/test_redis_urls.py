@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import redis
 
 from celery_graph import GraphRun
 from celery_graph.testing import PrivateRedis
 from tests.tasks import UNCONSUMED_QUEUE, audit, extract, load, transform, unconsumed
 from tests.workers import Workers
+
+pytestmark = pytest.mark.slow  # a Redis with ACLs and a worker subprocess
 
 
 def test_acl_user_and_password_url_runs_a_graph():

@@ -21,6 +21,8 @@ from tests.apps import ops_tasks as t
 from tests.apps.common import build_app
 from tests.apps.harness import start_worker, wait_for
 
+pytestmark = pytest.mark.slow  # graph-worker subprocesses, one of them on RabbitMQ
+
 PREFIX = f"cgops:routing:{uuid.uuid4().hex[:6]}"
 
 

@@ -18,7 +18,7 @@ from celery_graph.config import Settings
 from celery_graph.state import state_for
 from tests.brokerapp import make_app
 from tests.conftest import SESSION
-from tests.helpers import wait_for
+from tests.helpers import starts_processes, wait_for
 from tests.servers import PrivateSentinel
 from tests.tasks import step
 from tests.workers import Workers
@@ -88,6 +88,7 @@ def test_a_sentinel_url_without_a_master_name_is_a_clear_error() -> None:
 
 
 @pytest.fixture()
+@starts_processes
 def sentinel() -> Iterator[PrivateSentinel]:
     server = PrivateSentinel().start()
     try:

@@ -14,7 +14,7 @@ import pytest
 
 from celery_graph.state import state_for
 from celery_graph.worker.heartbeat import Heartbeat
-from tests.helpers import wait_for
+from tests.helpers import starts_processes, wait_for
 from tests.ui_helpers import CHROMIUM_ARGS, chromium_or_skip
 from tests.ui_tasks import gated
 
@@ -34,6 +34,7 @@ WAIT_MS = 15_000
 
 
 @pytest.fixture(scope="module")
+@starts_processes
 def playwright_api():
     # an ImportError here in CI is a failure (playwright is in the test extra)
     if os.environ.get("CI"):

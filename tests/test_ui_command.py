@@ -19,6 +19,8 @@ from tests.conftest import ROOT
 from tests.helpers import wait_for
 from tests.ui_helpers import Http
 
+pytestmark = pytest.mark.slow  # the dashboard command and celery beat in subprocesses
+
 pytest_plugins = ("tests.ui_fixtures",)
 
 

@@ -20,6 +20,8 @@ from celery_graph.worker.command import (
 )
 from tests.apps.harness import GRAPH_WORKER, ROOT, graph_worker_help, subprocess_env
 
+pytestmark = pytest.mark.slow  # the graph-worker command in subprocesses
+
 
 def test_global_options_move_before_worker_and_the_rest_passes_through_unchanged():
     global_args, worker_args, want_help = split_argv(

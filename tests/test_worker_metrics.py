@@ -30,6 +30,7 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
     return out
 
 
+@pytest.mark.slow
 def test_metrics_endpoint_counts_tasks_across_pool_processes(redis_url, tmp_path):
     queue = f"cgops-metrics-{uuid.uuid4().hex[:8]}"
     port = free_port()

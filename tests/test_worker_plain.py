@@ -25,6 +25,8 @@ from tests.apps.harness import GRAPH_WORKER, ROOT, WorkerProcess, subprocess_env
 from tests.servers import VersionRelay
 from tests.test_worker_metrics import scrape
 
+pytestmark = pytest.mark.slow  # the plain `celery worker` command in a subprocess
+
 PREFIX = f"cgops:plain:{uuid.uuid4().hex[:6]}"
 CELERY = [sys.executable, "-m", "celery"]
 

@@ -18,11 +18,13 @@ from celery_graph.worker.heartbeat import live_workers
 from tests.apps import ops_tasks as t
 from tests.apps.common import build_app
 from tests.apps.harness import ROOT, start_worker, subprocess_env, wait_for
+from tests.helpers import starts_processes
 
 PREFIX = f"cgops:registry:{uuid.uuid4().hex[:6]}"
 
 
 @pytest.fixture()
+@starts_processes
 def setup(redis_url, tmp_path):
     queue = f"cgops-registry-{uuid.uuid4().hex[:8]}"
     started = []

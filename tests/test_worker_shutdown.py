@@ -20,11 +20,13 @@ from celery_graph.worker.heartbeat import live_workers
 from tests.apps import ops_tasks as t
 from tests.apps.common import build_app
 from tests.apps.harness import start_worker, wait_for
+from tests.helpers import starts_processes
 
 PREFIX = f"cgops:shutdown:{uuid.uuid4().hex[:6]}"
 
 
 @pytest.fixture()
+@starts_processes
 def env(redis_url, tmp_path):
     queue = f"cgops-shutdown-{uuid.uuid4().hex[:8]}"  # one queue per test: no stray messages
     started = []

@@ -11,10 +11,10 @@ import threading
 import uuid
 
 from tests.brokerapp import configure_for_crashes, make_app
-from tests.helpers import wait_for
+from tests.helpers import session_name, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SESSION = os.environ.setdefault("CGTEST_SESSION", uuid.uuid4().hex[:8])
+SESSION = session_name()
 
 
 class Workers:
