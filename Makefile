@@ -2,9 +2,10 @@
 #   make demo   - runs examples/quickstart.py on a private Redis with a real worker
 #   make check  - the fast loop: ruff, mypy, lint-imports and the tests not marked slow,
 #                 two at a time (pytest-xdist); about a minute and a half once .venv exists
-#   make test   - creates .venv, installs, runs the test suite, then its engine suite on
-#                 Python 3.10 (lowest dependency versions, Celery 5.3) and 3.13 (newest):
-#                 make test-pythons
+#   make test   - creates .venv, installs, runs every test (pytest-xdist) and, beside it,
+#                 the engine suite on Python 3.10 (lowest dependency versions, Celery 5.3)
+#                 and 3.13 (newest): make test-pythons. .ci/test tells the order
+#   make chromium - Debian's chromium for the browser tests (make test does it first)
 #   make docs   - builds the documentation site (mkdocs, strict: a broken link fails it)
 #   make bench  - benchmarks against Celery's canvas and dramatiq-workflow (bench-quick: minutes)
 #   make bench-recovery - how long runs take to recover from faults, with stock settings
@@ -15,7 +16,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: venv test test-pythons demo docs docs-tables lint typecheck bench bench-quick bench-steps bench-profile bench-recovery bench-limits clean
-.PHONY: check
+.PHONY: check chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,13 +36,21 @@ check: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -m "not slow" -n $(JOBS) --dist loadgroup
 
-test: $(STAMP)
-	$(BIN)/ruff check celery_graph tests examples bench
-	$(BIN)/ruff format --check celery_graph tests examples bench
-	$(BIN)/mypy
-	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
-	.ci/pythons
+test:
+	MAKE="$(MAKE)" JOBS=$(JOBS) .ci/test
+
+# Debian's chromium for the dashboard's browser tests (tests/test_ui_browser.py): installed
+# with apt-get when missing and we are root (as CI is); otherwise those tests skip, saying why
+chromium:
+	@if [ -n "$${CELERY_GRAPH_CHROMIUM:-}" ] || command -v chromium >/dev/null \
+	    || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's chromium for the browser tests (apt-get install chromium)"; \
+	    apt-get update -q >/dev/null \
+	    && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; \
+	else \
+	    echo "no chromium, and apt-get as root is not at hand: the browser tests will skip"; \
+	fi
 
 test-pythons:
 	.ci/pythons

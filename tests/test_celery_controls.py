@@ -20,7 +20,7 @@ import redis
 from celery_graph import RunCancelled, RunFailed
 from celery_graph.state import Revoked, state_for
 from celery_graph.worker.revokes import RevokeWatch
-from tests.helpers import wait_for
+from tests.helpers import starts_processes, wait_for
 from tests.tasks import boom, extract, flaky, slow, step, transform, unconsumed
 from tests.workers import ROOT, SESSION, Workers
 
@@ -65,6 +65,7 @@ class ControlWorkers(Workers):
 
 
 @pytest.fixture(scope="module")
+@starts_processes
 def workers(redis_url: str) -> Iterator[ControlWorkers]:
     w = ControlWorkers(redis_url, concurrency=2, pool="prefork", isolate=True)
     try:
