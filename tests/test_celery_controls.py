@@ -271,6 +271,7 @@ def test_the_setting_turns_node_results_in_the_backend_off(app):
         app.conf.graph_store_node_results = True
 
 
+@pytest.mark.slow
 def test_node_results_in_a_database_result_backend(redis_url, tmp_path):
     pytest.importorskip("sqlalchemy")
     backend = f"db+sqlite:///{tmp_path / 'results.sqlite'}"

@@ -143,10 +143,11 @@ def _resume_running(app):
 
 
 def test_backpressure_waits_then_refuses_without_creating_a_run(app, rclient):
-    app.conf.graph_max_queue_depth = 1
-    app.conf.graph_backpressure_timeout = 0.5
     keys = Keys(app.conf.graph_key_prefix)
+    _purge(app, UNCONSUMED_QUEUE)  # what an earlier test's run left there
     try:
+        app.conf.graph_max_queue_depth = 1
+        app.conf.graph_backpressure_timeout = 0.5
         first = unconsumed.as_graph().apply_async()  # the queue holds 1 message now
         before = rclient.zcard(keys.runs_index())
         with pytest.raises(Backpressure, match=rf"'{UNCONSUMED_QUEUE}' holds 1"):

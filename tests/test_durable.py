@@ -496,9 +496,6 @@ def test_a_retry_during_backpressure_gets_the_same_run(app, tag, monkeypatch):
         return real_wait(*args, **kwargs)
 
     monkeypatch.setattr(submit_module, "wait_for_room", observed)
-    app.conf.graph_max_queue_depth = 1
-    app.conf.graph_backpressure_timeout = 20
-    blocker = unconsumed.as_graph().apply_async()  # the queue holds one message: full
     flow = unconsumed.bind(id="late_unconsumed").as_graph()
     runs: list[GraphRun] = []
     errors: list[BaseException] = []
@@ -510,7 +507,11 @@ def test_a_retry_during_backpressure_gets_the_same_run(app, tag, monkeypatch):
             errors.append(exc)
 
     threads = [threading.Thread(target=submit) for _ in range(2)]
+    _purge(app, UNCONSUMED_QUEUE)  # what an earlier test's run left there
     try:
+        app.conf.graph_max_queue_depth = 1
+        app.conf.graph_backpressure_timeout = 20
+        blocker = unconsumed.as_graph().apply_async()  # the queue holds one message: full
         for t in threads:
             t.start()
         for _ in threads:

@@ -231,6 +231,8 @@ def test_a_submitter_killed_while_it_waits_lets_a_retry_start_the_run(app, redis
     from tests.conftest import SESSION
 
     key = f"killed-submitter-{tag}"
+    with app.connection_for_write() as conn:  # what an earlier test's run left there
+        conn.default_channel.queue_purge(UNCONSUMED_QUEUE)
     blocker = unconsumed.as_graph().apply_async()  # the queue holds one message: no room
     proc = subprocess.Popen(
         [sys.executable, "-c", SUBMITTER, redis_url, SESSION, key],

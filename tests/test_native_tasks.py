@@ -88,8 +88,9 @@ def test_existing_task_rate_limit_applies_in_a_graph(native, rclient):
     assert run.get(timeout=30) == {f"r{i}": i for i in range(4)}
     starts = sorted(e["at"] for e in native.seen(rclient) if e["id"].startswith(run.id))
     assert len(starts) == 4
-    # "2/s": one at once, then one every half second (no limit: all within ~0.1 s)
-    assert starts[-1] - starts[0] >= 1.2, starts
+    # "2/s": one every half second after the first one or two (Celery 5.3's bucket lets
+    # two start at once); with no limit all four start within ~0.1 s
+    assert starts[-1] - starts[0] >= 0.9, starts
 
 
 def test_existing_task_time_limit_applies_in_a_graph(native):

@@ -42,6 +42,7 @@ def test_acl_user_and_password_url_runs_a_graph():
 
 
 def test_messages_on_the_broker_are_json_not_pickle(app, rclient):
+    rclient.delete(UNCONSUMED_QUEUE)  # what an earlier test's run left there
     run = unconsumed.as_graph().apply_async()
     try:
         raw = rclient.lindex(UNCONSUMED_QUEUE, 0)

@@ -130,7 +130,8 @@ local prefix, count, base, step = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
 local states = cjson.decode(ARGV[5])
 local flows = cjson.decode(ARGV[6])
 local ties = tonumber(ARGV[7])
-for i = 0, count - 1 do
+local first = tonumber(ARGV[9])
+for i = first, math.min(first + tonumber(ARGV[10]), count) - 1 do
   local id = string.format('%032x', i + 1)
   local score = base - math.floor(i / ties) * step
   local state = states[(i % #states) + 1]
@@ -148,12 +149,16 @@ for i = 0, count - 1 do
 end
 return count
 """
+# runs one SEED call writes: a call is one script, which holds the server; a long one
+# makes every other client (the worker's heartbeat, its reconciler) get BUSY under load
+SEED_CHUNK = 5_000
 
 UNSEED = """
 local prefix = ARGV[1]
-local ids = redis.call('ZRANGE', prefix .. ':runs', 0, -1)
+local ids = redis.call('ZRANGE', prefix .. ':runs', 0, tonumber(ARGV[2]) - 1)
 for _, id in ipairs(ids) do
   redis.call('UNLINK', prefix .. ':run:{' .. id .. '}')
+  redis.call('ZREM', prefix .. ':runs', id)
 end
 return #ids
 """
@@ -165,7 +170,8 @@ INDEX = """
 local runs, since = ARGV[1], ARGV[2]
 local states, flows = cjson.decode(ARGV[3]), cjson.decode(ARGV[4])
 local flow_list, marker, record = ARGV[5], ARGV[6], ARGV[7]
-local ids = redis.call('ZRANGEBYSCORE', runs, since, '+inf', 'WITHSCORES')
+local offset, count = ARGV[8], ARGV[9]
+local ids = redis.call('ZRANGEBYSCORE', runs, since, '+inf', 'WITHSCORES', 'LIMIT', offset, count)
 for i = 1, #ids, 2 do
   local id, score = ids[i], ids[i + 1]
   local rec = redis.call('HMGET', record .. '{' .. id .. '}', 'status', 'flow')
@@ -185,20 +191,27 @@ return #ids / 2
 
 
 def index_runs(client: Any, store: Any, since: float, flows: list[str]) -> None:
-    """Index the runs of ``store``'s prefix from ``since`` on (bulk, in one call)."""
+    """Index the runs of ``store``'s prefix from ``since`` on (in bulk)."""
     keys = store.keys
     states = {s: keys.state_runs(s) for s in ("succeeded", "failed", "cancelled")}
-    client.eval(
-        INDEX,
-        0,
-        keys.runs_index(),
-        repr(since),
-        json.dumps(states),
-        json.dumps({f: keys.flow_runs(f) for f in flows}),
-        keys.flows_index(),
-        keys.index_marker(),
-        keys.run("").removesuffix("{}"),
-    )
+    done = 0
+    while True:  # SEED_CHUNK runs a call (see SEED_CHUNK)
+        indexed = client.eval(
+            INDEX,
+            0,
+            keys.runs_index(),
+            repr(since),
+            json.dumps(states),
+            json.dumps({f: keys.flow_runs(f) for f in flows}),
+            keys.flows_index(),
+            keys.index_marker(),
+            keys.run("").removesuffix("{}"),
+            done,
+            SEED_CHUNK,
+        )
+        done += indexed
+        if indexed < SEED_CHUNK:
+            return
 
 
 def seed_runs(
@@ -213,22 +226,26 @@ def seed_runs(
     ties: int = 1,
     graph: str = "0" * 64,
 ) -> None:
-    client.eval(
-        SEED,
-        0,
-        prefix,
-        count,
-        repr(base),
-        repr(step),
-        json.dumps(states),
-        json.dumps(flows),
-        ties,
-        graph,
-    )
+    for first in range(0, count, SEED_CHUNK):
+        client.eval(
+            SEED,
+            0,
+            prefix,
+            count,
+            repr(base),
+            repr(step),
+            json.dumps(states),
+            json.dumps(flows),
+            ties,
+            graph,
+            first,
+            SEED_CHUNK,
+        )
 
 
 def unseed_runs(client: Any, prefix: str) -> None:
-    client.eval(UNSEED, 0, prefix)
+    while client.eval(UNSEED, 0, prefix, SEED_CHUNK):
+        pass
     keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
     if keys:
         client.unlink(*keys)
