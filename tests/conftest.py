@@ -233,10 +233,8 @@ SLOW_APPS = {"rabbitmq": "amqp_app", "cluster": "cluster_app"}
 TIMING_BOUND = {
     "tests/test_chaos.py",
     "tests/test_crashes.py",
-    "tests/test_durable.py",
     "tests/test_durable_faults.py",
     "tests/test_one_execution.py",
-    "tests/test_worker_registry.py",
     "tests/test_worker_shutdown.py",
 }
 
