@@ -26,7 +26,9 @@ def trace_client() -> redis.Redis:
         or os.environ["CELERY_GRAPH_REDIS_URL"]  # a plain `celery worker` configured by it
     )
     if url not in _clients:
-        _clients[url] = redis.Redis.from_url(url)
+        # above the longest gate wait (30 s): redis-py 8 reads with a 5 s socket timeout
+        # by default, which ended a gate held longer than that on a loaded machine
+        _clients[url] = redis.Redis.from_url(url, socket_timeout=45)
     return _clients[url]
 
 
