@@ -1,16 +1,20 @@
 """Fixtures: a real Redis (private unless CELERY_GRAPH_REDIS_URL is set), a Celery app with
 its own queue and key prefix, and a real in-process Celery worker.
 
-The test tiers (docs/testing.md) are set here too: a test is marked ``slow`` when it uses
-a fixture declared with ``tests.helpers.starts_processes`` (directly or through other
-fixtures) or runs on the RabbitMQ or Redis Cluster engine app; a test that is not slow
-and still starts a worker, a broker, a cluster, Sentinel, a browser, a build or another
-server fails, naming the process. Under pytest-xdist the tests that share a subprocess
-worker or a cluster, and the timing-bound modules, each stay on one xdist worker."""
+The test tiers (docs/testing.md) are set here too: a test is marked ``slow`` when it, or
+a fixture it uses (directly or through other fixtures), calls one of the harness's ways
+to start a worker subprocess, a cluster or a Sentinel, or the fixture is declared with
+``tests.helpers.starts_processes``, or it runs on the RabbitMQ or Redis Cluster engine
+app. A test that is not slow and still starts a worker, a broker, a cluster, Sentinel, a
+browser, a build or another server fails, naming the process. Under pytest-xdist the
+tests that share a subprocess worker or a cluster, and the timing-bound modules, each
+stay on one xdist worker."""
 
 from __future__ import annotations
 
+import functools
 import gc
+import inspect
 import os
 import subprocess
 import sys
@@ -239,15 +243,64 @@ TIMING_BOUND = {
 }
 
 
+@functools.cache
+def _starters() -> tuple[tuple[object, ...], tuple[type, ...]]:
+    """The harness's ways to start worker subprocesses, clusters and Sentinels."""
+    from tests.apps.harness import WorkerProcess
+    from tests.apps.harness import start_worker as start_worker_process
+    from tests.chaos import run_chaos
+    from tests.servers import PrivateCluster, PrivateSentinel
+    from tests.test_cli_support import celery_worker, graph_worker
+    from tests.workers import Workers
+
+    calls = (start_worker_process, celery_worker, graph_worker, run_chaos)
+    return calls, (Workers, WorkerProcess, PrivateCluster, PrivateSentinel)
+
+
+def _calls_a_starter(function: object, depth: int = 3) -> bool:
+    """Whether ``function`` (a fixture or a test), or a function of the tests it calls,
+    names one of ``_starters()``: such a fixture or test is slow without being told."""
+    code = getattr(function, "__code__", None)
+    if code is None or depth == 0:
+        return False
+    calls, classes = _starters()
+    scope = getattr(function, "__globals__", {})
+    codes = [code]
+    while codes:
+        current = codes.pop()
+        codes.extend(c for c in current.co_consts if hasattr(c, "co_names"))
+        for name in current.co_names:
+            value = scope.get(name)
+            if value is None:
+                continue
+            if any(value is c for c in calls):
+                return True
+            if isinstance(value, type) and issubclass(value, classes):
+                return True
+            module = getattr(value, "__module__", "") or ""
+            if (
+                module.startswith("tests.")
+                and inspect.isfunction(value)
+                and value is not function
+                and _calls_a_starter(value, depth - 1)
+            ):
+                return True
+    return False
+
+
 def _slow_fixtures(item: pytest.Item) -> list[object]:
-    """The fixture definitions declared with ``starts_processes`` that ``item`` uses."""
+    """The fixture definitions ``item`` uses that start processes: declared with
+    ``starts_processes``, or calling one of the harness's starters."""
     info = getattr(item, "_fixtureinfo", None)
     if info is None:
         return []
     found = []
     for name in info.names_closure:
         defs = info.name2fixturedefs.get(name)
-        if defs and getattr(defs[-1].func, SLOW_ATTRIBUTE, False):
+        if not defs:
+            continue
+        func = defs[-1].func
+        if getattr(func, SLOW_ATTRIBUTE, False) or _calls_a_starter(func):
             found.append(defs[-1])
     return found
 
@@ -272,7 +325,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         params = callspec.params.values() if callspec else ()
         app = next((SLOW_APPS[p] for p in params if isinstance(p, str) and p in SLOW_APPS), None)
         names = set(getattr(getattr(item, "_fixtureinfo", None), "names_closure", ()))
-        if app or _slow_fixtures(item):
+        if app or _slow_fixtures(item) or _calls_a_starter(getattr(item, "function", None)):
             item.add_marker(pytest.mark.slow)
         group = _xdist_group(item, names, app)
         if group and not item.get_closest_marker("xdist_group"):
