@@ -18,6 +18,7 @@ import inspect
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -211,14 +212,24 @@ def tag() -> str:
 @pytest.fixture()
 def published() -> Iterator[list[dict]]:
     """Every message published during the test (by client and worker), as Celery's
-    before_task_publish signal sees it: {"task", "body", "headers", "size"}."""
+    before_task_publish signal sees it: {"task", "body", "headers", "size", "thread"}
+    ("thread": the publishing thread's ident; the session worker's threads may still be
+    publishing for an earlier test's run)."""
     from kombu.utils.json import dumps
 
     seen: list[dict] = []
 
     def record(sender=None, body=None, headers=None, **kw):
         size = len(dumps(body)) + len(dumps(headers or {}))
-        seen.append({"task": sender, "body": body, "headers": headers, "size": size})
+        seen.append(
+            {
+                "task": sender,
+                "body": body,
+                "headers": headers,
+                "size": size,
+                "thread": threading.get_ident(),
+            }
+        )
 
     before_task_publish.connect(record, weak=False)
     try:
@@ -245,15 +256,17 @@ TIMING_BOUND = {
 
 @functools.cache
 def _starters() -> tuple[tuple[object, ...], tuple[type, ...]]:
-    """The harness's ways to start worker subprocesses, clusters and Sentinels."""
+    """The harness's ways to start worker subprocesses, clusters, Sentinels and the
+    browser."""
     from tests.apps.harness import WorkerProcess
     from tests.apps.harness import start_worker as start_worker_process
     from tests.chaos import run_chaos
     from tests.servers import PrivateCluster, PrivateSentinel
     from tests.test_cli_support import celery_worker, graph_worker
+    from tests.ui_helpers import chromium_or_skip
     from tests.workers import Workers
 
-    calls = (start_worker_process, celery_worker, graph_worker, run_chaos)
+    calls = (start_worker_process, celery_worker, graph_worker, run_chaos, chromium_or_skip)
     return calls, (Workers, WorkerProcess, PrivateCluster, PrivateSentinel)
 
 

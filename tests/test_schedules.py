@@ -23,7 +23,7 @@ from celery_graph.errors import MissingParameterError
 from celery_graph.protocol import RUN_GRAPH, ScheduleSpec, StartMessage
 from celery_graph.state import state_for
 from tests.beat_helpers import run_of, send_like_beat
-from tests.helpers import postruns, wait_for
+from tests.helpers import postruns, starts_processes, wait_for
 from tests.tasks import needs_input, read_trace, step
 from tests.test_cli_support import base_env, cli
 from tests.workers import ROOT, SESSION
@@ -184,6 +184,7 @@ def test_occurrences_missed_are_counted_within_the_window():
 
 
 @pytest.fixture()
+@starts_processes
 def beat(app, tmp_path) -> Iterator[callable]:
     """Start (and stop) a real ``celery beat`` over tests/schedule_beatapp.py."""
     procs: list[subprocess.Popen] = []
