@@ -350,7 +350,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 SLOW_WORDS = {
     "worker", "celery_graph.worker", "graph-worker", "beat", "flower", "multi",
     "--sentinel", "--cluster", "--cluster-enabled", "apt-get", "honcho", "mkdocs",
-    "chromium", "playwright",
+    "chromium", "playwright", "prometheus", "promtool",
 }  # fmt: skip
 _fast_item: list[pytest.Item] = []
 _popen_init = subprocess.Popen.__init__

@@ -35,7 +35,8 @@ ALERTS = {
     "CeleryGraphNodesLost",
     "CeleryGraphNoLiveWorkers",
 }
-pytestmark = pytest.mark.timeout(600)  # may apt-get install prometheus first
+# may apt-get install prometheus first; runs promtool and a Prometheus server: slow
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
