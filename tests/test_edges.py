@@ -104,12 +104,16 @@ class Records(logging.Handler):
 @pytest.fixture()
 def graph_log() -> Iterator[Records]:
     records = Records()
-    logger = logging.getLogger("celery_graph")
-    logger.addHandler(records)
+    # the executor logs as a Celery task logger (celery_graph.task, a child of Celery's
+    # task logger, so it keeps Celery's task format): it does not reach "celery_graph"
+    loggers = [logging.getLogger("celery_graph"), logging.getLogger("celery_graph.task")]
+    for logger in loggers:
+        logger.addHandler(records)
     try:
         yield records
     finally:
-        logger.removeHandler(records)
+        for logger in loggers:
+            logger.removeHandler(records)
 
 
 @pytest.mark.parametrize(
