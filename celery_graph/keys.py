@@ -26,7 +26,9 @@ Layout (``P`` is the prefix, ``R`` a run id, ``N`` a node id)::
                                       worker), "<N>:queued", "<N>:trace" (its span's
                                       traceparent, when traced), "<N>:sent" (when its
                                       latest attempt was sent), "<N>:history:<a>" (an
-                                      ended attempt, JSON), ... -> per-node state
+                                      ended attempt, JSON), ... -> per-node state;
+                                      "#<state>" -> how many graph nodes are in it
+                                      (lib/counts.lua)
     P:run:{R}:sinks           set     sinks that have finished
     P:run:{R}:done            list    completion signal waiters block on
     P:run:{R}:state           hash    shared state of the run (RunContext)

@@ -30,6 +30,7 @@ from celery.signals import before_task_publish
 
 from celery_graph.testing import redis_url as private_redis_url
 from tests.brokerapp import make_app
+from tests.counts_check import check_all
 from tests.helpers import SLOW_ATTRIBUTE, session_name, starts_processes, wait_for
 
 SESSION = session_name()
@@ -52,6 +53,25 @@ def redis_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def rclient(redis_url: str) -> redis.Redis:
     return redis.Redis.from_url(redis_url)
+
+
+_COUNTS_SEEN: dict[str, tuple[int, bytes]] = {}
+
+
+@pytest.fixture(autouse=True)
+def exact_counts(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test that used the test Redis: the node counts every run keeps equal a
+    recount of its node states (tests/counts_check.py)."""
+    yield
+    # (a test Redis given by CELERY_GRAPH_TEST_REDIS_URL may hold other sessions' runs)
+    if "redis_url" not in request.fixturenames or os.environ.get("CELERY_GRAPH_TEST_REDIS_URL"):
+        return
+    client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+    try:
+        problems = check_all(client, _COUNTS_SEEN)
+    finally:
+        client.close()
+    assert not problems, "node counts differ from a recount: " + "; ".join(problems)
 
 
 RABBITMQ_URL = os.environ.get("CELERY_GRAPH_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")

@@ -103,7 +103,8 @@ def test_a_message_ahead_of_the_state_runs_nothing(state):
     assert (early.status, early.behind) == (Begin.UNRELEASED, "")
     assert _field(state, run_id, "b:run") is None
     # released, but its upstream node is still running without a result
-    state.client.hset(state.keys.nodes(run_id), "b:state", "queued")
+    # (as complete.lua releases it: the state and its count)
+    state.client.hset(state.keys.nodes(run_id), mapping={"b:state": "queued", "#queued": 1})
     early = s.begin(run_id, "b", "w1@host", ["a"])
     assert (early.status, early.behind) == (Begin.UNRELEASED, "a")
     assert _field(state, run_id, "b:state") == "queued"

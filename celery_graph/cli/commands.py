@@ -36,6 +36,7 @@ from .base import (
 )
 from .fmt import span
 from .output import (
+    SUMMARY_OVER,
     dump,
     emit_json,
     print_runs,
@@ -238,7 +239,10 @@ def status_command(run_id: str, every_node: bool, as_json: bool) -> int:
     """Show a run's state and each node's state, attempts and worker; a large run is
     summarised (counts, failed, waiting and slowest nodes)."""
     app = configured_app()
-    status = open_run(app, run_id).status()
+    run = open_run(app, run_id)
+    status = run.summary()  # a few keys, whatever the size of the run
+    if as_json or every_node or status.total <= SUMMARY_OVER:
+        status = run.status()  # every node
     if as_json:
         emit_json(status.as_json(), sys.stdout)
     else:

@@ -69,7 +69,8 @@ def progress_line(status: RunStatus, width: int = 30) -> str:
 
 def print_status(status: RunStatus, out: IO[str], *, every_node: bool = False) -> None:
     """The run's header, then every node (small runs, or ``every_node``) or a summary:
-    counts by state, failed nodes with their errors, waiting nodes, the slowest ones."""
+    counts by state, failed nodes with their errors, waiting nodes, the slowest ones. A
+    ``status`` that is a summary (RunStatus.summarised) shows the header and the counts."""
     out.write(f"run       {status.run_id}\n")
     out.write(f"state     {state_text(status.state, status.position)}\n")
     if status.flow:
@@ -84,7 +85,12 @@ def print_status(status: RunStatus, out: IO[str], *, every_node: bool = False) -
     out.write(f"duration  {span(status.created, status.finished)}\n")
     counts = status.counts()
     out.write("nodes     " + ", ".join(f"{counts[k]} {k}" for k in sorted(counts)) + "\n\n")
-    if every_node or len(status.nodes) <= SUMMARY_OVER:
+    if status.summary:
+        out.write(
+            f"{status.total} nodes, summarised from the counts the graph state keeps; "
+            "--all lists every node (failed, waiting and slowest)\n"
+        )
+    elif every_node or len(status.nodes) <= SUMMARY_OVER:
         _all_nodes(status, out)
     else:
         _summary(status, out)

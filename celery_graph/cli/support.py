@@ -138,7 +138,7 @@ def open_run(app: Any, run_id: str) -> GraphRun:
     if not is_run_id(run_id):
         raise UsageError(f"{run_id!r} is not a run id (32 hex digits)")
     run = GraphRun(run_id, app=app)
-    run.status()  # raises RunNotFound for an unknown id
+    run.summary()  # raises RunNotFound for an unknown id (a few keys read)
     return run
 
 

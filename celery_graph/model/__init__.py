@@ -12,7 +12,17 @@ from .compiler import (
     compile_graph,
 )
 from .spec import Concurrency, GraphSpec, NodeSpec, tree_ids
-from .status import FINAL_STATES, NodeRecord, NodeStatus, Outcome, RunStatus, record_field
+from .status import (
+    FINAL_STATES,
+    NODE_STATES,
+    NodeRecord,
+    NodeStatus,
+    Outcome,
+    RunStatus,
+    count_field,
+    record_field,
+    recount,
+)
 
 __all__ = [
     "Child",
@@ -30,6 +40,9 @@ __all__ = [
     "NodeSpec",
     "tree_ids",
     "FINAL_STATES",
+    "NODE_STATES",
+    "count_field",
+    "recount",
     "NodeRecord",
     "NodeStatus",
     "Outcome",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..codec import parse_error
@@ -13,6 +13,54 @@ from ..errors import CeleryGraphError, CorruptRecord, RunCancelled, RunFailed
 from ..keys import FINAL_STATES as KEY_FINAL_STATES
 
 FINAL_STATES = KEY_FINAL_STATES  # a run in one of them has ended
+
+# Every state the scripts give a node ("<node>:state"; "skipping" shows as skipped). The
+# scripts count the graph's nodes in each, as fields "#<state>" of the node state
+# (state/lua/lib/counts.lua); a summary reads those fields, so a state the scripts set
+# must be listed here (tests/test_counts.py checks the Lua against this list).
+NODE_STATES = (
+    "queued",
+    "running",
+    "retrying",
+    "mapping",
+    "waiting",
+    "child",
+    "succeeded",
+    "failed",
+    "skipped",
+    "skipping",
+)
+
+
+def count_field(state: str) -> str:
+    """The field of the node state that counts the nodes in ``state``."""
+    return f"#{state}"
+
+
+def shown_state(stored: str | None, run_state: str) -> str:
+    """A node's state as people see it, from the state stored for it (None: none yet,
+    pending) and its run's state: "skipping" shows as skipped, and the run's outcome
+    decides upstream_failed and cancelled (NOT_RUN_IN_FAILED, UNFINISHED)."""
+    state = stored or "pending"
+    if state == "skipping":  # released as a skip, not yet passed on
+        state = "skipped"
+    if run_state == "failed" and state in NOT_RUN_IN_FAILED:
+        return "upstream_failed"
+    if run_state == "cancelled" and state in UNFINISHED:
+        return "cancelled"
+    return state
+
+
+def tally(total: int, counted: dict[str, int], run_state: str = "running") -> dict[str, int]:
+    """Counts by state as people see them (shown_state), from the counts the scripts keep
+    (``counted``: state -> count), the graph's ``total`` nodes (those with no state yet
+    are pending) and the run's state. States with no node are left out."""
+    out: dict[str, int] = {}
+    for state, n in [*counted.items(), (None, total - sum(counted.values()))]:
+        if n:
+            shown = shown_state(state, run_state)
+            out[shown] = out.get(shown, 0) + n
+    return out
 
 
 def _time(value: str | None) -> float | None:
@@ -158,14 +206,8 @@ class NodeStatus:
         """One node's status from the run's node-state hash ("<node>:<field>" -> value;
         "<node>:run" is a NodeRecord), the attempts kept in its history (``kept``) and the
         state of its run (which decides upstream_failed and cancelled)."""
-        state = fields.get(f"{node_id}:state") or "pending"
-        if state == "skipping":  # released as a skip, not yet passed on
-            state = "skipped"
+        state = shown_state(fields.get(f"{node_id}:state"), run_state)
         record = NodeRecord.parse(fields.get(f"{node_id}:run"))
-        if run_state == "failed" and state in NOT_RUN_IN_FAILED:
-            state = "upstream_failed"
-        elif run_state == "cancelled" and state in UNFINISHED:
-            state = "cancelled"
         error = parse_error(fields.get(f"{node_id}:error"))
         history = [kept[n] for n in sorted(kept)] if kept else []
         if record.attempts and (not kept or record.attempts not in kept):
@@ -234,6 +276,14 @@ class NodeStatus:
         return ", ".join(parts) or None
 
 
+def recount(nodes: dict[str, NodeStatus]) -> dict[str, int]:
+    """{state: number of nodes}, counted node by node (what the kept counts must equal)."""
+    out: dict[str, int] = {}
+    for n in nodes.values():
+        out[n.state] = out.get(n.state, 0) + 1
+    return out
+
+
 def _age(seconds: float) -> str:
     seconds = max(0.0, seconds)
     if seconds < 60:
@@ -265,16 +315,31 @@ class RunStatus:
     # the child runs its nodes started: node id (or "<node>#<i>", an item of a map) -> run
     children: dict[str, str] = field(default_factory=dict)
     position: int | None = None  # queued: its place among the runs waiting for a slot (1: next)
+    # a summary (RunStatus.summarised): the counts the scripts keep and the graph's size,
+    # with no node read (``nodes`` is empty)
+    tally: dict[str, int] | None = None
+    size: int | None = None
 
     @property
     def done(self) -> bool:
         return self.state in FINAL_STATES
 
+    @property
+    def summary(self) -> bool:
+        """True when this is a summary: counts, no nodes."""
+        return self.tally is not None
+
+    @property
+    def total(self) -> int:
+        """How many nodes the graph has."""
+        return self.size if self.size is not None else len(self.nodes)
+
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for n in self.nodes.values():
-            out[n.state] = out.get(n.state, 0) + 1
-        return out
+        """{state: number of nodes}: in a summary, the counts the scripts keep; else a
+        recount of every node read."""
+        if self.tally is not None:
+            return dict(self.tally)
+        return recount(self.nodes)
 
     def as_json(self) -> dict[str, Any]:
         """The document of ``celery-graph status --json`` (and the core of the dashboard's
@@ -369,6 +434,20 @@ class RunStatus:
             children={k[: -len(":child")]: v for k, v in fields.items() if k.endswith(":child")},
             position=position,
         )
+
+    @classmethod
+    def summarised(
+        cls,
+        run_id: str,
+        record: dict[str, str],
+        counted: dict[str, int],
+        now: float | None = None,
+    ) -> RunStatus:
+        """A summary: the run record and the counts by state the scripts keep (state ->
+        count, model NODE_STATES), whatever the size of the run; no node is read."""
+        total = record_field(run_id, record, "nodes", int) or 0
+        base = cls.from_state(run_id, record, {}, (), None, now)
+        return replace(base, tally=tally(total, counted), size=total)
 
     def stalled(self) -> dict[str, str]:
         """{node id: why it waits} for every released node that has not finished."""

@@ -8,7 +8,7 @@ from typing import Any
 from ..codec import decode_value, parse_error
 from ..errors import RunNotFound
 from ..keys import RUN_ID_RE, Keys
-from ..model import FINAL_STATES, GraphSpec, Outcome, RunStatus
+from ..model import FINAL_STATES, NODE_STATES, GraphSpec, Outcome, RunStatus, count_field
 from .connection import WAIT_SLICE, translated
 from .graphs import GraphStore
 from .scripts import Scripts
@@ -368,6 +368,22 @@ class RunStore:
         queue = self.keys.limit_layout(scope, group).queue
         rank = translated("reading a queue position", lambda: self.client.zrank(queue, run_id))
         return None if rank is None else int(rank) + 1
+
+    def counts(self, run_id: str) -> dict[str, int]:
+        """{state: how many of the run's graph nodes are in it}, as the scripts keep them
+        (model NODE_STATES; no node is read, whatever the size of the run)."""
+        key = self.keys.nodes(run_id)
+        raw = translated(
+            "reading node counts",
+            lambda: self.client.hmget(key, [count_field(s) for s in NODE_STATES]),
+        )
+        return {s: int(v) for s, v in zip(NODE_STATES, raw) if v is not None}
+
+    def summary(self, run_id: str) -> RunStatus:
+        """The run's state and its counts by state (RunStatus.summarised): a few keys read,
+        whatever the size of the run."""
+        record = self.record(run_id)
+        return RunStatus.summarised(run_id, record, self.counts(run_id), self.time())
 
     def outcome(self, run_id: str, record: dict[str, str] | None = None) -> Outcome | None:
         """How the run ended (None while it runs): the sinks' results, or its error."""

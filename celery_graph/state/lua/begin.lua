@@ -55,6 +55,7 @@
 -- @include "clock"
 -- @include "run"
 -- @include "node_record"
+-- @include "counts"
 local field, worker, running_lease, run_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local expands, handover = ARGV[5] == 'map', ARGV[6]
 local trace, watched = ARGV[7], ARGV[8] ~= ''
@@ -102,8 +103,12 @@ local own = results[1]
 if own then
   return answer({status, inputs, own})
 end
-local node = redis.call('HMGET', K.nodes, field .. ':state', record_field(field),
-                        field .. ':items', field .. ':queued', field .. ':sent')
+-- (with the counts a start moves: lib/counts.lua)
+local MOVED = {'queued', 'retrying', 'running'}
+local node = redis.call('HMGET', K.nodes, unpack(count_fields(
+  {field .. ':state', record_field(field), field .. ':items', field .. ':queued',
+   field .. ':sent'}, MOVED)))
+counts_read(MOVED, node, 6)
 local state = node[1]
 if state == 'failed' or state == 'skipped' or state == 'skipping'
     or (expands and node[3]) then
@@ -148,13 +153,16 @@ if attempt > 1 and redis.call('HEXISTS', K.nodes, previous) == 0 then
     started = record.started, finished = record.finished ~= '' and record.finished or nowstr,
     outcome = 'retried', error = '', traceback = ''}))
 end
+local writes = {field .. ':state', 'running', record_field(field), pack_record(started),
+                field .. ':sent', sent or ''}
 if trace ~= '' then
-  redis.call('HSET', K.nodes, field .. ':state', 'running', record_field(field),
-             pack_record(started), field .. ':sent', sent or '', field .. ':trace', trace)
-else
-  redis.call('HSET', K.nodes, field .. ':state', 'running', record_field(field),
-             pack_record(started), field .. ':sent', sent or '')
+  writes[#writes + 1] = field .. ':trace'
+  writes[#writes + 1] = trace
 end
+if not step then  -- a step after the graph is not counted
+  count_move(field, state, 'running')
+end
+redis.call('HSET', K.nodes, unpack(counts_into(writes)))
 redis.call('ZREM', K.queued, field)
 -- the leases set may have emptied (Redis drops it): it takes the run's expiry again; the
 -- node state was given it when the run started (or resumed) and keeps it

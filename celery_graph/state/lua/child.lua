@@ -14,6 +14,7 @@
 -- Returns a ChildMark: WAITING (the node waits for the child), DONE (the node ended
 -- already) or NOT_RUNNING (the run is not running: only the child is recorded).
 -- @include "run"
+-- @include "counts"
 local node, child = ARGV[1], ARGV[2]
 
 local ChildMark = {WAITING = 'waiting', DONE = 'done', NOT_RUNNING = 'not_running'}
@@ -26,6 +27,6 @@ end
 if redis.call('HGET', K.nodes, node .. ':state') ~= 'running' then
   return ChildMark.DONE
 end
-redis.call('HSET', K.nodes, node .. ':state', 'child')
+set_state(node, 'running', 'child')
 redis.call('ZREM', K.leases, node)
 return ChildMark.WAITING

@@ -69,6 +69,7 @@
 -- @include "clock"
 -- @include "run"
 -- @include "node_record"
+-- @include "counts"
 local node, result, nsinks = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local run_ttl, result_ttl = ARGV[4], ARGV[5]
 local nsucc, lease = tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -100,9 +101,9 @@ if status ~= 'running' then
     pin_choice()
     -- a late copy of a node that arrived already (another copy ran it, and the run went
     -- on) has nothing to settle; nor has anything of a run that succeeded (never resumed)
-    if status ~= 'succeeded'
-        and redis.call('HGET', K.nodes, node .. ':state') ~= 'succeeded' then
-      redis.call('HSET', K.nodes, node .. ':state', 'succeeded', node .. ':unsettled', '1')
+    local old = redis.call('HGET', K.nodes, node .. ':state')
+    if status ~= 'succeeded' and old ~= 'succeeded' then
+      set_state(node, old, 'succeeded', node .. ':unsettled', '1')
       record_finished(node, nowstr)
     end
     redis.call('ZREM', K.leases, node)
@@ -134,12 +135,17 @@ local fields = {node .. ':state', record_field(node), node .. ':unsettled', node
 for i = 0, nsucc - 1 do
   fields[#fields + 1] = ARGV[FIRST_SUCC + 3 * i] .. ':state'
 end
-local seen = redis.call('HMGET', K.nodes, unpack(fields))
+-- (then the counts an arrival moves: lib/counts.lua)
+local MOVED = {'failed', 'queued', 'running', 'skipped', 'skipping', 'succeeded'}
+local seen = redis.call('HMGET', K.nodes, unpack(count_fields(fields, MOVED)))
 local FIRST_SUCC_STATE = 5
+counts_read(MOVED, seen, FIRST_SUCC_STATE + nsucc)
+local current = seen[1]  -- the node's state, as this call leaves it
 
 -- writes to the node state, made in one HSET (flush) before the script answers
 local writes = {}
 local function flush()
+  counts_into(writes)
   if #writes > 0 then
     redis.call('HSET', K.nodes, unpack(writes))
     writes = {}
@@ -153,6 +159,8 @@ if last then
   local r = parse_record(seen[2])
   r.finished = nowstr
   writes = {node .. ':state', final, record_field(node), pack_record(r)}
+  count_move(node, current, final)
+  current = final
   if seen[3] then
     redis.call('HDEL', K.nodes, node .. ':unsettled')
   end
@@ -195,7 +203,7 @@ if first and kind == 'failed' and policy_json ~= '' then
   end
   if why then
     -- this member's failure is the run's, not one its group tolerated: a resume runs it
-    redis.call('HSET', K.nodes, node .. ':state', 'failed', node .. ':unsettled', '1')
+    set_state(node, current, 'failed', node .. ':unsettled', '1')
     record_finished(node, nowstr)
     table.sort(failed)
     local message = "group '" .. group .. "' (" .. policy.kind .. ' policy): ' .. why
@@ -249,6 +257,7 @@ for i = 0, nsucc - 1 do
       -- idempotent); the lease makes the reconciler finish a propagation nobody did
       if not state then
         redis.call('HSET', K.nodes, field, 'skipping')
+        count_move(succ, false, 'skipping')
         redis.call('ZADD', K.leases, now + lease, succ)
         leased = true
         state = 'skipping'
@@ -262,6 +271,7 @@ for i = 0, nsucc - 1 do
       writes[#writes + 1] = 'queued'
       writes[#writes + 1] = succ .. ':queued'
       writes[#writes + 1] = nowstr
+      count_move(succ, false, 'queued')
       redis.call('ZADD', K.queued, now + delay + lease, succ)
       queued = true
       publish[#publish + 1] = succ

@@ -24,6 +24,7 @@
 -- not running.
 -- @include "clock"
 -- @include "run"
+-- @include "counts"
 local node, items, queued_lease, run_ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local from, to = tonumber(ARGV[5]), tonumber(ARGV[6])
 local units, sep = tonumber(ARGV[7]), ARGV[8]
@@ -40,8 +41,8 @@ for i = from, to - 1 do
   redis.call('ZADD', K.queued, expiry, node .. sep .. i)
 end
 if to >= units then
-  redis.call('HSET', K.nodes, node .. ':items', items, node .. ':state', 'mapping',
-             node .. ':queued', nowstr)
+  set_state(node, redis.call('HGET', K.nodes, node .. ':state'), 'mapping',
+            node .. ':items', items, node .. ':queued', nowstr)
   redis.call('ZREM', K.leases, node)
 end
 expire_keys({K.nodes, K.leases, K.queued}, run_ttl)

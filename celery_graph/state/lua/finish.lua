@@ -24,6 +24,7 @@
 -- IGNORED when the failure was ignored.
 -- @include "clock"
 -- @include "run"
+-- @include "counts"
 -- @include "node_record"
 local final, node, error_json, result_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local guard, unsent = ARGV[5], ARGV[6] == '1'
@@ -45,7 +46,8 @@ if unsent then
 end
 if node ~= '' then
   -- failed with the run, not tolerated by a group policy: a resume runs it again
-  redis.call('HSET', K.nodes, node .. ':state', 'failed', node .. ':unsettled', '1')
+  set_state(node, redis.call('HGET', K.nodes, node .. ':state'), 'failed',
+            node .. ':unsettled', '1')
   record_finished(node, nowstr)
 end
 close_run(final, nowstr, error_json, result_ttl)

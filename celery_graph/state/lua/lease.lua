@@ -24,6 +24,7 @@
 -- Returns the number of leases set; 0 when the run is not running (but for "renew").
 -- @include "clock"
 -- @include "run"
+-- @include "counts"
 -- @include "node_record"
 local mode, seconds, who = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local FIRST_FIELD = 4
@@ -44,6 +45,14 @@ end
 local now, nowstr = server_clock()
 local expiry = now + seconds
 local set = 0
+-- a state change: counted for a graph node, not for the step after the graph
+local function move(field, old, new, ...)
+  if step then
+    set_step_state(field, new, ...)
+  else
+    set_state(field, old, new, ...)
+  end
+end
 for i = FIRST_FIELD, #ARGV do
   local field = ARGV[i]
   if step and field ~= step and mode ~= Mode.RENEW then
@@ -56,17 +65,18 @@ for i = FIRST_FIELD, #ARGV do
       redis.call('ZREM', K.leases, field)
       redis.call('ZADD', K.queued, expiry, field)
       -- sent again now (Celery's retry): its next attempt's queue wait counts from here
-      redis.call('HSET', K.nodes, field .. ':state', 'retrying', field .. ':queued', nowstr)
+      move(field, 'running', 'retrying', field .. ':queued', nowstr)
       set = set + 1
     end
   elseif mode == Mode.REDELIVER then
     redis.call('ZREM', K.leases, field)
     redis.call('ZADD', K.queued, expiry, field)
     redis.call('HINCRBY', K.nodes, field .. ':redelivered', 1)
-    redis.call('HSET', K.nodes, field .. ':queued', nowstr)
     local state = redis.call('HGET', K.nodes, field .. ':state')
     if state == 'running' or state == 'retrying' then
-      redis.call('HSET', K.nodes, field .. ':state', 'queued')
+      move(field, state, 'queued', field .. ':queued', nowstr)
+    else
+      redis.call('HSET', K.nodes, field .. ':queued', nowstr)
     end
     set = set + 1
   elseif mode == Mode.RELEASE then
@@ -74,7 +84,7 @@ for i = FIRST_FIELD, #ARGV do
         and read_record(field).worker == who then
       redis.call('ZREM', K.leases, field)
       redis.call('ZADD', K.queued, expiry, field)
-      redis.call('HSET', K.nodes, field .. ':state', 'queued', field .. ':queued', nowstr)
+      move(field, 'running', 'queued', field .. ':queued', nowstr)
       set = set + 1
     end
   end

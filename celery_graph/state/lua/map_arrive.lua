@@ -27,6 +27,7 @@
 -- resume sends the unit again, and that copy, which finds its result, arrives).
 -- @include "clock"
 -- @include "run"
+-- @include "counts"
 -- @include "node_record"
 local field, result, unit, run_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local units, result_ttl, map_node = tonumber(ARGV[5]), ARGV[6], ARGV[7]
@@ -51,7 +52,7 @@ local stored = Stored.KEPT
 if result ~= '' then
   stored = redis.call('HSETNX', K.results, field, result)
 end
-redis.call('HSET', K.nodes, field .. ':state', 'succeeded')
+set_state(field, false, 'succeeded')  -- a unit: not counted (lib/counts.lua)
 record_finished(field, nowstr)
 redis.call('SADD', arrivals, unit)
 redis.call('ZREM', K.leases, field)

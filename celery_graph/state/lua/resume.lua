@@ -29,6 +29,7 @@
 -- {err} when the run is not resumable.
 -- @include "clock"
 -- @include "run"
+-- @include "counts"
 local run_ttl, queued_lease, nfields = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local FIRST_FIELD = 4
 
@@ -44,7 +45,8 @@ redis.call('DEL', K.done)
 local epoch = redis.call('HINCRBY', K.run, 'epoch', 1)
 local expiry = now + queued_lease
 local function send(field)
-  redis.call('HSET', K.nodes, field .. ':state', 'queued', field .. ':queued', nowstr)
+  set_state(field, redis.call('HGET', K.nodes, field .. ':state'), 'queued',
+            field .. ':queued', nowstr)
   -- (a wait_for() node sent again waits afresh: its timeout counts from then)
   redis.call('HDEL', K.nodes, field .. ':error', field .. ':unsettled', field .. ':lost',
              field .. ':waiting')

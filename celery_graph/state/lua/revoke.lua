@@ -27,6 +27,7 @@
 -- succeeded already.
 -- @include "clock"
 -- @include "run"
+-- @include "counts"
 -- @include "node_record"
 local field, node, epoch = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local error_json, result_ttl = ARGV[4], ARGV[5]
@@ -48,8 +49,9 @@ if state then
   -- released (queued or running): cancelled with the run, a resume sends it again (with
   -- a task id of the next epoch). A node not released yet keeps no state: its
   -- predecessors release it after a resume, as any other.
-  redis.call('HSET', K.nodes, node .. ':state', 'failed', node .. ':unsettled', '1',
-             node .. ':error', error_json)
+  -- (``field`` may be a unit of the map ``node``: the node's own state is what moves)
+  local old = field == node and state or redis.call('HGET', K.nodes, node .. ':state')
+  set_state(node, old, 'failed', node .. ':unsettled', '1', node .. ':error', error_json)
   record_finished(node, nowstr)
 end
 close_run('cancelled', nowstr, error_json, result_ttl)

@@ -19,6 +19,7 @@
 -- status} (the run is not running) or {Signal.GONE} (no such run).
 -- @include "clock"
 -- @include "run"
+-- @include "counts"
 local node, payload, lease = ARGV[1], ARGV[2], tonumber(ARGV[3])
 
 local Signal = {WOKEN = 'woken', KEPT = 'kept', TAKEN = 'taken', ENDED = 'ended',
@@ -40,7 +41,7 @@ end
 local now, nowstr = server_clock()
 redis.call('HSET', K.nodes, node .. ':signal', payload, node .. ':signalled', nowstr)
 if state == 'waiting' then
-  redis.call('HSET', K.nodes, node .. ':state', 'queued', node .. ':queued', nowstr)
+  set_state(node, 'waiting', 'queued', node .. ':queued', nowstr)
   redis.call('ZREM', K.leases, node)
   redis.call('ZADD', K.queued, now + lease, node)
   return {Signal.WOKEN}

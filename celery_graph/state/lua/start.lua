@@ -28,6 +28,7 @@
 -- Returns {1, now} when this call created the run, {0, status} when it exists.
 -- @include "clock"
 -- @include "run"
+-- @include "counts"
 local graph, inputs, nnodes, sinks = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local deadline, run_ttl, lease, extra = ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8]
 local waits = ARGV[9] == '1'
@@ -54,7 +55,9 @@ end
 for i = FIRST_ROOT, waits and 0 or #ARGV, 2 do
   local root = ARGV[i]
   redis.call('HSET', K.nodes, root .. ':state', 'queued', root .. ':queued', nowstr)
+  count_move(root, false, 'queued')
   redis.call('ZADD', K.queued, now + tonumber(ARGV[i + 1]) + lease, root)
 end
+counts_into({})  -- one HINCRBY, however many roots (lib/counts.lua)
 expire_keys({K.run, K.nodes, K.queued}, run_ttl)
 return {1, nowstr}

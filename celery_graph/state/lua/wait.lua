@@ -17,6 +17,7 @@
 -- running: nothing changed).
 -- @include "clock"
 -- @include "run"
+-- @include "counts"
 local node, timeout = ARGV[1], ARGV[2]
 
 local Wait = {SIGNALLED = 'signalled', WAITING = 'waiting', ENDED = 'ended'}
@@ -30,7 +31,7 @@ if payload then
 end
 local _, nowstr = server_clock()
 redis.call('HSETNX', K.nodes, node .. ':waiting', nowstr)
-redis.call('HSET', K.nodes, node .. ':state', 'waiting')
+set_state(node, redis.call('HGET', K.nodes, node .. ':state'), 'waiting')
 redis.call('ZREM', K.leases, node)
 if timeout ~= '' then
   local since = tonumber(redis.call('HGET', K.nodes, node .. ':waiting'))
