@@ -158,3 +158,15 @@ def test_a_summary_of_a_large_run_reads_no_node(app, tag):
         assert _exact(app, run) == {"succeeded": 1, "queued": n}
     finally:
         run.cancel()
+
+
+def test_a_run_started_without_counts_is_read_whole(app, tag):
+    """A run a version that kept no counts started (its record has no "counted"): its
+    summary is a full read, not counts that began mid-run."""
+    run = (step.bind(id="a", tag=tag) >> step.bind(id="b", tag=tag)).apply_async()
+    run.get(timeout=20)
+    state = state_for(app)
+    state.client.hdel(state.keys.run(run.id), "counted")
+    summary = run.summary()
+    assert not summary.summary and set(summary.nodes) == {"a", "b"}
+    assert summary.counts() == {"succeeded": 2}

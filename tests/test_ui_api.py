@@ -415,3 +415,44 @@ def test_flows_carry_their_success_rate_and_duration_percentiles_from_counters(a
     wait_for(lambda: stats("ui-echo")["day"]["runs"] == echo["day"]["runs"] + 1, 10, "one more")
     state.runs.index_ended(again)
     assert stats("ui-echo")["day"]["runs"] == echo["day"]["runs"] + 1
+
+
+def test_a_large_run_is_answered_folded_with_the_kept_counts(app, http, monkeypatch):
+    from celery_graph import Parallel
+    from celery_graph.ui import views
+
+    monkeypatch.setattr(views, "FOLD_OVER", 10)  # 42 nodes count as large here
+    members = tuple(ui_echo.bind(id=f"e{i}", x=i) for i in range(20)) + tuple(
+        ui_never.bind(id=f"n{i}") for i in range(20)
+    )
+    run = (
+        ui_echo.bind(id="first", x=1) >> Parallel(members) >> ui_echo.bind(id="last", x=2)
+    ).apply_async()
+    try:
+        wait_for(
+            lambda: run.summary().counts().get("succeeded") == 21,
+            timeout=30,
+            what="the consumed members to succeed",
+        )
+        data = http.get(f"/api/runs/{run.id}")
+        status = run.status()
+        assert data["folded"] is True
+        assert data["counts"] == status.counts() == {"succeeded": 21, "queued": 20, "pending": 1}
+        assert data["progress"] == {"done": 21, "failed": 0, "total": 42}
+        graph = http.get(f"/api/runs/{run.id}/graph")
+        solo = {b["id"] for b in graph["nodes"] if b["kind"] != "group"}
+        groups = {b["id"]: b["members"] for b in graph["nodes"] if b["kind"] == "group"}
+        assert groups and set(data["nodes"]) == solo  # group members are not listed
+        for gid, ms in groups.items():
+            expected: dict[str, int] = {}
+            for m in ms:
+                s = status.nodes[m].state
+                expected[s] = expected.get(s, 0) + 1
+            assert data["groups"][gid] == expected
+        # a member's detail reads that node only
+        member = http.get(f"/api/runs/{run.id}/nodes/n3")
+        assert member["state"] == "queued" and member["node_id"] == "n3"
+        done = http.get(f"/api/runs/{run.id}/nodes/e3")
+        assert done["state"] == "succeeded" and done["result"]["preview"]
+    finally:
+        run.cancel()

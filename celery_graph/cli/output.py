@@ -87,8 +87,8 @@ def print_status(status: RunStatus, out: IO[str], *, every_node: bool = False) -
     out.write("nodes     " + ", ".join(f"{counts[k]} {k}" for k in sorted(counts)) + "\n\n")
     if status.summary:
         out.write(
-            f"{status.total} nodes, summarised from the counts the graph state keeps; "
-            "--all lists every node (failed, waiting and slowest)\n"
+            f"{status.total} nodes, counted by state as the graph state keeps them; "
+            "--all lists every node\n"
         )
     elif every_node or len(status.nodes) <= SUMMARY_OVER:
         _all_nodes(status, out)

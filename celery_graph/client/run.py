@@ -107,6 +107,7 @@ class GraphRun(Generic[R]):
         the graph state keeps as nodes change: a few keys, whatever the size of the run
         (``status()`` reads every node). ``summary().counts()`` equals
         ``status().counts()``; its ``nodes`` is empty and ``total`` is the graph's size.
+        (A run started by a version that kept no counts is read whole: ``status()``.)
 
         >>> run.summary().counts()  # doctest: +SKIP
         {'pending': 99000, 'queued': 40, 'running': 8, 'succeeded': 952}

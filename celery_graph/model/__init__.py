@@ -14,6 +14,7 @@ from .compiler import (
 from .spec import Concurrency, GraphSpec, NodeSpec, tree_ids
 from .status import (
     FINAL_STATES,
+    NODE_ATTRS,
     NODE_STATES,
     NodeRecord,
     NodeStatus,
@@ -40,6 +41,7 @@ __all__ = [
     "NodeSpec",
     "tree_ids",
     "FINAL_STATES",
+    "NODE_ATTRS",
     "NODE_STATES",
     "count_field",
     "recount",

@@ -32,6 +32,21 @@ NODE_STATES = (
 )
 
 
+# the fields "<node>:<attr>" of the node state a NodeStatus reads (and a map's item count)
+NODE_ATTRS = (
+    "state",
+    "run",
+    "error",
+    "queued",
+    "redelivered",
+    "lost",
+    "waiting",
+    "signalled",
+    "child",
+    "items",
+)
+
+
 def count_field(state: str) -> str:
     """The field of the node state that counts the nodes in ``state``."""
     return f"#{state}"
@@ -442,11 +457,12 @@ class RunStatus:
         record: dict[str, str],
         counted: dict[str, int],
         now: float | None = None,
+        position: int | None = None,
     ) -> RunStatus:
         """A summary: the run record and the counts by state the scripts keep (state ->
         count, model NODE_STATES), whatever the size of the run; no node is read."""
         total = record_field(run_id, record, "nodes", int) or 0
-        base = cls.from_state(run_id, record, {}, (), None, now)
+        base = cls.from_state(run_id, record, {}, (), None, now, position=position)
         return replace(base, tally=tally(total, counted), size=total)
 
     def stalled(self) -> dict[str, str]:

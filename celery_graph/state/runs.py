@@ -328,6 +328,34 @@ class RunStore:
         running, queued = translated("reading leases", pipe.execute)
         return any(score is not None and float(score) > now for score in (running, queued))
 
+    # fields read in one HMGET, at most: a larger read goes in several
+    FIELDS_PAGE = 10_000
+
+    def fields_of(self, run_id: str, fields: list[str]) -> dict[str, str]:
+        """The node-state fields ``fields`` of the run that exist ({field: value}): a
+        part of the node state, whatever the size of the run."""
+        key = self.keys.nodes(run_id)
+        out: dict[str, str] = {}
+        for i in range(0, len(fields), self.FIELDS_PAGE):
+            part = fields[i : i + self.FIELDS_PAGE]
+            raw = translated("reading node states", lambda: self.client.hmget(key, part))  # noqa: B023
+            out.update({f: v.decode() for f, v in zip(part, raw) if v is not None})
+        return out
+
+    def leases_of(self, run_id: str, fields: list[str]) -> dict[str, float]:
+        """{field: lease expiry} of those of ``fields`` that hold a running or queued
+        lease."""
+        if not fields:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zmscore(self.keys.queued(run_id), fields)
+        pipe.zmscore(self.keys.leases(run_id), fields)
+        queued, running = translated("reading leases", pipe.execute)
+        out: dict[str, float] = {}
+        for scores in (queued, running):
+            out.update({f: float(s) for f, s in zip(fields, scores) if s is not None})
+        return out
+
     def leases(self, run_id: str) -> dict[str, float]:
         """{field: lease expiry} of every running and queued lease of the run."""
 
@@ -383,7 +411,16 @@ class RunStore:
         """The run's state and its counts by state (RunStatus.summarised): a few keys read,
         whatever the size of the run."""
         record = self.record(run_id)
-        return RunStatus.summarised(run_id, record, self.counts(run_id), self.time())
+        if not record.get("counted") and not record.get("unstarted"):
+            # started by a version that kept no counts: every node is read
+            return self.status(run_id, self.graph_of(run_id, record))
+        return RunStatus.summarised(
+            run_id,
+            record,
+            self.counts(run_id),
+            self.time(),
+            position=self.position(run_id, record),
+        )
 
     def outcome(self, run_id: str, record: dict[str, str] | None = None) -> Outcome | None:
         """How the run ended (None while it runs): the sinks' results, or its error."""

@@ -21,7 +21,14 @@ from ..client.run import resume_frontier
 from ..codec import decode_value
 from ..drawing.layout import layout
 from ..errors import RunNotResumable
-from ..model import FINAL_STATES, GraphSpec, NodeStatus, RunStatus, record_field
+from ..model import (
+    FINAL_STATES,
+    NODE_ATTRS,
+    GraphSpec,
+    NodeStatus,
+    RunStatus,
+    record_field,
+)
 from ..protocol import task_id_for
 from ..state import RunRow, State
 from ..worker.heartbeat import live_workers
@@ -32,6 +39,7 @@ MAX_KEY_CHARS = 1000  # of an idempotency key sent to the API
 PREVIEW_BYTES = 64 * 1024  # a larger result is not read for a preview
 PREVIEW_CHARS = 4000
 ITEMS_SHOWN = 200  # items of a map listed in a node's detail
+FOLD_OVER = 2000  # a run of more nodes is answered folded (Views.run)
 LAYOUTS_CACHED = 64
 
 
@@ -69,17 +77,29 @@ class Views:
 
     # -- reading -------------------------------------------------------------------------
 
-    def _status(self, run_id: str) -> tuple[dict[str, str], GraphSpec, dict[str, str], RunStatus]:
+    def _status(
+        self, run_id: str, only: list[str] | None = None
+    ) -> tuple[dict[str, str], GraphSpec, dict[str, str], RunStatus]:
+        """The run's record, graph, node-state fields and status: of every node, or of the
+        nodes ``only`` (and the steps after the graph) whatever the size of the run."""
         runs = self.state.runs
         record = runs.record(run_id)  # RunNotFound names the id and the prefix
         spec = runs.graph_of(run_id, record)  # no nodes for a run that never started
-        fields = runs.node_fields(run_id)
+        if only is None:
+            fields = runs.node_fields(run_id)
+            leases = runs.leases(run_id)
+            order = spec.order
+        else:
+            ids = [*only, *spec.roles]
+            fields = runs.fields_of(run_id, [f"{n}:{a}" for n in ids for a in NODE_ATTRS])
+            leases = runs.leases_of(run_id, ids)
+            order = tuple(only)
         status = RunStatus.from_state(
             run_id,
             record,
             fields,
-            spec.order,
-            runs.leases(run_id),
+            order,
+            leases,
             runs.time(),
             spec.roles,
             runs.position(run_id, record),
@@ -87,6 +107,14 @@ class Views:
         return record, spec, fields, status
 
     def run(self, run_id: str) -> dict[str, Any]:
+        """The run page's answer. A run of more than FOLD_OVER nodes is answered folded:
+        its counts are the ones the scripts keep, ``nodes`` holds the nodes drawn as boxes
+        of their own, and ``groups`` each group box's counts by state (its members' states
+        read in a few HMGETs); ``folded`` says so."""
+        record = self.state.runs.record(run_id)
+        # (a run started by a version that kept no counts is read whole)
+        if int(record.get("nodes") or 0) > FOLD_OVER and record.get("counted"):
+            return self._folded(run_id)
         record, spec, fields, status = self._status(run_id)
         data = status.as_json()  # the fields of `celery-graph status --json`
         counts = data["counts"]
@@ -115,6 +143,49 @@ class Views:
                 "resume": status.state in ("failed", "cancelled") and not record.get("unstarted"),
             },
             flower=self.flower_url,
+            folded=False,
+        )
+        return data
+
+    def _folded(self, run_id: str) -> dict[str, Any]:
+        drawing = self.graph(run_id)
+        solo = [b["id"] for b in drawing["nodes"] if b["kind"] != "group"]
+        groups = {b["id"]: b["members"] for b in drawing["nodes"] if b["kind"] == "group"}
+        record, spec, fields, status = self._status(run_id, solo)
+        runs = self.state.runs
+        members = [m for ms in groups.values() for m in ms]
+        states = runs.fields_of(run_id, [f"{m}:state" for m in members])
+        group_counts: dict[str, dict[str, int]] = {}
+        for gid, ms in groups.items():
+            tally: Counter[str] = Counter()
+            for m in ms:
+                state = states.get(f"{m}:state", "pending")
+                tally["skipped" if state == "skipping" else state] += 1
+            group_counts[gid] = dict(tally)
+        data = status.as_json()
+        counts = RunStatus.summarised(run_id, record, runs.counts(run_id)).counts()
+        row = RunRow(run_id, record)
+        data.update(
+            counts=counts,
+            flow=self.registry.name_of(row),
+            inputs=record_field(run_id, record, "inputs", json.loads) or {},
+            deadline=record_field(run_id, record, "deadline", float),
+            resumed=record_field(run_id, record, "resumed", float),
+            now=status.now,
+            progress={
+                "done": counts.get("succeeded", 0) + counts.get("skipped", 0),
+                "failed": counts.get("failed", 0),
+                "total": len(spec.order),
+            },
+            stalled=status.stalled(),  # of the nodes drawn alone
+            items=_items(fields, spec),
+            groups=group_counts,
+            actions={
+                "cancel": status.state == "running",
+                "resume": status.state in ("failed", "cancelled"),
+            },
+            flower=self.flower_url,
+            folded=True,
         )
         return data
 
@@ -135,13 +206,23 @@ class Views:
         return cached
 
     def node(self, run_id: str, node_id: str) -> dict[str, Any]:
-        _record, spec, fields, status = self._status(run_id)
+        """One node in detail: its fields and its items' only, whatever the run's size."""
+        spec = self.state.runs.graph_of(run_id)
         if node_id not in spec.nodes:
             raise NotFound(
                 f"run {run_id} has no node {node_id!r} (nodes: "
                 f"{', '.join(spec.order[:20])}{' ...' if len(spec.order) > 20 else ''})"
             )
         node = spec.nodes[node_id]
+        _record, spec, fields, status = self._status(run_id, [node_id])
+        if node.map_source:
+            units = int(fields.get(f"{node_id}:items", 0))
+            shown = [f"{node_id}#{i}" for i in range(min(units, ITEMS_SHOWN))]
+            fields.update(
+                self.state.runs.fields_of(
+                    run_id, [f"{u}:{a}" for u in shown for a in ("state", "run")]
+                )
+            )
         ns = status.nodes[node_id]
         error = ns.error
         if error is None and status.error and status.error.get("node") == node_id:

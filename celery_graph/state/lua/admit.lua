@@ -12,6 +12,7 @@
 -- Returns {1, now} when this call started the run, {0, status or ""} otherwise.
 -- @include "clock"
 -- @include "run"
+-- @include "counts"
 local lease = tonumber(ARGV[1])
 local FIRST_ROOT = 2
 
@@ -24,7 +25,9 @@ redis.call('HSET', K.run, 'status', 'running', 'admitted', nowstr)
 for i = FIRST_ROOT, #ARGV, 2 do
   local root = ARGV[i]
   redis.call('HSET', K.nodes, root .. ':state', 'queued', root .. ':queued', nowstr)
+  count_move(root, false, 'queued')
   redis.call('ZADD', K.queued, now + tonumber(ARGV[i + 1]) + lease, root)
 end
+counts_into({})  -- one HINCRBY, however many roots (lib/counts.lua)
 adopt_run_ttl({K.nodes, K.queued})
 return {1, nowstr}

@@ -44,8 +44,10 @@ if status then
   end
 end
 local now, nowstr = server_clock()
-redis.call('HSET', K.run, 'status', waits and 'queued' or 'running', 'graph', graph, 'inputs', inputs,
-           'created', nowstr, 'nodes', nnodes, 'sinks', sinks)
+-- ("counted": the node counts of lib/counts.lua are kept from the start of this run)
+redis.call('HSET', K.run, 'status', waits and 'queued' or 'running', 'graph', graph,
+           'inputs', inputs, 'created', nowstr, 'nodes', nnodes, 'sinks', sinks,
+           'counted', '1')
 if deadline ~= '' then
   redis.call('HSET', K.run, 'deadline', string.format('%.6f', now + tonumber(deadline)))
 end

@@ -8,6 +8,7 @@ import {
 const POLL_MS = 1000;
 const FINAL = ["succeeded", "failed", "cancelled"];
 const LABEL_CHARS = 21;
+const MEMBERS_SHOWN = 500; // members of a group listed in a folded run's detail
 
 function cut(text, n) {
   return text.length > n ? text.slice(0, n - 1) + "…" : text;
@@ -86,10 +87,13 @@ function paint(drawing, status) {
     let state;
     let text = "";
     if (box.kind === "group") {
-      const counts = {};
-      for (const m of box.members) {
-        const s = status.nodes[m].state;
-        counts[s] = (counts[s] || 0) + 1;
+      // a folded run (a large one) counts each group's states on the server
+      const counts = status.folded ? { ...(status.groups[box.id] || {}) } : {};
+      if (!status.folded) {
+        for (const m of box.members) {
+          const s = status.nodes[m].state;
+          counts[s] = (counts[s] || 0) + 1;
+        }
       }
       state = aggregate(counts, box.members.length);
       const done = (counts.succeeded || 0) + (counts.skipped || 0);
@@ -377,11 +381,18 @@ export async function runPage(root, runId) {
   }
 
   function showGroup(box) {
-    const rows = box.members.map((m) => h("tr", {},
+    // a folded run: the group's counts, and its first members (select one for its state)
+    const members = status.folded ? box.members.slice(0, MEMBERS_SHOWN) : box.members;
+    const rows = members.map((m) => h("tr", {},
       h("td", {}, h("a", { href: "#", class: "mono", onclick: (ev) => { ev.preventDefault(); select(box, m); } }, m)),
-      h("td", {}, badge(status.nodes[m].state))));
+      status.folded ? null : h("td", {}, badge(status.nodes[m].state))));
+    const counts = status.folded ? Object.entries(status.groups[box.id] || {}) : [];
     fill(detail, h("h2", {}, box.label), h("p", { class: "muted" }, `${box.members.length} nodes`),
-      h("table", { class: "plain members" }, rows));
+      counts.length ? h("table", { class: "plain group-counts" }, counts.map(([s, n]) =>
+        h("tr", {}, h("td", {}, badge(s)), h("td", { class: "num" }, String(n))))) : null,
+      h("table", { class: "plain members" }, rows),
+      members.length < box.members.length
+        ? h("p", { class: "muted small" }, `first ${members.length} of ${box.members.length} shown`) : null);
   }
 
   function boxOf(nodeId) {
