@@ -36,6 +36,7 @@ def test_a_node_takes_the_result_of_its_child_run(app, tag):
     assert sub.flow == "invoice"
     assert sub.as_json()["parent"] == run.id
     assert status.as_json()["children"] == {"per_customer": kid}
+    assert run.summary().children == {"per_customer": kid}  # from the run record, no node read
     assert read_trace(tag) == ["invoice:acme", "summary"]
     assert app.conf.graph_key_prefix in GraphRun(kid, app=app)._state.keys.run(kid)
 

@@ -358,3 +358,31 @@ def test_the_flows_page_shows_each_flows_last_day_and_week(
         playwright_api, page.locator('#flow-ui-echo tr[data-window="last week"]')
     ).to_be_visible()
     shot(page, tmp_path, "ui-flows.png")
+
+
+def test_a_folded_run_page_colours_groups_and_lists_a_group(
+    app, ui, http, page, playwright_api, monkeypatch
+):
+    """A run of more than FOLD_OVER nodes (lowered here): its groups are coloured from the
+    counts the server sends, a group lists its counts and members, a member its state."""
+    from celery_graph import Parallel
+    from celery_graph.ui import views
+    from tests.ui_tasks import ui_echo
+
+    monkeypatch.setattr(views, "FOLD_OVER", 10)
+    members = tuple(ui_echo.bind(id=f"e{i}", x=i) for i in range(40))
+    run = (
+        ui_echo.bind(id="first", x=1) >> Parallel(members) >> ui_echo.bind(id="last", x=2)
+    ).apply_async()
+    run.get(timeout=30)
+    assert http.get(f"/api/runs/{run.id}")["folded"] is True
+    page.goto(f"{ui.url}runs/{run.id}")
+    expect(playwright_api, page.locator("#run-state")).to_have_attribute("data-state", "succeeded")
+    group = page.locator('g.node[data-kind="group"]').first
+    expect(playwright_api, group).to_have_attribute("data-state", "succeeded")
+    group.click()
+    detail = page.locator("#detail")
+    expect(playwright_api, detail.locator("table.group-counts")).to_contain_text("40")
+    detail.locator("table.members a", has_text="e7").click()
+    expect(playwright_api, detail).to_contain_text("e7")
+    expect(playwright_api, detail.locator("#result")).to_contain_text('"times": 14')

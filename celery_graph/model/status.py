@@ -463,7 +463,8 @@ class RunStatus:
         count, model NODE_STATES), whatever the size of the run; no node is read."""
         total = record_field(run_id, record, "nodes", int) or 0
         base = cls.from_state(run_id, record, {}, (), None, now, position=position)
-        return replace(base, tally=tally(total, counted), size=total)
+        children = {k[len("child:") :]: v for k, v in record.items() if k.startswith("child:")}
+        return replace(base, tally=tally(total, counted), size=total, children=children)
 
     def stalled(self) -> dict[str, str]:
         """{node id: why it waits} for every released node that has not finished."""

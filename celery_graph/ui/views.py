@@ -163,10 +163,12 @@ class Views:
                 tally["skipped" if state == "skipping" else state] += 1
             group_counts[gid] = dict(tally)
         data = status.as_json()
-        counts = RunStatus.summarised(run_id, record, runs.counts(run_id)).counts()
+        summary = RunStatus.summarised(run_id, record, runs.counts(run_id))
+        counts = summary.counts()
         row = RunRow(run_id, record)
         data.update(
             counts=counts,
+            children=summary.children,  # every node's, from the run record
             flow=self.registry.name_of(row),
             inputs=record_field(run_id, record, "inputs", json.loads) or {},
             deadline=record_field(run_id, record, "deadline", float),

@@ -4,7 +4,7 @@
 -- completed the node), the node waits for the child: state "child", no running lease, so
 -- no worker holds it and the reconciler does not look at it; the child's end completes it.
 --
--- KEYS[1] K.run      run record          (hash)
+-- KEYS[1] K.run      run record          (hash: "child:<node>" -> the child run, too)
 -- KEYS[3] K.nodes    run node state      (hash: "<node>:child" = the child run id)
 -- KEYS[7] K.leases   running leases      (zset)
 -- (KEYS[1..8] are the run's keys, lib/run.lua; the others are not touched here)
@@ -21,7 +21,12 @@ local ChildMark = {WAITING = 'waiting', DONE = 'done', NOT_RUNNING = 'not_runnin
 
 redis.call('HSET', K.nodes, node .. ':child', child)
 adopt_run_ttl({K.nodes})
-if redis.call('HGET', K.run, 'status') ~= 'running' then
+local status = redis.call('HGET', K.run, 'status')
+if status then
+  -- in the run record too ("child:<node>"), where a summary reads the run's children
+  redis.call('HSET', K.run, 'child:' .. node, child)
+end
+if status ~= 'running' then
   return ChildMark.NOT_RUNNING
 end
 if redis.call('HGET', K.nodes, node .. ':state') ~= 'running' then
