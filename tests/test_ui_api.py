@@ -421,28 +421,27 @@ def test_a_large_run_is_answered_folded_with_the_kept_counts(app, http, monkeypa
     from celery_graph import Parallel
     from celery_graph.ui import views
 
-    monkeypatch.setattr(views, "FOLD_OVER", 10)  # 42 nodes count as large here
-    members = tuple(ui_echo.bind(id=f"e{i}", x=i) for i in range(20)) + tuple(
-        ui_never.bind(id=f"n{i}") for i in range(20)
-    )
-    run = (
-        ui_echo.bind(id="first", x=1) >> Parallel(members) >> ui_echo.bind(id="last", x=2)
-    ).apply_async()
+    monkeypatch.setattr(views, "FOLD_OVER", 10)  # 48 nodes count as large here
+    done = Parallel(tuple(ui_echo.bind(id=f"e{i}", x=i) for i in range(20)))
+    parked = Parallel(tuple(ui_never.bind(id=f"n{i}") for i in range(25)))
+    flow = ui_echo.bind(id="first", x=1) >> done >> ui_echo.bind(id="mid", x=3, factor=1)
+    run = (flow >> parked >> ui_echo.bind(id="last", x=2)).apply_async()
     try:
         wait_for(
-            lambda: run.summary().counts().get("succeeded") == 21,
+            lambda: run.summary().counts().get("queued") == 25,
             timeout=30,
-            what="the consumed members to succeed",
+            what="the parked fan-out to be released",
         )
         data = http.get(f"/api/runs/{run.id}")
         status = run.status()
         assert data["folded"] is True
-        assert data["counts"] == status.counts() == {"succeeded": 21, "queued": 20, "pending": 1}
-        assert data["progress"] == {"done": 21, "failed": 0, "total": 42}
+        assert data["counts"] == status.counts() == {"succeeded": 22, "queued": 25, "pending": 1}
+        assert data["progress"] == {"done": 22, "failed": 0, "total": 48}
         graph = http.get(f"/api/runs/{run.id}/graph")
         solo = {b["id"] for b in graph["nodes"] if b["kind"] != "group"}
         groups = {b["id"]: b["members"] for b in graph["nodes"] if b["kind"] == "group"}
-        assert groups and set(data["nodes"]) == solo  # group members are not listed
+        # two groups: the larger one's counts are derived, the other's read
+        assert len(groups) == 2 and set(data["nodes"]) == solo  # members are not listed
         for gid, ms in groups.items():
             expected: dict[str, int] = {}
             for m in ms:
@@ -452,7 +451,7 @@ def test_a_large_run_is_answered_folded_with_the_kept_counts(app, http, monkeypa
         # a member's detail reads that node only
         member = http.get(f"/api/runs/{run.id}/nodes/n3")
         assert member["state"] == "queued" and member["node_id"] == "n3"
-        done = http.get(f"/api/runs/{run.id}/nodes/e3")
-        assert done["state"] == "succeeded" and done["result"]["preview"]
+        finished = http.get(f"/api/runs/{run.id}/nodes/e3")
+        assert finished["state"] == "succeeded" and finished["result"]["preview"]
     finally:
         run.cancel()

@@ -45,7 +45,7 @@ from .flows import FlowRegistry
 from .guard import Credentials, HostPolicy, LoginThrottle, check_exposure, exposed
 from .listing import RunLister, RunQuery
 from .tokens import ApiTokens
-from .views import Views
+from .views import Encoded, Views
 
 try:  # the [ui] extra
     from tornado import iostream, netutil, web
@@ -378,7 +378,8 @@ class BaseHandler(_Base):
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
-        return self.finish(json.dumps(data, default=str))
+        # (an answer encoded already, the drawing of a graph, goes as it is)
+        return self.finish(data if isinstance(data, Encoded) else json.dumps(data, default=str))
 
     def send_error_json(self, status: int, message: str) -> Awaitable[None]:
         return self.send_json({"error": message, "status": status}, status)
@@ -490,7 +491,7 @@ class RunHandler(BaseHandler):
 
 class GraphHandler(BaseHandler):
     async def get(self, run_id: str) -> None:
-        await self.answer(self.dash.views.graph, run_id)
+        await self.answer(self.dash.views.graph_json, run_id)
 
 
 class NodeHandler(BaseHandler):

@@ -62,6 +62,10 @@ def _items(fields: dict[str, str], spec: GraphSpec) -> dict[str, dict[str, Any]]
     return out
 
 
+class Encoded(str):
+    """An answer already encoded as JSON text (sent as it is)."""
+
+
 class Views:
     """The API's answers for one app."""
 
@@ -73,6 +77,7 @@ class Views:
         self.registry = registry
         self.flower_url = flower_url.rstrip("/") if flower_url else None
         self._layouts: dict[str, dict[str, Any]] = {}
+        self._encoded: dict[str, Encoded] = {}  # the same drawings as JSON text
         self._lock = threading.Lock()
 
     # -- reading -------------------------------------------------------------------------
@@ -153,18 +158,30 @@ class Views:
         groups = {b["id"]: b["members"] for b in drawing["nodes"] if b["kind"] == "group"}
         record, spec, fields, status = self._status(run_id, solo)
         runs = self.state.runs
-        members = [m for ms in groups.values() for m in ms]
+        summary = RunStatus.summarised(run_id, record, runs.counts(run_id))
+        counts = summary.counts()
+        # the members of every group but the largest are read; the largest one's counts
+        # are the run's less the others' and the lone nodes' (a wide fan-out: no read)
+        largest = max(groups, key=lambda g: len(groups[g]), default=None)
+        members = [m for gid, ms in groups.items() if gid != largest for m in ms]
         states = runs.fields_of(run_id, [f"{m}:state" for m in members])
         group_counts: dict[str, dict[str, int]] = {}
+        rest: Counter[str] = Counter(counts)
+        rest.subtract(n.state for n in status.nodes.values())
         for gid, ms in groups.items():
+            if gid == largest:
+                continue
             tally: Counter[str] = Counter()
             for m in ms:
                 state = states.get(f"{m}:state", "pending")
                 tally["skipped" if state == "skipping" else state] += 1
             group_counts[gid] = dict(tally)
+            rest.subtract(tally)
+        if largest is not None:
+            # (counts read a moment apart from the nodes' states may differ by a node in
+            # motion: never below zero)
+            group_counts[largest] = {s: n for s, n in rest.items() if n > 0}
         data = status.as_json()
-        summary = RunStatus.summarised(run_id, record, runs.counts(run_id))
-        counts = summary.counts()
         row = RunRow(run_id, record)
         data.update(
             counts=counts,
@@ -204,8 +221,24 @@ class Views:
             with self._lock:
                 self._layouts[graph_id] = cached
                 while len(self._layouts) > LAYOUTS_CACHED:
-                    self._layouts.pop(next(iter(self._layouts)))
+                    gone = next(iter(self._layouts))
+                    self._layouts.pop(gone)
+                    self._encoded.pop(gone, None)
         return cached
+
+    def graph_json(self, run_id: str) -> Encoded:
+        """:meth:`graph` as JSON text, encoded once per graph: the drawing of a 100,000-node
+        graph is megabytes, and encoding it at every page load took most of the load."""
+        drawing = self.graph(run_id)
+        graph_id = drawing["graph_id"]
+        with self._lock:
+            text = self._encoded.get(graph_id)
+        if text is None:
+            text = Encoded(json.dumps(drawing, default=str))
+            with self._lock:
+                if graph_id in self._layouts:  # (a drawing not cached is not kept encoded)
+                    self._encoded[graph_id] = text
+        return text
 
     def node(self, run_id: str, node_id: str) -> dict[str, Any]:
         """One node in detail: its fields and its items' only, whatever the run's size."""
