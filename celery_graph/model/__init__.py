@@ -23,6 +23,7 @@ from .status import (
     count_field,
     record_field,
     recount,
+    shown_state,
 )
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "NODE_STATES",
     "count_field",
     "recount",
+    "shown_state",
     "NodeRecord",
     "NodeStatus",
     "Outcome",

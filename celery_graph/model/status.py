@@ -43,6 +43,7 @@ NODE_ATTRS = (
     "waiting",
     "signalled",
     "child",
+    "sent",
     "items",
 )
 
@@ -464,7 +465,8 @@ class RunStatus:
         total = record_field(run_id, record, "nodes", int) or 0
         base = cls.from_state(run_id, record, {}, (), None, now, position=position)
         children = {k[len("child:") :]: v for k, v in record.items() if k.startswith("child:")}
-        return replace(base, tally=tally(total, counted), size=total, children=children)
+        counts = tally(total, counted, base.state)
+        return replace(base, tally=counts, size=total, children=children)
 
     def stalled(self) -> dict[str, str]:
         """{node id: why it waits} for every released node that has not finished."""

@@ -25,10 +25,13 @@ from ..model import (
     FINAL_STATES,
     NODE_ATTRS,
     GraphSpec,
+    NodeRecord,
     NodeStatus,
     RunStatus,
     record_field,
+    shown_state,
 )
+from ..model.status import HISTORY
 from ..protocol import task_id_for
 from ..state import RunRow, State
 from ..worker.heartbeat import live_workers
@@ -97,6 +100,13 @@ class Views:
         else:
             ids = [*only, *spec.roles]
             fields = runs.fields_of(run_id, [f"{n}:{a}" for n in ids for a in NODE_ATTRS])
+            # and the attempts each one's history keeps (attempt.lua), one per attempt made
+            history = [
+                f"{n}{HISTORY}{a}"
+                for n in ids
+                for a in range(1, NodeRecord.parse(fields.get(f"{n}:run")).attempts + 1)
+            ]
+            fields.update(runs.fields_of(run_id, history))
             leases = runs.leases_of(run_id, ids)
             order = tuple(only)
         status = RunStatus.from_state(
@@ -173,8 +183,7 @@ class Views:
                 continue
             tally: Counter[str] = Counter()
             for m in ms:
-                state = states.get(f"{m}:state", "pending")
-                tally["skipped" if state == "skipping" else state] += 1
+                tally[shown_state(states.get(f"{m}:state"), status.state)] += 1
             group_counts[gid] = dict(tally)
             rest.subtract(tally)
         if largest is not None:
