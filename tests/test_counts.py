@@ -181,3 +181,14 @@ def test_a_node_status_reads_no_field_node_attrs_leaves_out():
 
     read = set(re.findall(r'\{node_id\}:([a-z_]+)"', inspect.getsource(NodeStatus.from_fields)))
     assert read and read <= set(NODE_ATTRS), read - set(NODE_ATTRS)
+
+
+def test_the_runs_listing_counts_done_nodes_exactly(app, tag):
+    """The runs page's "done" comes from the kept counts: a failed run's nodes that
+    succeeded, not its stored results (which a map's items inflate)."""
+    flow = split >> process.map("split") >> merge >> boom.bind(tag=tag)
+    run = flow.apply_async(n=7, tag=tag)
+    with pytest.raises(RunFailed):
+        run.get(timeout=30)
+    [(row, done)] = state_for(app).index.summaries([run.id])
+    assert row is not None and done == 3  # split, process (the map node), merge

@@ -17,11 +17,14 @@ from typing import Any
 from ..codec import parse_error
 from ..errors import CorruptRecord
 from ..keys import Keys
-from ..model import record_field
+from ..model import count_field, record_field
 from .connection import translated
 
 # the fields of a run record a listing filters on, and those it shows
 FILTER_FIELDS = ("status", "graph", "created", "flow")
+# the node states a run's listing counts as done (a skip is one: "skipping", not passed on)
+DONE_STATES = ("succeeded", "skipped", "skipping")
+
 SUMMARY_FIELDS = (
     *FILTER_FIELDS,
     "finished",
@@ -31,6 +34,7 @@ SUMMARY_FIELDS = (
     "parent",
     "limit_scope",
     "limit_group",
+    "counted",
 )
 
 
@@ -239,26 +243,31 @@ class RunIndex:
         return out
 
     def summaries(self, run_ids: Sequence[str]) -> list[tuple[RunRow | None, int]]:
-        """The summary fields of each run and how many results it stored (nodes and map
-        items), in one round trip."""
+        """The summary fields of each run and how many of its nodes are done, in one round
+        trip: the nodes the graph state counts as succeeded or skipped (lib/counts.lua), or,
+        for a run started without counts, how many results it stored (nodes and map items)."""
         if not run_ids:
             return []
+        done_fields = [count_field(s) for s in DONE_STATES]
 
         def read() -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
             for run_id in run_ids:
                 pipe.hmget(self.keys.run(run_id), SUMMARY_FIELDS)
                 pipe.hlen(self.keys.results(run_id))
+                pipe.hmget(self.keys.nodes(run_id), done_fields)
             return list(pipe.execute())
 
         replies = translated("reading runs", read)
         out: list[tuple[RunRow | None, int]] = []
         for i, run_id in enumerate(run_ids):
-            values, count = replies[2 * i], int(replies[2 * i + 1])
+            values, count, done = replies[3 * i], int(replies[3 * i + 1]), replies[3 * i + 2]
             if values[0] is None:
                 out.append((None, 0))
                 continue
             fields = {f: _text(v) for f, v in zip(SUMMARY_FIELDS, values) if v is not None}
+            if fields.get("counted"):
+                count = sum(int(n) for n in done if n is not None)
             out.append((RunRow(run_id, fields), count))
         return out
 

@@ -143,7 +143,8 @@ class RunPage:
 
 
 def summary(row: RunRow, flow: str | None, now: float, results: int) -> dict[str, Any]:
-    """One line of the runs page; ``results``: how many results the run stored."""
+    """One line of the runs page; ``results``: how many of its nodes are done
+    (RunIndex.summaries: the kept counts, or the results stored by a run without them)."""
     nodes = int(row.fields.get("nodes") or 0)
     finished = float(row.fields["finished"]) if row.fields.get("finished") else None
     created = row.created
