@@ -237,7 +237,7 @@ def wait_for(
 @guarded
 def status_command(run_id: str, every_node: bool, as_json: bool) -> int:
     """Show a run's state and each node's state, attempts and worker; a large run is
-    summarised (counts, failed, waiting and slowest nodes)."""
+    summarised by its counts by state (kept as nodes change: a few keys read)."""
     app = configured_app()
     run = open_run(app, run_id)
     status = run.summary()  # a few keys, whatever the size of the run
