@@ -127,8 +127,10 @@ class Views:
         of their own, and ``groups`` each group box's counts by state (its members' states
         read in a few HMGETs); ``folded`` says so."""
         record = self.state.runs.record(run_id)
-        # (a run started by a version that kept no counts is read whole)
-        if int(record.get("nodes") or 0) > FOLD_OVER and record.get("counted"):
+        # (a run started by a version that kept no counts is read whole, and so is a
+        # record whose node count is corrupt: the whole read says what is wrong with it)
+        size = record.get("nodes") or "0"
+        if size.isdigit() and int(size) > FOLD_OVER and record.get("counted"):
             return self._folded(run_id)
         record, spec, fields, status = self._status(run_id)
         data = status.as_json()  # the fields of `celery-graph status --json`
