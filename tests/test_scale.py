@@ -142,8 +142,12 @@ def test_a_sentinel_failover_during_runs_loses_none(sentinel, redis_url, rclient
             f"sentinel failover: every run finished {time.monotonic() - started:.1f} s "
             "after the failover began"
         )
+        # a failover to a replica that lagged may lose the write that stored a result:
+        # that node runs once more (docs/guarantees.md, what stays at-least-once)
         for i in range(6):
-            assert read_trace_at(rclient, f"{tag}{i}").count("start:c") == 1
+            trace = read_trace_at(rclient, f"{tag}{i}")
+            for node in "abc":
+                assert 1 <= trace.count(f"start:{node}") <= 2, trace
     finally:
         w.stop()
 
