@@ -128,9 +128,11 @@ def test_existing_task_node_killed_with_its_worker_runs_again_and_completes_once
         # running in graph state and inside its body: a kill between the two (the node
         # recorded as started, the body not yet begun) would leave one start in the trace
         status = wait_for(
-            lambda: (s := run.status()).nodes["slow_plain"].state == "running"
-            and b"start:slow_plain" in rclient.lrange(f"cgtest-trace:{tag}", 0, -1)
-            and s,
+            lambda: (
+                (s := run.status()).nodes["slow_plain"].state == "running"
+                and b"start:slow_plain" in rclient.lrange(f"cgtest-trace:{tag}", 0, -1)
+                and s
+            ),
             timeout=20,
             what="the existing task's body to start",
         )
