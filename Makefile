@@ -6,6 +6,7 @@
 #                 the engine suite on Python 3.10 (lowest dependency versions, Celery 5.3)
 #                 and 3.13 (newest): make test-pythons. .ci/test tells the order
 #   make chromium - Debian's chromium for the browser tests (make test does it first)
+#   make prometheus - Debian's prometheus (promtool, the server) for tests/test_monitoring.py
 #   make docs   - builds the documentation site (mkdocs, strict: a broken link fails it)
 #   make bench  - benchmarks against Celery's canvas and dramatiq-workflow (bench-quick: minutes)
 #   make bench-recovery - how long runs take to recover from faults, with stock settings
@@ -16,7 +17,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: venv test test-pythons demo docs docs-tables lint typecheck bench bench-quick bench-steps bench-profile bench-recovery bench-limits clean
-.PHONY: check chromium
+.PHONY: check chromium prometheus
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +51,18 @@ chromium:
 	    && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; \
 	else \
 	    echo "no chromium, and apt-get as root is not at hand: the browser tests will skip"; \
+	fi
+
+# Debian's prometheus (promtool and the server) for tests/test_monitoring.py: installed
+# with apt-get when missing and we are root (as CI is); otherwise those tests skip, saying why
+prometheus:
+	@if command -v promtool >/dev/null && command -v prometheus >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's prometheus for the monitoring tests (apt-get install prometheus)"; \
+	    apt-get update -q >/dev/null \
+	    && DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus >/dev/null; \
+	else \
+	    echo "no prometheus, and apt-get as root is not at hand: the monitoring tests will skip"; \
 	fi
 
 test-pythons:

@@ -49,7 +49,7 @@ def _wait(predicate, timeout: float) -> None:
 
 
 def worker_killed(url: str) -> float:
-    from tests.workers import Workers
+    from tests.support.processes import Workers
 
     w = Workers(url, pool="prefork", stock=True, isolate=True)
     tag = uuid.uuid4().hex[:12]
@@ -68,7 +68,7 @@ def worker_killed(url: str) -> float:
 
 def broker_lost(url: str) -> float:
     from celery_graph.testing import PrivateRedis
-    from tests.workers import Workers
+    from tests.support.processes import Workers
 
     broker = PrivateRedis().start()
     w = Workers(broker.url, pool="prefork", stock=True, isolate=True, graph_url=url)
@@ -89,7 +89,7 @@ def broker_lost(url: str) -> float:
 def graph_redis_away(url: str) -> float:
     from celery_graph import GraphRun
     from celery_graph.testing import PrivateRedis
-    from tests.workers import Workers
+    from tests.support.processes import Workers
 
     graph = PrivateRedis(appendonly=True).start()
     w = Workers(url, pool="prefork", stock=True, isolate=True, graph_url=graph.url)

@@ -1,13 +1,10 @@
 """Graph tasks of the tests of what follows the end of a run: handlers, compensations.
-Each records what it did in the trace list of its ``tag`` (tests.tasks.trace)."""
+Each records what it did in the trace list of its ``tag`` (tests.tasks.trace, note)."""
 
 from __future__ import annotations
 
-import json
-import time
-
 from celery_graph import child, task
-from tests.tasks import trace
+from tests.tasks import note, trace
 
 
 @task
@@ -24,14 +21,13 @@ def reserve(tag=None, item: str = "book"):
 
 @task
 def refund(charge, tag=None):
-    trace(tag, f"refund:{json.dumps(charge, sort_keys=True)}")
+    note(tag, "refund", charge)
     return "refunded"
 
 
 @task
 def release(reserve, tag=None, delay: float = 0.0):
-    time.sleep(delay)
-    trace(tag, f"release:{json.dumps(reserve, sort_keys=True)}")
+    note(tag, "release", reserve, delay)
     return "released"
 
 
@@ -49,8 +45,7 @@ def ship(tag=None):
 
 @task
 def alert(failure, tag=None, delay: float = 0.0):
-    time.sleep(delay)
-    trace(tag, "alert:" + json.dumps(failure, sort_keys=True))
+    note(tag, "alert", failure, delay)
     return "alerted"
 
 
@@ -62,15 +57,13 @@ def alert_fails(failure, tag=None):
 
 @task
 def bye(outcome, tag=None, delay: float = 0.0):
-    time.sleep(delay)
-    trace(tag, "bye:" + json.dumps(outcome, sort_keys=True))
+    note(tag, "bye", outcome, delay)
     return "bye"
 
 
 @task
 def wait_a_bit(tag=None, delay: float = 1.0):
-    time.sleep(delay)
-    trace(tag, "waited")
+    note(tag, "waited", delay=delay)
     return "waited"
 
 
@@ -82,14 +75,13 @@ def prepare(tag=None):
 
 @task
 def ship_if_approved(approval, tag=None):
-    trace(tag, "ship:" + json.dumps(approval, sort_keys=True))
+    note(tag, "ship", approval)
     return "shipped" if approval.get("approved") else "not shipped"
 
 
 @task
 def invoice(customer, tag=None, delay: float = 0.0):
-    time.sleep(delay)
-    trace(tag, f"invoice:{customer}")
+    note(tag, f"invoice:{customer}", delay=delay)
     if customer == "bad":
         raise ValueError(f"no address for {customer}")
     return {"customer": customer, "total": len(customer)}

@@ -1,4 +1,5 @@
-"""Celery apps for the tests, importable by worker subprocesses (`celery -A`)."""
+"""Celery apps for the tests, importable by worker subprocesses (`celery -A`), built with
+the factory of tests/support/apps.py from CGTEST_* environment variables."""
 
 from __future__ import annotations
 
@@ -6,26 +7,9 @@ import os
 
 from celery import Celery
 
+from tests.support.apps import configure_for_crashes, make_app, make_stock_app
 
-def make_app(
-    redis_url: str, broker_url: str | None = None, name: str = "cgtest", session: str = ""
-) -> Celery:
-    session = session or os.environ.get("CGTEST_SESSION", "local")
-    app = Celery(name, broker=broker_url or redis_url, set_as_current=True)
-    app.conf.update(
-        graph_redis_url=redis_url,
-        result_backend=redis_url,  # for Celery canvases (chain/group) around graphs
-        graph_key_prefix=f"cgtest:{session}",
-        task_default_queue=f"cgtest-{session}",
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-        task_serializer="json",
-        accept_content=["json"],
-    )
-    return app
+__all__ = ["amqp_app", "configure_for_crashes", "env_app", "make_app", "stock_app"]
 
 
 def _amqp_app() -> Celery | None:
@@ -37,24 +21,6 @@ def _amqp_app() -> Celery | None:
     app.conf.task_default_queue = f"cgtest-amqp-{os.environ.get('CGTEST_SESSION', 'local')}"
     import tests.tasks  # noqa: F401
 
-    return app
-
-
-def configure_for_crashes(app: Celery, queue: str, prefix: str, visibility: int = 4) -> Celery:
-    """Own queue and prefix; a short visibility timeout and a fast restore sweep, so a
-    message whose worker was killed comes back within seconds (Redis broker)."""
-    app.conf.update(
-        task_default_queue=queue,
-        graph_key_prefix=prefix,
-        broker_transport_options={
-            "visibility_timeout": visibility,
-            "unacked_restore_interval": 1,
-            "unacked_restore_throttle": 1,
-            # a worker SIGKILLed while it sweeps holds kombu's restore mutex until this
-            # expires (default 300 s): meanwhile no killed worker's message comes back
-            "unacked_mutex_expire": 5,
-        },
-    )
     return app
 
 
@@ -75,18 +41,16 @@ def _env_app() -> Celery | None:
 
 
 def _stock_app() -> Celery | None:
-    """An app with Celery's stock settings (no acks_late, no visibility timeout, prefetch
-    4): only the broker, the graph Redis, the key prefix and the queue are set."""
     redis_url = os.environ.get("CGTEST_REDIS_URL")
     queue = os.environ.get("CGTEST_QUEUE")
     if not (redis_url and queue and os.environ.get("CGTEST_STOCK")):
         return None
-    app = Celery("cgtest_stock", broker=os.environ.get("CGTEST_BROKER_URL") or redis_url)
-    app.conf.update(
-        graph_redis_url=os.environ.get("CGTEST_GRAPH_REDIS_URL") or redis_url,
-        graph_key_prefix=os.environ["CGTEST_PREFIX"],
-        task_default_queue=queue,
-        worker_hijack_root_logger=False,
+    app = make_stock_app(
+        redis_url,
+        os.environ.get("CGTEST_BROKER_URL"),
+        os.environ.get("CGTEST_GRAPH_REDIS_URL"),
+        queue,
+        os.environ["CGTEST_PREFIX"],
     )
     import tests.tasks  # noqa: F401
 

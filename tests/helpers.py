@@ -1,95 +1,24 @@
-"""Small helpers shared by tests: waiting on real signals with a deadline."""
+"""Old import path, kept for tests written against it: the helpers are in
+tests/support/helpers.py."""
 
-from __future__ import annotations
+from tests.support.helpers import (
+    SLOW_ATTRIBUTE,
+    Postruns,
+    assert_order,
+    most_at_once,
+    postruns,
+    session_name,
+    starts_processes,
+    wait_for,
+)
 
-import os
-import threading
-import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import TypeVar
-
-T = TypeVar("T")
-F = TypeVar("F", bound=Callable[..., object])
-
-SLOW_ATTRIBUTE = "_cgtest_starts_processes"
-
-
-def starts_processes(fixture_function: F) -> F:
-    """Declare a fixture slow: it starts a worker subprocess, a broker other than the
-    test Redis (RabbitMQ), a Redis Cluster, Sentinel, Chromium, a packaging build or
-    another server. tests/conftest.py marks every test that uses it, directly or
-    through other fixtures, ``slow``. Put it under ``@pytest.fixture``."""
-    setattr(fixture_function, SLOW_ATTRIBUTE, True)
-    return fixture_function
-
-
-def session_name() -> str:
-    """The name of this test process's queues, worker host names and key prefixes:
-    CGTEST_SESSION (made up once, inherited by subprocesses), plus the pytest-xdist worker
-    id in an xdist worker, so two workers sharing RabbitMQ or a configured Redis never
-    consume or read each other's messages and keys. Subprocesses inherit the result."""
-    session = os.environ.setdefault("CGTEST_SESSION", uuid.uuid4().hex[:8])
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if worker and os.environ.get("CGTEST_SESSION_WORKER") != worker:
-        session = f"{session}-{worker}"
-        os.environ.update(CGTEST_SESSION=session, CGTEST_SESSION_WORKER=worker)
-    return session
-
-
-def wait_for(predicate: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
-    """Poll ``predicate`` until it is truthy; fail with ``what`` after ``timeout``.
-    Used only where no blocking signal exists (e.g. another process's state)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-
-
-def assert_order(trace: list[str], before: str, after: str) -> None:
-    end, start = f"end:{before}", f"start:{after}"
-    assert end in trace, f"{before} never finished: {trace}"
-    assert start in trace, f"{after} never started: {trace}"
-    assert trace.index(end) < trace.index(start), f"{after} started before {before} ended: {trace}"
-
-
-class Postruns:
-    """What the in-process worker finished, from Celery's task_postrun signal."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, object]] = []  # (task id, return value)
-        self._cond = threading.Condition(threading.RLock())
-
-    def _record(self, task_id=None, retval=None, **kw) -> None:
-        with self._cond:
-            self.seen.append((task_id, retval))
-            self._cond.notify_all()
-
-    def count(self, task_id: str) -> int:
-        with self._cond:  # reentrant use from wait(): Condition wraps an RLock
-            return sum(1 for t, _ in self.seen if t == task_id)
-
-    def wait(self, task_id: str, times: int = 1, timeout: float = 20.0) -> bool:
-        """Block until ``task_id`` finished ``times`` times; False after ``timeout``."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self.count(task_id) >= times, timeout)
-
-    def retval(self, task_id: str) -> object:
-        return next(r for t, r in self.seen if t == task_id)
-
-
-@contextmanager
-def postruns() -> Iterator[Postruns]:
-    from celery.signals import task_postrun
-
-    recorder = Postruns()
-    task_postrun.connect(recorder._record, weak=False)
-    try:
-        yield recorder
-    finally:
-        task_postrun.disconnect(recorder._record)
+__all__ = [
+    "SLOW_ATTRIBUTE",
+    "Postruns",
+    "assert_order",
+    "most_at_once",
+    "postruns",
+    "session_name",
+    "starts_processes",
+    "wait_for",
+]

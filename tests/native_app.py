@@ -14,7 +14,7 @@ import redis
 from celery import Celery, shared_task
 from celery.signals import task_prerun
 
-from tests.brokerapp import configure_for_crashes, make_app
+from tests.support.apps import configure_for_crashes, make_app
 from tests.tasks import trace
 
 

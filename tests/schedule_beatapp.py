@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 
-from tests.brokerapp import make_app
+from tests.support.apps import make_app
 
 app = make_app(os.environ["CGTEST_REDIS_URL"], None, "cgtest_schedule_beat")
 

@@ -3,6 +3,7 @@ list ``trace:<tag>`` so tests can check ordering and how often a node ran."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -35,6 +36,19 @@ def trace_client() -> redis.Redis:
 def trace(tag: str | None, event: str) -> None:
     if tag:
         trace_client().rpush(f"cgtest-trace:{tag}", event)
+
+
+_NO_VALUE = object()
+
+
+def note(tag: str | None, what: str, value: object = _NO_VALUE, delay: float = 0.0) -> None:
+    """After ``delay`` seconds, add ``what`` to the trace of ``tag``, followed by
+    ':<value as JSON, keys sorted>' when a value is given."""
+    if delay:
+        time.sleep(delay)
+    if value is not _NO_VALUE:
+        what = f"{what}:{json.dumps(value, sort_keys=True)}"
+    trace(tag, what)
 
 
 def read_trace(tag: str) -> list[str]:

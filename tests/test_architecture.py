@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
+
 PACKAGE = ROOT / "celery_graph"
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 

@@ -8,7 +8,7 @@ import uuid
 
 from celery_graph.protocol import task_id_for
 from celery_graph.state import state_for
-from tests.helpers import postruns, wait_for
+from tests.support.helpers import postruns, wait_for
 from tests.tasks import join_count, read_trace, step
 
 

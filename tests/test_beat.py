@@ -33,7 +33,7 @@ from celery_graph.protocol import EMBED_LIMIT, GRAPH_KWARG, RUN_GRAPH, embed_spe
 from celery_graph.signals import run_finished, run_started
 from celery_graph.state import state_for
 from tests import beat_flows
-from tests.beat_helpers import (
+from tests.support.beat import (
     graph_stored,
     lose_graph,
     recorded,
@@ -42,10 +42,10 @@ from tests.beat_helpers import (
     send_like_beat,
     started_run,
 )
-from tests.helpers import postruns, wait_for
+from tests.support.helpers import postruns, wait_for
 from tests.tasks import offset, step
 
-pytest_plugins = ("tests.ui_fixtures",)  # ui, http: the dashboard over the session's app
+pytest_plugins = ("tests.support.ui_fixtures",)  # ui, http: the dashboard over the session's app
 
 
 @pytest.fixture()

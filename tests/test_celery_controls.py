@@ -20,9 +20,9 @@ import redis
 from celery_graph import RunCancelled, RunFailed
 from celery_graph.state import Revoked, state_for
 from celery_graph.worker.revokes import RevokeWatch
-from tests.helpers import starts_processes, wait_for
+from tests.support.helpers import starts_processes, wait_for
+from tests.support.processes import ROOT, SESSION, Workers
 from tests.tasks import boom, extract, flaky, slow, step, transform, unconsumed
-from tests.workers import ROOT, SESSION, Workers
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -41,7 +41,7 @@ class ControlWorkers(Workers):
     def env(self) -> dict[str, str]:
         return dict(
             os.environ,
-            PYTHONPATH=ROOT,
+            PYTHONPATH=str(ROOT),
             CGTEST_REDIS_URL=self.redis_url,
             CGTEST_QUEUE=self.queue,
             CGTEST_PREFIX=self.prefix,

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from celery_graph import GraphRun, RunCancelled
-from tests.conftest import ROOT
-from tests.helpers import postruns
+from tests.support import ROOT
+from tests.support.helpers import postruns
 from tests.tasks import add, extract, read_trace, step
 
 
@@ -33,7 +33,7 @@ def test_decorated_task_works_as_plain_celery_task(app):
 
 SUBMITTER = """
 import sys
-from tests.brokerapp import make_app
+from tests.support.apps import make_app
 app = make_app(sys.argv[1], session=sys.argv[2])
 import tests.tasks as t
 from celery_graph import workflow
@@ -44,9 +44,9 @@ print(run.id)
 
 
 def test_run_finishes_after_the_submitting_process_exited(app, redis_url, tag):
-    from tests.conftest import SESSION
+    from tests.support.fixtures import SESSION
 
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run(
         [sys.executable, "-c", SUBMITTER, redis_url, SESSION, tag],
         env=env,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.chaos import run_chaos
+from tests.support.chaos import run_chaos
 
 pytestmark = pytest.mark.slow  # kills worker subprocesses and restarts Redis servers
 

@@ -18,10 +18,10 @@ from celery_graph import (
 from celery_graph.cli.groups import celery_graph
 from celery_graph.model import child_run_id
 from tests.after_tasks import invoice, per_customer, summary
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 from tests.tasks import read_trace
 
-pytest_plugins = ("tests.ui_fixtures",)  # fixtures: ui, http
+pytest_plugins = ("tests.support.ui_fixtures",)  # fixtures: ui, http
 
 
 def test_a_node_takes_the_result_of_its_child_run(app, tag):

@@ -16,7 +16,8 @@ import redis
 from celery import Celery
 
 from celery_graph import cli as cli_module
-from tests.helpers import starts_processes
+from tests.support.helpers import starts_processes
+from tests.support.processes import base_env, celery_worker, cli, redis_db_url
 from tests.tasks import (
     after_boom,
     audit,
@@ -29,7 +30,6 @@ from tests.tasks import (
     step,
     transform,
 )
-from tests.test_cli_support import base_env, celery_worker, cli, redis_db_url
 
 # The app the worker subprocess runs; its broker comes from $CELERY_BROKER_URL.
 worker_app = Celery("cgcli", set_as_current=False)

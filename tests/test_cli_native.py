@@ -23,9 +23,10 @@ from celery import Celery
 from celery_graph.cli.output import SUMMARY_OVER, print_status
 from celery_graph.drawing import render
 from celery_graph.model import NodeStatus, RunStatus
-from tests.helpers import starts_processes
+from tests.support import ROOT
+from tests.support.helpers import starts_processes
+from tests.support.processes import base_env, celery_worker, cli, redis_db_url
 from tests.tasks import audit, boom, extract, load, step, transform
-from tests.test_cli_support import ROOT, base_env, celery_worker, cli, redis_db_url
 
 # The app of `celery -A tests.test_cli_native:worker_app ...`. Its key prefix is its own
 # setting (app config wins over the environment), so a command that finds the runs below

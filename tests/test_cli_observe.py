@@ -19,8 +19,9 @@ from celery import Celery
 from celery_graph.apploader import import_flow
 from celery_graph.cli import celery_graph as cli_group
 from celery_graph.testing import free_port
+from tests.support import ROOT
+from tests.support.processes import base_env, celery_worker, cli, graph_worker, redis_db_url
 from tests.tasks import after_boom, audit, boom, extract, load, transform
-from tests.test_cli_support import ROOT, base_env, celery_worker, cli, graph_worker, redis_db_url
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -11,7 +11,7 @@ from redis import exceptions as rexc
 
 from celery_graph import ConfigurationError, StoreUnavailable, compat, task
 from celery_graph.state.connection import translating
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 from tests.tasks import trace_client
 
 # -- the threads pool takes the next message as soon as a slot frees ----------------------

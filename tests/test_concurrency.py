@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 
 import pytest
 
@@ -14,10 +13,9 @@ from celery_graph import GraphRun, RunFailed
 from celery_graph.engine.reconcile import Reconciler, Sweep
 from celery_graph.errors import GraphDefinitionError, MissingParameterError
 from celery_graph.state import Slot, state_for
-from tests.helpers import wait_for
+from tests.support.helpers import most_at_once, wait_for
+from tests.support.processes import base_env, cli
 from tests.tasks import occupy, read_trace, step
-from tests.test_cli_support import base_env, cli
-from tests.workers import Workers
 
 
 def limited(tag: str, limit: int, key: str | None = None, seconds: float = 0.2):
@@ -27,19 +25,6 @@ def limited(tag: str, limit: int, key: str | None = None, seconds: float = 0.2):
         id="leave", mark="end", seconds=seconds
     )
     return flow.with_name(f"limited-{tag}").with_concurrency(limit, key=key)
-
-
-def most_at_once(trace: list[str], tenant: str | None = None) -> int:
-    """The most runs between their start and end marks at any point of the trace (Redis
-    orders the marks: no clock of any process is involved)."""
-    now = most = 0
-    for event in trace:
-        kind, _, who = event.partition(":")
-        if tenant is not None and who != tenant:
-            continue
-        now += 1 if kind == "start" else -1
-        most = max(most, now)
-    return most
 
 
 def sweep(app) -> Sweep:
@@ -155,22 +140,10 @@ def test_a_slot_whose_run_never_came_is_freed_by_the_reconciler(app, tag):
     assert run.get(timeout=60) == "-"
 
 
-@pytest.fixture()
-def workers(redis_url: str) -> Iterator[Workers]:
-    w = Workers(redis_url)
-    w.extra_env.update(
-        CELERY_GRAPH_QUEUED_LEASE="2",
-        CELERY_GRAPH_RUNNING_LEASE="2",
-        CELERY_GRAPH_RECONCILE_INTERVAL="0.5",
-    )
-    try:
-        yield w
-    finally:
-        w.stop()
-        w.app.connection_for_write().default_channel.queue_purge(w.queue)
-
-
-def test_a_sigkilled_workers_run_keeps_its_slot_until_it_ends_then_the_next_starts(workers, tag):
+def test_a_sigkilled_workers_run_keeps_its_slot_until_it_ends_then_the_next_starts(
+    short_lease_workers, tag
+):
+    workers = short_lease_workers
     """The run on a worker killed mid-node is reclaimed and finishes elsewhere; it holds its
     slot all along (never counted twice), and the queued run starts when it ends."""
     workers.start("a")
@@ -243,7 +216,7 @@ def test_a_limited_flows_signature_and_beat_entry_obey_the_limit(app, tag):
     assert most_at_once(read_trace(tag)) == 1, read_trace(tag)
 
 
-pytest_plugins = ("tests.ui_fixtures",)  # ui, http: the dashboard over the session's app
+pytest_plugins = ("tests.support.ui_fixtures",)  # ui, http: the dashboard over the session's app
 
 
 def test_the_dashboard_shows_queued_runs_with_their_place_in_line(app, http, tag):

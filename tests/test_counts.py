@@ -14,8 +14,8 @@ import pytest
 from celery_graph import GraphRun, Parallel, RunFailed
 from celery_graph.model import NODE_STATES, recount
 from celery_graph.state import state_for
-from tests.counts_check import mismatch
-from tests.helpers import wait_for
+from tests.support.counts import mismatch
+from tests.support.helpers import wait_for
 from tests.tasks import (
     boom,
     fails_then_ok,

@@ -9,20 +9,16 @@ import redis
 
 from celery_graph import GraphRun, RunFailed, StoreUnavailable
 from celery_graph.testing import PrivateRedis
-from tests.helpers import starts_processes, wait_for
+from tests.support.helpers import starts_processes, wait_for
+from tests.support.processes import Workers
 from tests.tasks import join_count, step
-from tests.workers import Workers
 
 
 @pytest.fixture()
 @starts_processes
 def workers(redis_url: str) -> Iterator[Workers]:
-    w = Workers(redis_url)
-    try:
+    with Workers(redis_url) as w:
         yield w
-    finally:
-        w.stop()
-        w.app.connection_for_write().default_channel.queue_purge(w.queue)
 
 
 def trace_of(client: redis.Redis, tag: str) -> list[str]:

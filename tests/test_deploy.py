@@ -27,8 +27,10 @@ from celery_graph.cli.dashboard import ui_command
 from celery_graph.testing import free_port
 from celery_graph.worker.heartbeat import live_workers
 from tests.apps import ops_tasks as t
-from tests.apps.common import build_app
-from tests.apps.harness import ROOT, graph_worker_help, subprocess_env, wait_for
+from tests.support import ROOT
+from tests.support.apps import build_app
+from tests.support.helpers import wait_for
+from tests.support.processes import graph_worker_help, subprocess_env
 
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"

@@ -19,8 +19,8 @@ from celery import Celery
 from celery_graph.config import Settings
 from celery_graph.state import State
 from celery_graph.testing import PrivateRedis, find_server_binary, free_port
-from tests.helpers import starts_processes
-from tests.servers import _wait, redis_cli
+from tests.support.helpers import starts_processes
+from tests.support.servers import _wait, redis_cli
 from tests.tasks import audit, extract, load, transform
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"

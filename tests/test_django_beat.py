@@ -24,10 +24,11 @@ from django.conf import settings
 from celery_graph import GraphRun, RunFailed
 from celery_graph.protocol import RUN_GRAPH
 from celery_graph.state import state_for
-from tests.beat_helpers import graph_stored, lose_graph, recorded, run_of, salted_flow
-from tests.conftest import ROOT, SESSION
 from tests.djbeat.settings import postgres
-from tests.helpers import starts_processes, wait_for
+from tests.support import ROOT
+from tests.support.beat import graph_stored, lose_graph, recorded, run_of, salted_flow
+from tests.support.fixtures import SESSION
+from tests.support.helpers import starts_processes, wait_for
 
 # The PostgreSQL server the machine runs (trust auth); this module's database is its own.
 PG_ADMIN = os.environ.get("CGTEST_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres dbname=test")

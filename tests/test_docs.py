@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from celery_graph import config
-from tests.test_cli_support import base_env, celery_worker, redis_db_url, run_py
+from tests.support import ROOT
+from tests.support.processes import base_env, celery_worker, redis_db_url, run_py
 
-ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 GITHUB = "https://github.com/celery-graph/celery-graph/blob/main/"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery.signals import after_task_publish
 
-from tests.helpers import assert_order
+from tests.support.helpers import assert_order
 from tests.tasks import read_trace, t1, t2, t3, t4, t5, t6, t7, t8
 from tests.test_engine import EIGHT_EDGES
 

@@ -30,9 +30,9 @@ from celery_graph.protocol import NodeMessage, task_id_for
 from celery_graph.state import state_for
 from celery_graph.state.graphs import GraphStore
 from celery_graph.testing import free_port
-from tests.brokerapp import make_app
-from tests.conftest import SESSION
-from tests.helpers import postruns, wait_for
+from tests.support.apps import make_app
+from tests.support.fixtures import SESSION
+from tests.support.helpers import postruns, wait_for
 from tests.tasks import (
     UNCONSUMED_QUEUE,
     boom,

@@ -17,9 +17,9 @@ import redis
 from celery_graph import GraphRun, RunFailed
 from celery_graph.state import state_for
 from celery_graph.testing import PrivateRedis
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
+from tests.support.processes import ROOT, Workers
 from tests.tasks import UNCONSUMED_QUEUE, kill_own_process, step, unconsumed
-from tests.workers import ROOT, Workers
 
 pytestmark = pytest.mark.slow  # worker subprocesses, brokers and Redis servers taken away
 
@@ -207,7 +207,7 @@ def test_the_broker_away_while_successors_are_published_is_not_a_failure(
 SUBMITTER = """
 import sys
 from celery_graph.client import submit as submit_module
-from tests.brokerapp import make_app
+from tests.support.apps import make_app
 from tests.tasks import unconsumed
 
 app = make_app(sys.argv[1], None, "cgtest_submitter", sys.argv[2])
@@ -228,7 +228,7 @@ print("submitted", flush=True)
 def test_a_submitter_killed_while_it_waits_lets_a_retry_start_the_run(app, redis_url, tag):
     """A submitter waits for queue room and is killed: nothing was written, so a retry
     with the same idempotency key starts the run (it used to find a key pointing nowhere)."""
-    from tests.conftest import SESSION
+    from tests.support.fixtures import SESSION
 
     key = f"killed-submitter-{tag}"
     with app.connection_for_write() as conn:  # what an earlier test's run left there

@@ -19,9 +19,9 @@ from celery_graph.errors import InputTooLarge, MalformedMessage, StorePermission
 from celery_graph.protocol import NodeMessage
 from celery_graph.state import state_for
 from celery_graph.state.connection import translated
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
+from tests.support.processes import base_env, cli
 from tests.tasks import needs_input, read_trace, step, trace_client
-from tests.test_cli_support import base_env, cli
 from tests.ui_tasks import ETL
 
 GRAPH = "a" * 64

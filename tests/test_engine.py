@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from celery_graph import GraphRun, RunFailed, workflow
-from tests.helpers import assert_order
+from tests.support.helpers import assert_order
 from tests.tasks import (
     add,
     after_boom,

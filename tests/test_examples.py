@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from tests.test_cli_support import (
+from tests.support.processes import (
     base_env,
     celery_worker,
     cli,

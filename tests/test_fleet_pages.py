@@ -4,52 +4,19 @@ in line on the runs page and on its own page."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from celery_graph import GraphRun, schedule
 from celery_graph.state import Slot, state_for
-from tests.beat_helpers import run_of, send_like_beat
-from tests.helpers import postruns
+from tests.support.beat import run_of, send_like_beat
+from tests.support.helpers import postruns
 from tests.tasks import occupy, step
-from tests.ui_helpers import CHROMIUM_ARGS, chromium_or_skip
 
-pytest_plugins = ("tests.ui_fixtures",)
+pytest_plugins = ("tests.support.ui_fixtures", "tests.support.browser")
 pytestmark = pytest.mark.timeout(600)
-WAIT_MS = 15_000
 
 
-@pytest.fixture(scope="module")
-def api():
-    return pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-
-
-@pytest.fixture(scope="module")
-def browser(api) -> Iterator[object]:
-    path = chromium_or_skip()
-    with api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@pytest.fixture()
-def page(browser):
-    context = browser.new_context(viewport={"width": 1440, "height": 660})
-    context.set_default_timeout(WAIT_MS)
-    pg = context.new_page()
-    problems: list[str] = []
-    pg.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    pg.on("console", lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None)
-    yield pg
-    context.close()
-    assert not problems, problems
-
-
-def test_the_schedules_page_lists_pauses_and_resumes(app, ui, page, api, tag):
+def test_the_schedules_page_lists_pauses_and_resumes(app, ui, page, playwright_api, tag):
     name = f"page-{tag}"
     flow = step.bind(name="tick").as_graph(f"page-flow-{tag}")
     entry = schedule(flow, 300, {"tag": tag}, overlap="allow", name=name)
@@ -60,18 +27,18 @@ def test_the_schedules_page_lists_pauses_and_resumes(app, ui, page, api, tag):
     GraphRun(run_id, app=app).get(timeout=30)
     page.goto(f"{ui.url}schedules")
     row = page.locator(f'tr[data-schedule="{name}"]')
-    api.expect(row).to_contain_text("every 300 s")
-    api.expect(row).to_contain_text("allow")
-    api.expect(row.locator(f'a[href="runs/{run_id}"]')).to_have_count(1)
+    playwright_api.expect(row).to_contain_text("every 300 s")
+    playwright_api.expect(row).to_contain_text("allow")
+    playwright_api.expect(row.locator(f'a[href="runs/{run_id}"]')).to_have_count(1)
     row.locator('button[data-action="pause"]').click()
-    api.expect(row).to_contain_text("paused")
+    playwright_api.expect(row).to_contain_text("paused")
     assert state_for(app).schedules.get(name)["paused"]
     row.locator('button[data-action="resume"]').click()
-    api.expect(row.locator('button[data-action="pause"]')).to_have_count(1)
+    playwright_api.expect(row.locator('button[data-action="pause"]')).to_have_count(1)
     assert not state_for(app).schedules.get(name)["paused"]
 
 
-def test_a_queued_run_shows_its_place_in_line(app, ui, page, api, tag):
+def test_a_queued_run_shows_its_place_in_line(app, ui, page, playwright_api, tag):
     flow = (occupy.bind(id="enter") >> occupy.bind(id="leave")).with_name(f"page-lim-{tag}")
     flow = flow.with_concurrency(1)
     state = state_for(app)
@@ -81,11 +48,13 @@ def test_a_queued_run_shows_its_place_in_line(app, ui, page, api, tag):
     try:
         page.goto(f"{ui.url}?state=queued")
         row = page.locator(f'tr[data-run="{run.id}"]')
-        api.expect(row).to_have_attribute("data-state", "queued")
-        api.expect(row).to_contain_text("#1 in line")
+        playwright_api.expect(row).to_have_attribute("data-state", "queued")
+        playwright_api.expect(row).to_contain_text("#1 in line")
         page.goto(f"{ui.url}runs/{run.id}")
-        api.expect(page.locator("#run-state")).to_have_attribute("data-state", "queued")
-        api.expect(page.locator("main")).to_contain_text("#1, waiting for a concurrency slot")
+        playwright_api.expect(page.locator("#run-state")).to_have_attribute("data-state", "queued")
+        playwright_api.expect(page.locator("main")).to_contain_text(
+            "#1, waiting for a concurrency slot"
+        )
     finally:
         run.cancel()
         state.limits.leave(slot.scope, slot.group, ghost, 30)

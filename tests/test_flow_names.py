@@ -13,7 +13,7 @@ from celery_graph import GraphDefinitionError, GraphRun, NamedFlow, node, workfl
 from celery_graph.client.submit import run_id_for
 from celery_graph.errors import RunNotFound
 from celery_graph.state import state_for
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 from tests.tasks import audit, extract, incr, load, offset, times_two, transform
 
 ETL = (extract >> (transform | audit) >> load).with_name("etl-named")

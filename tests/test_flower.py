@@ -13,9 +13,11 @@ import pytest
 
 from celery_graph.testing import free_port
 from tests.apps import ops_tasks as t
-from tests.apps.common import build_app
-from tests.apps.harness import ROOT, WorkerProcess, start_worker, subprocess_env, wait_for
-from tests.helpers import starts_processes
+from tests.apps.harness import WorkerProcess
+from tests.support import ROOT
+from tests.support.apps import build_app
+from tests.support.helpers import starts_processes, wait_for
+from tests.support.processes import start_worker, subprocess_env
 
 PREFIX = f"cgops:flower:{uuid.uuid4().hex[:6]}"
 

@@ -27,7 +27,7 @@ from tests.after_tasks import (
     undo_fails,
     wait_a_bit,
 )
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 from tests.tasks import read_trace, step
 
 

@@ -23,19 +23,15 @@ from tests.after_tasks import (
     ship_if_approved,
     summary,
 )
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
+from tests.support.processes import Workers
 from tests.tasks import read_trace
-from tests.workers import Workers
 
 
 @pytest.fixture()
 def workers(redis_url: str) -> Iterator[Workers]:
-    w = Workers(redis_url)
-    try:
+    with Workers(redis_url) as w:
         yield w
-    finally:
-        w.stop()
-        w.app.connection_for_write().default_channel.queue_purge(w.queue)
 
 
 def _kill_while_running(workers: Workers, run, step: str) -> str:

@@ -10,9 +10,9 @@ import redis
 
 from celery_graph import GraphRun, RunFailed
 from celery_graph.testing import PrivateRedis, find_server_binary, free_port
-from tests.helpers import starts_processes
+from tests.support.helpers import starts_processes
+from tests.support.processes import Workers
 from tests.tasks import audit, extract, load, over_hard_limit, over_soft_limit, step, transform
-from tests.workers import Workers
 
 
 @pytest.fixture()

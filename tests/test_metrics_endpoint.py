@@ -20,8 +20,9 @@ from celery_graph.config import WorkerOptions
 from celery_graph.testing import free_port
 from celery_graph.worker.endpoint import MetricsServer
 from celery_graph.worker.heartbeat import live_workers
-from tests.apps.common import build_app
-from tests.apps.harness import start_worker, wait_for
+from tests.support.apps import build_app
+from tests.support.helpers import wait_for
+from tests.support.processes import start_worker
 
 
 class Up:

@@ -16,7 +16,7 @@ from celery_graph import GraphRun
 from celery_graph.state import state_for
 from celery_graph.testing import free_port
 from celery_graph.worker.endpoint import MetricsServer, WorkerCollector
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 from tests.tasks import boom, step
 from tests.test_durable import _create, fast_reconciler  # noqa: F401  (a fixture)
 

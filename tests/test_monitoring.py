@@ -3,14 +3,14 @@
 scrapes a real `graph-worker`, loads the rules and answers every query of the Grafana
 dashboard.
 
-promtool and prometheus come from Debian's `prometheus` package; when they are missing
-and the tests run as root, the first test installs it with apt-get (as the browser
-tests do with chromium), else these tests are skipped saying so."""
+promtool and prometheus come from Debian's `prometheus` package, which `make prometheus`
+installs (`make test` runs it first); without them these tests skip, saying why, where
+it cannot be installed, and fail where it can and under CI (tests.support.helpers.
+binary_or_skip)."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -23,8 +23,9 @@ import pytest
 import yaml
 
 from celery_graph.testing import free_port
-from tests.helpers import wait_for
-from tests.test_cli_support import ROOT, base_env, cli, graph_worker, redis_db_url
+from tests.support import ROOT
+from tests.support.helpers import binary_or_skip, wait_for
+from tests.support.processes import base_env, cli, graph_worker, redis_db_url
 
 MONITORING = ROOT / "deploy" / "monitoring"
 RULES = MONITORING / "celery-graph.rules.yml"
@@ -35,25 +36,13 @@ ALERTS = {
     "CeleryGraphNodesLost",
     "CeleryGraphNoLiveWorkers",
 }
-# may apt-get install prometheus first; runs promtool and a Prometheus server: slow
+# runs promtool and a Prometheus server: slow
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(
-            ["apt-get", "install", "-y", "-q", "prometheus"],
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-            capture_output=True,
-            timeout=540,
-            check=False,
-        )
-        found = shutil.which("promtool")
-    if found is None:
-        pytest.skip("promtool not found: install Debian's prometheus package")
-    return found
+    return binary_or_skip(["promtool"], target="prometheus", package="prometheus")
 
 
 def test_the_rules_pass_promtool_check_and_their_unit_tests(promtool) -> None:
@@ -96,9 +85,7 @@ def dashboard_queries() -> list[str]:
 def prometheus(promtool) -> Iterator[tuple[str, int, Path]]:
     """Where a real Prometheus runs: its binary, a free port and a work directory (the
     test writes the config, with its worker as the target, and starts it)."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.skip("prometheus not found: install Debian's prometheus package")
+    binary = binary_or_skip(["prometheus"], target="prometheus", package="prometheus")
     workdir = Path(tempfile.mkdtemp(prefix="cgprom-"))
     port = free_port()
     try:

@@ -13,10 +13,10 @@ import pytest
 import redis
 
 from celery_graph import GraphRun, RunFailed, node
-from tests.helpers import starts_processes, wait_for
 from tests.native_app import configure, limited, routed_queue, routed_sum, seen_key, slow_plain, who
+from tests.support.helpers import starts_processes, wait_for
+from tests.support.processes import Workers
 from tests.tasks import step
-from tests.workers import Workers
 
 
 class NativeWorkers(Workers):

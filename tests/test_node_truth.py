@@ -13,11 +13,11 @@ from celery_graph.cli import main
 from celery_graph.errors import CorruptRecord
 from celery_graph.model import RunStatus
 from celery_graph.state import state_for
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 from tests.tasks import flaky, step
 from tests.ui_tasks import gated, ui_boom, ui_echo, ui_fail_once
 
-pytest_plugins = ("tests.ui_fixtures",)  # fixtures: ui, http, gates
+pytest_plugins = ("tests.support.ui_fixtures",)  # fixtures: ui, http, gates
 
 ENTRY = {"worker", "queued", "started", "finished", "outcome", "error", "traceback"}
 

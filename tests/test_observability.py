@@ -31,9 +31,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from celery_graph import RunFailed
 from celery_graph.integrations import FLOW, NODE, RUN_ID
 from celery_graph.state import state_for
-from tests.helpers import starts_processes, wait_for
+from tests.support.helpers import starts_processes, wait_for
+from tests.support.processes import Workers
 from tests.tasks import audit, boom, extract, load, merge, process, split, transform
-from tests.workers import Workers
 
 
 def task_id(span: ReadableSpan) -> str:

@@ -15,9 +15,9 @@ import redis
 
 from celery_graph import GraphRun, RunNotFound, RunStateLost
 from celery_graph.testing import PrivateRedis
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
+from tests.support.processes import Workers
 from tests.tasks import slow_item, split, step
-from tests.workers import Workers
 
 pytestmark = pytest.mark.slow  # worker subprocesses killed and restarted
 

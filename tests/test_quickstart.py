@@ -6,13 +6,12 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # the quickstart script starts its own worker
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # the quickstart script starts its own worker
 
 
 def test_quickstart_example_runs_end_to_end(redis_url, rclient):

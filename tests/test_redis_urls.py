@@ -9,8 +9,8 @@ import redis
 
 from celery_graph import GraphRun
 from celery_graph.testing import PrivateRedis
+from tests.support.processes import Workers
 from tests.tasks import UNCONSUMED_QUEUE, audit, extract, load, transform, unconsumed
-from tests.workers import Workers
 
 pytestmark = pytest.mark.slow  # a Redis with ACLs and a worker subprocess
 

@@ -18,8 +18,9 @@ import redis
 from celery_graph import GraphRun
 from celery_graph.worker.heartbeat import live_workers
 from tests.apps import ops_tasks as t
-from tests.apps.common import build_app
-from tests.apps.harness import start_worker, wait_for
+from tests.support.apps import build_app
+from tests.support.helpers import wait_for
+from tests.support.processes import start_worker
 
 pytestmark = pytest.mark.slow  # graph-worker subprocesses, one of them on RabbitMQ
 

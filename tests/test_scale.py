@@ -16,12 +16,12 @@ from celery import Celery
 from celery_graph import ConfigurationError, GraphRun
 from celery_graph.config import Settings
 from celery_graph.state import state_for
-from tests.brokerapp import make_app
-from tests.conftest import SESSION
-from tests.helpers import starts_processes, wait_for
-from tests.servers import PrivateSentinel
+from tests.support.apps import make_app
+from tests.support.fixtures import SESSION
+from tests.support.helpers import starts_processes, wait_for
+from tests.support.processes import Workers
+from tests.support.servers import PrivateSentinel
 from tests.tasks import step
-from tests.workers import Workers
 
 
 def test_a_plain_url_to_one_cluster_node_is_a_clear_error(redis_url, cluster_url, tag):

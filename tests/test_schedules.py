@@ -22,13 +22,12 @@ from celery_graph.client.submit import run_id_for
 from celery_graph.errors import MissingParameterError
 from celery_graph.protocol import RUN_GRAPH, ScheduleSpec, StartMessage
 from celery_graph.state import state_for
-from tests.beat_helpers import run_of, send_like_beat
-from tests.helpers import postruns, starts_processes, wait_for
+from tests.support.beat import run_of, send_like_beat
+from tests.support.helpers import postruns, starts_processes, wait_for
+from tests.support.processes import ROOT, SESSION, base_env, cli
 from tests.tasks import needs_input, read_trace, step
-from tests.test_cli_support import base_env, cli
-from tests.workers import ROOT, SESSION
 
-pytest_plugins = ("tests.ui_fixtures",)  # ui, http: the dashboard over the session's app
+pytest_plugins = ("tests.support.ui_fixtures",)  # ui, http: the dashboard over the session's app
 
 
 def slow_flow(tag: str, delay: float = 3.0):
@@ -191,7 +190,7 @@ def beat(app, tmp_path) -> Iterator[callable]:
     name = f"beat-{uuid.uuid4().hex[:8]}"
     env = dict(
         os.environ,
-        PYTHONPATH=ROOT,
+        PYTHONPATH=str(ROOT),
         CGTEST_REDIS_URL=app.conf.graph_redis_url,
         CGTEST_SESSION=SESSION,
         CGTEST_SCHEDULE_NAME=name,

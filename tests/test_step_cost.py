@@ -21,8 +21,8 @@ import redis
 
 from celery_graph import Sequence
 from celery_graph.testing import PrivateRedis
+from tests.support.processes import Workers
 from tests.tasks import step
-from tests.workers import Workers
 
 ROUND_TRIPS_PER_STEP = 3
 COMMANDS_PER_STEP = 20  # issue 22 asks for 12; see the module docstring

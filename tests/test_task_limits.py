@@ -4,18 +4,14 @@ real workers, nodes of several runs at once, a worker SIGKILLed while it holds a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from celery_graph import task
 from celery_graph.errors import GraphDefinitionError
 from celery_graph.executor.gate import parse_rate
 from celery_graph.state import state_for
-from tests.helpers import wait_for
+from tests.support.helpers import most_at_once, wait_for
 from tests.tasks import exclusive, paced, read_trace
-from tests.test_concurrency import most_at_once
-from tests.workers import Workers
 
 
 def five_exclusive(tag: str, seconds: float = 0.1):
@@ -72,22 +68,10 @@ def test_bad_limits_are_errors_at_declaration():
     assert parse_rate("2/s") == 0.5 and parse_rate("1/h") == 3600
 
 
-@pytest.fixture()
-def workers(redis_url: str) -> Iterator[Workers]:
-    w = Workers(redis_url)
-    w.extra_env.update(
-        CELERY_GRAPH_QUEUED_LEASE="2",
-        CELERY_GRAPH_RUNNING_LEASE="2",
-        CELERY_GRAPH_RECONCILE_INTERVAL="0.5",
-    )
-    try:
-        yield w
-    finally:
-        w.stop()
-        w.app.connection_for_write().default_channel.queue_purge(w.queue)
-
-
-def test_the_slot_of_a_sigkilled_worker_is_freed_and_the_waiting_node_runs(workers, tag):
+def test_the_slot_of_a_sigkilled_worker_is_freed_and_the_waiting_node_runs(
+    short_lease_workers, tag
+):
+    workers = short_lease_workers
     workers.start("a")
     workers.start("b")
     flow = exclusive.bind(id="long", seconds=3.0) | exclusive.bind(id="other", seconds=0.1)

@@ -15,7 +15,7 @@ from celery_graph.client.submit import run_id_for
 from celery_graph.errors import UsageError
 from celery_graph.ui import Server, start
 from celery_graph.ui.tokens import ApiTokens
-from tests.ui_helpers import Http
+from tests.support.ui import Http
 from tests.ui_tasks import FLOWS
 
 OPEN = secrets.token_urlsafe(32)  # may start every flow

@@ -18,11 +18,11 @@ from celery_graph.ui.errors import ActionRefused, NotFound
 from celery_graph.ui.listing import QueryError
 from celery_graph.ui.server import status_of
 from celery_graph.worker.heartbeat import Heartbeat
-from tests.helpers import wait_for
-from tests.ui_helpers import FLOWER, Http
+from tests.support.helpers import wait_for
+from tests.support.ui import FLOWER, Http
 from tests.ui_tasks import ETL, gated, ui_echo, ui_fail_once, ui_never
 
-pytest_plugins = ("tests.ui_fixtures",)  # fixtures: ui, http, gates
+pytest_plugins = ("tests.support.ui_fixtures",)  # fixtures: ui, http, gates
 
 
 def wait_state(http: Http, run_id: str, states: tuple[str, ...], timeout: float = 20) -> dict:

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
 
 import pytest
 
 from celery_graph.state import state_for
 from celery_graph.worker.heartbeat import Heartbeat
-from tests.helpers import starts_processes, wait_for
-from tests.ui_helpers import CHROMIUM_ARGS, chromium_or_skip
+from tests.support.browser import WAIT_MS
+from tests.support.helpers import wait_for
 from tests.ui_tasks import gated
 
-pytest_plugins = ("tests.ui_fixtures",)
-# the first test may install Debian's chromium (apt-get), which takes longer than a test
+pytest_plugins = ("tests.support.ui_fixtures", "tests.support.browser")
+# Chromium and the dashboard on a loaded machine: longer than a test's default timeout
 pytestmark = pytest.mark.timeout(600)
 
 COLOURS = {  # the fill of a node's box in each state (style.css)
@@ -30,43 +29,6 @@ COLOURS = {  # the fill of a node's box in each state (style.css)
     "upstream_failed": "rgb(244, 169, 168)",
     "cancelled": "rgb(158, 158, 158)",
 }
-WAIT_MS = 15_000
-
-
-@pytest.fixture(scope="module")
-@starts_processes
-def playwright_api():
-    # an ImportError here in CI is a failure (playwright is in the test extra)
-    if os.environ.get("CI"):
-        import playwright.sync_api as api
-    else:
-        api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    return api
-
-
-@pytest.fixture(scope="module")
-def browser(playwright_api) -> Iterator[object]:
-    path = chromium_or_skip()
-    with playwright_api.sync_playwright() as p:
-        # Playwright gives the browser a fresh temporary profile (--user-data-dir)
-        b = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@pytest.fixture()
-def page(browser, playwright_api):
-    context = browser.new_context(viewport={"width": 1440, "height": 660})
-    context.set_default_timeout(WAIT_MS)
-    pg = context.new_page()
-    problems: list[str] = []
-    pg.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    pg.on("console", lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None)
-    yield pg
-    context.close()
-    assert not problems, problems
 
 
 def expect(playwright_api, locator):

@@ -15,13 +15,14 @@ import pytest
 
 from celery_graph.state import state_for
 from celery_graph.ui.__main__ import main
-from tests.conftest import ROOT
-from tests.helpers import wait_for
-from tests.ui_helpers import Http
+from tests.support import ROOT
+from tests.support.helpers import wait_for
+from tests.support.processes import with_root
+from tests.support.ui import Http
 
 pytestmark = pytest.mark.slow  # the dashboard command and celery beat in subprocesses
 
-pytest_plugins = ("tests.ui_fixtures",)
+pytest_plugins = ("tests.support.ui_fixtures",)
 
 
 class Lines:
@@ -112,7 +113,7 @@ def test_celery_graph_ui_and_celery_workflow_ui_serve_the_dashboard(
         CELERY_GRAPH_KEY_PREFIX=f"cgtest-uicmd-{tag}",
         CGNATIVE_PREFIX=f"cgtest-uiapp-{tag}",
         CELERY_GRAPH_UI_BASIC_AUTH="admin:s3cret",
-        PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
+        PYTHONPATH=with_root(os.environ.get("PYTHONPATH")),
     )
     env.pop("CELERY_APP", None)
     argv = [str(scripts() / command[0]), *command[1:], "--port", "0"]
@@ -138,7 +139,7 @@ def test_celery_graph_ui_without_tornado_names_the_extra(tmp_path):
     (tmp_path / "tornado" / "__init__.py").write_text("raise ImportError('no tornado here')\n")
     env = dict(
         os.environ,
-        PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT]),
+        PYTHONPATH=with_root(None, str(tmp_path)),
         CELERY_GRAPH_REDIS_URL="redis://127.0.0.1:1/0",
     )
     out = subprocess.run(
@@ -203,7 +204,7 @@ def test_celery_beat_starts_a_flow_through_flow_s_and_the_dashboard_names_it(
     env = dict(
         os.environ,
         CGTEST_REDIS_URL=redis_url,
-        PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
+        PYTHONPATH=with_root(os.environ.get("PYTHONPATH")),
     )
     beat = subprocess.Popen(
         [

@@ -16,7 +16,7 @@ from celery_graph.state import state_for
 from celery_graph.testing import PrivateRedis
 from celery_graph.ui import start
 from celery_graph.ui.listing import Cursor, QueryError, RunLister, RunQuery
-from tests.ui_helpers import Http, index_runs, seed_runs, unseed_runs
+from tests.support.ui import Http, index_runs, seed_runs, unseed_runs
 
 STATES = ["succeeded", "failed", "succeeded", "cancelled", "succeeded", "running"]
 FLOWS = ["etl", "report", "etl", "nightly"]

@@ -29,7 +29,7 @@ from celery_graph.state import state_for
 from celery_graph.state.graphs import GraphStore
 from celery_graph.ui import Limits, LoginThrottle, Server, start
 from celery_graph.ui.__main__ import main
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 from tests.ui_tasks import ETL, FLOWS, ui_echo, ui_never
 
 EVIL = "rebind.evil.example"

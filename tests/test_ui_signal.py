@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from celery_graph import wait_for
 from tests.after_tasks import prepare, ship_if_approved
-from tests.helpers import wait_for as wait_until
-from tests.ui_helpers import Http
+from tests.support.helpers import wait_for as wait_until
+from tests.support.ui import Http
 
-pytest_plugins = ("tests.ui_fixtures",)  # fixtures: ui, http, gates
+pytest_plugins = ("tests.support.ui_fixtures",)  # fixtures: ui, http, gates
 
 
 def test_a_waiting_node_offers_a_signal_and_the_api_delivers_it(app, http: Http, tag):

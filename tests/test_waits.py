@@ -16,7 +16,7 @@ from celery_graph import (
 )
 from celery_graph.cli.groups import celery_graph
 from tests.after_tasks import alert, prepare, ship_if_approved
-from tests.helpers import wait_for as wait_until
+from tests.support.helpers import wait_for as wait_until
 from tests.tasks import read_trace
 
 

@@ -18,7 +18,8 @@ from celery_graph.worker.command import (
     split_argv,
     user_set,
 )
-from tests.apps.harness import GRAPH_WORKER, ROOT, graph_worker_help, subprocess_env
+from tests.support import ROOT
+from tests.support.processes import GRAPH_WORKER, graph_worker_help, subprocess_env
 
 pytestmark = pytest.mark.slow  # the graph-worker command in subprocesses
 

@@ -15,8 +15,9 @@ from celery_graph.state import state_for
 from celery_graph.testing import free_port
 from celery_graph.worker.heartbeat import live_workers
 from tests.apps import ops_tasks as t
-from tests.apps.common import build_app
-from tests.apps.harness import start_worker, wait_for
+from tests.support.apps import build_app
+from tests.support.helpers import wait_for
+from tests.support.processes import start_worker
 
 PREFIX = f"cgops:metrics:{uuid.uuid4().hex[:6]}"
 

@@ -20,9 +20,11 @@ from celery_graph.state import state_for
 from celery_graph.testing import PrivateRedis, free_port
 from celery_graph.worker.heartbeat import Heartbeat, live_workers
 from tests.apps import ops_tasks as t
-from tests.apps.common import build_app
-from tests.apps.harness import GRAPH_WORKER, ROOT, WorkerProcess, subprocess_env, wait_for
-from tests.servers import VersionRelay
+from tests.support import ROOT
+from tests.support.apps import build_app
+from tests.support.helpers import wait_for
+from tests.support.processes import GRAPH_WORKER, start_worker, subprocess_env
+from tests.support.servers import VersionRelay
 from tests.test_worker_metrics import scrape
 
 pytestmark = pytest.mark.slow  # the plain `celery worker` command in a subprocess
@@ -34,29 +36,18 @@ CELERY = [sys.executable, "-m", "celery"]
 def plain_worker(
     tmp_path, name, broker, queue, *args, env=None, prefix=PREFIX, module="tests.apps.opsapp"
 ):
-    argv = [
-        "-A",
-        module,
-        "worker",
-        "--key-prefix",
-        prefix,
-        "-n",
-        f"{name}@%h",
-        "-c",
-        "1",
-        "-l",
-        "INFO",
-        "--without-mingle",
-        "--without-gossip",
-        *args,
-    ]
-    penv = subprocess_env(
-        CGOPS_BROKER_URL=broker,
-        CGOPS_QUEUE=queue,
-        CELERY_GRAPH_HEARTBEAT_INTERVAL="1",
-        **(env or {}),
+    return start_worker(
+        tmp_path,
+        name,
+        broker_url=broker,
+        queue=queue,
+        prefix=prefix,
+        extra_args=list(args),
+        env=env,
+        app=module,
+        concurrency=1,
+        graph=False,
     )
-    return WorkerProcess(argv, penv, tmp_path / f"{name}.log", cmd=CELERY)
 
 
 def listed(app, pid):
@@ -234,7 +225,7 @@ def test_a_second_worker_with_a_live_name_is_refused(redis_url, tmp_path, queue)
             w2.log()
         )
         assert "Traceback" not in w2.log()
-        assert listed(app, w1.pid) is not None and w1.proc.poll() is None
+        assert listed(app, w1.pid) is not None and w1.poll() is None
         assert [x.pid for x in live_workers(app) if x.hostname == first.hostname] == [w1.pid]
     finally:
         w1.stop()

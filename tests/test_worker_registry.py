@@ -16,9 +16,10 @@ from celery_graph.cli.output import print_workers
 from celery_graph.keys import key_pattern
 from celery_graph.worker.heartbeat import live_workers
 from tests.apps import ops_tasks as t
-from tests.apps.common import build_app
-from tests.apps.harness import ROOT, start_worker, subprocess_env, wait_for
-from tests.helpers import starts_processes
+from tests.support import ROOT
+from tests.support.apps import build_app
+from tests.support.helpers import starts_processes, wait_for
+from tests.support.processes import start_worker, subprocess_env
 
 PREFIX = f"cgops:registry:{uuid.uuid4().hex[:6]}"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from tests.brokerapp import make_app
+from tests.support.apps import make_app
 
 app = make_app(os.environ["CGTEST_REDIS_URL"], None, "cgtest_beat")
 

@@ -1,5 +1,6 @@
-"""Builds the Celery app used on both sides of the subprocess tests: the worker
-subprocess (from environment variables) and the test process (from arguments).
+"""The Celery app used on both sides of the subprocess tests, built by
+tests/support/apps.py's ``build_app``: in the worker subprocess from environment
+variables (``app_from_env``), in the test process from arguments.
 
 Environment of a worker subprocess:
 
@@ -19,42 +20,9 @@ import os
 
 from celery import Celery
 
+from tests.support.apps import build_app
 
-def build_app(
-    broker_url: str,
-    queue: str,
-    *,
-    visibility: float | None = None,
-    priority: bool = False,
-    key_prefix: str | None = None,
-    max_priority: int | None = None,
-    graph_redis_url: str | None = None,
-    name: str = "cgops",
-) -> Celery:
-    app = Celery(name, broker=broker_url, set_as_current=False)
-    transport: dict = {}
-    if visibility:
-        # a killed worker's message comes back after ~visibility + the restore sweep
-        transport.update(
-            visibility_timeout=visibility, unacked_restore_interval=1, unacked_restore_throttle=1
-        )
-    if priority:
-        transport.update(queue_order_strategy="priority")
-    app.conf.update(
-        task_default_queue=queue,
-        broker_transport_options=transport,
-        broker_connection_retry_on_startup=True,
-        task_serializer="json",
-        accept_content=["json"],
-        worker_hijack_root_logger=False,
-    )
-    if key_prefix:
-        app.conf.graph_key_prefix = key_prefix
-    if graph_redis_url:
-        app.conf.graph_redis_url = graph_redis_url
-    if max_priority is not None:
-        app.conf.task_queue_max_priority = max_priority
-    return app
+__all__ = ["app_from_env", "build_app"]
 
 
 def app_from_env() -> Celery:

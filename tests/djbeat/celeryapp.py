@@ -11,6 +11,6 @@ import django
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.djbeat.settings")
 django.setup()
 
-from tests.brokerapp import make_app  # noqa: E402
+from tests.support.apps import make_app  # noqa: E402
 
 app = make_app(os.environ["CGTEST_REDIS_URL"], None, "cgtest_djbeat")

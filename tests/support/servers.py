@@ -17,6 +17,7 @@ from pathlib import Path
 import redis
 
 from celery_graph.testing import PrivateRedis, find_server_binary, free_port
+from tests.support.helpers import starts_processes
 
 
 def redis_cli() -> str:
@@ -48,6 +49,7 @@ def _wait(predicate, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
+@starts_processes
 class PrivateCluster:
     """Three primaries, no replicas, every slot covered."""
 
@@ -104,6 +106,7 @@ class PrivateCluster:
             node.cleanup()
 
 
+@starts_processes
 class PrivateSentinel:
     """A primary, a replica of it, and one Sentinel (quorum 1) watching them as 'graphs'."""
 

@@ -1,6 +1,6 @@
-"""Fixtures of the dashboard's tests, loaded with ``pytest_plugins = ("tests.ui_fixtures",)``:
-the dashboard served from a thread on the session's app (a real worker behind it), its
-HTTP client, and gates that hold nodes running."""
+"""Fixtures of the dashboard's tests, loaded with ``pytest_plugins =
+("tests.support.ui_fixtures",)``: the dashboard served from a thread on the session's app
+(a real worker behind it), its HTTP client, and gates that hold nodes running."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from celery import Celery
 
 from celery_graph.ui import Server, start
-from tests.ui_helpers import FLOWER, Gates, Http, gate_key
+from tests.support.ui import FLOWER, Gates, Http, gate_key
 from tests.ui_tasks import FLOWS
 
 

@@ -2,7 +2,7 @@
 workers are SIGKILLed with their pools, the broker restarts and loses every message it
 held, and the graph Redis restarts.
 
-    python -m tests.chaos --runs 200 --kills 12      # prints the figures, exit 1 unless all 0
+    python -m tests.support.chaos --runs 200 --kills 12   # prints the figures; exit 1 unless all 0
 
 The graph is ch_a >> (ch_b >> ch_d | ch_c) >> ch_join, data flowing through it (a run's
 result is 5 * (seed + 1) + 5). Reported, all of which must be 0:
@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 import redis
 
 from celery_graph import GraphRun, RunFailed, RunTimeout, StoreUnavailable
+from tests.support.helpers import starts_processes
 
 EDGES = [
     ("ch_a", "ch_b"),
@@ -78,6 +79,7 @@ def expected(seed: int) -> int:
     return 5 * (seed + 1) + 5
 
 
+@starts_processes
 def run_chaos(
     trace_url: str,
     runs: int,
@@ -90,8 +92,8 @@ def run_chaos(
     seed: int | None = None,
 ) -> ChaosReport:
     from celery_graph.testing import PrivateRedis
+    from tests.support.processes import Workers
     from tests.tasks import ch_a, ch_b, ch_c, ch_d, ch_join
-    from tests.workers import Workers
 
     rng = random.Random(seed)
     broker = PrivateRedis().start()  # no persistence: a restart loses every message

@@ -15,7 +15,7 @@ from celery_graph import GraphRun
 from celery_graph.client.submit import run_id_for
 from celery_graph.protocol import RUN_GRAPH
 from celery_graph.state import state_for
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 from tests.tasks import add, double
 
 
