@@ -20,7 +20,7 @@ import redis
 from celery_graph import RunCancelled, RunFailed
 from celery_graph.state import Revoked, state_for
 from celery_graph.worker.revokes import RevokeWatch
-from tests.support.helpers import starts_processes, wait_for
+from tests.support.helpers import starts_processes, trace_of, wait_for
 from tests.support.processes import ROOT, SESSION, Workers
 from tests.tasks import boom, extract, flaky, slow, step, transform, unconsumed
 
@@ -74,10 +74,6 @@ def workers(redis_url: str) -> Iterator[ControlWorkers]:
     finally:
         w.stop()
         w.app.connection_for_write().default_channel.queue_purge(w.queue)
-
-
-def trace_of(client: redis.Redis, tag: str) -> list[str]:
-    return [e.decode() for e in client.lrange(f"cgtest-trace:{tag}", 0, -1)]
 
 
 def running(run, node_id: str) -> None:

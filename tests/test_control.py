@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import uuid
 
@@ -20,7 +19,7 @@ from celery_graph.state import state_for
 from celery_graph.testing import free_port
 from tests.support.apps import make_app
 from tests.support.fixtures import SESSION
-from tests.support.helpers import postruns, wait_for
+from tests.support.helpers import postruns, purge_queue, wait_for
 from tests.tasks import UNCONSUMED_QUEUE, extract, flaky, read_trace, step, unconsumed
 
 
@@ -108,7 +107,7 @@ def test_deadline_fails_a_stuck_run_even_with_no_worker_to_notice(app, rclient):
         with pytest.raises(RunFailed) as info:
             run.get(timeout=10)
     finally:
-        _purge(app, UNCONSUMED_QUEUE)
+        purge_queue(app, UNCONSUMED_QUEUE)
     assert info.value.exc_type == "DeadlineExceeded"
     assert run.status().state == "failed"
 
@@ -139,12 +138,12 @@ def _resume_running(app):
         run.resume()
     finally:
         run.cancel()
-        _purge(app, UNCONSUMED_QUEUE)
+        purge_queue(app, UNCONSUMED_QUEUE)
 
 
 def test_backpressure_waits_then_refuses_without_creating_a_run(app, rclient):
     keys = Keys(app.conf.graph_key_prefix)
-    _purge(app, UNCONSUMED_QUEUE)  # what an earlier test's run left there
+    purge_queue(app, UNCONSUMED_QUEUE)  # what an earlier test's run left there
     try:
         app.conf.graph_max_queue_depth = 1
         app.conf.graph_backpressure_timeout = 0.5
@@ -157,11 +156,4 @@ def test_backpressure_waits_then_refuses_without_creating_a_run(app, rclient):
     finally:
         app.conf.graph_max_queue_depth = None
         app.conf.graph_backpressure_timeout = None
-        _purge(app, UNCONSUMED_QUEUE)
-
-
-def _purge(app, queue: str) -> None:
-    """Empty a queue this test session created (nothing else uses it)."""
-    # a queue never declared has nothing to purge
-    with app.connection_for_write() as conn, contextlib.suppress(Exception):
-        conn.default_channel.queue_purge(queue)
+        purge_queue(app, UNCONSUMED_QUEUE)

@@ -9,7 +9,7 @@ import redis
 
 from celery_graph import GraphRun, RunFailed, StoreUnavailable
 from celery_graph.testing import PrivateRedis
-from tests.support.helpers import starts_processes, wait_for
+from tests.support.helpers import starts_processes, trace_of, wait_for
 from tests.support.processes import Workers
 from tests.tasks import join_count, step
 
@@ -19,10 +19,6 @@ from tests.tasks import join_count, step
 def workers(redis_url: str) -> Iterator[Workers]:
     with Workers(redis_url) as w:
         yield w
-
-
-def trace_of(client: redis.Redis, tag: str) -> list[str]:
-    return [e.decode() for e in client.lrange(f"cgtest-trace:{tag}", 0, -1)]
 
 
 def test_worker_killed_mid_node_run_completes_with_everything_once(workers, rclient, tag):

@@ -4,7 +4,6 @@ The faults that need real processes to die are in test_durable_faults.py."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
@@ -32,7 +31,7 @@ from celery_graph.state.graphs import GraphStore
 from celery_graph.testing import free_port
 from tests.support.apps import make_app
 from tests.support.fixtures import SESSION
-from tests.support.helpers import postruns, wait_for
+from tests.support.helpers import postruns, purge_queue, wait_for
 from tests.tasks import (
     UNCONSUMED_QUEUE,
     boom,
@@ -75,12 +74,6 @@ def fast_reconciler(app) -> Iterator[None]:
         app.conf.graph_queued_lease = None
         app.conf.graph_running_lease = None
         app.conf.graph_reconcile_interval = None
-
-
-def _purge(app, queue: str) -> None:
-    # a queue never declared has nothing to purge
-    with app.connection_for_write() as conn, contextlib.suppress(Exception):
-        conn.default_channel.queue_purge(queue)
 
 
 def _create(app, flow, inputs: str = "{}") -> tuple[str, object]:
@@ -256,7 +249,7 @@ def test_a_continuation_lost_with_its_worker_is_done_by_the_reconciler(app, fast
             what="the continuation to be marked done",
         )
     finally:
-        _purge(app, UNCONSUMED_QUEUE)
+        purge_queue(app, UNCONSUMED_QUEUE)
 
 
 def _run_with_continuation(app) -> str | None:
@@ -340,7 +333,7 @@ def test_resume_after_a_sink_finished_while_the_run_was_cancelled(app, tag):
         state.scripts.complete(spec, run.id, spec.nodes["unconsumed"], '"u"')
         assert run.get(timeout=20) == {"slow": "slow", "unconsumed": "u"}
     finally:
-        _purge(app, UNCONSUMED_QUEUE)
+        purge_queue(app, UNCONSUMED_QUEUE)
 
 
 def test_resume_after_a_critical_member_broke_its_policy_runs_it_again(app, tag):
@@ -512,7 +505,7 @@ def test_a_retry_during_backpressure_gets_the_same_run(app, tag, monkeypatch):
             errors.append(exc)
 
     threads = [threading.Thread(target=submit) for _ in range(2)]
-    _purge(app, UNCONSUMED_QUEUE)  # what an earlier test's run left there
+    purge_queue(app, UNCONSUMED_QUEUE)  # what an earlier test's run left there
     try:
         app.conf.graph_max_queue_depth = 1
         app.conf.graph_backpressure_timeout = 20
@@ -522,7 +515,7 @@ def test_a_retry_during_backpressure_gets_the_same_run(app, tag, monkeypatch):
         for _ in threads:
             assert waiting.acquire(timeout=10)
         blocker.cancel()
-        _purge(app, UNCONSUMED_QUEUE)  # room: both go on
+        purge_queue(app, UNCONSUMED_QUEUE)  # room: both go on
         for t in threads:
             t.join(30)
         assert errors == []
@@ -533,7 +526,7 @@ def test_a_retry_during_backpressure_gets_the_same_run(app, tag, monkeypatch):
         app.conf.graph_backpressure_timeout = None
         for run in runs[:1]:
             run.cancel()
-        _purge(app, UNCONSUMED_QUEUE)
+        purge_queue(app, UNCONSUMED_QUEUE)
 
 
 def test_an_interrupt_during_the_root_publish_still_runs_the_graph(app, tag, fast_reconciler):
@@ -646,7 +639,7 @@ def test_status_says_why_a_node_waits(app, tag):
         assert "reconciler checks in" in why["unconsumed"]
     finally:
         run.cancel()
-        _purge(app, UNCONSUMED_QUEUE)
+        purge_queue(app, UNCONSUMED_QUEUE)
 
 
 def test_a_run_that_is_gone_cannot_be_written_to(app):

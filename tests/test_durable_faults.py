@@ -17,7 +17,7 @@ import redis
 from celery_graph import GraphRun, RunFailed
 from celery_graph.state import state_for
 from celery_graph.testing import PrivateRedis
-from tests.support.helpers import wait_for
+from tests.support.helpers import trace_of, wait_for
 from tests.support.processes import ROOT, Workers
 from tests.tasks import UNCONSUMED_QUEUE, kill_own_process, step, unconsumed
 
@@ -54,10 +54,6 @@ def persistent_redis() -> Iterator[PrivateRedis]:
         yield server
     finally:
         server.cleanup()
-
-
-def trace_of(client: redis.Redis, tag: str) -> list[str]:
-    return [e.decode() for e in client.lrange(f"cgtest-trace:{tag}", 0, -1)]
 
 
 def chain3(tag: str, delay: float = 0.0):

@@ -15,7 +15,7 @@ import redis
 
 from celery_graph import GraphRun, RunNotFound, RunStateLost
 from celery_graph.testing import PrivateRedis
-from tests.support.helpers import wait_for
+from tests.support.helpers import trace_of, wait_for
 from tests.support.processes import Workers
 from tests.tasks import slow_item, split, step
 
@@ -57,10 +57,6 @@ def persistent_redis() -> Iterator[PrivateRedis]:
         yield server
     finally:
         server.cleanup()
-
-
-def trace_of(client: redis.Redis, tag: str) -> list[str]:
-    return [e.decode() for e in client.lrange(f"cgtest-trace:{tag}", 0, -1)]
 
 
 def deliveries(trace: list[str], run_id: str, field: str) -> int:

@@ -3,6 +3,7 @@ name, declaring what starts processes (the slow tier), the tools ``make`` instal
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -10,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -144,3 +145,16 @@ def binary_or_skip(names: Sequence[str], *, target: str, package: str, hint: str
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI is set: these tests must run)")
     pytest.skip(reason)
+
+
+def trace_of(client: Any, tag: str) -> list[str]:
+    """The trace of ``tag`` (tests.tasks.trace) read through ``client``: the test's own
+    Redis client, which stays valid while a test stops and restarts the graph Redis."""
+    return [e.decode() for e in client.lrange(f"cgtest-trace:{tag}", 0, -1)]
+
+
+def purge_queue(app: Any, queue: str) -> None:
+    """Empty a queue this test session created (nothing else uses it); a queue never
+    declared has nothing to purge."""
+    with app.connection_for_write() as conn, contextlib.suppress(Exception):
+        conn.default_channel.queue_purge(queue)
