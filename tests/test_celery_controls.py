@@ -7,7 +7,6 @@ the app's result backend (Redis, and SQLAlchemy's ``db+sqlite``)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from celery_graph import RunCancelled, RunFailed
 from celery_graph.state import Revoked, state_for
 from celery_graph.worker.revokes import RevokeWatch
 from tests.support.helpers import starts_processes, trace_of, wait_for
-from tests.support.processes import ROOT, SESSION, Workers
+from tests.support.processes import ROOT, Workers
 from tests.tasks import boom, extract, flaky, slow, step, transform, unconsumed
 
 pytestmark = pytest.mark.timeout(240)
@@ -37,17 +36,6 @@ class ControlWorkers(Workers):
 
     def app_ref(self) -> str:
         return "tests.controls_app:app"
-
-    def env(self) -> dict[str, str]:
-        return dict(
-            os.environ,
-            PYTHONPATH=str(ROOT),
-            CGTEST_REDIS_URL=self.redis_url,
-            CGTEST_QUEUE=self.queue,
-            CGTEST_PREFIX=self.prefix,
-            CGTEST_SESSION=SESSION,
-            **self.extra_env,
-        )
 
     def celery(self, *args: str) -> subprocess.CompletedProcess[str]:
         """The real `celery -A <the workers' app> ARGS` command."""

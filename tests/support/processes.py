@@ -121,15 +121,9 @@ def graph_worker_available() -> bool:
 @functools.cache
 def graph_worker_help() -> str:
     """What `graph-worker --help` prints (run once per test session)."""
-    return subprocess.run(
-        [*GRAPH_WORKER, "--help"],
-        env=subprocess_env(),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
+    done = run_py(["-m", "celery_graph.worker", "--help"], subprocess_env(), timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 # -- the process ---------------------------------------------------------------------------
@@ -375,8 +369,9 @@ class Workers:
         )
         return hostname
 
-    def _spawn(self, hostname: str) -> None:
-        env = dict(
+    def env(self) -> dict[str, str]:
+        """The workers' environment: what tests.brokerapp's apps read, and ``extra_env``."""
+        return dict(
             os.environ,
             PYTHONPATH=str(ROOT),
             CGTEST_REDIS_URL=self.redis_url,
@@ -385,6 +380,9 @@ class Workers:
             CGTEST_SESSION=SESSION,
             **self.extra_env,
         )
+
+    def _spawn(self, hostname: str) -> None:
+        env = self.env()
         if env.get("CGTEST_CLOCK_SKEW"):  # tests/skew/sitecustomize.py shifts its clock
             env["PYTHONPATH"] = with_root(None, str(ROOT / "tests" / "skew"))
         queues = self.queues()
