@@ -37,8 +37,11 @@ check: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -m "not slow" -n $(JOBS) --dist loadgroup
 
+# pytest-xdist processes for make test: the whole suite mostly waits (see .ci/test)
+TEST_JOBS ?= 4
+
 test:
-	MAKE="$(MAKE)" JOBS=$(JOBS) .ci/test
+	MAKE="$(MAKE)" JOBS=$(TEST_JOBS) .ci/test
 
 # Debian's chromium for the dashboard's browser tests (tests/test_ui_browser.py): installed
 # with apt-get when missing and we are root (as CI is); otherwise those tests skip, saying why
