@@ -311,6 +311,13 @@ class GraphWorkerStep(bootsteps.StartStopStep):
     def shutdown(self, w: Any) -> None:
         self._cleanup()
 
+    def terminate(self, w: Any) -> None:
+        # The cold path (WorkController.terminate: WorkerTerminate, an embedded worker
+        # stopped through ``state.should_terminate``) sends no worker_shutdown; running
+        # tasks are cancelled, so nothing is left to heartbeat for. A warm stop keeps the
+        # threads until worker_shutdown, after the pool has drained.
+        self._cleanup()
+
     def _cleanup(self) -> None:
         if self._timer is not None:  # everything finished within the graceful timeout
             self._timer.cancel()
