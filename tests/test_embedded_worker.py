@@ -3,43 +3,56 @@ WorkController run in a thread) stops the way Celery stops it there: by the term
 path (``state.should_terminate``), which sends no ``worker_shutdown``. celery-graph's
 threads (heartbeat, reconciler, revokes) stop with it and the worker leaves the registry;
 left running, they kept a stopped worker registered as live (so the nodes it held looked
-held) and swept a Redis that may be gone."""
+held) and swept a Redis that may be gone.
+
+The worker runs in a Python subprocess of its own: ``should_terminate`` is the whole
+process's, so stopping an embedded worker in the test process would stop the session's
+worker too."""
 
 from __future__ import annotations
 
-import threading
+import json
 import uuid
 
+import pytest
+
+from tests.support.processes import run_py, subprocess_env
+
+pytestmark = pytest.mark.slow  # a Python subprocess
+
+SCRIPT = """
+import json, sys, threading, time
 from celery.contrib.testing.worker import start_worker
-
 from celery_graph.worker.heartbeat import live_workers
-from tests.support.fixtures import SESSION, started_app
-from tests.support.helpers import wait_for
+from tests.support.apps import make_app
 
+STEP_THREADS = ("celery-graph-heartbeat", "celery-graph-reconciler", "celery-graph-revokes")
+def step_threads():
+    return sorted(t.name for t in threading.enumerate() if t.name in STEP_THREADS)
 
-def graph_threads() -> list[str]:
-    return sorted(t.name for t in threading.enumerate() if t.name.startswith("celery-graph"))
+app = make_app(sys.argv[1], None, "cgtest-embedded", sys.argv[2])
+import tests.tasks  # the graph tasks, on the app
+with start_worker(app, pool="threads", concurrency=1, perform_ping_check=False,
+                  loglevel="WARNING") as w:
+    deadline = time.monotonic() + 10
+    while not live_workers(app) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    during = {"threads": step_threads(), "live": [x.hostname for x in live_workers(app)]}
+deadline = time.monotonic() + 5
+while step_threads() and time.monotonic() < deadline:
+    time.sleep(0.05)
+after = {"threads": step_threads(), "live": [x.hostname for x in live_workers(app)]}
+print(json.dumps({"during": during, "after": after}))
+"""
 
 
 def test_an_embedded_worker_that_stops_stops_its_threads_and_leaves_the_registry(redis_url):
-    tag = uuid.uuid4().hex[:8]
-    app = started_app(
-        redis_url,
-        None,
-        f"cgtest-embedded-{tag}",
-        task_default_queue=f"cgtest-{SESSION}-embedded-{tag}",
-        graph_key_prefix=f"cgtest:{SESSION}:embedded-{tag}",
+    session = f"embedded-{uuid.uuid4().hex[:8]}"  # its own queue and key prefix
+    done = run_py(["-c", SCRIPT, redis_url, session], subprocess_env(), timeout=60)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["during"]["threads"] == sorted(
+        ["celery-graph-heartbeat", "celery-graph-reconciler", "celery-graph-revokes"]
     )
-    before = graph_threads()
-    with start_worker(
-        app, pool="threads", concurrency=1, perform_ping_check=False, loglevel="WARNING"
-    ) as w:
-        hostname = w.hostname
-        wait_for(
-            lambda: [x for x in live_workers(app) if x.hostname == hostname],
-            10,
-            "the embedded worker in the registry",
-        )
-        assert {"celery-graph-heartbeat", "celery-graph-reconciler"} <= set(graph_threads())
-    wait_for(lambda: graph_threads() == before, 10, f"its threads to stop: {graph_threads()}")
-    assert [x.hostname for x in live_workers(app)] == []
+    assert len(seen["during"]["live"]) == 1, seen
+    assert seen["after"] == {"threads": [], "live": []}, seen
