@@ -11,6 +11,7 @@ from celery_graph.errors import GraphDefinitionError
 from celery_graph.executor.gate import parse_rate
 from celery_graph.state import state_for
 from tests.support.helpers import most_at_once, wait_for
+from tests.support.processes import Workers
 from tests.tasks import exclusive, paced, read_trace
 
 
@@ -89,3 +90,41 @@ def test_the_slot_of_a_sigkilled_worker_is_freed_and_the_waiting_node_runs(
     assert trace.count("end:x") == 2, trace
     limits = state_for(workers.app).task_limits
     wait_for(lambda: limits.counts(exclusive.task_name) == (0, 0), timeout=30, what="slots")
+
+
+def test_waiting_nodes_are_sent_once_and_woken_once_not_resent_every_queued_lease(
+    redis_url: str, tag: str
+) -> None:
+    """Four nodes of a graph_concurrency=1 task at once, each holding its slot 2.5 s: the
+    last waits about 7.5 s, several queued leases (2 s). Each node's message is delivered
+    when the run sends it, and a waiting one once more when a slot frees for it (the
+    oldest first): the reconciler does not send waiting nodes again every lease."""
+    w = Workers(redis_url)
+    w.extra_env.update(
+        CELERY_GRAPH_QUEUED_LEASE="2",
+        CELERY_GRAPH_RUNNING_LEASE="2",
+        CELERY_GRAPH_RECONCILE_INTERVAL="0.5",
+        CGTEST_TRACE_DELIVERIES="1",
+    )
+    w.app.conf.update(graph_queued_lease=2, graph_running_lease=2)  # the roots' leases
+    try:
+        w.start("a")
+        w.start("b")
+        flow = (
+            exclusive.bind(id="x1", tag=tag, seconds=2.5)
+            | exclusive.bind(id="x2", tag=tag, seconds=2.5)
+            | exclusive.bind(id="x3", tag=tag, seconds=2.5)
+            | exclusive.bind(id="x4", tag=tag, seconds=2.5)
+        )
+        run = flow.submit({}, app=w.app)  # tag bound: in each message, for its trace
+        assert set(run.get(timeout=120).values()) == {"x"}
+        trace = read_trace(tag)
+        marks = [e for e in trace if e in ("start:x", "end:x")]
+        assert marks.count("end:x") == 4 and most_at_once(marks) == 1, trace
+        delivered = [e for e in trace if e.startswith("delivered:")]
+        # 4 first deliveries, then 3 wakes (the node that went first never waited)
+        assert len(delivered) == 7, trace
+        assert all(n.attempts == 1 for n in run.status().nodes.values())
+    finally:
+        w.stop()
+        w.app.connection_for_write().default_channel.queue_purge(w.queue)

@@ -120,6 +120,13 @@ class Look:
         self.hold = hold
         self.depths: dict[str, int] = {}
         self._held: set[str] | None = None
+        self._limited: set[str] | None = None
+
+    def limited_tasks(self, state: State) -> set[str]:
+        """The tasks with graph_concurrency (whether or not this process knows them)."""
+        if self._limited is None:
+            self._limited = set(state.task_limits.tasks())
+        return self._limited
 
     def held_by_workers(self, state: State) -> set[str]:
         """ "<run id>:<field>" of every node message a live worker holds."""
@@ -404,6 +411,13 @@ class Reconciler:
                     wait.append(name)  # a live worker has it: prefetched, reserved
                     continue
                 node = spec.nodes[node_of(name)]
+                if node.task in look.limited_tasks(state) and state.task_limits.parked(
+                    node.task, f"{run_id}:{name}", r.now
+                ):
+                    # in its task's line (a slot that frees sends it), or woken and on
+                    # its way: sending it again would only queue it again
+                    wait.append(name)
+                    continue
                 queue = queue_of(self.app, node)
                 if queue not in look.depths:
                     look.depths[queue] = self._depth.depth(queue)

@@ -94,6 +94,16 @@ class TaskLimitStore:
         held = self.keys.task_limit_layout(task).held
         translated("renewing a slot", lambda: self.client.zadd(held, {holder: until}, xx=True))
 
+    def parked(self, task: str, holder: str, now: float) -> bool:
+        """Is ``holder`` waiting for a slot of ``task``, or woken into one whose lease is
+        alive at ``now`` (its message on its way)? Its message is not lost then."""
+        layout = self.keys.task_limit_layout(task)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zscore(layout.waiting, holder)
+        pipe.zscore(layout.held, holder)
+        waiting, held = translated("reading a task slot", pipe.execute)
+        return waiting is not None or (held is not None and float(held) > now)
+
     def counts(self, task: str) -> tuple[int, int]:
         """(nodes holding a slot, nodes waiting) of ``task``."""
         layout: TaskLimitKeys = self.keys.task_limit_layout(task)
