@@ -92,6 +92,23 @@ def per_customer(customer, tag=None, delay: float = 0.0):
     return child(invoice.bind(delay=delay).as_graph("invoice"), customer=customer, tag=tag)
 
 
+def limited_sync(tag):
+    """A two-node flow, at most one run at once ('start:<tenant>' ... 'end:<tenant>' in
+    the trace around each); its name carries the tag, so each test has its own limit."""
+    from tests.tasks import occupy
+
+    flow = occupy.bind(id="enter", mark="start", seconds=0.3) >> occupy.bind(
+        id="leave", mark="end", seconds=0.3
+    )
+    return flow.with_name(f"limited-sync-{tag}").with_concurrency(1)
+
+
+@task
+def sync_tenant(customer, tag=None):
+    """Starts a run of limited_sync(tag) for one tenant, as a child."""
+    return child(limited_sync(tag), tag=tag, tenant=customer)
+
+
 @task
 def summary(per_customer, tag=None):
     trace(tag, "summary")

@@ -18,7 +18,7 @@ from celery_graph import (
 from celery_graph.cli.groups import celery_graph
 from celery_graph.model import child_run_id
 from tests.after_tasks import invoice, per_customer, summary
-from tests.support.helpers import wait_for
+from tests.support.helpers import most_at_once, wait_for
 from tests.tasks import read_trace
 
 pytest_plugins = ("tests.support.ui_fixtures",)  # fixtures: ui, http
@@ -129,3 +129,23 @@ def test_a_failing_child_of_a_map_item_fails_the_run(app, tag):
         run.get(timeout=60)
     assert info.value.node_id == "per_customer"
     assert "no address for bad" in info.value.exc_message
+
+
+def test_child_runs_of_a_limited_flow_take_its_slots_or_wait_queued(app, tag):
+    """child() starts a run like any other of its flow: with_concurrency(1) holds across
+    the children of a map and a run submitted directly; the others wait in 'queued'."""
+    from tests.after_tasks import customers, limited_sync, sync_tenant
+
+    direct = limited_sync(tag).apply_async(tag=tag, tenant="direct")
+    flow = customers >> sync_tenant.map("customers", param="customer")
+    run = flow.apply_async(names="a,b,c,d", tag=tag)
+    kids = wait_for(
+        lambda: len(k := run.status().children) == 4 and k, timeout=30, what="4 children"
+    )
+    states = [GraphRun(k, app=app).status().state for k in kids.values()]
+    assert states.count("queued") >= 2, states
+    assert run.get(timeout=90) == ["a", "b", "c", "d"]
+    assert direct.get(timeout=30) == "direct"
+    trace = read_trace(tag)
+    assert trace.count("end:a") == 1 and trace.count("end:direct") == 1, trace
+    assert most_at_once(trace) == 1, trace

@@ -15,7 +15,7 @@ from celery_graph.errors import GraphDefinitionError, MissingParameterError
 from celery_graph.state import Slot, state_for
 from tests.support.helpers import most_at_once, wait_for
 from tests.support.processes import base_env, cli
-from tests.tasks import occupy, read_trace, step
+from tests.tasks import fails_then_ok, occupy, read_trace, step
 
 
 def limited(tag: str, limit: int, key: str | None = None, seconds: float = 0.2):
@@ -138,6 +138,55 @@ def test_a_slot_whose_run_never_came_is_freed_by_the_reconciler(app, tag):
     wait_for(lambda: sweep(app) and run.status().state != "queued", timeout=30, what="a sweep")
     assert not state.limits.holds(slot.scope, slot.group, ghost)
     assert run.get(timeout=60) == "-"
+
+
+def test_a_resumed_run_takes_a_slot_again_or_waits_queued_for_one(app, tag):
+    """resume() on a run of a limited flow: while the slot is taken it waits in 'queued'
+    with its place in line, and its nodes are sent again when the slot frees."""
+    flow = (
+        fails_then_ok.bind(id="check")
+        >> occupy.bind(id="enter", mark="start", seconds=3.0)  # the CLI starts meanwhile
+        >> occupy.bind(id="leave", mark="end", seconds=0.5)
+    ).with_name(f"limited-{tag}")
+    flow = flow.with_concurrency(1)
+    first = flow.apply_async(tag=tag, tenant="first")
+    with pytest.raises(RunFailed):  # its first call of fails_then_ok fails
+        first.get(timeout=30)
+    second = flow.apply_async(tag=tag, tenant="second")
+    wait_for(lambda: "start:second" in read_trace(tag), timeout=30, what="the second run")
+    env = base_env(app.conf.graph_redis_url, CELERY_GRAPH_KEY_PREFIX=app.conf.graph_key_prefix)
+    done = cli("resume", first.id, env=env)  # the CLI, as run.resume() and the dashboard
+    assert done.returncode == 0, done.stderr
+    assert f"resumed run {first.id}: queued (#1 in line)" in done.stdout
+    status = first.status()
+    assert (status.state, status.position) == ("queued", 1)
+    assert first.get(timeout=60) == "first" and second.get(timeout=60) == "second"
+    trace = read_trace(tag)
+    assert trace.index("start:first") > trace.index("end:second"), trace
+    assert most_at_once(trace) == 1, trace
+    limits = state_for(app).limits  # the last end frees its slot just after the run ends
+    wait_for(lambda: limits.counts(f"limited-{tag}", "all") == (0, 0), timeout=10, what="slots")
+
+
+def test_a_resumed_run_that_still_holds_its_slot_is_not_counted_twice(app, tag):
+    """A run whose end did not free its slot (the process died first; the reconciler
+    would free it when the lease runs out) is resumed: it goes on in the slot it holds."""
+    state = state_for(app)
+    flow = (fails_then_ok.bind(id="check") >> occupy.bind(id="enter", seconds=0.5)).with_name(
+        f"limited-{tag}"
+    )
+    flow = flow.with_concurrency(2)
+    run = flow.apply_async(tag=tag, tenant="again")
+    with pytest.raises(RunFailed):
+        run.get(timeout=30)
+    slot = Slot(f"limited-{tag}", "all", 2)
+    wait_for(lambda: state.limits.counts(slot.scope, slot.group) == (0, 0), timeout=10, what="ends")
+    assert state.limits.enter(slot, run.id, None, lease=30) == 0  # as if never freed
+    run.resume()
+    assert run.status().state == "running"
+    assert state.limits.counts(slot.scope, slot.group) == (1, 0)
+    assert run.get(timeout=30) == "again"
+    wait_for(lambda: state.limits.counts(slot.scope, slot.group) == (0, 0), timeout=10, what="end")
 
 
 def test_a_sigkilled_workers_run_keeps_its_slot_until_it_ends_then_the_next_starts(

@@ -427,13 +427,17 @@ def resume_command(run_id: str, wait: bool, timeout: float | None, as_json: bool
             emit_json({"run_id": run.id, "resumed": False, "state": run.status().state}, sys.stdout)
         sys.stderr.write(f"{PROG}: {exc}\n")
         return EXIT_FAILED
+    status = run.status()  # queued when its flow's concurrency limit has no free slot
+    queued = ""
+    if status.state == "queued":
+        queued = f": queued (#{status.position} in line) for a slot of its flow's limit"
     if not wait:
         if as_json:
-            emit_json({"run_id": run.id, "state": "running"}, sys.stdout)
+            emit_json({"run_id": run.id, "state": status.state}, sys.stdout)
         else:
-            sys.stdout.write(f"resumed run {run.id}\n")
+            sys.stdout.write(f"resumed run {run.id}{queued}\n")
         return 0
-    sys.stderr.write(f"run {run.id} resumed\n")
+    sys.stderr.write(f"run {run.id} resumed{queued}\n")
     return wait_for(run, timeout, as_json=as_json)
 
 

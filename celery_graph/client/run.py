@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from typing import Any, Generic, TypeVar
 
 from celery import current_app
 
 from ..codec import decode_value, encode_value, error_record, parse_error
-from ..dispatch import publish_items, publish_nodes, revoke
+from ..dispatch import publish_nodes, revoke
 from ..engine.context import RunContext
-from ..engine.lifecycle import cancel_children, end_run, settle
+from ..engine.lifecycle import cancel_children, end_run, reopen_run, start_admitted
 from ..errors import (
     ResultTooLarge,
     RunNotFound,
@@ -22,8 +23,8 @@ from ..errors import (
     StoreUnavailable,
 )
 from ..model import FINAL_STATES, GraphSpec, RunStatus
-from ..protocol import NodeMessage, task_id_for
-from ..state import WAIT_SLICE, Arrival, Ended, Signal, State, Stored, state_for
+from ..protocol import task_id_for
+from ..state import WAIT_SLICE, Signal, Slot, State, state_for
 
 R = TypeVar("R", covariant=True)
 
@@ -197,7 +198,11 @@ class GraphRun(Generic[R]):
         """Send again the nodes a failed or cancelled run had not finished; results already
         stored are kept, and so are nodes a branch skipped or a group policy tolerated
         failing. A node still running (its lease alive) is left to finish. Raises
-        RunNotResumable for a run that is not failed or cancelled."""
+        RunNotResumable for a run that is not failed or cancelled.
+
+        A run of a flow with a concurrency limit takes a slot again like any run of the
+        flow: with every slot taken it waits in state ``queued`` (its place in line in
+        ``status()``), and the nodes are sent again when a slot frees for it."""
         state, spec = self._state, self.spec()
         record = state.runs.record(self.id)
         if record.get("unstarted"):
@@ -205,51 +210,38 @@ class GraphRun(Generic[R]):
                 f"run {self.id} never started ({_reason(record)}): there is nothing to "
                 "resume; start the flow again"
             )
-        fields = state.runs.node_fields(self.id)
-        results = state.runs.results(self.id)
-        leases = state.runs.leases(self.id)
-        now = state.runs.time()
-        arrived = {
-            m: state.runs.map_arrivals(self.id, m) for m in spec.maps if f"{m}:items" in fields
-        }
-        frontier, items, skips, watch = resume_frontier(
-            spec, fields, set(results), leases, now, arrived
-        )
-        state.runs.track(self.id)  # the reconciler looks after it again
-        watched = {_field(spec, n, u): (n, u) for n, u in watch}
-        epoch, late = state.scripts.resume(
-            self.id, frontier + [spec.nodes[n].unit_field(u) for n, u in items], list(watched)
-        )
-        # running when read, ended into the closed run before it reopened: sent as well
-        for node_id, unit in (watched[f] for f in late):
-            if unit is None:
-                frontier.append(node_id)
-            else:
-                items.append((node_id, unit))
-        # again once reopened: a sweep between the first listing and the reopening saw the
-        # run still ended and unlisted it (tests/test_durable.py)
-        state.runs.track(self.id)
-        state.runs.index_resumed(self.id)
-        # a publish that fails here is recovered by the reconciler: the nodes are leased
-        publish_nodes(self._app, spec, self.id, frontier, epoch=epoch)
-        if skips:  # skips the run ended before passing on (their leases cover a failure)
-            arrival = Arrival(Stored.KEPT, Ended.NO, [], skips)
-            settle(self._app, state, spec, self.id, arrival, epoch)
-        by_map: dict[str, list[int]] = {}
-        for node_id, index in items:
-            by_map.setdefault(node_id, []).append(index)
-        for node_id, indexes in by_map.items():
-            node = spec.nodes[node_id]
-            assert node.map_source is not None
-            source = decode_value(results[node.map_source])
-            publish_items(
-                self._app,
-                node,
-                NodeMessage(spec.graph_id, self.id, node_id, node.call, epoch=epoch),
-                source,
-                indexes,
-            )
+        slot = state.runs.slot_of(self.id)
+        limit = spec.concurrency
+        if slot and limit:
+            status = record.get("status")
+            if status not in ("failed", "cancelled") and not record.get("resuming"):
+                raise RunNotResumable(
+                    f"run {self.id} cannot be resumed: not resumable: run is {status}"
+                )
+            value = json.loads(record.get("inputs") or "{}").get(limit.key) if limit.key else None
+            if not self._wait_for_slot(Slot(*slot, limit.limit), value):
+                return self  # queued: a slot that frees resumes it
+        reopen_run(self._app, state, spec, self.id)
         return self
+
+    def _wait_for_slot(self, slot: Slot, value: Any) -> bool:
+        """A resumed run of a flow with a concurrency limit takes a slot like any run of
+        the flow (True: it holds one, maybe still from before: one member of the holders,
+        never counted twice), or waits queued for one (False), to be reopened by whoever
+        frees a slot. The slot is asked for first: a crash before the run is queued leaves
+        a slot the reconciler frees, never a queued run nobody starts."""
+        state = self._state
+        lease = state.settings.queued_lease
+        while state.limits.enter(slot, self.id, value, lease):
+            state.scripts.park(self.id)
+            state.runs.index_resumed(self.id)
+            if state.limits.holds(slot.scope, slot.group, self.id):  # a slot freed meanwhile
+                start_admitted(self._app, state, slot.scope, slot.group, [self.id])
+                return False
+            if state.limits.position(slot.scope, slot.group, self.id) is not None:
+                return False  # in line
+            # a slot came and went while it was not queued yet (given back as ended): again
+        return True
 
     def signal(self, name: str, payload: Any = None) -> bool:
         """Signal the run's ``wait_for(name)`` node with ``payload`` (JSON data), which
@@ -325,80 +317,3 @@ class GraphRun(Generic[R]):
 def _reason(record: dict[str, str]) -> str:
     error = parse_error(record.get("error")) or {}
     return f"{error.get('type', 'Error')}: {error.get('message', '')}"
-
-
-def _field(spec: GraphSpec, node_id: str, unit: int | None) -> str:
-    return node_id if unit is None else spec.nodes[node_id].unit_field(unit)
-
-
-def resume_frontier(
-    spec: GraphSpec,
-    fields: dict[str, str],
-    results: set[str],
-    leases: dict[str, float],
-    now: float,
-    arrived: dict[str, set[int]] | None = None,
-) -> tuple[list[str], list[tuple[str, int]], list[str], list[tuple[str, int | None]]]:
-    """What a resume sends again: the nodes that are not done, whose predecessors are all
-    done, and that are not running under a live lease; the missing items of maps that
-    expanded already; and the skips to pass on. Done means ended with its arrivals made: a
-    stored result, skipped by a branch, or failed under a group policy that tolerated it.
-    A node that ended after its run did (":unsettled") is sent again: the copy finds its
-    result and makes the arrivals; so is a member whose failure broke its group's policy.
-    ``arrived``: the units of each expanded map whose arrival is counted (a unit that
-    stored its results after its run ended is sent again to arrive); without it, units
-    with every result stored count as arrived. Last, the nodes and units left running
-    (node, unit or None): resume.lua sends those that end before it reopens the run."""
-
-    def done(node_id: str) -> bool:
-        state = fields.get(f"{node_id}:state")
-        if fields.get(f"{node_id}:unsettled"):
-            return False
-        if state == "failed":
-            return spec.nodes[node_id].tolerant is not None
-        return state == "skipped" or (state == "succeeded" and node_id in results)
-
-    def in_flight(field: str) -> bool:
-        return fields.get(f"{field}:state") == "running" and leases.get(field, 0) > now
-
-    frontier: list[str] = []
-    items: list[tuple[str, int]] = []
-    skips: list[str] = []
-    watch: list[tuple[str, int | None]] = []
-    for node_id in spec.order:
-        node = spec.nodes[node_id]
-        if fields.get(f"{node_id}:state") == "skipping":
-            skips.append(node_id)  # to be skipped, but not passed on yet: never sent
-            continue
-        if done(node_id) or not all(done(p) for p in node.preds):
-            continue
-        if in_flight(node_id):
-            watch.append((node_id, None))
-            continue
-        count = fields.get(f"{node_id}:items")
-        if count is None:
-            frontier.append(node_id)
-            continue
-        size = node.map_chunk or 1
-        counted = (arrived or {}).get(node_id)
-        total = int(count)
-        if counted is not None:
-            units = [u for u in range(node.units(total)) if u not in counted]
-        else:
-            units = [
-                u
-                for u in range(node.units(total))
-                if any(
-                    f"{node_id}#{i}" not in results
-                    for i in range(u * size, min((u + 1) * size, total))
-                )
-            ]
-        missing: list[int] = []
-        for u in units:
-            if in_flight(node.unit_field(u)):
-                watch.append((node_id, u))
-            else:
-                missing.append(u)
-        # every item stored but the map node not completed: a copy of one unit completes it
-        items += [(node_id, unit) for unit in missing or ([] if units else [0])]
-    return frontier, items, skips, watch

@@ -14,9 +14,8 @@ from kombu.utils import json as kjson
 
 from ..codec import encode_value, error_record
 from ..dispatch import publish_nodes, wait_for_room
-from ..engine.lifecycle import end_run, start_admitted
-from ..errors import InputTooLarge, MissingParameterError, PublishError, RunNotFound, StoreError
-from ..keys import limit_slot
+from ..engine.lifecycle import end_run, slot_of, start_admitted
+from ..errors import InputTooLarge, PublishError, RunNotFound, StoreError
 from ..model import GraphSpec
 from ..signals import run_started
 from ..state import Slot, State, state_for
@@ -111,24 +110,6 @@ def submit_spec(
             "marked failed"
         ) from exc
     return GraphRun(run_id, app=app, spec=spec, created=float(detail))
-
-
-def slot_of(spec: GraphSpec, inputs: dict[str, Any], flow: str | None) -> tuple[Slot | None, Any]:
-    """The slot group a run of ``spec`` asks for, and its key input's value (None, None for a
-    flow without a concurrency limit). The limit's scope is the flow name, or the graph id
-    of a flow without one."""
-    limit = spec.concurrency
-    if limit is None:
-        return None, None
-    value = None
-    if limit.key is not None:
-        if limit.key not in inputs:
-            raise MissingParameterError(
-                f"the flow's concurrency limit is per run input {limit.key!r}, and this run "
-                f"has no input {limit.key!r}: pass it (flow.apply_async({limit.key}=...))"
-            )
-        value = inputs[limit.key]
-    return Slot(flow or spec.graph_id, limit_slot(value), limit.limit), value
 
 
 def check_deadline(deadline: Any) -> None:

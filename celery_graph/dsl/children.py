@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import NotAGraphTaskError
+from ..errors import MissingParameterError, NotAGraphTaskError
 from ..model import Child
 from .values import Flow
 
@@ -28,4 +28,10 @@ def child(flow: Flow[Any], **inputs: Any) -> Child:
     spec = flow.compile()
     spec.check_inputs(inputs)
     spec.check_known_inputs(inputs)
+    limit = spec.concurrency
+    if limit is not None and limit.key is not None and limit.key not in inputs:
+        raise MissingParameterError(
+            f"child(): the flow's concurrency limit is per run input {limit.key!r}, and "
+            f"this child has no input {limit.key!r}: pass it (child(flow, {limit.key}=...))"
+        )
     return Child(spec, dict(inputs), flow.flow_name)

@@ -26,11 +26,13 @@ import json
 import logging
 from typing import Any
 
-from ..codec import encode_value, error_record
-from ..dispatch import continue_canvas, publish_nodes
-from ..errors import RunNotFound
+from ..codec import decode_value, encode_value, error_record
+from ..dispatch import continue_canvas, publish_items, publish_nodes
+from ..errors import MissingParameterError, RunNotFound, RunNotResumable
+from ..keys import limit_slot
 from ..model import FINAL_STATES, Child, GraphSpec, NodeSpec, Outcome, child_run_id
-from ..protocol import NodeTaskId
+from ..model.resume import resume_frontier
+from ..protocol import NodeMessage, NodeTaskId
 from ..signals import run_finished, run_started
 from ..state import (
     After,
@@ -40,8 +42,10 @@ from ..state import (
     Ended,
     Finish,
     Revoked,
+    Slot,
     State,
     StepEnd,
+    Stored,
 )
 
 logger = logging.getLogger("celery_graph")
@@ -237,13 +241,24 @@ def start_child(app: Any, state: State, run_id: str, node_id: str, child: Child)
     }
     if child.flow_name:
         extra["flow"] = child.flow_name
-    created, _detail = state.runs.create(child_id, spec, inputs_json, extra=extra)
+    slot, value = slot_of(spec, child.inputs, child.flow_name)
+    waits = False
+    if slot is not None and not state.runs.started(child_id):
+        # like any run of its flow: a slot, or a place in line (a delivery again of the
+        # node asks again and gets the same answer: one member of the holders, never two)
+        extra.update(limit_scope=slot.scope, limit_group=slot.group)
+        waits = state.limits.enter(slot, child_id, value, state.settings.queued_lease) > 0
+    created, _detail = state.runs.create(child_id, spec, inputs_json, extra=extra, waits=waits)
     if created:
         state.workers.count_semantics("children", state.settings.run_ttl)
         run_started.send(
             sender=app, app=app, run_id=child_id, state=state, flow=extra.get("flow", "")
         )
-        publish_nodes(app, spec, child_id, spec.roots)
+        if not waits:
+            publish_nodes(app, spec, child_id, spec.roots)
+        elif slot is not None and state.limits.holds(slot.scope, slot.group, child_id):
+            # a slot that freed while the run was created went to it, unstarted
+            start_admitted(app, state, slot.scope, slot.group, [child_id])
     mark = state.scripts.mark_child(run_id, node_id, child_id)
     if mark == ChildMark.WAITING and not created:
         # started by an earlier delivery, maybe ended already (a resumed parent)
@@ -344,6 +359,24 @@ def after_run(app: Any, state: State, run_id: str) -> bool:
         return False
 
 
+def slot_of(spec: GraphSpec, inputs: dict[str, Any], flow: str | None) -> tuple[Slot | None, Any]:
+    """The slot group a run of ``spec`` asks for, and its key input's value (None, None for a
+    flow without a concurrency limit). The limit's scope is the flow name, or the graph id
+    of a flow without one."""
+    limit = spec.concurrency
+    if limit is None:
+        return None, None
+    value = None
+    if limit.key is not None:
+        if limit.key not in inputs:
+            raise MissingParameterError(
+                f"the flow's concurrency limit is per run input {limit.key!r}, and this run "
+                f"has no input {limit.key!r}: pass it (flow.apply_async({limit.key}=...))"
+            )
+        value = inputs[limit.key]
+    return Slot(flow or spec.graph_id, limit_slot(value), limit.limit), value
+
+
 def release_slot(app: Any, state: State, run_id: str) -> list[str]:
     """Run ``run_id`` ended: it leaves the slot (or the queue) of its flow's concurrency
     limit, and the oldest runs waiting in its group start. The runs started."""
@@ -376,9 +409,69 @@ def start_admitted(app: Any, state: State, scope: str, group: str, run_ids: list
         if status != "queued":
             continue
         spec = state.runs.graph_of(run_id, record)
+        if record.get("resuming"):  # resumed while every slot was taken (park.lua)
+            try:
+                reopen_run(app, state, spec, run_id)
+            except RunNotResumable:  # another process reopened it first
+                continue
+            started.append(run_id)
+            continue
         admitted, _ = state.scripts.admit(run_id, spec)
         if admitted:
             state.runs.track(run_id)  # the reconciler publishes the roots if this dies now
             publish_nodes(app, spec, run_id, spec.roots)
             started.append(run_id)
     return started
+
+
+def reopen_run(app: Any, state: State, spec: GraphSpec, run_id: str) -> None:
+    """Reopen a failed or cancelled run (or one queued for a concurrency slot to resume,
+    once it holds one): the nodes it had not finished are sent again, in a new epoch
+    (resume.lua); results already stored are kept. Raises RunNotResumable when the run
+    is neither (another process reopened it first)."""
+    fields = state.runs.node_fields(run_id)
+    results = state.runs.results(run_id)
+    leases = state.runs.leases(run_id)
+    now = state.runs.time()
+    arrived = {m: state.runs.map_arrivals(run_id, m) for m in spec.maps if f"{m}:items" in fields}
+    frontier, items, skips, watch = resume_frontier(
+        spec, fields, set(results), leases, now, arrived
+    )
+    state.runs.track(run_id)  # the reconciler looks after it again
+    watched = {_field(spec, n, u): (n, u) for n, u in watch}
+    epoch, late = state.scripts.resume(
+        run_id, frontier + [spec.nodes[n].unit_field(u) for n, u in items], list(watched)
+    )
+    # running when read, ended into the closed run before it reopened: sent as well
+    for node_id, unit in (watched[f] for f in late):
+        if unit is None:
+            frontier.append(node_id)
+        else:
+            items.append((node_id, unit))
+    # again once reopened: a sweep between the first listing and the reopening saw the
+    # run still ended and unlisted it (tests/test_durable.py)
+    state.runs.track(run_id)
+    state.runs.index_resumed(run_id)
+    # a publish that fails here is recovered by the reconciler: the nodes are leased
+    publish_nodes(app, spec, run_id, frontier, epoch=epoch)
+    if skips:  # skips the run ended before passing on (their leases cover a failure)
+        arrival = Arrival(Stored.KEPT, Ended.NO, [], skips)
+        settle(app, state, spec, run_id, arrival, epoch)
+    by_map: dict[str, list[int]] = {}
+    for node_id, index in items:
+        by_map.setdefault(node_id, []).append(index)
+    for node_id, indexes in by_map.items():
+        node = spec.nodes[node_id]
+        assert node.map_source is not None
+        source = decode_value(results[node.map_source])
+        publish_items(
+            app,
+            node,
+            NodeMessage(spec.graph_id, run_id, node_id, node.call, epoch=epoch),
+            source,
+            indexes,
+        )
+
+
+def _field(spec: GraphSpec, node_id: str, unit: int | None) -> str:
+    return node_id if unit is None else spec.nodes[node_id].unit_field(unit)

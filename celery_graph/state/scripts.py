@@ -63,6 +63,7 @@ SCRIPTS = (
     "signal",
     "child",
     "admit",
+    "park",
     "attempt",
 )
 
@@ -365,6 +366,14 @@ class Scripts:
         except redis_errors().ResponseError as exc:
             raise RunNotResumable(f"run {run_id} cannot be resumed: {exc}") from exc
         return int(late[0]), [_text(f) for f in late[1:]]
+
+    def park(self, run_id: str) -> None:
+        """Leave a failed or cancelled run queued for a slot of its flow's concurrency
+        limit, to be resumed when it holds one (see park.lua)."""
+        try:
+            self._run("park", run_id, [self.settings.run_ttl])
+        except redis_errors().ResponseError as exc:
+            raise RunNotResumable(f"run {run_id} cannot be resumed: {exc}") from exc
 
     # -- maps ----------------------------------------------------------------------------
 

@@ -17,7 +17,6 @@ from typing import Any
 from urllib.parse import quote
 
 from ..client import GraphRun
-from ..client.run import resume_frontier
 from ..codec import decode_value
 from ..drawing.layout import layout
 from ..errors import RunNotResumable
@@ -31,6 +30,7 @@ from ..model import (
     record_field,
     shown_state,
 )
+from ..model.resume import resume_frontier
 from ..model.status import HISTORY
 from ..protocol import task_id_for
 from ..state import RunRow, State

@@ -6,6 +6,8 @@
 -- resume starts a new epoch of the run ("epoch" in the run record): every message sent
 -- from then on carries a task id ending in "~<epoch>", so a revoke of an earlier task id,
 -- which Celery's workers keep for hours, never discards it (revoke.lua calls it stale).
+-- A run park.lua left queued for a slot of its flow's concurrency limit reopens the same
+-- way, once it holds one.
 --
 -- KEYS[1] K.run      run record          (hash: "epoch" counts the resumes)
 -- KEYS[2] K.results  run results         (hash)
@@ -34,12 +36,13 @@ local run_ttl, queued_lease, nfields = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV
 local FIRST_FIELD = 4
 
 local status = redis.call('HGET', K.run, 'status')
-if status ~= 'failed' and status ~= 'cancelled' then
+local parked = status == 'queued' and redis.call('HGET', K.run, 'resuming')
+if status ~= 'failed' and status ~= 'cancelled' and not parked then
   return redis.error_reply('not resumable: run is ' .. tostring(status))
 end
 local now, nowstr = server_clock()
 redis.call('HSET', K.run, 'status', 'running', 'resumed', nowstr)
-redis.call('HDEL', K.run, 'error', 'finished', 'deadline', 'unsent', 'continued',
+redis.call('HDEL', K.run, 'resuming', 'error', 'finished', 'deadline', 'unsent', 'continued',
            'outcome', 'steps', 'step', 'ended')  -- the handlers run again at the next end
 redis.call('DEL', K.done)
 local epoch = redis.call('HINCRBY', K.run, 'epoch', 1)
