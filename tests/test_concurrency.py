@@ -59,6 +59,9 @@ def test_queued_runs_show_their_position_and_start_in_submission_order(app, tag)
     assert [s.position for s in statuses] == [1, 2, 3]
     assert statuses[0].as_json()["position"] == 1
     assert first.status().position is None
+    # a line of runs costs the reconciler nothing: they are listed for it when they start
+    watched = set(state_for(app).index.running_ids(100_000))
+    assert first.id in watched and not watched & {r.id for r in others}
     for run in [first, *others]:
         run.get(timeout=120)
     starts = [e for e in read_trace(tag) if e.startswith("start:")]

@@ -335,6 +335,8 @@ class Reconciler:
                 status = None
             if status == "running":
                 state.limits.renew(scope, group, run_id, now + lease)
+                # started by a process that died before listing it: its roots are leased
+                state.runs.keep_tracked(run_id)
             elif status == "queued":  # it took a slot, and whoever moved it died
                 state.limits.renew(scope, group, run_id, now + lease)
                 report.admitted += start_admitted(app, state, scope, group, [run_id])
