@@ -3,6 +3,9 @@
 
     python -m bench.limits [--runs 1000] [--repeats 3]   # prints a table, writes limits.json
 
+``overhead`` compares the medians of each case; ``paired`` is the median of each
+repeat's time against the unlimited time of the same round (less hurt by drift).
+
 Every run is submitted at once, then waited for; the time runs from the first submission
 to the last result, on a private Redis with 2 prefork worker processes (bench.apps). Three
 flows of the same two nodes (``g_noop >> g_sleep``, 50 ms of work):
@@ -80,6 +83,12 @@ def main(runs: int, repeats: int) -> dict[str, Any]:
         "seconds": times,
         "median": medians,
         "overhead": {name: round(m / base - 1, 4) for name, m in medians.items()},
+        # each repeat against the unlimited run of the same round (the rounds drift on a
+        # shared machine; a round's cases ran back to back), then the median
+        "paired": {
+            name: round(statistics.median(c / u - 1 for c, u in zip(t, times["unlimited"])), 4)
+            for name, t in times.items()
+        },
     }
 
 
@@ -87,10 +96,13 @@ def table(results: dict[str, Any]) -> str:
     lines = [
         f"{results['runs']} runs of g_noop >> g_sleep, 2 worker processes, median of "
         f"{results['repeats']}",
-        f"{'case':<12} {'seconds':>8} {'overhead':>9}",
+        f"{'case':<12} {'seconds':>8} {'overhead':>9} {'paired':>8}",
     ]
     for name, median in results["median"].items():
-        lines.append(f"{name:<12} {median:>8.2f} {results['overhead'][name]:>+9.1%}")
+        lines.append(
+            f"{name:<12} {median:>8.2f} {results['overhead'][name]:>+9.1%} "
+            f"{results['paired'][name]:>+8.1%}"
+        )
     return "\n".join(lines)
 
 
