@@ -217,8 +217,8 @@ def test_a_sigkilled_workers_run_keeps_its_slot_until_it_ends_then_the_next_star
     first.get(timeout=90)
     second.get(timeout=90)
     assert second.status().nodes["slow"].started >= first.status().finished
-    state = state_for(workers.app)
-    assert state.limits.counts(f"killed-{tag}", "all") == (0, 0)
+    limits = state_for(workers.app).limits  # freed just after the run ended (after_run)
+    wait_for(lambda: limits.counts(f"killed-{tag}", "all") == (0, 0), timeout=30, what="slots")
 
 
 def test_status_and_runs_show_a_queued_runs_place_in_line(app, tag):
