@@ -81,3 +81,45 @@ def test_redis_restart_mid_run_completes_or_fails_clearly(tmp_path, tag):
         if w is not None:
             w.stop()
         server.cleanup()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pool", ["threads", "prefork"])
+def test_worker_killed_mid_eager_successor_completes_with_everything_once(
+    redis_url, rclient, tag, pool
+):
+    """The successor runs in the worker that ran its upstream node, without a message
+    (executor/eager.py); SIGKILLed there, its lease runs out and the reconciler sends it:
+    it runs once more, and nothing else runs twice."""
+    workers = Workers(redis_url, pool=pool, isolate=True)
+    try:
+        workers.start("a")
+        workers.start("b")
+        flow = (
+            step.bind(id="first", name="first")
+            >> step.bind(id="slow", name="slow", delay=10.0)
+            >> step.bind(id="last", name="last")
+        )
+        run = flow.submit({"tag": tag}, app=workers.app)
+        status = wait_for(
+            lambda: (s := run.status()).nodes["slow"].state == "running" and s,
+            timeout=30,
+            what="the slow node to start",
+        )
+        victim = status.nodes["slow"].worker
+        assert victim == status.nodes["first"].worker  # run eagerly, where first ran
+        workers.kill(victim)
+        assert "end:slow" not in trace_of(rclient, tag)  # killed in the middle of it
+        assert run.get(timeout=90) == "last"
+        trace = trace_of(rclient, tag)
+        assert trace.count("start:first") == 1, trace
+        assert trace.count("start:slow") == 2, trace  # once more, after the kill
+        assert trace.count("end:slow") == 1, trace
+        assert trace.count("start:last") == 1, trace
+        final = run.status()
+        assert final.nodes["slow"].attempts == 2
+        assert final.nodes["slow"].worker != victim
+        assert set(run.results()) == {"first", "slow", "last"}
+    finally:
+        workers.stop()
+        workers.app.connection_for_write().default_channel.queue_purge(workers.queue)

@@ -35,8 +35,9 @@ from ..errors import (
     StoreUnavailable,
     UnknownTask,
 )
-from ..protocol import CALL_TASK, GRAPH_KWARG, WAIT_TASK, NodeMessage, graph_fields
+from ..protocol import ADOPTED, CALL_TASK, GRAPH_KWARG, WAIT_TASK, NodeMessage, graph_fields
 from ..state import Mode, state_for
+from . import eager
 from .gate import Gate, TaskLimits
 from .node import NodeRun, fail_node
 from .results import store_failure, store_revoked
@@ -81,9 +82,6 @@ class GraphTask(Task):
 
     def __init__(self) -> None:
         adopt(self)
-
-
-ADOPTED = "_celery_graph_adopted"
 
 
 def adopt(task: Task) -> Task:
@@ -154,22 +152,28 @@ def run_node(task: Task, fn: Callable[..., Any], fields: Any, kwargs: dict[str, 
             fail_node(task.app, message, message.failure)
             return None
         limits = TaskLimits.of(task)
+        keep = eager.keeper_for(task)
         if limits is None:
-            return NodeRun(task, fn, message, kwargs).run()
-        gate = Gate(task, message, limits, state_for(task.app))
-        if not gate.enter():  # over the task's fleet-wide limits: waits, holding no worker
-            return None
-        began: str | None = None
-        try:
-            node = NodeRun(task, fn, message, kwargs)
+            node = NodeRun(task, fn, message, kwargs, keep=keep)
+            result = node.run()
+        else:
+            gate = Gate(task, message, limits, state_for(task.app))
+            if not gate.enter():  # over the task's fleet-wide limits: waits, holding no worker
+                return None
+            began: str | None = None
             try:
-                return node.run()
+                node = NodeRun(task, fn, message, kwargs, keep=keep)
+                try:
+                    result = node.run()
+                finally:
+                    began = node.began
             finally:
-                began = node.began
-        finally:
-            gate.leave(began)
+                gate.leave(began)
     except INFRASTRUCTURE as exc:
         raise send_again(task, message, exc) from exc
+    # the node is done and recorded: its kept successor runs next (executor/eager.py)
+    eager.follow(task, node.spec, node.kept)
+    return result
 
 
 def _parsed(fields: Any) -> NodeMessage | None:

@@ -1,0 +1,359 @@
+"""Eager successors: a node's only released successor runs next in the same worker
+process, without a broker round trip (``graph_eager_successors``, docs/performance.md).
+
+Durability is the published node's: complete.lua marks and leases the successor (the
+queued lease) before anything runs, exactly as for a message it publishes; the successor
+then goes through begin.lua (its running lease, renewed while it runs) and complete.lua as
+usual. A process that dies anywhere in between leaves a lease that runs out, and the
+reconciler sends the node again, as it does for a lost message.
+
+It runs through Celery's own tracer under the node's task id, so ``task_prerun``,
+``task_postrun``, ``task_success``, ``task_failure`` and ``task_retry`` fire once per
+node, a retry (the node's or the task's own ``self.retry()``) is published as usual, and
+a failure goes through the same receivers as a published node's. The worker's task events
+(``task-received``, ``task-started``, ``task-succeeded``: what Flower shows) are sent by
+the worker for the messages it consumed only, so Flower shows the first node of a chain.
+
+Where it is not safe the successor is published as before: more than one node released
+at once, a map, a join, a wait_for() node or a step after the run's end, a start delay
+or a countdown/eta, a queue this worker does not consume, a task not registered here or
+declared ``@task(graph_eager=False)``, a rate limit, a time limit or fleet-wide limits
+(none would hold for a run that bypasses the consumer), a revoked task id, a worker
+shutting down, a call that is not a worker's (``apply()``, always-eager), and after
+``graph_eager_depth`` successors in one message. The message that started a chain is
+acknowledged (``acks_late``) when the chain ends: see docs/performance.md for the
+visibility timeout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import mmap
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from celery import Task
+
+from ..dispatch import publish_nodes, queue_of
+from ..model import GraphSpec, NodeSpec
+from ..protocol import ADOPTED, GRAPH_KWARG, NodeMessage
+from ..state import state_for
+from .gate import TaskLimits
+
+logger = logging.getLogger("celery_graph")
+
+OPTION = "graph_eager"  # @task(graph_eager=False): this task's nodes are always published
+
+# options of a node's messages that a run in this process would not honour
+_BROKER_ONLY = ("countdown", "eta", "expires")
+
+
+class _Chain(threading.local):
+    """The chain this thread runs: how many successors so far, and the next one."""
+
+    running = False
+    ran = 0
+    next: tuple[GraphSpec, NodeMessage] | None = None
+
+
+_chain = _Chain()
+_tracers: dict[tuple[int, str], Any] = {}
+
+
+class Shared:
+    """What a worker's main process and its pool processes share about eager successors,
+    in memory made by the worker's bootstep before the pool forks (worker/step.py):
+
+    - the worker is stopping (a warm shutdown began): no new successor is kept, as the
+      worker's consumer takes no new message (a prefork pool process does not see
+      Celery's own flag, which is the main process's);
+    - the task ids revoked on the worker (Celery keeps its revoked set in the main
+      process; worker/revokes.py copies it here every second): a Bloom filter, so a false
+      positive only publishes a successor that could have run here;
+    - the eager successors running now, so a cold shutdown hands them back as it hands
+      back the messages the worker holds (worker/step.py): a slot per pool process, and
+      a dict for the threads of the main process (threads or solo pool).
+
+    Nothing of Celery's is replaced: Celery's ``revoke(terminate=True)`` does not find an
+    eager successor (it kills the pool process of a request it received), so a terminate
+    only cancels its run (docs/celery-controls.md)."""
+
+    SLOTS = 256
+    WIDTH = 256
+    PROBES = 8
+    BLOOM_BITS = 1 << 16
+
+    def __init__(self, tasks: frozenset[str] = frozenset()) -> None:
+        self.main_pid = os.getpid()
+        self.tasks = tasks  # the tasks the worker has (registered when it started)
+        self._flags = mmap.mmap(-1, 1)
+        self._map = mmap.mmap(-1, self.SLOTS * self.WIDTH)
+        self._bloom = mmap.mmap(-1, self.BLOOM_BITS // 8)
+        self._threads: dict[int, str] = {}  # in the main process: thread ident -> entry
+
+    # -- stopping ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._flags[0] = 1
+
+    def start(self) -> None:
+        self._flags[0] = 0
+
+    @property
+    def stopping(self) -> bool:
+        return self._flags[0] == 1
+
+    # -- revoked ids ---------------------------------------------------------------------
+
+    def _bits(self, task_id: str) -> list[int]:
+        digest = hashlib.blake2b(task_id.encode(), digest_size=12).digest()
+        return [int.from_bytes(digest[i : i + 4], "little") % self.BLOOM_BITS for i in (0, 4, 8)]
+
+    def revoke(self, task_id: str) -> None:
+        """``task_id`` was revoked on this worker (its main process says so)."""
+        for bit in self._bits(task_id):
+            self._bloom[bit >> 3] |= 1 << (bit & 7)
+
+    def revoked(self, task_id: str) -> bool:
+        """``task_id`` may have been revoked on this worker."""
+        return all(self._bloom[bit >> 3] & (1 << (bit & 7)) for bit in self._bits(task_id))
+
+    # -- running successors --------------------------------------------------------------
+
+    def _slot(self, at: int) -> bytes:
+        return bytes(self._map[at * self.WIDTH : (at + 1) * self.WIDTH]).rstrip(b"\0")
+
+    def enter(self, graph_id: str, task_id: str) -> int | None:
+        """This process (thread) runs the eager successor ``task_id`` now; a token for
+        :meth:`leave`, None when it could not say so (it is then recovered by its lease)."""
+        pid = os.getpid()
+        if pid == self.main_pid:
+            self._threads[threading.get_ident()] = f"{graph_id} {task_id}"
+            return -1
+        entry = f"{pid} {graph_id} {task_id}".encode()
+        if len(entry) > self.WIDTH:
+            return None
+        for probe in range(self.PROBES):
+            at = (pid + probe) % self.SLOTS
+            held = self._slot(at)
+            if held:
+                holder = int(held.split(b" ", 1)[0])
+                if holder != pid and _alive(holder):
+                    continue
+            self._map[at * self.WIDTH : (at + 1) * self.WIDTH] = entry.ljust(self.WIDTH, b"\0")
+            return at
+        return None
+
+    def leave(self, token: int | None) -> None:
+        if token is None:
+            return
+        if token < 0:
+            self._threads.pop(threading.get_ident(), None)
+            return
+        self._map[token * self.WIDTH : (token + 1) * self.WIDTH] = bytes(self.WIDTH)
+
+    def running(self) -> list[tuple[str, str]]:
+        """(graph id, task id) of every eager successor running in this worker now."""
+        entries = list(self._threads.values())
+        for at in range(self.SLOTS):
+            raw = self._slot(at)
+            if not raw:
+                continue
+            pid, entry = raw.decode(errors="replace").split(" ", 1)
+            if _alive(int(pid)):
+                entries.append(entry)
+        out = []
+        for entry in entries:
+            graph_id, task_id = entry.split(" ", 1)
+            out.append((graph_id, task_id))
+        return out
+
+
+def _alive(pid: int) -> bool:
+    """A process ``pid`` exists (one killed mid-successor leaves its slot behind)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+shared: Shared | None = None  # set by the worker's bootstep, before the pool forks
+
+
+def share(app: Any) -> Shared:
+    """The worker's :class:`Shared` (made once, in the main process, before the fork)."""
+    global shared
+    if shared is None or shared.main_pid != os.getpid():
+        shared = Shared(frozenset(app.tasks))
+    else:  # another worker in this process (tests): its tasks too, and it runs
+        shared.tasks = shared.tasks | frozenset(app.tasks)
+        shared.start()
+    return shared
+
+
+def _in_a_worker(task: Task) -> bool:
+    """The current request is a worker's delivery (or one of its eager successors), not
+    ``apply()``, an always-eager call or a direct call."""
+    request = task.request
+    if request.called_directly or request.is_eager:
+        return False
+    if not request.delivery_info or not request.hostname:
+        return False
+    return not any(request.timelimit or ())
+
+
+def _limited(app: Any, task: Task) -> bool:
+    conf = app.conf
+    return bool(
+        task.time_limit
+        or task.soft_time_limit
+        or task.rate_limit
+        or conf.task_time_limit
+        or conf.task_soft_time_limit
+    )
+
+
+def _consumed(app: Any) -> set[str]:
+    queues = app.amqp.queues
+    return set(queues.consume_from or queues)
+
+
+def keeper_for(task: Task) -> Callable[[NodeSpec], bool] | None:
+    """What decides whether a successor released by the node ``task`` runs is kept for this
+    process; None when none may be (off, not a worker's delivery, the chain's depth)."""
+    app = task.app
+    settings = state_for(app).settings
+    if not settings.eager_successors or not _in_a_worker(task):
+        return None
+    if _chain.running and _chain.ran >= settings.eager_depth:
+        return None
+    here = shared
+    if here is None or _limited(app, task):  # no graph worker's bootstep in this process
+        return None
+
+    def keep(node: NodeSpec) -> bool:
+        # asked when the node completed: a shutdown that began while it ran counts
+        return not _stopping(here) and eligible(app, node, here)
+
+    return keep
+
+
+def _stopping(here: Shared) -> bool:
+    """The worker began to stop (a warm or cold shutdown)."""
+    from celery.worker import state as worker_state  # a worker's module: not at import
+
+    return here.stopping or bool(worker_state.should_stop or worker_state.should_terminate)
+
+
+def eligible(app: Any, node: NodeSpec, here: Shared) -> bool:
+    """``node``, released alone, may run in this process."""
+    if node.map_source or node.waits or node.after or node.is_join or node.delay:
+        return False
+    if any(node.options.get(o) is not None for o in _BROKER_ONLY):
+        return False
+    if node.task not in here.tasks:  # registered after the worker started: its consumer
+        return False  # has no strategy for it, so a message fails the run clearly
+    known = app.tasks.get(node.task)
+    if known is None or getattr(known, OPTION, True) is False:
+        return False
+    if not known.__dict__.get(ADOPTED) or _limited(app, known):
+        return False
+    if TaskLimits.of(known) is not None:  # fleet-wide limits: through its gate (gate.py)
+        return False
+    return queue_of(app, node) in _consumed(app)
+
+
+def follow(task: Task, spec: GraphSpec, message: NodeMessage | None) -> None:
+    """Run the kept successor ``message`` (and the ones it keeps, up to ``graph_eager_depth``) now;
+    inside a chain, hand it to the chain's loop instead (no recursion)."""
+    if message is None:
+        return
+    if _chain.running:
+        _chain.next = (spec, message)
+        return
+    parent = task.request
+    origin = {
+        "hostname": parent.hostname,
+        "root_id": parent.root_id or parent.id,
+        "parent_id": parent.id,
+    }
+    _chain.running, _chain.ran = True, 0
+    following: tuple[GraphSpec, NodeMessage] | None = (spec, message)
+    try:
+        while following is not None:
+            _chain.next = None
+            _chain.ran += 1
+            _run(task.app, *following, origin)
+            following = _chain.next
+    finally:
+        _chain.running, _chain.ran, _chain.next = False, 0, None
+
+
+def _tracer(app: Any, task: Task, hostname: str) -> Any:
+    key = (id(task), hostname)
+    tracer = _tracers.get(key)
+    if tracer is None:
+        # looked up now: an error reporter (Sentry) may have wrapped Celery's build_tracer
+        from celery.app import trace as celery_trace  # imports the worker: not at import
+
+        tracer = celery_trace.build_tracer(
+            task.name, task, loader=app.loader, hostname=hostname, app=app
+        )
+        _tracers[key] = tracer
+    return tracer
+
+
+def _run(app: Any, spec: GraphSpec, message: NodeMessage, origin: dict[str, Any]) -> None:
+    """Run one kept successor through Celery's tracer under its own task id; if it
+    cannot even start, publish it (its lease would have it sent again anyway)."""
+    from celery.worker import state as worker_state  # a worker's module: not at import
+
+    node = spec.nodes[message.node_id]
+    here = shared
+    try:
+        revoked = here is not None and here.revoked(message.task_id)
+        if revoked or message.task_id in worker_state.revoked:
+            # revoked through Celery: published, so the worker discards it and the run is
+            # cancelled as for any revoked node (task.py's _node_revoked)
+            raise LookupError(f"{message.task_id} is revoked")
+        task = app.tasks[node.task]
+        kwargs = dict(node.kwargs)
+        kwargs[GRAPH_KWARG] = message.fields()
+        task_id = message.task_id
+        request = {
+            "id": task_id,
+            "task": task.name,
+            "args": [],
+            "kwargs": kwargs,
+            "delivery_info": {
+                "exchange": "",
+                "routing_key": queue_of(app, node),
+                "priority": node.options.get("priority"),
+                "redelivered": False,
+            },
+            "is_eager": False,
+            "retries": 0,
+            "ignore_result": True,
+            "correlation_id": task_id,
+            **origin,
+        }
+        tracer = _tracer(app, task, origin["hostname"])
+    except Exception as exc:
+        logger.info("celery-graph: %s published, not run in this process: %s", message.task_id, exc)
+        try:
+            publish_nodes(app, spec, message.run_id, [message.node_id], epoch=message.epoch)
+        except Exception:  # its lease runs out and the reconciler sends it
+            logger.exception("celery-graph: could not publish %s", message.task_id)
+        return
+    token = here.enter(spec.graph_id, task_id) if here is not None else None
+    try:
+        tracer(task_id, [], kwargs, request)
+    finally:
+        if here is not None:
+            here.leave(token)

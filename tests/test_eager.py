@@ -1,0 +1,145 @@
+"""Eager successors (executor/eager.py): a node's only released successor runs next in
+the same worker, without a broker message, through Celery's tracer under its own task id.
+Counted with Celery's before_task_publish (the `published` fixture) and task_prerun."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from celery.signals import task_prerun
+
+from celery_graph import RunFailed, Sequence
+from tests.helpers import wait_for
+from tests.tasks import always_published, boom, fails_then_ok, flaky, step, unconsumed
+
+
+def node_messages(published: list[dict], run_id: str) -> list[str]:
+    """The task ids of the node messages of ``run_id`` sent to the broker."""
+    ids = [m["headers"].get("id", "") for m in published]
+    return [i for i in ids if i.startswith(f"{run_id}:")]
+
+
+@pytest.fixture()
+def started() -> Iterator[list[str]]:
+    """The task ids of every task run in this process (task_prerun)."""
+    seen: list[str] = []
+
+    def record(task_id=None, **_):
+        seen.append(task_id)
+
+    task_prerun.connect(record, weak=False)
+    try:
+        yield seen
+    finally:
+        task_prerun.disconnect(record)
+
+
+@pytest.fixture()
+def conf(app):
+    """Set app settings for one test."""
+    saved: dict[str, object] = {}
+
+    def set_(**values):
+        for k, v in values.items():
+            saved.setdefault(k, app.conf.get(k))
+            app.conf[k] = v
+
+    yield set_
+    for k, v in saved.items():
+        app.conf[k] = v
+
+
+def steps(n: int, prefix: str = "s") -> Sequence:
+    return Sequence(tuple(step.bind(id=f"{prefix}{i}", name=f"{prefix}{i}") for i in range(n)))
+
+
+def test_three_steps_publish_the_first_node_only(app, published, started, tag):
+    run = steps(3).submit({"tag": tag}, app=app)
+    assert run.get(timeout=30) == "s2"
+    assert node_messages(published, run.id) == [f"{run.id}:s0"]
+    # Celery's tracer ran each node once, under its own task id (task_prerun, task_success)
+    assert [t for t in started if t.startswith(run.id)] == [f"{run.id}:s{i}" for i in range(3)]
+    status = run.status()
+    assert {status.nodes[f"s{i}"].attempts for i in range(3)} == {1}
+    assert len({status.nodes[f"s{i}"].worker for i in range(3)}) == 1
+
+
+def test_twenty_steps_publish_once_per_depth(app, published, tag):
+    run = steps(20).submit({"tag": tag}, app=app)
+    assert run.get(timeout=60) == "s19"
+    # s0 from the client; s1..s16 eager (DEPTH), s17 published, s18 and s19 eager
+    assert node_messages(published, run.id) == [f"{run.id}:s0", f"{run.id}:s17"]
+    assert run.results() == {f"s{i}": f"s{i}" for i in range(20)}
+
+
+def test_twenty_steps_one_message_with_a_deeper_chain(app, conf, published, tag):
+    conf(graph_eager_depth=32)
+    run = steps(20).submit({"tag": tag}, app=app)
+    assert run.get(timeout=60) == "s19"
+    assert node_messages(published, run.id) == [f"{run.id}:s0"]
+
+
+def test_the_setting_turns_it_off(app, conf, published, tag):
+    conf(graph_eager_successors=False)
+    run = steps(3).submit({"tag": tag}, app=app)
+    assert run.get(timeout=30) == "s2"
+    assert node_messages(published, run.id) == [f"{run.id}:s{i}" for i in range(3)]
+
+
+def test_a_task_declared_graph_eager_false_is_published(app, published, tag):
+    flow = (
+        step.bind(id="a", name="a")
+        >> always_published.bind(id="b", name="b")
+        >> step.bind(id="c", name="c")
+    )
+    run = flow.submit({"tag": tag}, app=app)
+    assert run.get(timeout=30) == "c"
+    # b is published; c, after b, runs in b's worker
+    assert node_messages(published, run.id) == [f"{run.id}:a", f"{run.id}:b"]
+
+
+def test_a_fan_out_and_a_join_are_published(app, published, tag):
+    flow = (
+        step.bind(id="a", name="a")
+        >> (step.bind(id="b", name="b") | step.bind(id="c", name="c"))
+        >> step.bind(id="d", name="d")
+    )
+    run = flow.submit({"tag": tag}, app=app)
+    assert run.get(timeout=30) == "d"
+    assert sorted(node_messages(published, run.id)) == [f"{run.id}:{n}" for n in "abcd"]
+
+
+def test_a_queue_this_worker_does_not_consume_is_published(app, published, tag):
+    run = (step.bind(id="a", name="a") >> unconsumed.bind(id="b")).submit({"tag": tag}, app=app)
+    wait_for(
+        lambda: f"{run.id}:b" in node_messages(published, run.id),
+        timeout=30,
+        what="b to be published",
+    )
+    assert run.status().nodes["b"].state in ("queued", "released", "pending")
+    run.cancel()
+
+
+def test_an_eager_successor_retried_by_celery_is_published_and_completes(app, published, tag):
+    flow = step.bind(id="a", name="a") >> flaky.bind(id="f", fail_times=2)
+    run = flow.submit({"tag": tag}, app=app)
+    assert run.get(timeout=60) == 3
+    # f ran in a's worker first; its two retries are messages of its own task id
+    assert node_messages(published, run.id) == [f"{run.id}:a", f"{run.id}:f", f"{run.id}:f"]
+
+
+def test_an_eager_successor_with_node_retries_then_success(app, published, tag):
+    flow = step.bind(id="a", name="a") >> fails_then_ok.bind(id="f").with_retries(2, delay=0)
+    run = flow.submit({"tag": tag}, app=app)
+    assert run.get(timeout=60) == 2
+    assert node_messages(published, run.id) == [f"{run.id}:a", f"{run.id}:f"]
+
+
+def test_an_eager_successor_that_fails_fails_the_run(app, tag):
+    flow = step.bind(id="a", name="a") >> boom.bind(id="b") >> step.bind(id="c", name="c")
+    run = flow.submit({"tag": tag}, app=app)
+    with pytest.raises(RunFailed) as failed:
+        run.get(timeout=30)
+    assert "boom went the node" in str(failed.value)
+    assert run.status().nodes["c"].state != "succeeded"
