@@ -10,9 +10,10 @@ reconciler sends the node again, as it does for a lost message.
 It runs through Celery's own tracer under the node's task id, so ``task_prerun``,
 ``task_postrun``, ``task_success``, ``task_failure`` and ``task_retry`` fire once per
 node, a retry (the node's or the task's own ``self.retry()``) is published as usual, and
-a failure goes through the same receivers as a published node's. The worker's task events
-(``task-received``, ``task-started``, ``task-succeeded``: what Flower shows) are sent by
-the worker for the messages it consumed only, so Flower shows the first node of a chain.
+a failure goes through the same receivers as a published node's. When the worker sends
+task events (``-E``), the task events of the node (``task-received``, ``task-started``,
+``task-succeeded``...: what Flower shows) are sent from here, as the worker would for a
+message (:class:`_Events`).
 
 Where it is not safe the successor is published as before: more than one node released
 at once, a map, a join, a wait_for() node or a step after the run's end, a start delay
@@ -57,6 +58,7 @@ class _Chain(threading.local):
     running = False
     ran = 0
     next: tuple[GraphSpec, NodeMessage] | None = None
+    events: Any = None  # this thread's event dispatcher (kept: one connection a thread)
 
 
 _chain = _Chain()
@@ -93,6 +95,7 @@ class Shared:
         self._map = mmap.mmap(-1, self.SLOTS * self.WIDTH)
         self._bloom = mmap.mmap(-1, self.BLOOM_BITS // 8)
         self._threads: dict[int, str] = {}  # in the main process: thread ident -> entry
+        self.events = False  # the worker sends task events (-E): eager successors too
 
     # -- stopping ------------------------------------------------------------------------
 
@@ -186,14 +189,16 @@ def _alive(pid: int) -> bool:
 shared: Shared | None = None  # set by the worker's bootstep, before the pool forks
 
 
-def share(app: Any) -> Shared:
-    """The worker's :class:`Shared` (made once, in the main process, before the fork)."""
+def share(app: Any, events: bool = False) -> Shared:
+    """The worker's :class:`Shared` (made once, in the main process, before the fork);
+    ``events``: the worker sends task events (``-E``), so eager successors send them too."""
     global shared
     if shared is None or shared.main_pid != os.getpid():
         shared = Shared(frozenset(app.tasks))
     else:  # another worker in this process (tests): its tasks too, and it runs
         shared.tasks = shared.tasks | frozenset(app.tasks)
         shared.start()
+    shared.events = shared.events or events
     return shared
 
 
@@ -352,8 +357,75 @@ def _run(app: Any, spec: GraphSpec, message: NodeMessage, origin: dict[str, Any]
             logger.exception("celery-graph: could not publish %s", message.task_id)
         return
     token = here.enter(spec.graph_id, task_id) if here is not None else None
+    events = _Events(app, task, request) if here is not None and here.events else None
+    if events is not None:
+        events.before()
     try:
-        tracer(task_id, [], kwargs, request)
+        outcome = tracer(task_id, [], kwargs, request)
     finally:
         if here is not None:
             here.leave(token)
+    if events is not None:
+        events.after(outcome)
+
+
+class _Events:
+    """The task events the worker would send for a message of this node (Flower and
+    ``celery events`` list every node, eager or published): ``task-received`` and
+    ``task-started`` before it runs, ``task-succeeded``, ``task-failed`` or
+    ``task-retried`` after, with the fields Celery's worker gives them. Sent only when the
+    worker sends task events (``-E``, ``worker_send_task_events``) and the task does
+    (``send_events``); a failure to send is logged, never the node's."""
+
+    def __init__(self, app: Any, task: Task, request: dict[str, Any]) -> None:
+        self.app, self.task, self.request = app, task, request
+
+    def _send(self, kind: str, **fields: Any) -> None:
+        if not getattr(self.task, "send_events", True):
+            return
+        try:
+            dispatcher = _chain.events
+            if dispatcher is None:
+                connection = self.app.connection_for_write()
+                dispatcher = self.app.events.Dispatcher(
+                    connection, hostname=self.request["hostname"], enabled=True
+                )
+                _chain.events = dispatcher
+            dispatcher.send(kind, uuid=self.request["id"], **fields)
+        except Exception as exc:  # the events are not the node's: it runs regardless
+            _chain.events = None
+            logger.warning(
+                "celery-graph: could not send %s of %s: %s", kind, self.request["id"], exc
+            )
+
+    def before(self) -> None:
+        from celery.utils.saferepr import saferepr
+
+        r = self.request
+        self._send(
+            "task-received",
+            name=self.task.name,
+            args="()",
+            kwargs=saferepr(r["kwargs"], 1024),
+            root_id=r["root_id"],
+            parent_id=r["parent_id"],
+            retries=0,
+            eta=None,
+            expires=None,
+        )
+        self._send("task-started", pid=os.getpid())
+
+    def after(self, outcome: Any) -> None:
+        from celery import states
+        from celery.utils.saferepr import saferepr
+
+        retval, info, runtime, retstr = outcome
+        state = info.state if info is not None else states.SUCCESS
+        if state == states.SUCCESS:
+            self._send("task-succeeded", result=retstr, runtime=runtime)
+            return
+        einfo = retval
+        exc = getattr(einfo, "exception", einfo)
+        exc = getattr(exc, "exc", exc)  # a Retry carries the exception it retries for
+        kind = "task-retried" if state == states.RETRY else "task-failed"
+        self._send(kind, exception=saferepr(exc), traceback=getattr(einfo, "traceback", ""))

@@ -129,7 +129,7 @@ class GraphWorkerStep(bootsteps.StartStopStep):
         # shared with the pool processes it forks (executor/eager.py): the tasks this
         # worker has, that it is stopping, the ids revoked on it and the eager successors
         # they run, which a cold shutdown hands back
-        self.eager = eager.share(w.app)
+        self.eager = eager.share(w.app, events=bool(getattr(w, "task_events", False)))
         self.heartbeat: Any = None
         self.metrics: Any = None
         self.sweeper: SweepThread | None = None
