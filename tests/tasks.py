@@ -536,6 +536,6 @@ from tests import after_tasks  # noqa: E402, F401
 
 
 @task(graph_eager=False)
-def always_published(tag=None, name: str = "always_published"):
+def always_published(tag=None, name: str = "always_published", delay: float = 0.0):
     """A node that is always published, never run as an eager successor."""
-    return _step(name, tag)
+    return _step(name, tag, delay)
