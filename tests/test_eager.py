@@ -143,3 +143,24 @@ def test_an_eager_successor_that_fails_fails_the_run(app, tag):
         run.get(timeout=30)
     assert "boom went the node" in str(failed.value)
     assert run.status().nodes["c"].state != "succeeded"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pool", ["threads", "prefork"])
+def test_in_a_worker_process_each_successor_runs_under_its_own_request(redis_url, tag, pool):
+    """A `celery worker` protects the request stack of a task called inside itself (on
+    Celery 5.3 the successor, the same task as the node before it, saw an empty request:
+    no id, no host, and recorded the machine's host name instead of the worker's); each
+    node records the worker's host name."""
+    from tests.workers import Workers
+
+    workers = Workers(redis_url, pool=pool, isolate=True)
+    try:
+        workers.start("a")
+        run = steps(3).submit({"tag": tag}, app=workers.app)
+        assert run.get(timeout=30) == "s2"
+        status = run.status()
+        hosts = {status.nodes[f"s{i}"].worker for i in range(3)}
+        assert len(hosts) == 1 and hosts.pop().startswith("a-"), status.nodes
+    finally:
+        workers.stop()

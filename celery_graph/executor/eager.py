@@ -59,6 +59,7 @@ class _Chain(threading.local):
     ran = 0
     next: tuple[GraphSpec, NodeMessage] | None = None
     events: Any = None  # this thread's event dispatcher (kept: one connection a thread)
+    request: dict[str, Any] | None = None  # the request of the successor running now
 
 
 _chain = _Chain()
@@ -300,6 +301,23 @@ def follow(task: Task, spec: GraphSpec, message: NodeMessage | None) -> None:
         _chain.running, _chain.ran, _chain.next = False, 0, None
 
 
+def restore_request(task: Task, fields: Any) -> bool:
+    """Push the request of the eager successor whose ``_graph`` keyword is ``fields`` onto
+    ``task``'s request stack when the tracer's is not on top (True: the caller pops it).
+
+    The tracer pushes the successor's request; but when the task runs inside a task of
+    its own (the same task as the node before it, on the request stack already), a worker's
+    ``Task.__call__`` (Celery's stack protection, always in Celery 5.3) pushes an empty
+    request over it, and the node would see no id, host or delivery."""
+    request = _chain.request
+    if request is None or request["kwargs"].get(GRAPH_KWARG) is not fields:
+        return False
+    if task.request.id == request["id"]:
+        return False
+    task.push_request(**request)
+    return True
+
+
 def _tracer(app: Any, task: Task, hostname: str) -> Any:
     key = (id(task), hostname)
     tracer = _tracers.get(key)
@@ -360,9 +378,11 @@ def _run(app: Any, spec: GraphSpec, message: NodeMessage, origin: dict[str, Any]
     events = _Events(app, task, request) if here is not None and here.events else None
     if events is not None:
         events.before()
+    _chain.request = request
     try:
         outcome = tracer(task_id, [], kwargs, request)
     finally:
+        _chain.request = None
         if here is not None:
             here.leave(token)
     if events is not None:
