@@ -89,9 +89,12 @@ class Shared:
     PROBES = 8
     BLOOM_BITS = 1 << 16
 
-    def __init__(self, tasks: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self, tasks: frozenset[str] = frozenset(), queues: frozenset[str] = frozenset()
+    ) -> None:
         self.main_pid = os.getpid()
         self.tasks = tasks  # the tasks the worker has (registered when it started)
+        self.queues = queues  # the queues it consumes (when it started)
         self._flags = mmap.mmap(-1, 1)
         self._map = mmap.mmap(-1, self.SLOTS * self.WIDTH)
         self._bloom = mmap.mmap(-1, self.BLOOM_BITS // 8)
@@ -195,9 +198,10 @@ def share(app: Any, events: bool = False) -> Shared:
     ``events``: the worker sends task events (``-E``), so eager successors send them too."""
     global shared
     if shared is None or shared.main_pid != os.getpid():
-        shared = Shared(frozenset(app.tasks))
-    else:  # another worker in this process (tests): its tasks too, and it runs
+        shared = Shared(frozenset(app.tasks), consumed(app))
+    else:  # another worker in this process (tests): its tasks and queues too, and it runs
         shared.tasks = shared.tasks | frozenset(app.tasks)
+        shared.queues = shared.queues | consumed(app)
         shared.start()
     shared.events = shared.events or events
     return shared
@@ -225,9 +229,12 @@ def _limited(app: Any, task: Task) -> bool:
     )
 
 
-def _consumed(app: Any) -> set[str]:
+def consumed(app: Any) -> frozenset[str]:
+    """The queues a worker of ``app`` consumes, as it starts (``-Q``, or every queue the
+    app declares): read by the bootstep, before any publish adds a queue to the app's
+    list that the worker does not consume."""
     queues = app.amqp.queues
-    return set(queues.consume_from or queues)
+    return frozenset(queues.consume_from or queues)
 
 
 def keeper_for(task: Task) -> Callable[[NodeSpec], bool] | None:
@@ -272,7 +279,7 @@ def eligible(app: Any, node: NodeSpec, here: Shared) -> bool:
         return False
     if TaskLimits.of(known) is not None:  # fleet-wide limits: through its gate (gate.py)
         return False
-    return queue_of(app, node) in _consumed(app)
+    return queue_of(app, node) in here.queues
 
 
 def follow(task: Task, spec: GraphSpec, message: NodeMessage | None) -> None:
