@@ -10,7 +10,7 @@ import pytest
 from celery.signals import task_prerun
 
 from celery_graph import RunFailed, Sequence
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 from tests.tasks import always_published, boom, fails_then_ok, flaky, step, unconsumed
 
 
@@ -152,7 +152,7 @@ def test_in_a_worker_process_each_successor_runs_under_its_own_request(redis_url
     Celery 5.3 the successor, the same task as the node before it, saw an empty request:
     no id, no host, and recorded the machine's host name instead of the worker's); each
     node records the worker's host name."""
-    from tests.workers import Workers
+    from tests.support.processes import Workers
 
     workers = Workers(redis_url, pool=pool, isolate=True)
     try:
