@@ -20,7 +20,6 @@ from typing import Any
 import redis
 
 STEPS = (1, 3, 50)
-EAGER_OFF = "celery-graph, eager off"
 STATUS_NODES = 100_000
 
 
@@ -31,16 +30,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-def _graph(n: int, eager: bool = True) -> Any:
-    """``n`` no-op steps; ``eager=False``: of a task declared ``graph_eager=False``, so
-    every step is a broker message (eager successors off), on the same worker."""
-    from bench.apps import g_noop, g_noop_published
+def _graph(n: int) -> Any:
+    from bench.apps import g_noop
     from celery_graph import Sequence
 
-    noop = g_noop if eager else g_noop_published
     if n == 1:
-        return noop.bind(id="s0")
-    return Sequence(tuple(noop.bind(id=f"s{i}") for i in range(n)))
+        return g_noop.bind(id="s0")
+    return Sequence(tuple(g_noop.bind(id=f"s{i}") for i in range(n)))
 
 
 def _chain(n: int) -> Any:
@@ -52,13 +48,11 @@ def _chain(n: int) -> Any:
 
 
 def _runners(n: int) -> dict[str, Callable[[], Any]]:
-    flow, off = _graph(n), _graph(n, eager=False)
+    flow = _graph(n)
     flow.compile()  # compiled once, as for any flow a service submits repeatedly
-    off.compile()
     return {
         # submit(): a bare node's apply_async is Celery's (a plain task), not a run
         "celery-graph": lambda: flow.submit().get(timeout=120),
-        EAGER_OFF: lambda: off.submit().get(timeout=120),
         "celery chain": lambda: (
             _chain(n).apply_async().get(timeout=120, disable_sync_subtasks=False)
         ),
@@ -104,9 +98,7 @@ def latency(repeats: dict[int, int]) -> dict[str, Any]:
                 "p50 ms": round(statistics.median(ts) * 1000, 2),
                 "p95 ms": round(percentile(ts, 0.95) * 1000, 2),
             }
-        chain = row["celery chain"]["p50 ms"]
-        row["ratio p50"] = round(row["celery-graph"]["p50 ms"] / chain, 2)
-        row["ratio p50, eager off"] = round(row[EAGER_OFF]["p50 ms"] / chain, 2)
+        row["ratio p50"] = round(row["celery-graph"]["p50 ms"] / row["celery chain"]["p50 ms"], 2)
         out[f"{n} step" + ("s" if n > 1 else "")] = row
     return out
 
@@ -239,36 +231,28 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
     lat = results["latency"]
     status = results["status"]
     return {
-        "eager off: 3-step p50 / Celery chain p50 (<= 1.0)": lat["3 steps"]["ratio p50, eager off"],
-        "eager off: 50-step per step / Celery chain (<= 1.0)": lat["50 steps"][
-            "ratio p50, eager off"
-        ],
-        "eager on: 3-step p50 / Celery chain p50 (<= 0.8)": lat["3 steps"]["ratio p50"],
-        "eager on: 50-step per step / Celery chain (<= 0.3)": lat["50 steps"]["ratio p50"],
+        "3-step p50 / Celery chain p50 (<= 1.0)": lat["3 steps"]["ratio p50"],
+        "50-step per step / Celery chain per step (<= 1.0)": lat["50 steps"]["ratio p50"],
         f"status of a {status['nodes']:,}-node run, ms (< 50)": status["status ms"],
     }
 
 
 def table(results: dict[str, Any]) -> str:
     lines = [
-        "| flow | celery-graph p50 (p95) | eager off p50 (p95) | Celery chain p50 (p95) "
-        "| ratio p50 | eager off |",
+        "| flow | celery-graph p50 | p95 | Celery chain p50 | p95 | ratio p50 |",
         "|---|---|---|---|---|---|",
     ]
     for name, row in results["latency"].items():
-        g, o, c = row["celery-graph"], row[EAGER_OFF], row["celery chain"]
+        g, c = row["celery-graph"], row["celery chain"]
         lines.append(
-            f"| {name} | {g['p50 ms']} ms ({g['p95 ms']}) | {o['p50 ms']} ms ({o['p95 ms']}) "
-            f"| {c['p50 ms']} ms ({c['p95 ms']}) | {row['ratio p50']} "
-            f"| {row['ratio p50, eager off']} |"
+            f"| {name} | {g['p50 ms']} ms | {g['p95 ms']} ms | {c['p50 ms']} ms | "
+            f"{c['p95 ms']} ms | {row['ratio p50']} |"
         )
     fifty = results["latency"].get("50 steps")
     if fifty:
-        g, o, c = (fifty[k]["p50 ms"] / 50 for k in ("celery-graph", EAGER_OFF, "celery chain"))
-        lines.append(
-            f"\n50 steps, per step: celery-graph {g:.2f} ms, eager off {o:.2f} ms, "
-            f"Celery chain {c:.2f} ms."
-        )
+        g = fifty["celery-graph"]["p50 ms"] / 50
+        c = fifty["celery chain"]["p50 ms"] / 50
+        lines.append(f"\n50 steps, per step: celery-graph {g:.2f} ms, Celery chain {c:.2f} ms.")
     cmds = results["redis commands per step, 50 steps"]
     lines.append(
         "Redis commands per step (INFO commandstats over one 50-step run): "

@@ -314,23 +314,6 @@ SETTINGS: tuple[Setting, ...] = (
         "when the app has a result backend, also store each node's result and state there "
         "under its task id (`AsyncResult('<run>:<node>')`); off: the graph Redis only",
     ),
-    Setting(
-        "graph_eager_successors",
-        "CELERY_GRAPH_EAGER_SUCCESSORS",
-        True,
-        FLAG,
-        "a node's only released successor runs next in the same worker process when this "
-        "worker consumes its queue (recorded and leased first, as a published node is), "
-        "instead of a broker round trip; off: every node is published",
-    ),
-    Setting(
-        "graph_eager_depth",
-        "CELERY_GRAPH_EAGER_DEPTH",
-        16,
-        POSITIVE_INT,
-        "eager successors one message runs at most; the next one is published (the "
-        "message is acknowledged when its chain ends)",
-    ),
 )
 
 WORKER_SETTINGS: tuple[Setting, ...] = (
@@ -438,8 +421,6 @@ class Settings:
     max_queue_depth: int
     backpressure_timeout: float
     store_node_results: bool
-    eager_successors: bool
-    eager_depth: int
 
     @property
     def keys(self) -> Keys:

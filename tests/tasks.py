@@ -533,9 +533,3 @@ def paced(tag: str):
 
 # the tasks of the tests of handlers and compensations, registered wherever these are
 from tests import after_tasks  # noqa: E402, F401
-
-
-@task(graph_eager=False)
-def always_published(tag=None, name: str = "always_published", delay: float = 0.0):
-    """A node that is always published, never run as an eager successor."""
-    return _step(name, tag, delay)

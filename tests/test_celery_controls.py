@@ -21,16 +21,7 @@ from celery_graph.state import Revoked, state_for
 from celery_graph.worker.revokes import RevokeWatch
 from tests.support.helpers import starts_processes, trace_of, wait_for
 from tests.support.processes import ROOT, Workers
-from tests.tasks import (
-    always_published,
-    boom,
-    extract,
-    flaky,
-    slow,
-    step,
-    transform,
-    unconsumed,
-)
+from tests.tasks import boom, extract, flaky, slow, step, transform, unconsumed
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -127,11 +118,7 @@ def test_revoking_a_running_node_through_app_control_cancels_its_run(workers, rc
 def test_terminate_through_the_celery_command_kills_the_node_and_cancels_the_run(
     workers, rclient, tag
 ):
-    # published (a message the worker received): Celery's terminate kills what it received
-    # only, and an eager successor is not that (the next test)
-    flow = step.bind(id="first", name="first") >> always_published.bind(
-        id="clean", name="clean", delay=60
-    )
+    flow = step.bind(id="first", name="first") >> slow.bind(id="clean", name="clean", delay=60)
     run = flow.submit({"tag": tag}, app=workers.app)
     running(run, "clean")
     task_id = f"{run.id}:clean"
@@ -143,28 +130,6 @@ def test_terminate_through_the_celery_command_kills_the_node_and_cancels_the_run
     assert "end:clean" not in trace_of(rclient, tag)
     assert f"task_revoked {task_id} terminated" in workers.signals(rclient)
     assert workers.app.AsyncResult(task_id).state == "REVOKED"
-
-
-def test_terminate_of_an_eager_successor_cancels_the_run_and_lets_the_node_finish(
-    workers, rclient, tag
-):
-    """An eager successor runs inside the message of the node before it (executor/eager.py)
-    and celery-graph replaces no Celery control handler: a terminate finds no request of
-    its id, so it acts as a revoke without terminate (docs/celery-controls.md)."""
-    flow = step.bind(id="first", name="first") >> slow.bind(id="clean", name="clean", delay=5)
-    run = flow.submit({"tag": tag}, app=workers.app)
-    status = wait_for(
-        lambda: (s := run.status()).nodes["clean"].state == "running" and s,
-        timeout=60,
-        what="node clean to run",
-    )
-    assert status.nodes["clean"].worker == status.nodes["first"].worker  # run eagerly
-    task_id = f"{run.id}:clean"
-    done = workers.celery("control", "terminate", "SIGTERM", task_id)
-    assert done.returncode == 0, done.stderr
-    cancelled_by(run, "clean")
-    wait_for(lambda: "end:clean" in trace_of(rclient, tag), timeout=60, what="clean to end")
-    assert trace_of(rclient, tag).count("start:clean") == 1
 
 
 def test_asyncresult_revoke_with_terminate_kills_the_node(workers, rclient, tag):

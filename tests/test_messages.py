@@ -12,7 +12,7 @@ def _fan(n: int):
     return step >> Parallel(tuple(members)).named("batch") >> collect
 
 
-def test_largest_message_of_1000_node_graph_is_no_bigger_than_3_node(eager_off, published):
+def test_largest_message_of_1000_node_graph_is_no_bigger_than_3_node(app, published):
     small = _fan(1)  # 3 nodes
     run = small.apply_async()
     assert run.get(timeout=20) == [0]
@@ -29,7 +29,7 @@ def test_largest_message_of_1000_node_graph_is_no_bigger_than_3_node(eager_off, 
     assert big_max < 2048
 
 
-def test_message_carries_ids_and_own_arguments_only(eager_off, published):
+def test_message_carries_ids_and_own_arguments_only(app, published):
     run = (source.bind(value=5) >> step.bind(name="x")).apply_async()
     run.get(timeout=20)
     for msg in published:

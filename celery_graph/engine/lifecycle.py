@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from ..codec import decode_value, encode_value, error_record
@@ -55,23 +54,12 @@ CONTINUATION_HOLD = 60.0  # seconds a process holds the claim on a canvas contin
 
 
 def settle(
-    app: Any,
-    state: State,
-    spec: GraphSpec,
-    run_id: str,
-    arrival: Arrival,
-    epoch: int = 0,
-    *,
-    keep: Callable[[NodeSpec], bool] | None = None,
-) -> str | None:
+    app: Any, state: State, spec: GraphSpec, run_id: str, arrival: Arrival, epoch: int = 0
+) -> None:
     """After an arrival: pass skips on (a skipped node arrives as a skip at its own
     successors, which may in turn be skipped or released), publish the successors it
     released (complete.lua marked and leased them already; ``epoch``: the run's, in their
-    task ids), and run the end-of-run hooks when it ended the run.
-
-    When exactly one successor is released and ``keep(node)`` says so, it is not
-    published: its id is returned, for the caller to run it (it is leased like a
-    published node, so the reconciler sends it if the caller never does)."""
+    task ids), and run the end-of-run hooks when it ended the run."""
     ended = arrival.ended
     claimed = list(arrival.publish)
     to_skip = list(arrival.skipped)
@@ -81,14 +69,10 @@ def settle(
         ended = ended or more.ended
         claimed += more.publish
         to_skip += more.skipped
-    kept = None
-    if keep is not None and len(claimed) == 1 and not ended and keep(spec.nodes[claimed[0]]):
-        kept = claimed.pop()
     if claimed:
         publish_nodes(app, spec, run_id, claimed, epoch=epoch)
     if ended:
         conclude(app, state, run_id, spec)
-    return kept
 
 
 def conclude(app: Any, state: State, run_id: str, spec: GraphSpec | None = None) -> None:

@@ -12,8 +12,7 @@
                  complete.lua: store once, arrive at the successors' barriers, mark and
                  lease the successors this arrival releases, end the run at its last sink
       settle     publish the released successors, pass skips on, end-of-run hooks
-                 (lifecycle.settle); a successor released alone may be kept to run
-                 next in this process instead (eager.py)
+                 (lifecycle.settle)
 
 A failure after the task's retries goes through :func:`fail_node`: the run fails, unless
 the node is a member of a group whose policy tolerates it (decided in complete.lua).
@@ -60,12 +59,7 @@ class NodeRun:
     """One delivery of one node message."""
 
     def __init__(
-        self,
-        task: Task,
-        fn: Callable[..., Any],
-        message: NodeMessage,
-        bound: dict[str, Any],
-        keep: Callable[[NodeSpec], bool] | None = None,
+        self, task: Task, fn: Callable[..., Any], message: NodeMessage, bound: dict[str, Any]
     ) -> None:
         # first: a tracer or error reporter shows the run and node of a spec that fails
         # to load too
@@ -82,10 +76,6 @@ class NodeRun:
         self.upstream = self.node.upstream_ids() if message.index is None else self.node.pull_ids()
         self.hostname = task.request.hostname or socket.gethostname()
         self.began: str | None = None  # what begin.lua answered (Begin.RUNNING: it ran)
-        # which released successor, alone, this process runs next instead of publishing
-        # it (eager.py); the one kept, recorded and leased like a published one
-        self.keep = keep
-        self.kept: NodeMessage | None = None
 
     def run(self) -> Any:
         m = self.message
@@ -310,12 +300,7 @@ class NodeRun:
         arrival = self.state.scripts.complete(
             self.spec, run_id, self.node, result_json, branch=choice
         )
-        epoch = self.message.epoch
-        kept = settle(self.app, self.state, self.spec, run_id, arrival, epoch, keep=self.keep)
-        if kept is not None:
-            self.kept = NodeMessage(
-                self.spec.graph_id, run_id, kept, self.spec.nodes[kept].call, epoch=epoch
-            )
+        settle(self.app, self.state, self.spec, run_id, arrival, self.message.epoch)
 
     def start_child(self, child: Child) -> str:
         """The node returned child(flow): start the child run; the node waits for it

@@ -35,9 +35,8 @@ from ..errors import (
     StoreUnavailable,
     UnknownTask,
 )
-from ..protocol import ADOPTED, CALL_TASK, GRAPH_KWARG, WAIT_TASK, NodeMessage, graph_fields
+from ..protocol import CALL_TASK, GRAPH_KWARG, WAIT_TASK, NodeMessage, graph_fields
 from ..state import Mode, state_for
-from . import eager
 from .gate import Gate, TaskLimits
 from .node import NodeRun, fail_node
 from .results import store_failure, store_revoked
@@ -84,6 +83,9 @@ class GraphTask(Task):
         adopt(self)
 
 
+ADOPTED = "_celery_graph_adopted"
+
+
 def adopt(task: Task) -> Task:
     """Let ``task`` run node messages under its own name (idempotent; returns ``task``).
 
@@ -106,11 +108,6 @@ def adopt(task: Task) -> Task:
         fields = kwargs.pop(GRAPH_KWARG, None)
         if fields is None:
             return plain(*args, **kwargs)
-        if eager.restore_request(task, fields):  # an eager successor's, hidden (eager.py)
-            try:
-                return run_node(task, plain, fields, kwargs)
-            finally:
-                task.pop_request()
         return run_node(task, plain, fields, kwargs)
 
     task.run = run
@@ -157,28 +154,22 @@ def run_node(task: Task, fn: Callable[..., Any], fields: Any, kwargs: dict[str, 
             fail_node(task.app, message, message.failure)
             return None
         limits = TaskLimits.of(task)
-        keep = eager.keeper_for(task)
         if limits is None:
-            node = NodeRun(task, fn, message, kwargs, keep=keep)
-            result = node.run()
-        else:
-            gate = Gate(task, message, limits, state_for(task.app))
-            if not gate.enter():  # over the task's fleet-wide limits: waits, holding no worker
-                return None
-            began: str | None = None
+            return NodeRun(task, fn, message, kwargs).run()
+        gate = Gate(task, message, limits, state_for(task.app))
+        if not gate.enter():  # over the task's fleet-wide limits: waits, holding no worker
+            return None
+        began: str | None = None
+        try:
+            node = NodeRun(task, fn, message, kwargs)
             try:
-                node = NodeRun(task, fn, message, kwargs, keep=keep)
-                try:
-                    result = node.run()
-                finally:
-                    began = node.began
+                return node.run()
             finally:
-                gate.leave(began)
+                began = node.began
+        finally:
+            gate.leave(began)
     except INFRASTRUCTURE as exc:
         raise send_again(task, message, exc) from exc
-    # the node is done and recorded: its kept successor runs next (executor/eager.py)
-    eager.follow(task, node.spec, node.kept)
-    return result
 
 
 def _parsed(fields: Any) -> NodeMessage | None:

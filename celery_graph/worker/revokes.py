@@ -14,11 +14,6 @@ id of an earlier epoch of a run resumed since, so a revoke synced from another w
 start (mingle), or kept in a ``--statedb``, never cancels a run again. A revoked node
 running in this worker waits one more look: a ``terminate=True`` revoke kills it and
 ``task_revoked`` reports it meanwhile, so the run's error says it was terminated.
-
-The ids are also told to the worker's pool processes (``executor/eager.py``'s shared
-memory), which then publish a revoked eager successor instead of running it, so Celery
-discards its message. An eager successor already running is not a request Celery knows:
-its revoke, with ``terminate`` or not, cancels its run here and the function finishes.
 """
 
 from __future__ import annotations
@@ -32,7 +27,6 @@ from celery.worker import state as worker_state
 
 from ..engine.lifecycle import revoked
 from ..errors import CeleryGraphError
-from ..executor import eager
 from ..executor.results import store_revoked
 from ..protocol import NodeTaskId
 from ..state import Revoked, state_for
@@ -82,10 +76,6 @@ class RevokeWatch:
         cancelled = []
         new = [i for i in ids if i not in self._seen]
         active = set(self._active_ids()) if new else set()
-        here = eager.shared
-        if here is not None:  # the pool processes publish these instead of running them
-            for task_id in new:
-                here.revoke(str(task_id))
         for task_id in new:
             node = NodeTaskId.parse(task_id) is not None
             if node and task_id in active and task_id not in self._waited:
