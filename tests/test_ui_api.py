@@ -437,7 +437,8 @@ def test_a_large_run_is_answered_folded_with_the_kept_counts(app, http, monkeypa
         status = run.status()
         assert data["folded"] is True
         assert data["counts"] == status.counts() == {"succeeded": 22, "queued": 25, "pending": 1}
-        assert data["progress"] == {"done": 22, "failed": 0, "total": 48}
+        parts = {"succeeded": 22, "skipped": 0, "failed": 0, "upstream_failed": 0, "cancelled": 0}
+        assert data["progress"] == {"done": 22, "failed": 0, "total": 48, "parts": parts}
         graph = http.get(f"/api/runs/{run.id}/graph")
         solo = {b["id"] for b in graph["nodes"] if b["kind"] != "group"}
         groups = {b["id"]: b["members"] for b in graph["nodes"] if b["kind"] == "group"}
@@ -456,3 +457,34 @@ def test_a_large_run_is_answered_folded_with_the_kept_counts(app, http, monkeypa
         assert finished["state"] == "succeeded" and finished["result"]["preview"]
     finally:
         run.cancel()
+
+
+def test_a_large_queued_run_is_answered_folded_with_the_same_actions(app, http, monkeypatch):
+    """The folded page offers what the whole one offers: a run waiting for a slot of its
+    flow's limit can be cancelled, as on a small run's page."""
+    from celery_graph import Parallel
+    from celery_graph.ui import views
+
+    monkeypatch.setattr(views, "FOLD_OVER", 10)
+    parked = Parallel(tuple(ui_never.bind(id=f"n{i}") for i in range(12)))
+    flow = (ui_echo.bind(id="first", x=1) >> parked).with_concurrency(1)
+    holder = flow.apply_async()
+    waiting = flow.apply_async()
+    try:
+        wait_for(lambda: waiting.status().state == "queued", 30, "the second run to queue")
+        data = http.get(f"/api/runs/{waiting.id}")
+        assert data["folded"] is True
+        assert data["actions"] == {"cancel": True, "resume": False}
+        running = http.get(f"/api/runs/{holder.id}")
+        assert running["folded"] is True
+        assert running["actions"] == {"cancel": True, "resume": False}
+        assert set(running["progress"]["parts"]) == {
+            "succeeded",
+            "skipped",
+            "failed",
+            "upstream_failed",
+            "cancelled",
+        }
+    finally:
+        waiting.cancel()
+        holder.cancel()

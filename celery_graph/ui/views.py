@@ -134,17 +134,29 @@ class Views:
             return self._folded(run_id)
         record, spec, fields, status = self._status(run_id)
         data = status.as_json()  # the fields of `celery-graph status --json`
-        counts = data["counts"]
-        done = counts.get("succeeded", 0) + counts.get("skipped", 0)
-        row = RunRow(run_id, record)
+        return self._page(data, run_id, record, spec, fields, status, data["counts"], False)
+
+    def _page(
+        self,
+        data: dict[str, Any],
+        run_id: str,
+        record: dict[str, str],
+        spec: GraphSpec,
+        fields: dict[str, str],
+        status: RunStatus,
+        counts: dict[str, int],
+        folded: bool,
+    ) -> dict[str, Any]:
+        """``data`` (the status's JSON) with what the run page shows of any run, whole or
+        folded: its flow and inputs, the progress bar, the node items and the actions."""
         data.update(
-            flow=self.registry.name_of(row),
+            flow=self.registry.name_of(RunRow(run_id, record)),
             inputs=record_field(run_id, record, "inputs", json.loads) or {},
             deadline=record_field(run_id, record, "deadline", float),
             resumed=record_field(run_id, record, "resumed", float),
             now=status.now,
             progress={
-                "done": done,
+                "done": counts.get("succeeded", 0) + counts.get("skipped", 0),
                 "failed": counts.get("failed", 0),
                 "total": len(spec.order),
                 # each part of the bar: what succeeded, was skipped, failed, never ran
@@ -153,14 +165,14 @@ class Views:
                     for s in ("succeeded", "skipped", "failed", "upstream_failed", "cancelled")
                 },
             },
-            stalled=status.stalled(),
+            stalled=status.stalled(),  # (folded: of the nodes drawn alone)
             items=_items(fields, spec),
             actions={
                 "cancel": status.state in ("running", "queued"),
                 "resume": status.state in ("failed", "cancelled") and not record.get("unstarted"),
             },
             flower=self.flower_url,
-            folded=False,
+            folded=folded,
         )
         return data
 
@@ -193,31 +205,9 @@ class Views:
             # motion: never below zero)
             group_counts[largest] = {s: n for s, n in rest.items() if n > 0}
         data = status.as_json()
-        row = RunRow(run_id, record)
-        data.update(
-            counts=counts,
-            children=summary.children,  # every node's, from the run record
-            flow=self.registry.name_of(row),
-            inputs=record_field(run_id, record, "inputs", json.loads) or {},
-            deadline=record_field(run_id, record, "deadline", float),
-            resumed=record_field(run_id, record, "resumed", float),
-            now=status.now,
-            progress={
-                "done": counts.get("succeeded", 0) + counts.get("skipped", 0),
-                "failed": counts.get("failed", 0),
-                "total": len(spec.order),
-            },
-            stalled=status.stalled(),  # of the nodes drawn alone
-            items=_items(fields, spec),
-            groups=group_counts,
-            actions={
-                "cancel": status.state == "running",
-                "resume": status.state in ("failed", "cancelled"),
-            },
-            flower=self.flower_url,
-            folded=True,
-        )
-        return data
+        # the kept counts; every node's children, from the run record; each group's counts
+        data.update(counts=counts, children=summary.children, groups=group_counts)
+        return self._page(data, run_id, record, spec, fields, status, counts, True)
 
     def graph(self, run_id: str) -> dict[str, Any]:
         """The drawing of the run's graph (one per graph id, computed once)."""
