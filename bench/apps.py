@@ -49,6 +49,12 @@ def g_noop():
     return None
 
 
+# the same, always published: what a step costs with eager successors off
+@task(name="bench.g_noop_published", graph_eager=False)
+def g_noop_published():
+    return None
+
+
 @task(name="bench.g_sleep")
 def g_sleep():
     time.sleep(0.05)

@@ -20,6 +20,7 @@ from typing import Any
 import redis
 
 STEPS = (1, 3, 50)
+EAGER_OFF = "celery-graph, eager off"
 STATUS_NODES = 100_000
 
 
@@ -30,13 +31,16 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-def _graph(n: int) -> Any:
-    from bench.apps import g_noop
+def _graph(n: int, eager: bool = True) -> Any:
+    """``n`` no-op steps; ``eager=False``: of a task declared ``graph_eager=False``, so
+    every step is a broker message (eager successors off), on the same worker."""
+    from bench.apps import g_noop, g_noop_published
     from celery_graph import Sequence
 
+    noop = g_noop if eager else g_noop_published
     if n == 1:
-        return g_noop.bind(id="s0")
-    return Sequence(tuple(g_noop.bind(id=f"s{i}") for i in range(n)))
+        return noop.bind(id="s0")
+    return Sequence(tuple(noop.bind(id=f"s{i}") for i in range(n)))
 
 
 def _chain(n: int) -> Any:
@@ -48,11 +52,13 @@ def _chain(n: int) -> Any:
 
 
 def _runners(n: int) -> dict[str, Callable[[], Any]]:
-    flow = _graph(n)
+    flow, off = _graph(n), _graph(n, eager=False)
     flow.compile()  # compiled once, as for any flow a service submits repeatedly
+    off.compile()
     return {
         # submit(): a bare node's apply_async is Celery's (a plain task), not a run
         "celery-graph": lambda: flow.submit().get(timeout=120),
+        EAGER_OFF: lambda: off.submit().get(timeout=120),
         "celery chain": lambda: (
             _chain(n).apply_async().get(timeout=120, disable_sync_subtasks=False)
         ),
@@ -98,7 +104,9 @@ def latency(repeats: dict[int, int]) -> dict[str, Any]:
                 "p50 ms": round(statistics.median(ts) * 1000, 2),
                 "p95 ms": round(percentile(ts, 0.95) * 1000, 2),
             }
-        row["ratio p50"] = round(row["celery-graph"]["p50 ms"] / row["celery chain"]["p50 ms"], 2)
+        chain = row["celery chain"]["p50 ms"]
+        row["ratio p50"] = round(row["celery-graph"]["p50 ms"] / chain, 2)
+        row["ratio p50, eager off"] = round(row[EAGER_OFF]["p50 ms"] / chain, 2)
         out[f"{n} step" + ("s" if n > 1 else "")] = row
     return out
 
@@ -116,51 +124,73 @@ def commands_per_step(url: str, n: int = 50) -> dict[str, Any]:
     return out
 
 
-def _tree_cpu(root: int) -> float:
-    """CPU seconds (user + system) of process ``root`` and every descendant alive now."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
+def _tree(root: int) -> list[int]:
+    """Process ``root`` and every descendant alive now."""
+    children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
         except OSError:
             continue
-        parents[int(entry)] = int(fields[1])
-        times[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
-    tree, grew = {root}, True
-    while grew:
-        more = {p for p, parent in parents.items() if parent in tree} - tree
-        tree |= more
-        grew = bool(more)
-    return sum(times.get(p, 0.0) for p in tree)
+        children.setdefault(parent, []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    return tree
 
 
-def cpu_per_step(url: str, worker_pid: int, n: int = 50, runs: int = 10) -> dict[str, Any]:
+def _cpu_ms(pids: list[int]) -> float:
+    """CPU milliseconds every thread of ``pids`` has run (``/proc/<pid>/task/*/schedstat``:
+    nanoseconds, where ``/proc/<pid>/stat`` counts 10 ms ticks)."""
+    total = 0
+    for pid in pids:
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+        except OSError:  # gone, or a thread that ended meanwhile
+            continue
+    return total / 1e6
+
+
+def cpu_per_step(url: str, worker_pid: int, n: int = 50, runs: int = 20) -> dict[str, Any]:
     """CPU milliseconds a step costs the worker (its process and its pool processes) and
     Redis (INFO cpu), over ``runs`` flows of ``n`` steps of each system: what a step
-    costs, less sensitive than latency to the other work on a shared machine."""
+    costs, less sensitive than latency to the other work on a shared machine. The systems
+    take turns run by run (the order alternating), so a burst of other sessions' load
+    falls on all of them alike, and each run's CPU is read to the nanosecond."""
     client = redis.Redis.from_url(url)
 
     def redis_cpu() -> float:
         info = client.info("cpu")
         return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
-    out: dict[str, Any] = {}
-    for name, fn in _runners(n).items():
-        fn()  # warm
-        worker0, redis0 = _tree_cpu(worker_pid), redis_cpu()
-        for _ in range(runs):
-            fn()
-        steps = n * runs
-        out[name] = {
-            "worker CPU ms": round((_tree_cpu(worker_pid) - worker0) / steps * 1000, 3),
-            "Redis CPU ms": round((redis_cpu() - redis0) / steps * 1000, 3),
+    runners = _runners(n)
+    for fn in runners.values():  # warm
+        fn()
+    pids = _tree(worker_pid)
+    worker = dict.fromkeys(runners, 0.0)
+    server = dict.fromkeys(runners, 0.0)
+    names = list(runners)
+    for i in range(runs):
+        for name in names if i % 2 else names[::-1]:
+            cpu0, redis0 = _cpu_ms(pids), redis_cpu()
+            runners[name]()
+            worker[name] += _cpu_ms(pids) - cpu0
+            server[name] += (redis_cpu() - redis0) * 1000
+    steps = n * runs
+    return {
+        name: {
+            "worker CPU ms": round(worker[name] / steps, 3),
+            "Redis CPU ms": round(server[name] / steps, 3),
         }
-    return out
+        for name in names
+    }
 
 
 def status_time(url: str, nodes: int = STATUS_NODES, repeats: int = 5) -> dict[str, Any]:
@@ -221,7 +251,7 @@ def section(url: str, quick: bool, processes: int, workers: Callable[..., Any]) 
     with workers(url, processes) as proc:
         out: dict[str, Any] = {"latency": latency(repeats)}
         out["redis commands per step, 50 steps"] = commands_per_step(url)
-        out["cpu per step, 50 steps"] = cpu_per_step(url, proc.pid, runs=3 if quick else 10)
+        out["cpu per step, 50 steps"] = cpu_per_step(url, proc.pid, runs=6 if quick else 20)
     out["status"] = status_time(url, 10_000 if quick else STATUS_NODES)
     return out
 
@@ -231,28 +261,36 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
     lat = results["latency"]
     status = results["status"]
     return {
-        "3-step p50 / Celery chain p50 (<= 1.0)": lat["3 steps"]["ratio p50"],
-        "50-step per step / Celery chain per step (<= 1.0)": lat["50 steps"]["ratio p50"],
+        "eager off: 3-step p50 / Celery chain p50 (<= 1.0)": lat["3 steps"]["ratio p50, eager off"],
+        "eager off: 50-step per step / Celery chain (<= 1.0)": lat["50 steps"][
+            "ratio p50, eager off"
+        ],
+        "eager on: 3-step p50 / Celery chain p50 (<= 0.8)": lat["3 steps"]["ratio p50"],
+        "eager on: 50-step per step / Celery chain (<= 0.3)": lat["50 steps"]["ratio p50"],
         f"status of a {status['nodes']:,}-node run, ms (< 50)": status["status ms"],
     }
 
 
 def table(results: dict[str, Any]) -> str:
     lines = [
-        "| flow | celery-graph p50 | p95 | Celery chain p50 | p95 | ratio p50 |",
+        "| flow | celery-graph p50 (p95) | eager off p50 (p95) | Celery chain p50 (p95) "
+        "| ratio p50 | eager off |",
         "|---|---|---|---|---|---|",
     ]
     for name, row in results["latency"].items():
-        g, c = row["celery-graph"], row["celery chain"]
+        g, o, c = row["celery-graph"], row[EAGER_OFF], row["celery chain"]
         lines.append(
-            f"| {name} | {g['p50 ms']} ms | {g['p95 ms']} ms | {c['p50 ms']} ms | "
-            f"{c['p95 ms']} ms | {row['ratio p50']} |"
+            f"| {name} | {g['p50 ms']} ms ({g['p95 ms']}) | {o['p50 ms']} ms ({o['p95 ms']}) "
+            f"| {c['p50 ms']} ms ({c['p95 ms']}) | {row['ratio p50']} "
+            f"| {row['ratio p50, eager off']} |"
         )
     fifty = results["latency"].get("50 steps")
     if fifty:
-        g = fifty["celery-graph"]["p50 ms"] / 50
-        c = fifty["celery chain"]["p50 ms"] / 50
-        lines.append(f"\n50 steps, per step: celery-graph {g:.2f} ms, Celery chain {c:.2f} ms.")
+        g, o, c = (fifty[k]["p50 ms"] / 50 for k in ("celery-graph", EAGER_OFF, "celery chain"))
+        lines.append(
+            f"\n50 steps, per step: celery-graph {g:.2f} ms, eager off {o:.2f} ms, "
+            f"Celery chain {c:.2f} ms."
+        )
     cmds = results["redis commands per step, 50 steps"]
     lines.append(
         "Redis commands per step (INFO commandstats over one 50-step run): "
@@ -269,6 +307,17 @@ def table(results: dict[str, Any]) -> str:
             )
             + "."
         )
+        chain = cpu["celery chain"]["worker CPU ms"]
+        if chain:
+            lines.append(
+                "Worker CPU per step against Celery's chain: "
+                + ", ".join(
+                    f"{k} {v['worker CPU ms'] / chain:.2f}"
+                    for k, v in cpu.items()
+                    if k != "celery chain"
+                )
+                + "."
+            )
     st = results["status"]
     lines.append(
         f"status of a {st['nodes']:,}-node run: {st['status ms']} ms (the kept counts; "

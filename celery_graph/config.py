@@ -18,8 +18,10 @@ import copy
 import json
 import math
 import os
+import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -314,6 +316,32 @@ SETTINGS: tuple[Setting, ...] = (
         "when the app has a result backend, also store each node's result and state there "
         "under its task id (`AsyncResult('<run>:<node>')`); off: the graph Redis only",
     ),
+    Setting(
+        "graph_eager_successors",
+        "CELERY_GRAPH_EAGER_SUCCESSORS",
+        True,
+        FLAG,
+        "a node's only released successor runs next in the same worker process when this "
+        "worker consumes its queue (recorded and leased first, as a published node is), "
+        "instead of a broker round trip; off: every node is published",
+    ),
+    Setting(
+        "graph_eager_depth",
+        "CELERY_GRAPH_EAGER_DEPTH",
+        64,
+        POSITIVE_INT,
+        "eager successors one message runs at most; the next one is published (the "
+        "message is acknowledged when its chain ends)",
+    ),
+    Setting(
+        "graph_eager_seconds",
+        "CELERY_GRAPH_EAGER_SECONDS",
+        60.0,
+        POSITIVE_SECONDS,
+        "once a message's eager successors have run this long, the next one is published: "
+        "the message is acknowledged well inside the broker's visibility timeout "
+        "(RabbitMQ: `consumer_timeout`)",
+    ),
 )
 
 WORKER_SETTINGS: tuple[Setting, ...] = (
@@ -421,6 +449,9 @@ class Settings:
     max_queue_depth: int
     backpressure_timeout: float
     store_node_results: bool
+    eager_successors: bool
+    eager_depth: int
+    eager_seconds: float
 
     @property
     def keys(self) -> Keys:
@@ -436,9 +467,13 @@ class Settings:
 
         Cached per app, keyed on everything the reading looks at (the app's configuration
         under every setting's name, the broker and result backend settings, the environment
-        variables), so a changed setting is seen at the next call."""
+        variables), so a changed setting is seen at the next call; inside ``pinned(app)``
+        (a node delivery), at the first call after the block."""
         if app is None:
             return cls.read(None)
+        held = _pinned.held
+        if held is not None and held[0] is app:
+            return held[1]
         seen = _inputs(app.conf)
         if seen is None:  # not a configuration Celery built: read it every time
             return cls.read(app)
@@ -491,6 +526,31 @@ class Settings:
         return cls(**values)
 
 
+class _Pinned(threading.local):
+    held: tuple[Any, Settings] | None = None  # (app, its settings) while pinned
+
+
+_pinned = _Pinned()
+
+
+@contextmanager
+def pinned(app: Any) -> Iterator[Settings]:
+    """Within the block, ``Settings.from_app(app)`` on this thread answers the settings read
+    on entry without looking at the configuration again. A node delivery asks for them in
+    five places (its state, the eager successors' keeper, the result backend twice, the
+    metrics), and so does each eager successor it runs, inside its block, Celery's
+    task_prerun/postrun included; each look was a measurable part of a step's CPU
+    (docs/performance.md). A setting changed meanwhile is seen from the first read after
+    the block: the next delivery."""
+    settings = Settings.from_app(app)
+    outer = _pinned.held
+    _pinned.held = (app, settings)
+    try:
+        yield settings
+    finally:
+        _pinned.held = outer
+
+
 # What Settings.read looks at besides the table's own names (conf.broker_url and
 # conf.result_backend read these, and an environment variable each).
 _CONF_NAMES = (*(s.name for s in SETTINGS), "broker_url", "broker_host", "result_backend")
@@ -499,6 +559,7 @@ _ENV_NAMES = (*(s.env for s in SETTINGS), "CELERY_BROKER_URL", "CELERY_RESULT_BA
 _ABSENT = object()  # a name a configuration map does not hold
 _cache: weakref.WeakKeyDictionary[Any, tuple[Any, Settings]] = weakref.WeakKeyDictionary()
 _conf_keys: dict[Any, tuple[str, ...]] = {}
+_env_keys: dict[Any, tuple[Any, ...]] = {}  # os.environ's encoding of _ENV_NAMES
 
 
 def _inputs(conf: Any) -> tuple[Any, ...] | None:
@@ -520,12 +581,24 @@ def _inputs(conf: Any) -> tuple[Any, ...] | None:
             _conf_keys[translation] = keys
     except (AttributeError, TypeError):
         return None
-    env = os.environ.get
-    return (
-        keys,
-        tuple(m.get(k, _ABSENT) for m in maps for k in keys),
-        tuple(env(name) for name in _ENV_NAMES),
-    )
+    return (keys, tuple(m.get(k, _ABSENT) for m in maps for k in keys), _environment())
+
+
+def _environment() -> tuple[Any, ...]:
+    """The environment variables ``Settings.read`` looks at, raw: equal raw values, equal
+    values. ``os.environ.get`` raises and catches a KeyError inside for every variable that
+    is not set (most of these), which made this most of the time a settings lookup took
+    (five in each node delivery); ``os.environ`` keeps the raw values in a dict that every
+    change through it updates (CPython's ``os._Environ._data``), so this looks the names
+    up there as ``os.environ`` encodes them, and falls back to ``os.environ.get``."""
+    data = getattr(os.environ, "_data", None)
+    encode = getattr(os.environ, "encodekey", None)
+    if not isinstance(data, dict) or encode is None:
+        return tuple(map(os.environ.get, _ENV_NAMES))
+    names = _env_keys.get(encode)
+    if names is None:
+        names = _env_keys[encode] = tuple(map(encode, _ENV_NAMES))
+    return tuple(map(data.get, names))
 
 
 # -- worker settings ----------------------------------------------------------------------

@@ -8,6 +8,7 @@ Flower and ``celery inspect`` see it like any task (see ``protocol.py`` for its 
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -113,13 +114,24 @@ def revoke(app: Any, task_ids: list[str], *, terminate: bool = False, signal: st
 
 
 def queue_of(app: Any, node: NodeSpec) -> str:
-    """The queue the node's messages go to (its options, else the app's routes)."""
+    """The queue the node's messages go to (its options, else the app's routes). The
+    routes are asked once per task name and router: they are given the name alone (no
+    arguments), and Celery's router keeps the routes it was made with, as here."""
     queue = node.options.get("queue")
     if queue:
         return str(queue)
-    route = app.amqp.router.route({}, node.task)
-    found = route.get("queue")
-    return str(getattr(found, "name", found) or app.conf.task_default_queue)
+    router = app.amqp.router
+    known = _routed.get(router)
+    if known is None:
+        known = _routed[router] = {}
+    if node.task not in known:
+        route = router.route({}, node.task).get("queue")
+        known[node.task] = str(getattr(route, "name", route) or "")
+    return known[node.task] or str(app.conf.task_default_queue)
+
+
+# router -> task name -> its route's queue, or "" (queue_of)
+_routed: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
 
 
 def _send(
@@ -202,10 +214,12 @@ class QueueDepth:
             # the queue does not exist (on AMQP the 404 closes the channel)
             self.close()
             return 0
-        except conn.connection_errors:
+        except (*BROKER_DOWN, *conn.connection_errors) as exc:
             # broker unreachable: report no number rather than a misleading zero
             self.close()
-            raise
+            raise BrokerUnavailable(
+                f"the broker did not answer for the depth of queue {queue!r}: {exc}"
+            ) from exc
 
     def depths(self, queues: Iterable[str]) -> dict[str, int]:
         return {q: self.depth(q) for q in queues}

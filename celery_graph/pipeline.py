@@ -36,7 +36,11 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from .dsl import Flow, Parallel, Sequence, TaskNode, Workflow, node
+# through the package's public names, as a user's module does: the first one read
+# connects the worker attachment (celery_graph/__init__.py), so a pipeline's node()s
+# attach its app like @task does in any module
+from celery_graph import Flow, Parallel, Sequence, TaskNode, Workflow, node
+
 from .errors import GraphDefinitionError
 
 NODE_FIELDS = {"id", "task", "args", "queue", "priority", "retries", "retry_delay"}

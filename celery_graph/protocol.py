@@ -49,6 +49,7 @@ GRAPH_KWARG = "_graph"
 CALL_TASK = "celery_graph.call"  # ran existing tasks as nodes; kept for stored graphs
 RUN_GRAPH = "celery_graph.run_graph"  # starts a graph as a step of a Celery canvas
 WAIT_TASK = "celery_graph.wait"  # the messages of wait_for() nodes (nothing is called)
+ADOPTED = "_celery_graph_adopted"  # set on a task instance that runs node messages
 
 
 def task_id_for(run_id: str, field: str, epoch: int = 0) -> str:

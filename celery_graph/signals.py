@@ -12,7 +12,8 @@ Connect a receiver like any Celery signal::
   arguments ``app``, ``run_id``, ``state`` (celery-graph's ``State``), ``flow`` (the flow
   name the run records, "" for none).
 - ``run_finished``: a run ended, succeeded, failed or cancelled (sent once, by the process
-  whose call ended it); arguments ``app``, ``run_id``, ``state``.
+  whose call ended it); arguments ``app``, ``run_id``, ``state``, and ``record`` (the run
+  record as a dict of text, read after it ended) when the sender read it (absent otherwise).
 - ``graph_task_declared``: ``@task`` declared a graph task (sender: the function), or
   ``node()`` made an existing task a node (sender: the task); the worker options and
   bootstep attach to the apps that exist then and to apps finalized later

@@ -69,6 +69,27 @@ if os.environ.get("CGTEST_TRACE_DELIVERIES"):
     task_prerun.connect(_delivered, weak=False, dispatch_uid="cgtest.delivered")
 
 
+def _held(sender=None, task_id=None, kwargs=None, **_):
+    """With CGTEST_HOLD_PRERUN="<name>:<seconds>", the first delivery of the node message
+    whose bound ``name`` it is (and ``tag``: bound too, so its message carries it) adds
+    'prerun:<name>' to its trace and waits that long in Celery's task_prerun, before the
+    function: a worker killed meanwhile holds the node's lease (an eager successor's,
+    leased as running with its predecessor's end) and has run none of it."""
+    name, seconds = os.environ["CGTEST_HOLD_PRERUN"].rsplit(":", 1)
+    if not (isinstance(kwargs, dict) and kwargs.get("_graph") and kwargs.get("name") == name):
+        return
+    tag = kwargs.get("tag")
+    if tag and f"prerun:{name}".encode() not in trace_client().lrange(f"cgtest-trace:{tag}", 0, -1):
+        trace(tag, f"prerun:{name}")
+        time.sleep(float(seconds))
+
+
+if os.environ.get("CGTEST_HOLD_PRERUN"):
+    from celery.signals import task_prerun
+
+    task_prerun.connect(_held, weak=False, dispatch_uid="cgtest.held")
+
+
 # -- ETL ----------------------------------------------------------------------------
 
 
@@ -107,6 +128,13 @@ def _step(name: str, tag: str | None, delay: float = 0.0) -> str:
 
 @task
 def step(tag=None, name: str = "step", delay: float = 0.0):
+    return _step(name, tag, delay)
+
+
+@task
+def pid_step(tag=None, name: str = "pid_step", delay: float = 0.0):
+    """A step that first writes ``pid:<name>:<its process id>`` (a test may look for it)."""
+    trace(tag, f"pid:{name}:{os.getpid()}")
     return _step(name, tag, delay)
 
 
@@ -199,6 +227,43 @@ def flaky(tag=None, fail_times: int = 2):
     if attempt <= fail_times:
         raise ConnectionError(f"transient failure {attempt}")
     return attempt
+
+
+# ``step`` below is a required parameter that only the upstream node ``step`` supplies:
+# the message carries none of it, so Celery's argument check at a re-send (``typing``)
+# must not ask for it
+
+
+def _first_attempt_raises(tag, name: str, exc: Exception) -> int:
+    """The attempt's number; the first raises ``exc``."""
+    attempt = trace_client().incr(f"cgtest-count:{tag}:{name}")
+    if attempt == 1:
+        raise exc
+    return attempt
+
+
+@task(autoretry_for=(ConnectionError,), max_retries=2, default_retry_delay=0, retry_backoff=False)
+def needs_upstream_autoretry(step, tag=None):
+    """Fails once with ConnectionError (Celery's ``autoretry_for`` sends it again)."""
+    attempt = _first_attempt_raises(tag, "autoretry", ConnectionError("transient failure"))
+    return f"{step}+{attempt}"
+
+
+@task
+def needs_upstream_once(step, tag=None):
+    """Fails once with ValueError (for a node's ``with_retries``)."""
+    attempt = _first_attempt_raises(tag, "once", ValueError("first attempt fails"))
+    return f"{step}+{attempt}"
+
+
+@task
+def needs_upstream_store_away(step, tag=None):
+    """Its first delivery meets the graph Redis away (StoreUnavailable): the executor
+    sends the message again with a backoff, as it does when Redis is down."""
+    from celery_graph.errors import StoreUnavailable
+
+    away = StoreUnavailable("the graph Redis is away (raised by the test task)")
+    return f"{step}+{_first_attempt_raises(tag, 'store_away', away)}"
 
 
 @task
@@ -503,12 +568,16 @@ def gather_items(item_fails_once):
 
 
 @task
-def occupy(tag: str, tenant: str = "-", seconds: float = 0.2, mark: str = ""):
-    """Holds a worker for ``seconds``; ``mark`` "start" / "end" records 'start:<tenant>' /
-    'end:<tenant>' in the trace first / last, so a two-node run brackets its whole life."""
+def occupy(tag: str, tenant: str = "-", seconds: float = 0.2, mark: str = "", gate: str = ""):
+    """Holds a worker for ``seconds`` (with a ``gate``: until the test opens it, at most
+    ``seconds``); ``mark`` "start" / "end" records 'start:<tenant>' / 'end:<tenant>' in the
+    trace first / last, so a two-node run brackets its whole life."""
     if mark == "start":
         trace(tag, f"start:{tenant}")
-    time.sleep(seconds)
+    if gate:
+        held(gate, timeout=seconds)
+    else:
+        time.sleep(seconds)
     if mark == "end":
         trace(tag, f"end:{tenant}")
     return tenant
@@ -533,3 +602,9 @@ def paced(tag: str):
 
 # the tasks of the tests of handlers and compensations, registered wherever these are
 from tests import after_tasks  # noqa: E402, F401
+
+
+@task(graph_eager=False)
+def always_published(tag=None, name: str = "always_published", delay: float = 0.0):
+    """A node that is always published, never run as an eager successor."""
+    return _step(name, tag, delay)

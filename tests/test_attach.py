@@ -5,35 +5,24 @@ and connected is per process. No Redis needed."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
-from tests.support import ROOT
+from tests.support.processes import run_py, subprocess_env
 
 STEP = "celery_graph.worker.step:GraphWorkerStep"
 
 
-def run_py(code: str) -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+def run_code(code: str) -> None:
+    out = run_py(["-c", textwrap.dedent(code)], subprocess_env(), timeout=60)
     assert out.returncode == 0, out.stderr
 
 
 def test_importing_celery_graph_keeps_celerys_set_of_apps():
-    run_py("import celery._state as s; a = s._apps; import celery_graph; assert s._apps is a")
+    run_code("import celery._state as s; a = s._apps; import celery_graph; assert s._apps is a")
 
 
 def test_importing_celery_graph_registers_nothing_with_celery():
-    run_py(
+    run_code(
         """
         import celery._state as s
         from celery import Celery, signals
@@ -56,7 +45,7 @@ def test_importing_celery_graph_registers_nothing_with_celery():
 def test_importing_celery_graph_loads_no_cli_web_server_metrics_redis_or_tracing_sdk():
     # Celery itself imports click (celery.app.base uses click.exceptions): the check is
     # that celery_graph adds none of these to what `from celery import Celery` loads.
-    run_py(
+    run_code(
         """
         import sys
         from celery import Celery, Task, shared_task
@@ -77,7 +66,7 @@ def test_importing_celery_graph_loads_no_cli_web_server_metrics_redis_or_tracing
 
 
 def test_declaring_a_graph_task_attaches_to_apps_and_wraps_only_graph_tasks():
-    run_py(
+    run_code(
         """
         from celery import Celery
 
@@ -114,7 +103,7 @@ def test_declaring_a_graph_task_attaches_to_apps_and_wraps_only_graph_tasks():
 
 
 def test_install_attaches_an_app_that_declares_no_graph_task():
-    run_py(
+    run_code(
         """
         from celery import Celery
 

@@ -27,7 +27,7 @@ def test_duplicate_arrival_counts_once_and_release_is_marked_at_once(app):
     complete = state.scripts.complete
     assert complete(spec, run_id, node["a"], '"a"').publish == []
     # a duplicate of a: stored already, still only one arrival
-    assert complete(spec, run_id, node["a"], '"a"') == (0, 0, [], [])
+    assert complete(spec, run_id, node["a"], '"a"') == (0, 0, [], [], None)
     assert complete(spec, run_id, node["b"], '"b"').publish == []
     assert complete(spec, run_id, node["c"], '"c"').publish == ["join_count"]
     # released, marked published and leased in that same call: no copy of any arrival

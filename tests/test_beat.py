@@ -358,7 +358,7 @@ def test_a_chain_whose_graph_cannot_start_fails_the_canvas(app):
 # -- invariant 1: the submission carries the graph, node messages ids only ---------------
 
 
-def test_node_messages_of_a_run_started_by_run_graph_carry_ids_only(app, published):
+def test_node_messages_of_a_run_started_by_run_graph_carry_ids_only(app, eager_off, published):
     names = [secrets.token_hex(100) for _ in range(40)]
     flow = step.bind(id="n0", name=names[0])
     for i in range(1, 40):

@@ -24,8 +24,8 @@ def test_kills_a_lost_broker_and_a_graph_redis_restart_lose_no_run_and_double_no
         seed=7,
     )
     assert report.kills == 3
-    assert report.runs_lost == 0, report
+    assert report.runs_lost == 0, "\n".join([repr(report), *report.stuck])
     assert report.wrong_results == 0, report
-    assert report.nodes_doubled == 0, report
+    assert report.nodes_doubled == 0, "\n".join([repr(report), *report.suspect])
     assert report.joins_doubled == 0, report
-    assert report.order_violations == 0, report
+    assert report.order_violations == 0, "\n".join([repr(report), *report.suspect])

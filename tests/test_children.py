@@ -51,6 +51,11 @@ def test_a_failed_child_fails_the_node_naming_the_child(app, tag):
     assert f"child run {kid} failed in node 'invoice'" in info.value.exc_message
     assert "no address for bad" in info.value.exc_message
     assert "summary" not in read_trace(tag)
+    # the child's failure failed the node: Celery's result backend says so, with its type
+    result = app.AsyncResult(f"{run.id}:per_customer")
+    assert result.state == "FAILURE"
+    assert isinstance(result.result, ValueError)
+    assert f"child run {kid} failed in node 'invoice'" in str(result.result)
 
 
 def test_the_node_holds_no_worker_while_its_child_runs(app, tag):

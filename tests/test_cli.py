@@ -7,7 +7,6 @@ import contextlib
 import json
 import re
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -15,8 +14,10 @@ import pytest
 import redis
 from celery import Celery
 
+from celery_graph import GraphRun
 from celery_graph import cli as cli_module
-from tests.support.helpers import starts_processes
+from tests.support.apps import new_app
+from tests.support.helpers import starts_processes, wait_for
 from tests.support.processes import base_env, celery_worker, cli, redis_db_url
 from tests.tasks import (
     after_boom,
@@ -68,6 +69,15 @@ def env(redis_url: str) -> Iterator[dict[str, str]]:
         assert proc.poll() is None, "the worker died during the tests"
 
 
+@pytest.fixture()
+def bare_env(redis_url: str) -> dict[str, str]:
+    """The environment of commands that need no worker (the module's Redis database, a
+    key prefix of their own): tests without the module's worker are not kept on the xdist
+    process that runs it, so they spread over the others."""
+    url = redis_db_url(redis_url, 3)
+    return base_env(url, CELERY_BROKER_URL=url)
+
+
 def one_line_error(result) -> str:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -76,15 +86,25 @@ def one_line_error(result) -> str:
 
 
 def wait_state(env: dict[str, str], run_id: str, states: set[str], timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        out = cli("status", run_id, "--json", env=env)
-        assert out.returncode == 0, out.stderr
-        data = json.loads(out.stdout)
-        if data["state"] in states or any(n["state"] in states for n in data["nodes"].values()):
-            return data
-        assert time.monotonic() < deadline, data
-        time.sleep(0.1)
+    """Wait until the run or one of its nodes is in ``states``, reading it in this process
+    (a `status` command a look cost about a CPU-second, several looks a wait), then the
+    run's `status --json` document, from the command."""
+    app = new_app(
+        "cgcli-wait",
+        env.get("CELERY_BROKER_URL", env["CELERY_GRAPH_REDIS_URL"]),
+        graph_redis_url=env["CELERY_GRAPH_REDIS_URL"],
+        graph_key_prefix=env["CELERY_GRAPH_KEY_PREFIX"],
+    )
+    run = GraphRun(run_id, app=app)
+
+    def reached() -> bool:
+        status = run.status()
+        return status.state in states or any(n.state in states for n in status.nodes.values())
+
+    wait_for(reached, timeout, f"run {run_id}, or a node of it, to be one of {sorted(states)}")
+    out = cli("status", run_id, "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
 
 
 def test_help_lists_commands_and_examples() -> None:
@@ -94,13 +114,21 @@ def test_help_lists_commands_and_examples() -> None:
     for command in COMMANDS:
         assert command in top.stdout
     assert "examples:" in top.stdout
+    # each command's help in this process (the same click group the console script runs;
+    # a process per command cost about a CPU-second each)
+    from click.testing import CliRunner
+
+    from celery_graph.cli.groups import celery_graph
+
     for command in COMMANDS:
-        sub = cli(command, "--help", env=env)
-        assert sub.returncode == 0, sub.stderr
-        assert "examples:" in sub.stdout
-        assert re.search(rf"celery-graph (-A \S+ )?{command}", sub.stdout)
+        sub = CliRunner().invoke(
+            celery_graph, [command, "--help"], prog_name="celery-graph", env=env
+        )
+        assert sub.exit_code == 0, sub.output
+        assert "examples:" in sub.output
+        assert re.search(rf"celery-graph (-A \S+ )?{command}", sub.output)
         for option in ("-A, --app APP", "--redis-url URL", "--key-prefix PREFIX"):
-            assert option in sub.stdout
+            assert option in sub.output
 
 
 def test_run_wait_prints_progress_and_result(env) -> None:
@@ -269,15 +297,15 @@ def test_resume_a_cancelled_run_keeps_stored_results(env) -> None:
     assert "not resumable: run is succeeded" in again.stderr
 
 
-def test_show_flow_as_text_mermaid_and_dot(env) -> None:
-    text = cli("show", "tests.test_cli:ETL", env=env)
+def test_show_flow_as_text_mermaid_and_dot(bare_env) -> None:
+    text = cli("show", "tests.test_cli:ETL", env=bare_env)
     assert text.returncode == 0, text.stderr
     assert text.stdout.splitlines()[1] == "extract"
     assert "load  (join of " in text.stdout and "load ↑" in text.stdout
-    mermaid = cli("show", "tests.test_cli:ETL", "--format", "mermaid", env=env)
+    mermaid = cli("show", "tests.test_cli:ETL", "--format", "mermaid", env=bare_env)
     assert mermaid.stdout.startswith("flowchart TD\n")
     assert "n_extract --> n_transform" in mermaid.stdout
-    dot = cli("show", "tests.test_cli:ETL", "-f", "dot", env=env)
+    dot = cli("show", "tests.test_cli:ETL", "-f", "dot", env=bare_env)
     assert dot.stdout.startswith("digraph ") and '"audit" -> "load";' in dot.stdout
 
 
@@ -307,34 +335,36 @@ def test_show_run_marks_states(env) -> None:
         (["runs", "--key-prefix", "bad{prefix}"], "malformed key prefix"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(env, args, reason) -> None:
-    out = cli(*args, env=env)
+def test_bad_input_exits_2_with_one_line(bare_env, args, reason) -> None:
+    out = cli(*args, env=bare_env)
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert reason in one_line_error(out)
 
 
-def test_unreachable_redis_exits_2_with_one_line(env) -> None:
+def test_unreachable_redis_exits_2_with_one_line(bare_env) -> None:
     for args in (["runs"], ["status", "0" * 32], ["run", "tests.test_cli:ETL"]):
-        out = cli(*args, "--redis-url", "redis://127.0.0.1:1/0", env=env, timeout=60)
+        out = cli(*args, "--redis-url", "redis://127.0.0.1:1/0", env=bare_env, timeout=60)
         assert out.returncode == 2, (args, out.stderr)
         assert "Redis unreachable" in one_line_error(out)
 
 
-def test_options_pick_app_prefix_and_url(env) -> None:
+def test_options_pick_app_prefix_and_url(bare_env) -> None:
     # -A before or after the command; --key-prefix selects another set of runs.
-    empty = cli("runs", "-A", "tests.test_cli:worker_app", "--key-prefix", "cgcli:empty", env=env)
+    empty = cli(
+        "runs", "-A", "tests.test_cli:worker_app", "--key-prefix", "cgcli:empty", env=bare_env
+    )
     assert empty.returncode == 0, empty.stderr
     assert empty.stdout == "no runs under key prefix 'cgcli:empty'\n"
-    run_id = cli("-A", "tests.test_cli:worker_app", "run", "tests.test_cli:ETL", env=env)
+    run_id = cli("-A", "tests.test_cli:worker_app", "run", "tests.test_cli:ETL", env=bare_env)
     assert run_id.returncode == 0, run_id.stderr
-    listed = cli("runs", "--redis-url", env["CELERY_GRAPH_REDIS_URL"], env=env)
+    listed = cli("runs", "--redis-url", bare_env["CELERY_GRAPH_REDIS_URL"], env=bare_env)
     assert run_id.stdout.strip() in listed.stdout
 
 
-def test_workers_with_none_registered_under_the_prefix(env) -> None:
+def test_workers_with_none_registered_under_the_prefix(bare_env) -> None:
     # the celery worker of this module is plain `celery worker`, not graph-worker, so no
     # heartbeat is registered under the fresh prefix (examples test a live graph-worker)
-    out = cli("workers", "--key-prefix", "cgcli:nobody-here", env=env)
+    out = cli("workers", "--key-prefix", "cgcli:nobody-here", env=bare_env)
     assert out.returncode == 0, out.stderr
     assert out.stdout == "no live workers under key prefix 'cgcli:nobody-here'\n"
 
@@ -411,7 +441,7 @@ def test_an_app_attribute_that_is_missing_is_named() -> None:
     assert "module 'tests.test_cli' has no attribute 'no_such_app'" in one_line_error(out)
 
 
-def test_a_misspelt_input_is_one_line_error(env) -> None:
-    out = cli("run", "tests.test_cli:ETL", "--input", "m=4", env=env)
+def test_a_misspelt_input_is_one_line_error(bare_env) -> None:
+    out = cli("run", "tests.test_cli:ETL", "--input", "m=4", env=bare_env)
     assert out.returncode == 2
     assert "run input(s) 'm' are a parameter of no node" in one_line_error(out)

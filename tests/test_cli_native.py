@@ -93,6 +93,7 @@ def test_the_celery_command_lists_workflow_and_its_commands() -> None:
     assert "--app" not in status.stdout  # the app is Celery's own -A
 
 
+@pytest.mark.timeout(300)  # a dozen commands one after another: 73 s on a loaded machine
 def test_celery_workflow_runs_a_flow_on_celerys_app_and_reads_it_back(env) -> None:
     done = celery("run", "tests.test_cli_native:ETL", "-i", "n=2", "--wait", "--json", env=env)
     assert done.returncode == 0, done.stderr
@@ -213,6 +214,7 @@ def test_summary_of_a_100000_node_run_is_short_and_fast() -> None:
     assert any(line.startswith("n6 ") and "queued 30s" in line for line in lines)
 
 
+@pytest.mark.timeout(300)  # four commands drawing 3,000 nodes: 61 s on a loaded machine
 def test_a_closed_pipe_ends_quietly() -> None:
     # `true` closes the pipe before the command writes: every write fails with EPIPE
     env = base_env("redis://127.0.0.1:1/0")

@@ -155,7 +155,9 @@ def test_version() -> None:
 
 def help_texts() -> Iterator[str]:
     yield cli_group.epilog or ""
-    for command in cli_group.commands.values():
+    ctx = click.Context(cli_group)
+    for name in cli_group.list_commands(ctx):  # the group loads its commands on first use
+        command = cli_group.get_command(ctx, name)
         assert isinstance(command, click.Command)
         yield command.epilog or ""
 

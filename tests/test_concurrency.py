@@ -15,7 +15,7 @@ from celery_graph.errors import GraphDefinitionError, MissingParameterError
 from celery_graph.state import Slot, state_for
 from tests.support.helpers import most_at_once, wait_for
 from tests.support.processes import base_env, cli
-from tests.tasks import fails_then_ok, occupy, read_trace, step
+from tests.tasks import fails_then_ok, occupy, open_gate, read_trace, step, trace_client
 
 
 def limited(tag: str, limit: int, key: str | None = None, seconds: float = 0.2):
@@ -146,9 +146,10 @@ def test_a_slot_whose_run_never_came_is_freed_by_the_reconciler(app, tag):
 def test_a_resumed_run_takes_a_slot_again_or_waits_queued_for_one(app, tag):
     """resume() on a run of a limited flow: while the slot is taken it waits in 'queued'
     with its place in line, and its nodes are sent again when the slot frees."""
+    gate = f"resume-{tag}"  # the second run holds the slot until the CLI has answered
     flow = (
         fails_then_ok.bind(id="check")
-        >> occupy.bind(id="enter", mark="start", seconds=3.0)  # the CLI starts meanwhile
+        >> occupy.bind(id="enter", mark="start", seconds=60.0, gate=gate)
         >> occupy.bind(id="leave", mark="end", seconds=0.5)
     ).with_name(f"limited-{tag}")
     flow = flow.with_concurrency(1)
@@ -163,6 +164,7 @@ def test_a_resumed_run_takes_a_slot_again_or_waits_queued_for_one(app, tag):
     assert f"resumed run {first.id}: queued (#1 in line)" in done.stdout
     status = first.status()
     assert (status.state, status.position) == ("queued", 1)
+    open_gate(trace_client(), gate)
     assert first.get(timeout=60) == "first" and second.get(timeout=60) == "second"
     trace = read_trace(tag)
     assert trace.index("start:first") > trace.index("end:second"), trace

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Any
 
 import pytest
@@ -204,6 +205,44 @@ def test_a_changed_setting_is_seen_at_the_next_read(clean_env: pytest.MonkeyPatc
     assert Settings.from_app(app).redis_url == "redis://127.0.0.1:9/5"
     clean_env.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:9/6")  # Celery's own override
     assert Settings.from_app(app).redis_url == "redis://127.0.0.1:9/6"
+
+
+def test_the_environment_is_read_without_os_environ_get(clean_env: pytest.MonkeyPatch) -> None:
+    """The cache's look at the environment reads os.environ's raw dict (os.environ.get
+    raised and caught a KeyError per unset variable: most of a lookup's time); an
+    os.environ without that dict is read through get(), with the same answers."""
+    app = new_app()
+    clean_env.setenv("CELERY_GRAPH_QUEUED_LEASE", "5")
+    assert Settings.from_app(app).queued_lease == 5.0
+    plain = dict(os.environ, CELERY_GRAPH_QUEUED_LEASE="6")
+    clean_env.setattr(config.os, "environ", plain)
+    assert config._environment() == tuple(map(plain.get, config._ENV_NAMES))
+    assert Settings.from_app(app).queued_lease == 6.0
+
+
+def test_pinned_settings_are_read_once_and_seen_changed_after_the_block(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    """A node delivery pins its app's settings (executor/task.py): every lookup inside
+    answers the settings read on entry; a change made meanwhile is seen after the block,
+    and other apps and other threads read as before."""
+    import threading
+
+    app, other = new_app(), new_app(graph_key_prefix="pinned:other")
+    with config.pinned(app) as held:
+        assert held is Settings.from_app(app)
+        app.conf.graph_queued_lease = 7
+        assert Settings.from_app(app).queued_lease == 30.0  # pinned
+        assert Settings.from_app(other).key_prefix == "pinned:other"
+        seen: list[float] = []
+        thread = threading.Thread(target=lambda: seen.append(Settings.from_app(app).queued_lease))
+        thread.start()
+        thread.join()
+        assert seen == [7.0]  # another thread is not pinned
+        with config.pinned(other):
+            assert Settings.from_app(app).queued_lease == 7.0
+        assert Settings.from_app(app) is held  # the outer pin again
+    assert Settings.from_app(app).queued_lease == 7.0
 
 
 def test_a_dict_changed_in_place_is_seen(clean_env: pytest.MonkeyPatch) -> None:

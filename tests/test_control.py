@@ -9,6 +9,7 @@ import pytest
 
 from celery_graph import (
     Backpressure,
+    BrokerUnavailable,
     GraphRun,
     PublishError,
     RunFailed,
@@ -47,6 +48,27 @@ def test_unreachable_broker_is_a_clear_error_and_the_run_is_marked_failed(app, r
     assert "publishing the root nodes failed" in status.error["message"]
     with pytest.raises(RunFailed, match="publishing the root nodes failed"):
         run.get(timeout=5)
+
+
+def test_a_submission_that_cannot_read_queue_depths_names_the_broker_and_sends_nothing(
+    app, redis_url, rclient
+):
+    """With backpressure on, a submission reads its queues' depths first: an unreachable
+    broker is BrokerUnavailable naming the queue (it was kombu's own error), and no run
+    is created. The reconciler meets the same error while the broker is away, and logs it
+    on one line per run instead of a traceback."""
+    dead = make_app(redis_url, f"redis://127.0.0.1:{free_port()}/0", "cgtest_dead", SESSION)
+    dead.conf.broker_connection_timeout = 1
+    dead.conf.broker_connection_max_retries = 0
+    dead.conf.graph_max_queue_depth = 10
+    keys = Keys(app.conf.graph_key_prefix)
+    before = rclient.zcard(keys.runs_index())
+    try:
+        with pytest.raises(BrokerUnavailable, match=r"depth of queue '[^']+'"):
+            (extract >> step).submit(app=dead)
+    finally:
+        app.set_current()
+    assert rclient.zcard(keys.runs_index()) == before
 
 
 def test_idempotency_key_returns_the_run_already_started(app, published):

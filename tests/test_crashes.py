@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from celery_graph import GraphRun, RunFailed, StoreUnavailable
+from celery_graph.state import state_for
 from celery_graph.testing import PrivateRedis
 from tests.support.helpers import starts_processes, trace_of, wait_for
 from tests.support.processes import Workers
@@ -48,6 +49,53 @@ def test_worker_killed_mid_node_run_completes_with_everything_once(workers, rcli
 
 
 @pytest.mark.slow
+def test_worker_killed_after_an_eager_successor_was_begun_before_its_function(
+    redis_url, rclient, tag
+):
+    """The call that completed first leased slow as running for its worker
+    (complete_begin.lua); the worker is SIGKILLed before slow's function starts (held in
+    Celery's task_prerun): the lease runs out, the reconciler counts one lost worker and
+    sends slow again, and it runs once, elsewhere (DESIGN.md, invariants 9 and 11)."""
+    workers = Workers(redis_url, pool="threads", isolate=True)
+    workers.extra_env["CGTEST_HOLD_PRERUN"] = "slow:60"
+    try:
+        workers.start("a")
+        workers.start("b")
+        flow = (
+            step.bind(id="first", name="first")
+            >> step.bind(id="slow", name="slow", tag=tag)  # in its message, for the hold
+            >> step.bind(id="last", name="last")
+        )
+        run = flow.submit({"tag": tag}, app=workers.app)
+        status = wait_for(
+            lambda: (
+                "prerun:slow" in trace_of(rclient, tag)
+                and (s := run.status()).nodes["slow"].state == "running"
+                and s
+            ),
+            timeout=30,
+            what="slow to be begun and held before its function",
+        )
+        victim = status.nodes["slow"].worker
+        assert victim == status.nodes["first"].worker  # begun where first ran
+        assert status.nodes["slow"].attempts == 1
+        workers.kill(victim)
+        assert "start:slow" not in trace_of(rclient, tag)
+        assert run.get(timeout=90) == "last"
+        trace = trace_of(rclient, tag)
+        assert trace.count("start:first") == 1, trace
+        assert trace.count("start:slow") == trace.count("end:slow") == 1, trace
+        assert trace.count("start:last") == 1, trace
+        final = run.status()
+        assert final.nodes["slow"].attempts == 2
+        assert final.nodes["slow"].worker != victim
+        assert state_for(workers.app).runs.node_fields(run.id).get("slow:lost") == "1"
+    finally:
+        workers.stop()
+        workers.app.connection_for_write().default_channel.queue_purge(workers.queue)
+
+
+@pytest.mark.slow
 def test_redis_restart_mid_run_completes_or_fails_clearly(tmp_path, tag):
     server = PrivateRedis(appendonly=True).start()
     w = None
@@ -81,3 +129,45 @@ def test_redis_restart_mid_run_completes_or_fails_clearly(tmp_path, tag):
         if w is not None:
             w.stop()
         server.cleanup()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pool", ["threads", "prefork"])
+def test_worker_killed_mid_eager_successor_completes_with_everything_once(
+    redis_url, rclient, tag, pool
+):
+    """The successor runs in the worker that ran its upstream node, without a message
+    (executor/eager.py); SIGKILLed there, its lease runs out and the reconciler sends it:
+    it runs once more, and nothing else runs twice."""
+    workers = Workers(redis_url, pool=pool, isolate=True)
+    try:
+        workers.start("a")
+        workers.start("b")
+        flow = (
+            step.bind(id="first", name="first")
+            >> step.bind(id="slow", name="slow", delay=10.0)
+            >> step.bind(id="last", name="last")
+        )
+        run = flow.submit({"tag": tag}, app=workers.app)
+        # its body started (running is recorded before the body writes its start: by the
+        # call that completed first, complete_begin.lua, a kill in between runs it once)
+        wait_for(lambda: "start:slow" in trace_of(rclient, tag), timeout=30, what="slow's body")
+        status = run.status()
+        assert status.nodes["slow"].state == "running", status.nodes["slow"]
+        victim = status.nodes["slow"].worker
+        assert victim == status.nodes["first"].worker  # run eagerly, where first ran
+        workers.kill(victim)
+        assert "end:slow" not in trace_of(rclient, tag)  # killed in the middle of it
+        assert run.get(timeout=90) == "last"
+        trace = trace_of(rclient, tag)
+        assert trace.count("start:first") == 1, trace
+        assert trace.count("start:slow") == 2, trace  # once more, after the kill
+        assert trace.count("end:slow") == 1, trace
+        assert trace.count("start:last") == 1, trace
+        final = run.status()
+        assert final.nodes["slow"].attempts == 2
+        assert final.nodes["slow"].worker != victim
+        assert set(run.results()) == {"first", "slow", "last"}
+    finally:
+        workers.stop()
+        workers.app.connection_for_write().default_channel.queue_purge(workers.queue)

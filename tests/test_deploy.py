@@ -17,6 +17,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import click
 import pytest
 import yaml
 from flower.options import options as flower_options
@@ -37,10 +38,11 @@ K8S = DEPLOY / "k8s"
 SYSTEMD = DEPLOY / "systemd"
 # every variable celery-graph itself reads: the settings table of celery_graph/config.py,
 # and the options of its commands that read one (the dashboard's --basic-auth...)
+_CTX = click.Context(cli_group)
 CLI_ENV = {
     p.envvar
-    for command in cli_group.commands.values()
-    for p in command.params
+    for name in cli_group.list_commands(_CTX)  # the group loads its commands on first use
+    for p in cli_group.get_command(_CTX, name).params
     if isinstance(p.envvar, str)
 }
 CODE_ENV = {s.env for s in (*config.SETTINGS, *config.WORKER_SETTINGS)} | CLI_ENV

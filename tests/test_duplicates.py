@@ -41,8 +41,10 @@ def test_every_message_duplicated_still_dispatches_each_node_once(app, published
         if not m["headers"].get("cgtest_dup") and not m["headers"].get("retries")
     ]
     dup_sent = [m for m in ours if m["headers"].get("cgtest_dup")]
-    assert sorted(engine_sent) == [f"t{i}" for i in range(1, 9)]  # each node published once
-    assert len(dup_sent) >= 8  # and each was delivered a second time (retries re-send too)
+    # each node published once; t5, t2's only successor, runs as an eager successor in
+    # t2's worker (executor/eager.py): it has no message to duplicate
+    assert sorted(engine_sent) == [f"t{i}" for i in range(1, 9) if i != 5]
+    assert len(dup_sent) >= 7  # and each was delivered a second time (retries re-send too)
     trace = read_trace(tag)
     for before, after in EIGHT_EDGES:
         assert_order(trace, before, after)

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import redis
 from celery import chain
 from celery.signals import before_task_publish
 
@@ -32,6 +33,7 @@ from celery_graph.testing import free_port
 from tests.support.apps import make_app
 from tests.support.fixtures import SESSION
 from tests.support.helpers import postruns, purge_queue, wait_for
+from tests.support.monitor import Monitor, command
 from tests.tasks import (
     UNCONSUMED_QUEUE,
     boom,
@@ -82,6 +84,31 @@ def _create(app, flow, inputs: str = "{}") -> tuple[str, object]:
     run_id = uuid.uuid4().hex
     state_for(app).runs.create(run_id, spec, inputs)
     return run_id, spec
+
+
+def test_a_run_created_on_a_server_that_lost_its_scripts_is_listed_after_its_record(app, redis_url):
+    """A server that lost its scripts (a restart, SCRIPT FLUSH) answers the EVALSHA of
+    start.lua in the creation's round trip with NOSCRIPT; the script then runs alone. The
+    listing for the reconciler must come after it too: a sweep in between finds the run
+    listed without a record, drops it as gone, and no sweep ever looks at the run again
+    (a node lost with its worker is never sent again: a chaos run hung so)."""
+    spec = (step >> step.bind(id="b")).compile()
+    run_id = uuid.uuid4().hex
+    state = state_for(app)
+    redis.Redis.from_url(redis_url).script_flush()  # the session's own server
+    with Monitor(redis_url) as mon:
+        state.runs.create(run_id, spec, "{}")
+    lines = [line for line in mon.lines if not line.startswith("lua")]
+    scripts = [i for i, line in enumerate(lines) if command(line) == "evalsha" and run_id in line]
+    assert len(scripts) >= 2, lines  # the one that met NOSCRIPT, the one that ran
+    index = state.keys.running_index()
+    listed = [
+        i
+        for i, line in enumerate(lines)
+        if command(line) == "zadd" and index in line and run_id in line
+    ]
+    assert listed and max(listed) > max(scripts), lines
+    assert state.client.zscore(index, run_id) is not None
 
 
 # -- failures ------------------------------------------------------------------------
@@ -135,6 +162,7 @@ def test_a_group_policy_is_decided_in_the_same_call_as_the_failing_arrival(app):
     )
     assert arrival.ended == 2
     record = state.runs.record(run_id)
+    assert arrival.record == record  # answered by the call that failed the run
     assert record["status"] == "failed"
     assert "critical member(s) a failed" in record["error"]
     # b arriving later cannot revive it

@@ -56,6 +56,15 @@ def persistent_redis() -> Iterator[PrivateRedis]:
         server.cleanup()
 
 
+def _middle_started(rclient, tag: str) -> None:
+    """Wait until chain3's middle node has begun its body."""
+    wait_for(
+        lambda: "start:middle" in trace_of(rclient, tag),
+        timeout=30,
+        what="the middle node to start",
+    )
+
+
 def chain3(tag: str, delay: float = 0.0):
     return (
         step.bind(id="first", name="first", tag=tag)
@@ -147,11 +156,7 @@ def test_the_graph_redis_away_longer_than_its_retries_is_not_a_node_failure(
     try:
         w.start("graph-down")
         run = chain3(tag, delay=2.0).submit(app=w.app)
-        wait_for(
-            lambda: "start:middle" in trace_of(rclient, tag),
-            timeout=30,
-            what="the middle node to start",
-        )
+        _middle_started(rclient, tag)
         graph.stop()
         wait_for(
             lambda: "end:middle" in trace_of(rclient, tag),
@@ -173,18 +178,16 @@ def test_the_broker_away_while_successors_are_published_is_not_a_failure(
     persistent_redis, redis_url, rclient, tag
 ):
     """The broker stops while a node runs: its successor cannot be published. The node
-    succeeded, so the run does not fail; once the broker is back the successor runs."""
+    succeeded, so the run does not fail; once the broker is back the successor runs.
+    (Eager successors off: with them on, the successor needs no broker, see below.)"""
     broker = persistent_redis
     w = _workers(broker.url, graph_url=redis_url)
+    w.extra_env["CELERY_GRAPH_EAGER_SUCCESSORS"] = "0"
     try:
         w.start("broker-down")
         w.supervise()  # Celery's worker may exit on a broker reconnect (celery#9250)
         run = chain3(tag, delay=2.0).submit(app=w.app)
-        wait_for(
-            lambda: "start:middle" in trace_of(rclient, tag),
-            timeout=30,
-            what="the middle node to start",
-        )
+        _middle_started(rclient, tag)
         broker.stop()
         wait_for(
             lambda: "end:middle" in trace_of(rclient, tag),
@@ -196,6 +199,29 @@ def test_the_broker_away_while_successors_are_published_is_not_a_failure(
         broker.start()
         assert run.get(timeout=90) == "last"
         assert trace_of(rclient, tag).count("start:last") == 1
+    finally:
+        w.stop()
+
+
+def test_eager_successors_finish_a_chain_while_the_broker_is_away(
+    persistent_redis, redis_url, rclient, tag
+):
+    """With eager successors (the default) the rest of a sequential run needs no broker:
+    it finishes during the outage; the message that started the chain, unacknowledged,
+    comes back once the broker does and changes nothing."""
+    broker = persistent_redis
+    w = _workers(broker.url, graph_url=redis_url)
+    try:
+        w.start("broker-down-eager")
+        w.supervise()
+        run = chain3(tag, delay=2.0).submit(app=w.app)
+        _middle_started(rclient, tag)
+        broker.stop()
+        assert run.get(timeout=60) == "last"
+        broker.start()
+        time.sleep(3)  # the first message may come back: it runs nothing again
+        trace = trace_of(rclient, tag)
+        assert [trace.count(f"start:{n}") for n in ("first", "middle", "last")] == [1, 1, 1]
     finally:
         w.stop()
 
@@ -280,6 +306,10 @@ def test_a_message_that_kills_its_worker_every_time_fails_the_run_clearly(redis_
         assert info.value.exc_type == "NodeLost"
         assert info.value.node_id == "kill_own_process"
         assert "lost its worker 3 times" in info.value.exc_message
+        result = w.app.AsyncResult(f"{run.id}:kill_own_process")  # in the result backend too
+        assert result.state == "FAILURE"
+        assert type(result.result).__name__ == "NodeLost"
+        assert "lost its worker 3 times" in str(result.result)
     finally:
         w.stop()
 

@@ -194,3 +194,29 @@ def test_the_state_boundary_translates_a_refused_command(limited_url):
     client = redis.Redis.from_url(limited_url)
     with pytest.raises(StorePermissionDenied, match=r"refused reading a key: .*no permissions"):
         translated("reading a key", lambda: client.get("cgtest:anything"))
+
+
+def test_a_graph_the_acl_will_not_store_leaves_no_run_going(redis_url, rclient, tag):
+    """A submission's graph goes in start.lua's round trip (state/runs.py create): a
+    server that refuses that write (here its ACL: SET denied) while it creates the run
+    gets the run ended failed, nothing published, and the refusal raised."""
+    from celery_graph.client.submit import run_id_for
+    from tests.support.apps import make_app
+
+    if os.environ.get("CELERY_GRAPH_TEST_REDIS_URL"):
+        pytest.skip("the ACL test changes users: it runs only on the tests' private Redis")
+    user, password = f"cgtest-acl-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    rclient.execute_command("ACL", "SETUSER", user, "on", f">{password}", "~*", "+@all", "-set")
+    parts = urlsplit(redis_url)
+    netloc = f"{user}:{password}@{parts.hostname}:{parts.port}"
+    admin = make_app(redis_url, session=f"acl-{tag}")
+    limited = make_app(redis_url, session=f"acl-{tag}")
+    limited.conf.graph_redis_url = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    try:
+        with pytest.raises(StorePermissionDenied, match="no permissions"):
+            step.bind(id="one", name="one").submit(app=limited, idempotency_key=tag)
+    finally:
+        rclient.execute_command("ACL", "DELUSER", user)
+    record = state_for(admin).runs.record(run_id_for(tag))
+    assert record["status"] == "failed" and "storing its graph failed" in record["error"]
+    assert rclient.llen(f"cgtest-acl-{tag}") == 0  # the root was never sent

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import pytest
 
 from celery_graph import GraphRun, RunFailed, workflow
-from tests.support.helpers import assert_order
+from tests.support.helpers import assert_order, postruns, wait_for
 from tests.tasks import (
     add,
     after_boom,
@@ -222,3 +225,142 @@ def test_run_reopened_by_id(any_app):
     assert again.get(timeout=20) == 3
     assert again.status().state == "succeeded"
     assert again.status().nodes["audit"].worker  # the worker hostname is recorded
+
+
+def test_a_waiter_reads_the_record_and_the_sinks_results_in_one_round_trip(app, monkeypatch):
+    """get() on a handle that knows its graph reads the run record and the sinks' results
+    together (state/runs.py record_with_results, a pipeline): the client's separate
+    HGETALL and HMGET are never called, whatever the outcome, one sink or several."""
+    from celery_graph.state import state_for
+    from tests.tasks import audit, boom, extract, transform
+
+    with postruns() as done:
+        one = (extract >> transform).apply_async()
+        several = (extract >> (transform | audit)).apply_async()
+        failing = boom.bind(id="broken").as_graph().apply_async()
+        client = state_for(app).runs.client
+
+        def refused(*args, **kwargs):
+            raise AssertionError("read on its own, not with the record")
+
+        for run in (one, several, failing):  # let them end first
+            with pytest.raises(Exception) if run is failing else contextlib.nullcontext():
+                run.get(timeout=30)
+        # and the in-process worker be done with them (it reads with the same client)
+        ends = (one.id, "transform"), (several.id, "transform"), (several.id, "audit")
+        for task_id in [f"{r}:{n}" for r, n in ends] + [f"{failing.id}:broken"]:
+            assert done.wait(task_id), task_id
+    monkeypatch.setattr(client, "hgetall", refused)
+    monkeypatch.setattr(client, "hmget", refused)
+    assert GraphRun(one.id, app=app, spec=one.spec()).get(timeout=5) == [10, 20, 30]
+    assert one.get(timeout=5) == [10, 20, 30]
+    assert several.get(timeout=5) == {"transform": [10, 20, 30], "audit": 3}
+    with pytest.raises(RunFailed, match="broken"):
+        failing.get(timeout=5)
+
+
+def test_a_submission_makes_one_round_trip_to_redis_before_its_first_message(app, monkeypatch):
+    """The graph stored, the run listed for the reconciler, created by start.lua and
+    listed again go in one pipeline (state/runs.py create: a client of one server); the
+    run is listed among the runs (``runs``, the dashboard) after its roots are out."""
+    import redis.connection
+
+    from celery_graph.client import submit as submitting
+    from celery_graph.state import state_for
+    from tests.tasks import extract, transform
+
+    flow = extract >> transform
+    assert flow.apply_async().get(timeout=30) == [10, 20, 30]  # connections made
+    me = threading.get_ident()
+    sends: list[object] = []
+    send = redis.connection.Connection.send_packed_command
+
+    def counted(self, command, *args, **kwargs):
+        if threading.get_ident() == me:
+            sends.append(command)
+        return send(self, command, *args, **kwargs)
+
+    before_publish: list[int] = []
+    publish = submitting.publish_nodes
+
+    def publishing(*args, **kwargs):
+        before_publish.append(len(sends))
+        return publish(*args, **kwargs)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counted)
+    monkeypatch.setattr(submitting, "publish_nodes", publishing)
+    run = flow.apply_async()
+    monkeypatch.undo()
+    assert before_publish == [1]
+    assert run.get(timeout=30) == [10, 20, 30]
+    state = state_for(app)
+    listed = state.client.zscore(state.keys.runs_index(), run.id)
+    assert listed == float(state.runs.record(run.id)["created"])
+
+
+def test_get_on_a_run_just_submitted_waits_for_its_signal_before_reading(app, monkeypatch):
+    """A handle from the submission that created the run (no deadline) waits for the
+    run's completion signal first and reads the record with its results once, where it
+    read them before waiting too; a run with a deadline, or a handle made from an id,
+    reads first."""
+    from celery_graph.state import state_for
+    from tests.tasks import extract, transform
+
+    runs = state_for(app).runs
+    reads: list[str] = []
+    read = runs.record_with_results
+    me = threading.get_ident()  # the in-process worker reads the record too, to end the run
+
+    def counted(run_id, *args):
+        if threading.get_ident() == me:
+            reads.append(run_id)
+        return read(run_id, *args)
+
+    monkeypatch.setattr(runs, "record_with_results", counted)
+    run = (extract >> transform).apply_async()
+    assert run.get(timeout=30) == [10, 20, 30]
+    assert reads == [run.id]
+    reads.clear()
+    assert run.get(timeout=5) == [10, 20, 30]  # once only: it has ended now
+    assert reads == [run.id]
+    reads.clear()
+    timed = (extract >> transform).apply_async(deadline=60)
+    assert timed.get(timeout=30) == [10, 20, 30]
+    assert len(reads) >= 1 and set(reads) == {timed.id}
+
+
+def test_the_end_of_a_run_reads_its_record_once(app, monkeypatch):
+    """The worker that ends a run has the run record from the call that ended it
+    (complete.lua answers it) and hands it to the run_finished receivers (the metrics count
+    the run from it), the listing under its final state and the concurrency slot: it read
+    it three times, and the slot's fields a fourth, then once, now never on its own. The
+    run is still listed and counted, with the record as it ended."""
+    import redis
+
+    from celery_graph.signals import run_finished
+    from celery_graph.state import state_for
+    from tests.tasks import extract
+
+    runs = state_for(app).runs
+    reads: list[str] = []
+    record = runs.record
+    monkeypatch.setattr(runs, "record", lambda run_id: reads.append(run_id) or record(run_id))
+    received: list[dict] = []
+
+    def receiver(sender=None, run_id=None, record=None, **_):
+        record = record or {}
+        received.append(
+            {"run_id": run_id, "status": record.get("status"), "ended": "finished" in record}
+        )
+
+    run_finished.connect(receiver, weak=False, dispatch_uid="test_engine.record_once")
+    try:
+        run = extract.as_graph().apply_async()
+        assert run.get(timeout=30) == [1, 2, 3]
+        listed = state_for(app).keys.state_runs("succeeded")
+        client = redis.Redis.from_url(state_for(app).settings.redis_url)
+        wait_for(lambda: client.zscore(listed, run.id) is not None, 10, "the run listed")
+    finally:
+        run_finished.disconnect(dispatch_uid="test_engine.record_once")
+    assert reads.count(run.id) == 0
+    assert {"run_id": run.id, "status": "succeeded", "ended": True} in received

@@ -32,7 +32,8 @@ def get(url: str):
 
 @pytest.fixture()
 @starts_processes
-def flower(redis_url, tmp_path):
+def flower(redis_url, tmp_path, request):
+    """Flower and one worker; ``request.param``: the worker's extra environment."""
     queue = f"cgops-flower-{uuid.uuid4().hex[:8]}"
     port = free_port()
     env = subprocess_env(
@@ -44,7 +45,14 @@ def flower(redis_url, tmp_path):
         tmp_path / "flower.log",
         cmd=[sys.executable, "-m", "celery"],
     )
-    worker = start_worker(tmp_path, "fl1", broker_url=redis_url, queue=queue, prefix=PREFIX)
+    worker = start_worker(
+        tmp_path,
+        "fl1",
+        broker_url=redis_url,
+        queue=queue,
+        prefix=PREFIX,
+        env=getattr(request, "param", None),
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: get(f"{base}/healthcheck") == "OK", 30, f"Flower\n{proc.log()}")
@@ -61,6 +69,15 @@ def flower(redis_url, tmp_path):
         proc.stop()
 
 
+# eager successors on (the default: ops_long and ops_last run in the worker that ran
+# ops_first, which sends their task events itself, executor/eager.py) and off (every node
+# is a message the worker consumed)
+@pytest.mark.parametrize(
+    "flower",
+    [None, {"CELERY_GRAPH_EAGER_SUCCESSORS": "0"}],
+    ids=["eager", "published"],
+    indirect=True,
+)
 def test_flower_lists_graph_nodes_under_their_task_names_with_the_run_id(flower):
     app, base = flower
     tag = uuid.uuid4().hex[:8]

@@ -330,7 +330,10 @@ def test_a_run_through_every_run_script(walk_state, tag):
     reclaim = s.reclaim(run_id)
     assert (reclaim.verdict, reclaim.expired) == (Verdict.OK, ())
     assert s.begin(run_id, "join_count", "w1@host", ["b", "c"]).status == Begin.RUNNING
-    assert s.complete(spec, run_id, spec.nodes["join_count"], "3").ended == Ended.SUCCEEDED
+    last = s.complete(spec, run_id, spec.nodes["join_count"], "3")
+    assert last.ended == Ended.SUCCEEDED
+    # the call that ended the run answers its record as it is now (the end reads no more)
+    assert last.record == state.runs.record(run_id) and last.record["status"] == "succeeded"
     assert s.finish(run_id, "failed") == Finish.ALREADY
     assert s.reclaim(run_id).verdict == Verdict.ENDED
     assert s.continuation(run_id, "claim") == Continuation.NONE
@@ -338,6 +341,98 @@ def test_a_run_through_every_run_script(walk_state, tag):
     for key in state.keys.run_keys(run_id, spec.joins):
         ttl = state.client.ttl(key)
         assert ttl == -2 if key in emptied else 0 < ttl <= 60, key
+
+
+def _snapshot(state: State, run_id: str) -> tuple[object, ...]:
+    """Everything a run's scripts write (its record, results, node state and leases)."""
+    k, c = state.keys, state.client
+    return (
+        c.hgetall(k.run(run_id)),
+        c.hgetall(k.results(run_id)),
+        c.hgetall(k.nodes(run_id)),
+        c.zrange(k.leases(run_id), 0, -1, withscores=True),
+        c.zrange(k.queued(run_id), 0, -1, withscores=True),
+    )
+
+
+def test_complete_begin_ends_a_node_and_begins_its_successor_or_writes_nothing(walk_state, tag):
+    """complete_begin.lua (an eager successor, executor/eager.py): the node succeeds as
+    complete.lua would leave it and its successor runs as begin.lua would leave it, never
+    queued; any case it does not cover is declined with nothing written."""
+    state, s = walk_state, walk_state.scripts
+    spec = (step.bind(id="a") >> step.bind(id="b") >> step.bind(id="c")).compile()
+    run_id = f"{tag}{'4' * 20}"
+    assert state.runs.create(run_id, spec, '{"x": 1}', extra={"flow": "etl"})[0]
+    k, c = state.keys, state.client
+    s.begin(run_id, "a", "w1@host", [])
+
+    begun = s.complete_begin(run_id, "a", '"A"', "b", "w1@host", ["a"])
+    assert begun is not None
+    assert (begun.status, begun.inputs, begun.own, begun.upstream) == (
+        Begin.RUNNING,
+        b'{"x": 1}',
+        None,
+        [b'"A"'],
+    )
+    assert (begun.attempt, begun.flow, begun.waited) == (1, "etl", 0.0)
+    nodes = state.runs.node_fields(run_id)
+    assert (nodes["a:state"], nodes["b:state"]) == ("succeeded", "running")
+    a, b = _record(state, run_id, "a"), _record(state, run_id, "b")
+    assert a.finished is not None and (a.attempts, a.worker) == (1, "w1@host")
+    assert (b.attempts, b.worker, b.finished) == (1, "w1@host", None)
+    assert b.started == a.finished and nodes["b:queued"] == nodes["b:sent"]
+    assert c.hget(k.results(run_id), "a") == b'"A"'
+    assert [f for f, _ in c.zrange(k.leases(run_id), 0, -1, withscores=True)] == [b"b"]
+    assert not c.exists(k.queued(run_id))  # never queued: nothing was published
+    assert c.ttl(k.leases(run_id)) > 0
+    counts = {s: n for s, n in state.runs.counts(run_id).items() if n}
+    assert counts == {"succeeded": 1, "running": 1}
+
+    # declined, nothing written: a copy of a node that succeeded, a successor that has a
+    # state, an upstream result that is not stored
+    before = _snapshot(state, run_id)
+    assert s.complete_begin(run_id, "a", '"A"', "b", "w1@host", ["a"]) is None
+    assert s.complete_begin(run_id, "b", '"B"', "a", "w1@host", ["b"]) is None
+    assert s.complete_begin(run_id, "b", '"B"', "c", "w1@host", ["b", "nothing"]) is None
+    assert _snapshot(state, run_id) == before
+    # begun without begin.lua, its trace context is kept by a later call
+    assert s.keep_trace(run_id, "b", "00-" + "1" * 32 + "-" + "b" * 16 + "-01") is True
+    assert s.keep_trace(run_id, "a", "00-" + "1" * 32 + "-" + "a" * 16 + "-01") is False
+    assert c.hget(k.nodes(run_id), "b:trace") == b"00-" + b"1" * 32 + b"-" + b"b" * 16 + b"-01"
+    assert c.hget(k.nodes(run_id), "a:trace") is None
+
+    # the node's lease was gone (a leases set Redis dropped): the set takes the run's expiry
+    c.delete(k.leases(run_id))
+    begun = s.complete_begin(run_id, "b", '"B"', "c", "w1@host", ["a", "b"])
+    assert begun is not None and begun.upstream == [b'"A"', b'"B"']
+    assert [f for f, _ in c.zrange(k.leases(run_id), 0, -1, withscores=True)] == [b"c"]
+    assert 0 < c.ttl(k.leases(run_id)) <= state.settings.run_ttl
+    # handed back (eager.py, when the successor cannot run here): queued, for anyone
+    assert s.lease(run_id, Mode.RELEASE, 30, ["c"], worker="w1@host") == 1
+    assert s.begin(run_id, "c", "w2@host", ["b"]).attempt == 2
+    assert s.complete(spec, run_id, spec.nodes["c"], '"C"').ended == Ended.SUCCEEDED
+    assert s.complete_begin(run_id, "c", '"C"', "a", "w1@host", []) is None  # not running
+    assert s.keep_trace(run_id, "c", "00-" + "1" * 32 + "-" + "c" * 16 + "-01") is False
+
+
+def test_complete_begin_declines_past_the_deadline_and_keeps_a_stored_result(walk_state, tag):
+    state, s = walk_state, walk_state.scripts
+    spec = (step.bind(id="a") >> step.bind(id="b")).compile()
+    late = f"{tag}{'5' * 20}"
+    state.runs.create(late, spec, "{}", deadline=3600.0)
+    assert s.begin(late, "a", "w1@host", []).status == Begin.RUNNING
+    state.client.hset(state.keys.run(late), "deadline", "1.0")  # now long past
+    before = _snapshot(state, late)
+    assert s.complete_begin(late, "a", '"A"', "b", "w1@host", ["a"]) is None
+    assert _snapshot(state, late) == before
+
+    # a result stored by an earlier copy is the one the successor reads
+    run_id = f"{tag}{'6' * 20}"
+    state.runs.create(run_id, spec, "{}")
+    s.begin(run_id, "a", "w1@host", [])
+    state.client.hset(state.keys.results(run_id), "a", '"first"')
+    begun = s.complete_begin(run_id, "a", '"second"', "b", "w1@host", ["a"])
+    assert begun is not None and begun.upstream == [b'"first"']
 
 
 def test_revoke_cancels_once_and_never_for_a_stale_epoch_or_a_done_node(walk_state, tag):

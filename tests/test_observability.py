@@ -136,6 +136,21 @@ def test_node_spans_carry_run_node_and_flow_and_a_join_links_to_each_predecessor
     assert kept == {node: traceparent(span) for node, span in spans.items()}
 
 
+def test_an_eager_successor_begun_with_its_predecessors_end_keeps_its_trace_and_flow(app, traced):
+    """transform runs next in the worker that ran extract, begun in the call that
+    completed extract (complete_begin.lua, before its span existed): its trace context
+    is kept by a later call, and its span has the flow that call read."""
+    run = (extract >> transform).with_name("chain-traced").apply_async()
+    assert run.get(timeout=30) == [10, 20, 30]
+    spans = traced.node_spans(run.id, {"extract", "transform"})
+    for node, span in spans.items():
+        assert span.attributes is not None and span.attributes[FLOW] == "chain-traced", node
+    nodes = state_for(app).runs.node_fields(run.id)
+    extract_finished = nodes["extract:run"].split("|")[2]
+    assert nodes["transform:run"].split("|")[1] == extract_finished  # begun in that call
+    assert trace_fields(app, run.id) == {node: traceparent(span) for node, span in spans.items()}
+
+
 def test_a_run_without_a_flow_name_has_no_flow_attribute_and_map_items_keep_no_trace(app, traced):
     run = (split >> process.map("split") >> merge).apply_async(n=3)
     assert run.get(timeout=30) == ["ITEM0", "ITEM1", "ITEM2"]

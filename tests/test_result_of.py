@@ -147,7 +147,7 @@ def test_result_of_on_a_bare_task_call_is_refused_before_sending(app, published)
 # -- runs on a real worker ------------------------------------------------------------------
 
 
-def test_result_of_feeds_a_parameter_of_another_name(app, published):
+def test_result_of_feeds_a_parameter_of_another_name(eager_off, published):
     flow = big_result.bind(size=5000) >> measure.bind(text=result_of(big_result))
     assert flow.apply_async().get(timeout=20) == 5000
     (msg,) = [m for m in published if m["body"][1][GRAPH_KWARG]["n"] == "measure"]

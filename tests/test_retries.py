@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from celery_graph import RunFailed
-from tests.tasks import flaky, read_trace, step
+from tests.tasks import (
+    flaky,
+    needs_upstream_autoretry,
+    needs_upstream_once,
+    needs_upstream_store_away,
+    read_trace,
+    step,
+)
 
 
 def test_autoretry_then_success_records_attempts(app, tag):
@@ -26,3 +33,22 @@ def test_retries_exhausted_fail_the_run(app, tag):
     assert info.value.exc_type == "ConnectionError"
     assert run.status().nodes["flaky"].attempts == 4  # first try + max_retries=3
     assert "start:after" not in read_trace(tag)
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        needs_upstream_autoretry,  # Celery's autoretry_for (task.retry)
+        needs_upstream_once.with_retries(1, delay=0),  # the node's own retries
+        needs_upstream_store_away,  # an infrastructure error: the message sent again
+    ],
+    ids=["autoretry_for", "with_retries", "sent_again"],
+)
+def test_a_node_whose_arguments_come_from_upstream_is_sent_again(app, tag, second):
+    """Its message carries none of its required arguments (they come from the run when it
+    runs): Celery's argument check when sending it again (``typing``) raised TypeError
+    ("missing 1 required positional argument"), which failed the node instead of
+    retrying it."""
+    run = (step.bind(name="up") >> second).apply_async(tag=tag)
+    assert run.get(timeout=30) == "up+2"
+    assert run.status().nodes[second.id].state == "succeeded"

@@ -254,11 +254,16 @@ def test_beat_down_three_periods_then_back_starts_the_three_missed_runs(app, bea
         what="beat's fire after it came back",
     )
     again.kill()
-    assert back["runs"] == 4, back  # the first, then the three missed ones
+    # the occurrences passed when it came back: three, or more when the machine is slow
+    # to start a beat again (each 10 s later is one more; a second's jitter allowed, as
+    # client/schedules.py's occurrences() counts them)
+    missed = int((float(back["last_fire"]) - float(first["last_fire"]) + 1.0) // 10)
+    assert missed >= 3, back
+    assert back["runs"] == 1 + missed, back  # the first, then every missed one
     fire_key = back["fire_key"]
-    catchups = [run_id_for(f"{fire_key}:catchup:{i}") for i in range(2)]
+    catchups = [run_id_for(f"{fire_key}:catchup:{i}") for i in range(missed - 1)]
     runs = [GraphRun(r, app=app) for r in (*catchups, run_id_for(fire_key))]
-    assert [r.get(timeout=60) for r in runs] == ["tick"] * 3
+    assert [r.get(timeout=60) for r in runs] == ["tick"] * missed
     created = [r.status().created for r in runs]
     assert created == sorted(created)  # oldest first
     assert read_trace(name).count("start:tick") == 4

@@ -32,6 +32,8 @@ COLOURS = {  # the fill of a node's box in each state (style.css)
 
 
 def expect(playwright_api, locator):
+    # 20 s, not Playwright's 5: on a loaded CI machine a search's answer once took longer
+    playwright_api.expect.set_options(timeout=20_000)
     return playwright_api.expect(locator)
 
 

@@ -148,14 +148,22 @@ def test_counts_are_written_in_batches_and_a_forked_child_keeps_none_of_its_pare
     lock held by a thread that does not exist in the child would hang every task)."""
     import os
 
-    from celery_graph.worker.metrics import tally
+    from celery_graph.worker.metrics import Tally, tally
 
     app = build_app(redis_url, f"cgops-fork-{uuid.uuid4().hex[:6]}", key_prefix=f"{PREFIX}:fork")
     state = state_for(app)
     host = f"fork-{uuid.uuid4().hex[:6]}@test"
+    # a tally of its own, with no writer thread (this process's writes every
+    # FLUSH_SECONDS, whenever its timer runs out: it flushed between these lines in CI)
+    counts = Tally()
+    counts._pid = os.getpid()
     for _ in range(3):
-        tally.add(state, host, {"processed": 1}, {"runtime_total": 0.5})
+        counts.add(state, host, {"processed": 1}, {"runtime_total": 0.5})
     assert state.workers.counters(host) == {}  # nothing written per task
+    counts.flush()
+    assert state.workers.counters(host) == {"processed": 3.0, "runtime_total": 1.5}
+    # the process's own tally, reset in a forked child by its at-fork hook
+    tally.add(state, host, {"processed": 1}, {})
     with tally._lock:  # as if the parent's writer thread were writing when it forked
         pid = os.fork()
         if pid == 0:  # the child: a free lock, no counts of the parent's
@@ -164,4 +172,45 @@ def test_counts_are_written_in_batches_and_a_forked_child_keeps_none_of_its_pare
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
     tally.flush()
-    assert state.workers.counters(host) == {"processed": 3.0, "runtime_total": 1.5}
+    assert state.workers.counters(host) == {"processed": 4.0, "runtime_total": 1.5}
+
+
+def test_a_task_counts_in_every_bucket_at_or_above_its_duration() -> None:
+    """The histogram fields one task adds (named once per series, state/workers.py)."""
+    from celery_graph.state import task_counts
+
+    whole, floats = task_counts(
+        "t", "q", "succeeded", 0.03, (0.01, 0.05, 1.0), waited=2.0, wait_buckets=(1.0, 5.0)
+    )
+    assert whole == {
+        "processed": 1,
+        "succeeded": 1,
+        "n|t|q|succeeded": 1,
+        "b|t|q|0.05": 1,
+        "b|t|q|1.0": 1,
+        "b|t|q|+Inf": 1,
+        "wb|q|5.0": 1,
+        "wb|q|+Inf": 1,
+    }
+    assert floats == {"runtime_total": 0.03, "s|t|q": 0.03, "ws|q": 2.0}
+    again, _ = task_counts("t", "q", "failed", 2.0, [0.01, 0.05, 1.0])
+    assert again == {"processed": 1, "failed": 1, "n|t|q|failed": 1, "b|t|q|+Inf": 1}
+
+
+def test_counts_that_cannot_reach_the_graph_redis_log_one_line(caplog):
+    """A flush while the graph Redis is away (as at a process's exit after its server
+    stopped) logs why on one line, no traceback: it used to print the whole chain."""
+    import logging
+    import os
+
+    from celery_graph.worker.metrics import Tally
+    from tests.support.apps import new_app
+
+    app = new_app("cgtest_metrics_away", None, graph_redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    counts = Tally()
+    counts._pid = os.getpid()  # no writer thread, no exit hook: this test flushes
+    counts.add(state_for(app), "w@host", {"processed": 1}, {"runtime_total": 0.5})
+    with caplog.at_level(logging.WARNING, logger="celery_graph"):
+        counts.flush()
+    [record] = [r for r in caplog.records if "could not record task metrics" in r.message]
+    assert "Redis unreachable" in record.message and record.exc_info is None

@@ -1,10 +1,10 @@
-"""What every command shares: the common options, the error and closed-pipe handling
-around a command's body, run id completion, the examples under each command's help."""
+"""What every command shares beyond its options (``options.py``): the error and
+closed-pipe handling around a command's body, run id completion, ``--json`` and the run
+id argument."""
 
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -12,62 +12,8 @@ from typing import Any
 import click
 
 from ..errors import CeleryGraphError
-from .support import EXIT_FAILED, EXIT_USAGE, app_for, configure, remember
-
-PROG = "celery-graph"
-COMPLETE_VAR = "_CELERY_GRAPH_COMPLETE"  # click's shell completion (its default name)
-
-# -- options every command shares -----------------------------------------------------
-
-APP_HELP = "Celery app to use, like `celery -A`: module or module:attr"
-REDIS_HELP = (
-    "Redis holding graph state (default: app.conf.graph_redis_url, "
-    "$CELERY_GRAPH_REDIS_URL, or the app's Redis broker)"
-)
-PREFIX_HELP = (
-    "key prefix of graph state (default: app.conf.graph_key_prefix, "
-    "$CELERY_GRAPH_KEY_PREFIX, or 'celery_graph')"
-)
-
-
-def app_option(**extra: Any) -> Callable[[Any], Any]:
-    return click.option(
-        "-A",
-        "--app",
-        metavar="APP",
-        expose_value=False,
-        callback=remember,
-        help=APP_HELP,
-        **extra,
-    )
-
-
-def settings_options(f: Any) -> Any:
-    f = click.option(
-        "--key-prefix", metavar="PREFIX", expose_value=False, callback=remember, help=PREFIX_HELP
-    )(f)
-    return click.option(
-        "--redis-url", metavar="URL", expose_value=False, callback=remember, help=REDIS_HELP
-    )(f)
-
-
-def common_options(f: Any) -> Any:
-    return app_option()(settings_options(f))
-
-
-def examples(*lines: str) -> str:
-    # "\b" keeps click from re-wrapping the paragraph
-    return "\b\nexamples:\n" + "\n".join(f"  {line}" for line in lines)
-
-
-def quiet_stdout() -> None:
-    """After a closed pipe (``celery-graph runs | head -1``): send what is left of
-    stdout nowhere, so neither this command nor the interpreter's exit complains."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
+from .options import EXIT_FAILED, EXIT_USAGE, PROG, quiet_stdout
+from .support import app_for, configure
 
 
 def guarded(fn: Callable[..., int | None]) -> Callable[..., None]:

@@ -25,16 +25,9 @@ from ..errors import (
 from ..state import state_for
 from ..ui.listing import STATES, RunLister, RunQuery
 from ..worker.heartbeat import live_workers
-from .base import (
-    PROG,
-    common_options,
-    complete_run_id,
-    examples,
-    guarded,
-    json_option,
-    run_id_argument,
-)
+from .base import complete_run_id, guarded, json_option, run_id_argument
 from .fmt import span
+from .options import EXIT_FAILED, PROG, common_options, examples
 from .output import (
     SUMMARY_OVER,
     dump,
@@ -48,7 +41,6 @@ from .output import (
     worker_data,
 )
 from .support import (
-    EXIT_FAILED,
     app_for,
     configure,
     configured_app,

@@ -14,8 +14,9 @@ from ..ui import DEFAULT_PORT, serve
 from ..ui.guard import check_exposure, parse_allowed_hosts
 from ..ui.server import parse_basic_auth, require_tornado
 from ..ui.tokens import ApiTokens
-from .base import common_options, examples, guarded
-from .support import app_for, configure, given
+from .base import guarded
+from .options import common_options, examples, given
+from .support import app_for, configure
 
 ENV_ALLOWED_HOSTS = "CELERY_GRAPH_UI_ALLOWED_HOSTS"
 ENV_API_TOKEN = "CELERY_GRAPH_UI_API_TOKEN"  # tokens separated by spaces

@@ -5,28 +5,26 @@ own ``-A``) and ``workflow`` (``celery -A APP workflow``, through Celery's
 from __future__ import annotations
 
 import copy
+import importlib
 import os
 import platform
 import sys
+from collections.abc import Callable
 from importlib import metadata
+from typing import Any
 
 import click
 
-from .base import COMPLETE_VAR, PROG, app_option, examples, quiet_stdout, settings_options
-from .commands import (
-    cancel_command,
-    reconcile_command,
-    resume_command,
-    run_command,
-    runs_command,
-    show_command,
-    signal_command,
-    status_command,
-    workers_command,
+from .options import (
+    COMPLETE_VAR,
+    EXIT_FAILED,
+    EXIT_USAGE,
+    PROG,
+    app_option,
+    examples,
+    quiet_stdout,
+    settings_options,
 )
-from .dashboard import ui_command
-from .schedules import schedule_command, schedules_command
-from .support import EXIT_FAILED, EXIT_USAGE
 
 
 def version_line() -> str:
@@ -43,20 +41,64 @@ def version_line() -> str:
     )
 
 
-COMMANDS = (
-    run_command,
-    status_command,
-    runs_command,
-    cancel_command,
-    signal_command,
-    resume_command,
-    reconcile_command,
-    workers_command,
-    show_command,
-    schedules_command,
-    schedule_command,
-    ui_command,
-)
+# Every command: its name, then where it lives (``module:attribute`` in this package). A
+# group imports a command's module when that command runs, completes or is listed in a
+# help text: `celery worker` loads the `workflow` group at every start (Celery's
+# `celery.commands` entry point) and `celery-graph status` needs neither the dashboard
+# nor the drawings.
+COMMANDS: dict[str, str] = {
+    "run": "commands:run_command",
+    "status": "commands:status_command",
+    "runs": "commands:runs_command",
+    "cancel": "commands:cancel_command",
+    "signal": "commands:signal_command",
+    "resume": "commands:resume_command",
+    "reconcile": "commands:reconcile_command",
+    "workers": "commands:workers_command",
+    "show": "commands:show_command",
+    "schedules": "schedules:schedules_command",
+    "schedule": "schedules:schedule_command",
+    "ui": "dashboard:ui_command",
+}
+
+
+def load_command(name: str) -> click.Command:
+    """The click command ``name`` of :data:`COMMANDS`, its module imported now."""
+    module, _, attribute = COMMANDS[name].partition(":")
+    command = getattr(importlib.import_module(f"{__package__}.{module}"), attribute)
+    assert isinstance(command, click.Command) and command.name == name, COMMANDS[name]
+    return command
+
+
+def without_app_option(command: click.Command) -> click.Command:
+    """A copy of ``command`` whose app comes from ``celery -A`` (Celery itself reports a
+    sub-command's ``-A`` as misplaced)."""
+    clone = copy.copy(command)
+    clone.params = [p for p in command.params if p.name != "app"]
+    return clone
+
+
+class CommandGroup(click.Group):
+    """A click group over :data:`COMMANDS`, each loaded on first use; ``adapt`` makes
+    the group's own copy of a command (the ``workflow`` group drops its ``-A``)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        adapt: Callable[[click.Command], click.Command] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.adapt = adapt
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})  # as click's own group lists them
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in COMMANDS and cmd_name not in self.commands:
+            command = load_command(cmd_name)
+            self.add_command(self.adapt(command) if self.adapt else command)
+        return super().get_command(ctx, cmd_name)
 
 
 def print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -70,6 +112,7 @@ def print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> N
 
 @click.group(
     PROG,
+    cls=CommandGroup,
     epilog=examples(
         "celery-graph run celery_graph.examples.etl:flow --wait",
         "celery-graph run celery_graph.examples.etl:flow --input n=5 --wait --timeout 60",
@@ -105,6 +148,8 @@ def celery_graph() -> None:
 
 @click.group(
     "workflow",
+    cls=CommandGroup,
+    adapt=without_app_option,
     epilog=examples(
         "celery -A proj.celery workflow run proj.flows:nightly --wait",
         "celery -A proj.celery workflow runs --json",
@@ -117,19 +162,6 @@ def celery_graph() -> None:
 def workflow() -> None:
     """celery-graph workflows: run, status, runs, cancel, signal, resume, reconcile, workers,
     show, schedules, schedule, ui. The app is Celery's `-A`."""
-
-
-def without_app_option(command: click.Command) -> click.Command:
-    """A copy of ``command`` whose app comes from ``celery -A`` (Celery itself reports a
-    sub-command's ``-A`` as misplaced)."""
-    clone = copy.copy(command)
-    clone.params = [p for p in command.params if p.name != "app"]
-    return clone
-
-
-for _command in COMMANDS:
-    celery_graph.add_command(_command)
-    workflow.add_command(without_app_option(_command))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,8 +10,9 @@ import click
 
 from ..errors import UsageError
 from ..state import state_for
-from .base import common_options, examples, guarded, json_option
+from .base import guarded, json_option
 from .fmt import table, timestamp
+from .options import common_options, examples
 from .output import emit_json
 from .support import configured_app
 

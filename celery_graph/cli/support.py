@@ -25,25 +25,11 @@ from ..state import State, state_for
 from ..ui.flows import SETTING as FLOWS_SETTING
 from ..ui.flows import FlowRegistry
 
-EXIT_FAILED = 1  # a run failed or was cancelled; cancel refused
-EXIT_USAGE = 2  # bad input: unknown run id, Redis down, unimportable target
-
-# Where the -A / --redis-url / --key-prefix options leave their values: click's
-# ``ctx.meta`` is shared by the whole command line, so a value given before the command
-# (``celery-graph -A proj runs``) and one given after it (``runs -A proj``) land in the
-# same place, the later one winning.
-META = "celery_graph.cli"
-
-
-def remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    """Option callback: keep a given value of a common option in the context's meta."""
-    if value is not None and param.name:
-        ctx.meta.setdefault(META, {})[param.name] = value
-    return value
-
-
-def given(ctx: click.Context, name: str) -> Any:
-    return ctx.meta.get(META, {}).get(name)
+# The worker attachment and the run metrics' receivers, as importing celery_graph
+# connected them before its names became lazy: a flow a command loads attaches its app,
+# and a run a command starts or resumes counts in the metrics
+from ..worker import attach  # noqa: F401
+from .options import given
 
 
 def celery_app(ctx: click.Context) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
 
 from celery import current_app
@@ -47,6 +48,8 @@ class GraphRun(Generic[R]):
         # when the run was created (server time), once known: its state cannot have
         # expired before min(graph_result_ttl, graph_run_ttl) after that
         self._created = created
+        # created by this handle's submission, with no deadline: get() may wait first
+        self._wait_first = False
 
     def __repr__(self) -> str:
         return f"<GraphRun {self.id}>"
@@ -61,14 +64,20 @@ class GraphRun(Generic[R]):
 
     def _record(self, state: State) -> dict[str, str]:
         """The run record; RunStateLost when it is gone before it could have expired."""
+        return self._record_with_results(state, ())[0]
+
+    def _record_with_results(
+        self, state: State, fields: Sequence[str]
+    ) -> tuple[dict[str, str], list[bytes | None]]:
+        """The run record and the results of ``fields``, in one round trip."""
         try:
-            record = state.runs.record(self.id)
+            record, results = state.runs.record_with_results(self.id, fields)
         except RunNotFound as exc:
             raise self._lost_or(exc, state) from None
         if self._created is None:
             with contextlib.suppress(KeyError, ValueError):
                 self._created = float(record["created"])
-        return record
+        return record, results
 
     def _lost_or(self, exc: RunNotFound, state: State) -> RunNotFound:
         """``exc``, or RunStateLost when this handle knows the run cannot have expired: its
@@ -161,16 +170,23 @@ class GraphRun(Generic[R]):
 
     def _wait_once(self, deadline: float | None, timeout: float | None) -> Any:
         state = self._state
+        # the sinks' results are read with the record when the handle knows its graph:
+        # the record that says the run ended comes with its outcome (one round trip)
+        sinks = list(self._spec.sinks) if self._spec is not None else []
+        if self._wait_first:  # just submitted: nothing to read before its signal comes
+            self._wait_first = False
+            first = WAIT_SLICE if deadline is None else deadline - time.monotonic()
+            state.runs.wait(self.id, max(min(first, WAIT_SLICE), 0.01))
         while True:
-            record = self._record(state)
+            record, results = self._record_with_results(state, sinks)
             # a run stuck past its deadline (no worker to notice) is failed here; the
             # deadline is on the Redis server's clock, like every time in the state
             left = None
             if record["status"] == "running" and record.get("deadline"):
                 left = float(record["deadline"]) - state.runs.time()
                 if left < 0 and self._fail_deadline():
-                    record = self._record(state)
-            outcome = state.runs.outcome(self.id, record)
+                    record, results = self._record_with_results(state, sinks)
+            outcome = state.runs.outcome(self.id, record, (sinks, results) if sinks else None)
             if outcome is not None:
                 if outcome.state == "succeeded":
                     return outcome.value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import math
 import uuid
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from ..model import GraphSpec
 from ..signals import run_started
 from ..state import Slot, State, state_for
 from .run import GraphRun
+
+logger = logging.getLogger("celery_graph")
 
 
 def run_id_for(idempotency_key: str | None) -> str:
@@ -84,19 +87,37 @@ def submit_spec(
         # a submission with the same key may start the run while this one waits
         _wait_for_room(app, state, spec, lambda: keyed and state.runs.started(run_id))
     created, detail = state.runs.create(
-        run_id, spec, inputs_json, deadline=deadline, extra=extra, waits=waits
+        run_id, spec, inputs_json, deadline=deadline, extra=extra, waits=waits, announce=False
     )
     if not created:
         return GraphRun(run_id, app=app)
-    flow = (extra_fields or {}).get("flow", "")
+    flow, created_at = (extra_fields or {}).get("flow", ""), float(detail)
     run_started.send(sender=app, app=app, run_id=run_id, state=state, flow=flow)
+    try:
+        return _send_roots(app, state, spec, run_id, created_at, deadline, waits, slot)
+    finally:  # listed among the runs once its messages are out: one round trip less before
+        _announce(state, run_id, created_at, flow or None)
+
+
+def _send_roots(
+    app: Any,
+    state: State,
+    spec: GraphSpec,
+    run_id: str,
+    created: float,
+    deadline: float | None,
+    waits: bool,
+    slot: Slot | None,
+) -> GraphRun[Any]:
+    """Publish the roots of the run just created (a run that waits for a slot: start it
+    if the slot came meanwhile); the handle of the run."""
     if waits:
         assert slot is not None
         # a slot that freed while the run was being created went to it, but whoever
         # freed it found no run yet to start
         if state.limits.holds(slot.scope, slot.group, run_id):
             start_admitted(app, state, slot.scope, slot.group, [run_id])
-        return GraphRun(run_id, app=app, spec=spec, created=float(detail))
+        return _fresh(GraphRun(run_id, app=app, spec=spec, created=created), deadline)
     try:
         publish_nodes(app, spec, run_id, spec.roots)
     except Exception as exc:
@@ -109,7 +130,27 @@ def submit_spec(
             f"run {run_id}: the broker did not take the root messages ({exc}); the run is "
             "marked failed"
         ) from exc
-    return GraphRun(run_id, app=app, spec=spec, created=float(detail))
+    return _fresh(GraphRun(run_id, app=app, spec=spec, created=created), deadline)
+
+
+def _announce(state: State, run_id: str, created: float, flow: str | None) -> None:
+    """List the run among the runs; a Redis that fails now is logged, not raised: the run
+    is on its way (a caller who took the error for a refusal would submit it twice), and
+    only ``runs`` and the dashboard's lists miss it."""
+    try:
+        state.runs.announce(run_id, created, flow)
+    except StoreError as exc:
+        logger.warning(
+            "celery-graph: run %s started but is not listed among the runs: %s", run_id, exc
+        )
+
+
+def _fresh(run: GraphRun[Any], deadline: float | None) -> GraphRun[Any]:
+    """The handle of a run this call created: it has not ended, so its first ``get()``
+    waits for the run's completion signal before reading anything (one round trip less),
+    unless the run has a deadline, which bounds that wait and needs the record."""
+    run._wait_first = deadline is None
+    return run
 
 
 def check_deadline(deadline: Any) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from ..codec import decode_value, encode_value, error_record
@@ -47,6 +48,7 @@ from ..state import (
     StepEnd,
     Stored,
 )
+from .results import store_failed_record, store_revoked
 
 logger = logging.getLogger("celery_graph")
 
@@ -54,31 +56,53 @@ CONTINUATION_HOLD = 60.0  # seconds a process holds the claim on a canvas contin
 
 
 def settle(
-    app: Any, state: State, spec: GraphSpec, run_id: str, arrival: Arrival, epoch: int = 0
-) -> None:
+    app: Any,
+    state: State,
+    spec: GraphSpec,
+    run_id: str,
+    arrival: Arrival,
+    epoch: int = 0,
+    *,
+    keep: Callable[[NodeSpec], bool] | None = None,
+) -> str | None:
     """After an arrival: pass skips on (a skipped node arrives as a skip at its own
     successors, which may in turn be skipped or released), publish the successors it
     released (complete.lua marked and leased them already; ``epoch``: the run's, in their
-    task ids), and run the end-of-run hooks when it ended the run."""
-    ended = arrival.ended
+    task ids), and run the end-of-run hooks when it ended the run.
+
+    When exactly one successor is released and ``keep(node)`` says so, it is not
+    published: its id is returned, for the caller to run it (it is leased like a
+    published node, so the reconciler sends it if the caller never does)."""
+    ended, record = arrival.ended, arrival.record
     claimed = list(arrival.publish)
     to_skip = list(arrival.skipped)
     while to_skip:
         skipped = spec.nodes[to_skip.pop()]
         more = state.scripts.complete(spec, run_id, skipped, "", kind="skipped")
-        ended = ended or more.ended
+        ended, record = ended or more.ended, record or more.record
         claimed += more.publish
         to_skip += more.skipped
+    kept = None
+    if keep is not None and len(claimed) == 1 and not ended and keep(spec.nodes[claimed[0]]):
+        kept = claimed.pop()
     if claimed:
         publish_nodes(app, spec, run_id, claimed, epoch=epoch)
     if ended:
-        conclude(app, state, run_id, spec)
+        conclude(app, state, run_id, spec, record)
+    return kept
 
 
-def conclude(app: Any, state: State, run_id: str, spec: GraphSpec | None = None) -> None:
+def conclude(
+    app: Any,
+    state: State,
+    run_id: str,
+    spec: GraphSpec | None = None,
+    record: dict[str, str] | None = None,
+) -> None:
     """The run's graph ended: publish its first step when it is finishing (a handler or
-    a compensation follows), else run the end-of-run hooks."""
-    record = state.runs.record(run_id)
+    a compensation follows), else run the end-of-run hooks. ``record``: the run record
+    as the call that ended the run answered it (complete.lua), else read here."""
+    record = record or state.runs.record(run_id)
     if record.get("status") == "finishing":
         state.runs.track(run_id)  # a run that only waited is looked at rarely: due at once
         steps = json.loads(record["steps"])
@@ -86,8 +110,9 @@ def conclude(app: Any, state: State, run_id: str, spec: GraphSpec | None = None)
         epoch = int(record.get("epoch") or 0)
         publish_nodes(app, spec, run_id, [steps[int(record["step"]) - 1]], epoch=epoch)
         return
-    run_finished.send(sender=app, app=app, run_id=run_id, state=state)
-    after_run(app, state, run_id)
+    # the record just read, passed on: the receivers and the hooks read it once, not again
+    run_finished.send(sender=app, app=app, run_id=run_id, state=state, record=record)
+    after_run(app, state, run_id, record)
 
 
 def step_ended(
@@ -165,7 +190,7 @@ def node_failed(
         traceback=f"last failure, in node {node.id!r}:\n{traceback}",
     )
     if arrival.ended == Ended.FAILED:  # the group's policy broke: complete.lua failed the run
-        conclude(app, state, run_id, spec)
+        conclude(app, state, run_id, spec, arrival.record)
         return True
     settle(app, state, spec, run_id, arrival, epoch)
     return bool(arrival.ended)
@@ -195,6 +220,26 @@ def revoked(
         logger.warning("celery-graph: run %s cancelled: node %r revoked", parsed.run_id, node)
         conclude(app, state, parsed.run_id)  # its handlers first, if it has any
     return reply
+
+
+def message_revoked(
+    app: Any,
+    state: State,
+    task_id: str,
+    *,
+    terminated: bool = False,
+    signum: Any = None,
+    request: Any = None,
+) -> Revoked | None:
+    """Celery discarded the node message ``task_id`` for a revoke, or it was killed
+    (``terminated``) with signal ``signum``: cancel its run (:func:`revoked`, whose answer
+    this is) and mark the task id REVOKED in the result backend. Celery's
+    ``task_revoked`` (executor/task.py) and a terminate seen by the worker
+    (worker/revokes.py) end here."""
+    signal = f"signal {signum}" if terminated and signum else ""
+    outcome = revoked(app, state, task_id, terminated=terminated, signal=signal)
+    store_revoked(app, task_id, "terminated" if terminated else "revoked", request)
+    return outcome
 
 
 def refuse_run(
@@ -306,6 +351,7 @@ def child_ended(app: Any, state: State, run_id: str, field: str, outcome: Outcom
         f"child run {outcome.run_id} {why}",
         err.get("traceback", ""),
     )
+    store_failed_record(app, run_id, node_id, error, epoch)
     if index:  # an item's failure fails the run (as a failing item does)
         end_run(app, state, run_id, "failed", node_id=node_id, error=error, guard=field)
         return
@@ -322,21 +368,24 @@ def cancel_children(app: Any, state: State, run_id: str) -> list[str]:
     return cancelled
 
 
-def after_run(app: Any, state: State, run_id: str) -> bool:
+def after_run(app: Any, state: State, run_id: str, record: dict[str, str] | None = None) -> bool:
     """Hooks for a run that ended: a Celery canvas waiting on it continues, once. True
-    when nothing is left to do (no canvas, or it continued)."""
+    when nothing is left to do (no canvas, or it continued). ``record``: the run record,
+    read since it ended, when the caller has it."""
     try:
-        state.runs.index_ended(run_id)
+        state.runs.index_ended(run_id, record)
     except Exception:  # an index is a listing aid: the reconciler writes it again
         logger.warning("celery-graph: could not index the end of run %s", run_id, exc_info=True)
     try:
-        release_slot(app, state, run_id)
+        release_slot(app, state, run_id, record)
     except Exception:  # the slot's lease runs out, and the reconciler frees it
         logger.warning(
             "celery-graph: could not free the concurrency slot of run %s (the reconciler frees it)",
             run_id,
             exc_info=True,
         )
+    if record is not None and "continuation" not in record:
+        return True  # no canvas waits on it (a run gets its continuation when created)
     try:
         claim = state.scripts.continuation(run_id, "claim", CONTINUATION_HOLD)
         if claim != Continuation.CLAIMED:
@@ -377,10 +426,12 @@ def slot_of(spec: GraphSpec, inputs: dict[str, Any], flow: str | None) -> tuple[
     return Slot(flow or spec.graph_id, limit_slot(value), limit.limit), value
 
 
-def release_slot(app: Any, state: State, run_id: str) -> list[str]:
+def release_slot(
+    app: Any, state: State, run_id: str, record: dict[str, str] | None = None
+) -> list[str]:
     """Run ``run_id`` ended: it leaves the slot (or the queue) of its flow's concurrency
     limit, and the oldest runs waiting in its group start. The runs started."""
-    slot = state.runs.slot_of(run_id)
+    slot = state.runs.slot_of(run_id, record)
     if slot is None:
         return []
     scope, group = slot

@@ -53,6 +53,7 @@ from typing import Any
 from ..codec import decode_value, error_record, exception_record
 from ..dispatch import QueueDepth, publish_items, publish_nodes, queue_of, send_woken
 from ..errors import (
+    BrokerUnavailable,
     CeleryGraphError,
     DeadlineExceeded,
     NodeLost,
@@ -65,6 +66,7 @@ from ..model import GraphSpec
 from ..protocol import NodeMessage
 from ..state import Expiry, Mode, Reclaim, State, StepEnd, Verdict, state_for
 from .lifecycle import after_run, end_run, node_failed, settle, start_admitted, step_ended
+from .results import store_failed_record
 
 logger = logging.getLogger("celery_graph.reconcile")
 
@@ -178,6 +180,9 @@ class Reconciler:
                     now = max(now, self.reconcile(state, run_id, report, look))
                 except StoreUnavailable:
                     raise
+                except BrokerUnavailable as exc:  # the broker away: looked at again a lease later
+                    logger.warning("celery-graph: reconciling run %s: %s", run_id, exc)
+                    state.runs.schedule(run_id, state.runs.time() + state.settings.queued_lease)
                 except CeleryGraphError as exc:
                     logger.warning("celery-graph: reconciling run %s: %s", run_id, exc)
                 except Exception:
@@ -261,6 +266,8 @@ class Reconciler:
                 spec, epoch = found
                 step_ended(self.app, state, spec, run_id, field_, StepEnd.FAILED, error, epoch)
                 return 0.0
+            epoch = found[1] if found is not None else 0
+            store_failed_record(self.app, run_id, node_of(field_), error, epoch)
             end_run(self.app, state, run_id, "failed", error=error)
             report.failed.append(run_id)
             return 0.0
@@ -397,6 +404,7 @@ class Reconciler:
                     f"{node.wait_timeout:g} s"
                 )
                 error = exception_record(name, timeout)
+                store_failed_record(self.app, run_id, name, error, epoch)
                 node_failed(self.app, state, spec, run_id, node, error, epoch=epoch)
                 report.timeouts += 1
                 state.workers.count_semantics("wait_timeouts", state.settings.run_ttl)

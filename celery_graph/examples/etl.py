@@ -14,7 +14,7 @@ import os
 
 from celery import Celery
 
-from ..dsl import task
+from celery_graph import task  # the public API, as in a user's module
 
 app = Celery(
     "celery_graph.examples.etl",

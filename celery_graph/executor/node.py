@@ -4,15 +4,19 @@
       begin      begin.lua: is the run still running? is the result already stored?
                  record the attempt with a running lease, read the run inputs and the
                  upstream results (and, for a tracer or error reporter, keep this
-                 delivery's trace context and read the flow name: observe.py)
+                 delivery's trace context and read the flow name: observe.py); an
+                 eager successor begun with its predecessor's end takes that answer
       call       gather the arguments, call the function (unless its result is stored),
                  its lease renewed meanwhile (leases.py)
       encode     the result as JSON, within graph_max_result_bytes
       complete   an item of a map arrives at its map node first (map_arrive.lua); then
                  complete.lua: store once, arrive at the successors' barriers, mark and
-                 lease the successors this arrival releases, end the run at its last sink
+                 lease the successors this arrival releases, end the run at its last sink;
+                 or, when its one successor is kept for this process, complete_begin.lua:
+                 complete the node and begin that successor in one call (eager.py)
       settle     publish the released successors, pass skips on, end-of-run hooks
-                 (lifecycle.settle)
+                 (lifecycle.settle); a successor released alone may be kept to run
+                 next in this process instead (eager.py)
 
 A failure after the task's retries goes through :func:`fail_node`: the run fails, unless
 the node is a member of a group whose policy tolerates it (decided in complete.lua).
@@ -34,6 +38,7 @@ from ..codec import decode_value, encode_value
 from ..dispatch import publish_items
 from ..engine.context import RunContext
 from ..engine.lifecycle import end_run, node_failed, settle, start_child, step_ended
+from ..engine.results import backend_of, store_success, success_writes
 from ..errors import (
     DeadlineExceeded,
     ResultTooLarge,
@@ -43,10 +48,11 @@ from ..errors import (
 )
 from ..model import Child, GraphSpec, NodeSpec
 from ..protocol import GRAPH_KWARG, Branch, NodeMessage
-from ..state import Begin, State, StepEnd, Stored, Wait, state_for
+from ..state import Begin, Begun, State, StepEnd, Stored, Wait, state_for
+from ..state.scripts import Piggyback
+from .eager import Keeper
 from .leases import keeper
 from .observe import watch
-from .results import backend_of, store_success
 
 # a chunk stores its items' results at least this often (and at its end, and before a
 # failing item's error): one Redis call per 50 ms of work, not one per item
@@ -59,7 +65,13 @@ class NodeRun:
     """One delivery of one node message."""
 
     def __init__(
-        self, task: Task, fn: Callable[..., Any], message: NodeMessage, bound: dict[str, Any]
+        self,
+        task: Task,
+        fn: Callable[..., Any],
+        message: NodeMessage,
+        bound: dict[str, Any],
+        keep: Keeper | None = None,
+        begun: Begun | None = None,
     ) -> None:
         # first: a tracer or error reporter shows the run and node of a spec that fails
         # to load too
@@ -76,21 +88,32 @@ class NodeRun:
         self.upstream = self.node.upstream_ids() if message.index is None else self.node.pull_ids()
         self.hostname = task.request.hostname or socket.gethostname()
         self.began: str | None = None  # what begin.lua answered (Begin.RUNNING: it ran)
+        # which released successor, alone, this process runs next instead of publishing
+        # it (eager.py); the one kept, recorded and leased like a published one
+        self.keep = keep
+        self.kept: NodeMessage | None = None
+        # what complete_begin.lua answered: the kept successor began already (eager.py)
+        self.kept_begun: Begun | None = None
+        # this node began as its predecessor completed: that call's answer, not begin.lua's
+        self.ahead = begun
 
     def run(self) -> Any:
         m = self.message
         expands = bool(self.node.map_source) and m.index is None
         watched = self.watch
-        begun = self.state.scripts.begin(
-            m.run_id,
-            m.result_field,
-            self.hostname,
-            self.upstream,
-            expands,
-            m.holder,
-            trace=None if watched is None else watched.trace(m),
-            links=() if watched is None else watched.links(self.node, m),
-        )
+        if self.ahead is not None:
+            begun = self.ahead
+        else:
+            begun = self.state.scripts.begin(
+                m.run_id,
+                m.result_field,
+                self.hostname,
+                self.upstream,
+                expands,
+                m.holder,
+                trace=None if watched is None else watched.trace(m),
+                links=() if watched is None else watched.links(self.node, m),
+            )
         self.began = begun.status
         if watched is not None:
             watched.begun(begun.flow, begun.links)
@@ -134,6 +157,12 @@ class NodeRun:
         if begun.own is None:
             self.claim(begun.attempt)
             self.task.request.graph_waited = begun.waited  # the queue-wait metric
+        if self.ahead is not None and watched is not None:
+            # begun before anything knew this delivery's trace context: kept now (a
+            # successor begun ahead is never a join, so it links to nothing)
+            trace = watched.trace(m)
+            if trace:
+                self.state.scripts.keep_trace(m.run_id, m.result_field, trace)
         if expands and begun.own is None:
             return self.expand_map(dict(zip(self.upstream, begun.upstream)))
         if self.node.waits and begun.own is None:
@@ -162,7 +191,7 @@ class NodeRun:
                 return result
             # every unit is in: this arrival completes the map node (idempotent)
             result_json = self.state.scripts.map_results(m.run_id, m.node_id, items)
-        self.complete(result_json, choice)
+        self.complete(result_json, choice, ahead=m.index is None and begun.own is None)
         return result
 
     # -- steps ---------------------------------------------------------------------------
@@ -278,12 +307,18 @@ class NodeRun:
             )
         return result_json
 
-    def complete(self, result_json: bytes | str, choice: str = "") -> None:
+    def complete(self, result_json: bytes | str, choice: str = "", *, ahead: bool = False) -> None:
         """Store the result (in the result backend too: results.py), arrive at the
-        successors, publish what is released."""
+        successors, publish what is released. ``ahead``: a node's own first result, whose
+        one successor may begin in the same call (:meth:`complete_ahead`)."""
         run_id = self.message.run_id
+        writes = None
         if backend_of(self.app) is not None:
-            store_success(self.app, self.message, decode_value(result_json), self.task.request)
+            value, request = decode_value(result_json), self.task.request
+            if not self.node.after:  # in the completing call's round trip, if it can
+                writes = success_writes(self.app, self.message, value, request, self.state)
+            if writes is None:
+                store_success(self.app, self.message, value, request)
         if self.node.after:  # a handler or a compensation: the next step follows
             payload = result_json.decode() if isinstance(result_json, bytes) else result_json
             step_ended(
@@ -297,10 +332,37 @@ class NodeRun:
                 self.message.epoch,
             )
             return
+        if ahead and not choice and self.complete_ahead(result_json, writes):
+            return
         arrival = self.state.scripts.complete(
-            self.spec, run_id, self.node, result_json, branch=choice
+            self.spec, run_id, self.node, result_json, branch=choice, also=writes
         )
-        settle(self.app, self.state, self.spec, run_id, arrival, self.message.epoch)
+        epoch = self.message.epoch
+        kept = settle(self.app, self.state, self.spec, run_id, arrival, epoch, keep=self.keep)
+        if kept is not None:
+            self.kept = NodeMessage(
+                self.spec.graph_id, run_id, kept, self.spec.nodes[kept].call, epoch=epoch
+            )
+
+    def complete_ahead(self, result_json: bytes | str, writes: Piggyback | None = None) -> bool:
+        """Complete the node and begin its one successor in one call (complete_begin.lua)
+        when that successor will run next in this process (eager.py); False, with nothing
+        written but ``writes`` (sent in that call, whatever it answers), when it will not or
+        the state asks for the general path."""
+        keep, node, m = self.keep, self.node, self.message
+        if keep is None or len(node.succs) != 1:
+            return False
+        succ = self.spec.nodes[node.succs[0]]
+        message = NodeMessage(self.spec.graph_id, m.run_id, succ.id, succ.call, epoch=m.epoch)
+        if len(succ.preds) != 1 or not keep.ahead(succ, message.task_id):
+            return False
+        begun = self.state.scripts.complete_begin(
+            m.run_id, node.id, result_json, succ.id, self.hostname, succ.upstream_ids(), writes
+        )
+        if begun is None:
+            return False
+        self.kept, self.kept_begun = message, begun
+        return True
 
     def start_child(self, child: Child) -> str:
         """The node returned child(flow): start the child run; the node waits for it

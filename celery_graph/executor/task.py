@@ -26,8 +26,10 @@ from celery.signals import task_failure, task_retry, task_revoked, task_unknown
 from celery.utils.log import get_task_logger
 
 from ..codec import error_record, exception_record
+from ..config import pinned
 from ..dispatch import redeliver
-from ..engine.lifecycle import revoked
+from ..engine.lifecycle import message_revoked
+from ..engine.results import store_failure
 from ..errors import (
     BrokerUnavailable,
     CeleryGraphError,
@@ -35,11 +37,11 @@ from ..errors import (
     StoreUnavailable,
     UnknownTask,
 )
-from ..protocol import CALL_TASK, GRAPH_KWARG, WAIT_TASK, NodeMessage, graph_fields
+from ..protocol import ADOPTED, CALL_TASK, GRAPH_KWARG, WAIT_TASK, NodeMessage, graph_fields
 from ..state import Mode, state_for
+from . import eager
 from .gate import Gate, TaskLimits
 from .node import NodeRun, fail_node
-from .results import store_failure, store_revoked
 
 logger = get_task_logger("celery_graph.task")
 
@@ -83,9 +85,6 @@ class GraphTask(Task):
         adopt(self)
 
 
-ADOPTED = "_celery_graph_adopted"
-
-
 def adopt(task: Task) -> Task:
     """Let ``task`` run node messages under its own name (idempotent; returns ``task``).
 
@@ -94,8 +93,9 @@ def adopt(task: Task) -> Task:
     arguments carry ``_graph`` runs as a node of a run (:func:`run_node`), any other call
     goes to the task's own ``run`` unchanged, so the task's code, its pydantic validation,
     ``bind``, routes, rate and time limits all stay Celery's. The argument check Celery
-    makes when sending (``typing``) is told to ignore ``_graph``, so a node can be retried
-    with ``self.retry()`` like any task. Every ``@task`` is adopted when Celery creates it;
+    makes when sending (``typing``) passes a node message, whose arguments come from the
+    run when it runs, so a node can be retried with ``self.retry()`` like any task and
+    sent again after an infrastructure error. Every ``@task`` is adopted when Celery creates it;
     other tasks when ``node()`` wraps them and, in a worker, the tasks of the worker's app
     when it starts (:func:`adopt_tasks`, from the bootstep).
     """
@@ -108,6 +108,11 @@ def adopt(task: Task) -> Task:
         fields = kwargs.pop(GRAPH_KWARG, None)
         if fields is None:
             return plain(*args, **kwargs)
+        if eager.restore_request(task, fields):  # an eager successor's, hidden (eager.py)
+            try:
+                return run_node(task, plain, fields, kwargs)
+            finally:
+                task.pop_request()
         return run_node(task, plain, fields, kwargs)
 
     task.run = run
@@ -115,7 +120,11 @@ def adopt(task: Task) -> Task:
     if callable(header):
 
         def check(*args: Any, **kwargs: Any) -> Any:
-            kwargs.pop(GRAPH_KWARG, None)
+            if GRAPH_KWARG in kwargs:
+                # a node message carries its bound arguments only: the rest come from the
+                # run's inputs and the upstream results when it runs (checked when the
+                # graph was built), so Celery's check would refuse every re-send of it
+                return None
             return header(*args, **kwargs)
 
         task.__header__ = check
@@ -149,27 +158,37 @@ def run_node(task: Task, fn: Callable[..., Any], fields: Any, kwargs: dict[str, 
             exc,
         )
         raise Reject(str(exc), requeue=False) from None
-    try:
-        if message.failure is not None:
-            fail_node(task.app, message, message.failure)
-            return None
-        limits = TaskLimits.of(task)
-        if limits is None:
-            return NodeRun(task, fn, message, kwargs).run()
-        gate = Gate(task, message, limits, state_for(task.app))
-        if not gate.enter():  # over the task's fleet-wide limits: waits, holding no worker
-            return None
-        began: str | None = None
+    # the settings are read once for the delivery and the eager successors it runs, not
+    # in each place that asks (a setting changed meanwhile: seen from the next delivery)
+    with pinned(task.app):
         try:
-            node = NodeRun(task, fn, message, kwargs)
-            try:
-                return node.run()
-            finally:
-                began = node.began
-        finally:
-            gate.leave(began)
-    except INFRASTRUCTURE as exc:
-        raise send_again(task, message, exc) from exc
+            if message.failure is not None:
+                fail_node(task.app, message, message.failure)
+                return None
+            limits = TaskLimits.of(task)
+            keep = eager.keeper_for(task)
+            ahead = eager.begun_ahead(message)  # begun as its predecessor completed
+            if limits is None:
+                node = NodeRun(task, fn, message, kwargs, keep=keep, begun=ahead)
+                result = node.run()
+            else:
+                gate = Gate(task, message, limits, state_for(task.app))
+                if not gate.enter():  # over the task's fleet-wide limits: waits, no worker
+                    return None
+                began: str | None = None
+                try:
+                    node = NodeRun(task, fn, message, kwargs, keep=keep, begun=ahead)
+                    try:
+                        result = node.run()
+                    finally:
+                        began = node.began
+                finally:
+                    gate.leave(began)
+        except INFRASTRUCTURE as exc:
+            raise send_again(task, message, exc) from exc
+        # the node is done and recorded: its kept successor runs next (executor/eager.py)
+        eager.follow(task, node.spec, node.kept, node.kept_begun)
+    return result
 
 
 def _parsed(fields: Any) -> NodeMessage | None:
@@ -274,12 +293,15 @@ def _node_revoked(
     task_id = getattr(request, "id", None)
     if not task_id:
         return
-    signal = f"signal {signum}" if terminated and signum else ""
     try:
-        revoked(
-            sender.app, state_for(sender.app), task_id, terminated=bool(terminated), signal=signal
+        message_revoked(
+            sender.app,
+            state_for(sender.app),
+            task_id,
+            terminated=bool(terminated),
+            signum=signum,
+            request=request,
         )
-        store_revoked(sender.app, task_id, "terminated" if terminated else "revoked", request)
     except Exception:
         logger.exception("celery-graph: could not cancel the run of revoked node %s", task_id)
 

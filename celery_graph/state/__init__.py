@@ -18,6 +18,7 @@ from .connection import (
     WAIT_SLICE,
     client_for,
     redis_errors,
+    same_server,
     translated,
     translating,
     wait_client_for,
@@ -83,6 +84,11 @@ class State:
         if self._wait_client is None:
             self._wait_client = wait_client_for(self.settings)
         return self._wait_client
+
+    def same_server(self, params: dict[str, Any]) -> bool:
+        """Do the redis-py connection ``params`` name this state's one server and
+        database (connection.same_server)?"""
+        return same_server(self.client, params)
 
     def ping(self) -> None:
         """Raise StoreUnavailable unless Redis answers."""

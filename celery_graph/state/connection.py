@@ -112,6 +112,31 @@ def client_for(settings: Settings, socket_timeout: float = 30) -> Any:
     return redis.Redis.from_url(url, health_check_interval=30, **timeouts)
 
 
+def one_server(client: Any) -> bool:
+    """Is ``client`` a client of one server (a URL's, or the primary Sentinels name), whose
+    pipelines run in order on one connection? Not a Redis Cluster's."""
+    return getattr(client, "connection_pool", None) is not None
+
+
+def same_server(client: Any, params: dict[str, Any]) -> bool:
+    """Does a plain ``client`` (one server: not Cluster, not Sentinel) talk to the server
+    and database that redis-py connection ``params`` name (a connection pool's keyword
+    arguments, ``connection_class`` included), as the same user over the same kind of
+    connection? Names must be equal as given: "localhost" is not "127.0.0.1" here."""
+    pool: Any = getattr(client, "connection_pool", None)
+    if type(pool).__name__ != "ConnectionPool":
+        return False
+    import redis
+
+    if pool.connection_class is not params.get("connection_class", redis.Connection):
+        return False
+    mine = pool.connection_kwargs
+    return all(
+        str(mine.get(name) or "") == str(params.get(name) or "")
+        for name in ("host", "port", "path", "db", "username", "password")
+    )
+
+
 def wait_client_for(settings: Settings) -> Any:
     """A separate client for blocking waits (BLMOVE), with a socket timeout above the slice."""
     return client_for(settings, socket_timeout=WAIT_SLICE + 10)

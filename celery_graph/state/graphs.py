@@ -53,9 +53,10 @@ class GraphStore:
                 gone, _ = self._cache.popitem(last=False)
                 self._refreshed.pop(gone, None)
 
-    def put_commands(self, pipe: Any, spec: GraphSpec) -> None:
-        """Queue the write of ``spec`` on a pipeline (SET NX + TTL refresh); GraphTooLarge,
-        before anything is written, for a graph over the limit."""
+    def put_commands(self, spec: GraphSpec) -> list[tuple[Any, ...]]:
+        """The commands that write ``spec`` (SET NX + TTL refresh), for a pipeline or a
+        script's round trip; GraphTooLarge, before anything is written, for a graph over
+        the limit."""
         if len(spec.blob) > self.max_bytes:
             raise GraphTooLarge(
                 f"graph {spec.graph_id} is {len(spec.blob)} bytes of JSON, over "
@@ -63,13 +64,13 @@ class GraphStore:
                 "process of the app, or split the graph (child runs, maps)"
             )
         key = self.keys.graph(spec.graph_id)
-        pipe.set(key, compressed(spec), nx=True, ex=self.ttl)
-        pipe.expire(key, self.ttl)
+        return [("SET", key, compressed(spec), "NX", "EX", self.ttl), ("EXPIRE", key, self.ttl)]
 
     def put(self, spec: GraphSpec) -> bool:
         """Store ``spec``; True if this call wrote it (False: it was already there)."""
         pipe = self.client.pipeline(transaction=False)
-        self.put_commands(pipe, spec)
+        for command in self.put_commands(spec):
+            pipe.execute_command(*command)
         created, _ = translated("storing a graph", pipe.execute)
         self.remember(spec)
         return bool(created)

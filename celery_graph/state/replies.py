@@ -66,6 +66,13 @@ class Begin(TextCode):
     UNRELEASED = "unreleased"  # the state has not released the node (it is behind)
 
 
+class Fused(TextCode):
+    """complete_begin.lua: a node completed and its kept successor began, in one call."""
+
+    BEGUN = "begun"  # both done: the successor runs in this process, leased as running
+    DECLINED = "declined"  # nothing written: take the general path (complete.lua)
+
+
 class Verdict(TextCode):
     """reclaim.lua: the reconciler's look at a run."""
 
@@ -172,6 +179,7 @@ class Beat(TextCode):
 MIRRORED: dict[str, tuple[type[Enum], ...]] = {
     "begin": (Begin,),
     "complete": (Stored, Ended),
+    "complete_begin": (Fused,),
     "map_arrive": (Stored,),
     "item": (Stored,),
     "finish": (Finish,),
@@ -213,6 +221,7 @@ class Arrival(NamedTuple):
     ended: Ended
     publish: list[str]  # successors this arrival released (marked published): publish them
     skipped: list[str]  # successors that will not run (all their arrivals were skips)
+    record: dict[str, str] | None = None  # the run record, when this arrival ended the run
 
 
 @dataclass(frozen=True)

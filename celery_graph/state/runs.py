@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
-from ..codec import decode_value, parse_error
-from ..errors import RunNotFound
+from ..codec import decode_value, error_record, parse_error
+from ..errors import RunNotFound, StoreError
 from ..keys import RUN_ID_RE, Keys
 from ..model import FINAL_STATES, NODE_STATES, GraphSpec, Outcome, RunStatus, count_field
-from .connection import WAIT_SLICE, translated
+from .connection import WAIT_SLICE, one_server, translated, translating
 from .graphs import GraphStore
-from .scripts import Scripts
+from .scripts import Piggyback, Scripts
 from .workers import bucket_label
 
 # A flow's stats (the dashboard's Flows page): days kept, and the upper bounds (seconds)
@@ -75,37 +76,63 @@ class RunStore:
         deadline: float | None = None,
         extra: dict[str, str] | None = None,
         waits: bool = False,
+        announce: bool = True,
     ) -> tuple[bool, str]:
         """Store the graph, list the run for the reconciler, then create the run with its
         roots marked published and leased (start.lua); the caller publishes the roots.
         ``waits``: the run is created queued for a slot of its concurrency limit instead.
+        ``announce``: list it among the runs now (else the caller calls :meth:`announce`
+        once it has published: one round trip less before the first message).
         Returns (True, its creation time: server time, as text) when created, (False, its
         status) when the run existed."""
-        k = self.keys
         # a run queued for a slot publishes nothing and has nothing to look after but its
         # deadline: without one it is listed when it starts (a lost start is the slot
         # sweep's), so a line of 1,000 runs costs the reconciler nothing
         listed = not waits or deadline is not None
-        # the graph stored and the run listed first, in one round trip: if this process
-        # dies before publishing, the reconciler finds the run
-        pipe = self.client.pipeline(transaction=False)
-        self.graphs.put_commands(pipe, spec)
-        if listed:
-            self._track(pipe, run_id)
-        translated("storing a graph and listing a run", pipe.execute)
-        self.graphs.remember(spec)
+        # the graph stored and the run listed for the reconciler before start.lua: if this
+        # process dies before publishing, the reconciler finds the run. Listed again after
+        # it: a sweep between the two may have dropped it (no run yet). On one server all
+        # of it is start.lua's round trip; on a Cluster the first part is one of its own.
+        first = self.graphs.put_commands(spec)
+        track = self._track_commands(run_id) if listed else []
+        failures: list[Exception] = []
+        also = None
+        if one_server(self.client):
+            also = Piggyback([*first, *track], failures.append, after=track[:1])
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for command in [*first, *track]:
+                pipe.execute_command(*command)
+            translated("storing a graph and listing a run", pipe.execute)
         created, detail = self.scripts.start(
-            run_id, spec, inputs_json, deadline, extra or {}, waits=waits
+            run_id, spec, inputs_json, deadline, extra or {}, waits=waits, also=also
         )
+        if failures:  # the graph or the listing not written: the run must not go on
+            if created:
+                error = error_record(
+                    "",
+                    "StoreError",
+                    StoreError.__module__,
+                    f"storing its graph failed: {failures[0]}",
+                )
+                self.scripts.finish(run_id, "failed", error_json=error, unsent=True)
+            with translating("storing a graph and listing a run"):
+                raise failures[0]
+        self.graphs.remember(spec)
         if not created:
             return False, detail
-        now = float(detail)
-        pipe = self.client.pipeline(transaction=False)
-        if listed:  # again: a sweep may have just dropped it
-            pipe.zadd(k.running_index(), {run_id: now})
-        self._list(pipe, run_id, now, (extra or {}).get("flow"))
-        translated("listing a run", pipe.execute)
+        if also is None and listed:  # again, as above
+            translated("listing a run", lambda: self.client.execute_command(*track[0]))
+        if announce:
+            self.announce(run_id, float(detail), (extra or {}).get("flow"))
         return True, detail
+
+    def announce(self, run_id: str, created: float, flow: str | None) -> None:
+        """List a created run among the runs (by time, and its flow's) for ``runs`` and the
+        dashboard: its creator does, once it has published its first messages."""
+        pipe = self.client.pipeline(transaction=False)
+        self._list(pipe, run_id, created, flow)
+        translated("listing a run", pipe.execute)
 
     def refuse(
         self,
@@ -146,10 +173,11 @@ class RunStore:
         pipe.zremrangebyscore(key, "-inf", score - self.run_ttl)
         pipe.expire(key, self.run_ttl)
 
-    def index_ended(self, run_id: str) -> None:
+    def index_ended(self, run_id: str, record: dict[str, str] | None = None) -> None:
         """List an ended run under its final state (idempotent: every process that ends a
-        run calls it, and the reconciler once more for every ended run)."""
-        record = self.record(run_id)
+        run calls it, and the reconciler once more for every ended run). ``record``: the
+        run record read since it ended, if the caller has it."""
+        record = record or self.record(run_id)
         status = record["status"]
         if status not in FINAL_STATES:
             return
@@ -215,8 +243,13 @@ class RunStore:
         translated("listing a run", lambda: self.client.zadd(key, {run_id: 0}, nx=True))
 
     def _track(self, pipe: Any, run_id: str) -> None:
-        pipe.zadd(self.keys.running_index(), {run_id: 0})
-        pipe.expire(self.keys.running_index(), self.run_ttl)
+        for command in self._track_commands(run_id):
+            pipe.execute_command(*command)
+
+    def _track_commands(self, run_id: str) -> list[tuple[Any, ...]]:
+        """List ``run_id`` for the reconciler, due at once (then its ttl refreshed)."""
+        key = self.keys.running_index()
+        return [("ZADD", key, 0, run_id), ("EXPIRE", key, self.run_ttl)]
 
     def schedule(self, run_id: str, when: float) -> None:
         """Look at a running run again at ``when`` (server time)."""
@@ -278,20 +311,40 @@ class RunStore:
         return not (record.get("status") == "failed" and record.get("unsent") == "1")
 
     def record(self, run_id: str) -> dict[str, str]:
+        return self.record_with_results(run_id)[0]
+
+    def record_with_results(
+        self, run_id: str, fields: Sequence[str] = ()
+    ) -> tuple[dict[str, str], list[bytes | None]]:
+        """The run record and the stored results of ``fields`` (none: the record alone), in
+        one round trip: a waiter that knows the run's sinks has its outcome with the
+        record that says it ended (``outcome(run_id, record, results)``)."""
         if not RUN_ID_RE.match(run_id or ""):
             raise RunNotFound(f"{run_id!r} is not a run id (32 hex digits)")
-        raw = translated("reading a run", lambda: self.client.hgetall(self.keys.run(run_id)))
+        key = self.keys.run(run_id)
+        results: list[bytes | None] = []
+        if fields:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hgetall(key)
+            pipe.hmget(self.keys.results(run_id), list(fields))
+            raw, results = translated("reading a run", pipe.execute)
+        else:
+            raw = translated("reading a run", lambda: self.client.hgetall(key))
         if not raw:
             raise RunNotFound(
                 f"no run {run_id} under key prefix {self.keys.prefix!r}: it never started "
                 "there, expired (a finished run is kept graph_result_ttl), or was lost with "
                 "the graph Redis's data"
             )
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return {k.decode(): v.decode() for k, v in raw.items()}, results
 
-    def slot_of(self, run_id: str) -> tuple[str, str] | None:
+    def slot_of(self, run_id: str, record: dict[str, str] | None = None) -> tuple[str, str] | None:
         """(scope, group) of the concurrency slot a run of a limited flow asks for, or None
-        (two fields, not the whole record: every run's end asks)."""
+        (two fields, not the whole record: every run's end asks; from ``record``, the run
+        record, when the caller has read it)."""
+        if record is not None:
+            scope_text, group_text = record.get("limit_scope"), record.get("limit_group")
+            return (scope_text, group_text) if scope_text and group_text else None
         key = self.keys.run(run_id)
         scope, group = translated(
             "reading a run", lambda: self.client.hmget(key, ["limit_scope", "limit_group"])
@@ -433,8 +486,15 @@ class RunStore:
             position=self.position(run_id, record),
         )
 
-    def outcome(self, run_id: str, record: dict[str, str] | None = None) -> Outcome | None:
-        """How the run ended (None while it runs): the sinks' results, or its error."""
+    def outcome(
+        self,
+        run_id: str,
+        record: dict[str, str] | None = None,
+        results: tuple[Sequence[str], Sequence[bytes | None]] | None = None,
+    ) -> Outcome | None:
+        """How the run ended (None while it runs): the sinks' results, or its error.
+        ``results``: (fields, their results) read with ``record``; used when the fields
+        are the run's sinks, else the results are read."""
         record = record or self.record(run_id)
         state = record["status"]
         if state not in FINAL_STATES:
@@ -442,9 +502,12 @@ class RunStore:
         if state != "succeeded":
             return Outcome(run_id, state, error=parse_error(record.get("error")))
         sinks = json.loads(record["sinks"])
-        raws = translated(
-            "reading results", lambda: self.client.hmget(self.keys.results(run_id), sinks)
-        )
+        if results is not None and list(results[0]) == sinks and len(results[1]) == len(sinks):
+            raws = list(results[1])
+        else:
+            raws = translated(
+                "reading results", lambda: self.client.hmget(self.keys.results(run_id), sinks)
+            )
         values = {s: decode_value(r) if r is not None else None for s, r in zip(sinks, raws)}
         return Outcome(run_id, state, values[sinks[0]] if len(sinks) == 1 else values)
 

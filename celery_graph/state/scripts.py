@@ -12,7 +12,8 @@ The scripts' answers are decoded here into ``replies``' values and enums.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import Settings
@@ -30,6 +31,7 @@ from .replies import (
     Ended,
     Expiry,
     Finish,
+    Fused,
     Mode,
     Reclaim,
     Revoked,
@@ -49,6 +51,8 @@ SCRIPTS = (
     "refuse",
     "begin",
     "complete",
+    "complete_begin",
+    "trace",
     "finish",
     "resume",
     "map_arrive",
@@ -68,6 +72,22 @@ SCRIPTS = (
 )
 
 
+@dataclass
+class Piggyback:
+    """Commands for the same Redis server sent in the round trip of the next script call
+    that takes them: ``commands`` before the script, ``after`` it, in that order on one
+    connection (a node's result written to the app's result backend when that backend is
+    this server: engine/results.py; a new run's graph and listing: runs.py). Only for a
+    client of one server (``one_server``): a Cluster would send them to other nodes, in no
+    order. They go once: ``sent`` is set when they went. The script runs whatever they
+    answer; ``failed`` is told of the first that failed."""
+
+    commands: list[tuple[Any, ...]]
+    failed: Callable[[Exception], None]
+    after: list[tuple[Any, ...]] = field(default_factory=list)
+    sent: bool = field(default=False)
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -81,11 +101,61 @@ class Scripts:
         self.settings = settings
         self._scripts = {name: client.register_script(load_script(name)) for name in SCRIPTS}
 
-    def _run(self, name: str, run_id: str, args: list[Any], own: Sequence[str] = ()) -> Any:
-        """Run script ``name`` on run ``run_id``: the run's keys, then the script's own."""
+    def _run(
+        self,
+        name: str,
+        run_id: str,
+        args: list[Any],
+        own: Sequence[str] = (),
+        also: Piggyback | None = None,
+    ) -> Any:
+        """Run script ``name`` on run ``run_id``: the run's keys, then the script's own;
+        ``also``'s commands first, in the same round trip, unless they went already."""
         keys = [*self.keys.run_layout(run_id), *own]
         with translating(f"running {name}.lua"):
-            return self._scripts[name](keys=keys, args=args)
+            if also is None or also.sent:
+                return self._scripts[name](keys=keys, args=args)
+            return self._run_after(self._scripts[name], keys, args, also)
+
+    def _run_after(self, script: Any, keys: list[str], args: list[Any], also: Piggyback) -> Any:
+        """``also``'s commands, then ``script``, then ``also.after``, in one pipeline (no
+        transaction: the script alone is atomic, as always). EVALSHA, not the Script
+        object, because redis-py's pipeline asks SCRIPT EXISTS first, a round trip of its
+        own. A server that lost the script (a restart, SCRIPT FLUSH) answers NOSCRIPT: the
+        script is loaded and runs again, followed by ``after`` again (what follows it
+        must: a new run's listing for the reconciler, which a sweep in between drops)."""
+        also.sent = True
+        reply = self._pipelined(script, keys, args, also.commands, also)
+        if isinstance(reply, redis_errors().NoScriptError):
+            self._client.script_load(script.script)
+            reply = self._pipelined(script, keys, args, [], also)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def _pipelined(
+        self,
+        script: Any,
+        keys: list[str],
+        args: list[Any],
+        before: list[tuple[Any, ...]],
+        also: Piggyback,
+    ) -> Any:
+        """``before``, ``script`` (EVALSHA) and ``also.after`` in one pipeline; the
+        script's reply, an exception included; ``also.failed`` told of the first command
+        of the others that failed."""
+        pipe = self._client.pipeline(transaction=False)
+        for command in before:
+            pipe.execute_command(*command)
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        for command in also.after:
+            pipe.execute_command(*command)
+        replies = pipe.execute(raise_on_error=False)
+        reply = replies.pop(len(before))
+        failed = next((r for r in replies if isinstance(r, Exception)), None)
+        if failed is not None:
+            also.failed(failed)
+        return reply
 
     # -- a run ---------------------------------------------------------------------------
 
@@ -97,10 +167,11 @@ class Scripts:
         deadline: float | None,
         extra: dict[str, str],
         waits: bool = False,
+        also: Piggyback | None = None,
     ) -> tuple[bool, str]:
         """Create the run (``waits``: queued for a slot of its flow's concurrency limit,
         nothing marked); (True, server time) when created, (False, status) when a run
-        with this id exists already."""
+        with this id exists already. ``also``: sent in the same round trip."""
         k = self.keys
         arrivals = [
             *(k.join(run_id, j) for j in spec.joins),
@@ -124,7 +195,7 @@ class Scripts:
         ]
         for root in spec.roots:
             args += [root, spec.nodes[root].delay]
-        created, detail = self._run("start", run_id, args, arrivals)
+        created, detail = self._run("start", run_id, args, arrivals, also)
         return bool(created), _text(detail)
 
     def admit(self, run_id: str, spec: GraphSpec) -> tuple[bool, str]:
@@ -242,11 +313,12 @@ class Scripts:
         branch: str = "",
         error_json: str = "",
         traceback: str = "",
+        also: Piggyback | None = None,
     ) -> Arrival:
         """Store the result and arrive at the successors (see complete.lua), in parts of
         PART successors. ``kind`` is "ok", "failed" (a member of a group with a failure
         policy, with ``error_json``) or "skipped"; ``branch`` is "!a,b" when the node chose
-        those successors only."""
+        those successors only; ``also``: sent in the first call's round trip."""
         k = self.keys
         policy = ""
         if kind == "failed" and node.tolerant is not None:
@@ -256,6 +328,7 @@ class Scripts:
         stored, ended = Stored.KEPT, Ended.NO
         publish: list[str] = []
         skipped: list[str] = []
+        record: dict[str, str] | None = None
         for n, part in enumerate(parts):
             joins: list[str] = []
             args: list[Any] = [
@@ -281,11 +354,15 @@ class Scripts:
                 args += [succ, len(target.preds), target.delay]
                 if target.is_join:
                     joins.append(k.join(run_id, succ))
-            reply = self._run("complete", run_id, args, joins)
+            reply = self._run("complete", run_id, args, joins, also)
             if not isinstance(reply, list) or len(reply) < 3:
                 raise BarrierError(f"complete.lua answered {reply!r}")
             n_pub = int(reply[2])
             ids = [_text(s) for s in reply[3:]]
+            if "#record" in ids:  # this call ended the run: the record follows
+                at = ids.index("#record")
+                ids, fields = ids[:at], ids[at + 1 :]
+                record = dict(zip(fields[::2], fields[1::2], strict=True))
             this = Stored(int(reply[0]))
             if n == 0:
                 stored = this
@@ -294,7 +371,56 @@ class Scripts:
             skipped += ids[n_pub:]
             if this in (Stored.NOT_RUNNING, Stored.IGNORED) or ended == Ended.FAILED:
                 break  # no more parts
-        return Arrival(stored, ended, publish, skipped)
+        return Arrival(stored, ended, publish, skipped, record)
+
+    def complete_begin(
+        self,
+        run_id: str,
+        node_id: str,
+        result_json: bytes | str,
+        successor: str,
+        hostname: str,
+        upstream_ids: list[str],
+        also: Piggyback | None = None,
+    ) -> Begun | None:
+        """Node ``node_id`` succeeded with ``result_json`` and its one successor begins
+        at once on ``hostname`` (an eager successor: complete_begin.lua), reading the
+        results of ``upstream_ids``; what begin.lua would answer the successor, or None
+        when nothing was written and the general path (``complete``, then ``begin``)
+        must be taken. ``also`` goes in the same round trip, whatever the script answers."""
+        if len(upstream_ids) > PART:
+            return None
+        reply = self._run(
+            "complete_begin",
+            run_id,
+            [
+                node_id,
+                result_json,
+                self.settings.run_ttl,
+                successor,
+                hostname,
+                self.settings.running_lease,
+                *upstream_ids,
+            ],
+            also=also,
+        )
+        if _text(reply[0]) != Fused.BEGUN:
+            return None
+        inputs, attempt, flow = reply[1], int(reply[2]), reply[3]
+        return Begun(
+            Begin.RUNNING,
+            inputs,
+            None,
+            [r or None for r in reply[4:]],
+            attempt,
+            flow=_text(flow) if flow else None,
+            waited=0.0,
+        )
+
+    def keep_trace(self, run_id: str, field: str, trace: str) -> bool:
+        """Keep ``trace``, the trace context of ``field``'s running attempt, when it began
+        without begin.lua (see trace.lua); False when the run or the attempt ended."""
+        return bool(self._run("trace", run_id, [field, trace]))
 
     def finish(
         self,

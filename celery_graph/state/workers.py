@@ -21,6 +21,7 @@ duration buckets, ``+Inf`` included), ``s|<task>|<queue>`` (summed seconds).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Sequence
@@ -44,6 +45,13 @@ def bucket_label(le: float) -> str:
     return "+Inf" if le == float("inf") else repr(float(le))
 
 
+@functools.lru_cache(maxsize=4096)
+def _bucket_fields(prefix: str, buckets: tuple[float, ...]) -> tuple[tuple[float, str], ...]:
+    """(upper bound, field name) of each bucket of a histogram, ``+Inf`` last: named once
+    per series, not once per task (a no-op task's duration falls in every bucket)."""
+    return tuple((le, f"{prefix}|{bucket_label(le)}") for le in (*buckets, float("inf")))
+
+
 def task_counts(
     task: str,
     queue: str,
@@ -62,14 +70,14 @@ def task_counts(
     floats: dict[str, float] = {}
     if runtime is not None:
         floats = {"runtime_total": runtime, f"s|{series}": runtime}
-        for le in (*buckets, float("inf")):
+        for le, field in _bucket_fields(f"b|{series}", tuple(buckets)):
             if runtime <= le:
-                whole[f"b|{series}|{bucket_label(le)}"] = 1
+                whole[field] = 1
     if waited is not None:
         floats[f"ws|{queue}"] = waited
-        for le in (*wait_buckets, float("inf")):
+        for le, field in _bucket_fields(f"wb|{queue}", tuple(wait_buckets)):
             if waited <= le:
-                whole[f"wb|{queue}|{bucket_label(le)}"] = 1
+                whole[field] = 1
     return whole, floats
 
 

@@ -19,6 +19,8 @@ What ``install(app)`` adds:
 - the worker bootstep (``app.steps['worker']``, ``step.GraphWorkerStep``, named so it is
   imported only by a worker): heartbeat, ``/metrics`` and ``/healthz``, graceful hand-back,
   the reconciler, and node messages for every task of the app;
+- a consumer bootstep (``app.steps['consumer']``, ``revokes.TerminateStep``) that reads a
+  copy of the control messages, so Celery's terminate reaches an eager successor;
 - celery-graph's own tasks on the app: ``celery_graph.run_graph`` (a graph as a step of a
   Celery canvas) and ``celery_graph.call`` (graphs stored by earlier versions);
 - receivers of Celery's task signals that only act on node messages (a node's failure,
@@ -61,6 +63,8 @@ logger = logging.getLogger("celery_graph.worker")
 
 HELP_GROUP = "celery-graph Options"
 STEP = "celery_graph.worker.step:GraphWorkerStep"  # imported by Celery, in a worker only
+# a consumer of the control messages: Celery's terminate of an eager successor
+CONSUMER_STEP = "celery_graph.worker.revokes:TerminateStep"
 
 
 # -- configuration --------------------------------------------------------------------
@@ -202,6 +206,7 @@ def install(app: Any) -> None:
         _installed.add(app)
     app.user_options["worker"].update(WORKER_OPTIONS)
     app.steps["worker"].add(STEP)
+    app.steps["consumer"].add(CONSUMER_STEP)
     register_run_graph(app)
     register_call_task(app)
     register_wait_task(app)

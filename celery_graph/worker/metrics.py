@@ -56,6 +56,7 @@ from typing import Any
 from celery.signals import task_postrun, task_prerun, worker_process_shutdown, worker_shutdown
 
 from ..config import registry_ttl
+from ..errors import StoreUnavailable
 from ..signals import run_finished, run_started
 from ..state import State, run_counts, state_for, task_counts
 
@@ -170,6 +171,8 @@ class Tally:
                     state.workers.add_task_counts(hostname, whole, floats, registry_ttl())
                 else:
                     state.workers.add_run_counts(whole, floats, state.settings.run_ttl)
+            except StoreUnavailable as exc:  # the graph Redis away (or gone at exit): one line
+                logger.warning("celery-graph: could not record task metrics: %s", exc)
             except Exception:
                 logger.warning("celery-graph: could not record task metrics", exc_info=True)
 
@@ -248,11 +251,13 @@ def _on_run_started(state: State | None = None, flow: str | None = None, **_: An
     tally.add(state, "", *run_counts("started", None, RUN_DURATION_BUCKETS, flow or ""))
 
 
-def _on_run_finished(state: State | None = None, run_id: str = "", **_: Any) -> None:
+def _on_run_finished(
+    state: State | None = None, run_id: str = "", record: Any = None, **_: Any
+) -> None:
     if state is None:
         return
     try:
-        record = state.runs.record(run_id)
+        record = record or state.runs.record(run_id)
         duration = None
         if record.get("created") and record.get("finished"):  # both the server's time
             duration = max(0.0, float(record["finished"]) - float(record["created"]))

@@ -24,7 +24,7 @@ from celery.worker import state as worker_state
 
 from ..compat import COLD_SHUTDOWN_CANCELS, has, ignored_settings
 from ..config import WorkerOptions, reliable_defaults_wanted
-from ..dispatch import QueueDepth
+from ..dispatch import QueueDepth, publish_nodes
 from ..engine.reconcile import SweepThread
 from ..errors import (
     CeleryGraphError,
@@ -33,8 +33,8 @@ from ..errors import (
     NoGraphRedis,
     StoreUnavailable,
 )
-from ..executor import adopt_tasks
-from ..protocol import NodeMessage, graph_fields
+from ..executor import adopt_tasks, eager
+from ..protocol import NodeMessage, NodeTaskId, graph_fields
 from ..state import Mode, state_for
 from ..state.workers import REDIS_REQUIRED, version_tuple
 from .endpoint import MetricsServer, WorkerCollector
@@ -126,6 +126,10 @@ class GraphWorkerStep(bootsteps.StartStopStep):
         # Built with the worker, before its pool forks and its consumer builds the
         # tracers (which keep each task's run): every task of the app runs node messages.
         adopt_tasks(w.app)
+        # shared with the pool processes it forks (executor/eager.py): the tasks this
+        # worker has, that it is stopping, the ids revoked on it and the eager successors
+        # they run, which a cold shutdown hands back
+        self.eager = eager.share(w.app, events=bool(getattr(w, "task_events", False)))
         self.heartbeat: Any = None
         self.metrics: Any = None
         self.sweeper: SweepThread | None = None
@@ -259,6 +263,7 @@ class GraphWorkerStep(bootsteps.StartStopStep):
             # a handler would deadlock if a second signal arrived inside it.
             first = not self._shutdown_started
             self._shutdown_started = True
+            self.eager.stop()  # no new eager successor: the node after is published
             if not first:
                 cold()
                 return
@@ -297,8 +302,26 @@ class GraphWorkerStep(bootsteps.StartStopStep):
                 state.scripts.lease(
                     run_id, Mode.RELEASE, state.settings.queued_lease, fields, worker=w.hostname
                 )
+            self._hand_back_eager(state, w)
         except CeleryGraphError as exc:  # their leases run out instead: slower, not lost
             logger.warning("celery-graph: could not release the leases handed back: %s", exc)
+
+    def _hand_back_eager(self, state: Any, w: Any) -> None:
+        """The eager successors running here have no message of their own to hand back
+        (the message that started their chain is handed back, and finds its node done):
+        release each one's lease and publish it, so it runs at once where it lands."""
+        for graph_id, task_id in self.eager.running():
+            parsed = NodeTaskId.parse(task_id)
+            if parsed is None:
+                continue
+            lease = state.settings.queued_lease
+            released = state.scripts.lease(
+                parsed.run_id, Mode.RELEASE, lease, [parsed.field], worker=w.hostname
+            )
+            if released:
+                spec = state.graphs.load(graph_id)
+                publish_nodes(w.app, spec, parsed.run_id, [parsed.node_id], epoch=parsed.epoch)
+                logger.info("celery-graph: eager successor %s handed back", task_id)
 
     def _mark_stopping(self) -> None:
         if self.heartbeat is not None:

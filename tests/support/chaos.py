@@ -63,6 +63,8 @@ class ChaosReport:
     reexecuted_nodes: int
     finished_after_last_fault: float  # seconds from the last fault to the last run's end
     stuck: list[str] = field(default_factory=list)  # runs lost, with their node states
+    # runs with a node doubled or out of order, described as the lost ones are
+    suspect: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -155,12 +157,13 @@ def run_chaos(
                 result = run.get(timeout=max(1.0, end_at - time.monotonic()))
             except (RunFailed, RunTimeout, StoreUnavailable) as exc:
                 lost += 1
-                stuck.append(_describe(run, exc))
+                stuck.append(_describe(run, exc, traces, _tag, faults))
                 continue
             if result != expected(run_seed):
                 wrong += 1
         recovered = time.monotonic() - last_fault
         doubled = joins_doubled = order = reexec = 0
+        suspect: list[str] = []
         for run, _seed, tag in submitted:
             trace = [e.decode() for e in traces.lrange(f"cgtest-trace:{tag}", 0, -1)]
             try:
@@ -169,6 +172,10 @@ def run_chaos(
             except Exception:  # a lost run's state may be gone; it is counted already
                 recovered_nodes = set(NODES)
             d, j, o, r = _judge(trace, faults, recovered_nodes)
+            if d or o:
+                suspect.append(
+                    _describe(run, RuntimeError("doubled or out of order"), traces, tag, faults)
+                )
             doubled, joins_doubled, order, reexec = (
                 doubled + d,
                 joins_doubled + j,
@@ -191,6 +198,7 @@ def run_chaos(
             reexec,
             round(recovered, 1),
             stuck,
+            suspect,
         )
     finally:
         pool.stop()
@@ -199,24 +207,46 @@ def run_chaos(
 
 
 def _submit(flow, inputs: dict, app) -> GraphRun:
-    """Submit, riding out a graph Redis restart (the submitter retries, as a client would)."""
+    """Submit, riding out a graph Redis restart (the submitter retries, as a client would),
+    under an idempotency key: a submission whose answer the restart cut off may have
+    created its run, which then runs (the reconciler publishes its roots), and a retry
+    without the key would start a second run of the same inputs, whose nodes the trace
+    of the tag would count as doubled."""
     end = time.monotonic() + 30
     while True:
         try:
-            return flow.submit(inputs, app=app)
+            return flow.submit(inputs, app=app, idempotency_key=f"chaos:{inputs['tag']}")
         except StoreUnavailable:
             if time.monotonic() > end:
                 raise
             time.sleep(0.2)
 
 
-def _describe(run: GraphRun, exc: BaseException) -> str:
+def _describe(
+    run: GraphRun, exc: BaseException, traces: redis.Redis, tag: str, faults: list[float]
+) -> str:
+    """All there is to know about a lost run: its status, its raw record and node fields,
+    whether the reconciler lists it, its trace and the faults' times."""
+    trace = [e.decode() for e in traces.lrange(f"cgtest-trace:{tag}", 0, -1)]
+    lines = [f"run {run.id} ({type(exc).__name__}: {exc}) tag {tag}", f"  trace: {trace}"]
+    lines.append(f"  faults: {faults}")
     try:
         status = run.status()
         states = {n: (s.state, s.attempts, s.redelivered, s.lost) for n, s in status.nodes.items()}
-        return f"{run.id} {status.state} {type(exc).__name__}: {states}"
+        lines.append(f"  status {status.state}: {states}")
+        state, keys = run._state, run._state.keys
+        lines.append(f"  record: {state.client.hgetall(keys.run(run.id))}")
+        lines.append(f"  nodes: {state.client.hgetall(keys.nodes(run.id))}")
+        lines.append(
+            f"  queued leases: {state.client.zrange(keys.queued(run.id), 0, -1, withscores=True)}"
+        )
+        lines.append(
+            f"  running leases: {state.client.zrange(keys.leases(run.id), 0, -1, withscores=True)}"
+        )
+        lines.append(f"  reconciler's index: {state.client.zscore(keys.running_index(), run.id)}")
     except Exception as err:  # the run's state may be gone
-        return f"{run.id} {type(exc).__name__}: {exc} (status: {err})"
+        lines.append(f"  (status: {err!r})")
+    return "\n".join(lines)
 
 
 def _judge(trace: list[str], faults: list[float], recovered: set[str]) -> tuple[int, int, int, int]:

@@ -155,6 +155,20 @@ def app(celery_app: Celery, worker: object) -> Celery:
     return celery_app
 
 
+@pytest.fixture()
+def eager_off(app: Celery) -> Iterator[Celery]:
+    """``app`` with eager successors off for one test: every node is a broker message.
+    For the tests that look at node messages themselves (their size, what they carry,
+    how many): an eager successor runs in the worker of the node before it and sends
+    none (executor/eager.py, tests/test_eager.py)."""
+    saved = app.conf.get("graph_eager_successors")
+    app.conf.graph_eager_successors = False
+    try:
+        yield app
+    finally:
+        app.conf.graph_eager_successors = saved
+
+
 @pytest.fixture(scope="session")
 @starts_processes
 def cluster_url() -> Iterator[str]:

@@ -41,6 +41,9 @@ from tests.support.helpers import session_name, starts_processes, wait_for
 SESSION = session_name()
 GRAPH_WORKER = [sys.executable, "-m", "celery_graph.worker"]
 CELERY = [sys.executable, "-m", "celery"]
+# the worker starters' commands: the same, without the `celery` sub-commands of packages
+# other than celery-graph (Flower's: tests/support/launch.py)
+LAUNCH = [sys.executable, "-m", "tests.support.launch"]
 # what every worker of the tests runs with unless the test says otherwise
 WORKER_OPTIONS = (
     "-P",
@@ -210,10 +213,11 @@ class Process(subprocess.Popen):
 
 
 def worker_argv(app: str, *options: str, graph: bool = False) -> list[str]:
-    """``celery -A APP worker OPTIONS`` (with ``graph``: ``graph-worker -A APP OPTIONS``)."""
+    """``celery -A APP worker OPTIONS`` (with ``graph``: ``graph-worker -A APP OPTIONS``),
+    without other packages' ``celery`` sub-commands (tests/support/launch.py)."""
     if graph:
-        return [*GRAPH_WORKER, "-A", app, *options]
-    return [*CELERY, "-A", app, "worker", *options]
+        return [*LAUNCH, "celery_graph.worker", "-A", app, *options]
+    return [*LAUNCH, "celery", "-A", app, "worker", *options]
 
 
 # -- a worker for the length of a with block -------------------------------------------------

@@ -110,6 +110,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         group = _xdist_group(item, names, app)
         if group and not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(group))
+    _fast_only(config, items)
+
+
+def _fast_only(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """CGTEST_FAST_ONLY="tests/a.py tests/b.py": those files' slow tests are deselected
+    (.ci/pythons: on the oldest releases, the slow tests whose outcome is the same on
+    every release)."""
+    files = set(os.environ.get("CGTEST_FAST_ONLY", "").split())
+    if not files:
+        return
+    dropped = [
+        i for i in items if i.nodeid.split("::")[0] in files and i.get_closest_marker("slow")
+    ]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        gone = {id(i) for i in dropped}
+        items[:] = [i for i in items if id(i) not in gone]
 
 
 # what a fast test may not start: worker, beat, flower and multi commands, Redis Cluster

@@ -65,7 +65,9 @@
 -- (STORED by this call, KEPT when a result was there already, NOT_RUNNING when the run is
 -- not running, IGNORED when a failure was ignored because a result is stored); ended is
 -- an Ended (SUCCEEDED when this call ended the run as succeeded, FAILED as failed by a
--- broken group policy, else NO).
+-- broken group policy, else NO). A call that ended the run answers no ids: "#record",
+-- then the run record as it is now (HGETALL's field, value pairs), which the end of the
+-- run reads (one round trip less).
 -- @include "clock"
 -- @include "run"
 -- @include "node_record"
@@ -144,6 +146,15 @@ local current = seen[1]  -- the node's state, as this call leaves it
 
 -- writes to the node state, made in one HSET (flush) before the script answers
 local writes = {}
+-- the answer of a call that ended the run: the run record follows "#record"
+local function with_record(out)
+  out[#out + 1] = '#record'
+  for _, v in ipairs(redis.call('HGETALL', K.run)) do
+    out[#out + 1] = v
+  end
+  return out
+end
+
 local function flush()
   counts_into(writes)
   if #writes > 0 then
@@ -212,7 +223,7 @@ if first and kind == 'failed' and policy_json ~= '' then
                                               module = 'celery_graph.errors',
                                               message = message, traceback = traceback}),
               result_ttl)
-    return {Stored.KEPT, Ended.FAILED, 0}
+    return with_record({Stored.KEPT, Ended.FAILED, 0})
   end
 end
 
@@ -296,6 +307,9 @@ if last and nsinks > 0 then
   if redis.call('SCARD', K.sinks) >= nsinks then
     close_run('succeeded', nowstr, '', result_ttl)
     out[2] = Ended.SUCCEEDED
+    if #out == 3 then  -- a sink has no successors: nothing released or skipped
+      with_record(out)
+    end
   end
 end
 return out
