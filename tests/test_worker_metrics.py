@@ -3,6 +3,7 @@ process at /metrics, with a queue-depth gauge."""
 
 from __future__ import annotations
 
+import os
 import urllib.request
 import uuid
 
@@ -173,6 +174,43 @@ def test_counts_are_written_in_batches_and_a_forked_child_keeps_none_of_its_pare
     assert os.WEXITSTATUS(status) == 0
     tally.flush()
     assert state.workers.counters(host) == {"processed": 4.0, "runtime_total": 1.5}
+
+
+def test_a_flush_returns_once_the_counts_another_flush_took_are_in_redis(redis_url, monkeypatch):
+    """The writer thread takes the pending counts and writes them outside the lock; a
+    flush meanwhile (the one at exit, or a test's) waits for that write instead of
+    finding nothing and returning: at exit the process would end with the counts still
+    on their way (the batched-counts test read 3 for 4 in CI this way)."""
+    import threading
+
+    from celery_graph.worker.metrics import Tally
+
+    app = build_app(redis_url, f"cgops-flush-{uuid.uuid4().hex[:6]}", key_prefix=f"{PREFIX}:flush")
+    state = state_for(app)
+    host = f"flush-{uuid.uuid4().hex[:6]}@test"
+    writing, release = threading.Event(), threading.Event()
+    real = state.workers.add_task_counts
+
+    def slow_write(*args, **kwargs):  # the real write, held until the test lets it go
+        writing.set()
+        release.wait(10)
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(state.workers, "add_task_counts", slow_write)
+    counts = Tally()
+    counts._pid = os.getpid()  # no writer thread of its own: the test plays it
+    for _ in range(3):
+        counts.add(state, host, {"processed": 1}, {})
+    background = threading.Thread(target=counts.flush)
+    background.start()
+    assert writing.wait(10)
+    threading.Timer(0.3, release.set).start()
+    counts.flush()
+    try:
+        assert state.workers.counters(host) == {"processed": 3.0}
+    finally:
+        release.set()
+        background.join(10)
 
 
 def test_a_task_counts_in_every_bucket_at_or_above_its_duration() -> None:

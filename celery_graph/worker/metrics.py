@@ -123,6 +123,9 @@ _installed = False
 _lock = threading.Lock()
 
 
+_Pending = dict[tuple[int, str], tuple[State, dict[str, int], dict[str, float]]]
+
+
 class Tally:
     """Counts of this process not yet in Redis, by (state, hostname) for a worker's task
     counters and (state, "") for the run counters, added to Redis in one call per hash
@@ -130,8 +133,9 @@ class Tally:
     forked child), and when the process exits."""
 
     def __init__(self) -> None:
-        self._pending: dict[tuple[int, str], tuple[State, dict[str, int], dict[str, float]]] = {}
+        self._pending: _Pending = {}
         self._lock = threading.Lock()
+        self._writing = threading.Lock()  # held from taking the counts to their write
         self._pid = 0
         self._wake = threading.Event()
         self._exit_hook = False
@@ -161,10 +165,16 @@ class Tally:
             self.flush()
 
     def flush(self) -> None:
-        """Add every pending count to Redis now (a batch Redis refuses is dropped, with a
+        """Add every pending count to Redis now, and return once the counts a flush in
+        another thread took are written too (a batch Redis refuses is dropped, with a
         warning: metrics never hold a task up)."""
-        with self._lock:
-            pending, self._pending = self._pending, {}
+        with self._writing:
+            with self._lock:
+                pending, self._pending = self._pending, {}
+            self._write(pending)
+
+    @staticmethod
+    def _write(pending: _Pending) -> None:
         for (_, hostname), (state, whole, floats) in pending.items():
             try:
                 if hostname:
@@ -180,6 +190,7 @@ class Tally:
         """In a forked child: a lock of its own (the parent's flushing thread may hold the
         copied one) and none of the parent's counts (the parent writes them)."""
         self._lock = threading.Lock()
+        self._writing = threading.Lock()
         self._wake = threading.Event()
         self._pending = {}
         self._pid = 0
