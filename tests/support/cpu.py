@@ -22,6 +22,7 @@ def _cpu() -> tuple[float, float, float]:
 
 
 def _write(line: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(_LOG)), exist_ok=True)
     with open(_LOG, "a") as out:
         out.write(f"3.{sys.version_info.minor} {line}\n")
 
