@@ -300,9 +300,9 @@ def test_a_submission_makes_one_round_trip_to_redis_before_its_first_message(app
 
 def test_get_on_a_run_just_submitted_waits_for_its_signal_before_reading(app, monkeypatch):
     """A handle from the submission that created the run (no deadline) waits for the
-    run's completion signal first and reads the record with its results once, where it
-    read them before waiting too; a run with a deadline, or a handle made from an id,
-    reads first."""
+    run's completion signal first, where it read the record before waiting too; the
+    signal of a run that succeeded with small results carries them, so it reads nothing
+    at all. A handle whose run has ended, or a run with a deadline, reads first."""
     from celery_graph.state import state_for
     from tests.tasks import extract, transform
 
@@ -319,14 +319,80 @@ def test_get_on_a_run_just_submitted_waits_for_its_signal_before_reading(app, mo
     monkeypatch.setattr(runs, "record_with_results", counted)
     run = (extract >> transform).apply_async()
     assert run.get(timeout=30) == [10, 20, 30]
-    assert reads == [run.id]
-    reads.clear()
+    assert reads == []  # the signal carried the result
     assert run.get(timeout=5) == [10, 20, 30]  # once only: it has ended now
     assert reads == [run.id]
     reads.clear()
     timed = (extract >> transform).apply_async(deadline=60)
     assert timed.get(timeout=30) == [10, 20, 30]
     assert len(reads) >= 1 and set(reads) == {timed.id}
+
+
+def test_the_completion_signal_carries_a_run_s_small_results(app, monkeypatch):
+    """A run that succeeds with at most 64 sinks and 8 KiB of their results has them in
+    its completion signal (lib/run.lua done_signal): a waiter it wakes returns them
+    without reading the record; larger ones, more sinks or a failure are read as before,
+    with the same answers."""
+    from celery_graph import Parallel
+    from celery_graph.state import state_for
+    from tests.tasks import big_result, boom, source
+
+    state = state_for(app)
+    runs = state.runs
+    reads: list[str] = []
+    read = runs.record_with_results
+    me = threading.get_ident()
+
+    def counted(run_id, *args):
+        if threading.get_ident() == me:
+            reads.append(run_id)
+        return read(run_id, *args)
+
+    def signal_of(run: GraphRun) -> list[bytes]:
+        return state.client.lrange(state.keys.done(run.id), 0, -1)
+
+    monkeypatch.setattr(runs, "record_with_results", counted)
+    # bytes, not characters (the length Lua counts), and a result that looks like the layout
+    odd = "é:-\n2:xy"
+    small = (
+        source.bind(id="a", value=None) | source.bind(id="b", value=odd) | big_result.bind(size=3)
+    ).apply_async()
+    assert small.get(timeout=30) == {"a": None, "b": odd, "big_result": "xxx"}
+    assert reads == []
+    assert signal_of(small)[0].startswith(b"succeeded\n")
+    over = big_result.bind(size=9000).as_graph().apply_async()  # 9,002 bytes encoded
+    assert over.get(timeout=30) == "x" * 9000
+    assert reads == [over.id] and signal_of(over) == [b"succeeded"]
+    reads.clear()
+    wide = Parallel(tuple(source.bind(id=f"s{i}", value=i) for i in range(65))).apply_async()
+    assert wide.get(timeout=60) == {f"s{i}": i for i in range(65)}
+    assert reads == [wide.id] and signal_of(wide) == [b"succeeded"]
+    reads.clear()
+    failing = boom.bind(id="broken").as_graph().apply_async()
+    with pytest.raises(RunFailed, match="broken"):
+        failing.get(timeout=30)
+    assert reads == [failing.id] and signal_of(failing) == [b"failed"]
+
+
+def test_a_completion_signal_that_is_not_the_layout_carries_nothing():
+    """Signals of other writers (a plain status, an older worker's) or a cut one give no
+    outcome: the waiter reads the record."""
+    from celery_graph.state.runs import signalled
+
+    assert signalled("r", b'succeeded\n["a"]\n4:null').value is None
+    assert signalled("r", b'succeeded\n["a","b"]\n-1:7').value == {"a": None, "b": 7}
+    for signal in (
+        None,
+        b"succeeded",
+        b"failed",
+        b'succeeded\n["a"]\n5:null',  # cut short
+        b'succeeded\n["a"]\n2:1',
+        b'succeeded\n["a"]\n1:12',  # something after the last
+        b'succeeded\n["a"]\n',
+        b"succeeded\n[]\n",
+        b"succeeded\nnot json\n1:1",
+    ):
+        assert signalled("r", signal) is None, signal
 
 
 def test_the_end_of_a_run_reads_its_record_once(app, monkeypatch):

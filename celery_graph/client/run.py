@@ -173,11 +173,14 @@ class GraphRun(Generic[R]):
         # the sinks' results are read with the record when the handle knows its graph:
         # the record that says the run ended comes with its outcome (one round trip)
         sinks = list(self._spec.sinks) if self._spec is not None else []
+        signalled = None  # the outcome a completion signal carried (small results)
         if self._wait_first:  # just submitted: nothing to read before its signal comes
             self._wait_first = False
             first = WAIT_SLICE if deadline is None else deadline - time.monotonic()
-            state.runs.wait(self.id, max(min(first, WAIT_SLICE), 0.01))
+            signalled = state.runs.wait(self.id, max(min(first, WAIT_SLICE), 0.01))
         while True:
+            if signalled is not None:  # the run succeeded: nothing to read
+                return signalled.value
             record, results = self._record_with_results(state, sinks)
             # a run stuck past its deadline (no worker to notice) is failed here; the
             # deadline is on the Redis server's clock, like every time in the state
@@ -198,7 +201,7 @@ class GraphRun(Generic[R]):
                 remaining = min(remaining, deadline - time.monotonic())
                 if remaining <= 0:
                     raise RunTimeout(f"run {self.id} still {record['status']} after {timeout} s")
-            state.runs.wait(self.id, max(remaining, 0.01))
+            signalled = state.runs.wait(self.id, max(remaining, 0.01))
 
     def _fail_deadline(self) -> bool:
         error = error_record(

@@ -524,13 +524,42 @@ class RunStore:
         )
         return [i.decode() for i in ids]
 
-    def wait(self, run_id: str, seconds: float) -> None:
-        """Block up to ``seconds`` (at most WAIT_SLICE) on the run's completion signal."""
+    def wait(self, run_id: str, seconds: float) -> Outcome | None:
+        """Block up to ``seconds`` (at most WAIT_SLICE) on the run's completion signal.
+        The outcome when the signal carries it (a run that succeeded with small results),
+        else None: the run may have ended all the same (read its record)."""
         done = self.keys.done(run_id)
         # BLMOVE from the list to itself rotates the signal, so every waiter sees it.
-        translated(
+        signal = translated(
             "waiting for a run",
             lambda: self._wait_client().blmove(
                 done, done, min(seconds, WAIT_SLICE), "LEFT", "RIGHT"
             ),
         )
+        return signalled(run_id, signal)
+
+
+def signalled(run_id: str, signal: bytes | None) -> Outcome | None:
+    """The outcome a run's completion signal carries: a run that succeeded with a few small
+    results has them in it (``done_signal`` in lib/run.lua: ``succeeded``, the record's
+    sinks, then each result as ``<bytes>:<result>`` or ``-`` for none); None for any
+    other signal, or none."""
+    if not signal or not signal.startswith(b"succeeded\n"):
+        return None
+    try:
+        _, sinks_json, rest = signal.split(b"\n", 2)
+        sinks = json.loads(sinks_json)
+        values: dict[str, Any] = {}
+        at = 0
+        for sink in sinks:
+            if rest[at : at + 1] == b"-":
+                values[sink], at = None, at + 1
+                continue
+            colon = rest.index(b":", at)
+            end = colon + 1 + int(rest[at:colon])
+            values[sink], at = decode_value(rest[colon + 1 : end]), end
+    except ValueError:  # not this layout (json.JSONDecodeError is a ValueError)
+        return None
+    if not sinks or at != len(rest):
+        return None
+    return Outcome(run_id, "succeeded", values[sinks[0]] if len(sinks) == 1 else values)

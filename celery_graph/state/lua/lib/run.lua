@@ -105,6 +105,37 @@ local function steps_after(final)
   return steps
 end
 
+-- What the completion signal says: the final status and, for a run that succeeded with
+-- at most DONE_SINKS sinks whose results take at most DONE_BYTES, the sinks and their
+-- results, so a waiter it wakes has the outcome without reading it (runs.py parses it):
+-- "succeeded\n<the record's sinks, JSON>\n" and per sink "<bytes>:<result>" or "-" (none).
+local DONE_SINKS, DONE_BYTES = 64, 8192
+local function done_signal(final)
+  if final ~= 'succeeded' then
+    return final
+  end
+  local sinks_json = redis.call('HGET', K.run, 'sinks')
+  local sinks = sinks_json and cjson.decode(sinks_json) or {}
+  if #sinks == 0 or #sinks > DONE_SINKS then
+    return final
+  end
+  local raws = redis.call('HMGET', K.results, unpack(sinks))
+  local parts, size = {final, '\n', sinks_json, '\n'}, 0
+  for i = 1, #sinks do
+    local raw = raws[i]
+    if raw then
+      size = size + #raw
+      if size > DONE_BYTES then
+        return final
+      end
+      parts[#parts + 1] = #raw .. ':' .. raw
+    else
+      parts[#parts + 1] = '-'
+    end
+  end
+  return table.concat(parts)
+end
+
 -- End the run as ``final`` (succeeded, failed, cancelled) at ``nowstr`` with ``error_json``
 -- (JSON, or "" for none): wake the waiters, and every key of the run expires after
 -- ``ttl`` seconds (arrivals of joins and maps keep their own expiry, the run ttl at most).
@@ -125,6 +156,6 @@ local function close_run(final, nowstr, error_json, ttl)
     end
   end
   redis.call('HSET', K.run, 'status', final, 'finished', nowstr)
-  redis.call('RPUSH', K.done, final)
+  redis.call('RPUSH', K.done, done_signal(final))
   expire_keys(RUN_KEYS, ttl)
 end
