@@ -213,6 +213,29 @@ def test_a_flush_returns_once_the_counts_another_flush_took_are_in_redis(redis_u
         background.join(10)
 
 
+def test_a_private_server_s_cleanup_writes_this_process_s_counts_first(monkeypatch):
+    """PrivateRedis.cleanup flushes the counts the process holds before it stops the
+    server (a benchmark's exit warned that the server was gone)."""
+    from celery_graph.testing import PrivateRedis
+    from celery_graph.worker.metrics import tally
+
+    server = PrivateRedis().start()
+    app = build_app(server.url, f"cgops-clean-{uuid.uuid4().hex[:6]}", key_prefix=f"{PREFIX}:c")
+    state = state_for(app)
+    host = f"clean-{uuid.uuid4().hex[:6]}@test"
+    seen = []
+    stop = server.stop
+
+    def counted_then_stopped(**kwargs):
+        seen.append(state.workers.counters(host))
+        stop(**kwargs)
+
+    monkeypatch.setattr(server, "stop", counted_then_stopped)
+    tally.add(state, host, {"processed": 1}, {})
+    server.cleanup()
+    assert seen == [{"processed": 1.0}]
+
+
 def test_a_task_counts_in_every_bucket_at_or_above_its_duration() -> None:
     """The histogram fields one task adds (named once per series, state/workers.py)."""
     from celery_graph.state import task_counts
