@@ -1,6 +1,7 @@
 """Sequential latency: 1-, 3- and 50-step flows against Celery's ``chain`` of the same
 length, side by side in one run (one private Redis, one plain ``celery worker -c 2``, one
-flow at a time, the submitter ``.get()``s), with the Redis commands each system spends per
+flow at a time, the submitter ``.get()``s; taking turns run by run, and 1 and 3 steps
+again back to back, each system's runs in a row), with the Redis commands each system spends per
 step (``INFO commandstats`` around one 50-step run) and the time ``status`` takes on a
 100,000-node run.
 
@@ -104,6 +105,33 @@ def latency(repeats: dict[int, int]) -> dict[str, Any]:
                 "p50 ms": round(statistics.median(ts) * 1000, 2),
                 "p95 ms": round(percentile(ts, 0.95) * 1000, 2),
             }
+        chain = row["celery chain"]["p50 ms"]
+        row["ratio p50"] = round(row["celery-graph"]["p50 ms"] / chain, 2)
+        row["ratio p50, eager off"] = round(row[EAGER_OFF]["p50 ms"] / chain, 2)
+        out[f"{n} step" + ("s" if n > 1 else "")] = row
+    return out
+
+
+def back_to_back(runs: int, blocks: int = 4, lengths: tuple[int, ...] = (1, 3)) -> dict[str, Any]:
+    """p50 per flow length and system when each system runs ``runs`` flows in a row (a
+    service submitting in a loop): what a run leaves behind, the next one meets. The
+    systems take turns block by block, ``blocks`` blocks each."""
+    out: dict[str, Any] = {}
+    for n in lengths:
+        runners = _runners(n)
+        for fn in runners.values():  # warm
+            for _ in range(3):
+                fn()
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        for _ in range(blocks):
+            for name, fn in runners.items():
+                for _ in range(runs):
+                    start = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - start)
+        row: dict[str, Any] = {
+            name: {"p50 ms": round(statistics.median(ts) * 1000, 2)} for name, ts in times.items()
+        }
         chain = row["celery chain"]["p50 ms"]
         row["ratio p50"] = round(row["celery-graph"]["p50 ms"] / chain, 2)
         row["ratio p50, eager off"] = round(row[EAGER_OFF]["p50 ms"] / chain, 2)
@@ -250,6 +278,7 @@ def section(url: str, quick: bool, processes: int, workers: Callable[..., Any]) 
     repeats = {1: 20, 3: 20, 50: 5} if quick else {1: 100, 3: 100, 50: 20}
     with workers(url, processes) as proc:
         out: dict[str, Any] = {"latency": latency(repeats)}
+        out["back to back"] = back_to_back(15 if quick else 60)
         out["redis commands per step, 50 steps"] = commands_per_step(url)
         out["cpu per step, 50 steps"] = cpu_per_step(url, proc.pid, runs=6 if quick else 20)
     out["status"] = status_time(url, 10_000 if quick else STATUS_NODES)
@@ -290,6 +319,18 @@ def table(results: dict[str, Any]) -> str:
         lines.append(
             f"\n50 steps, per step: celery-graph {g:.2f} ms, eager off {o:.2f} ms, "
             f"Celery chain {c:.2f} ms."
+        )
+    b2b = results.get("back to back")
+    if b2b:
+        lines.append(
+            "Back to back (each system runs its flows in a row, taking turns by blocks), p50 "
+            "against Celery's chain: "
+            + ", ".join(
+                f"{name} {row['ratio p50']} (eager off {row['ratio p50, eager off']}; "
+                f"chain {row['celery chain']['p50 ms']} ms)"
+                for name, row in b2b.items()
+            )
+            + "."
         )
     cmds = results["redis commands per step, 50 steps"]
     lines.append(
