@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 
 import pytest
@@ -329,7 +330,7 @@ def test_get_on_a_run_just_submitted_waits_for_its_signal_before_reading(app, mo
 
 
 def test_the_completion_signal_carries_a_run_s_small_results(app, monkeypatch):
-    """A run that succeeds with at most 64 sinks and 8 KiB of their results has them in
+    """A run that succeeds with at most 64 sinks and 1 KiB of their results has them in
     its completion signal (lib/run.lua done_signal): a waiter it wakes returns them
     without reading the record; larger ones, more sinks or a failure are read as before,
     with the same answers."""
@@ -354,14 +355,18 @@ def test_the_completion_signal_carries_a_run_s_small_results(app, monkeypatch):
     monkeypatch.setattr(runs, "record_with_results", counted)
     # bytes, not characters (the length Lua counts), and a result that looks like the layout
     odd = "é:-\n2:xy"
+    # 1,024 bytes of results in all: the most a signal carries
+    fill = 1024 - len("null") - len(json.dumps(odd).encode()) - 2
     small = (
-        source.bind(id="a", value=None) | source.bind(id="b", value=odd) | big_result.bind(size=3)
+        source.bind(id="a", value=None)
+        | source.bind(id="b", value=odd)
+        | big_result.bind(size=fill)
     ).apply_async()
-    assert small.get(timeout=30) == {"a": None, "b": odd, "big_result": "xxx"}
+    assert small.get(timeout=30) == {"a": None, "b": odd, "big_result": "x" * fill}
     assert reads == []
     assert signal_of(small)[0].startswith(b"succeeded\n")
-    over = big_result.bind(size=9000).as_graph().apply_async()  # 9,002 bytes encoded
-    assert over.get(timeout=30) == "x" * 9000
+    over = big_result.bind(size=1023).as_graph().apply_async()  # 1,025 bytes encoded
+    assert over.get(timeout=30) == "x" * 1023
     assert reads == [over.id] and signal_of(over) == [b"succeeded"]
     reads.clear()
     wide = Parallel(tuple(source.bind(id=f"s{i}", value=i) for i in range(65))).apply_async()

@@ -109,7 +109,8 @@ end
 -- at most DONE_SINKS sinks whose results take at most DONE_BYTES, the sinks and their
 -- results, so a waiter it wakes has the outcome without reading it (runs.py parses it):
 -- "succeeded\n<the record's sinks, JSON>\n" and per sink "<bytes>:<result>" or "-" (none).
-local DONE_SINKS, DONE_BYTES = 64, 8192
+-- The signal keeps its copy as long as the run's keys live: small, so it costs little.
+local DONE_SINKS, DONE_BYTES = 64, 1024
 local function done_signal(final)
   if final ~= 'succeeded' then
     return final
