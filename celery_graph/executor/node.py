@@ -35,7 +35,7 @@ from celery.exceptions import Retry
 from celery.utils.log import get_task_logger
 
 from ..codec import decode_value, encode_value
-from ..dispatch import publish_items
+from ..dispatch import publish_items, publish_nodes
 from ..engine.context import RunContext
 from ..engine.lifecycle import end_run, node_failed, settle, start_child, step_ended
 from ..engine.results import backend_of, store_success, success_writes
@@ -59,6 +59,10 @@ from .observe import watch
 CHUNK_FLUSH_SECONDS = 0.05
 
 logger = get_task_logger("celery_graph.task")
+
+# seconds between the begin.lua calls of a message ahead of its release (0.4 s in all):
+# a message sent ahead (NodeRun.send_ahead) meets a release already in Redis
+UNRELEASED_PAUSES = (0.005, 0.02, 0.1, 0.3)
 
 
 class NodeRun:
@@ -104,16 +108,14 @@ class NodeRun:
         if self.ahead is not None:
             begun = self.ahead
         else:
-            begun = self.state.scripts.begin(
-                m.run_id,
-                m.result_field,
-                self.hostname,
-                self.upstream,
-                expands,
-                m.holder,
-                trace=None if watched is None else watched.trace(m),
-                links=() if watched is None else watched.links(self.node, m),
-            )
+            begun = self.begin(expands)
+            # a message sent while its release was on its way to Redis (send_ahead) and
+            # faster than it: asked again shortly, never run before the release
+            for pause in UNRELEASED_PAUSES:
+                if begun.status != Begin.UNRELEASED:
+                    break
+                time.sleep(pause)
+                begun = self.begin(expands)
         self.began = begun.status
         if watched is not None:
             watched.begun(begun.flow, begun.links)
@@ -195,6 +197,19 @@ class NodeRun:
         return result
 
     # -- steps ---------------------------------------------------------------------------
+
+    def begin(self, expands: bool) -> Begun:
+        m, watched = self.message, self.watch
+        return self.state.scripts.begin(
+            m.run_id,
+            m.result_field,
+            self.hostname,
+            self.upstream,
+            expands,
+            m.holder,
+            trace=None if watched is None else watched.trace(m),
+            links=() if watched is None else watched.links(self.node, m),
+        )
 
     def claim(self, attempt: int) -> None:
         """This delivery holds the node as ``attempt``: a retry it asks for leases the node
@@ -334,15 +349,55 @@ class NodeRun:
             return
         if ahead and not choice and self.complete_ahead(result_json, writes):
             return
+        sent: list[str] = []
+        meanwhile = self.send_ahead(sent) if ahead and not choice else None
         arrival = self.state.scripts.complete(
-            self.spec, run_id, self.node, result_json, branch=choice, also=writes
+            self.spec,
+            run_id,
+            self.node,
+            result_json,
+            branch=choice,
+            also=writes,
+            meanwhile=meanwhile,
         )
+        if sent and sent[0] in arrival.publish:  # released as expected: sent already
+            arrival = arrival._replace(publish=[n for n in arrival.publish if n != sent[0]])
         epoch = self.message.epoch
         kept = settle(self.app, self.state, self.spec, run_id, arrival, epoch, keep=self.keep)
         if kept is not None:
             self.kept = NodeMessage(
                 self.spec.graph_id, run_id, kept, self.spec.nodes[kept].call, epoch=epoch
             )
+
+    def send_ahead(self, sent: list[str]) -> Callable[[], None] | None:
+        """When the node's one successor has no other predecessor (it is released by this
+        completion, unless the run ended or the node was taken over meanwhile) and will be
+        published, not kept: what sends its message while complete.lua's answer is on its
+        way, appending its id to ``sent`` once the broker took it. The message can reach a
+        worker before the release only if Redis is slower than the broker's whole trip;
+        its begin.lua then answers "unreleased" and the worker asks again shortly
+        (:meth:`run`). One that was not to be released finds the run ended, or the node
+        done or running, and runs nothing. A message the broker refuses is sent after
+        the answer, as any release (and fails as it would)."""
+        node = self.node
+        if len(node.succs) != 1:
+            return None
+        succ = self.spec.nodes[node.succs[0]]
+        if len(succ.preds) != 1 or succ.delay or succ.map_source or succ.waits:
+            return None
+        if self.keep is not None and self.keep(succ):
+            return None  # runs next in this process (eager.py)
+        app, spec, m = self.app, self.spec, self.message
+
+        def send() -> None:
+            try:
+                publish_nodes(app, spec, m.run_id, [succ.id], epoch=m.epoch)
+            except Exception as exc:  # settle() publishes it after the answer
+                logger.info("celery-graph: %s of run %s not sent ahead: %s", succ.id, m.run_id, exc)
+                return
+            sent.append(succ.id)
+
+        return send
 
     def complete_ahead(self, result_json: bytes | str, writes: Piggyback | None = None) -> bool:
         """Complete the node and begin its one successor in one call (complete_begin.lua)

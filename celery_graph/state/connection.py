@@ -112,6 +112,16 @@ def client_for(settings: Settings, socket_timeout: float = 30) -> Any:
     return redis.Redis.from_url(url, health_check_interval=30, **timeouts)
 
 
+def pooled_connection(pool: Any) -> Any:
+    """A connection from a redis-py pool, for commands written and read by hand (the
+    caller releases it): redis-py 5.3 and later take no argument, earlier ones a
+    command name."""
+    try:
+        return pool.get_connection()
+    except TypeError:  # redis-py before 5.3: get_connection(command_name, *keys)
+        return pool.get_connection("EVALSHA")
+
+
 def one_server(client: Any) -> bool:
     """Is ``client`` a client of one server (a URL's, or the primary Sentinels name), whose
     pipelines run in order on one connection? Not a Redis Cluster's."""

@@ -20,7 +20,7 @@ from ..config import Settings
 from ..errors import BarrierError, RunNotResumable
 from ..keys import Keys
 from ..model import GraphSpec, NodeSpec
-from .connection import load_script, redis_errors, translating
+from .connection import load_script, one_server, pooled_connection, redis_errors, translating
 from .replies import (
     After,
     Arrival,
@@ -108,11 +108,16 @@ class Scripts:
         args: list[Any],
         own: Sequence[str] = (),
         also: Piggyback | None = None,
+        meanwhile: Callable[[], None] | None = None,
     ) -> Any:
         """Run script ``name`` on run ``run_id``: the run's keys, then the script's own;
-        ``also``'s commands first, in the same round trip, unless they went already."""
+        ``also``'s commands first, in the same round trip, unless they went already.
+        ``meanwhile``: called once the call is sent, before its answer is read (a client
+        of one server only: see :meth:`_overlapped`)."""
         keys = [*self.keys.run_layout(run_id), *own]
         with translating(f"running {name}.lua"):
+            if meanwhile is not None:
+                return self._overlapped(self._scripts[name], keys, args, also, meanwhile)
             if also is None or also.sent:
                 return self._scripts[name](keys=keys, args=args)
             return self._run_after(self._scripts[name], keys, args, also)
@@ -129,6 +134,54 @@ class Scripts:
         if isinstance(reply, redis_errors().NoScriptError):
             self._client.script_load(script.script)
             reply = self._pipelined(script, keys, args, [], also)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def _overlapped(
+        self,
+        script: Any,
+        keys: list[str],
+        args: list[Any],
+        also: Piggyback | None,
+        meanwhile: Callable[[], None],
+    ) -> Any:
+        """``also``'s commands and ``script`` (EVALSHA) written to one connection, then
+        ``meanwhile()`` while Redis runs them, then their answers read: the time of the
+        round trip spent on something else (a successor's message to the broker). The
+        commands reach the server before anything ``meanwhile`` sends. A connection that
+        fails on the way is dropped, not reused; a server that lost the script runs it
+        again the usual way (its answer is what counts)."""
+        client = self._client
+        before = [] if also is None or also.sent else list(also.commands)
+        if also is not None:
+            assert not also.after, "commands after an overlapped call are not sent"
+            also.sent = True
+        commands = [*before, ("EVALSHA", script.sha, len(keys), *keys, *args)]
+        pool = client.connection_pool
+        conn = pooled_connection(pool)
+        replies: list[Any] = []
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))
+            try:
+                meanwhile()
+            finally:  # the answers are read whatever meanwhile did: the call was made
+                for command in commands:
+                    try:
+                        replies.append(client.parse_response(conn, command[0]))
+                    except redis_errors().ResponseError as exc:
+                        replies.append(exc)
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
+        reply = replies.pop()
+        failed = next((r for r in replies if isinstance(r, Exception)), None)
+        if failed is not None and also is not None:
+            also.failed(failed)
+        if isinstance(reply, redis_errors().NoScriptError):
+            return script(keys=keys, args=args)  # loads it and runs it again
         if isinstance(reply, Exception):
             raise reply
         return reply
@@ -314,11 +367,14 @@ class Scripts:
         error_json: str = "",
         traceback: str = "",
         also: Piggyback | None = None,
+        meanwhile: Callable[[], None] | None = None,
     ) -> Arrival:
         """Store the result and arrive at the successors (see complete.lua), in parts of
         PART successors. ``kind`` is "ok", "failed" (a member of a group with a failure
         policy, with ``error_json``) or "skipped"; ``branch`` is "!a,b" when the node chose
-        those successors only; ``also``: sent in the first call's round trip."""
+        those successors only; ``also``: sent in the first call's round trip.
+        ``meanwhile``: called while the call's answer is on its way, when the arrival is
+        one call on a client of one server; else never called."""
         k = self.keys
         policy = ""
         if kind == "failed" and node.tolerant is not None:
@@ -354,7 +410,8 @@ class Scripts:
                 args += [succ, len(target.preds), target.delay]
                 if target.is_join:
                     joins.append(k.join(run_id, succ))
-            reply = self._run("complete", run_id, args, joins, also)
+            overlap = meanwhile if len(parts) == 1 and one_server(self._client) else None
+            reply = self._run("complete", run_id, args, joins, also, overlap)
             if not isinstance(reply, list) or len(reply) < 3:
                 raise BarrierError(f"complete.lua answered {reply!r}")
             n_pub = int(reply[2])
