@@ -42,14 +42,16 @@ def publish_nodes(
     *,
     delays: bool = True,
     epoch: int = 0,
+    ahead: bool = False,
 ) -> None:
     """Send one message per node, with the node's bound arguments and routing options
     (``delays=False``: without the nodes' start delays, which have passed already;
-    ``epoch``: the run's, how many times it was resumed, in the task ids)."""
+    ``epoch``: the run's, how many times it was resumed, in the task ids; ``ahead``:
+    sent while the call that releases the nodes is on its way, NodeMessage.ahead)."""
     with _sending("node messages"), app.producer_or_acquire() as producer:
         for nid in node_ids:
             node = spec.nodes[nid]
-            message = NodeMessage(spec.graph_id, run_id, nid, node.call, epoch=epoch)
+            message = NodeMessage(spec.graph_id, run_id, nid, node.call, epoch=epoch, ahead=ahead)
             countdown = (node.delay or None) if delays else None
             _send(app, producer, node, message, dict(node.kwargs), countdown=countdown)
 

@@ -102,6 +102,9 @@ class NodeMessage:
     # how many times the run was resumed before this message was sent (its task id's
     # "~<epoch>" suffix)
     epoch: int = 0
+    # sent while the call that releases the node (or creates the run) was on its way to
+    # the graph Redis: a worker that finds it not released yet asks again shortly
+    ahead: bool = False
 
     @classmethod
     def parse(cls, fields: Any) -> NodeMessage:
@@ -124,6 +127,7 @@ class NodeMessage:
             _field(fields, "f", _texts, "an error record"),
             _field(fields, "a", _counts, "an attempt number") or 0,
             _field(fields, "e", _counts, "an epoch") or 0,
+            bool(_field(fields, "s", _counts, "1 for a message sent ahead of its release")),
         )
         index, count = message.index, message.count
         if (index is None or count is None or index >= count) and (index, count) != (None, None):
@@ -150,6 +154,8 @@ class NodeMessage:
             out["a"] = self.holder
         if self.epoch:
             out["e"] = self.epoch
+        if self.ahead:
+            out["s"] = 1
         return out
 
     def item(self, index: int, count: int, chunk: int = 0) -> NodeMessage:

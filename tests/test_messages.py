@@ -43,7 +43,9 @@ def test_message_carries_ids_and_own_arguments_only(eager_off, published):
     for msg in published:
         args, kwargs, _embed = msg["body"]
         assert list(args) == []
-        assert set(kwargs[GRAPH_KWARG]) == {"g", "r", "n"}
+        # "s": sent while the call that creates the run or releases the node was on its
+        # way (the root, and here the lone successor of a published node)
+        assert set(kwargs[GRAPH_KWARG]) == {"g", "r", "n", "s"}
         assert not msg["body"][2].get("chain") and not msg["body"][2].get("chord")
     by_node = {m["body"][1][GRAPH_KWARG]["n"]: m["body"][1] for m in published}
     assert by_node["source"]["value"] == 5

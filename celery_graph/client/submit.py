@@ -86,15 +86,35 @@ def submit_spec(
     else:
         # a submission with the same key may start the run while this one waits
         _wait_for_room(app, state, spec, lambda: keyed and state.runs.started(run_id))
+    # the roots' messages go while the creation's answer is on its way (one server): a
+    # worker that meets a root before its run asks again shortly (NodeMessage.ahead); a
+    # run that existed already turns them away as copies
+    sent: list[BaseException | None] = []
+
+    def send_roots() -> None:
+        try:
+            publish_nodes(app, spec, run_id, spec.roots, ahead=True)
+        except Exception as exc:  # the run is failed below, once it is known to exist
+            sent.append(exc)
+        else:
+            sent.append(None)
+
     created, detail = state.runs.create(
-        run_id, spec, inputs_json, deadline=deadline, extra=extra, waits=waits, announce=False
+        run_id,
+        spec,
+        inputs_json,
+        deadline=deadline,
+        extra=extra,
+        waits=waits,
+        announce=False,
+        meanwhile=None if waits else send_roots,
     )
     if not created:
         return GraphRun(run_id, app=app)
     flow, created_at = (extra_fields or {}).get("flow", ""), float(detail)
     run_started.send(sender=app, app=app, run_id=run_id, state=state, flow=flow)
     try:
-        return _send_roots(app, state, spec, run_id, created_at, deadline, waits, slot)
+        return _send_roots(app, state, spec, run_id, created_at, deadline, waits, slot, sent)
     finally:  # listed among the runs once its messages are out: one round trip less before
         _announce(state, run_id, created_at, flow or None)
 
@@ -108,9 +128,11 @@ def _send_roots(
     deadline: float | None,
     waits: bool,
     slot: Slot | None,
+    sent: list[BaseException | None],
 ) -> GraphRun[Any]:
-    """Publish the roots of the run just created (a run that waits for a slot: start it
-    if the slot came meanwhile); the handle of the run."""
+    """Publish the roots of the run just created, unless ``sent`` says they went while it
+    was created (None) or how the broker refused them (a run that waits for a slot:
+    start it if the slot came meanwhile); the handle of the run."""
     if waits:
         assert slot is not None
         # a slot that freed while the run was being created went to it, but whoever
@@ -119,7 +141,10 @@ def _send_roots(
             start_admitted(app, state, slot.scope, slot.group, [run_id])
         return _fresh(GraphRun(run_id, app=app, spec=spec, created=created), deadline)
     try:
-        publish_nodes(app, spec, run_id, spec.roots)
+        if not sent:
+            publish_nodes(app, spec, run_id, spec.roots)
+        elif sent[0] is not None:
+            raise sent[0]
     except Exception as exc:
         error = error_record(
             "", type(exc).__name__, type(exc).__module__, f"publishing the root nodes failed: {exc}"

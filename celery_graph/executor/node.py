@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Retry
+from celery.exceptions import Reject, Retry
 from celery.utils.log import get_task_logger
 
 from ..codec import decode_value, encode_value
@@ -41,6 +41,7 @@ from ..engine.lifecycle import end_run, node_failed, settle, start_child, step_e
 from ..engine.results import backend_of, store_success, success_writes
 from ..errors import (
     DeadlineExceeded,
+    GraphNotFound,
     ResultTooLarge,
     StoreError,
     StoreUnavailable,
@@ -60,8 +61,9 @@ CHUNK_FLUSH_SECONDS = 0.05
 
 logger = get_task_logger("celery_graph.task")
 
-# seconds between the begin.lua calls of a message ahead of its release (0.4 s in all):
-# a message sent ahead (NodeRun.send_ahead) meets a release already in Redis
+# seconds between the begin.lua calls of a message sent ahead of its release or its run's
+# creation (NodeMessage.ahead) that finds neither yet (0.4 s in all): the call that makes
+# them was in Redis's hands before the message was sent
 UNRELEASED_PAUSES = (0.005, 0.02, 0.1, 0.3)
 
 
@@ -86,7 +88,7 @@ class NodeRun:
         self.message = message
         self.bound = bound
         self.state: State = state_for(task.app)
-        self.spec: GraphSpec = self.state.graphs.load(message.graph_id)
+        self.spec: GraphSpec = self._load(message)
         self.node: NodeSpec = self.spec.nodes[message.node_id]
         # an item of a map reads what the node reads, not the map's source list
         self.upstream = self.node.upstream_ids() if message.index is None else self.node.pull_ids()
@@ -101,6 +103,29 @@ class NodeRun:
         # this node began as its predecessor completed: that call's answer, not begin.lua's
         self.ahead = begun
 
+    def _load(self, message: NodeMessage) -> GraphSpec:
+        """The message's graph. A root sent ahead of its run's creation (the graph is
+        stored in the same call) asks again shortly; one that still finds none is dropped,
+        not failed: a run created since has it marked sent, and the reconciler sends it
+        again once its queued lease runs out."""
+        graphs = self.state.graphs
+        for pause in UNRELEASED_PAUSES if message.ahead else ():
+            try:
+                return graphs.load(message.graph_id)
+            except GraphNotFound:
+                time.sleep(pause)
+        try:
+            return graphs.load(message.graph_id)
+        except GraphNotFound as exc:
+            if not message.ahead:
+                raise
+            logger.warning(
+                "celery-graph: %s was sent ahead of its run, whose graph is not stored yet: "
+                "dropped (the reconciler sends it again if the run exists)",
+                message.task_id,
+            )
+            raise Reject(str(exc), requeue=False) from None
+
     def run(self) -> Any:
         m = self.message
         expands = bool(self.node.map_source) and m.index is None
@@ -109,10 +134,10 @@ class NodeRun:
             begun = self.ahead
         else:
             begun = self.begin(expands)
-            # a message sent while its release was on its way to Redis (send_ahead) and
-            # faster than it: asked again shortly, never run before the release
-            for pause in UNRELEASED_PAUSES:
-                if begun.status != Begin.UNRELEASED:
+            # a message sent while its release (or its run's creation) was on its way to
+            # Redis, and faster than it: asked again shortly, never run before it
+            for pause in UNRELEASED_PAUSES if m.ahead else ():
+                if begun.status not in (Begin.UNRELEASED, None):
                     break
                 time.sleep(pause)
                 begun = self.begin(expands)
@@ -391,7 +416,7 @@ class NodeRun:
 
         def send() -> None:
             try:
-                publish_nodes(app, spec, m.run_id, [succ.id], epoch=m.epoch)
+                publish_nodes(app, spec, m.run_id, [succ.id], epoch=m.epoch, ahead=True)
             except Exception as exc:  # settle() publishes it after the answer
                 logger.info("celery-graph: %s of run %s not sent ahead: %s", succ.id, m.run_id, exc)
                 return

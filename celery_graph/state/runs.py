@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..codec import decode_value, error_record, parse_error
@@ -77,12 +77,15 @@ class RunStore:
         extra: dict[str, str] | None = None,
         waits: bool = False,
         announce: bool = True,
+        meanwhile: Callable[[], None] | None = None,
     ) -> tuple[bool, str]:
         """Store the graph, list the run for the reconciler, then create the run with its
         roots marked published and leased (start.lua); the caller publishes the roots.
         ``waits``: the run is created queued for a slot of its concurrency limit instead.
         ``announce``: list it among the runs now (else the caller calls :meth:`announce`
         once it has published: one round trip less before the first message).
+        ``meanwhile``: called while start.lua's answer is on its way, when the whole
+        creation is that one round trip (a client of one server); else never called.
         Returns (True, its creation time: server time, as text) when created, (False, its
         status) when the run existed."""
         # a run queued for a slot publishes nothing and has nothing to look after but its
@@ -105,7 +108,14 @@ class RunStore:
                 pipe.execute_command(*command)
             translated("storing a graph and listing a run", pipe.execute)
         created, detail = self.scripts.start(
-            run_id, spec, inputs_json, deadline, extra or {}, waits=waits, also=also
+            run_id,
+            spec,
+            inputs_json,
+            deadline,
+            extra or {},
+            waits=waits,
+            also=also,
+            meanwhile=meanwhile if also is not None else None,
         )
         if failures:  # the graph or the listing not written: the run must not go on
             if created:

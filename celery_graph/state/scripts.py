@@ -146,18 +146,18 @@ class Scripts:
         also: Piggyback | None,
         meanwhile: Callable[[], None],
     ) -> Any:
-        """``also``'s commands and ``script`` (EVALSHA) written to one connection, then
-        ``meanwhile()`` while Redis runs them, then their answers read: the time of the
-        round trip spent on something else (a successor's message to the broker). The
-        commands reach the server before anything ``meanwhile`` sends. A connection that
-        fails on the way is dropped, not reused; a server that lost the script runs it
-        again the usual way (its answer is what counts)."""
+        """``also``'s commands, ``script`` (EVALSHA) and ``also.after`` written to one
+        connection, then ``meanwhile()`` while Redis runs them, then their answers read:
+        the time of the round trip spent on something else (a message to the broker).
+        The commands reach the server before anything ``meanwhile`` sends. A connection
+        that fails on the way is dropped, not reused; a server that lost the script loads
+        it and runs it again, followed by ``after`` again, as :meth:`_run_after` does."""
         client = self._client
-        before = [] if also is None or also.sent else list(also.commands)
-        if also is not None:
-            assert not also.after, "commands after an overlapped call are not sent"
+        before, after = [], []
+        if also is not None and not also.sent:
+            before, after = list(also.commands), list(also.after)
             also.sent = True
-        commands = [*before, ("EVALSHA", script.sha, len(keys), *keys, *args)]
+        commands = [*before, ("EVALSHA", script.sha, len(keys), *keys, *args), *after]
         pool = client.connection_pool
         conn = pooled_connection(pool)
         replies: list[Any] = []
@@ -176,12 +176,15 @@ class Scripts:
             raise
         finally:
             pool.release(conn)
-        reply = replies.pop()
+        reply = replies.pop(len(before))
         failed = next((r for r in replies if isinstance(r, Exception)), None)
         if failed is not None and also is not None:
             also.failed(failed)
         if isinstance(reply, redis_errors().NoScriptError):
-            return script(keys=keys, args=args)  # loads it and runs it again
+            if also is None or not after:
+                return script(keys=keys, args=args)  # loads it and runs it again
+            client.script_load(script.script)
+            reply = self._pipelined(script, keys, args, [], also)
         if isinstance(reply, Exception):
             raise reply
         return reply
@@ -221,10 +224,13 @@ class Scripts:
         extra: dict[str, str],
         waits: bool = False,
         also: Piggyback | None = None,
+        meanwhile: Callable[[], None] | None = None,
     ) -> tuple[bool, str]:
         """Create the run (``waits``: queued for a slot of its flow's concurrency limit,
         nothing marked); (True, server time) when created, (False, status) when a run
-        with this id exists already. ``also``: sent in the same round trip."""
+        with this id exists already. ``also``: sent in the same round trip.
+        ``meanwhile``: called while the answer is on its way, on a client of one server
+        (:meth:`_overlapped`); else never called."""
         k = self.keys
         arrivals = [
             *(k.join(run_id, j) for j in spec.joins),
@@ -248,7 +254,8 @@ class Scripts:
         ]
         for root in spec.roots:
             args += [root, spec.nodes[root].delay]
-        created, detail = self._run("start", run_id, args, arrivals, also)
+        overlap = meanwhile if one_server(self._client) else None
+        created, detail = self._run("start", run_id, args, arrivals, also, overlap)
         return bool(created), _text(detail)
 
     def admit(self, run_id: str, spec: GraphSpec) -> tuple[bool, str]:
