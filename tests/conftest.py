@@ -31,6 +31,7 @@ from tests.support.fixtures import (
     rclient,
     redis_url,
     short_lease_workers,
+    started,
     tag,
     worker,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "rclient",
     "redis_url",
     "short_lease_workers",
+    "started",
     "tag",
     "worker",
 ]

@@ -4,10 +4,7 @@ Counted with Celery's before_task_publish (the `published` fixture) and task_pre
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from celery.signals import task_prerun
 
 from celery_graph import RunCancelled, RunFailed, Sequence, result_of
 from celery_graph.executor import eager
@@ -29,21 +26,6 @@ def node_messages(published: list[dict], run_id: str) -> list[str]:
     """The task ids of the node messages of ``run_id`` sent to the broker."""
     ids = [m["headers"].get("id", "") for m in published]
     return [i for i in ids if i.startswith(f"{run_id}:")]
-
-
-@pytest.fixture()
-def started() -> Iterator[list[str]]:
-    """The task ids of every task run in this process (task_prerun)."""
-    seen: list[str] = []
-
-    def record(task_id=None, **_):
-        seen.append(task_id)
-
-    task_prerun.connect(record, weak=False)
-    try:
-        yield seen
-    finally:
-        task_prerun.disconnect(record)
 
 
 @pytest.fixture()

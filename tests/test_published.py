@@ -7,11 +7,11 @@ task_prerun, on the session's in-process worker."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
 
-import pytest
 from celery.signals import before_task_publish, task_prerun
 
 from celery_graph import Sequence
@@ -21,36 +21,21 @@ from tests.support.helpers import wait_for
 from tests.tasks import always_published, read_trace, unconsumed
 
 
-@pytest.fixture()
-def started() -> Iterator[list[str]]:
-    """The task ids of every task run in this process (task_prerun), in order."""
-    seen: list[str] = []
-
-    def record(task_id=None, **_):
-        seen.append(task_id)
-
-    task_prerun.connect(record, weak=False)
-    try:
-        yield seen
-    finally:
-        task_prerun.disconnect(record)
-
-
-def test_a_lone_successor_is_sent_while_its_release_is_on_its_way(app, tag, monkeypatch):
-    """Each successor's message goes out during its predecessor's complete.lua call (not
-    after its answer), once: the release that complete.lua answers is not sent again."""
-    scripts = state_for(app).scripts
-    real = scripts.complete
+@contextlib.contextmanager
+def sent_during(monkeypatch, scripts, call: str) -> Iterator[list[tuple[str, bool]]]:
+    """(task id, whether it was sent while ``scripts.<call>`` was running in the
+    sending thread) of each message published in the block."""
+    real = getattr(scripts, call)
     inside = threading.local()
 
-    def complete(*args, **kwargs):
+    def wrapped(*args, **kwargs):
         inside.on = True
         try:
             return real(*args, **kwargs)
         finally:
             inside.on = False
 
-    monkeypatch.setattr(scripts, "complete", complete)
+    monkeypatch.setattr(scripts, call, wrapped)
     sent: list[tuple[str, bool]] = []
 
     def record(sender=None, headers=None, **_):
@@ -58,18 +43,26 @@ def test_a_lone_successor_is_sent_while_its_release_is_on_its_way(app, tag, monk
 
     before_task_publish.connect(record, weak=False)
     try:
+        yield sent
+    finally:
+        before_task_publish.disconnect(record)
+
+
+def of_run(sent: list[tuple[str, bool]], run_id: str) -> list[tuple[str, bool]]:
+    return [(t.split(":", 1)[1], during) for t, during in sent if t.startswith(run_id)]
+
+
+def test_a_lone_successor_is_sent_while_its_release_is_on_its_way(app, tag, monkeypatch):
+    """Each successor's message goes out during its predecessor's complete.lua call (not
+    after its answer), once: the release that complete.lua answers is not sent again."""
+    with sent_during(monkeypatch, state_for(app).scripts, "complete") as sent:
         flow = Sequence(
             tuple(always_published.bind(id=f"s{i}", tag=tag, name=f"s{i}") for i in range(4))
         )
         run = flow.apply_async()
         assert run.get(timeout=30) == "s3"
-    finally:
-        before_task_publish.disconnect(record)
-    mine = [
-        (task_id.split(":", 1)[1], during) for task_id, during in sent if task_id.startswith(run.id)
-    ]
     # the root by the client; each successor once, while its predecessor completed
-    assert mine == [("s0", False), ("s1", True), ("s2", True), ("s3", True)]
+    assert of_run(sent, run.id) == [("s0", False), ("s1", True), ("s2", True), ("s3", True)]
     assert read_trace(tag) == [e for i in range(4) for e in (f"start:s{i}", f"end:s{i}")]
 
 
@@ -108,34 +101,13 @@ def test_a_run_s_roots_are_sent_while_its_creation_is_on_its_way(app, tag, monke
     """The roots' messages go out during start.lua's call, not after its answer, once."""
     from celery_graph import Parallel
 
-    scripts = state_for(app).scripts
-    real = scripts.start
-    inside = threading.local()
-
-    def start(*args, **kwargs):
-        inside.on = True
-        try:
-            return real(*args, **kwargs)
-        finally:
-            inside.on = False
-
-    monkeypatch.setattr(scripts, "start", start)
-    sent: list[tuple[str, bool]] = []
-
-    def record(sender=None, headers=None, **_):
-        sent.append((str((headers or {}).get("id", "")), getattr(inside, "on", False)))
-
-    before_task_publish.connect(record, weak=False)
-    try:
+    with sent_during(monkeypatch, state_for(app).scripts, "start") as sent:
         roots = Parallel(
             tuple(always_published.bind(id=f"r{i}", tag=tag, name=f"r{i}") for i in range(2))
         )
         run = roots.apply_async()
         assert run.get(timeout=30) == {"r0": "r0", "r1": "r1"}
-    finally:
-        before_task_publish.disconnect(record)
-    mine = sorted((t.split(":", 1)[1], d) for t, d in sent if t.startswith(run.id))
-    assert mine == [("r0", True), ("r1", True)]
+    assert sorted(of_run(sent, run.id)) == [("r0", True), ("r1", True)]
 
 
 def test_a_root_ahead_of_its_run_asks_again_and_runs_once_the_run_exists(app, tag, started):

@@ -216,6 +216,23 @@ def tag() -> str:
 
 
 @pytest.fixture()
+def started() -> Iterator[list[str]]:
+    """The task ids of every task run in this process (task_prerun), in order."""
+    from celery.signals import task_prerun
+
+    seen: list[str] = []
+
+    def record(task_id=None, **_):
+        seen.append(task_id)
+
+    task_prerun.connect(record, weak=False)
+    try:
+        yield seen
+    finally:
+        task_prerun.disconnect(record)
+
+
+@pytest.fixture()
 def published() -> Iterator[list[dict]]:
     """Every message published during the test (by client and worker), as Celery's
     before_task_publish signal sees it: {"task", "body", "headers", "size", "thread"}
