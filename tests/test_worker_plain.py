@@ -4,6 +4,7 @@ a taken metrics port, Redis Cluster)."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
@@ -60,6 +61,8 @@ def healthz(port):
     except urllib.error.HTTPError as exc:
         return exc.code
     except urllib.error.URLError:  # not listening (yet, or any more)
+        return 0
+    except (ConnectionError, http.client.HTTPException):  # closed without an answer
         return 0
 
 
