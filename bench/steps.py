@@ -85,58 +85,48 @@ def commands(client: redis.Redis, fn: Callable[[], Any]) -> dict[str, int]:
     return {k: v for k, v in sorted(diff.items(), key=lambda kv: -kv[1]) if v > 0}
 
 
-def latency(repeats: dict[int, int]) -> dict[str, Any]:
-    """p50 and p95 per flow length and system; the systems take turns run by run."""
+def _timed(
+    lengths: tuple[int, ...], turns: Callable[[list[str], int], list[str]], p95: bool
+) -> dict[str, Any]:
+    """p50 (and p95) per flow length and system, each run timed on its own; ``turns``
+    gives the order the systems run in for a flow length (a name per run)."""
     out: dict[str, Any] = {}
-    for n in STEPS:
+    for n in lengths:
         runners = _runners(n)
         for fn in runners.values():  # warm: connections, the stored graph, imports
             for _ in range(3):
                 fn()
         times: dict[str, list[float]] = {name: [] for name in runners}
-        for _ in range(repeats[n]):
-            for name, fn in runners.items():
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
+        for name in turns(list(runners), n):
+            start = time.perf_counter()
+            runners[name]()
+            times[name].append(time.perf_counter() - start)
         row: dict[str, Any] = {}
         for name, ts in times.items():
-            row[name] = {
-                "p50 ms": round(statistics.median(ts) * 1000, 2),
-                "p95 ms": round(percentile(ts, 0.95) * 1000, 2),
-            }
+            row[name] = {"p50 ms": round(statistics.median(ts) * 1000, 2)}
+            if p95:
+                row[name]["p95 ms"] = round(percentile(ts, 0.95) * 1000, 2)
         chain = row["celery chain"]["p50 ms"]
         row["ratio p50"] = round(row["celery-graph"]["p50 ms"] / chain, 2)
         row["ratio p50, eager off"] = round(row[EAGER_OFF]["p50 ms"] / chain, 2)
         out[f"{n} step" + ("s" if n > 1 else "")] = row
     return out
+
+
+def latency(repeats: dict[int, int]) -> dict[str, Any]:
+    """p50 and p95 per flow length and system; the systems take turns run by run."""
+    return _timed(STEPS, lambda names, n: [x for _ in range(repeats[n]) for x in names], True)
 
 
 def back_to_back(runs: int, blocks: int = 4, lengths: tuple[int, ...] = (1, 3)) -> dict[str, Any]:
     """p50 per flow length and system when each system runs ``runs`` flows in a row (a
     service submitting in a loop): what a run leaves behind, the next one meets. The
     systems take turns block by block, ``blocks`` blocks each."""
-    out: dict[str, Any] = {}
-    for n in lengths:
-        runners = _runners(n)
-        for fn in runners.values():  # warm
-            for _ in range(3):
-                fn()
-        times: dict[str, list[float]] = {name: [] for name in runners}
-        for _ in range(blocks):
-            for name, fn in runners.items():
-                for _ in range(runs):
-                    start = time.perf_counter()
-                    fn()
-                    times[name].append(time.perf_counter() - start)
-        row: dict[str, Any] = {
-            name: {"p50 ms": round(statistics.median(ts) * 1000, 2)} for name, ts in times.items()
-        }
-        chain = row["celery chain"]["p50 ms"]
-        row["ratio p50"] = round(row["celery-graph"]["p50 ms"] / chain, 2)
-        row["ratio p50, eager off"] = round(row[EAGER_OFF]["p50 ms"] / chain, 2)
-        out[f"{n} step" + ("s" if n > 1 else "")] = row
-    return out
+    return _timed(
+        lengths,
+        lambda names, n: [x for _ in range(blocks) for x in names for _ in range(runs)],
+        False,
+    )
 
 
 def commands_per_step(url: str, n: int = 50) -> dict[str, Any]:
