@@ -88,6 +88,16 @@ class Piggyback:
     sent: bool = field(default=False)
 
 
+def _script_reply(replies: list[Any], at: int, also: Piggyback | None) -> Any:
+    """The script's reply, number ``at`` of a round trip's ``replies``; ``also.failed``
+    told of the first of the others that failed."""
+    reply = replies.pop(at)
+    failed = next((r for r in replies if isinstance(r, Exception)), None)
+    if failed is not None and also is not None:
+        also.failed(failed)
+    return reply
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -132,11 +142,20 @@ class Scripts:
         also.sent = True
         reply = self._pipelined(script, keys, args, also.commands, also)
         if isinstance(reply, redis_errors().NoScriptError):
-            self._client.script_load(script.script)
-            reply = self._pipelined(script, keys, args, [], also)
+            reply = self._reloaded(script, keys, args, also)
         if isinstance(reply, Exception):
             raise reply
         return reply
+
+    def _reloaded(
+        self, script: Any, keys: list[str], args: list[Any], also: Piggyback | None
+    ) -> Any:
+        """After NOSCRIPT: ``script`` loaded and run again, followed by ``also.after``
+        again; its reply, an exception included."""
+        self._client.script_load(script.script)
+        if also is None:
+            return script(keys=keys, args=args)
+        return self._pipelined(script, keys, args, [], also)
 
     def _overlapped(
         self,
@@ -176,15 +195,9 @@ class Scripts:
             raise
         finally:
             pool.release(conn)
-        reply = replies.pop(len(before))
-        failed = next((r for r in replies if isinstance(r, Exception)), None)
-        if failed is not None and also is not None:
-            also.failed(failed)
-        if isinstance(reply, redis_errors().NoScriptError):
-            if also is None or not after:
-                return script(keys=keys, args=args)  # loads it and runs it again
-            client.script_load(script.script)
-            reply = self._pipelined(script, keys, args, [], also)
+        reply = _script_reply(replies, len(before), also)
+        if isinstance(reply, redis_errors().NoScriptError):  # ``after`` again only if sent
+            reply = self._reloaded(script, keys, args, also if after else None)
         if isinstance(reply, Exception):
             raise reply
         return reply
@@ -206,12 +219,7 @@ class Scripts:
         pipe.evalsha(script.sha, len(keys), *keys, *args)
         for command in also.after:
             pipe.execute_command(*command)
-        replies = pipe.execute(raise_on_error=False)
-        reply = replies.pop(len(before))
-        failed = next((r for r in replies if isinstance(r, Exception)), None)
-        if failed is not None:
-            also.failed(failed)
-        return reply
+        return _script_reply(pipe.execute(raise_on_error=False), len(before), also)
 
     # -- a run ---------------------------------------------------------------------------
 
