@@ -48,6 +48,22 @@ def sent_during(monkeypatch, scripts, call: str) -> Iterator[list[tuple[str, boo
         before_task_publish.disconnect(record)
 
 
+@contextlib.contextmanager
+def prerun_of(wanted: str) -> Iterator[threading.Event]:
+    """An event set when task ``wanted`` starts in this process (task_prerun)."""
+    seen = threading.Event()
+
+    def record(task_id=None, **_):
+        if task_id == wanted:
+            seen.set()
+
+    task_prerun.connect(record, weak=False)
+    try:
+        yield seen
+    finally:
+        task_prerun.disconnect(record)
+
+
 def of_run(sent: list[tuple[str, bool]], run_id: str) -> list[tuple[str, bool]]:
     return [(t.split(":", 1)[1], during) for t, during in sent if t.startswith(run_id)]
 
@@ -74,14 +90,7 @@ def test_a_message_ahead_of_its_release_asks_again_and_runs_in_that_delivery(app
     run = flow.apply_async()  # "a" waits on a queue no worker consumes
     spec = run.spec()
     task_id = f"{run.id}:s"
-    seen = threading.Event()
-
-    def record(task_id=None, **_):
-        if task_id == f"{run.id}:s":
-            seen.set()
-
-    task_prerun.connect(record, weak=False)
-    try:
+    with prerun_of(task_id) as seen:
         publish_nodes(app, spec, run.id, ["s"], ahead=True)  # ahead of its release
         assert seen.wait(20)
         time.sleep(0.03)  # its first begin.lua has answered "unreleased" by now
@@ -91,8 +100,6 @@ def test_a_message_ahead_of_its_release_asks_again_and_runs_in_that_delivery(app
         arrival = state.scripts.complete(spec, run.id, spec.nodes["a"], "41")
         assert arrival.publish == ["s"]  # released; the test sends nothing more
         assert run.get(timeout=30) == "s"
-    finally:
-        task_prerun.disconnect(record)
     assert started.count(task_id) == 1  # one delivery: not the reconciler's copy
     assert read_trace(tag) == ["start:s", "end:s"]
 
@@ -118,14 +125,7 @@ def test_a_root_ahead_of_its_run_asks_again_and_runs_once_the_run_exists(app, ta
     flow = always_published.bind(id="r", tag=tag, name="r").as_graph()
     spec = flow.compile()
     run_id = run_id_for(None)
-    seen = threading.Event()
-
-    def record(task_id=None, **_):
-        if task_id == f"{run_id}:r":
-            seen.set()
-
-    task_prerun.connect(record, weak=False)
-    try:
+    with prerun_of(f"{run_id}:r") as seen:
         publish_nodes(app, spec, run_id, ["r"], ahead=True)  # before its run exists
         assert seen.wait(20)
         time.sleep(0.03)  # its first begin.lua has found no run by now
@@ -134,8 +134,6 @@ def test_a_root_ahead_of_its_run_asks_again_and_runs_once_the_run_exists(app, ta
         from celery_graph import GraphRun
 
         assert GraphRun(run_id, app=app).get(timeout=30) == "r"
-    finally:
-        task_prerun.disconnect(record)
     assert started.count(f"{run_id}:r") == 1  # one delivery: not the reconciler's copy
     assert read_trace(tag) == ["start:r", "end:r"]
 
