@@ -38,7 +38,7 @@ from celery_graph.state import (
     replies,
     state_for,
 )
-from celery_graph.state.connection import INCLUDE, load_script, resolve_includes
+from celery_graph.state.connection import INCLUDE, load_script, resolve_includes, without_unused
 from celery_graph.state.limits import SCRIPTS as LIMIT_SCRIPTS
 from celery_graph.state.scripts import SCRIPTS
 from celery_graph.state.tasklimits import SCRIPTS as TASK_LIMIT_SCRIPTS
@@ -194,10 +194,43 @@ def test_every_include_resolves_and_every_function_called_is_defined_once(name):
     library = lib_functions()
     for fn, lib in library.items():
         count = len(re.findall(rf"\blocal function {fn}\b", text))
-        assert count == (1 if lib in includes(source(name)) else 0), f"{fn}: {count} copies"
+        # an included library's function once, unless the script never names it
+        used = lib in includes(source(name)) and re.search(rf"\b{fn}\b", without(text, fn))
+        assert count == (1 if used else 0), f"{fn}: {count} copies"
     # the clock and the packed node record are read in the library only
     assert "redis.call('TIME')" not in code
     assert "':run'" not in code
+
+
+def without(text: str, fn: str) -> str:
+    """``text`` without the definition of function ``fn`` (its first line to its end)."""
+    return re.sub(rf"^local function {fn}\(.*?^end\n", "", text, flags=re.MULTILINE | re.DOTALL)
+
+
+def test_functions_a_script_never_names_are_left_out():
+    text = (
+        "local function a(x)\n  return b(x)\nend\n"  # named by nothing: out, then b
+        "local function b(x)\n  if x then\n    return 1\n  end\nend\n"
+        "local function c()\n  return 2\nend\n"
+        "-- d is named in this comment only, and stays\n"
+        "local function d()\nend\n"
+        "return c()\n"
+    )
+    assert without_unused(text) == (
+        "local function c()\n  return 2\nend\n"
+        "-- d is named in this comment only, and stays\n"
+        "local function d()\nend\n"
+        "return c()\n"
+    )
+    # begin.lua keeps the library functions it calls, and far fewer than it includes
+    begin = load_script("begin")
+    kept = set(re.findall(r"^local function (\w+)", begin, re.MULTILINE))
+    included = {fn for fn, lib in lib_functions().items() if lib in includes(source("begin"))}
+    assert {"server_clock", "parse_record", "count_move", "counts_into"} <= kept
+    assert "done_signal" not in kept and "close_run" not in kept
+    assert len(kept & included) < len(included) * 2 / 3
+    for fn in kept:
+        assert re.search(rf"\b{fn}\b", without(begin, fn)), fn
 
 
 def test_every_library_is_included_somewhere_and_names_exist():
