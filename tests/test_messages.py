@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from celery import Celery
+
 from celery_graph import Parallel
 from celery_graph.protocol import GRAPH_KWARG
 from tests.tasks import collect, source, step
@@ -51,3 +53,66 @@ def test_message_carries_ids_and_own_arguments_only(eager_off, published):
     assert by_node["source"]["value"] == 5
     assert by_node["step"]["name"] == "x"
     assert msg["headers"]["id"] == f"{run.id}:{msg['body'][1][GRAPH_KWARG]['n']}"
+
+
+# plain keyword arguments (dispatch.shown writes their text), and others (Celery's saferepr)
+SHOWN = [
+    {"_graph": {"g": "a" * 64, "r": "b" * 32, "n": "s0", "s": 1}},
+    {"tag": 'it\'s \\ "q"', "name": "naïve ✓\nnext", "delay": 0.25, "_graph": {"n": "x"}},
+    {"tag": None, "flag": True, "off": False, "n": -3, "big": 10**30, "f": float("inf")},
+    {"tag": {"a": 1, "b": "c'"}, "_graph": {}},
+    {},
+]
+SAFEREPR = [
+    {"tag": [1, 2]},  # a list
+    {"tag": (1,)},
+    {"tag": {"a": {"b": 1}}},  # a dict two levels down
+    {"tag": b"bytes"},
+    {1: "a key that is not a text"},
+    {"tag": "x" * 1100},  # past the length Celery cuts at
+    {"tag": object()},
+]
+
+
+def _saferepr(app, value):
+    from celery.utils.saferepr import saferepr
+
+    levels = getattr(app.conf, "task_repr_maxlevels", 3) if "task_repr_maxlevels" in app.conf else 3
+    return saferepr(value, app.amqp.kwargsrepr_maxsize, maxlevels=levels)
+
+
+def test_plain_arguments_are_shown_as_celerys_saferepr_writes_them(app):
+    from celery_graph.dispatch import shown
+
+    for kwargs in SHOWN:
+        assert shown(app, kwargs) == {"argsrepr": "()", "kwargsrepr": _saferepr(app, kwargs)}, (
+            kwargs
+        )
+        assert _saferepr(app, ()) == "()"
+    for kwargs in SAFEREPR:
+        assert shown(app, kwargs) == {}, kwargs
+    # a limit of one level: Celery writes "{...}" for the graph fields
+    other = Celery("levels", set_as_current=False)
+    other.conf.task_repr_maxlevels = 1
+    assert shown(other, SHOWN[0]) == {}
+    other.conf.task_repr_maxlevels = 2
+    assert shown(other, SHOWN[0]) == {"argsrepr": "()", "kwargsrepr": _saferepr(app, SHOWN[0])}
+
+
+def test_flower_sees_node_arguments_as_celery_writes_them(eager_off, published):
+    """argsrepr and kwargsrepr (what Flower and ``celery inspect`` show) of node messages:
+    Celery's saferepr of the arguments, written by dispatch.shown for plain ones."""
+    flow = (
+        source.bind(value=5)
+        >> step.bind(id="quoted", tag='it\'s \\ "q"', name="naïve ✓\nnext")
+        >> step.bind(id="nested", tag={"a": 1}, name="x")
+        >> step.bind(id="listed", tag=[1, 2], name="y")
+    )
+    run = flow.apply_async()
+    run.get(timeout=20)
+    mine = _of(run, published)
+    assert len(mine) == 4
+    for msg in mine:
+        args, kwargs, _embed = msg["body"]
+        assert msg["headers"]["argsrepr"] == _saferepr(eager_off, tuple(args))
+        assert msg["headers"]["kwargsrepr"] == _saferepr(eager_off, kwargs)
