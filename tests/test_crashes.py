@@ -29,12 +29,15 @@ def test_worker_killed_mid_node_run_completes_with_everything_once(workers, rcli
     flow = step.bind(id="first", name="first") >> (slow | step.bind(id="fast", name="fast"))
     flow = flow >> join_count
     run = flow.submit({"tag": tag}, app=workers.app)
+    # its function started (begin.lua marks the node running just before: a kill in
+    # between, on a loaded machine, ran the function once in all)
     status = wait_for(
-        lambda: (s := run.status()).nodes["slow"].state == "running" and s,
+        lambda: "start:slow" in trace_of(rclient, tag) and run.status().nodes["slow"],
         timeout=20,
-        what="the slow node to start",
+        what="the slow node's function to start",
     )
-    victim = status.nodes["slow"].worker
+    assert status.state == "running"
+    victim = status.worker
     workers.kill(victim)
     assert run.get(timeout=60) == "join_count"
     trace = trace_of(rclient, tag)
