@@ -217,9 +217,10 @@ def without_unused(text: str) -> str:
     """``text`` without the top-level functions that nothing outside them names, directly
     or through the functions it keeps. Redis runs a script's whole text at every call, so
     every function it defines is a closure made per call: a script uses a few of its
-    libraries' functions, and the others were a fifth of a short script's time
-    (begin.lua's, measured in the server). A name mentioned anywhere outside the
-    functions, a comment included, keeps its function."""
+    libraries' functions, and the others were a fifth of begin.lua's time in the server
+    on its early path (18.5 -> 14.8 µs; on its whole path, 61 µs, within the noise). A
+    name mentioned anywhere outside the functions, a comment included, keeps its
+    function."""
     bodies = {m.group(1): m.group(0) for m in FUNCTION.finditer(text)}
     if not bodies:
         return text
