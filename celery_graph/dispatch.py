@@ -170,8 +170,8 @@ def shown(app: Any, kwargs: dict[str, Any]) -> dict[str, str]:
     levels = _repr_levels(app.conf)
     if levels is not None and levels < 2:
         return {}
-    text = _plain_dict(kwargs, 2)
-    if text is None or len(text) >= limit:  # Celery would cut it: its own saferepr
+    text = _plain_dict(kwargs, 2, limit)
+    if text is None:  # not plain, or Celery would cut it: its own saferepr
         return {}
     return {"argsrepr": "()", "kwargsrepr": text}
 
@@ -185,18 +185,24 @@ def _repr_levels(conf: Any) -> int | None:
         return 3
 
 
-def _plain_dict(value: dict[str, Any], depth: int) -> str | None:
-    """``value`` as Celery's saferepr writes it below its length limit, when its keys are
-    texts and its values plain (a dict of them ``depth`` - 1 levels down); else None."""
+def _plain_dict(value: dict[str, Any], depth: int, limit: int) -> str | None:
+    """``value`` as Celery's saferepr writes it when that is under ``limit`` characters
+    and its keys are texts and its values plain (a dict of them ``depth`` - 1 levels
+    down); else None, as soon as it is known (a long text is not copied to find out)."""
     parts = []
+    size = 2  # the braces
     for key, item in value.items():
         if type(key) is not str:
             return None
         nested = type(item) is dict and depth > 1
-        text = _plain_dict(item, depth - 1) if nested else _plain(item)
+        text = _plain_dict(item, depth - 1, limit - size) if nested else _plain(item, limit)
         if text is None:
             return None
-        parts.append(f"'{_quoted(key)}': {text}")
+        part = f"'{_quoted(key)}': {text}"
+        size += len(part) + 2  # and ", "
+        if size >= limit:
+            return None
+        parts.append(part)
     return "{" + ", ".join(parts) + "}"
 
 
@@ -204,12 +210,15 @@ def _quoted(text: str) -> str:
     return text.replace("'", "\\'")
 
 
-def _plain(value: Any) -> str | None:
+def _plain(value: Any, limit: int) -> str | None:
     """saferepr's text of a plain value: a text in single quotes with its own single
-    quotes escaped and nothing else, a number as ``str``, None as ``repr``."""
+    quotes escaped and nothing else, a number as ``str``, None as ``repr``; None for
+    anything else, and for a text of ``limit`` characters or more."""
     kind = type(value)
     if kind is str:
-        return f"'{_quoted(value)}'"
+        return f"'{_quoted(value)}'" if len(value) < limit else None
+    if kind is int and value.bit_length() > 3 * limit:  # over limit digits: not written
+        return None
     if kind is int or kind is bool or kind is float:
         return str(value)
     if value is None:

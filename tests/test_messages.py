@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 from celery import Celery
 
 from celery_graph import Parallel
@@ -70,6 +72,10 @@ SAFEREPR = [
     {"tag": b"bytes"},
     {1: "a key that is not a text"},
     {"tag": "x" * 1100},  # past the length Celery cuts at
+    {"tag": "x" * 600, "name": "y" * 600},  # together
+    {"tag": {"a": "x" * 1100}},
+    {"tag": 10**400, "name": 10**400, "more": 10**400},  # 401 digits each (one is fine)
+    {"tag": 10**5000},  # more digits than Python writes by default (str raises)
     {"tag": object()},
 ]
 
@@ -91,6 +97,16 @@ def test_plain_arguments_are_shown_as_celerys_saferepr_writes_them(app):
         assert _saferepr(app, ()) == "()"
     for kwargs in SAFEREPR:
         assert shown(app, kwargs) == {}, kwargs
+    one = {"tag": 10**400}
+    assert shown(app, one) == {"argsrepr": "()", "kwargsrepr": _saferepr(app, one)}
+    # a long text is not copied to find that it is too long
+    long = {"tag": "x" * 10_000_000}
+    tracemalloc.start()
+    try:
+        assert shown(app, long) == {}
+        assert tracemalloc.get_traced_memory()[1] < 100_000
+    finally:
+        tracemalloc.stop()
     # a limit of one level: Celery writes "{...}" for the graph fields
     other = Celery("levels", set_as_current=False)
     other.conf.task_repr_maxlevels = 1
