@@ -22,6 +22,20 @@ def workers(redis_url: str) -> Iterator[Workers]:
         yield w
 
 
+def _body_started(run: GraphRun, rclient: redis.Redis, tag: str, node_id: str, timeout: float):
+    """The run's status once ``node_id``'s function has started (its trace's start line),
+    the node running. Its state says running from just before the function: a kill in
+    between, on a loaded machine, runs the function once in all."""
+    wait_for(
+        lambda: f"start:{node_id}" in trace_of(rclient, tag),
+        timeout=timeout,
+        what=f"{node_id}'s function to start",
+    )
+    status = run.status()
+    assert status.nodes[node_id].state == "running", status.nodes[node_id]
+    return status
+
+
 def test_worker_killed_mid_node_run_completes_with_everything_once(workers, rclient, tag):
     workers.start("a")
     workers.start("b")
@@ -29,15 +43,7 @@ def test_worker_killed_mid_node_run_completes_with_everything_once(workers, rcli
     flow = step.bind(id="first", name="first") >> (slow | step.bind(id="fast", name="fast"))
     flow = flow >> join_count
     run = flow.submit({"tag": tag}, app=workers.app)
-    # its function started (begin.lua marks the node running just before: a kill in
-    # between, on a loaded machine, ran the function once in all)
-    status = wait_for(
-        lambda: "start:slow" in trace_of(rclient, tag) and run.status().nodes["slow"],
-        timeout=20,
-        what="the slow node's function to start",
-    )
-    assert status.state == "running"
-    victim = status.worker
+    victim = _body_started(run, rclient, tag, "slow", timeout=20).nodes["slow"].worker
     workers.kill(victim)
     assert run.get(timeout=60) == "join_count"
     trace = trace_of(rclient, tag)
@@ -152,11 +158,8 @@ def test_worker_killed_mid_eager_successor_completes_with_everything_once(
             >> step.bind(id="last", name="last")
         )
         run = flow.submit({"tag": tag}, app=workers.app)
-        # its body started (running is recorded before the body writes its start: by the
-        # call that completed first, complete_begin.lua, a kill in between runs it once)
-        wait_for(lambda: "start:slow" in trace_of(rclient, tag), timeout=30, what="slow's body")
-        status = run.status()
-        assert status.nodes["slow"].state == "running", status.nodes["slow"]
+        # (running is recorded by the call that completed first, complete_begin.lua)
+        status = _body_started(run, rclient, tag, "slow", timeout=30)
         victim = status.nodes["slow"].worker
         assert victim == status.nodes["first"].worker  # run eagerly, where first ran
         workers.kill(victim)
