@@ -38,7 +38,13 @@ from celery_graph.state import (
     replies,
     state_for,
 )
-from celery_graph.state.connection import INCLUDE, load_script, resolve_includes, without_unused
+from celery_graph.state.connection import (
+    FUNCTION,
+    INCLUDE,
+    load_script,
+    resolve_includes,
+    without_unused,
+)
 from celery_graph.state.limits import SCRIPTS as LIMIT_SCRIPTS
 from celery_graph.state.scripts import SCRIPTS
 from celery_graph.state.tasklimits import SCRIPTS as TASK_LIMIT_SCRIPTS
@@ -204,7 +210,7 @@ def test_every_include_resolves_and_every_function_called_is_defined_once(name):
 
 def without(text: str, fn: str) -> str:
     """``text`` without the definition of function ``fn`` (its first line to its end)."""
-    return re.sub(rf"^local function {fn}\(.*?^end\n", "", text, flags=re.MULTILINE | re.DOTALL)
+    return FUNCTION.sub(lambda m: "" if m.group(1) == fn else m.group(0), text)
 
 
 def test_functions_a_script_never_names_are_left_out():

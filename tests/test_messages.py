@@ -83,18 +83,18 @@ SAFEREPR = [
 def _saferepr(app, value):
     from celery.utils.saferepr import saferepr
 
-    levels = getattr(app.conf, "task_repr_maxlevels", 3) if "task_repr_maxlevels" in app.conf else 3
+    levels = app.conf.get("task_repr_maxlevels", 3)  # Celery 5.5 on; saferepr's default before
     return saferepr(value, app.amqp.kwargsrepr_maxsize, maxlevels=levels)
 
 
 def test_plain_arguments_are_shown_as_celerys_saferepr_writes_them(app):
     from celery_graph.dispatch import shown
 
+    assert _saferepr(app, ()) == "()"  # the argsrepr of a node message
     for kwargs in SHOWN:
         assert shown(app, kwargs) == {"argsrepr": "()", "kwargsrepr": _saferepr(app, kwargs)}, (
             kwargs
         )
-        assert _saferepr(app, ()) == "()"
     for kwargs in SAFEREPR:
         assert shown(app, kwargs) == {}, kwargs
     one = {"tag": 10**400}
