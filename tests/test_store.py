@@ -85,3 +85,61 @@ def test_lru_cache_is_bounded(app):
     assert [cached(store, s.graph_id) for s in specs] == [False, False, True, True, True]
     store.load(specs[0].graph_id)  # a miss reads Redis and evicts the oldest entry
     assert cached(store, specs[0].graph_id) and not cached(store, specs[2].graph_id)
+
+
+# -- the protocol bytes written by hand (state/connection.py: packed) -------------------
+
+_COMMANDS = [
+    ("SETEX", "celery-task-meta-r:s1", 600, b'{"status": "SUCCESS", "result": null}'),
+    ("PUBLISH", "celery-task-meta-r:s1", b"\x00\xff binary"),
+    ("EVALSHA", "a" * 40, 2, "run:{r}", "run:{r}:nodes", "s1", "\u00e9t\u00e9 \U0001f600"),
+    ("HSET", "k", "f", 1.5, "g", -7, "h", 10**30, "i", float("inf"), "j", ""),
+    ("SET", "big", b"x" * 100_000),
+]
+
+
+def test_packed_commands_are_the_bytes_redis_py_writes(rclient):
+    from celery_graph.state.connection import packed, pooled_connection
+
+    conn = pooled_connection(rclient.connection_pool)
+    try:
+        chunks = packed(conn, _COMMANDS)
+        assert b"".join(chunks) == b"".join(conn.pack_commands(_COMMANDS))
+        # a long argument is sent as it is, not copied into the bytes around it
+        assert any(c is _COMMANDS[-1][-1] for c in chunks)
+        # anything else is redis-py's: a two-word name, an int subclass, a bool (refused)
+        odd = [("CLIENT SETNAME", "x"), ("SET", "k", type("Big", (int,), {})(3))]
+        assert packed(conn, odd) == conn.pack_commands(odd)
+        with pytest.raises(Exception, match="bool"):
+            packed(conn, [("SET", "k", True)])
+    finally:
+        rclient.connection_pool.release(conn)
+
+
+def test_packed_commands_run_on_the_server(rclient):
+    from celery_graph.state.connection import packed, pooled_connection
+
+    key = "cgtest:packed:\u00e9"
+    conn = pooled_connection(rclient.connection_pool)
+    try:
+        conn.send_packed_command(packed(conn, [("SET", key, b"x" * 100_000), ("STRLEN", key)]))
+        assert rclient.parse_response(conn, "SET") is True
+        assert rclient.parse_response(conn, "STRLEN") == 100_000
+    finally:
+        rclient.connection_pool.release(conn)
+        rclient.delete(key)
+
+
+def test_a_connection_that_does_not_write_utf8_packs_with_redis_py(rclient):
+    from celery_graph.state.connection import packed, pooled_connection
+
+    conn = pooled_connection(rclient.connection_pool)
+    saved = conn.encoder.encoding
+    try:
+        conn.encoder.encoding = "latin-1"
+        commands = [("SET", "k", "\u00e9")]
+        assert packed(conn, commands) == conn.pack_commands(commands)
+        assert b"\xe9" in b"".join(packed(conn, commands))
+    finally:
+        conn.encoder.encoding = saved
+        rclient.connection_pool.release(conn)

@@ -20,7 +20,14 @@ from ..config import Settings
 from ..errors import BarrierError, RunNotResumable
 from ..keys import Keys
 from ..model import GraphSpec, NodeSpec
-from .connection import load_script, one_server, pooled_connection, redis_errors, translating
+from .connection import (
+    load_script,
+    one_server,
+    packed,
+    pooled_connection,
+    redis_errors,
+    translating,
+)
 from .replies import (
     After,
     Arrival,
@@ -181,7 +188,7 @@ class Scripts:
         conn = pooled_connection(pool)
         replies: list[Any] = []
         try:
-            conn.send_packed_command(conn.pack_commands(commands))
+            conn.send_packed_command(packed(conn, commands))
             try:
                 meanwhile()
             finally:  # the answers are read whatever meanwhile did: the call was made
