@@ -110,11 +110,11 @@ def undeclared(producer: Any, entities: list[Any]) -> list[Any]:
     """``entities`` less those kombu's declaration cache holds for ``producer``'s
     connection (kombu's own test in ``maybe_declare``: a cacheable entity whose hash the
     connection's ``declared_entities`` holds); all of them when the channel has no
-    connection (closed: kombu reconnects and declares)."""
-    connection = getattr(producer.channel, "connection", None)
-    if connection is None:
+    connection (closed: kombu reconnects and declares) or the cache is empty."""
+    if getattr(producer.channel, "connection", None) is None:
         return entities
-    known = connection.client.declared_entities
+    # the kombu Connection of that channel (a producer of a pool is made from it)
+    known = producer.connection.declared_entities
     if not known:
         return entities
     return [

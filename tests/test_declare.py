@@ -42,7 +42,7 @@ def _forget_declarations(app: Celery) -> None:
     """What kombu does on a reconnection: the pool's connections forget what they
     declared."""
     with app.producer_or_acquire() as producer:
-        producer.channel.connection.client.declared_entities.clear()
+        producer.connection.declared_entities.clear()
 
 
 def test_a_queue_declared_on_the_connection_is_not_asked_for_again(
@@ -79,7 +79,7 @@ def test_undeclared_keeps_what_kombu_would_declare(celery_app):
     expiring = kombu.Queue(f"{name}-exp", queue_arguments={"x-expires": 60_000})
     auto = kombu.Queue(f"{name}-auto", auto_delete=True)
     with celery_app.producer_or_acquire() as producer:
-        declared = producer.channel.connection.client.declared_entities
+        declared = producer.connection.declared_entities
         declared.update({hash(known), hash(expiring), hash(auto)})
         try:
             entities = [known, fresh, expiring, auto]
