@@ -111,6 +111,20 @@ def test_a_run_created_on_a_server_that_lost_its_scripts_is_listed_after_its_rec
     assert state.client.zscore(index, run_id) is not None
 
 
+def test_every_script_call_loads_its_script_again_on_a_server_that_lost_them(app, redis_url):
+    """Each script call on a server that lost its scripts (SCRIPT FLUSH, a restart) meets
+    NOSCRIPT, loads the script and runs it: a run whose every step (begin, complete, their
+    result backend writes) is called after a flush ends as it would have."""
+    flow = step.bind(name="a") >> step.bind(id="b", name="b") >> step.bind(id="c", name="c")
+    flow.compile()
+    server = redis.Redis.from_url(redis_url)
+    before = server.info("stats").get("total_error_replies", 0)
+    server.script_flush()  # the session's own server
+    assert flow.apply_async().get(timeout=30) == "c"
+    # NOSCRIPT was answered (and dealt with) on the way
+    assert server.info("stats").get("total_error_replies", 0) > before
+
+
 # -- failures ------------------------------------------------------------------------
 
 

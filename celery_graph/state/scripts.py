@@ -117,6 +117,8 @@ class Scripts:
         self.keys = keys
         self.settings = settings
         self._scripts = {name: client.register_script(load_script(name)) for name in SCRIPTS}
+        # a client of one server: its calls are written and read here (_overlapped)
+        self._direct = one_server(client)
 
     def _run(
         self,
@@ -130,14 +132,21 @@ class Scripts:
         """Run script ``name`` on run ``run_id``: the run's keys, then the script's own;
         ``also``'s commands first, in the same round trip, unless they went already.
         ``meanwhile``: called once the call is sent, before its answer is read (a client
-        of one server only: see :meth:`_overlapped`)."""
+        of one server only: see :meth:`_overlapped`).
+
+        On a client of one server every call goes through :meth:`_overlapped`, which
+        writes the commands and reads the answers itself: redis-py's script object and
+        pipeline cost about 20 µs more a call (they pack each command again, and wrap
+        each in their retry, which on a connection retries nothing by default); a Redis
+        Cluster's calls are redis-py's."""
         keys = [*self.keys.run_layout(run_id), *own]
+        script = self._scripts[name]
         with translating(f"running {name}.lua"):
-            if meanwhile is not None:
-                return self._overlapped(self._scripts[name], keys, args, also, meanwhile)
+            if meanwhile is not None or self._direct:
+                return self._overlapped(script, keys, args, also, meanwhile)
             if also is None or also.sent:
-                return self._scripts[name](keys=keys, args=args)
-            return self._run_after(self._scripts[name], keys, args, also)
+                return script(keys=keys, args=args)
+            return self._run_after(script, keys, args, also)
 
     def _run_after(self, script: Any, keys: list[str], args: list[Any], also: Piggyback) -> Any:
         """``also``'s commands, then ``script``, then ``also.after``, in one pipeline (no
@@ -170,11 +179,12 @@ class Scripts:
         keys: list[str],
         args: list[Any],
         also: Piggyback | None,
-        meanwhile: Callable[[], None],
+        meanwhile: Callable[[], None] | None,
     ) -> Any:
         """``also``'s commands, ``script`` (EVALSHA) and ``also.after`` written to one
-        connection, then ``meanwhile()`` while Redis runs them, then their answers read:
-        the time of the round trip spent on something else (a message to the broker).
+        connection, then ``meanwhile()`` (if given) while Redis runs them, then their
+        answers read: the time of the round trip spent on something else (a message to
+        the broker).
         The commands reach the server before anything ``meanwhile`` sends. A connection
         that fails on the way is dropped, not reused; a server that lost the script loads
         it and runs it again, followed by ``after`` again, as :meth:`_run_after` does."""
@@ -190,7 +200,8 @@ class Scripts:
         try:
             conn.send_packed_command(packed(conn, commands))
             try:
-                meanwhile()
+                if meanwhile is not None:
+                    meanwhile()
             finally:  # the answers are read whatever meanwhile did: the call was made
                 for command in commands:
                     try:
