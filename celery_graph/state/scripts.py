@@ -136,9 +136,9 @@ class Scripts:
 
         On a client of one server every call goes through :meth:`_overlapped`, which
         writes the commands and reads the answers itself: redis-py's script object and
-        pipeline cost about 20 µs more a call (they pack each command again, and wrap
-        each in their retry, which on a connection retries nothing by default); a Redis
-        Cluster's calls are redis-py's."""
+        pipeline cost 15 to 20 µs more a call (begin.lua's round trip 127 against 112 µs
+        here: they pack each command their way, and wrap each in their retry, which on a
+        connection retries nothing by default); a Redis Cluster's calls are redis-py's."""
         keys = [*self.keys.run_layout(run_id), *own]
         script = self._scripts[name]
         with translating(f"running {name}.lua"):
