@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from bench.run import OUT, SECTIONS, main, plot, table
+from bench.run import OUT, SECTIONS, main, plot, sizes, table, targets
 
 
 def cli() -> None:
@@ -33,9 +33,12 @@ def cli() -> None:
     path = OUT / f"results{suffix}.json"
     if only is not None and path.exists():  # measured sections replace their old values
         merged = json.loads(path.read_text())
-        merged["workloads"].update(results.pop("workloads"))
+        for name, systems in results.pop("workloads").items():  # each system's own figure
+            merged["workloads"].setdefault(name, {}).update(systems)
         merged.update({k: v for k, v in results.items() if k not in ("quick", "repeats")})
         results = merged
+        if "targets" in results:  # the goals, from the figures as they are now
+            results["targets"] = targets(results, *sizes(args.quick))
     path.write_text(json.dumps(results, indent=2) + "\n")
     plot(results, OUT / f"results{suffix}.png")
     print(table(results))

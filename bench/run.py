@@ -417,6 +417,11 @@ def keys_left(url: str, processes: int, runs: int) -> dict[str, Any]:
 SECTIONS = ("canvas", "dramatiq", "messages", "map", "scale", "keys", "io", "steps")
 
 
+def sizes(quick: bool) -> tuple[list[int], int]:
+    """The fan-out sizes and the chain length the canvas section measures."""
+    return ([1000] if quick else [1000, 10_000]), 200
+
+
 def main(
     quick: bool = False, processes: int = 2, only: frozenset[str] | None = None
 ) -> dict[str, Any]:
@@ -427,8 +432,7 @@ def main(
         return only is None or section in only
 
     repeats = 1 if quick else 3
-    fan_sizes = [1000] if quick else [1000, 10_000]
-    chain_len = 200
+    fan_sizes, chain_len = sizes(quick)
     eight_runs = 50 if quick else 200
     server = PrivateRedis().start()
     url = server.url
