@@ -16,7 +16,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test test-pythons demo docs docs-tables lint typecheck bench bench-quick bench-steps bench-profile bench-recovery bench-limits clean
+.PHONY: venv test test-pythons demo docs docs-tables lint typecheck bench bench-quick bench-steps bench-profile bench-timeline bench-recovery bench-limits clean
 .PHONY: check chromium prometheus
 
 # uv (from PyPI, into the virtualenv) installs the project: about 7 s where pip took 18.
@@ -122,6 +122,9 @@ bench-steps: $(BENCH_STAMP)
 # where one step's time goes in the worker (cProfile of a solo worker)
 bench-profile: $(BENCH_STAMP)
 	$(BIN)/python -m bench.profile_step
+
+bench-timeline: $(BENCH_STAMP)
+	$(BIN)/python -m bench.timeline
 
 bench-recovery: $(STAMP)
 	$(BIN)/python -m bench.recovery

@@ -54,7 +54,12 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def celery_workers(url: str, processes: int, env_extra: dict[str, str] | None = None):
+def celery_workers(
+    url: str,
+    processes: int,
+    env_extra: dict[str, str] | None = None,
+    extra_args: tuple[str, ...] = (),
+):
     cmd = [
         sys.executable,
         "-m",
@@ -75,6 +80,7 @@ def celery_workers(url: str, processes: int, env_extra: dict[str, str] | None = 
         "--without-heartbeat",
         "-n",
         f"bench-{uuid.uuid4().hex[:6]}@%h",
+        *extra_args,
     ]
     proc = subprocess.Popen(
         cmd,
