@@ -29,6 +29,7 @@ from celery_graph.executor.node import fail_node
 from celery_graph.protocol import NodeMessage, task_id_for
 from celery_graph.state import state_for
 from celery_graph.state.graphs import GraphStore
+from celery_graph.state.scripts import Scripts
 from celery_graph.testing import free_port
 from tests.support.apps import make_app
 from tests.support.fixtures import SESSION
@@ -123,6 +124,31 @@ def test_every_script_call_loads_its_script_again_on_a_server_that_lost_them(app
     assert flow.apply_async().get(timeout=30) == "c"
     # NOSCRIPT was answered (and dealt with) on the way
     assert server.info("stats").get("total_error_replies", 0) > before
+
+
+def test_a_scripts_first_call_is_answered_before_what_goes_with_it(app, redis_url):
+    """What goes while a script's answer is on its way (the roots of a new run, the one
+    successor of a completing node) waits for the answer at the script's first call from a
+    process: the server may not hold the script (NOSCRIPT), and a message sent meanwhile
+    would reach a worker before the run exists. Later calls overlap as before."""
+    state = state_for(app)
+    scripts = Scripts(state.client, state.keys, state.settings)  # a new process's first calls
+    redis.Redis.from_url(redis_url).script_flush()  # the session's own server
+    spec = step.bind(id="only").compile()
+    seen: list[object] = []
+
+    def meanwhile(run_id: str) -> None:
+        seen.append(state.client.hget(state.keys.run(run_id), "status"))
+
+    first = uuid.uuid4().hex
+    created, _ = scripts.start(first, spec, "{}", None, {}, meanwhile=lambda: meanwhile(first))
+    assert created
+    assert seen == [b"running"]  # the run existed when its roots would have gone
+    second = uuid.uuid4().hex
+    scripts.start(second, spec, "{}", None, {}, meanwhile=lambda: meanwhile(second))
+    assert len(seen) == 2  # called once, while the answer was on its way or after it
+    for run_id in (first, second):  # nobody sends their roots: ended here
+        state.scripts.finish(run_id, "cancelled")
 
 
 # -- failures ------------------------------------------------------------------------

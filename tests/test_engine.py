@@ -77,13 +77,19 @@ def test_parallel_members_all_run_and_results_by_sink(any_app, tag):
 
 
 def test_parallel_members_overlap_in_time(any_app, tag):
-    # four 0.3 s members on four worker threads: if they ran one after another, some
-    # member would start only after another ended
+    # four 0.3 s members on four worker threads: run one after another, no two would ever
+    # be running at once. (Not all four need to: the session's worker may still be busy
+    # with an earlier test's nodes on some threads; in the 3.10 run of one CI, members
+    # started 0.3 s apart: ['start:q0', 'end:q0', 'start:q3', 'start:q2', ...].)
     nodes = [step.bind(id=f"q{i}", name=f"q{i}", delay=0.3) for i in range(4)]
     run = (nodes[0] | nodes[1] | nodes[2] | nodes[3]).apply_async(tag=tag)
     run.get(timeout=20)
     trace = read_trace(tag)
-    assert all(e.startswith("start:") for e in trace[:4]), trace
+    running, most = 0, 0
+    for event in trace:
+        running += event.startswith("start:") - event.startswith("end:")
+        most = max(most, running)
+    assert most >= 2, trace
 
 
 def test_nested_groups_keep_every_ordering(any_app, tag):

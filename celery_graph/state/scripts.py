@@ -119,6 +119,8 @@ class Scripts:
         self._scripts = {name: client.register_script(load_script(name)) for name in SCRIPTS}
         # a client of one server: its calls are written and read here (_overlapped)
         self._direct = one_server(client)
+        # the scripts that have answered this process (the server held them then)
+        self._answered: set[str] = set()
 
     def _run(
         self,
@@ -142,11 +144,24 @@ class Scripts:
         keys = [*self.keys.run_layout(run_id), *own]
         script = self._scripts[name]
         with translating(f"running {name}.lua"):
+            if meanwhile is not None and name not in self._answered:
+                # A script's first call from this process: the server may not hold it yet
+                # (a new server, a restart, SCRIPT FLUSH). Its NOSCRIPT answer would come
+                # after what ``meanwhile`` sent had left, and a message that reached a
+                # worker before the script was loaded and called again would wait for it
+                # (NodeMessage.ahead: 5, 20, 100, 300 ms). So the answer first, here.
+                reply = self._overlapped(script, keys, args, also, None)
+                self._answered.add(name)
+                meanwhile()
+                return reply
             if meanwhile is not None or self._direct:
-                return self._overlapped(script, keys, args, also, meanwhile)
-            if also is None or also.sent:
-                return script(keys=keys, args=args)
-            return self._run_after(script, keys, args, also)
+                reply = self._overlapped(script, keys, args, also, meanwhile)
+            elif also is None or also.sent:
+                reply = script(keys=keys, args=args)
+            else:
+                reply = self._run_after(script, keys, args, also)
+            self._answered.add(name)
+            return reply
 
     def _run_after(self, script: Any, keys: list[str], args: list[Any], also: Piggyback) -> Any:
         """``also``'s commands, then ``script``, then ``also.after``, in one pipeline (no
