@@ -133,8 +133,8 @@ class Scripts:
     ) -> Any:
         """Run script ``name`` on run ``run_id``: the run's keys, then the script's own;
         ``also``'s commands first, in the same round trip, unless they went already.
-        ``meanwhile``: called once the call is sent, before its answer is read (a client
-        of one server only: see :meth:`_overlapped`).
+        ``meanwhile``: called once the call is sent, before its answer is read (given on a
+        client of one server only: see :meth:`_overlapped`).
 
         On a client of one server every call goes through :meth:`_overlapped`, which
         writes the commands and reads the answers itself: redis-py's script object and
@@ -144,23 +144,21 @@ class Scripts:
         keys = [*self.keys.run_layout(run_id), *own]
         script = self._scripts[name]
         with translating(f"running {name}.lua"):
-            if meanwhile is not None and name not in self._answered:
-                # A script's first call from this process: the server may not hold it yet
-                # (a new server, a restart, SCRIPT FLUSH). Its NOSCRIPT answer would come
-                # after what ``meanwhile`` sent had left, and a message that reached a
-                # worker before the script was loaded and called again would wait for it
-                # (NodeMessage.ahead: 5, 20, 100, 300 ms). So the answer first, here.
-                reply = self._overlapped(script, keys, args, also, None)
-                self._answered.add(name)
-                meanwhile()
-                return reply
-            if meanwhile is not None or self._direct:
-                reply = self._overlapped(script, keys, args, also, meanwhile)
+            # A script's first call from this process: the server may not hold it yet (a
+            # new server, a restart, SCRIPT FLUSH). Its NOSCRIPT answer would come after
+            # what ``meanwhile`` sent had left, and a message that reached a worker before
+            # the script was loaded and called again would wait for it (NodeMessage.ahead:
+            # 5, 20, 100, 300 ms). So ``meanwhile`` follows the answer then.
+            first = name not in self._answered
+            if self._direct:
+                reply = self._overlapped(script, keys, args, also, None if first else meanwhile)
             elif also is None or also.sent:
                 reply = script(keys=keys, args=args)
             else:
                 reply = self._run_after(script, keys, args, also)
             self._answered.add(name)
+            if first and meanwhile is not None:
+                meanwhile()
             return reply
 
     def _run_after(self, script: Any, keys: list[str], args: list[Any], also: Piggyback) -> Any:
@@ -295,7 +293,7 @@ class Scripts:
         ]
         for root in spec.roots:
             args += [root, spec.nodes[root].delay]
-        overlap = meanwhile if one_server(self._client) else None
+        overlap = meanwhile if self._direct else None
         created, detail = self._run("start", run_id, args, arrivals, also, overlap)
         return bool(created), _text(detail)
 
@@ -458,7 +456,7 @@ class Scripts:
                 args += [succ, len(target.preds), target.delay]
                 if target.is_join:
                     joins.append(k.join(run_id, succ))
-            overlap = meanwhile if len(parts) == 1 and one_server(self._client) else None
+            overlap = meanwhile if len(parts) == 1 and self._direct else None
             reply = self._run("complete", run_id, args, joins, also, overlap)
             if not isinstance(reply, list) or len(reply) < 3:
                 raise BarrierError(f"complete.lua answered {reply!r}")
