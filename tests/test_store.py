@@ -10,6 +10,7 @@ from celery_graph import GraphCorrupted, GraphNotFound
 from celery_graph.codec import sha256
 from celery_graph.keys import Keys
 from celery_graph.state import state_for
+from celery_graph.state.connection import packed, pooled_connection
 from celery_graph.state.graphs import GraphStore
 from tests.tasks import add, audit, double, extract, transform
 
@@ -98,42 +99,39 @@ _COMMANDS = [
 ]
 
 
-def test_packed_commands_are_the_bytes_redis_py_writes(rclient):
-    from celery_graph.state.connection import packed, pooled_connection
-
-    conn = pooled_connection(rclient.connection_pool)
+@pytest.fixture()
+def conn(rclient):
+    """A connection of the test client's pool, for commands written and read by hand."""
+    connection = pooled_connection(rclient.connection_pool)
     try:
-        chunks = packed(conn, _COMMANDS)
-        assert b"".join(chunks) == b"".join(conn.pack_commands(_COMMANDS))
-        # a long argument is sent as it is, not copied into the bytes around it
-        assert any(c is _COMMANDS[-1][-1] for c in chunks)
-        # anything else is redis-py's: a two-word name, an int subclass, a bool (refused)
-        odd = [("CLIENT SETNAME", "x"), ("SET", "k", type("Big", (int,), {})(3))]
-        assert packed(conn, odd) == conn.pack_commands(odd)
-        with pytest.raises(Exception, match="bool"):
-            packed(conn, [("SET", "k", True)])
+        yield connection
     finally:
-        rclient.connection_pool.release(conn)
+        rclient.connection_pool.release(connection)
 
 
-def test_packed_commands_run_on_the_server(rclient):
-    from celery_graph.state.connection import packed, pooled_connection
+def test_packed_commands_are_the_bytes_redis_py_writes(conn):
+    chunks = packed(conn, _COMMANDS)
+    assert b"".join(chunks) == b"".join(conn.pack_commands(_COMMANDS))
+    # a long argument is sent as it is, not copied into the bytes around it
+    assert any(c is _COMMANDS[-1][-1] for c in chunks)
+    # anything else is redis-py's: a two-word name, an int subclass, a bool (refused)
+    odd = [("CLIENT SETNAME", "x"), ("SET", "k", type("Big", (int,), {})(3))]
+    assert packed(conn, odd) == conn.pack_commands(odd)
+    with pytest.raises(Exception, match="bool"):
+        packed(conn, [("SET", "k", True)])
 
+
+def test_packed_commands_run_on_the_server(rclient, conn):
     key = "cgtest:packed:\u00e9"
-    conn = pooled_connection(rclient.connection_pool)
     try:
         conn.send_packed_command(packed(conn, [("SET", key, b"x" * 100_000), ("STRLEN", key)]))
         assert rclient.parse_response(conn, "SET") is True
         assert rclient.parse_response(conn, "STRLEN") == 100_000
     finally:
-        rclient.connection_pool.release(conn)
         rclient.delete(key)
 
 
-def test_a_connection_that_does_not_write_utf8_packs_with_redis_py(rclient):
-    from celery_graph.state.connection import packed, pooled_connection
-
-    conn = pooled_connection(rclient.connection_pool)
+def test_a_connection_that_does_not_write_utf8_packs_with_redis_py(conn):
     saved = conn.encoder.encoding
     try:
         conn.encoder.encoding = "latin-1"
@@ -142,4 +140,3 @@ def test_a_connection_that_does_not_write_utf8_packs_with_redis_py(rclient):
         assert b"\xe9" in b"".join(packed(conn, commands))
     finally:
         conn.encoder.encoding = saved
-        rclient.connection_pool.release(conn)
