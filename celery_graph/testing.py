@@ -63,6 +63,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class PortTaken(RuntimeError):
+    """A private server could not bind its port: another process has it."""
+
+
 class PrivateRedis:
     """One private server process. ``appendonly=True`` keeps data across restarts."""
 
@@ -74,6 +78,7 @@ class PrivateRedis:
         extra_args: list[str] | None = None,
     ) -> None:
         self.binary = find_server_binary()
+        self.chosen_port = port is None  # picked here: another one may be picked instead
         self.port = port or free_port()
         self.appendonly = appendonly
         self.extra_args = list(extra_args or [])
@@ -85,6 +90,22 @@ class PrivateRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0, ping: bool = True) -> PrivateRedis:
+        """Start the server and wait for its PONG (``ping``). A port picked here that
+        another process took meanwhile (``free_port`` frees it before the server binds
+        it) is picked again, up to 5 times; any other failure to start is raised, with
+        what the server's log says."""
+        for _ in range(4):
+            try:
+                return self._start(timeout, ping)
+            except PortTaken:
+                if not self.chosen_port:
+                    raise
+                self.port = free_port()
+        return self._start(timeout, ping)
+
+    def _start(self, timeout: float, ping: bool) -> PrivateRedis:
+        with contextlib.suppress(FileNotFoundError):  # what the log says is this start's
+            os.remove(os.path.join(self.dir, "server.log"))
         args = [
             self.binary,
             "--port",
@@ -112,7 +133,10 @@ class PrivateRedis:
                 return self
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                raise RuntimeError(f"{self.binary} exited at start: {err.strip()}")
+                err = (err.strip() + "\n" + self.log_tail()).strip()
+                self.stop()
+                kind = PortTaken if "Address already in use" in err else RuntimeError
+                raise kind(f"{self.binary} exited at start: {err}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                     s.sendall(b"PING\r\n")
@@ -123,6 +147,14 @@ class PrivateRedis:
             time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"{self.binary} did not answer PING on port {self.port}")
+
+    def log_tail(self, lines: int = 5) -> str:
+        """The last lines of the server's log (it writes there, not to stderr)."""
+        try:
+            with open(os.path.join(self.dir, "server.log"), errors="replace") as log:
+                return "".join(log.readlines()[-lines:]).strip()
+        except OSError:
+            return ""
 
     def stop(self, *, kill: bool = False) -> None:
         if self.proc is None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from celery_graph.testing import PrivateRedis, find_server_binary, free_port
+from celery_graph.testing import PortTaken, PrivateRedis, find_server_binary, free_port
 from tests.support.helpers import starts_processes
 
 
@@ -54,30 +54,39 @@ class PrivateCluster:
     """Three primaries, no replicas, every slot covered."""
 
     def __init__(self, size: int = 3) -> None:
+        self.nodes = [self._node() for _ in range(size)]
+
+    @staticmethod
+    def _node() -> PrivateRedis:
         # the cluster bus gets a port of its own (the default, port + 10000, may not exist)
-        self.nodes = [
-            PrivateRedis(
-                extra_args=[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "2000",
-                    "--cluster-port",
-                    str(free_port()),
-                ]
-            )
-            for _ in range(size)
-        ]
+        return PrivateRedis(
+            extra_args=[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+                "--cluster-port",
+                str(free_port()),
+            ]
+        )
 
     @property
     def url(self) -> str:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
 
     def start(self) -> PrivateCluster:
-        for node in self.nodes:
-            node.start()
+        for i in range(len(self.nodes)):
+            for _ in range(4):  # its bus port taken meanwhile: a node with other ports
+                try:
+                    self.nodes[i].start()
+                    break
+                except PortTaken:
+                    self.nodes[i].cleanup()
+                    self.nodes[i] = self._node()
+            else:
+                self.nodes[i].start()
         subprocess.run(
             [
                 redis_cli(),
