@@ -125,6 +125,38 @@ def test_deadline_counts_from_submission_while_queued(app, tag):
     assert "start:r1" not in read_trace(tag)
 
 
+def test_a_run_admitted_after_a_sweep_saw_it_queued_stays_listed(app, tag, monkeypatch):
+    """A sweep reads a listed run as queued for a slot (nothing for the reconciler to do
+    until it starts), and before it takes the run off the list, the run is admitted and
+    listed by the process that freed the slot: the sweep's late removal left the running
+    run listed nowhere, so a node of it lost with its worker would never be sent again."""
+    from celery_graph.state.replies import Verdict
+    from celery_graph.state.scripts import Scripts
+
+    flow = limited(tag, 1, seconds=1.0)
+    first = flow.apply_async(tag=tag, tenant="r0")
+    second = flow.apply_async(tag=tag, tenant="r1")
+    assert second.status().state == "queued"
+    state = state_for(app)
+    real_reclaim = Scripts.reclaim
+    admitted: list[str] = []
+
+    def admitted_after_the_verdict(self, run_id, *args, **kwargs):
+        r = real_reclaim(self, run_id, *args, **kwargs)
+        if run_id == second.id and r.verdict == Verdict.QUEUED and not admitted:
+            admitted.append(run_id)
+            assert first.cancel()  # its slot goes to the second run, which is listed
+        return r
+
+    monkeypatch.setattr(Scripts, "reclaim", admitted_after_the_verdict)
+    state.runs.track(second.id)  # listed while queued, as a resume that waits for a slot
+    wait_for(lambda: sweep(app) and admitted, timeout=30, what="a sweep of the queued run")
+    monkeypatch.undo()
+    assert second.status().state in ("running", "succeeded")
+    assert second.id in state.index.running_ids(100_000) or second.status().state == "succeeded"
+    assert second.get(timeout=60) == "r1"
+
+
 def test_a_slot_whose_run_never_came_is_freed_by_the_reconciler(app, tag):
     """A submitter that died after taking a slot and before creating its run: the slot's
     lease runs out and the reconciler gives it to the next run."""

@@ -546,6 +546,52 @@ def test_a_sweep_between_listing_and_reopening_a_resumed_run_does_not_drop_it(
     assert run.get(timeout=30) == 2  # the reconciler sent what the resume could not
 
 
+def test_a_sweep_that_saw_the_run_ended_does_not_unlist_it_once_resumed(
+    app, tag, redis_url, fast_reconciler, monkeypatch
+):
+    """A sweep reads a failed run as ended, and before it takes the run off the list, a
+    resume reopens and lists it: the sweep's late removal left the reopened run listed
+    nowhere, and a node whose publish failed was never sent (CI timed out on
+    test_a_resume_whose_publish_fails_is_finished_by_the_reconciler so). A run reopened
+    (or admitted) meanwhile stays listed."""
+    from celery_graph.state.replies import Verdict
+
+    flow = step.bind(name="first", tag=tag) >> fails_then_ok.bind(tag=tag, fail_times=1)
+    run = flow.apply_async()
+    with pytest.raises(RunFailed):
+        run.get(timeout=20)
+    dead = make_app(redis_url, f"redis://127.0.0.1:{free_port()}/0", "cgtest_dead", SESSION)
+    dead.conf.broker_connection_timeout = 1
+    dead.conf.task_publish_retry_policy = {"max_retries": 0}
+    dead.conf.broker_transport_options = {"max_retries": 0}
+    dead.conf.graph_queued_lease = 1
+    real_reclaim = Scripts.reclaim
+    resumed = threading.Event()
+    failures: list[BaseException] = []
+
+    def resumed_after_the_verdict(self, run_id, *args, **kwargs):
+        r = real_reclaim(self, run_id, *args, **kwargs)
+        if run_id == run.id and r.verdict == Verdict.ENDED and not resumed.is_set():
+            try:  # the resume whose publish fails, between the verdict and the removal
+                GraphRun(run.id, app=dead).resume()
+            except BrokerUnavailable:
+                pass
+            except BaseException as exc:  # reported below
+                failures.append(exc)
+            finally:
+                app.set_current()
+                resumed.set()
+        return r
+
+    monkeypatch.setattr(Scripts, "reclaim", resumed_after_the_verdict)
+    state_for(app).runs.track(run.id)  # listed, as a resume's first listing does
+    assert resumed.wait(20), "no sweep looked at the failed run"
+    assert not failures, failures
+    # the sweep that saw it ended goes on to its removal; the run must stay listed
+    wait_for(lambda: state_for(app).runs.record(run.id).get("status") == "running", 5)
+    assert run.get(timeout=30) == 2  # the reconciler sent what the resume could not
+
+
 # -- submission ------------------------------------------------------------------------
 
 

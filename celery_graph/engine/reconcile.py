@@ -62,7 +62,7 @@ from ..errors import (
     StoreUnavailable,
     WaitTimeout,
 )
-from ..model import GraphSpec
+from ..model import FINAL_STATES, GraphSpec
 from ..protocol import NodeMessage
 from ..state import Expiry, Mode, Reclaim, State, StepEnd, Verdict, state_for
 from .lifecycle import after_run, end_run, node_failed, settle, start_admitted, step_ended
@@ -243,7 +243,7 @@ class Reconciler:
             return 0.0
         if r.verdict == Verdict.QUEUED:  # waiting for a slot: only its deadline may come
             if r.deadline is None:
-                state.runs.forget(run_id)
+                state.runs.forget(run_id, gone=("queued", *FINAL_STATES))
             else:
                 state.runs.schedule(run_id, r.deadline + 0.01)
             return 0.0

@@ -268,9 +268,22 @@ class RunStore:
             lambda: self.client.zadd(self.keys.running_index(), {run_id: when}, xx=True),
         )
 
-    def forget(self, run_id: str) -> None:
-        """A run that ended and needs nothing more leaves the running index."""
+    def forget(self, run_id: str, gone: Sequence[str] = FINAL_STATES) -> None:
+        """A run that ended (or waits for a concurrency slot: its status in ``gone``) and
+        needs nothing more leaves the running index. The sweep read that status before;
+        a resume (or an admission) may have reopened and listed the run since, and this
+        removal would leave it listed nowhere (a node whose publish failed, or lost with
+        its worker, never sent again). So the status is read after the removal, and a run
+        whose status is no longer in ``gone`` is listed again, due at once: the reopening
+        comes before its listing, so either that listing comes after this removal or
+        this read sees the reopened run. (Two commands, not one script: on a Redis
+        Cluster the index and the run's record are on different slots.)"""
         translated("unlisting a run", lambda: self.client.zrem(self.keys.running_index(), run_id))
+        status = translated(
+            "reading a run's status", lambda: self.client.hget(self.keys.run(run_id), "status")
+        )
+        if status is not None and status.decode() not in gone:
+            self.track(run_id)
 
     def sweep_clock(self) -> tuple[float, float | None, float | None]:
         """(the server's time, when the last sweep was or None, the hold after an outage
