@@ -484,6 +484,18 @@ def test_a_node_that_ends_between_the_resume_reading_and_reopening_is_sent(app, 
     assert read_trace(tag).count("start:a") == 0  # its copy found its result
 
 
+def broker_away(redis_url: str):
+    """An app on the session's graph state whose broker nobody listens on: one try per
+    publish (kombu 5.3 opens a producer's channel with the connection's own retry), and
+    the 1 s queued lease a resume through it gives the nodes it could not send."""
+    dead = make_app(redis_url, f"redis://127.0.0.1:{free_port()}/0", "cgtest_dead", SESSION)
+    dead.conf.broker_connection_timeout = 1
+    dead.conf.task_publish_retry_policy = {"max_retries": 0}
+    dead.conf.broker_transport_options = {"max_retries": 0}
+    dead.conf.graph_queued_lease = 1
+    return dead
+
+
 def test_a_resume_whose_publish_fails_is_finished_by_the_reconciler(
     app, tag, redis_url, fast_reconciler
 ):
@@ -491,8 +503,7 @@ def test_a_resume_whose_publish_fails_is_finished_by_the_reconciler(
     run = flow.apply_async()
     with pytest.raises(RunFailed):
         run.get(timeout=20)
-    dead = make_app(redis_url, f"redis://127.0.0.1:{free_port()}/0", "cgtest_dead", SESSION)
-    dead.conf.broker_connection_timeout = 1
+    dead = broker_away(redis_url)
     dead.conf.task_publish_retry_policy = {
         "max_retries": 1,
         "interval_start": 0,
@@ -501,9 +512,7 @@ def test_a_resume_whose_publish_fails_is_finished_by_the_reconciler(
     }
     # kombu 5.3 opens a producer's channel before the publish retry policy applies, with
     # the connection's own retry (a second try 2 s later): by then the reconciler had sent
-    # the node and the run had succeeded. One try, as on kombu 5.7.
-    dead.conf.broker_transport_options = {"max_retries": 0}
-    dead.conf.graph_queued_lease = 1  # the lease the resuming process gives the node
+    # the node and the run had succeeded. One try, as on kombu 5.7 (broker_away).
     try:
         with pytest.raises(BrokerUnavailable):
             GraphRun(run.id, app=dead).resume()
@@ -533,11 +542,7 @@ def test_a_sweep_between_listing_and_reopening_a_resumed_run_does_not_drop_it(
         return real_resume(self, *args, **kwargs)
 
     monkeypatch.setattr(Scripts, "resume", swept_first)
-    dead = make_app(redis_url, f"redis://127.0.0.1:{free_port()}/0", "cgtest_dead", SESSION)
-    dead.conf.broker_connection_timeout = 1
-    dead.conf.task_publish_retry_policy = {"max_retries": 0}
-    dead.conf.broker_transport_options = {"max_retries": 0}
-    dead.conf.graph_queued_lease = 1
+    dead = broker_away(redis_url)
     try:
         with pytest.raises(BrokerUnavailable):
             GraphRun(run.id, app=dead).resume()
@@ -560,11 +565,7 @@ def test_a_sweep_that_saw_the_run_ended_does_not_unlist_it_once_resumed(
     run = flow.apply_async()
     with pytest.raises(RunFailed):
         run.get(timeout=20)
-    dead = make_app(redis_url, f"redis://127.0.0.1:{free_port()}/0", "cgtest_dead", SESSION)
-    dead.conf.broker_connection_timeout = 1
-    dead.conf.task_publish_retry_policy = {"max_retries": 0}
-    dead.conf.broker_transport_options = {"max_retries": 0}
-    dead.conf.graph_queued_lease = 1
+    dead = broker_away(redis_url)
     real_reclaim = Scripts.reclaim
     resumed = threading.Event()
     failures: list[BaseException] = []
