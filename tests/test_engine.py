@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from celery_graph import GraphRun, RunFailed, workflow
-from tests.support.helpers import assert_order, postruns, wait_for
+from tests.support.helpers import assert_order, most_at_once, postruns, wait_for
 from tests.tasks import (
     add,
     after_boom,
@@ -85,11 +85,7 @@ def test_parallel_members_overlap_in_time(any_app, tag):
     run = (nodes[0] | nodes[1] | nodes[2] | nodes[3]).apply_async(tag=tag)
     run.get(timeout=20)
     trace = read_trace(tag)
-    running, most = 0, 0
-    for event in trace:
-        running += event.startswith("start:") - event.startswith("end:")
-        most = max(most, running)
-    assert most >= 2, trace
+    assert most_at_once(trace) >= 2, trace
 
 
 def test_nested_groups_keep_every_ordering(any_app, tag):
