@@ -133,8 +133,9 @@ class Scripts:
     ) -> Any:
         """Run script ``name`` on run ``run_id``: the run's keys, then the script's own;
         ``also``'s commands first, in the same round trip, unless they went already.
-        ``meanwhile``: called once the call is sent, before its answer is read (given on a
-        client of one server only: see :meth:`_overlapped`).
+        ``meanwhile``: called once the call is sent, before its answer is read, on a client
+        of one server (see :meth:`_overlapped`); on any other never called (the caller
+        sends after the answer what it would have sent meanwhile).
 
         On a client of one server every call goes through :meth:`_overlapped`, which
         writes the commands and reads the answers itself: redis-py's script object and
@@ -143,6 +144,8 @@ class Scripts:
         connection retries nothing by default); a Redis Cluster's calls are redis-py's."""
         keys = [*self.keys.run_layout(run_id), *own]
         script = self._scripts[name]
+        if not self._direct:
+            meanwhile = None
         with translating(f"running {name}.lua"):
             # A script's first call from this process: the server may not hold it yet (a
             # new server, a restart, SCRIPT FLUSH). Its NOSCRIPT answer would come after
@@ -293,8 +296,7 @@ class Scripts:
         ]
         for root in spec.roots:
             args += [root, spec.nodes[root].delay]
-        overlap = meanwhile if self._direct else None
-        created, detail = self._run("start", run_id, args, arrivals, also, overlap)
+        created, detail = self._run("start", run_id, args, arrivals, also, meanwhile)
         return bool(created), _text(detail)
 
     def admit(self, run_id: str, spec: GraphSpec) -> tuple[bool, str]:
@@ -456,7 +458,7 @@ class Scripts:
                 args += [succ, len(target.preds), target.delay]
                 if target.is_join:
                     joins.append(k.join(run_id, succ))
-            overlap = meanwhile if len(parts) == 1 and self._direct else None
+            overlap = meanwhile if len(parts) == 1 else None
             reply = self._run("complete", run_id, args, joins, also, overlap)
             if not isinstance(reply, list) or len(reply) < 3:
                 raise BarrierError(f"complete.lua answered {reply!r}")
