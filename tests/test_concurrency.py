@@ -149,8 +149,14 @@ def test_a_run_admitted_after_a_sweep_saw_it_queued_stays_listed(app, tag, monke
         return r
 
     monkeypatch.setattr(Scripts, "reclaim", admitted_after_the_verdict)
-    state.runs.track(second.id)  # listed while queued, as a resume that waits for a slot
-    wait_for(lambda: sweep(app) and admitted, timeout=30, what="a sweep of the queued run")
+
+    def swept() -> bool:
+        # listed while queued, as a resume that waits for a slot; again if a sweep
+        # elsewhere (a worker process of another test on this prefix) took it off first
+        state.runs.track(second.id)
+        return bool(sweep(app) and admitted)
+
+    wait_for(swept, timeout=40, what="a sweep of this process that saw the queued run")
     monkeypatch.undo()
     assert second.status().state in ("running", "succeeded")
     assert second.id in state.index.running_ids(100_000) or second.status().state == "succeeded"

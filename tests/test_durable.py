@@ -559,6 +559,7 @@ def test_a_sweep_that_saw_the_run_ended_does_not_unlist_it_once_resumed(
     nowhere, and a node whose publish failed was never sent (CI timed out on
     test_a_resume_whose_publish_fails_is_finished_by_the_reconciler so). A run reopened
     (or admitted) meanwhile stays listed."""
+    from celery_graph.engine.reconcile import Reconciler
     from celery_graph.state.replies import Verdict
 
     flow = step.bind(name="first", tag=tag) >> fails_then_ok.bind(tag=tag, fail_times=1)
@@ -585,8 +586,17 @@ def test_a_sweep_that_saw_the_run_ended_does_not_unlist_it_once_resumed(
         return r
 
     monkeypatch.setattr(Scripts, "reclaim", resumed_after_the_verdict)
-    state_for(app).runs.track(run.id)  # listed, as a resume's first listing does
-    assert resumed.wait(20), "no sweep looked at the failed run"
+    reconciler = Reconciler(app)
+
+    def swept() -> bool:
+        # listed, as a resume's first listing does; again if a sweep elsewhere (a worker
+        # process of another test on this prefix) took it off before one here saw it
+        state_for(app).runs.track(run.id)
+        reconciler.sweep()
+        return resumed.is_set()
+
+    # 40 s: the sweep lock may be held meanwhile (up to 30 s by a sweeper that died)
+    wait_for(swept, timeout=40, what="a sweep of this process that saw the failed run")
     assert not failures, failures
     # the sweep that saw it ended goes on to its removal; the run must stay listed
     wait_for(lambda: state_for(app).runs.record(run.id).get("status") == "running", 5)
