@@ -4,6 +4,7 @@ states the licence, the Python range and every dependency with a range."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -20,6 +21,18 @@ from tests.support.helpers import starts_processes
 @pytest.fixture(scope="module")
 @starts_processes
 def dists(tmp_path_factory) -> dict[str, Path]:
+    """The sdist and the wheel, built from a copy of the tracked files: setuptools builds
+    the sdist's tree in the directory it runs in, and two builds in one directory at once
+    fail (one removes the tree the other fills; a CI run's did, once)."""
+    tree = tmp_path_factory.mktemp("tree")
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split("\0")
+    for name in filter(None, tracked):
+        source = ROOT / name
+        if source.is_file():  # a tracked file deleted in the work tree is not built
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, tree / name)
     out = tmp_path_factory.mktemp("dist")
     code = (
         "import sys, pathlib; from setuptools import build_meta as b; "
@@ -28,7 +41,7 @@ def dists(tmp_path_factory) -> dict[str, Path]:
     )
     done = subprocess.run(
         [sys.executable, "-c", code, str(out)],
-        cwd=ROOT,
+        cwd=tree,
         capture_output=True,
         text=True,
         timeout=300,
